@@ -1,0 +1,2 @@
+"""Batch normalization for scikit-learn."""
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+# Batch-normalization kernels on C-contiguous (n_rows, n_cols) blocks.
+from cython cimport floating
+
+
+cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                       const floating* sample_weight, bint ignore_nan,
+                       double* mean_out, double* var_out, double* wsum_out,
+                       double* scratch) noexcept nogil
+
+cdef void cbn_act_forward_train(const floating* z, floating* a_out,
+                                Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                const floating* gamma, const floating* beta,
+                                const floating* sample_weight, double epsilon,
+                                int act, double* mean_out, double* var_out,
+                                double* scratch) noexcept nogil
+
+cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
+                                Py_ssize_t n_rows, Py_ssize_t n_cols,
+                                const floating* gamma, const floating* beta,
+                                const floating* mean, const floating* var,
+                                double epsilon, int act) noexcept nogil
+
+cdef void cbn_act_backward(const floating* da, const floating* a,
+                           const floating* z, floating* dz_out,
+                           Py_ssize_t n_rows, Py_ssize_t n_cols,
+                           const floating* gamma, const double* mean,
+                           const double* var, double epsilon,
+                           const floating* sample_weight, double wsum, int act,
+                           floating* dgamma_out, floating* dbeta_out,
+                           double* scratch) noexcept nogil
+
+cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
+                                const double* mean, const double* var,
+                                Py_ssize_t n_cols, double momentum,
+                                double wsum) noexcept nogil

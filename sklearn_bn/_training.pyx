@@ -1,0 +1,1 @@
+"""Training engine (placeholder until the engine lands)."""
