@@ -23,7 +23,7 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-MODULES = ["_blas", "_activations", "_batchnorm", "_training"]
+MODULES = ["_blas", "_activations", "_batchnorm", "_scaling", "_training"]
 
 extensions = [
     Extension(

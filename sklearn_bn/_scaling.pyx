@@ -1,0 +1,1 @@
+"""Per-column affine transform kernels for BatchNormScaler (placeholder)."""
