@@ -1,10 +1,1562 @@
-"""Batch-normalized MLPs (placeholder until implemented)."""
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+"""Multilayer perceptrons whose hidden layers are batch-normalized.
+
+Every hidden layer computes ``act(gamma * z_hat + beta)`` where ``z = a @ W``
+and ``z_hat`` standardizes ``z`` over the minibatch (Ioffe & Szegedy, 2015).
+Training runs whole epochs in the compiled engine (``_training.pyx``); this
+module validates input, keeps scikit-learn's MLP behaviour (schedules, early
+stopping, warm start, partial_fit, messages) and folds batch norm into the
+weights for inference.
+"""
+
+import functools
+import warnings
+from abc import ABC, abstractmethod
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    RegressorMixin,
+    _fit_context,
+    is_classifier,
+)
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d, shuffle
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.multiclass import (
+    _check_partial_fit_first_call,
+    type_of_target,
+    unique_labels,
+)
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
+
+from sklearn_bn import _activations, _training
+from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
+
+_OUT_ACTIVATIONS = ("identity", "logistic", "softmax", "exp")
 
 
-class MLPBNClassifier(ClassifierMixin, BaseEstimator):
-    """Placeholder."""
+def _restore_on_failure(method):
+    """Leave the estimator exactly as it was when ``method`` raises."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        saved = dict(self.__dict__)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    return wrapper
 
 
-class MLPBNRegressor(RegressorMixin, BaseEstimator):
-    """Placeholder."""
+def _workspace_sizes(units, max_batch, sparse):
+    """Sizes and offsets of the per-fit workspace for a network shape.
+
+    Returns a dict of intp offset arrays and the sizes of ``work`` (input
+    dtype) and ``dwork`` (float64).
+    """
+    units = [int(u) for u in units]
+    n_layers = len(units) - 1
+    n_features, n_out = units[0], units[-1]
+    off = 0
+    xb_off = off
+    if not sparse:
+        off += max_batch * n_features
+    yb_off = off
+    off += max_batch * n_out
+    swb_off = off
+    off += max_batch
+    p_off = off
+    off += max_batch * n_out
+    z_off, a_off, d_off = [], [], []
+    for h in units[1:-1]:
+        z_off.append(off)
+        off += max_batch * h
+        a_off.append(off)
+        off += max_batch * h
+        d_off.append(off)
+        off += max_batch * h
+    stat_off = list(np.cumsum([0] + units[1:-1])[:-1]) if n_layers > 1 else []
+    n_hidden = sum(units[1:-1])
+    max_units = max(units[1:-1], default=1)
+    pad = [0]  # offset arrays are never empty so that &a[0] is valid
+    return {
+        "z_off": np.asarray(z_off + pad, dtype=np.intp),
+        "a_off": np.asarray(a_off + pad, dtype=np.intp),
+        "d_off": np.asarray(d_off + pad, dtype=np.intp),
+        "stat_off": np.asarray(stat_off + pad, dtype=np.intp),
+        "xb_off": xb_off, "yb_off": yb_off, "swb_off": swb_off, "p_off": p_off,
+        "work_size": max(off, 1),
+        "var_base": n_hidden,
+        "scratch_off": 2 * n_hidden,
+        "max_batch": max_batch,
+        "dwork_size": 2 * n_hidden + SCRATCH_PER_COLUMN * max_units,
+    }
+
+
+class _Layout:
+    """Offsets of every parameter in the flat vector the engine trains.
+
+    For weight layer ``l``: its coefficients (``units[l] x units[l + 1]``),
+    then, for a hidden layer, its ``gamma`` and ``beta``; for the output layer
+    its intercept.
+    """
+
+    def __init__(self, units):
+        self.units = np.asarray(units, dtype=np.intp)
+        n_layers = len(units) - 1
+        coef_off, gamma_off, bias_off = [], [], []
+        off = 0
+        for l in range(n_layers):
+            fan_in, fan_out = units[l], units[l + 1]
+            coef_off.append(off)
+            off += fan_in * fan_out
+            if l < n_layers - 1:
+                gamma_off.append(off)
+                off += fan_out
+            else:
+                gamma_off.append(0)
+            bias_off.append(off)
+            off += fan_out
+        self.n_params = off
+        self.coef_off = np.asarray(coef_off, dtype=np.intp)
+        self.gamma_off = np.asarray(gamma_off, dtype=np.intp)
+        self.bias_off = np.asarray(bias_off, dtype=np.intp)
+
+    def as_dict(self):
+        return {
+            "units": self.units,
+            "coef_off": self.coef_off,
+            "gamma_off": self.gamma_off,
+            "bias_off": self.bias_off,
+        }
+
+    def pack(self, coefs, gammas, intercepts, dtype):
+        theta = np.empty(self.n_params, dtype=dtype)
+        n_layers = len(self.units) - 1
+        for l in range(n_layers):
+            fan_in, fan_out = self.units[l], self.units[l + 1]
+            c = self.coef_off[l]
+            theta[c : c + fan_in * fan_out] = np.asarray(coefs[l]).ravel()
+            if l < n_layers - 1:
+                g = self.gamma_off[l]
+                theta[g : g + fan_out] = gammas[l]
+            b = self.bias_off[l]
+            theta[b : b + fan_out] = intercepts[l]
+        return theta
+
+    def unpack(self, theta):
+        coefs, gammas, intercepts = [], [], []
+        n_layers = len(self.units) - 1
+        for l in range(n_layers):
+            fan_in, fan_out = int(self.units[l]), int(self.units[l + 1])
+            c = self.coef_off[l]
+            coefs.append(theta[c : c + fan_in * fan_out].reshape(fan_in, fan_out).copy())
+            if l < n_layers - 1:
+                g = self.gamma_off[l]
+                gammas.append(theta[g : g + fan_out].copy())
+            b = self.bias_off[l]
+            intercepts.append(theta[b : b + fan_out].copy())
+        return coefs, gammas, intercepts
+
+
+def _fold(coefs, gammas, intercepts, running_means, running_vars, bn_epsilon):
+    """Fold each hidden layer's batch norm into its weights (inference form).
+
+    ``gamma * (x @ W - mean) / sqrt(var + eps) + beta`` equals ``x @ W' + b'``
+    with ``W' = W * s``, ``b' = beta - mean * s`` and ``s = gamma / sqrt(var +
+    eps)``. Computed in float64, returned in the weights' dtype.
+    """
+    folded_coefs, folded_intercepts = [], []
+    for l, (W, b) in enumerate(zip(coefs, intercepts)):
+        if l < len(gammas):
+            s = gammas[l].astype(np.float64) / np.sqrt(
+                running_vars[l].astype(np.float64) + bn_epsilon
+            )
+            folded_coefs.append((W.astype(np.float64) * s).astype(W.dtype))
+            folded_intercepts.append(
+                (b.astype(np.float64) - running_means[l] * s).astype(W.dtype)
+            )
+        else:
+            folded_coefs.append(W.copy())
+            folded_intercepts.append(b.copy())
+    return folded_coefs, folded_intercepts
+
+
+class _BaseMLPBN(BaseEstimator, ABC):
+    """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "solver": [StrOptions({"sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [
+            StrOptions({"auto"}),
+            Interval(Integral, 2, None, closed="left"),
+        ],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [
+            Interval(Integral, 1, None, closed="left"),
+            Options(Real, {np.inf}),
+        ],
+        "bn_momentum": [Interval(Real, 0, 1, closed="both")],
+        "bn_epsilon": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    @abstractmethod
+    def __init__(
+        self,
+        hidden_layer_sizes,
+        activation,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        loss,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        bn_momentum,
+        bn_epsilon,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.loss = loss
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+
+    # ------------------------------------------------------------------
+    # Validation helpers
+
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        if not hasattr(sizes, "__iter__"):
+            sizes = [sizes]
+        sizes = list(sizes)
+        if any(not isinstance(s, Integral) or s <= 0 for s in sizes):
+            raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+        return [int(s) for s in sizes]
+
+    @staticmethod
+    def _as_engine_input(X, dtype):
+        """C-contiguous dense or CSR (intp indices) input of the given dtype."""
+        if sp.issparse(X):
+            X = X.tocsr().astype(dtype, copy=False)
+            if not X.has_sorted_indices:
+                X = X.sorted_indices()
+            return (
+                None,
+                np.ascontiguousarray(X.data, dtype=dtype),
+                np.ascontiguousarray(X.indices, dtype=np.intp),
+                np.ascontiguousarray(X.indptr, dtype=np.intp),
+            )
+        return np.ascontiguousarray(X, dtype=dtype), None, None, None
+
+    def _validate_X_predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(
+            self,
+            X,
+            accept_sparse=["csr", "csc"],
+            dtype=(np.float64, np.float32),
+            reset=False,
+        )
+        return X
+
+    # ------------------------------------------------------------------
+    # Fitting
+
+    def _init_params(self, units, dtype, random_state):
+        """Glorot-uniform coefficients drawn as scikit-learn's MLP draws them
+        (same random stream); gammas at 1, intercepts and betas at 0."""
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        coefs, gammas, intercepts = [], [], []
+        for l in range(len(units) - 1):
+            fan_in, fan_out = units[l], units[l + 1]
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coefs.append(
+                random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
+            )
+            random_state.uniform(-bound, bound, fan_out)  # sklearn's intercept draw
+            intercepts.append(np.zeros(fan_out, dtype=dtype))
+            if l < len(units) - 2:
+                gammas.append(np.ones(fan_out, dtype=dtype))
+        running_means = [np.zeros(u, dtype=dtype) for u in units[1:-1]]
+        running_vars = [np.ones(u, dtype=dtype) for u in units[1:-1]]
+        return coefs, gammas, intercepts, running_means, running_vars
+
+    def _fit(self, X, y, sample_weight, incremental):
+        hidden = self._hidden_sizes()
+        first_pass = not hasattr(self, "coefs_") or (
+            not self.warm_start and not incremental
+        )
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+
+        X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        n_samples, n_features = X.shape
+        if n_samples == 1:
+            raise ValueError(
+                "n_samples=1: batch normalization needs at least 2 samples "
+                "per minibatch, got 1 sample."
+            )
+        dtype = X.dtype if first_pass else self.coefs_[0].dtype
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=dtype, ensure_non_negative=True
+            )
+            if not sample_weight.sum() > 0:
+                raise ValueError("sample_weight must not sum to zero.")
+        Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
+        n_outputs = Y.shape[1]
+        units = [n_features] + hidden + [n_outputs]
+        random_state = check_random_state(self.random_state)
+
+        if first_pass:
+            out_activation = self._out_activation(n_outputs)
+            params = self._init_params(units, dtype, random_state)
+            state = {
+                "n_iter": 0,
+                "t": 0,
+                "loss_curve": [],
+                "no_improvement": 0,
+                "best_loss": None if self.early_stopping else np.inf,
+                "validation_scores": [] if self.early_stopping else None,
+                "best_validation_score": -np.inf if self.early_stopping else None,
+            }
+        else:
+            if [c.shape for c in self.coefs_] != [
+                (a, b) for a, b in zip(units[:-1], units[1:])
+            ]:
+                raise ValueError(
+                    "The network's shape changed since the last fit (got "
+                    f"layer units {units}); set warm_start=False to refit."
+                )
+            out_activation = self.out_activation_
+            params = (
+                self.coefs_,
+                self.gammas_,
+                self.intercepts_,
+                self.running_means_,
+                self.running_vars_,
+            )
+            state = {
+                "n_iter": self.n_iter_ if incremental else 0,
+                "t": self.t_,
+                "loss_curve": list(self.loss_curve_),
+                "no_improvement": getattr(self, "_no_improvement_count", 0),
+                "best_loss": self.best_loss_,
+                "validation_scores": (
+                    None
+                    if self.validation_scores_ is None
+                    else list(self.validation_scores_)
+                ),
+                "best_validation_score": self.best_validation_score_,
+            }
+            if self.early_stopping and state["validation_scores"] is None:
+                state["validation_scores"] = []
+                state["best_validation_score"] = -np.inf
+                state["best_loss"] = None
+
+        layout = _Layout(units)
+        coefs, gammas, intercepts, running_means, running_vars = params
+        theta = layout.pack(coefs, gammas, intercepts, dtype)
+        running_mean = np.concatenate(
+            [np.asarray(r, dtype=dtype) for r in running_means] or [np.zeros(0, dtype)]
+        )
+        running_var = np.concatenate(
+            [np.asarray(r, dtype=dtype) for r in running_vars] or [np.zeros(0, dtype)]
+        )
+        if incremental and hasattr(self, "_optimizer_state"):
+            opt = {
+                k: (v.astype(dtype, copy=True) if isinstance(v, np.ndarray) else v)
+                for k, v in self._optimizer_state.items()
+            }
+        else:
+            opt = {
+                "a": np.zeros(layout.n_params, dtype=dtype),
+                "b": np.zeros(layout.n_params, dtype=dtype),
+                "t": 0,
+                "learning_rate": float(self.learning_rate_init),
+            }
+
+        theta, running_mean, running_var = self._fit_stochastic(
+            X,
+            Y,
+            sample_weight,
+            layout,
+            theta,
+            running_mean,
+            running_var,
+            opt,
+            state,
+            out_activation,
+            random_state,
+            incremental,
+        )
+
+        # Everything succeeded: publish the new state.
+        coefs, gammas, intercepts = layout.unpack(theta)
+        offsets = np.cumsum([0] + hidden)
+        self.coefs_ = coefs
+        self.gammas_ = gammas
+        self.intercepts_ = intercepts
+        self.running_means_ = [
+            running_mean[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])
+        ]
+        self.running_vars_ = [
+            running_var[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])
+        ]
+        self.n_outputs_ = n_outputs
+        self.n_layers_ = len(units)
+        self.out_activation_ = out_activation
+        self.n_iter_ = state["n_iter"]
+        self.t_ = state["t"]
+        self.loss_curve_ = state["loss_curve"]
+        self.loss_ = state["loss_curve"][-1] if state["loss_curve"] else None
+        self.best_loss_ = state["best_loss"]
+        self.validation_scores_ = state["validation_scores"]
+        self.best_validation_score_ = state["best_validation_score"]
+        self._no_improvement_count = state["no_improvement"]
+        self._optimizer_state = opt
+        self._set_folded()
+        return self
+
+    def _set_folded(self):
+        folded_coefs, folded_intercepts = _fold(
+            self.coefs_,
+            self.gammas_,
+            self.intercepts_,
+            self.running_means_,
+            self.running_vars_,
+            self.bn_epsilon,
+        )
+        units = [folded_coefs[0].shape[0]] + [c.shape[1] for c in folded_coefs]
+        coef_off, bias_off, parts, off = [], [], [], 0
+        for W, b in zip(folded_coefs, folded_intercepts):
+            coef_off.append(off)
+            off += W.size
+            bias_off.append(off)
+            off += b.size
+            parts += [W.ravel(), b]
+        self._folded = {
+            "coefs": folded_coefs,
+            "intercepts": folded_intercepts,
+            "params": np.ascontiguousarray(np.concatenate(parts)),
+            "units": np.asarray(units, dtype=np.intp),
+            "coef_off": np.asarray(coef_off, dtype=np.intp),
+            "bias_off": np.asarray(bias_off, dtype=np.intp),
+        }
+
+    def _fit_stochastic(
+        self,
+        X,
+        Y,
+        sample_weight,
+        layout,
+        theta,
+        running_mean,
+        running_var,
+        opt,
+        state,
+        out_activation,
+        random_state,
+        incremental,
+    ):
+        dtype = theta.dtype
+        early_stopping = self.early_stopping
+        if early_stopping:
+            stratify = Y if is_classifier(self) and Y.shape[1] == 1 else None
+            if is_classifier(self) and Y.shape[1] == 1:
+                stratify = Y.ravel()
+            arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
+            split = train_test_split(
+                *arrays,
+                random_state=random_state,
+                test_size=self.validation_fraction,
+                stratify=stratify,
+            )
+            X_train, X_val, Y_train, Y_val = split[:4]
+            sw_train, sw_val = (split[4], split[5]) if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase "
+                    "'validation_fraction' or the size of your dataset."
+                )
+            y_val = self._decode_targets(Y_val)
+        else:
+            X_train, Y_train, sw_train = X, Y, sample_weight
+            X_val = y_val = sw_val = None
+
+        n_samples = X_train.shape[0]
+        if n_samples < 2:
+            raise ValueError(
+                "n_samples=1: the training set left after the validation split "
+                "has a single sample; batch normalization needs at least 2."
+            )
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than "
+                    "sample size. It is going to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 2, n_samples))
+
+        X_dense, X_data, X_indices, X_indptr = self._as_engine_input(X_train, dtype)
+        sparse = X_dense is None
+        if sparse:
+            X_dense = np.zeros((1, 1), dtype=dtype)
+        else:
+            X_data = np.zeros(0, dtype=dtype)
+            X_indices = np.zeros(0, dtype=np.intp)
+            X_indptr = np.zeros(1, dtype=np.intp)
+        Y_train = np.ascontiguousarray(Y_train, dtype=dtype)
+        weighted = sw_train is not None
+        sw_arr = (
+            np.ascontiguousarray(sw_train, dtype=dtype)
+            if weighted
+            else np.zeros(0, dtype=dtype)
+        )
+
+        max_batch = min(batch_size + 1, n_samples)
+        ws = _workspace_sizes(layout.units, max_batch, sparse)
+        work = np.zeros(ws["work_size"], dtype=dtype)
+        dwork = np.zeros(ws["dwork_size"], dtype=np.float64)
+        grad = np.zeros(layout.n_params, dtype=dtype)
+        layout_dict = layout.as_dict()
+        act = _activations.activation_code(self.activation)
+        out_act = _training.OUT_ACTIVATIONS[out_activation]
+        solver = _training.Solver.ADAM if self.solver == "adam" else _training.Solver.SGD
+        sample_idx = np.arange(n_samples, dtype=np.intp)
+        best = None
+        if early_stopping:
+            best = (theta.copy(), running_mean.copy(), running_var.copy())
+
+        try:
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = np.ascontiguousarray(
+                        shuffle(sample_idx, random_state=random_state), dtype=np.intp
+                    )
+                loss_sum, opt["t"] = _training.train_epoch(
+                    X_dense, X_data, X_indices, X_indptr, Y_train, sw_arr,
+                    sample_idx, not self.shuffle, batch_size, layout_dict, ws,
+                    theta, grad, opt["a"], opt["b"], running_mean, running_var,
+                    work, dwork, act, out_act, solver, opt["learning_rate"],
+                    self.momentum, self.nesterovs_momentum, self.beta_1,
+                    self.beta_2, self.epsilon, opt["t"], self.alpha,
+                    self.bn_momentum, self.bn_epsilon, sparse, weighted,
+                )  # fmt: skip
+                if not (
+                    np.isfinite(theta).all()
+                    and np.isfinite(running_mean).all()
+                    and np.isfinite(running_var).all()
+                    and np.isfinite(loss_sum)
+                ):
+                    raise ValueError(
+                        "Solver produced non-finite parameter weights. The input "
+                        "data may contain large values and need to be "
+                        "preprocessed."
+                    )
+                state["n_iter"] += 1
+                loss = loss_sum / n_samples
+                state["t"] += n_samples
+                state["loss_curve"].append(loss)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
+
+                if early_stopping:
+                    score = self._validation_score(
+                        layout, theta, running_mean, running_var, out_activation,
+                        X_val, y_val, sw_val,
+                    )  # fmt: skip
+                    state["validation_scores"].append(score)
+                    if self.verbose:
+                        print("Validation score: %f" % score)
+                    if score < state["best_validation_score"] + self.tol:
+                        state["no_improvement"] += 1
+                    else:
+                        state["no_improvement"] = 0
+                    if score > state["best_validation_score"]:
+                        state["best_validation_score"] = score
+                        best = (theta.copy(), running_mean.copy(), running_var.copy())
+                else:
+                    if loss > state["best_loss"] - self.tol:
+                        state["no_improvement"] += 1
+                    else:
+                        state["no_improvement"] = 0
+                    if loss < state["best_loss"]:
+                        state["best_loss"] = loss
+
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    opt["learning_rate"] = (
+                        float(self.learning_rate_init)
+                        / (state["t"] + 1) ** self.power_t
+                    )
+
+                if state["no_improvement"] > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = (
+                            "Validation score did not improve more than "
+                            "tol=%f for %d consecutive epochs."
+                            % (self.tol, self.n_iter_no_change)
+                        )
+                    else:
+                        msg = (
+                            "Training loss did not improve more than tol=%f"
+                            " for %d consecutive epochs."
+                            % (self.tol, self.n_iter_no_change)
+                        )
+                    if self._trigger_stopping(msg, opt):
+                        break
+                    state["no_improvement"] = 0
+
+                if incremental:
+                    break
+
+                if state["n_iter"] == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) "
+                        "reached and the optimization hasn't converged yet."
+                        % self.max_iter,
+                        ConvergenceWarning,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+
+        if early_stopping:
+            theta, running_mean, running_var = best
+        return theta, running_mean, running_var
+
+    def _trigger_stopping(self, msg, opt):
+        if self.solver != "sgd" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt["learning_rate"] <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt["learning_rate"] /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % opt["learning_rate"])
+        return False
+
+    def _validation_score(
+        self, layout, theta, running_mean, running_var, out_activation, X, y, sw
+    ):
+        coefs, gammas, intercepts = layout.unpack(theta)
+        offsets = np.cumsum([0] + [g.size for g in gammas])
+        means = [running_mean[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        variances = [running_var[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        folded = _fold(coefs, gammas, intercepts, means, variances, self.bn_epsilon)
+        proba = self._forward_folded_lists(X, *folded, out_activation)
+        if not np.isfinite(proba).all():
+            return np.nan
+        y_pred = self._decode_output(proba)
+        return self._score_function(y, y_pred, sample_weight=sw)
+
+    # ------------------------------------------------------------------
+    # Inference on the folded network
+
+    def _forward_folded_lists(self, X, coefs, intercepts, out_activation):
+        """Forward pass of folded weights given as lists (validation)."""
+        units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
+        coef_off, bias_off, parts, off = [], [], [], 0
+        for W, b in zip(coefs, intercepts):
+            coef_off.append(off)
+            off += W.size
+            bias_off.append(off)
+            off += b.size
+            parts += [W.ravel(), b]
+        folded = {
+            "coefs": coefs,
+            "intercepts": intercepts,
+            "params": np.concatenate(parts),
+            "units": np.asarray(units, dtype=np.intp),
+            "coef_off": np.asarray(coef_off, dtype=np.intp),
+            "bias_off": np.asarray(bias_off, dtype=np.intp),
+        }
+        return self._forward_folded(X, folded, out_activation)
+
+    def _forward_folded(self, X, folded, out_activation):
+        params = folded["params"]
+        dtype = params.dtype
+        units = folded["units"]
+        n_layers = len(units) - 1
+        out_act = _training.OUT_ACTIVATIONS[out_activation]
+        act = _activations.activation_code(self.activation)
+        out = np.empty((X.shape[0], units[-1]), dtype=dtype)
+        if sp.issparse(X):
+            X = X.tocsr()
+            W0, b0 = folded["coefs"][0], folded["intercepts"][0]
+            block = _training.PREDICT_BLOCK_ROWS
+            for start in range(0, X.shape[0], block):
+                stop = min(start + block, X.shape[0])
+                Z = np.ascontiguousarray(
+                    (X[start:stop] @ W0).astype(dtype, copy=False)
+                )
+                Z += b0
+                if n_layers == 1:
+                    Z = self._out_activation_numpy(Z, out_activation)
+                    out[start:stop] = Z
+                else:
+                    _activations.forward(Z, self.activation)
+                    _training.forward_folded(
+                        Z, params, units, folded["coef_off"], folded["bias_off"],
+                        1, act, out_act, out[start:stop],
+                    )  # fmt: skip
+            return out
+        X = np.ascontiguousarray(X, dtype=dtype)
+        _training.forward_folded(
+            X, params, units, folded["coef_off"], folded["bias_off"], 0, act,
+            out_act, out,
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def _out_activation_numpy(Z, out_activation):
+        from scipy.special import expit, softmax
+
+        if out_activation == "logistic":
+            return expit(Z)
+        if out_activation == "softmax":
+            return softmax(Z, axis=1)
+        if out_activation == "exp":
+            return np.exp(Z)
+        return Z
+
+    def _predict_raw(self, X):
+        """Output-layer activations for validated ``X``."""
+        return self._forward_folded(X, self._folded, self.out_activation_)
+
+    # ------------------------------------------------------------------
+    # Public API shared by both estimators
+
+    def to_sklearn(self):
+        """Return an equivalent fitted scikit-learn MLP with batch norm folded in.
+
+        Each hidden layer's batch norm (running statistics, ``gammas_`` and
+        ``intercepts_``) is folded into its weights: ``W * gamma / sqrt(var +
+        eps)`` and ``beta - gamma * mean / sqrt(var + eps)``. The result
+        predicts what this model predicts (up to rounding) and works with
+        anything that reads scikit-learn MLPs.
+
+        Returns
+        -------
+        mlp : MLPClassifier or MLPRegressor
+            Fitted, with ``coefs_`` and ``intercepts_`` the folded weights.
+        """
+        check_is_fitted(self)
+        mlp = self._sklearn_class()(**self._sklearn_params())
+        mlp.coefs_ = [c.copy() for c in self._folded["coefs"]]
+        mlp.intercepts_ = [b.copy() for b in self._folded["intercepts"]]
+        for name in (
+            "n_features_in_",
+            "feature_names_in_",
+            "n_outputs_",
+            "n_layers_",
+            "out_activation_",
+            "loss_",
+            "best_loss_",
+            "loss_curve_",
+            "validation_scores_",
+            "best_validation_score_",
+            "t_",
+            "n_iter_",
+        ):
+            if hasattr(self, name):
+                value = getattr(self, name)
+                setattr(mlp, name, list(value) if isinstance(value, list) else value)
+        self._copy_sklearn_extras(mlp)
+        return mlp
+
+    def _sklearn_params(self):
+        names = [
+            "hidden_layer_sizes", "activation", "solver", "alpha", "batch_size",
+            "learning_rate", "learning_rate_init", "power_t", "max_iter",
+            "shuffle", "random_state", "tol", "verbose", "warm_start",
+            "momentum", "nesterovs_momentum", "early_stopping",
+            "validation_fraction", "beta_1", "beta_2", "epsilon",
+            "n_iter_no_change",
+        ]  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    def _copy_sklearn_extras(self, mlp):
+        pass
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+_COMMON_PARAMS_DOC = """
+    hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
+        The ith element is the number of units of the ith hidden layer. Each
+        hidden layer is ``linear (no bias) -> batch norm -> activation``.
+
+    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
+        Activation function of the hidden layers, applied after batch norm.
+
+    solver : {'adam', 'sgd'}, default='adam'
+        The minibatch optimizer: ``'adam'`` (Kingma & Ba) or ``'sgd'``
+        (stochastic gradient descent with momentum). scikit-learn's
+        ``'lbfgs'`` is not offered: batch norm is defined on minibatches.
+
+    alpha : float, default=0.0001
+        Strength of the L2 penalty on the coefficients ``coefs_`` (not on
+        ``gammas_`` or ``intercepts_``), divided by the minibatch size (its
+        weight sum when weighted) when added to the loss.
+
+    batch_size : int >= 2 or 'auto', default='auto'
+        Size of the minibatches; ``'auto'`` is ``min(200, n_samples)``. A
+        value larger than the data is clipped with a warning. A trailing
+        minibatch of a single sample joins the previous one.
+
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
+        Learning-rate schedule of ``solver='sgd'``: constant; divided by
+        ``(t + 1) ** power_t`` after each epoch (``t`` samples seen); or
+        divided by 5 each time ``n_iter_no_change`` epochs fail to improve by
+        ``tol``.
+
+    learning_rate_init : float, default=0.001
+        The initial learning rate (the step size of Adam).
+
+    power_t : float, default=0.5
+        Exponent of the ``'invscaling'`` schedule.
+
+    max_iter : int, default=200
+        Maximum number of epochs (passes over the data).
+
+    shuffle : bool, default=True
+        Whether to shuffle the sample order at each epoch. Minibatches are
+        gathered through the shuffled index; X is never copied.
+
+    random_state : int, RandomState instance or None, default=None
+        Controls weight initialization, the train/validation split of early
+        stopping and the shuffling. Pass an int for reproducible results.
+
+    tol : float, default=1e-4
+        Training stops when the loss (or validation score, with early
+        stopping) does not improve by at least ``tol`` for
+        ``n_iter_no_change`` consecutive epochs.
+
+    verbose : bool, default=False
+        Print ``Iteration N, loss = ...`` after each epoch.
+
+    warm_start : bool, default=False
+        Start ``fit`` from the previous solution (weights and running
+        statistics) instead of a fresh initialization.
+
+    momentum : float, default=0.9
+        Momentum of ``solver='sgd'``, in [0, 1].
+
+    nesterovs_momentum : bool, default=True
+        Whether ``solver='sgd'`` uses Nesterov's momentum.
+
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data and stop when
+        the validation score does not improve by ``tol`` for
+        ``n_iter_no_change`` epochs; the best weights are restored.
+
+    validation_fraction : float, default=0.1
+        Fraction of the training data held out for early stopping.
+
+    beta_1 : float, default=0.9
+        Exponential decay of Adam's first-moment estimates, in [0, 1).
+
+    beta_2 : float, default=0.999
+        Exponential decay of Adam's second-moment estimates, in [0, 1).
+
+    epsilon : float, default=1e-8
+        Adam's numerical-stability constant.
+
+    n_iter_no_change : int, default=10
+        Number of epochs without ``tol`` improvement before stopping.
+
+    bn_momentum : float, default=0.1
+        Momentum of the running statistics (PyTorch's convention):
+        ``running = (1 - bn_momentum) * running + bn_momentum * batch``, with
+        the unbiased batch variance.
+
+    bn_epsilon : float, default=1e-5
+        Added to the variance before the square root in batch norm.
+"""
+
+_COMMON_ATTRIBUTES_DOC = """
+    loss_ : float
+        The loss of the last epoch (mean over its minibatches, L2 term
+        included).
+
+    best_loss_ : float or None
+        The minimum loss reached; None with ``early_stopping=True``.
+
+    loss_curve_ : list of shape (n_iter_,)
+        The loss of each epoch.
+
+    validation_scores_ : list of shape (n_iter_,) or None
+        Score on the held-out set at each epoch with ``early_stopping=True``,
+        else None.
+
+    best_validation_score_ : float or None
+        Best validation score with ``early_stopping=True``, else None.
+
+    t_ : int
+        The number of training samples seen.
+
+    coefs_ : list of shape (n_layers - 1,)
+        ``coefs_[i]`` is the weight matrix of layer ``i``, shape
+        ``(units[i], units[i + 1])``.
+
+    intercepts_ : list of shape (n_layers - 1,)
+        For a hidden layer, the batch-norm shift ``beta`` (which replaces the
+        linear bias); for the output layer, its bias.
+
+    gammas_ : list of shape (n_layers - 2,)
+        The batch-norm scale ``gamma`` of each hidden layer.
+
+    running_means_ : list of shape (n_layers - 2,)
+        Running mean of ``a @ coefs_[i]`` in each hidden layer, used at
+        inference.
+
+    running_vars_ : list of shape (n_layers - 2,)
+        Running (unbiased) variance of ``a @ coefs_[i]`` in each hidden layer.
+
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string feature names.
+
+    n_iter_ : int
+        The number of epochs run.
+
+    n_layers_ : int
+        Number of layers, input and output included.
+
+    n_outputs_ : int
+        Number of outputs.
+
+    out_activation_ : str
+        Name of the output activation.
+"""
+
+_NOTES_DOC = """
+    Hidden layer ``i`` computes, with ``a`` its input::
+
+        z     = a @ coefs_[i]
+        z_hat = (z - mean) / sqrt(var + bn_epsilon)
+        a'    = activation(gammas_[i] * z_hat + intercepts_[i])
+
+    where ``mean`` and ``var`` (ddof=0) are the minibatch statistics of
+    ``z`` during training (weighted by ``sample_weight``) and the running
+    statistics at inference. The running statistics start at 0 and 1 and
+    follow PyTorch's update with ``bn_momentum``. At the end of ``fit`` and
+    ``partial_fit`` batch norm is folded into the weights, and ``predict``
+    runs on the folded network (see :meth:`to_sklearn`).
+
+    Training runs whole epochs in compiled code without the GIL; matrix
+    products use BLAS through :mod:`scipy.linalg.cython_blas`, so the
+    number of BLAS threads follows :mod:`threadpoolctl` limits. float32
+    input is trained and predicted in float32.
+
+    Every minibatch needs at least 2 samples: ``batch_size`` must be >= 2,
+    and fitting on a single sample raises ``ValueError``.
+"""
+
+_REFERENCES_DOC = """
+    .. [1] Ioffe, S. and Szegedy, C. (2015). "Batch Normalization:
+       Accelerating Deep Network Training by Reducing Internal Covariate
+       Shift." :arxiv:`1502.03167`.
+    .. [2] LeCun, Y., Bottou, L., Orr, G. and Mueller, K. (1998). "Efficient
+       BackProp." In Neural Networks: Tricks of the Trade.
+    .. [3] Kingma, D. and Ba, J. (2014). "Adam: A method for stochastic
+       optimization." :arxiv:`1412.6980`.
+"""
+
+
+class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
+    __doc__ = (
+        """Multilayer perceptron classifier with batch-normalized hidden layers.
+
+    Same parameters, methods and behaviour as scikit-learn's
+    :class:`~sklearn.neural_network.MLPClassifier` with the ``'adam'`` and
+    ``'sgd'`` solvers, plus ``bn_momentum`` and ``bn_epsilon``: every hidden
+    layer is ``linear -> batch norm -> activation`` (Ioffe & Szegedy, 2015),
+    with the batch-norm scale and shift learned by backpropagation.
+
+    Read more in the :doc:`user guide </user_guide/mlp>`.
+
+    Parameters
+    ----------"""
+        + _COMMON_PARAMS_DOC
+        + """
+    Attributes
+    ----------
+    classes_ : ndarray or list of ndarray of shape (n_classes,)
+        Class labels for each output.
+"""
+        + _COMMON_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    MLPBNRegressor : The regressor twin.
+    sklearn.neural_network.MLPClassifier : The same network without batch norm.
+    BatchNormScaler : Batch-norm statistics as a transformer.
+
+    Notes
+    -----"""
+        + _NOTES_DOC
+        + """
+    References
+    ----------"""
+        + _REFERENCES_DOC
+        + """
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.model_selection import train_test_split
+    >>> from sklearn_bn import MLPBNClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X_train, X_test, y_train, y_test = train_test_split(
+    ...     X / 16, y, random_state=0)
+    >>> clf = MLPBNClassifier(hidden_layer_sizes=(64,), max_iter=20,
+    ...                       random_state=0).fit(X_train, y_train)
+    >>> clf.predict(X_test[:3]).shape
+    (3,)
+    >>> round(clf.score(X_test, y_test), 1) >= 0.9
+    True
+    """
+    )
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss="log_loss",
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
+        )
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            accept_sparse=["csr", "csc"],
+            multi_output=True,
+            dtype=(np.float64, np.float32),
+            order="C",
+            reset=reset,
+        )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    "The number of classes has to be greater than one; got 1 "
+                    f"class: {self.classes_}."
+                )
+        else:
+            classes = unique_labels(y)
+            if self.warm_start and not incremental:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same "
+                        "classes as in the previous call to fit. Previously "
+                        f"got {self.classes_}, `y` has {classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    "`y` has classes not in `self.classes_`. "
+                    f"`self.classes_` has {self.classes_}. 'y' has {classes}."
+                )
+        Y = self._label_binarizer.transform(y)
+        return X, Y
+
+    def _out_activation(self, n_outputs):
+        if self._label_binarizer.y_type_ == "multiclass":
+            return "softmax"
+        return "logistic"
+
+    def _decode_targets(self, Y):
+        return self._label_binarizer.inverse_transform(
+            Y.ravel() if Y.shape[1] == 1 else Y
+        )
+
+    def _decode_output(self, proba):
+        if proba.shape[1] == 1:
+            proba = proba.ravel()
+        return self._label_binarizer.inverse_transform(proba)
+
+    @staticmethod
+    def _score_function(y, y_pred, sample_weight=None):
+        return accuracy_score(y, y_pred, sample_weight=sample_weight)
+
+    @staticmethod
+    def _sklearn_class():
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier
+
+    def _copy_sklearn_extras(self, mlp):
+        import copy
+
+        mlp.classes_ = self.classes_
+        mlp._label_binarizer = copy.deepcopy(self._label_binarizer)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    @_restore_on_failure
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data. Sparse matrices (CSR or CSC) are used directly
+            by the first layer.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The class labels, or a label-indicator matrix (multilabel).
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights. They weight the loss and the
+            batch-norm statistics (as repeat counts would).
+
+        Returns
+        -------
+        self : object
+            The fitted model.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    @_restore_on_failure
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The target labels.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights.
+
+        classes : array of shape (n_classes,), default=None
+            Classes across all calls to partial_fit; required on the first
+            call, ignored afterwards.
+
+        Returns
+        -------
+        self : object
+            The updated model.
+        """
+        if _check_partial_fit_first_call(self, classes):
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+            if len(self._label_binarizer.classes_) < 2:
+                raise ValueError(
+                    "The number of classes has to be greater than one; got 1 "
+                    f"class: {self._label_binarizer.classes_}."
+                )
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predict using the batch-normalized MLP classifier.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            The predicted classes.
+        """
+        X = self._validate_X_predict(X)
+        return self._decode_output(self._predict_raw(X))
+
+    def predict_proba(self, X):
+        """Probability estimates.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y_prob : ndarray of shape (n_samples, n_classes)
+            The probability of each class, in the order of ``classes_``.
+        """
+        X = self._validate_X_predict(X)
+        y_pred = self._predict_raw(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """Return the log of probability estimates.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        log_y_prob : ndarray of shape (n_samples, n_classes)
+            ``log(predict_proba(X))``.
+        """
+        y_prob = self.predict_proba(X)
+        return np.log(y_prob, out=y_prob)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
+    __doc__ = (
+        """Multilayer perceptron regressor with batch-normalized hidden layers.
+
+    Same parameters, methods and behaviour as scikit-learn's
+    :class:`~sklearn.neural_network.MLPRegressor` with the ``'adam'`` and
+    ``'sgd'`` solvers, plus ``bn_momentum`` and ``bn_epsilon``: every hidden
+    layer is ``linear -> batch norm -> activation``.
+
+    Read more in the :doc:`user guide </user_guide/mlp>`.
+
+    Parameters
+    ----------
+    loss : {'squared_error', 'poisson'}, default='squared_error'
+        Half squared error (identity output), or half Poisson deviance
+        (exponential output, ``y >= 0``). With several outputs the loss is
+        summed over them (the objective whose gradient is followed; note that
+        scikit-learn reports the mean over outputs for ``'squared_error'``).
+"""
+        + _COMMON_PARAMS_DOC
+        + """
+    Attributes
+    ----------"""
+        + _COMMON_ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    MLPBNClassifier : The classifier twin.
+    sklearn.neural_network.MLPRegressor : The same network without batch norm.
+
+    Notes
+    -----"""
+        + _NOTES_DOC
+        + """
+    References
+    ----------"""
+        + _REFERENCES_DOC
+        + """
+    Examples
+    --------
+    >>> from sklearn.datasets import make_regression
+    >>> from sklearn_bn import MLPBNRegressor
+    >>> X, y = make_regression(n_samples=200, n_features=10, noise=1.0,
+    ...                        random_state=0)
+    >>> reg = MLPBNRegressor(hidden_layer_sizes=(32,), max_iter=300,
+    ...                      learning_rate_init=0.01, random_state=0)
+    >>> reg.fit(X, y / y.std()).score(X, y / y.std()) > 0.9
+    True
+    """
+    )
+
+    _parameter_constraints: dict = {
+        **_BaseMLPBN._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss=loss,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
+        )
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            accept_sparse=["csr", "csc"],
+            multi_output=True,
+            y_numeric=True,
+            dtype=(np.float64, np.float32),
+            order="C",
+            reset=reset,
+        )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError(
+                "Some value(s) of y are negative which is not allowed for "
+                "Poisson regression."
+            )
+        return X, y
+
+    def _out_activation(self, n_outputs):
+        return "exp" if self.loss == "poisson" else "identity"
+
+    def _decode_targets(self, Y):
+        return Y.ravel() if Y.shape[1] == 1 else Y
+
+    def _decode_output(self, y_pred):
+        return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
+
+    @staticmethod
+    def _score_function(y, y_pred, sample_weight=None):
+        return r2_score(y, y_pred, sample_weight=sample_weight)
+
+    @staticmethod
+    def _sklearn_class():
+        from sklearn.neural_network import MLPRegressor
+
+        return MLPRegressor
+
+    def _sklearn_params(self):
+        return {**super()._sklearn_params(), "loss": self.loss}
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    @_restore_on_failure
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The target values.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights.
+
+        Returns
+        -------
+        self : object
+            The fitted model.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    @_restore_on_failure
+    def partial_fit(self, X, y, sample_weight=None):
+        """Update the model with a single epoch over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The target values.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights.
+
+        Returns
+        -------
+        self : object
+            The updated model.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predict using the batch-normalized MLP regressor.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            The predicted values.
+        """
+        X = self._validate_X_predict(X)
+        return self._decode_output(self._predict_raw(X))
