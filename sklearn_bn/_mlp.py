@@ -365,6 +365,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 "per minibatch, got 1 sample."
             )
         dtype = X.dtype if first_pass else self.coefs_[0].dtype
+        Y = self._encode_targets(Y, dtype)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, X, dtype=dtype, ensure_non_negative=True
@@ -1188,8 +1189,22 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                     "`y` has classes not in `self.classes_`. "
                     f"`self.classes_` has {self.classes_}. 'y' has {classes}."
                 )
-        Y = self._label_binarizer.transform(y)
-        return X, Y
+        return X, y
+
+    def _encode_targets(self, y, dtype):
+        """Targets as the network's output matrix, built directly in ``dtype``
+        (LabelBinarizer would make an int64 matrix first: 2x the memory)."""
+        lb = self._label_binarizer
+        if lb.y_type_.startswith("multilabel"):
+            Y = lb.transform(y)
+            Y = Y.toarray() if sp.issparse(Y) else Y
+            return np.ascontiguousarray(Y, dtype=dtype)
+        index = np.searchsorted(lb.classes_, y)
+        if len(lb.classes_) <= 2:
+            return (index == 1).astype(dtype).reshape(-1, 1)
+        Y = np.zeros((len(index), len(lb.classes_)), dtype=dtype)
+        Y[np.arange(len(index)), index] = 1
+        return Y
 
     def _out_activation(self, n_outputs):
         if self._label_binarizer.y_type_ == "multiclass":
@@ -1479,6 +1494,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     def _out_activation(self, n_outputs):
         return "exp" if self.loss == "poisson" else "identity"
+
+    def _encode_targets(self, y, dtype):
+        return np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
 
     def _decode_targets(self, Y):
         return Y.ravel() if Y.shape[1] == 1 else Y
