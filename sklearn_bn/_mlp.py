@@ -102,6 +102,8 @@ def _workspace_sizes(units, max_batch, sparse):
         "var_base": n_hidden,
         "scratch_off": 2 * n_hidden,
         "max_batch": max_batch,
+        "units": tuple(units),
+        "sparse": bool(sparse),
         "dwork_size": 2 * n_hidden + SCRATCH_PER_COLUMN * max_units,
     }
 

@@ -322,6 +322,50 @@ cdef void optimizer_step(int solver, floating* theta, const floating* grad,
 # Python-facing layer: the estimator validates everything, then calls these.
 
 
+
+def _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
+                       layout, theta, others, running_mean, running_var,
+                       bint sparse, bint weighted):
+    """Raise ValueError unless every array matches the network's layout.
+
+    Python code in this module must not use negative indices: the module is
+    compiled with ``wraparound=False``, which applies to lists too.
+    """
+    units = layout["units"]
+    n_layers = len(units) - 1
+    n_features = units[0]
+    n_out = units[n_layers]
+    n_params = layout["bias_off"][n_layers - 1] + n_out
+    n_hidden = sum(units[1:n_layers])
+    if sparse:
+        n_rows = X_indptr.shape[0] - 1
+        if n_rows < 0 or X_indices.shape[0] != X_data.shape[0]:
+            raise ValueError("malformed CSR input")
+        if X_indptr[0] != 0 or X_indptr[n_rows] != X_data.shape[0]:
+            raise ValueError("malformed CSR input")
+        if np.any(np.diff(np.asarray(X_indptr)) < 0):
+            raise ValueError("malformed CSR input")
+        if X_data.shape[0] and (np.min(X_indices) < 0
+                                or np.max(X_indices) >= n_features):
+            raise ValueError("CSR column index out of range")
+    else:
+        n_rows = X.shape[0]
+        if X.shape[1] != n_features:
+            raise ValueError(f"X has {X.shape[1]} features, expected {n_features}")
+    if Y.shape[0] != n_rows or Y.shape[1] != n_out:
+        raise ValueError(f"Y has shape {Y.shape[:2]}, expected ({n_rows}, {n_out})")
+    if weighted and sample_weight.shape[0] != n_rows:
+        raise ValueError("sample_weight and X have different numbers of rows")
+    if theta.shape[0] != n_params:
+        raise ValueError(f"theta has {theta.shape[0]} entries, expected {n_params}")
+    for arr in others:
+        if arr.shape[0] != n_params:
+            raise ValueError("gradient and optimizer buffers must match theta")
+    if running_mean.shape[0] != n_hidden or running_var.shape[0] != n_hidden:
+        raise ValueError("running statistics do not match the hidden layers")
+    return n_rows
+
+
 cdef Net make_net(const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
                   const Py_ssize_t[::1] gamma_off, const Py_ssize_t[::1] bias_off,
                   const Py_ssize_t[::1] stat_off, const Py_ssize_t[::1] z_off,
@@ -403,6 +447,9 @@ def train_epoch(
     cdef const Py_ssize_t* Xptr = NULL
     cdef const floating* swp = NULL
 
+    _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
+                       layout, theta, (grad, state_a, state_b), running_mean,
+                       running_var, sparse, weighted)
     if n < 2:
         raise ValueError("an epoch needs at least 2 samples")
     if np.min(order) < 0 or np.max(order) >= Y.shape[0]:
@@ -412,10 +459,9 @@ def train_epoch(
     if batch_size < 2:
         raise ValueError("batch_size must be at least 2")
     max_batch = min(batch_size + 1, n)
-    if work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]:
-        raise ValueError("workspace too small for this network")
-    if Y.shape[0] != (X_indptr.shape[0] - 1 if sparse else X.shape[0]):
-        raise ValueError("X and Y have different numbers of rows")
+    if (work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]
+            or ws["units"] != tuple(layout["units"]) or ws["sparse"] != sparse):
+        raise ValueError("workspace does not fit this network")
     if sparse:
         Xd = &X_data[0] if X_data.shape[0] else NULL
         Xi = &X_indices[0] if X_indices.shape[0] else NULL
@@ -479,12 +525,14 @@ def loss_and_gradient(
     cdef const Py_ssize_t* Xi = NULL
     cdef const Py_ssize_t* Xptr = NULL
     cdef const floating* swp = NULL
+    _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
+                       layout, theta, (grad_out,), running_mean, running_var,
+                       sparse, weighted)
     if m < 1 or m > ws["max_batch"]:
         raise ValueError("need between one row and the workspace's max_batch")
-    if work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]:
-        raise ValueError("workspace too small for this network")
-    if grad_out.shape[0] != theta.shape[0]:
-        raise ValueError("grad_out and theta differ in length")
+    if (work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]
+            or ws["units"] != tuple(layout["units"]) or ws["sparse"] != sparse):
+        raise ValueError("workspace does not fit this network")
     if sparse:
         Xd = &X_data[0] if X_data.shape[0] else NULL
         Xi = &X_indices[0] if X_indices.shape[0] else NULL
