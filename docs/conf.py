@@ -1,0 +1,192 @@
+"""Sphinx configuration for sklearn_bn.
+
+Build (warnings are errors)::
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+The docs import the *compiled* package. If the source tree next to this folder
+has not been built in place (no compiled extension beside each ``.pyx``), the
+source tree is taken off ``sys.path`` so that the installed package is used:
+``pip install ".[docs]"`` followed by the command above works from a fresh clone.
+
+Intersphinx links to scikit-learn, numpy, scipy and Python are off by default
+because fetching their inventories needs the network (a failed fetch is a
+warning, hence an error under ``-W``). Turn them on with::
+
+    SKLEARN_BN_DOCS_INTERSPHINX=1 python -m sphinx -W --keep-going -b html docs docs/_build/html
+"""
+
+import os
+import sys
+from pathlib import Path
+
+DOCS_DIR = Path(__file__).resolve().parent
+REPO_DIR = DOCS_DIR.parent
+
+
+def _source_tree_is_built(package_dir):
+    """True if every Cython module in ``package_dir`` has a compiled twin."""
+    pyx_files = list(package_dir.glob("*.pyx"))
+    for pyx in pyx_files:
+        if not any(package_dir.glob(pyx.stem + ".*.so")) and not any(
+            package_dir.glob(pyx.stem + ".*.pyd")
+        ):
+            return False
+    return True
+
+
+if not _source_tree_is_built(REPO_DIR / "sklearn_bn"):
+    # ``python -m sphinx`` puts the working directory first on sys.path; when
+    # run from the repository root that would shadow the installed package
+    # with the uncompiled sources.
+    sys.path[:] = [
+        p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO_DIR
+    ]
+
+try:
+    import sklearn_bn
+except ImportError as exc:  # pragma: no cover - configuration error path
+    raise ImportError(
+        "The docs need an importable, compiled sklearn_bn: run "
+        "`pip install \".[docs]\"` (or `pip install -e \".[docs]\"`) first."
+    ) from exc
+
+print(f"sklearn_bn {sklearn_bn.__version__} from {Path(sklearn_bn.__file__).parent}")
+
+# -- Project information ------------------------------------------------------
+
+project = "sklearn_bn"
+author = "sklearn_bn developers"
+copyright = "sklearn_bn developers"
+release = sklearn_bn.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- General configuration ----------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.extlinks",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "numpydoc",
+]
+
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+source_suffix = {".rst": "restructuredtext"}
+root_doc = "index"
+default_role = "literal"
+
+# :arxiv:`1502.03167` in docstrings and pages.
+extlinks = {"arxiv": ("https://arxiv.org/abs/%s", "arXiv:%s")}
+
+# autosummary writes one stub page per public class into docs/generated/
+# (git-ignored); the class template lives in _templates/autosummary/.
+autosummary_generate = True
+autosummary_imported_members = False
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "none"
+
+# numpydoc renders Parameters/Attributes/...; the class template lists the
+# methods, so numpydoc must not add a second (toctree'd) member table.
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_attributes_as_param_list = True
+numpydoc_xref_param_type = False
+
+# The user guide lists `scaler` (written separately) next to `mlp`. Until that
+# page exists, do not fail the build on the dangling toctree entry; once it is
+# there this has no effect.
+suppress_warnings = []
+if not (DOCS_DIR / "user_guide" / "scaler.rst").exists():
+    suppress_warnings.append("toc.not_readable")
+
+# -- Intersphinx (opt-in: needs the network) ----------------------------------
+
+INTERSPHINX_TARGETS = {
+    "python": ("https://docs.python.org/3", None),
+    "numpy": ("https://numpy.org/doc/stable/", None),
+    "scipy": ("https://docs.scipy.org/doc/scipy/", None),
+    "sklearn": ("https://scikit-learn.org/stable/", None),
+}
+if os.environ.get("SKLEARN_BN_DOCS_INTERSPHINX", "0") not in ("", "0"):
+    intersphinx_mapping = INTERSPHINX_TARGETS
+    intersphinx_timeout = 30
+else:
+    intersphinx_mapping = {}
+
+# -- HTML output --------------------------------------------------------------
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"sklearn_bn {release}"
+html_static_path = []
+html_show_sourcelink = False
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "navbar_align": "left",
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+html_context = {"default_mode": "light"}
+
+
+# -- Links into scikit-learn's docs without intersphinx -----------------------
+#
+# Methods inherited from scikit-learn (``set_output``, ``set_fit_request``,
+# ``score``, ...) carry docstrings with ``:ref:`` and ``:term:`` links into
+# scikit-learn's own docs, and our docstrings use scikit-learn's glossary
+# (``:term:`fit```) as scikit-learn's do. Without intersphinx those targets are
+# unknown and Sphinx warns. Resolve them to scikit-learn's pages directly:
+# every ``:term:`` (these docs have no glossary of their own), and ``:ref:``
+# only in text that comes from a scikit-learn docstring, so that a broken
+# label in our own pages still fails the build.
+
+SKLEARN_URL = "https://scikit-learn.org/stable/"
+SKLEARN_LABELS = {
+    "metadata_routing": "metadata_routing.html",
+    "df_output_transform": "modules/df_output_transform.html",
+    "accuracy_score": "modules/model_evaluation.html#accuracy-score",
+    "r2_score": "modules/model_evaluation.html#r2-score",
+    "sphx_glr_auto_examples_miscellaneous_plot_set_output.py": (
+        "auto_examples/miscellaneous/plot_set_output.html"
+    ),
+}
+
+
+def _node_source(node):
+    while node is not None:
+        if node.source:
+            return node.source
+        node = node.parent
+    return ""
+
+
+def _sklearn_missing_reference(app, env, node, contnode):
+    from docutils import nodes
+    from urllib.parse import quote
+
+    if node.get("refdomain") != "std" or node.get("reftype") not in ("ref", "term"):
+        return None
+    target = node["reftarget"]
+    if node["reftype"] == "term":
+        uri = SKLEARN_URL + "glossary.html#term-" + "-".join(target.lower().split())
+    elif target in SKLEARN_LABELS:  # also in autosummary's one-line summaries
+        uri = SKLEARN_URL + SKLEARN_LABELS[target]
+    elif "docstring of sklearn." in _node_source(node):
+        uri = SKLEARN_URL + "search.html?q=" + quote(target)
+    else:
+        return None
+    ref = nodes.reference("", "", internal=False, refuri=uri, reftitle=target)
+    if node["reftype"] == "ref" and not node.get("refexplicit"):
+        ref += nodes.inline(target, target)
+    else:
+        ref += contnode
+    return ref
+
+
+def setup(app):
+    # after intersphinx (priority 500), which resolves them properly when on
+    app.connect("missing-reference", _sklearn_missing_reference, priority=900)
