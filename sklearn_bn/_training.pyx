@@ -17,7 +17,7 @@ Workspace: ``work`` (input dtype) and ``dwork`` (float64) are allocated once
 per fit by the caller (``_mlp._workspace_sizes`` gives the sizes and offsets),
 and are sized by the minibatch, not by the data.
 """
-from libc.math cimport exp, log, sqrt, isfinite
+from libc.math cimport exp, log, sqrt, sqrtf
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cython cimport floating
@@ -304,7 +304,10 @@ cdef void optimizer_step(int solver, floating* theta, const floating* grad,
             g = grad[i]
             state_a[i] = b1 * state_a[i] + (1 - b1) * g
             state_b[i] = b2 * state_b[i] + (1 - b2) * g * g
-            theta[i] -= lr_t * state_a[i] / (<floating> sqrt(state_b[i]) + eps)
+            if floating is float:
+                theta[i] -= lr_t * state_a[i] / (sqrtf(state_b[i]) + eps)
+            else:
+                theta[i] -= lr_t * state_a[i] / (sqrt(state_b[i]) + eps)
     else:
         mom = <floating> momentum
         lr = <floating> learning_rate
