@@ -1,6 +1,658 @@
-"""BatchNormScaler (placeholder until implemented)."""
-from sklearn.base import BaseEstimator, TransformerMixin
+"""BatchNormScaler: batch-normalization statistics as a scikit-learn transformer.
+
+The statistics come from :func:`sklearn_bn._batchnorm.batch_stats` (the same
+kernel the networks use), the affine map from :mod:`sklearn_bn._scaling`.
+Everything here works on vectors of ``n_features``; the data are read by the
+kernels only: ``fit`` reads ``X`` once, ``transform`` reads it once and writes
+the output once, and ``fit_transform`` does both on one validated array.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Real
+
+import numpy as np
+from scipy import sparse
+from sklearn.base import (
+    BaseEstimator,
+    OneToOneFeatureMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils import assert_all_finite
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
+
+from sklearn_bn._batchnorm import batch_stats
+from sklearn_bn._scaling import affine_columns, has_infinity
+
+_FLOAT_DTYPES = (np.float64, np.float32)
+
+# Below this many elements per thread, a thread costs more than it saves.
+_MIN_ELEMENTS_PER_THREAD = 1 << 18
 
 
-class BatchNormScaler(TransformerMixin, BaseEstimator):
-    """Placeholder."""
+def _effective_n_threads():
+    """Threads the kernels may use: as many as scikit-learn's OpenMP code.
+
+    That is the number of CPUs unless ``OMP_NUM_THREADS`` or
+    ``threadpoolctl.threadpool_limits(user_api="openmp")`` lowers it.
+    """
+    try:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    except ImportError:  # pragma: no cover - private helper moved
+        return os.cpu_count() or 1
+    return _openmp_effective_n_threads()
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _reset_pool():
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    # A forked child inherits the executor but not its threads.
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _run_in_row_blocks(func, n_rows, n_cols):
+    """Call ``func(start, stop)`` over row blocks, in threads when it pays.
+
+    Returns the list of results in row order. The kernels release the GIL,
+    so the blocks run in parallel.
+    """
+    global _POOL
+    n_threads = min(
+        _effective_n_threads(),
+        max(1, (n_rows * n_cols) // _MIN_ELEMENTS_PER_THREAD),
+        max(1, n_rows),
+    )
+    if n_threads <= 1:
+        return [func(0, n_rows)]
+    bounds = np.linspace(0, n_rows, n_threads + 1).astype(np.intp)
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] < n_threads - 1:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (
+                n_threads - 1,
+                ThreadPoolExecutor(n_threads - 1, thread_name_prefix="sklearn_bn"),
+            )
+        pool = _POOL[1]
+    futures = [
+        pool.submit(func, bounds[k], bounds[k + 1]) for k in range(1, n_threads)
+    ]
+    first = func(bounds[0], bounds[1])  # the calling thread takes a block too
+    return [first] + [future.result() for future in futures]
+
+
+def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
+    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
+
+    Vectors of ``n_features``; a column with zero total count keeps mean 0
+    and variance 0.
+    """
+    count = count_a + count_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac_b = np.where(count > 0, count_b / count, 0.0)
+    frac_a = 1.0 - frac_b
+    delta = mean_b - mean_a
+    mean = mean_a + frac_b * delta
+    var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
+    return count, mean, var
+
+
+def _is_constant_feature(var, mean, n_samples):
+    """Features indistinguishable from constants, as ``StandardScaler`` decides.
+
+    The bound is the error of the two-pass variance algorithm (Chan, Golub
+    and LeVeque), the same test as ``sklearn.preprocessing._data``.
+    """
+    eps = np.finfo(np.float64).eps
+    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
+    return var <= upper_bound
+
+
+class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Standardize features with batch-normalization statistics.
+
+    Each feature is centered and scaled with the mean and variance of the
+    data, then given the scale ``gamma`` and offset ``beta`` that suit the
+    layer that follows::
+
+        X_out = gamma * (X - running_mean_) / sqrt(running_var_ + epsilon) + beta
+
+    With ``momentum=None`` the statistics are exact over every sample seen,
+    as in :class:`~sklearn.preprocessing.StandardScaler`; with a
+    ``momentum`` they are the exponential moving averages that batch
+    normalization keeps, so that the scaler tracks a drifting stream fed
+    through :meth:`partial_fit`.
+
+    Read more in the :doc:`user guide </user_guide/scaler>`.
+
+    Parameters
+    ----------
+    momentum : float in (0, 1] or None, default=None
+        ``None``: exact statistics (mean and ``ddof=0`` variance) over all
+        samples seen by :meth:`fit` or the :meth:`partial_fit` calls since
+        the last :meth:`fit`; ``fit`` then equals any split of the same rows
+        into ``partial_fit`` calls. A float ``m``: exponential moving
+        average with PyTorch's convention: the first batch sets
+        ``running_mean_`` and ``running_var_`` to its mean and unbiased
+        variance, each later batch does
+        ``running = (1 - m) * running + m * batch_statistic``. A batch must
+        then hold at least two samples (a sum of weights above 1).
+
+    epsilon : float, default=1e-5
+        Added to the variance before the square root, as in batch
+        normalization. With ``epsilon=0`` and ``momentum=None`` the output
+        equals :class:`~sklearn.preprocessing.StandardScaler`'s, constant
+        features included (they are centered but not scaled).
+
+    gamma : float or array-like of shape (n_features,), default=1.0
+        Scale of the output: its standard deviation, per feature or for all.
+        0.5 puts most inputs of a ``tanh`` unit in its linear part.
+
+    beta : float or array-like of shape (n_features,), default=0.0
+        Offset of the output: its mean, per feature or for all.
+
+    copy : bool, default=True
+        If False, :meth:`transform` and :meth:`inverse_transform` overwrite
+        ``X`` when it is already a writable C-contiguous float32 or float64
+        array; other inputs are converted (copied) anyway.
+
+    Attributes
+    ----------
+    running_mean_ : ndarray of shape (n_features,), dtype float64
+        Mean of each feature (exact, or its moving average). Kept in float64
+        whatever the input dtype, as ``StandardScaler.mean_``.
+
+    running_var_ : ndarray of shape (n_features,), dtype float64
+        Variance of each feature: ``ddof=0`` with ``momentum=None``, the
+        moving average of unbiased batch variances otherwise.
+
+    n_samples_seen_ : int or ndarray of shape (n_features,)
+        Samples counted in the statistics, as in ``StandardScaler``: an
+        integer when no sample is missing and no weights are given, the sum
+        of the weights with ``sample_weight`` (then a float), and a
+        per-feature array when NaN made the counts differ. Reset by
+        :meth:`fit`, increased by :meth:`partial_fit`.
+
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X`
+        has feature names that are all strings.
+
+    See Also
+    --------
+    sklearn.preprocessing.StandardScaler : Exact mean and variance, without
+        the ``gamma``/``beta`` output range or moving averages.
+    sklearn_bn.MLPBNClassifier : Batch normalization inside every hidden
+        layer of a multilayer perceptron.
+
+    Notes
+    -----
+    NaN values are ignored when learning the statistics and kept by
+    :meth:`transform`; infinite values raise a ``ValueError``. Sparse input
+    is refused: centering makes it dense.
+
+    A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
+
+    The statistics are accumulated in double precision in one pass over the
+    data (per cache-sized block, two-pass within the block, merged with Chan
+    et al.'s update) and stored in float64; :meth:`transform` computes in
+    the input's dtype, so float32 data stay float32 with no float64 copy.
+    Large arrays are processed in row blocks on as many threads as
+    scikit-learn's OpenMP code would use (limit them with
+    ``OMP_NUM_THREADS`` or ``threadpoolctl.threadpool_limits``).
+
+    With a ``momentum`` and ``epsilon=0``, features whose running standard
+    deviation is (near) zero are not scaled, as ``StandardScaler`` does.
+
+    References
+    ----------
+    .. [1] S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep
+       Network Training by Reducing Internal Covariate Shift", ICML 2015,
+       :arxiv:`1502.03167`.
+    .. [2] Y. LeCun, L. Bottou, G. B. Orr and K.-R. Müller, "Efficient
+       BackProp", in Neural Networks: Tricks of the Trade, Springer, 1998.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_bn import BatchNormScaler
+    >>> X = np.array([[-1.0, 0.0], [1.0, 0.0], [-1.0, 2.0], [1.0, 2.0]])
+    >>> scaler = BatchNormScaler(epsilon=0.0).fit(X)
+    >>> scaler.running_mean_
+    array([0., 1.])
+    >>> scaler.running_var_
+    array([1., 1.])
+    >>> scaler.transform([[3.0, 1.0]])
+    array([[3., 0.]])
+
+    For a ``tanh`` layer, squeeze the inputs into its linear part:
+
+    >>> tanh_scaler = BatchNormScaler(epsilon=0.0, gamma=0.5).fit(X)
+    >>> tanh_scaler.transform(X)
+    array([[-0.5, -0.5],
+           [ 0.5, -0.5],
+           [-0.5,  0.5],
+           [ 0.5,  0.5]])
+
+    On a stream, ``momentum`` keeps batch normalization's running averages:
+
+    >>> stream = BatchNormScaler(momentum=0.1)
+    >>> stream = stream.partial_fit(X[:2]).partial_fit(X[2:])
+    >>> stream.running_mean_
+    array([0. , 0.2])
+    >>> stream.running_var_
+    array([2., 0.])
+    """
+
+    _parameter_constraints: dict = {
+        "momentum": [Interval(Real, 0, 1, closed="right"), None],
+        "epsilon": [Interval(Real, 0, None, closed="left")],
+        "gamma": [Real, "array-like"],
+        "beta": [Real, "array-like"],
+        "copy": ["boolean"],
+    }
+
+    def __init__(self, *, momentum=None, epsilon=1e-5, gamma=1.0, beta=0.0, copy=True):
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.gamma = gamma
+        self.beta = beta
+        self.copy = copy
+
+    # ------------------------------------------------------------------
+    # Fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, sample_weight=None):
+        """Forget earlier statistics, then learn them from `X` as one batch.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The data. NaN values are ignored.
+
+        y : None
+            Ignored.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples, acting as repeat counts.
+
+        Returns
+        -------
+        self : object
+            Fitted scaler.
+        """
+        self._fit(X, sample_weight, reset=True)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the statistics with one more batch `X`.
+
+        The first call on an unfitted scaler acts as :meth:`fit`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The batch. NaN values are ignored.
+
+        y : None
+            Ignored.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples, acting as repeat counts.
+
+        Returns
+        -------
+        self : object
+            Fitted scaler.
+        """
+        self._fit(X, sample_weight, reset=not hasattr(self, "n_samples_seen_"))
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit to `X`, then transform it, validating and reading it once.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The data. NaN values are ignored by the statistics and kept.
+
+        y : None
+            Ignored.
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the samples, acting as repeat counts.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+            Transformed data, with the dtype of `X` (float32 or float64).
+        """
+        X_in = X
+        X = self._fit(X, sample_weight, reset=True)
+        # fit has rejected infinite values: no need to look for them again.
+        return self._affine(X, X_in, self._coefficients(X.dtype), self.copy,
+                            check_inf=False)
+
+    def _fit(self, X, sample_weight, reset):
+        """Learn or update the statistics; return the validated `X`.
+
+        Everything is computed into locals and assigned at the end; if
+        anything fails, the estimator's ``__dict__`` is restored, so a failed
+        call leaves a fitted scaler unchanged (``validate_data`` itself sets
+        ``n_features_in_`` and ``feature_names_in_`` when ``reset``).
+        """
+        saved_state = self.__dict__.copy()
+        try:
+            return self._fit_unsafe(X, sample_weight, reset)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved_state)
+            raise
+
+    def _fit_unsafe(self, X, sample_weight, reset):
+        _reject_sparse(X, self)
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=_FLOAT_DTYPES,
+            order="C",
+            # Infinite values are detected from the statistics (they make
+            # them non-finite) instead of in an extra pass over X.
+            ensure_all_finite=False,
+        )
+        n_features = X.shape[1]
+        self._affine_params(n_features)  # wrong gamma/beta: fail before work
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=X.dtype, ensure_non_negative=True
+            )
+        if self.momentum is not None and X.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__}(momentum={self.momentum}) needs at least "
+                "2 samples per batch to estimate an unbiased variance, got "
+                f"n_samples={X.shape[0]}."
+            )
+
+        count_b, mean_b, var_b = _batch_statistics(X, sample_weight, self)
+
+        # Previous statistics, as per-feature float vectors.
+        if reset:
+            count_prev = np.zeros(n_features)
+            integer_counts = sample_weight is None
+        else:
+            count_prev = np.broadcast_to(
+                np.asarray(self.n_samples_seen_, dtype=np.float64), (n_features,)
+            )
+            integer_counts = sample_weight is None and np.issubdtype(
+                np.asarray(self.n_samples_seen_).dtype, np.integer
+            )
+
+        if self.momentum is None:
+            if reset:
+                count, mean, var = count_b, mean_b, var_b
+            else:
+                count, mean, var = _merge_stats(
+                    count_prev, self.running_mean_, self.running_var_,
+                    count_b, mean_b, var_b,
+                )
+        else:
+            too_few = count_b <= 1
+            if np.any(too_few):
+                raise ValueError(_too_few_message(self, too_few, count_b, sample_weight))
+            var_b = var_b * (count_b / (count_b - 1))
+            count = count_prev + count_b
+            if reset:
+                mean, var = mean_b, var_b
+            else:
+                m = self.momentum
+                mean = (1 - m) * self.running_mean_ + m * mean_b
+                var = (1 - m) * self.running_var_ + m * var_b
+
+        if integer_counts:
+            count = np.rint(count).astype(np.int64)
+        # Like StandardScaler: a scalar when every feature has the same count.
+        n_samples_seen = count[0] if np.ptp(count) == 0 else count
+
+        self.running_mean_ = mean
+        self.running_var_ = var
+        self.n_samples_seen_ = n_samples_seen
+        return X
+
+    # ------------------------------------------------------------------
+    # Transforming
+
+    def transform(self, X, copy=None):
+        """Standardize `X`, then apply ``gamma`` and ``beta``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The data. NaN values are kept.
+
+        copy : bool, default=None
+            Whether to leave `X` untouched; ``None`` uses the ``copy``
+            parameter.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+            ``gamma * (X - running_mean_) / sqrt(running_var_ + epsilon) +
+            beta``, with the dtype of `X` (float32 or float64).
+        """
+        check_is_fitted(self)
+        _reject_sparse(X, self)
+        copy = self.copy if copy is None else copy
+        X_in = X
+        X = validate_data(
+            self,
+            X,
+            reset=False,
+            dtype=_FLOAT_DTYPES,
+            order="C",
+            ensure_all_finite=False,
+            force_writeable=not copy,
+        )
+        return self._affine(X, X_in, self._coefficients(X.dtype), copy)
+
+    def inverse_transform(self, X, copy=None):
+        """Undo :meth:`transform`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Transformed data. NaN values are kept.
+
+        copy : bool, default=None
+            Whether to leave `X` untouched; ``None`` uses the ``copy``
+            parameter.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+            Data in the original feature space.
+        """
+        check_is_fitted(self)
+        _reject_sparse(X, self)
+        copy = self.copy if copy is None else copy
+        X_in = X
+        X = check_array(
+            X,
+            dtype=_FLOAT_DTYPES,
+            order="C",
+            ensure_all_finite=False,
+            force_writeable=not copy,
+            input_name="X",
+            estimator=self,
+        )
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input."
+            )
+        scale, shift = self._coefficients(np.float64)
+        if np.any(scale == 0):
+            raise ValueError(
+                "inverse_transform is undefined where gamma is 0 (features "
+                f"{np.flatnonzero(scale == 0).tolist()}): transform maps them "
+                "to beta whatever the input."
+            )
+        inverse = (1.0 / scale, -shift / scale)
+        return self._affine(X, X_in, tuple(c.astype(X.dtype) for c in inverse), copy)
+
+    def _affine_params(self, n_features):
+        """``gamma`` and ``beta`` as float64 vectors of ``n_features``."""
+        params = []
+        for name in ("gamma", "beta"):
+            value = getattr(self, name)
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"{name} must be a float or an array of {n_features} floats, "
+                    f"got {value!r}."
+                ) from exc
+            if array.ndim == 0:
+                array = np.full(n_features, array)
+            elif array.shape != (n_features,):
+                raise ValueError(
+                    f"{name} must be a float or an array of shape (n_features,) = "
+                    f"({n_features},), got an array of shape {array.shape}."
+                )
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"{name} must be finite, got {value!r}.")
+            params.append(array)
+        return params
+
+    def _coefficients(self, dtype):
+        """``scale`` and ``shift`` with ``transform(X) = X * scale + shift``.
+
+        Computed in float64 from the statistics and the current parameters,
+        then cast to ``dtype``.
+        """
+        gamma, beta = self._affine_params(self.n_features_in_)
+        var = self.running_var_
+        std = np.sqrt(var + self.epsilon)
+        if self.epsilon == 0:
+            if self.momentum is None:
+                # StandardScaler's test, on the same exact statistics.
+                constant = _is_constant_feature(
+                    var, self.running_mean_, self.n_samples_seen_
+                )
+            else:
+                constant = std < 10 * np.finfo(np.float64).eps
+            std = np.where(constant, 1.0, std)
+        scale = gamma / std
+        shift = beta - self.running_mean_ * scale
+        return scale.astype(dtype), shift.astype(dtype)
+
+    def _affine(self, X, X_in, coefficients, copy, check_inf=True):
+        """``X * scale + shift``, in place when allowed, in row blocks."""
+        scale, shift = coefficients
+        # Is X our own conversion of the input (free to overwrite)?
+        private = X is not X_in and (
+            not isinstance(X_in, np.ndarray) and not hasattr(X_in, "__array__")
+            or isinstance(X_in, np.ndarray) and not np.may_share_memory(X, X_in)
+        )
+        if not private and (copy or not X.flags.writeable):
+            out = np.empty_like(X)
+        else:
+            out = X
+            if check_inf and not private and has_infinity(X):
+                # In place on the caller's array: check before writing.
+                _raise_infinite(X, self)
+
+        def block(start, stop):
+            return affine_columns(X[start:stop], scale, shift, out[start:stop])
+
+        if any(_run_in_row_blocks(block, *X.shape)) and check_inf:
+            _raise_infinite(X, self)
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.sparse = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _reject_sparse(X, estimator):
+    if sparse.issparse(X):
+        raise TypeError(
+            f"{type(estimator).__name__} does not accept sparse input: centering "
+            "(subtracting running_mean_) would make a sparse matrix dense. Convert "
+            "it with X.toarray() if it fits in memory, or scale without centering "
+            "with StandardScaler(with_mean=False) or MaxAbsScaler."
+        )
+
+
+def _raise_infinite(X, estimator):
+    """Raise scikit-learn's error for infinite values in `X`."""
+    assert_all_finite(
+        X, allow_nan=True, estimator_name=type(estimator).__name__, input_name="X"
+    )
+    raise ValueError("Input X contains infinity.")  # pragma: no cover
+
+
+def _batch_statistics(X, sample_weight, estimator):
+    """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored.
+
+    One pass of the ``batch_stats`` kernel, in row blocks merged with Chan's
+    update. NaN and infinity make the plain pass non-finite: then infinity
+    raises, and NaN columns are recomputed with NaN skipped (that second
+    pass only happens on data with missing values).
+    """
+    n_rows, n_cols = X.shape
+
+    def stats(ignore_nan):
+        def block(start, stop):
+            w = None if sample_weight is None else sample_weight[start:stop]
+            mean, var, wsum = batch_stats(X[start:stop], w, ignore_nan)
+            return wsum, mean, var
+
+        results = _run_in_row_blocks(block, n_rows, n_cols)
+        count, mean, var = results[0]
+        for other in results[1:]:
+            count, mean, var = _merge_stats(count, mean, var, *other)
+        return count, mean, var
+
+    count, mean, var = stats(False)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        if has_infinity(X):
+            _raise_infinite(X, estimator)
+        count, mean, var = stats(True)
+    return count, mean, var
+
+
+def _too_few_message(estimator, too_few, count, sample_weight):
+    name = f"{type(estimator).__name__}(momentum={estimator.momentum})"
+    features = np.flatnonzero(too_few)
+    shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
+    what = "sum of sample weights" if sample_weight is not None else "number of samples"
+    return (
+        f"{name} cannot estimate an unbiased variance from this batch: the "
+        f"{what} that are not NaN is <= 1 for feature(s) {shown} (smallest: "
+        f"{count[features].min():g}). Batches need n_samples >= 2 (a sum of "
+        "weights above 1) in every feature."
+    )

@@ -1,1 +1,121 @@
-"""Per-column affine transform kernels for BatchNormScaler (placeholder)."""
+"""Per-column affine kernels for ``BatchNormScaler``.
+
+``BatchNormScaler.transform`` is ``gamma * (x - mean) / sqrt(var + eps) + beta``,
+that is ``out = x * scale + shift`` with one ``scale`` and one ``shift`` per
+column; ``inverse_transform`` is the same map with the inverse coefficients.
+The Python layer computes the coefficients (vectors of ``n_features``), the
+kernels here stream the data once.
+
+Three layers, as in scikit-learn's ``_loss.pyx``: ``c*`` functions work on raw
+C-contiguous blocks without the GIL; ``def`` wrappers check shapes, release the
+GIL and call them; ``BatchNormScaler`` validates user input before either.
+
+The kernels also keep, per column, the largest ``|x|`` they read (NaN
+ignored) so that the caller learns whether ``x`` held an infinite value
+without a second pass over the data.
+"""
+from libc.math cimport fabs, INFINITY
+from cython cimport floating
+
+import numpy as np
+
+
+cdef void caffine_columns(const floating* x, floating* out,
+                          Py_ssize_t n_rows, Py_ssize_t n_cols,
+                          const floating* scale, const floating* shift,
+                          floating* absmax) noexcept nogil:
+    """``out[i, j] = x[i, j] * scale[j] + shift[j]``.
+
+    ``out`` may be ``x`` (in place). ``absmax[j]`` is raised to the largest
+    ``|x[i, j]|`` of the column, NaN ignored; the caller initializes it.
+    """
+    cdef Py_ssize_t i, j
+    cdef floating v, a
+    cdef const floating* xrow
+    cdef floating* orow
+    for i in range(n_rows):
+        xrow = x + i * n_cols
+        orow = out + i * n_cols
+        for j in range(n_cols):
+            v = xrow[j]
+            orow[j] = v * scale[j] + shift[j]
+            # A compare-and-select that maps to one SIMD max: NaN compares
+            # false and is skipped, infinity wins.
+            a = fabs(v)
+            absmax[j] = a if a > absmax[j] else absmax[j]
+
+
+cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
+                          Py_ssize_t n_cols, floating* absmax) noexcept nogil:
+    """``absmax[j] = max(absmax[j], max_i |x[i, j]|)``, NaN ignored."""
+    cdef Py_ssize_t i, j
+    cdef floating a
+    cdef const floating* xrow
+    for i in range(n_rows):
+        xrow = x + i * n_cols
+        for j in range(n_cols):
+            a = fabs(xrow[j])
+            absmax[j] = a if a > absmax[j] else absmax[j]
+
+
+# ---------------------------------------------------------------------------
+# def wrappers: check everything, then call the kernels without the GIL.
+
+
+cdef bint _has_infinity(const floating[::1] absmax) noexcept:
+    cdef Py_ssize_t j
+    for j in range(absmax.shape[0]):
+        if absmax[j] == INFINITY:
+            return True
+    return False
+
+
+def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
+                   const floating[::1] shift, floating[:, ::1] out):
+    """``out = x * scale + shift`` column by column; return whether ``x`` has inf.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_rows, n_cols), float32 or float64, C-contiguous
+    scale, shift : ndarray of shape (n_cols,), same dtype as ``x``
+    out : ndarray of shape (n_rows, n_cols), same dtype as ``x``, written
+        May be ``x`` itself for an in-place update. NaN in ``x`` stays NaN.
+
+    Returns
+    -------
+    has_inf : bool
+        True when ``x`` holds ``+inf`` or ``-inf`` (``out`` is then written
+        anyway; the caller decides whether to raise).
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    if scale.shape[0] != n_cols or shift.shape[0] != n_cols:
+        raise ValueError(
+            f"scale and shift must have length {n_cols}, got "
+            f"{scale.shape[0]} and {shift.shape[0]}")
+    if out.shape[0] != n_rows or out.shape[1] != n_cols:
+        raise ValueError(
+            f"out has shape ({out.shape[0]}, {out.shape[1]}), expected "
+            f"({n_rows}, {n_cols})")
+    if n_rows == 0 or n_cols == 0:
+        return False
+    absmax_arr = np.zeros(n_cols, dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] absmax = absmax_arr
+    with nogil:
+        caffine_columns(&x[0, 0], &out[0, 0], n_rows, n_cols, &scale[0],
+                        &shift[0], &absmax[0])
+    return _has_infinity(absmax)
+
+
+def has_infinity(const floating[:, ::1] x):
+    """Whether the C-contiguous float array ``x`` holds ``+inf`` or ``-inf``.
+
+    NaN does not count. One vectorized pass, no temporary of ``x``'s size.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    if n_rows == 0 or n_cols == 0:
+        return False
+    absmax_arr = np.zeros(n_cols, dtype=np.float32 if floating is float else np.float64)
+    cdef floating[::1] absmax = absmax_arr
+    with nogil:
+        cabsmax_columns(&x[0, 0], n_rows, n_cols, &absmax[0])
+    return _has_infinity(absmax)

@@ -1,0 +1,739 @@
+"""Tests of BatchNormScaler and of its kernels (sklearn_bn._scaling)."""
+
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
+
+from sklearn_bn import BatchNormScaler
+from sklearn_bn._scaling import affine_columns, has_infinity
+
+DTYPES = [np.float32, np.float64]
+MOMENTA = [None, 0.1]
+
+
+def _tol(dtype):
+    """rtol/atol for outputs of order 1 computed in ``dtype``."""
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+
+def _data(n=200, m=6, dtype=np.float64, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, m)) * rng.uniform(0.1, 10, size=m) + rng.uniform(-5, 5, size=m)
+    return X.astype(dtype)
+
+
+def _reference(X, mean, var, epsilon, gamma=1.0, beta=0.0):
+    """The pinned formula, in float64."""
+    X = np.asarray(X, dtype=np.float64)
+    return gamma * (X - mean) / np.sqrt(var + epsilon) + beta
+
+
+def _state(est):
+    """A deep snapshot of the fitted state, comparable with ``_assert_same_state``."""
+    return pickle.loads(pickle.dumps(est.__dict__))
+
+
+def _assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if isinstance(value, np.ndarray) or np.isscalar(value):
+            assert_array_equal(after[key], value, err_msg=key)
+            assert np.asarray(after[key]).dtype == np.asarray(value).dtype, key
+        else:
+            assert after[key] == value, key
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn compatibility
+
+
+@parametrize_with_checks([BatchNormScaler(), BatchNormScaler(momentum=0.1)])
+def test_sklearn_compatible(estimator, check, monkeypatch):
+    # The array API check (with NumPy inputs) skips itself unless this is set;
+    # set it only while the check runs so that no skip is left.
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
+    check(estimator)
+
+
+# ---------------------------------------------------------------------------
+# momentum=None: exact statistics, StandardScaler's output at epsilon=0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_standard_scaler(dtype):
+    X = _data(dtype=dtype)
+    X[:, 1] = 3.7  # zero variance (not exactly representable in float32)
+    X[:, 4] = 0.0
+    X_test = _data(n=50, dtype=dtype, seed=1)
+
+    ours = BatchNormScaler(epsilon=0.0)
+    ref = StandardScaler()
+    Xt = ours.fit_transform(X)
+    Xt_ref = ref.fit_transform(X)
+
+    assert Xt.dtype == dtype
+    assert_allclose(ours.running_mean_, ref.mean_, rtol=1e-12, atol=1e-12)
+    assert_allclose(ours.running_var_, ref.var_, rtol=1e-10, atol=1e-12)
+    assert ours.n_samples_seen_ == ref.n_samples_seen_ == X.shape[0]
+    assert isinstance(ours.n_samples_seen_, np.integer)
+    assert_allclose(Xt, Xt_ref, **_tol(dtype))
+    assert_allclose(ours.transform(X_test), ref.transform(X_test), **_tol(dtype))
+    # Constant features are centered, not scaled.
+    assert_allclose(ours.transform(X_test)[:, 1], X_test[:, 1] - 3.7, rtol=1e-5)
+    assert_allclose(ours.inverse_transform(Xt), X, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_standard_scaler_partial_fit_stream(dtype):
+    X = _data(n=301, dtype=dtype)
+    ours = BatchNormScaler(epsilon=0.0)
+    ref = StandardScaler()
+    for start in range(0, X.shape[0], 40):
+        ours.partial_fit(X[start:start + 40])
+        ref.partial_fit(X[start:start + 40])
+    assert_allclose(ours.running_mean_, ref.mean_, rtol=1e-12)
+    assert_allclose(ours.running_var_, ref.var_, rtol=1e-10)
+    assert ours.n_samples_seen_ == ref.n_samples_seen_ == 301
+    assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_standard_scaler_sample_weight(dtype):
+    X = _data(dtype=dtype)
+    X[:, 2] = -1.25
+    w = np.random.RandomState(3).uniform(0, 3, size=X.shape[0]).astype(dtype)
+    w[:20] = 0
+    ours = BatchNormScaler(epsilon=0.0).fit(X, sample_weight=w)
+    ref = StandardScaler().fit(X, sample_weight=w)
+    assert_allclose(ours.running_mean_, ref.mean_, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert_allclose(ours.running_var_, ref.var_, rtol=1e-6 if dtype == np.float32 else 1e-10, atol=1e-20)
+    assert_allclose(ours.n_samples_seen_, ref.n_samples_seen_, rtol=1e-6)
+    assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_ignored_by_statistics_and_kept(dtype):
+    X = _data(dtype=dtype)
+    rng = np.random.RandomState(7)
+    X[rng.uniform(size=X.shape) < 0.2] = np.nan
+    X[:, 5] = np.nan
+    X[3:, 5] = 2.0  # a constant column with missing values
+    ours = BatchNormScaler(epsilon=0.0).fit(X)
+    ref = StandardScaler().fit(X)
+
+    assert_allclose(ours.running_mean_[:5], np.nanmean(X[:, :5].astype(np.float64), axis=0), rtol=1e-12)
+    assert_allclose(ours.running_var_[:5], np.nanvar(X[:, :5].astype(np.float64), axis=0), rtol=1e-10)
+    assert_array_equal(ours.n_samples_seen_, ref.n_samples_seen_)
+    assert_array_equal(ours.n_samples_seen_, np.sum(~np.isnan(X), axis=0))
+    Xt = ours.transform(X)
+    assert_array_equal(np.isnan(Xt), np.isnan(X))
+    assert_allclose(Xt, ref.transform(X), **_tol(dtype))
+
+    # With weights too.
+    w = rng.uniform(0.5, 2, size=X.shape[0])
+    ours.fit(X, sample_weight=w)
+    ref.fit(X, sample_weight=w)
+    assert_allclose(ours.n_samples_seen_, ref.n_samples_seen_)
+    assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
+
+
+def test_n_samples_seen_convention():
+    X = _data(n=20, m=3)
+    scaler = BatchNormScaler().fit(X)
+    assert isinstance(scaler.n_samples_seen_, np.integer) and scaler.n_samples_seen_ == 20
+    scaler.partial_fit(X[:5])
+    assert scaler.n_samples_seen_ == 25
+    scaler.partial_fit(X, sample_weight=np.full(20, 0.5))
+    assert isinstance(scaler.n_samples_seen_, np.floating) and scaler.n_samples_seen_ == 35
+    X[0, 1] = np.nan
+    scaler.fit(X)
+    assert_array_equal(scaler.n_samples_seen_, [20, 19, 20])
+    # fit forgets what partial_fit accumulated.
+    scaler.partial_fit(X)
+    scaler.fit(X[1:5])
+    assert scaler.n_samples_seen_ == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    n_rows=st.integers(2, 40),
+    n_cols=st.integers(1, 4),
+    weighted=st.booleans(),
+    with_nan=st.booleans(),
+)
+def test_fit_equals_any_split_into_partial_fit(data, n_rows, n_cols, weighted, with_nan):
+    rng = np.random.RandomState(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    X = rng.normal(size=(n_rows, n_cols)) * 10.0 ** rng.uniform(-3, 3, size=n_cols)
+    X += rng.uniform(-100, 100, size=n_cols)
+    if with_nan:
+        X[rng.uniform(size=X.shape) < 0.3] = np.nan
+    w = rng.uniform(0, 3, size=n_rows) if weighted else None
+    cuts = data.draw(
+        st.lists(st.integers(1, n_rows - 1), unique=True, max_size=min(5, n_rows - 1)),
+        label="cuts",
+    )
+    bounds = [0] + sorted(cuts) + [n_rows]
+
+    whole = BatchNormScaler().fit(X, sample_weight=w)
+    parts = BatchNormScaler()
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        parts.partial_fit(X[start:stop], sample_weight=None if w is None else w[start:stop])
+
+    scale = np.nanmax(np.abs(X), initial=1.0)
+    assert_allclose(parts.running_mean_, whole.running_mean_, rtol=1e-9, atol=1e-12 * scale)
+    assert_allclose(parts.running_var_, whole.running_var_, rtol=1e-8, atol=1e-12 * scale**2)
+    assert_allclose(parts.n_samples_seen_, whole.n_samples_seen_, rtol=1e-12)
+    assert np.asarray(parts.n_samples_seen_).shape == np.asarray(whole.n_samples_seen_).shape
+
+
+# ---------------------------------------------------------------------------
+# momentum: PyTorch's running statistics
+
+
+def _torch_like(batches, momentum, weights=None):
+    """Running mean and var as torch.nn.BatchNorm1d keeps them, seeded by batch 1."""
+    mean = var = None
+    for k, B in enumerate(batches):
+        w = np.ones(len(B)) if weights is None else weights[k]
+        n = w.sum()
+        mu = np.sum(w[:, None] * B, axis=0) / n
+        v = np.sum(w[:, None] * (B - mu) ** 2, axis=0) / n * n / (n - 1)
+        if mean is None:
+            mean, var = mu, v
+        else:
+            mean = (1 - momentum) * mean + momentum * mu
+            var = (1 - momentum) * var + momentum * v
+    return mean, var
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
+def test_momentum_follows_pytorch_convention(dtype, momentum):
+    X = _data(n=90, dtype=dtype)
+    batches = [X[:30], X[30:32], X[32:90]]
+    scaler = BatchNormScaler(momentum=momentum)
+    for B in batches:
+        scaler.partial_fit(B)
+    mean, var = _torch_like([B.astype(np.float64) for B in batches], momentum)
+    assert scaler.running_mean_.dtype == np.float64
+    assert_allclose(scaler.running_mean_, mean, rtol=1e-12, atol=1e-12)
+    assert_allclose(scaler.running_var_, var, rtol=1e-10)
+    assert scaler.n_samples_seen_ == 90
+    assert_allclose(
+        scaler.transform(X), _reference(X, mean, var, 1e-5), **_tol(dtype)
+    )
+    # The first batch seeds the statistics with its mean and unbiased variance.
+    first = BatchNormScaler(momentum=momentum).partial_fit(X[:30])
+    assert_allclose(first.running_mean_, X[:30].astype(np.float64).mean(axis=0), rtol=1e-12)
+    assert_allclose(first.running_var_, X[:30].astype(np.float64).var(axis=0, ddof=1), rtol=1e-10)
+
+
+def test_momentum_fit_resets_and_uses_one_batch():
+    X = _data(n=50)
+    scaler = BatchNormScaler(momentum=0.1).partial_fit(X[:10]).partial_fit(X[10:])
+    scaler.fit(X)
+    assert_allclose(scaler.running_mean_, X.mean(axis=0), rtol=1e-12)
+    assert_allclose(scaler.running_var_, X.var(axis=0, ddof=1), rtol=1e-10)
+    assert scaler.n_samples_seen_ == 50
+
+
+def test_momentum_weights_are_repeat_counts():
+    X = _data(n=30)
+    w = np.random.RandomState(0).randint(0, 4, size=30)
+    w[:2] = 1
+    X_rep = np.repeat(X, w, axis=0)
+    a = BatchNormScaler(momentum=0.3).partial_fit(X[:15], sample_weight=w[:15])
+    a.partial_fit(X[15:], sample_weight=w[15:])
+    b = BatchNormScaler(momentum=0.3).partial_fit(X_rep[:w[:15].sum()])
+    b.partial_fit(X_rep[w[:15].sum():])
+    assert_allclose(a.running_mean_, b.running_mean_, rtol=1e-12)
+    assert_allclose(a.running_var_, b.running_var_, rtol=1e-10)
+    mean, var = _torch_like([X[:15], X[15:]], 0.3, weights=[w[:15], w[15:]])
+    assert_allclose(a.running_var_, var, rtol=1e-10)
+
+
+def test_momentum_nan_uses_per_feature_counts():
+    X = _data(n=40, m=3)
+    X[:5, 1] = np.nan
+    scaler = BatchNormScaler(momentum=0.2).partial_fit(X[:20]).partial_fit(X[20:])
+    mean = np.nanmean(X[:20], axis=0)
+    var = np.nanvar(X[:20], axis=0, ddof=1)
+    mean = 0.8 * mean + 0.2 * X[20:].mean(axis=0)
+    var = 0.8 * var + 0.2 * X[20:].var(axis=0, ddof=1)
+    assert_allclose(scaler.running_mean_, mean, rtol=1e-12)
+    assert_allclose(scaler.running_var_, var, rtol=1e-10)
+    assert_array_equal(scaler.n_samples_seen_, [40, 35, 40])
+
+
+@pytest.mark.parametrize(
+    "batch, weight, match",
+    [
+        (np.ones((1, 3)), None, "n_samples=1"),
+        (np.ones((4, 3)), np.array([0.25, 0.25, 0.25, 0.25]), "sum of sample weights"),
+        (np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, 7.0]]), None, r"feature\(s\) \[1\]"),
+    ],
+)
+def test_momentum_batch_too_small_raises_and_changes_nothing(batch, weight, match):
+    X = _data(n=30, m=3)
+    scaler = BatchNormScaler(momentum=0.1).fit(X)
+    before = _state(scaler)
+    with pytest.raises(ValueError, match=match):
+        scaler.partial_fit(batch, sample_weight=weight)
+    _assert_same_state(before, _state(scaler))
+    with pytest.raises(ValueError, match=match):
+        scaler.fit(batch, sample_weight=weight)
+    _assert_same_state(before, _state(scaler))
+    # Unfitted: stays unfitted.
+    fresh = BatchNormScaler(momentum=0.1)
+    with pytest.raises(ValueError, match=match):
+        fresh.partial_fit(batch, sample_weight=weight)
+    assert not hasattr(fresh, "n_samples_seen_") and not hasattr(fresh, "n_features_in_")
+
+
+def test_momentum_none_accepts_one_sample():
+    scaler = BatchNormScaler(epsilon=0.0).fit([[1.0, 2.0]])
+    assert_array_equal(scaler.transform([[1.0, 5.0]]), [[0.0, 3.0]])
+
+
+def test_momentum_epsilon_zero_constant_feature_unscaled():
+    X = _data(n=20, m=3)
+    X[:, 0] = 4.0
+    scaler = BatchNormScaler(momentum=0.1, epsilon=0.0).fit(X)
+    Xt = scaler.transform(X)
+    assert np.all(np.isfinite(Xt))
+    assert_allclose(scaler.transform([[5.0, 0.0, 0.0]])[0, 0], 1.0)
+
+
+# ---------------------------------------------------------------------------
+# gamma, beta, epsilon, inverse_transform
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_gamma_beta_scalars_and_arrays(dtype, momentum):
+    X = _data(dtype=dtype)
+    gamma = np.linspace(0.5, 2.0, X.shape[1])
+    beta = np.linspace(-1, 1, X.shape[1])
+    for g, b in [(0.5, 0.1), (gamma, 0.0), (1.0, beta), (gamma, beta), (list(gamma), tuple(beta))]:
+        scaler = BatchNormScaler(momentum=momentum, gamma=g, beta=b, epsilon=1e-3).fit(X)
+        expected = _reference(
+            X, scaler.running_mean_, scaler.running_var_, 1e-3, np.asarray(g), np.asarray(b)
+        )
+        Xt = scaler.transform(X)
+        assert Xt.dtype == dtype
+        assert_allclose(Xt, expected, **_tol(dtype))
+        if momentum is None:
+            # The output has mean beta and standard deviation close to gamma.
+            assert_allclose(Xt.mean(axis=0), np.broadcast_to(b, 6), atol=1e-4)
+            assert_allclose(Xt.std(axis=0), np.broadcast_to(g, 6), rtol=1e-3)
+        assert_allclose(scaler.inverse_transform(Xt), X, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                        atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta"])
+@pytest.mark.parametrize("value", [np.ones(5), np.ones((6, 1)), [1.0, 2.0], [np.nan] * 6, np.inf, "a"])
+def test_bad_gamma_beta_raises_at_fit(name, value):
+    X = _data()
+    with pytest.raises((ValueError, TypeError)):
+        BatchNormScaler(**{name: value}).fit(X)
+    fitted = BatchNormScaler().fit(X)
+    before = _state(fitted)
+    fitted.set_params(**{name: value})
+    with pytest.raises((ValueError, TypeError)):
+        fitted.partial_fit(X)
+    fitted.set_params(**{name: 1.0 if name == "gamma" else 0.0})
+    _assert_same_state(before, _state(fitted))
+
+
+def test_gamma_length_error_message():
+    with pytest.raises(ValueError, match=r"gamma must be a float or an array of shape \(n_features,\) = \(6,\)"):
+        BatchNormScaler(gamma=np.ones(5)).fit(_data())
+
+
+def test_epsilon_enters_as_in_batch_norm():
+    X = _data(n=100, m=2)
+    X[:, 1] *= 1e-3
+    for eps in [0.0, 1e-5, 1.0]:
+        scaler = BatchNormScaler(epsilon=eps).fit(X)
+        assert_allclose(scaler.transform(X), _reference(X, X.mean(0), X.var(0), eps), rtol=1e-10, atol=1e-12)
+
+
+def test_inverse_transform_with_gamma_zero_raises():
+    scaler = BatchNormScaler(gamma=[1.0, 0.0]).fit(_data(m=2))
+    with pytest.raises(ValueError, match="gamma is 0"):
+        scaler.inverse_transform(np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inverse_transform_keeps_nan_and_checks_features(dtype):
+    X = _data(dtype=dtype)
+    X[::7, 2] = np.nan
+    scaler = BatchNormScaler(gamma=2.0, beta=-1.0).fit(X)
+    back = scaler.inverse_transform(scaler.transform(X))
+    assert back.dtype == dtype
+    assert_array_equal(np.isnan(back), np.isnan(X))
+    assert_allclose(back, X, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+    with pytest.raises(ValueError, match="X has 5 features, but BatchNormScaler is expecting 6"):
+        scaler.inverse_transform(X[:, :5])
+
+
+# ---------------------------------------------------------------------------
+# Input handling: dtypes, layouts, read-only and memory-mapped data, copies
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_dtype_layout_readonly_grid(dtype, order, readonly, momentum):
+    X = np.asarray(_data(dtype=dtype), order=order)
+    X[::11, 3] = np.nan
+    X_orig = X.copy()
+    if readonly:
+        X.setflags(write=False)
+    scaler = BatchNormScaler(momentum=momentum, gamma=0.5, beta=0.1)
+    Xt = scaler.fit_transform(X)
+    X64 = X_orig.astype(np.float64)
+    mean = np.nanmean(X64, axis=0)
+    var = np.nanvar(X64, axis=0, ddof=0 if momentum is None else 1)
+    assert_allclose(scaler.running_mean_, mean, rtol=1e-12)
+    assert_allclose(scaler.running_var_, var, rtol=1e-10)
+    assert Xt.dtype == dtype and Xt.flags.c_contiguous
+    assert_allclose(Xt, _reference(X64, mean, var, 1e-5, 0.5, 0.1), **_tol(dtype))
+    back_tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    assert_allclose(scaler.transform(X), Xt, **_tol(dtype))
+    assert_allclose(scaler.inverse_transform(Xt), X_orig, **back_tol)
+    assert_array_equal(X, X_orig)
+    # copy=False overwrites only a writable C-contiguous float array.
+    in_place = order == "C" and not readonly
+    out = scaler.transform(X, copy=False)
+    assert (out is X) == in_place
+    assert_allclose(out, Xt, **_tol(dtype))
+    back = scaler.inverse_transform(out, copy=False)
+    assert (back is X) == in_place
+    assert_allclose(back, X_orig, **back_tol)
+    if not in_place:
+        assert_array_equal(X, X_orig)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_memmap_input(tmp_path, dtype):
+    X = _data(dtype=dtype)
+    mm = np.memmap(tmp_path / "X.dat", dtype=dtype, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    ro = np.memmap(tmp_path / "X.dat", dtype=dtype, mode="r", shape=X.shape)
+    scaler = BatchNormScaler().fit(ro)
+    assert_allclose(scaler.running_mean_, X.astype(np.float64).mean(axis=0), rtol=1e-12)
+    assert_allclose(scaler.transform(ro), BatchNormScaler().fit_transform(X), **_tol(dtype))
+    assert_allclose(scaler.transform(ro, copy=False), scaler.transform(X), **_tol(dtype))
+    assert_array_equal(ro, X)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_false_works_in_place(dtype):
+    X = _data(dtype=dtype)
+    expected = BatchNormScaler().fit_transform(X)
+    scaler = BatchNormScaler(copy=False).fit(X)
+    Xc = X.copy()
+    out = scaler.transform(Xc)
+    assert out is Xc
+    assert_allclose(Xc, expected, **_tol(dtype))
+    back = scaler.inverse_transform(Xc)
+    assert back is Xc
+    assert_allclose(Xc, X, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+    # fit_transform with copy=False too.
+    Xc = X.copy()
+    assert BatchNormScaler(copy=False).fit_transform(Xc) is Xc
+    assert_allclose(Xc, expected, **_tol(dtype))
+    # copy=True (default) leaves X alone, and copy= overrides the parameter.
+    Xc = X.copy()
+    assert scaler.transform(Xc, copy=True) is not Xc
+    assert_array_equal(Xc, X)
+    assert BatchNormScaler().fit(X).transform(Xc, copy=False) is Xc
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_float32_stays_float32_without_float64_copy(dtype):
+    X = _data(n=20000, m=20, dtype=dtype)
+    scaler = BatchNormScaler().fit(X)
+    tracemalloc.start()
+    try:
+        scaler.fit(X)
+        _, fit_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        Xt = scaler.transform(X)
+        _, transform_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert Xt.dtype == dtype
+    # fit allocates vectors only; transform allocates its output only.
+    assert fit_peak < 0.05 * X.nbytes
+    assert transform_peak < 1.05 * X.nbytes
+
+
+def test_integer_and_list_input_become_float64():
+    X = np.arange(24).reshape(8, 3)
+    scaler = BatchNormScaler(copy=False).fit(X)
+    Xt = scaler.transform(X)
+    assert Xt.dtype == np.float64
+    assert_array_equal(X, np.arange(24).reshape(8, 3))
+    assert_allclose(scaler.transform(X.tolist()), Xt)
+
+
+def test_y_is_ignored_and_pipeline_works():
+    X = _data()
+    y = (X[:, 0] > X[:, 0].mean()).astype(int)
+    pipe = make_pipeline(BatchNormScaler(gamma=0.5), LogisticRegression()).fit(X, y)
+    assert pipe.score(X, y) > 0.9
+    assert_allclose(BatchNormScaler().fit(X, y).transform(X), BatchNormScaler().fit_transform(X, y))
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_fit_transform_equals_fit_then_transform(momentum):
+    X = _data()
+    X[5, 2] = np.nan
+    w = np.random.RandomState(0).uniform(0.1, 2, size=X.shape[0])
+    a = BatchNormScaler(momentum=momentum).fit_transform(X, sample_weight=w)
+    b = BatchNormScaler(momentum=momentum).fit(X, sample_weight=w).transform(X)
+    assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Errors, and failure atomicity
+
+
+@pytest.mark.parametrize("sparse_container", [sparse.csr_matrix, sparse.csr_array, sparse.csc_array])
+def test_sparse_input_is_refused_with_the_reason(sparse_container):
+    X = sparse_container(np.eye(4))
+    msg = r"does not accept sparse input: centering .* would make a sparse matrix dense"
+    with pytest.raises(TypeError, match=msg):
+        BatchNormScaler().fit(X)
+    scaler = BatchNormScaler().fit(np.eye(4))
+    before = _state(scaler)
+    for method in (scaler.partial_fit, scaler.fit, scaler.transform, scaler.inverse_transform):
+        with pytest.raises(TypeError, match=msg):
+            method(X)
+    _assert_same_state(before, _state(scaler))
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_infinity_raises_everywhere(momentum):
+    X = _data(n=30, m=3)
+    X_inf = X.copy()
+    X_inf[4, 1] = np.inf
+    X_ninf = X.copy()
+    X_ninf[0, 0] = -np.inf
+    scaler = BatchNormScaler(momentum=momentum).fit(X)
+    for bad in (X_inf, X_ninf):
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            BatchNormScaler(momentum=momentum).fit(bad)
+        for copy in (True, False):
+            kept = bad.copy()
+            with pytest.raises(ValueError, match="Input X contains infinity"):
+                scaler.transform(kept, copy=copy)
+            assert_array_equal(kept, bad)  # not even partly overwritten
+            with pytest.raises(ValueError, match="Input X contains infinity"):
+                scaler.inverse_transform(kept, copy=copy)
+            assert_array_equal(kept, bad)
+    # Infinity next to NaN, and in a zero-weight row.
+    X_both = X_inf.copy()
+    X_both[7, 2] = np.nan
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        BatchNormScaler(momentum=momentum).fit(X_both)
+    w = np.ones(30)
+    w[4] = 0
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        BatchNormScaler(momentum=momentum).fit(X_inf, sample_weight=w)
+
+
+def _failures(momentum):
+    """(description, callable(scaler)) pairs that must raise on a fitted scaler."""
+    X = _data(n=30, m=4)
+    X_inf = X.copy()
+    X_inf[3, 2] = np.inf
+    X_nan_col = X.copy()
+    X_nan_col[:, 1] = np.nan
+    cases = {
+        "wrong n_features": lambda s: s.partial_fit(X[:, :3]),
+        "infinity": lambda s: s.partial_fit(X_inf),
+        "zero weights": lambda s: s.partial_fit(X, sample_weight=np.zeros(30)),
+        "negative weights": lambda s: s.partial_fit(X, sample_weight=-np.ones(30)),
+        "weights with NaN": lambda s: s.partial_fit(X, sample_weight=np.full(30, np.nan)),
+        "wrong weight length": lambda s: s.partial_fit(X, sample_weight=np.ones(29)),
+        "empty": lambda s: s.partial_fit(X[:0]),
+        "1d": lambda s: s.partial_fit(X[:, 0]),
+        "complex": lambda s: s.partial_fit(X + 1j),
+        "strings": lambda s: s.partial_fit(np.array([["a", "b", "c", "d"]] * 3)),
+        "sparse": lambda s: s.partial_fit(sparse.csr_array(X)),
+        "bad gamma length": lambda s: s.set_params(gamma=np.ones(3)).partial_fit(X),
+        "bad beta length": lambda s: s.set_params(beta=np.ones(5)).fit(X),
+        "bad momentum": lambda s: s.set_params(momentum=2.0).fit(X),
+        "fit with infinity": lambda s: s.fit(X_inf),
+        "fit with wrong weights": lambda s: s.fit(X, sample_weight=np.zeros(30)),
+    }
+    if momentum is not None:
+        cases["one-row batch"] = lambda s: s.partial_fit(X[:1])
+        cases["one-row fit"] = lambda s: s.fit(X[:1])
+        cases["all-NaN feature in batch"] = lambda s: s.partial_fit(X_nan_col)
+        cases["weights summing to 1"] = lambda s: s.partial_fit(X, sample_weight=np.full(30, 1 / 30))
+    return cases
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_failed_fit_leaves_fitted_scaler_unchanged(momentum):
+    X = _data(n=30, m=4)
+    X[2, 3] = np.nan  # per-feature n_samples_seen_
+    for description, call in _failures(momentum).items():
+        scaler = BatchNormScaler(momentum=momentum).fit(X).partial_fit(X[:10])
+        params = scaler.get_params()
+        before = _state(scaler)
+        with pytest.raises((ValueError, TypeError)):
+            call(scaler)
+        scaler.set_params(**params)
+        _assert_same_state(before, _state(scaler))
+        # Still usable, with the same output.
+        assert_allclose(scaler.transform(X), clone(scaler).fit(X).partial_fit(X[:10]).transform(X), err_msg=description)
+
+
+def test_failed_fit_with_feature_names_keeps_them():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(_data(n=10, m=3), columns=["a", "b", "c"])
+    scaler = BatchNormScaler(momentum=0.1).fit(df)
+    bad = pd.DataFrame(_data(n=1, m=2), columns=["x", "y"])
+    with pytest.raises(ValueError):
+        scaler.fit(bad)
+    assert_array_equal(scaler.feature_names_in_, ["a", "b", "c"])
+    assert scaler.n_features_in_ == 3
+    scaler = BatchNormScaler().fit(df)
+    with pytest.raises(ValueError):
+        scaler.fit(np.ones((3, 3)), sample_weight=np.zeros(3))
+    assert_array_equal(scaler.feature_names_in_, ["a", "b", "c"])
+
+
+def test_unfitted_raises_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    for method in ("transform", "inverse_transform"):
+        with pytest.raises(NotFittedError):
+            getattr(BatchNormScaler(), method)(np.ones((2, 2)))
+
+
+# ---------------------------------------------------------------------------
+# Feature names, set_output, pickling
+
+
+def test_get_feature_names_out():
+    pd = pytest.importorskip("pandas")
+    X = _data(m=3)
+    assert_array_equal(BatchNormScaler().fit(X).get_feature_names_out(), ["x0", "x1", "x2"])
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    scaler = BatchNormScaler().fit(df)
+    assert_array_equal(scaler.feature_names_in_, ["a", "b", "c"])
+    assert_array_equal(scaler.get_feature_names_out(), ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("output", ["pandas", "polars"])
+def test_set_output(output):
+    lib = pytest.importorskip(output)
+    X = _data(m=3)
+    X[4, 0] = np.nan
+    frame = lib.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]})
+    expected = BatchNormScaler(gamma=0.5).fit_transform(X)
+    scaler = BatchNormScaler(gamma=0.5).set_output(transform=output)
+    for out in (scaler.fit_transform(frame), scaler.fit(frame).transform(frame)):
+        assert isinstance(out, lib.DataFrame)
+        assert list(out.columns) == ["a", "b", "c"]
+        assert_allclose(out.to_numpy(), expected, equal_nan=True)
+    assert_allclose(scaler.inverse_transform(expected), X, rtol=1e-12, equal_nan=True)
+    # The input frame is left alone, whatever copy says.
+    scaler.set_params(copy=False).transform(frame)
+    assert_allclose(frame.to_numpy(), X, equal_nan=True)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_pickle_round_trip(momentum):
+    X = _data()
+    X[3, 1] = np.nan
+    scaler = BatchNormScaler(momentum=momentum, gamma=np.arange(1.0, 7.0), beta=0.5).fit(X)
+    clone_ = pickle.loads(pickle.dumps(scaler))
+    assert_array_equal(clone_.transform(X), scaler.transform(X))
+    assert_array_equal(clone_.n_samples_seen_, scaler.n_samples_seen_)
+    clone_.partial_fit(X)
+    scaler.partial_fit(X)
+    assert_array_equal(clone_.running_var_, scaler.running_var_)
+
+
+# ---------------------------------------------------------------------------
+# Threads: large inputs go through row blocks; results match one thread
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_threaded_blocks_match_single_thread(dtype, momentum):
+    X = _data(n=9001, m=101, dtype=dtype)  # enough elements for several blocks
+    X[::97, 5] = np.nan
+    w = np.random.RandomState(0).uniform(0, 2, size=X.shape[0])
+    results = []
+    for n_threads in (1, 4):
+        with threadpool_limits(n_threads, user_api="openmp"):
+            scaler = BatchNormScaler(momentum=momentum)
+            Xt = scaler.fit_transform(X, sample_weight=w)
+            results.append((scaler.running_mean_, scaler.running_var_, Xt))
+    for a, b in zip(*results):
+        assert_allclose(a, b, rtol=1e-10 if dtype == np.float64 else 1e-5, atol=1e-10)
+    X64 = X.astype(np.float64)
+    w = w.astype(dtype).astype(np.float64)  # weights take X's dtype
+    mask = ~np.isnan(X64)
+    mean = np.nansum(w[:, None] * X64, axis=0) / (w[:, None] * mask).sum(axis=0)
+    assert_allclose(results[1][0], mean, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_columns_kernel(dtype):
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=(7, 5)).astype(dtype)
+    x[2, 3] = np.nan
+    scale = rng.normal(size=5).astype(dtype)
+    shift = rng.normal(size=5).astype(dtype)
+    out = np.empty_like(x)
+    assert affine_columns(x, scale, shift, out) is False
+    assert_allclose(out, x * scale + shift, rtol=1e-6, equal_nan=True)
+    assert np.isnan(out[2, 3])
+    inplace = x.copy()
+    affine_columns(inplace, scale, shift, inplace)
+    assert_array_equal(inplace, out)
+    x[1, 1] = -np.inf
+    assert affine_columns(x, scale, shift, out) is True
+    assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
+    assert affine_columns(x[:0], scale, shift, out[:0]) is False
+    with pytest.raises(ValueError, match="scale and shift must have length 5"):
+        affine_columns(x, scale[:4], shift, out)
+    with pytest.raises(ValueError, match="out has shape"):
+        affine_columns(x, scale, shift, out[:6])
+    with pytest.raises((TypeError, ValueError)):
+        affine_columns(x, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
+    with pytest.raises((TypeError, ValueError)):
+        affine_columns(np.asfortranarray(x), scale, shift, out)
+    ro = x.copy()
+    ro.setflags(write=False)
+    affine_columns(ro, scale, shift, out)  # read-only input is fine
+    with pytest.raises((TypeError, ValueError)):
+        affine_columns(x, scale, shift, ro)  # read-only output is not
