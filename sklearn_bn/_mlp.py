@@ -837,6 +837,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
             if hasattr(self, name):
                 value = getattr(self, name)
                 setattr(mlp, name, list(value) if isinstance(value, list) else value)
+        # Private state scikit-learn's partial_fit and warm start read.
+        mlp._no_improvement_count = getattr(self, "_no_improvement_count", 0)
+        mlp._best_coefs = [c.copy() for c in mlp.coefs_]
+        mlp._best_intercepts = [b.copy() for b in mlp.intercepts_]
         self._copy_sklearn_extras(mlp)
         return mlp
 

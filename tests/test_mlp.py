@@ -1,0 +1,947 @@
+"""Tests of MLPBNClassifier and MLPBNRegressor as scikit-learn estimators.
+
+The engine's math (loss, gradients, optimizer steps, running statistics,
+minibatching) is checked against numpy in test_training.py; scikit-learn's
+estimator checks run in test_sklearn_compat.py. This module covers the
+behaviour scikit-learn's MLPs have (messages, early stopping, schedules, warm
+start, partial_fit, warnings, errors), the inference path (folded weights,
+``to_sklearn``), input types and dtypes, and what batch normalization is for.
+"""
+
+import pickle
+import re
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import expit, softmax
+from sklearn.base import clone
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor
+
+PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
+DTYPES = [np.float32, np.float64]
+
+
+def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
+    """X, y and a matching (unfitted) estimator for a problem type."""
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, n_features)).astype(dtype)
+    signal = X[:, :3] @ np.array([1.0, -2.0, 0.5])
+    if problem == "binary":
+        y = (signal + 0.3 * rng.normal(size=n) > 0).astype(int)
+    elif problem == "multiclass":
+        y = np.digitize(signal, [-1.0, 1.0])  # 3 classes
+    elif problem == "multilabel":
+        y = np.column_stack([signal > 0, X[:, 3] > 0, X[:, 0] + X[:, 4] > 0]).astype(int)
+    elif problem == "squared_error":
+        y = np.column_stack([signal, X[:, 3] ** 2]) + 0.1 * rng.normal(size=(n, 2))
+    else:
+        y = rng.poisson(np.exp(0.5 * np.tanh(signal)))
+    if problem in ("squared_error", "poisson"):
+        est = MLPBNRegressor(loss=problem, hidden_layer_sizes=(8, 6), max_iter=20,
+                             learning_rate_init=0.01, random_state=0)
+    else:
+        est = MLPBNClassifier(hidden_layer_sizes=(8, 6), max_iter=20,
+                              learning_rate_init=0.01, random_state=0)
+    return X, y, est
+
+
+def fit_quietly(est, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(*args, **kwargs)
+
+
+def raw_output(est, X):
+    """What the output layer produces: probabilities or predictions, 2-D."""
+    if isinstance(est, MLPBNClassifier):
+        proba = est.predict_proba(X)
+        return proba[:, 1:] if est.n_outputs_ == 1 else proba
+    return est.predict(X).reshape(X.shape[0], -1)
+
+
+# ---------------------------------------------------------------------------
+# Snapshots of the fitted state
+
+
+def snapshot(est):
+    """A deep copy of everything the estimator holds."""
+    return pickle.loads(pickle.dumps(est.__dict__))
+
+
+def assert_same(a, b, path="state"):
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), path
+        assert a.dtype == b.dtype, path
+        assert_array_equal(a, b, err_msg=path)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        assert type(a) is type(b), path
+        assert_same(a.__dict__, b.__dict__, f"{path}.__dict__")
+    elif isinstance(a, float) and np.isnan(a):
+        assert isinstance(b, float) and np.isnan(b), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+# ---------------------------------------------------------------------------
+# Numpy inference forward passes
+
+
+def numpy_forward_running_stats(est, X):
+    """Inference with the running statistics, not the folded weights."""
+    a = X.toarray() if sp.issparse(X) else np.asarray(X)
+    a = a.astype(np.float64)
+    act = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+           "tanh": np.tanh, "logistic": expit}[est.activation]
+    for W, g, b, m, v in zip(est.coefs_, est.gammas_, est.intercepts_,
+                             est.running_means_, est.running_vars_):
+        z = a @ W.astype(np.float64)
+        a = act(g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b)
+    raw = a @ est.coefs_[-1].astype(np.float64) + est.intercepts_[-1]
+    return {"identity": lambda v: v, "logistic": expit, "exp": np.exp,
+            "softmax": lambda v: softmax(v, axis=1)}[est.out_activation_](raw)
+
+
+def numpy_forward_folded(mlp, X):
+    """Inference with a scikit-learn MLP's coefs_/intercepts_."""
+    a = X.toarray() if sp.issparse(X) else np.asarray(X)
+    a = a.astype(np.float64)
+    act = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+           "tanh": np.tanh, "logistic": expit}[mlp.activation]
+    for W, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
+        a = act(a @ W.astype(np.float64) + b)
+    raw = a @ mlp.coefs_[-1].astype(np.float64) + mlp.intercepts_[-1]
+    return {"identity": lambda v: v, "logistic": expit, "exp": np.exp,
+            "softmax": lambda v: softmax(v, axis=1)}[mlp.out_activation_](raw)
+
+
+# ---------------------------------------------------------------------------
+# Inference: folded weights, to_sklearn, one row, blocks
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, activation):
+    X, y, est = make_data(problem)
+    fit_quietly(est.set_params(activation=activation), X, y)
+    X_test = make_data(problem, n=30, seed=1)[0]
+    expected = numpy_forward_running_stats(est, X_test)
+    out = raw_output(est, X_test)
+    assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
+
+    mlp = est.to_sklearn()
+    assert type(mlp) is (MLPClassifier if isinstance(est, MLPBNClassifier) else MLPRegressor)
+    assert len(mlp.coefs_) == len(est.coefs_)
+    for W, W_bn in zip(mlp.coefs_, est.coefs_):
+        assert W.shape == W_bn.shape and W.dtype == W_bn.dtype
+    # predict runs on the folded weights: scikit-learn's forward pass on them
+    # (in numpy) gives what predict gives, to rounding.
+    assert_allclose(numpy_forward_folded(mlp, X_test), out, rtol=1e-12, atol=1e-13)
+    # The scikit-learn MLP itself: same predictions within 1e-6 in float64.
+    if isinstance(est, MLPBNClassifier):
+        assert_allclose(mlp.predict_proba(X_test), est.predict_proba(X_test), atol=1e-6, rtol=0)
+        assert_array_equal(mlp.predict(X_test), est.predict(X_test))
+        assert_array_equal(mlp.classes_, est.classes_)
+    else:
+        assert_allclose(mlp.predict(X_test), est.predict(X_test), atol=1e-6, rtol=1e-6)
+    assert mlp.n_features_in_ == est.n_features_in_
+    assert mlp.n_layers_ == est.n_layers_ and mlp.n_outputs_ == est.n_outputs_
+    assert mlp.out_activation_ == est.out_activation_
+    assert mlp.get_params()["hidden_layer_sizes"] == est.hidden_layer_sizes
+    # The result is independent of the batch-norm model.
+    mlp.coefs_[0][...] = 0
+    assert_allclose(raw_output(est, X_test), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_to_sklearn_float32(problem):
+    X, y, est = make_data(problem, dtype=np.float32)
+    fit_quietly(est, X, y)
+    mlp = est.to_sklearn()
+    for W, b in zip(mlp.coefs_, mlp.intercepts_):
+        assert W.dtype == b.dtype == np.float32
+    if problem == "multiclass":
+        assert_allclose(mlp.predict_proba(X), est.predict_proba(X), atol=1e-5)
+    else:
+        assert_allclose(mlp.predict(X), est.predict(X), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_to_sklearn_result_can_keep_training(problem, early_stopping):
+    # A fitted scikit-learn MLP can continue with partial_fit or a warm-started
+    # fit; so must the one to_sklearn returns.
+    X, y, est = make_data(problem, n=80)
+    fit_quietly(est.set_params(early_stopping=early_stopping), X, y)
+    mlp = est.to_sklearn()
+    if not early_stopping:
+        mlp.partial_fit(X, y)
+        assert len(mlp.loss_curve_) == len(est.loss_curve_) + 1
+    mlp = est.to_sklearn().set_params(warm_start=True, max_iter=3, tol=1e6)
+    fit_quietly(mlp, X, y)
+    assert np.isfinite(mlp.coefs_[0]).all()
+    # The batch-norm model is not touched.
+    assert_allclose(est.to_sklearn().coefs_[0], est._folded["coefs"][0])
+
+
+def test_to_sklearn_needs_a_fitted_model():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        MLPBNClassifier().to_sklearn()
+
+
+@pytest.mark.parametrize("sparse_format", [None, "csr", "csc"])
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_one_row_predicts_as_among_others(problem, sparse_format):
+    X, y, est = make_data(problem)
+    fit_quietly(est, X, y)
+    X_test = make_data(problem, n=25, seed=2)[0]
+    if sparse_format:
+        X_test[np.abs(X_test) < 0.7] = 0
+        X_test = sp.csr_matrix(X_test).asformat(sparse_format)
+    together = raw_output(est, X_test)
+    for i in (0, 7, 24):
+        alone = raw_output(est, X_test[i : i + 1])
+        assert_allclose(alone[0], together[i], rtol=1e-12, atol=1e-14)
+        if problem == "multiclass":
+            assert_array_equal(est.predict(X_test[i : i + 1]), est.predict(X_test)[i : i + 1])
+
+
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_prediction_across_row_blocks(sparse_input):
+    # More rows than one block of the folded forward pass (1024 rows).
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    X_big = make_data("multiclass", n=2500, seed=3)[0]
+    if sparse_input:
+        X_big[np.abs(X_big) < 0.5] = 0
+        X_big = sp.csr_matrix(X_big)
+    whole = est.predict_proba(X_big)
+    parts = np.vstack([est.predict_proba(X_big[a:b]) for a, b in [(0, 1000), (1000, 1030),
+                                                                  (1030, 2500)]])
+    assert_allclose(whole, parts, rtol=1e-12, atol=1e-15)
+    assert_allclose(whole, numpy_forward_running_stats(est, X_big), rtol=1e-9, atol=1e-12)
+
+
+def test_predict_does_not_cache_or_change_state():
+    X, y, est = make_data("binary")
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    est.predict(X)
+    est.predict_proba(X)
+    est.predict_log_proba(X)
+    est.score(X, y)
+    assert_same(before, snapshot(est))
+
+
+def test_predict_log_proba_and_proba_shapes():
+    for problem, n_cols in [("binary", 2), ("multiclass", 3), ("multilabel", 3)]:
+        X, y, est = make_data(problem)
+        fit_quietly(est, X, y)
+        proba = est.predict_proba(X)
+        assert proba.shape == (X.shape[0], n_cols)
+        assert ((proba >= 0) & (proba <= 1)).all()
+        if problem != "multilabel":
+            assert_allclose(proba.sum(axis=1), 1, rtol=1e-12)
+        with np.errstate(divide="ignore"):
+            assert_allclose(est.predict_log_proba(X), np.log(proba), rtol=1e-12)
+        pred = est.predict(X)
+        assert pred.shape == np.shape(y)
+        if problem == "multilabel":
+            assert_array_equal(pred, (proba > 0.5).astype(int))
+        else:
+            assert_array_equal(pred, est.classes_[proba.argmax(axis=1)])
+
+
+# ---------------------------------------------------------------------------
+# Input types and dtypes
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_float32_stays_float32(problem):
+    X, y, est = make_data(problem, dtype=np.float32)
+    fit_quietly(est, X, y)
+    for name in ("coefs_", "intercepts_", "gammas_", "running_means_", "running_vars_"):
+        for arr in getattr(est, name):
+            assert arr.dtype == np.float32, name
+    out = est.predict_proba(X) if isinstance(est, MLPBNClassifier) else est.predict(X)
+    assert out.dtype == np.float32
+    if isinstance(est, MLPBNClassifier):
+        assert est.predict_log_proba(X).dtype == np.float32
+    # partial_fit keeps the dtype of the weights.
+    est.partial_fit(X.astype(np.float64), y)
+    assert est.coefs_[0].dtype == np.float32
+    assert isinstance(est.loss_, float)
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_float32_training_tracks_float64(problem):
+    X, y, est = make_data(problem)
+    est.set_params(max_iter=3)
+    est64 = fit_quietly(clone(est), X, y)
+    est32 = fit_quietly(clone(est), X.astype(np.float32), y)
+    assert est64.coefs_[0].dtype == np.float64
+    assert_allclose(est32.loss_curve_, est64.loss_curve_, rtol=1e-4)
+    assert_allclose(raw_output(est32, X.astype(np.float32)), raw_output(est64, X),
+                    rtol=1e-3, atol=1e-3)
+
+
+def test_integer_input_trains_in_float64():
+    X, y, est = make_data("binary")
+    fit_quietly(est, np.round(X * 3).astype(np.int64), y)
+    assert est.coefs_[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("sparse_format", ["csr", "csc"])
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_sparse_input_trains_as_dense(problem, sparse_format):
+    X, y, est = make_data(problem)
+    X[np.abs(X) < 0.6] = 0
+    dense = fit_quietly(clone(est), X, y)
+    Xs = sp.csr_matrix(X).asformat(sparse_format)
+    sparse = fit_quietly(clone(est), Xs, y)
+    for a, b in zip(sparse.coefs_, dense.coefs_):
+        assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    assert_allclose(sparse.loss_curve_, dense.loss_curve_, rtol=1e-10)
+    assert_allclose(raw_output(sparse, Xs), raw_output(dense, X), rtol=1e-9, atol=1e-11)
+    assert_allclose(raw_output(dense, Xs), raw_output(dense, X), rtol=1e-12, atol=1e-14)
+
+
+def test_readonly_and_noncontiguous_input():
+    X, y, est = make_data("multiclass")
+    ref = fit_quietly(clone(est), X, y)
+    X_ro = np.asfortranarray(X)
+    X_ro.setflags(write=False)
+    y_ro = y.copy()
+    y_ro.setflags(write=False)
+    other = fit_quietly(clone(est), X_ro, y_ro)
+    assert_allclose(other.coefs_[0], ref.coefs_[0], rtol=1e-12)
+    assert_allclose(other.predict_proba(X_ro), ref.predict_proba(X), rtol=1e-12)
+
+
+def test_multilabel_targets():
+    X, y, est = make_data("multilabel")
+    fit_quietly(est, X, y)
+    assert est.out_activation_ == "logistic"
+    assert est.n_outputs_ == 3
+    assert_array_equal(est.classes_, [0, 1, 2])
+    assert est.predict(X).shape == y.shape
+    assert est.score(X, y) > 0.3  # subset accuracy, well above chance (1/8)
+    # partial_fit with an indicator matrix (classes are required, as in scikit-learn).
+    inc = clone(est)
+    inc.partial_fit(X, y, classes=[0, 1, 2])
+    inc.partial_fit(X, y)
+    assert inc.predict(X).shape == y.shape
+
+
+def test_string_labels():
+    X, y, est = make_data("multiclass")
+    labels = np.array(["ant", "bee", "cat"])[y]
+    fit_quietly(est, X, labels)
+    assert_array_equal(est.classes_, ["ant", "bee", "cat"])
+    assert set(est.predict(X)) <= {"ant", "bee", "cat"}
+    assert_array_equal(est.to_sklearn().predict(X), est.predict(X))
+
+
+def test_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y, est = make_data("binary")
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    fit_quietly(est, df, y)
+    assert_array_equal(est.feature_names_in_, df.columns)
+    assert_array_equal(est.to_sklearn().feature_names_in_, df.columns)
+    with pytest.warns(UserWarning, match="feature names"):
+        from_array = est.predict_proba(X)
+    assert_allclose(est.predict_proba(df), from_array)
+
+
+def test_no_hidden_layer():
+    # hidden_layer_sizes=() is a (batch-norm free) linear model, as in scikit-learn.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est.set_params(hidden_layer_sizes=()), X, y)
+    assert est.gammas_ == [] and est.running_means_ == [] and len(est.coefs_) == 1
+    assert_allclose(est.to_sklearn().predict_proba(X), est.predict_proba(X), atol=1e-12)
+    assert_allclose(est.predict_proba(sp.csr_matrix(X)), est.predict_proba(X), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Sample weights
+
+
+def test_unit_sample_weights_change_nothing():
+    X, y, est = make_data("multiclass")
+    a = fit_quietly(clone(est), X, y)
+    b = fit_quietly(clone(est), X, y, sample_weight=np.ones(len(y)))
+    for p, q in zip(a.coefs_ + a.gammas_ + a.running_vars_, b.coefs_ + b.gammas_ + b.running_vars_):
+        assert_allclose(p, q, rtol=1e-12, atol=1e-14)
+    assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_integer_sample_weights_act_as_repeat_counts(solver):
+    # With one full batch per epoch and no shuffling, weighting a row by k is
+    # training on it k times: loss, gradient and running statistics (whose
+    # unbiased correction uses the weight sum) coincide.
+    X, y, est = make_data("squared_error", n=20)
+    sw = np.random.RandomState(0).randint(0, 4, size=20)
+    rep = np.repeat(np.arange(20), sw)
+    est.set_params(solver=solver, batch_size=1000, shuffle=False, max_iter=5, alpha=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # batch_size clipped; max_iter reached
+        weighted = clone(est).fit(X, y, sample_weight=sw)
+        repeated = clone(est).fit(X[rep], y[rep])
+    for name in ("coefs_", "intercepts_", "gammas_", "running_means_", "running_vars_"):
+        for p, q in zip(getattr(weighted, name), getattr(repeated, name)):
+            assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-10)
+
+
+def test_normalized_sample_weights_give_a_usable_model():
+    # Weights that sum to one (a common normalization) must not break the
+    # unbiased correction m / (m - 1) of the running variance: with alpha=0
+    # the optimization is the same as unweighted, so the model should be too.
+    X, y, est = make_data("squared_error", n=40)
+    est.set_params(alpha=0.0)
+    unweighted = fit_quietly(clone(est), X, y)
+    normalized = fit_quietly(clone(est), X, y, sample_weight=np.full(40, 1 / 40))
+    for v_n, v_u in zip(normalized.running_vars_, unweighted.running_vars_):
+        assert np.all(np.isfinite(v_n))
+        assert_allclose(v_n, v_u, rtol=0.1)
+    assert normalized.score(X, y) > unweighted.score(X, y) - 0.05
+
+
+def test_bad_sample_weights():
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="[Nn]egative"):
+        est.fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="zero"):
+        est.fit(X, y, sample_weight=np.zeros(len(y)))
+    with pytest.raises(ValueError):
+        est.fit(X, y, sample_weight=np.ones(len(y) - 1))
+
+
+# ---------------------------------------------------------------------------
+# Batches
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+@pytest.mark.parametrize("problem", ["binary", "squared_error"])
+def test_one_sample_raises_n_samples_1(problem, method):
+    X, y, est = make_data(problem)
+    kwargs = {"classes": [0, 1]} if method == "partial_fit" and problem == "binary" else {}
+    # A classifier fitted on one row also has one class: scikit-learn's checks
+    # accept either message then.
+    message = "n_samples=1|1 class" if method == "fit" and problem == "binary" else "n_samples=1"
+    with pytest.raises(ValueError, match=message):
+        getattr(est, method)(X[:1], y[:1], **kwargs)
+
+
+def test_one_sample_on_fitted_model_partial_fit():
+    X, y, est = make_data("binary")
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="n_samples=1"):
+        est.partial_fit(X[:1], y[:1])
+    assert_same(before, snapshot(est))
+
+
+def test_batch_size_larger_than_data_is_clipped():
+    X, y, est = make_data("squared_error", n=30)
+    est.set_params(shuffle=False, max_iter=3)
+    with pytest.warns(UserWarning, match="clipped"):
+        big = fit_quietly(clone(est).set_params(batch_size=500), X, y)
+    exact = fit_quietly(clone(est).set_params(batch_size=30), X, y)
+    for p, q in zip(big.coefs_, exact.coefs_):
+        assert_array_equal(p, q)
+    # scikit-learn warns alike.
+    with pytest.warns(UserWarning, match="clipped"):
+        fit_quietly(MLPRegressor(batch_size=500, max_iter=1), X, y)
+
+
+def test_batch_size_below_two_is_rejected():
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="batch_size"):
+        est.set_params(batch_size=1).fit(X, y)
+
+
+def test_two_samples_train():
+    X, y, est = make_data("squared_error")
+    fit_quietly(est, X[:2], y[:2])
+    assert np.isfinite(est.predict(X)).all()
+
+
+# ---------------------------------------------------------------------------
+# Bad input: scikit-learn's errors, fitted models left unchanged
+
+
+def bad_inputs(problem):
+    X, y, _ = make_data(problem)
+    n = len(y)
+    X_nan = X.copy()
+    X_nan[3, 1] = np.nan
+    X_inf = X.copy()
+    X_inf[5, 0] = np.inf
+    cases = [
+        ("nan", X_nan, y, "NaN"),
+        ("inf", X_inf, y, "infinity"),
+        ("n_features", X[:, :4], y, "features"),
+        ("empty", X[:0], y[:0], "0 sample"),
+        ("strings", np.array([["a", "b", "c", "d", "e"]] * n), y, "string|float"),
+        ("complex", X + 1j, y, "[Cc]omplex"),
+        ("n_rows", X, y[:-1], "inconsistent numbers of samples"),
+        ("one_row", X[:1], y[:1], "n_samples=1|class"),
+    ]
+    if problem == "binary":
+        cases.append(("one_class", X, np.zeros(n, dtype=int), "class"))
+    else:
+        cases.append(("string_y", X, np.array(["a"] * n), "[Ff]loat|numeric|string"))
+        cases.append(("y_inf", X, np.full(n, np.inf), "infinity|NaN"))
+    return cases
+
+
+@pytest.mark.parametrize("problem", ["binary", "squared_error"])
+def test_bad_input_errors_and_fitted_model_unchanged(problem):
+    X, y, est = make_data(problem)
+    for warm_start in (False, True):
+        fitted = fit_quietly(clone(est).set_params(warm_start=warm_start), X, y)
+        for name, X_bad, y_bad, message in bad_inputs(problem):
+            for method in ("fit", "partial_fit"):
+                if name == "one_class" and method == "partial_fit":
+                    continue  # a single-class batch is fine once classes_ is known
+                if name == "n_features" and method == "fit" and not warm_start:
+                    continue  # a cold refit may change the number of features
+                before = snapshot(fitted)
+                with pytest.raises(ValueError, match=message):
+                    getattr(fitted, method)(X_bad, y_bad)
+                assert_same(before, snapshot(fitted), f"{name}/{method}/{warm_start}")
+        # Predicting on bad input is refused alike.
+        with pytest.raises(ValueError, match="features"):
+            fitted.predict(X[:, :4])
+        with pytest.raises(ValueError, match="NaN"):
+            fitted.predict(bad_inputs(problem)[0][1])
+
+
+def test_unseen_labels_in_partial_fit():
+    X, y, est = make_data("multiclass")
+    est.partial_fit(X, y, classes=[0, 1, 2])
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="classes"):
+        est.partial_fit(X, np.where(y == 2, 5, y))
+    assert_same(before, snapshot(est))
+    with pytest.raises(ValueError, match="classes"):
+        est.partial_fit(X, y, classes=[0, 1, 2, 3])  # classes changed
+    assert_same(before, snapshot(est))
+
+
+def test_partial_fit_requires_classes_on_first_call():
+    X, y, est = make_data("multiclass")
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        est.partial_fit(X, y)
+    assert not hasattr(est, "coefs_")
+    # Classes missing from the first batch are still known.
+    est.partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2, 3])
+    assert_array_equal(est.classes_, [0, 1, 2, 3])
+    assert est.predict_proba(X).shape == (len(y), 4)
+    est.partial_fit(X, y)  # classes may be omitted afterwards
+    assert est.n_iter_ >= 1
+
+
+def test_partial_fit_rejects_early_stopping():
+    # As scikit-learn's MLPs do.
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="early_stopping"):
+        est.set_params(early_stopping=True).partial_fit(X, y, classes=[0, 1])
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1])
+
+
+def test_warm_start_with_other_classes_raises():
+    X, y, est = make_data("multiclass")
+    fit_quietly(est.set_params(warm_start=True), X, y)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="warm_start"):
+        est.fit(X, np.where(y == 2, 1, y))
+    assert_same(before, snapshot(est))
+
+
+def test_shape_change_with_warm_start_raises():
+    X, y, est = make_data("squared_error")
+    fit_quietly(est.set_params(warm_start=True), X, y)
+    before = snapshot(est)
+    est.set_params(hidden_layer_sizes=(4,))
+    with pytest.raises(ValueError):
+        est.fit(X, y)
+    est.set_params(hidden_layer_sizes=(8, 6))
+    assert_same(before, snapshot(est))
+
+
+# ---------------------------------------------------------------------------
+# Divergence
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_non_finite_weights_raise_and_leave_model_unchanged(method):
+    X, y, est = make_data("squared_error")
+    est.set_params(solver="sgd")
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="non-finite"):
+        getattr(est, method)(X, y * 1e300)  # the loss overflows
+    assert_same(before, snapshot(est))
+    with pytest.raises(ValueError, match="non-finite"):
+        getattr(est, method)(X * 1e154, y)  # z**2 overflows in the batch variance
+    assert_same(before, snapshot(est))
+    # An unfitted model stays unfitted.
+    fresh = clone(est)
+    with pytest.raises(ValueError, match="non-finite"):
+        fresh.fit(X, y * 1e300)
+    assert not hasattr(fresh, "coefs_")
+
+
+def test_diverging_learning_rate_raises():
+    X, y, est = make_data("poisson")
+    est.set_params(solver="sgd", learning_rate_init=50.0, momentum=0.9, max_iter=50)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_quietly(est, X, y * 1000)
+
+
+# ---------------------------------------------------------------------------
+# scikit-learn parity: messages, stopping, schedules, warnings
+
+
+def test_verbose_prints_each_iteration(capsys):
+    X, y, est = make_data("multiclass")
+    fit_quietly(est.set_params(verbose=True, max_iter=4), X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["Iteration %d, loss = %.8f" % (i + 1, loss)
+                     for i, loss in enumerate(est.loss_curve_)]
+    est.partial_fit(X, y)
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"Iteration \d+, loss = \d+\.\d{8}\n", out)
+
+
+def test_verbose_with_early_stopping(capsys):
+    X, y, est = make_data("binary", n=80)
+    fit_quietly(est.set_params(verbose=True, early_stopping=True, max_iter=3,
+                               n_iter_no_change=50), X, y)
+    lines = capsys.readouterr().out.splitlines()
+    expected = []
+    for i, (loss, score) in enumerate(zip(est.loss_curve_, est.validation_scores_)):
+        expected += ["Iteration %d, loss = %.8f" % (i + 1, loss), "Validation score: %f" % score]
+    assert lines == expected
+
+
+def schedule_messages(out):
+    return [line for line in out.splitlines() if not line.startswith("Iteration")]
+
+
+@pytest.mark.parametrize("learning_rate", ["constant", "invscaling", "adaptive"])
+def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys):
+    # tol is so large that no epoch after the first counts as an improvement:
+    # when training stops and what it prints no longer depend on the losses,
+    # so scikit-learn's MLP must take the same decisions at the same epochs.
+    X, y, _ = make_data("multiclass", n=30)
+    params = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate=learning_rate,
+                  learning_rate_init=0.1, tol=1e6, n_iter_no_change=2, max_iter=100,
+                  verbose=True, random_state=0)
+    ours = MLPBNClassifier(**params).fit(X, y)
+    ours_out = capsys.readouterr().out
+    theirs = MLPClassifier(**params).fit(X, y)
+    theirs_out = capsys.readouterr().out
+    assert ours.n_iter_ == theirs.n_iter_ < 100
+    assert schedule_messages(ours_out) == schedule_messages(theirs_out)
+    if learning_rate == "adaptive":
+        # Each stop divides the learning rate by 5 until it falls to 1e-6.
+        rates = [0.1 / 5**k for k in range(1, 9)]
+        msgs = schedule_messages(ours_out)
+        assert msgs[:-1] == [
+            "Training loss did not improve more than tol=1000000.000000 for 2 "
+            "consecutive epochs. Setting learning rate to %f" % r for r in rates]
+        assert msgs[-1].endswith("Learning rate too small. Stopping.")
+        # Stops after epochs 4, 7, ..., 28: the first epoch sets best_loss_,
+        # then every third epoch is the third without improvement.
+        assert ours.n_iter_ == 1 + 3 * 9
+    else:
+        assert schedule_messages(ours_out) == [
+            "Training loss did not improve more than tol=1000000.000000 for 2 "
+            "consecutive epochs. Stopping."]
+        assert ours.n_iter_ == 4
+
+
+def expected_stop(values, tol, n_iter_no_change, higher_is_better):
+    """Epoch at which scikit-learn's rule stops, or None."""
+    best = -np.inf if higher_is_better else np.inf
+    count = 0
+    for i, v in enumerate(values):
+        worse = v < best + tol if higher_is_better else v > best - tol
+        count = count + 1 if worse else 0
+        if (v > best) if higher_is_better else (v < best):
+            best = v
+        if count > n_iter_no_change:
+            return i + 1
+    return None
+
+
+def test_training_loss_stopping_rule():
+    X, y, est = make_data("squared_error")
+    est.set_params(tol=1e-2, n_iter_no_change=3, max_iter=300, learning_rate_init=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.n_iter_ < 300
+    assert expected_stop(est.loss_curve_, 1e-2, 3, higher_is_better=False) == est.n_iter_
+    assert est.best_loss_ == min(est.loss_curve_)
+    assert est.loss_ == est.loss_curve_[-1]
+    assert est.validation_scores_ is None and est.best_validation_score_ is None
+    assert est.t_ == est.n_iter_ * X.shape[0]
+
+
+def validation_split(est, X, y, units):
+    """The held-out rows of early stopping, drawn as the estimator draws them:
+    weight initialization first, then train_test_split on the same stream."""
+    rs = np.random.RandomState(est.random_state)
+    factor = 2.0 if est.activation == "logistic" else 6.0
+    for fan_in, fan_out in zip(units[:-1], units[1:]):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        rs.uniform(-bound, bound, (fan_in, fan_out))
+        rs.uniform(-bound, bound, fan_out)
+    binary = isinstance(est, MLPBNClassifier) and np.ndim(y) == 1 and len(np.unique(y)) == 2
+    idx = np.arange(len(y))
+    _, val = train_test_split(idx, random_state=rs, test_size=est.validation_fraction,
+                              stratify=y if binary else None)
+    return val
+
+
+def test_early_stopping_restores_the_best_weights():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 5))
+    y = X[:, 0] + rng.normal(size=60)  # noisy: the validation score peaks early
+    est = MLPBNRegressor(hidden_layer_sizes=(32,), solver="adam", learning_rate_init=0.05,
+                         early_stopping=True, validation_fraction=0.3, n_iter_no_change=4,
+                         tol=0.0, max_iter=200, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.fit(X, y)
+    scores = est.validation_scores_
+    assert len(scores) == est.n_iter_ == len(est.loss_curve_) < 200
+    assert est.best_validation_score_ == max(scores)
+    assert est.best_loss_ is None
+    assert expected_stop(scores, 0.0, 4, higher_is_better=True) == est.n_iter_
+    best_epoch = int(np.argmax(scores))
+    assert best_epoch < est.n_iter_ - 1  # so that restoring is observable
+    val = validation_split(est, X, y, [5, 32, 1])
+    assert len(val) == 18
+    # The model kept is the best one: its score on the held-out rows is the
+    # best validation score, not the last.
+    assert est.score(X[val], y[val]) == pytest.approx(est.best_validation_score_, abs=1e-12)
+    assert est.score(X[val], y[val]) > scores[-1]
+    # And it is reproducible by training for exactly best_epoch + 1 epochs.
+    again = clone(est).set_params(n_iter_no_change=1000, max_iter=best_epoch + 1)
+    fit_quietly(again, X, y)
+    assert again.validation_scores_ == pytest.approx(scores[: best_epoch + 1], abs=1e-12)
+    for p, q in zip(est.coefs_ + est.running_vars_, again.coefs_ + again.running_vars_):
+        assert_allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass"])
+def test_early_stopping_classifier_validation_scores(problem):
+    X, y, est = make_data(problem, n=100)
+    est.set_params(early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
+                   max_iter=60)
+    fit_quietly(est, X, y)
+    val = validation_split(est, X, y, [5, 8, 6, est.n_outputs_])
+    assert est.score(X[val], y[val]) == est.best_validation_score_ == max(est.validation_scores_)
+    if problem == "binary":  # stratified, as scikit-learn does for one output
+        assert np.bincount(y[val]).min() >= 9
+
+
+def test_early_stopping_with_sample_weight():
+    X, y, est = make_data("binary", n=100)
+    sw = np.random.RandomState(1).uniform(0.5, 2, size=100)
+    est.set_params(early_stopping=True, validation_fraction=0.2, max_iter=10)
+    fit_quietly(est, X, y, sample_weight=sw)
+    val = validation_split(est, X, y, [5, 8, 6, 1])
+    assert est.score(X[val], y[val], sample_weight=sw[val]) == est.best_validation_score_
+
+
+def test_early_stopping_validation_set_too_small():
+    X, y, est = make_data("squared_error", n=10)
+    with pytest.raises(ValueError, match="validation set is too small"):
+        est.set_params(early_stopping=True, validation_fraction=0.1).fit(X, y)
+
+
+def test_convergence_warning():
+    X, y, est = make_data("multiclass")
+    est.set_params(max_iter=3, tol=0.0)
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+        est.fit(X, y)
+    assert est.n_iter_ == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.partial_fit(X, y)  # one epoch is no promise of convergence
+        est.set_params(tol=1e6, n_iter_no_change=1, max_iter=10).fit(X, y)  # stops: no warning
+    assert est.n_iter_ == 3
+
+
+def test_warm_start_keeps_weights_and_history():
+    X, y, est = make_data("multiclass")
+    est.set_params(warm_start=True, max_iter=5, tol=0.0)
+    fit_quietly(est, X, y)
+    coefs = [c.copy() for c in est.coefs_]
+    curve = list(est.loss_curve_)
+    est.set_params(max_iter=1)
+    fit_quietly(est, X, y)
+    assert est.loss_curve_[:5] == curve and len(est.loss_curve_) == 6
+    assert est.t_ == 6 * len(y)
+    # One Adam step (of at most learning_rate_init per weight) away from the
+    # previous weights, not a fresh start.
+    fresh = fit_quietly(clone(est).set_params(warm_start=False, max_iter=1), X, y)
+    moved = max(np.abs(a - b).max() for a, b in zip(est.coefs_, coefs))
+    restart = max(np.abs(a - b).max() for a, b in zip(fresh.coefs_, coefs))
+    assert 0 < moved <= 0.01 * (1 + 1e-6) < 2 * 0.01 < restart
+    # warm_start=False starts over.
+    est.set_params(warm_start=False)
+    fit_quietly(est, X, y)
+    assert len(est.loss_curve_) == 1 and est.t_ == len(y)
+
+
+def test_partial_fit_accumulates():
+    X, y, est = make_data("squared_error")
+    for i in range(1, 4):
+        est.partial_fit(X, y)
+        assert est.t_ == i * len(y)
+        assert len(est.loss_curve_) == i
+    assert est.loss_curve_[-1] < est.loss_curve_[0]
+
+
+# ---------------------------------------------------------------------------
+# Meta-estimators, pickling, reproducibility
+
+
+def test_pipeline_and_grid_search():
+    X, y, _ = make_data("multiclass", n=80)
+    pipe = make_pipeline(StandardScaler(), MLPBNClassifier(hidden_layer_sizes=(8,),
+                                                           learning_rate_init=0.05,
+                                                           max_iter=30, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.fit(X, y)
+        assert pipe.score(X, y) > 0.8
+        search = GridSearchCV(pipe, {"mlpbnclassifier__alpha": [1e-4, 1e-1]}, cv=2, n_jobs=2)
+        search.fit(X, y)
+    assert set(search.best_params_) == {"mlpbnclassifier__alpha"}
+    assert search.best_estimator_.predict(X).shape == (80,)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "poisson"])
+def test_pickle_round_trip(problem):
+    X, y, est = make_data(problem)
+    fit_quietly(est, X, y)
+    restored = pickle.loads(pickle.dumps(est))
+    assert_allclose(raw_output(restored, X), raw_output(est, X), rtol=0, atol=0)
+    assert_same(snapshot(est), snapshot(restored))
+    # Training continues identically (the optimizer state is part of the model).
+    kwargs = {}
+    est.partial_fit(X, y, **kwargs)
+    restored.partial_fit(X, y, **kwargs)
+    for p, q in zip(est.coefs_, restored.coefs_):
+        assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_random_state_reproducible(early_stopping):
+    X, y, est = make_data("multiclass", n=80)
+    est.set_params(early_stopping=early_stopping, shuffle=True, max_iter=5)
+    a = fit_quietly(clone(est), X, y)
+    b = fit_quietly(clone(est), X, y)
+    assert_same(snapshot(a), snapshot(b))
+    c = fit_quietly(clone(est).set_params(random_state=1), X, y)
+    assert not np.array_equal(a.coefs_[0], c.coefs_[0])
+    # A RandomState instance works too, and is not consumed at construction.
+    d = fit_quietly(clone(est).set_params(random_state=np.random.RandomState(0)), X, y)
+    assert_allclose(d.coefs_[0], a.coefs_[0])
+
+
+def test_initialization_draws_like_scikit_learn():
+    # Same random stream as scikit-learn's MLP: before any step, the
+    # coefficients are scikit-learn's (checked with a zero learning rate
+    # stand-in: one SGD step of size ~0 changes nothing measurable).
+    X, y, _ = make_data("multiclass")
+    ours = MLPBNClassifier(hidden_layer_sizes=(7, 4), solver="sgd", learning_rate_init=1e-12,
+                           random_state=3, max_iter=1)
+    theirs = MLPClassifier(hidden_layer_sizes=(7, 4), solver="sgd", learning_rate_init=1e-12,
+                           random_state=3, max_iter=1)
+    fit_quietly(ours, X, y)
+    fit_quietly(theirs, X, y)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        assert_allclose(a, b, atol=1e-9)
+    assert_allclose(ours.gammas_[0], 1, atol=1e-9)
+    assert_allclose(ours.intercepts_[0], 0, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# What batch normalization is for
+
+
+def _digits_split():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X / 16, y, random_state=0)
+
+
+def test_deep_sigmoid_network_trains_with_batch_norm():
+    # 8 hidden logistic layers of 64 units, 40 epochs: scikit-learn's MLP does
+    # not get off the ground (vanishing gradients); batch norm trains it.
+    X_train, X_test, y_train, y_test = _digits_split()
+    params = dict(hidden_layer_sizes=(64,) * 8, activation="logistic", max_iter=40,
+                  random_state=0)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPBNClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+        theirs = MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+    print(f"\ndigits, 8 x 64 logistic, 40 epochs: MLPBNClassifier {ours:.3f}, "
+          f"MLPClassifier {theirs:.3f}")
+    assert ours >= 0.93
+    assert ours > theirs + 0.3
+
+
+@pytest.mark.parametrize("max_iter", [10, 30])
+@pytest.mark.parametrize("dataset", ["digits", "breast_cancer"])
+def test_accuracy_not_worse_than_scikit_learn(dataset, max_iter):
+    if dataset == "digits":
+        X_train, X_test, y_train, y_test = _digits_split()
+    else:
+        X, y = load_breast_cancer(return_X_y=True)
+        X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0, stratify=y)
+        scaler = StandardScaler().fit(X_train)
+        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    ours, theirs = [], []
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(5):
+            params = dict(hidden_layer_sizes=(64,), max_iter=max_iter, random_state=seed)
+            ours.append(MLPBNClassifier(**params).fit(X_train, y_train).score(X_test, y_test))
+            theirs.append(MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test))
+    print(f"\n{dataset}, (64,) relu adam, {max_iter} epochs, mean of 5 seeds: "
+          f"MLPBNClassifier {np.mean(ours):.4f}, MLPClassifier {np.mean(theirs):.4f}")
+    # Mean over seeds, allowing one test sample of noise.
+    assert np.mean(ours) >= np.mean(theirs) - 1 / len(y_test)

@@ -1,0 +1,621 @@
+"""Tests of the training engine (sklearn_bn._training) against plain numpy.
+
+The reference below is written from the pinned math in DESIGN.md, not from the
+engine: the training-mode objective (batch statistics weighted by
+``sample_weight``, scikit-learn's losses and L2 term) and its central-difference
+gradient. The engine must agree with it on the loss, on the gradient of every
+parameter group, on the running statistics, and on whole optimizer steps as the
+estimators take them (minibatching, the trailing single row, zero-weight
+batches, SGD with and without momentum, Adam, the learning-rate schedules and
+warm starts).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import expit, log_softmax, softmax, xlogy
+
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _activations, _mlp, _training
+
+ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
+BN_EPSILON = 1e-5
+
+# ---------------------------------------------------------------------------
+# The numpy reference
+
+
+def _act(name, x):
+    if name == "identity":
+        return x
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "tanh":
+        return np.tanh(x)
+    assert name == "logistic"
+    return expit(x)
+
+
+def _weights(sw, n):
+    return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
+
+
+def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON):
+    """Training-mode forward in float64.
+
+    Returns the output layer's raw values, every hidden layer's batch mean and
+    (ddof=0) variance of ``z``, and every hidden layer's pre-activation
+    ``gamma * z_hat + beta`` (to keep ReLU's kink away from the checks).
+    """
+    a = X.toarray() if sp.issparse(X) else np.asarray(X)
+    a = a.astype(np.float64)
+    w = _weights(sw, a.shape[0])
+    stats, pre = [], []
+    for W, g, b in zip(coefs[:-1], gammas, intercepts[:-1]):
+        z = a @ np.asarray(W, dtype=np.float64)
+        mu = np.average(z, axis=0, weights=w)
+        var = np.average((z - mu) ** 2, axis=0, weights=w)
+        y = g * (z - mu) / np.sqrt(var + eps) + b
+        a = _act(activation, y)
+        stats.append((mu, var))
+        pre.append(y)
+    raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
+    return raw, stats, pre
+
+
+def ref_per_sample_loss(raw, Y, out_activation):
+    Y = np.asarray(Y, dtype=np.float64).reshape(raw.shape)
+    if out_activation == "identity":
+        return 0.5 * ((raw - Y) ** 2).sum(axis=1)
+    if out_activation == "logistic":
+        p = expit(raw)
+        return -(xlogy(Y, p) + xlogy(1 - Y, 1 - p)).sum(axis=1)
+    if out_activation == "softmax":
+        return -(Y * log_softmax(raw, axis=1)).sum(axis=1)
+    assert out_activation == "exp"
+    p = np.exp(raw)
+    return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
+
+
+def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
+             eps=BN_EPSILON):
+    """The training-mode objective of one minibatch, in float64."""
+    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps)[0]
+    w = _weights(sw, raw.shape[0])
+    data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
+    l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
+    return data_loss + 0.5 * alpha * l2 / w.sum()
+
+
+def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
+                         out_activation, alpha, h=1e-6):
+    """Central differences of ``ref_loss`` for every parameter."""
+    params = [[np.array(p, dtype=np.float64) for p in group]
+              for group in (coefs, gammas, intercepts)]
+    grads = [[np.zeros_like(p) for p in group] for group in params]
+    for group, ggroup in zip(params, grads):
+        for p, g in zip(group, ggroup):
+            flat, gflat = p.reshape(-1), g.reshape(-1)
+            for i in range(flat.size):
+                old = flat[i]
+                flat[i] = old + h
+                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha)
+                flat[i] = old - h
+                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha)
+                flat[i] = old
+                gflat[i] = (up - down) / (2 * h)
+    return grads
+
+
+# ---------------------------------------------------------------------------
+# Calling the engine as _BaseMLPBN._fit_stochastic does
+
+
+def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
+                             out_activation, alpha, *, running_mean=None,
+                             running_var=None, update_running=False,
+                             bn_momentum=0.1, eps=BN_EPSILON):
+    """One call of ``_training.loss_and_gradient`` on the whole of ``X``.
+
+    Returns the loss, the gradient as (coefs, gammas, intercepts) lists and
+    the running mean and variance (flat, updated in place when asked).
+    """
+    dtype = np.asarray(coefs[0]).dtype
+    n = X.shape[0]
+    sparse = sp.issparse(X)
+    units = [X.shape[1]] + [np.asarray(W).shape[1] for W in coefs]
+    layout = _mlp._Layout(units)
+    ws = _mlp._workspace_sizes(units, n, sparse)
+    theta = layout.pack(coefs, gammas, intercepts, dtype)
+    grad = np.full(layout.n_params, np.nan, dtype=dtype)  # must be overwritten
+    if sparse:
+        Xc = sp.csr_matrix(X, dtype=dtype)
+        Xc.sort_indices()
+        X_dense = np.zeros((1, 1), dtype=dtype)
+        X_data = np.ascontiguousarray(Xc.data, dtype=dtype)
+        X_indices = np.ascontiguousarray(Xc.indices, dtype=np.intp)
+        X_indptr = np.ascontiguousarray(Xc.indptr, dtype=np.intp)
+    else:
+        X_dense = np.ascontiguousarray(X, dtype=dtype)
+        X_data = np.zeros(0, dtype=dtype)
+        X_indices = np.zeros(0, dtype=np.intp)
+        X_indptr = np.zeros(1, dtype=np.intp)
+    Y = np.ascontiguousarray(np.asarray(Y).reshape(n, -1), dtype=dtype)
+    weighted = sw is not None
+    sw_arr = (np.ascontiguousarray(sw, dtype=dtype) if weighted
+              else np.zeros(0, dtype=dtype))
+    n_hidden = sum(units[1:-1])
+    if running_mean is None:
+        running_mean = np.zeros(n_hidden, dtype=dtype)
+    if running_var is None:
+        running_var = np.ones(n_hidden, dtype=dtype)
+    work = np.zeros(ws["work_size"], dtype=dtype)
+    dwork = np.zeros(ws["dwork_size"], dtype=np.float64)
+    loss = _training.loss_and_gradient(
+        X_dense, X_data, X_indices, X_indptr, Y, sw_arr, layout.as_dict(), ws,
+        theta, grad, running_mean, running_var, work, dwork,
+        _activations.activation_code(activation),
+        _training.OUT_ACTIVATIONS[out_activation], alpha, bn_momentum, eps,
+        sparse, weighted, update_running,
+    )  # fmt: skip
+    return loss, layout.unpack(grad), running_mean, running_var
+
+
+# ---------------------------------------------------------------------------
+# Problems
+
+
+PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
+OUT_ACTIVATION = {
+    "binary": "logistic",
+    "multiclass": "softmax",
+    "multilabel": "logistic",
+    "squared_error": "identity",
+    "poisson": "exp",
+}
+
+
+def make_problem(problem, n=11, n_features=4, hidden=(5, 3), seed=0, dtype=np.float64):
+    """Data, targets (as the engine sees them) and random parameters."""
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, n_features))
+    n_out = {"binary": 1, "multiclass": 3, "multilabel": 3,
+             "squared_error": 2, "poisson": 2}[problem]
+    if problem == "binary":
+        Y = (rng.uniform(size=(n, 1)) < 0.5).astype(float)
+    elif problem == "multiclass":
+        Y = np.eye(n_out)[rng.randint(n_out, size=n)]
+    elif problem == "multilabel":
+        Y = (rng.uniform(size=(n, n_out)) < 0.5).astype(float)
+    elif problem == "squared_error":
+        Y = rng.normal(size=(n, n_out))
+    else:
+        Y = rng.poisson(1.5, size=(n, n_out)).astype(float)  # zeros included
+    units = [n_features, *hidden, n_out]
+    coefs = [rng.normal(scale=0.7, size=(a, b)) for a, b in zip(units[:-1], units[1:])]
+    gammas = [rng.uniform(0.5, 1.5, size=h) for h in hidden]
+    intercepts = [rng.uniform(-0.5, 0.5, size=u) for u in units[1:]]
+    cast = [[np.asarray(p, dtype=dtype) for p in group] for group in (coefs, gammas, intercepts)]
+    return X.astype(dtype), Y.astype(dtype), *cast
+
+
+def sample_weights(n, seed=0):
+    rng = np.random.RandomState(seed + 100)
+    sw = rng.uniform(0.2, 3.0, size=n)
+    sw[1] = 0.0  # a zero weight counts for nothing, in the statistics too
+    return sw
+
+
+def assert_grad_allclose(actual, expected, rtol, atol):
+    for name, a_group, e_group in zip(("coefs", "gammas", "intercepts"), actual, expected):
+        assert len(a_group) == len(e_group), name
+        for l, (a, e) in enumerate(zip(a_group, e_group)):
+            assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"{name}[{l}]")
+
+
+# ---------------------------------------------------------------------------
+# Loss and whole-network gradient
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gradient_matches_central_differences(activation, problem, alpha, weighted):
+    X, Y, coefs, gammas, intercepts = make_problem(problem, seed=ACTIVATIONS.index(activation))
+    sw = sample_weights(X.shape[0]) if weighted else None
+    out = OUT_ACTIVATION[problem]
+    # ReLU's kink must be farther than the step h from every pre-activation
+    # (a zero-weight row's pre-activations do not move the loss).
+    _, _, pre = ref_forward_train(X, coefs, gammas, intercepts, activation, sw)
+    rows = slice(None) if sw is None else sw > 0
+    if activation == "relu":
+        assert min(np.abs(y[rows]).min() for y in pre) > 1e-4
+
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
+    expected_loss = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
+    assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-13)
+
+    numeric = ref_numeric_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
+    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+    # The check is not vacuous: every group has a non-zero gradient.
+    for group in grad:
+        assert max(np.abs(g).max() for g in group) > 1e-3
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_gradient_hand_checked_single_hidden_unit(problem):
+    # A hand-checked case: with one hidden unit and identity activation, batch
+    # norm makes the hidden layer exactly gamma * standardized(z) + beta, so the
+    # output does not depend on the first layer's coefficient at all.
+    X = np.array([[1.0], [2.0], [4.0]])
+    Y = (np.eye(2)[[0, 1, 1]] if problem == "multiclass"
+         else np.array([[0.5, -1.0], [1.0, 0.0], [2.0, 1.0]]))
+    out = OUT_ACTIVATION[problem]
+    coefs = [np.array([[0.7]]), np.array([[0.3, -0.2]])]
+    gammas = [np.array([1.3])]
+    intercepts = [np.array([0.1]), np.array([0.05, -0.05])]
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X, Y, None, coefs, gammas, intercepts, "identity", out, 0.0)
+    z = X[:, 0] * 0.7
+    h = 1.3 * (z - z.mean()) / np.sqrt(z.var() + BN_EPSILON) + 0.1
+    raw = h[:, None] * coefs[1] + intercepts[1]
+    assert loss == pytest.approx(ref_per_sample_loss(raw, Y, out).mean(), rel=1e-13)
+    # dL/dW0 ~ 0: only bn_epsilon makes the layer (slightly) scale dependent.
+    assert abs(grad[0][0][0, 0]) < 1e-4
+    # d(output)/d(beta) = W1, so dL/dbeta = sum_outputs dL/draw_k * W1_k.
+    delta = (softmax(raw, axis=1) - Y if problem == "multiclass" else raw - Y) / 3
+    assert_allclose(grad[2][0], [(delta @ coefs[1].T).sum()], rtol=1e-10)
+    assert_allclose(grad[2][1], delta.sum(axis=0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_sparse_first_layer_gives_the_dense_loss_and_gradient(problem, weighted):
+    X, Y, coefs, gammas, intercepts = make_problem(problem, n=13, n_features=6, seed=3)
+    X[np.abs(X) < 0.8] = 0.0  # about half the entries are zero
+    X[4] = 0.0  # an empty row
+    sw = sample_weights(X.shape[0]) if weighted else None
+    out = OUT_ACTIVATION[problem]
+    dense = engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, "tanh", out, 0.1,
+                                     update_running=True)
+    for fmt in ("csr", "csc"):
+        Xs = sp.csr_matrix(X) if fmt == "csr" else sp.csc_matrix(X)
+        sparse = engine_loss_and_gradient(Xs, Y, sw, coefs, gammas, intercepts, "tanh", out,
+                                          0.1, update_running=True)
+        assert sparse[0] == pytest.approx(dense[0], rel=1e-12)
+        assert_grad_allclose(sparse[1], dense[1], rtol=1e-10, atol=1e-12)
+        assert_allclose(sparse[2], dense[2], rtol=1e-12, atol=1e-14)
+        assert_allclose(sparse[3], dense[3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_float32_engine_stays_close_to_float64(problem):
+    X, Y, coefs, gammas, intercepts = make_problem(problem, n=20, seed=5)
+    args64 = (X, Y, None, coefs, gammas, intercepts, "tanh", OUT_ACTIVATION[problem], 0.1)
+    cast = [[p.astype(np.float32) for p in group] for group in (coefs, gammas, intercepts)]
+    args32 = (X.astype(np.float32), Y.astype(np.float32), None, *cast, "tanh",
+              OUT_ACTIVATION[problem], 0.1)
+    loss64, grad64, _, _ = engine_loss_and_gradient(*args64)
+    loss32, grad32, rm32, rv32 = engine_loss_and_gradient(*args32, update_running=True)
+    for group in grad32:
+        for g in group:
+            assert g.dtype == np.float32
+    assert rm32.dtype == rv32.dtype == np.float32
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    scale = max(np.abs(g).max() for group in grad64 for g in group)
+    assert_grad_allclose(grad32, grad64, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_running_statistics_follow_the_pinned_update(weighted):
+    X, Y, coefs, gammas, intercepts = make_problem("squared_error", n=9, seed=7)
+    sw = np.array([2.0, 0.0, 1.0, 3.0, 1.0, 0.5, 1.0, 2.0, 1.5]) if weighted else None
+    rng = np.random.RandomState(0)
+    rm0 = rng.normal(size=8)
+    rv0 = rng.uniform(0.5, 2.0, size=8)
+    _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "relu", sw)
+    m = X.shape[0] if sw is None else sw.sum()
+    for momentum in (0.1, 0.35):
+        _, _, rm, rv = engine_loss_and_gradient(
+            X, Y, sw, coefs, gammas, intercepts, "relu", "identity", 0.0,
+            running_mean=rm0.copy(), running_var=rv0.copy(), update_running=True,
+            bn_momentum=momentum)
+        mean = np.concatenate([mu for mu, _ in stats])
+        var = np.concatenate([v for _, v in stats])
+        assert_allclose(rm, (1 - momentum) * rm0 + momentum * mean, rtol=1e-12, atol=1e-14)
+        assert_allclose(rv, (1 - momentum) * rv0 + momentum * var * m / (m - 1), rtol=1e-12)
+    # update_running=False (the gradient checks) leaves them alone.
+    _, _, rm, rv = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, "relu", "identity", 0.0,
+        running_mean=rm0.copy(), running_var=rv0.copy())
+    assert_array_equal(rm, rm0)
+    assert_array_equal(rv, rv0)
+
+
+def test_gradient_does_not_depend_on_stale_workspace():
+    # Two calls with the same workspace and parameters give the same answer
+    # (nothing accumulates into grad or the statistics between calls).
+    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=12, seed=8)
+    first = engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts, "relu",
+                                     "softmax", 0.2)
+    second = engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts, "relu",
+                                      "softmax", 0.2)
+    assert first[0] == second[0]
+    assert_grad_allclose(first[1], second[1], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# Whole optimizer steps, as the estimators take them
+
+
+def params_of(est):
+    return ([c.copy() for c in est.coefs_], [g.copy() for g in est.gammas_],
+            [b.copy() for b in est.intercepts_])
+
+
+def running_of(est):
+    return ([m.copy() for m in est.running_means_], [v.copy() for v in est.running_vars_])
+
+
+def glorot_init(units, activation, seed):
+    """scikit-learn's MLP initialization (same random stream)."""
+    rs = np.random.RandomState(seed)
+    factor = 2.0 if activation == "logistic" else 6.0
+    coefs = []
+    for fan_in, fan_out in zip(units[:-1], units[1:]):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        coefs.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
+        rs.uniform(-bound, bound, fan_out)  # the intercepts' draw
+    gammas = [np.ones(u) for u in units[1:-1]]
+    intercepts = [np.zeros(u) for u in units[1:]]
+    return coefs, gammas, intercepts
+
+
+def sgd_step(params, grad, lr):
+    return [[p - lr * g for p, g in zip(pg, gg)] for pg, gg in zip(params, grad)]
+
+
+def assert_params_allclose(est, expected, rtol=1e-7, atol=1e-9):
+    assert_grad_allclose(params_of(est), expected, rtol=rtol, atol=atol)
+
+
+def regression_data(n=8, n_features=3, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, n_features))
+    y = X @ rng.normal(size=n_features) + 0.3 * rng.normal(size=n)
+    return X, y
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("activation", ["relu", "logistic"])
+def test_first_sgd_step_from_scikit_learn_initialization(activation, weighted):
+    X, y = regression_data()
+    n = X.shape[0]
+    sw = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 1.0, 2.0]) if weighted else None
+    lr, alpha = 0.05, 0.01
+    est = MLPBNRegressor(hidden_layer_sizes=(4, 3), activation=activation, solver="sgd",
+                         momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
+                         alpha=alpha, random_state=0)
+    est.partial_fit(X, y, sample_weight=sw)
+
+    units = [3, 4, 3, 1]
+    params0 = glorot_init(units, activation, seed=0)
+    grad = ref_numeric_gradient(X, y, sw, *params0, activation, "identity", alpha)
+    assert_params_allclose(est, sgd_step(params0, grad, lr))
+
+    # Running statistics start at 0 and 1 and took one step from the batch's
+    # statistics at the initial parameters.
+    _, stats, _ = ref_forward_train(X, *params0, activation, sw)
+    m = n if sw is None else sw.sum()
+    means, variances = running_of(est)
+    for l, (mu, var) in enumerate(stats):
+        assert_allclose(means[l], 0.1 * mu, rtol=1e-10, atol=1e-14)
+        assert_allclose(variances[l], 0.9 + 0.1 * var * m / (m - 1), rtol=1e-10)
+
+    expected_loss = ref_loss(X, y, sw, *params0, activation, "identity", alpha)
+    assert est.loss_curve_ == [pytest.approx(expected_loss, rel=1e-10)]
+    assert est.t_ == n
+    assert est.n_iter_ == 1
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_steps(nesterov):
+    # Two minibatches per epoch, two epochs via partial_fit: the velocity is
+    # carried across minibatches and across partial_fit calls.
+    X, y = regression_data(n=8)
+    lr, mom = 0.05, 0.9
+    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
+                         momentum=mom, nesterovs_momentum=nesterov, batch_size=4,
+                         shuffle=False, learning_rate_init=lr, alpha=0.0, random_state=1)
+    params = glorot_init([3, 4, 1], "tanh", seed=1)
+    velocity = [[np.zeros_like(p) for p in group] for group in params]
+    for _epoch in range(2):
+        est.partial_fit(X, y)
+        for rows in (slice(0, 4), slice(4, 8)):
+            grad = ref_numeric_gradient(X[rows], y[rows], None, *params, "tanh", "identity", 0.0)
+            new_params = []
+            for pg, vg, gg in zip(params, velocity, grad):
+                for i, (p, v, g) in enumerate(zip(pg, vg, gg)):
+                    v = mom * v - lr * g
+                    vg[i] = v
+                    pg[i] = p + (mom * v - lr * g if nesterov else v)
+                new_params.append(pg)
+            params = new_params
+        assert_params_allclose(est, params)
+
+
+def test_adam_steps():
+    X, y = regression_data(n=6)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="relu", solver="adam",
+                         batch_size=6, shuffle=False, learning_rate_init=lr, alpha=0.05,
+                         random_state=2)
+    params = glorot_init([3, 3, 1], "relu", seed=2)
+    m_state = [[np.zeros_like(p) for p in group] for group in params]
+    v_state = [[np.zeros_like(p) for p in group] for group in params]
+    for t in (1, 2, 3):
+        est.partial_fit(X, y)
+        grad = ref_numeric_gradient(X, y, None, *params, "relu", "identity", 0.05)
+        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        for pg, mg, vg, gg in zip(params, m_state, v_state, grad):
+            for i in range(len(pg)):
+                mg[i] = b1 * mg[i] + (1 - b1) * gg[i]
+                vg[i] = b2 * vg[i] + (1 - b2) * gg[i] ** 2
+                pg[i] = pg[i] - lr_t * mg[i] / (np.sqrt(vg[i]) + eps)
+        # Adam divides by sqrt(v): finite-difference noise in tiny gradient
+        # components is amplified, so compare a little more loosely.
+        assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n, batch_size, expected_batches", [
+    (5, 2, [(0, 2), (2, 5)]),          # 2 + 1: the single row joins -> 2, 3
+    (7, 3, [(0, 3), (3, 7)]),          # 3 + 3 + 1 -> 3, 4
+    (6, 2, [(0, 2), (2, 4), (4, 6)]),  # no trailing single row
+    (3, 2, [(0, 3)]),                  # 2 + 1 -> one batch of 3
+])
+def test_trailing_single_row_joins_the_previous_minibatch(n, batch_size, expected_batches):
+    X, y = regression_data(n=n, seed=n)
+    lr = 0.1
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="tanh", solver="sgd",
+                         momentum=0.0, batch_size=batch_size, shuffle=False,
+                         learning_rate_init=lr, alpha=0.01, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NaN, no clipping warning
+        est.partial_fit(X, y)
+    params = glorot_init([3, 3, 1], "tanh", seed=0)
+    rm, rv = np.zeros(3), np.ones(3)
+    loss_sum = 0.0
+    for start, stop in expected_batches:
+        Xb, yb = X[start:stop], y[start:stop]
+        m = stop - start
+        loss_sum += m * ref_loss(Xb, yb, None, *params, "tanh", "identity", 0.01)
+        _, stats, _ = ref_forward_train(Xb, *params, "tanh")
+        mu, var = stats[0]
+        rm = 0.9 * rm + 0.1 * mu
+        rv = 0.9 * rv + 0.1 * var * m / (m - 1)
+        grad = ref_numeric_gradient(Xb, yb, None, *params, "tanh", "identity", 0.01)
+        params = sgd_step(params, grad, lr)
+    assert_params_allclose(est, params)
+    assert_allclose(est.running_means_[0], rm, rtol=1e-9, atol=1e-12)
+    assert_allclose(est.running_vars_[0], rv, rtol=1e-9)
+    assert est.loss_curve_[-1] == pytest.approx(loss_sum / n, rel=1e-10)
+    assert est.t_ == n
+
+
+def test_minibatch_with_zero_weight_is_skipped():
+    X, y = regression_data(n=6, seed=4)
+    sw = np.array([0.0, 0.0, 1.0, 2.0, 0.5, 1.0])
+    lr = 0.1
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="relu", solver="sgd",
+                         momentum=0.0, batch_size=2, shuffle=False,
+                         learning_rate_init=lr, alpha=0.0, random_state=0)
+    est.partial_fit(X, y, sample_weight=sw)
+    params = glorot_init([3, 3, 1], "relu", seed=0)
+    rm, rv = np.zeros(3), np.ones(3)
+    loss_sum = 0.0
+    for start, stop in [(2, 4), (4, 6)]:  # the first batch has no weight
+        Xb, yb, wb = X[start:stop], y[start:stop], sw[start:stop]
+        loss_sum += 2 * ref_loss(Xb, yb, wb, *params, "relu", "identity", 0.0)
+        _, stats, _ = ref_forward_train(Xb, *params, "relu", wb)
+        mu, var = stats[0]
+        rm = 0.9 * rm + 0.1 * mu
+        rv = 0.9 * rv + 0.1 * var * wb.sum() / (wb.sum() - 1)
+        grad = ref_numeric_gradient(Xb, yb, wb, *params, "relu", "identity", 0.0)
+        params = sgd_step(params, grad, lr)
+    assert_params_allclose(est, params)
+    assert_allclose(est.running_means_[0], rm, rtol=1e-9, atol=1e-12)
+    assert_allclose(est.running_vars_[0], rv, rtol=1e-9)
+    assert est.loss_ == pytest.approx(loss_sum / 6, rel=1e-10)
+
+
+def test_invscaling_learning_rate_after_each_epoch():
+    X, y = regression_data(n=6, seed=5)
+    lr, power_t = 0.2, 0.5
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="tanh", solver="sgd",
+                         momentum=0.0, batch_size=6, shuffle=False, learning_rate="invscaling",
+                         learning_rate_init=lr, power_t=power_t, alpha=0.0, random_state=0)
+    params = glorot_init([3, 3, 1], "tanh", seed=0)
+    for epoch in range(3):
+        est.partial_fit(X, y)
+        # scikit-learn: after the epoch that brings t to n * epoch samples,
+        # lr = learning_rate_init / (t + 1) ** power_t.
+        lr_epoch = lr if epoch == 0 else lr / (6 * epoch + 1) ** power_t
+        grad = ref_numeric_gradient(X, y, None, *params, "tanh", "identity", 0.0)
+        params = sgd_step(params, grad, lr_epoch)
+        assert_params_allclose(est, params)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_warm_start_continues_from_the_previous_weights(solver):
+    X, y = regression_data(n=10, seed=6)
+    kwargs = dict(hidden_layer_sizes=(4,), activation="relu", solver=solver, momentum=0.0,
+                  batch_size=10, shuffle=False, learning_rate_init=0.05, alpha=0.0,
+                  random_state=0, tol=0.0, n_iter_no_change=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        est = MLPBNRegressor(max_iter=3, **kwargs).fit(X, y)
+        before = params_of(est)
+        running = running_of(est)
+        curve = list(est.loss_curve_)
+        est.set_params(warm_start=True, max_iter=1)
+        est.fit(X, y)
+    # One more full-batch step from where it was (a warm-started fit starts
+    # a fresh optimizer, as scikit-learn's does).
+    grad = ref_numeric_gradient(X, y, None, *before, "relu", "identity", 0.0)
+    step = sgd_step(before, grad, 0.05) if solver == "sgd" else [
+        [p - 0.05 * np.sign(g) * np.abs(g) / (np.abs(g) + 1e-8 / np.sqrt(1 - 0.999))
+         for p, g in zip(pg, gg)] for pg, gg in zip(before, grad)]
+    assert_params_allclose(est, step, rtol=1e-6, atol=1e-7)
+    _, stats, _ = ref_forward_train(X, *before, "relu")
+    assert_allclose(est.running_means_[0], 0.9 * running[0][0] + 0.1 * stats[0][0],
+                    rtol=1e-9, atol=1e-12)
+    assert len(est.loss_curve_) == 4 and est.loss_curve_[:3] == curve
+    assert est.t_ == 40
+
+    if solver == "sgd":
+        # Warm-started 3 + 1 epochs equal 4 cold epochs (momentum=0, constant lr).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cold = MLPBNRegressor(max_iter=4, **kwargs).fit(X, y)
+        assert_grad_allclose(params_of(est), params_of(cold), rtol=1e-12, atol=1e-14)
+        assert cold.loss_curve_ == pytest.approx(est.loss_curve_, rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("sparse_input", [False, True], ids=["dense", "sparse"])
+def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weighted):
+    # With shuffle=True the engine gathers each minibatch through the epoch's
+    # permutation. Drawn as the estimator draws it (initialization first, then
+    # sklearn.utils.shuffle on the same stream), the permutation applied to
+    # the data up front with shuffle=False must give the same epoch.
+    from sklearn.utils import shuffle as sk_shuffle
+
+    X, y = regression_data(n=21, n_features=4, seed=9)
+    if sparse_input:
+        X[np.abs(X) < 0.5] = 0.0
+    sw = np.random.RandomState(3).uniform(0.5, 2.0, size=21) if weighted else None
+    rs = np.random.RandomState(0)
+    glorot_init_draws = [(4, 5), (5, 1)]
+    for fan_in, fan_out in glorot_init_draws:
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        rs.uniform(-bound, bound, (fan_in, fan_out))
+        rs.uniform(-bound, bound, fan_out)
+    perm = sk_shuffle(np.arange(21), random_state=rs)
+    assert not np.array_equal(perm, np.arange(21))
+
+    kwargs = dict(hidden_layer_sizes=(5,), activation="tanh", solver="adam", batch_size=8,
+                  learning_rate_init=0.05, alpha=0.01, random_state=0)
+    as_input = sp.csr_matrix if sparse_input else np.asarray
+    shuffled = MLPBNRegressor(shuffle=True, **kwargs).partial_fit(
+        as_input(X), y, sample_weight=sw)
+    permuted = MLPBNRegressor(shuffle=False, **kwargs).partial_fit(
+        as_input(X[perm]), y[perm], sample_weight=None if sw is None else sw[perm])
+    assert_grad_allclose(params_of(shuffled), params_of(permuted), rtol=1e-12, atol=1e-14)
+    for a, b in zip(running_of(shuffled), running_of(permuted)):
+        assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
+    assert shuffled.loss_ == pytest.approx(permuted.loss_, rel=1e-12)
