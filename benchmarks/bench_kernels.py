@@ -1,0 +1,204 @@
+"""Benchmark: fused batch norm + ReLU, forward (training mode) then backward.
+
+Run from the repository root after building the extensions::
+
+    python setup.py build_ext --inplace
+    python benchmarks/bench_kernels.py            # add --quick for a smoke run
+
+For each shape ``(n_rows, n_cols)`` in (256, 256) and (4096, 1024) and each
+dtype in float32 and float64, it times one training step of the layer
+``a = relu(gamma * (z - mean) / sqrt(var + eps) + beta)``:
+:func:`sklearn_bn._batchnorm.bn_forward_train` followed by
+:func:`sklearn_bn._batchnorm.bn_backward`, called through their ``def``
+wrappers with preallocated outputs (the wrappers' Python overhead is part of
+the measured time).
+
+Baselines, all measured in the same run on the same arrays:
+
+memory floor
+    The forward pass must read ``z`` and write ``a``; the backward pass must
+    read ``da``, ``a`` and ``z`` and write ``dz``: four array reads and two
+    array writes in all. The floor is the time numpy takes to copy three
+    arrays of that shape and dtype, one after the other:
+    ``np.copyto(a, z)``, ``np.copyto(dz, da)`` and one more copy standing for
+    the two remaining reads (``a`` and ``z`` again in the backward pass). Three
+    copies are three reads and three writes; a write costs at least as much as
+    a read (write-allocate), so this is a fair lower bound for four reads and
+    two writes. The per-column vectors (gamma, statistics, gradients) are
+    negligible and not counted.
+numpy
+    A plain numpy reference of the same forward and backward (batch mean and
+    ddof=0 variance, normalize, scale, shift, ReLU; closed-form backward),
+    written as one would without hand-tuning.
+torch (optional)
+    ``torch.nn.BatchNorm1d`` + ``relu`` forward and backward on CPU, only if
+    torch happens to be importable; it is never a dependency.
+
+Each time is the best of ``--repeat`` repeats; a repeat runs the operation in
+a loop long enough (about 0.1 s) to be timed reliably with
+``time.perf_counter``. The script prints a markdown table: ratio to floor =
+kernel / floor (the target is <= 2), numpy / kernel = how much faster the
+kernels are than the numpy reference.
+"""
+
+import argparse
+import os
+import platform
+import time
+
+import sys
+
+import numpy as np
+
+try:
+    from sklearn_bn import _batchnorm
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from sklearn_bn import _batchnorm
+
+SHAPES = [(256, 256), (4096, 1024)]
+DTYPES = [np.float32, np.float64]
+EPS = 1e-5
+
+
+def best_time(func, repeat, min_time):
+    """Best per-call time of ``func`` over ``repeat`` timed loops."""
+    func()  # warm up (page faults, caches, lazy initialisation)
+    t0 = time.perf_counter()
+    func()
+    single = time.perf_counter() - t0
+    number = max(1, int(min_time / max(single, 1e-9)))
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            func()
+        best = min(best, (time.perf_counter() - t0) / number)
+    return best
+
+
+def make_kernel(z, gamma, beta, da):
+    n_rows, n_cols = z.shape
+    a = np.empty_like(z)
+    dz = np.empty_like(z)
+    mean = np.empty(n_cols, dtype=np.float64)
+    var = np.empty(n_cols, dtype=np.float64)
+    dgamma = np.empty_like(gamma)
+    dbeta = np.empty_like(gamma)
+    forward = _batchnorm.bn_forward_train
+    backward = _batchnorm.bn_backward
+
+    def run():
+        forward(z, gamma, beta, a, mean, var, None, EPS, "relu")
+        backward(da, a, z, gamma, mean, var, dz, dgamma, dbeta, None, EPS, "relu")
+
+    return run
+
+
+def make_floor(z, da):
+    a = np.empty_like(z)
+    dz = np.empty_like(z)
+    extra = np.empty_like(z)
+    copyto = np.copyto
+
+    def run():
+        copyto(a, z)
+        copyto(dz, da)
+        copyto(extra, a)
+
+    return run
+
+
+def make_numpy(z, gamma, beta, da):
+    n_rows = z.shape[0]
+
+    def run():
+        mean = z.mean(axis=0)
+        var = z.var(axis=0)
+        inv_std = 1 / np.sqrt(var + EPS)
+        z_hat = (z - mean) * inv_std
+        a = np.maximum(gamma * z_hat + beta, 0)
+        g = da * (a > 0)
+        dbeta = g.sum(axis=0)
+        dgamma = (g * z_hat).sum(axis=0)
+        dz = (gamma * inv_std) * (g - (dbeta + z_hat * dgamma) / n_rows)
+        return a, dz, dgamma, dbeta
+
+    return run
+
+
+def make_torch(z, gamma, beta, da):
+    try:
+        import torch
+    except ImportError:
+        return None
+    bn = torch.nn.BatchNorm1d(z.shape[1], eps=EPS, dtype=torch.from_numpy(z).dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma))
+        bn.bias.copy_(torch.from_numpy(beta))
+    bn.train()
+    zt = torch.from_numpy(z.copy()).requires_grad_(True)
+    dat = torch.from_numpy(da)
+
+    def run():
+        zt.grad = None
+        bn.zero_grad(set_to_none=True)
+        a = torch.relu(bn(zt))
+        a.backward(dat)
+
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timed repeats (best of)")
+    parser.add_argument("--min-time", type=float, default=0.1,
+                        help="seconds per timed repeat (inner loop length)")
+    parser.add_argument("--quick", action="store_true", help="1 repeat, short loops")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.min_time = 1, 0.01
+
+    print(f"# fused batch norm + ReLU, forward (train) + backward; best of {args.repeat}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"numpy {np.__version__}")
+    print()
+    header = ["shape", "dtype", "kernel s", "floor s", "kernel/floor",
+              "numpy s", "numpy/kernel"]
+    rows = []
+    torch_rows = []
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        for dtype in DTYPES:
+            z = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+            da = rng.standard_normal(shape).astype(dtype)
+            gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
+            beta = rng.uniform(-0.5, 0.5, shape[1]).astype(dtype)
+            t_kernel = best_time(make_kernel(z, gamma, beta, da), args.repeat, args.min_time)
+            t_floor = best_time(make_floor(z, da), args.repeat, args.min_time)
+            t_numpy = best_time(make_numpy(z, gamma, beta, da), args.repeat, args.min_time)
+            rows.append([f"({shape[0]}, {shape[1]})", np.dtype(dtype).name,
+                         f"{t_kernel:.3g}", f"{t_floor:.3g}",
+                         f"{t_kernel / t_floor:.2f}", f"{t_numpy:.3g}",
+                         f"{t_numpy / t_kernel:.1f}"])
+            torch_run = make_torch(z, gamma, beta, da)
+            if torch_run is not None:
+                t_torch = best_time(torch_run, args.repeat, args.min_time)
+                torch_rows.append([rows[-1][0], rows[-1][1], f"{t_torch:.3g}",
+                                   f"{t_torch / t_floor:.2f}",
+                                   f"{t_torch / t_kernel:.1f}"])
+
+    def table(head, body):
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" for _ in head) + "|")
+        for row in body:
+            print("| " + " | ".join(row) + " |")
+
+    table(header, rows)
+    if torch_rows:
+        print()
+        table(["shape", "dtype", "torch s", "torch/floor", "torch/kernel"], torch_rows)
+
+
+if __name__ == "__main__":
+    main()
