@@ -96,13 +96,6 @@ numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = True
 numpydoc_xref_param_type = False
 
-# The user guide lists `scaler` (written separately) next to `mlp`. Until that
-# page exists, do not fail the build on the dangling toctree entry; once it is
-# there this has no effect.
-suppress_warnings = []
-if not (DOCS_DIR / "user_guide" / "scaler.rst").exists():
-    suppress_warnings.append("toc.not_readable")
-
 # -- Intersphinx (opt-in: needs the network) ----------------------------------
 
 INTERSPHINX_TARGETS = {
