@@ -408,7 +408,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 self.running_vars_,
             )
             state = {
-                "n_iter": self.n_iter_ if incremental else 0,
+                "n_iter": 0,
                 "t": self.t_,
                 "loss_curve": list(self.loss_curve_),
                 "no_improvement": getattr(self, "_no_improvement_count", 0),
@@ -1036,6 +1036,12 @@ _NOTES_DOC = """
 
     Every minibatch needs at least 2 samples: ``batch_size`` must be >= 2,
     and fitting on a single sample raises ``ValueError``.
+
+    Sample weights act as repeat counts: they weight the loss and the batch
+    statistics, and the unbiased correction ``m / (m - 1)`` of the running
+    variance uses ``m`` = the minibatch's weight sum. When that sum is below
+    2 (weights normalized to sum to 1, say), ``m`` is the number of rows with
+    positive weight instead. A minibatch whose weights sum to zero is skipped.
 """
 
 _REFERENCES_DOC = """
@@ -1183,7 +1189,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                 )
         else:
             classes = unique_labels(y)
-            if self.warm_start and not incremental:
+            if self.warm_start:
                 if set(classes) != set(self.classes_):
                     raise ValueError(
                         "warm_start can only be used where `y` has the same "

@@ -191,6 +191,7 @@ cdef double forward_backward(
     cdef floating* D
     cdef const floating* swp
     cdef double wsum = 0, loss, sumsq = 0, l2
+    cdef double n_running = 0   # the m of the unbiased correction m / (m - 1)
     cdef floating c
 
     # Gather the minibatch.
@@ -200,9 +201,16 @@ cdef double forward_backward(
         for k in range(m):
             swb[k] = sw[rows[k]]
             wsum += swb[k]
+            if swb[k] > 0:
+                n_running += 1
     else:
         wsum = m
     wsum_out[0] = wsum
+    # Weights act as repeat counts in the unbiased correction m / (m - 1).
+    # Below two repeats' worth (e.g. weights normalized to sum to 1) that
+    # would blow up, so m falls back to the number of rows that carry weight.
+    if wsum >= 2:
+        n_running = wsum
     if not wsum > 0:
         return 0.0
     swp = swb if net.weighted else NULL
@@ -238,7 +246,7 @@ cdef double forward_backward(
                 cupdate_running_stats(
                     running_mean + net.stat_off[l], running_var + net.stat_off[l],
                     dwork + net.stat_off[l], dwork + net.var_base + net.stat_off[l],
-                    fan_out, net.bn_momentum, wsum)
+                    fan_out, net.bn_momentum, n_running)
             layer_in = work + net.a_off[l]
         else:
             for k in range(m):

@@ -524,7 +524,10 @@ def test_minibatch_with_zero_weight_is_skipped():
         _, stats, _ = ref_forward_train(Xb, *params, "relu", wb)
         mu, var = stats[0]
         rm = 0.9 * rm + 0.1 * mu
-        rv = 0.9 * rv + 0.1 * var * wb.sum() / (wb.sum() - 1)
+        # m of the unbiased correction: the weight sum (repeat counts), or the
+        # number of weighted rows when the weights sum to less than 2.
+        m = wb.sum() if wb.sum() >= 2 else np.count_nonzero(wb)
+        rv = 0.9 * rv + 0.1 * var * m / (m - 1)
         grad = ref_numeric_gradient(Xb, yb, wb, *params, "relu", "identity", 0.0)
         params = sgd_step(params, grad, lr)
     assert_params_allclose(est, params)
