@@ -36,10 +36,13 @@ extensions = [
     for name in MODULES
 ]
 
+N_JOBS = os.cpu_count() or 1
+
 setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
-        compile_time_env={"SKLEARN_BN_DEBUG": DEBUG},
+        nthreads=N_JOBS,
     ),
+    options={"build_ext": {"parallel": N_JOBS}},
 )

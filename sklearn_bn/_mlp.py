@@ -965,10 +965,10 @@ _COMMON_ATTRIBUTES_DOC = """
     best_loss_ : float or None
         The minimum loss reached; None with ``early_stopping=True``.
 
-    loss_curve_ : list of shape (n_iter_,)
+    loss_curve_ : list of shape (`n_iter_`,)
         The loss of each epoch.
 
-    validation_scores_ : list of shape (n_iter_,) or None
+    validation_scores_ : list of shape (`n_iter_`,) or None
         Score on the held-out set at each epoch with ``early_stopping=True``,
         else None.
 
@@ -999,7 +999,7 @@ _COMMON_ATTRIBUTES_DOC = """
     n_features_in_ : int
         Number of features seen during fit.
 
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when X has string feature names.
 
     n_iter_ : int
