@@ -371,16 +371,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _fit_unsafe(self, X, sample_weight, reset):
         _reject_sparse(X, self)
-        X = validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype=_FLOAT_DTYPES,
-            order="C",
-            # Infinite values are detected from the statistics (they make
-            # them non-finite) instead of in an extra pass over X.
-            ensure_all_finite=False,
-        )
+        X = self._validate_X(X, reset)
         n_features = X.shape[1]
         self._affine_params(n_features)  # wrong gamma/beta: fail before work
         if sample_weight is not None:
@@ -464,16 +455,47 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         _reject_sparse(X, self)
         copy = self.copy if copy is None else copy
         X_in = X
-        X = validate_data(
+        X = self._validate_X(X, reset=False)
+        return self._affine(X, X_in, self._coefficients(X.dtype), copy)
+
+    def _validate_X(self, X, reset):
+        """``validate_data`` as a C-contiguous float32/float64 array.
+
+        Infinite values are not looked for here: they make the statistics
+        non-finite, and the transform kernel reports them, so no extra pass
+        over the data is needed.
+
+        A fitted scaler given a C-contiguous float ndarray of the right width
+        and no feature names to check skips ``validate_data``, whose
+        dataframe detection costs more than the statistics of a small batch:
+        every check it would make on such an array is made here, with the
+        same error.
+        """
+        if (
+            not reset
+            and type(X) is np.ndarray
+            and X.ndim == 2
+            and X.dtype in _FLOAT_DTYPES
+            and X.flags.c_contiguous
+            and X.shape[0] > 0
+            and X.shape[1] > 0
+            and not hasattr(self, "feature_names_in_")
+            and hasattr(self, "n_features_in_")
+        ):
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} "
+                    f"is expecting {self.n_features_in_} features as input."
+                )
+            return X
+        return validate_data(
             self,
             X,
-            reset=False,
+            reset=reset,
             dtype=_FLOAT_DTYPES,
             order="C",
             ensure_all_finite=False,
-            force_writeable=not copy,
         )
-        return self._affine(X, X_in, self._coefficients(X.dtype), copy)
 
     def inverse_transform(self, X, copy=None):
         """Undo :meth:`transform`.
@@ -501,7 +523,6 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             dtype=_FLOAT_DTYPES,
             order="C",
             ensure_all_finite=False,
-            force_writeable=not copy,
             input_name="X",
             estimator=self,
         )
@@ -570,15 +591,21 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """``X * scale + shift``, in place when allowed, in row blocks."""
         scale, shift = coefficients
         # Is X our own conversion of the input (free to overwrite)?
-        private = X is not X_in and (
-            not isinstance(X_in, np.ndarray) and not hasattr(X_in, "__array__")
-            or isinstance(X_in, np.ndarray) and not np.may_share_memory(X, X_in)
+        private = (
+            X is not X_in
+            and X.flags.writeable
+            and (
+                isinstance(X_in, np.ndarray) and not np.may_share_memory(X, X_in)
+                or not isinstance(X_in, np.ndarray) and not hasattr(X_in, "__array__")
+            )
         )
-        if not private and (copy or not X.flags.writeable):
+        if private:
+            out = X
+        elif copy or not X.flags.writeable:
             out = np.empty_like(X)
         else:
             out = X
-            if check_inf and not private and has_infinity(X):
+            if check_inf and has_infinity(X):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
 

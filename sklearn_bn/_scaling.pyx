@@ -20,6 +20,14 @@ from cython cimport floating
 import numpy as np
 
 
+cdef enum:
+    # Columns per panel: the per-column coefficients and maxima of a panel
+    # live in local (stack) arrays, which cannot alias ``x`` or ``out``, so the
+    # compiler vectorizes the inner loops without runtime alias checks on
+    # them. A panel is the whole row when n_cols <= PANEL.
+    PANEL = 256
+
+
 cdef void caffine_columns(const floating* x, floating* out,
                           Py_ssize_t n_rows, Py_ssize_t n_cols,
                           const floating* scale, const floating* shift,
@@ -29,33 +37,55 @@ cdef void caffine_columns(const floating* x, floating* out,
     ``out`` may be ``x`` (in place). ``absmax[j]`` is raised to the largest
     ``|x[i, j]|`` of the column, NaN ignored; the caller initializes it.
     """
-    cdef Py_ssize_t i, j
+    cdef floating sc[PANEL]
+    cdef floating sh[PANEL]
+    cdef floating am[PANEL]
+    cdef Py_ssize_t i, j, j0, width
     cdef floating v, a
     cdef const floating* xrow
     cdef floating* orow
-    for i in range(n_rows):
-        xrow = x + i * n_cols
-        orow = out + i * n_cols
-        for j in range(n_cols):
-            v = xrow[j]
-            orow[j] = v * scale[j] + shift[j]
-            # A compare-and-select that maps to one SIMD max: NaN compares
-            # false and is skipped, infinity wins.
-            a = fabs(v)
-            absmax[j] = a if a > absmax[j] else absmax[j]
+    j0 = 0
+    while j0 < n_cols:
+        width = min(<Py_ssize_t> PANEL, n_cols - j0)
+        for j in range(width):
+            sc[j] = scale[j0 + j]
+            sh[j] = shift[j0 + j]
+            am[j] = absmax[j0 + j]
+        for i in range(n_rows):
+            xrow = x + i * n_cols + j0
+            orow = out + i * n_cols + j0
+            for j in range(width):
+                v = xrow[j]
+                orow[j] = v * sc[j] + sh[j]
+                # Compare-and-select, one SIMD max: NaN compares false and
+                # is skipped, infinity wins.
+                a = fabs(v)
+                am[j] = a if a > am[j] else am[j]
+        for j in range(width):
+            absmax[j0 + j] = am[j]
+        j0 += width
 
 
 cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
                           Py_ssize_t n_cols, floating* absmax) noexcept nogil:
     """``absmax[j] = max(absmax[j], max_i |x[i, j]|)``, NaN ignored."""
-    cdef Py_ssize_t i, j
+    cdef floating am[PANEL]
+    cdef Py_ssize_t i, j, j0, width
     cdef floating a
     cdef const floating* xrow
-    for i in range(n_rows):
-        xrow = x + i * n_cols
-        for j in range(n_cols):
-            a = fabs(xrow[j])
-            absmax[j] = a if a > absmax[j] else absmax[j]
+    j0 = 0
+    while j0 < n_cols:
+        width = min(<Py_ssize_t> PANEL, n_cols - j0)
+        for j in range(width):
+            am[j] = absmax[j0 + j]
+        for i in range(n_rows):
+            xrow = x + i * n_cols + j0
+            for j in range(width):
+                a = fabs(xrow[j])
+                am[j] = a if a > am[j] else am[j]
+        for j in range(width):
+            absmax[j0 + j] = am[j]
+        j0 += width
 
 
 # ---------------------------------------------------------------------------
