@@ -7,9 +7,10 @@ kernels only: ``fit`` reads ``X`` once, ``transform`` reads it once and writes
 the output once, and ``fit_transform`` does both on one validated array.
 """
 
+import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from numbers import Real
 
 import numpy as np
@@ -35,7 +36,15 @@ from sklearn_bn._scaling import affine_columns, has_infinity
 _FLOAT_DTYPES = (np.float64, np.float32)
 
 # Below this many elements per thread, a thread costs more than it saves.
-_MIN_ELEMENTS_PER_THREAD = 1 << 18
+_MIN_ELEMENTS_PER_THREAD = 1 << 20
+
+
+try:
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+except ImportError:  # pragma: no cover - private helper moved
+
+    def _openmp_effective_n_threads():
+        return os.cpu_count() or 1
 
 
 def _effective_n_threads():
@@ -44,10 +53,6 @@ def _effective_n_threads():
     That is the number of CPUs unless ``OMP_NUM_THREADS`` or
     ``threadpoolctl.threadpool_limits(user_api="openmp")`` lowers it.
     """
-    try:
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-    except ImportError:  # pragma: no cover - private helper moved
-        return os.cpu_count() or 1
     return _openmp_effective_n_threads()
 
 
@@ -92,7 +97,11 @@ def _run_in_row_blocks(func, n_rows, n_cols):
     futures = [
         pool.submit(func, bounds[k], bounds[k + 1]) for k in range(1, n_threads)
     ]
-    first = func(bounds[0], bounds[1])  # the calling thread takes a block too
+    try:
+        first = func(bounds[0], bounds[1])  # the calling thread takes a block too
+    except BaseException:
+        wait(futures)  # never return while a worker still uses the arrays
+        raise
     return [first] + [future.result() for future in futures]
 
 
@@ -103,8 +112,7 @@ def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
     and variance 0.
     """
     count = count_a + count_b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac_b = np.where(count > 0, count_b / count, 0.0)
+    frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
     frac_a = 1.0 - frac_b
     delta = mean_b - mean_a
     mean = mean_a + frac_b * delta
@@ -392,9 +400,8 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             count_prev = np.zeros(n_features)
             integer_counts = sample_weight is None
         else:
-            count_prev = np.broadcast_to(
-                np.asarray(self.n_samples_seen_, dtype=np.float64), (n_features,)
-            )
+            # A scalar or a per-feature array: both broadcast below.
+            count_prev = np.asarray(self.n_samples_seen_, dtype=np.float64)
             integer_counts = sample_weight is None and np.issubdtype(
                 np.asarray(self.n_samples_seen_).dtype, np.integer
             )
@@ -423,7 +430,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if integer_counts:
             count = np.rint(count).astype(np.int64)
         # Like StandardScaler: a scalar when every feature has the same count.
-        n_samples_seen = count[0] if np.ptp(count) == 0 else count
+        n_samples_seen = count[0] if count.min() == count.max() else count
 
         self.running_mean_ = mean
         self.running_var_ = var
@@ -542,10 +549,15 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self._affine(X, X_in, tuple(c.astype(X.dtype) for c in inverse), copy)
 
     def _affine_params(self, n_features):
-        """``gamma`` and ``beta`` as float64 vectors of ``n_features``."""
+        """``gamma`` and ``beta``, checked: each a float or a float64 vector."""
         params = []
         for name in ("gamma", "beta"):
             value = getattr(self, name)
+            if isinstance(value, Real) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ValueError(f"{name} must be finite, got {value!r}.")
+                params.append(float(value))
+                continue
             try:
                 array = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError) as exc:
@@ -554,7 +566,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     f"got {value!r}."
                 ) from exc
             if array.ndim == 0:
-                array = np.full(n_features, array)
+                array = array[()]
             elif array.shape != (n_features,):
                 raise ValueError(
                     f"{name} must be a float or an array of shape (n_features,) = "
@@ -665,7 +677,9 @@ def _batch_statistics(X, sample_weight, estimator):
         return count, mean, var
 
     count, mean, var = stats(False)
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+    # One NaN or infinity makes a sum non-finite (an overflow of huge but
+    # finite values only sends us down the careful path for nothing).
+    if not math.isfinite(mean.sum() + var.sum()):
         if has_infinity(X):
             _raise_infinite(X, estimator)
         count, mean, var = stats(True)

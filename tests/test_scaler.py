@@ -16,7 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from sklearn_bn import BatchNormScaler
+from sklearn_bn import BatchNormScaler, _scaler
+from sklearn_bn._batchnorm import batch_stats
 from sklearn_bn._scaling import affine_columns, has_infinity
 
 DTYPES = [np.float32, np.float64]
@@ -717,16 +718,25 @@ def test_pickle_round_trip(momentum):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("momentum", MOMENTA)
-def test_threaded_blocks_match_single_thread(dtype, momentum):
-    X = _data(n=9001, m=101, dtype=dtype)  # enough elements for several blocks
+def test_threaded_blocks_match_single_thread(dtype, momentum, monkeypatch):
+    X = _data(n=9001, m=101, dtype=dtype)
     X[::97, 5] = np.nan
     w = np.random.RandomState(0).uniform(0, 2, size=X.shape[0])
+    # Small blocks, so that every machine with 2+ CPUs splits this array.
+    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 10_000)
+    calls = []
+    monkeypatch.setattr(_scaler, "batch_stats", lambda x, *a: calls.append(len(x)) or batch_stats(x, *a))
     results = []
     for n_threads in (1, 4):
+        calls.clear()
         with threadpool_limits(n_threads, user_api="openmp"):
             scaler = BatchNormScaler(momentum=momentum)
             Xt = scaler.fit_transform(X, sample_weight=w)
             results.append((scaler.running_mean_, scaler.running_var_, Xt))
+        if n_threads == 1 or _scaler._effective_n_threads() == 1:
+            assert calls == [9001, 9001]  # with NaN: a plain pass, then a NaN-aware one
+        else:
+            assert len(calls) > 2 and sum(calls) == 2 * 9001
     for a, b in zip(*results):
         assert_allclose(a, b, rtol=1e-10 if dtype == np.float64 else 1e-5, atol=1e-10)
     X64 = X.astype(np.float64)
