@@ -25,7 +25,10 @@ memory floor
     copies are three reads and three writes; a write costs at least as much as
     a read (write-allocate), so this is a fair lower bound for four reads and
     two writes. The per-column vectors (gamma, statistics, gradients) are
-    negligible and not counted.
+    negligible and not counted. The copies' destinations are placed half a
+    page from their sources (see :func:`empty_apart`), the fast case of
+    ``memcpy``, so that the floor does not depend on where the allocator
+    happened to put them.
 numpy
     A plain numpy reference of the same forward and backward (batch mean and
     ddof=0 variance, normalize, scale, shift, ReLU; closed-form backward),
@@ -34,9 +37,10 @@ torch (optional)
     ``torch.nn.BatchNorm1d`` + ``relu`` forward and backward on CPU, only if
     torch happens to be importable; it is never a dependency.
 
-Each time is the best of ``--repeat`` repeats; a repeat runs the operation in
-a loop long enough (about 0.1 s) to be timed reliably with
-``time.perf_counter``. The script prints a markdown table: ratio to floor =
+Each time is the best of ``--repeat`` repeats; a repeat runs each operation
+in turn, each in a loop long enough (about 0.1 s) to be timed reliably with
+``time.perf_counter`` (``--clock cpu``: ``time.process_time``, the CPU time
+of the process, which is more stable on a machine shared with other jobs). The script prints a markdown table: ratio to floor =
 kernel / floor (the target is <= 2), numpy / kernel = how much faster the
 kernels are than the numpy reference.
 """
@@ -61,20 +65,42 @@ DTYPES = [np.float32, np.float64]
 EPS = 1e-5
 
 
-def best_time(func, repeat, min_time):
-    """Best per-call time of ``func`` over ``repeat`` timed loops."""
-    func()  # warm up (page faults, caches, lazy initialisation)
-    t0 = time.perf_counter()
-    func()
-    single = time.perf_counter() - t0
-    number = max(1, int(min_time / max(single, 1e-9)))
-    best = float("inf")
+def best_times(funcs, repeat, min_time, clock=time.perf_counter):
+    """Best per-call time of each function over ``repeat`` timed loops.
+
+    The functions take turns within each repeat, so that a busy period of the
+    machine slows them all rather than one of them.
+    """
+    numbers = []
+    for func in funcs:
+        func()  # warm up (page faults, caches, lazy initialisation)
+        t0 = clock()
+        func()
+        single = clock() - t0
+        numbers.append(max(1, int(min_time / max(single, 1e-9))))
+    best = [float("inf")] * len(funcs)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            func()
-        best = min(best, (time.perf_counter() - t0) / number)
+        for k, (func, number) in enumerate(zip(funcs, numbers)):
+            t0 = clock()
+            for _ in range(number):
+                func()
+            best[k] = min(best[k], (clock() - t0) / number)
     return best
+
+
+def empty_apart(like, other, offset=2048):
+    """An empty array like ``like`` whose address is ``offset`` bytes from
+    ``other``'s modulo 4096.
+
+    glibc's ``memcpy`` (``rep movsb``) is up to 10x slower on some CPUs when
+    the destination is a few bytes past the source modulo the 4 KiB page
+    (4K aliasing); where numpy's allocator happens to put the arrays would
+    then decide the floor. Half a page apart is the fast case.
+    """
+    nbytes = like.nbytes
+    raw = np.empty(nbytes + 8192, dtype=np.uint8)
+    start = (other.ctypes.data + offset - raw.ctypes.data) % 4096
+    return raw[start:start + nbytes].view(like.dtype).reshape(like.shape)
 
 
 def make_kernel(z, gamma, beta, da):
@@ -96,9 +122,9 @@ def make_kernel(z, gamma, beta, da):
 
 
 def make_floor(z, da):
-    a = np.empty_like(z)
-    dz = np.empty_like(z)
-    extra = np.empty_like(z)
+    a = empty_apart(z, z)
+    dz = empty_apart(da, da)
+    extra = empty_apart(a, a)
     copyto = np.copyto
 
     def run():
@@ -155,11 +181,17 @@ def main():
     parser.add_argument("--min-time", type=float, default=0.1,
                         help="seconds per timed repeat (inner loop length)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, short loops")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: time.perf_counter (default); cpu: "
+                        "time.process_time, which does not count the time the "
+                        "process waits for a CPU on a busy machine")
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.quick:
         args.repeat, args.min_time = 1, 0.01
 
-    print(f"# fused batch norm + ReLU, forward (train) + backward; best of {args.repeat}")
+    print(f"# fused batch norm + ReLU, forward (train) + backward; best of {args.repeat}, "
+          f"{args.clock} clock")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}")
     print()
@@ -174,16 +206,19 @@ def main():
             da = rng.standard_normal(shape).astype(dtype)
             gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
             beta = rng.uniform(-0.5, 0.5, shape[1]).astype(dtype)
-            t_kernel = best_time(make_kernel(z, gamma, beta, da), args.repeat, args.min_time)
-            t_floor = best_time(make_floor(z, da), args.repeat, args.min_time)
-            t_numpy = best_time(make_numpy(z, gamma, beta, da), args.repeat, args.min_time)
+            funcs = [make_kernel(z, gamma, beta, da), make_floor(z, da),
+                     make_numpy(z, gamma, beta, da)]
+            torch_run = make_torch(z, gamma, beta, da)
+            if torch_run is not None:
+                funcs.append(torch_run)
+            times = best_times(funcs, args.repeat, args.min_time, clock)
+            t_kernel, t_floor, t_numpy = times[:3]
             rows.append([f"({shape[0]}, {shape[1]})", np.dtype(dtype).name,
                          f"{t_kernel:.3g}", f"{t_floor:.3g}",
                          f"{t_kernel / t_floor:.2f}", f"{t_numpy:.3g}",
                          f"{t_numpy / t_kernel:.1f}"])
-            torch_run = make_torch(z, gamma, beta, da)
             if torch_run is not None:
-                t_torch = best_time(torch_run, args.repeat, args.min_time)
+                t_torch = times[3]
                 torch_rows.append([rows[-1][0], rows[-1][1], f"{t_torch:.3g}",
                                    f"{t_torch / t_floor:.2f}",
                                    f"{t_torch / t_kernel:.1f}"])

@@ -7,33 +7,35 @@ GIL and call them; the estimators validate user input before either.
 
 Performance notes
 -----------------
-* Memory traffic. The kernels work on *panels* of columns sized so that a
-  panel of every array a kernel reads stays in the last-level cache between
-  its passes: the forward pass reads ``z`` from memory once (statistics, then
-  normalization from cache) and the backward pass reads ``da``, ``a`` and
-  ``z`` from memory once (reductions, then ``dz`` from cache). When the whole
-  block fits in cache, a panel is the whole row.
-* Vectorization. Hot loops keep their per-column accumulators and
-  coefficients in local arrays (which cannot alias the caller's buffers, so
-  the compiler vectorizes without runtime alias checks), never load under a
+* Memory traffic. The data are streamed row after row, which is what the
+  hardware prefetchers handle best: the forward pass reads ``z`` twice
+  (statistics, then normalization) and writes ``a``; the backward pass reads
+  ``da``, ``a`` and ``z`` twice (reductions, then ``dz``) and writes ``dz``.
+  Reductions run over *tiles* of at most ``CHUNK`` columns of a block of rows
+  that fits in L2, so their accumulators are local arrays.
+* Vectorization. Hot loops keep their accumulators in local arrays (which
+  cannot alias the caller's buffers, so the compiler vectorizes without
+  runtime alias checks) or have a single store stream, never load under a
   condition (``d = da[j]; g = d if a[j] > 0 else 0`` is a mask, where
   ``g = da[j] if a[j] > 0 else 0`` is a branch) and fix the activation
   outside the loop.
 * Instruction sets. With GCC on x86-64 Linux the hot functions are compiled
-  twice, for the baseline (SSE2) and for AVX2 + FMA, and the dynamic loader
-  picks the one the CPU supports (``target_clones``); elsewhere they are
-  compiled once for the baseline. Define ``SKLEARN_BN_NO_TARGET_CLONES`` (for
-  example ``CFLAGS=-DSKLEARN_BN_NO_TARGET_CLONES``) to turn this off.
+  twice, for the baseline (SSE2) and for x86-64-v3 (AVX2, FMA), and the
+  dynamic loader picks the one the CPU supports (``target_clones``);
+  elsewhere they are compiled once for the baseline. Define
+  ``SKLEARN_BN_NO_TARGET_CLONES`` (for example
+  ``CFLAGS=-DSKLEARN_BN_NO_TARGET_CLONES``) to turn this off.
 
 Numerics: statistics are accumulated in double precision whatever the input
 dtype. Each row block is reduced around a shift (the running mean of the
-previous blocks; the first row for the first block) and merged with Chan et
-al.'s pairwise update; a block whose shift turns out to be far from its mean
-(which would cost accuracy) is reduced again, from cache, around its own
-mean. This is as accurate as a two-pass algorithm and reads the data once.
-Normalization computes ``(z - mean) * scale + beta`` with the mean rounded
-to the working precision and its rounding error folded into the shift, so
-that float32 stays accurate when the mean is large compared to the spread.
+previous blocks; the mean of its first rows for the first block) and merged with
+Chan et al.'s pairwise update; a block whose shift turns out to be far from
+its mean (which would cost accuracy) is reduced again, from cache, around its
+own mean. This is as accurate as a two-pass algorithm and reads the data
+once. Normalization computes ``(z - center) * scale + shift`` with
+``center`` the mean rounded to the working precision and its rounding error
+folded into ``shift``, so that float32 stays accurate when the mean is large
+compared to the spread.
 """
 from libc.math cimport sqrt
 from libc.string cimport memset
@@ -45,7 +47,7 @@ cimport numpy as cnp
 
 from sklearn_bn._activations cimport (
     act_forward, IDENTITY, RELU, TANH, LOGISTIC)
-from sklearn_bn._activations import activation_code
+from sklearn_bn._activations import ACTIVATIONS, activation_code
 
 cnp.import_array()
 
@@ -54,84 +56,85 @@ cdef extern from *:
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
         && defined(__linux__) && defined(__GLIBC__) \\
         && !defined(SKLEARN_BN_NO_TARGET_CLONES)
-    #define SKLEARN_BN_CLONES __attribute__((target_clones("arch=haswell", "default")))
+    #if __GNUC__ >= 12
+    /* x86-64-v3: AVX2, FMA, BMI2..., dispatched on CPU features. */
+    #define SKLEARN_BN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
+    #define SKLEARN_BN_CLONES __attribute__((target_clones("avx2", "default")))
+    #endif
     #else
     #define SKLEARN_BN_CLONES
     #endif
     """
-    # ``void`` for the hot functions, compiled for AVX2 + FMA and baseline.
+    # ``void`` for the hot functions, compiled for x86-64-v3 and baseline.
     ctypedef void simd_void "SKLEARN_BN_CLONES void"
 
 # Doubles of scratch each kernel needs per column (callers allocate it once).
 SCRATCH_PER_COLUMN = 8
+cdef Py_ssize_t SCRATCH_COLUMNS = SCRATCH_PER_COLUMN
 
 cdef enum:
-    # Most columns in a panel: the size of the local per-column arrays.
-    CHUNK = 512
-    # Bytes of input per statistics block: a block reduced a second time is
-    # read from L2, not from memory.
+    # Columns per tile: the size of the local per-column arrays.
+    CHUNK = 1024
+    # Bytes of input per row block of the reductions: a block reduced a
+    # second time is read from L2, not from memory.
     BLOCK_BYTES = 131072
+    # Rows per tile of the backward reductions (even).
+    SUM_ROWS = 32
+    # Rows per tile of the elementwise passes when the block is wider than
+    # CHUNK (the local coefficients are reloaded per tile).
+    TILE_ROWS = 32
 
-# Bytes of each array's panel that the passes of a kernel re-read from cache.
-cdef Py_ssize_t PANEL_BYTES = 4 * 1024 * 1024
 
-
-cdef inline Py_ssize_t _panel_width(Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                    Py_ssize_t col_bytes) noexcept nogil:
-    """Columns per panel: the panel of ``col_bytes`` per cell fits the budget.
-
-    At most ``CHUNK`` and at least 64 columns (shorter row segments would
-    stream poorly); the panels of a block have equal widths (multiples of 16).
-    """
-    cdef Py_ssize_t width = PANEL_BYTES // max(n_rows * col_bytes, 1)
-    cdef Py_ssize_t n_panels
-    width = min(max(width, 64), <Py_ssize_t> CHUNK)
-    if n_cols <= width:
-        return n_cols
-    n_panels = (n_cols + width - 1) // width
-    width = (n_cols + n_panels - 1) // n_panels
-    return min(((width + 15) // 16) * 16, <Py_ssize_t> CHUNK)
+cdef inline Py_ssize_t _block_rows(Py_ssize_t row_bytes) noexcept nogil:
+    return max(1, BLOCK_BYTES // max(row_bytes, 1))
 
 
 # ---------------------------------------------------------------------------
 # Statistics.
 
 
-cdef simd_void _stats_panel(const floating* x, Py_ssize_t stride,
-                            Py_ssize_t n_rows, Py_ssize_t width,
-                            const floating* sample_weight, double* mean_out,
-                            double* var_out, double* wsum_out) noexcept nogil:
-    """Mean, ddof=0 variance and weight sum of ``width <= CHUNK`` columns.
+cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                      const floating* sample_weight, double* mean_out,
+                      double* var_out, double* wsum_out,
+                      double* scratch) noexcept nogil:
+    """Mean, ddof=0 variance and weight sum of the columns of ``x``.
 
-    Row ``i`` of the panel starts at ``x + i * stride``. Rows are reduced in
-    blocks around a shift ``c`` (sums of ``w * (x - c)`` and
-    ``w * (x - c) ** 2``) and merged with Chan et al.'s update. The shift of
-    the first block is its first row, later ones shift by the running mean,
-    so the block sums do not cancel; a block whose shift was far from its own
-    mean (an outlying first row, drifting data) is summed again, from cache,
-    around its mean. Means are kept relative to the first block's shift
-    ``ref``, so that their rounding stays relative to the spread of the data
-    rather than to its offset.
+    Rows are reduced in blocks (tiles of at most ``CHUNK`` columns) around a
+    shift ``c``: sums of ``w * (x - c)`` and ``w * (x - c) ** 2``, merged
+    with Chan et al.'s update. The shift of the first block is the mean of
+    its first four rows; later blocks shift by the running mean, so the block
+    sums do not cancel; a tile whose shift was far from its own mean
+    (outlying first rows, drifting data) is summed again, from cache, around
+    its mean. Running means are kept relative to the first block's shift
+    ``ref`` so that their rounding is relative to the spread of the data, not
+    to its offset. Deviations ``x - c`` and the sums of eight of them are
+    formed in the working precision (one rounding each: relative errors of
+    order 1e-7 in float32, which do not grow with the number of rows), and
+    accumulated in double. ``scratch``: ``3 * n_cols`` doubles.
     """
+    cdef double* ref = scratch
+    cdef double* mean = scratch + n_cols     # running mean - ref
+    cdef double* m2 = scratch + 2 * n_cols
     cdef double center[CHUNK]
-    cdef double ref[CHUNK]
+    cdef floating cf[CHUNK]
     cdef double s1[CHUNK]
     cdef double s2[CHUNK]
-    cdef double mean[CHUNK]     # running mean - ref
-    cdef double m2[CHUNK]
-    cdef Py_ssize_t block_rows = max(1, BLOCK_BYTES // max(width * <Py_ssize_t> sizeof(floating), 1))
-    cdef Py_ssize_t start, stop, i, j
+    cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
+    cdef Py_ssize_t start, stop, i, j, j0, width, n_first
     cdef int attempt
     cdef bint redo, first = True
-    cdef double w, d, bw, total, ratio, cross, inv, mb, m2b, delta
+    cdef floating c, d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3
+    cdef double bw, total, ratio, cross, inv, mb, m2b, delta
     cdef double wtot = 0
-    cdef const floating* row
-
-    for j in range(width):
-        center[j] = x[j]
-        ref[j] = 0
-        mean[j] = 0
-        m2[j] = 0
+    cdef const floating* row0
+    cdef const floating* row1
+    cdef const floating* row2
+    cdef const floating* row3
+    cdef const floating* row4
+    cdef const floating* row5
+    cdef const floating* row6
+    cdef const floating* row7
 
     start = 0
     while start < n_rows:
@@ -146,64 +149,132 @@ cdef simd_void _stats_panel(const floating* x, Py_ssize_t stride,
             start = stop
             continue
         inv = 1 / bw
-        if not first:
-            for j in range(width):
-                center[j] = ref[j] + mean[j]
-        for attempt in range(2):
-            for j in range(width):
-                s1[j] = 0
-                s2[j] = 0
-            if sample_weight == NULL:
-                for i in range(start, stop):
-                    row = x + i * stride
+        total = wtot + bw
+        ratio = bw / total
+        cross = wtot * ratio
+        j0 = 0
+        while j0 < n_cols:
+            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+            if first:
+                # The mean of (up to) the first four rows: close enough to the
+                # block mean that a redo is rare.
+                n_first = min(<Py_ssize_t> 4, stop - start)
+                for j in range(width):
+                    center[j] = 0
+                for i in range(start, start + n_first):
+                    row0 = x + i * n_cols + j0
                     for j in range(width):
-                        d = row[j] - center[j]
-                        s1[j] += d
-                        s2[j] += d * d
+                        center[j] += row0[j]
+                for j in range(width):
+                    center[j] *= 1.0 / n_first
             else:
-                for i in range(start, stop):
-                    row = x + i * stride
-                    w = sample_weight[i]
+                for j in range(width):
+                    center[j] = ref[j0 + j] + mean[j0 + j]
+            for attempt in range(2):
+                # The shift in the working precision, so that x - c is one
+                # rounding (exact when x is within a factor 2 of c).
+                for j in range(width):
+                    cf[j] = <floating> center[j]
+                    center[j] = cf[j]
+                    s1[j] = 0
+                    s2[j] = 0
+                # Eight (weighted: four) rows at a time: their terms are added
+                # in the working precision, then to the double accumulators.
+                i = start
+                while sample_weight == NULL and i + 7 < stop:
+                    row0 = x + i * n_cols + j0
+                    row1 = row0 + n_cols
+                    row2 = row1 + n_cols
+                    row3 = row2 + n_cols
+                    row4 = row3 + n_cols
+                    row5 = row4 + n_cols
+                    row6 = row5 + n_cols
+                    row7 = row6 + n_cols
                     for j in range(width):
-                        d = row[j] - center[j]
-                        s1[j] += w * d
-                        s2[j] += w * (d * d)
-            if attempt == 1 or stop - start == 1:
-                break
-            # M2 = s2 - s1**2 / bw loses accuracy when s1**2 / bw is close to
-            # s2, i.e. when the shift is far from the block mean: redo those.
-            redo = False
-            for j in range(width):
-                if s1[j] * s1[j] > 0.5 * bw * s2[j]:
-                    redo = True
-            if not redo:
-                break
-            for j in range(width):
-                center[j] += s1[j] * inv
-        if first:
-            for j in range(width):
-                ref[j] = center[j]
-                mb = s1[j] * inv
-                mean[j] = mb
-                m2[j] = max(s2[j] - s1[j] * mb, 0.0)
-            wtot = bw
-            first = False
-        else:
-            total = wtot + bw
-            ratio = bw / total
-            cross = wtot * ratio
-            for j in range(width):
-                mb = s1[j] * inv
-                m2b = max(s2[j] - s1[j] * mb, 0.0)
-                # block mean - running mean; center - ref - mean is the
-                # (exact, small) rounding error of center = ref + mean.
-                delta = ((center[j] - ref[j]) - mean[j]) + mb
-                mean[j] += delta * ratio
-                m2[j] += m2b + delta * delta * cross
-            wtot = total
+                        c = cf[j]
+                        d0 = row0[j] - c
+                        d1 = row1[j] - c
+                        d2 = row2[j] - c
+                        d3 = row3[j] - c
+                        d4 = row4[j] - c
+                        d5 = row5[j] - c
+                        d6 = row6[j] - c
+                        d7 = row7[j] - c
+                        s1[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+                        s2[j] += (((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+                                  + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)))
+                    i += 8
+                while i + 3 < stop:
+                    row0 = x + i * n_cols + j0
+                    row1 = row0 + n_cols
+                    row2 = row1 + n_cols
+                    row3 = row2 + n_cols
+                    if sample_weight == NULL:
+                        for j in range(width):
+                            c = cf[j]
+                            d0 = row0[j] - c
+                            d1 = row1[j] - c
+                            d2 = row2[j] - c
+                            d3 = row3[j] - c
+                            s1[j] += (d0 + d1) + (d2 + d3)
+                            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                    else:
+                        w0 = sample_weight[i]
+                        w1 = sample_weight[i + 1]
+                        w2 = sample_weight[i + 2]
+                        w3 = sample_weight[i + 3]
+                        for j in range(width):
+                            c = cf[j]
+                            d0 = row0[j] - c
+                            d1 = row1[j] - c
+                            d2 = row2[j] - c
+                            d3 = row3[j] - c
+                            s1[j] += (w0 * d0 + w1 * d1) + (w2 * d2 + w3 * d3)
+                            s2[j] += ((w0 * (d0 * d0) + w1 * (d1 * d1))
+                                      + (w2 * (d2 * d2) + w3 * (d3 * d3)))
+                    i += 4
+                while i < stop:
+                    row0 = x + i * n_cols + j0
+                    w0 = sample_weight[i] if sample_weight != NULL else 1
+                    for j in range(width):
+                        d0 = row0[j] - cf[j]
+                        s1[j] += w0 * d0
+                        s2[j] += w0 * (d0 * d0)
+                    i += 1
+                if attempt == 1 or stop - start == 1:
+                    break
+                # M2 = s2 - s1**2 / bw loses accuracy when s1**2 / bw is close
+                # to s2, i.e. when the shift is far from the block mean: the
+                # relative error of M2 grows by s2 / M2, kept below 16.
+                redo = False
+                for j in range(width):
+                    if s1[j] * s1[j] > 0.9375 * bw * s2[j]:
+                        redo = True
+                if not redo:
+                    break
+                for j in range(width):
+                    center[j] += s1[j] * inv
+            if first:
+                for j in range(width):
+                    ref[j0 + j] = center[j]
+                    mb = s1[j] * inv
+                    mean[j0 + j] = mb
+                    m2[j0 + j] = max(s2[j] - s1[j] * mb, 0.0)
+            else:
+                for j in range(width):
+                    mb = s1[j] * inv
+                    m2b = max(s2[j] - s1[j] * mb, 0.0)
+                    # block mean - running mean; (center - ref) - mean is the
+                    # exact, small rounding error of center = ref + mean.
+                    delta = ((center[j] - ref[j0 + j]) - mean[j0 + j]) + mb
+                    mean[j0 + j] += delta * ratio
+                    m2[j0 + j] += m2b + delta * delta * cross
+            j0 += width
+        first = False
+        wtot = total
         start = stop
 
-    for j in range(width):
+    for j in range(n_cols):
         if wtot > 0:
             mean_out[j] = ref[j] + mean[j]
             var_out[j] = max(m2[j] / wtot, 0.0)
@@ -213,69 +284,70 @@ cdef simd_void _stats_panel(const floating* x, Py_ssize_t stride,
         wsum_out[j] = wtot
 
 
-cdef simd_void _stats_panel_nan(const floating* x, Py_ssize_t stride,
-                                Py_ssize_t n_rows, Py_ssize_t width,
-                                const floating* sample_weight, double* mean_out,
-                                double* var_out, double* wsum_out) noexcept nogil:
-    """:func:`_stats_panel` skipping NaN: each column has its own weight sum.
+cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                          const floating* sample_weight, double* mean_out,
+                          double* var_out, double* wsum_out,
+                          double* scratch) noexcept nogil:
+    """:func:`_stats` skipping NaN: each column has its own weight sum.
 
-    Two passes per row block (the second from cache) and Chan's merge.
+    Two passes per tile (the second from cache) and Chan's merge.
+    ``scratch``: ``3 * n_cols`` doubles.
     """
+    cdef double* mean = scratch
+    cdef double* m2 = scratch + n_cols
+    cdef double* wt = scratch + 2 * n_cols
     cdef double bw_[CHUNK]
     cdef double bmean[CHUNK]
     cdef double bm2[CHUNK]
-    cdef double mean[CHUNK]
-    cdef double m2[CHUNK]
-    cdef double wt[CHUNK]
-    cdef Py_ssize_t block_rows = max(1, BLOCK_BYTES // max(width * <Py_ssize_t> sizeof(floating), 1))
-    cdef Py_ssize_t start, stop, i, j
+    cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
+    cdef Py_ssize_t start, stop, i, j, j0, width
     cdef double w, v, d, bw, total, delta, keep
     cdef const floating* row
 
-    for j in range(width):
-        mean[j] = 0
-        m2[j] = 0
-        wt[j] = 0
-
+    memset(scratch, 0, 3 * n_cols * sizeof(double))
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        for j in range(width):
-            bw_[j] = 0
-            bmean[j] = 0
-            bm2[j] = 0
-        for i in range(start, stop):
-            row = x + i * stride
-            w = sample_weight[i] if sample_weight != NULL else 1.0
+        j0 = 0
+        while j0 < n_cols:
+            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
             for j in range(width):
-                # Selects of computed values only: the loop stays vectorizable.
-                v = row[j]
-                keep = w if v == v else 0.0
-                v = v if v == v else 0.0
-                bw_[j] += keep
-                bmean[j] += w * v
-        for j in range(width):
-            bmean[j] = bmean[j] / bw_[j] if bw_[j] != 0 else 0
-        for i in range(start, stop):
-            row = x + i * stride
-            w = sample_weight[i] if sample_weight != NULL else 1.0
+                bw_[j] = 0
+                bmean[j] = 0
+                bm2[j] = 0
+            for i in range(start, stop):
+                row = x + i * n_cols + j0
+                w = sample_weight[i] if sample_weight != NULL else 1.0
+                for j in range(width):
+                    # Selects of computed values only: vectorizable.
+                    v = row[j]
+                    keep = w if v == v else 0.0
+                    v = v if v == v else 0.0
+                    bw_[j] += keep
+                    bmean[j] += w * v
             for j in range(width):
-                v = row[j]
-                v = v if v == v else bmean[j]
-                d = v - bmean[j]
-                bm2[j] += w * (d * d)
-        for j in range(width):
-            bw = bw_[j]
-            if bw == 0:
-                continue
-            total = wt[j] + bw
-            delta = bmean[j] - mean[j]
-            mean[j] += delta * (bw / total)
-            m2[j] += bm2[j] + delta * delta * (wt[j] * bw / total)
-            wt[j] = total
+                bmean[j] = bmean[j] / bw_[j] if bw_[j] != 0 else 0
+            for i in range(start, stop):
+                row = x + i * n_cols + j0
+                w = sample_weight[i] if sample_weight != NULL else 1.0
+                for j in range(width):
+                    v = row[j]
+                    v = v if v == v else bmean[j]
+                    d = v - bmean[j]
+                    bm2[j] += w * (d * d)
+            for j in range(width):
+                bw = bw_[j]
+                if bw == 0:
+                    continue
+                total = wt[j0 + j] + bw
+                delta = bmean[j] - mean[j0 + j]
+                mean[j0 + j] += delta * (bw / total)
+                m2[j0 + j] += bm2[j] + delta * delta * (wt[j0 + j] * bw / total)
+                wt[j0 + j] = total
+            j0 += width
         start = stop
 
-    for j in range(width):
+    for j in range(n_cols):
         if wt[j] > 0:
             mean_out[j] = mean[j]
             var_out[j] = max(m2[j] / wt[j], 0.0)
@@ -293,69 +365,80 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
     ``wsum_out[j]`` receives the sum of the weights of the rows that count in
     column ``j`` (all rows, or the non-NaN ones when ``ignore_nan``). Columns
-    with no weight get mean 0 and variance 0. ``scratch`` is not used (kept
-    for a stable signature). ``n_rows`` may be 0.
+    with no weight get mean 0 and variance 0. ``scratch`` holds at least
+    ``3 * n_cols`` doubles. ``n_rows`` may be 0.
     """
-    cdef Py_ssize_t j0 = 0, width
-    if n_rows == 0:
-        memset(mean_out, 0, n_cols * sizeof(double))
-        memset(var_out, 0, n_cols * sizeof(double))
-        memset(wsum_out, 0, n_cols * sizeof(double))
-        return
-    while j0 < n_cols:
-        width = min(<Py_ssize_t> CHUNK, n_cols - j0)
-        if ignore_nan:
-            _stats_panel_nan(x + j0, n_cols, n_rows, width, sample_weight,
-                             mean_out + j0, var_out + j0, wsum_out + j0)
-        else:
-            _stats_panel(x + j0, n_cols, n_rows, width, sample_weight,
-                         mean_out + j0, var_out + j0, wsum_out + j0)
-        j0 += width
+    if ignore_nan:
+        _stats_nan(x, n_rows, n_cols, sample_weight, mean_out, var_out,
+                   wsum_out, scratch)
+    else:
+        _stats(x, n_rows, n_cols, sample_weight, mean_out, var_out, wsum_out,
+               scratch)
 
 
 # ---------------------------------------------------------------------------
 # Forward.
 
 
-cdef simd_void _normalize_panel(const floating* z, floating* a_out,
-                                Py_ssize_t stride, Py_ssize_t n_rows,
-                                Py_ssize_t width, const floating* gamma,
-                                const floating* beta, const double* mean,
-                                const double* var, double epsilon,
-                                int act) noexcept nogil:
-    """``a = act((z - mean) * gamma / sqrt(var + eps) + beta)``, ``width <= CHUNK``.
+cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
+                          Py_ssize_t n_cols, Py_ssize_t stride,
+                          const floating* center_in, const floating* scale_in,
+                          const floating* shift_in, int act) noexcept nogil:
+    """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns.
 
-    Computed as ``(z - center) * scale + shift`` with ``center`` the mean in
-    the working precision and ``shift`` absorbing its rounding error.
-    ``a_out`` may alias ``z``.
+    Rows start every ``stride`` elements. ``a_out`` may alias ``z``. The
+    coefficients are copied to local arrays (tiles of ``TILE_ROWS`` rows by
+    ``CHUNK`` columns; all rows when the block is at most ``CHUNK`` wide), so
+    that the loop needs no runtime alias checks.
     """
+    cdef floating center[CHUNK]
     cdef floating scale[CHUNK]
     cdef floating shift[CHUNK]
-    cdef floating center[CHUNK]
-    cdef Py_ssize_t i, j
-    cdef double s
+    cdef Py_ssize_t i, j, j0, width, start, stop
+    cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
     cdef floating y
     cdef const floating* zrow
     cdef floating* arow
+    start = 0
+    while start < n_rows:
+        stop = min(start + block_rows, n_rows)
+        j0 = 0
+        while j0 < n_cols:
+            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+            for j in range(width):
+                center[j] = center_in[j0 + j]
+                scale[j] = scale_in[j0 + j]
+                shift[j] = shift_in[j0 + j]
+            for i in range(start, stop):
+                zrow = z + i * stride + j0
+                arow = a_out + i * stride + j0
+                if act == RELU:
+                    for j in range(width):
+                        y = (zrow[j] - center[j]) * scale[j] + shift[j]
+                        arow[j] = y if y > 0 else 0
+                elif act == IDENTITY:
+                    for j in range(width):
+                        arow[j] = (zrow[j] - center[j]) * scale[j] + shift[j]
+                else:
+                    for j in range(width):
+                        arow[j] = act_forward((zrow[j] - center[j]) * scale[j] + shift[j], act)
+            j0 += width
+        start = stop
 
-    for j in range(width):
+
+cdef inline void _affine(const floating* gamma, const floating* beta,
+                         const double* mean, const double* var, double epsilon,
+                         Py_ssize_t n, floating* center, floating* scale,
+                         floating* shift) noexcept nogil:
+    """Coefficients of ``(z - center) * scale + shift``."""
+    cdef Py_ssize_t j
+    cdef double s
+    for j in range(n):
         s = gamma[j] / sqrt(var[j] + epsilon)
         center[j] = <floating> mean[j]
         scale[j] = <floating> s
+        # beta - (mean - center) * s: center's rounding error goes here.
         shift[j] = <floating> (beta[j] + (center[j] - mean[j]) * s)
-    for i in range(n_rows):
-        zrow = z + i * stride
-        arow = a_out + i * stride
-        if act == RELU:
-            for j in range(width):
-                y = (zrow[j] - center[j]) * scale[j] + shift[j]
-                arow[j] = y if y > 0 else 0
-        elif act == IDENTITY:
-            for j in range(width):
-                arow[j] = (zrow[j] - center[j]) * scale[j] + shift[j]
-        else:
-            for j in range(width):
-                arow[j] = act_forward((zrow[j] - center[j]) * scale[j] + shift[j], act)
 
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
@@ -368,18 +451,15 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
 
     ``a_out`` may alias ``z``. Writes the batch mean and (ddof=0) variance,
     which the backward pass needs together with ``z`` and ``a``. ``scratch``
-    holds at least ``n_cols`` doubles. Panel by panel: the statistics of a
-    panel, then its normalization while it is still in cache.
+    holds at least ``7 * n_cols`` doubles.
     """
-    cdef Py_ssize_t j0 = 0
-    cdef Py_ssize_t width = _panel_width(n_rows, n_cols, sizeof(floating))
-    while j0 < n_cols:
-        width = min(width, n_cols - j0)
-        _stats_panel(z + j0, n_cols, n_rows, width, sample_weight,
-                     mean_out + j0, var_out + j0, scratch + j0)
-        _normalize_panel(z + j0, a_out + j0, n_cols, n_rows, width, gamma + j0,
-                         beta + j0, mean_out + j0, var_out + j0, epsilon, act)
-        j0 += width
+    cdef floating* center = <floating*> (scratch + 4 * n_cols)
+    cdef floating* scale = <floating*> (scratch + 5 * n_cols)
+    cdef floating* shift = <floating*> (scratch + 6 * n_cols)
+    _stats(z, n_rows, n_cols, sample_weight, mean_out, var_out,
+           scratch + 3 * n_cols, scratch)
+    _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
+    _normalize(z, a_out, n_rows, n_cols, n_cols, center, scale, shift, act)
 
 
 cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
@@ -389,18 +469,22 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
                                 double epsilon, int act) noexcept nogil:
     """Inference-mode forward on given (running) mean and variance.
 
-    ``a_out`` may alias ``z``.
+    ``a_out`` may alias ``z``. Panels of ``CHUNK`` columns (no scratch).
     """
-    cdef double mean_d[CHUNK]
-    cdef double var_d[CHUNK]
+    cdef floating center[CHUNK]
+    cdef floating scale[CHUNK]
+    cdef floating shift[CHUNK]
     cdef Py_ssize_t j, j0 = 0, width
+    cdef double s
     while j0 < n_cols:
         width = min(<Py_ssize_t> CHUNK, n_cols - j0)
         for j in range(width):
-            mean_d[j] = mean[j0 + j]
-            var_d[j] = var[j0 + j]
-        _normalize_panel(z + j0, a_out + j0, n_cols, n_rows, width, gamma + j0,
-                         beta + j0, mean_d, var_d, epsilon, act)
+            s = gamma[j0 + j] / sqrt(<double> var[j0 + j] + epsilon)
+            center[j] = mean[j0 + j]
+            scale[j] = <floating> s
+            shift[j] = beta[j0 + j]
+        _normalize(z + j0, a_out + j0, n_rows, width, n_cols, center, scale,
+                   shift, act)
         j0 += width
 
 
@@ -410,151 +494,199 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 
 cdef inline floating _grad(floating d, floating a, int act) noexcept nogil:
     """``d * act'(y)`` from the output ``a``; ``act`` is a literal constant."""
+    cdef floating one = 1
     if act == RELU:
         return d if a > 0 else 0
     elif act == TANH:
-        return d * (1 - a * a)
+        return d * (one - a * a)
     elif act == LOGISTIC:
-        return d * (a * (1 - a))
+        return d * (a * (one - a))
     return d
 
 
-cdef simd_void _backward_panel(const floating* da, const floating* a,
-                               const floating* z, floating* dz_out,
-                               Py_ssize_t stride, Py_ssize_t n_rows,
-                               Py_ssize_t width, const floating* gamma,
-                               const double* mean, const double* var,
-                               double epsilon, const floating* sample_weight,
-                               double wsum, int act, floating* dgamma_out,
-                               floating* dbeta_out) noexcept nogil:
-    """:func:`cbn_act_backward` on ``width <= CHUNK`` columns.
+cdef simd_void _backward_sums(const floating* da, const floating* a,
+                              const floating* z, Py_ssize_t n_rows,
+                              Py_ssize_t n_cols, Py_ssize_t stride,
+                              const floating* center_in,
+                              int act, double* sum_g,
+                              double* sum_gz) noexcept nogil:
+    """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
-    Pass 1 accumulates ``sum g`` and ``sum g * (z - center)`` (double
-    accumulators, two rows at a time); pass 2 writes
-    ``dz = p * g - w * (q + r * (z - center))`` with per-column ``p, q, r``.
+    ``g = da * act'(a)``, on ``n_cols`` columns of rows ``stride`` apart.
+    Tiles of ``SUM_ROWS`` rows by at most ``CHUNK`` columns, two rows at a
+    time (more rows at a time were measured slower: too many streams for
+    the prefetchers), accumulated in the working precision in local arrays (float32:
+    relative errors of order 1e-7, which do not grow with the number of
+    rows), then added to the double outputs.
     """
-    cdef double acc_g[CHUNK]
-    cdef double acc_gz[CHUNK]
+    cdef floating acc_g[CHUNK]
+    cdef floating acc_gz[CHUNK]
     cdef floating center[CHUNK]
-    cdef floating p_coef[CHUNK]
-    cdef floating q_coef[CHUNK]
-    cdef floating r_coef[CHUNK]
-    cdef Py_ssize_t i, j
-    cdef floating d0, d1, g0, g1, c, w
-    cdef double inv_std, sum_g, sum_gz, p, c_beta, c_gamma, shift
+    cdef Py_ssize_t block_rows = SUM_ROWS
+    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef floating d0, d1, g0, g1, c
     cdef const floating* da0
     cdef const floating* da1
     cdef const floating* a0
     cdef const floating* a1
     cdef const floating* z0
     cdef const floating* z1
+
+    for j in range(n_cols):
+        sum_g[j] = 0
+        sum_gz[j] = 0
+    start = 0
+    while start < n_rows:
+        stop = min(start + block_rows, n_rows)
+        j0 = 0
+        while j0 < n_cols:
+            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+            for j in range(width):
+                acc_g[j] = 0
+                acc_gz[j] = 0
+                center[j] = center_in[j0 + j]
+            i = start
+            while i + 1 < stop:
+                da0 = da + i * stride + j0
+                da1 = da0 + stride
+                a0 = a + i * stride + j0
+                a1 = a0 + stride
+                z0 = z + i * stride + j0
+                z1 = z0 + stride
+                if act == RELU:
+                    for j in range(width):
+                        d0 = da0[j]
+                        d1 = da1[j]
+                        g0 = _grad(d0, a0[j], RELU)
+                        g1 = _grad(d1, a1[j], RELU)
+                        c = center[j]
+                        acc_g[j] += g0 + g1
+                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                elif act == IDENTITY:
+                    for j in range(width):
+                        g0 = da0[j]
+                        g1 = da1[j]
+                        c = center[j]
+                        acc_g[j] += g0 + g1
+                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                elif act == TANH:
+                    for j in range(width):
+                        g0 = _grad(da0[j], a0[j], TANH)
+                        g1 = _grad(da1[j], a1[j], TANH)
+                        c = center[j]
+                        acc_g[j] += g0 + g1
+                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                else:
+                    for j in range(width):
+                        g0 = _grad(da0[j], a0[j], LOGISTIC)
+                        g1 = _grad(da1[j], a1[j], LOGISTIC)
+                        c = center[j]
+                        acc_g[j] += g0 + g1
+                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                i += 2
+            while i < stop:
+                da0 = da + i * stride + j0
+                a0 = a + i * stride + j0
+                z0 = z + i * stride + j0
+                for j in range(width):
+                    d0 = da0[j]
+                    if act == RELU:
+                        g0 = _grad(d0, a0[j], RELU)
+                    elif act == TANH:
+                        g0 = _grad(d0, a0[j], TANH)
+                    elif act == LOGISTIC:
+                        g0 = _grad(d0, a0[j], LOGISTIC)
+                    else:
+                        g0 = d0
+                    acc_g[j] += g0
+                    acc_gz[j] += g0 * (z0[j] - center[j])
+                i += 1
+            for j in range(width):
+                sum_g[j0 + j] += acc_g[j]
+                sum_gz[j0 + j] += acc_gz[j]
+            j0 += width
+        start = stop
+
+
+cdef simd_void _backward_dz(const floating* da, const floating* a,
+                            const floating* z, floating* dz_out,
+                            Py_ssize_t n_rows, Py_ssize_t n_cols,
+                            Py_ssize_t stride, const floating* sample_weight,
+                            const floating* center_in, const floating* p_in,
+                            const floating* q_in, const floating* r_in,
+                            int act) noexcept nogil:
+    """``dz = p * g - w * (q + r * (z - center))``, row after row.
+
+    ``n_cols`` columns of rows ``stride`` apart. ``dz_out`` may alias ``da``
+    (each element is read before it is written). Coefficients in local
+    arrays, as in :func:`_normalize`.
+    """
+    cdef floating center[CHUNK]
+    cdef floating p[CHUNK]
+    cdef floating q[CHUNK]
+    cdef floating r[CHUNK]
+    cdef Py_ssize_t i, j, j0, width, start, stop
+    cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
+    cdef floating d, g, w
+    cdef const floating* darow
+    cdef const floating* arow
+    cdef const floating* zrow
     cdef floating* dzrow
-
-    for j in range(width):
-        acc_g[j] = 0
-        acc_gz[j] = 0
-        center[j] = <floating> mean[j]
-
-    # Pass 1, two rows at a time (half the accumulator traffic).
-    i = 0
-    while i + 1 < n_rows:
-        da0 = da + i * stride
-        da1 = da0 + stride
-        a0 = a + i * stride
-        a1 = a0 + stride
-        z0 = z + i * stride
-        z1 = z0 + stride
-        if act == RELU:
+    start = 0
+    while start < n_rows:
+        stop = min(start + block_rows, n_rows)
+        j0 = 0
+        while j0 < n_cols:
+            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
             for j in range(width):
-                d0 = da0[j]
-                d1 = da1[j]
-                g0 = _grad(d0, a0[j], RELU)
-                g1 = _grad(d1, a1[j], RELU)
-                c = center[j]
-                acc_g[j] += g0 + g1
-                acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-        elif act == IDENTITY:
-            for j in range(width):
-                g0 = da0[j]
-                g1 = da1[j]
-                c = center[j]
-                acc_g[j] += g0 + g1
-                acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-        elif act == TANH:
-            for j in range(width):
-                g0 = _grad(da0[j], a0[j], TANH)
-                g1 = _grad(da1[j], a1[j], TANH)
-                c = center[j]
-                acc_g[j] += g0 + g1
-                acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-        else:
-            for j in range(width):
-                g0 = _grad(da0[j], a0[j], LOGISTIC)
-                g1 = _grad(da1[j], a1[j], LOGISTIC)
-                c = center[j]
-                acc_g[j] += g0 + g1
-                acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-        i += 2
-    if i < n_rows:
-        da0 = da + i * stride
-        a0 = a + i * stride
-        z0 = z + i * stride
-        for j in range(width):
-            d0 = da0[j]
-            if act == RELU:
-                g0 = _grad(d0, a0[j], RELU)
-            elif act == TANH:
-                g0 = _grad(d0, a0[j], TANH)
-            elif act == LOGISTIC:
-                g0 = _grad(d0, a0[j], LOGISTIC)
-            else:
-                g0 = d0
-            acc_g[j] += g0
-            acc_gz[j] += g0 * (z0[j] - center[j])
-
-    # With W = wsum: dbeta = sum g, dgamma = sum g * z_hat and
-    # dz = gamma / std * (g - w / W * (dbeta + z_hat * dgamma)), where
-    # z_hat = (z - center) / std + (center - mean) / std.
-    for j in range(width):
-        inv_std = 1 / sqrt(var[j] + epsilon)
-        shift = center[j] - mean[j]
-        sum_g = acc_g[j]
-        sum_gz = (acc_gz[j] + shift * sum_g) * inv_std
-        dbeta_out[j] = <floating> sum_g
-        dgamma_out[j] = <floating> sum_gz
-        p = gamma[j] * inv_std
-        c_beta = sum_g / wsum
-        c_gamma = sum_gz / wsum
-        p_coef[j] = <floating> p
-        q_coef[j] = <floating> (p * (c_beta + c_gamma * shift * inv_std))
-        r_coef[j] = <floating> (p * c_gamma * inv_std)
-
-    # Pass 2: dz, reading the panel again (from cache).
-    w = 1
-    for i in range(n_rows):
-        da0 = da + i * stride
-        a0 = a + i * stride
-        z0 = z + i * stride
-        dzrow = dz_out + i * stride
-        if sample_weight != NULL:
-            w = sample_weight[i]
-        if act == RELU:
-            for j in range(width):
-                d0 = da0[j]
-                g0 = _grad(d0, a0[j], RELU)
-                dzrow[j] = p_coef[j] * g0 - w * (q_coef[j] + r_coef[j] * (z0[j] - center[j]))
-        elif act == IDENTITY:
-            for j in range(width):
-                g0 = da0[j]
-                dzrow[j] = p_coef[j] * g0 - w * (q_coef[j] + r_coef[j] * (z0[j] - center[j]))
-        elif act == TANH:
-            for j in range(width):
-                g0 = _grad(da0[j], a0[j], TANH)
-                dzrow[j] = p_coef[j] * g0 - w * (q_coef[j] + r_coef[j] * (z0[j] - center[j]))
-        else:
-            for j in range(width):
-                g0 = _grad(da0[j], a0[j], LOGISTIC)
-                dzrow[j] = p_coef[j] * g0 - w * (q_coef[j] + r_coef[j] * (z0[j] - center[j]))
+                center[j] = center_in[j0 + j]
+                p[j] = p_in[j0 + j]
+                q[j] = q_in[j0 + j]
+                r[j] = r_in[j0 + j]
+            for i in range(start, stop):
+                darow = da + i * stride + j0
+                arow = a + i * stride + j0
+                zrow = z + i * stride + j0
+                dzrow = dz_out + i * stride + j0
+                if sample_weight == NULL:
+                    if act == RELU:
+                        for j in range(width):
+                            d = darow[j]
+                            g = _grad(d, arow[j], RELU)
+                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
+                    elif act == IDENTITY:
+                        for j in range(width):
+                            g = darow[j]
+                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
+                    elif act == TANH:
+                        for j in range(width):
+                            g = _grad(darow[j], arow[j], TANH)
+                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
+                    else:
+                        for j in range(width):
+                            g = _grad(darow[j], arow[j], LOGISTIC)
+                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
+                else:
+                    w = sample_weight[i]
+                    if act == RELU:
+                        for j in range(width):
+                            d = darow[j]
+                            g = _grad(d, arow[j], RELU)
+                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                    elif act == IDENTITY:
+                        for j in range(width):
+                            g = darow[j]
+                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                    elif act == TANH:
+                        for j in range(width):
+                            g = _grad(darow[j], arow[j], TANH)
+                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                    else:
+                        for j in range(width):
+                            g = _grad(darow[j], arow[j], LOGISTIC)
+                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+            j0 += width
+        start = stop
 
 
 cdef void cbn_act_backward(const floating* da, const floating* a,
@@ -574,18 +706,50 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
         dgamma = sum_i g_i * z_hat_i
         dz_i   = gamma / std * (g_i - w_i / W * (dbeta + z_hat_i * dgamma))
 
-    Two passes over each panel of columns, each reading ``da``, ``a`` and
-    ``z`` (``g`` is recomputed, not stored): the first accumulates ``dbeta``
-    and ``dgamma`` in double precision, the second writes ``dz``. ``dz_out``
-    may alias ``da``. ``scratch`` is not used (kept for a stable signature).
+    Two passes, each reading ``da``, ``a`` and ``z`` (``g`` is recomputed,
+    not stored): the first accumulates ``dbeta`` and ``dgamma`` in double
+    precision, the second writes ``dz``. ``dz_out`` may alias ``da``.
+    (Panels of columns that stay in L2 between the passes were measured
+    slower than streaming whole rows, even when the block is only a little
+    larger than L2: the hardware prefetchers favour long runs.)
+    ``scratch`` holds at least ``6 * n_cols`` doubles.
     """
-    cdef Py_ssize_t j0 = 0
-    cdef Py_ssize_t width = _panel_width(n_rows, n_cols, 3 * sizeof(floating))
+    cdef double* sum_g = scratch
+    cdef double* sum_gz = scratch + n_cols
+    cdef floating* center = <floating*> (scratch + 2 * n_cols)
+    cdef floating* p_coef = <floating*> (scratch + 3 * n_cols)
+    cdef floating* q_coef = <floating*> (scratch + 4 * n_cols)
+    cdef floating* r_coef = <floating*> (scratch + 5 * n_cols)
+    cdef Py_ssize_t j, j0 = 0, width = n_cols
+    cdef double inv_std, shift, s_g, s_gz, p, c_beta, c_gamma
+    cdef double inv_wsum = 1 / wsum
+
+    for j in range(n_cols):
+        center[j] = <floating> mean[j]
     while j0 < n_cols:
         width = min(width, n_cols - j0)
-        _backward_panel(da + j0, a + j0, z + j0, dz_out + j0, n_cols, n_rows,
-                        width, gamma + j0, mean + j0, var + j0, epsilon,
-                        sample_weight, wsum, act, dgamma_out + j0, dbeta_out + j0)
+        _backward_sums(da + j0, a + j0, z + j0, n_rows, width, n_cols,
+                       center + j0, act, sum_g + j0, sum_gz + j0)
+        # z_hat = (z - center) / std + (center - mean) / std, hence
+        # dz = p * g - w * (q + r * (z - center)) with p = gamma / std,
+        # q = p * (dbeta + dgamma * (center - mean) / std) / W and
+        # r = p * dgamma / (std * W).
+        for j in range(j0, j0 + width):
+            inv_std = 1 / sqrt(var[j] + epsilon)
+            shift = center[j] - mean[j]
+            s_g = sum_g[j]
+            s_gz = (sum_gz[j] + shift * s_g) * inv_std
+            dbeta_out[j] = <floating> s_g
+            dgamma_out[j] = <floating> s_gz
+            p = gamma[j] * inv_std
+            c_beta = s_g * inv_wsum
+            c_gamma = s_gz * inv_wsum
+            p_coef[j] = <floating> p
+            q_coef[j] = <floating> (p * (c_beta + c_gamma * shift * inv_std))
+            r_coef[j] = <floating> (p * c_gamma * inv_std)
+        _backward_dz(da + j0, a + j0, z + j0, dz_out + j0, n_rows, width, n_cols,
+                     sample_weight, center + j0, p_coef + j0, q_coef + j0,
+                     r_coef + j0, act)
         j0 += width
 
 
@@ -634,6 +798,15 @@ cdef inline void* _array(object arr, str name, int typenum, int ndim,
     if writable and not cnp.PyArray_ISWRITEABLE(x):
         raise ValueError(f"{name} is read-only")
     return cnp.PyArray_DATA(x)
+
+
+cdef inline int _activation(activation) except -1:
+    """``activation_code``, without a Python call for the known names."""
+    if type(activation) is str:
+        code = ACTIVATIONS.get(activation)
+        if code is not None:
+            return code
+    return activation_code(activation)  # raises ValueError
 
 
 cdef inline int _float_type(object arr, str name) except -1:
@@ -692,7 +865,8 @@ def batch_stats(x, sample_weight=None, bint ignore_nan=False):
         Accumulated in double precision whatever the input dtype.
     """
     cdef int typenum = _float_type(x, "x")
-    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> x, 1)
     cdef const char* xp = <const char*> _array(x, "x", typenum, 2, n_rows, n_cols, False)
     cdef const char* sw = NULL
     if sample_weight is not None:
@@ -706,13 +880,17 @@ def batch_stats(x, sample_weight=None, bint ignore_nan=False):
     cdef double* wp = <double*> cnp.PyArray_DATA(wsum)
     if n_cols == 0:
         return mean, var, wsum
+    cdef double* scratch = <double*> PyMem_Malloc(3 * n_cols * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
             cbatch_stats(<const float*> xp, n_rows, n_cols, <const float*> sw,
-                         ignore_nan, mp, vp, wp, NULL)
+                         ignore_nan, mp, vp, wp, scratch)
         else:
             cbatch_stats(<const double*> xp, n_rows, n_cols, <const double*> sw,
-                         ignore_nan, mp, vp, wp, NULL)
+                         ignore_nan, mp, vp, wp, scratch)
+    PyMem_Free(scratch)
     return mean, var, wsum
 
 
@@ -751,9 +929,10 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         ``epsilon < 0``, weights not summing to a positive number, an
         unknown activation, or ``var + epsilon == 0``.
     """
-    cdef int act = activation_code(activation)
+    cdef int act = _activation(activation)
     cdef int t = _float_type(z, "z")
-    cdef Py_ssize_t n_rows = z.shape[0], n_cols = z.shape[1]
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
     cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
     cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
     cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
@@ -771,7 +950,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         _weights_sum(sw, t, n_rows)
     if n_cols == 0:
         return
-    scratch = <double*> PyMem_Malloc(n_cols * sizeof(double))
+    scratch = <double*> PyMem_Malloc(SCRATCH_COLUMNS * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
     try:
@@ -780,10 +959,10 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
             with nogil:
                 if t == cnp.NPY_FLOAT32:
                     cbatch_stats(<const float*> zp, n_rows, n_cols, <const float*> sw,
-                                 False, mp, vp, scratch, NULL)
+                                 False, mp, vp, scratch + 3 * n_cols, scratch)
                 else:
                     cbatch_stats(<const double*> zp, n_rows, n_cols, <const double*> sw,
-                                 False, mp, vp, scratch, NULL)
+                                 False, mp, vp, scratch + 3 * n_cols, scratch)
             for j in range(n_cols):
                 if not vp[j] > 0:
                     raise ValueError(
@@ -824,9 +1003,10 @@ def bn_forward_infer(z, gamma, beta, mean, var, a_out, double epsilon=1e-5,
         As :func:`bn_forward_train`; ``ValueError`` if ``var + epsilon <= 0``
         anywhere.
     """
-    cdef int act = activation_code(activation)
+    cdef int act = _activation(activation)
     cdef int t = _float_type(z, "z")
-    cdef Py_ssize_t n_rows = z.shape[0], n_cols = z.shape[1]
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
     cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
     cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
     cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
@@ -880,9 +1060,10 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     float64). Raises ``TypeError`` and ``ValueError`` as
     :func:`bn_forward_train` does.
     """
-    cdef int act = activation_code(activation)
+    cdef int act = _activation(activation)
     cdef int t = _float_type(z, "z")
-    cdef Py_ssize_t n_rows = z.shape[0], n_cols = z.shape[1]
+    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
+    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
     cdef const char* dap = <const char*> _array(da, "da", t, 2, n_rows, n_cols, False)
     cdef const char* ap = <const char*> _array(a, "a", t, 2, n_rows, n_cols, False)
     cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
@@ -904,17 +1085,21 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     _check_var(vp, n_cols, epsilon)
     if n_cols == 0:
         return
+    cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_COLUMNS * n_cols * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
     with nogil:
         if t == cnp.NPY_FLOAT32:
             cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
                              <float*> dzp, n_rows, n_cols, <const float*> gp, mp, vp,
                              epsilon, <const float*> sw, wsum, act, <float*> dgp,
-                             <float*> dbp, NULL)
+                             <float*> dbp, scratch)
         else:
             cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
                              <double*> dzp, n_rows, n_cols, <const double*> gp, mp, vp,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
-                             <double*> dbp, NULL)
+                             <double*> dbp, scratch)
+    PyMem_Free(scratch)
 
 
 def update_running_stats(running_mean, running_var, mean, var, double momentum,
@@ -958,11 +1143,3 @@ def update_running_stats(running_mean, running_var, mean, var, double momentum,
         else:
             cupdate_running_stats(<double*> rmp, <double*> rvp, mp, vp, n_cols,
                                   momentum, n_samples)
-
-
-def _set_panel_bytes(Py_ssize_t n_bytes):
-    """Set the per-array panel budget in bytes; return the previous one (tuning)."""
-    global PANEL_BYTES
-    old = PANEL_BYTES
-    PANEL_BYTES = max(n_bytes, 1)
-    return old
