@@ -108,20 +108,22 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     (outlying first rows, drifting data) is summed again, from cache, around
     its mean. Running means are kept relative to the first block's shift
     ``ref`` so that their rounding is relative to the spread of the data, not
-    to its offset. Deviations ``x - c`` and the sums of eight of them are
-    formed in the working precision (one rounding each: relative errors of
-    order 1e-7 in float32, which do not grow with the number of rows), and
-    accumulated in double. ``scratch``: ``3 * n_cols`` doubles.
+    to its offset. Deviations ``x - c`` and their sums over runs of 32 rows
+    are formed in the working precision (float32: relative errors of order
+    1e-7, which do not grow with the number of rows), then accumulated in
+    double. ``scratch``: ``3 * n_cols`` doubles.
     """
     cdef double* ref = scratch
     cdef double* mean = scratch + n_cols     # running mean - ref
     cdef double* m2 = scratch + 2 * n_cols
     cdef double center[CHUNK]
     cdef floating cf[CHUNK]
+    cdef floating f1[CHUNK]
+    cdef floating f2[CHUNK]
     cdef double s1[CHUNK]
     cdef double s2[CHUNK]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, i, j, j0, width, n_first
+    cdef Py_ssize_t start, stop, run_stop, i, j, j0, width, n_first
     cdef int attempt
     cdef bint redo, first = True
     cdef floating c, d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3
@@ -179,31 +181,40 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                     s1[j] = 0
                     s2[j] = 0
                 # Eight (weighted: four) rows at a time: their terms are added
-                # in the working precision, then to the double accumulators.
+                # in the working precision, into working-precision
+                # accumulators for runs of 32 rows, then to the double ones.
                 i = start
                 while sample_weight == NULL and i + 7 < stop:
-                    row0 = x + i * n_cols + j0
-                    row1 = row0 + n_cols
-                    row2 = row1 + n_cols
-                    row3 = row2 + n_cols
-                    row4 = row3 + n_cols
-                    row5 = row4 + n_cols
-                    row6 = row5 + n_cols
-                    row7 = row6 + n_cols
+                    run_stop = min(i + 32, stop)
                     for j in range(width):
-                        c = cf[j]
-                        d0 = row0[j] - c
-                        d1 = row1[j] - c
-                        d2 = row2[j] - c
-                        d3 = row3[j] - c
-                        d4 = row4[j] - c
-                        d5 = row5[j] - c
-                        d6 = row6[j] - c
-                        d7 = row7[j] - c
-                        s1[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-                        s2[j] += (((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
-                                  + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)))
-                    i += 8
+                        f1[j] = 0
+                        f2[j] = 0
+                    while i + 7 < run_stop:
+                        row0 = x + i * n_cols + j0
+                        row1 = row0 + n_cols
+                        row2 = row1 + n_cols
+                        row3 = row2 + n_cols
+                        row4 = row3 + n_cols
+                        row5 = row4 + n_cols
+                        row6 = row5 + n_cols
+                        row7 = row6 + n_cols
+                        for j in range(width):
+                            c = cf[j]
+                            d0 = row0[j] - c
+                            d1 = row1[j] - c
+                            d2 = row2[j] - c
+                            d3 = row3[j] - c
+                            d4 = row4[j] - c
+                            d5 = row5[j] - c
+                            d6 = row6[j] - c
+                            d7 = row7[j] - c
+                            f1[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+                            f2[j] += (((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+                                      + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)))
+                        i += 8
+                    for j in range(width):
+                        s1[j] += f1[j]
+                        s2[j] += f2[j]
                 while i + 3 < stop:
                     row0 = x + i * n_cols + j0
                     row1 = row0 + n_cols

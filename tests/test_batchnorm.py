@@ -156,8 +156,8 @@ def backward(da, a, z, gamma, mean, var, w=None, epsilon=EPS, activation="identi
 
 def stats_tol(dtype, scale=1.0):
     """Statistics are accumulated in double; in float32 the deviations from
-    the shift (and sums of four of them) are formed in float32, one rounding
-    each: relative errors of order 1e-7 that do not grow with the rows."""
+    the shift and their sums over runs of 32 rows are formed in float32:
+    relative errors of order 1e-7 that do not grow with the number of rows."""
     if dtype == np.float32:
         return {"mean": {"rtol": 1e-7, "atol": 1e-7 * scale},
                 "var": {"rtol": 2e-6, "atol": 1e-12 * scale ** 2}}
