@@ -194,8 +194,9 @@ def test_property_forward_backward(y, activation):
     _activations.backward(a, delta, activation)
     # f' evaluated from the output (float32 output rounding of a saturated
     # tanh/logistic changes f' at the 1e-7 level only).
-    assert_allclose(delta, ref_derivative(y, activation), rtol=1e-5 if dtype == np.float32 else 1e-12,
-                    atol=1e-6 if dtype == np.float32 else 1e-14)
+    f32 = dtype == np.float32
+    assert_allclose(delta, ref_derivative(y, activation), rtol=1e-5 if f32 else 1e-12,
+                    atol=1e-6 if f32 else 1e-14)
     assert np.all(delta >= 0)
 
 
