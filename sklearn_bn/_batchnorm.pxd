@@ -1,4 +1,9 @@
 # Batch-normalization kernels on C-contiguous (n_rows, n_cols) blocks.
+#
+# ``scratch``: doubles the caller allocates once; SCRATCH_PER_COLUMN (8) per
+# column covers every kernel (cbatch_stats uses 3 * n_cols,
+# cbn_act_forward_train 7 * n_cols, cbn_act_backward 6 * n_cols).
+# ``a_out`` may alias ``z`` and ``dz_out`` may alias ``da``.
 from cython cimport floating
 
 
