@@ -516,7 +516,7 @@ def section_memory(args, dtypes, state):
           f"subprocess per row\n")
     rows = []
     for model in ("MLPBNClassifier", "MLPClassifier"):
-        r = run_worker("memory", {"shape": shape, "model": model})
+        r = run_worker("memory", {"shape": shape, "model": model, "threads": args.threads})
         if "error" in r:
             rows.append([model, "float32", r["error"], "", "", "", "", ""])
             continue
