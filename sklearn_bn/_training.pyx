@@ -164,6 +164,24 @@ cdef void sparse_rows_grad(const Py_ssize_t* rows, Py_ssize_t m,
             caxpy(<int> n_cols, data[p], delta + k * n_cols, grad + indices[p] * n_cols)
 
 
+cdef double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of ``x**2``, with 8 independent partial sums so that the compiler
+    can vectorize it without reassociating floating-point additions."""
+    cdef double lanes[8]
+    cdef double total = 0
+    cdef Py_ssize_t i, k, n8 = n - n % 8
+    for k in range(8):
+        lanes[k] = 0
+    for i in range(0, n8, 8):
+        for k in range(8):
+            lanes[k] += <double> x[i + k] * x[i + k]
+    for i in range(n8, n):
+        total += <double> x[i] * x[i]
+    for k in range(8):
+        total += lanes[k]
+    return total
+
+
 cdef double forward_backward(
         Net* net, const Py_ssize_t* rows, Py_ssize_t m, bint rows_contiguous,
         const floating* X, const floating* X_data, const Py_ssize_t* X_indices,
@@ -286,8 +304,8 @@ cdef double forward_backward(
         n_coef = fan_in * fan_out
         c = <floating> l2
         for i in range(n_coef):
-            sumsq += W[i] * W[i]
             gW[i] += c * W[i]
+        sumsq += sum_of_squares(W, n_coef)
         if l > 0:
             cgemm(False, True, <int> m, <int> fan_in, <int> fan_out, <floating> 1,
                   D, <int> fan_out, W, <int> fan_out, <floating> 0,
