@@ -197,6 +197,27 @@ def _fold(coefs, gammas, intercepts, running_means, running_vars, bn_epsilon):
     return folded_coefs, folded_intercepts
 
 
+def _pack_folded(coefs, intercepts):
+    """The folded network as the inference kernel takes it: one flat vector
+    (each layer's coefficients, then its bias) with the offsets of each part."""
+    units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
+    coef_off, bias_off, parts, off = [], [], [], 0
+    for W, b in zip(coefs, intercepts):
+        coef_off.append(off)
+        off += W.size
+        bias_off.append(off)
+        off += b.size
+        parts += [W.ravel(), b]
+    return {
+        "coefs": coefs,
+        "intercepts": intercepts,
+        "params": np.ascontiguousarray(np.concatenate(parts)),
+        "units": np.asarray(units, dtype=np.intp),
+        "coef_off": np.asarray(coef_off, dtype=np.intp),
+        "bias_off": np.asarray(bias_off, dtype=np.intp),
+    }
+
+
 class _BaseMLPBN(BaseEstimator, ABC):
     """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
 
@@ -490,30 +511,16 @@ class _BaseMLPBN(BaseEstimator, ABC):
         return self
 
     def _set_folded(self):
-        folded_coefs, folded_intercepts = _fold(
-            self.coefs_,
-            self.gammas_,
-            self.intercepts_,
-            self.running_means_,
-            self.running_vars_,
-            self.bn_epsilon,
+        self._folded = _pack_folded(
+            *_fold(
+                self.coefs_,
+                self.gammas_,
+                self.intercepts_,
+                self.running_means_,
+                self.running_vars_,
+                self.bn_epsilon,
+            )
         )
-        units = [folded_coefs[0].shape[0]] + [c.shape[1] for c in folded_coefs]
-        coef_off, bias_off, parts, off = [], [], [], 0
-        for W, b in zip(folded_coefs, folded_intercepts):
-            coef_off.append(off)
-            off += W.size
-            bias_off.append(off)
-            off += b.size
-            parts += [W.ravel(), b]
-        self._folded = {
-            "coefs": folded_coefs,
-            "intercepts": folded_intercepts,
-            "params": np.ascontiguousarray(np.concatenate(parts)),
-            "units": np.asarray(units, dtype=np.intp),
-            "coef_off": np.asarray(coef_off, dtype=np.intp),
-            "bias_off": np.asarray(bias_off, dtype=np.intp),
-        }
 
     def _fit_stochastic(
         self,
@@ -718,8 +725,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
         offsets = np.cumsum([0] + [g.size for g in gammas])
         means = [running_mean[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         variances = [running_var[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        folded = _fold(coefs, gammas, intercepts, means, variances, self.bn_epsilon)
-        proba = self._forward_folded_lists(X, *folded, out_activation)
+        folded = _pack_folded(
+            *_fold(coefs, gammas, intercepts, means, variances, self.bn_epsilon)
+        )
+        proba = self._forward_folded(X, folded, out_activation)
         if not np.isfinite(proba).all():
             return np.nan
         y_pred = self._decode_output(proba)
@@ -727,26 +736,6 @@ class _BaseMLPBN(BaseEstimator, ABC):
 
     # ------------------------------------------------------------------
     # Inference on the folded network
-
-    def _forward_folded_lists(self, X, coefs, intercepts, out_activation):
-        """Forward pass of folded weights given as lists (validation)."""
-        units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
-        coef_off, bias_off, parts, off = [], [], [], 0
-        for W, b in zip(coefs, intercepts):
-            coef_off.append(off)
-            off += W.size
-            bias_off.append(off)
-            off += b.size
-            parts += [W.ravel(), b]
-        folded = {
-            "coefs": coefs,
-            "intercepts": intercepts,
-            "params": np.concatenate(parts),
-            "units": np.asarray(units, dtype=np.intp),
-            "coef_off": np.asarray(coef_off, dtype=np.intp),
-            "bias_off": np.asarray(bias_off, dtype=np.intp),
-        }
-        return self._forward_folded(X, folded, out_activation)
 
     def _forward_folded(self, X, folded, out_activation):
         params = folded["params"]
