@@ -395,13 +395,23 @@ def _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
     return n_rows
 
 
-cdef Net make_net(const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
-                  const Py_ssize_t[::1] gamma_off, const Py_ssize_t[::1] bias_off,
-                  const Py_ssize_t[::1] stat_off, const Py_ssize_t[::1] z_off,
-                  const Py_ssize_t[::1] a_off, const Py_ssize_t[::1] d_off,
-                  dict ws, int act, int out_act, double alpha,
+cdef Net make_net(dict layout, dict ws, Py_ssize_t work_size,
+                  Py_ssize_t dwork_size, int act, int out_act, double alpha,
                   double bn_momentum, double bn_epsilon, bint sparse,
-                  bint weighted):
+                  bint weighted) except *:
+    """The engine's view of a network: pointers into the offset arrays of
+    ``layout`` and ``ws``, which the caller keeps alive during the call."""
+    if (work_size < ws["work_size"] or dwork_size < ws["dwork_size"]
+            or ws["units"] != tuple(layout["units"]) or ws["sparse"] != sparse):
+        raise ValueError("workspace does not fit this network")
+    cdef const Py_ssize_t[::1] units = layout["units"]
+    cdef const Py_ssize_t[::1] coef_off = layout["coef_off"]
+    cdef const Py_ssize_t[::1] gamma_off = layout["gamma_off"]
+    cdef const Py_ssize_t[::1] bias_off = layout["bias_off"]
+    cdef const Py_ssize_t[::1] stat_off = ws["stat_off"]
+    cdef const Py_ssize_t[::1] z_off = ws["z_off"]
+    cdef const Py_ssize_t[::1] a_off = ws["a_off"]
+    cdef const Py_ssize_t[::1] d_off = ws["d_off"]
     cdef Net net
     net.n_layers = units.shape[0] - 1
     net.act = act
@@ -430,6 +440,28 @@ cdef Net make_net(const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
     return net
 
 
+cdef int data_pointers(const floating[:, ::1] X, const floating[::1] X_data,
+                       const Py_ssize_t[::1] X_indices,
+                       const Py_ssize_t[::1] X_indptr,
+                       const floating[::1] sample_weight, bint sparse,
+                       bint weighted, const floating** Xp,
+                       const floating** Xd, const Py_ssize_t** Xi,
+                       const Py_ssize_t** Xptr, const floating** swp) except -1:
+    """Raw pointers to the input the engine reads (NULL for what it does not
+    use); call after :func:`_check_engine_args`."""
+    Xp[0] = Xd[0] = swp[0] = NULL
+    Xi[0] = Xptr[0] = NULL
+    if sparse:
+        Xd[0] = &X_data[0] if X_data.shape[0] else NULL
+        Xi[0] = &X_indices[0] if X_indices.shape[0] else NULL
+        Xptr[0] = &X_indptr[0]
+    else:
+        Xp[0] = &X[0, 0]
+    if weighted:
+        swp[0] = &sample_weight[0]
+    return 0
+
+
 def train_epoch(
         const floating[:, ::1] X, const floating[::1] X_data,
         const Py_ssize_t[::1] X_indices, const Py_ssize_t[::1] X_indptr,
@@ -456,25 +488,15 @@ def train_epoch(
     t : int
         The optimizer's step counter after the epoch.
     """
-    cdef const Py_ssize_t[::1] units = layout["units"]
-    cdef const Py_ssize_t[::1] coef_off = layout["coef_off"]
-    cdef const Py_ssize_t[::1] gamma_off = layout["gamma_off"]
-    cdef const Py_ssize_t[::1] bias_off = layout["bias_off"]
-    cdef const Py_ssize_t[::1] stat_off = ws["stat_off"]
-    cdef const Py_ssize_t[::1] z_off = ws["z_off"]
-    cdef const Py_ssize_t[::1] a_off = ws["a_off"]
-    cdef const Py_ssize_t[::1] d_off = ws["d_off"]
-    cdef Net net = make_net(units, coef_off, gamma_off, bias_off, stat_off,
-                            z_off, a_off, d_off, ws, act, out_act, alpha,
-                            bn_momentum, bn_epsilon, sparse, weighted)
+    cdef Net net
     cdef Py_ssize_t n = order.shape[0], n_params = theta.shape[0]
-    cdef Py_ssize_t start, m, n_full
+    cdef Py_ssize_t start, m
     cdef double loss_sum = 0, loss, wsum
-    cdef const floating* Xp = NULL
-    cdef const floating* Xd = NULL
-    cdef const Py_ssize_t* Xi = NULL
-    cdef const Py_ssize_t* Xptr = NULL
-    cdef const floating* swp = NULL
+    cdef const floating* Xp
+    cdef const floating* Xd
+    cdef const Py_ssize_t* Xi
+    cdef const Py_ssize_t* Xptr
+    cdef const floating* swp
 
     _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
                        layout, theta, (grad, state_a, state_b), running_mean,
@@ -483,25 +505,16 @@ def train_epoch(
         raise ValueError("an epoch needs at least 2 samples")
     if np.min(order) < 0 or np.max(order) >= Y.shape[0]:
         raise ValueError("order has indices out of range")
-    if min(batch_size + 1, n) > ws["max_batch"]:
-        raise ValueError("workspace too small for this batch size")
     if batch_size < 2:
         raise ValueError("batch_size must be at least 2")
-    max_batch = min(batch_size + 1, n)
-    if (work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]
-            or ws["units"] != tuple(layout["units"]) or ws["sparse"] != sparse):
-        raise ValueError("workspace does not fit this network")
-    if sparse:
-        Xd = &X_data[0] if X_data.shape[0] else NULL
-        Xi = &X_indices[0] if X_indices.shape[0] else NULL
-        Xptr = &X_indptr[0]
-    else:
-        Xp = &X[0, 0]
-    if weighted:
-        swp = &sample_weight[0]
+    if min(batch_size + 1, n) > ws["max_batch"]:
+        raise ValueError("workspace too small for this batch size")
+    net = make_net(layout, ws, work.shape[0], dwork.shape[0], act, out_act,
+                   alpha, bn_momentum, bn_epsilon, sparse, weighted)
+    data_pointers(X, X_data, X_indices, X_indptr, sample_weight, sparse,
+                  weighted, &Xp, &Xd, &Xi, &Xptr, &swp)
 
     with nogil:
-        n_full = n // batch_size
         start = 0
         while start < n:
             m = min(batch_size, n - start)
@@ -535,41 +548,24 @@ def loss_and_gradient(
     The training-mode objective the engine follows (batch statistics, L2 on
     the coefficients); used by the gradient checks.
     """
-    cdef const Py_ssize_t[::1] units = layout["units"]
-    cdef const Py_ssize_t[::1] coef_off = layout["coef_off"]
-    cdef const Py_ssize_t[::1] gamma_off = layout["gamma_off"]
-    cdef const Py_ssize_t[::1] bias_off = layout["bias_off"]
-    cdef const Py_ssize_t[::1] stat_off = ws["stat_off"]
-    cdef const Py_ssize_t[::1] z_off = ws["z_off"]
-    cdef const Py_ssize_t[::1] a_off = ws["a_off"]
-    cdef const Py_ssize_t[::1] d_off = ws["d_off"]
-    cdef Net net = make_net(units, coef_off, gamma_off, bias_off, stat_off,
-                            z_off, a_off, d_off, ws, act, out_act, alpha,
-                            bn_momentum, bn_epsilon, sparse, weighted)
+    cdef Net net
     cdef Py_ssize_t m = Y.shape[0]
     cdef Py_ssize_t[::1] rows = np.arange(m, dtype=np.intp)
     cdef double loss, wsum
-    cdef const floating* Xp = NULL
-    cdef const floating* Xd = NULL
-    cdef const Py_ssize_t* Xi = NULL
-    cdef const Py_ssize_t* Xptr = NULL
-    cdef const floating* swp = NULL
+    cdef const floating* Xp
+    cdef const floating* Xd
+    cdef const Py_ssize_t* Xi
+    cdef const Py_ssize_t* Xptr
+    cdef const floating* swp
     _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
                        layout, theta, (grad_out,), running_mean, running_var,
                        sparse, weighted)
     if m < 1 or m > ws["max_batch"]:
         raise ValueError("need between one row and the workspace's max_batch")
-    if (work.shape[0] < ws["work_size"] or dwork.shape[0] < ws["dwork_size"]
-            or ws["units"] != tuple(layout["units"]) or ws["sparse"] != sparse):
-        raise ValueError("workspace does not fit this network")
-    if sparse:
-        Xd = &X_data[0] if X_data.shape[0] else NULL
-        Xi = &X_indices[0] if X_indices.shape[0] else NULL
-        Xptr = &X_indptr[0]
-    else:
-        Xp = &X[0, 0]
-    if weighted:
-        swp = &sample_weight[0]
+    net = make_net(layout, ws, work.shape[0], dwork.shape[0], act, out_act,
+                   alpha, bn_momentum, bn_epsilon, sparse, weighted)
+    data_pointers(X, X_data, X_indices, X_indptr, sample_weight, sparse,
+                  weighted, &Xp, &Xd, &Xi, &Xptr, &swp)
     with nogil:
         loss = forward_backward(
             &net, &rows[0], m, True, Xp, Xd, Xi, Xptr, &Y[0, 0], swp,
