@@ -8,7 +8,6 @@ stopping, warm start, partial_fit, messages) and folds batch norm into the
 weights for inference.
 """
 
-import functools
 import warnings
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
@@ -41,24 +40,9 @@ from sklearn.utils.validation import (
 
 from sklearn_bn import _activations, _training
 from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
+from sklearn_bn._utils import _restore_on_failure
 
 _OUT_ACTIVATIONS = ("identity", "logistic", "softmax", "exp")
-
-
-def _restore_on_failure(method):
-    """Leave the estimator exactly as it was when ``method`` raises."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        saved = dict(self.__dict__)
-        try:
-            return method(self, *args, **kwargs)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
-
-    return wrapper
 
 
 def _workspace_sizes(units, max_batch, sparse):
@@ -540,9 +524,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         dtype = theta.dtype
         early_stopping = self.early_stopping
         if early_stopping:
-            stratify = Y if is_classifier(self) and Y.shape[1] == 1 else None
-            if is_classifier(self) and Y.shape[1] == 1:
-                stratify = Y.ravel()
+            stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
             arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
             split = train_test_split(
                 *arrays,

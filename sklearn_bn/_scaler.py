@@ -32,6 +32,7 @@ from sklearn.utils.validation import (
 
 from sklearn_bn._batchnorm import batch_stats
 from sklearn_bn._scaling import affine_columns, has_infinity
+from sklearn_bn._utils import _restore_on_failure
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -361,6 +362,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self._affine(X, X_in, self._coefficients(X.dtype), self.copy,
                             check_inf=False)
 
+    @_restore_on_failure
     def _fit(self, X, sample_weight, reset):
         """Learn or update the statistics; return the validated `X`.
 
@@ -369,15 +371,6 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         call leaves a fitted scaler unchanged (``validate_data`` itself sets
         ``n_features_in_`` and ``feature_names_in_`` when ``reset``).
         """
-        saved_state = self.__dict__.copy()
-        try:
-            return self._fit_unsafe(X, sample_weight, reset)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved_state)
-            raise
-
-    def _fit_unsafe(self, X, sample_weight, reset):
         _reject_sparse(X, self)
         X = self._validate_X(X, reset)
         n_features = X.shape[1]
