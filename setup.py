@@ -28,7 +28,7 @@ MODULES = ["_blas", "_activations", "_batchnorm", "_scaling", "_training"]
 extensions = [
     Extension(
         f"sklearn_bn.{name}",
-        [f"sklearn_bn/{name}.pyx"],
+        [f"src/sklearn_bn/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         # No code reads errno: this lets sqrt vectorize (the Adam step).
@@ -43,6 +43,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
+        include_path=["src"],
         nthreads=N_JOBS,
     ),
     options={"build_ext": {"parallel": N_JOBS}},

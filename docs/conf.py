@@ -4,9 +4,8 @@ Build (warnings are errors)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-The docs import the *compiled* package. If the source tree next to this folder
-has not been built in place (no compiled extension beside each ``.pyx``), the
-source tree is taken off ``sys.path`` so that the installed package is used:
+The docs import the *compiled* package: the installed one, or ``src/`` when it
+has been built in place (a compiled extension beside each ``.pyx``).
 ``pip install ".[docs]"`` followed by the command above works from a fresh clone.
 
 Intersphinx links to scikit-learn, numpy, scipy and Python are off by default
@@ -35,13 +34,10 @@ def _source_tree_is_built(package_dir):
     return True
 
 
-if not _source_tree_is_built(REPO_DIR / "sklearn_bn"):
-    # ``python -m sphinx`` puts the working directory first on sys.path; when
-    # run from the repository root that would shadow the installed package
-    # with the uncompiled sources.
-    sys.path[:] = [
-        p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO_DIR
-    ]
+if _source_tree_is_built(REPO_DIR / "src" / "sklearn_bn"):
+    # A development build in place (``python setup.py build_ext --inplace``):
+    # document it rather than whatever is installed.
+    sys.path.insert(0, str(REPO_DIR / "src"))
 
 try:
     import sklearn_bn
