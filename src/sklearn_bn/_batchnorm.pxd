@@ -3,7 +3,9 @@
 # ``scratch``: doubles the caller allocates once; SCRATCH_PER_COLUMN (8) per
 # column covers every kernel (cbatch_stats uses 3 * n_cols,
 # cbn_act_forward_train 7 * n_cols, cbn_act_backward 6 * n_cols).
-# ``a_out`` may alias ``z`` and ``dz_out`` may alias ``da``.
+# ``a_out`` may alias ``z`` and ``dz_out`` may alias ``da``. The training
+# kernels take ``ld``, the distance between rows (>= ``n_cols``), so that they
+# can run on a panel of columns of a wider block (one thread per panel).
 from cython cimport floating
 
 
@@ -14,7 +16,7 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
                                 Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                const floating* gamma, const floating* beta,
+                                Py_ssize_t ld, const floating* gamma, const floating* beta,
                                 const floating* sample_weight, double epsilon,
                                 int act, double* mean_out, double* var_out,
                                 double* scratch) noexcept nogil
@@ -28,7 +30,8 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           const floating* gamma, const double* mean,
+                           Py_ssize_t ld, const floating* gamma,
+                           const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
                            floating* dgamma_out, floating* dbeta_out,

@@ -48,26 +48,9 @@ cimport numpy as cnp
 from sklearn_bn._activations cimport (
     act_forward, IDENTITY, RELU, TANH, LOGISTIC)
 from sklearn_bn._activations import ACTIVATIONS, activation_code
+from sklearn_bn._simd cimport simd_void
 
 cnp.import_array()
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && defined(__GLIBC__) \\
-        && !defined(SKLEARN_BN_NO_TARGET_CLONES)
-    #if __GNUC__ >= 12
-    /* x86-64-v3: AVX2, FMA, BMI2..., dispatched on CPU features. */
-    #define SKLEARN_BN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define SKLEARN_BN_CLONES __attribute__((target_clones("avx2", "default")))
-    #endif
-    #else
-    #define SKLEARN_BN_CLONES
-    #endif
-    """
-    # ``void`` for the hot functions, compiled for x86-64-v3 and baseline.
-    ctypedef void simd_void "SKLEARN_BN_CLONES void"
 
 # Doubles of scratch each kernel needs per column (callers allocate it once).
 SCRATCH_PER_COLUMN = 8
@@ -95,7 +78,8 @@ cdef inline Py_ssize_t _block_rows(Py_ssize_t row_bytes) noexcept nogil:
 
 
 cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
-                      const floating* sample_weight, double* mean_out,
+                      Py_ssize_t stride, const floating* sample_weight,
+                      double* mean_out,
                       double* var_out, double* wsum_out,
                       double* scratch) noexcept nogil:
     """Mean, ddof=0 variance and weight sum of the columns of ``x``.
@@ -111,7 +95,8 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     to its offset. Deviations ``x - c`` and their sums over runs of 32 rows
     are formed in the working precision (float32: relative errors of order
     1e-7, which do not grow with the number of rows), then accumulated in
-    double. ``scratch``: ``3 * n_cols`` doubles.
+    double. Rows start every ``stride`` elements. ``scratch``: ``3 * n_cols``
+    doubles.
     """
     cdef double* ref = scratch
     cdef double* mean = scratch + n_cols     # running mean - ref
@@ -164,7 +149,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                 for j in range(width):
                     center[j] = 0
                 for i in range(start, start + n_first):
-                    row0 = x + i * n_cols + j0
+                    row0 = x + i * stride + j0
                     for j in range(width):
                         center[j] += row0[j]
                 for j in range(width):
@@ -190,14 +175,14 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                         f1[j] = 0
                         f2[j] = 0
                     while i + 7 < run_stop:
-                        row0 = x + i * n_cols + j0
-                        row1 = row0 + n_cols
-                        row2 = row1 + n_cols
-                        row3 = row2 + n_cols
-                        row4 = row3 + n_cols
-                        row5 = row4 + n_cols
-                        row6 = row5 + n_cols
-                        row7 = row6 + n_cols
+                        row0 = x + i * stride + j0
+                        row1 = row0 + stride
+                        row2 = row1 + stride
+                        row3 = row2 + stride
+                        row4 = row3 + stride
+                        row5 = row4 + stride
+                        row6 = row5 + stride
+                        row7 = row6 + stride
                         for j in range(width):
                             c = cf[j]
                             d0 = row0[j] - c
@@ -216,10 +201,10 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                         s1[j] += f1[j]
                         s2[j] += f2[j]
                 while i + 3 < stop:
-                    row0 = x + i * n_cols + j0
-                    row1 = row0 + n_cols
-                    row2 = row1 + n_cols
-                    row3 = row2 + n_cols
+                    row0 = x + i * stride + j0
+                    row1 = row0 + stride
+                    row2 = row1 + stride
+                    row3 = row2 + stride
                     if sample_weight == NULL:
                         for j in range(width):
                             c = cf[j]
@@ -245,7 +230,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                                       + (w2 * (d2 * d2) + w3 * (d3 * d3)))
                     i += 4
                 while i < stop:
-                    row0 = x + i * n_cols + j0
+                    row0 = x + i * stride + j0
                     w0 = sample_weight[i] if sample_weight != NULL else 1
                     for j in range(width):
                         d0 = row0[j] - cf[j]
@@ -383,8 +368,8 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
         _stats_nan(x, n_rows, n_cols, sample_weight, mean_out, var_out,
                    wsum_out, scratch)
     else:
-        _stats(x, n_rows, n_cols, sample_weight, mean_out, var_out, wsum_out,
-               scratch)
+        _stats(x, n_rows, n_cols, n_cols, sample_weight, mean_out, var_out,
+               wsum_out, scratch)
 
 
 # ---------------------------------------------------------------------------
@@ -454,23 +439,25 @@ cdef inline void _affine(const floating* gamma, const floating* beta,
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
                                 Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                const floating* gamma, const floating* beta,
+                                Py_ssize_t ld, const floating* gamma,
+                                const floating* beta,
                                 const floating* sample_weight, double epsilon,
                                 int act, double* mean_out, double* var_out,
                                 double* scratch) noexcept nogil:
     """``a = act(gamma * (z - mean) / sqrt(var + eps) + beta)`` on batch stats.
 
-    ``a_out`` may alias ``z``. Writes the batch mean and (ddof=0) variance,
+    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``: a
+    column panel of a wider block). ``a_out`` may alias ``z``. Writes the batch mean and (ddof=0) variance,
     which the backward pass needs together with ``z`` and ``a``. ``scratch``
     holds at least ``7 * n_cols`` doubles.
     """
     cdef floating* center = <floating*> (scratch + 4 * n_cols)
     cdef floating* scale = <floating*> (scratch + 5 * n_cols)
     cdef floating* shift = <floating*> (scratch + 6 * n_cols)
-    _stats(z, n_rows, n_cols, sample_weight, mean_out, var_out,
+    _stats(z, n_rows, n_cols, ld, sample_weight, mean_out, var_out,
            scratch + 3 * n_cols, scratch)
     _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
-    _normalize(z, a_out, n_rows, n_cols, n_cols, center, scale, shift, act)
+    _normalize(z, a_out, n_rows, n_cols, ld, center, scale, shift, act)
 
 
 cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
@@ -703,7 +690,7 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           const floating* gamma, const double* mean,
+                           Py_ssize_t ld, const floating* gamma, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
                            floating* dgamma_out, floating* dbeta_out,
@@ -719,7 +706,8 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
 
     Two passes, each reading ``da``, ``a`` and ``z`` (``g`` is recomputed,
     not stored): the first accumulates ``dbeta`` and ``dgamma`` in double
-    precision, the second writes ``dz``. ``dz_out`` may alias ``da``.
+    precision, the second writes ``dz``. ``n_cols`` columns of rows ``ld``
+    elements apart (``ld >= n_cols``). ``dz_out`` may alias ``da``.
     (Panels of columns that stay in L2 between the passes were measured
     slower than streaming whole rows, even when the block is only a little
     larger than L2: the hardware prefetchers favour long runs.)
@@ -739,7 +727,7 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
         center[j] = <floating> mean[j]
     while j0 < n_cols:
         width = min(width, n_cols - j0)
-        _backward_sums(da + j0, a + j0, z + j0, n_rows, width, n_cols,
+        _backward_sums(da + j0, a + j0, z + j0, n_rows, width, ld,
                        center + j0, act, sum_g + j0, sum_gz + j0)
         # z_hat = (z - center) / std + (center - mean) / std, hence
         # dz = p * g - w * (q + r * (z - center)) with p = gamma / std,
@@ -758,7 +746,7 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
             p_coef[j] = <floating> p
             q_coef[j] = <floating> (p * (c_beta + c_gamma * shift * inv_std))
             r_coef[j] = <floating> (p * c_gamma * inv_std)
-        _backward_dz(da + j0, a + j0, z + j0, dz_out + j0, n_rows, width, n_cols,
+        _backward_dz(da + j0, a + j0, z + j0, dz_out + j0, n_rows, width, ld,
                      sample_weight, center + j0, p_coef + j0, q_coef + j0,
                      r_coef + j0, act)
         j0 += width
@@ -982,11 +970,11 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         with nogil:
             if t == cnp.NPY_FLOAT32:
                 cbn_act_forward_train(<const float*> zp, <float*> ap, n_rows, n_cols,
-                                      <const float*> gp, <const float*> bp,
+                                      n_cols, <const float*> gp, <const float*> bp,
                                       <const float*> sw, epsilon, act, mp, vp, scratch)
             else:
                 cbn_act_forward_train(<const double*> zp, <double*> ap, n_rows, n_cols,
-                                      <const double*> gp, <const double*> bp,
+                                      n_cols, <const double*> gp, <const double*> bp,
                                       <const double*> sw, epsilon, act, mp, vp, scratch)
     finally:
         PyMem_Free(scratch)
@@ -1102,12 +1090,12 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     with nogil:
         if t == cnp.NPY_FLOAT32:
             cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
-                             <float*> dzp, n_rows, n_cols, <const float*> gp, mp, vp,
+                             <float*> dzp, n_rows, n_cols, n_cols, <const float*> gp, mp, vp,
                              epsilon, <const float*> sw, wsum, act, <float*> dgp,
                              <float*> dbp, scratch)
         else:
             cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
-                             <double*> dzp, n_rows, n_cols, <const double*> gp, mp, vp,
+                             <double*> dzp, n_rows, n_cols, n_cols, <const double*> gp, mp, vp,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)
     PyMem_Free(scratch)
