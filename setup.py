@@ -3,13 +3,20 @@
 Compiler directives are set once here. Set ``SKLEARN_BN_CYTHON_DEBUG=1`` in the
 environment to rebuild with bounds, wraparound and initialization checks on
 (slower, but every out-of-bounds memoryview access raises ``IndexError``).
+
+The training engine uses OpenMP when the compiler supports it (checked by
+compiling a small program); without it, or with ``SKLEARN_BN_NO_OPENMP=1``,
+it is built serial and trains on one thread (plus BLAS's threads).
 """
 
 import os
+import tempfile
+import warnings
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("SKLEARN_BN_CYTHON_DEBUG", "0") not in ("", "0")
 
@@ -24,6 +31,58 @@ COMPILER_DIRECTIVES = {
 }
 
 MODULES = ["_blas", "_activations", "_batchnorm", "_scaling", "_training"]
+OPENMP_MODULES = {"sklearn_bn._training"}
+
+OPENMP_CHECK = """
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel
+    {
+        #pragma omp atomic
+        n += 1;
+    }
+    return n > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+}
+"""
+
+
+class BuildExt(build_ext):
+    """Add the OpenMP flags to the modules that use threads, if they work."""
+
+    def build_extensions(self):
+        flags = self._openmp_flags()
+        for ext in self.extensions:
+            if ext.name in OPENMP_MODULES:
+                ext.extra_compile_args = list(ext.extra_compile_args) + flags
+                if self.compiler.compiler_type != "msvc":
+                    ext.extra_link_args = list(ext.extra_link_args) + flags
+        super().build_extensions()
+
+    def _openmp_flags(self):
+        if os.environ.get("SKLEARN_BN_NO_OPENMP", "0") not in ("", "0"):
+            return []
+        flags = ["/openmp"] if self.compiler.compiler_type == "msvc" else ["-fopenmp"]
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "openmp_check.c")
+            with open(source, "w") as f:
+                f.write(OPENMP_CHECK)
+            try:
+                objects = self.compiler.compile(
+                    [source], output_dir=tmp, extra_postargs=flags
+                )
+                self.compiler.link_executable(
+                    objects, "openmp_check", output_dir=tmp,
+                    extra_postargs=[] if self.compiler.compiler_type == "msvc" else flags,
+                )
+            except Exception as exc:  # CompileError, LinkError
+                warnings.warn(
+                    f"OpenMP is not available ({exc}); the training engine is "
+                    "built without threads."
+                )
+                return []
+        return flags
+
 
 extensions = [
     Extension(
@@ -46,5 +105,6 @@ setup(
         include_path=["src"],
         nthreads=N_JOBS,
     ),
+    cmdclass={"build_ext": BuildExt},
     options={"build_ext": {"parallel": N_JOBS}},
 )

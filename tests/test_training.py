@@ -10,6 +10,7 @@ batches, SGD with and without momentum, Adam, the learning-rate schedules and
 warm starts).
 """
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -17,8 +18,11 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import expit, log_softmax, softmax, xlogy
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_info, threadpool_limits
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _activations, _mlp, _training
+from sklearn_bn import (
+    MLPBNClassifier, MLPBNRegressor, _activations, _mlp, _training, _utils)
 
 ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
 BN_EPSILON = 1e-5
@@ -622,3 +626,115 @@ def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weigh
     for a, b in zip(running_of(shuffled), running_of(permuted)):
         assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
     assert shuffled.loss_ == pytest.approx(permuted.loss_, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Threads: an OpenMP team shares every minibatch
+
+
+@contextlib.contextmanager
+def forced_engine_threads(n_threads):
+    """What ``_engine_threads`` does, with the number of threads fixed (the
+    machine running the tests may have a single core)."""
+    with threadpool_limits(1, user_api="blas"):
+        yield n_threads
+
+
+THREAD_CASES = {
+    # Widths that leave threads uneven or empty shares (they share units in
+    # multiples of 16 and rows in multiples of 8).
+    "dense-adam": dict(est=MLPBNClassifier, hidden=(40, 33), activation="relu",
+                       solver="adam", sparse=False, weighted=False, shuffle=True),
+    "sparse-sgd-weighted": dict(est=MLPBNClassifier, hidden=(17,), activation="tanh",
+                                solver="sgd", sparse=True, weighted=True, shuffle=True),
+    "deep-unshuffled": dict(est=MLPBNRegressor, hidden=(8, 20, 8), activation="logistic",
+                            solver="adam", sparse=False, weighted=True, shuffle=False),
+    "no-hidden-dense": dict(est=MLPBNRegressor, hidden=(), activation="relu",
+                            solver="adam", sparse=False, weighted=False, shuffle=True),
+    "no-hidden-sparse": dict(est=MLPBNClassifier, hidden=(), activation="relu",
+                             solver="sgd", sparse=True, weighted=True, shuffle=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_threads", [2, 3])
+@pytest.mark.parametrize("case", list(THREAD_CASES))
+def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypatch):
+    cfg = THREAD_CASES[case]
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(203, 37)).astype(dtype)
+    if cfg["sparse"]:
+        X[np.abs(X) < 0.8] = 0
+        X = sp.csr_matrix(X)
+    if cfg["est"] is MLPBNClassifier:
+        y = rng.randint(0, 4, size=203)
+    else:
+        y = rng.normal(size=(203, 3))
+    sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
+    fits = []
+    for threads in (1, n_threads):
+        monkeypatch.setattr(_mlp, "_engine_threads", lambda t=threads: forced_engine_threads(t))
+        est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
+                         solver=cfg["solver"], batch_size=50, max_iter=3,
+                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(est.fit(X, y, sample_weight=sw))
+    one, many = fits
+    # Splitting a product across threads may round differently; the loss is
+    # summed by parts.
+    rtol, atol = (1e-9, 1e-12) if dtype == np.float64 else (2e-4, 2e-5)
+    assert_grad_allclose(params_of(many), params_of(one), rtol=rtol, atol=atol)
+    for a, b in zip(running_of(many), running_of(one)):
+        assert_grad_allclose(a, b, rtol=rtol, atol=atol)
+    assert_allclose(many.loss_curve_, one.loss_curve_, rtol=rtol)
+    assert many.coefs_[0].dtype == dtype
+
+
+def _blas_limits():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_engine_threads_follow_threadpoolctl_limits():
+    with threadpool_limits(1):
+        with _utils._engine_threads() as n_threads:
+            assert n_threads == 1
+    with threadpool_limits(1, user_api="blas"):
+        with _utils._engine_threads() as n_threads:
+            assert n_threads == 1
+    with threadpool_limits(2, user_api="blas"), threadpool_limits(1, user_api="openmp"):
+        with _utils._engine_threads() as n_threads:
+            assert n_threads == 1
+    if _training.openmp_max_threads() < 2:
+        pytest.skip("built without OpenMP, or OpenMP limited to one thread")
+    with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
+        before = _blas_limits()
+        with _utils._engine_threads() as n_threads:
+            assert n_threads == 2
+            # Each engine thread calls BLAS on its own share.
+            assert set(_blas_limits()) == {1}
+        assert _blas_limits() == before
+
+
+def test_fit_restores_the_blas_limits(monkeypatch):
+    X, y = regression_data(n=40, n_features=5)
+    with threadpool_limits(2, user_api="blas"):
+        before = _blas_limits()
+        MLPBNRegressor(hidden_layer_sizes=(20,), max_iter=2, random_state=0).fit(X, y)
+        assert _blas_limits() == before
+
+
+def test_train_epoch_rejects_a_bad_number_of_threads():
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=1, random_state=0)
+    X, y = regression_data(n=10)
+    calls = []
+
+    def bad_threads():
+        calls.append(1)
+        return forced_engine_threads(0)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_mlp, "_engine_threads", bad_threads)
+        with pytest.raises(ValueError, match="n_threads"):
+            est.fit(X, y)
+    assert calls

@@ -8,6 +8,7 @@ stopping, warm start, partial_fit, messages) and folds batch norm into the
 weights for inference.
 """
 
+import contextlib
 import warnings
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
@@ -40,7 +41,7 @@ from sklearn.utils.validation import (
 
 from sklearn_bn import _activations, _training
 from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
-from sklearn_bn._utils import _restore_on_failure
+from sklearn_bn._utils import _engine_threads, _restore_on_failure
 
 _OUT_ACTIVATIONS = ("identity", "logistic", "softmax", "exp")
 
@@ -590,6 +591,11 @@ class _BaseMLPBN(BaseEstimator, ABC):
         if early_stopping:
             best = (theta.copy(), running_mean.copy(), running_var.copy())
 
+        # BLAS stays on one thread for the whole loop when the engine runs
+        # its own threads (set per fit: a BLAS library may wake its threads
+        # when its limit is raised).
+        engine_threads = contextlib.ExitStack()
+        n_threads = engine_threads.enter_context(_engine_threads())
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:
@@ -598,12 +604,13 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     )
                 loss_sum, opt["t"] = _training.train_epoch(
                     X_dense, X_data, X_indices, X_indptr, Y_train, sw_arr,
-                    sample_idx, not self.shuffle, batch_size, layout_dict, ws,
-                    theta, grad, opt["a"], opt["b"], running_mean, running_var,
-                    work, dwork, act, out_act, solver, opt["learning_rate"],
-                    self.momentum, self.nesterovs_momentum, self.beta_1,
-                    self.beta_2, self.epsilon, opt["t"], self.alpha,
-                    self.bn_momentum, self.bn_epsilon, sparse, weighted,
+                    sample_idx, not self.shuffle, batch_size, layout_dict,
+                    ws, theta, grad, opt["a"], opt["b"], running_mean,
+                    running_var, work, dwork, act, out_act, solver,
+                    opt["learning_rate"], self.momentum,
+                    self.nesterovs_momentum, self.beta_1, self.beta_2,
+                    self.epsilon, opt["t"], self.alpha, self.bn_momentum,
+                    self.bn_epsilon, sparse, weighted, n_threads,
                 )  # fmt: skip
                 if not (
                     np.isfinite(theta).all()
@@ -681,6 +688,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
+        finally:
+            engine_threads.close()
 
         if early_stopping:
             theta, running_mean, running_var = best

@@ -21,16 +21,45 @@ from libc.math cimport exp, log, sqrt, sqrtf
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cython cimport floating
+from cython.parallel cimport parallel
 
 import numpy as np
 
 from sklearn_bn._activations cimport act_forward, logistic, IDENTITY, RELU
 from sklearn_bn._blas cimport cgemm, caxpy
+from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
     cbn_act_forward_train, cbn_act_backward, cupdate_running_stats)
 from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
 
 cdef Py_ssize_t SCRATCH_COLS = SCRATCH_PER_COLUMN
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static inline void sklearn_bn_barrier(void) { _Pragma("omp barrier") }
+    static inline int sklearn_bn_team_size(void) { return omp_get_num_threads(); }
+    static inline int sklearn_bn_thread_num(void) { return omp_get_thread_num(); }
+    static inline int sklearn_bn_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static inline void sklearn_bn_barrier(void) {}
+    static inline int sklearn_bn_team_size(void) { return 1; }
+    static inline int sklearn_bn_thread_num(void) { return 0; }
+    static inline int sklearn_bn_max_threads(void) { return 1; }
+    #endif
+    """
+    # Outside a parallel region: a no-op, a team of one, thread 0.
+    void barrier "sklearn_bn_barrier"() noexcept nogil
+    int team_size "sklearn_bn_team_size"() noexcept nogil
+    int thread_num "sklearn_bn_thread_num"() noexcept nogil
+    int omp_max_threads "sklearn_bn_max_threads"() noexcept nogil
+
+cdef enum:
+    MAX_THREADS = 64
+    # Threads share rows and columns in multiples of these.
+    ROW_ALIGN = 8
+    COL_ALIGN = 16
 
 cpdef enum OutActivation:
     OUT_IDENTITY = 0   # squared error
@@ -51,6 +80,13 @@ OUT_ACTIVATIONS = {
 
 # Rows per block in the folded forward pass used for prediction.
 PREDICT_BLOCK_ROWS = 1024
+
+
+def openmp_max_threads():
+    """Threads an OpenMP team of this extension may have (1 when it was built
+    without OpenMP): ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits
+    lower it."""
+    return omp_max_threads()
 
 
 cdef struct Net:
@@ -78,6 +114,22 @@ cdef struct Net:
     double bn_epsilon
     bint sparse
     bint weighted
+
+
+cdef struct Team:
+    int tid                      # this thread
+    int size                     # threads sharing the minibatch
+    double* partials             # 2 * size doubles: per-thread loss, sum of W**2
+
+
+cdef struct Optimizer:
+    int solver
+    double learning_rate
+    double momentum
+    bint nesterov
+    double beta_1
+    double beta_2
+    double adam_epsilon
 
 
 cdef inline floating clip_prob(floating p) noexcept nogil:
@@ -144,27 +196,35 @@ cdef double output_loss_and_delta(Net* net, floating* p, const floating* y,
 cdef void sparse_rows_matmul(const Py_ssize_t* rows, Py_ssize_t m,
                              const floating* data, const Py_ssize_t* indices,
                              const Py_ssize_t* indptr, const floating* w,
-                             Py_ssize_t n_cols, floating* out) noexcept nogil:
-    """out[k] = X[rows[k]] @ W for CSR X."""
+                             Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1,
+                             floating* out) noexcept nogil:
+    """out[k, c0:c1] = X[rows[k]] @ W[:, c0:c1] for CSR X; rows of W and out
+    are ``ld`` apart."""
     cdef Py_ssize_t k, p
-    memset(out, 0, m * n_cols * sizeof(floating))
     for k in range(m):
+        memset(out + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
-            caxpy(<int> n_cols, data[p], w + indices[p] * n_cols, out + k * n_cols)
+            caxpy(<int> (c1 - c0), data[p], w + indices[p] * ld + c0,
+                  out + k * ld + c0)
 
 
 cdef void sparse_rows_grad(const Py_ssize_t* rows, Py_ssize_t m,
                            const floating* data, const Py_ssize_t* indices,
                            const Py_ssize_t* indptr, const floating* delta,
-                           Py_ssize_t n_cols, floating* grad) noexcept nogil:
-    """grad += X[rows].T @ delta for CSR X (grad must start at zero)."""
+                           Py_ssize_t n_in, Py_ssize_t ld, Py_ssize_t c0,
+                           Py_ssize_t c1, floating* grad) noexcept nogil:
+    """grad[:, c0:c1] = X[rows].T @ delta[:, c0:c1] for CSR X with ``n_in``
+    columns; rows of delta and grad are ``ld`` apart."""
     cdef Py_ssize_t k, p
+    for k in range(n_in):
+        memset(grad + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
     for k in range(m):
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
-            caxpy(<int> n_cols, data[p], delta + k * n_cols, grad + indices[p] * n_cols)
+            caxpy(<int> (c1 - c0), data[p], delta + k * ld + c0,
+                  grad + indices[p] * ld + c0)
 
 
-cdef double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
     """Sum of ``x**2``, with 8 independent partial sums so that the compiler
     can vectorize it without reassociating floating-point additions."""
     cdef double lanes[8]
@@ -182,44 +242,81 @@ cdef double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
     return total
 
 
+cdef inline void share(Py_ssize_t n, Py_ssize_t align, const Team* team,
+                       Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """This thread's part ``[lo, hi)`` of ``range(n)``: contiguous parts whose
+    bounds are multiples of ``align`` (so that threads do not write to the
+    same cache line); the last threads may get nothing."""
+    cdef Py_ssize_t part = (n + team.size - 1) // team.size
+    part = (part + align - 1) // align * align
+    lo[0] = min(team.tid * part, n)
+    hi[0] = min(lo[0] + part, n)
+
+
+cdef simd_void l2_panel(floating* grad, const floating* w, Py_ssize_t n_rows,
+                        Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t ld,
+                        floating c, double* sumsq) noexcept nogil:
+    """``grad += c * w`` on columns ``c0:c1`` of ``n_rows`` rows ``ld``
+    apart; adds the sum of ``w ** 2`` there to ``sumsq``."""
+    cdef Py_ssize_t i, j, width = c1 - c0
+    if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
+        width *= n_rows
+        n_rows = 1
+    for i in range(n_rows):
+        for j in range(c0 + i * ld, c0 + i * ld + width):
+            grad[j] += c * w[j]
+        sumsq[0] += sum_of_squares(w + c0 + i * ld, width)
+
+
 cdef double forward_backward(
         Net* net, const Py_ssize_t* rows, Py_ssize_t m, bint rows_contiguous,
         const floating* X, const floating* X_data, const Py_ssize_t* X_indices,
         const Py_ssize_t* X_indptr, const floating* Y, const floating* sw,
         const floating* theta, floating* grad, floating* running_mean,
         floating* running_var, floating* work, double* dwork,
-        bint update_running, double* wsum_out) noexcept nogil:
+        bint update_running, double* wsum_out, Team* team) noexcept nogil:
     """Loss of one minibatch (rows ``rows[:m]``) and its gradient in ``grad``.
+
+    Every thread of ``team`` runs it on its share of the work: rows for the
+    gather, the output layer's product and the loss; units (column panels)
+    for each hidden layer's product, batch norm, back-propagated delta and
+    coefficient gradient. A hidden layer's statistics are per column, so a
+    thread reads what another wrote only after a barrier: one per layer
+    forward and backward, one after the gather and one at the end (every
+    gradient is complete on return).
 
     Returns the weighted mean loss plus the L2 term; ``wsum_out`` receives the
     batch's weight sum (0: the batch was skipped and nothing was written).
     """
     cdef Py_ssize_t L = net.n_layers, nf = net.n_features, n_out = net.n_out
-    cdef Py_ssize_t k, l, i, fan_in, fan_out, n_coef
+    cdef Py_ssize_t k, l, i, fan_in, fan_out, n_next, r0, r1, c0, c1
     cdef floating* xb = work + net.xb_off
     cdef floating* yb = work + net.yb_off
     cdef floating* swb = work + net.swb_off
     cdef floating* p = work + net.p_off
     cdef double* scratch = dwork + net.scratch_off
+    cdef double* mean
+    cdef double* var
     cdef const floating* xin
     cdef const floating* layer_in
     cdef const floating* W
-    cdef floating* out
+    cdef floating* z
+    cdef floating* a
     cdef floating* gW
     cdef floating* D
+    cdef floating* gbias
     cdef const floating* swp
-    cdef double wsum = 0, loss, sumsq = 0, l2
+    cdef double wsum = 0, loss = 0, sumsq = 0, l2, w
     cdef double n_running = 0   # the m of the unbiased correction m / (m - 1)
     cdef floating c
 
-    # Gather the minibatch.
-    for k in range(m):
-        memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
+    # Every thread sums the weights (same order, same value): all of them
+    # take the same branches and meet at the same barriers.
     if net.weighted:
         for k in range(m):
-            swb[k] = sw[rows[k]]
-            wsum += swb[k]
-            if swb[k] > 0:
+            w = sw[rows[k]]
+            wsum += w
+            if w > 0:
                 n_running += 1
     else:
         wsum = m
@@ -231,101 +328,165 @@ cdef double forward_backward(
         n_running = wsum
     if not wsum > 0:
         return 0.0
+
+    # Gather the minibatch.
+    share(m, ROW_ALIGN, team, &r0, &r1)
+    for k in range(r0, r1):
+        memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
+        if net.weighted:
+            swb[k] = sw[rows[k]]
     swp = swb if net.weighted else NULL
     if net.sparse:
         xin = NULL
     elif rows_contiguous:
         xin = X + rows[0] * nf
     else:
-        for k in range(m):
+        for k in range(r0, r1):
             memcpy(xb + k * nf, X + rows[k] * nf, nf * sizeof(floating))
         xin = xb
+    barrier()
 
-    # Forward.
+    # Forward: hidden layers by column panels.
     layer_in = xin
-    for l in range(L):
+    for l in range(L - 1):
         fan_in = net.units[l]
         fan_out = net.units[l + 1]
         W = theta + net.coef_off[l]
-        out = (work + net.z_off[l]) if l < L - 1 else p
-        if l == 0 and net.sparse:
-            sparse_rows_matmul(rows, m, X_data, X_indices, X_indptr, W, fan_out, out)
-        else:
-            cgemm(False, False, <int> m, <int> fan_out, <int> fan_in, <floating> 1,
-                  layer_in, <int> fan_in, W, <int> fan_out, <floating> 0, out,
-                  <int> fan_out)
-        if l < L - 1:
+        z = work + net.z_off[l]
+        a = work + net.a_off[l]
+        mean = dwork + net.stat_off[l]
+        var = dwork + net.var_base + net.stat_off[l]
+        share(fan_out, COL_ALIGN, team, &c0, &c1)
+        if c1 > c0:
+            if l == 0 and net.sparse:
+                sparse_rows_matmul(rows, m, X_data, X_indices, X_indptr, W,
+                                   fan_out, c0, c1, z)
+            else:
+                cgemm(False, False, <int> m, <int> (c1 - c0), <int> fan_in,
+                      <floating> 1, layer_in, <int> fan_in, W + c0,
+                      <int> fan_out, <floating> 0, z + c0, <int> fan_out)
             cbn_act_forward_train(
-                out, work + net.a_off[l], m, fan_out,
-                theta + net.gamma_off[l], theta + net.bias_off[l], swp,
-                net.bn_epsilon, net.act, dwork + net.stat_off[l],
-                dwork + net.var_base + net.stat_off[l], scratch)
+                z + c0, a + c0, m, c1 - c0, fan_out,
+                theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0,
+                swp, net.bn_epsilon, net.act, mean + c0, var + c0,
+                scratch + SCRATCH_COLS * c0)
             if update_running:
                 cupdate_running_stats(
-                    running_mean + net.stat_off[l], running_var + net.stat_off[l],
-                    dwork + net.stat_off[l], dwork + net.var_base + net.stat_off[l],
-                    fan_out, net.bn_momentum, n_running)
-            layer_in = work + net.a_off[l]
-        else:
-            for k in range(m):
-                for i in range(fan_out):
-                    out[k * fan_out + i] += theta[net.bias_off[l] + i]
-    loss = output_loss_and_delta(net, p, yb, swb, m, wsum)
+                    running_mean + net.stat_off[l] + c0,
+                    running_var + net.stat_off[l] + c0, mean + c0, var + c0,
+                    c1 - c0, net.bn_momentum, n_running)
+        barrier()
+        layer_in = a
 
-    # Backward.
+    # Output layer and loss, by rows.
+    l = L - 1
+    fan_in = net.units[l]
+    W = theta + net.coef_off[l]
+    if r1 > r0:
+        if l == 0 and net.sparse:
+            sparse_rows_matmul(rows + r0, r1 - r0, X_data, X_indices, X_indptr,
+                               W, n_out, 0, n_out, p + r0 * n_out)
+        else:
+            cgemm(False, False, <int> (r1 - r0), <int> n_out, <int> fan_in,
+                  <floating> 1, layer_in + r0 * fan_in, <int> fan_in, W,
+                  <int> n_out, <floating> 0, p + r0 * n_out, <int> n_out)
+        for k in range(r0, r1):
+            for i in range(n_out):
+                p[k * n_out + i] += theta[net.bias_off[l] + i]
+        loss = output_loss_and_delta(net, p + r0 * n_out, yb + r0 * n_out,
+                                     swb + r0, r1 - r0, wsum)
+    team.partials[team.tid] = loss
+    barrier()
+    loss = 0
+    for k in range(team.size):
+        loss += team.partials[k]
+
+    # Backward. The output layer: intercept gradient by columns, coefficient
+    # gradient by rows (the units of the layer below).
     l2 = net.alpha / wsum
-    for l in range(L - 1, -1, -1):
+    c = <floating> l2
+    D = p
+    gW = grad + net.coef_off[l]
+    gbias = grad + net.bias_off[l]
+    share(n_out, COL_ALIGN, team, &c0, &c1)
+    for i in range(c0, c1):
+        gbias[i] = 0
+    for k in range(m):
+        for i in range(c0, c1):
+            gbias[i] += D[k * n_out + i]
+    if l == 0 and net.sparse:
+        if c1 > c0:
+            sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
+                             n_out, c0, c1, gW)
+            l2_panel(gW, W, nf, c0, c1, n_out, c, &sumsq)
+    else:
+        share(fan_in, COL_ALIGN, team, &c0, &c1)
+        if c1 > c0:
+            layer_in = xin if l == 0 else work + net.a_off[l - 1]
+            cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> m,
+                  <floating> 1, layer_in + c0, <int> fan_in, D, <int> n_out,
+                  <floating> 0, gW + c0 * n_out, <int> n_out)
+            l2_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out,
+                     n_out, c, &sumsq)
+
+    # Hidden layers, top down, by column panels: this thread's columns of the
+    # delta (from the complete delta of the layer above), batch norm
+    # backward, and the coefficient gradient of those columns.
+    for l in range(L - 2, -1, -1):
         fan_in = net.units[l]
         fan_out = net.units[l + 1]
+        n_next = net.units[l + 2]
         W = theta + net.coef_off[l]
         gW = grad + net.coef_off[l]
-        if l == L - 1:
-            D = p
-            memset(grad + net.bias_off[l], 0, fan_out * sizeof(floating))
-            for k in range(m):
-                for i in range(fan_out):
-                    grad[net.bias_off[l] + i] += D[k * fan_out + i]
-        else:
-            D = work + net.d_off[l]
+        z = work + net.z_off[l]
+        a = work + net.a_off[l]
+        D = work + net.d_off[l]
+        share(fan_out, COL_ALIGN, team, &c0, &c1)
+        if c1 > c0:
+            cgemm(False, True, <int> m, <int> (c1 - c0), <int> n_next,
+                  <floating> 1, p if l == L - 2 else work + net.d_off[l + 1],
+                  <int> n_next, theta + net.coef_off[l + 1] + c0 * n_next,
+                  <int> n_next, <floating> 0, D + c0, <int> fan_out)
             cbn_act_backward(
-                D, work + net.a_off[l], work + net.z_off[l], D, m, fan_out,
-                theta + net.gamma_off[l], dwork + net.stat_off[l],
-                dwork + net.var_base + net.stat_off[l], net.bn_epsilon, swp,
-                wsum, net.act, grad + net.gamma_off[l], grad + net.bias_off[l],
-                scratch)
-        if l == 0 and net.sparse:
-            memset(gW, 0, fan_in * fan_out * sizeof(floating))
-            sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, fan_out, gW)
-        else:
-            layer_in = xin if l == 0 else work + net.a_off[l - 1]
-            cgemm(True, False, <int> fan_in, <int> fan_out, <int> m, <floating> 1,
-                  layer_in, <int> fan_in, D, <int> fan_out, <floating> 0, gW,
-                  <int> fan_out)
-        n_coef = fan_in * fan_out
-        c = <floating> l2
-        for i in range(n_coef):
-            gW[i] += c * W[i]
-        sumsq += sum_of_squares(W, n_coef)
+                D + c0, a + c0, z + c0, D + c0, m, c1 - c0, fan_out,
+                theta + net.gamma_off[l] + c0,
+                dwork + net.stat_off[l] + c0,
+                dwork + net.var_base + net.stat_off[l] + c0, net.bn_epsilon,
+                swp, wsum, net.act, grad + net.gamma_off[l] + c0,
+                grad + net.bias_off[l] + c0, scratch + SCRATCH_COLS * c0)
+            if l == 0 and net.sparse:
+                sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
+                                 fan_out, c0, c1, gW)
+            else:
+                layer_in = xin if l == 0 else work + net.a_off[l - 1]
+                cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> m,
+                      <floating> 1, layer_in, <int> fan_in, D + c0,
+                      <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
+            l2_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
         if l > 0:
-            cgemm(False, True, <int> m, <int> fan_in, <int> fan_out, <floating> 1,
-                  D, <int> fan_out, W, <int> fan_out, <floating> 0,
-                  work + net.d_off[l - 1], <int> fan_in)
+            barrier()   # the layer below needs every column of this delta
+
+    team.partials[team.size + team.tid] = sumsq
+    barrier()
+    sumsq = 0
+    for k in range(team.size):
+        sumsq += team.partials[team.size + k]
     return loss + 0.5 * l2 * sumsq
 
 
-cdef void optimizer_step(int solver, floating* theta, const floating* grad,
-                         floating* state_a, floating* state_b, Py_ssize_t n,
-                         double learning_rate, double momentum, bint nesterov,
-                         double beta_1, double beta_2, double adam_epsilon,
-                         Py_ssize_t t) noexcept nogil:
+cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
+                              const floating* grad, floating* state_a,
+                              floating* state_b, Py_ssize_t n,
+                              Py_ssize_t t) noexcept nogil:
     """One Adam (t = step number, from 1) or SGD-with-momentum step, in place."""
     cdef Py_ssize_t i
     cdef floating g, v, lr_t, b1, b2, eps, mom, lr
-    if solver == ADAM:
-        lr_t = <floating> (learning_rate * sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t))
-        b1 = <floating> beta_1
-        b2 = <floating> beta_2
-        eps = <floating> adam_epsilon
+    if opt.solver == ADAM:
+        lr_t = <floating> (opt.learning_rate * sqrt(1 - opt.beta_2 ** t)
+                           / (1 - opt.beta_1 ** t))
+        b1 = <floating> opt.beta_1
+        b2 = <floating> opt.beta_2
+        eps = <floating> opt.adam_epsilon
         for i in range(n):
             g = grad[i]
             state_a[i] = b1 * state_a[i] + (1 - b1) * g
@@ -335,16 +496,57 @@ cdef void optimizer_step(int solver, floating* theta, const floating* grad,
             else:
                 theta[i] -= lr_t * state_a[i] / (sqrt(state_b[i]) + eps)
     else:
-        mom = <floating> momentum
-        lr = <floating> learning_rate
+        mom = <floating> opt.momentum
+        lr = <floating> opt.learning_rate
         for i in range(n):
             g = grad[i]
             v = mom * state_a[i] - lr * g
             state_a[i] = v
-            if nesterov:
+            if opt.nesterov:
                 theta[i] += mom * v - lr * g
             else:
                 theta[i] += v
+
+
+cdef void run_epoch(Net* net, const Optimizer* opt, const Py_ssize_t* order,
+                    Py_ssize_t n, bint order_is_identity,
+                    Py_ssize_t batch_size, const floating* X,
+                    const floating* X_data, const Py_ssize_t* X_indices,
+                    const Py_ssize_t* X_indptr, const floating* Y,
+                    const floating* sw, floating* theta, floating* grad,
+                    floating* state_a, floating* state_b, Py_ssize_t n_params,
+                    floating* running_mean, floating* running_var,
+                    floating* work, double* dwork, double* partials,
+                    double* loss_sum_out, Py_ssize_t* t_inout) noexcept nogil:
+    """The minibatch loop of an epoch, run by every thread of the current
+    OpenMP team (or by the caller alone); each steps its share of the
+    parameters. Thread 0 writes the results."""
+    cdef Team team
+    cdef Py_ssize_t start = 0, m, i0, i1, t = t_inout[0]
+    cdef double loss_sum = 0, loss, wsum
+    team.tid = thread_num()
+    team.size = team_size()
+    team.partials = partials
+    share(n_params, COL_ALIGN, &team, &i0, &i1)
+    while start < n:
+        m = min(batch_size, n - start)
+        if n - start - m == 1:
+            m += 1   # a trailing single row joins this minibatch
+        loss = forward_backward(
+            net, order + start, m, order_is_identity, X, X_data, X_indices,
+            X_indptr, Y, sw, theta, grad, running_mean, running_var, work,
+            dwork, True, &wsum, &team)
+        if wsum > 0:
+            loss_sum += loss * m
+            t += 1
+            # No barrier after the step: the next minibatch reads the
+            # parameters only after its gather's barrier.
+            optimizer_step(opt, theta + i0, grad + i0, state_a + i0,
+                           state_b + i0, i1 - i0, t)
+        start += m
+    if team.tid == 0:
+        loss_sum_out[0] = loss_sum
+        t_inout[0] = t
 
 
 # ---------------------------------------------------------------------------
@@ -474,12 +676,15 @@ def train_epoch(
         int act, int out_act, int solver, double learning_rate,
         double momentum, bint nesterov, double beta_1, double beta_2,
         double adam_epsilon, Py_ssize_t t, double alpha, double bn_momentum,
-        double bn_epsilon, bint sparse, bint weighted):
+        double bn_epsilon, bint sparse, bint weighted, int n_threads=1):
     """Run one epoch over the rows in ``order``; update everything in place.
 
     Minibatches are consecutive slices of ``order`` of ``batch_size`` rows; a
     trailing single row joins the previous minibatch. Minibatches whose
-    weights sum to zero are skipped.
+    weights sum to zero are skipped. With ``n_threads > 1`` an OpenMP team
+    shares every minibatch (see :func:`forward_backward`); BLAS should then be
+    limited to one thread, as each thread calls it on its own share (when the
+    extension was built without OpenMP, one thread runs everything).
 
     Returns
     -------
@@ -489,9 +694,10 @@ def train_epoch(
         The optimizer's step counter after the epoch.
     """
     cdef Net net
+    cdef Optimizer opt
     cdef Py_ssize_t n = order.shape[0], n_params = theta.shape[0]
-    cdef Py_ssize_t start, m
-    cdef double loss_sum = 0, loss, wsum
+    cdef double loss_sum = 0
+    cdef double partials[2 * MAX_THREADS]
     cdef const floating* Xp
     cdef const floating* Xd
     cdef const Py_ssize_t* Xi
@@ -509,28 +715,35 @@ def train_epoch(
         raise ValueError("batch_size must be at least 2")
     if min(batch_size + 1, n) > ws["max_batch"]:
         raise ValueError("workspace too small for this batch size")
+    if n_threads < 1:
+        raise ValueError("n_threads must be at least 1")
+    n_threads = min(n_threads, MAX_THREADS)
     net = make_net(layout, ws, work.shape[0], dwork.shape[0], act, out_act,
                    alpha, bn_momentum, bn_epsilon, sparse, weighted)
     data_pointers(X, X_data, X_indices, X_indptr, sample_weight, sparse,
                   weighted, &Xp, &Xd, &Xi, &Xptr, &swp)
+    opt.solver = solver
+    opt.learning_rate = learning_rate
+    opt.momentum = momentum
+    opt.nesterov = nesterov
+    opt.beta_1 = beta_1
+    opt.beta_2 = beta_2
+    opt.adam_epsilon = adam_epsilon
 
     with nogil:
-        start = 0
-        while start < n:
-            m = min(batch_size, n - start)
-            if n - start - m == 1:
-                m += 1   # a trailing single row joins this minibatch
-            loss = forward_backward(
-                &net, &order[start], m, order_is_identity, Xp, Xd, Xi, Xptr,
-                &Y[0, 0], swp, &theta[0], &grad[0], &running_mean[0],
-                &running_var[0], &work[0], &dwork[0], True, &wsum)
-            if wsum > 0:
-                loss_sum += loss * m
-                t += 1
-                optimizer_step(solver, &theta[0], &grad[0], &state_a[0],
-                               &state_b[0], n_params, learning_rate, momentum,
-                               nesterov, beta_1, beta_2, adam_epsilon, t)
-            start += m
+        if n_threads == 1:
+            run_epoch(&net, &opt, &order[0], n, order_is_identity, batch_size,
+                      Xp, Xd, Xi, Xptr, &Y[0, 0], swp, &theta[0], &grad[0],
+                      &state_a[0], &state_b[0], n_params, &running_mean[0],
+                      &running_var[0], &work[0], &dwork[0], partials,
+                      &loss_sum, &t)
+        else:
+            with parallel(num_threads=n_threads):
+                run_epoch(&net, &opt, &order[0], n, order_is_identity,
+                          batch_size, Xp, Xd, Xi, Xptr, &Y[0, 0], swp,
+                          &theta[0], &grad[0], &state_a[0], &state_b[0],
+                          n_params, &running_mean[0], &running_var[0],
+                          &work[0], &dwork[0], partials, &loss_sum, &t)
     return loss_sum, t
 
 
@@ -552,11 +765,16 @@ def loss_and_gradient(
     cdef Py_ssize_t m = Y.shape[0]
     cdef Py_ssize_t[::1] rows = np.arange(m, dtype=np.intp)
     cdef double loss, wsum
+    cdef double partials[2]
+    cdef Team team
     cdef const floating* Xp
     cdef const floating* Xd
     cdef const Py_ssize_t* Xi
     cdef const Py_ssize_t* Xptr
     cdef const floating* swp
+    team.tid = 0
+    team.size = 1
+    team.partials = partials
     _check_engine_args(X, X_data, X_indices, X_indptr, Y, sample_weight,
                        layout, theta, (grad_out,), running_mean, running_var,
                        sparse, weighted)
@@ -570,7 +788,7 @@ def loss_and_gradient(
         loss = forward_backward(
             &net, &rows[0], m, True, Xp, Xd, Xi, Xptr, &Y[0, 0], swp,
             &theta[0], &grad_out[0], &running_mean[0], &running_var[0],
-            &work[0], &dwork[0], update_running, &wsum)
+            &work[0], &dwork[0], update_running, &wsum, &team)
     if not wsum > 0:
         raise ValueError("sample weights sum to zero")
     return loss

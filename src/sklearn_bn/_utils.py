@@ -1,6 +1,11 @@
 """Helpers shared by the estimators."""
 
+import contextlib
 import functools
+
+from threadpoolctl import ThreadpoolController
+
+from sklearn_bn import _training
 
 
 def _restore_on_failure(method):
@@ -17,3 +22,39 @@ def _restore_on_failure(method):
             raise
 
     return wrapper
+
+
+_THREADPOOL_CONTROLLER = None
+
+
+def _threadpool_controller():
+    """One ``ThreadpoolController`` per process: finding the libraries takes
+    tens of milliseconds, reading or setting their limits microseconds."""
+    global _THREADPOOL_CONTROLLER
+    if _THREADPOOL_CONTROLLER is None:
+        _THREADPOOL_CONTROLLER = ThreadpoolController()
+    return _THREADPOOL_CONTROLLER
+
+
+@contextlib.contextmanager
+def _engine_threads():
+    """Threads for one call of the training engine; yields their number.
+
+    The engine's threads replace BLAS's: it uses as many as BLAS may (the
+    lowest ``threadpoolctl`` limit of the loaded BLAS libraries), capped by
+    its OpenMP limit (``OMP_NUM_THREADS``, threadpoolctl's ``openmp``
+    limits), and, when that is more than one, each thread calls BLAS on its
+    own share of every product, so BLAS is limited to one thread meanwhile
+    (as scikit-learn's KMeans does).
+    """
+    blas = _threadpool_controller().select(user_api="blas")
+    blas_threads = min((lib.num_threads for lib in blas.lib_controllers), default=1)
+    n_threads = min(blas_threads, _training.openmp_max_threads())
+    if n_threads <= 1:
+        yield 1
+        return
+    limiter = blas.limit(limits=1)
+    try:
+        yield n_threads
+    finally:
+        limiter.restore_original_limits()
