@@ -738,3 +738,30 @@ def test_train_epoch_rejects_a_bad_number_of_threads():
         with pytest.raises(ValueError, match="n_threads"):
             est.fit(X, y)
     assert calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_aligned_zeros(n, dtype):
+    a = _mlp._aligned_zeros(n, dtype)
+    assert a.shape == (n,) and a.dtype == dtype and a.flags.c_contiguous
+    assert a.ctypes.data % 64 == 0
+    assert_array_equal(a, 0)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_workspace_blocks_start_on_cache_lines(sparse):
+    # Threads write neighbouring panels of these blocks: each starts at a
+    # multiple of 16 elements, and the blocks do not overlap.
+    ws = _mlp._workspace_sizes((37, 33, 17, 3), 51, sparse)
+    starts = [ws["xb_off"], ws["yb_off"], ws["swb_off"], ws["p_off"],
+              *ws["z_off"][:2], *ws["a_off"][:2], *ws["d_off"][:2]]
+    assert all(s % 16 == 0 for s in starts)
+    sizes = [0 if sparse else 51 * 37, 51 * 3, 51, 51 * 3, 51 * 33, 51 * 17,
+             51 * 33, 51 * 17, 51 * 33, 51 * 17]
+    order = [0, 1, 2, 3, 4, 6, 8, 5, 7, 9]   # z0, a0, d0, z1, a1, d1
+    ends = [starts[i] + sizes[i] for i in order]
+    assert all(e <= s for e, s in zip(ends, [starts[i] for i in order][1:]))
+    assert ends[-1] <= ws["work_size"]
+    assert ws["var_base"] % 16 == 0 and ws["scratch_off"] % 16 == 0
+    assert ws["var_base"] >= 33 + 17

@@ -441,12 +441,22 @@ cdef double forward_backward(
         z = work + net.z_off[l]
         a = work + net.a_off[l]
         D = work + net.d_off[l]
+        if l == L - 2:
+            # From the output layer: a product with a small inner dimension
+            # (n_out), which BLAS runs better on row shares.
+            if r1 > r0:
+                cgemm(False, True, <int> (r1 - r0), <int> fan_out, <int> n_next,
+                      <floating> 1, p + r0 * n_next, <int> n_next,
+                      theta + net.coef_off[l + 1], <int> n_next, <floating> 0,
+                      D + r0 * fan_out, <int> fan_out)
+            barrier()
         share(fan_out, COL_ALIGN, team, &c0, &c1)
         if c1 > c0:
-            cgemm(False, True, <int> m, <int> (c1 - c0), <int> n_next,
-                  <floating> 1, p if l == L - 2 else work + net.d_off[l + 1],
-                  <int> n_next, theta + net.coef_off[l + 1] + c0 * n_next,
-                  <int> n_next, <floating> 0, D + c0, <int> fan_out)
+            if l < L - 2:
+                cgemm(False, True, <int> m, <int> (c1 - c0), <int> n_next,
+                      <floating> 1, work + net.d_off[l + 1], <int> n_next,
+                      theta + net.coef_off[l + 1] + c0 * n_next, <int> n_next,
+                      <floating> 0, D + c0, <int> fan_out)
             cbn_act_backward(
                 D + c0, a + c0, z + c0, D + c0, m, c1 - c0, fan_out,
                 theta + net.gamma_off[l] + c0,
