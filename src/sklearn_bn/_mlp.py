@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d, shuffle
+from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import (
     _check_partial_fit_first_call,
@@ -616,9 +616,9 @@ class _BaseMLPBN(BaseEstimator, ABC):
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = np.ascontiguousarray(
-                        shuffle(sample_idx, random_state=random_state), dtype=np.intp
-                    )
+                    # What sklearn.utils.shuffle draws (the same random
+                    # stream as MLPClassifier), without its validation.
+                    sample_idx = sample_idx[random_state.permutation(n_samples)]
                 loss_sum, opt["t"] = _training.train_epoch(
                     X_dense, X_data, X_indices, X_indptr, Y_train, sw_arr,
                     sample_idx, not self.shuffle, batch_size, layout_dict,
@@ -1027,9 +1027,13 @@ _NOTES_DOC = """
     runs on the folded network (see :meth:`to_sklearn`).
 
     Training runs whole epochs in compiled code without the GIL; matrix
-    products use BLAS through :mod:`scipy.linalg.cython_blas`, so the
-    number of BLAS threads follows :mod:`threadpoolctl` limits. float32
-    input is trained and predicted in float32.
+    products use BLAS through :mod:`scipy.linalg.cython_blas`. The engine
+    runs as many threads as BLAS may (its :mod:`threadpoolctl` limit, also
+    capped by ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits):
+    they share every minibatch and each calls BLAS on its share, with BLAS
+    limited to one thread during ``fit`` and ``partial_fit``. Prediction
+    uses BLAS's own threads. float32 input is trained and predicted in
+    float32.
 
     Every minibatch needs at least 2 samples: ``batch_size`` must be >= 2,
     and fitting on a single sample raises ``ValueError``.

@@ -6,6 +6,12 @@ forward pass (BLAS ``gemm`` from ``scipy.linalg.cython_blas``, batch norm fused
 with the activation), the output activation and loss, the backward pass, the
 L2 term and the optimizer step in place on one flat parameter vector.
 
+Threads: with ``n_threads > 1`` an OpenMP team runs the epoch, every thread
+taking its share of each minibatch (see :func:`forward_backward`) and calling
+BLAS on it; the caller limits BLAS to one thread meanwhile, so that the cores
+run the engine's threads rather than BLAS's, whose small products scale
+poorly and leave batch norm, the loss and the optimizer to one core.
+
 Parameter layout (flat vector ``theta``; ``grad`` and the optimizer state have
 the same layout): for each weight layer ``l``, its coefficient matrix
 (``units[l] x units[l + 1]``, row-major) at ``coef_off[l]``; for hidden layers
