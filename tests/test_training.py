@@ -673,7 +673,8 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
     sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
     fits = []
     for threads in (1, n_threads):
-        monkeypatch.setattr(_mlp, "_engine_threads", lambda t=threads: forced_engine_threads(t))
+        monkeypatch.setattr(_mlp, "_engine_threads",
+                            lambda work, t=threads: forced_engine_threads(t))
         est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
                          solver=cfg["solver"], batch_size=50, max_iter=3,
                          shuffle=cfg["shuffle"], alpha=1e-3, random_state=0)
@@ -696,32 +697,49 @@ def _blas_limits():
 
 
 def test_engine_threads_follow_threadpoolctl_limits():
+    big = 10 * _utils._MIN_MULTIPLY_ADDS_FOR_THREADS
     with threadpool_limits(1):
-        with _utils._engine_threads() as n_threads:
+        with _utils._engine_threads(big) as n_threads:
             assert n_threads == 1
     with threadpool_limits(1, user_api="blas"):
-        with _utils._engine_threads() as n_threads:
+        with _utils._engine_threads(big) as n_threads:
             assert n_threads == 1
     with threadpool_limits(2, user_api="blas"), threadpool_limits(1, user_api="openmp"):
-        with _utils._engine_threads() as n_threads:
+        with _utils._engine_threads(big) as n_threads:
             assert n_threads == 1
     if _training.openmp_max_threads() < 2:
         pytest.skip("built without OpenMP, or OpenMP limited to one thread")
     with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
         before = _blas_limits()
-        with _utils._engine_threads() as n_threads:
+        with _utils._engine_threads(big) as n_threads:
             assert n_threads == 2
             # Each engine thread calls BLAS on its own share.
             assert set(_blas_limits()) == {1}
         assert _blas_limits() == before
+        # Small minibatches: one thread, BLAS untouched.
+        with _utils._engine_threads(big // 100) as n_threads:
+            assert n_threads == 1
+            assert _blas_limits() == before
 
 
 def test_fit_restores_the_blas_limits(monkeypatch):
-    X, y = regression_data(n=40, n_features=5)
+    # Big enough minibatches for the engine to run its own threads.
+    X, y = regression_data(n=300, n_features=20)
+    seen = []
+    engine_threads = _utils._engine_threads
+
+    def spy(multiply_adds):
+        seen.append(multiply_adds)
+        return engine_threads(multiply_adds)
+
+    monkeypatch.setattr(_mlp, "_engine_threads", spy)
     with threadpool_limits(2, user_api="blas"):
         before = _blas_limits()
-        MLPBNRegressor(hidden_layer_sizes=(20,), max_iter=2, random_state=0).fit(X, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            MLPBNRegressor(hidden_layer_sizes=(64,), max_iter=2, random_state=0).fit(X, y)
         assert _blas_limits() == before
+    assert seen[0] >= _utils._MIN_MULTIPLY_ADDS_FOR_THREADS
 
 
 def test_train_epoch_rejects_a_bad_number_of_threads():
@@ -729,15 +747,16 @@ def test_train_epoch_rejects_a_bad_number_of_threads():
     X, y = regression_data(n=10)
     calls = []
 
-    def bad_threads():
-        calls.append(1)
+    def bad_threads(multiply_adds):
+        calls.append(multiply_adds)
         return forced_engine_threads(0)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_mlp, "_engine_threads", bad_threads)
         with pytest.raises(ValueError, match="n_threads"):
             est.fit(X, y)
-    assert calls
+    # Multiply-adds of a minibatch: batch_size (all 10 rows) x (3*3 + 3*1).
+    assert calls == [10 * (3 * 3 + 3 * 1)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -612,7 +612,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         # its own threads (set per fit: a BLAS library may wake its threads
         # when its limit is raised).
         engine_threads = contextlib.ExitStack()
-        n_threads = engine_threads.enter_context(_engine_threads())
+        multiply_adds = batch_size * int(np.dot(layout.units[:-1], layout.units[1:]))
+        n_threads = engine_threads.enter_context(_engine_threads(multiply_adds))
         try:
             for _ in range(self.max_iter):
                 if self.shuffle:

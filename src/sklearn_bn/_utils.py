@@ -36,17 +36,27 @@ def _threadpool_controller():
     return _THREADPOOL_CONTROLLER
 
 
+# Below this many multiply-adds per minibatch (in the matrix products), the
+# threads' barriers cost about what sharing the work saves.
+_MIN_MULTIPLY_ADDS_FOR_THREADS = 1 << 16
+
+
 @contextlib.contextmanager
-def _engine_threads():
-    """Threads for one call of the training engine; yields their number.
+def _engine_threads(multiply_adds):
+    """Threads for the training engine; yields their number.
 
     The engine's threads replace BLAS's: it uses as many as BLAS may (the
     lowest ``threadpoolctl`` limit of the loaded BLAS libraries), capped by
     its OpenMP limit (``OMP_NUM_THREADS``, threadpoolctl's ``openmp``
-    limits), and, when that is more than one, each thread calls BLAS on its
-    own share of every product, so BLAS is limited to one thread meanwhile
-    (as scikit-learn's KMeans does).
+    limits), and one thread when a minibatch has fewer than
+    ``_MIN_MULTIPLY_ADDS_FOR_THREADS`` multiply-adds (``multiply_adds``).
+    When that is more than one thread, each calls BLAS on its own share of
+    every product, so BLAS is limited to one thread meanwhile (as
+    scikit-learn's KMeans does).
     """
+    if multiply_adds < _MIN_MULTIPLY_ADDS_FOR_THREADS:
+        yield 1
+        return
     blas = _threadpool_controller().select(user_api="blas")
     blas_threads = min((lib.num_threads for lib in blas.lib_controllers), default=1)
     n_threads = min(blas_threads, _training.openmp_max_threads())
