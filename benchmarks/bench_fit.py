@@ -233,11 +233,18 @@ def call_timer(func):
     return run
 
 
+# Pause before each timed run: OpenBLAS's idle worker threads keep spinning
+# for about 0.1 s after their last product, and would otherwise compete for
+# the cores with whatever runs next (numpy's floor, the engine's threads).
+SETTLE_SECONDS = 0.25
+
+
 def interleaved_best(timers, repeat, warmup=()):
     """Best time of each named timer over ``repeat`` rounds. Each round runs
     every timer once, in turn, so that a change in the machine's load hits all
-    of them alike (the machine may be shared). Timers named in ``warmup`` run
-    once, untimed, first."""
+    of them alike (the machine may be shared); each run starts after
+    ``SETTLE_SECONDS``, once the previous run's BLAS threads are idle. Timers
+    named in ``warmup`` run once, untimed, first."""
     for name in warmup:
         if timers.get(name) is not None:
             timers[name]()
@@ -245,6 +252,7 @@ def interleaved_best(timers, repeat, warmup=()):
     for _ in range(repeat):
         for name in best:
             gc.collect()
+            time.sleep(SETTLE_SECONDS)
             best[name] = min(best[name], timers[name]())
     return {name: best.get(name) for name in timers}
 
