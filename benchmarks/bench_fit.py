@@ -19,8 +19,9 @@ fit
     with ``torch.set_num_threads`` = BLAS threads) when torch can be imported.
     torch is never a dependency of this project.
 
-    GEMM floor: numpy doing only the matrix products of one training epoch,
-    same shapes and dtype, ``np.matmul`` into preallocated outputs: per
+    GEMM floor: numpy doing only the matrix products of the training epochs
+    (all of them, so that the floor runs as long as a fit; reported per
+    epoch), same shapes and dtype, ``np.matmul`` into preallocated outputs: per
     minibatch the forward products ``A_l @ W_l`` of every layer, the weight
     gradients ``A_l.T @ D_l`` of every layer and the back-propagated deltas
     ``D_l @ W_l.T`` of layers 2.. . The minibatches are the engine's: slices
@@ -239,6 +240,15 @@ def call_timer(func):
 SETTLE_SECONDS = 0.25
 
 
+def per_epoch(timer, epochs):
+    """``timer``'s time divided by ``epochs``."""
+
+    def run():
+        return timer() / epochs
+
+    return run
+
+
 def interleaved_best(timers, repeat, warmup=()):
     """Best time of each named timer over ``repeat`` rounds. Each round runs
     every timer once, in turn, so that a change in the machine's load hits all
@@ -440,12 +450,13 @@ def section_fit(args, dtypes, state):
     rows = []
     for dt in dtypes:
         X = np.ascontiguousarray(X64, dtype=dt)
-        products = make_epoch_products(units, sizes, dt)
+        # The floors run the products of all the epochs, as long as a fit.
+        products = make_epoch_products(units, sizes, dt) * epochs
         keep = []
         eng = engine_blas_floor(products)
         t = interleaved_best({
-            "floor": call_timer(numpy_floor(products)),
-            "floor_eng": None if eng is None else call_timer(eng),
+            "floor": per_epoch(call_timer(numpy_floor(products)), epochs),
+            "floor_eng": None if eng is None else per_epoch(call_timer(eng), epochs),
             "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
             "sk": fit_timer(lambda: MLPClassifier(**params), X, y),
         }, args.repeat, warmup=("floor", "floor_eng"))
@@ -566,8 +577,9 @@ def section_scaling(args, dtypes, state):
         X_dt = X_all if dt == "float32" else X_all.astype(dt)
         timers = {}
         for n in sizes:
-            timers[("floor", n)] = call_timer(numpy_floor(
-                make_epoch_products(units, engine_batches(n, BATCH), dt)))
+            timers[("floor", n)] = per_epoch(call_timer(numpy_floor(
+                make_epoch_products(units, engine_batches(n, BATCH), dt)
+                * SCALING_EPOCHS)), SCALING_EPOCHS)
             timers[("bn", n)] = fit_timer(lambda n=n: MLPBNClassifier(**params),
                                           X_dt[:n], y_all[:n])
         t_all = interleaved_best(timers, args.repeat,
