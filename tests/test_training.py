@@ -11,6 +11,7 @@ warm starts).
 """
 
 import contextlib
+import multiprocessing
 import warnings
 
 import numpy as np
@@ -784,3 +785,25 @@ def test_workspace_blocks_start_on_cache_lines(sparse):
     assert ends[-1] <= ws["work_size"]
     assert ws["var_base"] % 16 == 0 and ws["scratch_off"] % 16 == 0
     assert ws["var_base"] >= 33 + 17
+
+
+def _fit_and_score(X, y):
+    est = MLPBNRegressor(hidden_layer_sizes=(64,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y).score(X, y)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs the fork start method")
+def test_forked_child_trains_after_the_parent_ran_threads():
+    # GNU OpenMP's thread pool does not survive fork(): a child forked after
+    # the parent ran a team must not start one (it would wait forever).
+    X, y = regression_data(n=600, n_features=20)
+    with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
+        parent = _fit_and_score(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(_fit_and_score, (X, y)).get(timeout=120)
+    assert child == pytest.approx(parent, rel=1e-6)

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import os
 
 from threadpoolctl import ThreadpoolController
 
@@ -36,6 +37,22 @@ def _threadpool_controller():
     return _THREADPOOL_CONTROLLER
 
 
+# GNU OpenMP's thread pool does not survive fork(): in a child forked after
+# the parent ran a team, the next parallel region waits forever for threads
+# that are gone. Forked children (multiprocessing's "fork" start method)
+# therefore train on one thread.
+_IN_FORKED_CHILD = False
+
+
+def _mark_forked_child():
+    global _IN_FORKED_CHILD
+    _IN_FORKED_CHILD = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked_child)
+
+
 # Below this many multiply-adds per minibatch (in the matrix products), the
 # threads' barriers cost about what sharing the work saves.
 _MIN_MULTIPLY_ADDS_FOR_THREADS = 1 << 16
@@ -52,9 +69,10 @@ def _engine_threads(multiply_adds):
     ``_MIN_MULTIPLY_ADDS_FOR_THREADS`` multiply-adds (``multiply_adds``).
     When that is more than one thread, each calls BLAS on its own share of
     every product, so BLAS is limited to one thread meanwhile (as
-    scikit-learn's KMeans does).
+    scikit-learn's KMeans does). In a process forked from another, one
+    thread (see ``_IN_FORKED_CHILD``).
     """
-    if multiply_adds < _MIN_MULTIPLY_ADDS_FOR_THREADS:
+    if _IN_FORKED_CHILD or multiply_adds < _MIN_MULTIPLY_ADDS_FOR_THREADS:
         yield 1
         return
     blas = _threadpool_controller().select(user_api="blas")
