@@ -284,12 +284,14 @@ cdef double forward_backward(
     """Loss of one minibatch (rows ``rows[:m]``) and its gradient in ``grad``.
 
     Every thread of ``team`` runs it on its share of the work: rows for the
-    gather, the output layer's product and the loss; units (column panels)
-    for each hidden layer's product, batch norm, back-propagated delta and
-    coefficient gradient. A hidden layer's statistics are per column, so a
-    thread reads what another wrote only after a barrier: one per layer
-    forward and backward, one after the gather and one at the end (every
-    gradient is complete on return).
+    gather, the output layer's product, the loss and the delta of the last
+    hidden layer; units (column panels) for each hidden layer's product,
+    batch norm forward and backward, the other deltas and the coefficient
+    gradients. A hidden layer's statistics are per column, so a thread reads
+    what another wrote only after a barrier: one after the gather, one per
+    hidden layer forward, one after the loss, one per hidden layer backward
+    except the lowest, and one at the end (every gradient is complete on
+    return).
 
     Returns the weighted mean loss plus the L2 term; ``wsum_out`` receives the
     batch's weight sum (0: the batch was skipped and nothing was written).
@@ -401,6 +403,14 @@ cdef double forward_backward(
                 p[k * n_out + i] += theta[net.bias_off[l] + i]
         loss = output_loss_and_delta(net, p + r0 * n_out, yb + r0 * n_out,
                                      swb + r0, r1 - r0, wsum)
+        if L > 1:
+            # This thread's rows of the last hidden layer's delta need only
+            # its own rows of the output delta (no barrier before). Rows
+            # also suit BLAS better here: the inner dimension is n_out.
+            cgemm(False, True, <int> (r1 - r0), <int> fan_in, <int> n_out,
+                  <floating> 1, p + r0 * n_out, <int> n_out, W, <int> n_out,
+                  <floating> 0, work + net.d_off[L - 2] + r0 * fan_in,
+                  <int> fan_in)
     team.partials[team.tid] = loss
     barrier()
     loss = 0
@@ -436,8 +446,9 @@ cdef double forward_backward(
                      n_out, c, &sumsq)
 
     # Hidden layers, top down, by column panels: this thread's columns of the
-    # delta (from the complete delta of the layer above), batch norm
-    # backward, and the coefficient gradient of those columns.
+    # delta (from the complete delta of the layer above; the last hidden
+    # layer's was computed by rows with the loss), batch norm backward, and
+    # the coefficient gradient of those columns.
     for l in range(L - 2, -1, -1):
         fan_in = net.units[l]
         fan_out = net.units[l + 1]
@@ -447,15 +458,6 @@ cdef double forward_backward(
         z = work + net.z_off[l]
         a = work + net.a_off[l]
         D = work + net.d_off[l]
-        if l == L - 2:
-            # From the output layer: a product with a small inner dimension
-            # (n_out), which BLAS runs better on row shares.
-            if r1 > r0:
-                cgemm(False, True, <int> (r1 - r0), <int> fan_out, <int> n_next,
-                      <floating> 1, p + r0 * n_next, <int> n_next,
-                      theta + net.coef_off[l + 1], <int> n_next, <floating> 0,
-                      D + r0 * fan_out, <int> fan_out)
-            barrier()
         share(fan_out, COL_ALIGN, team, &c0, &c1)
         if c1 > c0:
             if l < L - 2:
