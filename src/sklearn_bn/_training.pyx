@@ -159,8 +159,9 @@ cdef double output_loss_and_delta(Net* net, floating* p, const floating* y,
     cdef Py_ssize_t i, j, n_out = net.n_out
     cdef floating* row
     cdef const floating* yrow
-    cdef floating mx, q
-    cdef double s, row_loss, total = 0, w
+    cdef floating q
+    cdef double row_loss, total = 0, w
+    out_activation_rows(p, m, n_out, net.out_act)
     for i in range(m):
         row = p + i * n_out
         yrow = y + i * n_out
@@ -171,25 +172,14 @@ cdef double output_loss_and_delta(Net* net, floating* p, const floating* y,
                 row_loss += 0.5 * (row[j] - yrow[j]) * (row[j] - yrow[j])
         elif net.out_act == OUT_LOGISTIC:
             for j in range(n_out):
-                row[j] = logistic(row[j])
                 q = clip_prob(row[j])
                 row_loss -= yrow[j] * log(q) + (1 - yrow[j]) * log(1 - q)
         elif net.out_act == OUT_SOFTMAX:
-            mx = row[0]
-            for j in range(1, n_out):
-                if row[j] > mx:
-                    mx = row[j]
-            s = 0
             for j in range(n_out):
-                row[j] = <floating> exp(row[j] - mx)
-                s += row[j]
-            for j in range(n_out):
-                row[j] = <floating> (row[j] / s)
                 if yrow[j] != 0:
                     row_loss -= yrow[j] * log(clip_prob(row[j]))
         else:  # OUT_EXP, half Poisson deviance
             for j in range(n_out):
-                row[j] = <floating> exp(row[j])
                 if yrow[j] > 0:
                     row_loss += yrow[j] * log(yrow[j] / row[j])
                 row_loss += row[j] - yrow[j]
@@ -398,9 +388,8 @@ cdef double forward_backward(
             cgemm(False, False, <int> (r1 - r0), <int> n_out, <int> fan_in,
                   <floating> 1, layer_in + r0 * fan_in, <int> fan_in, W,
                   <int> n_out, <floating> 0, p + r0 * n_out, <int> n_out)
-        for k in range(r0, r1):
-            for i in range(n_out):
-                p[k * n_out + i] += theta[net.bias_off[l] + i]
+        bias_act_rows(p + r0 * n_out, r1 - r0, n_out, theta + net.bias_off[l],
+                      IDENTITY)
         loss = output_loss_and_delta(net, p + r0 * n_out, yb + r0 * n_out,
                                      swb + r0, r1 - r0, wsum)
         if L > 1:
@@ -749,6 +738,8 @@ def train_epoch(
     opt.adam_epsilon = adam_epsilon
 
     with nogil:
+        # One thread never enters OpenMP: no team to start, and nothing that
+        # a fork() could leave broken (see _utils._IN_FORKED_CHILD).
         if n_threads == 1:
             run_epoch(&net, &opt, &order[0], n, order_is_identity, batch_size,
                       Xp, Xd, Xi, Xptr, &Y[0, 0], swp, &theta[0], &grad[0],
