@@ -144,12 +144,12 @@ def forward(z, gamma, beta, w=None, epsilon=EPS, activation="identity", a_out=No
     return a, mean, var
 
 
-def backward(da, a, z, gamma, mean, var, w=None, epsilon=EPS, activation="identity",
+def backward(da, a, z, gamma, beta, mean, var, w=None, epsilon=EPS, activation="identity",
              dz_out=None):
     dz = np.empty_like(z) if dz_out is None else dz_out
     dgamma = np.empty_like(gamma)
     dbeta = np.empty_like(gamma)
-    _batchnorm.bn_backward(da, a, z, gamma, mean, var, dz, dgamma, dbeta, w, epsilon,
+    _batchnorm.bn_backward(da, a, z, gamma, beta, mean, var, dz, dgamma, dbeta, w, epsilon,
                            activation)
     return dz, dgamma, dbeta
 
@@ -404,7 +404,7 @@ def test_backward_matches_numpy(dtype, shape, activation, weighted):
     z, gamma, beta, da, w = make_layer(shape, dtype)
     w = w if weighted else None
     a, mean, var = forward(z, gamma, beta, w, EPS, activation)
-    args = readonly(da, a, z, gamma, mean, var)
+    args = readonly(da, a, z, gamma, beta, mean, var)
     w_ro = None if w is None else readonly(w)[0]
     dz, dgamma, dbeta = backward(*args, w_ro, EPS, activation)
     ref_dz, ref_dgamma, ref_dbeta = ref_backward(da, z, gamma, beta, EPS, activation, w)
@@ -418,15 +418,40 @@ def test_backward_matches_numpy(dtype, shape, activation, weighted):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(37, 13), (40, 1030)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_backward_relu_mask_is_the_forward_one(dtype, shape, weighted):
+    # ReLU's backward recomputes y = (z - center) * scale + shift from z,
+    # gamma and beta, and never reads a: its mask must be exactly a > 0, also
+    # where y is within rounding of 0 (beta puts row 0 on the kink).
+    z, gamma, beta, da, w = make_layer(shape, dtype, seed=12)
+    w = w if weighted else None
+    _, mean, var = forward(z, gamma, beta, w, EPS, "relu")
+    x_hat0 = (z[0] - mean) / np.sqrt(var + EPS)
+    beta = (-gamma * x_hat0).astype(dtype)
+    a, mean, var = forward(z, gamma, beta, w, EPS, "relu")
+    assert 0 < np.count_nonzero(a[0]) < shape[1]  # both sides of the kink
+    garbage = np.full_like(a, np.nan)
+    dz, dgamma, dbeta = backward(da, garbage, z, gamma, beta, mean, var, w, EPS, "relu")
+    # The identity's backward on da * (a > 0) is the same computation.
+    masked = np.where(a > 0, da, 0).astype(dtype)
+    dz2, dgamma2, dbeta2 = backward(masked, a, z, gamma, beta, mean, var, w, EPS, "identity")
+    close = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    assert_allclose(dbeta, dbeta2, **close)
+    assert_allclose(dgamma, dgamma2, **close)
+    assert_allclose(dz, dz2, **close)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_backward_in_place(dtype, activation, weighted):
     z, gamma, beta, da, w = make_layer((41, 600), dtype)
     w = w if weighted else None
     a, mean, var = forward(z, gamma, beta, w, EPS, activation)
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, w, EPS, activation)
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, activation)
     buf = da.copy()
-    dz2, dgamma2, dbeta2 = backward(buf, a, z, gamma, mean, var, w, EPS, activation,
+    dz2, dgamma2, dbeta2 = backward(buf, a, z, gamma, beta, mean, var, w, EPS, activation,
                                     dz_out=buf)
     assert dz2 is buf
     assert_array_equal(dz2, dz)
@@ -442,7 +467,7 @@ def test_backward_float32_large_offset():
     beta = np.full(16, 0.1, np.float32)
     da = rng.standard_normal(shape).astype(np.float32)
     a, mean, var = forward(z, gamma, beta, None, EPS, "relu")
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, None, EPS, "relu")
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, None, EPS, "relu")
     ref_dz, ref_dgamma, ref_dbeta = ref_backward(da, z, gamma, beta, EPS, "relu")
     assert_allclose(dgamma, ref_dgamma, rtol=1e-4, atol=1e-4)
     assert_allclose(dbeta, ref_dbeta, rtol=1e-4, atol=1e-4)
@@ -456,7 +481,7 @@ def test_backward_column_sums_of_dz_vanish(dtype, weighted):
     z, gamma, beta, da, w = make_layer((300, 20), dtype, seed=8)
     w = w if weighted else None
     a, mean, var = forward(z, gamma, beta, w, EPS, "tanh")
-    dz, _, _ = backward(da, a, z, gamma, mean, var, w, EPS, "tanh")
+    dz, _, _ = backward(da, a, z, gamma, beta, mean, var, w, EPS, "tanh")
     scale = np.abs(dz).sum(axis=0)
     assert np.all(np.abs(dz.astype(np.float64).sum(axis=0)) <= 1e-5 * scale)
 
@@ -467,11 +492,11 @@ def test_columns_are_independent_across_tiles(dtype):
     # the columns of a wide layer give what they give on their own.
     z, gamma, beta, da, w = make_layer((301, 1100), dtype, seed=9)
     a, mean, var = forward(z, gamma, beta, w, EPS, "relu")
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, w, EPS, "relu")
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, "relu")
     cols = slice(500, 530)
     sub = [np.ascontiguousarray(x[:, cols]) for x in (z, da)]
     a2, mean2, var2 = forward(sub[0], gamma[cols].copy(), beta[cols].copy(), w, EPS, "relu")
-    dz2, dgamma2, dbeta2 = backward(sub[1], a2, sub[0], gamma[cols].copy(), mean2, var2,
+    dz2, dgamma2, dbeta2 = backward(sub[1], a2, sub[0], gamma[cols].copy(), beta[cols].copy(), mean2, var2,
                                     w, EPS, "relu")
     # Not bit-identical: a column may fall in a vectorized loop or its tail.
     close = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-13, "atol": 1e-13}
@@ -517,7 +542,7 @@ def test_backward_gradient_check(activation, weighted, shape):
     _, _, _, y = ref_forward(z, gamma, beta, EPS, activation, w)
     # Keep away from the ReLU kink, where differences are not derivatives.
     assert np.min(np.abs(y)) > 1e-4
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, w, EPS, activation)
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, activation)
 
     def loss():
         return _loss(z, gamma, beta, da, w, activation)
@@ -536,7 +561,7 @@ def test_backward_gradient_check_zero_epsilon():
     # epsilon = 0 is allowed when no column is constant.
     z, gamma, beta, da, _ = make_layer((5, 3), np.float64, seed=11)
     a, mean, var = forward(z, gamma, beta, None, 0.0, "tanh")
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, None, 0.0, "tanh")
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, None, 0.0, "tanh")
 
     def loss():
         a, _, _ = forward(z, gamma, beta, None, 0.0, "tanh")
@@ -627,7 +652,7 @@ def test_property_forward_backward_match_numpy(layer):
     f32 = dtype == np.float32
     assert_allclose(a, ref_a, rtol=1e-4 if f32 else 1e-9, atol=(3e-5 if f32 else 1e-11) * bound)
 
-    dz, dgamma, dbeta = backward(da, a, z, gamma, mean, var, w, EPS, activation)
+    dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, activation)
     ref_dz, ref_dgamma, ref_dbeta = ref_backward(da, z, gamma, beta, EPS, activation, w)
     if activation == "relu":
         # Rounding can flip a ReLU mask where y is within rounding of 0.
@@ -673,7 +698,8 @@ def _call_forward(**kw):
 def _call_backward(**kw):
     g = _good()
     a, mean, var = forward(g["z"], g["gamma"], g["beta"], None, EPS, "relu")
-    args = dict(da=g["z"].copy(), a=a, z=g["z"], gamma=g["gamma"], mean=mean, var=var,
+    args = dict(da=g["z"].copy(), a=a, z=g["z"], gamma=g["gamma"], beta=g["beta"],
+                mean=mean, var=var,
                 dz_out=np.empty_like(a), dgamma_out=np.empty(3), dbeta_out=np.empty(3),
                 sample_weight=None, epsilon=EPS, activation="relu")
     args.update(kw)
@@ -793,7 +819,7 @@ def test_no_rows():
     with pytest.raises(ValueError, match="at least one row"):
         _batchnorm.bn_forward_train(z, v, v, z.copy(), v.copy(), v.copy())
     with pytest.raises(ValueError, match="at least one row"):
-        _batchnorm.bn_backward(z, z, z, v, v, v, z.copy(), v.copy(), v.copy())
+        _batchnorm.bn_backward(z, z, z, v, v, v, v, z.copy(), v.copy(), v.copy())
     # Inference on no rows is a no-op.
     _batchnorm.bn_forward_infer(z, v, v, v, v, z.copy())
 
@@ -802,7 +828,7 @@ def test_no_columns_is_a_no_op():
     z = np.empty((4, 0))
     e = np.empty(0)
     _batchnorm.bn_forward_train(z, e, e, z.copy(), e.copy(), e.copy())
-    _batchnorm.bn_backward(z, z, z, e, e, e, z.copy(), e.copy(), e.copy())
+    _batchnorm.bn_backward(z, z, z, e, e, e, e, z.copy(), e.copy(), e.copy())
     _batchnorm.bn_forward_infer(z, e, e, e, e, z.copy())
 
 
@@ -830,6 +856,7 @@ def test_backward_rejects_non_positive_variance():
     dict(a=np.ones((4, 3))),
     dict(dz_out=np.empty((5, 2))),
     dict(gamma=np.ones(2)),
+    dict(beta=np.ones(4)),
     dict(mean=np.ones(4)),
     dict(var=np.ones(2)),
     dict(dgamma_out=np.empty(4)),

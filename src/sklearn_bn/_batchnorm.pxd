@@ -2,7 +2,7 @@
 #
 # ``scratch``: doubles the caller allocates once; SCRATCH_PER_COLUMN (8) per
 # column covers every kernel (cbatch_stats uses 3 * n_cols,
-# cbn_act_forward_train 7 * n_cols, cbn_act_backward 6 * n_cols).
+# cbn_act_forward_train and cbn_act_backward 7 * n_cols).
 # ``a_out`` may alias ``z`` and ``dz_out`` may alias ``da``. The training
 # kernels take ``ld``, the distance between rows (>= ``n_cols``), so that they
 # can run on a panel of columns of a wider block (one thread per panel).
@@ -31,7 +31,7 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
                            Py_ssize_t ld, const floating* gamma,
-                           const double* mean,
+                           const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
                            floating* dgamma_out, floating* dbeta_out,

@@ -422,19 +422,31 @@ cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
         start = stop
 
 
-cdef inline void _affine(const floating* gamma, const floating* beta,
-                         const double* mean, const double* var, double epsilon,
-                         Py_ssize_t n, floating* center, floating* scale,
-                         floating* shift) noexcept nogil:
-    """Coefficients of ``(z - center) * scale + shift``."""
-    cdef Py_ssize_t j
+cdef simd_void _affine(const floating* gamma, const floating* beta,
+                      const double* mean, const double* var, double epsilon,
+                      Py_ssize_t n, floating* center, floating* scale,
+                      floating* shift) noexcept nogil:
+    """Coefficients of ``(z - center) * scale + shift``.
+
+    The forward and the backward pass both take them from here, so that the
+    backward pass recomputes the forward's ReLU mask exactly. The square
+    roots go to a local array first, so that the loops vectorize.
+    """
+    cdef double std[CHUNK]
+    cdef Py_ssize_t j, j0 = 0, width
     cdef double s
-    for j in range(n):
-        s = gamma[j] / sqrt(var[j] + epsilon)
-        center[j] = <floating> mean[j]
-        scale[j] = <floating> s
-        # beta - (mean - center) * s: center's rounding error goes here.
-        shift[j] = <floating> (beta[j] + (center[j] - mean[j]) * s)
+    while j0 < n:
+        width = min(<Py_ssize_t> CHUNK, n - j0)
+        for j in range(width):
+            std[j] = sqrt(var[j0 + j] + epsilon)
+        for j in range(width):
+            center[j0 + j] = <floating> mean[j0 + j]
+        for j in range(width):
+            s = gamma[j0 + j] / std[j]
+            scale[j0 + j] = <floating> s
+            # beta - (mean - center) * s: center's rounding error goes here.
+            shift[j0 + j] = <floating> (beta[j0 + j] + (center[j0 + j] - mean[j0 + j]) * s)
+        j0 += width
 
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
@@ -493,9 +505,7 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 cdef inline floating _grad(floating d, floating a, int act) noexcept nogil:
     """``d * act'(y)`` from the output ``a``; ``act`` is a literal constant."""
     cdef floating one = 1
-    if act == RELU:
-        return d if a > 0 else 0
-    elif act == TANH:
+    if act == TANH:
         return d * (one - a * a)
     elif act == LOGISTIC:
         return d * (a * (one - a))
@@ -506,23 +516,31 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                               const floating* z, Py_ssize_t n_rows,
                               Py_ssize_t n_cols, Py_ssize_t stride,
                               const floating* center_in,
+                              const floating* scale_in,
+                              const floating* shift_in,
                               int act, double* sum_g,
                               double* sum_gz) noexcept nogil:
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
-    ``g = da * act'(a)``, on ``n_cols`` columns of rows ``stride`` apart.
-    Tiles of ``SUM_ROWS`` rows by at most ``CHUNK`` columns, two rows at a
-    time (more rows at a time were measured slower: too many streams for
-    the prefetchers), accumulated in the working precision in local arrays (float32:
-    relative errors of order 1e-7, which do not grow with the number of
-    rows), then added to the double outputs.
+    ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart.
+    ReLU's mask ``y > 0`` is recomputed from ``z`` with the forward pass's
+    expression ``y = (z - center) * scale + shift`` (the same rounding, so
+    the same mask as ``a > 0``): one array fewer to read than ``a``. Tanh
+    and logistic take their derivative from ``a``. Tiles of ``SUM_ROWS``
+    rows by at most ``CHUNK`` columns, two rows at a time (more rows at a
+    time were measured slower: too many streams for the prefetchers),
+    accumulated in the working precision in local arrays (float32: relative
+    errors of order 1e-7, which do not grow with the number of rows), then
+    added to the double outputs.
     """
     cdef floating acc_g[CHUNK]
     cdef floating acc_gz[CHUNK]
     cdef floating center[CHUNK]
+    cdef floating scale[CHUNK]
+    cdef floating shift[CHUNK]
     cdef Py_ssize_t block_rows = SUM_ROWS
     cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef floating d0, d1, g0, g1, c
+    cdef floating d0, d1, g0, g1, c, u0, u1, y0, y1
     cdef const floating* da0
     cdef const floating* da1
     cdef const floating* a0
@@ -542,24 +560,30 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
             for j in range(width):
                 acc_g[j] = 0
                 acc_gz[j] = 0
-                center[j] = center_in[j0 + j]
+            if start == 0 or n_cols > CHUNK:
+                for j in range(width):
+                    center[j] = center_in[j0 + j]
+                    scale[j] = scale_in[j0 + j]
+                    shift[j] = shift_in[j0 + j]
             i = start
             while i + 1 < stop:
                 da0 = da + i * stride + j0
                 da1 = da0 + stride
-                a0 = a + i * stride + j0
-                a1 = a0 + stride
                 z0 = z + i * stride + j0
                 z1 = z0 + stride
                 if act == RELU:
                     for j in range(width):
                         d0 = da0[j]
                         d1 = da1[j]
-                        g0 = _grad(d0, a0[j], RELU)
-                        g1 = _grad(d1, a1[j], RELU)
                         c = center[j]
+                        u0 = z0[j] - c
+                        u1 = z1[j] - c
+                        y0 = u0 * scale[j] + shift[j]
+                        y1 = u1 * scale[j] + shift[j]
+                        g0 = d0 if y0 > 0 else 0
+                        g1 = d1 if y1 > 0 else 0
                         acc_g[j] += g0 + g1
-                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                        acc_gz[j] += g0 * u0 + g1 * u1
                 elif act == IDENTITY:
                     for j in range(width):
                         g0 = da0[j]
@@ -567,29 +591,35 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                         c = center[j]
                         acc_g[j] += g0 + g1
                         acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-                elif act == TANH:
-                    for j in range(width):
-                        g0 = _grad(da0[j], a0[j], TANH)
-                        g1 = _grad(da1[j], a1[j], TANH)
-                        c = center[j]
-                        acc_g[j] += g0 + g1
-                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
                 else:
-                    for j in range(width):
-                        g0 = _grad(da0[j], a0[j], LOGISTIC)
-                        g1 = _grad(da1[j], a1[j], LOGISTIC)
-                        c = center[j]
-                        acc_g[j] += g0 + g1
-                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                    a0 = a + i * stride + j0
+                    a1 = a0 + stride
+                    if act == TANH:
+                        for j in range(width):
+                            g0 = _grad(da0[j], a0[j], TANH)
+                            g1 = _grad(da1[j], a1[j], TANH)
+                            c = center[j]
+                            acc_g[j] += g0 + g1
+                            acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                    else:
+                        for j in range(width):
+                            g0 = _grad(da0[j], a0[j], LOGISTIC)
+                            g1 = _grad(da1[j], a1[j], LOGISTIC)
+                            c = center[j]
+                            acc_g[j] += g0 + g1
+                            acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
                 i += 2
             while i < stop:
                 da0 = da + i * stride + j0
-                a0 = a + i * stride + j0
                 z0 = z + i * stride + j0
+                if act == TANH or act == LOGISTIC:
+                    a0 = a + i * stride + j0
                 for j in range(width):
                     d0 = da0[j]
+                    u0 = z0[j] - center[j]
                     if act == RELU:
-                        g0 = _grad(d0, a0[j], RELU)
+                        y0 = u0 * scale[j] + shift[j]
+                        g0 = d0 if y0 > 0 else 0
                     elif act == TANH:
                         g0 = _grad(d0, a0[j], TANH)
                     elif act == LOGISTIC:
@@ -597,7 +627,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                     else:
                         g0 = d0
                     acc_g[j] += g0
-                    acc_gz[j] += g0 * (z0[j] - center[j])
+                    acc_gz[j] += g0 * u0
                 i += 1
             for j in range(width):
                 sum_g[j0 + j] += acc_g[j]
@@ -610,22 +640,24 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                             const floating* z, floating* dz_out,
                             Py_ssize_t n_rows, Py_ssize_t n_cols,
                             Py_ssize_t stride, const floating* sample_weight,
-                            const floating* center_in, const floating* p_in,
-                            const floating* q_in, const floating* r_in,
-                            int act) noexcept nogil:
-    """``dz = p * g - w * (q + r * (z - center))``, row after row.
+                            const floating* center_in, const floating* scale_in,
+                            const floating* shift_in, const floating* q_in,
+                            const floating* r_in, int act) noexcept nogil:
+    """``dz = scale * g - w * (q + r * (z - center))``, row after row.
 
-    ``n_cols`` columns of rows ``stride`` apart. ``dz_out`` may alias ``da``
-    (each element is read before it is written). Coefficients in local
-    arrays, as in :func:`_normalize`.
+    ``n_cols`` columns of rows ``stride`` apart; ``g`` as in
+    :func:`_backward_sums`. ``dz_out`` may alias ``da`` (each element is
+    read before it is written). Coefficients in local arrays, as in
+    :func:`_normalize`.
     """
     cdef floating center[CHUNK]
-    cdef floating p[CHUNK]
+    cdef floating scale[CHUNK]
+    cdef floating shift[CHUNK]
     cdef floating q[CHUNK]
     cdef floating r[CHUNK]
     cdef Py_ssize_t i, j, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
-    cdef floating d, g, w
+    cdef floating d, g, u, y, w = 1
     cdef const floating* darow
     cdef const floating* arow
     cdef const floating* zrow
@@ -638,118 +670,119 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
             width = min(<Py_ssize_t> CHUNK, n_cols - j0)
             for j in range(width):
                 center[j] = center_in[j0 + j]
-                p[j] = p_in[j0 + j]
+                scale[j] = scale_in[j0 + j]
+                shift[j] = shift_in[j0 + j]
                 q[j] = q_in[j0 + j]
                 r[j] = r_in[j0 + j]
             for i in range(start, stop):
                 darow = da + i * stride + j0
-                arow = a + i * stride + j0
+                arow = a + i * stride + j0 if act == TANH or act == LOGISTIC else NULL
                 zrow = z + i * stride + j0
                 dzrow = dz_out + i * stride + j0
-                if sample_weight == NULL:
-                    if act == RELU:
-                        for j in range(width):
-                            d = darow[j]
-                            g = _grad(d, arow[j], RELU)
-                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
-                    elif act == IDENTITY:
-                        for j in range(width):
-                            g = darow[j]
-                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
-                    elif act == TANH:
-                        for j in range(width):
-                            g = _grad(darow[j], arow[j], TANH)
-                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
-                    else:
-                        for j in range(width):
-                            g = _grad(darow[j], arow[j], LOGISTIC)
-                            dzrow[j] = p[j] * g - (q[j] + r[j] * (zrow[j] - center[j]))
-                else:
+                if sample_weight != NULL:
                     w = sample_weight[i]
-                    if act == RELU:
-                        for j in range(width):
-                            d = darow[j]
-                            g = _grad(d, arow[j], RELU)
-                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
-                    elif act == IDENTITY:
-                        for j in range(width):
-                            g = darow[j]
-                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
-                    elif act == TANH:
-                        for j in range(width):
-                            g = _grad(darow[j], arow[j], TANH)
-                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
-                    else:
-                        for j in range(width):
-                            g = _grad(darow[j], arow[j], LOGISTIC)
-                            dzrow[j] = p[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                # w = 1 when unweighted: the multiplication is exact.
+                if act == RELU:
+                    for j in range(width):
+                        d = darow[j]
+                        u = zrow[j] - center[j]
+                        y = u * scale[j] + shift[j]
+                        g = d if y > 0 else 0
+                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
+                elif act == IDENTITY:
+                    for j in range(width):
+                        g = darow[j]
+                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                elif act == TANH:
+                    for j in range(width):
+                        g = _grad(darow[j], arow[j], TANH)
+                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                else:
+                    for j in range(width):
+                        g = _grad(darow[j], arow[j], LOGISTIC)
+                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
             j0 += width
         start = stop
+
+
+cdef simd_void _backward_coefficients(const double* mean, const double* var,
+                                      double epsilon, Py_ssize_t n,
+                                      const floating* center,
+                                      const double* sum_g, const double* sum_gz,
+                                      double inv_wsum, const floating* scale,
+                                      floating* dgamma_out, floating* dbeta_out,
+                                      floating* q_out, floating* r_out) noexcept nogil:
+    """``dgamma``, ``dbeta`` and the ``q``, ``r`` of :func:`_backward_dz`.
+
+    ``z_hat = (z - center) / std + (center - mean) / std``, hence
+    ``dz = scale * g - w * (q + r * (z - center))`` with
+    ``q = scale * (dbeta + dgamma * (center - mean) / std) / W`` and
+    ``r = scale * dgamma / (std * W)``.
+    """
+    cdef double inv_std[CHUNK]
+    cdef Py_ssize_t j, j0 = 0, width
+    cdef double shift, s_g, s_gz, p, c_beta, c_gamma
+    while j0 < n:
+        width = min(<Py_ssize_t> CHUNK, n - j0)
+        for j in range(width):
+            inv_std[j] = 1 / sqrt(var[j0 + j] + epsilon)
+        for j in range(width):
+            shift = (center[j0 + j] - mean[j0 + j]) * inv_std[j]
+            s_g = sum_g[j0 + j]
+            s_gz = sum_gz[j0 + j] * inv_std[j] + shift * s_g
+            dbeta_out[j0 + j] = <floating> s_g
+            dgamma_out[j0 + j] = <floating> s_gz
+            p = scale[j0 + j]
+            c_beta = s_g * inv_wsum
+            c_gamma = s_gz * inv_wsum
+            q_out[j0 + j] = <floating> (p * (c_beta + c_gamma * shift))
+            r_out[j0 + j] = <floating> (p * c_gamma * inv_std[j])
+        j0 += width
 
 
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t ld, const floating* gamma, const double* mean,
+                           Py_ssize_t ld, const floating* gamma,
+                           const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
                            floating* dgamma_out, floating* dbeta_out,
                            double* scratch) noexcept nogil:
     """Gradients of the fused layer given ``da = dL/da``.
 
-    With ``g = da * act'(a)``, ``z_hat = (z - mean) / std`` and batch weights
+    With ``g = da * act'(y)``, ``z_hat = (z - mean) / std`` and batch weights
     ``w`` summing to ``W`` (all ones and ``W = n_rows`` when unweighted)::
 
         dbeta  = sum_i g_i
         dgamma = sum_i g_i * z_hat_i
         dz_i   = gamma / std * (g_i - w_i / W * (dbeta + z_hat_i * dgamma))
 
-    Two passes, each reading ``da``, ``a`` and ``z`` (``g`` is recomputed,
-    not stored): the first accumulates ``dbeta`` and ``dgamma`` in double
-    precision, the second writes ``dz``. ``n_cols`` columns of rows ``ld``
-    elements apart (``ld >= n_cols``). ``dz_out`` may alias ``da``.
-    (Panels of columns that stay in L2 between the passes were measured
-    slower than streaming whole rows, even when the block is only a little
-    larger than L2: the hardware prefetchers favour long runs.)
-    ``scratch`` holds at least ``6 * n_cols`` doubles.
+    Two passes (``g`` is recomputed, not stored): the first accumulates
+    ``dbeta`` and ``dgamma`` in double precision, the second writes ``dz``.
+    Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
+    forward's output), which ReLU and identity do not use (it may be NULL).
+    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``).
+    ``dz_out`` may alias ``da``. (Panels of columns that stay in L2 between
+    the passes were measured slower than streaming whole rows, even when the
+    block is only a little larger than L2: the hardware prefetchers favour
+    long runs.) ``scratch`` holds at least ``7 * n_cols`` doubles.
     """
     cdef double* sum_g = scratch
     cdef double* sum_gz = scratch + n_cols
     cdef floating* center = <floating*> (scratch + 2 * n_cols)
-    cdef floating* p_coef = <floating*> (scratch + 3 * n_cols)
-    cdef floating* q_coef = <floating*> (scratch + 4 * n_cols)
-    cdef floating* r_coef = <floating*> (scratch + 5 * n_cols)
-    cdef Py_ssize_t j, j0 = 0, width = n_cols
-    cdef double inv_std, shift, s_g, s_gz, p, c_beta, c_gamma
-    cdef double inv_wsum = 1 / wsum
+    cdef floating* scale = <floating*> (scratch + 3 * n_cols)
+    cdef floating* shift = <floating*> (scratch + 4 * n_cols)
+    cdef floating* q_coef = <floating*> (scratch + 5 * n_cols)
+    cdef floating* r_coef = <floating*> (scratch + 6 * n_cols)
 
-    for j in range(n_cols):
-        center[j] = <floating> mean[j]
-    while j0 < n_cols:
-        width = min(width, n_cols - j0)
-        _backward_sums(da + j0, a + j0, z + j0, n_rows, width, ld,
-                       center + j0, act, sum_g + j0, sum_gz + j0)
-        # z_hat = (z - center) / std + (center - mean) / std, hence
-        # dz = p * g - w * (q + r * (z - center)) with p = gamma / std,
-        # q = p * (dbeta + dgamma * (center - mean) / std) / W and
-        # r = p * dgamma / (std * W).
-        for j in range(j0, j0 + width):
-            inv_std = 1 / sqrt(var[j] + epsilon)
-            shift = center[j] - mean[j]
-            s_g = sum_g[j]
-            s_gz = (sum_gz[j] + shift * s_g) * inv_std
-            dbeta_out[j] = <floating> s_g
-            dgamma_out[j] = <floating> s_gz
-            p = gamma[j] * inv_std
-            c_beta = s_g * inv_wsum
-            c_gamma = s_gz * inv_wsum
-            p_coef[j] = <floating> p
-            q_coef[j] = <floating> (p * (c_beta + c_gamma * shift * inv_std))
-            r_coef[j] = <floating> (p * c_gamma * inv_std)
-        _backward_dz(da + j0, a + j0, z + j0, dz_out + j0, n_rows, width, ld,
-                     sample_weight, center + j0, p_coef + j0, q_coef + j0,
-                     r_coef + j0, act)
-        j0 += width
+    _affine(gamma, beta, mean, var, epsilon, n_cols, center, scale, shift)
+    _backward_sums(da, a, z, n_rows, n_cols, ld, center, scale, shift, act,
+                   sum_g, sum_gz)
+    _backward_coefficients(mean, var, epsilon, n_cols, center, sum_g, sum_gz,
+                           1 / wsum, scale, dgamma_out, dbeta_out, q_coef, r_coef)
+    _backward_dz(da, a, z, dz_out, n_rows, n_cols, ld, sample_weight, center,
+                 scale, shift, q_coef, r_coef, act)
 
 
 cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
@@ -1035,7 +1068,7 @@ def bn_forward_infer(z, gamma, beta, mean, var, a_out, double epsilon=1e-5,
                                   <const double*> mp, <const double*> vp, epsilon, act)
 
 
-def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
+def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
                 sample_weight=None, double epsilon=1e-5, activation="identity"):
     """Backward pass of :func:`bn_forward_train`.
 
@@ -1044,8 +1077,13 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     da : ndarray of shape (n_rows, n_cols)
         Gradient of the loss with respect to the layer output ``a``.
     a, z : ndarray of shape (n_rows, n_cols)
-        The layer output and input of the forward pass.
-    gamma : ndarray of shape (n_cols,)
+        The layer output and input of the forward pass. Tanh and logistic
+        take their derivative from ``a``; ReLU recomputes its mask from
+        ``z``, ``gamma`` and ``beta`` exactly as the forward pass computed
+        ``a``, which saves reading ``a`` (still checked, for every
+        activation).
+    gamma, beta : ndarray of shape (n_cols,)
+        The forward pass's scale and shift.
     mean, var : ndarray of shape (n_cols,), float64
         The batch statistics the forward pass wrote.
     dz_out : ndarray of shape (n_rows, n_cols), written (may be ``da``)
@@ -1067,6 +1105,7 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     cdef const char* ap = <const char*> _array(a, "a", t, 2, n_rows, n_cols, False)
     cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
     cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
+    cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
     cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
     cdef const double* vp = <const double*> _array(var, "var", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
     cdef char* dzp = <char*> _array(dz_out, "dz_out", t, 2, n_rows, n_cols, True)
@@ -1090,12 +1129,14 @@ def bn_backward(da, a, z, gamma, mean, var, dz_out, dgamma_out, dbeta_out,
     with nogil:
         if t == cnp.NPY_FLOAT32:
             cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
-                             <float*> dzp, n_rows, n_cols, n_cols, <const float*> gp, mp, vp,
+                             <float*> dzp, n_rows, n_cols, n_cols, <const float*> gp,
+                             <const float*> bp, mp, vp,
                              epsilon, <const float*> sw, wsum, act, <float*> dgp,
                              <float*> dbp, scratch)
         else:
             cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
-                             <double*> dzp, n_rows, n_cols, n_cols, <const double*> gp, mp, vp,
+                             <double*> dzp, n_rows, n_cols, n_cols, <const double*> gp,
+                             <const double*> bp, mp, vp,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)
     PyMem_Free(scratch)

@@ -456,7 +456,7 @@ cdef double forward_backward(
                       <floating> 0, D + c0, <int> fan_out)
             cbn_act_backward(
                 D + c0, a + c0, z + c0, D + c0, m, c1 - c0, fan_out,
-                theta + net.gamma_off[l] + c0,
+                theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0,
                 dwork + net.stat_off[l] + c0,
                 dwork + net.var_base + net.stat_off[l] + c0, net.bn_epsilon,
                 swp, wsum, net.act, grad + net.gamma_off[l] + c0,
