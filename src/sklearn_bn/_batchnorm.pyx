@@ -720,23 +720,28 @@ cdef simd_void _backward_coefficients(const double* mean, const double* var,
     ``r = scale * dgamma / (std * W)``.
     """
     cdef double inv_std[CHUNK]
+    cdef double shift[CHUNK]
+    cdef double dgamma[CHUNK]
     cdef Py_ssize_t j, j0 = 0, width
-    cdef double shift, s_g, s_gz, p, c_beta, c_gamma
+    # One store stream per loop (and local arrays): the loops vectorize
+    # without runtime alias checks.
     while j0 < n:
         width = min(<Py_ssize_t> CHUNK, n - j0)
         for j in range(width):
             inv_std[j] = 1 / sqrt(var[j0 + j] + epsilon)
         for j in range(width):
-            shift = (center[j0 + j] - mean[j0 + j]) * inv_std[j]
-            s_g = sum_g[j0 + j]
-            s_gz = sum_gz[j0 + j] * inv_std[j] + shift * s_g
-            dbeta_out[j0 + j] = <floating> s_g
-            dgamma_out[j0 + j] = <floating> s_gz
-            p = scale[j0 + j]
-            c_beta = s_g * inv_wsum
-            c_gamma = s_gz * inv_wsum
-            q_out[j0 + j] = <floating> (p * (c_beta + c_gamma * shift))
-            r_out[j0 + j] = <floating> (p * c_gamma * inv_std[j])
+            shift[j] = (center[j0 + j] - mean[j0 + j]) * inv_std[j]
+        for j in range(width):
+            dgamma[j] = sum_gz[j0 + j] * inv_std[j] + shift[j] * sum_g[j0 + j]
+        for j in range(width):
+            dbeta_out[j0 + j] = <floating> sum_g[j0 + j]
+        for j in range(width):
+            dgamma_out[j0 + j] = <floating> dgamma[j]
+        for j in range(width):
+            q_out[j0 + j] = <floating> (scale[j0 + j] * ((sum_g[j0 + j] + dgamma[j] * shift[j])
+                                                         * inv_wsum))
+        for j in range(width):
+            r_out[j0 + j] = <floating> (scale[j0 + j] * (dgamma[j] * inv_wsum) * inv_std[j])
         j0 += width
 
 
