@@ -477,6 +477,38 @@ def test_adam_steps():
         assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_adam_steps_of_a_deep_network(n_threads, monkeypatch):
+    # Each engine thread steps the parameters whose gradient it computed, a
+    # hidden layer's coefficients only once the delta below is complete:
+    # three hidden layers exercise every place a step happens, and widths
+    # over 16 give the second thread a share of each layer.
+    monkeypatch.setattr(_mlp, "_engine_threads",
+                        lambda work: forced_engine_threads(n_threads))
+    X, y = regression_data(n=16, n_features=3, seed=3)
+    lr, b1, b2, eps, alpha = 0.01, 0.9, 0.999, 1e-8, 0.05
+    est = MLPBNRegressor(hidden_layer_sizes=(20, 18, 17), activation="tanh",
+                         solver="adam", batch_size=8, shuffle=False,
+                         learning_rate_init=lr, alpha=alpha, random_state=4)
+    params = glorot_init([3, 20, 18, 17, 1], "tanh", seed=4)
+    m_state = [[np.zeros_like(p) for p in group] for group in params]
+    v_state = [[np.zeros_like(p) for p in group] for group in params]
+    t = 0
+    for _epoch in range(2):
+        est.partial_fit(X, y)
+        for rows in (slice(0, 8), slice(8, 16)):
+            t += 1
+            grad = ref_numeric_gradient(X[rows], y[rows], None, *params, "tanh",
+                                        "identity", alpha)
+            lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+            for pg, mg, vg, gg in zip(params, m_state, v_state, grad):
+                for i in range(len(pg)):
+                    mg[i] = b1 * mg[i] + (1 - b1) * gg[i]
+                    vg[i] = b2 * vg[i] + (1 - b2) * gg[i] ** 2
+                    pg[i] = pg[i] - lr_t * mg[i] / (np.sqrt(vg[i]) + eps)
+        assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("n, batch_size, expected_batches", [
     (5, 2, [(0, 2), (2, 5)]),          # 2 + 1: the single row joins -> 2, 3
     (7, 3, [(0, 3), (3, 7)]),          # 3 + 3 + 1 -> 3, 4

@@ -264,14 +264,63 @@ cdef simd_void l2_panel(floating* grad, const floating* w, Py_ssize_t n_rows,
         sumsq[0] += sum_of_squares(w + c0 + i * ld, width)
 
 
+cdef double adam_rate(const Optimizer* opt, Py_ssize_t t) noexcept nogil:
+    """Adam's step size at step ``t`` (from 1), bias corrections included."""
+    return (opt.learning_rate * sqrt(1 - opt.beta_2 ** t)
+            / (1 - opt.beta_1 ** t))
+
+
+cdef void step_panel(const Optimizer* opt, floating* theta,
+                     const floating* grad, floating* state_a,
+                     floating* state_b, Py_ssize_t off, Py_ssize_t n_rows,
+                     Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t ld,
+                     double lr_t) noexcept nogil:
+    """The optimizer step on columns ``c0:c1`` of the ``n_rows`` x ``ld``
+    block of parameters that starts at ``off``."""
+    cdef Py_ssize_t i, base
+    if c1 <= c0:
+        return
+    if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
+        optimizer_step(opt, theta + off, grad + off, state_a + off,
+                       state_b + off, n_rows * ld, lr_t)
+        return
+    for i in range(n_rows):
+        base = off + i * ld + c0
+        optimizer_step(opt, theta + base, grad + base, state_a + base,
+                       state_b + base, c1 - c0, lr_t)
+
+
+cdef void step_hidden_coefs(Net* net, Py_ssize_t l, Team* team,
+                            const Optimizer* opt, floating* theta,
+                            const floating* grad, floating* state_a,
+                            floating* state_b, double lr_t) noexcept nogil:
+    """Step this thread's columns of hidden layer ``l``'s coefficients (the
+    columns whose gradient it computed)."""
+    cdef Py_ssize_t c0, c1
+    share(net.units[l + 1], COL_ALIGN, team, &c0, &c1)
+    step_panel(opt, theta, grad, state_a, state_b, net.coef_off[l],
+               net.units[l], c0, c1, net.units[l + 1], lr_t)
+
+
 cdef double forward_backward(
         Net* net, const Py_ssize_t* rows, Py_ssize_t m, bint rows_contiguous,
         const floating* X, const floating* X_data, const Py_ssize_t* X_indices,
         const Py_ssize_t* X_indptr, const floating* Y, const floating* sw,
         const floating* theta, floating* grad, floating* running_mean,
         floating* running_var, floating* work, double* dwork,
-        bint update_running, double* wsum_out, Team* team) noexcept nogil:
+        bint update_running, double* wsum_out, Team* team,
+        const Optimizer* opt, floating* theta_out, floating* state_a,
+        floating* state_b, double lr_t) noexcept nogil:
     """Loss of one minibatch (rows ``rows[:m]``) and its gradient in ``grad``.
+
+    With an optimizer (``opt`` not NULL), each thread also steps the
+    parameters whose gradient it computed (``theta_out``: ``theta``, writable)
+    as soon as no thread needs their old values, while their gradient is
+    still in cache: a hidden layer's gamma and beta right after its batch
+    norm backward, the output layer's right after their gradient (after the
+    loss, nothing reads them), and a hidden layer's coefficients once the
+    delta of the layer below, which multiplies by them, is complete (after
+    the next barrier; the lowest layer's at once).
 
     Every thread of ``team`` runs it on its share of the work: rows for the
     gather, the output layer's product, the loss and the delta of the last
@@ -419,11 +468,17 @@ cdef double forward_backward(
     for k in range(m):
         for i in range(c0, c1):
             gbias[i] += D[k * n_out + i]
+    if opt != NULL:
+        step_panel(opt, theta_out, grad, state_a, state_b, net.bias_off[l],
+                   1, c0, c1, n_out, lr_t)
     if l == 0 and net.sparse:
         if c1 > c0:
             sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
                              n_out, c0, c1, gW)
             l2_panel(gW, W, nf, c0, c1, n_out, c, &sumsq)
+            if opt != NULL:
+                step_panel(opt, theta_out, grad, state_a, state_b,
+                           net.coef_off[l], nf, c0, c1, n_out, lr_t)
     else:
         share(fan_in, COL_ALIGN, team, &c0, &c1)
         if c1 > c0:
@@ -433,6 +488,10 @@ cdef double forward_backward(
                   <floating> 0, gW + c0 * n_out, <int> n_out)
             l2_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out,
                      n_out, c, &sumsq)
+            if opt != NULL:
+                step_panel(opt, theta_out, grad, state_a, state_b,
+                           net.coef_off[l] + c0 * n_out, c1 - c0, 0, n_out,
+                           n_out, lr_t)
 
     # Hidden layers, top down, by column panels: this thread's columns of the
     # delta (from the complete delta of the layer above; the last hidden
@@ -461,6 +520,11 @@ cdef double forward_backward(
                 dwork + net.var_base + net.stat_off[l] + c0, net.bn_epsilon,
                 swp, wsum, net.act, grad + net.gamma_off[l] + c0,
                 grad + net.bias_off[l] + c0, scratch + SCRATCH_COLS * c0)
+            if opt != NULL:
+                step_panel(opt, theta_out, grad, state_a, state_b,
+                           net.gamma_off[l], 1, c0, c1, fan_out, lr_t)
+                step_panel(opt, theta_out, grad, state_a, state_b,
+                           net.bias_off[l], 1, c0, c1, fan_out, lr_t)
             if l == 0 and net.sparse:
                 sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
                                  fan_out, c0, c1, gW)
@@ -470,11 +534,22 @@ cdef double forward_backward(
                       <floating> 1, layer_in, <int> fan_in, D + c0,
                       <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
             l2_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
+            if opt != NULL and l == 0:
+                step_panel(opt, theta_out, grad, state_a, state_b,
+                           net.coef_off[l], fan_in, c0, c1, fan_out, lr_t)
         if l > 0:
             barrier()   # the layer below needs every column of this delta
+            if opt != NULL and l + 1 < L - 1:
+                # Every thread's share of this delta is done: nothing reads
+                # the layer above's coefficients any more.
+                step_hidden_coefs(net, l + 1, team, opt, theta_out, grad,
+                                  state_a, state_b, lr_t)
 
     team.partials[team.size + team.tid] = sumsq
     barrier()
+    if opt != NULL and L > 2:
+        step_hidden_coefs(net, 1, team, opt, theta_out, grad, state_a,
+                          state_b, lr_t)
     sumsq = 0
     for k in range(team.size):
         sumsq += team.partials[team.size + k]
@@ -484,13 +559,13 @@ cdef double forward_backward(
 cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
                               const floating* grad, floating* state_a,
                               floating* state_b, Py_ssize_t n,
-                              Py_ssize_t t) noexcept nogil:
-    """One Adam (t = step number, from 1) or SGD-with-momentum step, in place."""
+                              double adam_lr) noexcept nogil:
+    """One Adam (step size ``adam_lr``, from :func:`adam_rate`) or
+    SGD-with-momentum step, in place."""
     cdef Py_ssize_t i
     cdef floating g, v, lr_t, b1, b2, eps, mom, lr
     if opt.solver == ADAM:
-        lr_t = <floating> (opt.learning_rate * sqrt(1 - opt.beta_2 ** t)
-                           / (1 - opt.beta_1 ** t))
+        lr_t = <floating> adam_lr
         b1 = <floating> opt.beta_1
         b2 = <floating> opt.beta_2
         eps = <floating> opt.adam_epsilon
@@ -521,35 +596,34 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Py_ssize_t* order,
                     const floating* X_data, const Py_ssize_t* X_indices,
                     const Py_ssize_t* X_indptr, const floating* Y,
                     const floating* sw, floating* theta, floating* grad,
-                    floating* state_a, floating* state_b, Py_ssize_t n_params,
+                    floating* state_a, floating* state_b,
                     floating* running_mean, floating* running_var,
                     floating* work, double* dwork, double* partials,
                     double* loss_sum_out, Py_ssize_t* t_inout) noexcept nogil:
     """The minibatch loop of an epoch, run by every thread of the current
-    OpenMP team (or by the caller alone); each steps its share of the
-    parameters. Thread 0 writes the results."""
+    OpenMP team (or by the caller alone); each steps the parameters whose
+    gradient it computed. Thread 0 writes the results."""
     cdef Team team
-    cdef Py_ssize_t start = 0, m, i0, i1, t = t_inout[0]
-    cdef double loss_sum = 0, loss, wsum
+    cdef Py_ssize_t start = 0, m, t = t_inout[0]
+    cdef double loss_sum = 0, loss, wsum, lr_t
     team.tid = thread_num()
     team.size = team_size()
     team.partials = partials
-    share(n_params, COL_ALIGN, &team, &i0, &i1)
     while start < n:
         m = min(batch_size, n - start)
         if n - start - m == 1:
             m += 1   # a trailing single row joins this minibatch
+        lr_t = adam_rate(opt, t + 1) if opt.solver == ADAM else 0
+        # The step happens inside, on each thread's parameters. No barrier
+        # after it: the next minibatch reads the parameters only after its
+        # gather's barrier.
         loss = forward_backward(
             net, order + start, m, order_is_identity, X, X_data, X_indices,
             X_indptr, Y, sw, theta, grad, running_mean, running_var, work,
-            dwork, True, &wsum, &team)
+            dwork, True, &wsum, &team, opt, theta, state_a, state_b, lr_t)
         if wsum > 0:
             loss_sum += loss * m
             t += 1
-            # No barrier after the step: the next minibatch reads the
-            # parameters only after its gather's barrier.
-            optimizer_step(opt, theta + i0, grad + i0, state_a + i0,
-                           state_b + i0, i1 - i0, t)
         start += m
     if team.tid == 0:
         loss_sum_out[0] = loss_sum
@@ -702,7 +776,7 @@ def train_epoch(
     """
     cdef Net net
     cdef Optimizer opt
-    cdef Py_ssize_t n = order.shape[0], n_params = theta.shape[0]
+    cdef Py_ssize_t n = order.shape[0]
     cdef double loss_sum = 0
     cdef double partials[2 * MAX_THREADS]
     cdef const floating* Xp
@@ -743,7 +817,7 @@ def train_epoch(
         if n_threads == 1:
             run_epoch(&net, &opt, &order[0], n, order_is_identity, batch_size,
                       Xp, Xd, Xi, Xptr, &Y[0, 0], swp, &theta[0], &grad[0],
-                      &state_a[0], &state_b[0], n_params, &running_mean[0],
+                      &state_a[0], &state_b[0], &running_mean[0],
                       &running_var[0], &work[0], &dwork[0], partials,
                       &loss_sum, &t)
         else:
@@ -751,7 +825,7 @@ def train_epoch(
                 run_epoch(&net, &opt, &order[0], n, order_is_identity,
                           batch_size, Xp, Xd, Xi, Xptr, &Y[0, 0], swp,
                           &theta[0], &grad[0], &state_a[0], &state_b[0],
-                          n_params, &running_mean[0], &running_var[0],
+                          &running_mean[0], &running_var[0],
                           &work[0], &dwork[0], partials, &loss_sum, &t)
     return loss_sum, t
 
@@ -797,7 +871,8 @@ def loss_and_gradient(
         loss = forward_backward(
             &net, &rows[0], m, True, Xp, Xd, Xi, Xptr, &Y[0, 0], swp,
             &theta[0], &grad_out[0], &running_mean[0], &running_var[0],
-            &work[0], &dwork[0], update_running, &wsum, &team)
+            &work[0], &dwork[0], update_running, &wsum, &team, NULL, NULL,
+            NULL, NULL, 0)
     if not wsum > 0:
         raise ValueError("sample weights sum to zero")
     return loss
