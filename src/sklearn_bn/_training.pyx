@@ -4,7 +4,9 @@ One call of :func:`train_epoch` runs an epoch: for each minibatch it gathers
 the rows through the epoch's sample order (no shuffled copy of X), runs the
 forward pass (BLAS ``gemm`` from ``scipy.linalg.cython_blas``, batch norm fused
 with the activation), the output activation and loss, the backward pass, the
-L2 term and the optimizer step in place on one flat parameter vector.
+L2 term and the optimizer step in place on one flat parameter vector (each
+group of parameters is stepped inside the backward pass as soon as nothing
+needs its old values, while its gradient is still in cache).
 
 Threads: with ``n_threads > 1`` an OpenMP team runs the epoch, every thread
 taking its share of each minibatch (see :func:`forward_backward`) and calling
