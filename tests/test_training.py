@@ -454,6 +454,16 @@ def test_sgd_momentum_steps(nesterov):
         assert_params_allclose(est, params)
 
 
+def adam_reference_step(params, m_state, v_state, grad, t, lr, b1, b2, eps):
+    """Adam's step ``t`` (from 1) in numpy, in place on the nested lists."""
+    lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+    for pg, mg, vg, gg in zip(params, m_state, v_state, grad):
+        for i in range(len(pg)):
+            mg[i] = b1 * mg[i] + (1 - b1) * gg[i]
+            vg[i] = b2 * vg[i] + (1 - b2) * gg[i] ** 2
+            pg[i] = pg[i] - lr_t * mg[i] / (np.sqrt(vg[i]) + eps)
+
+
 def test_adam_steps():
     X, y = regression_data(n=6)
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
@@ -466,12 +476,7 @@ def test_adam_steps():
     for t in (1, 2, 3):
         est.partial_fit(X, y)
         grad = ref_numeric_gradient(X, y, None, *params, "relu", "identity", 0.05)
-        lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
-        for pg, mg, vg, gg in zip(params, m_state, v_state, grad):
-            for i in range(len(pg)):
-                mg[i] = b1 * mg[i] + (1 - b1) * gg[i]
-                vg[i] = b2 * vg[i] + (1 - b2) * gg[i] ** 2
-                pg[i] = pg[i] - lr_t * mg[i] / (np.sqrt(vg[i]) + eps)
+        adam_reference_step(params, m_state, v_state, grad, t, lr, b1, b2, eps)
         # Adam divides by sqrt(v): finite-difference noise in tiny gradient
         # components is amplified, so compare a little more loosely.
         assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
@@ -500,12 +505,7 @@ def test_adam_steps_of_a_deep_network(n_threads, monkeypatch):
             t += 1
             grad = ref_numeric_gradient(X[rows], y[rows], None, *params, "tanh",
                                         "identity", alpha)
-            lr_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
-            for pg, mg, vg, gg in zip(params, m_state, v_state, grad):
-                for i in range(len(pg)):
-                    mg[i] = b1 * mg[i] + (1 - b1) * gg[i]
-                    vg[i] = b2 * vg[i] + (1 - b2) * gg[i] ** 2
-                    pg[i] = pg[i] - lr_t * mg[i] / (np.sqrt(vg[i]) + eps)
+            adam_reference_step(params, m_state, v_state, grad, t, lr, b1, b2, eps)
         assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
 
 
