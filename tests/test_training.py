@@ -428,6 +428,36 @@ def test_first_sgd_step_from_scikit_learn_initialization(activation, weighted):
     assert est.n_iter_ == 1
 
 
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_multi_output_loss_is_reported_as_scikit_learn_does(loss):
+    # The gradient is that of the loss summed over outputs (for scikit-learn
+    # too); loss_ reports the squared error as a mean over outputs and the
+    # Poisson deviance as a sum, with scikit-learn's own functions.
+    from sklearn.neural_network._base import poisson_loss, squared_loss
+
+    rng = np.random.RandomState(5)
+    n = 12
+    X = rng.normal(size=(n, 3))
+    Y = np.abs(X @ rng.normal(size=(3, 3))) + 0.1
+    sw = rng.uniform(0.5, 2.0, n)
+    lr, alpha = 0.05, 0.01
+    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
+                         momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
+                         alpha=alpha, loss=loss, random_state=0)
+    est.partial_fit(X, Y, sample_weight=sw)
+
+    out = "identity" if loss == "squared_error" else "exp"
+    params0 = glorot_init([3, 4, 3], "tanh", seed=0)
+    raw = ref_forward_train(X, *params0, "tanh", sw)[0]
+    pred = raw if loss == "squared_error" else np.exp(raw)
+    sk_loss = squared_loss if loss == "squared_error" else poisson_loss
+    l2 = sum((W**2).sum() for W in params0[0])
+    expected = sk_loss(Y, pred, sample_weight=sw) + 0.5 * alpha * l2 / sw.sum()
+    assert est.loss_curve_ == [pytest.approx(expected, rel=1e-10)]
+    grad = ref_numeric_gradient(X, Y, sw, *params0, "tanh", out, alpha)
+    assert_params_allclose(est, sgd_step(params0, grad, lr))
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_momentum_steps(nesterov):
     # Two minibatches per epoch, two epochs via partial_fit: the velocity is

@@ -602,6 +602,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
         layout_dict = layout.as_dict()
         act = _activations.activation_code(self.activation)
         out_act = _training.OUT_ACTIVATIONS[out_activation]
+        # scikit-learn reports the squared error as a mean over outputs (its
+        # gradient, like ours, is that of their sum); the other losses sum.
+        identity_out = out_activation == "identity"
+        data_loss_scale = 1.0 / Y_train.shape[1] if identity_out else 1.0
         solver = _training.Solver.ADAM if self.solver == "adam" else _training.Solver.SGD
         sample_idx = np.arange(n_samples, dtype=np.intp)
         best = None
@@ -629,6 +633,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     self.nesterovs_momentum, self.beta_1, self.beta_2,
                     self.epsilon, opt["t"], self.alpha, self.bn_momentum,
                     self.bn_epsilon, sparse, weighted, n_threads,
+                    data_loss_scale,
                 )  # fmt: skip
                 if not (
                     np.isfinite(theta).all()
@@ -1387,9 +1392,10 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     ----------
     loss : {'squared_error', 'poisson'}, default='squared_error'
         Half squared error (identity output), or half Poisson deviance
-        (exponential output, ``y >= 0``). With several outputs the loss is
-        summed over them (the objective whose gradient is followed; note that
-        scikit-learn reports the mean over outputs for ``'squared_error'``).
+        (exponential output, ``y >= 0``). With several outputs the gradient
+        is that of the loss summed over them, and ``loss_`` reports the half
+        squared error averaged over outputs and the Poisson deviance summed
+        over them, as scikit-learn does (so that ``tol`` means the same).
 """
         + _COMMON_PARAMS_DOC
         + """

@@ -122,6 +122,7 @@ cdef struct Net:
     double bn_epsilon
     bint sparse
     bint weighted
+    double data_loss_scale       # factor on the data term of the returned loss
 
 
 cdef struct Team:
@@ -555,7 +556,7 @@ cdef double forward_backward(
     sumsq = 0
     for k in range(team.size):
         sumsq += team.partials[team.size + k]
-    return loss + 0.5 * l2 * sumsq
+    return net.data_loss_scale * loss + 0.5 * l2 * sumsq
 
 
 cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
@@ -722,6 +723,7 @@ cdef Net make_net(dict layout, dict ws, Py_ssize_t work_size,
     net.bn_epsilon = bn_epsilon
     net.sparse = sparse
     net.weighted = weighted
+    net.data_loss_scale = 1.0
     return net
 
 
@@ -759,7 +761,8 @@ def train_epoch(
         int act, int out_act, int solver, double learning_rate,
         double momentum, bint nesterov, double beta_1, double beta_2,
         double adam_epsilon, Py_ssize_t t, double alpha, double bn_momentum,
-        double bn_epsilon, bint sparse, bint weighted, int n_threads=1):
+        double bn_epsilon, bint sparse, bint weighted, int n_threads=1,
+        double data_loss_scale=1.0):
     """Run one epoch over the rows in ``order``; update everything in place.
 
     Minibatches are consecutive slices of ``order`` of ``batch_size`` rows; a
@@ -768,6 +771,11 @@ def train_epoch(
     shares every minibatch (see :func:`forward_backward`); BLAS should then be
     limited to one thread, as each thread calls it on its own share (when the
     extension was built without OpenMP, one thread runs everything).
+
+    ``data_loss_scale`` multiplies the data term of the reported loss (not
+    the L2 term, not the gradient): the regressor passes ``1 / n_outputs``
+    for the squared error, which scikit-learn reports as a mean over outputs
+    while its gradient, like this one, is that of their sum.
 
     Returns
     -------
@@ -801,8 +809,11 @@ def train_epoch(
     if n_threads < 1:
         raise ValueError("n_threads must be at least 1")
     n_threads = min(n_threads, MAX_THREADS)
+    if not data_loss_scale > 0:
+        raise ValueError("data_loss_scale must be positive")
     net = make_net(layout, ws, work.shape[0], dwork.shape[0], act, out_act,
                    alpha, bn_momentum, bn_epsilon, sparse, weighted)
+    net.data_loss_scale = data_loss_scale
     data_pointers(X, X_data, X_indices, X_indptr, sample_weight, sparse,
                   weighted, &Xp, &Xd, &Xi, &Xptr, &swp)
     opt.solver = solver
