@@ -376,6 +376,15 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 # Forward.
 
 
+cdef inline floating _pre_activation(floating u, floating scale,
+                                     floating shift) noexcept nogil:
+    """``u * scale + shift`` for ``u = z - center``: the normalized, scaled
+    and shifted value that enters the activation. The backward pass
+    recomputes ReLU's mask ``y > 0`` with it, so the forward and the backward
+    must round it alike: both take it from here."""
+    return u * scale + shift
+
+
 cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
                           Py_ssize_t n_cols, Py_ssize_t stride,
                           const floating* center_in, const floating* scale_in,
@@ -410,14 +419,15 @@ cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
                 arow = a_out + i * stride + j0
                 if act == RELU:
                     for j in range(width):
-                        y = (zrow[j] - center[j]) * scale[j] + shift[j]
+                        y = _pre_activation(zrow[j] - center[j], scale[j], shift[j])
                         arow[j] = y if y > 0 else 0
                 elif act == IDENTITY:
                     for j in range(width):
-                        arow[j] = (zrow[j] - center[j]) * scale[j] + shift[j]
+                        arow[j] = _pre_activation(zrow[j] - center[j], scale[j], shift[j])
                 else:
                     for j in range(width):
-                        arow[j] = act_forward((zrow[j] - center[j]) * scale[j] + shift[j], act)
+                        arow[j] = act_forward(
+                            _pre_activation(zrow[j] - center[j], scale[j], shift[j]), act)
             j0 += width
         start = stop
 
@@ -523,9 +533,9 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
     ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart.
-    ReLU's mask ``y > 0`` is recomputed from ``z`` with the forward pass's
-    expression ``y = (z - center) * scale + shift`` (the same rounding, so
-    the same mask as ``a > 0``): one array fewer to read than ``a``. Tanh
+    ReLU's mask ``y > 0`` is recomputed from ``z`` with
+    :func:`_pre_activation`, as the forward pass computed ``y`` (the same
+    rounding, so the same mask as ``a > 0``): one array fewer to read. Tanh
     and logistic take their derivative from ``a``. Tiles of ``SUM_ROWS``
     rows by at most ``CHUNK`` columns, two rows at a time (more rows at a
     time were measured slower: too many streams for the prefetchers),
@@ -578,8 +588,8 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                         c = center[j]
                         u0 = z0[j] - c
                         u1 = z1[j] - c
-                        y0 = u0 * scale[j] + shift[j]
-                        y1 = u1 * scale[j] + shift[j]
+                        y0 = _pre_activation(u0, scale[j], shift[j])
+                        y1 = _pre_activation(u1, scale[j], shift[j])
                         g0 = d0 if y0 > 0 else 0
                         g1 = d1 if y1 > 0 else 0
                         acc_g[j] += g0 + g1
@@ -618,7 +628,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                     d0 = da0[j]
                     u0 = z0[j] - center[j]
                     if act == RELU:
-                        y0 = u0 * scale[j] + shift[j]
+                        y0 = _pre_activation(u0, scale[j], shift[j])
                         g0 = d0 if y0 > 0 else 0
                     elif act == TANH:
                         g0 = _grad(d0, a0[j], TANH)
@@ -686,7 +696,7 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                     for j in range(width):
                         d = darow[j]
                         u = zrow[j] - center[j]
-                        y = u * scale[j] + shift[j]
+                        y = _pre_activation(u, scale[j], shift[j])
                         g = d if y > 0 else 0
                         dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
                 elif act == IDENTITY:
