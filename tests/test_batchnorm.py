@@ -870,6 +870,7 @@ def test_backward_wrong_shapes(kw):
 
 @pytest.mark.parametrize("kw", [
     dict(da=np.ones((5, 3), dtype=np.float32)),
+    dict(beta=np.ones(3, dtype=np.float32)),
     dict(mean=np.ones(3, dtype=np.float32)),
     dict(dz_out=np.empty((5, 3), dtype=np.int64)),
     dict(dbeta_out=np.empty(3, dtype=np.float32)),

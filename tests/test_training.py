@@ -822,6 +822,25 @@ def test_train_epoch_rejects_a_bad_number_of_threads():
     assert calls == [10 * (3 * 3 + 3 * 1)]
 
 
+@pytest.mark.parametrize("scale", [0.0, -1.0, np.nan])
+def test_train_epoch_rejects_a_bad_data_loss_scale(scale, monkeypatch):
+    X, y = regression_data(n=10)
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
+    before = params_of(est), est.loss_curve_.copy(), est.t_
+    train_epoch = _training.train_epoch
+
+    def with_bad_scale(*args):
+        return train_epoch(*args[:-1], scale)
+
+    monkeypatch.setattr(_training, "train_epoch", with_bad_scale)
+    with pytest.raises(ValueError, match="data_loss_scale"):
+        est.partial_fit(X, y)
+    # The failed call left the fitted model as it was.
+    assert_grad_allclose(params_of(est), before[0], rtol=0, atol=0)
+    assert est.loss_curve_ == before[1]
+    assert est.t_ == before[2]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 1000])
 def test_aligned_zeros(n, dtype):
