@@ -824,6 +824,33 @@ def test_warm_start_keeps_weights_and_history():
     assert len(est.loss_curve_) == 1 and est.t_ == len(y)
 
 
+@pytest.mark.parametrize("early_stopping_before", [False, True])
+def test_warm_start_may_switch_early_stopping(early_stopping_before):
+    # The new stopping rule starts afresh, with the attributes it keeps on a
+    # first fit (scikit-learn's MLPs raise AttributeError / TypeError here).
+    X, y, est = make_data("binary", n=80)
+    est.set_params(early_stopping=early_stopping_before, max_iter=3, tol=0.0)
+    fit_quietly(est, X, y)
+    est.set_params(warm_start=True, early_stopping=not early_stopping_before)
+    fit_quietly(est, X, y)
+    assert len(est.loss_curve_) == 6 and est.n_iter_ == 3
+    if early_stopping_before:
+        assert est.validation_scores_ is None and est.best_validation_score_ is None
+        assert est.best_loss_ == min(est.loss_curve_[3:])
+    else:
+        assert len(est.validation_scores_) == 3 and est.best_loss_ is None
+        assert est.best_validation_score_ == max(est.validation_scores_)
+    assert np.isfinite(est.predict_proba(X)).all()
+
+
+def test_partial_fit_after_a_fit_with_early_stopping():
+    X, y, est = make_data("binary", n=80)
+    fit_quietly(est.set_params(early_stopping=True, max_iter=3), X, y)
+    est.set_params(early_stopping=False).partial_fit(X, y)
+    assert len(est.loss_curve_) == 4 and est.best_loss_ == est.loss_curve_[-1]
+    assert est.validation_scores_ is None
+
+
 def test_partial_fit_accumulates():
     X, y, est = make_data("squared_error")
     for i in range(1, 4):

@@ -443,10 +443,19 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 ),
                 "best_validation_score": self.best_validation_score_,
             }
+            # early_stopping may have changed since the last fit (warm start,
+            # partial_fit): the new stopping rule starts afresh, with the
+            # attributes it keeps as on a first fit.
             if self.early_stopping and state["validation_scores"] is None:
                 state["validation_scores"] = []
                 state["best_validation_score"] = -np.inf
                 state["best_loss"] = None
+                state["no_improvement"] = 0
+            elif not self.early_stopping and state["best_loss"] is None:
+                state["validation_scores"] = None
+                state["best_validation_score"] = None
+                state["best_loss"] = np.inf
+                state["no_improvement"] = 0
 
         layout = _Layout(units)
         coefs, gammas, intercepts, running_means, running_vars = params
