@@ -670,7 +670,9 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     state["validation_scores"].append(score)
                     if self.verbose:
                         print("Validation score: %f" % score)
-                    if score < state["best_validation_score"] + self.tol:
+                    # A NaN score (non-finite validation output) is no
+                    # improvement either.
+                    if not score >= state["best_validation_score"] + self.tol:
                         state["no_improvement"] += 1
                     else:
                         state["no_improvement"] = 0
