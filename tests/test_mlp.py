@@ -26,7 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _training
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
 DTYPES = [np.float32, np.float64]
@@ -64,7 +64,7 @@ def fit_quietly(est, *args, **kwargs):
 
 def raw_output(est, X):
     """What the output layer produces: probabilities or predictions, 2-D."""
-    if isinstance(est, MLPBNClassifier):
+    if hasattr(est, "predict_proba"):  # ours or scikit-learn's classifier
         proba = est.predict_proba(X)
         return proba[:, 1:] if est.n_outputs_ == 1 else proba
     return est.predict(X).reshape(X.shape[0], -1)
@@ -374,13 +374,48 @@ def test_feature_names():
     assert_allclose(est.predict_proba(df), from_array)
 
 
-def test_no_hidden_layer():
-    # hidden_layer_sizes=() is a (batch-norm free) linear model, as in scikit-learn.
-    X, y, est = make_data("multiclass")
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_no_hidden_layer(problem):
+    # hidden_layer_sizes=() is a (batch-norm free) linear model, as in
+    # scikit-learn; sparse input goes through its own path for every output
+    # activation (softmax, logistic, identity, exp).
+    X, y, est = make_data(problem)
+    X[np.abs(X) < 0.5] = 0
     fit_quietly(est.set_params(hidden_layer_sizes=()), X, y)
     assert est.gammas_ == [] and est.running_means_ == [] and len(est.coefs_) == 1
-    assert_allclose(est.to_sklearn().predict_proba(X), est.predict_proba(X), atol=1e-12)
-    assert_allclose(est.predict_proba(sp.csr_matrix(X)), est.predict_proba(X), atol=1e-12)
+    dense = raw_output(est, X)
+    assert_allclose(raw_output(est.to_sklearn(), X), dense, rtol=1e-12, atol=1e-12)
+    assert_allclose(raw_output(est, sp.csr_matrix(X)), dense, rtol=1e-12, atol=1e-12)
+    assert_allclose(raw_output(est, sp.csc_matrix(X)), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_hidden_layer_sizes_int_or_sequence_of_positive_ints():
+    X, y, est = make_data("binary")
+    fit_quietly(est.set_params(hidden_layer_sizes=7), X, y)
+    assert [c.shape for c in est.coefs_] == [(5, 7), (7, 1)]
+    fit_quietly(est.set_params(hidden_layer_sizes=[3, 4]), X, y)
+    assert [c.shape for c in est.coefs_] == [(5, 3), (3, 4), (4, 1)]
+    for bad in [(5, 0), [5, -1], (2.5,), 0]:
+        with pytest.raises(ValueError, match="hidden_layer_sizes"):
+            clone(est).set_params(hidden_layer_sizes=bad).fit(X, y)
+
+
+def test_sparse_input_with_unsorted_indices():
+    X, y, est = make_data("multiclass")
+    X[np.abs(X) < 0.6] = 0
+    Xs = sp.csr_matrix(X)
+    unsorted = Xs.copy()
+    for i in range(X.shape[0]):  # reverse each row's entries
+        row = slice(unsorted.indptr[i], unsorted.indptr[i + 1])
+        unsorted.indices[row] = unsorted.indices[row][::-1]
+        unsorted.data[row] = unsorted.data[row][::-1]
+    unsorted.has_sorted_indices = False
+    ref = fit_quietly(clone(est), Xs, y)
+    other = fit_quietly(clone(est), unsorted, y)
+    for a, b in zip(other.coefs_, ref.coefs_):
+        assert_array_equal(a, b)
+    assert_allclose(ref.predict_proba(unsorted), ref.predict_proba(X), rtol=1e-12)
+    assert not unsorted.has_sorted_indices  # the caller's matrix is left alone
 
 
 # ---------------------------------------------------------------------------
@@ -540,6 +575,16 @@ def test_bad_input_errors_and_fitted_model_unchanged(problem):
             fitted.predict(bad_inputs(problem)[0][1])
 
 
+def test_negative_poisson_target_and_single_class_partial_fit():
+    X, y, est = make_data("poisson")
+    with pytest.raises(ValueError, match="negative"):
+        est.fit(X, y - 1.0)
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="greater than one"):
+        est.partial_fit(X, np.zeros(len(y), dtype=int), classes=[0])
+    assert not hasattr(est, "coefs_")
+
+
 def test_unseen_labels_in_partial_fit():
     X, y, est = make_data("multiclass")
     est.partial_fit(X, y, classes=[0, 1, 2])
@@ -680,6 +725,9 @@ def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys
         # Stops after epochs 4, 7, ..., 28: the first epoch sets best_loss_,
         # then every third epoch is the third without improvement.
         assert ours.n_iter_ == 1 + 3 * 9
+        quiet = MLPBNClassifier(**{**params, "verbose": False}).fit(X, y)
+        assert capsys.readouterr().out == ""
+        assert quiet.n_iter_ == ours.n_iter_
     else:
         assert schedule_messages(ours_out) == [
             "Training loss did not improve more than tol=1000000.000000 for 2 "
@@ -774,6 +822,20 @@ def test_early_stopping_classifier_validation_scores(problem):
         assert np.bincount(y[val]).min() >= 9
 
 
+def test_non_finite_validation_output_is_no_improvement(monkeypatch):
+    # Finite weights can still overflow on the validation rows (float32, exp
+    # output): the score is NaN, which must count against the epoch rather
+    # than reset the no-improvement count.
+    X, y, est = make_data("squared_error", n=80)
+    est.set_params(early_stopping=True, max_iter=50, n_iter_no_change=2, tol=0.0)
+    monkeypatch.setattr(MLPBNRegressor, "_forward_folded",
+                        lambda self, X, folded, out_activation: np.full((len(X), 2), np.inf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.n_iter_ == 3 and np.isnan(est.validation_scores_).all()
+
+
 def test_early_stopping_with_sample_weight():
     X, y, est = make_data("binary", n=100)
     sw = np.random.RandomState(1).uniform(0.5, 2, size=100)
@@ -787,6 +849,41 @@ def test_early_stopping_validation_set_too_small():
     X, y, est = make_data("squared_error", n=10)
     with pytest.raises(ValueError, match="validation set is too small"):
         est.set_params(early_stopping=True, validation_fraction=0.1).fit(X, y)
+
+
+def test_early_stopping_leaving_one_training_sample():
+    X, y, est = make_data("squared_error", n=3)
+    with pytest.raises(ValueError, match="n_samples=1"):
+        est.set_params(early_stopping=True, validation_fraction=0.5).fit(X, y)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_keyboard_interrupt_keeps_the_epochs_done(early_stopping, monkeypatch):
+    # As scikit-learn's MLPs do, Ctrl-C ends training with a warning and the
+    # model keeps the epochs it finished (Python raises KeyboardInterrupt once
+    # the engine returns, at the end of an epoch: simulated here before the
+    # third).
+    X, y, est = make_data("multiclass", n=80)
+    est.set_params(max_iter=10, tol=0.0, n_iter_no_change=100, early_stopping=early_stopping)
+    two_epochs = fit_quietly(clone(est).set_params(max_iter=2), X, y)
+    train_epoch = _training.train_epoch
+    calls = []
+
+    def interrupted_before_the_third_epoch(*args):
+        calls.append(len(calls) + 1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_epoch(*args)
+
+    monkeypatch.setattr(_training, "train_epoch", interrupted_before_the_third_epoch)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est.fit(X, y)
+    assert est.n_iter_ == 2 and est.loss_curve_ == two_epochs.loss_curve_
+    assert est.validation_scores_ == two_epochs.validation_scores_
+    for a, b in zip(est.coefs_ + est.gammas_ + est.running_vars_,
+                    two_epochs.coefs_ + two_epochs.gammas_ + two_epochs.running_vars_):
+        assert_array_equal(a, b)
+    assert_array_equal(est.predict_proba(X), two_epochs.predict_proba(X))
 
 
 def test_convergence_warning():
