@@ -374,6 +374,14 @@ def test_gamma_length_error_message():
         BatchNormScaler(gamma=np.ones(5)).fit(_data())
 
 
+def test_gamma_and_beta_as_zero_dimensional_arrays():
+    X = _data()
+    ref = BatchNormScaler(gamma=2.0, beta=-1.0).fit(X)
+    for gamma, beta in [(np.array(2.0), np.array(-1.0)), (np.float32(2.0), np.int64(-1))]:
+        scaler = BatchNormScaler(gamma=gamma, beta=beta).fit(X)
+        assert_array_equal(scaler.transform(X), ref.transform(X))
+
+
 def test_epsilon_enters_as_in_batch_norm():
     X = _data(n=100, m=2)
     X[:, 1] *= 1e-3
@@ -744,6 +752,73 @@ def test_threaded_blocks_match_single_thread(dtype, momentum, monkeypatch):
     mask = ~np.isnan(X64)
     mean = np.nansum(w[:, None] * X64, axis=0) / (w[:, None] * mask).sum(axis=0)
     assert_allclose(results[1][0], mean, rtol=_stat_tol(dtype))
+
+
+def test_thread_pool_grows_with_the_thread_limit(monkeypatch):
+    X = _data(n=4000, m=50)
+    limit = [1]
+    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1000)
+    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: limit[0])
+    monkeypatch.setattr(_scaler, "_POOL", None)
+    ref = BatchNormScaler().fit(X)
+    assert _scaler._POOL is None
+    # Workers besides the calling thread: the pool grows, never shrinks.
+    for n_threads, pool_size in [(2, 1), (4, 3), (3, 3)]:
+        limit[0] = n_threads
+        scaler = BatchNormScaler().fit(X)
+        assert _scaler._POOL[0] == pool_size
+        assert_allclose(scaler.running_mean_, ref.running_mean_, rtol=1e-12)
+        assert_allclose(scaler.running_var_, ref.running_var_, rtol=1e-12)
+        assert_allclose(scaler.transform(X), ref.transform(X), rtol=1e-12, atol=1e-12)
+
+
+def test_row_blocks_wait_for_the_workers_when_the_caller_fails(monkeypatch):
+    # The caller's block raising must not return while workers still use the
+    # arrays: every worker block finishes first, then the error propagates.
+    import threading
+    import time
+
+    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 3)
+    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1)
+    finished = []
+    lock = threading.Lock()
+
+    def block(start, stop):
+        if start == 0:
+            raise KeyError("caller's block")
+        time.sleep(0.2)
+        with lock:
+            finished.append(start)
+        return start
+
+    with pytest.raises(KeyError, match="caller's block"):
+        _scaler._run_in_row_blocks(block, 30, 1)
+    assert sorted(finished) == [10, 20]
+    assert _scaler._run_in_row_blocks(lambda a, b: (a, b), 30, 1) == [(0, 10), (10, 20), (20, 30)]
+
+
+def _threaded_fit_transform(X):
+    return BatchNormScaler().fit_transform(X)
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="needs the fork start method")
+def test_forked_child_gets_a_fresh_thread_pool(monkeypatch):
+    # A forked child inherits the parent's executor but not its threads: work
+    # submitted there would wait forever.
+    import multiprocessing
+    import warnings
+
+    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 2)
+    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1000)
+    X = _data(n=4000, m=50)
+    parent = _threaded_fit_transform(X)
+    assert _scaler._POOL is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(_threaded_fit_transform, (X,)).get(timeout=120)
+    assert_array_equal(child, parent)
 
 
 # ---------------------------------------------------------------------------
