@@ -755,6 +755,28 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
     assert many.coefs_[0].dtype == dtype
 
 
+def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
+    # Four threads on a machine that may have one or two cores: threads wait
+    # for each other at the barriers, sleeping when they wait long, and the
+    # model is still the same from run to run (and the single thread's, up
+    # to rounding).
+    X, y = regression_data(n=300, n_features=24)
+    fits = []
+    for threads in (1, 4, 4):
+        monkeypatch.setattr(_mlp, "_engine_threads",
+                            lambda work, t=threads: forced_engine_threads(t))
+        est = MLPBNRegressor(hidden_layer_sizes=(48, 40, 33), batch_size=40, max_iter=3,
+                             random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(est.fit(X, y))
+    one, four, again = fits
+    for a, b in zip(sum(params_of(four), []), sum(params_of(again), [])):
+        assert_array_equal(a, b)
+    assert four.loss_curve_ == again.loss_curve_
+    assert_grad_allclose(params_of(four), params_of(one), rtol=1e-9, atol=1e-12)
+
+
 def _blas_limits():
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
