@@ -934,3 +934,37 @@ def test_update_running_stats_rejects_bad_input():
     ro.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         _batchnorm.update_running_stats(ro, rv, m, v, 0.1, 10)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        _batchnorm.update_running_stats([0.0, 0.0, 0.0], rv, m, v, 0.1, 10)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _batchnorm.update_running_stats(rm.astype(np.int64), rv, m, v, 0.1, 10)
+    with pytest.raises(ValueError, match="1-D"):
+        _batchnorm.update_running_stats(np.zeros(()), rv, m, v, 0.1, 10)
+    with pytest.raises(ValueError, match="1-D"):
+        _batchnorm.update_running_stats(np.zeros((1, 3)), rv, m, v, 0.1, 10)
+    e = np.empty(0)
+    _batchnorm.update_running_stats(e, e.copy(), e.copy(), e.copy(), 0.1, 10)  # no columns
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_epsilon_checks_the_variance_before_writing(dtype):
+    # With epsilon=0 the statistics are computed and checked first (float32
+    # and float64 take separate paths).
+    g = _good()
+    z = g["z"].astype(dtype)
+    z[:, 2] = -1.5
+    a = np.full_like(z, 7.0)
+    mean, var = np.empty(z.shape[1]), np.empty(z.shape[1])
+    gamma, beta = g["gamma"].astype(dtype), g["beta"].astype(dtype)
+    with pytest.raises(ValueError, match="column 2 has zero variance"):
+        _batchnorm.bn_forward_train(z, gamma, beta, a, mean, var, None, 0.0)
+    assert (a == 7.0).all()
+    z[:, 2] = np.arange(z.shape[0])
+    _batchnorm.bn_forward_train(z, gamma, beta, a, mean, var, None, 0.0)
+    assert_allclose(mean, z.astype(np.float64).mean(axis=0), rtol=1e-6)
+
+
+def test_batch_stats_of_no_columns():
+    for ignore_nan in (False, True):
+        mean, var, wsum = _batchnorm.batch_stats(np.empty((5, 0)), ignore_nan=ignore_nan)
+        assert mean.shape == var.shape == wsum.shape == (0,)

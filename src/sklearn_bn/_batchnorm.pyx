@@ -1182,7 +1182,9 @@ def update_running_stats(running_mean, running_var, mean, var, double momentum,
     t = cnp.PyArray_TYPE(<cnp.ndarray> running_mean)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
         raise TypeError(f"running_mean must be float32 or float64, got {running_mean.dtype}")
-    n_cols = running_mean.shape[0]
+    if cnp.PyArray_NDIM(<cnp.ndarray> running_mean) != 1:
+        raise ValueError(f"running_mean must be 1-D, got shape {running_mean.shape}")
+    n_cols = cnp.PyArray_DIM(<cnp.ndarray> running_mean, 0)
     cdef char* rmp = <char*> _array(running_mean, "running_mean", t, 1, n_cols, 0, True)
     cdef char* rvp = <char*> _array(running_var, "running_var", t, 1, n_cols, 0, True)
     cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
