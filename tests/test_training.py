@@ -252,6 +252,29 @@ def test_gradient_matches_central_differences(activation, problem, alpha, weight
         assert max(np.abs(g).max() for g in group) > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "multilabel"])
+def test_saturated_probabilities_are_clipped_as_scikit_learn_does(problem, dtype):
+    # Logits far beyond log(1 / eps): probabilities round to 0 or 1, and the
+    # loss clips them to [eps, 1 - eps] (eps of the dtype), as scikit-learn's
+    # log losses do; the gradient (p - y at the output) needs no clipping.
+    from sklearn.neural_network._base import binary_log_loss, log_loss
+
+    X, Y, coefs, gammas, intercepts = make_problem(problem, dtype=dtype)
+    coefs[-1] = coefs[-1] * dtype(300)
+    out = OUT_ACTIVATION[problem]
+    raw = ref_forward_train(X, coefs, gammas, intercepts, "relu")[0]
+    assert np.abs(raw).max() > 100
+    p = (expit(raw) if out == "logistic" else softmax(raw, axis=1)).astype(dtype)
+    assert ((p == 0) | (p == 1)).any()
+    sk_loss = binary_log_loss if out == "logistic" else log_loss
+    expected = sk_loss(Y, p)
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X, Y, None, coefs, gammas, intercepts, "relu", out, 0.0)
+    assert loss == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-10)
+    assert all(np.isfinite(g).all() for group in grad for g in group)
+
+
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
 def test_gradient_hand_checked_single_hidden_unit(problem):
     # A hand-checked case: with one hidden unit and identity activation, batch
