@@ -1077,15 +1077,24 @@ def forward_folded(const floating[:, ::1] X, const floating[::1] params,
     Hidden layers apply ``act(a @ W + b)``; the last applies ``out_act``.
     """
     cdef Py_ssize_t L = units.shape[0] - 1
-    cdef Py_ssize_t n = X.shape[0], n_out = units[L], start, m, l, width = 1
+    cdef Py_ssize_t n = X.shape[0], n_out, start, m, l, width = 1
     cdef Py_ssize_t block = PREDICT_BLOCK_ROWS
+    # Checked in this order: the module indexes without bounds checks.
+    if L < 1 or coef_off.shape[0] < L or bias_off.shape[0] < L:
+        raise ValueError("units, coef_off and bias_off do not describe a network")
+    for l in range(L):
+        if (coef_off[l] < 0 or bias_off[l] < 0
+                or coef_off[l] + units[l] * units[l + 1] > params.shape[0]
+                or bias_off[l] + units[l + 1] > params.shape[0]):
+            raise ValueError("params is too short for the layer offsets")
+    if not 0 <= first_layer < L:
+        raise ValueError("first_layer out of range")
+    n_out = units[L]
     if X.shape[1] != units[first_layer]:
         raise ValueError(
             f"X has {X.shape[1]} columns, expected {units[first_layer]}")
     if out.shape[0] != n or out.shape[1] != n_out:
         raise ValueError("out has the wrong shape")
-    if not 0 <= first_layer < L:
-        raise ValueError("first_layer out of range")
     for l in range(first_layer + 1, L):
         width = max(width, units[l])
     buffers = np.empty((2, block * width), dtype=np.asarray(params).dtype)
