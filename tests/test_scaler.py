@@ -844,6 +844,7 @@ def test_affine_columns_kernel(dtype, n_cols):
     assert affine_columns(x, scale, shift, out) is True
     assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
     assert affine_columns(x[:0], scale, shift, out[:0]) is False
+    assert has_infinity(x[:0]) is False
     with pytest.raises(ValueError, match=f"scale and shift must have length {n_cols}"):
         affine_columns(x, scale[:4], shift, out)
     with pytest.raises(ValueError, match="out has shape"):

@@ -886,6 +886,132 @@ def test_train_epoch_rejects_a_bad_data_loss_scale(scale, monkeypatch):
     assert est.t_ == before[2]
 
 
+def captured_engine_call(sparse, monkeypatch):
+    """The positional arguments of a real ``train_epoch`` call (a weighted
+    fit with two hidden layers)."""
+    X, y = regression_data(n=30, n_features=4)
+    X[np.abs(X) < 0.5] = 0
+    calls = []
+    train_epoch = _training.train_epoch
+
+    def capture(*args):
+        calls.append(args)
+        return train_epoch(*args)
+
+    monkeypatch.setattr(_training, "train_epoch", capture)
+    est = MLPBNRegressor(hidden_layer_sizes=(5, 3), batch_size=10, max_iter=1,
+                         random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(sp.csr_matrix(X) if sparse else X, y, sample_weight=np.ones(30))
+    monkeypatch.setattr(_training, "train_epoch", train_epoch)
+    return list(calls[0])
+
+
+def _short(a):
+    return np.ascontiguousarray(a[:-1])
+
+
+# train_epoch's arguments: X, X_data, X_indices, X_indptr, Y, sample_weight,
+# order, order_is_identity, batch_size, layout, ws, theta, grad, state_a,
+# state_b, running_mean, running_var, work, dwork, ...
+DENSE_BAD_ARGS = {
+    "X columns": (0, lambda X: np.ascontiguousarray(X[:, :-1]), "features"),
+    "Y columns": (4, lambda Y: np.ascontiguousarray(np.hstack([Y, Y])), "Y has shape"),
+    "Y rows": (4, _short, "Y has shape"),
+    "sample_weight": (5, _short, "sample_weight"),
+    "one row": (6, lambda order: np.ascontiguousarray(order[:1]), "at least 2 samples"),
+    "row index": (6, lambda order: order + 1, "out of range"),
+    "batch_size 1": (8, lambda b: 1, "batch_size"),
+    "batch_size": (8, lambda b: b + 5, "workspace too small"),
+    "theta": (11, _short, "theta"),
+    "grad": (12, _short, "gradient and optimizer"),
+    "state_b": (14, _short, "gradient and optimizer"),
+    "running_mean": (15, _short, "running statistics"),
+    "work": (17, _short, "workspace does not fit"),
+    "dwork": (18, _short, "workspace does not fit"),
+}
+SPARSE_BAD_ARGS = {
+    "indptr empty": (3, lambda p: p[:0].copy(), "malformed CSR"),
+    "indices length": (2, _short, "malformed CSR"),
+    "indptr start": (3, lambda p: p + 1, "malformed CSR"),
+    "indptr end": (3, lambda p: np.concatenate([p[:-1], p[-1:] - 1]), "malformed CSR"),
+    "indptr order": (3, lambda p: np.concatenate([p[:1], p[2:3], p[1:2], p[3:]]),
+                     "malformed CSR"),
+    "column index": (2, lambda i: i + 4, "column index out of range"),
+    "negative column": (2, lambda i: i - 4, "column index out of range"),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSE_BAD_ARGS) + list(SPARSE_BAD_ARGS))
+def test_train_epoch_rejects_arguments_that_do_not_fit(case, monkeypatch):
+    # The estimators always pass consistent arguments; the engine checks them
+    # anyway before its unchecked loops, and leaves everything untouched.
+    sparse = case in SPARSE_BAD_ARGS
+    position, spoil, message = (SPARSE_BAD_ARGS if sparse else DENSE_BAD_ARGS)[case]
+    args = captured_engine_call(sparse, monkeypatch)
+    if case == "indptr order":
+        assert args[3][2] > args[3][1]  # swapping them makes indptr decrease
+    theta = args[11]
+    before = theta.copy()
+    _training.train_epoch(*args)  # the captured call itself is fine
+    theta_after = theta.copy()
+    assert not np.array_equal(before, theta_after)
+    args[position] = spoil(args[position])
+    with pytest.raises(ValueError, match=message):
+        _training.train_epoch(*args)
+    assert_array_equal(theta, theta_after)
+
+
+def test_loss_and_gradient_and_forward_folded_check_their_arguments(monkeypatch):
+    X, Y, coefs, gammas, intercepts = make_problem("multiclass")
+    with pytest.raises(ValueError, match="sample weights sum to zero"):
+        engine_loss_and_gradient(X, Y, np.zeros(len(X)), coefs, gammas, intercepts,
+                                 "relu", "softmax", 0.0)
+    workspace_sizes = _mlp._workspace_sizes
+    with monkeypatch.context() as mp:  # a workspace one row short
+        mp.setattr(_mlp, "_workspace_sizes",
+                   lambda units, n, sparse: workspace_sizes(units, n - 1, sparse))
+        with pytest.raises(ValueError, match="between one row"):
+            engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts,
+                                     "relu", "softmax", 0.0)
+
+    est = MLPBNClassifier(hidden_layer_sizes=(5, 3), max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, np.arange(len(X)) % 3)
+    folded = est._folded
+    units, coef_off, bias_off = folded["units"], folded["coef_off"], folded["bias_off"]
+    params = folded["params"]
+    n_out = units[len(units) - 1]
+    assert n_out == 3  # the output layer of three classes
+    out = np.empty((len(X), n_out))
+
+    def call(X=X, params=params, units=units, coef_off=coef_off, first_layer=0, out=out):
+        _training.forward_folded(X, params, units, coef_off, bias_off, first_layer,
+                                 _activations.activation_code("relu"),
+                                 _training.OUT_ACTIVATIONS["softmax"], out)
+
+    call()
+    assert_allclose(out, est.predict_proba(X), rtol=1e-12)
+    for kwargs, message in [
+        (dict(X=np.ascontiguousarray(X[:, :3])), "columns"),
+        (dict(out=np.empty((len(X), n_out - 1))), "wrong shape"),
+        (dict(out=np.empty((len(X) - 1, n_out))), "wrong shape"),
+        (dict(first_layer=3), "first_layer"),
+        (dict(first_layer=-1), "first_layer"),
+        (dict(params=np.ascontiguousarray(params[:-1])), "too short"),
+        (dict(units=units[:1].copy()), "do not describe"),
+        (dict(coef_off=coef_off[:1].copy()), "do not describe"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call(**kwargs)
+    empty = np.empty((0, n_out))
+    _training.forward_folded(X[:0], params, units, coef_off, bias_off, 0,
+                             _activations.activation_code("relu"), _training.OUT_ACTIVATIONS["softmax"],
+                             empty)  # no rows: nothing to do
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 1000])
 def test_aligned_zeros(n, dtype):
