@@ -8,6 +8,7 @@ start, partial_fit, warnings, errors), the inference path (folded weights,
 ``to_sklearn``), input types and dtypes, and what batch normalization is for.
 """
 
+import contextlib
 import pickle
 import re
 import warnings
@@ -26,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _training
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _mlp, _training
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
 DTYPES = [np.float32, np.float64]
@@ -240,6 +241,33 @@ def test_prediction_across_row_blocks(sparse_input):
                                                                   (1030, 2500)]])
     assert_allclose(whole, parts, rtol=1e-12, atol=1e-15)
     assert_allclose(whole, numpy_forward_running_stats(est, X_big), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prediction_does_not_depend_on_the_threads(dtype, monkeypatch):
+    # Over one block of rows (1024), the engine's threads take the blocks in
+    # turn, each calling BLAS on one thread: a row's result depends only on
+    # its block, so any number of threads gives the same bits.
+    X, y, est = make_data("multiclass", dtype=dtype)
+    fit_quietly(est, X, y)
+    X_big = make_data("multiclass", n=3500, seed=4, dtype=dtype)[0]
+    seen, results = [], []
+    for n_threads in (1, 2, 3):
+
+        @contextlib.contextmanager
+        def forced(multiply_adds, n=n_threads):
+            seen.append(multiply_adds)
+            with threadpool_limits(1, user_api="blas"):
+                yield n
+
+        monkeypatch.setattr(_mlp, "_engine_threads", forced)
+        results.append(est.predict_proba(X_big))
+    for other in results[1:]:
+        assert_array_equal(other, results[0])
+    # multiply-adds of one block: 1024 x (5*8 + 8*6 + 6*3)
+    assert seen == [1024 * (5 * 8 + 8 * 6 + 6 * 3)] * 3
+    assert_allclose(results[0], numpy_forward_running_stats(est, X_big),
+                    rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
 
 
 def test_predict_does_not_cache_or_change_state():

@@ -1006,6 +1006,10 @@ def test_loss_and_gradient_and_forward_folded_check_their_arguments(monkeypatch)
     ]:
         with pytest.raises(ValueError, match=message):
             call(**kwargs)
+    with pytest.raises(ValueError, match="n_threads"):
+        _training.forward_folded(X, params, units, coef_off, bias_off, 0,
+                                 _activations.activation_code("relu"),
+                                 _training.OUT_ACTIVATIONS["softmax"], out, 0)
     empty = np.empty((0, n_out))
     _training.forward_folded(X[:0], params, units, coef_off, bias_off, 0,
                              _activations.activation_code("relu"), _training.OUT_ACTIVATIONS["softmax"],

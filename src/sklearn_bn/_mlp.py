@@ -791,10 +791,23 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     )  # fmt: skip
             return out
         X = np.ascontiguousarray(X, dtype=dtype)
-        _training.forward_folded(
-            X, params, units, folded["coef_off"], folded["bias_off"], 0, act,
-            out_act, out,
-        )  # fmt: skip
+        block = _training.PREDICT_BLOCK_ROWS
+        if X.shape[0] <= block:
+            # One block: BLAS's own threads share its products.
+            _training.forward_folded(
+                X, params, units, folded["coef_off"], folded["bias_off"], 0,
+                act, out_act, out,
+            )  # fmt: skip
+            return out
+        # Several blocks: the engine's threads take them in turn (BLAS on one
+        # thread each), which a busy core slows down far less than BLAS's
+        # threads sharing every product.
+        multiply_adds = block * int(np.dot(units[:-1], units[1:]))
+        with _engine_threads(multiply_adds) as n_threads:
+            _training.forward_folded(
+                X, params, units, folded["coef_off"], folded["bias_off"], 0,
+                act, out_act, out, n_threads,
+            )  # fmt: skip
         return out
 
     @staticmethod

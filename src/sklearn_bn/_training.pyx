@@ -32,7 +32,7 @@ from libc.math cimport exp, log, sqrt, sqrtf
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cython cimport floating
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange, threadid
 
 import numpy as np
 
@@ -1065,20 +1065,55 @@ cdef void out_activation_rows(floating* z, Py_ssize_t m, Py_ssize_t n,
                 row[j] = <floating> (row[j] / s)
 
 
+cdef void folded_block(const floating* X, Py_ssize_t m,
+                       const floating* params, const Py_ssize_t* units,
+                       const Py_ssize_t* coef_off, const Py_ssize_t* bias_off,
+                       Py_ssize_t first_layer, Py_ssize_t L, int act,
+                       int out_act, floating* buf0, floating* buf1,
+                       floating* out) noexcept nogil:
+    """The folded forward pass of ``m`` rows, ``buf0`` and ``buf1`` holding
+    the hidden layers' outputs in turn."""
+    cdef const floating* src = X
+    cdef floating* dst
+    cdef floating* spare = buf1
+    cdef Py_ssize_t l
+    dst = buf0
+    for l in range(first_layer, L):
+        if l == L - 1:
+            dst = out
+        cgemm(False, False, <int> m, <int> units[l + 1], <int> units[l],
+              <floating> 1, src, <int> units[l], params + coef_off[l],
+              <int> units[l + 1], <floating> 0, dst, <int> units[l + 1])
+        if l < L - 1:
+            bias_act_rows(dst, m, units[l + 1], params + bias_off[l], act)
+            src = dst
+            dst, spare = spare, dst
+        else:
+            bias_act_rows(dst, m, units[l + 1], params + bias_off[l], IDENTITY)
+            out_activation_rows(dst, m, units[L], out_act)
+
+
 def forward_folded(const floating[:, ::1] X, const floating[::1] params,
                    const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
                    const Py_ssize_t[::1] bias_off, Py_ssize_t first_layer,
-                   int act, int out_act, floating[:, ::1] out):
+                   int act, int out_act, floating[:, ::1] out, int n_threads=1):
     """Inference forward pass of a network with batch norm folded in.
 
     ``X`` is the input of weight layer ``first_layer`` (the caller computes a
     sparse first layer itself); rows are processed in blocks of
     ``PREDICT_BLOCK_ROWS`` so that memory stays bounded for any number of rows.
     Hidden layers apply ``act(a @ W + b)``; the last applies ``out_act``.
+
+    With ``n_threads > 1`` an OpenMP team shares the blocks, each thread
+    taking the next one when it is done (the caller limits BLAS to one thread
+    meanwhile): no thread waits for another until the end, and a thread
+    slowed down by another process on its core just takes fewer blocks. A
+    row's result depends only on its block, not on the thread.
     """
     cdef Py_ssize_t L = units.shape[0] - 1
-    cdef Py_ssize_t n = X.shape[0], n_out, start, m, l, width = 1
+    cdef Py_ssize_t n = X.shape[0], n_out, l, b, start, width = 1
     cdef Py_ssize_t block = PREDICT_BLOCK_ROWS
+    cdef Py_ssize_t n_blocks = (n + block - 1) // block
     # Checked in this order: the module indexes without bounds checks.
     if L < 1 or coef_off.shape[0] < L or bias_off.shape[0] < L:
         raise ValueError("units, coef_off and bias_off do not describe a network")
@@ -1095,31 +1130,28 @@ def forward_folded(const floating[:, ::1] X, const floating[::1] params,
             f"X has {X.shape[1]} columns, expected {units[first_layer]}")
     if out.shape[0] != n or out.shape[1] != n_out:
         raise ValueError("out has the wrong shape")
-    for l in range(first_layer + 1, L):
-        width = max(width, units[l])
-    buffers = np.empty((2, block * width), dtype=np.asarray(params).dtype)
-    cdef floating[:, ::1] buf = buffers
-    cdef const floating* src
-    cdef floating* dst
-    cdef int cur
+    if n_threads < 1:
+        raise ValueError("n_threads must be at least 1")
     if n == 0:
         return
+    n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks, <Py_ssize_t> MAX_THREADS)
+    for l in range(first_layer + 1, L):
+        width = max(width, units[l])
+    buffers = np.empty((n_threads, 2, block * width), dtype=np.asarray(params).dtype)
+    cdef floating[:, :, ::1] buf = buffers
     with nogil:
-        start = 0
-        while start < n:
-            m = min(block, n - start)
-            src = &X[start, 0]
-            cur = 0
-            for l in range(first_layer, L):
-                dst = &out[start, 0] if l == L - 1 else &buf[cur, 0]
-                cgemm(False, False, <int> m, <int> units[l + 1], <int> units[l],
-                      <floating> 1, src, <int> units[l], &params[coef_off[l]],
-                      <int> units[l + 1], <floating> 0, dst, <int> units[l + 1])
-                if l < L - 1:
-                    bias_act_rows(dst, m, units[l + 1], &params[bias_off[l]], act)
-                    src = dst
-                    cur = 1 - cur
-                else:
-                    bias_act_rows(dst, m, units[l + 1], &params[bias_off[l]], IDENTITY)
-                    out_activation_rows(dst, m, n_out, out_act)
-            start += m
+        if n_threads == 1:
+            for b in range(n_blocks):
+                start = b * block
+                folded_block(&X[start, 0], min(block, n - start), &params[0],
+                             &units[0], &coef_off[0], &bias_off[0], first_layer,
+                             L, act, out_act, &buf[0, 0, 0], &buf[0, 1, 0],
+                             &out[start, 0])
+        else:
+            with parallel(num_threads=n_threads):
+                for b in prange(n_blocks, schedule="dynamic"):
+                    folded_block(&X[b * block, 0], min(block, n - b * block),
+                                 &params[0], &units[0], &coef_off[0],
+                                 &bias_off[0], first_layer, L, act, out_act,
+                                 &buf[threadid(), 0, 0], &buf[threadid(), 1, 0],
+                                 &out[b * block, 0])
