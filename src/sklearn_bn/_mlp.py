@@ -62,6 +62,11 @@ def _aligned_zeros(n, dtype):
     return raw[start:start + n * dtype.itemsize].view(dtype)
 
 
+def _multiply_adds_per_row(units):
+    """Multiply-adds of the matrix products of one row through the network."""
+    return int(np.dot(units[:-1], units[1:]))
+
+
 def _workspace_sizes(units, max_batch, sparse):
     """Sizes and offsets of the per-fit workspace for a network shape.
 
@@ -405,15 +410,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         if first_pass:
             out_activation = self._out_activation(n_outputs)
             params = self._init_params(units, dtype, random_state)
-            state = {
-                "n_iter": 0,
-                "t": 0,
-                "loss_curve": [],
-                "no_improvement": 0,
-                "best_loss": None if self.early_stopping else np.inf,
-                "validation_scores": [] if self.early_stopping else None,
-                "best_validation_score": -np.inf if self.early_stopping else None,
-            }
+            state = {"n_iter": 0, "t": 0, "loss_curve": []}
+            state.update(self._fresh_stopping_state())
         else:
             if [c.shape for c in self.coefs_] != [
                 (a, b) for a, b in zip(units[:-1], units[1:])
@@ -444,18 +442,11 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 "best_validation_score": self.best_validation_score_,
             }
             # early_stopping may have changed since the last fit (warm start,
-            # partial_fit): the new stopping rule starts afresh, with the
-            # attributes it keeps as on a first fit.
-            if self.early_stopping and state["validation_scores"] is None:
-                state["validation_scores"] = []
-                state["best_validation_score"] = -np.inf
-                state["best_loss"] = None
-                state["no_improvement"] = 0
-            elif not self.early_stopping and state["best_loss"] is None:
-                state["validation_scores"] = None
-                state["best_validation_score"] = None
-                state["best_loss"] = np.inf
-                state["no_improvement"] = 0
+            # partial_fit): the new stopping rule starts afresh, as on a
+            # first fit. (A fit with early stopping keeps validation scores,
+            # one without keeps None.)
+            if (state["validation_scores"] is None) == bool(self.early_stopping):
+                state.update(self._fresh_stopping_state())
 
         layout = _Layout(units)
         coefs, gammas, intercepts, running_means, running_vars = params
@@ -625,7 +616,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         # its own threads (set per fit: a BLAS library may wake its threads
         # when its limit is raised).
         engine_threads = contextlib.ExitStack()
-        multiply_adds = batch_size * int(np.dot(layout.units[:-1], layout.units[1:]))
+        multiply_adds = batch_size * _multiply_adds_per_row(layout.units)
         n_threads = engine_threads.enter_context(_engine_threads(multiply_adds))
         try:
             for _ in range(self.max_iter):
@@ -729,6 +720,15 @@ class _BaseMLPBN(BaseEstimator, ABC):
             theta, running_mean, running_var = best
         return theta, running_mean, running_var
 
+    def _fresh_stopping_state(self):
+        """The stopping rule's state before its first epoch: validation
+        scores with early stopping, the best training loss without."""
+        if self.early_stopping:
+            return {"no_improvement": 0, "best_loss": None, "validation_scores": [],
+                    "best_validation_score": -np.inf}
+        return {"no_improvement": 0, "best_loss": np.inf, "validation_scores": None,
+                "best_validation_score": None}
+
     def _trigger_stopping(self, msg, opt):
         if self.solver != "sgd" or self.learning_rate != "adaptive":
             if self.verbose:
@@ -802,7 +802,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         # Several blocks: the engine's threads take them in turn (BLAS on one
         # thread each), which a busy core slows down far less than BLAS's
         # threads sharing every product.
-        multiply_adds = block * int(np.dot(units[:-1], units[1:]))
+        multiply_adds = block * _multiply_adds_per_row(units)
         with _engine_threads(multiply_adds) as n_threads:
             _training.forward_folded(
                 X, params, units, folded["coef_off"], folded["bias_off"], 0,
