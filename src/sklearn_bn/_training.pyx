@@ -653,8 +653,8 @@ cdef double forward_backward(
                       <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
             l2_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
             if opt != NULL and l == 0:
-                step_panel(opt, theta_out, grad, state_a, state_b,
-                           net.coef_off[l], fan_in, c0, c1, fan_out, lr_t)
+                step_hidden_coefs(net, 0, team, opt, theta_out, grad, state_a,
+                                  state_b, lr_t)
         if l > 0:
             barrier_wait(team.barrier)   # the layer below needs every column of this delta
             if opt != NULL and l + 1 < L - 1:
