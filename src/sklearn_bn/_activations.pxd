@@ -27,27 +27,30 @@ cdef inline floating act_forward(floating y, int act) noexcept nogil:
 
 
 cdef inline floating act_derivative(floating a, int act) noexcept nogil:
+    # A typed one: next to a literal 1, Cython computes in double.
+    cdef floating one = 1
     if act == RELU:
-        return 1 if a > 0 else 0
+        return one if a > 0 else 0
     elif act == TANH:
-        return 1 - a * a
+        return one - a * a
     elif act == LOGISTIC:
-        return a * (1 - a)
-    return 1
+        return a * (one - a)
+    return one
 
 
 cdef inline floating logistic(floating y) noexcept nogil:
-    # Two branches so that exp never overflows.
-    cdef floating e
+    # Two branches so that exp never overflows. A typed one keeps float32 in
+    # float32 (next to a literal 1, Cython computes in double).
+    cdef floating e, one = 1
     if floating is float:
         if y >= 0:
-            return 1 / (1 + expf(-y))
+            return one / (one + expf(-y))
         e = expf(y)
     else:
         if y >= 0:
-            return 1 / (1 + exp(-y))
+            return one / (one + exp(-y))
         e = exp(y)
-    return e / (1 + e)
+    return e / (one + e)
 
 
 cdef void cact_forward(floating* y, Py_ssize_t n, int act) noexcept nogil

@@ -30,6 +30,7 @@ cdef void cact_forward(floating* y, Py_ssize_t n, int act) noexcept nogil:
 cdef void cact_backward(const floating* a, floating* delta, Py_ssize_t n,
                         int act) noexcept nogil:
     cdef Py_ssize_t i
+    cdef floating one = 1   # a literal 1 would make Cython compute in double
     if act == IDENTITY:
         return
     elif act == RELU:
@@ -37,10 +38,10 @@ cdef void cact_backward(const floating* a, floating* delta, Py_ssize_t n,
             delta[i] = delta[i] if a[i] > 0 else 0
     elif act == TANH:
         for i in range(n):
-            delta[i] *= 1 - a[i] * a[i]
+            delta[i] *= one - a[i] * a[i]
     else:
         for i in range(n):
-            delta[i] *= a[i] * (1 - a[i])
+            delta[i] *= a[i] * (one - a[i])
 
 
 def activation_code(name):

@@ -681,16 +681,21 @@ cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
     """One Adam (step size ``adam_lr``, from :func:`adam_rate`) or
     SGD-with-momentum step, in place."""
     cdef Py_ssize_t i
-    cdef floating g, v, lr_t, b1, b2, eps, mom, lr
+    cdef floating g, v, lr_t, b1, b2, c1, c2, eps, mom, lr
     if opt.solver == ADAM:
         lr_t = <floating> adam_lr
         b1 = <floating> opt.beta_1
         b2 = <floating> opt.beta_2
+        # 1 - beta in the working precision, as numpy computes
+        # ``(1 - beta_1) * grad`` on float32 arrays (a literal 1 next to a
+        # float would make Cython compute the loop in double).
+        c1 = <floating> (1 - opt.beta_1)
+        c2 = <floating> (1 - opt.beta_2)
         eps = <floating> opt.adam_epsilon
         for i in range(n):
             g = grad[i]
-            state_a[i] = b1 * state_a[i] + (1 - b1) * g
-            state_b[i] = b2 * state_b[i] + (1 - b2) * g * g
+            state_a[i] = b1 * state_a[i] + c1 * g
+            state_b[i] = b2 * state_b[i] + c2 * g * g
             if floating is float:
                 theta[i] -= lr_t * state_a[i] / (sqrtf(state_b[i]) + eps)
             else:
