@@ -301,20 +301,26 @@ def test_gradient_hand_checked_single_hidden_unit(problem):
     assert_allclose(grad[2][1], delta.sum(axis=0), rtol=1e-10)
 
 
+@pytest.mark.parametrize("hidden", [(5, 3), ()], ids=["hidden", "no-hidden"])
+@pytest.mark.parametrize("alpha", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
-def test_sparse_first_layer_gives_the_dense_loss_and_gradient(problem, weighted):
-    X, Y, coefs, gammas, intercepts = make_problem(problem, n=13, n_features=6, seed=3)
+def test_sparse_first_layer_gives_the_dense_loss_and_gradient(problem, weighted, alpha,
+                                                              hidden):
+    # alpha = 0: the products write the gradient (grad starts as NaN); alpha
+    # > 0: they add to the L2 term written first.
+    X, Y, coefs, gammas, intercepts = make_problem(problem, n=13, n_features=6, seed=3,
+                                                   hidden=hidden)
     X[np.abs(X) < 0.8] = 0.0  # about half the entries are zero
     X[4] = 0.0  # an empty row
     sw = sample_weights(X.shape[0]) if weighted else None
     out = OUT_ACTIVATION[problem]
-    dense = engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, "tanh", out, 0.1,
+    dense = engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, "tanh", out, alpha,
                                      update_running=True)
     for fmt in ("csr", "csc"):
         Xs = sp.csr_matrix(X) if fmt == "csr" else sp.csc_matrix(X)
         sparse = engine_loss_and_gradient(Xs, Y, sw, coefs, gammas, intercepts, "tanh", out,
-                                          0.1, update_running=True)
+                                          alpha, update_running=True)
         assert sparse[0] == pytest.approx(dense[0], rel=1e-12)
         assert_grad_allclose(sparse[1], dense[1], rtol=1e-10, atol=1e-12)
         assert_allclose(sparse[2], dense[2], rtol=1e-12, atol=1e-14)

@@ -326,12 +326,15 @@ cdef void sparse_rows_grad(const Py_ssize_t* rows, Py_ssize_t m,
                            const floating* data, const Py_ssize_t* indices,
                            const Py_ssize_t* indptr, const floating* delta,
                            Py_ssize_t n_in, Py_ssize_t ld, Py_ssize_t c0,
-                           Py_ssize_t c1, floating* grad) noexcept nogil:
-    """grad[:, c0:c1] = X[rows].T @ delta[:, c0:c1] for CSR X with ``n_in``
-    columns; rows of delta and grad are ``ld`` apart."""
+                           Py_ssize_t c1, floating* grad,
+                           bint accumulate) noexcept nogil:
+    """grad[:, c0:c1] (+)= X[rows].T @ delta[:, c0:c1] for CSR X with ``n_in``
+    columns (added to grad when ``accumulate``); rows of delta and grad are
+    ``ld`` apart."""
     cdef Py_ssize_t k, p
-    for k in range(n_in):
-        memset(grad + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
+    if not accumulate:
+        for k in range(n_in):
+            memset(grad + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
     for k in range(m):
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
             caxpy(<int> (c1 - c0), data[p], delta + k * ld + c0,
@@ -367,19 +370,33 @@ cdef inline void share(Py_ssize_t n, Py_ssize_t align, const Team* team,
     hi[0] = min(lo[0] + part, n)
 
 
-cdef simd_void l2_panel(floating* grad, const floating* w, Py_ssize_t n_rows,
-                        Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t ld,
-                        floating c, double* sumsq) noexcept nogil:
-    """``grad += c * w`` on columns ``c0:c1`` of ``n_rows`` rows ``ld``
-    apart; adds the sum of ``w ** 2`` there to ``sumsq``."""
+cdef simd_void l2_start_panel(floating* grad, const floating* w,
+                              Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
+                              Py_ssize_t ld, floating c,
+                              double* sumsq) noexcept nogil:
+    """Start a coefficient gradient with its L2 term: ``grad = c * w`` on
+    columns ``c0:c1`` of ``n_rows`` rows ``ld`` apart (nothing is written when
+    ``c == 0``); adds the sum of ``w ** 2`` there to ``sumsq``.
+
+    The data term's product then adds to ``grad`` (BLAS ``beta = 1``, see
+    :func:`l2_beta`): one pass over the gradient fewer than adding the L2
+    term after the product, and BLAS skips its own pass that zeroes ``C``
+    for ``beta = 0``.
+    """
     cdef Py_ssize_t i, j, width = c1 - c0
     if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
         width *= n_rows
         n_rows = 1
     for i in range(n_rows):
-        for j in range(c0 + i * ld, c0 + i * ld + width):
-            grad[j] += c * w[j]
+        if c != 0:
+            for j in range(c0 + i * ld, c0 + i * ld + width):
+                grad[j] = c * w[j]
         sumsq[0] += sum_of_squares(w + c0 + i * ld, width)
+
+
+cdef inline floating l2_beta(floating c) noexcept nogil:
+    """The ``beta`` of the product that follows :func:`l2_start_panel`."""
+    return 1 if c != 0 else 0
 
 
 cdef double adam_rate(const Optimizer* opt, Py_ssize_t t) noexcept nogil:
@@ -591,9 +608,9 @@ cdef double forward_backward(
                    1, c0, c1, n_out, lr_t)
     if l == 0 and net.sparse:
         if c1 > c0:
+            l2_start_panel(gW, W, nf, c0, c1, n_out, c, &sumsq)
             sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
-                             n_out, c0, c1, gW)
-            l2_panel(gW, W, nf, c0, c1, n_out, c, &sumsq)
+                             n_out, c0, c1, gW, c != 0)
             if opt != NULL:
                 step_panel(opt, theta_out, grad, state_a, state_b,
                            net.coef_off[l], nf, c0, c1, n_out, lr_t)
@@ -601,11 +618,11 @@ cdef double forward_backward(
         share(fan_in, COL_ALIGN, team, &c0, &c1)
         if c1 > c0:
             layer_in = xin if l == 0 else work + net.a_off[l - 1]
+            l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out,
+                           n_out, c, &sumsq)
             cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> m,
                   <floating> 1, layer_in + c0, <int> fan_in, D, <int> n_out,
-                  <floating> 0, gW + c0 * n_out, <int> n_out)
-            l2_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out,
-                     n_out, c, &sumsq)
+                  l2_beta(c), gW + c0 * n_out, <int> n_out)
             if opt != NULL:
                 step_panel(opt, theta_out, grad, state_a, state_b,
                            net.coef_off[l] + c0 * n_out, c1 - c0, 0, n_out,
@@ -643,15 +660,15 @@ cdef double forward_backward(
                            net.gamma_off[l], 1, c0, c1, fan_out, lr_t)
                 step_panel(opt, theta_out, grad, state_a, state_b,
                            net.bias_off[l], 1, c0, c1, fan_out, lr_t)
+            l2_start_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
             if l == 0 and net.sparse:
                 sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
-                                 fan_out, c0, c1, gW)
+                                 fan_out, c0, c1, gW, c != 0)
             else:
                 layer_in = xin if l == 0 else work + net.a_off[l - 1]
                 cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> m,
                       <floating> 1, layer_in, <int> fan_in, D + c0,
-                      <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
-            l2_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
+                      <int> fan_out, l2_beta(c), gW + c0, <int> fan_out)
             if opt != NULL and l == 0:
                 step_hidden_coefs(net, 0, team, opt, theta_out, grad, state_a,
                                   state_b, lr_t)
