@@ -720,6 +720,36 @@ def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weigh
     assert shuffled.loss_ == pytest.approx(permuted.loss_, rel=1e-12)
 
 
+def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
+    # Each epoch reshuffles the previous epoch's order, as MLPClassifier does
+    # (sample_idx = shuffle(sample_idx, random_state)), on the same stream.
+    from sklearn.utils import shuffle as sk_shuffle
+
+    X, y = regression_data(n=23, n_features=4, seed=2)
+    orders = []
+    train_epoch = _training.train_epoch
+
+    def record(*args):
+        orders.append(np.array(args[6], copy=True))  # sample_idx
+        return train_epoch(*args)
+
+    monkeypatch.setattr(_training, "train_epoch", record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPBNRegressor(hidden_layer_sizes=(5,), batch_size=8, max_iter=3, tol=0.0,
+                       n_iter_no_change=100, random_state=0).fit(X, y)
+    rs = np.random.RandomState(0)
+    for fan_in, fan_out in [(4, 5), (5, 1)]:  # the Glorot initialization's draws
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        rs.uniform(-bound, bound, (fan_in, fan_out))
+        rs.uniform(-bound, bound, fan_out)
+    expected = np.arange(23)
+    assert len(orders) == 3
+    for order in orders:
+        expected = sk_shuffle(expected, random_state=rs)
+        assert_array_equal(order, expected)
+
+
 # ---------------------------------------------------------------------------
 # Threads: an OpenMP team shares every minibatch
 

@@ -622,8 +622,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
             for _ in range(self.max_iter):
                 if self.shuffle:
                     # What sklearn.utils.shuffle draws (the same random
-                    # stream as MLPClassifier), without its validation.
-                    sample_idx = sample_idx[random_state.permutation(n_samples)]
+                    # stream as MLPClassifier), without its validation, and
+                    # in place: no second pass over the index (tens of
+                    # milliseconds an epoch at a million rows).
+                    random_state.shuffle(sample_idx)
                 loss_sum, opt["t"] = _training.train_epoch(
                     X_dense, X_data, X_indices, X_indptr, Y_train, sw_arr,
                     sample_idx, not self.shuffle, batch_size, layout_dict,
