@@ -712,7 +712,7 @@ cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
         for i in range(n):
             g = grad[i]
             state_a[i] = b1 * state_a[i] + c1 * g
-            state_b[i] = b2 * state_b[i] + c2 * g * g
+            state_b[i] = b2 * state_b[i] + c2 * (g * g)
             if floating is float:
                 theta[i] -= lr_t * state_a[i] / (sqrtf(state_b[i]) + eps)
             else:
