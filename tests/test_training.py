@@ -906,7 +906,9 @@ def test_train_epoch_rejects_a_bad_number_of_threads():
 @pytest.mark.parametrize("scale", [0.0, -1.0, np.nan])
 def test_train_epoch_rejects_a_bad_data_loss_scale(scale, monkeypatch):
     X, y = regression_data(n=10)
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
     before = params_of(est), est.loss_curve_.copy(), est.t_
     train_epoch = _training.train_epoch
 
