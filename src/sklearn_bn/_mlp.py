@@ -1133,7 +1133,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(
     ...     X / 16, y, random_state=0)
-    >>> clf = MLPBNClassifier(hidden_layer_sizes=(64,), max_iter=20,
+    >>> clf = MLPBNClassifier(hidden_layer_sizes=(64,), early_stopping=True,
     ...                       random_state=0).fit(X_train, y_train)
     >>> clf.predict(X_test[:3]).shape
     (3,)
