@@ -772,10 +772,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
         out_act = _training.OUT_ACTIVATIONS[out_activation]
         act = _activations.activation_code(self.activation)
         out = np.empty((X.shape[0], units[-1]), dtype=dtype)
+        block = _training.PREDICT_BLOCK_ROWS
         if sp.issparse(X):
             X = X.tocsr()
             W0, b0 = folded["coefs"][0], folded["intercepts"][0]
-            block = _training.PREDICT_BLOCK_ROWS
             for start in range(0, X.shape[0], block):
                 stop = min(start + block, X.shape[0])
                 Z = np.ascontiguousarray(
@@ -793,19 +793,15 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     )  # fmt: skip
             return out
         X = np.ascontiguousarray(X, dtype=dtype)
-        block = _training.PREDICT_BLOCK_ROWS
+        # One block: BLAS's own threads share its products. Several: the
+        # engine's threads take the blocks in turn (BLAS on one thread each),
+        # which a busy core slows down far less than BLAS's threads sharing
+        # every product.
         if X.shape[0] <= block:
-            # One block: BLAS's own threads share its products.
-            _training.forward_folded(
-                X, params, units, folded["coef_off"], folded["bias_off"], 0,
-                act, out_act, out,
-            )  # fmt: skip
-            return out
-        # Several blocks: the engine's threads take them in turn (BLAS on one
-        # thread each), which a busy core slows down far less than BLAS's
-        # threads sharing every product.
-        multiply_adds = block * _multiply_adds_per_row(units)
-        with _engine_threads(multiply_adds) as n_threads:
+            threads = contextlib.nullcontext(1)
+        else:
+            threads = _engine_threads(block * _multiply_adds_per_row(units))
+        with threads as n_threads:
             _training.forward_folded(
                 X, params, units, folded["coef_off"], folded["bias_off"], 0,
                 act, out_act, out, n_threads,
