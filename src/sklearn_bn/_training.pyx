@@ -378,10 +378,10 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
     columns ``c0:c1`` of ``n_rows`` rows ``ld`` apart (nothing is written when
     ``c == 0``); adds the sum of ``w ** 2`` there to ``sumsq``.
 
-    The data term's product then adds to ``grad`` (BLAS ``beta = 1``, see
-    :func:`l2_beta`): one pass over the gradient fewer than adding the L2
-    term after the product, and BLAS skips its own pass that zeroes ``C``
-    for ``beta = 0``.
+    The data term's product then adds to ``grad`` when ``c != 0`` (BLAS
+    ``beta = 1``) and writes it otherwise: one pass over the gradient fewer
+    than adding the L2 term after the product, and BLAS skips its own pass
+    that zeroes ``C`` for ``beta = 0``.
     """
     cdef Py_ssize_t i, j, width = c1 - c0
     if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
@@ -392,11 +392,6 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
             for j in range(c0 + i * ld, c0 + i * ld + width):
                 grad[j] = c * w[j]
         sumsq[0] += sum_of_squares(w + c0 + i * ld, width)
-
-
-cdef inline floating l2_beta(floating c) noexcept nogil:
-    """The ``beta`` of the product that follows :func:`l2_start_panel`."""
-    return 1 if c != 0 else 0
 
 
 cdef double adam_rate(const Optimizer* opt, Py_ssize_t t) noexcept nogil:
@@ -490,7 +485,8 @@ cdef double forward_backward(
     cdef const floating* swp
     cdef double wsum = 0, loss = 0, sumsq = 0, l2, w
     cdef double n_running = 0   # the m of the unbiased correction m / (m - 1)
-    cdef floating c
+    cdef floating c, product_beta
+    cdef bint l2_written
 
     # Every thread sums the weights (same order, same value): all of them
     # take the same branches and meet at the same barriers.
@@ -594,6 +590,10 @@ cdef double forward_backward(
     # gradient by rows (the units of the layer below).
     l2 = net.alpha / wsum
     c = <floating> l2
+    # l2_start_panel writes each coefficient gradient when c != 0, and the
+    # products then add to it.
+    l2_written = c != 0
+    product_beta = 1 if l2_written else 0
     D = p
     gW = grad + net.coef_off[l]
     gbias = grad + net.bias_off[l]
@@ -610,7 +610,7 @@ cdef double forward_backward(
         if c1 > c0:
             l2_start_panel(gW, W, nf, c0, c1, n_out, c, &sumsq)
             sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
-                             n_out, c0, c1, gW, c != 0)
+                             n_out, c0, c1, gW, l2_written)
             if opt != NULL:
                 step_panel(opt, theta_out, grad, state_a, state_b,
                            net.coef_off[l], nf, c0, c1, n_out, lr_t)
@@ -622,7 +622,7 @@ cdef double forward_backward(
                            n_out, c, &sumsq)
             cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> m,
                   <floating> 1, layer_in + c0, <int> fan_in, D, <int> n_out,
-                  l2_beta(c), gW + c0 * n_out, <int> n_out)
+                  product_beta, gW + c0 * n_out, <int> n_out)
             if opt != NULL:
                 step_panel(opt, theta_out, grad, state_a, state_b,
                            net.coef_off[l] + c0 * n_out, c1 - c0, 0, n_out,
@@ -663,12 +663,12 @@ cdef double forward_backward(
             l2_start_panel(gW, W, fan_in, c0, c1, fan_out, c, &sumsq)
             if l == 0 and net.sparse:
                 sparse_rows_grad(rows, m, X_data, X_indices, X_indptr, D, nf,
-                                 fan_out, c0, c1, gW, c != 0)
+                                 fan_out, c0, c1, gW, l2_written)
             else:
                 layer_in = xin if l == 0 else work + net.a_off[l - 1]
                 cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> m,
                       <floating> 1, layer_in, <int> fan_in, D + c0,
-                      <int> fan_out, l2_beta(c), gW + c0, <int> fan_out)
+                      <int> fan_out, product_beta, gW + c0, <int> fan_out)
             if opt != NULL and l == 0:
                 step_hidden_coefs(net, 0, team, opt, theta_out, grad, state_a,
                                   state_b, lr_t)
