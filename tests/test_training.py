@@ -396,15 +396,27 @@ def running_of(est):
     return ([m.copy() for m in est.running_means_], [v.copy() for v in est.running_vars_])
 
 
-def glorot_init(units, activation, seed):
-    """scikit-learn's MLP initialization (same random stream)."""
-    rs = np.random.RandomState(seed)
+def glorot_draws(units, activation, rs):
+    """Draw scikit-learn's MLP initialization from ``rs``; the coefficients."""
     factor = 2.0 if activation == "logistic" else 6.0
     coefs = []
     for fan_in, fan_out in zip(units[:-1], units[1:]):
         bound = np.sqrt(factor / (fan_in + fan_out))
         coefs.append(rs.uniform(-bound, bound, (fan_in, fan_out)))
         rs.uniform(-bound, bound, fan_out)  # the intercepts' draw
+    return coefs
+
+
+def stream_after_init(units, activation, seed):
+    """The estimator's random stream once it has drawn its initialization."""
+    rs = np.random.RandomState(seed)
+    glorot_draws(units, activation, rs)
+    return rs
+
+
+def glorot_init(units, activation, seed):
+    """scikit-learn's MLP initialization (same random stream)."""
+    coefs = glorot_draws(units, activation, np.random.RandomState(seed))
     gammas = [np.ones(u) for u in units[1:-1]]
     intercepts = [np.zeros(u) for u in units[1:]]
     return coefs, gammas, intercepts
@@ -698,12 +710,7 @@ def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weigh
     if sparse_input:
         X[np.abs(X) < 0.5] = 0.0
     sw = np.random.RandomState(3).uniform(0.5, 2.0, size=21) if weighted else None
-    rs = np.random.RandomState(0)
-    glorot_init_draws = [(4, 5), (5, 1)]
-    for fan_in, fan_out in glorot_init_draws:
-        bound = np.sqrt(6.0 / (fan_in + fan_out))
-        rs.uniform(-bound, bound, (fan_in, fan_out))
-        rs.uniform(-bound, bound, fan_out)
+    rs = stream_after_init([4, 5, 1], "tanh", seed=0)
     perm = sk_shuffle(np.arange(21), random_state=rs)
     assert not np.array_equal(perm, np.arange(21))
 
@@ -738,11 +745,7 @@ def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
         warnings.simplefilter("ignore", ConvergenceWarning)
         MLPBNRegressor(hidden_layer_sizes=(5,), batch_size=8, max_iter=3, tol=0.0,
                        n_iter_no_change=100, random_state=0).fit(X, y)
-    rs = np.random.RandomState(0)
-    for fan_in, fan_out in [(4, 5), (5, 1)]:  # the Glorot initialization's draws
-        bound = np.sqrt(6.0 / (fan_in + fan_out))
-        rs.uniform(-bound, bound, (fan_in, fan_out))
-        rs.uniform(-bound, bound, fan_out)
+    rs = stream_after_init([4, 5, 1], "relu", seed=0)
     expected = np.arange(23)
     assert len(orders) == 3
     for order in orders:
