@@ -1,7 +1,11 @@
 """Tests of BatchNormScaler and of its kernels (sklearn_bn._scaling)."""
 
+import multiprocessing
 import pickle
+import threading
+import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -775,9 +779,6 @@ def test_thread_pool_grows_with_the_thread_limit(monkeypatch):
 def test_row_blocks_wait_for_the_workers_when_the_caller_fails(monkeypatch):
     # The caller's block raising must not return while workers still use the
     # arrays: every worker block finishes first, then the error propagates.
-    import threading
-    import time
-
     monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 3)
     monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1)
     finished = []
@@ -801,14 +802,11 @@ def _threaded_fit_transform(X):
     return BatchNormScaler().fit_transform(X)
 
 
-@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                     reason="needs the fork start method")
 def test_forked_child_gets_a_fresh_thread_pool(monkeypatch):
     # A forked child inherits the parent's executor but not its threads: work
     # submitted there would wait forever.
-    import multiprocessing
-    import warnings
-
     monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 2)
     monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1000)
     X = _data(n=4000, m=50)
