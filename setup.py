@@ -7,9 +7,15 @@ environment to rebuild with bounds, wraparound and initialization checks on
 The training engine uses OpenMP when the compiler supports it (checked by
 compiling a small program); without it, or with ``SKLEARN_BN_NO_OPENMP=1``,
 it is built serial and trains on one thread (plus BLAS's threads).
+
+Every build also leaves a copy of the compiled modules beside their sources
+(what an in-place build does), so that the clone itself is importable after
+``pip install .``: ``python -m sklearn_bn`` run from the clone's root, where
+Python finds ``sklearn_bn/`` before the installed copy, runs the same build.
 """
 
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -47,8 +53,29 @@ int main(void) {
 """
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 class BuildExt(build_ext):
-    """Add the OpenMP flags to the modules that use threads, if they work."""
+    """Add the OpenMP flags to the modules that use threads, if they work;
+    copy the compiled modules beside their sources."""
+
+    def run(self):
+        super().run()
+        if not self.inplace:
+            self._copy_beside_sources()
+
+    def _copy_beside_sources(self):
+        for ext in self.extensions:
+            built = self.get_ext_fullpath(ext.name)
+            target = os.path.join(HERE, *ext.name.split(".")[:-1],
+                                  os.path.basename(built))
+            if os.path.abspath(built) == os.path.abspath(target):
+                continue
+            try:
+                shutil.copyfile(built, target)
+            except OSError as exc:  # a read-only checkout: the install is fine
+                warnings.warn(f"could not copy {built} beside its source: {exc}")
 
     def build_extensions(self):
         flags = self._openmp_flags()
@@ -87,7 +114,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         f"sklearn_bn.{name}",
-        [f"src/sklearn_bn/{name}.pyx"],
+        [f"sklearn_bn/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         # No code reads errno: this lets sqrt vectorize (the Adam step).
@@ -102,7 +129,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
-        include_path=["src"],
+        include_path=["."],
         nthreads=N_JOBS,
     ),
     cmdclass={"build_ext": BuildExt},

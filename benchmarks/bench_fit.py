@@ -91,7 +91,7 @@ import numpy as np
 try:
     import sklearn_bn
 except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import sklearn_bn
 from sklearn_bn import MLPBNClassifier
 

@@ -67,7 +67,7 @@ import numpy as np
 try:
     from sklearn_bn import _batchnorm
 except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from sklearn_bn import _batchnorm
 
 SHAPES = [(256, 256), (4096, 1024)]

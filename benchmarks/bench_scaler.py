@@ -54,7 +54,7 @@ from threadpoolctl import threadpool_limits
 try:
     from sklearn_bn import BatchNormScaler
 except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from sklearn_bn import BatchNormScaler
 
 from sklearn_bn._scaler import _effective_n_threads

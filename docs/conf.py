@@ -4,8 +4,9 @@ Build (warnings are errors)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-The docs import the *compiled* package: the installed one, or ``src/`` when it
-has been built in place (a compiled extension beside each ``.pyx``).
+The docs import the *compiled* package: the repository's ``sklearn_bn/`` when
+it has been built (a compiled extension beside each ``.pyx``, which every
+build leaves there), else the installed one.
 ``pip install ".[docs]"`` followed by the command above works from a fresh clone.
 
 Intersphinx links to scikit-learn, numpy, scipy and Python are off by default
@@ -34,10 +35,12 @@ def _source_tree_is_built(package_dir):
     return True
 
 
-if _source_tree_is_built(REPO_DIR / "src" / "sklearn_bn"):
-    # A development build in place (``python setup.py build_ext --inplace``):
-    # document it rather than whatever is installed.
-    sys.path.insert(0, str(REPO_DIR / "src"))
+if _source_tree_is_built(REPO_DIR / "sklearn_bn"):
+    # Document this checkout rather than whatever is installed.
+    sys.path.insert(0, str(REPO_DIR))
+elif str(REPO_DIR) in sys.path or "" in sys.path:
+    # ``python -m sphinx`` from the root puts an unbuilt checkout first.
+    sys.path[:] = [p for p in sys.path if p not in ("", str(REPO_DIR))]
 
 try:
     import sklearn_bn

@@ -5,6 +5,14 @@
 hidden layers are ``linear -> batch norm -> activation``.
 """
 
+try:
+    from sklearn_bn import _training  # noqa: F401  (compiled)
+except ImportError as exc:  # pragma: no cover - unbuilt source tree
+    raise ImportError(
+        f"sklearn_bn's compiled modules cannot be imported ({exc}). In a source "
+        "checkout, build them with `pip install .` from its root."
+    ) from exc
+
 from sklearn_bn._scaler import BatchNormScaler
 from sklearn_bn._mlp import MLPBNClassifier, MLPBNRegressor
 
