@@ -376,8 +376,10 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         n_features = X.shape[1]
         self._affine_params(n_features)  # wrong gamma/beta: fail before work
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(
-                sample_weight, X, dtype=X.dtype, ensure_non_negative=True
+            sample_weight = _aligned(
+                _check_sample_weight(
+                    sample_weight, X, dtype=X.dtype, ensure_non_negative=True
+                )
             )
         if self.momentum is not None and X.shape[0] < 2:
             raise ValueError(
@@ -487,14 +489,16 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     f"X has {X.shape[1]} features, but {type(self).__name__} "
                     f"is expecting {self.n_features_in_} features as input."
                 )
-            return X
-        return validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype=_FLOAT_DTYPES,
-            order="C",
-            ensure_all_finite=False,
+            return _aligned(X)
+        return _aligned(
+            validate_data(
+                self,
+                X,
+                reset=reset,
+                dtype=_FLOAT_DTYPES,
+                order="C",
+                ensure_all_finite=False,
+            )
         )
 
     def inverse_transform(self, X, copy=None):
@@ -518,13 +522,15 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         _reject_sparse(X, self)
         copy = self.copy if copy is None else copy
         X_in = X
-        X = check_array(
-            X,
-            dtype=_FLOAT_DTYPES,
-            order="C",
-            ensure_all_finite=False,
-            input_name="X",
-            estimator=self,
+        X = _aligned(
+            check_array(
+                X,
+                dtype=_FLOAT_DTYPES,
+                order="C",
+                ensure_all_finite=False,
+                input_name="X",
+                estimator=self,
+            )
         )
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -627,6 +633,15 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         tags.input_tags.sparse = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _aligned(array):
+    """``array``, or an aligned copy of it: the kernels read aligned data, and
+    validation accepts arrays that start at any byte (``np.frombuffer`` or
+    ``np.memmap`` at an odd offset, the blocks Dask ships between workers)."""
+    if array.flags.aligned:
+        return array
+    return np.require(array, requirements=("C", "A"))
 
 
 def _reject_sparse(X, estimator):

@@ -466,6 +466,55 @@ def test_memmap_input(tmp_path, dtype):
     assert_array_equal(ro, X)
 
 
+def _unaligned(array):
+    """A C-contiguous copy of ``array`` whose data start one byte past an
+    aligned address (as ``np.frombuffer(buf, offset=1)`` gives)."""
+    raw = np.zeros(array.nbytes + 1, dtype=np.uint8)
+    out = np.frombuffer(raw.data, dtype=array.dtype, offset=1, count=array.size)
+    out = out.reshape(array.shape)
+    out[...] = array
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_unaligned_input_is_accepted(dtype, momentum):
+    # Arrays that start at any byte pass scikit-learn's validation (Dask ships
+    # blocks like this between workers); the scaler gives what it gives on an
+    # aligned copy.
+    X = _data(dtype=dtype)
+    sw = np.random.RandomState(1).uniform(0.5, 2.0, X.shape[0]).astype(dtype)
+    Xu, swu = _unaligned(X), _unaligned(sw)
+    expected = BatchNormScaler(momentum=momentum).fit(X, sample_weight=sw)
+    for fitted in (
+        BatchNormScaler(momentum=momentum).fit(Xu, sample_weight=swu),
+        BatchNormScaler(momentum=momentum).partial_fit(Xu, sample_weight=swu),
+    ):
+        assert_array_equal(fitted.running_mean_, expected.running_mean_)
+        assert_array_equal(fitted.running_var_, expected.running_var_)
+    assert_array_equal(
+        BatchNormScaler(momentum=momentum).fit_transform(Xu, sample_weight=swu),
+        expected.transform(X),
+    )
+    assert_array_equal(expected.transform(Xu), expected.transform(X))
+    assert_array_equal(expected.transform(_unaligned(X), copy=False), expected.transform(X))
+    assert_array_equal(expected.inverse_transform(Xu), expected.inverse_transform(X))
+    assert_array_equal(Xu, X)
+
+
+def test_memmap_at_an_odd_offset(tmp_path):
+    X = _data(dtype=np.float64)
+    path = tmp_path / "X.dat"
+    with open(path, "wb") as f:
+        f.write(b"\0" + X.tobytes())
+    mm = np.memmap(path, dtype=np.float64, mode="r", offset=1, shape=X.shape)
+    assert not mm.flags.aligned
+    scaler = BatchNormScaler().fit(mm)
+    assert_array_equal(scaler.running_mean_, BatchNormScaler().fit(X).running_mean_)
+    assert_array_equal(scaler.transform(mm), scaler.transform(X))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_copy_false_works_in_place(dtype):
     X = _data(dtype=dtype)
