@@ -36,8 +36,9 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-MODULES = ["_blas", "_activations", "_batchnorm", "_scaling", "_training"]
-OPENMP_MODULES = {"sklearn_bn._training"}
+MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_training"]
+# Modules that run OpenMP teams (the scaler's kernels and the engine).
+OPENMP_MODULES = {f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")}
 
 OPENMP_CHECK = """
 #include <omp.h>
@@ -115,7 +116,7 @@ extensions = [
     Extension(
         f"sklearn_bn.{name}",
         [f"sklearn_bn/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "sklearn_bn"],  # _team.h
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         # No code reads errno: this lets sqrt vectorize (the Adam step).
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"],

@@ -57,7 +57,7 @@ except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from sklearn_bn import BatchNormScaler
 
-from sklearn_bn._scaler import _effective_n_threads
+from sklearn_bn._threads import max_threads
 
 
 def stream(scaler, X, chunk):
@@ -123,7 +123,7 @@ def main(argv=None):
         f"BatchNormScaler vs memory floor and StandardScaler: X of shape "
         f"({args.n_samples}, {args.n_features}), stream chunks of {args.chunk} rows, "
         f"best of {args.repeat}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, BatchNormScaler threads: {_effective_n_threads()}; "
+        f"{os.cpu_count()} CPUs, BatchNormScaler threads: {max_threads()}; "
         f"numpy {np.__version__}\n"
     )
     print("| dtype | operation | seconds | x memory floor (X.copy()) "

@@ -1,57 +1,26 @@
-"""Hidden-layer activations: forward (in place) and backward.
+"""Hidden-layer activations, for the Python layer and tests.
 
-``forward(y, act)`` overwrites ``y`` with ``f(y)``; ``backward(a, delta, act)``
-multiplies ``delta`` in place by ``f'`` evaluated from the output ``a = f(y)``.
-The scalar versions are inline functions in ``_activations.pxd`` so that the
-fused batch-norm kernels apply them without a call per element.
+The activations themselves are written once, in ``_activations.pxd``, and
+applied by the fused batch-norm kernels. ``forward(y, act)`` and
+``backward(a, delta, act)`` apply one elementwise, through the same row
+passes: ``forward`` overwrites ``y`` with ``f(y)``, ``backward`` multiplies
+``delta`` in place by ``f'`` evaluated from the output ``a = f(y)``.
 """
 from cython cimport floating
 
-ACTIVATIONS = {
-    "identity": IDENTITY,
-    "relu": RELU,
-    "tanh": TANH,
-    "logistic": LOGISTIC,
-}
+import numpy as np
 
+from sklearn_bn._batchnorm cimport row_pass, FORWARD, GRADIENT_DZ
 
-cdef void cact_forward(floating* y, Py_ssize_t n, int act) noexcept nogil:
-    cdef Py_ssize_t i
-    if act == IDENTITY:
-        return
-    elif act == RELU:
-        for i in range(n):
-            y[i] = y[i] if y[i] > 0 else 0
-    else:
-        for i in range(n):
-            y[i] = act_forward(y[i], act)
+from sklearn_bn._activations cimport act_code
 
-
-cdef void cact_backward(const floating* a, floating* delta, Py_ssize_t n,
-                        int act) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating one = 1   # a literal 1 would make Cython compute in double
-    if act == IDENTITY:
-        return
-    elif act == RELU:
-        for i in range(n):
-            delta[i] = delta[i] if a[i] > 0 else 0
-    elif act == TANH:
-        for i in range(n):
-            delta[i] *= one - a[i] * a[i]
-    else:
-        for i in range(n):
-            delta[i] *= a[i] * (one - a[i])
+#: Name -> code of every activation.
+ACTIVATIONS = {ACTIVATION_NAMES[k].decode("ascii"): k for k in range(N_ACTIVATIONS)}
 
 
 def activation_code(name):
     """Return the integer code of the activation called ``name``."""
-    try:
-        return ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}"
-        ) from None
+    return act_code(name)
 
 
 def forward(floating[:, ::1] y, activation):
@@ -63,11 +32,18 @@ def forward(floating[:, ::1] y, activation):
         Pre-activations, overwritten by the activations.
     activation : {'identity', 'relu', 'tanh', 'logistic'}
     """
-    cdef int act = activation_code(activation)
-    cdef Py_ssize_t n = y.shape[0] * y.shape[1]
-    if n:
+    cdef int act = act_code(activation)
+    cdef Py_ssize_t n_rows = y.shape[0], n_cols = y.shape[1]
+    zeros_ = np.zeros(n_cols, dtype=np.asarray(y).dtype)
+    ones_ = np.ones(n_cols, dtype=zeros_.dtype)
+    cdef const floating[::1] zeros = zeros_
+    cdef const floating[::1] ones = ones_
+    if n_rows and n_cols:
         with nogil:
-            cact_forward(&y[0, 0], n, act)
+            # act((y - 0) * 1 + 0) is act(y).
+            row_pass(act, FORWARD, &y[0, 0], NULL, NULL, &y[0, 0], n_rows, n_cols,
+                     n_cols, NULL, &zeros[0], &ones[0], &zeros[0], NULL, NULL, NULL,
+                     NULL)
     return y.base if y.base is not None else y
 
 
@@ -83,12 +59,21 @@ def backward(const floating[:, ::1] a, floating[:, ::1] delta, activation):
         gradient with respect to its input.
     activation : {'identity', 'relu', 'tanh', 'logistic'}
     """
-    cdef int act = activation_code(activation)
+    cdef int act = act_code(activation)
     if a.shape[0] != delta.shape[0] or a.shape[1] != delta.shape[1]:
         raise ValueError(
             f"a and delta must have the same shape, got ({a.shape[0]}, {a.shape[1]}) "
             f"and ({delta.shape[0]}, {delta.shape[1]})")
-    cdef Py_ssize_t n = a.shape[0] * a.shape[1]
-    if n:
+    cdef Py_ssize_t n_rows = a.shape[0], n_cols = a.shape[1]
+    zeros_ = np.zeros(n_cols, dtype=np.asarray(delta).dtype)
+    ones_ = np.ones(n_cols, dtype=zeros_.dtype)
+    cdef const floating[::1] zeros = zeros_
+    cdef const floating[::1] ones = ones_
+    if n_rows and n_cols:
         with nogil:
-            cact_backward(&a[0, 0], &delta[0, 0], n, act)
+            # The backward pass of the layer with center 0, scale 1, shift 0
+            # and no batch-norm terms (q = r = 0): dz = g = delta * f'. ReLU's
+            # mask from a is its mask from y: a > 0 exactly where y > 0.
+            row_pass(act, GRADIENT_DZ, &a[0, 0], &delta[0, 0], &a[0, 0],
+                     &delta[0, 0], n_rows, n_cols, n_cols, NULL, &zeros[0],
+                     &ones[0], &zeros[0], &zeros[0], &zeros[0], NULL, NULL)

@@ -1,13 +1,35 @@
 # Batch-normalization kernels on C-contiguous (n_rows, n_cols) blocks.
 #
-# ``scratch``: doubles the caller allocates once; SCRATCH_PER_COLUMN (8) per
-# column covers every kernel (cbatch_stats uses 3 * n_cols,
-# cbn_act_forward_train and cbn_act_backward 7 * n_cols).
-# ``a_out`` may alias ``z`` and ``dz_out`` may alias ``da``. The training
-# kernels take ``ld``, the distance between rows (>= ``n_cols``), so that they
-# can run on a panel of columns of a wider block (one thread per panel).
+# ``scratch``: doubles the caller allocates once, SCRATCH_PER_COLUMN per
+# column (cbatch_stats uses 3 * n_cols, cbn_act_forward_train and
+# cbn_act_backward 7 * n_cols). ``a_out`` may alias ``z`` and ``dz_out`` may
+# alias ``da``. The training kernels take ``ld``, the distance between rows
+# (>= ``n_cols``), so that they can run on a panel of columns of a wider
+# block (one thread per panel).
 from cython cimport floating
 
+cpdef enum:
+    SCRATCH_PER_COLUMN = 8
+
+
+cdef enum RowPass:
+    FORWARD = 0          # out = act((z - center) * scale + shift)
+    GRADIENT_SUMS = 1    # sum_g, sum_gz of g = da * act'(y)
+    GRADIENT_DZ = 2      # out = scale * g - w * (q + r * (z - center))
+
+
+cdef void row_pass(int act, RowPass kind, const floating* z,
+                   const floating* da, const floating* a, floating* out,
+                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t stride,
+                   const floating* sample_weight, const floating* center,
+                   const floating* scale, const floating* shift,
+                   const floating* q, const floating* r, double* sum_g,
+                   double* sum_gz) noexcept nogil
+
+cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
+                    Py_ssize_t n_cols, Py_ssize_t stride,
+                    const floating* center, const floating* scale,
+                    const floating* shift, int act) noexcept nogil
 
 cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                        const floating* sample_weight, bint ignore_nan,

@@ -17,8 +17,10 @@ Performance notes
   cannot alias the caller's buffers, so the compiler vectorizes without
   runtime alias checks) or have a single store stream, never load under a
   condition (``d = da[j]; g = d if a[j] > 0 else 0`` is a mask, where
-  ``g = da[j] if a[j] > 0 else 0`` is a branch) and fix the activation
-  outside the loop.
+  ``g = da[j] if a[j] > 0 else 0`` is a branch). The row passes are compiled
+  once per activation (the tags of ``_activations.pxd``; :func:`row_pass`
+  dispatches on the activation's code), so that it is a constant inside
+  their loops.
 * Instruction sets. With GCC on x86-64 Linux the hot functions are compiled
   twice, for the baseline (SSE2) and for x86-64-v3 (AVX2, FMA), and the
   dynamic loader picks the one the CPU supports (``target_clones``);
@@ -37,24 +39,23 @@ once. Normalization computes ``(z - center) * scale + shift`` with
 folded into ``shift``, so that float32 stays accurate when the mean is large
 compared to the spread.
 """
-from libc.math cimport sqrt
-from libc.string cimport memset
+from libc.math cimport sqrt, NAN
+from libc.string cimport memcpy, memset
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
+from cython.parallel cimport prange, threadid
 
 import numpy as np
 cimport numpy as cnp
 
 from sklearn_bn._activations cimport (
-    act_forward, IDENTITY, RELU, TANH, LOGISTIC)
-from sklearn_bn._activations import ACTIVATIONS, activation_code
-from sklearn_bn._simd cimport simd_void
+    activation_t, act_forward, act_gradient, act_code, reads_input,
+    reads_output, Identity, Relu, Tanh, Logistic, IDENTITY, RELU, TANH, LOGISTIC)
+from sklearn_bn._simd cimport inline_void, simd_void
+from sklearn_bn._team cimport MAX_THREADS
 
 cnp.import_array()
 
-# Doubles of scratch each kernel needs per column (callers allocate it once).
-SCRATCH_PER_COLUMN = 8
-cdef Py_ssize_t SCRATCH_COLUMNS = SCRATCH_PER_COLUMN
 
 cdef enum:
     # Columns per tile: the size of the local per-column arrays.
@@ -85,43 +86,29 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     """Mean, ddof=0 variance and weight sum of the columns of ``x``.
 
     Rows are reduced in blocks (tiles of at most ``CHUNK`` columns) around a
-    shift ``c``: sums of ``w * (x - c)`` and ``w * (x - c) ** 2``, merged
-    with Chan et al.'s update. The shift of the first block is the mean of
-    its first four rows; later blocks shift by the running mean, so the block
-    sums do not cancel; a tile whose shift was far from its own mean
-    (outlying first rows, drifting data) is summed again, from cache, around
-    its mean. Running means are kept relative to the first block's shift
-    ``ref`` so that their rounding is relative to the spread of the data, not
-    to its offset. Deviations ``x - c`` and their sums over runs of 32 rows
-    are formed in the working precision (float32: relative errors of order
-    1e-7, which do not grow with the number of rows), then accumulated in
-    double. Rows start every ``stride`` elements. ``scratch``: ``3 * n_cols``
-    doubles.
+    shift ``c``: sums of ``w * (x - c)`` and ``w * (x - c) ** 2``
+    (:func:`_tile_sums`), merged with Chan et al.'s update. The shift of the
+    first block is the mean of its first four rows; later blocks shift by the
+    running mean, so the block sums do not cancel; a tile whose shift was far
+    from its own mean (outlying first rows, drifting data) is summed again,
+    from cache, around its mean. Running means are kept relative to the first
+    block's shift ``ref`` so that their rounding is relative to the spread of
+    the data, not to its offset. Rows start every ``stride`` elements.
+    ``scratch``: ``3 * n_cols`` doubles.
     """
     cdef double* ref = scratch
     cdef double* mean = scratch + n_cols     # running mean - ref
     cdef double* m2 = scratch + 2 * n_cols
     cdef double center[CHUNK]
     cdef floating cf[CHUNK]
-    cdef floating f1[CHUNK]
-    cdef floating f2[CHUNK]
     cdef double s1[CHUNK]
     cdef double s2[CHUNK]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, run_stop, i, j, j0, width, n_first
+    cdef Py_ssize_t start, stop, i, j, j0, width
     cdef int attempt
     cdef bint redo, first = True
-    cdef floating c, d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3
     cdef double bw, total, ratio, cross, inv, mb, m2b, delta
     cdef double wtot = 0
-    cdef const floating* row0
-    cdef const floating* row1
-    cdef const floating* row2
-    cdef const floating* row3
-    cdef const floating* row4
-    cdef const floating* row5
-    cdef const floating* row6
-    cdef const floating* row7
 
     start = 0
     while start < n_rows:
@@ -143,17 +130,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
         while j0 < n_cols:
             width = min(<Py_ssize_t> CHUNK, n_cols - j0)
             if first:
-                # The mean of (up to) the first four rows: close enough to the
-                # block mean that a redo is rare.
-                n_first = min(<Py_ssize_t> 4, stop - start)
-                for j in range(width):
-                    center[j] = 0
-                for i in range(start, start + n_first):
-                    row0 = x + i * stride + j0
-                    for j in range(width):
-                        center[j] += row0[j]
-                for j in range(width):
-                    center[j] *= 1.0 / n_first
+                _first_rows_mean(x + j0, start, stop, stride, width, center)
             else:
                 for j in range(width):
                     center[j] = ref[j0 + j] + mean[j0 + j]
@@ -163,80 +140,8 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                 for j in range(width):
                     cf[j] = <floating> center[j]
                     center[j] = cf[j]
-                    s1[j] = 0
-                    s2[j] = 0
-                # Eight (weighted: four) rows at a time: their terms are added
-                # in the working precision, into working-precision
-                # accumulators for runs of 32 rows, then to the double ones.
-                i = start
-                while sample_weight == NULL and i + 7 < stop:
-                    run_stop = min(i + 32, stop)
-                    for j in range(width):
-                        f1[j] = 0
-                        f2[j] = 0
-                    while i + 7 < run_stop:
-                        row0 = x + i * stride + j0
-                        row1 = row0 + stride
-                        row2 = row1 + stride
-                        row3 = row2 + stride
-                        row4 = row3 + stride
-                        row5 = row4 + stride
-                        row6 = row5 + stride
-                        row7 = row6 + stride
-                        for j in range(width):
-                            c = cf[j]
-                            d0 = row0[j] - c
-                            d1 = row1[j] - c
-                            d2 = row2[j] - c
-                            d3 = row3[j] - c
-                            d4 = row4[j] - c
-                            d5 = row5[j] - c
-                            d6 = row6[j] - c
-                            d7 = row7[j] - c
-                            f1[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-                            f2[j] += (((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
-                                      + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)))
-                        i += 8
-                    for j in range(width):
-                        s1[j] += f1[j]
-                        s2[j] += f2[j]
-                while i + 3 < stop:
-                    row0 = x + i * stride + j0
-                    row1 = row0 + stride
-                    row2 = row1 + stride
-                    row3 = row2 + stride
-                    if sample_weight == NULL:
-                        for j in range(width):
-                            c = cf[j]
-                            d0 = row0[j] - c
-                            d1 = row1[j] - c
-                            d2 = row2[j] - c
-                            d3 = row3[j] - c
-                            s1[j] += (d0 + d1) + (d2 + d3)
-                            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-                    else:
-                        w0 = sample_weight[i]
-                        w1 = sample_weight[i + 1]
-                        w2 = sample_weight[i + 2]
-                        w3 = sample_weight[i + 3]
-                        for j in range(width):
-                            c = cf[j]
-                            d0 = row0[j] - c
-                            d1 = row1[j] - c
-                            d2 = row2[j] - c
-                            d3 = row3[j] - c
-                            s1[j] += (w0 * d0 + w1 * d1) + (w2 * d2 + w3 * d3)
-                            s2[j] += ((w0 * (d0 * d0) + w1 * (d1 * d1))
-                                      + (w2 * (d2 * d2) + w3 * (d3 * d3)))
-                    i += 4
-                while i < stop:
-                    row0 = x + i * stride + j0
-                    w0 = sample_weight[i] if sample_weight != NULL else 1
-                    for j in range(width):
-                        d0 = row0[j] - cf[j]
-                        s1[j] += w0 * d0
-                        s2[j] += w0 * (d0 * d0)
-                    i += 1
+                _tile_sums(x + j0, start, stop, stride, width, sample_weight, cf,
+                           s1, s2)
                 if attempt == 1 or stop - start == 1:
                     break
                 # M2 = s2 - s1**2 / bw loses accuracy when s1**2 / bw is close
@@ -278,6 +183,124 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
             mean_out[j] = 0
             var_out[j] = 0
         wsum_out[j] = wtot
+
+
+cdef inline inline_void _first_rows_mean(const floating* x, Py_ssize_t start,
+                                         Py_ssize_t stop, Py_ssize_t stride,
+                                         Py_ssize_t width,
+                                         double* center) noexcept nogil:
+    """The mean of (up to) the first four rows of the block: close enough to
+    the block mean that a redo is rare."""
+    cdef Py_ssize_t i, j, n_first = min(<Py_ssize_t> 4, stop - start)
+    cdef const floating* row
+    for j in range(width):
+        center[j] = 0
+    for i in range(start, start + n_first):
+        row = x + i * stride
+        for j in range(width):
+            center[j] += row[j]
+    for j in range(width):
+        center[j] *= 1.0 / n_first
+
+
+cdef inline inline_void _tile_sums(const floating* x, Py_ssize_t start,
+                                   Py_ssize_t stop, Py_ssize_t stride,
+                                   Py_ssize_t width,
+                                   const floating* sample_weight,
+                                   const floating* cf, double* s1,
+                                   double* s2) noexcept nogil:
+    """``s1 = sum w * (x - c)`` and ``s2 = sum w * (x - c) ** 2`` over rows
+    ``[start, stop)`` of the ``width`` columns at ``x``, shift ``cf``.
+
+    Deviations ``x - c`` and their sums over runs of 32 rows are formed in
+    the working precision (float32: relative errors of order 1e-7, which do
+    not grow with the number of rows), then accumulated in double. Eight
+    (weighted: four) rows at a time.
+    """
+    cdef floating f1[CHUNK]
+    cdef floating f2[CHUNK]
+    cdef Py_ssize_t i, j, run_stop
+    cdef floating c, d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3
+    cdef const floating* row0
+    cdef const floating* row1
+    cdef const floating* row2
+    cdef const floating* row3
+    cdef const floating* row4
+    cdef const floating* row5
+    cdef const floating* row6
+    cdef const floating* row7
+    for j in range(width):
+        s1[j] = 0
+        s2[j] = 0
+    i = start
+    while sample_weight == NULL and i + 7 < stop:
+        run_stop = min(i + 32, stop)
+        for j in range(width):
+            f1[j] = 0
+            f2[j] = 0
+        while i + 7 < run_stop:
+            row0 = x + i * stride
+            row1 = row0 + stride
+            row2 = row1 + stride
+            row3 = row2 + stride
+            row4 = row3 + stride
+            row5 = row4 + stride
+            row6 = row5 + stride
+            row7 = row6 + stride
+            for j in range(width):
+                c = cf[j]
+                d0 = row0[j] - c
+                d1 = row1[j] - c
+                d2 = row2[j] - c
+                d3 = row3[j] - c
+                d4 = row4[j] - c
+                d5 = row5[j] - c
+                d6 = row6[j] - c
+                d7 = row7[j] - c
+                f1[j] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+                f2[j] += (((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+                          + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7)))
+            i += 8
+        for j in range(width):
+            s1[j] += f1[j]
+            s2[j] += f2[j]
+    while i + 3 < stop:
+        row0 = x + i * stride
+        row1 = row0 + stride
+        row2 = row1 + stride
+        row3 = row2 + stride
+        if sample_weight == NULL:
+            for j in range(width):
+                c = cf[j]
+                d0 = row0[j] - c
+                d1 = row1[j] - c
+                d2 = row2[j] - c
+                d3 = row3[j] - c
+                s1[j] += (d0 + d1) + (d2 + d3)
+                s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        else:
+            w0 = sample_weight[i]
+            w1 = sample_weight[i + 1]
+            w2 = sample_weight[i + 2]
+            w3 = sample_weight[i + 3]
+            for j in range(width):
+                c = cf[j]
+                d0 = row0[j] - c
+                d1 = row1[j] - c
+                d2 = row2[j] - c
+                d3 = row3[j] - c
+                s1[j] += (w0 * d0 + w1 * d1) + (w2 * d2 + w3 * d3)
+                s2[j] += ((w0 * (d0 * d0) + w1 * (d1 * d1))
+                          + (w2 * (d2 * d2) + w3 * (d3 * d3)))
+        i += 4
+    while i < stop:
+        row0 = x + i * stride
+        w0 = sample_weight[i] if sample_weight != NULL else 1
+        for j in range(width):
+            d0 = row0[j] - cf[j]
+            s1[j] += w0 * d0
+            s2[j] += w0 * (d0 * d0)
+        i += 1
 
 
 cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
@@ -385,10 +408,12 @@ cdef inline floating _pre_activation(floating u, floating scale,
     return u * scale + shift
 
 
-cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
-                          Py_ssize_t n_cols, Py_ssize_t stride,
-                          const floating* center_in, const floating* scale_in,
-                          const floating* shift_in, int act) noexcept nogil:
+cdef simd_void _normalize_rows(const floating* z, floating* a_out,
+                               Py_ssize_t n_rows, Py_ssize_t n_cols,
+                               Py_ssize_t stride, const floating* center_in,
+                               const floating* scale_in,
+                               const floating* shift_in,
+                               activation_t* act) noexcept nogil:
     """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns.
 
     Rows start every ``stride`` elements. ``a_out`` may alias ``z``. The
@@ -401,7 +426,6 @@ cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
     cdef floating shift[CHUNK]
     cdef Py_ssize_t i, j, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
-    cdef floating y
     cdef const floating* zrow
     cdef floating* arow
     start = 0
@@ -417,17 +441,9 @@ cdef simd_void _normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
             for i in range(start, stop):
                 zrow = z + i * stride + j0
                 arow = a_out + i * stride + j0
-                if act == RELU:
-                    for j in range(width):
-                        y = _pre_activation(zrow[j] - center[j], scale[j], shift[j])
-                        arow[j] = y if y > 0 else 0
-                elif act == IDENTITY:
-                    for j in range(width):
-                        arow[j] = _pre_activation(zrow[j] - center[j], scale[j], shift[j])
-                else:
-                    for j in range(width):
-                        arow[j] = act_forward(
-                            _pre_activation(zrow[j] - center[j], scale[j], shift[j]), act)
+                for j in range(width):
+                    arow[j] = act_forward(
+                        _pre_activation(zrow[j] - center[j], scale[j], shift[j]), act)
             j0 += width
         start = stop
 
@@ -479,7 +495,7 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
     _stats(z, n_rows, n_cols, ld, sample_weight, mean_out, var_out,
            scratch + 3 * n_cols, scratch)
     _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
-    _normalize(z, a_out, n_rows, n_cols, ld, center, scale, shift, act)
+    normalize(z, a_out, n_rows, n_cols, ld, center, scale, shift, act)
 
 
 cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
@@ -503,23 +519,13 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
             center[j] = mean[j0 + j]
             scale[j] = <floating> s
             shift[j] = beta[j0 + j]
-        _normalize(z + j0, a_out + j0, n_rows, width, n_cols, center, scale,
-                   shift, act)
+        normalize(z + j0, a_out + j0, n_rows, width, n_cols, center, scale,
+                  shift, act)
         j0 += width
 
 
 # ---------------------------------------------------------------------------
 # Backward.
-
-
-cdef inline floating _grad(floating d, floating a, int act) noexcept nogil:
-    """``d * act'(y)`` from the output ``a``; ``act`` is a literal constant."""
-    cdef floating one = 1
-    if act == TANH:
-        return d * (one - a * a)
-    elif act == LOGISTIC:
-        return d * (a * (one - a))
-    return d
 
 
 cdef simd_void _backward_sums(const floating* da, const floating* a,
@@ -528,8 +534,8 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                               const floating* center_in,
                               const floating* scale_in,
                               const floating* shift_in,
-                              int act, double* sum_g,
-                              double* sum_gz) noexcept nogil:
+                              double* sum_g, double* sum_gz,
+                              activation_t* act) noexcept nogil:
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
     ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart.
@@ -538,10 +544,10 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     rounding, so the same mask as ``a > 0``): one array fewer to read. Tanh
     and logistic take their derivative from ``a``. Tiles of ``SUM_ROWS``
     rows by at most ``CHUNK`` columns, two rows at a time (more rows at a
-    time were measured slower: too many streams for the prefetchers),
-    accumulated in the working precision in local arrays (float32: relative
-    errors of order 1e-7, which do not grow with the number of rows), then
-    added to the double outputs.
+    time is slower: too many streams for the prefetchers), accumulated in the
+    working precision in local arrays (float32: relative errors of order
+    1e-7, which do not grow with the number of rows), then added to the
+    double outputs.
     """
     cdef floating acc_g[CHUNK]
     cdef floating acc_gz[CHUNK]
@@ -550,7 +556,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     cdef floating shift[CHUNK]
     cdef Py_ssize_t block_rows = SUM_ROWS
     cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef floating d0, d1, g0, g1, c, u0, u1, y0, y1
+    cdef floating g0, g1, u0, u1, y0 = 0, y1 = 0, o0 = 0, o1 = 0
     cdef const floating* da0
     cdef const floating* da1
     cdef const floating* a0
@@ -581,61 +587,35 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                 da1 = da0 + stride
                 z0 = z + i * stride + j0
                 z1 = z0 + stride
-                if act == RELU:
-                    for j in range(width):
-                        d0 = da0[j]
-                        d1 = da1[j]
-                        c = center[j]
-                        u0 = z0[j] - c
-                        u1 = z1[j] - c
+                a0 = a + i * stride + j0 if reads_output(act) else NULL
+                a1 = a0 + stride if reads_output(act) else NULL
+                for j in range(width):
+                    # Loads only of what the activation reads (a mask of
+                    # computed values, not a load under a condition).
+                    u0 = z0[j] - center[j]
+                    u1 = z1[j] - center[j]
+                    if reads_input(act):
                         y0 = _pre_activation(u0, scale[j], shift[j])
                         y1 = _pre_activation(u1, scale[j], shift[j])
-                        g0 = d0 if y0 > 0 else 0
-                        g1 = d1 if y1 > 0 else 0
-                        acc_g[j] += g0 + g1
-                        acc_gz[j] += g0 * u0 + g1 * u1
-                elif act == IDENTITY:
-                    for j in range(width):
-                        g0 = da0[j]
-                        g1 = da1[j]
-                        c = center[j]
-                        acc_g[j] += g0 + g1
-                        acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-                else:
-                    a0 = a + i * stride + j0
-                    a1 = a0 + stride
-                    if act == TANH:
-                        for j in range(width):
-                            g0 = _grad(da0[j], a0[j], TANH)
-                            g1 = _grad(da1[j], a1[j], TANH)
-                            c = center[j]
-                            acc_g[j] += g0 + g1
-                            acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
-                    else:
-                        for j in range(width):
-                            g0 = _grad(da0[j], a0[j], LOGISTIC)
-                            g1 = _grad(da1[j], a1[j], LOGISTIC)
-                            c = center[j]
-                            acc_g[j] += g0 + g1
-                            acc_gz[j] += g0 * (z0[j] - c) + g1 * (z1[j] - c)
+                    if reads_output(act):
+                        o0 = a0[j]
+                        o1 = a1[j]
+                    g0 = act_gradient(da0[j], y0, o0, act)
+                    g1 = act_gradient(da1[j], y1, o1, act)
+                    acc_g[j] += g0 + g1
+                    acc_gz[j] += g0 * u0 + g1 * u1
                 i += 2
             while i < stop:
                 da0 = da + i * stride + j0
                 z0 = z + i * stride + j0
-                if act == TANH or act == LOGISTIC:
-                    a0 = a + i * stride + j0
+                a0 = a + i * stride + j0 if reads_output(act) else NULL
                 for j in range(width):
-                    d0 = da0[j]
                     u0 = z0[j] - center[j]
-                    if act == RELU:
+                    if reads_input(act):
                         y0 = _pre_activation(u0, scale[j], shift[j])
-                        g0 = d0 if y0 > 0 else 0
-                    elif act == TANH:
-                        g0 = _grad(d0, a0[j], TANH)
-                    elif act == LOGISTIC:
-                        g0 = _grad(d0, a0[j], LOGISTIC)
-                    else:
-                        g0 = d0
+                    if reads_output(act):
+                        o0 = a0[j]
+                    g0 = act_gradient(da0[j], y0, o0, act)
                     acc_g[j] += g0
                     acc_gz[j] += g0 * u0
                 i += 1
@@ -652,13 +632,13 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                             Py_ssize_t stride, const floating* sample_weight,
                             const floating* center_in, const floating* scale_in,
                             const floating* shift_in, const floating* q_in,
-                            const floating* r_in, int act) noexcept nogil:
+                            const floating* r_in, activation_t* act) noexcept nogil:
     """``dz = scale * g - w * (q + r * (z - center))``, row after row.
 
     ``n_cols`` columns of rows ``stride`` apart; ``g`` as in
     :func:`_backward_sums`. ``dz_out`` may alias ``da`` (each element is
     read before it is written). Coefficients in local arrays, as in
-    :func:`_normalize`.
+    :func:`_normalize_rows`.
     """
     cdef floating center[CHUNK]
     cdef floating scale[CHUNK]
@@ -667,7 +647,7 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
     cdef floating r[CHUNK]
     cdef Py_ssize_t i, j, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
-    cdef floating d, g, u, y, w = 1
+    cdef floating g, u, y = 0, o = 0, w = 1
     cdef const floating* darow
     cdef const floating* arow
     cdef const floating* zrow
@@ -686,31 +666,20 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                 r[j] = r_in[j0 + j]
             for i in range(start, stop):
                 darow = da + i * stride + j0
-                arow = a + i * stride + j0 if act == TANH or act == LOGISTIC else NULL
+                arow = a + i * stride + j0 if reads_output(act) else NULL
                 zrow = z + i * stride + j0
                 dzrow = dz_out + i * stride + j0
                 if sample_weight != NULL:
                     w = sample_weight[i]
                 # w = 1 when unweighted: the multiplication is exact.
-                if act == RELU:
-                    for j in range(width):
-                        d = darow[j]
-                        u = zrow[j] - center[j]
+                for j in range(width):
+                    u = zrow[j] - center[j]
+                    if reads_input(act):
                         y = _pre_activation(u, scale[j], shift[j])
-                        g = d if y > 0 else 0
-                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
-                elif act == IDENTITY:
-                    for j in range(width):
-                        g = darow[j]
-                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
-                elif act == TANH:
-                    for j in range(width):
-                        g = _grad(darow[j], arow[j], TANH)
-                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
-                else:
-                    for j in range(width):
-                        g = _grad(darow[j], arow[j], LOGISTIC)
-                        dzrow[j] = scale[j] * g - w * (q[j] + r[j] * (zrow[j] - center[j]))
+                    if reads_output(act):
+                        o = arow[j]
+                    g = act_gradient(darow[j], y, o, act)
+                    dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
             j0 += width
         start = stop
 
@@ -778,10 +747,10 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
     forward's output), which ReLU and identity do not use (it may be NULL).
     ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``).
-    ``dz_out`` may alias ``da``. (Panels of columns that stay in L2 between
-    the passes were measured slower than streaming whole rows, even when the
-    block is only a little larger than L2: the hardware prefetchers favour
-    long runs.) ``scratch`` holds at least ``7 * n_cols`` doubles.
+    ``dz_out`` may alias ``da``. Both passes stream whole rows rather than
+    panels of columns that would stay in L2 between them: the hardware
+    prefetchers favour long runs. ``scratch`` holds at least ``7 * n_cols``
+    doubles.
     """
     cdef double* sum_g = scratch
     cdef double* sum_gz = scratch + n_cols
@@ -792,12 +761,89 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     cdef floating* r_coef = <floating*> (scratch + 6 * n_cols)
 
     _affine(gamma, beta, mean, var, epsilon, n_cols, center, scale, shift)
-    _backward_sums(da, a, z, n_rows, n_cols, ld, center, scale, shift, act,
-                   sum_g, sum_gz)
+    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, ld, NULL,
+             center, scale, shift, NULL, NULL, sum_g, sum_gz)
     _backward_coefficients(mean, var, epsilon, n_cols, center, sum_g, sum_gz,
                            1 / wsum, scale, dgamma_out, dbeta_out, q_coef, r_coef)
-    _backward_dz(da, a, z, dz_out, n_rows, n_cols, ld, sample_weight, center,
-                 scale, shift, q_coef, r_coef, act)
+    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, ld,
+             sample_weight, center, scale, shift, q_coef, r_coef, NULL, NULL)
+
+
+# ---------------------------------------------------------------------------
+# Activation dispatch: the one place where an activation's code becomes the
+# tag type that the row passes are compiled for (see _activations.pxd).
+
+
+cdef void row_pass(int act, RowPass kind, const floating* z,
+                   const floating* da, const floating* a, floating* out,
+                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t stride,
+                   const floating* sample_weight, const floating* center,
+                   const floating* scale, const floating* shift,
+                   const floating* q, const floating* r, double* sum_g,
+                   double* sum_gz) noexcept nogil:
+    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart) of
+    ``n_cols`` columns, compiled for the activation ``act``; each pass reads
+    the arguments its kernel names and ignores the others.
+
+    An unknown ``act`` never runs another activation's kernel: the pass's
+    outputs are NaN.
+    """
+    if act == IDENTITY:
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+                  center, scale, shift, q, r, sum_g, sum_gz, <Identity*> NULL)
+    elif act == RELU:
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+                  center, scale, shift, q, r, sum_g, sum_gz, <Relu*> NULL)
+    elif act == TANH:
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+                  center, scale, shift, q, r, sum_g, sum_gz, <Tanh*> NULL)
+    elif act == LOGISTIC:
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+                  center, scale, shift, q, r, sum_g, sum_gz, <Logistic*> NULL)
+    else:
+        _nan_outputs(kind, out, n_rows, n_cols, stride, sum_g, sum_gz)
+
+
+cdef inline void _row_pass(RowPass kind, const floating* z, const floating* da,
+                           const floating* a, floating* out, Py_ssize_t n_rows,
+                           Py_ssize_t n_cols, Py_ssize_t stride,
+                           const floating* sample_weight,
+                           const floating* center, const floating* scale,
+                           const floating* shift, const floating* q,
+                           const floating* r, double* sum_g, double* sum_gz,
+                           activation_t* act) noexcept nogil:
+    if kind == FORWARD:
+        _normalize_rows(z, out, n_rows, n_cols, stride, center, scale, shift, act)
+    elif kind == GRADIENT_SUMS:
+        _backward_sums(da, a, z, n_rows, n_cols, stride, center, scale, shift,
+                       sum_g, sum_gz, act)
+    elif kind == GRADIENT_DZ:
+        _backward_dz(da, a, z, out, n_rows, n_cols, stride, sample_weight,
+                     center, scale, shift, q, r, act)
+
+
+cdef void _nan_outputs(RowPass kind, floating* out, Py_ssize_t n_rows,
+                       Py_ssize_t n_cols, Py_ssize_t stride, double* sum_g,
+                       double* sum_gz) noexcept nogil:
+    cdef Py_ssize_t i, j
+    if kind == GRADIENT_SUMS:
+        for j in range(n_cols):
+            sum_g[j] = NAN
+            sum_gz[j] = NAN
+        return
+    for i in range(n_rows):
+        for j in range(n_cols):
+            out[i * stride + j] = NAN
+
+
+cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
+                    Py_ssize_t n_cols, Py_ssize_t stride,
+                    const floating* center, const floating* scale,
+                    const floating* shift, int act) noexcept nogil:
+    """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns of
+    rows ``stride`` apart; ``a_out`` may alias ``z``."""
+    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, NULL,
+             center, scale, shift, NULL, NULL, NULL, NULL)
 
 
 cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
@@ -847,15 +893,6 @@ cdef inline void* _array(object arr, str name, int typenum, int ndim,
     return cnp.PyArray_DATA(x)
 
 
-cdef inline int _activation(activation) except -1:
-    """``activation_code``, without a Python call for the known names."""
-    if type(activation) is str:
-        code = ACTIVATIONS.get(activation)
-        if code is not None:
-            return code
-    return activation_code(activation)  # raises ValueError
-
-
 cdef inline int _float_type(object arr, str name) except -1:
     """Type number of a float32 or float64 ndarray (``TypeError`` otherwise)."""
     cdef int typenum
@@ -894,7 +931,8 @@ cdef int _check_var(const double* var, Py_ssize_t n, double epsilon) except -1:
     return 0
 
 
-def batch_stats(x, sample_weight=None, bint ignore_nan=False):
+def batch_stats(x, sample_weight=None, bint ignore_nan=False,
+                Py_ssize_t block_rows=0, int n_threads=1):
     """Column means and ddof=0 variances of ``x``.
 
     Parameters
@@ -905,6 +943,13 @@ def batch_stats(x, sample_weight=None, bint ignore_nan=False):
         zero get mean 0, variance 0 and weight sum 0.
     ignore_nan : bool, default=False
         Skip NaN entries (each column then has its own weight sum).
+    block_rows : int, default=0
+        Rows per block: each block is reduced on its own, and the blocks'
+        statistics are merged in order (Chan et al.'s pairwise update).
+        0: one block.
+    n_threads : int, default=1
+        Threads that share the blocks. The result depends on ``block_rows``
+        only, not on the number of threads.
 
     Returns
     -------
@@ -916,29 +961,87 @@ def batch_stats(x, sample_weight=None, bint ignore_nan=False):
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> x, 1)
     cdef const char* xp = <const char*> _array(x, "x", typenum, 2, n_rows, n_cols, False)
     cdef const char* sw = NULL
+    cdef Py_ssize_t n_blocks
     if sample_weight is not None:
         sw = <const char*> _array(sample_weight, "sample_weight", typenum, 1,
                                   n_rows, 0, False)
+    if block_rows < 0 or n_threads < 1:
+        raise ValueError("block_rows must be >= 0 and n_threads >= 1")
+    if block_rows == 0 or block_rows > n_rows:
+        block_rows = max(n_rows, 1)
+    n_blocks = max((n_rows + block_rows - 1) // block_rows, 1)
+    n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks, <Py_ssize_t> MAX_THREADS)
     mean = np.zeros(n_cols, dtype=np.float64)
     var = np.zeros(n_cols, dtype=np.float64)
     wsum = np.zeros(n_cols, dtype=np.float64)
-    cdef double* mp = <double*> cnp.PyArray_DATA(mean)
-    cdef double* vp = <double*> cnp.PyArray_DATA(var)
-    cdef double* wp = <double*> cnp.PyArray_DATA(wsum)
     if n_cols == 0:
         return mean, var, wsum
-    cdef double* scratch = <double*> PyMem_Malloc(3 * n_cols * sizeof(double))
-    if scratch == NULL:
-        raise MemoryError()
+    # Each block's mean, variance and weight sum; each thread's scratch.
+    cdef double[:, ::1] blocks = np.empty((n_blocks, 3 * n_cols))
+    cdef double[:, ::1] scratch = np.empty((n_threads, 3 * n_cols))
+    cdef double[::1] mv = mean, vv = var, wv = wsum
     with nogil:
         if typenum == cnp.NPY_FLOAT32:
-            cbatch_stats(<const float*> xp, n_rows, n_cols, <const float*> sw,
-                         ignore_nan, mp, vp, wp, scratch)
+            _block_stats(<const float*> xp, n_rows, n_cols, <const float*> sw,
+                         ignore_nan, block_rows, n_threads, blocks, scratch)
         else:
-            cbatch_stats(<const double*> xp, n_rows, n_cols, <const double*> sw,
-                         ignore_nan, mp, vp, wp, scratch)
-    PyMem_Free(scratch)
+            _block_stats(<const double*> xp, n_rows, n_cols, <const double*> sw,
+                         ignore_nan, block_rows, n_threads, blocks, scratch)
+        _merge_blocks(blocks, n_cols, &mv[0], &vv[0], &wv[0])
     return mean, var, wsum
+
+
+cdef void _block_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                       const floating* sample_weight, bint ignore_nan,
+                       Py_ssize_t block_rows, int n_threads,
+                       double[:, ::1] blocks, double[:, ::1] scratch) noexcept nogil:
+    """Statistics of each block of ``block_rows`` rows into ``blocks[b]``
+    (mean, variance, weight sum: ``n_cols`` each), the team taking blocks in
+    turn."""
+    cdef Py_ssize_t b, start, n_blocks = blocks.shape[0]
+    cdef double* out
+    if n_threads == 1:   # never starts an OpenMP team (see sklearn_bn._threads)
+        for b in range(n_blocks):
+            out = &blocks[b, 0]
+            cbatch_stats(x + b * block_rows * n_cols, min(block_rows, n_rows - b * block_rows),
+                         n_cols, sample_weight + b * block_rows if sample_weight != NULL else NULL,
+                         ignore_nan, out, out + n_cols, out + 2 * n_cols, &scratch[0, 0])
+        return
+    for b in prange(n_blocks, schedule="dynamic", num_threads=n_threads):
+        start = b * block_rows
+        out = &blocks[b, 0]
+        cbatch_stats(x + start * n_cols, min(block_rows, n_rows - start), n_cols,
+                     sample_weight + start if sample_weight != NULL else NULL,
+                     ignore_nan, out, out + n_cols, out + 2 * n_cols,
+                     &scratch[threadid(), 0])
+
+
+cdef void _merge_blocks(const double[:, ::1] blocks, Py_ssize_t n_cols,
+                        double* mean, double* var, double* wsum) noexcept nogil:
+    """Chan et al.'s pairwise update over the blocks, in order, column by
+    column (a column may have no weight in some blocks)."""
+    cdef Py_ssize_t b, j
+    cdef double wb, total, delta
+    cdef const double* block = &blocks[0, 0]
+    if blocks.shape[0] == 1:   # exactly the one block's statistics
+        memcpy(mean, block, n_cols * sizeof(double))
+        memcpy(var, block + n_cols, n_cols * sizeof(double))
+        memcpy(wsum, block + 2 * n_cols, n_cols * sizeof(double))
+        return
+    for b in range(blocks.shape[0]):
+        block = &blocks[b, 0]
+        for j in range(n_cols):
+            wb = block[2 * n_cols + j]
+            if wb == 0:
+                continue
+            total = wsum[j] + wb
+            delta = block[j] - mean[j]
+            mean[j] += delta * (wb / total)
+            # var holds the sum of squared deviations until the end.
+            var[j] += block[n_cols + j] * wb + delta * delta * (wsum[j] * wb / total)
+            wsum[j] = total
+    for j in range(n_cols):
+        var[j] = max(var[j] / wsum[j], 0.0) if wsum[j] > 0 else 0.0
 
 
 def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
@@ -976,7 +1079,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         ``epsilon < 0``, weights not summing to a positive number, an
         unknown activation, or ``var + epsilon == 0``.
     """
-    cdef int act = _activation(activation)
+    cdef int act = act_code(activation)
     cdef int t = _float_type(z, "z")
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
@@ -997,7 +1100,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         _weights_sum(sw, t, n_rows)
     if n_cols == 0:
         return
-    scratch = <double*> PyMem_Malloc(SCRATCH_COLUMNS * n_cols * sizeof(double))
+    scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
     try:
@@ -1050,7 +1153,7 @@ def bn_forward_infer(z, gamma, beta, mean, var, a_out, double epsilon=1e-5,
         As :func:`bn_forward_train`; ``ValueError`` if ``var + epsilon <= 0``
         anywhere.
     """
-    cdef int act = _activation(activation)
+    cdef int act = act_code(activation)
     cdef int t = _float_type(z, "z")
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
@@ -1112,7 +1215,7 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     float64). Raises ``TypeError`` and ``ValueError`` as
     :func:`bn_forward_train` does.
     """
-    cdef int act = _activation(activation)
+    cdef int act = act_code(activation)
     cdef int t = _float_type(z, "z")
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
@@ -1138,7 +1241,7 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     _check_var(vp, n_cols, epsilon)
     if n_cols == 0:
         return
-    cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_COLUMNS * n_cols * sizeof(double))
+    cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
     with nogil:

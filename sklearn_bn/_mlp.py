@@ -2,13 +2,12 @@
 
 Every hidden layer computes ``act(gamma * z_hat + beta)`` where ``z = a @ W``
 and ``z_hat`` standardizes ``z`` over the minibatch (Ioffe & Szegedy, 2015).
-Training runs whole epochs in the compiled engine (``_training.pyx``); this
-module validates input, keeps scikit-learn's MLP behaviour (schedules, early
-stopping, warm start, partial_fit, messages) and folds batch norm into the
-weights for inference.
+Training runs whole epochs in the engine (``_engine.py`` over the compiled
+``_training.pyx``); this module validates input and keeps scikit-learn's MLP
+behaviour: encoding, schedules, early stopping, warm start, partial_fit,
+messages.
 """
 
-import contextlib
 import warnings
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
@@ -39,190 +38,9 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from sklearn_bn import _activations, _training
-from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
-from sklearn_bn._utils import _engine_threads, _restore_on_failure
-
-_OUT_ACTIVATIONS = ("identity", "logistic", "softmax", "exp")
-
-
-# Buffers the engine's threads share start on a cache line, and so does each
-# block in them (in elements: 64 bytes of float32, 128 of float64), so that
-# threads writing neighbouring column panels or parameter ranges do not write
-# to the same cache line when the widths are multiples of 16.
-_ALIGN_ELEMENTS = 16
-_ALIGN_BYTES = 64
-
-
-def _aligned_zeros(n, dtype):
-    """A zero-filled 1-D array whose data start on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    raw = np.zeros(n * dtype.itemsize + _ALIGN_BYTES, dtype=np.uint8)
-    start = -raw.ctypes.data % _ALIGN_BYTES
-    return raw[start:start + n * dtype.itemsize].view(dtype)
-
-
-def _multiply_adds_per_row(units):
-    """Multiply-adds of the matrix products of one row through the network."""
-    return int(np.dot(units[:-1], units[1:]))
-
-
-def _workspace_sizes(units, max_batch, sparse):
-    """Sizes and offsets of the per-fit workspace for a network shape.
-
-    Returns a dict of intp offset arrays and the sizes of ``work`` (input
-    dtype) and ``dwork`` (float64). Every block starts at a multiple of 16
-    elements.
-    """
-    units = [int(u) for u in units]
-    n_layers = len(units) - 1
-    n_features, n_out = units[0], units[-1]
-    off = 0
-
-    def block(size):
-        nonlocal off
-        start = off
-        off += -(-size // _ALIGN_ELEMENTS) * _ALIGN_ELEMENTS
-        return start
-
-    xb_off = block(0 if sparse else max_batch * n_features)
-    yb_off = block(max_batch * n_out)
-    swb_off = block(max_batch)
-    p_off = block(max_batch * n_out)
-    z_off, a_off, d_off = [], [], []
-    for h in units[1:-1]:
-        z_off.append(block(max_batch * h))
-        a_off.append(block(max_batch * h))
-        d_off.append(block(max_batch * h))
-    stat_off = list(np.cumsum([0] + units[1:-1])[:-1]) if n_layers > 1 else []
-    n_hidden = sum(units[1:-1])
-    max_units = max(units[1:-1], default=1)
-    stats_size = -(-n_hidden // _ALIGN_ELEMENTS) * _ALIGN_ELEMENTS
-    pad = [0]  # offset arrays are never empty so that &a[0] is valid
-    return {
-        "z_off": np.asarray(z_off + pad, dtype=np.intp),
-        "a_off": np.asarray(a_off + pad, dtype=np.intp),
-        "d_off": np.asarray(d_off + pad, dtype=np.intp),
-        "stat_off": np.asarray(stat_off + pad, dtype=np.intp),
-        "xb_off": xb_off, "yb_off": yb_off, "swb_off": swb_off, "p_off": p_off,
-        "work_size": max(off, 1),
-        "var_base": stats_size,
-        "scratch_off": 2 * stats_size,
-        "max_batch": max_batch,
-        "units": tuple(units),
-        "sparse": bool(sparse),
-        "dwork_size": 2 * stats_size + SCRATCH_PER_COLUMN * max_units,
-    }
-
-
-class _Layout:
-    """Offsets of every parameter in the flat vector the engine trains.
-
-    For weight layer ``l``: its coefficients (``units[l] x units[l + 1]``),
-    then, for a hidden layer, its ``gamma`` and ``beta``; for the output layer
-    its intercept.
-    """
-
-    def __init__(self, units):
-        self.units = np.asarray(units, dtype=np.intp)
-        n_layers = len(units) - 1
-        coef_off, gamma_off, bias_off = [], [], []
-        off = 0
-        for l in range(n_layers):
-            fan_in, fan_out = units[l], units[l + 1]
-            coef_off.append(off)
-            off += fan_in * fan_out
-            if l < n_layers - 1:
-                gamma_off.append(off)
-                off += fan_out
-            else:
-                gamma_off.append(0)
-            bias_off.append(off)
-            off += fan_out
-        self.n_params = off
-        self.coef_off = np.asarray(coef_off, dtype=np.intp)
-        self.gamma_off = np.asarray(gamma_off, dtype=np.intp)
-        self.bias_off = np.asarray(bias_off, dtype=np.intp)
-
-    def as_dict(self):
-        return {
-            "units": self.units,
-            "coef_off": self.coef_off,
-            "gamma_off": self.gamma_off,
-            "bias_off": self.bias_off,
-        }
-
-    def pack(self, coefs, gammas, intercepts, dtype):
-        theta = np.empty(self.n_params, dtype=dtype)
-        n_layers = len(self.units) - 1
-        for l in range(n_layers):
-            fan_in, fan_out = self.units[l], self.units[l + 1]
-            c = self.coef_off[l]
-            theta[c : c + fan_in * fan_out] = np.asarray(coefs[l]).ravel()
-            if l < n_layers - 1:
-                g = self.gamma_off[l]
-                theta[g : g + fan_out] = gammas[l]
-            b = self.bias_off[l]
-            theta[b : b + fan_out] = intercepts[l]
-        return theta
-
-    def unpack(self, theta):
-        coefs, gammas, intercepts = [], [], []
-        n_layers = len(self.units) - 1
-        for l in range(n_layers):
-            fan_in, fan_out = int(self.units[l]), int(self.units[l + 1])
-            c = self.coef_off[l]
-            coefs.append(theta[c : c + fan_in * fan_out].reshape(fan_in, fan_out).copy())
-            if l < n_layers - 1:
-                g = self.gamma_off[l]
-                gammas.append(theta[g : g + fan_out].copy())
-            b = self.bias_off[l]
-            intercepts.append(theta[b : b + fan_out].copy())
-        return coefs, gammas, intercepts
-
-
-def _fold(coefs, gammas, intercepts, running_means, running_vars, bn_epsilon):
-    """Fold each hidden layer's batch norm into its weights (inference form).
-
-    ``gamma * (x @ W - mean) / sqrt(var + eps) + beta`` equals ``x @ W' + b'``
-    with ``W' = W * s``, ``b' = beta - mean * s`` and ``s = gamma / sqrt(var +
-    eps)``. Computed in float64, returned in the weights' dtype.
-    """
-    folded_coefs, folded_intercepts = [], []
-    for l, (W, b) in enumerate(zip(coefs, intercepts)):
-        if l < len(gammas):
-            s = gammas[l].astype(np.float64) / np.sqrt(
-                running_vars[l].astype(np.float64) + bn_epsilon
-            )
-            folded_coefs.append((W.astype(np.float64) * s).astype(W.dtype))
-            folded_intercepts.append(
-                (b.astype(np.float64) - running_means[l] * s).astype(W.dtype)
-            )
-        else:
-            folded_coefs.append(W.copy())
-            folded_intercepts.append(b.copy())
-    return folded_coefs, folded_intercepts
-
-
-def _pack_folded(coefs, intercepts):
-    """The folded network as the inference kernel takes it: one flat vector
-    (each layer's coefficients, then its bias) with the offsets of each part."""
-    units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
-    coef_off, bias_off, parts, off = [], [], [], 0
-    for W, b in zip(coefs, intercepts):
-        coef_off.append(off)
-        off += W.size
-        bias_off.append(off)
-        off += b.size
-        parts += [W.ravel(), b]
-    return {
-        "coefs": coefs,
-        "intercepts": intercepts,
-        "params": np.ascontiguousarray(np.concatenate(parts)),
-        "units": np.asarray(units, dtype=np.intp),
-        "coef_off": np.asarray(coef_off, dtype=np.intp),
-        "bias_off": np.asarray(bias_off, dtype=np.intp),
-    }
+from sklearn_bn._engine import Engine, FoldedNetwork
+from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer
+from sklearn_bn._utils import _restore_on_failure
 
 
 class _BaseMLPBN(BaseEstimator, ABC):
@@ -331,21 +149,6 @@ class _BaseMLPBN(BaseEstimator, ABC):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
         return [int(s) for s in sizes]
 
-    @staticmethod
-    def _as_engine_input(X, dtype):
-        """C-contiguous dense or CSR (intp indices) input of the given dtype."""
-        if sp.issparse(X):
-            X = X.tocsr().astype(dtype, copy=False)
-            if not X.has_sorted_indices:
-                X = X.sorted_indices()
-            return (
-                None,
-                np.ascontiguousarray(X.data, dtype=dtype),
-                np.ascontiguousarray(X.indices, dtype=np.intp),
-                np.ascontiguousarray(X.indptr, dtype=np.intp),
-            )
-        return np.ascontiguousarray(X, dtype=dtype), None, None, None
-
     def _validate_X_predict(self, X):
         check_is_fitted(self)
         X = validate_data(
@@ -403,101 +206,30 @@ class _BaseMLPBN(BaseEstimator, ABC):
             if not sample_weight.sum() > 0:
                 raise ValueError("sample_weight must not sum to zero.")
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
-        n_outputs = Y.shape[1]
-        units = [n_features] + hidden + [n_outputs]
+        units = [n_features] + hidden + [Y.shape[1]]
         random_state = check_random_state(self.random_state)
 
         if first_pass:
-            out_activation = self._out_activation(n_outputs)
+            out_activation = self._out_activation(Y.shape[1])
             params = self._init_params(units, dtype, random_state)
             state = {"n_iter": 0, "t": 0, "loss_curve": []}
             state.update(self._fresh_stopping_state())
         else:
-            if [c.shape for c in self.coefs_] != [
-                (a, b) for a, b in zip(units[:-1], units[1:])
-            ]:
-                raise ValueError(
-                    "The network's shape changed since the last fit (got "
-                    f"layer units {units}); set warm_start=False to refit."
-                )
             out_activation = self.out_activation_
-            params = (
-                self.coefs_,
-                self.gammas_,
-                self.intercepts_,
-                self.running_means_,
-                self.running_vars_,
-            )
-            state = {
-                "n_iter": 0,
-                "t": self.t_,
-                "loss_curve": list(self.loss_curve_),
-                "no_improvement": getattr(self, "_no_improvement_count", 0),
-                "best_loss": self.best_loss_,
-                "validation_scores": (
-                    None
-                    if self.validation_scores_ is None
-                    else list(self.validation_scores_)
-                ),
-                "best_validation_score": self.best_validation_score_,
-            }
-            # early_stopping may have changed since the last fit (warm start,
-            # partial_fit): the new stopping rule starts afresh, as on a
-            # first fit. (A fit with early stopping keeps validation scores,
-            # one without keeps None.)
-            if (state["validation_scores"] is None) == bool(self.early_stopping):
-                state.update(self._fresh_stopping_state())
+            params = self._fitted_params(units)
+            state = self._continued_state()
 
-        layout = _Layout(units)
-        coefs, gammas, intercepts, running_means, running_vars = params
-        theta = layout.pack(coefs, gammas, intercepts, dtype)
-        running_mean = np.concatenate(
-            [np.asarray(r, dtype=dtype) for r in running_means] or [np.zeros(0, dtype)]
-        )
-        running_var = np.concatenate(
-            [np.asarray(r, dtype=dtype) for r in running_vars] or [np.zeros(0, dtype)]
-        )
-        if incremental and hasattr(self, "_optimizer_state"):
-            opt = {
-                k: (v.astype(dtype, copy=True) if isinstance(v, np.ndarray) else v)
-                for k, v in self._optimizer_state.items()
-            }
-        else:
-            opt = {
-                "a": _aligned_zeros(layout.n_params, dtype),
-                "b": _aligned_zeros(layout.n_params, dtype),
-                "t": 0,
-                "learning_rate": float(self.learning_rate_init),
-            }
-
-        theta, running_mean, running_var = self._fit_stochastic(
-            X,
-            Y,
-            sample_weight,
-            layout,
-            theta,
-            running_mean,
-            running_var,
-            opt,
-            state,
-            out_activation,
-            random_state,
-            incremental,
-        )
+        engine, params, optimizer = self._fit_stochastic(
+            X, Y, sample_weight, units, params, state, out_activation,
+            random_state, incremental,
+        )  # fmt: skip
 
         # Everything succeeded: publish the new state.
-        coefs, gammas, intercepts = layout.unpack(theta)
-        offsets = np.cumsum([0] + hidden)
-        self.coefs_ = coefs
-        self.gammas_ = gammas
-        self.intercepts_ = intercepts
-        self.running_means_ = [
-            running_mean[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])
-        ]
-        self.running_vars_ = [
-            running_var[a:b].copy() for a, b in zip(offsets[:-1], offsets[1:])
-        ]
-        self.n_outputs_ = n_outputs
+        layout = engine.layout
+        self.coefs_, self.gammas_, self.intercepts_ = layout.unpack(params.theta)
+        self.running_means_ = layout.unpack_stats(params.running_mean)
+        self.running_vars_ = layout.unpack_stats(params.running_var)
+        self.n_outputs_ = Y.shape[1]
         self.n_layers_ = len(units)
         self.out_activation_ = out_activation
         self.n_iter_ = state["n_iter"]
@@ -508,40 +240,85 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self.validation_scores_ = state["validation_scores"]
         self.best_validation_score_ = state["best_validation_score"]
         self._no_improvement_count = state["no_improvement"]
-        self._optimizer_state = opt
+        self._optimizer = optimizer
         self._set_folded()
         return self
 
-    def _set_folded(self):
-        self._folded = _pack_folded(
-            *_fold(
-                self.coefs_,
-                self.gammas_,
-                self.intercepts_,
-                self.running_means_,
-                self.running_vars_,
-                self.bn_epsilon,
+    def _fitted_params(self, units):
+        """The fitted per-layer parameters, for warm start and partial_fit."""
+        if [c.shape for c in self.coefs_] != [(a, b) for a, b in zip(units[:-1], units[1:])]:
+            raise ValueError(
+                "The network's shape changed since the last fit (got "
+                f"layer units {units}); set warm_start=False to refit."
             )
-        )
+        return (self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
+                self.running_vars_)
 
-    def _fit_stochastic(
-        self,
-        X,
-        Y,
-        sample_weight,
-        layout,
-        theta,
-        running_mean,
-        running_var,
-        opt,
-        state,
-        out_activation,
-        random_state,
-        incremental,
-    ):
-        dtype = theta.dtype
-        early_stopping = self.early_stopping
-        if early_stopping:
+    def _continued_state(self):
+        """The epochs' bookkeeping where the last fit left it."""
+        state = {
+            "n_iter": 0,
+            "t": self.t_,
+            "loss_curve": list(self.loss_curve_),
+            "no_improvement": getattr(self, "_no_improvement_count", 0),
+            "best_loss": self.best_loss_,
+            "validation_scores": (
+                None if self.validation_scores_ is None else list(self.validation_scores_)
+            ),
+            "best_validation_score": self.best_validation_score_,
+        }
+        # early_stopping may have changed since the last fit (warm start,
+        # partial_fit): the new stopping rule starts afresh, as on a first
+        # fit. (A fit with early stopping keeps validation scores, one
+        # without keeps None.)
+        if (state["validation_scores"] is None) == bool(self.early_stopping):
+            state.update(self._fresh_stopping_state())
+        return state
+
+    def _set_folded(self):
+        self._folded = FoldedNetwork.fold(
+            self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
+            self.running_vars_, self.bn_epsilon, self.activation, self.out_activation_,
+        )  # fmt: skip
+
+    def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
+                        out_activation, random_state, incremental):
+        """Build the engine and train; return it with the trained parameters
+        and the optimizer (nothing of the estimator changes here)."""
+        train, validation = self._validation_split(X, Y, sample_weight, random_state)
+        X_train, Y_train, sw_train = train
+        batch_size = self._batch_size(X_train.shape[0])
+        # scikit-learn reports the squared error as a mean over outputs (its
+        # gradient, like ours, is that of their sum); the other losses sum.
+        data_loss_scale = 1.0 / Y.shape[1] if out_activation == "identity" else 1.0
+        engine = Engine(
+            units, activation=self.activation, out_activation=out_activation,
+            dtype=Y.dtype, max_batch=min(batch_size + 1, X_train.shape[0]),
+            sparse=sp.issparse(X_train), weighted=sw_train is not None,
+            alpha=self.alpha, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            data_loss_scale=data_loss_scale,
+        )  # fmt: skip
+        data = engine.bind(X_train, Y_train, sw_train)
+        params = engine.parameters(*params)
+        optimizer = self._make_optimizer(engine.layout.n_params, Y.dtype, incremental)
+        # Early stopping restores the parameters of the best validation score.
+        best = [params.copy()] if validation is not None else [params]
+        with engine.team(batch_size):
+            try:
+                self._run_epochs(
+                    engine, data, params, optimizer, state, validation, best,
+                    random_state, incremental, batch_size,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
+        return engine, best[0], optimizer
+
+    def _validation_split(self, X, Y, sample_weight, random_state):
+        """``(X, Y, weights)`` to train on, and the held-out ``(X, y,
+        weights)`` of early stopping (None without)."""
+        if not self.early_stopping:
+            train, validation = (X, Y, sample_weight), None
+        else:
             stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
             arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
             split = train_test_split(
@@ -557,170 +334,120 @@ class _BaseMLPBN(BaseEstimator, ABC):
                     "The validation set is too small. Increase "
                     "'validation_fraction' or the size of your dataset."
                 )
-            y_val = self._decode_targets(Y_val)
-        else:
-            X_train, Y_train, sw_train = X, Y, sample_weight
-            X_val = y_val = sw_val = None
-
-        n_samples = X_train.shape[0]
-        if n_samples < 2:
+            train = (X_train, Y_train, sw_train)
+            validation = (X_val, self._decode_targets(Y_val), sw_val)
+        if train[0].shape[0] < 2:
             raise ValueError(
                 "n_samples=1: the training set left after the validation split "
                 "has a single sample; batch normalization needs at least 2."
             )
+        return train, validation
+
+    def _batch_size(self, n_samples):
         if self.batch_size == "auto":
-            batch_size = min(200, n_samples)
-        else:
-            if self.batch_size > n_samples:
-                warnings.warn(
-                    "Got `batch_size` less than 1 or larger than "
-                    "sample size. It is going to be clipped"
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn(
+                "Got `batch_size` less than 1 or larger than "
+                "sample size. It is going to be clipped"
+            )
+        return int(np.clip(self.batch_size, 2, n_samples))
+
+    def _make_optimizer(self, n_params, dtype, incremental):
+        """A fresh optimizer, or (partial_fit) a copy of the one the last fit
+        left, so that a failed call leaves it as it was."""
+        if incremental and hasattr(self, "_optimizer"):
+            return self._optimizer.astype(dtype)
+        if self.solver == "adam":
+            return AdamOptimizer(n_params, dtype, self.learning_rate_init,
+                                 self.beta_1, self.beta_2, self.epsilon)
+        return SGDOptimizer(n_params, dtype, self.learning_rate_init, self.learning_rate,
+                            self.momentum, self.nesterovs_momentum, self.power_t)
+
+    def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
+                    random_state, incremental, batch_size):
+        """The epochs, until ``max_iter``, the stopping rule, or one epoch
+        for ``partial_fit``; ``best[0]`` follows early stopping's best
+        parameters."""
+        sample_idx = np.arange(data.n_samples, dtype=np.intp)
+        for _ in range(self.max_iter):
+            if self.shuffle:
+                # What sklearn.utils.shuffle draws (the same random stream as
+                # MLPClassifier), without its validation, and in place.
+                random_state.shuffle(sample_idx)
+            loss_sum = engine.train_epoch(
+                data=data, params=params, optimizer=optimizer, order=sample_idx,
+                order_is_identity=not self.shuffle, batch_size=batch_size,
+            )
+            if not (params.is_finite() and np.isfinite(loss_sum)):
+                raise ValueError(
+                    "Solver produced non-finite parameter weights. The input "
+                    "data may contain large values and need to be "
+                    "preprocessed."
                 )
-            batch_size = int(np.clip(self.batch_size, 2, n_samples))
-
-        X_dense, X_data, X_indices, X_indptr = self._as_engine_input(X_train, dtype)
-        sparse = X_dense is None
-        if sparse:
-            X_dense = np.zeros((1, 1), dtype=dtype)
-        else:
-            X_data = np.zeros(0, dtype=dtype)
-            X_indices = np.zeros(0, dtype=np.intp)
-            X_indptr = np.zeros(1, dtype=np.intp)
-        Y_train = np.ascontiguousarray(Y_train, dtype=dtype)
-        weighted = sw_train is not None
-        sw_arr = (
-            np.ascontiguousarray(sw_train, dtype=dtype)
-            if weighted
-            else np.zeros(0, dtype=dtype)
-        )
-
-        max_batch = min(batch_size + 1, n_samples)
-        ws = _workspace_sizes(layout.units, max_batch, sparse)
-        work = _aligned_zeros(ws["work_size"], dtype)
-        dwork = _aligned_zeros(ws["dwork_size"], np.float64)
-        grad = _aligned_zeros(layout.n_params, dtype)
-        layout_dict = layout.as_dict()
-        act = _activations.activation_code(self.activation)
-        out_act = _training.OUT_ACTIVATIONS[out_activation]
-        # scikit-learn reports the squared error as a mean over outputs (its
-        # gradient, like ours, is that of their sum); the other losses sum.
-        identity_out = out_activation == "identity"
-        data_loss_scale = 1.0 / Y_train.shape[1] if identity_out else 1.0
-        solver = _training.Solver.ADAM if self.solver == "adam" else _training.Solver.SGD
-        sample_idx = np.arange(n_samples, dtype=np.intp)
-        best = None
-        if early_stopping:
-            best = (theta.copy(), running_mean.copy(), running_var.copy())
-
-        # BLAS stays on one thread for the whole loop when the engine runs
-        # its own threads (set per fit: a BLAS library may wake its threads
-        # when its limit is raised).
-        engine_threads = contextlib.ExitStack()
-        multiply_adds = batch_size * _multiply_adds_per_row(layout.units)
-        n_threads = engine_threads.enter_context(_engine_threads(multiply_adds))
-        try:
-            for _ in range(self.max_iter):
-                if self.shuffle:
-                    # What sklearn.utils.shuffle draws (the same random
-                    # stream as MLPClassifier), without its validation, and
-                    # in place: no second pass over the index (tens of
-                    # milliseconds an epoch at a million rows).
-                    random_state.shuffle(sample_idx)
-                loss_sum, opt["t"] = _training.train_epoch(
-                    X_dense, X_data, X_indices, X_indptr, Y_train, sw_arr,
-                    sample_idx, not self.shuffle, batch_size, layout_dict,
-                    ws, theta, grad, opt["a"], opt["b"], running_mean,
-                    running_var, work, dwork, act, out_act, solver,
-                    opt["learning_rate"], self.momentum,
-                    self.nesterovs_momentum, self.beta_1, self.beta_2,
-                    self.epsilon, opt["t"], self.alpha, self.bn_momentum,
-                    self.bn_epsilon, sparse, weighted, n_threads,
-                    data_loss_scale,
-                )  # fmt: skip
-                if not (
-                    np.isfinite(theta).all()
-                    and np.isfinite(running_mean).all()
-                    and np.isfinite(running_var).all()
-                    and np.isfinite(loss_sum)
-                ):
-                    raise ValueError(
-                        "Solver produced non-finite parameter weights. The input "
-                        "data may contain large values and need to be "
-                        "preprocessed."
-                    )
-                state["n_iter"] += 1
-                loss = loss_sum / n_samples
-                state["t"] += n_samples
-                state["loss_curve"].append(loss)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
-
-                if early_stopping:
-                    score = self._validation_score(
-                        layout, theta, running_mean, running_var, out_activation,
-                        X_val, y_val, sw_val,
-                    )  # fmt: skip
-                    state["validation_scores"].append(score)
-                    if self.verbose:
-                        print("Validation score: %f" % score)
-                    # A NaN score (non-finite validation output) is no
-                    # improvement either.
-                    if not score >= state["best_validation_score"] + self.tol:
-                        state["no_improvement"] += 1
-                    else:
-                        state["no_improvement"] = 0
-                    if score > state["best_validation_score"]:
-                        state["best_validation_score"] = score
-                        best = (theta.copy(), running_mean.copy(), running_var.copy())
-                else:
-                    if loss > state["best_loss"] - self.tol:
-                        state["no_improvement"] += 1
-                    else:
-                        state["no_improvement"] = 0
-                    if loss < state["best_loss"]:
-                        state["best_loss"] = loss
-
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    opt["learning_rate"] = (
-                        float(self.learning_rate_init)
-                        / (state["t"] + 1) ** self.power_t
-                    )
-
-                if state["no_improvement"] > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = (
-                            "Validation score did not improve more than "
-                            "tol=%f for %d consecutive epochs."
-                            % (self.tol, self.n_iter_no_change)
-                        )
-                    else:
-                        msg = (
-                            "Training loss did not improve more than tol=%f"
-                            " for %d consecutive epochs."
-                            % (self.tol, self.n_iter_no_change)
-                        )
-                    if self._trigger_stopping(msg, opt):
-                        break
-                    state["no_improvement"] = 0
-
-                if incremental:
+            state["n_iter"] += 1
+            state["t"] += data.n_samples
+            loss = loss_sum / data.n_samples
+            state["loss_curve"].append(loss)
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
+            if self._update_no_improvement(engine, params, state, validation, loss):
+                best[0] = params.copy()
+            optimizer.iteration_ends(state["t"])
+            if state["no_improvement"] > self.n_iter_no_change:
+                if optimizer.trigger_stopping(self._no_improvement_message(), self.verbose):
                     break
+                state["no_improvement"] = 0
+            if incremental:
+                break
+            if state["n_iter"] == self.max_iter:
+                warnings.warn(
+                    "Stochastic Optimizer: Maximum iterations (%d) "
+                    "reached and the optimization hasn't converged yet."
+                    % self.max_iter,
+                    ConvergenceWarning,
+                )
 
-                if state["n_iter"] == self.max_iter:
-                    warnings.warn(
-                        "Stochastic Optimizer: Maximum iterations (%d) "
-                        "reached and the optimization hasn't converged yet."
-                        % self.max_iter,
-                        ConvergenceWarning,
-                    )
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
-        finally:
-            engine_threads.close()
+    def _update_no_improvement(self, engine, params, state, validation, loss):
+        """The stopping rule's bookkeeping after an epoch; whether these are
+        the best parameters so far (early stopping)."""
+        if validation is None:
+            if loss > state["best_loss"] - self.tol:
+                state["no_improvement"] += 1
+            else:
+                state["no_improvement"] = 0
+            if loss < state["best_loss"]:
+                state["best_loss"] = loss
+            return False
+        X_val, y_val, sw_val = validation
+        proba = engine.predict(X_val, params)
+        # A NaN score (non-finite validation output) is no improvement.
+        score = (
+            self._score_function(y_val, self._decode_output(proba), sample_weight=sw_val)
+            if np.isfinite(proba).all() else np.nan
+        )
+        state["validation_scores"].append(score)
+        if self.verbose:
+            print("Validation score: %f" % score)
+        if not score >= state["best_validation_score"] + self.tol:
+            state["no_improvement"] += 1
+        else:
+            state["no_improvement"] = 0
+        if score > state["best_validation_score"]:
+            state["best_validation_score"] = score
+            return True
+        return False
 
-        if early_stopping:
-            theta, running_mean, running_var = best
-        return theta, running_mean, running_var
+    def _no_improvement_message(self):
+        if self.early_stopping:
+            return (
+                "Validation score did not improve more than tol=%f for %d "
+                "consecutive epochs." % (self.tol, self.n_iter_no_change)
+            )
+        return (
+            "Training loss did not improve more than tol=%f for %d consecutive "
+            "epochs." % (self.tol, self.n_iter_no_change)
+        )
 
     def _fresh_stopping_state(self):
         """The stopping rule's state before its first epoch: validation
@@ -731,98 +458,9 @@ class _BaseMLPBN(BaseEstimator, ABC):
         return {"no_improvement": 0, "best_loss": np.inf, "validation_scores": None,
                 "best_validation_score": None}
 
-    def _trigger_stopping(self, msg, opt):
-        if self.solver != "sgd" or self.learning_rate != "adaptive":
-            if self.verbose:
-                print(msg + " Stopping.")
-            return True
-        if opt["learning_rate"] <= 1e-6:
-            if self.verbose:
-                print(msg + " Learning rate too small. Stopping.")
-            return True
-        opt["learning_rate"] /= 5.0
-        if self.verbose:
-            print(msg + " Setting learning rate to %f" % opt["learning_rate"])
-        return False
-
-    def _validation_score(
-        self, layout, theta, running_mean, running_var, out_activation, X, y, sw
-    ):
-        coefs, gammas, intercepts = layout.unpack(theta)
-        offsets = np.cumsum([0] + [g.size for g in gammas])
-        means = [running_mean[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        variances = [running_var[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        folded = _pack_folded(
-            *_fold(coefs, gammas, intercepts, means, variances, self.bn_epsilon)
-        )
-        proba = self._forward_folded(X, folded, out_activation)
-        if not np.isfinite(proba).all():
-            return np.nan
-        y_pred = self._decode_output(proba)
-        return self._score_function(y, y_pred, sample_weight=sw)
-
-    # ------------------------------------------------------------------
-    # Inference on the folded network
-
-    def _forward_folded(self, X, folded, out_activation):
-        params = folded["params"]
-        dtype = params.dtype
-        units = folded["units"]
-        n_layers = len(units) - 1
-        out_act = _training.OUT_ACTIVATIONS[out_activation]
-        act = _activations.activation_code(self.activation)
-        out = np.empty((X.shape[0], units[-1]), dtype=dtype)
-        block = _training.PREDICT_BLOCK_ROWS
-        if sp.issparse(X):
-            X = X.tocsr()
-            W0, b0 = folded["coefs"][0], folded["intercepts"][0]
-            for start in range(0, X.shape[0], block):
-                stop = min(start + block, X.shape[0])
-                Z = np.ascontiguousarray(
-                    (X[start:stop] @ W0).astype(dtype, copy=False)
-                )
-                Z += b0
-                if n_layers == 1:
-                    Z = self._out_activation_numpy(Z, out_activation)
-                    out[start:stop] = Z
-                else:
-                    _activations.forward(Z, self.activation)
-                    _training.forward_folded(
-                        Z, params, units, folded["coef_off"], folded["bias_off"],
-                        1, act, out_act, out[start:stop],
-                    )  # fmt: skip
-            return out
-        X = np.ascontiguousarray(X, dtype=dtype)
-        # One block: BLAS's own threads share its products. Several: the
-        # engine's threads take the blocks in turn (BLAS on one thread each),
-        # which a busy core slows down far less than BLAS's threads sharing
-        # every product.
-        if X.shape[0] <= block:
-            threads = contextlib.nullcontext(1)
-        else:
-            threads = _engine_threads(block * _multiply_adds_per_row(units))
-        with threads as n_threads:
-            _training.forward_folded(
-                X, params, units, folded["coef_off"], folded["bias_off"], 0,
-                act, out_act, out, n_threads,
-            )  # fmt: skip
-        return out
-
-    @staticmethod
-    def _out_activation_numpy(Z, out_activation):
-        from scipy.special import expit, softmax
-
-        if out_activation == "logistic":
-            return expit(Z)
-        if out_activation == "softmax":
-            return softmax(Z, axis=1)
-        if out_activation == "exp":
-            return np.exp(Z)
-        return Z
-
     def _predict_raw(self, X):
         """Output-layer activations for validated ``X``."""
-        return self._forward_folded(X, self._folded, self.out_activation_)
+        return self._folded.predict(X)
 
     # ------------------------------------------------------------------
     # Public API shared by both estimators
@@ -843,8 +481,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         """
         check_is_fitted(self)
         mlp = self._sklearn_class()(**self._sklearn_params())
-        mlp.coefs_ = [c.copy() for c in self._folded["coefs"]]
-        mlp.intercepts_ = [b.copy() for b in self._folded["intercepts"]]
+        mlp.coefs_ = [c.copy() for c in self._folded.coefs]
+        mlp.intercepts_ = [b.copy() for b in self._folded.intercepts]
         for name in (
             "n_features_in_",
             "feature_names_in_",

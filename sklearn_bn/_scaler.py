@@ -8,9 +8,6 @@ the output once, and ``fit_transform`` does both on one validated array.
 """
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from numbers import Real
 
 import numpy as np
@@ -32,78 +29,10 @@ from sklearn.utils.validation import (
 
 from sklearn_bn._batchnorm import batch_stats
 from sklearn_bn._scaling import affine_columns, has_infinity
+from sklearn_bn._threads import kernel_threads
 from sklearn_bn._utils import _restore_on_failure
 
 _FLOAT_DTYPES = (np.float64, np.float32)
-
-# Below this many elements per thread, a thread costs more than it saves.
-_MIN_ELEMENTS_PER_THREAD = 1 << 20
-
-
-try:
-    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-except ImportError:  # pragma: no cover - private helper moved
-
-    def _openmp_effective_n_threads():
-        return os.cpu_count() or 1
-
-
-def _effective_n_threads():
-    """Threads the kernels may use: as many as scikit-learn's OpenMP code.
-
-    That is the number of CPUs unless ``OMP_NUM_THREADS`` or
-    ``threadpoolctl.threadpool_limits(user_api="openmp")`` lowers it.
-    """
-    return _openmp_effective_n_threads()
-
-
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _reset_pool():
-    global _POOL
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    # A forked child inherits the executor but not its threads.
-    os.register_at_fork(after_in_child=_reset_pool)
-
-
-def _run_in_row_blocks(func, n_rows, n_cols):
-    """Call ``func(start, stop)`` over row blocks, in threads when it pays.
-
-    Returns the list of results in row order. The kernels release the GIL,
-    so the blocks run in parallel.
-    """
-    global _POOL
-    n_threads = min(
-        _effective_n_threads(),
-        max(1, (n_rows * n_cols) // _MIN_ELEMENTS_PER_THREAD),
-        max(1, n_rows),
-    )
-    if n_threads <= 1:
-        return [func(0, n_rows)]
-    bounds = np.linspace(0, n_rows, n_threads + 1).astype(np.intp)
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] < n_threads - 1:
-            if _POOL is not None:
-                _POOL[1].shutdown(wait=False)
-            _POOL = (
-                n_threads - 1,
-                ThreadPoolExecutor(n_threads - 1, thread_name_prefix="sklearn_bn"),
-            )
-        pool = _POOL[1]
-    futures = [
-        pool.submit(func, bounds[k], bounds[k + 1]) for k in range(1, n_threads)
-    ]
-    try:
-        first = func(bounds[0], bounds[1])  # the calling thread takes a block too
-    except BaseException:
-        wait(futures)  # never return while a worker still uses the arrays
-        raise
-    return [first] + [future.result() for future in futures]
 
 
 def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
@@ -223,9 +152,10 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     data (per cache-sized block, two-pass within the block, merged with Chan
     et al.'s update) and stored in float64; :meth:`transform` computes in
     the input's dtype, so float32 data stay float32 with no float64 copy.
-    Large arrays are processed in row blocks on as many threads as
-    scikit-learn's OpenMP code would use (limit them with
-    ``OMP_NUM_THREADS`` or ``threadpoolctl.threadpool_limits``).
+    Large arrays are processed in row blocks on as many threads as the
+    package's OpenMP code may use (limit them with ``OMP_NUM_THREADS`` or
+    ``threadpoolctl.threadpool_limits``); the result does not depend on the
+    number of threads.
 
     With a ``momentum`` and ``epsilon=0``, features whose running standard
     deviation is (near) zero are not scaled, as ``StandardScaler`` does.
@@ -616,14 +546,10 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             out = np.empty_like(X)
         else:
             out = X
-            if check_inf and has_infinity(X):
+            if check_inf and has_infinity(X, *kernel_threads(*X.shape)):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
-
-        def block(start, stop):
-            return affine_columns(X[start:stop], scale, shift, out[start:stop])
-
-        if any(_run_in_row_blocks(block, *X.shape)) and check_inf:
+        if affine_columns(X, scale, shift, out, *kernel_threads(*X.shape)) and check_inf:
             _raise_infinite(X, self)
         return out
 
@@ -665,32 +591,19 @@ def _raise_infinite(X, estimator):
 def _batch_statistics(X, sample_weight, estimator):
     """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored.
 
-    One pass of the ``batch_stats`` kernel, in row blocks merged with Chan's
-    update. NaN and infinity make the plain pass non-finite: then infinity
-    raises, and NaN columns are recomputed with NaN skipped (that second
-    pass only happens on data with missing values).
+    One pass of the ``batch_stats`` kernel. NaN and infinity make the plain
+    pass non-finite: then infinity raises, and the statistics are
+    recomputed with NaN skipped (that second pass only happens on data with
+    missing values).
     """
-    n_rows, n_cols = X.shape
-
-    def stats(ignore_nan):
-        def block(start, stop):
-            w = None if sample_weight is None else sample_weight[start:stop]
-            mean, var, wsum = batch_stats(X[start:stop], w, ignore_nan)
-            return wsum, mean, var
-
-        results = _run_in_row_blocks(block, n_rows, n_cols)
-        count, mean, var = results[0]
-        for other in results[1:]:
-            count, mean, var = _merge_stats(count, mean, var, *other)
-        return count, mean, var
-
-    count, mean, var = stats(False)
+    blocks = kernel_threads(*X.shape)
+    mean, var, count = batch_stats(X, sample_weight, False, *blocks)
     # One NaN or infinity makes a sum non-finite (an overflow of huge but
     # finite values only sends us down the careful path for nothing).
     if not math.isfinite(mean.sum() + var.sum()):
-        if has_infinity(X):
+        if has_infinity(X, *blocks):
             _raise_infinite(X, estimator)
-        count, mean, var = stats(True)
+        mean, var, count = batch_stats(X, sample_weight, True, *blocks)
     return count, mean, var
 
 

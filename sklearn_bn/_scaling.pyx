@@ -16,6 +16,7 @@ without a second pass over the data.
 """
 from libc.math cimport fabs, INFINITY
 from cython cimport floating
+from cython.parallel cimport prange
 
 import numpy as np
 
@@ -92,16 +93,9 @@ cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
 # def wrappers: check everything, then call the kernels without the GIL.
 
 
-cdef bint _has_infinity(const floating[::1] absmax) noexcept:
-    cdef Py_ssize_t j
-    for j in range(absmax.shape[0]):
-        if absmax[j] == INFINITY:
-            return True
-    return False
-
-
 def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
-                   const floating[::1] shift, floating[:, ::1] out):
+                   const floating[::1] shift, floating[:, ::1] out,
+                   Py_ssize_t block_rows=0, int n_threads=1):
     """``out = x * scale + shift`` column by column; return whether ``x`` has inf.
 
     Parameters
@@ -110,6 +104,10 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
     scale, shift : ndarray of shape (n_cols,), same dtype as ``x``
     out : ndarray of shape (n_rows, n_cols), same dtype as ``x``, written
         May be ``x`` itself for an in-place update. NaN in ``x`` stays NaN.
+    block_rows : int, default=0
+        Rows per block of work (0: one block).
+    n_threads : int, default=1
+        Threads that share the blocks.
 
     Returns
     -------
@@ -128,24 +126,68 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
             f"({n_rows}, {n_cols})")
     if n_rows == 0 or n_cols == 0:
         return False
-    absmax_arr = np.zeros(n_cols, dtype=np.float32 if floating is float else np.float64)
-    cdef floating[::1] absmax = absmax_arr
-    with nogil:
-        caffine_columns(&x[0, 0], &out[0, 0], n_rows, n_cols, &scale[0],
-                        &shift[0], &absmax[0])
-    return _has_infinity(absmax)
+    return _run_blocks(&x[0, 0], &out[0, 0], n_rows, n_cols, &scale[0],
+                       &shift[0], block_rows, n_threads)
 
 
-def has_infinity(const floating[:, ::1] x):
+def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
+                 int n_threads=1):
     """Whether the C-contiguous float array ``x`` holds ``+inf`` or ``-inf``.
 
-    NaN does not count. One vectorized pass, no temporary of ``x``'s size.
+    NaN does not count. One vectorized pass, no temporary of ``x``'s size;
+    ``block_rows`` and ``n_threads`` as in :func:`affine_columns`.
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
     if n_rows == 0 or n_cols == 0:
         return False
-    absmax_arr = np.zeros(n_cols, dtype=np.float32 if floating is float else np.float64)
-    cdef floating[::1] absmax = absmax_arr
+    return _run_blocks(&x[0, 0], NULL, n_rows, n_cols, NULL, NULL, block_rows,
+                       n_threads)
+
+
+cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
+                      Py_ssize_t n_cols, const floating* scale,
+                      const floating* shift, Py_ssize_t block_rows,
+                      int n_threads) except -1:
+    """The affine map (``out`` not NULL) or the scan for infinity of every
+    block of rows, the team taking blocks in turn; whether ``x`` has inf."""
+    if block_rows < 0 or n_threads < 1:
+        raise ValueError("block_rows must be >= 0 and n_threads >= 1")
+    if block_rows == 0 or block_rows > n_rows:
+        block_rows = n_rows
+    cdef Py_ssize_t b, start, n_blocks = (n_rows + block_rows - 1) // block_rows
+    n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks)
+    # Each block's per-column largest |x|.
+    absmax_arr = np.zeros((n_blocks, n_cols),
+                          dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] absmax = absmax_arr
     with nogil:
-        cabsmax_columns(&x[0, 0], n_rows, n_cols, &absmax[0])
+        if n_threads == 1:   # never starts an OpenMP team (see sklearn_bn._threads)
+            for b in range(n_blocks):
+                _block(x, out, n_rows, n_cols, scale, shift, b * block_rows,
+                       block_rows, &absmax[b, 0])
+        else:
+            for b in prange(n_blocks, schedule="static", num_threads=n_threads):
+                _block(x, out, n_rows, n_cols, scale, shift, b * block_rows,
+                       block_rows, &absmax[b, 0])
     return _has_infinity(absmax)
+
+
+cdef inline void _block(const floating* x, floating* out, Py_ssize_t n_rows,
+                        Py_ssize_t n_cols, const floating* scale,
+                        const floating* shift, Py_ssize_t start,
+                        Py_ssize_t block_rows, floating* absmax) noexcept nogil:
+    cdef Py_ssize_t rows = min(block_rows, n_rows - start)
+    if out != NULL:
+        caffine_columns(x + start * n_cols, out + start * n_cols, rows, n_cols,
+                        scale, shift, absmax)
+    else:
+        cabsmax_columns(x + start * n_cols, rows, n_cols, absmax)
+
+
+cdef bint _has_infinity(const floating[:, ::1] absmax) noexcept:
+    cdef Py_ssize_t b, j
+    for b in range(absmax.shape[0]):
+        for j in range(absmax.shape[1]):
+            if absmax[b, j] == INFINITY:
+                return True
+    return False

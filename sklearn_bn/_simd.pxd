@@ -21,3 +21,19 @@ cdef extern from *:
     #endif
     """
     ctypedef void simd_void "SKLEARN_BN_CLONES void"
+
+
+# Return type of the parts of a hot function that are written as functions of
+# their own: always inlined into it, so that its local arrays stay local (no
+# aliasing with the caller's buffers: the loops vectorize without checks).
+cdef extern from *:
+    """
+    #ifndef SKLEARN_BN_ALWAYS_INLINE
+    #if defined(__GNUC__)
+    #define SKLEARN_BN_ALWAYS_INLINE __attribute__((always_inline))
+    #else
+    #define SKLEARN_BN_ALWAYS_INLINE
+    #endif
+    #endif
+    """
+    ctypedef void inline_void "SKLEARN_BN_ALWAYS_INLINE void"

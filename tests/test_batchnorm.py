@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
+from reference import ACTIVATIONS, DTYPES
+from reference import activation as ref_activation
+from reference import activation_derivative as ref_derivative
 from sklearn_bn import _batchnorm
 
-DTYPES = [np.float32, np.float64]
-ACTIVATIONS = ["identity", "relu", "tanh", "logistic"]
 EPS = 1e-5
 
 # Shapes with one column, two rows, one row, many columns (several panels of
@@ -59,33 +60,11 @@ def ref_stats(x, w=None, ignore_nan=False):
     return np.array(mean), np.array(var), np.array(wsum)
 
 
-def ref_act(y, activation):
-    if activation == "identity":
-        return y
-    if activation == "relu":
-        return np.maximum(y, 0)
-    if activation == "tanh":
-        return np.tanh(y)
-    return 0.5 * (1 + np.tanh(0.5 * y))  # logistic, without overflow
-
-
-def ref_act_derivative(y, activation):
-    """f'(y), from the pre-activation (the kernels use the output)."""
-    if activation == "identity":
-        return np.ones_like(y)
-    if activation == "relu":
-        return (y > 0).astype(np.float64)
-    if activation == "tanh":
-        return 1 - np.tanh(y) ** 2
-    s = ref_act(y, "logistic")
-    return s * (1 - s)
-
-
 def ref_forward(z, gamma, beta, epsilon, activation, w=None):
     mean, var, _ = ref_stats(z, w)
     z = np.asarray(z, dtype=np.float64)
     y = gamma * (z - mean) / np.sqrt(var + epsilon) + beta
-    return ref_act(y, activation), mean, var, y
+    return ref_activation(activation, y), mean, var, y
 
 
 def ref_backward(da, z, gamma, beta, epsilon, activation, w=None):
@@ -101,7 +80,7 @@ def ref_backward(da, z, gamma, beta, epsilon, activation, w=None):
     std = np.sqrt(var + epsilon)
     z_hat = (z - mean) / std
     y = gamma * z_hat + beta
-    g = np.asarray(da, dtype=np.float64) * ref_act_derivative(y, activation)
+    g = np.asarray(da, dtype=np.float64) * ref_derivative(activation, y)
     dbeta = g.sum(axis=0)
     dgamma = (g * z_hat).sum(axis=0)
     dz = gamma / std * (g - w[:, None] / w.sum() * (dbeta + z_hat * dgamma))
@@ -356,7 +335,7 @@ def test_forward_train_constant_columns(dtype, activation):
     assert var[1] == var[3] == 0
     assert mean[1] == 7.25
     # A constant column normalizes to 0: the output is act(beta).
-    ref = ref_act(beta.astype(np.float64), activation)
+    ref = ref_activation(activation, beta.astype(np.float64))
     assert_allclose(a[:, 1], np.full(20, ref[1]), **tol(dtype))
     assert_allclose(a[:, 3], np.full(20, ref[3]), **tol(dtype))
 
@@ -374,8 +353,8 @@ def test_forward_infer_matches_numpy(dtype, shape, activation):
     a = np.empty_like(z)
     _batchnorm.bn_forward_infer(*args, a, EPS, activation)
     m64, v64 = mean.astype(np.float64), var.astype(np.float64)
-    ref = ref_act(gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + EPS) + beta,
-                  activation)
+    ref = ref_activation(activation,
+                         gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + EPS) + beta)
     assert a.dtype == dtype
     assert_allclose(a, ref, **tol(dtype, scale=10))
     # In place.

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
+from reference import DTYPES
 from sklearn_bn import _blas
 
-DTYPES = [np.float32, np.float64]
 # (m, k, n): op(a) is (m, k), op(b) is (k, n).
 SHAPES = [(1, 1, 1), (2, 3, 4), (7, 1, 5), (1, 9, 1), (5, 4, 1), (33, 17, 65),
           (3, 0, 4), (0, 3, 4), (3, 4, 0)]

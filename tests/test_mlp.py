@@ -27,10 +27,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _mlp, _training
+from reference import DTYPES, forward_from_attributes, forward_sklearn_mlp
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _threads
+from sklearn_bn._engine import Engine
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
-DTYPES = [np.float32, np.float64]
 
 
 def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
@@ -106,34 +107,6 @@ def assert_same(a, b, path="state"):
 # Numpy inference forward passes
 
 
-def numpy_forward_running_stats(est, X):
-    """Inference with the running statistics, not the folded weights."""
-    a = X.toarray() if sp.issparse(X) else np.asarray(X)
-    a = a.astype(np.float64)
-    act = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
-           "tanh": np.tanh, "logistic": expit}[est.activation]
-    for W, g, b, m, v in zip(est.coefs_, est.gammas_, est.intercepts_,
-                             est.running_means_, est.running_vars_):
-        z = a @ W.astype(np.float64)
-        a = act(g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b)
-    raw = a @ est.coefs_[-1].astype(np.float64) + est.intercepts_[-1]
-    return {"identity": lambda v: v, "logistic": expit, "exp": np.exp,
-            "softmax": lambda v: softmax(v, axis=1)}[est.out_activation_](raw)
-
-
-def numpy_forward_folded(mlp, X):
-    """Inference with a scikit-learn MLP's coefs_/intercepts_."""
-    a = X.toarray() if sp.issparse(X) else np.asarray(X)
-    a = a.astype(np.float64)
-    act = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
-           "tanh": np.tanh, "logistic": expit}[mlp.activation]
-    for W, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
-        a = act(a @ W.astype(np.float64) + b)
-    raw = a @ mlp.coefs_[-1].astype(np.float64) + mlp.intercepts_[-1]
-    return {"identity": lambda v: v, "logistic": expit, "exp": np.exp,
-            "softmax": lambda v: softmax(v, axis=1)}[mlp.out_activation_](raw)
-
-
 # ---------------------------------------------------------------------------
 # Inference: folded weights, to_sklearn, one row, blocks
 
@@ -144,7 +117,7 @@ def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, ac
     X, y, est = make_data(problem)
     fit_quietly(est.set_params(activation=activation), X, y)
     X_test = make_data(problem, n=30, seed=1)[0]
-    expected = numpy_forward_running_stats(est, X_test)
+    expected = forward_from_attributes(est, X_test)
     out = raw_output(est, X_test)
     assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
 
@@ -155,7 +128,7 @@ def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, ac
         assert W.shape == W_bn.shape and W.dtype == W_bn.dtype
     # predict runs on the folded weights: scikit-learn's forward pass on them
     # (in numpy) gives what predict gives, to rounding.
-    assert_allclose(numpy_forward_folded(mlp, X_test), out, rtol=1e-12, atol=1e-13)
+    assert_allclose(forward_sklearn_mlp(mlp, X_test), out, rtol=1e-12, atol=1e-13)
     # The scikit-learn MLP itself: same predictions within 1e-6 in float64.
     if isinstance(est, MLPBNClassifier):
         assert_allclose(mlp.predict_proba(X_test), est.predict_proba(X_test), atol=1e-6, rtol=0)
@@ -200,7 +173,7 @@ def test_to_sklearn_result_can_keep_training(problem, early_stopping):
     fit_quietly(mlp, X, y)
     assert np.isfinite(mlp.coefs_[0]).all()
     # The batch-norm model is not touched.
-    assert_allclose(est.to_sklearn().coefs_[0], est._folded["coefs"][0])
+    assert_allclose(est.to_sklearn().coefs_[0], est._folded.coefs[0])
 
 
 def test_to_sklearn_needs_a_fitted_model():
@@ -240,7 +213,7 @@ def test_prediction_across_row_blocks(sparse_input):
     parts = np.vstack([est.predict_proba(X_big[a:b]) for a, b in [(0, 1000), (1000, 1030),
                                                                   (1030, 2500)]])
     assert_allclose(whole, parts, rtol=1e-12, atol=1e-15)
-    assert_allclose(whole, numpy_forward_running_stats(est, X_big), rtol=1e-9, atol=1e-12)
+    assert_allclose(whole, forward_from_attributes(est, X_big), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -260,13 +233,13 @@ def test_prediction_does_not_depend_on_the_threads(dtype, monkeypatch):
             with threadpool_limits(1, user_api="blas"):
                 yield n
 
-        monkeypatch.setattr(_mlp, "_engine_threads", forced)
+        monkeypatch.setattr(_threads, "training_threads", forced)
         results.append(est.predict_proba(X_big))
     for other in results[1:]:
         assert_array_equal(other, results[0])
     # multiply-adds of one block: 1024 x (5*8 + 8*6 + 6*3)
     assert seen == [1024 * (5 * 8 + 8 * 6 + 6 * 3)] * 3
-    assert_allclose(results[0], numpy_forward_running_stats(est, X_big),
+    assert_allclose(results[0], forward_from_attributes(est, X_big),
                     rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
 
 
@@ -856,8 +829,8 @@ def test_non_finite_validation_output_is_no_improvement(monkeypatch):
     # than reset the no-improvement count.
     X, y, est = make_data("squared_error", n=80)
     est.set_params(early_stopping=True, max_iter=50, n_iter_no_change=2, tol=0.0)
-    monkeypatch.setattr(MLPBNRegressor, "_forward_folded",
-                        lambda self, X, folded, out_activation: np.full((len(X), 2), np.inf))
+    monkeypatch.setattr(Engine, "predict",
+                        lambda self, X, params: np.full((len(X), 2), np.inf))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(X, y)
@@ -894,16 +867,16 @@ def test_keyboard_interrupt_keeps_the_epochs_done(early_stopping, monkeypatch):
     X, y, est = make_data("multiclass", n=80)
     est.set_params(max_iter=10, tol=0.0, n_iter_no_change=100, early_stopping=early_stopping)
     two_epochs = fit_quietly(clone(est).set_params(max_iter=2), X, y)
-    train_epoch = _training.train_epoch
+    train_epoch = Engine.train_epoch
     calls = []
 
-    def interrupted_before_the_third_epoch(*args):
+    def interrupted_before_the_third_epoch(self, **kwargs):
         calls.append(len(calls) + 1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return train_epoch(*args)
+        return train_epoch(self, **kwargs)
 
-    monkeypatch.setattr(_training, "train_epoch", interrupted_before_the_third_epoch)
+    monkeypatch.setattr(Engine, "train_epoch", interrupted_before_the_third_epoch)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         est.fit(X, y)
     assert est.n_iter_ == 2 and est.loss_curve_ == two_epochs.loss_curve_

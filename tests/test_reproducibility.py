@@ -23,7 +23,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _mlp
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _threads
 
 PINS = Path(__file__).parent / "data" / "pinned_fits.npz"
 FITTED = ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_")
@@ -107,7 +107,7 @@ def _engine_threads(n_threads):
     """The engine's team fixed at ``n_threads`` (with BLAS on one thread, as
     the engine runs it), whatever the machine and the size of the network."""
     with threadpool_limits(1, user_api="blas"), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_mlp, "_engine_threads",
+        mp.setattr(_threads, "training_threads",
                    lambda work: contextlib.nullcontext(n_threads))
         yield
 

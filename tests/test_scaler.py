@@ -3,7 +3,6 @@
 import multiprocessing
 import pickle
 import threading
-import time
 import tracemalloc
 import warnings
 
@@ -20,11 +19,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from sklearn_bn import BatchNormScaler, _scaler
+from reference import DTYPES
+from sklearn_bn import BatchNormScaler, _team, _threads
 from sklearn_bn._batchnorm import batch_stats
 from sklearn_bn._scaling import affine_columns, has_infinity
 
-DTYPES = [np.float32, np.float64]
 MOMENTA = [None, 0.1]
 
 
@@ -774,7 +773,8 @@ def test_pickle_round_trip(momentum):
 
 
 # ---------------------------------------------------------------------------
-# Threads: large inputs go through row blocks; results match one thread
+# Threads: large inputs go through row blocks shared by an OpenMP team; the
+# blocks depend on the shape only, so results do not depend on the threads
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -783,23 +783,17 @@ def test_threaded_blocks_match_single_thread(dtype, momentum, monkeypatch):
     X = _data(n=9001, m=101, dtype=dtype)
     X[::97, 5] = np.nan
     w = np.random.RandomState(0).uniform(0, 2, size=X.shape[0])
-    # Small blocks, so that every machine with 2+ CPUs splits this array.
-    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 10_000)
-    calls = []
-    monkeypatch.setattr(_scaler, "batch_stats", lambda x, *a: calls.append(len(x)) or batch_stats(x, *a))
+    # Small blocks, so that this array is split (about 10 blocks).
+    monkeypatch.setattr(_threads, "ELEMENTS_PER_BLOCK", 100_000)
+    assert _threads.kernel_threads(*X.shape)[0] < 1000
     results = []
     for n_threads in (1, 4):
-        calls.clear()
         with threadpool_limits(n_threads, user_api="openmp"):
             scaler = BatchNormScaler(momentum=momentum)
             Xt = scaler.fit_transform(X, sample_weight=w)
             results.append((scaler.running_mean_, scaler.running_var_, Xt))
-        if n_threads == 1 or _scaler._effective_n_threads() == 1:
-            assert calls == [9001, 9001]  # with NaN: a plain pass, then a NaN-aware one
-        else:
-            assert len(calls) > 2 and sum(calls) == 2 * 9001
     for a, b in zip(*results):
-        assert_allclose(a, b, rtol=1e-10 if dtype == np.float64 else 1e-5, atol=1e-10)
+        assert_array_equal(a, b)
     X64 = X.astype(np.float64)
     w = w.astype(dtype).astype(np.float64)  # weights take X's dtype
     mask = ~np.isnan(X64)
@@ -807,44 +801,46 @@ def test_threaded_blocks_match_single_thread(dtype, momentum, monkeypatch):
     assert_allclose(results[1][0], mean, rtol=_stat_tol(dtype))
 
 
-def test_thread_pool_grows_with_the_thread_limit(monkeypatch):
-    X = _data(n=4000, m=50)
-    limit = [1]
-    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1000)
-    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: limit[0])
-    monkeypatch.setattr(_scaler, "_POOL", None)
-    ref = BatchNormScaler().fit(X)
-    assert _scaler._POOL is None
-    # Workers besides the calling thread: the pool grows, never shrinks.
-    for n_threads, pool_size in [(2, 1), (4, 3), (3, 3)]:
-        limit[0] = n_threads
-        scaler = BatchNormScaler().fit(X)
-        assert _scaler._POOL[0] == pool_size
-        assert_allclose(scaler.running_mean_, ref.running_mean_, rtol=1e-12)
-        assert_allclose(scaler.running_var_, ref.running_var_, rtol=1e-12)
-        assert_allclose(scaler.transform(X), ref.transform(X), rtol=1e-12, atol=1e-12)
+def test_kernel_threads_follow_the_openmp_limit(monkeypatch):
+    monkeypatch.setattr(_threads, "ELEMENTS_PER_BLOCK", 1000)
+    for limit in (1, 2, 3):
+        with threadpool_limits(limit, user_api="openmp"):
+            block_rows, n_threads = _threads.kernel_threads(4000, 50)
+            # The limit itself, or 1 when built without OpenMP.
+            assert n_threads == _team.openmp_max_threads() in (limit, 1)
+        assert block_rows == 20
+        # Never more threads than blocks.
+        with threadpool_limits(limit, user_api="openmp"):
+            assert _threads.kernel_threads(30, 50)[1] == min(2, n_threads)
 
 
-def test_row_blocks_wait_for_the_workers_when_the_caller_fails(monkeypatch):
-    # The caller's block raising must not return while workers still use the
-    # arrays: every worker block finishes first, then the error propagates.
-    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 3)
-    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1)
-    finished = []
-    lock = threading.Lock()
+def test_concurrent_transforms_from_many_threads(monkeypatch):
+    # Python threads, each calling the kernels' own teams at once: every
+    # result is what the call gives alone.
+    monkeypatch.setattr(_threads, "ELEMENTS_PER_BLOCK", 50_000)
+    rng = np.random.RandomState(0)
+    arrays = [rng.normal(size=(n, 64)) for n in (4000, 6000, 9000, 12000, 5000, 7000, 8000)]
+    scaler = BatchNormScaler().fit(arrays[0])
+    expected = [scaler.transform(X) for X in arrays]
+    results = [None] * len(arrays)
+    errors = []
 
-    def block(start, stop):
-        if start == 0:
-            raise KeyError("caller's block")
-        time.sleep(0.2)
-        with lock:
-            finished.append(start)
-        return start
+    def work(k):
+        try:
+            for _ in range(5):
+                results[k] = scaler.transform(arrays[k])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
 
-    with pytest.raises(KeyError, match="caller's block"):
-        _scaler._run_in_row_blocks(block, 30, 1)
-    assert sorted(finished) == [10, 20]
-    assert _scaler._run_in_row_blocks(lambda a, b: (a, b), 30, 1) == [(0, 10), (10, 20), (20, 30)]
+    with threadpool_limits(8, user_api="openmp"):
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(arrays))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    for a, b in zip(results, expected):
+        assert_array_equal(a, b)
 
 
 def _threaded_fit_transform(X):
@@ -853,14 +849,13 @@ def _threaded_fit_transform(X):
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                     reason="needs the fork start method")
-def test_forked_child_gets_a_fresh_thread_pool(monkeypatch):
-    # A forked child inherits the parent's executor but not its threads: work
-    # submitted there would wait forever.
-    monkeypatch.setattr(_scaler, "_effective_n_threads", lambda: 2)
-    monkeypatch.setattr(_scaler, "_MIN_ELEMENTS_PER_THREAD", 1000)
+def test_forked_child_works_after_the_parent_ran_a_team(monkeypatch):
+    # GNU OpenMP's threads do not survive fork(): a child forked after the
+    # parent ran a team works on one thread, and gets the same result.
+    monkeypatch.setattr(_threads, "ELEMENTS_PER_BLOCK", 10_000)
     X = _data(n=4000, m=50)
-    parent = _threaded_fit_transform(X)
-    assert _scaler._POOL is not None
+    with threadpool_limits(2, user_api="openmp"):
+        parent = _threaded_fit_transform(X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
         with multiprocessing.get_context("fork").Pool(1) as pool:

@@ -22,25 +22,16 @@ from scipy.special import expit, log_softmax, softmax, xlogy
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from sklearn_bn import (
-    MLPBNClassifier, MLPBNRegressor, _activations, _mlp, _training, _utils)
+from reference import ACTIVATIONS
+from reference import activation as ref_activation
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads
+from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
+from sklearn_bn._optimizers import aligned_zeros
 
-ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
 BN_EPSILON = 1e-5
 
 # ---------------------------------------------------------------------------
 # The numpy reference
-
-
-def _act(name, x):
-    if name == "identity":
-        return x
-    if name == "relu":
-        return np.maximum(x, 0)
-    if name == "tanh":
-        return np.tanh(x)
-    assert name == "logistic"
-    return expit(x)
 
 
 def _weights(sw, n):
@@ -63,7 +54,7 @@ def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_
         mu = np.average(z, axis=0, weights=w)
         var = np.average((z - mu) ** 2, axis=0, weights=w)
         y = g * (z - mu) / np.sqrt(var + eps) + b
-        a = _act(activation, y)
+        a = ref_activation(activation, y)
         stats.append((mu, var))
         pre.append(y)
     raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
@@ -122,50 +113,29 @@ def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
                              out_activation, alpha, *, running_mean=None,
                              running_var=None, update_running=False,
                              bn_momentum=0.1, eps=BN_EPSILON):
-    """One call of ``_training.loss_and_gradient`` on the whole of ``X``.
+    """One call of ``Engine.loss_and_gradient`` on the whole of ``X``.
 
     Returns the loss, the gradient as (coefs, gammas, intercepts) lists and
     the running mean and variance (flat, updated in place when asked).
     """
     dtype = np.asarray(coefs[0]).dtype
     n = X.shape[0]
-    sparse = sp.issparse(X)
     units = [X.shape[1]] + [np.asarray(W).shape[1] for W in coefs]
-    layout = _mlp._Layout(units)
-    ws = _mlp._workspace_sizes(units, n, sparse)
-    theta = layout.pack(coefs, gammas, intercepts, dtype)
-    grad = np.full(layout.n_params, np.nan, dtype=dtype)  # must be overwritten
-    if sparse:
-        Xc = sp.csr_matrix(X, dtype=dtype)
-        Xc.sort_indices()
-        X_dense = np.zeros((1, 1), dtype=dtype)
-        X_data = np.ascontiguousarray(Xc.data, dtype=dtype)
-        X_indices = np.ascontiguousarray(Xc.indices, dtype=np.intp)
-        X_indptr = np.ascontiguousarray(Xc.indptr, dtype=np.intp)
-    else:
-        X_dense = np.ascontiguousarray(X, dtype=dtype)
-        X_data = np.zeros(0, dtype=dtype)
-        X_indices = np.zeros(0, dtype=np.intp)
-        X_indptr = np.zeros(1, dtype=np.intp)
-    Y = np.ascontiguousarray(np.asarray(Y).reshape(n, -1), dtype=dtype)
-    weighted = sw is not None
-    sw_arr = (np.ascontiguousarray(sw, dtype=dtype) if weighted
-              else np.zeros(0, dtype=dtype))
+    engine = Engine(units, activation=activation, out_activation=out_activation,
+                    dtype=dtype, max_batch=max(n, 2), sparse=sp.issparse(X),
+                    weighted=sw is not None, alpha=alpha, bn_momentum=bn_momentum,
+                    bn_epsilon=eps)
     n_hidden = sum(units[1:-1])
     if running_mean is None:
         running_mean = np.zeros(n_hidden, dtype=dtype)
     if running_var is None:
         running_var = np.ones(n_hidden, dtype=dtype)
-    work = np.zeros(ws["work_size"], dtype=dtype)
-    dwork = np.zeros(ws["dwork_size"], dtype=np.float64)
-    loss = _training.loss_and_gradient(
-        X_dense, X_data, X_indices, X_indptr, Y, sw_arr, layout.as_dict(), ws,
-        theta, grad, running_mean, running_var, work, dwork,
-        _activations.activation_code(activation),
-        _training.OUT_ACTIVATIONS[out_activation], alpha, bn_momentum, eps,
-        sparse, weighted, update_running,
-    )  # fmt: skip
-    return loss, layout.unpack(grad), running_mean, running_var
+    params = Parameters(engine.layout.pack(coefs, gammas, intercepts, dtype),
+                        running_mean, running_var)
+    engine.workspace.grad[:] = np.nan  # must be overwritten
+    loss, grad = engine.loss_and_gradient(
+        data=engine.bind(X, Y, sw), params=params, update_running=update_running)
+    return loss, engine.layout.unpack(grad), running_mean, running_var
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +199,9 @@ def assert_grad_allclose(actual, expected, rtol, atol):
 @pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gradient_matches_central_differences(activation, problem, alpha, weighted):
-    X, Y, coefs, gammas, intercepts = make_problem(problem, seed=ACTIVATIONS.index(activation))
+    # Seeds whose problems keep ReLU's kink away from every pre-activation.
+    seed = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}.get(activation, 4)
+    X, Y, coefs, gammas, intercepts = make_problem(problem, seed=seed)
     sw = sample_weights(X.shape[0]) if weighted else None
     out = OUT_ACTIVATION[problem]
     # ReLU's kink must be farther than the step h from every pre-activation
@@ -559,7 +531,7 @@ def test_adam_steps_of_a_deep_network(n_threads, monkeypatch):
     # hidden layer's coefficients only once the delta below is complete:
     # three hidden layers exercise every place a step happens, and widths
     # over 16 give the second thread a share of each layer.
-    monkeypatch.setattr(_mlp, "_engine_threads",
+    monkeypatch.setattr(_threads, "training_threads",
                         lambda work: forced_engine_threads(n_threads))
     X, y = regression_data(n=16, n_features=3, seed=3)
     lr, b1, b2, eps, alpha = 0.01, 0.9, 0.999, 1e-8, 0.05
@@ -734,13 +706,13 @@ def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
 
     X, y = regression_data(n=23, n_features=4, seed=2)
     orders = []
-    train_epoch = _training.train_epoch
+    train_epoch = Engine.train_epoch
 
-    def record(*args):
-        orders.append(np.array(args[6], copy=True))  # sample_idx
-        return train_epoch(*args)
+    def record(self, **kwargs):
+        orders.append(np.array(kwargs["order"], copy=True))  # sample_idx
+        return train_epoch(self, **kwargs)
 
-    monkeypatch.setattr(_training, "train_epoch", record)
+    monkeypatch.setattr(Engine, "train_epoch", record)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         MLPBNRegressor(hidden_layer_sizes=(5,), batch_size=8, max_iter=3, tol=0.0,
@@ -759,8 +731,8 @@ def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
 
 @contextlib.contextmanager
 def forced_engine_threads(n_threads):
-    """What ``_engine_threads`` does, with the number of threads fixed (the
-    machine running the tests may have a single core)."""
+    """What ``_threads.training_threads`` does, with the number of threads
+    fixed (the machine running the tests may have a single core)."""
     with threadpool_limits(1, user_api="blas"):
         yield n_threads
 
@@ -798,7 +770,7 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
     sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
     fits = []
     for threads in (1, n_threads):
-        monkeypatch.setattr(_mlp, "_engine_threads",
+        monkeypatch.setattr(_threads, "training_threads",
                             lambda work, t=threads: forced_engine_threads(t))
         est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
                          solver=cfg["solver"], batch_size=50, max_iter=3,
@@ -825,7 +797,7 @@ def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     X, y = regression_data(n=300, n_features=24)
     fits = []
     for threads in (1, 4, 4):
-        monkeypatch.setattr(_mlp, "_engine_threads",
+        monkeypatch.setattr(_threads, "training_threads",
                             lambda work, t=threads: forced_engine_threads(t))
         est = MLPBNRegressor(hidden_layer_sizes=(48, 40, 33), batch_size=40, max_iter=3,
                              random_state=0)
@@ -844,27 +816,27 @@ def _blas_limits():
 
 
 def test_engine_threads_follow_threadpoolctl_limits():
-    big = 10 * _utils._MIN_MULTIPLY_ADDS_FOR_THREADS
+    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
     with threadpool_limits(1):
-        with _utils._engine_threads(big) as n_threads:
+        with _threads.training_threads(big) as n_threads:
             assert n_threads == 1
     with threadpool_limits(1, user_api="blas"):
-        with _utils._engine_threads(big) as n_threads:
+        with _threads.training_threads(big) as n_threads:
             assert n_threads == 1
     with threadpool_limits(2, user_api="blas"), threadpool_limits(1, user_api="openmp"):
-        with _utils._engine_threads(big) as n_threads:
+        with _threads.training_threads(big) as n_threads:
             assert n_threads == 1
-    if _training.openmp_max_threads() < 2:
+    if _team.openmp_max_threads() < 2:
         pytest.skip("built without OpenMP, or OpenMP limited to one thread")
     with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
         before = _blas_limits()
-        with _utils._engine_threads(big) as n_threads:
+        with _threads.training_threads(big) as n_threads:
             assert n_threads == 2
             # Each engine thread calls BLAS on its own share.
             assert set(_blas_limits()) == {1}
         assert _blas_limits() == before
         # Small minibatches: one thread, BLAS untouched.
-        with _utils._engine_threads(big // 100) as n_threads:
+        with _threads.training_threads(big // 100) as n_threads:
             assert n_threads == 1
             assert _blas_limits() == before
 
@@ -873,23 +845,23 @@ def test_fit_restores_the_blas_limits(monkeypatch):
     # Big enough minibatches for the engine to run its own threads.
     X, y = regression_data(n=300, n_features=20)
     seen = []
-    engine_threads = _utils._engine_threads
+    training_threads = _threads.training_threads
 
     def spy(multiply_adds):
         seen.append(multiply_adds)
-        return engine_threads(multiply_adds)
+        return training_threads(multiply_adds)
 
-    monkeypatch.setattr(_mlp, "_engine_threads", spy)
+    monkeypatch.setattr(_threads, "training_threads", spy)
     with threadpool_limits(2, user_api="blas"):
         before = _blas_limits()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             MLPBNRegressor(hidden_layer_sizes=(64,), max_iter=2, random_state=0).fit(X, y)
         assert _blas_limits() == before
-    assert seen[0] >= _utils._MIN_MULTIPLY_ADDS_FOR_THREADS
+    assert seen[0] >= _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
 
 
-def test_train_epoch_rejects_a_bad_number_of_threads():
+def test_train_epoch_rejects_a_bad_number_of_threads(monkeypatch):
     est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=1, random_state=0)
     X, y = regression_data(n=10)
     calls = []
@@ -898,27 +870,26 @@ def test_train_epoch_rejects_a_bad_number_of_threads():
         calls.append(multiply_adds)
         return forced_engine_threads(0)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_mlp, "_engine_threads", bad_threads)
-        with pytest.raises(ValueError, match="n_threads"):
-            est.fit(X, y)
+    monkeypatch.setattr(_threads, "training_threads", bad_threads)
+    with pytest.raises(ValueError, match="n_threads"):
+        est.fit(X, y)
     # Multiply-adds of a minibatch: batch_size (all 10 rows) x (3*3 + 3*1).
     assert calls == [10 * (3 * 3 + 3 * 1)]
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, np.nan])
-def test_train_epoch_rejects_a_bad_data_loss_scale(scale, monkeypatch):
+def test_engine_rejects_a_bad_data_loss_scale(scale, monkeypatch):
     X, y = regression_data(n=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
     before = params_of(est), est.loss_curve_.copy(), est.t_
-    train_epoch = _training.train_epoch
 
-    def with_bad_scale(*args):
-        return train_epoch(*args[:-1], scale)
+    class BadScale(Engine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "data_loss_scale": scale})
 
-    monkeypatch.setattr(_training, "train_epoch", with_bad_scale)
+    monkeypatch.setattr(_mlp, "Engine", BadScale)
     with pytest.raises(ValueError, match="data_loss_scale"):
         est.partial_fit(X, y)
     # The failed call left the fitted model as it was.
@@ -927,140 +898,137 @@ def test_train_epoch_rejects_a_bad_data_loss_scale(scale, monkeypatch):
     assert est.t_ == before[2]
 
 
-def captured_engine_call(sparse, monkeypatch):
-    """The positional arguments of a real ``train_epoch`` call (a weighted
-    fit with two hidden layers)."""
+def bound_engine(sparse, solver="adam"):
+    """An engine, its bound data (a weighted regression with two hidden
+    layers, some zeros in X), its parameters, optimizer and a valid epoch's
+    arguments, as ``_fit`` builds them."""
     X, y = regression_data(n=30, n_features=4)
     X[np.abs(X) < 0.5] = 0
-    calls = []
-    train_epoch = _training.train_epoch
-
-    def capture(*args):
-        calls.append(args)
-        return train_epoch(*args)
-
-    monkeypatch.setattr(_training, "train_epoch", capture)
-    est = MLPBNRegressor(hidden_layer_sizes=(5, 3), batch_size=10, max_iter=1,
+    est = MLPBNRegressor(hidden_layer_sizes=(5, 3), batch_size=10, solver=solver,
                          random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(sp.csr_matrix(X) if sparse else X, y, sample_weight=np.ones(30))
-    monkeypatch.setattr(_training, "train_epoch", train_epoch)
-    return list(calls[0])
+    units = [4, 5, 3, 1]
+    engine = Engine(units, activation="relu", out_activation="identity",
+                    dtype=np.float64, max_batch=11, sparse=sparse, weighted=True,
+                    alpha=1e-4, bn_momentum=0.1, bn_epsilon=1e-5)
+    Xs = sp.csr_matrix(X) if sparse else X
+    data = engine.bind(Xs, y, np.ones(30))
+    params = engine.parameters(*est._init_params(units, np.float64, np.random.RandomState(0)))
+    optimizer = est._make_optimizer(engine.layout.n_params, np.float64, False)
+    epoch = dict(data=data, params=params, optimizer=optimizer,
+                 order=np.arange(30, dtype=np.intp), order_is_identity=True, batch_size=10)
+    return engine, (Xs, y, np.ones(30)), epoch
 
 
 def _short(a):
     return np.ascontiguousarray(a[:-1])
 
 
-# train_epoch's arguments: X, X_data, X_indices, X_indptr, Y, sample_weight,
-# order, order_is_identity, batch_size, layout, ws, theta, grad, state_a,
-# state_b, running_mean, running_var, work, dwork, ...
-DENSE_BAD_ARGS = {
-    "X columns": (0, lambda X: np.ascontiguousarray(X[:, :-1]), "features"),
-    "Y columns": (4, lambda Y: np.ascontiguousarray(np.hstack([Y, Y])), "Y has shape"),
-    "Y rows": (4, _short, "Y has shape"),
-    "sample_weight": (5, _short, "sample_weight"),
-    "one row": (6, lambda order: np.ascontiguousarray(order[:1]), "at least 2 samples"),
-    "row index": (6, lambda order: order + 1, "out of range"),
-    "batch_size 1": (8, lambda b: 1, "batch_size"),
-    "batch_size": (8, lambda b: b + 5, "workspace too small"),
-    "theta": (11, _short, "theta"),
-    "grad": (12, _short, "gradient and optimizer"),
-    "state_b": (14, _short, "gradient and optimizer"),
-    "running_mean": (15, _short, "running statistics"),
-    "work": (17, _short, "workspace does not fit"),
-    "dwork": (18, _short, "workspace does not fit"),
+# What a call gets wrong, how, and the error it must give.
+BIND_BAD_ARGS = {
+    "X columns": (0, lambda X: X[:, :-1], "features"),
+    "Y columns": (1, lambda y: np.column_stack([y, y]), "Y has shape"),
+    "Y rows": (1, _short, "Y has shape"),
+    "sample_weight": (2, _short, "sample_weight"),
+    "no sample_weight": (2, lambda sw: None, "sample_weight"),
+}
+EPOCH_BAD_ARGS = {
+    "one row": ("order", lambda order: np.ascontiguousarray(order[:1]), "at least 2 samples"),
+    "row index": ("order", lambda order: order + 1, "out of range"),
+    "order dtype": ("order", lambda order: order.astype(np.int32), "intp"),
+    "batch_size 1": ("batch_size", lambda b: 1, "batch_size"),
+    "batch_size": ("batch_size", lambda b: b + 5, "workspace too small"),
+    "theta": ("params", lambda p: Parameters(_short(p.theta), p.running_mean, p.running_var),
+              "theta"),
+    "theta dtype": ("params", lambda p: Parameters(p.theta.astype(np.float32),
+                                                   p.running_mean, p.running_var), "theta"),
+    "running_mean": ("params", lambda p: Parameters(p.theta, _short(p.running_mean),
+                                                    p.running_var), "running_mean"),
+    "moment_1": ("optimizer", "first_moment", "moment_1"),
+    "moment_2": ("optimizer", "second_moment", "moment_2"),
+    "X rows": ("data", lambda d: _engine.TrainingData(**{**vars(d), "X": _short(d.X)}),
+               "rows"),
 }
 SPARSE_BAD_ARGS = {
-    "indptr empty": (3, lambda p: p[:0].copy(), "malformed CSR"),
-    "indices length": (2, _short, "malformed CSR"),
-    "indptr start": (3, lambda p: p + 1, "malformed CSR"),
-    "indptr end": (3, lambda p: np.concatenate([p[:-1], p[-1:] - 1]), "malformed CSR"),
-    "indptr order": (3, lambda p: np.concatenate([p[:1], p[2:3], p[1:2], p[3:]]),
+    "indptr start": (lambda X: X.indptr.__iadd__(1), "malformed CSR"),
+    "indptr end": (lambda X: X.indptr.__setitem__(-1, X.indptr[-1] - 1), "malformed CSR"),
+    "indptr order": (lambda X: X.indptr.__setitem__(slice(1, 3), X.indptr[2:0:-1].copy()),
                      "malformed CSR"),
-    "column index": (2, lambda i: i + 4, "column index out of range"),
-    "negative column": (2, lambda i: i - 4, "column index out of range"),
+    "column index": (lambda X: X.indices.__iadd__(4), "column index out of range"),
+    "negative column": (lambda X: X.indices.__isub__(4), "column index out of range"),
 }
 
 
-@pytest.mark.parametrize("case", list(DENSE_BAD_ARGS) + list(SPARSE_BAD_ARGS))
-def test_train_epoch_rejects_arguments_that_do_not_fit(case, monkeypatch):
+@pytest.mark.parametrize("case", list(BIND_BAD_ARGS) + list(EPOCH_BAD_ARGS)
+                         + list(SPARSE_BAD_ARGS))
+def test_engine_rejects_arguments_that_do_not_fit(case):
     # The estimators always pass consistent arguments; the engine checks them
-    # anyway before its unchecked loops, and leaves everything untouched.
-    sparse = case in SPARSE_BAD_ARGS
-    position, spoil, message = (SPARSE_BAD_ARGS if sparse else DENSE_BAD_ARGS)[case]
-    args = captured_engine_call(sparse, monkeypatch)
-    if case == "indptr order":
-        assert args[3][2] > args[3][1]  # swapping them makes indptr decrease
-    theta = args[11]
+    # anyway, before its unchecked compiled loops, and leaves everything
+    # untouched.
+    engine, bind_args, epoch = bound_engine(sparse=case in SPARSE_BAD_ARGS)
+    theta = epoch["params"].theta
     before = theta.copy()
-    _training.train_epoch(*args)  # the captured call itself is fine
+    engine.train_epoch(**epoch)  # the valid call itself is fine
     theta_after = theta.copy()
     assert not np.array_equal(before, theta_after)
-    args[position] = spoil(args[position])
+    if case in BIND_BAD_ARGS:
+        position, spoil, message = BIND_BAD_ARGS[case]
+        bind_args = list(bind_args)
+        bind_args[position] = spoil(bind_args[position])
+        with pytest.raises(ValueError, match=message):
+            engine.bind(*bind_args)
+        return
+    if case in SPARSE_BAD_ARGS:
+        spoil, message = SPARSE_BAD_ARGS[case]
+        X = bind_args[0].copy()
+        spoil(X)
+        with pytest.raises(ValueError, match=message):
+            engine.bind(X, *bind_args[1:])
+        return
+    name, spoil, message = EPOCH_BAD_ARGS[case]
+    if name == "optimizer":
+        setattr(epoch["optimizer"], spoil, _short(getattr(epoch["optimizer"], spoil)))
+    else:
+        epoch[name] = spoil(epoch[name])
     with pytest.raises(ValueError, match=message):
-        _training.train_epoch(*args)
+        engine.train_epoch(**epoch)
     assert_array_equal(theta, theta_after)
 
 
-def test_loss_and_gradient_and_forward_folded_check_their_arguments(monkeypatch):
+def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
     X, Y, coefs, gammas, intercepts = make_problem("multiclass")
     with pytest.raises(ValueError, match="sample weights sum to zero"):
         engine_loss_and_gradient(X, Y, np.zeros(len(X)), coefs, gammas, intercepts,
                                  "relu", "softmax", 0.0)
-    workspace_sizes = _mlp._workspace_sizes
-    with monkeypatch.context() as mp:  # a workspace one row short
-        mp.setattr(_mlp, "_workspace_sizes",
-                   lambda units, n, sparse: workspace_sizes(units, n - 1, sparse))
-        with pytest.raises(ValueError, match="between one row"):
-            engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts,
-                                     "relu", "softmax", 0.0)
+    # A workspace one row short.
+    engine = Engine([4, 5, 3, 3], activation="relu", out_activation="softmax",
+                    dtype=np.float64, max_batch=len(X) - 1, sparse=False, weighted=False,
+                    alpha=0.0, bn_momentum=0.1, bn_epsilon=1e-5)
+    params = engine.parameters(coefs, gammas, intercepts, [np.zeros(5), np.zeros(3)],
+                               [np.ones(5), np.ones(3)])
+    with pytest.raises(ValueError, match="between one row"):
+        engine.loss_and_gradient(data=engine.bind(X, Y), params=params)
 
     est = MLPBNClassifier(hidden_layer_sizes=(5, 3), max_iter=1, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, np.arange(len(X)) % 3)
     folded = est._folded
-    units, coef_off, bias_off = folded["units"], folded["coef_off"], folded["bias_off"]
-    params = folded["params"]
-    n_out = units[len(units) - 1]
-    assert n_out == 3  # the output layer of three classes
-    out = np.empty((len(X), n_out))
-
-    def call(X=X, params=params, units=units, coef_off=coef_off, first_layer=0, out=out):
-        _training.forward_folded(X, params, units, coef_off, bias_off, first_layer,
-                                 _activations.activation_code("relu"),
-                                 _training.OUT_ACTIVATIONS["softmax"], out)
-
-    call()
-    assert_allclose(out, est.predict_proba(X), rtol=1e-12)
-    for kwargs, message in [
-        (dict(X=np.ascontiguousarray(X[:, :3])), "columns"),
-        (dict(out=np.empty((len(X), n_out - 1))), "wrong shape"),
-        (dict(out=np.empty((len(X) - 1, n_out))), "wrong shape"),
-        (dict(first_layer=3), "first_layer"),
-        (dict(first_layer=-1), "first_layer"),
-        (dict(params=np.ascontiguousarray(params[:-1])), "too short"),
-        (dict(units=units[:1].copy()), "do not describe"),
-        (dict(coef_off=coef_off[:1].copy()), "do not describe"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            call(**kwargs)
-    with pytest.raises(ValueError, match="n_threads"):
-        _training.forward_folded(X, params, units, coef_off, bias_off, 0,
-                                 _activations.activation_code("relu"),
-                                 _training.OUT_ACTIVATIONS["softmax"], out, 0)
-    empty = np.empty((0, n_out))
-    _training.forward_folded(X[:0], params, units, coef_off, bias_off, 0,
-                             _activations.activation_code("relu"), _training.OUT_ACTIVATIONS["softmax"],
-                             empty)  # no rows: nothing to do
+    assert_allclose(folded.predict(X), est.predict_proba(X), rtol=1e-12)
+    assert folded.predict(X[:0]).shape == (0, 3)  # no rows: nothing to do
+    with pytest.raises(ValueError, match="columns"):
+        folded.predict(np.ascontiguousarray(X[:, :3]))
+    with pytest.raises(ValueError, match="chain"):
+        FoldedNetwork([folded.coefs[0], folded.coefs[2]], folded.intercepts[::2],
+                      "relu", "softmax")
+    with pytest.raises(ValueError, match="chain"):
+        FoldedNetwork(folded.coefs, [folded.intercepts[0][:-1]] + folded.intercepts[1:],
+                      "relu", "softmax")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 1000])
 def test_aligned_zeros(n, dtype):
-    a = _mlp._aligned_zeros(n, dtype)
+    a = aligned_zeros(n, dtype)
     assert a.shape == (n,) and a.dtype == dtype and a.flags.c_contiguous
     assert a.ctypes.data % 64 == 0
     assert_array_equal(a, 0)
@@ -1070,18 +1038,20 @@ def test_aligned_zeros(n, dtype):
 def test_workspace_blocks_start_on_cache_lines(sparse):
     # Threads write neighbouring panels of these blocks: each starts at a
     # multiple of 16 elements, and the blocks do not overlap.
-    ws = _mlp._workspace_sizes((37, 33, 17, 3), 51, sparse)
-    starts = [ws["xb_off"], ws["yb_off"], ws["swb_off"], ws["p_off"],
-              *ws["z_off"][:2], *ws["a_off"][:2], *ws["d_off"][:2]]
+    ws = _engine.Workspace(_engine.ParameterLayout((37, 33, 17, 3)), 51, sparse, np.float32)
+    starts = [ws.xb_off, ws.yb_off, ws.swb_off, ws.p_off,
+              *ws.z_off[:2], *ws.a_off[:2], *ws.d_off[:2]]
     assert all(s % 16 == 0 for s in starts)
     sizes = [0 if sparse else 51 * 37, 51 * 3, 51, 51 * 3, 51 * 33, 51 * 17,
              51 * 33, 51 * 17, 51 * 33, 51 * 17]
     order = [0, 1, 2, 3, 4, 6, 8, 5, 7, 9]   # z0, a0, d0, z1, a1, d1
     ends = [starts[i] + sizes[i] for i in order]
     assert all(e <= s for e, s in zip(ends, [starts[i] for i in order][1:]))
-    assert ends[-1] <= ws["work_size"]
-    assert ws["var_base"] % 16 == 0 and ws["scratch_off"] % 16 == 0
-    assert ws["var_base"] >= 33 + 17
+    assert ends[-1] <= ws.work.size
+    assert ws.var_base % 16 == 0 and ws.scratch_off % 16 == 0
+    assert ws.var_base >= 33 + 17
+    for buffer in (ws.work, ws.dwork, ws.grad):
+        assert buffer.ctypes.data % 64 == 0
 
 
 def _fit_and_score(X, y):

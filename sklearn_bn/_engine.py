@@ -1,0 +1,576 @@
+"""The training engine's boundary: what the estimators call to train and
+predict, and every check made before compiled code runs.
+
+An :class:`Engine` is built once per fit. It owns the parameter layout
+(:class:`ParameterLayout`), the workspace sized for one minibatch
+(:class:`Workspace`), the compiled view of the network
+(``_training.Network``) and the thread team (``_threads``); the optimizer's
+state lives in ``_optimizers``. Its calls take keyword arguments:
+:meth:`Engine.bind` checks and converts the training data once,
+:meth:`Engine.train_epoch` runs an epoch, :meth:`Engine.loss_and_gradient`
+evaluates the training objective, :meth:`Engine.predict` runs the inference
+network. Prediction of a fitted estimator goes through
+:class:`FoldedNetwork`, the network with batch norm folded into its
+weights.
+
+The compiled module (``_training.pyx``) trusts what it gets: the checks
+here are what keeps its loops in bounds.
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from sklearn_bn import _threads, _training
+from sklearn_bn._activations import activation_code
+from sklearn_bn._activations import forward as activation_forward
+from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
+from sklearn_bn._optimizers import aligned_zeros
+
+OUT_ACTIVATIONS = {
+    "identity": _training.OutActivation.OUT_IDENTITY,
+    "logistic": _training.OutActivation.OUT_LOGISTIC,
+    "softmax": _training.OutActivation.OUT_SOFTMAX,
+    "exp": _training.OutActivation.OUT_EXP,
+}
+
+# Rows per block of a prediction: memory stays bounded for any number of rows.
+PREDICT_BLOCK_ROWS = 1024
+
+# Every block of the workspace starts at a multiple of this many elements
+# (with the buffers on 64-byte boundaries: a cache line for float32, two for
+# float64), so that threads writing neighbouring blocks never share a line.
+_ALIGN_ELEMENTS = 16
+
+
+def multiply_adds_per_row(units):
+    """Multiply-adds of the matrix products of one row through the network."""
+    return int(np.dot(units[:-1], units[1:]))
+
+
+def _intp(values):
+    # Never empty, so that the compiled side can take the first element's
+    # address (a network without hidden layers has no hidden offsets).
+    return np.asarray(list(values) or [0], dtype=np.intp)
+
+
+class ParameterLayout:
+    """Where each parameter lives in the flat vector the engine trains.
+
+    For weight layer ``l``: its coefficients (``units[l] x units[l + 1]``,
+    row-major), then, for a hidden layer, its ``gamma`` and ``beta``; for
+    the output layer its intercept. Hidden layer ``l``'s running statistics
+    start at ``stat_off[l]`` of flat vectors of ``n_hidden``.
+    """
+
+    def __init__(self, units):
+        self.units = np.asarray(units, dtype=np.intp)
+        n_layers = len(units) - 1
+        coef_off, gamma_off, bias_off = [], [], []
+        off = 0
+        for l in range(n_layers):
+            fan_in, fan_out = int(units[l]), int(units[l + 1])
+            coef_off.append(off)
+            off += fan_in * fan_out
+            if l < n_layers - 1:
+                gamma_off.append(off)
+                off += fan_out
+            else:
+                gamma_off.append(0)
+            bias_off.append(off)
+            off += fan_out
+        self.n_params = off
+        self.coef_off = _intp(coef_off)
+        self.gamma_off = _intp(gamma_off)
+        self.bias_off = _intp(bias_off)
+        hidden = [int(u) for u in units[1:-1]]
+        self.n_hidden = sum(hidden)
+        self.stat_off = _intp(np.cumsum([0] + hidden)[:-1])
+
+    @property
+    def n_layers(self):
+        return len(self.units) - 1
+
+    def pack(self, coefs, gammas, intercepts, dtype):
+        """The flat parameter vector of these per-layer arrays."""
+        theta = aligned_zeros(self.n_params, dtype)
+        for l in range(self.n_layers):
+            fan_in, fan_out = self.units[l], self.units[l + 1]
+            c = self.coef_off[l]
+            theta[c : c + fan_in * fan_out] = np.asarray(coefs[l]).ravel()
+            if l < self.n_layers - 1:
+                g = self.gamma_off[l]
+                theta[g : g + fan_out] = gammas[l]
+            b = self.bias_off[l]
+            theta[b : b + fan_out] = intercepts[l]
+        return theta
+
+    def unpack(self, theta):
+        """Copies of the per-layer coefficients, gammas and intercepts."""
+        coefs, gammas, intercepts = [], [], []
+        for l in range(self.n_layers):
+            fan_in, fan_out = int(self.units[l]), int(self.units[l + 1])
+            c = self.coef_off[l]
+            coefs.append(theta[c : c + fan_in * fan_out].reshape(fan_in, fan_out).copy())
+            if l < self.n_layers - 1:
+                g = self.gamma_off[l]
+                gammas.append(theta[g : g + fan_out].copy())
+            b = self.bias_off[l]
+            intercepts.append(theta[b : b + fan_out].copy())
+        return coefs, gammas, intercepts
+
+    def pack_stats(self, per_layer, dtype):
+        """One flat vector of per-hidden-layer statistics."""
+        flat = aligned_zeros(self.n_hidden, dtype)
+        if self.n_hidden:
+            flat[:] = np.concatenate([np.asarray(s, dtype=dtype) for s in per_layer])
+        return flat
+
+    def unpack_stats(self, flat):
+        """Copies of the per-hidden-layer parts of a flat statistics vector."""
+        stops = list(self.stat_off[1 : self.n_layers - 1]) + [self.n_hidden]
+        starts = self.stat_off[: self.n_layers - 1]
+        return [flat[a:b].copy() for a, b in zip(starts, stops)]
+
+
+@dataclass
+class Parameters:
+    """A network's trainable parameters and running statistics, flat."""
+
+    theta: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+
+    def copy(self):
+        return Parameters(*(aligned_copy(a) for a in vars(self).values()))
+
+    def is_finite(self):
+        return all(np.isfinite(a).all() for a in vars(self).values())
+
+
+def aligned_copy(a):
+    out = aligned_zeros(a.size, a.dtype)
+    out[:] = a
+    return out
+
+
+class Workspace:
+    """The buffers one minibatch step works in, allocated once per fit.
+
+    ``work`` (the parameters' dtype) holds the gathered rows of X, Y and the
+    weights, the output layer, and each hidden layer's ``z``, output and
+    delta; ``dwork`` (float64) the batch statistics and the kernels'
+    scratch; ``grad`` the gradient, in the parameters' layout.
+    """
+
+    def __init__(self, layout, max_batch, sparse, dtype):
+        units = [int(u) for u in layout.units]
+        n_features, n_out = units[0], units[-1]
+        self.max_batch = int(max_batch)
+        self._size = 0
+        self.xb_off = self._block(0 if sparse else max_batch * n_features)
+        self.yb_off = self._block(max_batch * n_out)
+        self.swb_off = self._block(max_batch)
+        self.p_off = self._block(max_batch * n_out)
+        z_off, a_off, d_off = [], [], []
+        for h in units[1:-1]:
+            z_off.append(self._block(max_batch * h))
+            a_off.append(self._block(max_batch * h))
+            d_off.append(self._block(max_batch * h))
+        self.z_off, self.a_off, self.d_off = _intp(z_off), _intp(a_off), _intp(d_off)
+        stats_size = self._round_up(layout.n_hidden)
+        self.var_base = stats_size
+        self.scratch_off = 2 * stats_size
+        max_units = max(units[1:-1], default=1)
+        self.work = aligned_zeros(max(self._size, 1), dtype)
+        self.dwork = aligned_zeros(2 * stats_size + SCRATCH_PER_COLUMN * max_units,
+                                   np.float64)
+        self.grad = aligned_zeros(layout.n_params, dtype)
+
+    @staticmethod
+    def _round_up(size):
+        return -(-size // _ALIGN_ELEMENTS) * _ALIGN_ELEMENTS
+
+    def _block(self, size):
+        start = self._size
+        self._size += self._round_up(size)
+        return start
+
+
+@dataclass
+class TrainingData:
+    """Training rows as the engine reads them: C-contiguous dense X, or CSR
+    with intp indices (then ``X`` is a placeholder); Y as a 2-D array; the
+    weights (empty when unweighted). All in the parameters' dtype."""
+
+    X: np.ndarray
+    X_data: np.ndarray
+    X_indices: np.ndarray
+    X_indptr: np.ndarray
+    Y: np.ndarray
+    sample_weight: np.ndarray
+    sparse: bool
+    weighted: bool
+
+    @property
+    def n_samples(self):
+        return self.Y.shape[0]
+
+    def arrays(self):
+        """The keyword arguments of the compiled calls."""
+        return dict(X=self.X, X_data=self.X_data, X_indices=self.X_indices,
+                    X_indptr=self.X_indptr, Y=self.Y, sample_weight=self.sample_weight)
+
+
+class Engine:
+    """Trains one network shape on minibatches; built once per fit.
+
+    Parameters
+    ----------
+    units : sequence of int
+        Units of every layer, input and output included.
+    activation : {'identity', 'relu', 'tanh', 'logistic'}
+        The hidden layers' activation.
+    out_activation : {'identity', 'logistic', 'softmax', 'exp'}
+        The output layer's, which also picks the loss (squared error, binary
+        log loss, log loss, half Poisson deviance).
+    dtype : float32 or float64
+    max_batch : int
+        Rows of the largest minibatch (``batch_size + 1``: a trailing single
+        row joins the previous minibatch).
+    sparse, weighted : bool
+        Whether X is sparse, whether rows carry weights.
+    alpha : float
+        L2 penalty on the coefficients.
+    bn_momentum, bn_epsilon : float
+    data_loss_scale : float, default=1.0
+        Factor on the data term of the reported loss (not on the L2 term nor
+        the gradient): the regressor reports the squared error as a mean over
+        outputs, as scikit-learn does, while the gradient is that of the sum.
+    """
+
+    def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
+                 weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0):
+        units = [int(u) for u in units]
+        if len(units) < 2 or min(units) < 1:
+            raise ValueError(f"a network needs >= 2 layers of >= 1 unit, got {units}")
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"the engine trains in float32 or float64, not {dtype}")
+        if out_activation not in OUT_ACTIVATIONS:
+            raise ValueError(f"unknown output activation {out_activation!r}")
+        if max_batch < 2:
+            raise ValueError("max_batch must be at least 2")
+        for name, value in (("alpha", alpha), ("bn_epsilon", bn_epsilon)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum}")
+        if not data_loss_scale > 0:
+            raise ValueError(f"data_loss_scale must be positive, got {data_loss_scale}")
+        self.dtype = np.dtype(dtype)
+        self.layout = ParameterLayout(units)
+        self.workspace = Workspace(self.layout, max_batch, sparse, self.dtype)
+        self.sparse, self.weighted = bool(sparse), bool(weighted)
+        self.activation, self.out_activation = activation, out_activation
+        self.bn_epsilon = float(bn_epsilon)
+        ws, layout = self.workspace, self.layout
+        self._network = _training.Network(
+            units=layout.units, coef_off=layout.coef_off, gamma_off=layout.gamma_off,
+            bias_off=layout.bias_off, stat_off=layout.stat_off, z_off=ws.z_off,
+            a_off=ws.a_off, d_off=ws.d_off, xb_off=ws.xb_off, yb_off=ws.yb_off,
+            swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
+            scratch_off=ws.scratch_off, activation=activation_code(activation),
+            out_activation=OUT_ACTIVATIONS[out_activation], alpha=float(alpha),
+            bn_momentum=float(bn_momentum), bn_epsilon=self.bn_epsilon,
+            data_loss_scale=float(data_loss_scale), sparse=self.sparse,
+            weighted=self.weighted,
+        )
+        self.n_threads = 1
+
+    # ------------------------------------------------------------------
+    # Threads
+
+    @contextlib.contextmanager
+    def team(self, batch_size):
+        """Run the calls made inside on the team the thread policy gives for
+        minibatches of ``batch_size`` rows (BLAS on one thread meanwhile)."""
+        work = batch_size * multiply_adds_per_row(self.layout.units)
+        with _threads.training_threads(work) as n_threads:
+            if n_threads < 1:
+                raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+            self.n_threads = int(n_threads)
+            try:
+                yield self.n_threads
+            finally:
+                self.n_threads = 1
+
+    # ------------------------------------------------------------------
+    # Data and parameters
+
+    def parameters(self, coefs, gammas, intercepts, running_means, running_vars):
+        """Flat copies of per-layer parameters and statistics."""
+        layout = self.layout
+        return Parameters(
+            layout.pack(coefs, gammas, intercepts, self.dtype),
+            layout.pack_stats(running_means, self.dtype),
+            layout.pack_stats(running_vars, self.dtype),
+        )
+
+    def bind(self, X, Y, sample_weight=None):
+        """Check the training rows against the network and convert them once.
+
+        ``X`` is an array or a sparse matrix with ``units[0]`` columns, ``Y``
+        has ``units[-1]`` columns (or is 1-D for one output).
+        """
+        n_features, n_out = self.layout.units[0], self.layout.units[-1]
+        if sp.issparse(X) != self.sparse:
+            raise ValueError("X is sparse but the engine was built for dense input"
+                             if self.sparse is False else
+                             "X is dense but the engine was built for sparse input")
+        if X.ndim != 2 or X.shape[1] != n_features:
+            raise ValueError(f"X has {X.shape[-1]} features, expected {n_features}")
+        n = X.shape[0]
+        Y = np.asarray(Y)
+        if Y.shape[:1] != (n,) or Y.ndim > 2 or Y.size != n * n_out:
+            raise ValueError(f"Y has shape {Y.shape}, expected ({n}, {n_out})")
+        Y = np.ascontiguousarray(Y.reshape(n, n_out), dtype=self.dtype)
+        if self.weighted != (sample_weight is not None):
+            raise ValueError("sample_weight must be given exactly when the engine "
+                             "was built for weighted rows")
+        weights = np.zeros(0, dtype=self.dtype)
+        if self.weighted:
+            weights = np.ascontiguousarray(sample_weight, dtype=self.dtype)
+            if weights.shape != (n,):
+                raise ValueError("sample_weight and X have different numbers of rows")
+        if self.sparse:
+            return TrainingData(np.zeros((1, 1), dtype=self.dtype),
+                                *_csr_arrays(X, self.dtype, n_features), Y, weights,
+                                True, self.weighted)
+        return TrainingData(np.ascontiguousarray(X, dtype=self.dtype),
+                            np.zeros(0, dtype=self.dtype), np.zeros(0, dtype=np.intp),
+                            np.zeros(1, dtype=np.intp), Y, weights, False, self.weighted)
+
+    def _check(self, data, params):
+        """The bound data and the parameters fit this engine."""
+        if data is not None:
+            if data.sparse != self.sparse or data.weighted != self.weighted:
+                raise ValueError("the data were not bound by this engine")
+            for name, array in data.arrays().items():
+                expected = np.intp if name in ("X_indices", "X_indptr") else self.dtype
+                if array.dtype != expected or not array.flags.c_contiguous:
+                    raise ValueError(f"{name} must be a C-contiguous {expected} array")
+            n, n_features = data.n_samples, self.layout.units[0]
+            n_rows = data.X_indptr.shape[0] - 1 if self.sparse else data.X.shape[0]
+            if n_rows != n or (not self.sparse and data.X.shape[1] != n_features):
+                raise ValueError("X and Y do not have the rows and columns bound")
+            if data.Y.shape[1] != self.layout.units[-1] or data.sample_weight.shape != (
+                (n,) if self.weighted else (0,)
+            ):
+                raise ValueError("Y or sample_weight do not have the rows bound")
+        layout = self.layout
+        _check_vector(params.theta, layout.n_params, self.dtype, "theta")
+        for name in ("running_mean", "running_var"):
+            _check_vector(getattr(params, name), layout.n_hidden, self.dtype, name)
+
+    # ------------------------------------------------------------------
+    # Training
+
+    def train_epoch(self, *, data, params, optimizer, order, order_is_identity,
+                    batch_size):
+        """One epoch over the rows ``order`` (minibatches of ``batch_size``);
+        updates ``params`` and ``optimizer`` in place and returns the sum over
+        minibatches of (minibatch loss x minibatch rows)."""
+        self._check(data, params)
+        order = np.asarray(order)
+        n = order.shape[0]
+        if order.dtype != np.intp or order.ndim != 1 or not order.flags.c_contiguous:
+            raise ValueError("order must be a C-contiguous 1-D intp array")
+        if n < 2:
+            raise ValueError("an epoch needs at least 2 samples")
+        if order.min() < 0 or order.max() >= data.n_samples:
+            raise ValueError("order has indices out of range")
+        if batch_size < 2:
+            raise ValueError("batch_size must be at least 2")
+        if min(batch_size + 1, n) > self.workspace.max_batch:
+            raise ValueError("workspace too small for this batch size")
+        state = optimizer.engine_arguments()
+        n_params = self.layout.n_params
+        _check_vector(state["moment_1"], n_params, self.dtype, "moment_1")
+        # SGD has no second moment.
+        _check_vector(state["moment_2"], n_params if state["solver"] == _training.Solver.ADAM else 0,
+                      self.dtype, "moment_2")
+        loss_sum, optimizer.step = _training.train_epoch(
+            self._network, **data.arrays(), order=order,
+            order_is_identity=bool(order_is_identity), batch_size=int(batch_size),
+            theta=params.theta, grad=self.workspace.grad,
+            running_mean=params.running_mean, running_var=params.running_var,
+            work=self.workspace.work, dwork=self.workspace.dwork,
+            n_threads=self.n_threads, **state,
+        )
+        return loss_sum
+
+    def loss_and_gradient(self, *, data, params, update_running=False):
+        """The training-mode loss (batch statistics, L2 term) of all of
+        ``data`` as one minibatch and its gradient, in the layout of
+        ``params.theta``; the running statistics move only when
+        ``update_running``."""
+        self._check(data, params)
+        if not 1 <= data.n_samples <= self.workspace.max_batch:
+            raise ValueError("need between one row and the workspace's max_batch")
+        grad = self.workspace.grad
+        loss, weight_sum = _training.loss_and_gradient(
+            self._network, **data.arrays(), theta=params.theta, grad=grad,
+            running_mean=params.running_mean, running_var=params.running_var,
+            work=self.workspace.work, dwork=self.workspace.dwork,
+            update_running=bool(update_running),
+        )
+        if not weight_sum > 0:
+            raise ValueError("sample weights sum to zero")
+        return loss, grad.copy()
+
+    # ------------------------------------------------------------------
+    # Inference
+
+    def predict(self, X, params):
+        """Output-layer activations of the inference network (running
+        statistics) for ``X``."""
+        self._check(None, params)
+        coefs, gammas, intercepts = self.layout.unpack(params.theta)
+        folded = FoldedNetwork.fold(
+            coefs, gammas, intercepts, self.layout.unpack_stats(params.running_mean),
+            self.layout.unpack_stats(params.running_var), self.bn_epsilon,
+            self.activation, self.out_activation,
+        )
+        return folded.predict(X)
+
+
+def _check_vector(array, size, dtype, name):
+    if not isinstance(array, np.ndarray) or array.ndim != 1 or array.shape[0] != size:
+        raise ValueError(f"{name} must be a vector of {size} entries")
+    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(f"{name} must be a writable C-contiguous {dtype} vector")
+
+
+def _csr_arrays(X, dtype, n_features):
+    """``X`` as the arrays of a CSR matrix with sorted intp indices, checked
+    first: every row's entries within bounds."""
+    X = X.tocsr()
+    indptr, indices = X.indptr, X.indices
+    if (indptr.shape[0] != X.shape[0] + 1 or indices.shape[0] != X.data.shape[0]
+            or indptr[0] != 0 or indptr[-1] != indices.shape[0]
+            or np.any(np.diff(indptr) < 0)):
+        raise ValueError("malformed CSR input")
+    if indices.shape[0] and (indices.min() < 0 or indices.max() >= n_features):
+        raise ValueError("CSR column index out of range")
+    X = X.astype(dtype, copy=False)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    return (np.ascontiguousarray(X.data, dtype=dtype),
+            np.ascontiguousarray(X.indices, dtype=np.intp),
+            np.ascontiguousarray(X.indptr, dtype=np.intp))
+
+
+class FoldedNetwork:
+    """The inference network with batch norm folded into its weights:
+    hidden layers ``act(a @ W + b)``, the output ``out_act(a @ W + b)``.
+
+    ``gamma * (a @ W - mean) / sqrt(var + eps) + beta`` is ``a @ W' + b'``
+    with ``W' = W * s``, ``b' = beta - mean * s`` and ``s = gamma /
+    sqrt(var + eps)``.
+    """
+
+    def __init__(self, coefs, intercepts, activation, out_activation):
+        self.coefs = coefs
+        self.intercepts = intercepts
+        self.activation = activation
+        self.out_activation = out_activation
+        units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
+        coef_off, bias_off, parts, off = [], [], [], 0
+        for W, b in zip(coefs, intercepts):
+            if W.shape != (units[len(coef_off)], units[len(coef_off) + 1]) or b.shape != (
+                W.shape[1],
+            ):
+                raise ValueError("the layers' shapes do not chain")
+            coef_off.append(off)
+            off += W.size
+            bias_off.append(off)
+            off += b.size
+            parts += [W.ravel(), b]
+        self.params = np.ascontiguousarray(np.concatenate(parts))
+        self.units = np.asarray(units, dtype=np.intp)
+        self.coef_off = np.asarray(coef_off, dtype=np.intp)
+        self.bias_off = np.asarray(bias_off, dtype=np.intp)
+
+    @classmethod
+    def fold(cls, coefs, gammas, intercepts, running_means, running_vars, bn_epsilon,
+             activation, out_activation):
+        """Fold each hidden layer's batch norm into its weights, in float64,
+        returned in the weights' dtype."""
+        folded_coefs, folded_intercepts = [], []
+        for l, (W, b) in enumerate(zip(coefs, intercepts)):
+            if l < len(gammas):
+                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(
+                    np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
+                )
+                folded_coefs.append((W.astype(np.float64) * s).astype(W.dtype))
+                folded_intercepts.append(
+                    (b.astype(np.float64) - running_means[l] * s).astype(W.dtype)
+                )
+            else:
+                folded_coefs.append(W.copy())
+                folded_intercepts.append(b.copy())
+        return cls(folded_coefs, folded_intercepts, activation, out_activation)
+
+    def predict(self, X):
+        """Output-layer activations for ``X`` (dense or sparse, validated by
+        the caller, with ``units[0]`` columns), in the network's dtype."""
+        dtype = self.params.dtype
+        n_layers = len(self.units) - 1
+        if X.shape[1] != self.units[0]:
+            raise ValueError(f"X has {X.shape[1]} columns, expected {self.units[0]}")
+        out = np.empty((X.shape[0], self.units[-1]), dtype=dtype)
+        block = PREDICT_BLOCK_ROWS
+        if sp.issparse(X):
+            # The first layer by scipy, the others compiled, block by block.
+            X = X.tocsr()
+            W0, b0 = self.coefs[0], self.intercepts[0]
+            for start in range(0, X.shape[0], block):
+                stop = min(start + block, X.shape[0])
+                Z = np.ascontiguousarray((X[start:stop] @ W0).astype(dtype, copy=False))
+                Z += b0
+                if n_layers == 1:
+                    out[start:stop] = _out_activation_numpy(Z, self.out_activation)
+                else:
+                    _forward(self, activation_forward(Z, self.activation), 1,
+                             out[start:stop], 1)
+            return out
+        X = np.ascontiguousarray(X, dtype=dtype)
+        n_blocks = -(-X.shape[0] // block)
+        work = block * multiply_adds_per_row(self.units)
+        with _threads.prediction_threads(n_blocks, work) as n_threads:
+            _forward(self, X, 0, out, n_threads)
+        return out
+
+
+def _forward(folded, X, first_layer, out, n_threads):
+    _training.forward_folded(
+        X=X, params=folded.params, units=folded.units, coef_off=folded.coef_off,
+        bias_off=folded.bias_off, first_layer=first_layer,
+        activation=activation_code(folded.activation),
+        out_activation=OUT_ACTIVATIONS[folded.out_activation], out=out,
+        block_rows=PREDICT_BLOCK_ROWS, n_threads=n_threads,
+    )
+
+
+def _out_activation_numpy(Z, out_activation):
+    from scipy.special import expit, softmax
+
+    if out_activation == "logistic":
+        return expit(Z)
+    if out_activation == "softmax":
+        return softmax(Z, axis=1)
+    if out_activation == "exp":
+        return np.exp(Z)
+    return Z

@@ -1,0 +1,87 @@
+"""Tests of the thread team (sklearn_bn._team, _team.h) and of the package's
+thread policy (sklearn_bn._threads)."""
+
+import contextlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from sklearn_bn import _team, _threads
+
+needs_openmp = pytest.mark.skipif(
+    _team.openmp_max_threads() < 2, reason="built without OpenMP, or limited to one thread"
+)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+def test_barrier_makes_every_write_visible(n_threads):
+    # More threads than cores too: threads that wait long sleep, and wake.
+    size, stale = _team.barrier_check(n_threads, 2000)
+    assert stale == 0
+    assert size == (n_threads if _team.openmp_max_threads() > 1 else 1)
+
+
+@needs_openmp
+def test_barrier_under_a_busy_core():
+    # Another process keeps a core busy: the team still meets, every round.
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert _team.barrier_check(2, 5000) == (2, 0)
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_barrier_check_rejects_bad_arguments():
+    for args in [(0, 1), (65, 1), (2, -1)]:
+        with pytest.raises(ValueError):
+            _team.barrier_check(*args)
+
+
+def test_max_threads_follows_the_openmp_limit():
+    with threadpool_limits(1, user_api="openmp"):
+        assert _threads.max_threads() == 1
+    if _team.openmp_max_threads() > 1:
+        with threadpool_limits(2, user_api="openmp"):
+            assert _threads.max_threads() == 2
+
+
+def test_kernel_blocks_depend_on_the_shape_only():
+    with threadpool_limits(1, user_api="openmp"):
+        one = _threads.kernel_threads(10**6, 100)
+    with threadpool_limits(2, user_api="openmp"):
+        two = _threads.kernel_threads(10**6, 100)
+    assert one[0] == two[0] == _threads.ELEMENTS_PER_BLOCK // 100
+    assert one[1] == 1
+    assert _threads.kernel_threads(0, 5) == (_threads.ELEMENTS_PER_BLOCK // 5, 1)
+
+
+def test_prediction_threads():
+    with _threads.prediction_threads(1, 10**9) as n:
+        assert n == 1  # one block: BLAS's own threads
+    with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
+        with _threads.prediction_threads(5, 10**9) as n:
+            assert n == min(2, _team.openmp_max_threads())
+        with _threads.prediction_threads(5, 10) as n:
+            assert n == 1  # blocks too small for a team
+
+
+def _max_threads_in_child():
+    return _threads.max_threads()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs the fork start method")
+def test_forked_children_run_on_one_thread():
+    _team.barrier_check(2, 10)  # the parent has run a team
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(_max_threads_in_child) == 1
+    assert _threads.max_threads() == _team.openmp_max_threads()
