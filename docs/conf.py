@@ -153,6 +153,11 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_context = {"default_mode": "light"}
+# Pages without sub-pages: no empty "Section Navigation" column.
+html_sidebars = {
+    page: []
+    for page in ("getting_started", "deployment", "dask", "performance")
+}
 
 
 # -- Links into scikit-learn's docs without intersphinx -----------------------
