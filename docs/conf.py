@@ -4,6 +4,12 @@ Build (warnings are errors)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
+The build runs the example gallery (``docs/examples/plot_*.py``, with
+sphinx-gallery) and writes its pages and figures into ``docs/auto_examples/``;
+an example that fails fails the build. Add ``-D plot_gallery=0`` to skip running
+them while editing other pages. MathJax is served with the pages
+(sphinx-mathjax-offline), so the math renders without a network.
+
 The docs import the *compiled* package: the repository's ``sklearn_bn/`` when
 it has been built (a compiled extension beside each ``.pyx``, which every
 build leaves there), else the installed one.
@@ -68,12 +74,16 @@ extensions = [
     "sphinx.ext.extlinks",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static/, no CDN
     "sphinx.ext.viewcode",
     "numpydoc",
+    "sphinx_gallery.gen_gallery",
 ]
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+# examples/ holds the gallery's sources: sphinx-gallery turns them into
+# auto_examples/.
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "examples"]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
 default_role = "literal"
@@ -94,6 +104,25 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = True
 numpydoc_xref_param_type = False
+
+# -- Example gallery (sphinx-gallery) ------------------------------------------
+
+sphinx_gallery_conf = {
+    "examples_dirs": "examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    # plot_1_..., plot_2_...: the order of the stories
+    "within_subsection_order": "FileNameSortKey",
+    "doc_module": ("sklearn_bn",),
+    "backreferences_dir": "gen_modules/backreferences",
+    "reference_url": {"sklearn_bn": None},
+    "image_scrapers": ("matplotlib",),
+    "matplotlib_animations": False,
+    "remove_config_comments": True,
+    "download_all_examples": False,
+    "min_reported_time": 0,
+    "show_memory": False,
+}
 
 # -- Intersphinx (opt-in: needs the network) ----------------------------------
 
@@ -119,10 +148,16 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "navbar_align": "left",
+    "header_links_before_dropdown": 8,
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
 html_context = {"default_mode": "light"}
+# Pages without sub-pages: no empty "Section Navigation" column.
+html_sidebars = {
+    page: []
+    for page in ("getting_started", "deployment", "dask", "performance")
+}
 
 
 # -- Links into scikit-learn's docs without intersphinx -----------------------

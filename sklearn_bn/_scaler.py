@@ -553,6 +553,91 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             _raise_infinite(X, self)
         return out
 
+    def to_sklearn(self):
+        """Return an equivalent fitted scikit-learn ``StandardScaler``.
+
+        ``gamma`` and ``beta`` are folded into the statistics, so that the
+        returned scaler's ``(X - mean_) / scale_`` is this scaler's
+        ``gamma * (X - running_mean_) / sqrt(running_var_ + epsilon) + beta``:
+
+        - ``scale_ = sqrt(running_var_ + epsilon) / gamma`` (features that
+          :meth:`transform` leaves unscaled keep ``1 / gamma``);
+        - ``mean_ = running_mean_ - beta * scale_``.
+
+        Its :meth:`~sklearn.preprocessing.StandardScaler.transform` and
+        :meth:`~sklearn.preprocessing.StandardScaler.inverse_transform` give
+        this scaler's results up to rounding, with the same handling of NaN
+        (kept) and of float32 input (float32 output), and the same
+        ``set_output`` configuration. Anything that reads a
+        ``StandardScaler`` (pickle without sklearn_bn, skops, skl2onnx)
+        works with it.
+
+        Returns
+        -------
+        scaler : sklearn.preprocessing.StandardScaler
+            Fitted, with ``mean_`` and ``scale_`` as above, ``var_`` set to
+            ``running_var_``, and ``n_samples_seen_``, ``n_features_in_`` and
+            ``feature_names_in_`` copied from this scaler.
+
+        Raises
+        ------
+        ValueError
+            If ``gamma`` is 0 for some feature: this scaler then maps the
+            feature to ``beta`` whatever the input, which no
+            ``StandardScaler`` can do (its ``scale_`` would be infinite).
+
+        Notes
+        -----
+        The returned scaler is meant for ``transform`` and
+        ``inverse_transform``. Calling its ``partial_fit`` continues its own
+        exact statistics from ``mean_`` and ``var_``, which are this scaler's
+        only with the defaults ``gamma=1.0``, ``beta=0.0``, ``epsilon=0`` and
+        ``momentum=None``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_bn import BatchNormScaler
+        >>> X = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 8.0]])
+        >>> scaler = BatchNormScaler(gamma=0.5, beta=1.0).fit(X)
+        >>> plain = scaler.to_sklearn()
+        >>> type(plain).__name__
+        'StandardScaler'
+        >>> bool(np.allclose(plain.transform(X), scaler.transform(X)))
+        True
+        """
+        from sklearn.preprocessing import StandardScaler
+
+        check_is_fitted(self)
+        gamma, beta = self._affine_params(self.n_features_in_)
+        # transform(X) = X * scale + shift; scale = gamma / std, where std is
+        # 1 for the features that transform leaves unscaled.
+        scale, _ = self._coefficients(np.float64)
+        zero = np.broadcast_to(scale == 0, (self.n_features_in_,))
+        if np.any(zero):
+            raise ValueError(
+                "to_sklearn() cannot express gamma=0 (features "
+                f"{np.flatnonzero(zero).tolist()}): this scaler maps them to "
+                "beta whatever the input, and a StandardScaler would need an "
+                "infinite scale_."
+            )
+        std_scaler = StandardScaler(copy=self.copy)
+        std_scaler.scale_ = np.broadcast_to(1.0 / scale, (self.n_features_in_,)).copy()
+        std_scaler.mean_ = self.running_mean_ - beta * std_scaler.scale_
+        std_scaler.var_ = self.running_var_.copy()
+        std_scaler.n_samples_seen_ = (
+            self.n_samples_seen_.copy()
+            if isinstance(self.n_samples_seen_, np.ndarray)
+            else self.n_samples_seen_
+        )
+        std_scaler.n_features_in_ = self.n_features_in_
+        if hasattr(self, "feature_names_in_"):
+            std_scaler.feature_names_in_ = self.feature_names_in_.copy()
+        output = getattr(self, "_sklearn_output_config", {}).get("transform")
+        if output is not None:
+            std_scaler.set_output(transform=output)
+        return std_scaler
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sklearn_bn import __main__ as demo
@@ -18,10 +19,16 @@ def test_demo_compares_both_networks(capsys):
     assert "hidden=(8) activation=tanh epochs<=2 random_state=3" in out
     table = out[out.index("model"):].splitlines()
     assert table[0].split() == ["model", "test", "accuracy", "epochs", "seconds"]
-    assert [line.split()[0] for line in table[2:]] == ["MLPBNClassifier", "MLPClassifier"]
-    for line in table[2:]:
+    assert [line.split()[0] for line in table[2:4]] == ["MLPBNClassifier", "MLPClassifier"]
+    for line in table[2:4]:
         _, accuracy, epochs, seconds = line.split()
         assert 0 <= float(accuracy) <= 1 and int(epochs) == 2 and float(seconds) >= 0
+    # After the table (two rows), what its columns mean.
+    assert table[4] == ""
+    explanation = "\n".join(table[5:])
+    assert explanation.startswith("test accuracy: on the held-out images; chance level is 0.10")
+    assert "epochs: epochs run, at most 2; fewer means early stopping" in explanation
+    assert "seconds: fit time. MLPBNClassifier trains in its compiled engine" in explanation
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -56,8 +63,92 @@ def test_demo_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
     path = tmp_path / "curves.png"
     assert demo.main([*FAST, "--plot", str(path)]) == 1
-    assert "--plot needs matplotlib" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err
+    assert "pip install matplotlib" in err
     assert not path.exists()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing/curves.png", "missing does not exist"),
+    ("curves.xyz", "matplotlib cannot write .xyz files; use one of: "),
+    ("curves", "the file needs an extension that gives its format, such as curves.png"),
+    (".", "this is a folder, not a file name"),
+])
+def test_demo_checks_the_plot_path_before_training(name, message, tmp_path, monkeypatch,
+                                                   capsys):
+    pytest.importorskip("matplotlib")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo trained before checking --plot")
+
+    monkeypatch.setattr(demo, "_run", no_training)
+    path = tmp_path / name
+    with pytest.raises(SystemExit) as exc:
+        demo.main([*FAST, "--plot", str(path)])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and f"--plot {path}" in captured.err
+    assert "MLPBNClassifier" not in captured.out
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_a_read_only_folder_or_file(tmp_path, monkeypatch):
+    # os.access stands in for permissions, which root (as in CI) bypasses.
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "c.png"
+    assert demo.check_plot_path(str(path)) is None
+    monkeypatch.setattr(demo.os, "access", lambda p, mode: False)
+    assert demo.check_plot_path(str(path)) == (
+        f"--plot {path}: the folder {tmp_path} is not writable")
+    monkeypatch.setattr(demo.os, "access", lambda p, mode: os.path.isdir(p))
+    path.write_bytes(b"")
+    assert demo.check_plot_path(str(path)) == (
+        f"--plot {path}: the file exists and is not writable")
+
+
+def test_demo_plot_formats_other_than_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves.svg"
+    assert demo.main([*FAST, "--plot", str(path)]) == 0
+    assert b"<svg" in path.read_bytes()[:1000]
+
+
+def _rows(curve_a, curve_b):
+    return [
+        {"model": "MLPBNClassifier", "accuracy": 0.9822, "epochs": len(curve_a),
+         "seconds": 0.5, "loss_curve": curve_a},
+        {"model": "MLPClassifier", "accuracy": 0.1022, "epochs": len(curve_b),
+         "seconds": 0.2, "loss_curve": curve_b},
+    ]
+
+
+@pytest.mark.parametrize("curve_a, scale", [
+    (list(2.3 * 0.85 ** np.arange(40)), "log"),   # spans more than 10x
+    (list(np.linspace(2.3, 0.8, 30)), "linear"),
+])
+def test_demo_figure_legend_and_ticks(curve_a, scale):
+    pytest.importorskip("matplotlib")
+    args = demo.build_parser().parse_args(["--hidden", "32,32", "--activation", "logistic"])
+    fig = demo.make_figure(_rows(curve_a, [2.31, 2.30, 2.30]), args)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "MLPBNClassifier: test accuracy 0.982", "MLPClassifier: test accuracy 0.102"]
+    assert ax.get_yscale() == scale
+    assert ax.get_title() == "digits: hidden=(32,32), logistic"
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    labels = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(labels) >= 3
+    for label in labels:  # plain numbers, such as 0.05 or 2, not 10^-1
+        float(label.replace("\N{MINUS SIGN}", "-"))
+
+
+def test_demo_explains_early_stopping_and_chance_level():
+    text = demo.explain(_rows([1.0] * 40, [2.3] * 16), 40)
+    assert "- MLPClassifier stopped early, after 16 of 40 epochs." in text
+    assert "- MLPClassifier is at chance level: it has not learned." in text
+    assert "MLPBNClassifier stopped" not in text and "MLPBNClassifier is at" not in text
 
 
 def test_python_dash_m_runs_the_demo(tmp_path):

@@ -900,3 +900,92 @@ def test_affine_columns_kernel(dtype, n_cols):
     affine_columns(ro, scale, shift, out)  # read-only input is fine
     with pytest.raises((TypeError, ValueError)):
         affine_columns(x, scale, shift, ro)  # read-only output is not
+
+
+# ---------------------------------------------------------------------------
+# to_sklearn: the StandardScaler twin
+
+
+def _twin_tol(scaler, X):
+    """Elementwise bound on |ours - StandardScaler's| for ``transform(X)``.
+
+    ``transform`` computes ``X * scale + shift`` in X's dtype, where
+    StandardScaler computes ``(X - mean_) / scale_`` in float64 and rounds
+    once: the two differ by a few roundings of the larger of the two terms
+    (much more than one rounding of the result when ``|mean| >> std``).
+    """
+    scale, shift = scaler._coefficients(np.float64)
+    eps = np.finfo(X.dtype).eps
+    return 4 * eps * (np.abs(np.asarray(X, dtype=np.float64) * scale) + np.abs(shift))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", [
+    {},
+    {"epsilon": 0.0},
+    {"gamma": 0.5, "beta": 1.0},
+    {"gamma": [1.0, 2.0, -3.0, 0.5, 1.0, 4.0], "beta": [0.0, 1.0, 2.0, -3.0, 0.5, 0.0],
+     "momentum": 0.1},
+])
+def test_to_sklearn_transforms_as_the_scaler(dtype, params):
+    X = _data(dtype=dtype)
+    X[3, 1] = np.nan
+    X[:, 4] = 7.0  # a constant feature
+    scaler = BatchNormScaler(**params).fit(X)
+    plain = scaler.to_sklearn()
+    assert type(plain) is StandardScaler
+    assert plain.n_features_in_ == 6
+    assert_array_equal(plain.n_samples_seen_, scaler.n_samples_seen_)  # per feature (NaN)
+
+    ours, theirs = scaler.transform(X), plain.transform(X)
+    assert theirs.dtype == ours.dtype == dtype
+    assert_array_equal(np.isnan(theirs), np.isnan(ours))
+    diff = np.abs(theirs.astype(np.float64) - ours)
+    assert np.all(np.nan_to_num(diff - _twin_tol(scaler, X)) <= 0)
+
+    # inverse_transform of the same transformed data: back to X
+    back_ours, back_theirs = scaler.inverse_transform(ours), plain.inverse_transform(ours)
+    assert back_theirs.dtype == dtype
+    assert_allclose(back_theirs, back_ours, **_tol(dtype), equal_nan=True)
+    assert_allclose(back_theirs, X, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                    atol=1e-4 if dtype == np.float32 else 1e-10, equal_nan=True)
+
+
+def test_to_sklearn_default_statistics_are_standard_scalers():
+    # gamma=1, beta=0, epsilon=0, momentum=None: the same fitted attributes
+    # as StandardScaler's own fit, constant feature included.
+    X = _data()
+    X[:, 2] = -1.5
+    plain = BatchNormScaler(epsilon=0.0).fit(X).to_sklearn()
+    reference = StandardScaler().fit(X)
+    assert_allclose(plain.mean_, reference.mean_, rtol=1e-12, atol=1e-12)
+    assert_allclose(plain.scale_, reference.scale_, rtol=1e-12)
+    assert_allclose(plain.var_, reference.var_, rtol=1e-10, atol=1e-12)
+    assert plain.n_samples_seen_ == reference.n_samples_seen_ == 200
+
+
+def test_to_sklearn_gamma_zero_raises():
+    scaler = BatchNormScaler(gamma=[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]).fit(_data())
+    with pytest.raises(ValueError, match=r"gamma=0 \(features \[1, 3\]\)"):
+        scaler.to_sklearn()
+
+
+def test_to_sklearn_needs_a_fitted_scaler():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        BatchNormScaler().to_sklearn()
+
+
+def test_to_sklearn_keeps_feature_names_and_output_config():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(_data(m=3), columns=["a", "b", "c"])
+    scaler = BatchNormScaler(gamma=2.0).set_output(transform="pandas").fit(X)
+    plain = scaler.to_sklearn()
+    assert list(plain.feature_names_in_) == ["a", "b", "c"]
+    out = plain.transform(X)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["a", "b", "c"]
+    assert_allclose(out.to_numpy(), scaler.transform(X).to_numpy(), rtol=1e-12, atol=1e-12)
+    # The twin is independent of the scaler it came from.
+    plain.mean_[:] = 0
+    assert not np.all(scaler.running_mean_ == 0)

@@ -1,0 +1,193 @@
+"""Export to ONNX through skl2onnx.
+
+skl2onnx converts scikit-learn models, and every estimator of this package has
+a scikit-learn twin (``to_sklearn()``): a ``StandardScaler`` for
+:class:`~sklearn_bn.BatchNormScaler`, an ``MLPClassifier`` or ``MLPRegressor``
+with batch norm folded into the weights for the networks.
+:func:`register_converters` tells skl2onnx to convert each estimator as its
+twin, so that ``skl2onnx.to_onnx`` works on the estimators and on pipelines
+that hold them. Needs the ``onnx`` extra (``pip install "sklearn_bn[onnx]"``,
+or ``pip install ".[onnx]"`` from a clone): skl2onnx and onnxruntime.
+"""
+
+__all__ = ["register_converters"]
+
+
+def _twin_options(scope, estimator, keep):
+    """The options given for ``estimator`` that its twin's converter takes."""
+    options = scope.get_options(estimator) or {}
+    return {name: value for name, value in options.items() if name in keep}
+
+
+def _convert_classifier(scope, operator, container):
+    """Convert an MLPBNClassifier as its MLPClassifier twin.
+
+    The twin's outputs (label and probabilities, without ZipMap) become this
+    operator's two outputs; skl2onnx's classifier parser adds the ZipMap or
+    the class labels that the caller's options ask for.
+    """
+    from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
+    from skl2onnx.algebra.onnx_ops import OnnxIdentity
+
+    estimator = operator.raw_operator
+    opv = container.target_opset
+    options = _twin_options(scope, estimator, keep=("nocl",))
+    options["zipmap"] = False
+    twin = OnnxSubEstimator(
+        estimator.to_sklearn(), operator.inputs[0], op_version=opv, options=options
+    )
+    for i, output in enumerate(operator.outputs[:2]):
+        OnnxIdentity(twin[i], op_version=opv, output_names=[output]).add_to(
+            scope, container
+        )
+
+
+def _convert_scaler(scope, operator, container):
+    """Convert a BatchNormScaler as its StandardScaler twin."""
+    from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
+
+    estimator = operator.raw_operator
+    options = _twin_options(scope, estimator, keep=("div",))
+    OnnxSubEstimator(
+        estimator.to_sklearn(),
+        operator.inputs[0],
+        op_version=container.target_opset,
+        options=options or None,
+        output_names=operator.outputs[:1],
+    ).add_to(scope, container)
+
+
+def _regressor_shape(operator):
+    """skl2onnx's regressor shapes, with ``n_outputs_`` columns."""
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_regressor_output_shapes,
+    )
+
+    calculate_linear_regressor_output_shapes(operator)  # checks, dtype, [N, 1]
+    n_rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type.shape = [n_rows, operator.raw_operator.n_outputs_]
+
+
+def _convert_regressor(scope, operator, container):
+    """Convert an MLPBNRegressor as its MLPRegressor twin.
+
+    skl2onnx's MLPRegressor converter writes its prediction as one column
+    (N * n_outputs rows when there are several outputs): reshaped here to
+    (N, n_outputs), row by row as ``predict`` returns it.
+    """
+    import numpy as np
+    from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
+    from skl2onnx.algebra.onnx_ops import OnnxReshapeApi13
+
+    estimator = operator.raw_operator
+    opv = container.target_opset
+    twin = OnnxSubEstimator(estimator.to_sklearn(), operator.inputs[0], op_version=opv)
+    OnnxReshapeApi13(
+        twin,
+        np.array([-1, estimator.n_outputs_], dtype=np.int64),
+        op_version=opv,
+        output_names=operator.outputs[:1],
+    ).add_to(scope, container)
+
+
+def register_converters():
+    """Register skl2onnx converters for the estimators of sklearn_bn.
+
+    After this call, :func:`skl2onnx.to_onnx` and
+    :func:`skl2onnx.convert_sklearn` accept
+    :class:`~sklearn_bn.BatchNormScaler`, :class:`~sklearn_bn.MLPBNClassifier`
+    and :class:`~sklearn_bn.MLPBNRegressor`, alone or inside pipelines and
+    other meta-estimators. Each is converted as its scikit-learn twin,
+    ``to_sklearn()``, with skl2onnx's own converter for that twin
+    (``StandardScaler``, ``MLPClassifier``, ``MLPRegressor``), so it accepts
+    the same inputs (float32 and float64 tensors) and options: ``zipmap``,
+    ``nocl`` and ``output_class_labels`` for the classifier, ``div`` for
+    the scaler. The regressor's output has shape (n_samples, n_outputs).
+    Calling it again is harmless.
+
+    Raises
+    ------
+    ImportError
+        If skl2onnx is not installed (``pip install skl2onnx onnxruntime``,
+        or the ``onnx`` extra of sklearn_bn).
+
+    See Also
+    --------
+    sklearn_bn.BatchNormScaler.to_sklearn : The scaler's twin.
+    sklearn_bn.MLPBNClassifier.to_sklearn : The classifier's twin.
+    sklearn_bn.MLPBNRegressor.to_sklearn : The regressor's twin.
+
+    Notes
+    -----
+    The ONNX graph computes what the twin computes, in the input's precision:
+    a float64 input gives a float64 graph whose outputs agree with
+    ``predict``, ``predict_proba`` and ``transform`` to about 1e-12, a
+    float32 input a float32 graph that agrees to float32 rounding (about
+    1e-6 relative to the largest intermediate value). As for scikit-learn's
+    own classifiers, a float64 classifier graph needs
+    ``options={"zipmap": False}``: ONNX's ZipMap operator takes float32
+    probabilities only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import onnxruntime as ort
+    >>> from skl2onnx import to_onnx
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_bn import BatchNormScaler, MLPBNClassifier
+    >>> from sklearn_bn.onnx import register_converters
+    >>> register_converters()
+    >>> X, y = load_iris(return_X_y=True)
+    >>> X = X.astype(np.float32)
+    >>> model = make_pipeline(
+    ...     BatchNormScaler(),
+    ...     MLPBNClassifier(
+    ...         hidden_layer_sizes=(16,), early_stopping=True, random_state=0
+    ...     ),
+    ... ).fit(X, y)
+    >>> onx = to_onnx(model, X[:1], options={"zipmap": False})
+    >>> session = ort.InferenceSession(
+    ...     onx.SerializeToString(), providers=["CPUExecutionProvider"]
+    ... )
+    >>> labels, proba = session.run(None, {"X": X})
+    >>> bool((labels == model.predict(X)).all())
+    True
+    >>> bool(np.allclose(proba, model.predict_proba(X), atol=1e-5))
+    True
+    """
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+    )
+    from skl2onnx.shape_calculators.scaler import (
+        calculate_sklearn_scaler_output_shapes,
+    )
+
+    from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor
+
+    update_registered_converter(
+        BatchNormScaler,
+        "SklearnBNBatchNormScaler",
+        calculate_sklearn_scaler_output_shapes,
+        _convert_scaler,
+        options={"div": ["std", "div", "div_cast"]},
+    )
+    update_registered_converter(
+        MLPBNClassifier,
+        "SklearnBNMLPBNClassifier",
+        calculate_linear_classifier_output_shapes,
+        _convert_classifier,
+        # Declaring zipmap makes skl2onnx parse it as a classifier.
+        options={
+            "zipmap": [True, False, "columns"],
+            "output_class_labels": [False, True],
+            "nocl": [True, False],
+        },
+    )
+    update_registered_converter(
+        MLPBNRegressor,
+        "SklearnBNMLPBNRegressor",
+        _regressor_shape,
+        _convert_regressor,
+    )

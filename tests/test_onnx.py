@@ -1,0 +1,169 @@
+"""Tests of sklearn_bn.onnx: skl2onnx converters through the scikit-learn twins.
+
+onnxruntime runs each exported graph and its outputs are compared with the
+estimator's own ``predict``, ``predict_proba`` and ``transform``. Tolerances:
+float64 graphs compute in float64 and agree to 1e-10; float32 graphs compute
+in float32, as the estimators do on float32 data, and agree to float32
+rounding: 1e-5 absolute on probabilities and on standardized features (a few
+float32 roundings of the largest term, see ``_transform_bound``), 1e-5
+relative on regression outputs. Predicted labels are equal wherever the two
+largest probabilities are further apart than the tolerance.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+
+from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor
+
+skl2onnx = pytest.importorskip("skl2onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from sklearn_bn.onnx import register_converters  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def converters():
+    register_converters()
+
+
+def _tol(dtype):
+    return 1e-5 if dtype == np.float32 else 1e-10
+
+
+def _fit(est, X, y=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # short fits on purpose
+        return est.fit(X, y)
+
+
+def _run(model, X, options=None):
+    """Export ``model`` for inputs like ``X``, run it on ``X`` with onnxruntime."""
+    onx = skl2onnx.to_onnx(model, X[:1], options=options)
+    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["X"]
+    return session.run(None, {"X": X})
+
+
+def _proba_matrix(proba, classes):
+    """ZipMap's list of {class: probability} dicts as an array."""
+    if isinstance(proba, list):
+        return np.array([[row[c] for c in classes] for row in proba])
+    return proba
+
+
+def _assert_labels(labels, model, X, proba, dtype):
+    expected = model.predict(X)
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 10 * _tol(dtype)
+    assert clear.mean() > 0.9
+    assert_array_equal(labels[clear], expected[clear])
+
+
+def _classification(dtype, binary=False):
+    X, y = load_iris(return_X_y=True)
+    if binary:
+        y = np.where(y == 0, "setosa", "other")
+    return X.astype(dtype), y
+
+
+def _transform_bound(scaler, X):
+    """A few roundings, in X's dtype, of the largest term of X * scale + shift."""
+    scale, shift = scaler._coefficients(np.float64)
+    terms = np.abs(X.astype(np.float64) * scale) + np.abs(shift)
+    return 8 * np.finfo(X.dtype).eps * terms
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("params", [
+    {},
+    {"gamma": 0.5, "beta": 1.0},
+    {"gamma": [1.0, 2.0, -0.5, 3.0], "beta": [0.0, 1.0, 2.0, -1.0], "momentum": 0.2},
+])
+def test_scaler_transform(dtype, params):
+    X, _ = _classification(dtype)
+    X = X * [1.0, 100.0, 1e-3, 10.0] + [0.0, 1e3, 5.0, -20.0]  # features of other scales
+    X = X.astype(dtype)
+    scaler = BatchNormScaler(**params).fit(X)
+    (got,) = _run(scaler, X)
+    expected = scaler.transform(X)
+    assert got.dtype == dtype and got.shape == expected.shape
+    assert np.all(np.abs(got.astype(np.float64) - expected) <= _transform_bound(scaler, X))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("binary", [False, True])
+def test_classifier_labels_and_probabilities(dtype, binary):
+    X, y = _classification(dtype, binary)
+    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16, 8), max_iter=30, random_state=0), X, y)
+    labels, proba = _run(clf, X, options={"zipmap": False})
+    expected = clf.predict_proba(X)
+    assert proba.dtype == dtype and proba.shape == expected.shape
+    assert_allclose(proba, expected, rtol=0, atol=_tol(dtype))
+    _assert_labels(labels, clf, X, expected, dtype)
+
+
+def test_classifier_zipmap_float32():
+    # skl2onnx's default output for classifiers: one {class: probability}
+    # dict per row (ZipMap takes float32 only, as for scikit-learn's own).
+    X, y = _classification(np.float32)
+    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y)
+    labels, proba = _run(clf, X)
+    assert isinstance(proba, list) and set(proba[0]) == set(clf.classes_.tolist())
+    expected = clf.predict_proba(X)
+    assert_allclose(_proba_matrix(proba, clf.classes_.tolist()), expected, rtol=0, atol=1e-5)
+    _assert_labels(labels, clf, X, expected, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_regressor_predictions(dtype, n_outputs):
+    X, y = load_diabetes(return_X_y=True)
+    X = X.astype(dtype)
+    y = y if n_outputs == 1 else np.c_[y, -0.5 * y]
+    reg = _fit(MLPBNRegressor(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y)
+    (got,) = _run(reg, X)
+    expected = reg.predict(X)
+    assert got.dtype == dtype and got.shape == (X.shape[0], n_outputs)
+    assert_allclose(got.reshape(expected.shape), expected, rtol=_tol(dtype),
+                    atol=_tol(dtype) * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pipeline_of_scaler_and_network(dtype):
+    X, y = _classification(dtype)
+    X = (X * [1.0, 100.0, 1e-3, 10.0]).astype(dtype)
+    model = _fit(make_pipeline(
+        BatchNormScaler(),
+        MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
+    ), X, y)
+    labels, proba = _run(model, X, options={"zipmap": False})
+    expected = model.predict_proba(X)
+    assert_allclose(proba, expected, rtol=0, atol=_tol(dtype))
+    _assert_labels(labels, model, X, expected, dtype)
+
+    reg_X, reg_y = load_diabetes(return_X_y=True)
+    reg_X = reg_X.astype(dtype)
+    reg = _fit(make_pipeline(
+        BatchNormScaler(gamma=0.5),
+        MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=30, random_state=0),
+    ), reg_X, reg_y)
+    (got,) = _run(reg, reg_X)
+    expected = reg.predict(reg_X)
+    assert_allclose(got.ravel(), expected, rtol=_tol(dtype),
+                    atol=_tol(dtype) * np.abs(expected).max())
+
+
+def test_register_converters_twice_is_harmless():
+    register_converters()
+    X, y = _classification(np.float64)
+    scaler = BatchNormScaler().fit(X)
+    (got,) = _run(scaler, X)
+    assert_allclose(got, scaler.transform(X), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,107 @@
+"""Saving and loading with skops.io (the secure alternative to pickle).
+
+skops refuses to load a type it does not trust; the types to trust for this
+package are exactly its three estimator classes (documented in the user
+guide's "Saving and exporting models" page). The scikit-learn twins from
+``to_sklearn()`` hold no type of this package and load with skops' defaults.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+
+from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor
+
+sio = pytest.importorskip("skops.io")
+
+TRUSTED = {
+    BatchNormScaler: "sklearn_bn._scaler.BatchNormScaler",
+    MLPBNClassifier: "sklearn_bn._mlp.MLPBNClassifier",
+    MLPBNRegressor: "sklearn_bn._mlp.MLPBNRegressor",
+}
+
+
+def _fitted(cls):
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32) if cls is MLPBNRegressor else X  # both dtypes covered
+    if cls is BatchNormScaler:
+        return cls(momentum=0.1, gamma=0.5).fit(X), X, None
+    est = cls(hidden_layer_sizes=(8, 4), max_iter=5, random_state=0)
+    target = y if cls is MLPBNClassifier else X[:, 0] * 2 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, target)
+    return est, X, target
+
+
+def _outputs(est, X):
+    if isinstance(est, BatchNormScaler):
+        return [est.transform(X), est.inverse_transform(X)]
+    if hasattr(est, "predict_proba"):
+        return [est.predict(X), est.predict_proba(X)]
+    return [est.predict(X)]
+
+
+def _dump(est, tmp_path):
+    path = tmp_path / "model.skops"
+    sio.dump(est, path)
+    return path
+
+
+@pytest.mark.parametrize("cls", list(TRUSTED))
+def test_dump_load_round_trip(cls, tmp_path):
+    est, X, target = _fitted(cls)
+    path = _dump(est, tmp_path)
+    assert sio.get_untrusted_types(file=path) == [TRUSTED[cls]]
+    with pytest.raises(sio.exceptions.UntrustedTypesFoundException):
+        sio.load(path)
+    restored = sio.load(path, trusted=[TRUSTED[cls]])
+    assert type(restored) is cls
+    assert restored.get_params() == est.get_params()
+    for got, expected in zip(_outputs(restored, X), _outputs(est, X)):
+        assert got.dtype == expected.dtype
+        assert_array_equal(got, expected)
+    if target is not None:
+        # Training continues identically: the optimizer state was saved too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.partial_fit(X, target)
+            restored.partial_fit(X, target)
+        for a, b in zip(est.coefs_ + est.gammas_, restored.coefs_ + restored.gammas_):
+            assert_array_equal(a, b)
+
+
+def test_pipeline_needs_the_estimators_types_only(tmp_path):
+    X, y = load_iris(return_X_y=True)
+    model = make_pipeline(
+        BatchNormScaler(), MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    path = _dump(model, tmp_path)
+    untrusted = sio.get_untrusted_types(file=path)
+    assert sorted(untrusted) == sorted([TRUSTED[BatchNormScaler], TRUSTED[MLPBNClassifier]])
+    restored = sio.load(path, trusted=untrusted)
+    assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+
+
+@pytest.mark.parametrize("cls", list(TRUSTED))
+def test_sklearn_twin_loads_with_skops_defaults(cls, tmp_path):
+    est, X, _ = _fitted(cls)
+    path = _dump(est.to_sklearn(), tmp_path)
+    assert sio.get_untrusted_types(file=path) == []
+    twin = sio.load(path)  # nothing of sklearn_bn to trust
+    assert type(twin).__module__.startswith("sklearn.")
+    tol = 1e-5 if X.dtype == np.float32 else 1e-6
+    if cls is BatchNormScaler:
+        assert_allclose(twin.transform(X), est.transform(X), rtol=tol, atol=tol)
+    elif cls is MLPBNClassifier:
+        assert_allclose(twin.predict_proba(X), est.predict_proba(X), rtol=tol, atol=tol)
+    else:
+        assert_allclose(twin.predict(X), est.predict(X), rtol=tol, atol=tol)
