@@ -93,7 +93,8 @@ cores (no target; ``--what cores`` or ``--what all``)
     (c)).
 
 ``--quick`` shrinks every section (fewer epochs, a smaller grid, smaller
-Ctrl-C sizes, one repeat) for a smoke run; its numbers mean nothing. The
+Ctrl-C sizes, one repeat, no warm-up round, no pauses) for a smoke run; its
+numbers mean nothing. The
 machine's load matters: the header shows the load average, BLAS/OpenMP
 pools and versions as ``bench_fit.py`` does.
 """
@@ -176,11 +177,16 @@ def fmt_ratio(r):
     return f"{fmt_x(r['best'])} / {fmt_x(r['median'])}"
 
 
+QUICK = False  # set by --quick: no warm-up round, short pauses
+
+
 def rounds(cases, repeat, settle=SETTLE_SECONDS, warmup=True):
     """Run every case once per round, ``repeat`` rounds (one untimed round
     first if ``warmup``); each case is a callable returning a time in
     seconds and runs after ``gc.collect()`` and a pause of ``settle``
     seconds. Returns {name: stats}."""
+    if QUICK:
+        settle, warmup = min(settle, 0.02), False
     times = {name: [] for name in cases}
     for r in range(repeat + bool(warmup)):
         for name, case in cases.items():
@@ -660,6 +666,8 @@ def main(argv=None):
             WORKERS[args.worker](payload)
         return
 
+    global QUICK
+    QUICK = args.quick
     args.dtype_given = args.dtype is not None
     if args.dtype is None:
         args.dtype = list(DTYPES)
