@@ -74,15 +74,18 @@ ctrlc
     ``len(loss_curve_) == n_iter_``; ``t_`` (samples seen) within the
     epochs ``n_iter_`` counts; the optimizer's step count (the private
     ``_optimizer_state["t"]``, when present) equals the steps that ``t_``
-    stands for; weights, batch-norm statistics and ``predict_proba`` finite;
-    and, when ``t_`` counts whole epochs only and replaying them takes a
-    few seconds, that a fresh fit of ``n_iter_`` epochs gives the same
-    ``coefs_`` (no steps applied but left unrecorded; the fit is
-    deterministic for a given ``random_state`` and thread count), or, when
-    nothing is recorded, that ``coefs_`` are still the initial ones (those
-    of a one-epoch fit with ``learning_rate_init=1e-30``). Also
-    shown: the epochs that ``t_`` records against those the elapsed time
-    predicts. Target: latency <= 0.2 s (max over trials).
+    stands for; weights, batch-norm statistics and ``predict_proba``
+    finite. Then whether the record matches the steps actually applied: if
+    ``t_`` counts whole epochs, a fresh fit of ``n_iter_`` epochs must give
+    the same ``coefs_`` (the fit is deterministic for a given
+    ``random_state`` and thread count; replays estimated above 60 s are
+    skipped), and if nothing is recorded, ``coefs_`` must still be the
+    initial ones (those of a one-epoch fit with ``learning_rate_init=1e-30``,
+    too small to move a float32 weight); a partial epoch is checked against
+    the step count. A trial none of these can check is marked unverified.
+    Also shown: the epochs ``t_`` records against those the elapsed time
+    predicts (a rough guide on a busy machine). Target: latency <= 0.2 s
+    (max over trials) and no inconsistent state.
 
 cores (no target; ``--what cores`` or ``--what all``)
     The ``speedup`` network (float32 unless ``--dtype`` says otherwise) at
@@ -139,7 +142,7 @@ CTRLC_ROWS = {False: (300_000, 1_200_000), True: (20_000,)}
 CTRLC_TRIALS = {False: (6, 3), True: (2,)}
 CTRLC_HIDDEN = {False: bench_fit.HIDDEN, True: (64, 64)}
 CTRLC_WINDOW = (0.1, 1.5)  # the signal's moment, in epochs after fit starts
-CTRLC_REPLAY_BUDGET = 6.0  # seconds a replay may take
+CTRLC_REPLAY_BUDGET = 60.0  # seconds a replay may take (by the epoch time measured)
 CTRLC_TIMEOUT = 120.0  # seconds to wait for fit to return after the signal
 
 TARGET_AFTER = 1.15
@@ -493,6 +496,9 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
     if not res["predict_ok"]:
         problems.append("predict_proba not finite")
     res["replay"] = "n/a"
+    verified = False
+    if steps is not None and t_ % n:
+        verified = True  # a partial epoch recorded: checked against the step count above
     if t_ == 0 and n_iter == 0:
         # Nothing recorded: the weights must still be the initial ones, which
         # a one-epoch fit with a learning rate too small to move a float32
@@ -504,6 +510,7 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
         if [c.shape for c in init.coefs_] == [c.shape for c in est.coefs_]:
             same = all(np.array_equal(a, b) for a, b in zip(init.coefs_, est.coefs_))
             res["replay"] = "initial" if same else "moved"
+            verified = True
             if not same:
                 problems.append("coefs_ moved from their initial values while n_iter_ = "
                                 "t_ = 0")
@@ -511,9 +518,11 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
         ref = quiet_fit(MLPBNClassifier(**ctrlc_params(hidden, n_iter)), X, y)
         same = all(np.array_equal(a, b) for a, b in zip(ref.coefs_, est.coefs_))
         res["replay"] = "same" if same else "differs"
+        verified = True
         if not same:
             problems.append(f"coefs_ differ from a fit of n_iter_={n_iter} epochs")
     res["problems"] = problems
+    res["verified"] = verified
     return res
 
 
@@ -600,9 +609,12 @@ def section_ctrlc(args, state):
         res = run_ctrlc_child(n, k, hidden, args.threads)
         lat = [r["latency"] for r in res]
         ok_state = all(not r.get("raised") and not r.get("problems") for r in res)
+        unverified = sum(1 for r in res if ok_state and not r.get("verified"))
         rows.append([n, f"{res[0]['epoch_seconds']:.2f}", len(res), f"{max(lat):.3f}",
                      f"{statistics.median(lat):.3f}", f"{min(lat):.3f}",
-                     "yes" if ok_state else "NO", f"<= {TARGET_CTRLC} s (max)",
+                     ("yes" if ok_state else "NO")
+                     + (f" ({unverified} trial(s) unverified)" if unverified else ""),
+                     f"<= {TARGET_CTRLC} s (max)",
                      verdict(max(lat) <= TARGET_CTRLC and ok_state)])
         for i, r in enumerate(res):
             if r.get("raised") or "n_iter_" not in r:
@@ -616,7 +628,8 @@ def section_ctrlc(args, state):
                 r["len_loss_curve_"], f"{r['epochs_recorded']:.3f}",
                 f"{r['epochs_by_time']:.2f}", steps,
                 "yes" if r["finite"] and r["predict_ok"] else "NO", r["replay"],
-                "yes" if not r["problems"] else "NO: " + "; ".join(r["problems"])])
+                ("NO: " + "; ".join(r["problems"]) if r["problems"] else
+                 "yes" if r["verified"] else "unverified: no replay")])
         results[n] = res
     table(["rows", "s/epoch", "trials", "latency max s", "median s", "min s",
            "state consistent", "target", "pass/fail"], rows)
