@@ -1,4 +1,4 @@
-"""Benchmark: MLPBNClassifier fit / predict_proba against the GEMM floor.
+"""Benchmark: MLPBNClassifier fit / predict_proba against numpy's matrix-product floors.
 
 Run from the repository root after building the extensions::
 
@@ -12,25 +12,50 @@ Sections (``--what``, comma-separated; default all):
 fit
     ``make_classification`` 50 000 x 64 (the first 40 000 rows train), 10
     classes; hidden (256, 256), relu, adam, batch 256, 3 epochs. Seconds per
-    epoch (``fit`` wall time / ``n_iter_``) of ``MLPBNClassifier``, of
+    epoch (``fit`` wall time / ``n_iter_``) of ``MLPBNClassifier`` with its
+    default team of T threads (T: the lowest BLAS thread limit, capped by
+    OpenMP's; 2 on a two-core machine) and on one thread
+    (``threadpool_limits(1, user_api="blas")``, which the engine follows), of
     scikit-learn's ``MLPClassifier`` with the same settings (no batch norm),
     and of PyTorch CPU (``Linear(bias=False) -> BatchNorm1d -> ReLU`` x 2 ->
     ``Linear``, Adam, ``CrossEntropyLoss``, batch 256, run in a subprocess
-    with ``torch.set_num_threads`` = BLAS threads) when torch can be imported.
-    torch is never a dependency of this project.
+    with ``torch.set_num_threads`` = T) when torch can be imported. torch is
+    never a dependency of this project.
 
-    GEMM floor: numpy doing only the matrix products of the training epochs
-    (all of them, so that the floor runs as long as a fit; reported per
-    epoch), same shapes and dtype, ``np.matmul`` into preallocated outputs: per
-    minibatch the forward products ``A_l @ W_l`` of every layer, the weight
-    gradients ``A_l.T @ D_l`` of every layer and the back-propagated deltas
-    ``D_l @ W_l.T`` of layers 2.. . The minibatches are the engine's: slices
-    of 256 rows, a trailing single row joining the previous slice. A second
-    floor ("engine-BLAS floor") does the same products through
-    ``sklearn_bn._blas.gemm``, i.e. through scipy's OpenBLAS, which the
-    engine calls (numpy and scipy each bundle their own OpenBLAS, possibly of
-    different versions): it tells BLAS differences apart from engine overhead.
-    Target: MLPBNClassifier <= 1.3x the numpy GEMM floor.
+    Products floor: numpy doing only the fit's matrix products, same shapes
+    and dtype, ``np.matmul`` into preallocated outputs: per minibatch the
+    forward products ``A_l @ W_l`` of every layer, the weight gradients
+    ``A_l.T @ D_l`` of every layer and the deltas ``D_l @ W_l.T`` of layers
+    2.. . The minibatches are the engine's: slices of 256 rows, a trailing
+    single row joining the previous slice. The products of all the epochs
+    run, so that a floor runs as long as a fit; reported per epoch. Three
+    ways:
+
+    (a) numpy with BLAS's own threads (T of them);
+    (b) numpy on one BLAS thread;
+    (c) T Python threads with one BLAS thread each, each doing the products
+        of its block of rows of every minibatch (the rows cut into T blocks
+        of near-equal size; each thread has its own activations, deltas and
+        weight-gradient buffers; the weights are shared). The threads meet
+        at a ``threading.Barrier`` once per minibatch, after its last
+        product: the one meeting no training step can avoid, since the next
+        minibatch's forward products need weights updated from every row of
+        this one. The further meetings of a real step (batch-norm statistics
+        after each hidden layer's forward product and in its backward pass,
+        the sum of the threads' weight gradients) are left to the engine, as
+        is their work. A Python barrier costs tens of microseconds (an
+        OpenMP one, a few): that cost, measured with the same threads and no
+        products, is printed; it is part of (c).
+
+    The products floor is the minimum of (a), (b) and (c) (with T = 2: the
+    "two-core products floor"). Targets: ``MLPBNClassifier`` <= 1.3x the
+    products floor; its speed-up from one thread to T threads >= 1.5x,
+    printed beside numpy's own, (b) / (c). The engine on one thread is also
+    compared with (b). For reference, (a) done through
+    ``sklearn_bn._blas.gemm`` ("engine-BLAS (a)") runs the same products
+    through scipy's OpenBLAS, which the engine calls (numpy and scipy each
+    bundle their own OpenBLAS, possibly of different versions): it tells
+    BLAS differences apart from engine overhead.
 
 predict
     ``predict_proba`` on 100 000 rows with the network fitted in ``fit``
@@ -65,7 +90,7 @@ pass) timed with ``time.perf_counter`` (``--clock cpu``: ``time.process_time``,
 the CPU time of all the process's threads, which a busy machine disturbs less
 than wall time when one thread runs; with more threads it counts their
 spinning too). ``--threads N`` caps every BLAS/OpenMP
-pool with threadpoolctl (and torch's) for the whole run. The header shows the
+pool with threadpoolctl (and torch's) for the whole run, and so sets T. The header shows the
 BLAS libraries and their threads, the load average (the ratios are measured in
 one run, so a busy machine affects numerator and denominator alike, but not
 always equally) and any ``OPENBLAS_*`` variables set in the environment: on
@@ -77,12 +102,14 @@ compare, unset both for one command only::
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -115,6 +142,7 @@ SCALING_HIDDEN = (64, 64)
 SCALING_EPOCHS = 3
 
 TARGET_FIT = 1.3
+TARGET_SPEEDUP = 1.5  # engine, one thread -> two threads
 TARGET_PREDICT = 1.2
 TARGET_MEMORY = 0.25
 TARGET_SCALING = (8.0, 12.0)
@@ -173,6 +201,50 @@ def blas_threads():
 
     return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
                default=1)
+
+
+def team_threads():
+    """Threads of the engine's default team: the lowest BLAS thread limit,
+    capped by the engine's OpenMP limit (what ``sklearn_bn`` uses)."""
+    from threadpoolctl import threadpool_info
+
+    n = min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+            default=1)
+    try:
+        from sklearn_bn._training import openmp_max_threads
+
+        n = min(n, openmp_max_threads())
+    except ImportError:
+        pass
+    return max(n, 1)
+
+
+_CONTROLLER = None
+
+
+def blas_limit(n):
+    """Context manager: every loaded BLAS library limited to ``n`` threads
+    (None: unchanged). One threadpoolctl controller per process: finding the
+    libraries takes tens of milliseconds, setting a limit microseconds."""
+    global _CONTROLLER
+    if n is None:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=n, user_api="blas")
+
+
+def limited(timer, n):
+    """``timer`` run with BLAS limited to ``n`` threads (the engine follows
+    that limit: ``n=1`` trains on one thread)."""
+
+    def run():
+        with blas_limit(n):
+            return timer()
+
+    return run
 
 
 def linear_labels(X, n_classes, seed):
@@ -268,14 +340,22 @@ def interleaved_best(timers, repeat, warmup=()):
 
 
 # ---------------------------------------------------------------------------
-# GEMM floors
+# products floors
 
 
-def make_epoch_products(units, batch_sizes, dtype, seed=0):
-    """List of (a, b, out) operand triples of one training epoch's products."""
+def make_weights(units, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((units[l], units[l + 1])).astype(dtype)
+            for l in range(len(units) - 1)]
+
+
+def batch_products(units, batch_sizes, dtype, seed=0, weights=None):
+    """Per minibatch (of each size in ``batch_sizes``), the list of
+    ``(a, b, out)`` operand triples of its products, in a training step's
+    order. Minibatches of the same size share their operands."""
     rng = np.random.default_rng(seed)
     L = len(units) - 1
-    W = [rng.standard_normal((units[l], units[l + 1])).astype(dtype) for l in range(L)]
+    W = make_weights(units, dtype, seed) if weights is None else weights
     cache = {}
 
     def for_batch(m):
@@ -293,7 +373,13 @@ def make_epoch_products(units, batch_sizes, dtype, seed=0):
             cache[m] = prods
         return cache[m]
 
-    return [p for m in batch_sizes for p in for_batch(m)]
+    return [for_batch(m) for m in batch_sizes]
+
+
+def make_epoch_products(units, batch_sizes, dtype, seed=0):
+    """List of (a, b, out) operand triples of one training epoch's products."""
+    return [p for prods in batch_products(units, batch_sizes, dtype, seed)
+            for p in prods]
 
 
 def numpy_floor(products):
@@ -304,6 +390,76 @@ def numpy_floor(products):
             matmul(a, b, out=out)
 
     return run
+
+
+def row_blocks(m, n_threads):
+    """``m`` rows cut into ``n_threads`` blocks of near-equal size."""
+    q, r = divmod(m, n_threads)
+    return [q + (j < r) for j in range(n_threads)]
+
+
+def team_floor(per_thread):
+    """A timer: ``len(per_thread)`` Python threads (the caller is thread 0),
+    BLAS on one thread; thread ``j`` runs the products of
+    ``per_thread[j][k]`` for every minibatch ``k``, then waits at a barrier
+    for the others."""
+    n_threads = len(per_thread)
+
+    def body(j, barrier):
+        matmul = np.matmul
+        for prods in per_thread[j]:
+            for a, b, out in prods:
+                matmul(a, b, out=out)
+            barrier.wait()
+
+    def run():
+        barrier = threading.Barrier(n_threads)
+        with blas_limit(1):
+            helpers = [threading.Thread(target=body, args=(j, barrier))
+                       for j in range(1, n_threads)]
+            for t in helpers:
+                t.start()
+            try:
+                body(0, barrier)
+            except BaseException:
+                barrier.abort()
+                raise
+            finally:
+                for t in helpers:
+                    t.join()
+
+    return run
+
+
+def split_floor(units, batch_sizes, dtype, n_threads, products=True):
+    """Floor (c): ``n_threads`` Python threads, one BLAS thread each, each
+    doing the products of its block of rows of every minibatch, one barrier
+    per minibatch. ``products=False``: the barriers alone."""
+    W = make_weights(units, dtype)
+    per_thread = []
+    for j in range(n_threads):
+        if products:
+            blocks = [row_blocks(m, n_threads)[j] for m in batch_sizes]
+            per_thread.append(batch_products(units, blocks, dtype, seed=1 + j, weights=W))
+        else:
+            per_thread.append([()] * len(batch_sizes))
+    return team_floor(per_thread)
+
+
+def floor_timers(units, batch_sizes, dtype, epochs, n_threads):
+    """Per-epoch timers of the three products floors for ``epochs`` epochs
+    of minibatches of ``batch_sizes``: {"a": BLAS's threads, "b": one BLAS
+    thread, "c": ``n_threads`` Python threads}, and "sync": the barriers of
+    (c) alone."""
+    sizes = list(batch_sizes) * epochs
+    flat = numpy_floor(make_epoch_products(units, batch_sizes, dtype) * epochs)
+    return {
+        "a": per_epoch(call_timer(flat), epochs),
+        "b": per_epoch(call_timer(limited(flat, 1)), epochs),
+        "c": per_epoch(call_timer(split_floor(units, sizes, dtype, n_threads)), epochs),
+        "sync": per_epoch(call_timer(split_floor(units, sizes, dtype, n_threads,
+                                                 products=False)), epochs),
+    }
 
 
 def engine_blas_floor(products):
@@ -443,52 +599,82 @@ def section_fit(args, dtypes, state):
     params = mlp_params(HIDDEN, epochs)
     units = [N_FEATURES, *HIDDEN, N_CLASSES]
     sizes = engine_batches(X64.shape[0], BATCH)
+    team = team_threads()
     print(f"## fit: {X64.shape[0]} x {X64.shape[1]} training rows, {N_CLASSES} classes, "
           f"hidden {HIDDEN}, relu, adam, batch {BATCH}, {epochs} epoch(s); "
           f"{len(sizes)} minibatches per epoch; s/epoch = fit time / n_iter_, "
-          f"best of {args.repeat}\n")
-    rows = []
+          f"best of {args.repeat}; T = {team} threads\n")
+    rows, speed_rows = [], []
     for dt in dtypes:
         X = np.ascontiguousarray(X64, dtype=dt)
         # The floors run the products of all the epochs, as long as a fit.
-        products = make_epoch_products(units, sizes, dt) * epochs
+        floors = floor_timers(units, sizes, dt, epochs, team)
+        eng = engine_blas_floor(make_epoch_products(units, sizes, dt) * epochs)
         keep = []
-        eng = engine_blas_floor(products)
         t = interleaved_best({
-            "floor": per_epoch(call_timer(numpy_floor(products)), epochs),
-            "floor_eng": None if eng is None else per_epoch(call_timer(eng), epochs),
+            "a": floors["a"], "b": floors["b"], "c": floors["c"], "sync": floors["sync"],
+            "eng": None if eng is None else per_epoch(call_timer(eng), epochs),
             "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
+            "bn1": limited(fit_timer(lambda: MLPBNClassifier(**params), X, y), 1),
             "sk": fit_timer(lambda: MLPClassifier(**params), X, y),
-        }, args.repeat, warmup=("floor", "floor_eng"))
-        floor, floor_eng, t_bn, t_sk = t["floor"], t["floor_eng"], t["bn"], t["sk"]
+        }, args.repeat, warmup=("a", "b", "c", "eng"))
         state.setdefault("fitted", {})[dt] = keep[0]
+        floor_name = min("abc", key=lambda k: t[k])
+        floor = t[floor_name]
+        t_bn, t_bn1, t_sk = t["bn"], t["bn1"], t["sk"]
         torch_res = run_worker("torch", {
             "dtype": dt, "quick": args.quick, "epochs": epochs,
-            "repeat": args.repeat, "threads": args.threads or blas_threads(),
+            "repeat": args.repeat, "threads": args.threads or team,
             "clock": args.clock,
         })
         t_torch = torch_res.get("s_per_epoch")
-        eng = f" (engine-BLAS floor {fmt_s(floor_eng)} s)" if floor_eng else ""
-        rows.append(["GEMM floor (numpy)" + eng, dt, fmt_s(floor), fmt_s(floor), "1.00x",
-                     "", "", ""])
-        rows.append(["MLPBNClassifier", dt, fmt_s(t_bn), fmt_s(floor),
-                     fmt_x(t_bn / floor), "1.00x", f"<= {TARGET_FIT}x floor",
-                     verdict(t_bn / floor <= TARGET_FIT)])
-        rows.append(["MLPClassifier (no BN)", dt, fmt_s(t_sk), fmt_s(floor),
-                     fmt_x(t_sk / floor), fmt_x(t_sk / t_bn), "reference", ""])
+
+        def floor_row(key, what):
+            mark = " <- products floor" if key == floor_name else ""
+            return [f"({key}) {what}{mark}", dt, fmt_s(t[key]), fmt_x(t[key] / floor),
+                    "", "", ""]
+
+        n_sync = len(sizes)
+        rows.append(floor_row("a", f"numpy, BLAS's own threads ({blas_threads()})"))
+        rows.append(floor_row("b", "numpy, one BLAS thread"))
+        rows.append(floor_row(
+            "c", f"{team} Python threads x 1 BLAS thread, rows split, one barrier per "
+                 f"minibatch (barriers alone: {fmt_s(t['sync'])} s/epoch, "
+                 f"{t['sync'] / n_sync * 1e6:.0f} us each)"))
+        if t["eng"] is not None:
+            rows.append(["engine-BLAS (a): scipy's OpenBLAS, its own threads", dt,
+                         fmt_s(t["eng"]), fmt_x(t["eng"] / floor), "", "reference", ""])
+        rows.append([f"MLPBNClassifier ({team} threads)", dt, fmt_s(t_bn), fmt_x(t_bn / floor),
+                     "1.00x", f"<= {TARGET_FIT}x floor", verdict(t_bn / floor <= TARGET_FIT)])
+        rows.append(["MLPBNClassifier (one thread), ratio to (b)", dt, fmt_s(t_bn1),
+                     fmt_x(t_bn1 / t["b"]), fmt_x(t_bn1 / t_bn), "reference", ""])
+        rows.append(["MLPClassifier (no BN)", dt, fmt_s(t_sk), fmt_x(t_sk / floor),
+                     fmt_x(t_sk / t_bn), "reference", ""])
         if t_torch is None:
-            rows.append(["PyTorch CPU, BatchNorm1d", dt, torch_res["error"], fmt_s(floor),
-                         "n/a", "n/a", "reference", ""])
+            rows.append(["PyTorch CPU, BatchNorm1d", dt, torch_res["error"], "n/a", "n/a",
+                         "reference", ""])
         else:
             rows.append([f"PyTorch {torch_res['version']} CPU, BatchNorm1d "
                          f"({torch_res['threads']} threads)", dt, fmt_s(t_torch),
-                         fmt_s(floor), fmt_x(t_torch / floor), fmt_x(t_torch / t_bn),
-                         "reference", ""])
-        state.setdefault("results", []).append(
-            {"section": "fit", "dtype": dt, "floor": floor, "engine_blas_floor": floor_eng,
-             "MLPBNClassifier": t_bn, "MLPClassifier": t_sk, "torch": t_torch})
-    table(["what", "dtype", "s/epoch", "GEMM floor s/epoch", "ratio to floor",
-           "ratio to MLPBN", "target", "pass/fail"], rows)
+                         fmt_x(t_torch / floor), fmt_x(t_torch / t_bn), "reference", ""])
+        speedup, numpy_speedup = t_bn1 / t_bn, t["b"] / t["c"]
+        speed_rows.append([
+            dt, fmt_s(t_bn1), fmt_s(t_bn), fmt_x(speedup), fmt_x(numpy_speedup),
+            f">= {TARGET_SPEEDUP}x" if team > 1 else "n/a (T = 1)",
+            verdict(speedup >= TARGET_SPEEDUP) if team > 1 else "",
+        ])
+        state.setdefault("results", []).append({
+            "section": "fit", "dtype": dt, "threads": team,
+            "floor_a": t["a"], "floor_b": t["b"], "floor_c": t["c"],
+            "floor_c_barriers": t["sync"], "floor": floor, "floor_is": floor_name,
+            "engine_blas_floor": t["eng"], "MLPBNClassifier": t_bn,
+            "MLPBNClassifier_1thread": t_bn1, "MLPClassifier": t_sk, "torch": t_torch})
+    table(["what", "dtype", "s/epoch", "ratio to products floor", "ratio to MLPBN",
+           "target", "pass/fail"], rows)
+    print(f"Speed-up from one thread to T = {team} threads (s/epoch); numpy's products "
+          f"alone: (b) / (c)\n")
+    table(["dtype", "MLPBN one thread", f"MLPBN {team} threads", "MLPBN speed-up",
+           "numpy products speed-up (b)/(c)", "target", "pass/fail"], speed_rows)
 
 
 def section_predict(args, dtypes, state):
@@ -607,12 +793,12 @@ def section_scaling(args, dtypes, state):
 # ---------------------------------------------------------------------------
 
 
-def header(args):
+def header(args, title="fit / predict_proba / memory / scaling"):
     import scipy
     import sklearn
     from threadpoolctl import threadpool_info
 
-    print("# sklearn_bn benchmark: fit / predict_proba / memory / scaling")
+    print(f"# sklearn_bn benchmark: {title}")
     print()
     print("command: `" + " ".join([os.path.basename(sys.executable)]
                                   + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`")
@@ -632,8 +818,8 @@ def header(args):
         print(f"threadpool: {info['internal_api']} {info.get('version') or ''} "
               f"({owner}/{os.path.basename(info['filepath'])}{extra}), "
               f"{info['num_threads']} threads")
-    print("note: numpy's OpenBLAS runs the GEMM floor and MLPClassifier; the engine of "
-          "MLPBNClassifier calls scipy's (scipy.linalg.cython_blas)")
+    print("note: numpy's OpenBLAS runs the products floors and MLPClassifier; the engine "
+          "of MLPBNClassifier calls scipy's (scipy.linalg.cython_blas)")
     env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
     if env:
         print("environment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))

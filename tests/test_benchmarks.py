@@ -1,6 +1,7 @@
 """Smoke runs of the benchmark scripts on small sizes: they keep working as the
 package changes. Nothing here looks at the timings."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,26 @@ def test_benchmark_script_runs(run):
     assert result.returncode == 0, result.stderr[-2000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 3, result.stdout[-2000:]
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+def test_workflow_script_runs(tmp_path):
+    """bench_workflow.py on its quick sections (grid, speedup and cores take
+    more than ~10 s even with --quick): every section prints its table with
+    a verdict, the raw results are written, and the Ctrl-C child reports
+    back for every trial (whatever the latency and the state it finds)."""
+    sections = ["after", "small", "ctrlc"]
+    out = tmp_path / "workflow.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "bench_workflow.py"), "--quick",
+         "--what", ",".join(sections), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in sections:
+        assert f"## {name}" in result.stdout
+    assert result.stdout.count("PASS") + result.stdout.count("FAIL") >= len(sections)
+    data = json.loads(out.read_text())
+    assert set(data) >= set(sections)
+    trials = [t for size in data["ctrlc"].values() for t in size]
+    assert trials and all("latency" in t for t in trials)
