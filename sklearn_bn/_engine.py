@@ -505,22 +505,21 @@ class FoldedNetwork:
 
     @classmethod
     def fold(cls, coefs, gammas, intercepts, running_means, running_vars, bn_epsilon,
-             activation, out_activation):
+             activation, out_activation, dtype=None):
         """Fold each hidden layer's batch norm into its weights, in float64,
-        returned in the weights' dtype."""
+        returned in ``dtype`` (default: the first layer's)."""
+        dtype = np.dtype(coefs[0].dtype if dtype is None else dtype)
         folded_coefs, folded_intercepts = [], []
         for l, (W, b) in enumerate(zip(coefs, intercepts)):
+            W = np.asarray(W, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
             if l < len(gammas):
                 s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(
                     np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
                 )
-                folded_coefs.append((W.astype(np.float64) * s).astype(W.dtype))
-                folded_intercepts.append(
-                    (b.astype(np.float64) - running_means[l] * s).astype(W.dtype)
-                )
-            else:
-                folded_coefs.append(W.copy())
-                folded_intercepts.append(b.copy())
+                W, b = W * s, b - running_means[l] * s
+            folded_coefs.append(W.astype(dtype))
+            folded_intercepts.append(b.astype(dtype))
         return cls(folded_coefs, folded_intercepts, activation, out_activation)
 
     def predict(self, X):

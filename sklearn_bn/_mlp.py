@@ -9,6 +9,7 @@ messages.
 """
 
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
 
@@ -39,8 +40,11 @@ from sklearn.utils.validation import (
 )
 
 from sklearn_bn._engine import Engine, FoldedNetwork
-from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer
+from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
 from sklearn_bn._utils import _restore_on_failure
+
+# Each fitted estimator's folded networks, by dtype (see _folded_network).
+_FOLDED_NETWORKS = weakref.WeakKeyDictionary()
 
 
 class _BaseMLPBN(BaseEstimator, ABC):
@@ -240,8 +244,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self.validation_scores_ = state["validation_scores"]
         self.best_validation_score_ = state["best_validation_score"]
         self._no_improvement_count = state["no_improvement"]
-        self._optimizer = optimizer
-        self._set_folded()
+        self._optimizer_state = optimizer.state_dict()
+        self._freeze_fitted_arrays()
         return self
 
     def _fitted_params(self, units):
@@ -274,12 +278,6 @@ class _BaseMLPBN(BaseEstimator, ABC):
         if (state["validation_scores"] is None) == bool(self.early_stopping):
             state.update(self._fresh_stopping_state())
         return state
-
-    def _set_folded(self):
-        self._folded = FoldedNetwork.fold(
-            self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
-            self.running_vars_, self.bn_epsilon, self.activation, self.out_activation_,
-        )  # fmt: skip
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
                         out_activation, random_state, incremental):
@@ -356,8 +354,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
     def _make_optimizer(self, n_params, dtype, incremental):
         """A fresh optimizer, or (partial_fit) a copy of the one the last fit
         left, so that a failed call leaves it as it was."""
-        if incremental and hasattr(self, "_optimizer"):
-            return self._optimizer.astype(dtype)
+        if incremental and hasattr(self, "_optimizer_state"):
+            return from_state_dict(self._optimizer_state, dtype)
         if self.solver == "adam":
             return AdamOptimizer(n_params, dtype, self.learning_rate_init,
                                  self.beta_1, self.beta_2, self.epsilon)
@@ -458,9 +456,82 @@ class _BaseMLPBN(BaseEstimator, ABC):
         return {"no_improvement": 0, "best_loss": np.inf, "validation_scores": None,
                 "best_validation_score": None}
 
+    # ------------------------------------------------------------------
+    # Inference: the folded network of the public fitted attributes
+
+    _FITTED_ARRAYS = ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_")
+
+    def _freeze_fitted_arrays(self):
+        """Make the fitted arrays read-only: an in-place edit is refused
+        (reassigning them takes effect), so the folded network can be cached
+        while they are the same objects."""
+        for name in self._FITTED_ARRAYS:
+            for array in getattr(self, name):
+                if isinstance(array, np.ndarray) and array.base is None:
+                    array.setflags(write=False)
+
+    def _checked_fitted_arrays(self):
+        """The fitted arrays by attribute, checked: lists of float arrays
+        whose layers chain from ``n_features_in_`` to ``n_outputs_``."""
+        check_is_fitted(self)
+        groups = {name: getattr(self, name) for name in self._FITTED_ARRAYS}
+        coefs = groups["coefs_"]
+        if not isinstance(coefs, (list, tuple)) or not coefs:
+            raise ValueError("coefs_ must be a non-empty list of arrays.")
+        units = [self.n_features_in_] + [np.shape(W)[-1] for W in coefs]
+        expected = {
+            "coefs_": list(zip(units[:-1], units[1:])),
+            "intercepts_": [(u,) for u in units[1:]],
+            "gammas_": [(u,) for u in units[1:-1]],
+            "running_means_": [(u,) for u in units[1:-1]],
+            "running_vars_": [(u,) for u in units[1:-1]],
+        }
+        for name, arrays in groups.items():
+            shapes = [np.shape(a) for a in arrays] if isinstance(arrays, (list, tuple)) else None
+            floats = shapes is not None and all(
+                isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in arrays
+            )
+            if shapes != expected[name] or not floats or units[-1] != self.n_outputs_:
+                raise ValueError(
+                    f"The fitted attributes do not describe the network of "
+                    f"n_features_in_={self.n_features_in_} and n_outputs_="
+                    f"{self.n_outputs_}: {name} must be a list of float arrays of "
+                    f"shapes {expected[name]}, got {shapes}."
+                )
+        return groups
+
+    def _folded_network(self, input_dtype=None):
+        """The inference network of the fitted attributes, folded for inputs
+        of ``input_dtype`` (it computes in that dtype and the weights'
+        together: float64 in, float64 out, as scikit-learn's MLP); cached while those attributes are the same read-only
+        arrays (the cache holds them, so their identities stay theirs). The
+        cache lives outside the estimator: predicting changes nothing in it."""
+        groups = self._checked_fitted_arrays()
+        arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
+        dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)
+        key = (self.bn_epsilon, self.activation, self.out_activation_)
+        cache = _FOLDED_NETWORKS.get(self, {})
+        cached = cache.get(dtype)
+        if (cached is not None and cached[0] == key and len(cached[1]) == len(arrays)
+                and all(a is b for a, b in zip(cached[1], arrays))):
+            return cached[2]
+        folded = FoldedNetwork.fold(
+            *groups.values(), self.bn_epsilon, self.activation, self.out_activation_,
+            dtype=dtype,
+        )  # fmt: skip
+        if not any(a.flags.writeable for a in arrays):
+            # A new dict, swapped in at once: safe under concurrent predicts.
+            _FOLDED_NETWORKS[self] = {**cache, dtype: (key, arrays, folded)}
+        return folded
+
     def _predict_raw(self, X):
         """Output-layer activations for validated ``X``."""
-        return self._folded.predict(X)
+        return self._folded_network(X.dtype).predict(X)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if hasattr(self, "coefs_"):
+            self._freeze_fitted_arrays()
 
     # ------------------------------------------------------------------
     # Public API shared by both estimators
@@ -481,8 +552,9 @@ class _BaseMLPBN(BaseEstimator, ABC):
         """
         check_is_fitted(self)
         mlp = self._sklearn_class()(**self._sklearn_params())
-        mlp.coefs_ = [c.copy() for c in self._folded.coefs]
-        mlp.intercepts_ = [b.copy() for b in self._folded.intercepts]
+        folded = self._folded_network()
+        mlp.coefs_ = [c.copy() for c in folded.coefs]
+        mlp.intercepts_ = [b.copy() for b in folded.intercepts]
         for name in (
             "n_features_in_",
             "feature_names_in_",

@@ -5,10 +5,10 @@ The engine steps the parameters in compiled code; these objects own what
 persists between its calls: the moments (flat arrays in the parameters'
 layout), the step count and the learning rate, with scikit-learn's
 schedule (:meth:`iteration_ends`) and stopping rule (:meth:`trigger_stopping`).
-An estimator keeps its optimizer between ``partial_fit`` calls.
+An estimator keeps its optimizer's :meth:`state_dict` (plain arrays and
+numbers, which pickle and skops store as they are) between ``partial_fit``
+calls and rebuilds it with :func:`from_state_dict`.
 """
-
-import copy
 
 import numpy as np
 
@@ -44,17 +44,17 @@ class _Optimizer:
             print(msg + " Stopping.")
         return True
 
-    def astype(self, dtype):
-        """A copy whose moments are in ``dtype`` (a failed fit must leave the
-        estimator's optimizer as it was, so the engine works on a copy)."""
-        new = copy.copy(self)
-        new.dtype = np.dtype(dtype)
+    def state_dict(self):
+        """Everything that defines the optimizer, as plain values (copies)."""
+        state = {}
         for name, value in vars(self).items():
             if isinstance(value, np.ndarray):
-                moved = aligned_zeros(value.size, dtype)
-                moved[:] = value
-                setattr(new, name, moved)
-        return new
+                value = value.copy()
+            elif isinstance(value, np.dtype):
+                value = value.name
+            state[name] = value
+        state["solver"] = self.name
+        return state
 
 
 class SGDOptimizer(_Optimizer):
@@ -79,6 +79,7 @@ class SGDOptimizer(_Optimizer):
     """
 
     solver = Solver.SGD
+    name = "sgd"
 
     def __init__(self, n_params, dtype, learning_rate_init, lr_schedule,
                  momentum, nesterov, power_t):
@@ -135,6 +136,7 @@ class AdamOptimizer(_Optimizer):
     """
 
     solver = Solver.ADAM
+    name = "adam"
 
     def __init__(self, n_params, dtype, learning_rate_init, beta_1, beta_2, epsilon):
         super().__init__(n_params, dtype, learning_rate_init)
@@ -152,3 +154,20 @@ class AdamOptimizer(_Optimizer):
             beta_1=self.beta_1, beta_2=self.beta_2, adam_epsilon=self.epsilon,
             step=self.step,
         )
+
+
+def from_state_dict(state, dtype):
+    """The optimizer :meth:`_Optimizer.state_dict` describes, its moments in
+    ``dtype`` (fresh copies: a failed fit leaves the saved state alone)."""
+    cls = {"sgd": SGDOptimizer, "adam": AdamOptimizer}[state["solver"]]
+    optimizer = cls.__new__(cls)
+    for name, value in state.items():
+        if name == "solver":
+            continue
+        if isinstance(value, np.ndarray):
+            moved = aligned_zeros(value.size, dtype)
+            moved[:] = value
+            value = moved
+        setattr(optimizer, name, value)
+    optimizer.dtype = np.dtype(dtype)
+    return optimizer

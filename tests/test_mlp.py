@@ -173,7 +173,7 @@ def test_to_sklearn_result_can_keep_training(problem, early_stopping):
     fit_quietly(mlp, X, y)
     assert np.isfinite(mlp.coefs_[0]).all()
     # The batch-norm model is not touched.
-    assert_allclose(est.to_sklearn().coefs_[0], est._folded.coefs[0])
+    assert_allclose(est.to_sklearn().coefs_[0], est._folded_network().coefs[0])
 
 
 def test_to_sklearn_needs_a_fitted_model():
@@ -1070,3 +1070,127 @@ def test_accuracy_not_worse_than_scikit_learn(dataset, max_iter):
           f"MLPBNClassifier {np.mean(ours):.4f}, MLPClassifier {np.mean(theirs):.4f}")
     # Mean over seeds, allowing one test sample of noise.
     assert np.mean(ours) >= np.mean(theirs) - 1 / len(y_test)
+
+
+# ---------------------------------------------------------------------------
+# Predictions follow the public fitted attributes
+
+
+FITTED_ARRAYS = ["coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_"]
+
+
+@pytest.mark.parametrize("name", FITTED_ARRAYS)
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_reassigned_attributes_take_effect(problem, name):
+    X, y, est = make_data(problem)
+    fit_quietly(est, X, y)
+    before = raw_output(est, X)
+    rng = np.random.RandomState(0)
+    # A new list, and a new array in the existing list: both take effect.
+    setattr(est, name, [a * rng.uniform(1.5, 2.0, size=a.shape) for a in getattr(est, name)])
+    after = raw_output(est, X)
+    assert not np.allclose(after, before)
+    assert_allclose(after, forward_from_attributes(est, X), rtol=1e-9, atol=1e-12)
+    getattr(est, name)[0] = getattr(est, name)[0] * 0.5
+    assert_allclose(raw_output(est, X), forward_from_attributes(est, X), rtol=1e-9,
+                    atol=1e-12)
+    assert_allclose(raw_output(est.to_sklearn(), X), forward_from_attributes(est, X),
+                    rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FITTED_ARRAYS)
+def test_in_place_edits_are_refused_or_take_effect(name):
+    X, y, est = make_data("binary")
+    fit_quietly(est, X, y)
+    array = getattr(est, name)[0]
+    with pytest.raises(ValueError, match="read-only"):
+        array[0] = 3.0
+    # An array of one's own, edited in place after assigning it: takes effect
+    # (such an array is never cached).
+    own = array.copy()
+    getattr(est, name)[0] = own
+    before = est.predict_proba(X)
+    own[0] = own[0] * 3 + 1
+    assert not np.allclose(est.predict_proba(X), before)
+    assert_allclose(est.predict_proba(X)[:, 1], forward_from_attributes(est, X).ravel(),
+                    rtol=1e-9, atol=1e-12)
+
+
+def test_repeated_predictions_reuse_the_folded_network():
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    first = est._folded_network(np.float64)
+    assert est._folded_network(np.float64) is first
+    est.intercepts_ = list(est.intercepts_)  # the same arrays in a new list
+    assert est._folded_network(np.float64) is first
+    est.gammas_[0] = est.gammas_[0].copy()  # a new array: folded again
+    assert est._folded_network(np.float64) is not first
+    # Pickling keeps the arrays read-only, so the copy caches too.
+    copy = pickle.loads(pickle.dumps(est))
+    assert copy._folded_network(np.float64) is copy._folded_network(np.float64)
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda e: e.coefs_.__setitem__(1, e.coefs_[1].T.copy()),
+    lambda e: e.coefs_.pop(),
+    lambda e: e.gammas_.__setitem__(0, e.gammas_[0][:-1].copy()),
+    lambda e: e.running_vars_.append(np.ones(3)),
+    lambda e: e.running_means_.__setitem__(0, e.running_means_[0].astype(np.int64)),
+    lambda e: setattr(e, "intercepts_", None),
+    lambda e: e.intercepts_.__setitem__(2, np.ones((1, 3))),
+    lambda e: setattr(e, "coefs_", []),
+])
+def test_wrong_shapes_give_a_clear_error(corrupt):
+    X, y, est = make_data("multiclass")
+    fit_quietly(est.set_params(hidden_layer_sizes=(8, 6)), X, y)
+    corrupt(est)
+    for call in (est.predict, est.predict_proba, lambda X: est.to_sklearn()):
+        with pytest.raises(ValueError, match="fitted attributes|coefs_"):
+            call(X)
+
+
+def test_concurrent_predictions_agree():
+    import threading
+
+    X, y, est = make_data("multiclass", n=2000)
+    fit_quietly(est, X, y)
+    expected = est.predict_proba(X)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                results.append(est.predict_proba(X))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 80
+    for r in results:
+        assert_array_equal(r, expected)
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "squared_error"])
+def test_float64_input_to_a_float32_model_computes_in_float64(problem):
+    # As scikit-learn's MLP does: the input's dtype wins, so huge finite
+    # inputs give finite outputs where float32 would overflow.
+    X, y, est = make_data(problem, dtype=np.float32)
+    fit_quietly(est, X, y)
+    X_big = np.full((3, X.shape[1]), 1e300)
+    X_big[1] *= -1
+    out = raw_output(est, X_big)
+    assert out.dtype == np.float64 and np.isfinite(out).all()
+    twin = est.to_sklearn()
+    assert_allclose(out, raw_output(twin, X_big), rtol=1e-5)
+    if problem != "squared_error":
+        assert_array_equal(est.predict(X_big), twin.predict(X_big))
+        assert_allclose(est.predict_proba(X_big).sum(axis=1), 1)
+    # float32 in, float32 out; float64 in, float64 out, within float32's
+    # rounding of the weights.
+    assert raw_output(est, X).dtype == np.float32
+    assert_allclose(raw_output(est, X.astype(np.float64)), raw_output(est, X), rtol=1e-4,
+                    atol=1e-5)

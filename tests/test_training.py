@@ -1012,7 +1012,7 @@ def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, np.arange(len(X)) % 3)
-    folded = est._folded
+    folded = est._folded_network(np.float64)
     assert_allclose(folded.predict(X), est.predict_proba(X), rtol=1e-12)
     assert folded.predict(X[:0]).shape == (0, 3)  # no rows: nothing to do
     with pytest.raises(ValueError, match="columns"):
