@@ -1157,6 +1157,42 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     PyMem_Free(scratch)
 
 
+def unbiased_counts(const double[::1] weight_sum, const double[::1] n_positive):
+    """Per column, the ``m`` of the unbiased variance correction ``m / (m - 1)``.
+
+    The rule of the networks' running variance (:func:`unbiased_count` in
+    ``_batchnorm.pxd``): ``m`` is the weight sum (weights act as repeat
+    counts) or, where that sum is below 2, the number of rows with positive
+    weight.
+
+    Parameters
+    ----------
+    weight_sum : ndarray of shape (n_cols,), float64
+        Sum of the weights of the rows that count in each column (all rows,
+        or those whose value is not NaN); the number of such rows when
+        unweighted.
+    n_positive : ndarray of shape (n_cols,), float64
+        Number of those rows whose weight is positive. Read only where
+        ``weight_sum < 2``.
+
+    Returns
+    -------
+    m : ndarray of shape (n_cols,), float64
+        ``m <= 1`` where no unbiased variance can be estimated.
+    """
+    cdef Py_ssize_t j, n = weight_sum.shape[0]
+    if n_positive.shape[0] != n:
+        raise ValueError(
+            f"weight_sum and n_positive must have the same length, got {n} "
+            f"and {n_positive.shape[0]}")
+    m_arr = np.empty(n, dtype=np.float64)
+    cdef double[::1] m = m_arr
+    with nogil:
+        for j in range(n):
+            m[j] = unbiased_count(weight_sum[j], n_positive[j])
+    return m_arr
+
+
 def update_running_stats(running_mean, running_var, mean, var, double momentum,
                          double n_samples):
     """In place: ``running = (1 - momentum) * running + momentum * batch``.

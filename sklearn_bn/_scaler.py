@@ -30,7 +30,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from sklearn_bn._batchnorm import batch_stats
+from sklearn_bn._batchnorm import batch_stats, unbiased_counts
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._utils import _restore_on_failure
 
@@ -160,7 +160,8 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         ``running_mean_`` and ``running_var_`` to its mean and unbiased
         variance, each later batch does
         ``running = (1 - m) * running + m * batch_statistic``. A batch must
-        then hold at least two samples (a sum of weights above 1).
+        then hold at least two samples that are not NaN in every feature
+        (with ``sample_weight``: see Notes).
 
     epsilon : float, default=1e-5
         Added to the variance before the square root, as in batch
@@ -229,6 +230,16 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     With a ``momentum`` and ``epsilon=0``, features whose running standard
     deviation is (near) zero are not scaled, as ``StandardScaler`` does.
+
+    ``sample_weight`` weights the statistics as repeat counts. With a
+    ``momentum``, the unbiased correction ``m / (m - 1)`` of a batch's
+    variance takes ``m`` as the networks' running statistics do
+    (:class:`~sklearn_bn.MLPBNClassifier`): the sum of the batch's weights
+    or, when that sum is below 2 (weights normalized to sum to 1, as
+    :class:`~sklearn.ensemble.AdaBoostClassifier` passes them), the number
+    of rows with positive weight; both per feature, over the values that
+    are not NaN. A batch with ``m <= 1`` in some feature raises a
+    ``ValueError``, and so do weights that are all zero.
 
     References
     ----------
@@ -301,7 +312,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -326,7 +339,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -349,7 +364,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -381,6 +398,11 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     sample_weight, X, dtype=X.dtype, ensure_non_negative=True
                 )
             )
+            # scikit-learn >= 1.8 checks this too; older releases do not.
+            if not sample_weight.sum(dtype=np.float64) > 0:
+                raise ValueError(
+                    "Sample weights must contain at least one non-zero number."
+                )
         if self.momentum is not None and X.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__}(momentum={self.momentum}) needs at least "
@@ -388,7 +410,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"n_samples={X.shape[0]}."
             )
 
-        count_b, mean_b, var_b = _batch_statistics(X, sample_weight, self)
+        count_b, mean_b, var_b, has_nan = _batch_statistics(X, sample_weight, self)
 
         # Previous statistics, as per-feature float vectors.
         if reset:
@@ -410,10 +432,13 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     count_b, mean_b, var_b,
                 )
         else:
-            too_few = count_b <= 1
+            n_unbiased = unbiased_counts(
+                count_b, _rows_with_weight(X, sample_weight, count_b, has_nan)
+            )
+            too_few = n_unbiased <= 1
             if np.any(too_few):
-                raise ValueError(_too_few_message(self, too_few, count_b, sample_weight))
-            var_b = var_b * (count_b / (count_b - 1))
+                raise ValueError(_too_few_message(self, too_few, sample_weight))
+            var_b = var_b * (n_unbiased / (n_unbiased - 1))
             count = count_prev + count_b
             if reset:
                 mean, var = mean_b, var_b
@@ -663,7 +688,8 @@ def _raise_infinite(X, estimator):
 
 
 def _batch_statistics(X, sample_weight, estimator):
-    """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored.
+    """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored,
+    and whether `X` may hold NaN (False: it holds none).
 
     One pass of the ``batch_stats`` kernel, in row blocks merged with Chan's
     update. NaN and infinity make the plain pass non-finite: then infinity
@@ -691,17 +717,40 @@ def _batch_statistics(X, sample_weight, estimator):
         if has_infinity(X):
             _raise_infinite(X, estimator)
         count, mean, var = stats(True)
-    return count, mean, var
+        return count, mean, var, True
+    return count, mean, var, False
 
 
-def _too_few_message(estimator, too_few, count, sample_weight):
+def _rows_with_weight(X, sample_weight, weight_sum, has_nan):
+    """Per feature, the rows of `X` with positive weight whose value is not NaN.
+
+    :func:`unbiased_counts` reads them only where the weight sum is below 2,
+    so NaN are only counted there (and only if `X` may hold some).
+    """
+    if sample_weight is None:
+        return weight_sum  # the rows that are not NaN
+    positive = sample_weight > 0
+    n_rows = np.full(X.shape[1], np.count_nonzero(positive), dtype=np.float64)
+    low = np.flatnonzero(weight_sum < 2)
+    if has_nan and low.size:
+        n_rows[low] = np.count_nonzero(~np.isnan(X[positive][:, low]), axis=0)
+    return n_rows
+
+
+def _too_few_message(estimator, too_few, sample_weight):
     name = f"{type(estimator).__name__}(momentum={estimator.momentum})"
     features = np.flatnonzero(too_few)
     shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
-    what = "sum of sample weights" if sample_weight is not None else "number of samples"
+    if sample_weight is None:
+        what = "fewer than 2 samples that are not NaN"
+        need = "at least 2 samples that are not NaN"
+    else:
+        what = (
+            "a sum of sample weights below 2 and fewer than 2 samples of "
+            "positive weight, NaN excluded"
+        )
+        need = "weights summing to 2 or more, or at least 2 samples of positive weight"
     return (
-        f"{name} cannot estimate an unbiased variance from this batch: the "
-        f"{what} that are not NaN is <= 1 for feature(s) {shown} (smallest: "
-        f"{count[features].min():g}). Batches need n_samples >= 2 (a sum of "
-        "weights above 1) in every feature."
+        f"{name} cannot estimate an unbiased variance from this batch: "
+        f"feature(s) {shown} have {what}. Every feature of a batch needs {need}."
     )

@@ -297,7 +297,8 @@ def test_momentum_nan_uses_per_feature_counts():
     "batch, weight, match",
     [
         (np.ones((1, 3)), None, "n_samples=1"),
-        (np.ones((4, 3)), np.array([0.25, 0.25, 0.25, 0.25]), "sum of sample weights"),
+        # Weights below 2 in sum and on one row only: m = 1.
+        (np.ones((4, 3)), np.array([1.5, 0.0, 0.0, 0.0]), "sum of sample weights"),
         (np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, 7.0]]), None, r"feature\(s\) \[1\]"),
     ],
 )
@@ -330,6 +331,95 @@ def test_momentum_epsilon_zero_constant_feature_unscaled():
     Xt = scaler.transform(X)
     assert np.all(np.isfinite(Xt))
     assert_allclose(scaler.transform([[5.0, 0.0, 0.0]])[0, 0], 1.0)
+
+
+def _unbiased_batch(B, w):
+    """One batch's weighted mean and unbiased variance by the networks' rule
+    (DESIGN.md), NaN ignored per feature, written out in numpy: m = the weight
+    sum, or the number of rows with positive weight when that sum is below 2."""
+    B = np.asarray(B, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    mean, var = [], []
+    for j in range(B.shape[1]):
+        keep = ~np.isnan(B[:, j])
+        x, wj = B[keep, j], w[keep]
+        total = wj.sum()
+        m = total if total >= 2 else np.count_nonzero(wj > 0)
+        mu = np.sum(wj * x) / total
+        mean.append(mu)
+        var.append(np.sum(wj * (x - mu) ** 2) / total * m / (m - 1))
+    return np.array(mean), np.array(var)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# Per batch of 20 rows (17 or 18 of them weighted) the weights sum to about
+# 0.5, 1.5, 3 and 20: the first two use the number of weighted rows.
+@pytest.mark.parametrize("total", [1.0, 3.0, 6.0, 40.0])
+def test_momentum_normalized_weights_follow_the_networks_rule(dtype, total):
+    X = _data(n=40, m=3, dtype=dtype)
+    rng = np.random.RandomState(1)
+    w = rng.uniform(0.1, 1, size=40)
+    w[[3, 17, 29]] = 0
+    w = (w * (total / w.sum())).astype(dtype)
+    scaler = BatchNormScaler(momentum=0.2)
+    scaler.partial_fit(X[:20], sample_weight=w[:20])
+    scaler.partial_fit(X[20:], sample_weight=w[20:])
+    mean1, var1 = _unbiased_batch(X[:20], w[:20])
+    mean2, var2 = _unbiased_batch(X[20:], w[20:])
+    assert_allclose(scaler.running_mean_, 0.8 * mean1 + 0.2 * mean2, rtol=_stat_tol(dtype))
+    assert_allclose(scaler.running_var_, 0.8 * var1 + 0.2 * var2, rtol=_stat_tol(dtype))
+    assert_allclose(scaler.n_samples_seen_, w.astype(np.float64).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_momentum_weights_summing_to_one_equal_weights_summing_to_n(dtype):
+    # AdaBoost's normalized weights: every row weighted, so m = n_rows either way.
+    X = _data(n=30, m=4, dtype=dtype)
+    w = np.random.RandomState(2).uniform(0.1, 1, size=30)
+    normalized = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w / w.sum())
+    counts = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w * (30 / w.sum()))
+    assert_allclose(normalized.running_var_, counts.running_var_, rtol=_stat_tol(dtype))
+    assert_allclose(normalized.running_mean_, counts.running_mean_, rtol=_stat_tol(dtype))
+    Xd = X.astype(np.float64)
+    mean = np.average(Xd, axis=0, weights=w)
+    var = np.average((Xd - mean) ** 2, axis=0, weights=w) * 30 / 29
+    assert_allclose(normalized.running_var_, var, rtol=_stat_tol(dtype))
+    assert_allclose(normalized.transform(X), counts.transform(X), **_tol(dtype))
+
+
+def test_momentum_weights_rule_per_feature_with_nan():
+    # NaN rows do not count in a feature's weight sum nor in its weighted rows.
+    X = _data(n=12, m=3)
+    w = np.array([0.6, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0])
+    X[[1, 4, 11], 1] = np.nan  # two weighted rows and the unweighted one
+    X[0, 2] = np.nan           # the heaviest row
+
+    def ddof0_var(j, weights):
+        keep = ~np.isnan(X[:, j])
+        mean = np.average(X[keep, j], weights=weights[keep])
+        return np.average((X[keep, j] - mean) ** 2, weights=weights[keep])
+
+    # Sums 2.2, 1.6 and 1.6: the weight sum for feature 0, the 11 - 2 and
+    # 11 - 1 weighted rows that are not NaN for features 1 and 2.
+    # Normalized to sum to 1: weighted rows for all three.
+    for weights, m in [(w, np.array([2.2, 9, 10])), (w / w.sum(), np.array([11, 9, 10]))]:
+        scaler = BatchNormScaler(momentum=0.5).fit(X, sample_weight=weights)
+        expected = np.array([ddof0_var(j, weights) for j in range(3)]) * m / (m - 1)
+        assert_allclose(scaler.running_var_, expected, rtol=1e-10)
+        assert_allclose(scaler.running_var_, _unbiased_batch(X, weights)[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_summing_to_zero_raise_and_change_nothing(momentum, dtype):
+    # Whatever scikit-learn's own check of sample weights does.
+    X = _data(n=10, m=3, dtype=dtype)
+    scaler = BatchNormScaler(momentum=momentum).fit(X)
+    before = _state(scaler)
+    for call in (scaler.fit, scaler.partial_fit, scaler.fit_transform):
+        with pytest.raises(ValueError, match="[Ss]ample weights"):
+            call(X, sample_weight=np.zeros(10))
+        _assert_same_state(before, _state(scaler))
 
 
 # ---------------------------------------------------------------------------
@@ -661,7 +751,7 @@ def _failures(momentum):
         cases["one-row batch"] = lambda s: s.partial_fit(X[:1])
         cases["one-row fit"] = lambda s: s.fit(X[:1])
         cases["all-NaN feature in batch"] = lambda s: s.partial_fit(X_nan_col)
-        cases["weights summing to 1"] = lambda s: s.partial_fit(X, sample_weight=np.full(30, 1 / 30))
+        cases["weights summing to 1 on one row"] = lambda s: s.partial_fit(X, sample_weight=np.eye(30)[0])
     return cases
 
 
