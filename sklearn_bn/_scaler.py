@@ -185,11 +185,14 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     ----------
     running_mean_ : ndarray of shape (n_features,), dtype float64
         Mean of each feature (exact, or its moving average). Kept in float64
-        whatever the input dtype, as ``StandardScaler.mean_``.
+        whatever the input dtype, as ``StandardScaler.mean_``. NaN for a
+        feature that has had no sample yet (all NaN, or zero weight), as
+        there: :meth:`transform` outputs NaN for it.
 
     running_var_ : ndarray of shape (n_features,), dtype float64
         Variance of each feature: ``ddof=0`` with ``momentum=None``, the
-        moving average of unbiased batch variances otherwise.
+        moving average of unbiased batch variances otherwise. NaN where
+        ``running_mean_`` is.
 
     n_samples_seen_ : int or ndarray of shape (n_features,)
         Samples counted in the statistics, as in ``StandardScaler``: an
@@ -215,8 +218,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     Notes
     -----
     NaN values are ignored when learning the statistics and kept by
-    :meth:`transform`; infinite values raise a ``ValueError``. Sparse input
-    is refused: centering makes it dense.
+    :meth:`transform`; a feature with no value (all NaN) gets NaN statistics
+    and NaN output, as in ``StandardScaler``. Infinite values raise a
+    ``ValueError``. Sparse input is refused: centering makes it dense.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
 
@@ -427,10 +431,18 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if reset:
                 count, mean, var = count_b, mean_b, var_b
             else:
+                # A feature with no sample yet has NaN statistics, and no weight.
+                unseen = count_prev == 0
                 count, mean, var = _merge_stats(
-                    count_prev, self.running_mean_, self.running_var_,
+                    count_prev, np.where(unseen, 0.0, self.running_mean_),
+                    np.where(unseen, 0.0, self.running_var_),
                     count_b, mean_b, var_b,
                 )
+            # As StandardScaler: the statistics of a feature that has had no
+            # sample (all NaN, or no weight) are undefined, and transform
+            # gives NaN for it, rather than x / sqrt(epsilon).
+            mean = np.where(count == 0, np.nan, mean)
+            var = np.where(count == 0, np.nan, var)
         else:
             n_unbiased = unbiased_counts(
                 count_b, _rows_with_weight(X, sample_weight, count_b, has_nan)

@@ -164,6 +164,56 @@ def test_nan_ignored_by_statistics_and_kept(dtype):
     assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning:sklearn")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epsilon", [0.0, 1e-5])
+def test_all_nan_feature_gives_nan_as_standard_scaler(dtype, epsilon):
+    X = _data(n=20, m=3, dtype=dtype)
+    X[:, 1] = np.nan
+    new = _data(n=5, m=3, dtype=dtype, seed=1)  # finite everywhere
+    ours = BatchNormScaler(epsilon=epsilon, gamma=2.0, beta=1.0).fit(X)
+    ref = StandardScaler().fit(X)
+    # Nothing is known about feature 1: its statistics are undefined.
+    assert_array_equal(np.isnan(ours.running_mean_), np.isnan(ref.mean_))
+    assert_array_equal(np.isnan(ours.running_var_), np.isnan(ref.var_))
+    assert_array_equal(ours.n_samples_seen_, [20, 0, 20])
+    for out in (ours.transform(new), ours.fit_transform(X), ours.inverse_transform(new)):
+        assert out.dtype == dtype
+        assert np.all(np.isnan(out[:, 1]))
+        assert not np.any(np.isnan(out[:, [0, 2]]))
+    assert_array_equal(np.isnan(ours.transform(new)), np.isnan(ref.transform(new)))
+    if epsilon == 0:
+        assert_allclose(ours.transform(new)[:, [0, 2]],
+                        2.0 * ref.transform(new)[:, [0, 2]] + 1.0, **_tol(dtype))
+    # The first values seen later make the statistics, as fit on all rows does.
+    ours.partial_fit(new)
+    whole = BatchNormScaler(epsilon=epsilon).fit(np.vstack([X, new]))
+    assert_allclose(ours.running_mean_, whole.running_mean_, rtol=_stat_tol(dtype))
+    assert_allclose(ours.running_var_, whole.running_var_, rtol=_stat_tol(dtype))
+    assert_allclose(ours.running_mean_[1], new[:, 1].astype(np.float64).mean(), rtol=_stat_tol(dtype))
+    assert_array_equal(ours.n_samples_seen_, [25, 5, 25])
+    assert not np.any(np.isnan(ours.transform(new)))
+
+
+def test_feature_with_weight_only_on_nan_gives_nan():
+    X = _data(n=6, m=2)
+    X[:3, 0] = np.nan
+    w = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # feature 0: zero weight left
+    scaler = BatchNormScaler().fit(X, sample_weight=w)
+    assert_array_equal(scaler.n_samples_seen_, [0.0, 3.0])
+    assert np.isnan(scaler.running_mean_[0]) and np.isnan(scaler.running_var_[0])
+    out = scaler.transform(X)
+    assert np.all(np.isnan(out[:, 0])) and not np.any(np.isnan(out[:, 1]))
+    # Every feature unseen: the count is a scalar 0, everything is NaN.
+    scaler = BatchNormScaler().fit(np.full((4, 2), np.nan))
+    assert scaler.n_samples_seen_ == 0
+    assert np.all(np.isnan(scaler.transform(np.ones((3, 2)))))
+    scaler.partial_fit(np.ones((3, 2)))
+    assert_array_equal(scaler.running_mean_, [1.0, 1.0])
+    assert scaler.n_samples_seen_ == 3
+
+
 def test_n_samples_seen_convention():
     X = _data(n=20, m=3)
     scaler = BatchNormScaler().fit(X)
