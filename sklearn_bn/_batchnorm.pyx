@@ -286,7 +286,11 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                           double* scratch) noexcept nogil:
     """:func:`_stats` skipping NaN: each column has its own weight sum.
 
-    Two passes per tile (the second from cache) and Chan's merge.
+    Two passes per tile (the second from cache) and Chan's merge. The second
+    pass also sums the deviations from the first pass's mean, which corrects
+    that mean for the rounding of its sum (the corrected two-pass algorithm
+    of Chan, Golub and LeVeque): a constant column gets its value exactly and
+    variance 0, not a variance of the order of the mean's rounding error.
     ``scratch``: ``3 * n_cols`` doubles.
     """
     cdef double* mean = scratch
@@ -295,9 +299,10 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
     cdef double bw_[CHUNK]
     cdef double bmean[CHUNK]
     cdef double bm2[CHUNK]
+    cdef double bs1[CHUNK]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
     cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef double w, v, d, bw, total, delta, keep
+    cdef double w, v, d, bw, total, delta, keep, correction
     cdef const floating* row
 
     memset(scratch, 0, 3 * n_cols * sizeof(double))
@@ -311,6 +316,7 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                 bw_[j] = 0
                 bmean[j] = 0
                 bm2[j] = 0
+                bs1[j] = 0
             for i in range(start, stop):
                 row = x + i * n_cols + j0
                 w = sample_weight[i] if sample_weight != NULL else 1.0
@@ -330,11 +336,15 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                     v = row[j]
                     v = v if v == v else bmean[j]
                     d = v - bmean[j]
+                    bs1[j] += w * d
                     bm2[j] += w * (d * d)
             for j in range(width):
                 bw = bw_[j]
                 if bw == 0:
                     continue
+                correction = bs1[j] / bw
+                bmean[j] += correction
+                bm2[j] = max(bm2[j] - bs1[j] * correction, 0.0)
                 total = wt[j0 + j] + bw
                 delta = bmean[j] - mean[j0 + j]
                 mean[j0 + j] += delta * (bw / total)

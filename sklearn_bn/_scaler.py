@@ -228,6 +228,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     data (per cache-sized block, two-pass within the block, merged with Chan
     et al.'s update) and stored in float64; :meth:`transform` computes in
     the input's dtype, so float32 data stay float32 with no float64 copy.
+    It subtracts the mean (rounded to that dtype, the rounding error going
+    into the offset) before scaling, so that no cancellation between large
+    terms occurs: a constant feature maps to ``beta``, in float32 too.
     Large arrays are processed in row blocks on as many threads as
     scikit-learn's OpenMP code would use (limit them with
     ``OMP_NUM_THREADS`` or ``threadpoolctl.threadpool_limits``).
@@ -455,9 +458,13 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if reset:
                 mean, var = mean_b, var_b
             else:
+                # (1 - m) * running + m * batch, written so that it is exact
+                # when the batch repeats the running value (a constant
+                # feature keeps its mean to the last bit, so transform maps
+                # it to beta).
                 m = self.momentum
-                mean = (1 - m) * self.running_mean_ + m * mean_b
-                var = (1 - m) * self.running_var_ + m * var_b
+                mean = self.running_mean_ + m * (mean_b - self.running_mean_)
+                var = self.running_var_ + m * (var_b - self.running_var_)
 
         if integer_counts:
             count = np.rint(count).astype(np.int64)
@@ -574,15 +581,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"X has {X.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        scale, shift = self._coefficients(np.float64)
-        if np.any(scale == 0):
-            raise ValueError(
-                "inverse_transform is undefined where gamma is 0 (features "
-                f"{np.flatnonzero(scale == 0).tolist()}): transform maps them "
-                "to beta whatever the input."
-            )
-        inverse = (1.0 / scale, -shift / scale)
-        return self._affine(X, X_in, tuple(c.astype(X.dtype) for c in inverse), copy)
+        return self._affine(X, X_in, self._coefficients(X.dtype, inverse=True), copy)
 
     def _affine_params(self, n_features):
         """``gamma`` and ``beta``, checked: each a float or a float64 vector."""
@@ -613,13 +612,40 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             params.append(array)
         return params
 
-    def _coefficients(self, dtype):
-        """``scale`` and ``shift`` with ``transform(X) = X * scale + shift``.
+    def _coefficients(self, dtype, inverse=False):
+        """``center``, ``scale`` and ``shift`` in ``dtype``, with
+        ``transform(X) = (X - center) * scale + shift`` (or
+        :meth:`inverse_transform`'s, with ``inverse``).
 
-        Computed in float64 from the statistics and the current parameters,
-        then cast to ``dtype``.
+        Computed in float64 from the statistics and the current parameters.
+        ``center`` is the mean (``beta`` for the inverse) rounded to ``dtype``
+        and ``shift`` takes the rounding error, so that ``X - center`` is
+        exact near the center: no cancellation between ``X * scale`` and
+        ``shift``, and a constant feature maps to ``beta`` in float32 too.
         """
         gamma, beta = self._affine_params(self.n_features_in_)
+        mean = self.running_mean_
+        scale = gamma / self._std()
+        beta = np.broadcast_to(beta, mean.shape)
+        if not inverse:
+            origin, target = mean, beta
+        else:
+            if np.any(scale == 0):
+                raise ValueError(
+                    "inverse_transform is undefined where gamma is 0 (features "
+                    f"{np.flatnonzero(scale == 0).tolist()}): transform maps "
+                    "them to beta whatever the input."
+                )
+            origin, target, scale = beta, mean, 1.0 / scale
+        # Out of dtype's range (a float64 fit, a float32 transform) or NaN:
+        # center 0, and the shift carries everything.
+        center = np.where(np.abs(origin) <= np.finfo(dtype).max, origin, 0.0)
+        center = center.astype(dtype)
+        shift = target + (center - origin) * scale
+        return center, scale.astype(dtype), shift.astype(dtype)
+
+    def _std(self):
+        """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
         var = self.running_var_
         std = np.sqrt(var + self.epsilon)
         if self.epsilon == 0:
@@ -631,13 +657,11 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             else:
                 constant = std < 10 * np.finfo(np.float64).eps
             std = np.where(constant, 1.0, std)
-        scale = gamma / std
-        shift = beta - self.running_mean_ * scale
-        return scale.astype(dtype), shift.astype(dtype)
+        return std
 
     def _affine(self, X, X_in, coefficients, copy, check_inf=True):
-        """``X * scale + shift``, in place when allowed, in row blocks."""
-        scale, shift = coefficients
+        """``(X - center) * scale + shift``, in place when allowed, in row blocks."""
+        center, scale, shift = coefficients
         # Is X our own conversion of the input (free to overwrite)?
         private = (
             X is not X_in
@@ -658,7 +682,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 _raise_infinite(X, self)
 
         def block(start, stop):
-            return affine_columns(X[start:stop], scale, shift, out[start:stop])
+            return affine_columns(X[start:stop], center, scale, shift, out[start:stop])
 
         if any(_run_in_row_blocks(block, *X.shape)) and check_inf:
             _raise_infinite(X, self)

@@ -526,6 +526,48 @@ def test_gamma_and_beta_as_zero_dimensional_arrays():
         assert_array_equal(scaler.transform(X), ref.transform(X))
 
 
+def _constant_column_data(value, dtype, nan=False):
+    """Column 0 constant at `value`, columns 1 and 2 varied; NaN in column 0."""
+    X = _data(n=64, m=3, dtype=dtype, seed=3)
+    X[:, 0] = value
+    if nan:
+        X[::5, 0] = np.nan
+    return X
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [651.0, 1e4, 1e6, -3.3e7, 1.7e38, 3.4028235e38, 1e-30, 1e-45])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("nan", [False, True])
+def test_constant_column_maps_to_beta(momentum, dtype, value, weighted, nan):
+    # x * scale + shift cancels (651 * 316 - 651 * 316 in float32 is off by
+    # 0.0156); (x - mean) * scale + shift does not.
+    X = _constant_column_data(value, dtype, nan)
+    w = np.random.RandomState(4).uniform(0.5, 2, size=64) if weighted else None
+    beta = np.array([0.25, 0.0, -1.0])
+    scaler = BatchNormScaler(momentum=momentum, beta=beta)
+    for start in (0, 32):  # two batches: the moving average must stay exact
+        scaler.partial_fit(X[start:start + 32], sample_weight=None if w is None else w[start:start + 32])
+    for out in (scaler.transform(X), clone(scaler).fit_transform(X, sample_weight=w)):
+        assert out.dtype == dtype
+        assert_array_equal(np.isnan(out[:, 0]), np.isnan(X[:, 0]))
+        assert np.nanmax(np.abs(out[:, 0] - 0.25)) <= 1e-3
+    back = scaler.inverse_transform(scaler.transform(X))
+    assert_array_equal(back[:, 0], X[:, 0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False),
+       momentum=st.sampled_from(MOMENTA))
+def test_any_float32_constant_column_maps_to_beta(value, momentum):
+    X = _constant_column_data(value, np.float32)
+    scaler = BatchNormScaler(momentum=momentum, beta=0.5).fit(X)
+    out = scaler.transform(X)
+    assert np.max(np.abs(out[:, 0] - 0.5)) <= 1e-3
+    assert_array_equal(scaler.inverse_transform(out)[:, 0], X[:, 0])
+
+
 def test_epsilon_enters_as_in_batch_norm():
     X = _data(n=100, m=2)
     X[:, 1] *= 1e-3
@@ -1018,30 +1060,37 @@ def test_affine_columns_kernel(dtype, n_cols):
     rng = np.random.RandomState(0)
     x = rng.normal(size=(7, n_cols)).astype(dtype)
     x[2, 3] = np.nan
+    center = rng.normal(size=n_cols).astype(dtype)
     scale = rng.normal(size=n_cols).astype(dtype)
     shift = rng.normal(size=n_cols).astype(dtype)
     out = np.empty_like(x)
-    assert affine_columns(x, scale, shift, out) is False
-    assert_allclose(out, x * scale + shift, rtol=1e-6, equal_nan=True)
+    assert affine_columns(x, center, scale, shift, out) is False
+    assert_allclose(out, (x - center) * scale + shift, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isnan(out[2, 3])
+    # x - center is exact near the center: no cancellation of large products.
+    big = np.full((3, n_cols), 651.0, dtype=dtype)
+    affine_columns(big, big[0], np.full(n_cols, 316.2, dtype=dtype), shift, big)
+    assert_array_equal(big, np.broadcast_to(shift, big.shape))
     inplace = x.copy()
-    affine_columns(inplace, scale, shift, inplace)
+    affine_columns(inplace, center, scale, shift, inplace)
     assert_array_equal(inplace, out)
     x[1, n_cols - 1] = -np.inf
-    assert affine_columns(x, scale, shift, out) is True
+    assert affine_columns(x, center, scale, shift, out) is True
     assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
-    assert affine_columns(x[:0], scale, shift, out[:0]) is False
+    assert affine_columns(x[:0], center, scale, shift, out[:0]) is False
     assert has_infinity(x[:0]) is False
-    with pytest.raises(ValueError, match=f"scale and shift must have length {n_cols}"):
-        affine_columns(x, scale[:4], shift, out)
+    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+        affine_columns(x, center, scale[:4], shift, out)
+    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+        affine_columns(x, center[:4], scale, shift, out)
     with pytest.raises(ValueError, match="out has shape"):
-        affine_columns(x, scale, shift, out[:6])
+        affine_columns(x, center, scale, shift, out[:6])
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(x, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
+        affine_columns(x, center, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(np.asfortranarray(x), scale, shift, out)
+        affine_columns(np.asfortranarray(x), center, scale, shift, out)
     ro = x.copy()
     ro.setflags(write=False)
-    affine_columns(ro, scale, shift, out)  # read-only input is fine
+    affine_columns(ro, center, scale, shift, out)  # read-only input is fine
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(x, scale, shift, ro)  # read-only output is not
+        affine_columns(x, center, scale, shift, ro)  # read-only output is not
