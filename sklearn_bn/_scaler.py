@@ -10,6 +10,7 @@ the output once, and ``fit_transform`` does both on one validated array.
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
 from numbers import Real
 
@@ -110,14 +111,16 @@ def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
     """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
 
     Vectors of ``n_features``; a column with zero total count keeps mean 0
-    and variance 0.
+    and variance 0. Statistics beyond the float64 range become inf or NaN
+    without numpy's warnings: the caller reports them once.
     """
     count = count_a + count_b
     frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
     frac_a = 1.0 - frac_b
-    delta = mean_b - mean_a
-    mean = mean_a + frac_b * delta
-    var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = mean_b - mean_a
+        mean = mean_a + frac_b * delta
+        var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
     return count, mean, var
 
 
@@ -221,6 +224,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     :meth:`transform`; a feature with no value (all NaN) gets NaN statistics
     and NaN output, as in ``StandardScaler``. Infinite values raise a
     ``ValueError``. Sparse input is refused: centering makes it dense.
+    Finite data whose mean or variance exceeds the float64 range (values of
+    about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
+    the features, as ``StandardScaler`` warns.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
 
@@ -458,13 +464,17 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if reset:
                 mean, var = mean_b, var_b
             else:
-                # (1 - m) * running + m * batch, written so that it is exact
-                # when the batch repeats the running value (a constant
-                # feature keeps its mean to the last bit, so transform maps
-                # it to beta).
+                # Exact where the batch repeats the running value: a constant
+                # feature keeps its mean to the last bit (transform then maps
+                # it to beta), which (1 - m) * r + m * r need not give.
                 m = self.momentum
-                mean = self.running_mean_ + m * (mean_b - self.running_mean_)
-                var = self.running_var_ + m * (var_b - self.running_var_)
+                r_mean, r_var = self.running_mean_, self.running_var_
+                mean = np.where(mean_b == r_mean, r_mean, (1 - m) * r_mean + m * mean_b)
+                var = np.where(var_b == r_var, r_var, (1 - m) * r_var + m * var_b)
+
+        overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
+        if np.any(overflow):
+            warnings.warn(_overflow_message(self, overflow), RuntimeWarning, stacklevel=3)
 
         if integer_counts:
             count = np.rint(count).astype(np.int64)
@@ -632,7 +642,8 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         else:
             if np.any(scale == 0):
                 raise ValueError(
-                    "inverse_transform is undefined where gamma is 0 (features "
+                    "inverse_transform is undefined where gamma is 0 or "
+                    "running_var_ is infinite (features "
                     f"{np.flatnonzero(scale == 0).tolist()}): transform maps "
                     "them to beta whatever the input."
                 )
@@ -771,6 +782,18 @@ def _rows_with_weight(X, sample_weight, weight_sum, has_nan):
     if has_nan and low.size:
         n_rows[low] = np.count_nonzero(~np.isnan(X[positive][:, low]), axis=0)
     return n_rows
+
+
+def _overflow_message(estimator, overflow):
+    features = np.flatnonzero(overflow)
+    shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
+    return (
+        f"{type(estimator).__name__}: overflow encountered in the statistics of "
+        f"feature(s) {shown}: their mean or variance is beyond the float64 range "
+        "(about 1.8e308; a variance gets there for values near 1e154), so "
+        "transform gives NaN or beta for them. Scale these features down "
+        "before fitting."
+    )
 
 
 def _too_few_message(estimator, too_few, sample_weight):

@@ -784,6 +784,54 @@ def test_sparse_input_is_refused_with_the_reason(sparse_container):
     _assert_same_state(before, _state(scaler))
 
 
+_OVERFLOWING = {
+    # variance 1e600
+    "+-1e300": np.array([[1e300, 1.0], [-1e300, 2.0], [1e300, 3.0], [-1e300, 4.0]]),
+    # sums beyond 1.8e308
+    "1.7e308": np.array([[1.7e308, 1.0], [1e308, 2.0], [1.7e308, 3.0], [1.2e308, 4.0]]),
+    "+-1e300 and NaN": np.array([[1e300, 1.0], [-1e300, 2.0], [np.nan, 3.0], [-1e300, 4.0]]),
+}
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("case", list(_OVERFLOWING))
+def test_overflowing_statistics_warn(momentum, case):
+    X = _OVERFLOWING[case]
+    # StandardScaler warns about it too (numpy's "overflow encountered").
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
+        warnings.simplefilter("always")
+        StandardScaler().fit(X)
+    assert any("overflow" in str(w.message) for w in caught)
+    with pytest.warns(RuntimeWarning, match=r"overflow encountered in the statistics of feature\(s\) \[0\]"):
+        scaler = BatchNormScaler(momentum=momentum).fit(X)
+    assert not np.all(np.isfinite([scaler.running_mean_[0], scaler.running_var_[0]]))
+    assert_allclose(scaler.running_mean_[1], 2.5)
+    # Once, at fit: transform says nothing more, and the other feature is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = scaler.transform(X)
+    assert np.all(np.isfinite(out[:, 1]))
+    # A partial_fit on top of overflowing statistics warns again.
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        scaler.partial_fit(X)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_large_finite_statistics_do_not_warn(momentum):
+    # The largest data whose statistics fit: no warning, and correct values.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for X in (np.array([[1e150], [-1e150], [1e150], [-1e150]]),
+                  np.array([[3e38], [-3e38], [3e38], [-3e38]], dtype=np.float32),
+                  np.full((5, 1), 1e300)):
+            scaler = BatchNormScaler(momentum=momentum).fit(X)
+            Xd = X.astype(np.float64)
+            assert_allclose(scaler.running_mean_, Xd.mean(axis=0), atol=1e-12 * np.abs(Xd).max())
+            assert_allclose(scaler.running_var_, Xd.var(axis=0, ddof=0 if momentum is None else 1),
+                            rtol=1e-6, atol=1e-300)
+            assert np.all(np.isfinite(scaler.transform(X)))
+
+
 @pytest.mark.parametrize("momentum", MOMENTA)
 def test_infinity_raises_everywhere(momentum):
     X = _data(n=30, m=3)
