@@ -131,8 +131,11 @@ def _is_constant_feature(var, mean, n_samples):
     and LeVeque), the same test as ``sklearn.preprocessing._data``.
     """
     eps = np.finfo(np.float64).eps
-    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
-    return var <= upper_bound
+    # A bound beyond float64 is infinite (and a constant's variance of 0 is
+    # below it); an infinite variance is not a constant's.
+    with np.errstate(over="ignore", invalid="ignore"):
+        upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
+    return np.isfinite(var) & (var <= upper_bound)
 
 
 class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):

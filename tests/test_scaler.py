@@ -793,9 +793,10 @@ _OVERFLOWING = {
 }
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 1e-5])
 @pytest.mark.parametrize("momentum", MOMENTA)
 @pytest.mark.parametrize("case", list(_OVERFLOWING))
-def test_overflowing_statistics_warn(momentum, case):
+def test_overflowing_statistics_warn(momentum, case, epsilon):
     X = _OVERFLOWING[case]
     # StandardScaler warns about it too (numpy's "overflow encountered").
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
@@ -803,7 +804,7 @@ def test_overflowing_statistics_warn(momentum, case):
         StandardScaler().fit(X)
     assert any("overflow" in str(w.message) for w in caught)
     with pytest.warns(RuntimeWarning, match=r"overflow encountered in the statistics of feature\(s\) \[0\]"):
-        scaler = BatchNormScaler(momentum=momentum).fit(X)
+        scaler = BatchNormScaler(momentum=momentum, epsilon=epsilon).fit(X)
     assert not np.all(np.isfinite([scaler.running_mean_[0], scaler.running_var_[0]]))
     assert_allclose(scaler.running_mean_[1], 2.5)
     # Once, at fit: transform says nothing more, and the other feature is fine.
