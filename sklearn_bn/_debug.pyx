@@ -30,7 +30,7 @@ def _wraparound():
     cdef double[::1] view = buffer[1:3]
     cdef Py_ssize_t last = -1
     # Wrapped: view[1] = buffer[2]; unchecked: the element before the view.
-    return view[last] == buffer[2]
+    return bool(view[last] == buffer[2])
 
 
 def build_checks():
