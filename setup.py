@@ -1,8 +1,17 @@
 """Build the Cython extensions of sklearn_bn.
 
 Compiler directives are set once here. Set ``SKLEARN_BN_CYTHON_DEBUG=1`` in the
-environment to rebuild with bounds, wraparound and initialization checks on
+environment to build with bounds, wraparound and initialization checks on
 (slower, but every out-of-bounds memoryview access raises ``IndexError``).
+The switch takes effect on any build, in place or not, without ``--force``:
+
+* each mode has its own directory of generated C (``build/cython-debug``,
+  ``build/cython-release``), so Cython never reuses the other mode's C;
+* ``build/cython-config.json`` records the configuration of the last build
+  (mode, directives, compiler flags) and every extension depends on it. It is
+  rewritten only when the configuration changes, so then every compiled module
+  is older than it and gets rebuilt, while a build in the same configuration
+  still skips up-to-date modules.
 
 The training engine uses OpenMP when the compiler supports it (checked by
 compiling a small program); without it, or with ``SKLEARN_BN_NO_OPENMP=1``,
@@ -14,17 +23,21 @@ Every build also leaves a copy of the compiled modules beside their sources
 Python finds ``sklearn_bn/`` before the installed copy, runs the same build.
 """
 
+import json
 import os
 import shutil
 import tempfile
 import warnings
 
+import Cython
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("SKLEARN_BN_CYTHON_DEBUG", "0") not in ("", "0")
+NO_OPENMP = os.environ.get("SKLEARN_BN_NO_OPENMP", "0") not in ("", "0")
+MODE = "debug" if DEBUG else "release"
 
 COMPILER_DIRECTIVES = {
     "language_level": 3,
@@ -36,7 +49,10 @@ COMPILER_DIRECTIVES = {
     "embedsignature": True,
 }
 
-MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_training"]
+# No code reads errno: this lets sqrt vectorize (the Adam step).
+COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
+
+MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_training", "_debug"]
 # Modules that run OpenMP teams (the scaler's kernels and the engine).
 OPENMP_MODULES = {f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")}
 
@@ -55,6 +71,50 @@ int main(void) {
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_DIR = os.path.join(HERE, "build")
+CYTHON_DIR = os.path.join(BUILD_DIR, f"cython-{MODE}")
+CONFIG_STAMP = os.path.join(BUILD_DIR, "cython-config.json")
+
+
+def _write_if_changed(path, content):
+    """Write ``content`` to ``path`` unless it holds it already; True if written.
+
+    An unreadable or unwritable stamp counts as changed: the caller then
+    rebuilds everything, which is slow but never wrong.
+    """
+    try:
+        with open(path) as f:
+            if f.read() == content:
+                return False
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content)
+    except OSError as exc:
+        warnings.warn(f"could not record the build configuration in {path}: {exc}")
+    return True
+
+
+def _record_configuration():
+    """Record this build's configuration; return whether Cython must rerun.
+
+    The C of one mode depends on that mode's directives and on Cython's
+    version only: rerun Cython when they differ from the ones that generated
+    ``CYTHON_DIR``'s C.
+    """
+    _write_if_changed(CONFIG_STAMP, json.dumps({
+        "mode": MODE,
+        "directives": COMPILER_DIRECTIVES,
+        "compile_args": COMPILE_ARGS,
+        "no_openmp": NO_OPENMP,
+    }, sort_keys=True, indent=1) + "\n")
+    return _write_if_changed(
+        os.path.join(CYTHON_DIR, "directives.json"),
+        json.dumps({"cython": Cython.__version__, "directives": COMPILER_DIRECTIVES},
+                   sort_keys=True, indent=1) + "\n",
+    )
 
 
 class BuildExt(build_ext):
@@ -88,7 +148,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
     def _openmp_flags(self):
-        if os.environ.get("SKLEARN_BN_NO_OPENMP", "0") not in ("", "0"):
+        if NO_OPENMP:
             return []
         flags = ["/openmp"] if self.compiler.compiler_type == "msvc" else ["-fopenmp"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -118,8 +178,9 @@ extensions = [
         [f"sklearn_bn/{name}.pyx"],
         include_dirs=[np.get_include(), "sklearn_bn"],  # _team.h
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        # No code reads errno: this lets sqrt vectorize (the Adam step).
-        extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"],
+        extra_compile_args=COMPILE_ARGS,
+        # A change of configuration rewrites the stamp: everything is rebuilt.
+        depends=[CONFIG_STAMP],
     )
     for name in MODULES
 ]
@@ -132,6 +193,8 @@ setup(
         compiler_directives=COMPILER_DIRECTIVES,
         include_path=["."],
         nthreads=N_JOBS,
+        build_dir=os.path.relpath(CYTHON_DIR),
+        force=_record_configuration() or None,
     ),
     cmdclass={"build_ext": BuildExt},
     options={"build_ext": {"parallel": N_JOBS}},

@@ -63,3 +63,14 @@ cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
                                 const double* mean, const double* var,
                                 Py_ssize_t n_cols, double momentum,
                                 double wsum) noexcept nogil
+
+
+cdef inline double unbiased_count(double weight_sum, double n_positive) noexcept nogil:
+    # The m of the unbiased correction m / (m - 1) of a (weighted) variance,
+    # for the running statistics of the networks and of BatchNormScaler alike.
+    # Weights act as repeat counts, so m is their sum; below two repeats'
+    # worth (weights normalized to sum to 1, as AdaBoost passes them) that
+    # would make the correction huge or negative, so m is then the number of
+    # rows with positive weight. Unweighted: both are the number of rows.
+    # The caller decides what m <= 1 means (no correction, or an error).
+    return weight_sum if weight_sum >= 2 else n_positive

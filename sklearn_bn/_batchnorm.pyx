@@ -309,7 +309,11 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                           double* scratch) noexcept nogil:
     """:func:`_stats` skipping NaN: each column has its own weight sum.
 
-    Two passes per tile (the second from cache) and Chan's merge.
+    Two passes per tile (the second from cache) and Chan's merge. The second
+    pass also sums the deviations from the first pass's mean, which corrects
+    that mean for the rounding of its sum (the corrected two-pass algorithm
+    of Chan, Golub and LeVeque): a constant column gets its value exactly and
+    variance 0, not a variance of the order of the mean's rounding error.
     ``scratch``: ``3 * n_cols`` doubles.
     """
     cdef double* mean = scratch
@@ -318,9 +322,10 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
     cdef double bw_[CHUNK]
     cdef double bmean[CHUNK]
     cdef double bm2[CHUNK]
+    cdef double bs1[CHUNK]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
     cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef double w, v, d, bw, total, delta, keep
+    cdef double w, v, d, bw, total, delta, keep, correction
     cdef const floating* row
 
     memset(scratch, 0, 3 * n_cols * sizeof(double))
@@ -334,6 +339,7 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                 bw_[j] = 0
                 bmean[j] = 0
                 bm2[j] = 0
+                bs1[j] = 0
             for i in range(start, stop):
                 row = x + i * n_cols + j0
                 w = sample_weight[i] if sample_weight != NULL else 1.0
@@ -353,11 +359,15 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                     v = row[j]
                     v = v if v == v else bmean[j]
                     d = v - bmean[j]
+                    bs1[j] += w * d
                     bm2[j] += w * (d * d)
             for j in range(width):
                 bw = bw_[j]
                 if bw == 0:
                     continue
+                correction = bs1[j] / bw
+                bmean[j] += correction
+                bm2[j] = max(bm2[j] - bs1[j] * correction, 0.0)
                 total = wt[j0 + j] + bw
                 delta = bmean[j] - mean[j0 + j]
                 mean[j0 + j] += delta * (bw / total)
@@ -1258,6 +1268,42 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)
     PyMem_Free(scratch)
+
+
+def unbiased_counts(const double[::1] weight_sum, const double[::1] n_positive):
+    """Per column, the ``m`` of the unbiased variance correction ``m / (m - 1)``.
+
+    The rule of the networks' running variance (:func:`unbiased_count` in
+    ``_batchnorm.pxd``): ``m`` is the weight sum (weights act as repeat
+    counts) or, where that sum is below 2, the number of rows with positive
+    weight.
+
+    Parameters
+    ----------
+    weight_sum : ndarray of shape (n_cols,), float64
+        Sum of the weights of the rows that count in each column (all rows,
+        or those whose value is not NaN); the number of such rows when
+        unweighted.
+    n_positive : ndarray of shape (n_cols,), float64
+        Number of those rows whose weight is positive. Read only where
+        ``weight_sum < 2``.
+
+    Returns
+    -------
+    m : ndarray of shape (n_cols,), float64
+        ``m <= 1`` where no unbiased variance can be estimated.
+    """
+    cdef Py_ssize_t j, n = weight_sum.shape[0]
+    if n_positive.shape[0] != n:
+        raise ValueError(
+            f"weight_sum and n_positive must have the same length, got {n} "
+            f"and {n_positive.shape[0]}")
+    m_arr = np.empty(n, dtype=np.float64)
+    cdef double[::1] m = m_arr
+    with nogil:
+        for j in range(n):
+            m[j] = unbiased_count(weight_sum[j], n_positive[j])
+    return m_arr
 
 
 def update_running_stats(running_mean, running_var, mean, var, double momentum,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit, softmax
 
 from sklearn_bn import _threads, _training
 from sklearn_bn._activations import activation_code
@@ -524,11 +525,22 @@ class FoldedNetwork:
 
     def predict(self, X):
         """Output-layer activations for ``X`` (dense or sparse, validated by
-        the caller, with ``units[0]`` columns), in the network's dtype."""
-        dtype = self.params.dtype
-        n_layers = len(self.units) - 1
+        the caller, with ``units[0]`` columns), in the network's dtype.
+
+        Rows whose outputs overflow the dtype (inputs near its largest
+        values) are computed again in extended precision, so that
+        probabilities stay finite for any finite input.
+        """
         if X.shape[1] != self.units[0]:
             raise ValueError(f"X has {X.shape[1]} columns, expected {self.units[0]}")
+        out = self._predict_fast(X)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            out[bad] = self._predict_wide(X[np.flatnonzero(bad)])
+        return out
+
+    def _predict_fast(self, X):
+        dtype = self.params.dtype
         out = np.empty((X.shape[0], self.units[-1]), dtype=dtype)
         block = PREDICT_BLOCK_ROWS
         if sp.issparse(X):
@@ -539,7 +551,7 @@ class FoldedNetwork:
                 stop = min(start + block, X.shape[0])
                 Z = np.ascontiguousarray((X[start:stop] @ W0).astype(dtype, copy=False))
                 Z += b0
-                if n_layers == 1:
+                if len(self.coefs) == 1:
                     out[start:stop] = _out_activation_numpy(Z, self.out_activation)
                 else:
                     _forward(self, activation_forward(Z, self.activation), 1,
@@ -551,6 +563,25 @@ class FoldedNetwork:
         with _threads.prediction_threads(n_blocks, work) as n_threads:
             _forward(self, X, 0, out, n_threads)
         return out
+
+    def _predict_wide(self, X):
+        """The forward pass in numpy's extended precision (``longdouble``:
+        80-bit on x86, whose range is far beyond float64's)."""
+        wide = np.longdouble
+        a = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=wide)
+        for l, (W, b) in enumerate(zip(self.coefs, self.intercepts)):
+            a = a @ W.astype(wide) + b.astype(wide)
+            if l < len(self.coefs) - 1:
+                a = _WIDE_ACTIVATIONS[self.activation](a)
+        return _out_activation_numpy(a, self.out_activation)
+
+
+_WIDE_ACTIVATIONS = {
+    "identity": lambda y: y,
+    "relu": lambda y: np.maximum(y, 0),
+    "tanh": np.tanh,
+    "logistic": lambda y: 0.5 * (1 + np.tanh(0.5 * y)),
+}
 
 
 def _forward(folded, X, first_layer, out, n_threads):
@@ -564,8 +595,7 @@ def _forward(folded, X, first_layer, out, n_threads):
 
 
 def _out_activation_numpy(Z, out_activation):
-    from scipy.special import expit, softmax
-
+    """The output activation, in ``Z``'s dtype (``longdouble`` included)."""
     if out_activation == "logistic":
         return expit(Z)
     if out_activation == "softmax":

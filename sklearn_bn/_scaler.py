@@ -8,6 +8,7 @@ the output once, and ``fit_transform`` does both on one validated array.
 """
 
 import math
+import warnings
 from numbers import Real
 
 import numpy as np
@@ -27,7 +28,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from sklearn_bn._batchnorm import batch_stats
+from sklearn_bn._batchnorm import batch_stats, unbiased_counts
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._threads import kernel_threads
 from sklearn_bn._utils import _restore_on_failure
@@ -39,14 +40,16 @@ def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
     """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
 
     Vectors of ``n_features``; a column with zero total count keeps mean 0
-    and variance 0.
+    and variance 0. Statistics beyond the float64 range become inf or NaN
+    without numpy's warnings: the caller reports them once.
     """
     count = count_a + count_b
     frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
     frac_a = 1.0 - frac_b
-    delta = mean_b - mean_a
-    mean = mean_a + frac_b * delta
-    var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = mean_b - mean_a
+        mean = mean_a + frac_b * delta
+        var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
     return count, mean, var
 
 
@@ -57,8 +60,11 @@ def _is_constant_feature(var, mean, n_samples):
     and LeVeque), the same test as ``sklearn.preprocessing._data``.
     """
     eps = np.finfo(np.float64).eps
-    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
-    return var <= upper_bound
+    # A bound beyond float64 is infinite (and a constant's variance of 0 is
+    # below it); an infinite variance is not a constant's.
+    with np.errstate(over="ignore", invalid="ignore"):
+        upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
+    return np.isfinite(var) & (var <= upper_bound)
 
 
 class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -89,7 +95,8 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         ``running_mean_`` and ``running_var_`` to its mean and unbiased
         variance, each later batch does
         ``running = (1 - m) * running + m * batch_statistic``. A batch must
-        then hold at least two samples (a sum of weights above 1).
+        then hold at least two samples that are not NaN in every feature
+        (with ``sample_weight``: see Notes).
 
     epsilon : float, default=1e-5
         Added to the variance before the square root, as in batch
@@ -113,11 +120,14 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     ----------
     running_mean_ : ndarray of shape (n_features,), dtype float64
         Mean of each feature (exact, or its moving average). Kept in float64
-        whatever the input dtype, as ``StandardScaler.mean_``.
+        whatever the input dtype, as ``StandardScaler.mean_``. NaN for a
+        feature that has had no sample yet (all NaN, or zero weight), as
+        there: :meth:`transform` outputs NaN for it.
 
     running_var_ : ndarray of shape (n_features,), dtype float64
         Variance of each feature: ``ddof=0`` with ``momentum=None``, the
-        moving average of unbiased batch variances otherwise.
+        moving average of unbiased batch variances otherwise. NaN where
+        ``running_mean_`` is.
 
     n_samples_seen_ : int or ndarray of shape (n_features,)
         Samples counted in the statistics, as in ``StandardScaler``: an
@@ -143,8 +153,12 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     Notes
     -----
     NaN values are ignored when learning the statistics and kept by
-    :meth:`transform`; infinite values raise a ``ValueError``. Sparse input
-    is refused: centering makes it dense.
+    :meth:`transform`; a feature with no value (all NaN) gets NaN statistics
+    and NaN output, as in ``StandardScaler``. Infinite values raise a
+    ``ValueError``. Sparse input is refused: centering makes it dense.
+    Finite data whose mean or variance exceeds the float64 range (values of
+    about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
+    the features, as ``StandardScaler`` warns.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
 
@@ -152,6 +166,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     data (per cache-sized block, two-pass within the block, merged with Chan
     et al.'s update) and stored in float64; :meth:`transform` computes in
     the input's dtype, so float32 data stay float32 with no float64 copy.
+    It subtracts the mean (rounded to that dtype, the rounding error going
+    into the offset) before scaling, so that no cancellation between large
+    terms occurs: a constant feature maps to ``beta``, in float32 too.
     Large arrays are processed in row blocks on as many threads as the
     package's OpenMP code may use (limit them with ``OMP_NUM_THREADS`` or
     ``threadpoolctl.threadpool_limits``); the result does not depend on the
@@ -159,6 +176,16 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     With a ``momentum`` and ``epsilon=0``, features whose running standard
     deviation is (near) zero are not scaled, as ``StandardScaler`` does.
+
+    ``sample_weight`` weights the statistics as repeat counts. With a
+    ``momentum``, the unbiased correction ``m / (m - 1)`` of a batch's
+    variance takes ``m`` as the networks' running statistics do
+    (:class:`~sklearn_bn.MLPBNClassifier`): the sum of the batch's weights
+    or, when that sum is below 2 (weights normalized to sum to 1, as
+    :class:`~sklearn.ensemble.AdaBoostClassifier` passes them), the number
+    of rows with positive weight; both per feature, over the values that
+    are not NaN. A batch with ``m <= 1`` in some feature raises a
+    ``ValueError``, and so do weights that are all zero.
 
     References
     ----------
@@ -231,7 +258,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -256,7 +285,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -279,7 +310,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Ignored.
 
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative weights of the samples, acting as repeat counts.
+            Non-negative weights of the samples, acting as repeat counts;
+            not all zero. With a ``momentum``, see Notes for the unbiased
+            variance of a weighted batch.
 
         Returns
         -------
@@ -311,6 +344,11 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     sample_weight, X, dtype=X.dtype, ensure_non_negative=True
                 )
             )
+            # scikit-learn >= 1.8 checks this too; older releases do not.
+            if not sample_weight.sum(dtype=np.float64) > 0:
+                raise ValueError(
+                    "Sample weights must contain at least one non-zero number."
+                )
         if self.momentum is not None and X.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__}(momentum={self.momentum}) needs at least "
@@ -318,7 +356,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"n_samples={X.shape[0]}."
             )
 
-        count_b, mean_b, var_b = _batch_statistics(X, sample_weight, self)
+        count_b, mean_b, var_b, has_nan = _batch_statistics(X, sample_weight, self)
 
         # Previous statistics, as per-feature float vectors.
         if reset:
@@ -335,22 +373,41 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if reset:
                 count, mean, var = count_b, mean_b, var_b
             else:
+                # A feature with no sample yet has NaN statistics, and no weight.
+                unseen = count_prev == 0
                 count, mean, var = _merge_stats(
-                    count_prev, self.running_mean_, self.running_var_,
+                    count_prev, np.where(unseen, 0.0, self.running_mean_),
+                    np.where(unseen, 0.0, self.running_var_),
                     count_b, mean_b, var_b,
                 )
+            # As StandardScaler: the statistics of a feature that has had no
+            # sample (all NaN, or no weight) are undefined, and transform
+            # gives NaN for it, rather than x / sqrt(epsilon).
+            mean = np.where(count == 0, np.nan, mean)
+            var = np.where(count == 0, np.nan, var)
         else:
-            too_few = count_b <= 1
+            n_unbiased = unbiased_counts(
+                count_b, _rows_with_weight(X, sample_weight, count_b, has_nan)
+            )
+            too_few = n_unbiased <= 1
             if np.any(too_few):
-                raise ValueError(_too_few_message(self, too_few, count_b, sample_weight))
-            var_b = var_b * (count_b / (count_b - 1))
+                raise ValueError(_too_few_message(self, too_few, sample_weight))
+            var_b = var_b * (n_unbiased / (n_unbiased - 1))
             count = count_prev + count_b
             if reset:
                 mean, var = mean_b, var_b
             else:
+                # Exact where the batch repeats the running value: a constant
+                # feature keeps its mean to the last bit (transform then maps
+                # it to beta), which (1 - m) * r + m * r need not give.
                 m = self.momentum
-                mean = (1 - m) * self.running_mean_ + m * mean_b
-                var = (1 - m) * self.running_var_ + m * var_b
+                r_mean, r_var = self.running_mean_, self.running_var_
+                mean = np.where(mean_b == r_mean, r_mean, (1 - m) * r_mean + m * mean_b)
+                var = np.where(var_b == r_var, r_var, (1 - m) * r_var + m * var_b)
+
+        overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
+        if np.any(overflow):
+            warnings.warn(_overflow_message(self, overflow), RuntimeWarning, stacklevel=3)
 
         if integer_counts:
             count = np.rint(count).astype(np.int64)
@@ -467,15 +524,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"X has {X.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        scale, shift = self._coefficients(np.float64)
-        if np.any(scale == 0):
-            raise ValueError(
-                "inverse_transform is undefined where gamma is 0 (features "
-                f"{np.flatnonzero(scale == 0).tolist()}): transform maps them "
-                "to beta whatever the input."
-            )
-        inverse = (1.0 / scale, -shift / scale)
-        return self._affine(X, X_in, tuple(c.astype(X.dtype) for c in inverse), copy)
+        return self._affine(X, X_in, self._coefficients(X.dtype, inverse=True), copy)
 
     def _affine_params(self, n_features):
         """``gamma`` and ``beta``, checked: each a float or a float64 vector."""
@@ -506,13 +555,41 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             params.append(array)
         return params
 
-    def _coefficients(self, dtype):
-        """``scale`` and ``shift`` with ``transform(X) = X * scale + shift``.
+    def _coefficients(self, dtype, inverse=False):
+        """``center``, ``scale`` and ``shift`` in ``dtype``, with
+        ``transform(X) = (X - center) * scale + shift`` (or
+        :meth:`inverse_transform`'s, with ``inverse``).
 
-        Computed in float64 from the statistics and the current parameters,
-        then cast to ``dtype``.
+        Computed in float64 from the statistics and the current parameters.
+        ``center`` is the mean (``beta`` for the inverse) rounded to ``dtype``
+        and ``shift`` takes the rounding error, so that ``X - center`` is
+        exact near the center: no cancellation between ``X * scale`` and
+        ``shift``, and a constant feature maps to ``beta`` in float32 too.
         """
         gamma, beta = self._affine_params(self.n_features_in_)
+        mean = self.running_mean_
+        scale = gamma / self._std()
+        beta = np.broadcast_to(beta, mean.shape)
+        if not inverse:
+            origin, target = mean, beta
+        else:
+            if np.any(scale == 0):
+                raise ValueError(
+                    "inverse_transform is undefined where gamma is 0 or "
+                    "running_var_ is infinite (features "
+                    f"{np.flatnonzero(scale == 0).tolist()}): transform maps "
+                    "them to beta whatever the input."
+                )
+            origin, target, scale = beta, mean, 1.0 / scale
+        # Out of dtype's range (a float64 fit, a float32 transform) or NaN:
+        # center 0, and the shift carries everything.
+        center = np.where(np.abs(origin) <= np.finfo(dtype).max, origin, 0.0)
+        center = center.astype(dtype)
+        shift = target + (center - origin) * scale
+        return center, scale.astype(dtype), shift.astype(dtype)
+
+    def _std(self):
+        """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
         var = self.running_var_
         std = np.sqrt(var + self.epsilon)
         if self.epsilon == 0:
@@ -524,13 +601,11 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             else:
                 constant = std < 10 * np.finfo(np.float64).eps
             std = np.where(constant, 1.0, std)
-        scale = gamma / std
-        shift = beta - self.running_mean_ * scale
-        return scale.astype(dtype), shift.astype(dtype)
+        return std
 
     def _affine(self, X, X_in, coefficients, copy, check_inf=True):
-        """``X * scale + shift``, in place when allowed, in row blocks."""
-        scale, shift = coefficients
+        """``(X - center) * scale + shift``, in place when allowed, in row blocks."""
+        center, scale, shift = coefficients
         # Is X our own conversion of the input (free to overwrite)?
         private = (
             X is not X_in
@@ -549,7 +624,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if check_inf and has_infinity(X, *kernel_threads(*X.shape)):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
-        if affine_columns(X, scale, shift, out, *kernel_threads(*X.shape)) and check_inf:
+        if affine_columns(X, center, scale, shift, out, *kernel_threads(*X.shape)) and check_inf:
             _raise_infinite(X, self)
         return out
 
@@ -610,9 +685,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         check_is_fitted(self)
         gamma, beta = self._affine_params(self.n_features_in_)
-        # transform(X) = X * scale + shift; scale = gamma / std, where std is
-        # 1 for the features that transform leaves unscaled.
-        scale, _ = self._coefficients(np.float64)
+        # transform(X) = (X - mean) * scale + beta; scale = gamma / std, where
+        # std is 1 for the features that transform leaves unscaled.
+        scale = gamma / self._std()
         zero = np.broadcast_to(scale == 0, (self.n_features_in_,))
         if np.any(zero):
             raise ValueError(
@@ -674,7 +749,8 @@ def _raise_infinite(X, estimator):
 
 
 def _batch_statistics(X, sample_weight, estimator):
-    """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored.
+    """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored,
+    and whether `X` may hold NaN (False: it holds none).
 
     One pass of the ``batch_stats`` kernel. NaN and infinity make the plain
     pass non-finite: then infinity raises, and the statistics are
@@ -689,17 +765,52 @@ def _batch_statistics(X, sample_weight, estimator):
         if has_infinity(X, *blocks):
             _raise_infinite(X, estimator)
         mean, var, count = batch_stats(X, sample_weight, True, *blocks)
-    return count, mean, var
+        return count, mean, var, True
+    return count, mean, var, False
 
 
-def _too_few_message(estimator, too_few, count, sample_weight):
+def _rows_with_weight(X, sample_weight, weight_sum, has_nan):
+    """Per feature, the rows of `X` with positive weight whose value is not NaN.
+
+    :func:`unbiased_counts` reads them only where the weight sum is below 2,
+    so NaN are only counted there (and only if `X` may hold some).
+    """
+    if sample_weight is None:
+        return weight_sum  # the rows that are not NaN
+    positive = sample_weight > 0
+    n_rows = np.full(X.shape[1], np.count_nonzero(positive), dtype=np.float64)
+    low = np.flatnonzero(weight_sum < 2)
+    if has_nan and low.size:
+        n_rows[low] = np.count_nonzero(~np.isnan(X[positive][:, low]), axis=0)
+    return n_rows
+
+
+def _overflow_message(estimator, overflow):
+    features = np.flatnonzero(overflow)
+    shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
+    return (
+        f"{type(estimator).__name__}: overflow encountered in the statistics of "
+        f"feature(s) {shown}: their mean or variance is beyond the float64 range "
+        "(about 1.8e308; a variance gets there for values near 1e154), so "
+        "transform gives NaN or beta for them. Scale these features down "
+        "before fitting."
+    )
+
+
+def _too_few_message(estimator, too_few, sample_weight):
     name = f"{type(estimator).__name__}(momentum={estimator.momentum})"
     features = np.flatnonzero(too_few)
     shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
-    what = "sum of sample weights" if sample_weight is not None else "number of samples"
+    if sample_weight is None:
+        what = "fewer than 2 samples that are not NaN"
+        need = "at least 2 samples that are not NaN"
+    else:
+        what = (
+            "a sum of sample weights below 2 and fewer than 2 samples of "
+            "positive weight, NaN excluded"
+        )
+        need = "weights summing to 2 or more, or at least 2 samples of positive weight"
     return (
-        f"{name} cannot estimate an unbiased variance from this batch: the "
-        f"{what} that are not NaN is <= 1 for feature(s) {shown} (smallest: "
-        f"{count[features].min():g}). Batches need n_samples >= 2 (a sum of "
-        "weights above 1) in every feature."
+        f"{name} cannot estimate an unbiased variance from this batch: "
+        f"feature(s) {shown} have {what}. Every feature of a batch needs {need}."
     )

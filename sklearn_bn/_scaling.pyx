@@ -1,10 +1,16 @@
 """Per-column affine kernels for ``BatchNormScaler``.
 
 ``BatchNormScaler.transform`` is ``gamma * (x - mean) / sqrt(var + eps) + beta``,
-that is ``out = x * scale + shift`` with one ``scale`` and one ``shift`` per
-column; ``inverse_transform`` is the same map with the inverse coefficients.
-The Python layer computes the coefficients (vectors of ``n_features``), the
-kernels here stream the data once.
+computed as ``out = (x - center) * scale + shift`` with one ``center``,
+``scale`` and ``shift`` per column; ``inverse_transform`` is the same map with
+the inverse coefficients. The Python layer computes the coefficients (vectors
+of ``n_features``), the kernels here stream the data once.
+
+``center`` is the mean rounded to the working precision and ``shift`` carries
+that rounding error (as the training kernels' ``_affine`` does): ``x - center``
+is exact for ``x`` near the mean, so a constant column maps to ``beta``, where
+``x * scale + shift`` would cancel two large products (a constant 651 in
+float32 with ``epsilon=1e-5`` came out at -0.0156 instead of 0).
 
 Three layers, as in scikit-learn's ``_loss.pyx``: ``c*`` functions work on raw
 C-contiguous blocks without the GIL; ``def`` wrappers check shapes, release the
@@ -31,13 +37,14 @@ cdef enum:
 
 cdef void caffine_columns(const floating* x, floating* out,
                           Py_ssize_t n_rows, Py_ssize_t n_cols,
-                          const floating* scale, const floating* shift,
-                          floating* absmax) noexcept nogil:
-    """``out[i, j] = x[i, j] * scale[j] + shift[j]``.
+                          const floating* center, const floating* scale,
+                          const floating* shift, floating* absmax) noexcept nogil:
+    """``out[i, j] = (x[i, j] - center[j]) * scale[j] + shift[j]``.
 
     ``out`` may be ``x`` (in place). ``absmax[j]`` is raised to the largest
     ``|x[i, j]|`` of the column, NaN ignored; the caller initializes it.
     """
+    cdef floating ce[PANEL]
     cdef floating sc[PANEL]
     cdef floating sh[PANEL]
     cdef floating am[PANEL]
@@ -49,6 +56,7 @@ cdef void caffine_columns(const floating* x, floating* out,
     while j0 < n_cols:
         width = min(<Py_ssize_t> PANEL, n_cols - j0)
         for j in range(width):
+            ce[j] = center[j0 + j]
             sc[j] = scale[j0 + j]
             sh[j] = shift[j0 + j]
             am[j] = absmax[j0 + j]
@@ -57,7 +65,7 @@ cdef void caffine_columns(const floating* x, floating* out,
             orow = out + i * n_cols + j0
             for j in range(width):
                 v = xrow[j]
-                orow[j] = v * sc[j] + sh[j]
+                orow[j] = (v - ce[j]) * sc[j] + sh[j]
                 # Compare-and-select, one SIMD max: NaN compares false and
                 # is skipped, infinity wins.
                 a = fabs(v)
@@ -93,15 +101,16 @@ cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
 # def wrappers: check everything, then call the kernels without the GIL.
 
 
-def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
-                   const floating[::1] shift, floating[:, ::1] out,
-                   Py_ssize_t block_rows=0, int n_threads=1):
-    """``out = x * scale + shift`` column by column; return whether ``x`` has inf.
+def affine_columns(const floating[:, ::1] x, const floating[::1] center,
+                   const floating[::1] scale, const floating[::1] shift,
+                   floating[:, ::1] out, Py_ssize_t block_rows=0, int n_threads=1):
+    """``out = (x - center) * scale + shift`` column by column; return whether
+    ``x`` has inf.
 
     Parameters
     ----------
     x : ndarray of shape (n_rows, n_cols), float32 or float64, C-contiguous
-    scale, shift : ndarray of shape (n_cols,), same dtype as ``x``
+    center, scale, shift : ndarray of shape (n_cols,), same dtype as ``x``
     out : ndarray of shape (n_rows, n_cols), same dtype as ``x``, written
         May be ``x`` itself for an in-place update. NaN in ``x`` stays NaN.
     block_rows : int, default=0
@@ -116,18 +125,18 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] scale,
         anyway; the caller decides whether to raise).
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
-    if scale.shape[0] != n_cols or shift.shape[0] != n_cols:
+    if center.shape[0] != n_cols or scale.shape[0] != n_cols or shift.shape[0] != n_cols:
         raise ValueError(
-            f"scale and shift must have length {n_cols}, got "
-            f"{scale.shape[0]} and {shift.shape[0]}")
+            f"center, scale and shift must have length {n_cols}, got "
+            f"{center.shape[0]}, {scale.shape[0]} and {shift.shape[0]}")
     if out.shape[0] != n_rows or out.shape[1] != n_cols:
         raise ValueError(
             f"out has shape ({out.shape[0]}, {out.shape[1]}), expected "
             f"({n_rows}, {n_cols})")
     if n_rows == 0 or n_cols == 0:
         return False
-    return _run_blocks(&x[0, 0], &out[0, 0], n_rows, n_cols, &scale[0],
-                       &shift[0], block_rows, n_threads)
+    return _run_blocks(&x[0, 0], &out[0, 0], n_rows, n_cols, &center[0],
+                       &scale[0], &shift[0], block_rows, n_threads)
 
 
 def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
@@ -140,14 +149,14 @@ def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
     if n_rows == 0 or n_cols == 0:
         return False
-    return _run_blocks(&x[0, 0], NULL, n_rows, n_cols, NULL, NULL, block_rows,
-                       n_threads)
+    return _run_blocks(&x[0, 0], NULL, n_rows, n_cols, NULL, NULL, NULL,
+                       block_rows, n_threads)
 
 
 cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
-                      Py_ssize_t n_cols, const floating* scale,
-                      const floating* shift, Py_ssize_t block_rows,
-                      int n_threads) except -1:
+                      Py_ssize_t n_cols, const floating* center,
+                      const floating* scale, const floating* shift,
+                      Py_ssize_t block_rows, int n_threads) except -1:
     """The affine map (``out`` not NULL) or the scan for infinity of every
     block of rows, the team taking blocks in turn; whether ``x`` has inf."""
     if block_rows < 0 or n_threads < 1:
@@ -163,23 +172,24 @@ cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
     with nogil:
         if n_threads == 1:   # never starts an OpenMP team (see sklearn_bn._threads)
             for b in range(n_blocks):
-                _block(x, out, n_rows, n_cols, scale, shift, b * block_rows,
-                       block_rows, &absmax[b, 0])
+                _block(x, out, n_rows, n_cols, center, scale, shift,
+                       b * block_rows, block_rows, &absmax[b, 0])
         else:
             for b in prange(n_blocks, schedule="static", num_threads=n_threads):
-                _block(x, out, n_rows, n_cols, scale, shift, b * block_rows,
-                       block_rows, &absmax[b, 0])
+                _block(x, out, n_rows, n_cols, center, scale, shift,
+                       b * block_rows, block_rows, &absmax[b, 0])
     return _has_infinity(absmax)
 
 
 cdef inline void _block(const floating* x, floating* out, Py_ssize_t n_rows,
-                        Py_ssize_t n_cols, const floating* scale,
-                        const floating* shift, Py_ssize_t start,
-                        Py_ssize_t block_rows, floating* absmax) noexcept nogil:
+                        Py_ssize_t n_cols, const floating* center,
+                        const floating* scale, const floating* shift,
+                        Py_ssize_t start, Py_ssize_t block_rows,
+                        floating* absmax) noexcept nogil:
     cdef Py_ssize_t rows = min(block_rows, n_rows - start)
     if out != NULL:
         caffine_columns(x + start * n_cols, out + start * n_cols, rows, n_cols,
-                        scale, shift, absmax)
+                        center, scale, shift, absmax)
     else:
         cabsmax_columns(x + start * n_cols, rows, n_cols, absmax)
 

@@ -584,6 +584,21 @@ def test_update_running_stats_pytorch_convention():
     assert_allclose(running_var, x.var(axis=0, ddof=1), rtol=1e-14)
 
 
+def test_unbiased_counts_rule():
+    # m = the weight sum, or below 2 the number of rows with positive weight.
+    weight_sum = np.array([0.0, 0.5, 1.0, 1.99, 2.0, 2.5, 10.0, 7.0])
+    n_positive = np.array([0.0, 3.0, 1.0, 40.0, 5.0, 1.0, 10.0, 7.0])
+    m = _batchnorm.unbiased_counts(weight_sum, n_positive)
+    assert m.dtype == np.float64
+    assert_array_equal(m, [0.0, 3.0, 1.0, 40.0, 2.0, 2.5, 10.0, 7.0])
+    ro = weight_sum.copy()
+    ro.flags.writeable = False
+    assert_array_equal(_batchnorm.unbiased_counts(ro, n_positive), m)
+    assert _batchnorm.unbiased_counts(np.zeros(0), np.zeros(0)).shape == (0,)
+    with pytest.raises(ValueError, match="same length"):
+        _batchnorm.unbiased_counts(weight_sum, n_positive[:3])
+
+
 # ---------------------------------------------------------------------------
 # Property-based tests
 

@@ -75,10 +75,12 @@ def _classification(dtype, binary=False):
 
 
 def _transform_bound(scaler, X):
-    """A few roundings, in X's dtype, of the largest term of X * scale + shift."""
-    scale, shift = scaler._coefficients(np.float64)
-    terms = np.abs(X.astype(np.float64) * scale) + np.abs(shift)
-    return 8 * np.finfo(X.dtype).eps * terms
+    """A few roundings, in X's dtype, of the largest term of the exported
+    graph's ``(X - mean_) / scale_`` (the StandardScaler twin's ``mean_``
+    holds beta folded in)."""
+    plain = scaler.to_sklearn()
+    terms = (np.abs(X.astype(np.float64)) + np.abs(plain.mean_)) / np.abs(plain.scale_)
+    return 8 * np.finfo(X.dtype).eps * (terms + np.abs(scaler.transform(X)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

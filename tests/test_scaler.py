@@ -163,6 +163,56 @@ def test_nan_ignored_by_statistics_and_kept(dtype):
     assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
 
 
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning:sklearn")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epsilon", [0.0, 1e-5])
+def test_all_nan_feature_gives_nan_as_standard_scaler(dtype, epsilon):
+    X = _data(n=20, m=3, dtype=dtype)
+    X[:, 1] = np.nan
+    new = _data(n=5, m=3, dtype=dtype, seed=1)  # finite everywhere
+    ours = BatchNormScaler(epsilon=epsilon, gamma=2.0, beta=1.0).fit(X)
+    ref = StandardScaler().fit(X)
+    # Nothing is known about feature 1: its statistics are undefined.
+    assert_array_equal(np.isnan(ours.running_mean_), np.isnan(ref.mean_))
+    assert_array_equal(np.isnan(ours.running_var_), np.isnan(ref.var_))
+    assert_array_equal(ours.n_samples_seen_, [20, 0, 20])
+    for out in (ours.transform(new), ours.fit_transform(X), ours.inverse_transform(new)):
+        assert out.dtype == dtype
+        assert np.all(np.isnan(out[:, 1]))
+        assert not np.any(np.isnan(out[:, [0, 2]]))
+    assert_array_equal(np.isnan(ours.transform(new)), np.isnan(ref.transform(new)))
+    if epsilon == 0:
+        assert_allclose(ours.transform(new)[:, [0, 2]],
+                        2.0 * ref.transform(new)[:, [0, 2]] + 1.0, **_tol(dtype))
+    # The first values seen later make the statistics, as fit on all rows does.
+    ours.partial_fit(new)
+    whole = BatchNormScaler(epsilon=epsilon).fit(np.vstack([X, new]))
+    assert_allclose(ours.running_mean_, whole.running_mean_, rtol=_stat_tol(dtype))
+    assert_allclose(ours.running_var_, whole.running_var_, rtol=_stat_tol(dtype))
+    assert_allclose(ours.running_mean_[1], new[:, 1].astype(np.float64).mean(), rtol=_stat_tol(dtype))
+    assert_array_equal(ours.n_samples_seen_, [25, 5, 25])
+    assert not np.any(np.isnan(ours.transform(new)))
+
+
+def test_feature_with_weight_only_on_nan_gives_nan():
+    X = _data(n=6, m=2)
+    X[:3, 0] = np.nan
+    w = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # feature 0: zero weight left
+    scaler = BatchNormScaler().fit(X, sample_weight=w)
+    assert_array_equal(scaler.n_samples_seen_, [0.0, 3.0])
+    assert np.isnan(scaler.running_mean_[0]) and np.isnan(scaler.running_var_[0])
+    out = scaler.transform(X)
+    assert np.all(np.isnan(out[:, 0])) and not np.any(np.isnan(out[:, 1]))
+    # Every feature unseen: the count is a scalar 0, everything is NaN.
+    scaler = BatchNormScaler().fit(np.full((4, 2), np.nan))
+    assert scaler.n_samples_seen_ == 0
+    assert np.all(np.isnan(scaler.transform(np.ones((3, 2)))))
+    scaler.partial_fit(np.ones((3, 2)))
+    assert_array_equal(scaler.running_mean_, [1.0, 1.0])
+    assert scaler.n_samples_seen_ == 3
+
+
 def test_n_samples_seen_convention():
     X = _data(n=20, m=3)
     scaler = BatchNormScaler().fit(X)
@@ -296,7 +346,8 @@ def test_momentum_nan_uses_per_feature_counts():
     "batch, weight, match",
     [
         (np.ones((1, 3)), None, "n_samples=1"),
-        (np.ones((4, 3)), np.array([0.25, 0.25, 0.25, 0.25]), "sum of sample weights"),
+        # Weights below 2 in sum and on one row only: m = 1.
+        (np.ones((4, 3)), np.array([1.5, 0.0, 0.0, 0.0]), "sum of sample weights"),
         (np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, 7.0]]), None, r"feature\(s\) \[1\]"),
     ],
 )
@@ -329,6 +380,95 @@ def test_momentum_epsilon_zero_constant_feature_unscaled():
     Xt = scaler.transform(X)
     assert np.all(np.isfinite(Xt))
     assert_allclose(scaler.transform([[5.0, 0.0, 0.0]])[0, 0], 1.0)
+
+
+def _unbiased_batch(B, w):
+    """One batch's weighted mean and unbiased variance by the networks' rule
+    (DESIGN.md), NaN ignored per feature, written out in numpy: m = the weight
+    sum, or the number of rows with positive weight when that sum is below 2."""
+    B = np.asarray(B, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    mean, var = [], []
+    for j in range(B.shape[1]):
+        keep = ~np.isnan(B[:, j])
+        x, wj = B[keep, j], w[keep]
+        total = wj.sum()
+        m = total if total >= 2 else np.count_nonzero(wj > 0)
+        mu = np.sum(wj * x) / total
+        mean.append(mu)
+        var.append(np.sum(wj * (x - mu) ** 2) / total * m / (m - 1))
+    return np.array(mean), np.array(var)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# Per batch of 20 rows (17 or 18 of them weighted) the weights sum to about
+# 0.5, 1.5, 3 and 20: the first two use the number of weighted rows.
+@pytest.mark.parametrize("total", [1.0, 3.0, 6.0, 40.0])
+def test_momentum_normalized_weights_follow_the_networks_rule(dtype, total):
+    X = _data(n=40, m=3, dtype=dtype)
+    rng = np.random.RandomState(1)
+    w = rng.uniform(0.1, 1, size=40)
+    w[[3, 17, 29]] = 0
+    w = (w * (total / w.sum())).astype(dtype)
+    scaler = BatchNormScaler(momentum=0.2)
+    scaler.partial_fit(X[:20], sample_weight=w[:20])
+    scaler.partial_fit(X[20:], sample_weight=w[20:])
+    mean1, var1 = _unbiased_batch(X[:20], w[:20])
+    mean2, var2 = _unbiased_batch(X[20:], w[20:])
+    assert_allclose(scaler.running_mean_, 0.8 * mean1 + 0.2 * mean2, rtol=_stat_tol(dtype))
+    assert_allclose(scaler.running_var_, 0.8 * var1 + 0.2 * var2, rtol=_stat_tol(dtype))
+    assert_allclose(scaler.n_samples_seen_, w.astype(np.float64).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_momentum_weights_summing_to_one_equal_weights_summing_to_n(dtype):
+    # AdaBoost's normalized weights: every row weighted, so m = n_rows either way.
+    X = _data(n=30, m=4, dtype=dtype)
+    w = np.random.RandomState(2).uniform(0.1, 1, size=30)
+    normalized = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w / w.sum())
+    counts = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w * (30 / w.sum()))
+    assert_allclose(normalized.running_var_, counts.running_var_, rtol=_stat_tol(dtype))
+    assert_allclose(normalized.running_mean_, counts.running_mean_, rtol=_stat_tol(dtype))
+    Xd = X.astype(np.float64)
+    mean = np.average(Xd, axis=0, weights=w)
+    var = np.average((Xd - mean) ** 2, axis=0, weights=w) * 30 / 29
+    assert_allclose(normalized.running_var_, var, rtol=_stat_tol(dtype))
+    assert_allclose(normalized.transform(X), counts.transform(X), **_tol(dtype))
+
+
+def test_momentum_weights_rule_per_feature_with_nan():
+    # NaN rows do not count in a feature's weight sum nor in its weighted rows.
+    X = _data(n=12, m=3)
+    w = np.array([0.6, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0])
+    X[[1, 4, 11], 1] = np.nan  # two weighted rows and the unweighted one
+    X[0, 2] = np.nan           # the heaviest row
+
+    def ddof0_var(j, weights):
+        keep = ~np.isnan(X[:, j])
+        mean = np.average(X[keep, j], weights=weights[keep])
+        return np.average((X[keep, j] - mean) ** 2, weights=weights[keep])
+
+    # Sums 2.2, 1.6 and 1.6: the weight sum for feature 0, the 11 - 2 and
+    # 11 - 1 weighted rows that are not NaN for features 1 and 2.
+    # Normalized to sum to 1: weighted rows for all three.
+    for weights, m in [(w, np.array([2.2, 9, 10])), (w / w.sum(), np.array([11, 9, 10]))]:
+        scaler = BatchNormScaler(momentum=0.5).fit(X, sample_weight=weights)
+        expected = np.array([ddof0_var(j, weights) for j in range(3)]) * m / (m - 1)
+        assert_allclose(scaler.running_var_, expected, rtol=1e-10)
+        assert_allclose(scaler.running_var_, _unbiased_batch(X, weights)[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_summing_to_zero_raise_and_change_nothing(momentum, dtype):
+    # Whatever scikit-learn's own check of sample weights does.
+    X = _data(n=10, m=3, dtype=dtype)
+    scaler = BatchNormScaler(momentum=momentum).fit(X)
+    before = _state(scaler)
+    for call in (scaler.fit, scaler.partial_fit, scaler.fit_transform):
+        with pytest.raises(ValueError, match="[Ss]ample weights"):
+            call(X, sample_weight=np.zeros(10))
+        _assert_same_state(before, _state(scaler))
 
 
 # ---------------------------------------------------------------------------
@@ -383,6 +523,48 @@ def test_gamma_and_beta_as_zero_dimensional_arrays():
     for gamma, beta in [(np.array(2.0), np.array(-1.0)), (np.float32(2.0), np.int64(-1))]:
         scaler = BatchNormScaler(gamma=gamma, beta=beta).fit(X)
         assert_array_equal(scaler.transform(X), ref.transform(X))
+
+
+def _constant_column_data(value, dtype, nan=False):
+    """Column 0 constant at `value`, columns 1 and 2 varied; NaN in column 0."""
+    X = _data(n=64, m=3, dtype=dtype, seed=3)
+    X[:, 0] = value
+    if nan:
+        X[::5, 0] = np.nan
+    return X
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [651.0, 1e4, 1e6, -3.3e7, 1.7e38, 3.4028235e38, 1e-30, 1e-45])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("nan", [False, True])
+def test_constant_column_maps_to_beta(momentum, dtype, value, weighted, nan):
+    # x * scale + shift cancels (651 * 316 - 651 * 316 in float32 is off by
+    # 0.0156); (x - mean) * scale + shift does not.
+    X = _constant_column_data(value, dtype, nan)
+    w = np.random.RandomState(4).uniform(0.5, 2, size=64) if weighted else None
+    beta = np.array([0.25, 0.0, -1.0])
+    scaler = BatchNormScaler(momentum=momentum, beta=beta)
+    for start in (0, 32):  # two batches: the moving average must stay exact
+        scaler.partial_fit(X[start:start + 32], sample_weight=None if w is None else w[start:start + 32])
+    for out in (scaler.transform(X), clone(scaler).fit_transform(X, sample_weight=w)):
+        assert out.dtype == dtype
+        assert_array_equal(np.isnan(out[:, 0]), np.isnan(X[:, 0]))
+        assert np.nanmax(np.abs(out[:, 0] - 0.25)) <= 1e-3
+    back = scaler.inverse_transform(scaler.transform(X))
+    assert_array_equal(back[:, 0], X[:, 0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False),
+       momentum=st.sampled_from(MOMENTA))
+def test_any_float32_constant_column_maps_to_beta(value, momentum):
+    X = _constant_column_data(value, np.float32)
+    scaler = BatchNormScaler(momentum=momentum, beta=0.5).fit(X)
+    out = scaler.transform(X)
+    assert np.max(np.abs(out[:, 0] - 0.5)) <= 1e-3
+    assert_array_equal(scaler.inverse_transform(out)[:, 0], X[:, 0])
 
 
 def test_epsilon_enters_as_in_batch_norm():
@@ -601,6 +783,55 @@ def test_sparse_input_is_refused_with_the_reason(sparse_container):
     _assert_same_state(before, _state(scaler))
 
 
+_OVERFLOWING = {
+    # variance 1e600
+    "+-1e300": np.array([[1e300, 1.0], [-1e300, 2.0], [1e300, 3.0], [-1e300, 4.0]]),
+    # sums beyond 1.8e308
+    "1.7e308": np.array([[1.7e308, 1.0], [1e308, 2.0], [1.7e308, 3.0], [1.2e308, 4.0]]),
+    "+-1e300 and NaN": np.array([[1e300, 1.0], [-1e300, 2.0], [np.nan, 3.0], [-1e300, 4.0]]),
+}
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1e-5])
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("case", list(_OVERFLOWING))
+def test_overflowing_statistics_warn(momentum, case, epsilon):
+    X = _OVERFLOWING[case]
+    # StandardScaler warns about it too (numpy's "overflow encountered").
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
+        warnings.simplefilter("always")
+        StandardScaler().fit(X)
+    assert any("overflow" in str(w.message) for w in caught)
+    with pytest.warns(RuntimeWarning, match=r"overflow encountered in the statistics of feature\(s\) \[0\]"):
+        scaler = BatchNormScaler(momentum=momentum, epsilon=epsilon).fit(X)
+    assert not np.all(np.isfinite([scaler.running_mean_[0], scaler.running_var_[0]]))
+    assert_allclose(scaler.running_mean_[1], 2.5)
+    # Once, at fit: transform says nothing more, and the other feature is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = scaler.transform(X)
+    assert np.all(np.isfinite(out[:, 1]))
+    # A partial_fit on top of overflowing statistics warns again.
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        scaler.partial_fit(X)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_large_finite_statistics_do_not_warn(momentum):
+    # The largest data whose statistics fit: no warning, and correct values.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for X in (np.array([[1e150], [-1e150], [1e150], [-1e150]]),
+                  np.array([[3e38], [-3e38], [3e38], [-3e38]], dtype=np.float32),
+                  np.full((5, 1), 1e300)):
+            scaler = BatchNormScaler(momentum=momentum).fit(X)
+            Xd = X.astype(np.float64)
+            assert_allclose(scaler.running_mean_, Xd.mean(axis=0), atol=1e-12 * np.abs(Xd).max())
+            assert_allclose(scaler.running_var_, Xd.var(axis=0, ddof=0 if momentum is None else 1),
+                            rtol=1e-6, atol=1e-300)
+            assert np.all(np.isfinite(scaler.transform(X)))
+
+
 @pytest.mark.parametrize("momentum", MOMENTA)
 def test_infinity_raises_everywhere(momentum):
     X = _data(n=30, m=3)
@@ -660,7 +891,7 @@ def _failures(momentum):
         cases["one-row batch"] = lambda s: s.partial_fit(X[:1])
         cases["one-row fit"] = lambda s: s.fit(X[:1])
         cases["all-NaN feature in batch"] = lambda s: s.partial_fit(X_nan_col)
-        cases["weights summing to 1"] = lambda s: s.partial_fit(X, sample_weight=np.full(30, 1 / 30))
+        cases["weights summing to 1 on one row"] = lambda s: s.partial_fit(X, sample_weight=np.eye(30)[0])
     return cases
 
 
@@ -873,50 +1104,58 @@ def test_affine_columns_kernel(dtype, n_cols):
     rng = np.random.RandomState(0)
     x = rng.normal(size=(7, n_cols)).astype(dtype)
     x[2, 3] = np.nan
+    center = rng.normal(size=n_cols).astype(dtype)
     scale = rng.normal(size=n_cols).astype(dtype)
     shift = rng.normal(size=n_cols).astype(dtype)
     out = np.empty_like(x)
-    assert affine_columns(x, scale, shift, out) is False
-    assert_allclose(out, x * scale + shift, rtol=1e-6, equal_nan=True)
+    assert affine_columns(x, center, scale, shift, out) is False
+    assert_allclose(out, (x - center) * scale + shift, rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isnan(out[2, 3])
+    # x - center is exact near the center: no cancellation of large products.
+    big = np.full((3, n_cols), 651.0, dtype=dtype)
+    affine_columns(big, big[0], np.full(n_cols, 316.2, dtype=dtype), shift, big)
+    assert_array_equal(big, np.broadcast_to(shift, big.shape))
     inplace = x.copy()
-    affine_columns(inplace, scale, shift, inplace)
+    affine_columns(inplace, center, scale, shift, inplace)
     assert_array_equal(inplace, out)
     x[1, n_cols - 1] = -np.inf
-    assert affine_columns(x, scale, shift, out) is True
+    assert affine_columns(x, center, scale, shift, out) is True
     assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
-    assert affine_columns(x[:0], scale, shift, out[:0]) is False
+    assert affine_columns(x[:0], center, scale, shift, out[:0]) is False
     assert has_infinity(x[:0]) is False
-    with pytest.raises(ValueError, match=f"scale and shift must have length {n_cols}"):
-        affine_columns(x, scale[:4], shift, out)
+    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+        affine_columns(x, center, scale[:4], shift, out)
+    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+        affine_columns(x, center[:4], scale, shift, out)
     with pytest.raises(ValueError, match="out has shape"):
-        affine_columns(x, scale, shift, out[:6])
+        affine_columns(x, center, scale, shift, out[:6])
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(x, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
+        affine_columns(x, center, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(np.asfortranarray(x), scale, shift, out)
+        affine_columns(np.asfortranarray(x), center, scale, shift, out)
     ro = x.copy()
     ro.setflags(write=False)
-    affine_columns(ro, scale, shift, out)  # read-only input is fine
+    affine_columns(ro, center, scale, shift, out)  # read-only input is fine
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(x, scale, shift, ro)  # read-only output is not
+        affine_columns(x, center, scale, shift, ro)  # read-only output is not
 
 
 # ---------------------------------------------------------------------------
 # to_sklearn: the StandardScaler twin
 
 
-def _twin_tol(scaler, X):
+def _twin_tol(plain, X, out):
     """Elementwise bound on |ours - StandardScaler's| for ``transform(X)``.
 
-    ``transform`` computes ``X * scale + shift`` in X's dtype, where
-    StandardScaler computes ``(X - mean_) / scale_`` in float64 and rounds
-    once: the two differ by a few roundings of the larger of the two terms
-    (much more than one rounding of the result when ``|mean| >> std``).
+    StandardScaler computes ``(X - mean_) / scale_``, whose ``mean_`` holds
+    beta folded in (``running_mean - beta * scale_``): ``X - mean_`` cancels
+    when ``|mean_|`` is large against ``scale_``, which costs it a few
+    roundings of the larger term. ``transform`` computes ``(X - center) *
+    scale + shift`` around the mean, a few roundings of the output.
     """
-    scale, shift = scaler._coefficients(np.float64)
     eps = np.finfo(X.dtype).eps
-    return 4 * eps * (np.abs(np.asarray(X, dtype=np.float64) * scale) + np.abs(shift))
+    X = np.asarray(X, dtype=np.float64)
+    return 4 * eps * ((np.abs(X) + np.abs(plain.mean_)) / np.abs(plain.scale_) + np.abs(out))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -941,7 +1180,7 @@ def test_to_sklearn_transforms_as_the_scaler(dtype, params):
     assert theirs.dtype == ours.dtype == dtype
     assert_array_equal(np.isnan(theirs), np.isnan(ours))
     diff = np.abs(theirs.astype(np.float64) - ours)
-    assert np.all(np.nan_to_num(diff - _twin_tol(scaler, X)) <= 0)
+    assert np.all(np.nan_to_num(diff - _twin_tol(plain, X, ours)) <= 0)
 
     # inverse_transform of the same transformed data: back to X
     back_ours, back_theirs = scaler.inverse_transform(ours), plain.inverse_transform(ours)
