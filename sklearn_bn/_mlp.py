@@ -202,6 +202,15 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 "per minibatch, got 1 sample."
             )
         dtype = X.dtype if first_pass else self.coefs_[0].dtype
+        if not self._bn_epsilon_fits(dtype):
+            warnings.warn(
+                f"bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
+                "1 / sqrt(bn_epsilon), the scale of a hidden unit that is constant "
+                "over a minibatch, is beyond its range, and training will produce "
+                "non-finite weights if that happens. Use a larger bn_epsilon or "
+                "float64 input.",
+                RuntimeWarning,
+            )
         Y = self._encode_targets(Y, dtype)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
@@ -378,11 +387,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 order_is_identity=not self.shuffle, batch_size=batch_size,
             )
             if not (params.is_finite() and np.isfinite(loss_sum)):
-                raise ValueError(
-                    "Solver produced non-finite parameter weights. The input "
-                    "data may contain large values and need to be "
-                    "preprocessed."
-                )
+                raise ValueError(self._non_finite_message(params.theta.dtype))
             state["n_iter"] += 1
             state["t"] += data.n_samples
             loss = loss_sum / data.n_samples
@@ -435,6 +440,24 @@ class _BaseMLPBN(BaseEstimator, ABC):
             state["best_validation_score"] = score
             return True
         return False
+
+    def _bn_epsilon_fits(self, dtype):
+        """Whether ``1 / sqrt(bn_epsilon)``, the scale of a hidden unit that
+        is constant over a minibatch, is within ``dtype``'s range."""
+        return self.bn_epsilon > (1.0 / float(np.finfo(dtype).max)) ** 2
+
+    def _non_finite_message(self, dtype):
+        message = "Solver produced non-finite parameter weights."
+        if not self._bn_epsilon_fits(dtype):
+            return message + (
+                f" bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
+                "a hidden unit that is constant over a minibatch is scaled by "
+                "1 / sqrt(bn_epsilon), beyond its range. Use a larger bn_epsilon "
+                "(the default is 1e-5) or float64 input."
+            )
+        return message + (
+            " The input data may contain large values and need to be preprocessed."
+        )
 
     def _no_improvement_message(self):
         if self.early_stopping:

@@ -46,7 +46,7 @@ from sklearn_bn._blas cimport cgemm, caxpy
 from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
     cbn_act_forward_train, cbn_act_backward, cupdate_running_stats, normalize,
-    SCRATCH_PER_COLUMN)
+    unbiased_count, SCRATCH_PER_COLUMN)
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
     barrier_wait, share, team_size, team_sum, thread_num)
@@ -396,10 +396,9 @@ cdef void start_minibatch(const Net* net, const Data* data,
     """The minibatch of rows ``rows[:m]`` and its weights.
 
     Every thread sums the weights (same order, same value): all of them then
-    take the same branches and meet at the same barriers. Weights act as
-    repeat counts in the running variance's correction ``m / (m - 1)``;
-    below two repeats' worth (weights normalized to sum to 1, say) that
-    would blow up, so ``m`` is then the number of rows that carry weight.
+    take the same branches and meet at the same barriers. The running
+    variance's correction ``m / (m - 1)`` takes its ``m`` from
+    ``unbiased_count``, the rule BatchNormScaler follows too.
     """
     cdef const floating* sw = <const floating*> data.sample_weight
     cdef Py_ssize_t k
@@ -415,8 +414,8 @@ cdef void start_minibatch(const Net* net, const Data* data,
             if w > 0:
                 n_positive += 1
     else:
-        mb.wsum = m
-    mb.n_running = mb.wsum if mb.wsum >= 2 else n_positive
+        mb.wsum = n_positive = m
+    mb.n_running = unbiased_count(mb.wsum, n_positive)
 
 
 cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,

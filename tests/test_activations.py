@@ -225,3 +225,18 @@ def test_backward_rejects_bad_input():
     with pytest.raises(ValueError, match="activation must be one of"):
         _activations.backward(a, delta, "softplus")
     assert_array_equal(delta, 1)
+
+
+@pytest.mark.parametrize("code", [-1, len(ACTIVATIONS), 99])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_unknown_code_never_runs_another_activation(code, dtype):
+    # The kernels dispatch on the code in one place; a code no activation
+    # has gives NaN there, never another activation's values or gradient.
+    y = np.array([[-1.0, 0.5, 2.0]], dtype=dtype)
+    assert np.isnan(_activations.forward(y.copy(), code)).all()
+    delta = np.ones_like(y)
+    _activations.backward(_activations.forward(y.copy(), "tanh"), delta, code)
+    assert np.isnan(delta).all()
+    for name, known in _activations.ACTIVATIONS.items():
+        assert_array_equal(_activations.forward(y.copy(), known),
+                           _activations.forward(y.copy(), name))

@@ -1194,3 +1194,21 @@ def test_float64_input_to_a_float32_model_computes_in_float64(problem):
     assert raw_output(est, X).dtype == np.float32
     assert_allclose(raw_output(est, X.astype(np.float64)), raw_output(est, X), rtol=1e-4,
                     atol=1e-5)
+
+
+def test_a_bn_epsilon_too_small_for_float32_is_named():
+    # 1 / sqrt(1e-80) is beyond float32: a constant hidden unit cannot be
+    # normalized. The warning and the error say so, instead of blaming the
+    # data or the learning rate.
+    X = np.full((100, 2), 7.0, dtype=np.float32)
+    y = np.arange(100) % 2
+    est = MLPBNClassifier(hidden_layer_sizes=(5,), bn_epsilon=1e-80, max_iter=5,
+                          random_state=0)
+    with pytest.warns(RuntimeWarning, match=r"bn_epsilon=1e-80 is too small for float32"):
+        with pytest.raises(ValueError, match=r"non-finite .* bn_epsilon=1e-80 is too small"):
+            est.fit(X, y)
+    assert not hasattr(est, "coefs_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fit_quietly(clone(est), X.astype(np.float64), y)  # float64 holds it
+        fit_quietly(clone(est).set_params(bn_epsilon=1e-60), X, y)
