@@ -18,6 +18,7 @@ here are what keeps its loops in bounds.
 """
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,10 @@ OUT_ACTIVATIONS = {
 
 # Rows per block of a prediction: memory stays bounded for any number of rows.
 PREDICT_BLOCK_ROWS = 1024
+
+# Seconds of work per call of the compiled epoch loop: between calls, Ctrl-C
+# is noticed and the epoch can stop (see Engine.train_epoch).
+CHUNK_SECONDS = 0.02
 
 # Every block of the workspace starts at a multiple of this many elements
 # (with the buffers on 64-byte boundaries: a cache line for float32, two for
@@ -289,6 +294,7 @@ class Engine:
             weighted=self.weighted,
         )
         self.n_threads = 1
+        self._batches_per_call = 1
 
     # ------------------------------------------------------------------
     # Threads
@@ -379,10 +385,22 @@ class Engine:
     # Training
 
     def train_epoch(self, *, data, params, optimizer, order, order_is_identity,
-                    batch_size):
+                    batch_size, should_stop=None):
         """One epoch over the rows ``order`` (minibatches of ``batch_size``);
-        updates ``params`` and ``optimizer`` in place and returns the sum over
-        minibatches of (minibatch loss x minibatch rows)."""
+        updates ``params`` and ``optimizer`` in place.
+
+        The compiled loop runs in calls of about ``CHUNK_SECONDS`` each; when
+        ``should_stop()`` turns true, the epoch stops after the current call
+        (a partial epoch: its minibatches are applied).
+
+        Returns
+        -------
+        loss_sum : float
+            Sum over the minibatches run of (minibatch loss x minibatch rows).
+        n_rows : int
+            Rows of ``order`` the minibatches run covered (all of them unless
+            stopped).
+        """
         self._check(data, params)
         order = np.asarray(order)
         n = order.shape[0]
@@ -402,15 +420,29 @@ class Engine:
         # SGD has no second moment.
         _check_vector(state["moment_2"], n_params if state["solver"] == _training.Solver.ADAM else 0,
                       self.dtype, "moment_2")
-        loss_sum, optimizer.step = _training.train_epoch(
-            self._network, **data.arrays(), order=order,
-            order_is_identity=bool(order_is_identity), batch_size=int(batch_size),
-            theta=params.theta, grad=self.workspace.grad,
+        arrays = dict(
+            **data.arrays(), order=order, order_is_identity=bool(order_is_identity),
+            batch_size=int(batch_size), theta=params.theta, grad=self.workspace.grad,
             running_mean=params.running_mean, running_var=params.running_var,
             work=self.workspace.work, dwork=self.workspace.dwork,
             n_threads=self.n_threads, **state,
-        )
-        return loss_sum
+        )  # fmt: skip
+        loss_sum, start = 0.0, 0
+        while start < n and not (should_stop is not None and should_stop()):
+            began = time.perf_counter()
+            arrays["step"] = optimizer.step
+            loss_sum, optimizer.step, start = _training.train_epoch(
+                self._network, start=start, max_batches=self._batches_per_call,
+                loss_sum=loss_sum, **arrays,
+            )
+            self._pace(time.perf_counter() - began)
+        return loss_sum, start
+
+    def _pace(self, seconds):
+        """Minibatches per compiled call for the next ones to take about
+        ``CHUNK_SECONDS`` (growing at most fourfold at a time)."""
+        target = self._batches_per_call * CHUNK_SECONDS / max(seconds, 1e-6)
+        self._batches_per_call = int(max(1, min(4 * self._batches_per_call, target)))
 
     def loss_and_gradient(self, *, data, params, update_running=False):
         """The training-mode loss (batch statistics, L2 term) of all of

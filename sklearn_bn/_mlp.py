@@ -41,7 +41,7 @@ from sklearn.utils.validation import (
 
 from sklearn_bn._engine import Engine, FoldedNetwork
 from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
-from sklearn_bn._utils import _restore_on_failure
+from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 
 # Each fitted estimator's folded networks, by dtype (see _folded_network).
 _FOLDED_NETWORKS = weakref.WeakKeyDictionary()
@@ -310,14 +310,16 @@ class _BaseMLPBN(BaseEstimator, ABC):
         optimizer = self._make_optimizer(engine.layout.n_params, Y.dtype, incremental)
         # Early stopping restores the parameters of the best validation score.
         best = [params.copy()] if validation is not None else [params]
-        with engine.team(batch_size):
+        with deferred_interrupt() as interrupt, engine.team(batch_size):
             try:
                 self._run_epochs(
                     engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size,
+                    random_state, incremental, batch_size, interrupt,
                 )  # fmt: skip
-            except KeyboardInterrupt:
-                warnings.warn("Training interrupted by user.")
+            except KeyboardInterrupt:  # a handler of the user's raised it
+                interrupt.requested = True
+        if interrupt.requested:
+            warnings.warn("Training interrupted by user.")
         return engine, best[0], optimizer
 
     def _validation_split(self, X, Y, sample_weight, random_state):
@@ -372,31 +374,42 @@ class _BaseMLPBN(BaseEstimator, ABC):
                             self.momentum, self.nesterovs_momentum, self.power_t)
 
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size):
-        """The epochs, until ``max_iter``, the stopping rule, or one epoch
-        for ``partial_fit``; ``best[0]`` follows early stopping's best
-        parameters."""
+                    random_state, incremental, batch_size, interrupt):
+        """The epochs, until ``max_iter``, the stopping rule, one epoch for
+        ``partial_fit``, or Ctrl-C; ``best[0]`` follows early stopping's best
+        parameters.
+
+        Ctrl-C stops the epoch under way between two minibatches; that epoch
+        is recorded as the others are (``n_iter_``, ``t_`` and
+        ``loss_curve_``, the loss over its minibatches done), then training
+        ends.
+        """
         sample_idx = np.arange(data.n_samples, dtype=np.intp)
         for _ in range(self.max_iter):
             if self.shuffle:
                 # What sklearn.utils.shuffle draws (the same random stream as
                 # MLPClassifier), without its validation, and in place.
                 random_state.shuffle(sample_idx)
-            loss_sum = engine.train_epoch(
+            loss_sum, n_rows = engine.train_epoch(
                 data=data, params=params, optimizer=optimizer, order=sample_idx,
                 order_is_identity=not self.shuffle, batch_size=batch_size,
+                should_stop=lambda: interrupt.requested,
             )
+            if n_rows == 0:  # stopped before its first minibatch
+                break
             if not (params.is_finite() and np.isfinite(loss_sum)):
                 raise ValueError(self._non_finite_message(params.theta.dtype))
             state["n_iter"] += 1
-            state["t"] += data.n_samples
-            loss = loss_sum / data.n_samples
+            state["t"] += n_rows
+            loss = loss_sum / n_rows
             state["loss_curve"].append(loss)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
             if self._update_no_improvement(engine, params, state, validation, loss):
                 best[0] = params.copy()
             optimizer.iteration_ends(state["t"])
+            if interrupt.requested:
+                break
             if state["no_improvement"] > self.n_iter_no_change:
                 if optimizer.trigger_stopping(self._no_improvement_message(), self.verbose):
                     break

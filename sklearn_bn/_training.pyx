@@ -234,29 +234,36 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
                 floating[::1] running_var, floating[::1] work,
                 double[::1] dwork, int solver, double learning_rate,
                 double momentum, bint nesterov, double beta_1, double beta_2,
-                double adam_epsilon, Py_ssize_t step, int n_threads):
-    """Run one epoch over the rows in ``order``; update everything in place.
+                double adam_epsilon, Py_ssize_t step, Py_ssize_t start,
+                Py_ssize_t max_batches, double loss_sum, int n_threads):
+    """Run up to ``max_batches`` minibatches of an epoch over the rows in
+    ``order``, from row ``start`` of it; update everything in place.
 
     Minibatches are consecutive slices of ``order`` of ``batch_size`` rows; a
     trailing single row joins the previous minibatch. Minibatches whose
     weights sum to zero are skipped. ``step`` counts the optimizer's steps
     so far (Adam's bias corrections use it). With ``n_threads > 1`` an
     OpenMP team shares every minibatch (BLAS should then be limited to one
-    thread); with one, no team is started.
+    thread); with one, no team is started. A whole epoch in several calls
+    gives what it gives in one.
 
     Returns
     -------
     loss_sum : float
-        Sum over minibatches of (minibatch loss x minibatch rows).
+        ``loss_sum`` plus, over these minibatches, minibatch loss x minibatch
+        rows (added in the order one call would add them).
     step : int
-        The optimizer's step count after the epoch.
+        The optimizer's step count after them.
+    stop : int
+        The row of ``order`` where the next minibatch starts (its length
+        when the epoch is done).
     """
     cdef Net* net = &network.net
     cdef Data data = _data(X, X_data, X_indices, X_indptr, Y, sample_weight,
                            net.sparse, net.weighted)
     cdef Buffers buf
     cdef Optimizer opt
-    cdef double loss_sum = 0
+    cdef Py_ssize_t stop = start
     cdef double partials[2 * MAX_THREADS]
     cdef Barrier barrier
     buf.theta = _ptr(theta)
@@ -280,15 +287,15 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
         if n_threads == 1:
             # Never enters OpenMP: nothing a fork() could leave broken.
             run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
-                      order_is_identity, batch_size, partials, &barrier,
-                      &loss_sum, &step, <floating*> NULL)
+                      order_is_identity, batch_size, start, max_batches, &stop,
+                      partials, &barrier, &loss_sum, &step, <floating*> NULL)
         else:
             with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
                 run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
-                          order_is_identity, batch_size, partials, &barrier,
-                          &loss_sum, &step, <floating*> NULL)
+                          order_is_identity, batch_size, start, max_batches, &stop,
+                          partials, &barrier, &loss_sum, &step, <floating*> NULL)
     barrier_destroy(&barrier)
-    return loss_sum, step
+    return loss_sum, step, stop
 
 
 def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
@@ -351,10 +358,12 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
 cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* buf,
                     const Py_ssize_t* order, Py_ssize_t n,
                     bint order_is_identity, Py_ssize_t batch_size,
+                    Py_ssize_t start, Py_ssize_t max_batches, Py_ssize_t* stop_out,
                     double* partials, Barrier* barrier, double* loss_sum_out,
                     Py_ssize_t* step_inout, floating* dtype) noexcept nogil:
-    """The minibatch loop of an epoch, run by every thread of the current
-    OpenMP team (or by the caller alone); thread 0 writes the results.
+    """The minibatch loop of (part of) an epoch, run by every thread of the
+    current OpenMP team (or by the caller alone); thread 0 writes the
+    results (``loss_sum_out`` comes in with the sum so far).
 
     Every thread steps the parameters whose gradient it computed. No barrier
     after a step: the next minibatch reads the parameters only after its
@@ -364,14 +373,14 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
     cdef Minibatch mb
     # This thread's copy: threads may step different minibatches at once.
     cdef Optimizer local_opt = opt[0]
-    cdef Py_ssize_t start = 0, m, step = step_inout[0]
-    cdef double loss_sum = 0, loss
+    cdef Py_ssize_t m, step = step_inout[0], batches = 0
+    cdef double loss_sum = loss_sum_out[0], loss
     team.tid = thread_num()
     team.size = team_size()
     team.partials = partials
     team.barrier = barrier
     barrier_join(barrier, team.size)
-    while start < n:
+    while start < n and batches < max_batches:
         m = min(batch_size, n - start)
         if n - start - m == 1:
             m += 1   # a trailing single row joins this minibatch
@@ -384,9 +393,11 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
             loss_sum += loss * m
             step += 1
         start += m
+        batches += 1
     if team.tid == 0:
         loss_sum_out[0] = loss_sum
         step_inout[0] = step
+        stop_out[0] = start
 
 
 cdef void start_minibatch(const Net* net, const Data* data,

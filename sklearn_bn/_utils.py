@@ -1,6 +1,9 @@
 """Helpers shared by the estimators."""
 
+import contextlib
 import functools
+import signal
+import threading
 
 
 def _restore_on_failure(method):
@@ -17,3 +20,35 @@ def _restore_on_failure(method):
             raise
 
     return wrapper
+
+
+class _Interrupt:
+    """Whether Ctrl-C was pressed while :func:`deferred_interrupt` was active."""
+
+    requested = False
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Turn Ctrl-C into a request that long computations check between steps.
+
+    While the context is active, SIGINT sets ``requested`` on the object it
+    yields instead of raising ``KeyboardInterrupt`` at an arbitrary point,
+    so that training stops between minibatches with its bookkeeping whole.
+    Only the main thread can install a handler, and only Python's default
+    handler is replaced: elsewhere (another thread, a handler of the user's)
+    Ctrl-C behaves as usual.
+    """
+    state = _Interrupt()
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if installed:
+        def handler(signum, frame):
+            state.requested = True
+
+        signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -9,6 +9,7 @@ start, partial_fit, warnings, errors), the inference path (folded weights,
 """
 
 import contextlib
+import os
 import pickle
 import re
 import warnings
@@ -1212,3 +1213,70 @@ def test_a_bn_epsilon_too_small_for_float32_is_named():
         warnings.simplefilter("error", RuntimeWarning)
         fit_quietly(clone(est), X.astype(np.float64), y)  # float64 holds it
         fit_quietly(clone(est).set_params(bn_epsilon=1e-60), X, y)
+
+
+def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch():
+    # A real SIGINT in the middle of an epoch: fit returns (with a warning),
+    # the epoch under way counts with the minibatches it ran, and t_ and the
+    # optimizer's step count agree with them.
+    import signal
+    import threading
+
+    rng = np.random.RandomState(0)
+    n, batch = 64_000, 32
+    X = rng.normal(size=(n, 20))
+    y = (X[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
+    est = MLPBNClassifier(hidden_layer_sizes=(32,), batch_size=batch, max_iter=200,
+                          tol=0.0, n_iter_no_change=1000, random_state=0)
+    timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            est.fit(X, y)
+    finally:
+        timer.cancel()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert 1 <= est.n_iter_ < 200
+    assert len(est.loss_curve_) == est.n_iter_ and np.isfinite(est.loss_curve_).all()
+    assert est.t_ % batch == 0 and est.t_ <= est.n_iter_ * n
+    assert est._optimizer_state["step"] == est.t_ // batch
+    assert all(np.isfinite(c).all() for c in est.coefs_)
+    assert est.score(X[:1000], y[:1000]) > 0.6
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, monkeypatch):
+    # Ctrl-C after the fifth minibatch of the first epoch (each compiled call
+    # runs one minibatch here): the model is what training on those rows for
+    # one epoch gives, bit for bit, and is recorded as such.
+    import signal
+
+    from sklearn_bn import _engine, _training
+
+    X, y, est = make_data("multiclass", n=400)
+    est.set_params(batch_size=20, shuffle=False, max_iter=10, early_stopping=early_stopping,
+                   validation_fraction=0.5)
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
+    train_epoch, calls = _training.train_epoch, []
+
+    def interrupted_after_five(*args, **kwargs):
+        out = train_epoch(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(_training, "train_epoch", interrupted_after_five)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est.fit(X, y)
+    assert len(calls) == 5 and est.n_iter_ == 1 and est.t_ == 100
+    assert est._optimizer_state["step"] == 5
+    if early_stopping:
+        assert len(est.validation_scores_) == 1 and np.isfinite(est.best_validation_score_)
+        return
+    # The same five minibatches as a whole epoch of their own.
+    monkeypatch.setattr(_training, "train_epoch", train_epoch)
+    reference = fit_quietly(clone(est).set_params(max_iter=1), X[:100], y[:100])
+    assert est.loss_curve_ == reference.loss_curve_
+    for a, b in zip(est.coefs_ + est.running_means_, reference.coefs_ + reference.running_means_):
+        assert_array_equal(a, b)
