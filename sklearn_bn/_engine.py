@@ -435,14 +435,16 @@ class Engine:
                 self._network, start=start, max_batches=self._batches_per_call,
                 loss_sum=loss_sum, **arrays,
             )
-            self._pace(time.perf_counter() - began)
+            self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
 
-    def _pace(self, seconds):
+    def _pace(self, seconds, batches_per_epoch):
         """Minibatches per compiled call for the next ones to take about
-        ``CHUNK_SECONDS`` (growing at most fourfold at a time)."""
+        ``CHUNK_SECONDS`` (growing at most fourfold at a time, and never
+        beyond an epoch)."""
         target = self._batches_per_call * CHUNK_SECONDS / max(seconds, 1e-6)
-        self._batches_per_call = int(max(1, min(4 * self._batches_per_call, target)))
+        self._batches_per_call = int(max(1, min(4 * self._batches_per_call, target,
+                                                batches_per_epoch)))
 
     def loss_and_gradient(self, *, data, params, update_running=False):
         """The training-mode loss (batch statistics, L2 term) of all of
