@@ -589,13 +589,12 @@ class FoldedNetwork:
                     out[start:stop] = _out_activation_numpy(Z, self.out_activation)
                 else:
                     _forward(self, activation_forward(Z, self.activation), 1,
-                             out[start:stop], 1)
+                             out[start:stop], 1, block)
             return out
         X = np.ascontiguousarray(X, dtype=dtype)
-        n_blocks = -(-X.shape[0] // block)
-        work = block * multiply_adds_per_row(self.units)
-        with _threads.prediction_threads(n_blocks, work) as n_threads:
-            _forward(self, X, 0, out, n_threads)
+        per_row = multiply_adds_per_row(self.units)
+        with _threads.prediction_threads(X.shape[0], per_row, block) as (n_threads, rows):
+            _forward(self, X, 0, out, n_threads, rows)
         return out
 
     def _predict_wide(self, X):
@@ -618,13 +617,13 @@ _WIDE_ACTIVATIONS = {
 }
 
 
-def _forward(folded, X, first_layer, out, n_threads):
+def _forward(folded, X, first_layer, out, n_threads, block_rows):
     _training.forward_folded(
         X=X, params=folded.params, units=folded.units, coef_off=folded.coef_off,
         bias_off=folded.bias_off, first_layer=first_layer,
         activation=activation_code(folded.activation),
         out_activation=OUT_ACTIVATIONS[folded.out_activation], out=out,
-        block_rows=PREDICT_BLOCK_ROWS, n_threads=n_threads,
+        block_rows=block_rows, n_threads=n_threads,
     )
 
 

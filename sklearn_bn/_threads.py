@@ -34,6 +34,13 @@ MIN_MULTIPLY_ADDS_FOR_THREADS = 1 << 16
 # Elements per row block of the scaler's kernels: a block is worth a thread.
 ELEMENTS_PER_BLOCK = 1 << 20
 
+# OpenBLAS runs a product on one thread below this many multiply-adds
+# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in its sources).
+BLAS_THREADING_MULTIPLY_ADDS = 1 << 18
+
+# Multiply-adds a prediction thread must get for the team to pay.
+MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD = 1 << 22
+
 _IN_FORKED_CHILD = False
 
 
@@ -93,18 +100,41 @@ def training_threads(multiply_adds):
 
 
 @contextlib.contextmanager
-def prediction_threads(n_blocks, multiply_adds_per_block):
-    """The team for a prediction of ``n_blocks`` row blocks; yields its size.
+def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
+    """The team for a prediction of ``n_rows`` rows; yields ``(n_threads,
+    block_rows)``.
 
-    One block runs on the calling thread (BLAS's own threads share its
-    products); several are shared by a team, one block at a time per
-    thread, as :func:`training_threads` decides for their size.
+    The rows go through in blocks whose size depends on ``n_rows`` only
+    (from 128 rows to ``max_block_rows``), so that a row's result does not
+    depend on the number of threads. BLAS runs on one thread during the
+    prediction whenever its products are large enough for it to start its own
+    threads, which would keep spinning into whatever the user runs next (a
+    fit after a ``score`` is the usual case); the package's team takes the
+    blocks in turn instead, when there is enough work for it.
     """
-    if n_blocks <= 1:
-        yield 1
+    block_rows = min(max_block_rows, max(128, -(-n_rows // 8)))
+    work = n_rows * multiply_adds_per_row
+    if work < BLAS_THREADING_MULTIPLY_ADDS:
+        yield 1, block_rows
         return
-    with training_threads(multiply_adds_per_block) as n_threads:
-        yield min(n_threads, n_blocks)
+    n_blocks = -(-n_rows // block_rows)
+    n_threads = min(max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD)
+    with _one_blas_thread():
+        yield max(1, n_threads), block_rows
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS limited to one thread (restored on exit) unless it already is."""
+    blas = _threadpool_controller().select(user_api="blas")
+    if all(lib.num_threads <= 1 for lib in blas.lib_controllers):
+        yield
+        return
+    limiter = blas.limit(limits=1)
+    try:
+        yield
+    finally:
+        limiter.restore_original_limits()
 
 
 @contextlib.contextmanager

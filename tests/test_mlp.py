@@ -26,7 +26,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from reference import DTYPES, forward_from_attributes, forward_sklearn_mlp
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _threads
@@ -217,31 +217,53 @@ def test_prediction_across_row_blocks(sparse_input):
     assert_allclose(whole, forward_from_attributes(est, X_big), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_rows", [3500, 700])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_prediction_does_not_depend_on_the_threads(dtype, monkeypatch):
-    # Over one block of rows (1024), the engine's threads take the blocks in
-    # turn, each calling BLAS on one thread: a row's result depends only on
-    # its block, so any number of threads gives the same bits.
+def test_prediction_does_not_depend_on_the_threads(dtype, n_rows, monkeypatch):
+    # The team's threads take blocks of rows in turn, each calling BLAS on one
+    # thread; the blocks depend on the number of rows only: a row's result
+    # depends only on its block, so any number of threads gives the same bits.
     X, y, est = make_data("multiclass", dtype=dtype)
     fit_quietly(est, X, y)
-    X_big = make_data("multiclass", n=3500, seed=4, dtype=dtype)[0]
+    X_big = make_data("multiclass", n=n_rows, seed=4, dtype=dtype)[0]
+    monkeypatch.setattr(_threads, "MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD", 1)
+    monkeypatch.setattr(_threads, "BLAS_THREADING_MULTIPLY_ADDS", 1)
     seen, results = [], []
+    prediction_threads = _threads.prediction_threads
     for n_threads in (1, 2, 3):
 
         @contextlib.contextmanager
-        def forced(multiply_adds, n=n_threads):
-            seen.append(multiply_adds)
-            with threadpool_limits(1, user_api="blas"):
-                yield n
+        def spy(*args):
+            with prediction_threads(*args) as (team, block_rows):
+                seen.append((team, block_rows))
+                # BLAS is on one thread while the team runs.
+                assert all(lib["num_threads"] == 1 for lib in threadpool_info()
+                           if lib["user_api"] == "blas")
+                yield team, block_rows
 
-        monkeypatch.setattr(_threads, "training_threads", forced)
-        results.append(est.predict_proba(X_big))
+        monkeypatch.setattr(_threads, "max_threads", lambda n=n_threads: n)
+        monkeypatch.setattr(_threads, "prediction_threads", spy)
+        with threadpool_limits(2, user_api="blas"):
+            results.append(est.predict_proba(X_big))
     for other in results[1:]:
         assert_array_equal(other, results[0])
-    # multiply-adds of one block: 1024 x (5*8 + 8*6 + 6*3)
-    assert seen == [1024 * (5 * 8 + 8 * 6 + 6 * 3)] * 3
+    block_rows = min(1024, max(128, -(-n_rows // 8)))  # from the number of rows only
+    assert seen == [(1, block_rows), (2, block_rows), (3, block_rows)]
     assert_allclose(results[0], forward_from_attributes(est, X_big),
                     rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
+
+
+def test_prediction_leaves_blas_threads_alone():
+    # Small products: BLAS keeps its own limit (it runs them on one thread
+    # anyway); larger ones run with BLAS on one thread, restored afterwards.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    with threadpool_limits(2, user_api="blas"):
+        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        est.predict_proba(X[:1])
+        est.predict_proba(make_data("multiclass", n=5000)[0])
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert after == before
 
 
 def test_predict_does_not_cache_or_change_state():

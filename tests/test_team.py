@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sklearn_bn import _team, _threads
 
@@ -63,13 +63,25 @@ def test_kernel_blocks_depend_on_the_shape_only():
 
 
 def test_prediction_threads():
-    with _threads.prediction_threads(1, 10**9) as n:
-        assert n == 1  # one block: BLAS's own threads
-    with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
-        with _threads.prediction_threads(5, 10**9) as n:
-            assert n == min(2, _team.openmp_max_threads())
-        with _threads.prediction_threads(5, 10) as n:
-            assert n == 1  # blocks too small for a team
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    with threadpool_limits(2, user_api="blas"):
+        # Products BLAS runs on one thread anyway: nothing changes.
+        with _threads.prediction_threads(1, 1000, 1024) as (n, block_rows):
+            assert (n, block_rows) == (1, 128)
+            assert blas_threads() == {2}
+        # Larger: BLAS on one thread; the team when each thread gets enough.
+        with _threads.prediction_threads(4000, 10**5, 1024) as (n, block_rows):
+            assert block_rows == 500
+            assert n == min(_threads.max_threads(), 8)
+            assert blas_threads() == {1}
+        with _threads.prediction_threads(300, 10**3, 1024) as (n, block_rows):
+            assert (n, block_rows) == (1, 128)
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
+        with _threads.prediction_threads(10**6, 10**3, 1024) as (n, block_rows):
+            assert block_rows == 1024
 
 
 def _max_threads_in_child():
