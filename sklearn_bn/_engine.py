@@ -167,8 +167,9 @@ class Workspace:
 
     ``work`` (the parameters' dtype) holds the gathered rows of X, Y and the
     weights, the output layer, and each hidden layer's ``z``, output and
-    delta; ``dwork`` (float64) the batch statistics and the kernels'
-    scratch; ``grad`` the gradient, in the parameters' layout.
+    delta; ``dwork`` (float64) the batch statistics, the kernels' scratch,
+    each row's loss and the partial sums of the L2 term; ``grad`` the
+    gradient, in the parameters' layout.
     """
 
     def __init__(self, layout, max_batch, sparse, dtype):
@@ -186,13 +187,17 @@ class Workspace:
             a_off.append(self._block(max_batch * h))
             d_off.append(self._block(max_batch * h))
         self.z_off, self.a_off, self.d_off = _intp(z_off), _intp(a_off), _intp(d_off)
-        stats_size = self._round_up(layout.n_hidden)
-        self.var_base = stats_size
-        self.scratch_off = 2 * stats_size
-        max_units = max(units[1:-1], default=1)
         self.work = aligned_zeros(max(self._size, 1), dtype)
-        self.dwork = aligned_zeros(2 * stats_size + SCRATCH_PER_COLUMN * max_units,
-                                   np.float64)
+        # dwork: the batch means and variances, the kernels' scratch, each
+        # row's loss and each layer's sums of W ** 2 (one per unit of either
+        # side: columns, or the output layer's rows).
+        self._size = 0
+        self._block(layout.n_hidden)  # the means, at 0
+        self.var_base = self._block(layout.n_hidden)
+        self.scratch_off = self._block(SCRATCH_PER_COLUMN * max(units[1:-1], default=1))
+        self.row_loss_off = self._block(max_batch)
+        self.l2_off = _intp([self._block(max(a, b)) for a, b in zip(units[:-1], units[1:])])
+        self.dwork = aligned_zeros(self._size, np.float64)
         self.grad = aligned_zeros(layout.n_params, dtype)
 
     @staticmethod
@@ -285,9 +290,10 @@ class Engine:
         self._network = _training.Network(
             units=layout.units, coef_off=layout.coef_off, gamma_off=layout.gamma_off,
             bias_off=layout.bias_off, stat_off=layout.stat_off, z_off=ws.z_off,
-            a_off=ws.a_off, d_off=ws.d_off, xb_off=ws.xb_off, yb_off=ws.yb_off,
-            swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
-            scratch_off=ws.scratch_off, activation=activation_code(activation),
+            a_off=ws.a_off, d_off=ws.d_off, l2_off=ws.l2_off, xb_off=ws.xb_off,
+            yb_off=ws.yb_off, swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
+            scratch_off=ws.scratch_off, row_loss_off=ws.row_loss_off,
+            activation=activation_code(activation),
             out_activation=OUT_ACTIVATIONS[out_activation], alpha=float(alpha),
             bn_momentum=float(bn_momentum), bn_epsilon=self.bn_epsilon,
             data_loss_scale=float(data_loss_scale), sparse=self.sparse,

@@ -49,13 +49,15 @@ from sklearn_bn._batchnorm cimport (
     unbiased_count, SCRATCH_PER_COLUMN)
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
-    barrier_wait, share, team_size, team_sum, thread_num)
+    barrier_wait, share, team_size, thread_num)
 
 cdef enum:
     # Threads share rows and columns in multiples of these, so that no two
     # threads write to the same cache line.
     ROW_ALIGN = 8
     COL_ALIGN = 16
+    # Columns per tile of the column sums of W ** 2.
+    CHUNK = 1024
 
 cpdef enum OutActivation:
     OUT_IDENTITY = 0   # squared error
@@ -88,6 +90,8 @@ cdef struct Net:
     Py_ssize_t p_off             # into work: the output layer
     Py_ssize_t var_base          # into dwork: the batch variances (the means at 0)
     Py_ssize_t scratch_off       # into dwork: the kernels' scratch
+    Py_ssize_t row_loss_off      # into dwork: each row's weighted loss
+    const Py_ssize_t* l2_off     # per weight layer, into dwork: its sums of W ** 2
     double alpha
     double bn_momentum
     double bn_epsilon
@@ -153,16 +157,17 @@ cdef class Network:
                  const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] gamma_off,
                  const Py_ssize_t[::1] bias_off, const Py_ssize_t[::1] stat_off,
                  const Py_ssize_t[::1] z_off, const Py_ssize_t[::1] a_off,
-                 const Py_ssize_t[::1] d_off, Py_ssize_t xb_off,
-                 Py_ssize_t yb_off, Py_ssize_t swb_off, Py_ssize_t p_off,
-                 Py_ssize_t var_base, Py_ssize_t scratch_off, int activation,
+                 const Py_ssize_t[::1] d_off, const Py_ssize_t[::1] l2_off,
+                 Py_ssize_t xb_off, Py_ssize_t yb_off, Py_ssize_t swb_off,
+                 Py_ssize_t p_off, Py_ssize_t var_base, Py_ssize_t scratch_off,
+                 Py_ssize_t row_loss_off, int activation,
                  int out_activation, double alpha, double bn_momentum,
                  double bn_epsilon, double data_loss_scale, bint sparse,
                  bint weighted):
         # Offset arrays are never empty (the engine pads them), so that
         # their first element's address exists.
         self._arrays = (units, coef_off, gamma_off, bias_off, stat_off, z_off,
-                        a_off, d_off)
+                        a_off, d_off, l2_off)
         self.net.n_layers = units.shape[0] - 1
         self.net.act = activation
         self.net.out_act = out_activation
@@ -176,6 +181,8 @@ cdef class Network:
         self.net.z_off = &z_off[0]
         self.net.a_off = &a_off[0]
         self.net.d_off = &d_off[0]
+        self.net.l2_off = &l2_off[0]
+        self.net.row_loss_off = row_loss_off
         self.net.xb_off = xb_off
         self.net.yb_off = yb_off
         self.net.swb_off = swb_off
@@ -441,7 +448,7 @@ cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,
     to zero: then nothing is written).
     """
     cdef Py_ssize_t l, L = net.n_layers
-    cdef double loss, l2, sumsq = 0
+    cdef double loss, l2
     if not mb.wsum > 0:
         return 0.0
     l2 = net.alpha / mb.wsum
@@ -450,20 +457,58 @@ cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,
     for l in range(L - 1):
         forward_hidden(net, data, buf, mb, team, l, update_running, dtype)
         barrier_wait(team.barrier)
-    loss = team_sum(team, forward_output(net, data, buf, mb, dtype), 0)
-    backward_output(net, opt, data, buf, mb, team, l2, &sumsq, dtype)
+    forward_output(net, data, buf, mb, dtype)
+    barrier_wait(team.barrier)
+    loss = data_loss(net, buf, mb)
+    backward_output(net, opt, data, buf, mb, team, l2, dtype)
     for l in range(L - 2, -1, -1):
-        backward_hidden(net, opt, data, buf, mb, team, l, l2, &sumsq, dtype)
+        backward_hidden(net, opt, data, buf, mb, team, l, l2, dtype)
         if l > 0:
             barrier_wait(team.barrier)   # the layer below needs every column of this delta
             if opt != NULL and l + 1 < L - 1:
                 # Every thread's share of this delta is done: nothing reads
                 # the coefficients of the layer above any more.
                 step_hidden_coefs(net, opt, buf, team, l + 1, dtype)
-    sumsq = team_sum(team, sumsq, 1)
+    barrier_wait(team.barrier)
     if opt != NULL and L > 2:
         step_hidden_coefs(net, opt, buf, team, 1, dtype)
-    return net.data_loss_scale * loss + 0.5 * l2 * sumsq
+    return net.data_loss_scale * loss + 0.5 * l2 * sum_of_squared_coefs(net, buf)
+
+
+cdef double data_loss(const Net* net, const Buffers* buf,
+                      const Minibatch* mb) noexcept nogil:
+    """The minibatch's weighted mean loss, from its rows' losses added in row
+    order: the same for any number of threads."""
+    cdef const double* row_loss = buf.dwork + net.row_loss_off
+    cdef double total = 0
+    cdef Py_ssize_t k
+    for k in range(mb.m):
+        total += row_loss[k]
+    return total / mb.wsum
+
+
+cdef double sum_of_squared_coefs(const Net* net, const Buffers* buf) noexcept nogil:
+    """The sum of every coefficient squared, from the partial sums the
+    backward pass left (one per column of a hidden layer, one per row of the
+    output layer), added in a fixed order: the same for any number of
+    threads."""
+    cdef double total = 0
+    cdef const double* part
+    cdef Py_ssize_t l, k
+    for l in range(net.n_layers):
+        part = buf.dwork + net.l2_off[l]
+        for k in range(l2_parts(net, l)):
+            total += part[k]
+    return total
+
+
+cdef inline Py_ssize_t l2_parts(const Net* net, Py_ssize_t l) noexcept nogil:
+    """How many partial sums of ``W ** 2`` layer ``l`` leaves: one per column,
+    but one per row for the output layer over dense rows (whose gradient is
+    shared by rows)."""
+    if l == net.n_layers - 1 and not (l == 0 and net.sparse):
+        return net.units[l]
+    return net.units[l + 1]
 
 
 # ---------------------------------------------------------------------------
@@ -552,22 +597,21 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
             mean + c0, var + c0, c1 - c0, net.bn_momentum, mb.n_running)
 
 
-cdef double forward_output(const Net* net, const Data* data, Buffers* buf,
-                           const Minibatch* mb, floating* dtype) noexcept nogil:
+cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
+                         const Minibatch* mb, floating* dtype) noexcept nogil:
     """The output layer, its loss and its delta on this thread's rows, and
     those rows of the last hidden layer's delta (they need only this
     thread's rows of the output delta; rows also suit BLAS better here, the
-    inner dimension being ``n_out``). Returns this thread's part of the
-    loss."""
+    inner dimension being ``n_out``). Each row's weighted loss goes to
+    ``dwork``."""
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
     cdef Py_ssize_t L = net.n_layers, l = L - 1, n_out = net.n_out
     cdef Py_ssize_t fan_in = net.units[l], r0 = mb.r0, r1 = mb.r1
     cdef const floating* W = theta + net.coef_off[l]
     cdef floating* p = work + net.p_off + r0 * n_out
-    cdef double loss
     if r1 <= r0:
-        return 0.0
+        return
     if l == 0 and net.sparse:
         sparse_rows_matmul(mb.rows + r0, r1 - r0, <const floating*> data.X_data,
                            data.X_indices, data.X_indptr, W, n_out, 0, n_out, p)
@@ -576,23 +620,22 @@ cdef double forward_output(const Net* net, const Data* data, Buffers* buf,
               <floating> 1, layer_input(net, buf, mb, l, dtype) + r0 * fan_in,
               <int> fan_in, W, <int> n_out, <floating> 0, p, <int> n_out)
     add_bias_rows(p, r1 - r0, n_out, theta + net.bias_off[l])
-    loss = output_loss_and_delta(net, p, work + net.yb_off + r0 * n_out,
-                                 work + net.swb_off + r0, r1 - r0, mb.wsum)
+    output_loss_and_delta(net, p, work + net.yb_off + r0 * n_out,
+                          work + net.swb_off + r0, r1 - r0, mb.wsum,
+                          buf.dwork + net.row_loss_off + r0)
     if L > 1:
         cgemm(False, True, <int> (r1 - r0), <int> fan_in, <int> n_out,
               <floating> 1, p, <int> n_out, W, <int> n_out, <floating> 0,
               work + net.d_off[L - 2] + r0 * fan_in, <int> fan_in)
-    return loss
 
 
 cdef void backward_output(const Net* net, const Optimizer* opt,
                           const Data* data, Buffers* buf, const Minibatch* mb,
-                          const Team* team, double l2, double* sumsq,
-                          floating* dtype) noexcept nogil:
+                          const Team* team, double l2, floating* dtype) noexcept nogil:
     """Gradient of the output layer: the intercept's by columns, the
     coefficients' by their rows (the units of the layer below), each L2 term
-    first (``l2 * W``; the sum of ``W ** 2`` goes to ``sumsq``). Stepped at
-    once: after the loss, nothing reads them."""
+    first (``l2 * W``, and the sums of ``W ** 2``). Stepped at once: after the
+    loss, nothing reads them."""
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef Py_ssize_t l = net.n_layers - 1, n_out = net.n_out, nf = net.n_features
@@ -601,6 +644,7 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
     cdef const floating* D = (<const floating*> buf.work) + net.p_off
     cdef floating* gW = grad + net.coef_off[l]
     cdef floating* gbias = grad + net.bias_off[l]
+    cdef double* l2_part = buf.dwork + net.l2_off[l]
     cdef floating c = <floating> l2
     share(n_out, COL_ALIGN, team, &c0, &c1)
     for i in range(c0, c1):
@@ -611,7 +655,7 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
     step_panel(opt, buf, net.bias_off[l], 1, c0, c1, n_out, dtype)
     if l == 0 and net.sparse:
         if c1 > c0:
-            l2_start_panel(gW, W, nf, c0, c1, n_out, c, sumsq)
+            l2_start_panel(gW, W, nf, c0, c1, n_out, c, l2_part, False)
             sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
                              data.X_indices, data.X_indptr, D, nf, n_out, c0,
                              c1, gW, c != 0)
@@ -621,7 +665,7 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
     if c1 <= c0:
         return
     l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
-                   c, sumsq)
+                   c, l2_part + c0, True)
     cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
           layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
           <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
@@ -632,7 +676,7 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
 cdef void backward_hidden(const Net* net, const Optimizer* opt,
                           const Data* data, Buffers* buf, const Minibatch* mb,
                           const Team* team, Py_ssize_t l, double l2,
-                          double* sumsq, floating* dtype) noexcept nogil:
+                          floating* dtype) noexcept nogil:
     """Hidden layer ``l`` backward on this thread's columns: the delta (from
     the complete delta of the layer above; the last hidden layer's was
     computed by rows with the loss), batch norm backward (gamma and beta,
@@ -666,7 +710,8 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
         buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
     step_panel(opt, buf, net.gamma_off[l], 1, c0, c1, fan_out, dtype)
     step_panel(opt, buf, net.bias_off[l], 1, c0, c1, fan_out, dtype)
-    l2_start_panel(gW, theta + net.coef_off[l], fan_in, c0, c1, fan_out, c, sumsq)
+    l2_start_panel(gW, theta + net.coef_off[l], fan_in, c0, c1, fan_out, c,
+                   buf.dwork + net.l2_off[l], False)
     if l == 0 and net.sparse:
         sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
                          data.X_indices, data.X_indptr, D, net.n_features,
@@ -702,17 +747,18 @@ cdef inline floating clip_prob(floating p) noexcept nogil:
     return p
 
 
-cdef double output_loss_and_delta(const Net* net, floating* p,
-                                  const floating* y, const floating* swb,
-                                  Py_ssize_t m, double wsum) noexcept nogil:
-    """Apply the output activation to ``p`` in place, return the weighted
-    loss of these ``m`` rows divided by ``wsum``, and overwrite ``p`` with
-    ``dL/dz = w * (p - y) / wsum``."""
+cdef void output_loss_and_delta(const Net* net, floating* p,
+                                const floating* y, const floating* swb,
+                                Py_ssize_t m, double wsum,
+                                double* row_loss_out) noexcept nogil:
+    """Apply the output activation to ``p`` in place, write the weighted loss
+    of each of these ``m`` rows, and overwrite ``p`` with ``dL/dz = w * (p -
+    y) / wsum``."""
     cdef Py_ssize_t i, j, n_out = net.n_out
     cdef floating* row
     cdef const floating* yrow
     cdef floating q
-    cdef double row_loss, total = 0, w
+    cdef double row_loss, w
     out_activation_rows(p, m, n_out, net.out_act)
     for i in range(m):
         row = p + i * n_out
@@ -737,10 +783,9 @@ cdef double output_loss_and_delta(const Net* net, floating* p,
                 row_loss += row[j] - yrow[j]
         else:
             row_loss = NAN
-        total += w * row_loss
+        row_loss_out[i] = w * row_loss
         for j in range(n_out):
             row[j] = <floating> (w * (row[j] - yrow[j]) / wsum)
-    return total / wsum
 
 
 cdef void out_activation_rows(floating* z, Py_ssize_t m, Py_ssize_t n,
@@ -846,26 +891,44 @@ cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogi
 
 cdef simd_void l2_start_panel(floating* grad, const floating* w,
                               Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
-                              Py_ssize_t ld, floating c,
-                              double* sumsq) noexcept nogil:
+                              Py_ssize_t ld, floating c, double* sums,
+                              bint by_rows) noexcept nogil:
     """Start a coefficient gradient with its L2 term: ``grad = c * w`` on
     columns ``c0:c1`` of ``n_rows`` rows ``ld`` apart (nothing is written when
-    ``c == 0``); adds the sum of ``w ** 2`` there to ``sumsq``.
+    ``c == 0``); and the sums of ``w ** 2`` there: ``sums[j]`` for column
+    ``j``, or ``sums[i]`` for row ``i`` when ``by_rows`` (a thread owning whole
+    rows), always added in the same order whatever the team.
 
     The data term's product then adds to ``grad`` when ``c != 0`` (BLAS
     ``beta = 1``) and writes it otherwise: one pass over the gradient fewer
     than adding the L2 term after the product, and BLAS skips its own pass
     that zeroes ``C`` for ``beta = 0``.
     """
-    cdef Py_ssize_t i, j, width = c1 - c0
-    if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
-        width *= n_rows
-        n_rows = 1
-    for i in range(n_rows):
-        if c != 0:
-            for j in range(c0 + i * ld, c0 + i * ld + width):
+    cdef double acc[CHUNK]
+    cdef Py_ssize_t i, j, j0, width
+    if c != 0:
+        if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
+            for j in range(n_rows * ld):
                 grad[j] = c * w[j]
-        sumsq[0] += sum_of_squares(w + c0 + i * ld, width)
+        else:
+            for i in range(n_rows):
+                for j in range(c0 + i * ld, c1 + i * ld):
+                    grad[j] = c * w[j]
+    if by_rows:
+        for i in range(n_rows):
+            sums[i] = sum_of_squares(w + c0 + i * ld, c1 - c0)
+        return
+    j0 = c0
+    while j0 < c1:   # column sums, in local arrays so that the loop vectorizes
+        width = min(<Py_ssize_t> CHUNK, c1 - j0)
+        for j in range(width):
+            acc[j] = 0
+        for i in range(n_rows):
+            for j in range(width):
+                acc[j] += <double> w[i * ld + j0 + j] * w[i * ld + j0 + j]
+        for j in range(width):
+            sums[j0 + j] = acc[j]
+        j0 += width
 
 
 cdef double adam_step_size(const Optimizer* opt, Py_ssize_t t) noexcept nogil:

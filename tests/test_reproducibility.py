@@ -50,7 +50,7 @@ def _regression(seed, n_outputs=2, **kw):
 
 def _fit_dense_adam(dtype):
     X, y = _classification(0)
-    est = MLPBNClassifier(hidden_layer_sizes=(16, 9), batch_size=32, max_iter=3,
+    est = MLPBNClassifier(hidden_layer_sizes=(48, 40), batch_size=32, max_iter=3,
                           alpha=1e-3, random_state=0)
     return est.fit(X.astype(dtype), y)
 
