@@ -64,6 +64,11 @@ cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
                                 Py_ssize_t n_cols, double momentum,
                                 double wsum) noexcept nogil
 
+cdef void cupdate_running_average(floating* running_mean, floating* running_var,
+                                  const double* mean, const double* var,
+                                  Py_ssize_t n_cols, double count,
+                                  double wsum) noexcept nogil
+
 
 cdef inline double unbiased_count(double weight_sum, double n_positive) noexcept nogil:
     # The m of the unbiased correction m / (m - 1) of a (weighted) variance,

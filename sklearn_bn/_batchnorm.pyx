@@ -869,6 +869,21 @@ cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
                                      + momentum * var[j] * correction)
 
 
+cdef void cupdate_running_average(floating* running_mean, floating* running_var,
+                                  const double* mean, const double* var,
+                                  Py_ssize_t n_cols, double count,
+                                  double wsum) noexcept nogil:
+    """The cumulative average, after the ``count``-th batch (PyTorch's
+    ``momentum=None``): ``running += (batch - running) / count``, with the
+    unbiased batch variance."""
+    cdef Py_ssize_t j
+    cdef double correction = wsum / (wsum - 1) if wsum > 1 else 1.0
+    for j in range(n_cols):
+        running_mean[j] = <floating> (running_mean[j] + (mean[j] - running_mean[j]) / count)
+        running_var[j] = <floating> (running_var[j]
+                                     + (var[j] * correction - running_var[j]) / count)
+
+
 # ---------------------------------------------------------------------------
 # def wrappers: check everything with the NumPy C API (about 30 ns per
 # array, where acquiring a typed memoryview costs about 400 ns: it matters

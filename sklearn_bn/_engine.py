@@ -143,17 +143,22 @@ class ParameterLayout:
 
 @dataclass
 class Parameters:
-    """A network's trainable parameters and running statistics, flat."""
+    """A network's trainable parameters and running statistics, flat, and
+    the updates of the running statistics so far (the divisor of their
+    cumulative average)."""
 
     theta: np.ndarray
     running_mean: np.ndarray
     running_var: np.ndarray
+    n_batches_tracked: int = 0
 
     def copy(self):
-        return Parameters(*(aligned_copy(a) for a in vars(self).values()))
+        return Parameters(aligned_copy(self.theta), aligned_copy(self.running_mean),
+                          aligned_copy(self.running_var), self.n_batches_tracked)
 
     def is_finite(self):
-        return all(np.isfinite(a).all() for a in vars(self).values())
+        return all(np.isfinite(a).all()
+                   for a in (self.theta, self.running_mean, self.running_var))
 
 
 def aligned_copy(a):
@@ -172,29 +177,37 @@ class Workspace:
     gradient, in the parameters' layout.
     """
 
-    def __init__(self, layout, max_batch, sparse, dtype):
+    def __init__(self, layout, max_batch, sparse, dtype, dropout=None, max_chunks=1):
         units = [int(u) for u in layout.units]
         n_features, n_out = units[0], units[-1]
+        hidden = units[1:-1]
+        dropout = [0.0] * len(hidden) if dropout is None else dropout
         self.max_batch = int(max_batch)
         self._size = 0
         self.xb_off = self._block(0 if sparse else max_batch * n_features)
         self.yb_off = self._block(max_batch * n_out)
         self.swb_off = self._block(max_batch)
         self.p_off = self._block(max_batch * n_out)
-        z_off, a_off, d_off = [], [], []
-        for h in units[1:-1]:
+        z_off, a_off, d_off, ad_off = [], [], [], []
+        for h, p in zip(hidden, dropout):
             z_off.append(self._block(max_batch * h))
             a_off.append(self._block(max_batch * h))
             d_off.append(self._block(max_batch * h))
+            # The output after dropout, where the layer has it.
+            ad_off.append(self._block(max_batch * h) if p > 0 else a_off[-1])
         self.z_off, self.a_off, self.d_off = _intp(z_off), _intp(a_off), _intp(d_off)
+        self.ad_off = _intp(ad_off)
+        self.gtmp_off = self._block(2 * max(hidden, default=1))
         self.work = aligned_zeros(max(self._size, 1), dtype)
-        # dwork: the batch means and variances, the kernels' scratch, each
-        # row's loss and each layer's sums of W ** 2 (one per unit of either
-        # side: columns, or the output layer's rows).
+        # dwork: each chunk's batch means, then variances (ghost batch norm
+        # has several chunks), the kernels' scratch, each row's loss and each
+        # layer's sums of W ** 2 (one per unit of either side: columns, or the
+        # output layer's rows).
         self._size = 0
-        self._block(layout.n_hidden)  # the means, at 0
-        self.var_base = self._block(layout.n_hidden)
-        self.scratch_off = self._block(SCRATCH_PER_COLUMN * max(units[1:-1], default=1))
+        self.stats_stride = self._round_up(layout.n_hidden)
+        self._block(max_chunks * self.stats_stride)  # the means, at 0
+        self.var_base = self._block(max_chunks * self.stats_stride)
+        self.scratch_off = self._block(SCRATCH_PER_COLUMN * max(hidden, default=1))
         self.row_loss_off = self._block(max_batch)
         self.l2_off = _intp([self._block(max(a, b)) for a, b in zip(units[:-1], units[1:])])
         self.dwork = aligned_zeros(self._size, np.float64)
@@ -255,15 +268,29 @@ class Engine:
         Whether X is sparse, whether rows carry weights.
     alpha : float
         L2 penalty on the coefficients.
-    bn_momentum, bn_epsilon : float
+    bn_momentum : float in [0, 1] or None
+        None: the running statistics are the cumulative average of the
+        batches' statistics.
+    bn_epsilon : float
     data_loss_scale : float, default=1.0
         Factor on the data term of the reported loss (not on the L2 term nor
         the gradient): the regressor reports the squared error as a mean over
         outputs, as scikit-learn does, while the gradient is that of the sum.
+    virtual_batch_size : int >= 2 or None, default=None
+        Ghost batch norm: each minibatch of ``m`` rows is normalized in
+        ``max(1, min(ceil(m / virtual_batch_size), m // 2))`` consecutive
+        chunks (as ``numpy.array_split`` splits), each with its own
+        statistics, which update the running statistics in turn.
+    dropout : sequence of float in [0, 1), default=None
+        Each hidden layer's dropout rate (None: none).
+    dropout_seed : int, default=0
+        Seeds the dropout masks, which depend on it, the optimizer's step,
+        the layer, the row of the minibatch and the unit only.
     """
 
     def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
-                 weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0):
+                 weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0,
+                 virtual_batch_size=None, dropout=None, dropout_seed=0):
         units = [int(u) for u in units]
         if len(units) < 2 or min(units) < 1:
             raise ValueError(f"a network needs >= 2 layers of >= 1 unit, got {units}")
@@ -276,13 +303,25 @@ class Engine:
         for name, value in (("alpha", alpha), ("bn_epsilon", bn_epsilon)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0 <= bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum}")
+        if bn_momentum is not None and not 0 <= bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in [0, 1] or None, got {bn_momentum}")
+        if virtual_batch_size is not None and not virtual_batch_size >= 2:
+            raise ValueError(f"virtual_batch_size must be >= 2, got {virtual_batch_size}")
+        n_hidden_layers = len(units) - 2
+        dropout = np.zeros(n_hidden_layers) if dropout is None else np.asarray(
+            dropout, dtype=np.float64)
+        if dropout.shape != (n_hidden_layers,) or not np.all((dropout >= 0) & (dropout < 1)):
+            raise ValueError(f"dropout needs one rate in [0, 1) per hidden layer, got {dropout}")
         if not data_loss_scale > 0:
             raise ValueError(f"data_loss_scale must be positive, got {data_loss_scale}")
         self.dtype = np.dtype(dtype)
         self.layout = ParameterLayout(units)
-        self.workspace = Workspace(self.layout, max_batch, sparse, self.dtype)
+        max_chunks = 1
+        if virtual_batch_size is not None:
+            max_chunks = max(1, min(-(-max_batch // virtual_batch_size), max_batch // 2))
+        self.workspace = Workspace(self.layout, max_batch, sparse, self.dtype, dropout,
+                                   max_chunks)
+        self._dropout = np.concatenate([dropout, [0.0]])  # never empty
         self.sparse, self.weighted = bool(sparse), bool(weighted)
         self.activation, self.out_activation = activation, out_activation
         self.bn_epsilon = float(bn_epsilon)
@@ -290,13 +329,18 @@ class Engine:
         self._network = _training.Network(
             units=layout.units, coef_off=layout.coef_off, gamma_off=layout.gamma_off,
             bias_off=layout.bias_off, stat_off=layout.stat_off, z_off=ws.z_off,
-            a_off=ws.a_off, d_off=ws.d_off, l2_off=ws.l2_off, xb_off=ws.xb_off,
-            yb_off=ws.yb_off, swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
+            a_off=ws.a_off, d_off=ws.d_off, l2_off=ws.l2_off, ad_off=ws.ad_off,
+            dropout=self._dropout, xb_off=ws.xb_off, yb_off=ws.yb_off,
+            swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
             scratch_off=ws.scratch_off, row_loss_off=ws.row_loss_off,
+            stats_stride=ws.stats_stride, gtmp_off=ws.gtmp_off,
+            virtual_batch=int(virtual_batch_size or 0),
             activation=activation_code(activation),
             out_activation=OUT_ACTIVATIONS[out_activation], alpha=float(alpha),
-            bn_momentum=float(bn_momentum), bn_epsilon=self.bn_epsilon,
-            data_loss_scale=float(data_loss_scale), sparse=self.sparse,
+            bn_momentum=0.0 if bn_momentum is None else float(bn_momentum),
+            cumulative=bn_momentum is None, bn_epsilon=self.bn_epsilon,
+            data_loss_scale=float(data_loss_scale),
+            dropout_seed=int(dropout_seed) % 2**64, sparse=self.sparse,
             weighted=self.weighted,
         )
         self.n_threads = 1
@@ -322,13 +366,15 @@ class Engine:
     # ------------------------------------------------------------------
     # Data and parameters
 
-    def parameters(self, coefs, gammas, intercepts, running_means, running_vars):
+    def parameters(self, coefs, gammas, intercepts, running_means, running_vars,
+                   n_batches_tracked=0):
         """Flat copies of per-layer parameters and statistics."""
         layout = self.layout
         return Parameters(
             layout.pack(coefs, gammas, intercepts, self.dtype),
             layout.pack_stats(running_means, self.dtype),
             layout.pack_stats(running_vars, self.dtype),
+            int(n_batches_tracked),
         )
 
     def bind(self, X, Y, sample_weight=None):
@@ -437,9 +483,9 @@ class Engine:
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
             arrays["step"] = optimizer.step
-            loss_sum, optimizer.step, start = _training.train_epoch(
+            loss_sum, optimizer.step, start, params.n_batches_tracked = _training.train_epoch(
                 self._network, start=start, max_batches=self._batches_per_call,
-                loss_sum=loss_sum, **arrays,
+                loss_sum=loss_sum, tracked=params.n_batches_tracked, **arrays,
             )
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
@@ -452,11 +498,12 @@ class Engine:
         self._batches_per_call = int(max(1, min(4 * self._batches_per_call, target,
                                                 batches_per_epoch)))
 
-    def loss_and_gradient(self, *, data, params, update_running=False):
+    def loss_and_gradient(self, *, data, params, update_running=False, step=0):
         """The training-mode loss (batch statistics, L2 term) of all of
         ``data`` as one minibatch and its gradient, in the layout of
         ``params.theta``; the running statistics move only when
-        ``update_running``."""
+        ``update_running``. ``step`` picks the dropout masks (those of the
+        optimizer's step ``step + 1``)."""
         self._check(data, params)
         if not 1 <= data.n_samples <= self.workspace.max_batch:
             raise ValueError("need between one row and the workspace's max_batch")
@@ -465,7 +512,8 @@ class Engine:
             self._network, **data.arrays(), theta=params.theta, grad=grad,
             running_mean=params.running_mean, running_var=params.running_var,
             work=self.workspace.work, dwork=self.workspace.dwork,
-            update_running=bool(update_running),
+            update_running=bool(update_running), tracked=params.n_batches_tracked,
+            step=int(step),
         )
         if not weight_sum > 0:
             raise ValueError("sample weights sum to zero")

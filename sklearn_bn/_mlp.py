@@ -82,8 +82,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
             Interval(Integral, 1, None, closed="left"),
             Options(Real, {np.inf}),
         ],
-        "bn_momentum": [Interval(Real, 0, 1, closed="both")],
+        "bn_momentum": [Interval(Real, 0, 1, closed="both"), None],
         "bn_epsilon": [Interval(Real, 0, None, closed="neither")],
+        "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
+        "virtual_batch_size": [Interval(Integral, 2, None, closed="left"), None],
     }
 
     @abstractmethod
@@ -114,6 +116,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         n_iter_no_change,
         bn_momentum,
         bn_epsilon,
+        dropout,
+        virtual_batch_size,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -140,6 +144,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self.n_iter_no_change = n_iter_no_change
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.dropout = dropout
+        self.virtual_batch_size = virtual_batch_size
 
     # ------------------------------------------------------------------
     # Validation helpers
@@ -152,6 +158,18 @@ class _BaseMLPBN(BaseEstimator, ABC):
         if any(not isinstance(s, Integral) or s <= 0 for s in sizes):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
         return [int(s) for s in sizes]
+
+    def _dropout_rates(self, n_hidden_layers):
+        """One dropout rate per hidden layer, checked."""
+        if isinstance(self.dropout, Real):
+            return [float(self.dropout)] * n_hidden_layers
+        rates = np.asarray(self.dropout, dtype=np.float64)
+        if rates.shape != (n_hidden_layers,) or not np.all((rates >= 0) & (rates < 1)):
+            raise ValueError(
+                "dropout must be a float in [0, 1) or a sequence of one such rate per "
+                f"hidden layer ({n_hidden_layers}), got {self.dropout!r}."
+            )
+        return rates.tolist()
 
     def _validate_X_predict(self, X):
         check_is_fitted(self)
@@ -194,6 +212,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
 
+        dropout = self._dropout_rates(len(hidden))
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         n_samples, n_features = X.shape
         if n_samples == 1:
@@ -232,9 +251,13 @@ class _BaseMLPBN(BaseEstimator, ABC):
             params = self._fitted_params(units)
             state = self._continued_state()
 
+        # Updates of the running statistics so far: a new fit starts counting
+        # again (the cumulative average of bn_momentum=None), partial_fit
+        # goes on.
+        tracked = getattr(self, "_n_batches_tracked", 0) if incremental else 0
         engine, params, optimizer = self._fit_stochastic(
-            X, Y, sample_weight, units, params, state, out_activation,
-            random_state, incremental,
+            X, Y, sample_weight, units, params + (tracked,), state, out_activation,
+            random_state, incremental, dropout,
         )  # fmt: skip
 
         # Everything succeeded: publish the new state.
@@ -254,6 +277,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self.best_validation_score_ = state["best_validation_score"]
         self._no_improvement_count = state["no_improvement"]
         self._optimizer_state = optimizer.state_dict()
+        self._n_batches_tracked = params.n_batches_tracked
         self._freeze_fitted_arrays()
         return self
 
@@ -289,12 +313,15 @@ class _BaseMLPBN(BaseEstimator, ABC):
         return state
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
-                        out_activation, random_state, incremental):
+                        out_activation, random_state, incremental, dropout):
         """Build the engine and train; return it with the trained parameters
         and the optimizer (nothing of the estimator changes here)."""
         train, validation = self._validation_split(X, Y, sample_weight, random_state)
         X_train, Y_train, sw_train = train
         batch_size = self._batch_size(X_train.shape[0])
+        # Drawn only with dropout on, so that a fit without draws nothing more
+        # from the random stream.
+        dropout_seed = random_state.randint(2**31 - 1) if any(dropout) else 0
         # scikit-learn reports the squared error as a mean over outputs (its
         # gradient, like ours, is that of their sum); the other losses sum.
         data_loss_scale = 1.0 / Y.shape[1] if out_activation == "identity" else 1.0
@@ -303,7 +330,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
             dtype=Y.dtype, max_batch=min(batch_size + 1, X_train.shape[0]),
             sparse=sp.issparse(X_train), weighted=sw_train is not None,
             alpha=self.alpha, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            data_loss_scale=data_loss_scale,
+            data_loss_scale=data_loss_scale, virtual_batch_size=self.virtual_batch_size,
+            dropout=dropout, dropout_seed=dropout_seed,
         )  # fmt: skip
         data = engine.bind(X_train, Y_train, sw_train)
         params = engine.parameters(*params)
@@ -719,13 +747,37 @@ _COMMON_PARAMS_DOC = """
     n_iter_no_change : int, default=10
         Number of epochs without ``tol`` improvement before stopping.
 
-    bn_momentum : float, default=0.1
+    bn_momentum : float or None, default=0.1
         Momentum of the running statistics (PyTorch's convention):
         ``running = (1 - bn_momentum) * running + bn_momentum * batch``, with
-        the unbiased batch variance.
+        the unbiased batch variance. ``None``: their cumulative average over
+        the minibatches seen, as PyTorch's ``momentum=None``: after the
+        ``k``-th, ``running += (batch - running) / k``. ``fit`` starts the
+        count again; ``partial_fit`` goes on with it.
 
     bn_epsilon : float, default=1e-5
         Added to the variance before the square root in batch norm.
+
+    dropout : float in [0, 1) or array-like of shape (n_layers - 2,), default=0.0
+        Inverted dropout on each hidden layer's output, after its activation,
+        during training only: each unit is kept with probability ``1 - p``
+        and the kept ones are scaled by ``1 / (1 - p)``; a float applies the
+        same rate ``p`` to every hidden layer. The masks depend on
+        ``random_state`` (a seed drawn from it only when a rate is not 0), the
+        optimizer's step, the layer, the row and the unit: a fit is
+        reproducible for a given ``random_state`` and number of threads.
+        Prediction never drops anything.
+
+    virtual_batch_size : int >= 2 or None, default=None
+        Ghost batch normalization (TabNet's ``virtual_batch_size``): each
+        training minibatch of ``m`` rows is split into ``n = max(1, min(ceil(m
+        / virtual_batch_size), m // 2))`` consecutive chunks, as
+        ``numpy.array_split`` splits them (sizes differing by at most one,
+        none below two rows). Every hidden layer normalizes each chunk with
+        that chunk's statistics, and the running statistics are updated once
+        per chunk, in order, with ``bn_momentum`` (what applying PyTorch's
+        ``BatchNorm1d`` to each chunk in turn does). ``None``, or a value of
+        at least ``batch_size``: plain batch norm.
 """
 
 _COMMON_ATTRIBUTES_DOC = """
@@ -911,6 +963,8 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         n_iter_no_change=10,
         bn_momentum=0.1,
         bn_epsilon=1e-5,
+        dropout=0.0,
+        virtual_batch_size=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -938,6 +992,8 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             n_iter_no_change=n_iter_no_change,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            dropout=dropout,
+            virtual_batch_size=virtual_batch_size,
         )
 
     def _validate_input(self, X, y, incremental, reset):
@@ -1230,6 +1286,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         n_iter_no_change=10,
         bn_momentum=0.1,
         bn_epsilon=1e-5,
+        dropout=0.0,
+        virtual_batch_size=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1257,6 +1315,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             n_iter_no_change=n_iter_no_change,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            dropout=dropout,
+            virtual_batch_size=virtual_batch_size,
         )
 
     def _validate_input(self, X, y, incremental, reset):

@@ -34,6 +34,7 @@ Workspace: ``work`` (input dtype) and ``dwork`` (float64), sized by the
 minibatch, not by the data; ``_engine.Workspace`` lays them out.
 """
 from libc.math cimport exp, log, sqrt, sqrtf, NAN
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cython cimport floating
@@ -45,8 +46,8 @@ from sklearn_bn._activations cimport logistic, IDENTITY
 from sklearn_bn._blas cimport cgemm, caxpy
 from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
-    cbn_act_forward_train, cbn_act_backward, cupdate_running_stats, normalize,
-    unbiased_count, SCRATCH_PER_COLUMN)
+    cbn_act_forward_train, cbn_act_backward, cupdate_running_average,
+    cupdate_running_stats, normalize, unbiased_count, SCRATCH_PER_COLUMN)
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
     barrier_wait, share, team_size, thread_num)
@@ -92,6 +93,13 @@ cdef struct Net:
     Py_ssize_t scratch_off       # into dwork: the kernels' scratch
     Py_ssize_t row_loss_off      # into dwork: each row's weighted loss
     const Py_ssize_t* l2_off     # per weight layer, into dwork: its sums of W ** 2
+    Py_ssize_t stats_stride      # dwork distance between two chunks' statistics
+    Py_ssize_t virtual_batch     # ghost batch norm's chunk size (0: off)
+    Py_ssize_t gtmp_off          # into work: a chunk's dgamma and dbeta
+    const Py_ssize_t* ad_off     # per hidden layer, into work: its output after dropout
+    const double* dropout        # per hidden layer: the rate
+    uint64_t dropout_seed
+    bint cumulative              # running statistics: the cumulative average
     double alpha
     double bn_momentum
     double bn_epsilon
@@ -129,6 +137,10 @@ cdef struct Minibatch:
     bint contiguous              # rows[k] == rows[0] + k: X is read in place
     double wsum                  # sum of the weights (m when unweighted)
     double n_running             # the m of the running variance's m / (m - 1)
+    Py_ssize_t n_chunks          # ghost batch norm's chunks (1: the whole batch)
+    Py_ssize_t n_updates         # chunks that carry weight: updates of the running stats
+    Py_ssize_t tracked           # updates of the running statistics before this batch
+    Py_ssize_t step              # the optimizer's steps before this batch
     Py_ssize_t r0                # this thread's rows [r0, r1)
     Py_ssize_t r1
     const char* xin              # the minibatch's rows of X (NULL when sparse)
@@ -158,16 +170,18 @@ cdef class Network:
                  const Py_ssize_t[::1] bias_off, const Py_ssize_t[::1] stat_off,
                  const Py_ssize_t[::1] z_off, const Py_ssize_t[::1] a_off,
                  const Py_ssize_t[::1] d_off, const Py_ssize_t[::1] l2_off,
+                 const Py_ssize_t[::1] ad_off, const double[::1] dropout,
                  Py_ssize_t xb_off, Py_ssize_t yb_off, Py_ssize_t swb_off,
                  Py_ssize_t p_off, Py_ssize_t var_base, Py_ssize_t scratch_off,
-                 Py_ssize_t row_loss_off, int activation,
+                 Py_ssize_t row_loss_off, Py_ssize_t stats_stride,
+                 Py_ssize_t gtmp_off, Py_ssize_t virtual_batch, int activation,
                  int out_activation, double alpha, double bn_momentum,
-                 double bn_epsilon, double data_loss_scale, bint sparse,
-                 bint weighted):
+                 bint cumulative, double bn_epsilon, double data_loss_scale,
+                 uint64_t dropout_seed, bint sparse, bint weighted):
         # Offset arrays are never empty (the engine pads them), so that
         # their first element's address exists.
         self._arrays = (units, coef_off, gamma_off, bias_off, stat_off, z_off,
-                        a_off, d_off, l2_off)
+                        a_off, d_off, l2_off, ad_off, dropout)
         self.net.n_layers = units.shape[0] - 1
         self.net.act = activation
         self.net.out_act = out_activation
@@ -182,7 +196,14 @@ cdef class Network:
         self.net.a_off = &a_off[0]
         self.net.d_off = &d_off[0]
         self.net.l2_off = &l2_off[0]
+        self.net.ad_off = &ad_off[0]
+        self.net.dropout = &dropout[0]
+        self.net.dropout_seed = dropout_seed
         self.net.row_loss_off = row_loss_off
+        self.net.stats_stride = stats_stride
+        self.net.gtmp_off = gtmp_off
+        self.net.virtual_batch = virtual_batch
+        self.net.cumulative = cumulative
         self.net.xb_off = xb_off
         self.net.yb_off = yb_off
         self.net.swb_off = swb_off
@@ -242,7 +263,8 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
                 double[::1] dwork, int solver, double learning_rate,
                 double momentum, bint nesterov, double beta_1, double beta_2,
                 double adam_epsilon, Py_ssize_t step, Py_ssize_t start,
-                Py_ssize_t max_batches, double loss_sum, int n_threads):
+                Py_ssize_t max_batches, double loss_sum, Py_ssize_t tracked,
+                int n_threads):
     """Run up to ``max_batches`` minibatches of an epoch over the rows in
     ``order``, from row ``start`` of it; update everything in place.
 
@@ -264,6 +286,9 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
     stop : int
         The row of ``order`` where the next minibatch starts (its length
         when the epoch is done).
+    tracked : int
+        ``tracked`` (the updates of the running statistics so far, which
+        their cumulative average divides by) after these minibatches.
     """
     cdef Net* net = &network.net
     cdef Data data = _data(X, X_data, X_indices, X_indptr, Y, sample_weight,
@@ -295,14 +320,16 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
             # Never enters OpenMP: nothing a fork() could leave broken.
             run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
                       order_is_identity, batch_size, start, max_batches, &stop,
-                      partials, &barrier, &loss_sum, &step, <floating*> NULL)
+                      partials, &barrier, &loss_sum, &step, &tracked,
+                      <floating*> NULL)
         else:
             with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
                 run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
                           order_is_identity, batch_size, start, max_batches, &stop,
-                          partials, &barrier, &loss_sum, &step, <floating*> NULL)
+                          partials, &barrier, &loss_sum, &step, &tracked,
+                          <floating*> NULL)
     barrier_destroy(&barrier)
-    return loss_sum, step, stop
+    return loss_sum, step, stop, tracked
 
 
 def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
@@ -314,10 +341,14 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
                       const floating[::1] theta, floating[::1] grad,
                       floating[::1] running_mean, floating[::1] running_var,
                       floating[::1] work, double[::1] dwork,
-                      bint update_running):
+                      bint update_running, Py_ssize_t tracked, Py_ssize_t step):
     """Loss and gradient (into ``grad``) of all of ``X`` as one minibatch, on
     the calling thread: the training-mode objective the engine follows
     (batch statistics, L2 on the coefficients).
+
+    ``tracked`` and ``step`` are where the running statistics' count and
+    the optimizer's steps stand (the cumulative average and dropout's masks
+    depend on them).
 
     Returns
     -------
@@ -352,6 +383,8 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
     with nogil:
         start_minibatch(net, &data, &row_view[0], Y.shape[0], True, &mb,
                         <floating*> NULL)
+        mb.tracked = tracked
+        mb.step = step
         loss = minibatch_step(net, NULL, &data, &buf, &mb, &team,
                               update_running, <floating*> NULL)
     barrier_destroy(&barrier)
@@ -367,7 +400,8 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
                     bint order_is_identity, Py_ssize_t batch_size,
                     Py_ssize_t start, Py_ssize_t max_batches, Py_ssize_t* stop_out,
                     double* partials, Barrier* barrier, double* loss_sum_out,
-                    Py_ssize_t* step_inout, floating* dtype) noexcept nogil:
+                    Py_ssize_t* step_inout, Py_ssize_t* tracked_inout,
+                    floating* dtype) noexcept nogil:
     """The minibatch loop of (part of) an epoch, run by every thread of the
     current OpenMP team (or by the caller alone); thread 0 writes the
     results (``loss_sum_out`` comes in with the sum so far).
@@ -380,7 +414,7 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
     cdef Minibatch mb
     # This thread's copy: threads may step different minibatches at once.
     cdef Optimizer local_opt = opt[0]
-    cdef Py_ssize_t m, step = step_inout[0], batches = 0
+    cdef Py_ssize_t m, step = step_inout[0], tracked = tracked_inout[0], batches = 0
     cdef double loss_sum = loss_sum_out[0], loss
     team.tid = thread_num()
     team.size = team_size()
@@ -396,15 +430,19 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
         if mb.wsum > 0:
             if local_opt.solver == ADAM:
                 local_opt.step_size = adam_step_size(&local_opt, step + 1)
+            mb.tracked = tracked
+            mb.step = step
             loss = minibatch_step(net, &local_opt, data, buf, &mb, &team, True, dtype)
             loss_sum += loss * m
             step += 1
+            tracked += mb.n_updates
         start += m
         batches += 1
     if team.tid == 0:
         loss_sum_out[0] = loss_sum
         step_inout[0] = step
         stop_out[0] = start
+        tracked_inout[0] = tracked
 
 
 cdef void start_minibatch(const Net* net, const Data* data,
@@ -434,6 +472,65 @@ cdef void start_minibatch(const Net* net, const Data* data,
     else:
         mb.wsum = n_positive = m
     mb.n_running = unbiased_count(mb.wsum, n_positive)
+    count_chunks(net, data, mb, dtype)
+
+
+cdef void count_chunks(const Net* net, const Data* data, Minibatch* mb,
+                       floating* dtype) noexcept nogil:
+    """Ghost batch norm's chunks of the minibatch: ``max(1, min(ceil(m /
+    virtual_batch), m // 2))`` consecutive runs of rows, as numpy's
+    ``array_split`` splits them; and how many carry weight (each updates the
+    running statistics once)."""
+    cdef const floating* sw = <const floating*> data.sample_weight
+    cdef Py_ssize_t c, k, lo, hi
+    cdef double w
+    mb.n_chunks = 1
+    if net.virtual_batch > 0:
+        mb.n_chunks = max(1, min((mb.m + net.virtual_batch - 1) // net.virtual_batch,
+                                 mb.m // 2))
+    mb.n_updates = mb.n_chunks
+    if net.weighted and mb.n_chunks > 1:
+        mb.n_updates = 0
+        for c in range(mb.n_chunks):
+            chunk_bounds(mb, c, &lo, &hi)
+            w = 0
+            for k in range(lo, hi):
+                w += sw[mb.rows[k]]
+            if w > 0:
+                mb.n_updates += 1
+
+
+cdef inline void chunk_bounds(const Minibatch* mb, Py_ssize_t c, Py_ssize_t* lo,
+                              Py_ssize_t* hi) noexcept nogil:
+    """Rows ``[lo, hi)`` of chunk ``c``: the first ``m % n_chunks`` chunks
+    have one row more than the others."""
+    cdef Py_ssize_t q = mb.m // mb.n_chunks, r = mb.m % mb.n_chunks
+    lo[0] = c * q + min(c, r)
+    hi[0] = lo[0] + q + (1 if c < r else 0)
+
+
+cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
+                        Py_ssize_t lo, Py_ssize_t hi, double* wsum,
+                        double* n_running, floating* dtype) noexcept nogil:
+    """The weight sum of rows ``[lo, hi)`` of the gathered minibatch and the
+    ``m`` of their running variance's correction (the minibatch's own when
+    it is one chunk)."""
+    cdef const floating* swb = batch_weights(net, buf, dtype)
+    cdef double w, n_positive = 0
+    cdef Py_ssize_t k
+    if mb.n_chunks == 1:
+        wsum[0], n_running[0] = mb.wsum, mb.n_running
+        return
+    if swb == NULL:
+        wsum[0] = n_positive = hi - lo
+    else:
+        wsum[0] = 0
+        for k in range(lo, hi):
+            w = swb[k]
+            wsum[0] += w
+            if w > 0:
+                n_positive += 1
+    n_running[0] = unbiased_count(wsum[0], n_positive)
 
 
 cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,
@@ -519,9 +616,11 @@ cdef inline const floating* layer_input(const Net* net, const Buffers* buf,
                                         const Minibatch* mb, Py_ssize_t l,
                                         floating* dtype) noexcept nogil:
     """The input of weight layer ``l``: the minibatch's rows of X, or the
-    output of the hidden layer below."""
+    output of the hidden layer below (after its dropout)."""
     if l == 0:
         return <const floating*> mb.xin
+    if net.dropout[l - 1] > 0:
+        return (<const floating*> buf.work) + net.ad_off[l - 1]
     return (<const floating*> buf.work) + net.a_off[l - 1]
 
 
@@ -565,16 +664,19 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
                          const Minibatch* mb, const Team* team, Py_ssize_t l,
                          bint update_running, floating* dtype) noexcept nogil:
     """Hidden layer ``l`` on this thread's columns: ``z = a @ W``, batch norm
-    fused with the activation (its batch statistics go to ``dwork``), and
-    the running statistics' update."""
+    fused with the activation on each chunk of rows (its batch statistics go
+    to ``dwork``), the running statistics' update, and dropout."""
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
+    cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef Py_ssize_t fan_in = net.units[l], fan_out = net.units[l + 1], c0, c1
+    cdef Py_ssize_t c, lo, hi, updates = 0
     cdef const floating* W = theta + net.coef_off[l]
     cdef floating* z = work + net.z_off[l]
     cdef floating* a = work + net.a_off[l]
-    cdef double* mean = buf.dwork + net.stat_off[l]
-    cdef double* var = buf.dwork + net.var_base + net.stat_off[l]
+    cdef double* mean
+    cdef double* var
+    cdef double wsum, n_running
     share(fan_out, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
@@ -585,16 +687,39 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
         cgemm(False, False, <int> mb.m, <int> (c1 - c0), <int> fan_in,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               W + c0, <int> fan_out, <floating> 0, z + c0, <int> fan_out)
-    cbn_act_forward_train(
-        z + c0, a + c0, mb.m, c1 - c0, fan_out, theta + net.gamma_off[l] + c0,
-        theta + net.bias_off[l] + c0, batch_weights(net, buf, dtype),
-        net.bn_epsilon, net.act, mean + c0, var + c0,
-        buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
-    if update_running:
-        cupdate_running_stats(
-            (<floating*> buf.running_mean) + net.stat_off[l] + c0,
-            (<floating*> buf.running_var) + net.stat_off[l] + c0,
-            mean + c0, var + c0, c1 - c0, net.bn_momentum, mb.n_running)
+    for c in range(mb.n_chunks):
+        chunk_bounds(mb, c, &lo, &hi)
+        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+        mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
+        var = mean + net.var_base
+        cbn_act_forward_train(
+            z + lo * fan_out + c0, a + lo * fan_out + c0, hi - lo, c1 - c0, fan_out,
+            theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0,
+            swb + lo if swb != NULL else NULL, net.bn_epsilon, net.act, mean + c0,
+            var + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+        if update_running and wsum > 0:
+            updates += 1
+            update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
+                                 mb.tracked + updates, dtype)
+    if net.dropout[l] > 0:
+        dropout_rows(net, a, work + net.ad_off[l], mb.m, c0, c1, fan_out, l, mb.step)
+
+
+cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l,
+                                      Py_ssize_t c0, Py_ssize_t c1,
+                                      const double* mean, const double* var,
+                                      double n_running, Py_ssize_t k,
+                                      floating* dtype) noexcept nogil:
+    """Columns ``c0:c1`` of hidden layer ``l``'s running statistics, after the
+    ``k``-th update (the cumulative average's divisor)."""
+    cdef floating* running_mean = (<floating*> buf.running_mean) + net.stat_off[l]
+    cdef floating* running_var = (<floating*> buf.running_var) + net.stat_off[l]
+    if net.cumulative:
+        cupdate_running_average(running_mean + c0, running_var + c0, mean + c0,
+                                var + c0, c1 - c0, <double> k, n_running)
+    else:
+        cupdate_running_stats(running_mean + c0, running_var + c0, mean + c0,
+                              var + c0, c1 - c0, net.bn_momentum, n_running)
 
 
 cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
@@ -679,10 +804,10 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
                           floating* dtype) noexcept nogil:
     """Hidden layer ``l`` backward on this thread's columns: the delta (from
     the complete delta of the layer above; the last hidden layer's was
-    computed by rows with the loss), batch norm backward (gamma and beta,
-    stepped at once), and the coefficient gradient of those columns (the
-    lowest layer's stepped at once; the others once the delta below them is
-    complete, see :func:`minibatch_step`)."""
+    computed by rows with the loss), dropout's, batch norm backward (gamma
+    and beta, stepped at once), and the coefficient gradient of those
+    columns (the lowest layer's stepped at once; the others once the delta
+    below them is complete, see :func:`minibatch_step`)."""
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
@@ -700,14 +825,9 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
               <floating> 1, work + net.d_off[l + 1], <int> n_next,
               theta + net.coef_off[l + 1] + c0 * n_next, <int> n_next,
               <floating> 0, D + c0, <int> fan_out)
-    cbn_act_backward(
-        D + c0, work + net.a_off[l] + c0, work + net.z_off[l] + c0, D + c0,
-        mb.m, c1 - c0, fan_out, theta + net.gamma_off[l] + c0,
-        theta + net.bias_off[l] + c0, buf.dwork + net.stat_off[l] + c0,
-        buf.dwork + net.var_base + net.stat_off[l] + c0, net.bn_epsilon,
-        batch_weights(net, buf, dtype), mb.wsum, net.act,
-        grad + net.gamma_off[l] + c0, grad + net.bias_off[l] + c0,
-        buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+    if net.dropout[l] > 0:
+        dropout_rows(net, D, D, mb.m, c0, c1, fan_out, l, mb.step)
+    batch_norm_backward(net, buf, mb, l, c0, c1, dtype)
     step_panel(opt, buf, net.gamma_off[l], 1, c0, c1, fan_out, dtype)
     step_panel(opt, buf, net.bias_off[l], 1, c0, c1, fan_out, dtype)
     l2_start_panel(gW, theta + net.coef_off[l], fan_in, c0, c1, fan_out, c,
@@ -722,6 +842,142 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
               D + c0, <int> fan_out, product_beta(c), gW + c0, <int> fan_out)
     if l == 0:
         step_hidden_coefs(net, opt, buf, team, 0, dtype)
+
+
+cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
+                              Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
+                              floating* dtype) noexcept nogil:
+    """Batch norm fused with the activation, backward, on columns ``c0:c1`` of
+    hidden layer ``l``, chunk by chunk: the delta in place, and gamma's and
+    beta's gradients summed over the chunks (in order). A chunk without
+    weight has no gradient."""
+    cdef const floating* theta = <const floating*> buf.theta
+    cdef floating* grad = <floating*> buf.grad
+    cdef floating* work = <floating*> buf.work
+    cdef const floating* swb = batch_weights(net, buf, dtype)
+    cdef Py_ssize_t fan_out = net.units[l + 1], c, lo, hi, j
+    cdef floating* D = work + net.d_off[l]
+    cdef floating* dgamma = grad + net.gamma_off[l]
+    cdef floating* dbeta = grad + net.bias_off[l]
+    # A chunk's gradients, before they are added: the first chunk's (or the
+    # only one's) go to grad directly.
+    cdef floating* chunk_dgamma = work + net.gtmp_off
+    cdef floating* chunk_dbeta = chunk_dgamma + fan_out
+    cdef floating* dg
+    cdef floating* db
+    cdef const double* mean
+    cdef double wsum, n_running
+    for c in range(mb.n_chunks):
+        chunk_bounds(mb, c, &lo, &hi)
+        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+        dg, db = dgamma, dbeta
+        if c > 0:
+            dg, db = chunk_dgamma, chunk_dbeta
+        if not wsum > 0:
+            for j in range(c0, c1):
+                dg[j] = 0
+                db[j] = 0
+            zero_rows(D + lo * fan_out, hi - lo, c0, c1, fan_out)
+        else:
+            mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
+            cbn_act_backward(
+                D + lo * fan_out + c0, work + net.a_off[l] + lo * fan_out + c0,
+                work + net.z_off[l] + lo * fan_out + c0, D + lo * fan_out + c0,
+                hi - lo, c1 - c0, fan_out, theta + net.gamma_off[l] + c0,
+                theta + net.bias_off[l] + c0, mean + c0, mean + net.var_base + c0,
+                net.bn_epsilon, swb + lo if swb != NULL else NULL, wsum, net.act,
+                dg + c0, db + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+        if c > 0:
+            for j in range(c0, c1):
+                dgamma[j] += chunk_dgamma[j]
+                dbeta[j] += chunk_dbeta[j]
+
+
+cdef void zero_rows(floating* x, Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
+                    Py_ssize_t ld) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memset(x + i * ld + c0, 0, (c1 - c0) * sizeof(floating))
+
+
+# ---------------------------------------------------------------------------
+# Dropout: masks from a counter-based hash of (seed, step, layer, row,
+# unit), so that they depend on neither the thread nor the order of work.
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer."""
+    x ^= x >> 30
+    x *= <uint64_t> 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= <uint64_t> 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+cdef inline uint32_t mix32(uint32_t x) noexcept nogil:
+    """A 32-bit integer hash (lowbias32): 32-bit products vectorize."""
+    x ^= x >> 16
+    x *= <uint32_t> 0x7feb352d
+    x ^= x >> 15
+    x *= <uint32_t> 0x846ca68b
+    x ^= x >> 16
+    return x
+
+
+cdef inline uint64_t dropout_key(uint64_t seed, Py_ssize_t step,
+                                 Py_ssize_t layer) noexcept nogil:
+    return mix64(seed ^ mix64((<uint64_t> step) * <uint64_t> 0x9e3779b97f4a7c15ULL
+                              + <uint64_t> layer))
+
+
+cdef inline bint kept(uint32_t row_key, Py_ssize_t j, uint32_t threshold) noexcept nogil:
+    """Whether unit ``j`` of the row is kept (probability ``1 - threshold /
+    2**32``)."""
+    return mix32(row_key ^ (<uint32_t> j * <uint32_t> 0x9e3779b9)) >= threshold
+
+
+cdef simd_void dropout_rows(const Net* net, const floating* src, floating* dst,
+                            Py_ssize_t m, Py_ssize_t c0, Py_ssize_t c1,
+                            Py_ssize_t ld, Py_ssize_t layer,
+                            Py_ssize_t step) noexcept nogil:
+    """Inverted dropout on columns ``c0:c1`` of ``m`` rows: ``dst = src *
+    keep / (1 - p)`` where ``keep`` (probability ``1 - p``) is the mask of
+    this layer at this optimizer step. The forward pass and the backward
+    pass (on the delta) draw the same mask."""
+    cdef double p = net.dropout[layer]
+    cdef uint32_t threshold = <uint32_t> min(p * 4294967296.0, 4294967295.0)
+    cdef floating scale = <floating> (1 / (1 - p))
+    cdef floating zero = 0
+    cdef uint64_t key = dropout_key(net.dropout_seed, step, layer)
+    cdef uint32_t row_key
+    cdef Py_ssize_t i, j
+    cdef const floating* s
+    cdef floating* d
+    for i in range(m):
+        row_key = <uint32_t> mix64(key + <uint64_t> i)
+        s = src + i * ld
+        d = dst + i * ld
+        for j in range(c0, c1):
+            # A factor selected, then one product: the loop vectorizes (a
+            # selected product does not).
+            d[j] = s[j] * (scale if kept(row_key, j, threshold) else zero)
+
+
+def dropout_mask(uint64_t seed, Py_ssize_t step, Py_ssize_t layer,
+                 Py_ssize_t n_rows, Py_ssize_t n_units, double rate):
+    """The units dropout keeps in hidden layer ``layer`` of the minibatch of
+    optimizer step ``step`` (0 for the first): a boolean array of shape
+    ``(n_rows, n_units)``, as training draws it (for the tests)."""
+    keep = np.empty((n_rows, n_units), dtype=bool)
+    cdef uint32_t threshold = <uint32_t> min(rate * 4294967296.0, 4294967295.0)
+    cdef uint64_t key = dropout_key(seed, step, layer)
+    cdef Py_ssize_t i, j
+    for i in range(n_rows):
+        row_key = <uint32_t> mix64(key + <uint64_t> i)
+        for j in range(n_units):
+            keep[i, j] = kept(row_key, j, threshold)
+    return keep
 
 
 cdef inline floating product_beta(floating l2) noexcept nogil:

@@ -1302,3 +1302,101 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, m
     assert est.loss_curve_ == reference.loss_curve_
     for a, b in zip(est.coefs_ + est.running_means_, reference.coefs_ + reference.running_means_):
         assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Ghost batch norm, the cumulative running average, dropout (the engine's
+# arithmetic is checked against numpy in test_training.py)
+
+
+def _fitted_state(est):
+    return [np.asarray(a) for a in (est.coefs_ + est.gammas_ + est.intercepts_
+                                    + est.running_means_ + est.running_vars_)] + [
+        np.asarray(est.loss_curve_)]
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_options_left_off_change_nothing(problem):
+    # virtual_batch_size >= batch_size is plain batch norm, and a dropout of
+    # 0 is none: bit for bit.
+    X, y, est = make_data(problem, n=90)
+    est.set_params(batch_size=20, max_iter=4)
+    plain = _fitted_state(fit_quietly(clone(est), X, y))
+    for options in [dict(virtual_batch_size=20), dict(virtual_batch_size=21),
+                    dict(virtual_batch_size=1000), dict(dropout=0.0),
+                    dict(dropout=[0.0, 0.0])]:
+        state = _fitted_state(fit_quietly(clone(est).set_params(**options), X, y))
+        for a, b in zip(state, plain):
+            assert_array_equal(a, b, err_msg=str(options))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_dropout_and_ghost_batch_norm_train(sparse, dtype):
+    X, y, est = make_data("multiclass", n=300, dtype=dtype)
+    sw = np.random.RandomState(3).uniform(0.5, 2, 300)
+    est.set_params(dropout=[0.2, 0.4], virtual_batch_size=16, batch_size=64,
+                   max_iter=30, learning_rate_init=0.01)
+    Xs = sp.csr_matrix(X) if sparse else X
+    fit_quietly(est, Xs, y, sample_weight=sw)
+    assert all(np.isfinite(a).all() for a in _fitted_state(est))
+    assert est.coefs_[0].dtype == dtype
+    assert est.loss_curve_[-1] < est.loss_curve_[0]
+    assert est.score(Xs, y) > 0.8
+    # Prediction drops nothing: the inference network of the attributes.
+    assert_allclose(raw_output(est, X), forward_from_attributes(est, X),
+                    rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
+    # The same random_state, the same model; another one, another model.
+    again = fit_quietly(clone(est), Xs, y, sample_weight=sw)
+    for a, b in zip(_fitted_state(again), _fitted_state(est)):
+        assert_array_equal(a, b)
+    other = fit_quietly(clone(est).set_params(random_state=1), Xs, y, sample_weight=sw)
+    assert not np.array_equal(other.coefs_[0], est.coefs_[0])
+
+
+def test_dropout_changes_training():
+    X, y, est = make_data("multiclass", n=200)
+    plain = fit_quietly(clone(est).set_params(max_iter=3), X, y)
+    dropped = fit_quietly(clone(est).set_params(max_iter=3, dropout=0.5), X, y)
+    assert not np.allclose(dropped.coefs_[1], plain.coefs_[1])
+
+
+@pytest.mark.parametrize("dropout", [[0.1], [0.1, 0.2, 0.3], [0.1, 1.0], [-0.1, 0.0],
+                                     "high"])
+def test_dropout_needs_one_valid_rate_per_hidden_layer(dropout):
+    X, y, est = make_data("binary")
+    with pytest.raises((ValueError, TypeError)):
+        est.set_params(dropout=dropout).fit(X, y)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.5, 1.5])
+def test_dropout_rate_out_of_range(value):
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="dropout"):
+        est.set_params(dropout=value).fit(X, y)
+
+
+def test_cumulative_running_average_continues_over_partial_fit():
+    # bn_momentum=None: the running statistics are the average of every
+    # minibatch's statistics so far; partial_fit goes on counting, fit starts
+    # again. Weights kept still (a negligible learning rate), so that the
+    # minibatches' statistics can be computed beforehand.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(120, 4)) * [1, 2, 3, 4] + [0, 1, -2, 5]
+    y = rng.normal(size=120)
+    est = MLPBNRegressor(hidden_layer_sizes=(6,), bn_momentum=None, solver="sgd",
+                         momentum=0.0, learning_rate_init=1e-14, batch_size=30,
+                         shuffle=False, random_state=0)
+    est.partial_fit(X[:60], y[:60])
+    est.partial_fit(X[60:], y[60:])
+    W = est.coefs_[0]
+    z = X @ W
+    means = [z[k:k + 30].mean(axis=0) for k in range(0, 120, 30)]
+    variances = [z[k:k + 30].var(axis=0, ddof=1) for k in range(0, 120, 30)]
+    # running starts at 0 and 1; the first update replaces them.
+    assert_allclose(est.running_means_[0], np.mean(means, axis=0), rtol=1e-9)
+    assert_allclose(est.running_vars_[0], np.mean(variances, axis=0), rtol=1e-9)
+    assert est._n_batches_tracked == 4
+    refit = fit_quietly(clone(est).set_params(max_iter=1), X[60:], y[60:])
+    assert refit._n_batches_tracked == 2
+    assert_allclose(refit.running_means_[0], np.mean(means[2:], axis=0), rtol=1e-9)

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from reference import ACTIVATIONS
 from reference import activation as ref_activation
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads, _training
 from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
 from sklearn_bn._optimizers import aligned_zeros
 
@@ -38,24 +38,40 @@ def _weights(sw, n):
     return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
 
 
-def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON):
+def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON,
+                      *, chunks=1, dropout=None):
     """Training-mode forward in float64.
 
-    Returns the output layer's raw values, every hidden layer's batch mean and
-    (ddof=0) variance of ``z``, and every hidden layer's pre-activation
-    ``gamma * z_hat + beta`` (to keep ReLU's kink away from the checks).
+    ``chunks``: ghost batch norm's number of chunks (the rows split as
+    ``numpy.array_split`` splits them, each normalized with its own
+    statistics). ``dropout``: per hidden layer, ``(rate, keep)`` with
+    ``keep`` the boolean mask of kept units, or None.
+
+    Returns the output layer's raw values, every hidden layer's chunks' batch
+    means and (ddof=0) variances of ``z`` (a list of ``(mean, var)`` per
+    chunk; the whole batch's alone by default), and every hidden layer's
+    pre-activation ``gamma * z_hat + beta`` (to keep ReLU's kink away from
+    the checks).
     """
     a = X.toarray() if sp.issparse(X) else np.asarray(X)
     a = a.astype(np.float64)
     w = _weights(sw, a.shape[0])
+    parts = np.array_split(np.arange(a.shape[0]), chunks)
     stats, pre = [], []
-    for W, g, b in zip(coefs[:-1], gammas, intercepts[:-1]):
+    for l, (W, g, b) in enumerate(zip(coefs[:-1], gammas, intercepts[:-1])):
         z = a @ np.asarray(W, dtype=np.float64)
-        mu = np.average(z, axis=0, weights=w)
-        var = np.average((z - mu) ** 2, axis=0, weights=w)
-        y = g * (z - mu) / np.sqrt(var + eps) + b
+        y = np.empty_like(z)
+        layer_stats = []
+        for rows in parts:
+            mu = np.average(z[rows], axis=0, weights=w[rows])
+            var = np.average((z[rows] - mu) ** 2, axis=0, weights=w[rows])
+            y[rows] = g * (z[rows] - mu) / np.sqrt(var + eps) + b
+            layer_stats.append((mu, var))
         a = ref_activation(activation, y)
-        stats.append((mu, var))
+        if dropout is not None and dropout[l] is not None:
+            rate, keep = dropout[l]
+            a = a * keep / (1 - rate)
+        stats.append(layer_stats[0] if chunks == 1 else layer_stats)
         pre.append(y)
     raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
     return raw, stats, pre
@@ -76,9 +92,10 @@ def ref_per_sample_loss(raw, Y, out_activation):
 
 
 def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
-             eps=BN_EPSILON):
-    """The training-mode objective of one minibatch, in float64."""
-    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps)[0]
+             eps=BN_EPSILON, **options):
+    """The training-mode objective of one minibatch, in float64 (``options``:
+    those of :func:`ref_forward_train`)."""
+    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps, **options)[0]
     w = _weights(sw, raw.shape[0])
     data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
     l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
@@ -86,7 +103,7 @@ def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, al
 
 
 def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                         out_activation, alpha, h=1e-6):
+                         out_activation, alpha, h=1e-6, **options):
     """Central differences of ``ref_loss`` for every parameter."""
     params = [[np.array(p, dtype=np.float64) for p in group]
               for group in (coefs, gammas, intercepts)]
@@ -97,9 +114,11 @@ def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
             for i in range(flat.size):
                 old = flat[i]
                 flat[i] = old + h
-                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha)
+                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
+                              **options)
                 flat[i] = old - h
-                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha)
+                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
+                                **options)
                 flat[i] = old
                 gflat[i] = (up - down) / (2 * h)
     return grads
@@ -112,7 +131,8 @@ def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
 def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
                              out_activation, alpha, *, running_mean=None,
                              running_var=None, update_running=False,
-                             bn_momentum=0.1, eps=BN_EPSILON):
+                             bn_momentum=0.1, eps=BN_EPSILON, n_batches_tracked=0,
+                             **engine_options):
     """One call of ``Engine.loss_and_gradient`` on the whole of ``X``.
 
     Returns the loss, the gradient as (coefs, gammas, intercepts) lists and
@@ -121,20 +141,22 @@ def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
     dtype = np.asarray(coefs[0]).dtype
     n = X.shape[0]
     units = [X.shape[1]] + [np.asarray(W).shape[1] for W in coefs]
+    step = engine_options.pop("step", 0)
     engine = Engine(units, activation=activation, out_activation=out_activation,
                     dtype=dtype, max_batch=max(n, 2), sparse=sp.issparse(X),
                     weighted=sw is not None, alpha=alpha, bn_momentum=bn_momentum,
-                    bn_epsilon=eps)
+                    bn_epsilon=eps, **engine_options)
     n_hidden = sum(units[1:-1])
     if running_mean is None:
         running_mean = np.zeros(n_hidden, dtype=dtype)
     if running_var is None:
         running_var = np.ones(n_hidden, dtype=dtype)
     params = Parameters(engine.layout.pack(coefs, gammas, intercepts, dtype),
-                        running_mean, running_var)
+                        running_mean, running_var, n_batches_tracked)
     engine.workspace.grad[:] = np.nan  # must be overwritten
     loss, grad = engine.loss_and_gradient(
-        data=engine.bind(X, Y, sw), params=params, update_running=update_running)
+        data=engine.bind(X, Y, sw), params=params, update_running=update_running,
+        step=step)
     return loss, engine.layout.unpack(grad), running_mean, running_var
 
 
@@ -1074,3 +1096,152 @@ def test_forked_child_trains_after_the_parent_ran_threads():
         with multiprocessing.get_context("fork").Pool(1) as pool:
             child = pool.apply_async(_fit_and_score, (X, y)).get(timeout=120)
     assert child == pytest.approx(parent, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Ghost batch norm, the cumulative running average, dropout
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+@pytest.mark.parametrize("activation", ["identity", "tanh", "logistic", "relu"])
+@pytest.mark.parametrize("virtual_batch_size, chunks, eps", [(4, 3, BN_EPSILON),
+                                                             (2, 5, 0.5), (5, 3, BN_EPSILON)])
+def test_ghost_batch_norm_gradient_matches_central_differences(
+        virtual_batch_size, chunks, eps, activation, problem, weighted):
+    # 11 rows: ceil(11 / 4) = 3 chunks of 4, 4, 3 rows; virtual_batch_size=2
+    # would give 6 chunks, capped at 11 // 2 = 5 (none below two rows). Two
+    # rows (one with weight 0) can have a variance far below epsilon: a large
+    # epsilon keeps the central differences accurate there.
+    X, Y, coefs, gammas, intercepts = make_problem(problem, seed=7)
+    sw = sample_weights(X.shape[0]) if weighted else None
+    out = OUT_ACTIVATION[problem]
+    options = dict(chunks=chunks, eps=eps)
+    if activation == "relu":
+        _, _, pre = ref_forward_train(X, coefs, gammas, intercepts, "relu", sw, eps,
+                                      chunks=chunks)
+        assert min(np.abs(y).min() for y in pre) > 1e-4
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, eps=eps,
+        virtual_batch_size=virtual_batch_size)
+    expected = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options)
+    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
+    numeric = ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation, out,
+                                   0.3, **options)
+    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_ghost_batch_norm_updates_running_stats_once_per_chunk(weighted, dtype):
+    # What applying PyTorch's BatchNorm1d to each chunk in turn does: the
+    # running statistics move once per chunk, in order, with the unbiased
+    # variance of that chunk (weights as repeat counts).
+    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=11, seed=3, dtype=dtype)
+    sw = sample_weights(11) if weighted else None
+    _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "tanh", sw, chunks=3)
+    w = _weights(sw, 11)
+    _, _, rm, rv = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
+        bn_momentum=0.2, virtual_batch_size=4)
+    offsets = np.cumsum([0] + [g.size for g in gammas])
+    for l, layer_stats in enumerate(stats):
+        mean, var = np.zeros(gammas[l].size), np.ones(gammas[l].size)
+        for rows, (mu, v) in zip(np.array_split(np.arange(11), 3), layer_stats):
+            m = w[rows].sum() if w[rows].sum() >= 2 else np.count_nonzero(w[rows])
+            mean = 0.8 * mean + 0.2 * mu
+            var = 0.8 * var + 0.2 * v * m / (m - 1)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        assert_allclose(rm[offsets[l]:offsets[l + 1]], mean, rtol=tol, atol=tol)
+        assert_allclose(rv[offsets[l]:offsets[l + 1]], var, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_cumulative_running_average(chunks):
+    # bn_momentum=None: after the k-th update, running += (batch - running) / k.
+    X, Y, coefs, gammas, intercepts = make_problem("squared_error", n=12, seed=5)
+    _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "relu", chunks=chunks)
+    rm0, rv0 = np.full(8, 0.5), np.full(8, 2.0)
+    _, _, rm, rv = engine_loss_and_gradient(
+        X, Y, None, coefs, gammas, intercepts, "relu", "identity", 0.0,
+        running_mean=rm0.copy(), running_var=rv0.copy(), update_running=True,
+        bn_momentum=None, n_batches_tracked=4,
+        virtual_batch_size=4 if chunks == 3 else None)
+    offsets = [0, 5, 8]
+    for l in range(2):
+        mean, var = rm0[offsets[l]:offsets[l + 1]], rv0[offsets[l]:offsets[l + 1]]
+        layer_stats = stats[l] if chunks > 1 else [stats[l]]
+        for k, (mu, v) in enumerate(layer_stats, start=5):
+            n = 12 // chunks
+            mean = mean + (mu - mean) / k
+            var = var + (v * n / (n - 1) - var) / k
+        assert_allclose(rm[offsets[l]:offsets[l + 1]], mean, rtol=1e-12)
+        assert_allclose(rv[offsets[l]:offsets[l + 1]], var, rtol=1e-12)
+
+
+def _dropout_option(seed, step, rates, X, coefs):
+    """The reference's dropout: each hidden layer's rate and the mask the
+    engine draws for it."""
+    return [None if rate == 0 else
+            (rate, _training.dropout_mask(seed, step, l, X.shape[0], W.shape[1], rate))
+            for l, (rate, W) in enumerate(zip(rates, coefs[:-1]))]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("activation", ["identity", "tanh", "logistic", "relu"])
+@pytest.mark.parametrize("rates", [(0.3, 0.5), (0.0, 0.6)])
+def test_dropout_gradient_matches_central_differences(rates, activation, weighted):
+    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=14, seed=9,
+                                                   hidden=(6, 5))
+    sw = sample_weights(14) if weighted else None
+    dropout = _dropout_option(11, 3, rates, X, coefs)
+    if activation == "relu":
+        _, _, pre = ref_forward_train(X, coefs, gammas, intercepts, "relu", sw,
+                                      dropout=dropout)
+        assert min(np.abs(y).min() for y in pre) > 1e-4
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1, dropout=rates,
+        dropout_seed=11, step=3, virtual_batch_size=5)
+    options = dict(dropout=dropout, chunks=3)
+    expected = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1,
+                        **options)
+    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
+    numeric = ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
+                                   "softmax", 0.1, **options)
+    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_masks():
+    # Each unit is kept with probability 1 - p, independently of the other
+    # units, layers and steps (counts within five standard deviations).
+    n, p = 400 * 256, 0.3
+    masks = [_training.dropout_mask(5, step, layer, 400, 256, p)
+             for step in (0, 1) for layer in (0, 1)]
+    for keep in masks:
+        assert abs(keep.sum() - n * (1 - p)) < 5 * np.sqrt(n * p * (1 - p))
+        assert abs(keep[:, :128].mean() - keep[:, 128:].mean()) < 0.01
+        assert abs(keep[::2].mean() - keep[1::2].mean()) < 0.01
+    for a, b in [(0, 1), (0, 2), (1, 3)]:
+        both = (masks[a] & masks[b]).mean()
+        assert abs(both - (1 - p) ** 2) < 0.01
+    assert_array_equal(_training.dropout_mask(5, 1, 0, 400, 256, p), masks[2])
+    assert not _training.dropout_mask(6, 0, 0, 400, 256, p).tolist() == masks[0].tolist()
+    assert _training.dropout_mask(5, 0, 0, 10, 10, 0.0).all()
+
+
+def test_ghost_chunk_without_weight_is_skipped():
+    # A chunk whose rows all have weight 0 gives no statistics: the running
+    # statistics skip it, and nothing of it reaches the gradient.
+    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=12, seed=2)
+    sw = np.ones(12)
+    sw[4:8] = 0  # the second of three chunks
+    _, grad, rm, rv = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
+        bn_momentum=None, virtual_batch_size=4)
+    keep = sw > 0
+    _, grad_without, rm_without, rv_without = engine_loss_and_gradient(
+        X[keep], Y[keep], None, coefs, gammas, intercepts, "tanh", "softmax", 0.0,
+        update_running=True, bn_momentum=None, virtual_batch_size=4)
+    assert_allclose(rm, rm_without, rtol=1e-12)
+    assert_allclose(rv, rv_without, rtol=1e-12)
+    assert_grad_allclose(grad, grad_without, rtol=1e-10, atol=1e-13)
