@@ -42,6 +42,23 @@ def _positive_int(text):
     return value
 
 
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1), got {text!r}")
+    return value
+
+
+def _virtual_batch_size(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m sklearn_bn",
@@ -68,6 +85,23 @@ def build_parser():
         choices=["relu", "tanh", "logistic", "identity"],
         default="relu",
         help="hidden activation (default: relu)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=_rate,
+        default=0.0,
+        metavar="P",
+        help="MLPBNClassifier's dropout rate on every hidden layer, in [0, 1) (default: 0)",
+    )
+    parser.add_argument(
+        "--virtual-batch-size",
+        type=_virtual_batch_size,
+        default=None,
+        metavar="N",
+        help=(
+            "MLPBNClassifier's ghost batch norm: normalize chunks of about N rows of each "
+            "minibatch, N >= 2 (default: the whole minibatch)"
+        ),
     )
     parser.add_argument(
         "--random-state",
@@ -149,8 +183,9 @@ def _models(args):
         max_iter=args.epochs,
         random_state=args.random_state,
     )
+    options = dict(dropout=args.dropout, virtual_batch_size=args.virtual_batch_size)
     return [
-        ("MLPBNClassifier", MLPBNClassifier(**common)),
+        ("MLPBNClassifier", MLPBNClassifier(**common, **options)),
         ("MLPClassifier", MLPClassifier(**common)),
     ]
 
@@ -296,9 +331,15 @@ def main(argv=None):
         f"{DATASET}: {X_train.shape[0]} training and {X_test.shape[0]} test samples, "
         f"{X_train.shape[1]} features, {len(set(y_train))} classes"
     )
+    extras = "".join(
+        f" {name}={value}"
+        for name, value in [("dropout", args.dropout),
+                            ("virtual_batch_size", args.virtual_batch_size)]
+        if value
+    )
     print(
         f"hidden=({hidden}) activation={args.activation} epochs<={args.epochs} "
-        f"random_state={args.random_state}\n"
+        f"random_state={args.random_state}{extras}\n"
     )
 
     rows = _run(_models(args), X_train, X_test, y_train, y_test)

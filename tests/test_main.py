@@ -38,6 +38,9 @@ def test_demo_compares_both_networks(capsys):
     (["--epochs", "0"], "positive integer"),
     (["--epochs", "two"], "positive integer"),
     (["--activation", "softplus"], "invalid choice"),
+    (["--dropout", "1"], "rate in [0, 1)"),
+    (["--dropout", "x"], "rate in [0, 1)"),
+    (["--virtual-batch-size", "1"], "integer >= 2"),
 ])
 def test_demo_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -163,3 +166,19 @@ def test_python_dash_m_runs_the_demo(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MLPBNClassifier" in result.stdout and "MLPClassifier" in result.stdout
+
+
+def test_demo_passes_dropout_and_ghost_batch_norm(capsys, monkeypatch):
+    from sklearn_bn import MLPBNClassifier
+
+    seen = []
+    fit = MLPBNClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.get_params())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLPBNClassifier, "fit", spy)
+    assert demo.main([*FAST, "--dropout", "0.25", "--virtual-batch-size", "16"]) == 0
+    assert "dropout=0.25 virtual_batch_size=16" in capsys.readouterr().out
+    assert seen[0]["dropout"] == 0.25 and seen[0]["virtual_batch_size"] == 16
