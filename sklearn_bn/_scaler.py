@@ -31,26 +31,9 @@ from sklearn.utils.validation import (
 from sklearn_bn._batchnorm import batch_stats, unbiased_counts
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _restore_on_failure
+from sklearn_bn._utils import _restore_on_failure, merge_stats
 
 _FLOAT_DTYPES = (np.float64, np.float32)
-
-
-def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
-    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
-
-    Vectors of ``n_features``; a column with zero total count keeps mean 0
-    and variance 0. Statistics beyond the float64 range become inf or NaN
-    without numpy's warnings: the caller reports them once.
-    """
-    count = count_a + count_b
-    frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
-    frac_a = 1.0 - frac_b
-    with np.errstate(over="ignore", invalid="ignore"):
-        delta = mean_b - mean_a
-        mean = mean_a + frac_b * delta
-        var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
-    return count, mean, var
 
 
 def _is_constant_feature(var, mean, n_samples):
@@ -375,7 +358,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             else:
                 # A feature with no sample yet has NaN statistics, and no weight.
                 unseen = count_prev == 0
-                count, mean, var = _merge_stats(
+                count, mean, var = merge_stats(
                     count_prev, np.where(unseen, 0.0, self.running_mean_),
                     np.where(unseen, 0.0, self.running_var_),
                     count_b, mean_b, var_b,
