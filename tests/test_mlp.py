@@ -455,6 +455,21 @@ def test_failed_recompute_bn_stats_leaves_the_model_unchanged():
         assert_same(before, snapshot(est), message)
 
 
+def test_failed_population_fit_leaves_the_model_unchanged():
+    # One row of positive weight, summing to less than 2: training runs (the
+    # running variance keeps its value), but no unbiased variance exists.
+    X, y, est = make_data("squared_error", n=10)
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    sw = np.zeros(len(y))
+    sw[3] = 0.5
+    est.set_params(bn_stats="population", warm_start=True)
+    with pytest.raises(ValueError, match="unbiased variance"):
+        fit_quietly(est, X, y, sample_weight=sw)
+    est.set_params(bn_stats="running", warm_start=False)
+    assert_same(before, snapshot(est))
+
+
 def test_recompute_bn_stats_checks_feature_names():
     pd = pytest.importorskip("pandas")
     X, y, est = make_data("binary")
