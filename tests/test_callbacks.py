@@ -124,6 +124,7 @@ def test_fit_is_one_task_with_one_subtask_per_epoch(problem):
     assert rec.calls[-1][0] == "teardown"
     (root, root_begin), = rec.hooks("begin", "fit")
     assert root.parent is None and root.max_subtasks == est.max_iter == est.n_iter_
+    assert root_begin["X"].shape == X.shape and root_begin["fitted_estimator"] is None
     epochs = rec.hooks("end", "epoch")
     assert len(rec.hooks("begin", "epoch")) == len(epochs) == est.n_iter_
     assert [ctx.task_id for ctx, _ in epochs] == list(range(est.n_iter_))
