@@ -11,7 +11,8 @@ state lives in ``_optimizers``. Its calls take keyword arguments:
 evaluates the training objective, :meth:`Engine.predict` runs the inference
 network. Prediction of a fitted estimator goes through
 :class:`FoldedNetwork`, the network with batch norm folded into its
-weights.
+weights, and :func:`population_statistics` computes the exact statistics of
+its hidden layers over a data set (``bn_stats='population'``).
 
 The compiled module (``_training.pyx``) trusts what it gets: the checks
 here are what keeps its loops in bounds.
@@ -28,8 +29,9 @@ from scipy.special import expit, softmax
 from sklearn_bn import _threads, _training
 from sklearn_bn._activations import activation_code
 from sklearn_bn._activations import forward as activation_forward
-from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN
+from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, unbiased_counts
 from sklearn_bn._optimizers import aligned_zeros
+from sklearn_bn._utils import merge_stats
 
 OUT_ACTIVATIONS = {
     "identity": _training.OutActivation.OUT_IDENTITY,
@@ -40,6 +42,11 @@ OUT_ACTIVATIONS = {
 
 # Rows per block of a prediction: memory stays bounded for any number of rows.
 PREDICT_BLOCK_ROWS = 1024
+
+# Row blocks of population_statistics: about this many values of the widest
+# hidden layer each, within [POPULATION_MIN_ROWS, POPULATION_MAX_ROWS] rows.
+POPULATION_BLOCK_ELEMENTS = 1 << 21
+POPULATION_MIN_ROWS, POPULATION_MAX_ROWS = 1024, 8192
 
 # Seconds of work per call of the compiled epoch loop: between calls, Ctrl-C
 # is noticed and the epoch can stop (see Engine.train_epoch).
@@ -661,6 +668,110 @@ class FoldedNetwork:
             if l < len(self.coefs) - 1:
                 a = _WIDE_ACTIVATIONS[self.activation](a)
         return _out_activation_numpy(a, self.out_activation)
+
+
+def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_epsilon,
+                          activation, dtype, stats_dtype):
+    """The exact statistics of each hidden layer over the rows of ``X``, in
+    inference mode, layer by layer.
+
+    For hidden layer ``i``: the weighted mean and the unbiased variance of
+    ``z = a @ coefs[i]`` over the rows, where ``a`` is the layer's input
+    computed by the inference network whose hidden layers below ``i`` already
+    normalize with their new statistics (rounded to ``stats_dtype``, as they
+    are stored). The variance takes the correction ``m / (m - 1)`` of the
+    running variance, with ``m`` from :func:`unbiased_counts`: the weight
+    sum, or the number of rows with positive weight when that sum is below 2.
+
+    Layer ``i``'s statistics need every row's ``z`` for the layers below
+    fixed, so the rows go through the network once per hidden layer, up to
+    that layer, in row blocks (a dense ``X`` and a CSR matrix are read in
+    place; a CSC matrix is converted to CSR once, as prediction does). The
+    folded products run in ``dtype`` with BLAS on one thread (the package's
+    team shares the rows of a large block, see :mod:`sklearn_bn._threads`);
+    the statistics are accumulated in float64 (block by block, merged with
+    Chan et al.'s update) and returned in ``stats_dtype``.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix of shape (n_samples, units[0])
+        Validated rows (finite, float32 or float64).
+    sample_weight : ndarray of shape (n_samples,) or None
+        Non-negative weights (repeat counts), not all zero.
+    coefs, gammas, intercepts : lists of ndarray
+        The network's parameters, as the fitted attributes hold them.
+    bn_epsilon : float
+    activation : str
+        The hidden layers' activation.
+    dtype : float32 or float64
+        The dtype the forward pass computes in.
+    stats_dtype : float32 or float64
+        The dtype the statistics are stored in.
+
+    Returns
+    -------
+    means, variances : lists of ndarray of shape (units[i + 1],), stats_dtype
+        One per hidden layer.
+
+    Raises
+    ------
+    ValueError
+        When the rows cannot give an unbiased variance (fewer than 2 rows of
+        positive weight and weights summing to less than 2), or when the
+        statistics are not finite (values beyond the dtype's range).
+    """
+    dtype, stats_dtype = np.dtype(dtype), np.dtype(stats_dtype)
+    if sp.issparse(X):
+        X = X.tocsr()  # a CSR matrix is returned as it is
+    n_rows = X.shape[0]
+    weights = None
+    n_positive = float(n_rows)
+    if sample_weight is not None:
+        weights = np.ascontiguousarray(sample_weight, dtype=dtype)
+        n_positive = float(np.count_nonzero(weights > 0))
+    widest = max((int(np.shape(g)[0]) for g in gammas), default=1)
+    block_rows = int(np.clip(POPULATION_BLOCK_ELEMENTS // widest, POPULATION_MIN_ROWS,
+                             POPULATION_MAX_ROWS))
+    means, variances = [], []
+    with _threads._one_blas_thread():
+        for layer in range(len(gammas)):
+            # The inference network up to this layer's z: the layers below
+            # folded with their new statistics, this one's coefficients alone.
+            width = np.shape(coefs[layer])[1]
+            network = FoldedNetwork.fold(
+                coefs[: layer + 1], gammas[:layer],
+                list(intercepts[:layer]) + [np.zeros(width)], means, variances,
+                bn_epsilon, activation, "identity", dtype=dtype,
+            )  # fmt: skip
+            count, mean, var = np.zeros(width), np.zeros(width), np.zeros(width)
+            for start in range(0, n_rows, block_rows):
+                stop = min(start + block_rows, n_rows)
+                z = network._predict_fast(X[start:stop])
+                w = None if weights is None else weights[start:stop]
+                mean_b, var_b, count_b = batch_stats(z, w, False, *_threads.kernel_threads(*z.shape))
+                count, mean, var = merge_stats(count, mean, var, count_b, mean_b, var_b)
+            m = unbiased_counts(count, np.full(width, n_positive))
+            if np.any(m <= 1):
+                raise ValueError(
+                    "The batch-norm statistics need at least 2 samples of positive "
+                    f"weight, or weights summing to 2 or more, to estimate an unbiased "
+                    f"variance; got n_samples={n_rows}"
+                    + ("." if weights is None else
+                       f" with {int(n_positive)} of positive weight summing to "
+                       f"{count[0]:g}.")
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                var = var * (m / (m - 1))
+                mean, var = mean.astype(stats_dtype), var.astype(stats_dtype)
+            if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+                raise ValueError(
+                    f"The statistics of hidden layer {layer} are not finite in "
+                    f"{stats_dtype.name}: the input has values too large for this "
+                    "network. Scale the input down."
+                )
+            means.append(mean)
+            variances.append(var)
+    return means, variances
 
 
 _WIDE_ACTIVATIONS = {

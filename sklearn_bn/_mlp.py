@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import (
     _check_partial_fit_first_call,
     type_of_target,
@@ -39,7 +40,13 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from sklearn_bn._engine import Engine, FoldedNetwork
+from sklearn_bn._callbacks import (
+    CallbackSupportMixin,
+    EpochTasks,
+    has_callbacks,
+    with_callbacks,
+)
+from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
 from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
 from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 
@@ -47,7 +54,7 @@ from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 _FOLDED_NETWORKS = weakref.WeakKeyDictionary()
 
 
-class _BaseMLPBN(BaseEstimator, ABC):
+class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
 
     _parameter_constraints: dict = {
@@ -84,6 +91,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         ],
         "bn_momentum": [Interval(Real, 0, 1, closed="both"), None],
         "bn_epsilon": [Interval(Real, 0, None, closed="neither")],
+        "bn_stats": [StrOptions({"running", "population"})],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "virtual_batch_size": [Interval(Integral, 2, None, closed="left"), None],
     }
@@ -116,6 +124,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         n_iter_no_change,
         bn_momentum,
         bn_epsilon,
+        bn_stats,
         dropout,
         virtual_batch_size,
     ):
@@ -144,6 +153,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self.n_iter_no_change = n_iter_no_change
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.bn_stats = bn_stats
         self.dropout = dropout
         self.virtual_batch_size = virtual_batch_size
 
@@ -213,7 +223,7 @@ class _BaseMLPBN(BaseEstimator, ABC):
             raise ValueError("partial_fit does not support early_stopping=True")
 
         dropout = self._dropout_rates(len(hidden))
-        X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
         n_samples, n_features = X.shape
         if n_samples == 1:
             raise ValueError(
@@ -230,13 +240,28 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 "float64 input.",
                 RuntimeWarning,
             )
-        Y = self._encode_targets(Y, dtype)
+        class_weights = self._class_weights_of_rows(y, incremental)
+        Y = self._encode_targets(y, dtype)
+        if class_weights is not None:
+            # Multiplied in float64, then rounded to the model's dtype below:
+            # exactly what sample_weight * compute_sample_weight(class_weight,
+            # y) passed as sample_weight gives.
+            if sample_weight is not None:
+                class_weights = class_weights * _check_sample_weight(
+                    sample_weight, X, dtype=np.float64, ensure_non_negative=True
+                )
+            sample_weight = class_weights
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, X, dtype=dtype, ensure_non_negative=True
             )
             if not sample_weight.sum() > 0:
-                raise ValueError("sample_weight must not sum to zero.")
+                raise ValueError(
+                    "sample_weight must not sum to zero."
+                    if class_weights is None else
+                    "The sample weights times the class weights (class_weight) "
+                    "sum to zero."
+                )
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
         units = [n_features] + hidden + [Y.shape[1]]
         random_state = check_random_state(self.random_state)
@@ -251,35 +276,67 @@ class _BaseMLPBN(BaseEstimator, ABC):
             params = self._fitted_params(units)
             state = self._continued_state()
 
+        # fit is the root task, with one subtask per epoch; partial_fit is
+        # one task (see _callbacks).
+        callback_ctx = self._init_callback_context(
+            task_name="partial_fit" if incremental else "fit",
+            max_subtasks=0 if incremental else self.max_iter,
+        )
+        metadata = None if sample_weight is None else {"sample_weight": sample_weight}
+        callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
+
         # Updates of the running statistics so far: a new fit starts counting
         # again (the cumulative average of bn_momentum=None), partial_fit
         # goes on.
         tracked = getattr(self, "_n_batches_tracked", 0) if incremental else 0
         engine, params, optimizer = self._fit_stochastic(
             X, Y, sample_weight, units, params + (tracked,), state, out_activation,
-            random_state, incremental, dropout,
+            random_state, incremental, dropout, callback_ctx,
         )  # fmt: skip
 
         # Everything succeeded: publish the new state.
-        layout = engine.layout
-        self.coefs_, self.gammas_, self.intercepts_ = layout.unpack(params.theta)
-        self.running_means_ = layout.unpack_stats(params.running_mean)
-        self.running_vars_ = layout.unpack_stats(params.running_var)
-        self.n_outputs_ = Y.shape[1]
-        self.n_layers_ = len(units)
-        self.out_activation_ = out_activation
-        self.n_iter_ = state["n_iter"]
-        self.t_ = state["t"]
-        self.loss_curve_ = state["loss_curve"]
-        self.loss_ = state["loss_curve"][-1] if state["loss_curve"] else None
-        self.best_loss_ = state["best_loss"]
-        self.validation_scores_ = state["validation_scores"]
-        self.best_validation_score_ = state["best_validation_score"]
+        self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
         self._no_improvement_count = state["no_improvement"]
         self._optimizer_state = optimizer.state_dict()
-        self._n_batches_tracked = params.n_batches_tracked
-        self._freeze_fitted_arrays()
+        callback_ctx.call_on_fit_task_end(
+            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
+        )
         return self
+
+    def _fitted_attributes(self, engine, params, state, out_activation):
+        """The fitted attributes of ``params`` (fresh read-only arrays) and of
+        the epochs' bookkeeping ``state``."""
+        layout = engine.layout
+        coefs, gammas, intercepts = layout.unpack(params.theta)
+        attributes = {
+            "coefs_": coefs,
+            "gammas_": gammas,
+            "intercepts_": intercepts,
+            "running_means_": layout.unpack_stats(params.running_mean),
+            "running_vars_": layout.unpack_stats(params.running_var),
+            "n_outputs_": int(layout.units[-1]),
+            "n_layers_": len(layout.units),
+            "out_activation_": out_activation,
+            "n_iter_": state["n_iter"],
+            "t_": state["t"],
+            "loss_curve_": list(state["loss_curve"]),
+            "loss_": state["loss_curve"][-1] if state["loss_curve"] else None,
+            "best_loss_": state["best_loss"],
+            "validation_scores_": (
+                None if state["validation_scores"] is None
+                else list(state["validation_scores"])
+            ),
+            "best_validation_score_": state["best_validation_score"],
+            "_n_batches_tracked": params.n_batches_tracked,
+        }
+        for name in self._FITTED_ARRAYS:
+            for array in attributes[name]:
+                array.setflags(write=False)
+        return attributes
+
+    def _class_weights_of_rows(self, y, incremental):
+        """Each row's class weight (float64), or None: no class weights."""
+        return None
 
     def _fitted_params(self, units):
         """The fitted per-layer parameters, for warm start and partial_fit."""
@@ -313,7 +370,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         return state
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
-                        out_activation, random_state, incremental, dropout):
+                        out_activation, random_state, incremental, dropout,
+                        callback_ctx):
         """Build the engine and train; return it with the trained parameters
         and the optimizer (nothing of the estimator changes here)."""
         train, validation = self._validation_split(X, Y, sample_weight, random_state)
@@ -338,17 +396,66 @@ class _BaseMLPBN(BaseEstimator, ABC):
         optimizer = self._make_optimizer(engine.layout.n_params, Y.dtype, incremental)
         # Early stopping restores the parameters of the best validation score.
         best = [params.copy()] if validation is not None else [params]
+        epochs = None
+        if not incremental and has_callbacks(self):
+            epochs = self._epoch_tasks(callback_ctx, engine, best, state, train,
+                                       out_activation)
         with deferred_interrupt() as interrupt, engine.team(batch_size):
             try:
                 self._run_epochs(
                     engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size, interrupt,
+                    random_state, incremental, batch_size, interrupt, epochs,
                 )  # fmt: skip
             except KeyboardInterrupt:  # a handler of the user's raised it
                 interrupt.requested = True
+        if self.bn_stats == "population" and not incremental:
+            # Once the best parameters are restored (early stopping), the
+            # exact statistics of the training rows replace the running ones.
+            self._set_population_statistics(engine, best[0], X_train, sw_train)
         if interrupt.requested:
             warnings.warn("Training interrupted by user.")
         return engine, best[0], optimizer
+
+    def _epoch_tasks(self, callback_ctx, engine, best, state, train, out_activation):
+        """The epochs as subtasks of the fit task: their data are the training
+        rows (the validation split excluded) and their weights, and their
+        ``fitted_estimator`` the model that fit would publish if it stopped
+        there (with early stopping, the best parameters so far; with
+        ``bn_stats='population'``, their population statistics). The labels
+        and that model are built only if a callback asks for them."""
+        X_train, Y_train, sw_train = train
+        labels = []
+
+        def y_train():
+            if not labels:
+                labels.append(self._decode_targets(Y_train))
+            return labels[0]
+
+        def fitted_attributes():
+            params = best[0]
+            if self.bn_stats == "population":
+                params = params.copy()
+                self._set_population_statistics(engine, params, X_train, sw_train)
+            return self._fitted_attributes(engine, params, state, out_activation)
+
+        return EpochTasks(
+            callback_ctx, self, X=X_train, y=y_train,
+            metadata=None if sw_train is None else {"sample_weight": sw_train},
+            fitted_attributes=fitted_attributes,
+        )  # fmt: skip
+
+    def _set_population_statistics(self, engine, params, X, sample_weight):
+        """Replace the running statistics of ``params`` (in place) by the
+        population statistics of the rows ``X`` (see recompute_bn_stats)."""
+        layout, dtype = engine.layout, params.theta.dtype
+        coefs, gammas, intercepts = layout.unpack(params.theta)
+        means, variances = population_statistics(
+            X, sample_weight, coefs=coefs, gammas=gammas, intercepts=intercepts,
+            bn_epsilon=self.bn_epsilon, activation=self.activation,
+            dtype=np.result_type(X.dtype, dtype), stats_dtype=dtype,
+        )  # fmt: skip
+        params.running_mean[:] = layout.pack_stats(means, dtype)
+        params.running_var[:] = layout.pack_stats(variances, dtype)
 
     def _validation_split(self, X, Y, sample_weight, random_state):
         """``(X, Y, weights)`` to train on, and the held-out ``(X, y,
@@ -402,10 +509,11 @@ class _BaseMLPBN(BaseEstimator, ABC):
                             self.momentum, self.nesterovs_momentum, self.power_t)
 
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size, interrupt):
+                    random_state, incremental, batch_size, interrupt, epochs=None):
         """The epochs, until ``max_iter``, the stopping rule, one epoch for
-        ``partial_fit``, or Ctrl-C; ``best[0]`` follows early stopping's best
-        parameters.
+        ``partial_fit``, Ctrl-C, or a callback's request; ``best[0]`` follows
+        early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
+        None without callbacks) opens and closes each epoch's callback task.
 
         Ctrl-C stops the epoch under way between two minibatches; that epoch
         is recorded as the others are (``n_iter_``, ``t_`` and
@@ -414,6 +522,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
         """
         sample_idx = np.arange(data.n_samples, dtype=np.intp)
         for _ in range(self.max_iter):
+            if epochs is not None:
+                epochs.begin()
             if self.shuffle:
                 # What sklearn.utils.shuffle draws (the same random stream as
                 # MLPClassifier), without its validation, and in place.
@@ -424,6 +534,8 @@ class _BaseMLPBN(BaseEstimator, ABC):
                 should_stop=lambda: interrupt.requested,
             )
             if n_rows == 0:  # stopped before its first minibatch
+                if epochs is not None:
+                    epochs.abandon()
                 break
             if not (params.is_finite() and np.isfinite(loss_sum)):
                 raise ValueError(self._non_finite_message(params.theta.dtype))
@@ -436,6 +548,10 @@ class _BaseMLPBN(BaseEstimator, ABC):
             if self._update_no_improvement(engine, params, state, validation, loss):
                 best[0] = params.copy()
             optimizer.iteration_ends(state["t"])
+            # The callbacks see the epoch recorded; one returning True ends
+            # training here, as the stopping rule would.
+            if epochs is not None and epochs.end():
+                break
             if interrupt.requested:
                 break
             if state["no_improvement"] > self.n_iter_no_change:
@@ -643,6 +759,64 @@ class _BaseMLPBN(BaseEstimator, ABC):
         self._copy_sklearn_extras(mlp)
         return mlp
 
+    def recompute_bn_stats(self, X, sample_weight=None):
+        """Replace the running statistics by the exact statistics of `X`.
+
+        Layer by layer, in inference mode: for each hidden layer ``i``,
+        ``running_means_[i]`` and ``running_vars_[i]`` become the mean and
+        the unbiased variance of its values before normalization, ``z = a @
+        coefs_[i]``, over the rows of `X`, where ``a`` is the layer's input
+        computed with the layers below already normalizing with their new
+        statistics. Afterwards the inference network standardizes `X`
+        exactly: over `X`, every hidden unit's ``(z - running_means_[i]) /
+        sqrt(running_vars_[i])`` has mean 0 and variance 1 (before
+        ``bn_epsilon``). See the Notes of the class for the formulas.
+
+        Use it after a :meth:`partial_fit` stream, on fresh data of the
+        target distribution, or after changing the weights; ``fit`` does it
+        on its training rows with ``bn_stats='population'``. ``predict``,
+        ``score`` and :meth:`to_sklearn` use the new statistics. A failed
+        call leaves the model unchanged.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The rows, validated as :meth:`predict` validates them (feature
+            names, number of features, no NaN or infinity). At least two
+            rows (of positive weight).
+
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights of the rows, acting as repeat counts (as in
+            ``fit``), not all zero.
+
+        Returns
+        -------
+        self : object
+            The model, with new ``running_means_`` and ``running_vars_``
+            (new read-only arrays, in the model's dtype).
+        """
+        X = self._validate_X_predict(X)
+        groups = self._checked_fitted_arrays()
+        model_dtype = groups["coefs_"][0].dtype
+        # The dtype predict computes in (float64 input to a float32 model:
+        # float64), so that predict standardizes these rows exactly.
+        dtype = np.result_type(X.dtype, model_dtype)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=dtype, ensure_non_negative=True
+            )
+            if not sample_weight.sum() > 0:
+                raise ValueError("sample_weight must not sum to zero.")
+        means, variances = population_statistics(
+            X, sample_weight, coefs=groups["coefs_"], gammas=groups["gammas_"],
+            intercepts=groups["intercepts_"], bn_epsilon=self.bn_epsilon,
+            activation=self.activation, dtype=dtype, stats_dtype=model_dtype,
+        )  # fmt: skip
+        for array in means + variances:
+            array.setflags(write=False)
+        self.running_means_, self.running_vars_ = means, variances
+        return self
+
     def _sklearn_params(self):
         names = [
             "hidden_layer_sizes", "activation", "solver", "alpha", "batch_size",
@@ -780,6 +954,43 @@ _COMMON_PARAMS_DOC = """
         at least ``batch_size``: plain batch norm.
 """
 
+_CLASS_WEIGHT_DOC = """
+    class_weight : dict, 'balanced' or None, default=None
+        Weights of the classes, as in
+        :class:`~sklearn.linear_model.LogisticRegression`: row ``j`` of class
+        ``c`` weighs ``sample_weight[j] * class_weight[c]`` (1 for a missing
+        ``sample_weight`` or a class not in the dict) in the loss, the batch
+        statistics and early stopping's validation score. ``'balanced'``
+        gives class ``c`` the weight ``n_samples / (n_classes *
+        n_samples_in_c)``, from the ``y`` given to :meth:`fit`. Exactly as
+        passing ``sample_weight * compute_sample_weight(class_weight, y)`` as
+        ``sample_weight`` (see
+        :func:`~sklearn.utils.class_weight.compute_sample_weight`; the
+        product is taken in float64). A label of the dict that is not a class
+        raises a ``ValueError``. For multilabel targets only ``'balanced'``
+        is accepted, with scikit-learn's meaning for several outputs: for
+        each label, the balanced weight of the row's 0 or 1, multiplied over
+        the labels. :meth:`partial_fit` looks each row's class up in the dict
+        (a batch need not hold every class) and refuses ``'balanced'``, as
+        :class:`~sklearn.linear_model.SGDClassifier` does: the class
+        frequencies of the whole stream are unknown.
+"""
+
+_BN_STATS_DOC = """
+    bn_stats : {'running', 'population'}, default='running'
+        The statistics the trained network normalizes with at prediction.
+        ``'running'``: the running averages of the minibatch statistics
+        (``bn_momentum``). ``'population'``: at the end of :meth:`fit` (after
+        early stopping has restored the best weights), the running
+        statistics are replaced by the exact statistics of the training rows
+        (the validation split excluded; weighted by the fit's sample and
+        class weights), computed as :meth:`recompute_bn_stats` computes them
+        (see Notes). Training is
+        the same either way: only ``running_means_`` and ``running_vars_``
+        differ. :meth:`partial_fit` keeps the running statistics; call
+        :meth:`recompute_bn_stats` after a stream.
+"""
+
 _COMMON_ATTRIBUTES_DOC = """
     loss_ : float
         The loss of the last epoch (mean over its minibatches, L2 term
@@ -814,10 +1025,14 @@ _COMMON_ATTRIBUTES_DOC = """
 
     running_means_ : list of shape (n_layers - 2,)
         Running mean of ``a @ coefs_[i]`` in each hidden layer, used at
-        inference.
+        inference; with ``bn_stats='population'`` or after
+        :meth:`recompute_bn_stats`, its exact mean over the rows given.
 
     running_vars_ : list of shape (n_layers - 2,)
-        Running (unbiased) variance of ``a @ coefs_[i]`` in each hidden layer.
+        Running (unbiased) variance of ``a @ coefs_[i]`` in each hidden
+        layer; with ``bn_stats='population'`` or after
+        :meth:`recompute_bn_stats`, its exact unbiased variance over the rows
+        given.
 
     n_features_in_ : int
         Number of features seen during fit.
@@ -869,6 +1084,46 @@ _NOTES_DOC = """
     variance uses ``m`` = the minibatch's weight sum. When that sum is below
     2 (weights normalized to sum to 1, say), ``m`` is the number of rows with
     positive weight instead. A minibatch whose weights sum to zero is skipped.
+
+    Population statistics (``bn_stats='population'``, and
+    :meth:`recompute_bn_stats`): over rows ``j`` of weights ``s_j`` (1
+    without weights), with ``S = sum_j s_j`` and ``z_j = a_j @ coefs_[i]``,
+    hidden layer ``i`` gets::
+
+        running_means_[i] = sum_j s_j z_j / S
+        running_vars_[i]  = sum_j s_j (z_j - running_means_[i]) ** 2 / S * m / (m - 1)
+
+    with ``m = S`` (the number of rows of positive weight when ``S < 2``),
+    the running variance's rule. The layers are done in order, and ``a_j``
+    is computed by the inference network whose layers below ``i`` already
+    normalize with their new statistics, so that the network standardizes
+    these rows exactly: over them, every hidden unit's ``(z - mean) /
+    sqrt(var)`` has mean 0 and unbiased variance 1. The batch-norm paper's
+    Algorithm 2 [1]_ fixes the inference network's statistics from the
+    training data by averaging minibatch statistics, as detectron2's
+    "precise BN" and PyTorch's ``torch.optim.swa_utils.update_bn`` do with
+    the network in training mode; these are exact over every row, with the
+    layers below already in their inference form. The rows go
+    through the network once per hidden layer, up to that layer, in blocks
+    of at most 8192 rows: no copy of ``X`` is made (a CSC matrix is
+    converted to CSR once, as prediction does). The products run with BLAS
+    on one thread, the statistics are accumulated in float64 and stored in
+    the model's dtype.
+
+    With scikit-learn 1.9 or later, ``set_callbacks`` registers
+    :mod:`sklearn.callback` callbacks (``ProgressBar``, ``ScoringMonitor``,
+    or one's own). :meth:`fit` is a task with one subtask per epoch (at most
+    ``max_iter``): each epoch's hooks get the training rows (the validation
+    split excluded), their labels and ``{'sample_weight': ...}`` (the fit's
+    weights, class weights included; ``None`` when unweighted), and a
+    ``fitted_estimator`` that predicts as the model ``fit`` would publish if
+    it stopped there (the best weights so far under early stopping, the
+    population statistics with ``bn_stats='population'``), built only for
+    the callbacks that ask for it. A callback whose ``on_fit_task_end``
+    returns True at an epoch stops training after that epoch, which is then
+    the last of ``n_iter_`` and ``loss_curve_``. Each :meth:`partial_fit`
+    call is one task. Without callbacks, a fit does no per-epoch work for
+    them. ``ProgressBar`` needs ``rich`` (the ``progress`` extra).
 """
 
 _REFERENCES_DOC = """
@@ -888,15 +1143,18 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     Same parameters, methods and behaviour as scikit-learn's
     :class:`~sklearn.neural_network.MLPClassifier` with the ``'adam'`` and
-    ``'sgd'`` solvers, plus ``bn_momentum`` and ``bn_epsilon``: every hidden
-    layer is ``linear -> batch norm -> activation`` (Ioffe & Szegedy, 2015),
-    with the batch-norm scale and shift learned by backpropagation.
+    ``'sgd'`` solvers, plus ``bn_momentum``, ``bn_epsilon``, ``bn_stats``
+    and ``class_weight``: every hidden layer is ``linear -> batch norm ->
+    activation`` (Ioffe & Szegedy, 2015), with the batch-norm scale and shift
+    learned by backpropagation.
 
     Read more in the :doc:`user guide </user_guide/mlp>`.
 
     Parameters
     ----------"""
         + _COMMON_PARAMS_DOC
+        + _CLASS_WEIGHT_DOC
+        + _BN_STATS_DOC
         + """
     Attributes
     ----------
@@ -936,6 +1194,11 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     """
     )
 
+    _parameter_constraints: dict = {
+        **_BaseMLPBN._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
     def __init__(
         self,
         hidden_layer_sizes=(100,),
@@ -963,8 +1226,10 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         n_iter_no_change=10,
         bn_momentum=0.1,
         bn_epsilon=1e-5,
+        bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        class_weight=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -992,9 +1257,11 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             n_iter_no_change=n_iter_no_change,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
         )
+        self.class_weight = class_weight
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(
@@ -1033,6 +1300,46 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                     f"`self.classes_` has {self.classes_}. 'y' has {classes}."
                 )
         return X, y
+
+    def _class_weights_of_rows(self, y, incremental):
+        """Each row's class weight (float64), or None without ``class_weight``.
+
+        ``fit`` takes them from ``compute_sample_weight(class_weight, y)``
+        (``'balanced'`` from this ``y``; for multilabel targets, the product
+        over the labels, as scikit-learn defines it for several outputs);
+        ``partial_fit`` looks each row's class up in the dict (a batch need
+        not hold every class of ``classes_``).
+        """
+        class_weight = self.class_weight
+        if class_weight is None:
+            return None
+        if isinstance(class_weight, dict):
+            if self._label_binarizer.y_type_.startswith("multilabel"):
+                raise ValueError(
+                    "class_weight must be 'balanced' or None for multilabel "
+                    "targets: a dict {label: weight} names classes of one output, "
+                    "and scikit-learn's compute_sample_weight refuses one for "
+                    "several outputs."
+                )
+            classes = set(self.classes_.tolist())
+            unknown = [label for label in class_weight if label not in classes]
+            if unknown:
+                raise ValueError(
+                    f"class_weight has labels that are not classes: {unknown}; the "
+                    f"classes are {self.classes_.tolist()}."
+                )
+            for label, weight in class_weight.items():
+                if not (isinstance(weight, Real) and np.isfinite(weight) and weight >= 0):
+                    raise ValueError(
+                        "class_weight values must be non-negative finite numbers, "
+                        f"got {weight!r} for class {label!r}."
+                    )
+            if incremental:
+                table = np.array(
+                    [float(class_weight.get(c, 1.0)) for c in self.classes_.tolist()]
+                )
+                return table[np.searchsorted(self.classes_, y)]
+        return compute_sample_weight(class_weight, y)
 
     def _encode_targets(self, y, dtype):
         """Targets as the network's output matrix, built directly in ``dtype``
@@ -1082,6 +1389,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
+    @with_callbacks  # inside: the callbacks are torn down before a restore
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -1107,6 +1415,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
+    @with_callbacks  # inside: the callbacks are torn down before a restore
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with a single epoch over the given data.
 
@@ -1130,6 +1439,14 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         self : object
             The updated model.
         """
+        if self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight='balanced' is not supported by partial_fit: the "
+                "class frequencies of the whole training set are unknown. Compute "
+                "them with compute_class_weight('balanced', classes=classes, y=y) "
+                "on the whole target (or a large enough sample of it) and pass the "
+                "resulting weights as a dict."
+            )
         if _check_partial_fit_first_call(self, classes):
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
@@ -1207,8 +1524,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     Same parameters, methods and behaviour as scikit-learn's
     :class:`~sklearn.neural_network.MLPRegressor` with the ``'adam'`` and
-    ``'sgd'`` solvers, plus ``bn_momentum`` and ``bn_epsilon``: every hidden
-    layer is ``linear -> batch norm -> activation``.
+    ``'sgd'`` solvers, plus ``bn_momentum``, ``bn_epsilon`` and
+    ``bn_stats``: every hidden layer is ``linear -> batch norm ->
+    activation``.
 
     Read more in the :doc:`user guide </user_guide/mlp>`.
 
@@ -1222,6 +1540,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         over them, as scikit-learn does (so that ``tol`` means the same).
 """
         + _COMMON_PARAMS_DOC
+        + _BN_STATS_DOC
         + """
     Attributes
     ----------"""
@@ -1286,6 +1605,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         n_iter_no_change=10,
         bn_momentum=0.1,
         bn_epsilon=1e-5,
+        bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
     ):
@@ -1315,6 +1635,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             n_iter_no_change=n_iter_no_change,
             bn_momentum=bn_momentum,
             bn_epsilon=bn_epsilon,
+            bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
         )
@@ -1367,6 +1688,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
+    @with_callbacks  # inside: the callbacks are torn down before a restore
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -1390,6 +1712,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
+    @with_callbacks  # inside: the callbacks are torn down before a restore
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data.
 

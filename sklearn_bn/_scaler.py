@@ -29,28 +29,12 @@ from sklearn.utils.validation import (
 )
 
 from sklearn_bn._batchnorm import batch_stats, unbiased_counts
+from sklearn_bn._callbacks import CallbackSupportMixin, with_callbacks
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _restore_on_failure
+from sklearn_bn._utils import _restore_on_failure, merge_stats
 
 _FLOAT_DTYPES = (np.float64, np.float32)
-
-
-def _merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
-    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
-
-    Vectors of ``n_features``; a column with zero total count keeps mean 0
-    and variance 0. Statistics beyond the float64 range become inf or NaN
-    without numpy's warnings: the caller reports them once.
-    """
-    count = count_a + count_b
-    frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
-    frac_a = 1.0 - frac_b
-    with np.errstate(over="ignore", invalid="ignore"):
-        delta = mean_b - mean_a
-        mean = mean_a + frac_b * delta
-        var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
-    return count, mean, var
 
 
 def _is_constant_feature(var, mean, n_samples):
@@ -67,7 +51,9 @@ def _is_constant_feature(var, mean, n_samples):
     return np.isfinite(var) & (var <= upper_bound)
 
 
-class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class BatchNormScaler(
+    CallbackSupportMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
+):
     """Standardize features with batch-normalization statistics.
 
     Each feature is centered and scaled with the mean and variance of the
@@ -161,6 +147,14 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     the features, as ``StandardScaler`` warns.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
+
+    With scikit-learn 1.9 or later, ``set_callbacks`` registers
+    :mod:`sklearn.callback` callbacks, as on
+    :class:`~sklearn.preprocessing.StandardScaler`: each :meth:`fit`,
+    :meth:`partial_fit` and :meth:`fit_transform` call is one task (named
+    ``'fit'``, or ``'partial_fit'``) without subtasks, whose hooks get the
+    validated `X`, `y` and ``{'sample_weight': ...}``, and at its end the
+    fitted scaler.
 
     The statistics are accumulated in double precision in one pass over the
     data (per cache-sized block, two-pass within the block, merged with Chan
@@ -267,7 +261,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self : object
             Fitted scaler.
         """
-        self._fit(X, sample_weight, reset=True)
+        self._fit(X, y, sample_weight, reset=True)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -294,7 +288,8 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self : object
             Fitted scaler.
         """
-        self._fit(X, sample_weight, reset=not hasattr(self, "n_samples_seen_"))
+        self._fit(X, y, sample_weight, reset=not hasattr(self, "n_samples_seen_"),
+                  task_name="partial_fit")
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -320,19 +315,23 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             Transformed data, with the dtype of `X` (float32 or float64).
         """
         X_in = X
-        X = self._fit(X, sample_weight, reset=True)
+        X = self._fit(X, y, sample_weight, reset=True)
         # fit has rejected infinite values: no need to look for them again.
         return self._affine(X, X_in, self._coefficients(X.dtype), self.copy,
                             check_inf=False)
 
     @_restore_on_failure
-    def _fit(self, X, sample_weight, reset):
+    @with_callbacks  # inside: the callbacks are torn down before a restore
+    def _fit(self, X, y, sample_weight, reset, task_name="fit"):
         """Learn or update the statistics; return the validated `X`.
 
         Everything is computed into locals and assigned at the end; if
         anything fails, the estimator's ``__dict__`` is restored, so a failed
         call leaves a fitted scaler unchanged (``validate_data`` itself sets
         ``n_features_in_`` and ``feature_names_in_`` when ``reset``).
+
+        Each call is one callback task (a leaf), as ``StandardScaler``'s
+        ``fit`` and ``partial_fit`` are.
         """
         _reject_sparse(X, self)
         X = self._validate_X(X, reset)
@@ -349,6 +348,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(
                     "Sample weights must contain at least one non-zero number."
                 )
+        callback_ctx = self._init_callback_context(task_name=task_name)
+        metadata = {"sample_weight": sample_weight}
+        callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
         if self.momentum is not None and X.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__}(momentum={self.momentum}) needs at least "
@@ -375,7 +377,7 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             else:
                 # A feature with no sample yet has NaN statistics, and no weight.
                 unseen = count_prev == 0
-                count, mean, var = _merge_stats(
+                count, mean, var = merge_stats(
                     count_prev, np.where(unseen, 0.0, self.running_mean_),
                     np.where(unseen, 0.0, self.running_var_),
                     count_b, mean_b, var_b,
@@ -417,6 +419,9 @@ class BatchNormScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.running_mean_ = mean
         self.running_var_ = var
         self.n_samples_seen_ = n_samples_seen
+        callback_ctx.call_on_fit_task_end(
+            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
+        )
         return X
 
     # ------------------------------------------------------------------

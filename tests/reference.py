@@ -73,3 +73,34 @@ def forward_sklearn_mlp(mlp, X):
         a = activation(mlp.activation, a @ W.astype(np.float64) + b)
     raw = a @ mlp.coefs_[-1].astype(np.float64) + mlp.intercepts_[-1]
     return OUT_ACTIVATIONS[mlp.out_activation_](raw)
+
+
+def hidden_pre_normalization(est, X):
+    """Each hidden layer's values before normalization, ``z = a @ coefs_[i]``,
+    over the rows of ``X``, from a fitted MLPBN's public attributes (the
+    inference network, in float64): a list of arrays of shape (n_samples,
+    units)."""
+    a = X.toarray() if sp.issparse(X) else np.asarray(X)
+    a = a.astype(np.float64)
+    values = []
+    for W, g, b, m, v in zip(est.coefs_, est.gammas_, est.intercepts_,
+                             est.running_means_, est.running_vars_):
+        z = a @ W.astype(np.float64)
+        values.append(z)
+        a = activation(est.activation,
+                       g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b)
+    return values
+
+
+def weighted_mean_and_unbiased_var(z, sample_weight=None):
+    """Column mean and unbiased variance of ``z`` (float64), weights acting
+    as repeat counts: the correction is ``m / (m - 1)`` with ``m`` the weight
+    sum, or the number of rows of positive weight when that sum is below 2
+    (DESIGN.md's rule for the running variance)."""
+    z = np.asarray(z, dtype=np.float64)
+    w = np.ones(z.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    total = w.sum()
+    mean = (w @ z) / total
+    var = (w @ (z - mean) ** 2) / total
+    m = total if total >= 2 else np.count_nonzero(w > 0)
+    return mean, var * m / (m - 1)

@@ -21,15 +21,22 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import expit, softmax
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_digits
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from reference import DTYPES, forward_from_attributes, forward_sklearn_mlp
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _threads
+from reference import (
+    DTYPES,
+    forward_from_attributes,
+    forward_sklearn_mlp,
+    hidden_pre_normalization,
+    weighted_mean_and_unbiased_var,
+)
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
 from sklearn_bn._engine import Engine
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
@@ -297,6 +304,272 @@ def test_predict_log_proba_and_proba_shapes():
 
 
 # ---------------------------------------------------------------------------
+# Population statistics: bn_stats='population' and recompute_bn_stats
+
+
+def assert_population_statistics(est, X, sample_weight=None):
+    """Each hidden layer's stored statistics are the weighted mean and
+    unbiased variance of its values before normalization over the rows of
+    ``X``, as a numpy forward pass of the inference network computes them
+    (whose layers below normalize with the stored statistics)."""
+    float64 = est.coefs_[0].dtype == np.float64 and np.asarray(
+        X.data if sp.issparse(X) else X).dtype == np.float64
+    # float32 models compute z in float32: rounding of about 1e-7 of its
+    # scale, grown a little through the layers below.
+    rtol = 1e-10 if float64 else 2e-5
+    for i, z in enumerate(hidden_pre_normalization(est, X)):
+        mean, var = weighted_mean_and_unbiased_var(z, sample_weight)
+        assert est.running_means_[i].dtype == est.coefs_[0].dtype
+        assert est.running_vars_[i].dtype == est.coefs_[0].dtype
+        # A mean near 0 is compared on the scale of its unit.
+        assert_allclose(est.running_means_[i], mean, rtol=rtol,
+                        atol=rtol * np.sqrt(var).max(), err_msg=f"mean of layer {i}")
+        assert_allclose(est.running_vars_[i], var, rtol=rtol,
+                        err_msg=f"variance of layer {i}")
+        # The inference network standardizes these rows: z_hat has mean 0 and
+        # unbiased variance 1 (before bn_epsilon).
+        m, v = (np.asarray(a, dtype=np.float64) for a in (est.running_means_[i],
+                                                           est.running_vars_[i]))
+        z_mean, z_var = weighted_mean_and_unbiased_var((z - m) / np.sqrt(v), sample_weight)
+        assert_allclose(z_mean, 0, atol=100 * rtol)
+        assert_allclose(z_var, 1, rtol=100 * rtol)
+
+
+def small_blocks(monkeypatch):
+    """Row blocks of 7 rows: many blocks, a ragged last one."""
+    monkeypatch.setattr(_engine, "POPULATION_MIN_ROWS", 7)
+    monkeypatch.setattr(_engine, "POPULATION_MAX_ROWS", 7)
+
+
+@pytest.mark.parametrize("blocks", ["default", "small"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("sparse_format", [None, "csr", "csc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_recompute_bn_stats_gives_the_exact_statistics(dtype, sparse_format, weighted,
+                                                       blocks, monkeypatch):
+    X, y, est = make_data("multiclass", n=300, dtype=dtype)
+    est.set_params(hidden_layer_sizes=(9, 7, 5), activation="tanh", max_iter=5)
+    fit_quietly(est, X, y)
+    # Fresh rows of another scale: statistics unlike the running ones.
+    X_new = (1.5 * make_data("multiclass", n=230, seed=1)[0] + 0.5).astype(dtype)
+    X_new[np.abs(X_new) < 0.8] = 0
+    sw = np.random.RandomState(2).uniform(0, 3, len(X_new)) if weighted else None
+    if sw is not None:
+        sw[::5] = 0
+    X_in = X_new if sparse_format is None else sp.csr_matrix(X_new).asformat(sparse_format)
+    if blocks == "small":
+        small_blocks(monkeypatch)
+    before = [est.running_means_, est.running_vars_]
+    assert est.recompute_bn_stats(X_in, sample_weight=sw) is est
+    assert_population_statistics(est, X_new, sw)
+    for new, old in zip([est.running_means_, est.running_vars_], before):
+        assert new is not old and not np.allclose(new[0], old[0])
+        assert all(not a.flags.writeable for a in new)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_recompute_bn_stats_does_not_depend_on_the_blocks(dtype, monkeypatch):
+    # Blocks change the order of the float64 sums only.
+    X, y, est = make_data("squared_error", n=500, dtype=dtype)
+    fit_quietly(est, X, y)
+    est.recompute_bn_stats(X)
+    means, variances = est.running_means_, est.running_vars_
+    small_blocks(monkeypatch)
+    est.recompute_bn_stats(X)
+    for a, b in zip(means + variances, est.running_means_ + est.running_vars_):
+        assert_allclose(a, b, rtol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+def test_recompute_bn_stats_on_normalized_and_integer_weights():
+    # Integer weights are repeat counts; weights summing to 1 take the number
+    # of rows of positive weight as m (the running variance's rule).
+    X, y, est = make_data("binary", n=80)
+    fit_quietly(est, X, y)
+    counts = np.random.RandomState(0).randint(0, 4, len(X))
+    repeated = pickle.loads(pickle.dumps(est))
+    est.recompute_bn_stats(X, sample_weight=counts)
+    repeated.recompute_bn_stats(np.repeat(X, counts, axis=0))
+    for a, b in zip(est.running_means_ + est.running_vars_,
+                    repeated.running_means_ + repeated.running_vars_):
+        assert_allclose(a, b, rtol=1e-10)
+    normalized = counts / counts.sum()
+    est.recompute_bn_stats(X, sample_weight=normalized)
+    assert_population_statistics(est, X, normalized)
+
+
+def test_float64_rows_for_a_float32_model_are_standardized_as_predict_computes():
+    # predict computes float64 input in float64 (the folded weights too):
+    # the statistics are computed that way and stored in float32.
+    X, y, est = make_data("multiclass", n=200, dtype=np.float32)
+    fit_quietly(est, X, y)
+    est.recompute_bn_stats(X.astype(np.float64) * 2)
+    assert est.running_means_[0].dtype == np.float32
+    for i, z in enumerate(hidden_pre_normalization(est, X.astype(np.float64) * 2)):
+        mean, var = weighted_mean_and_unbiased_var(z)
+        assert_allclose(est.running_means_[i], mean, rtol=1e-6, atol=1e-6 * np.sqrt(var).max())
+        assert_allclose(est.running_vars_[i], var, rtol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
+def test_predict_and_to_sklearn_use_the_recomputed_statistics(problem):
+    X, y, est = make_data(problem)
+    fit_quietly(est, X, y)
+    before = raw_output(est, X)
+    est.recompute_bn_stats(X[: len(X) // 2] * 3)
+    after = raw_output(est, X)
+    assert not np.allclose(after, before)
+    assert_allclose(after, forward_from_attributes(est, X), rtol=1e-9, atol=1e-12)
+    assert_allclose(raw_output(est.to_sklearn(), X), after, rtol=1e-9, atol=1e-12)
+
+
+def test_population_statistics_without_hidden_layers():
+    X, y, est = make_data("multiclass")
+    est.set_params(hidden_layer_sizes=(), bn_stats="population")
+    fit_quietly(est, X, y)
+    assert est.running_means_ == [] and est.running_vars_ == []
+    assert est.recompute_bn_stats(X).running_means_ == []
+
+
+def test_failed_recompute_bn_stats_leaves_the_model_unchanged():
+    X, y, est = make_data("binary")
+    with pytest.raises(NotFittedError):
+        clone(est).recompute_bn_stats(X)
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    X_nan, X_inf = X.copy(), X.copy()
+    X_nan[0, 0], X_inf[0, 0] = np.nan, np.inf
+    cases = [
+        (X[:, :4], None, "features"),
+        (X_nan, None, "NaN"),
+        (X_inf, None, "infinity"),
+        (X[:1], None, "n_samples=1"),
+        (X, np.zeros(len(X)), "zero"),
+        (X, -np.ones(len(X)), "[Nn]egative"),
+        (X, np.ones(len(X) - 1), "sample_weight|shape|samples"),
+        (X[:3], [0.5, 0, 0], "unbiased variance"),
+        (X * 1e300, None, "not finite"),
+    ]
+    for X_bad, sw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            est.recompute_bn_stats(X_bad, sample_weight=sw)
+        assert_same(before, snapshot(est), message)
+
+
+def test_failed_population_fit_leaves_the_model_unchanged():
+    # One row of positive weight, summing to less than 2: training runs (the
+    # running variance keeps its value), but no unbiased variance exists.
+    X, y, est = make_data("squared_error", n=10)
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    sw = np.zeros(len(y))
+    sw[3] = 0.5
+    est.set_params(bn_stats="population", warm_start=True)
+    with pytest.raises(ValueError, match="unbiased variance"):
+        fit_quietly(est, X, y, sample_weight=sw)
+    est.set_params(bn_stats="running", warm_start=False)
+    assert_same(before, snapshot(est))
+
+
+def test_recompute_bn_stats_checks_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y, est = make_data("binary")
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    fit_quietly(est, frame, y)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="feature names"):
+        est.recompute_bn_stats(frame[frame.columns[::-1]])
+    assert_same(before, snapshot(est))
+    est.recompute_bn_stats(frame)
+
+
+def recorded_split(monkeypatch):
+    """Record what early stopping's train/validation split returns."""
+    calls = []
+    real = _mlp.train_test_split
+
+    def recording(*arrays, **kwargs):
+        calls.append(real(*arrays, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(_mlp, "train_test_split", recording)
+    return calls
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("sparse_format", [None, "csr"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("problem, weighted", [
+    ("multiclass", "none"), ("multiclass", "sample_weight"), ("multiclass", "class_weight"),
+    ("squared_error", "none"), ("squared_error", "sample_weight"),
+])
+def test_population_fit_equals_running_fit_then_recompute_on_the_training_rows(
+        problem, weighted, dtype, sparse_format, early_stopping, monkeypatch):
+    X, y, est = make_data(problem, n=120, dtype=dtype)
+    if sparse_format:
+        X[np.abs(X) < 0.5] = 0
+        X = sp.csr_matrix(X)
+    est.set_params(early_stopping=early_stopping, validation_fraction=0.25,
+                   hidden_layer_sizes=(8, 6, 4))
+    sw = None
+    if weighted == "sample_weight":
+        sw = np.random.RandomState(3).uniform(0.2, 2.0, len(y))
+    elif weighted == "class_weight":
+        est.set_params(class_weight="balanced")
+        sw = compute_sample_weight("balanced", y)
+    split = recorded_split(monkeypatch)
+    population = fit_quietly(clone(est).set_params(bn_stats="population"), X, y,
+                             sample_weight=None if weighted == "class_weight" else sw)
+    running = fit_quietly(clone(est), X, y,
+                          sample_weight=None if weighted == "class_weight" else sw)
+    # Training is the same; only the running statistics differ.
+    for name in ("coefs_", "gammas_", "intercepts_"):
+        for a, b in zip(getattr(population, name), getattr(running, name)):
+            assert_array_equal(a, b)
+    assert population.loss_curve_ == running.loss_curve_
+    X_train, sw_train = X, sw
+    if early_stopping:
+        # The rows trained on: the validation split is excluded.
+        arrays = split[0]
+        X_train = arrays[0]
+        sw_train = arrays[4] if len(arrays) > 4 else None
+        assert X_train.shape[0] == 90
+    sw_train_model = None if sw_train is None else np.asarray(sw_train, dtype=dtype)
+    running.recompute_bn_stats(X_train, sample_weight=sw_train_model)
+    for a, b in zip(population.running_means_ + population.running_vars_,
+                    running.running_means_ + running.running_vars_):
+        assert_array_equal(a, b)
+    assert_population_statistics(population, X_train, sw_train_model)
+    if early_stopping:
+        # Not the statistics of every row given to fit.
+        everything = pickle.loads(pickle.dumps(running)).recompute_bn_stats(X, sample_weight=sw)
+        assert not np.allclose(everything.running_vars_[0], population.running_vars_[0])
+
+
+def test_partial_fit_keeps_the_running_statistics():
+    # bn_stats applies to fit; after a partial_fit stream, recompute_bn_stats
+    # does it on the rows one chooses.
+    X, y, est = make_data("multiclass")
+    a = clone(est).set_params(bn_stats="population").partial_fit(X, y, classes=[0, 1, 2])
+    b = clone(est).partial_fit(X, y, classes=[0, 1, 2])
+    for p, q in zip(a.running_means_ + a.running_vars_, b.running_means_ + b.running_vars_):
+        assert_array_equal(p, q)
+
+
+def test_population_statistics_help_a_model_with_stale_running_statistics():
+    # With bn_momentum tiny, the running statistics barely leave their start
+    # (0 and 1): predictions from them are poor; the population statistics
+    # repair the model without training it further.
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    est = MLPBNClassifier(hidden_layer_sizes=(32,), bn_momentum=1e-4, max_iter=15,
+                          random_state=0)
+    running = fit_quietly(clone(est), X, y)
+    population = fit_quietly(clone(est).set_params(bn_stats="population"), X, y)
+    assert population.score(X, y) > running.score(X, y) + 0.1
+    assert population.score(X, y) > 0.9
+
+
+# ---------------------------------------------------------------------------
 # Input types and dtypes
 
 
@@ -496,6 +769,145 @@ def test_bad_sample_weights():
         est.fit(X, y, sample_weight=np.zeros(len(y)))
     with pytest.raises(ValueError):
         est.fit(X, y, sample_weight=np.ones(len(y) - 1))
+
+
+# ---------------------------------------------------------------------------
+# Class weights
+
+
+def assert_same_fit(a, b):
+    """Two fits equal bit for bit: parameters, statistics and history."""
+    for name in FITTED_ARRAYS:
+        for p, q in zip(getattr(a, name), getattr(b, name)):
+            assert p.dtype == q.dtype
+            assert_array_equal(p, q, err_msg=name)
+    assert a.loss_curve_ == b.loss_curve_
+    assert a.validation_scores_ == b.validation_scores_
+    assert a.n_iter_ == b.n_iter_
+
+
+def imbalanced_classes(n_classes, n=150, dtype=np.float64):
+    """Data whose classes have very different sizes."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(n, 5)).astype(dtype)
+    score = X[:, 0] - 0.5 * X[:, 1] + 0.3 * rng.normal(size=n)
+    cuts = [0.9] if n_classes == 2 else [-0.2, 1.1]
+    return X, np.digitize(score, cuts)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+@pytest.mark.parametrize("sparse_input", [False, True])
+@pytest.mark.parametrize("user_weights", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 0.3, 1: 2.5}])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_class_weight_is_compute_sample_weight(n_classes, class_weight, dtype, user_weights,
+                                               sparse_input, early_stopping):
+    # The fit equals, bit for bit, the same fit given compute_sample_weight's
+    # weights (times the user's) as sample_weight; validation scores included.
+    X, y = imbalanced_classes(n_classes, dtype=dtype)
+    if sparse_input:
+        X[np.abs(X) < 0.6] = 0
+        X = sp.csr_matrix(X)
+    sw = np.random.RandomState(1).uniform(0.1, 3.0, len(y)) if user_weights else None
+    est = MLPBNClassifier(hidden_layer_sizes=(7, 5), max_iter=8, batch_size=32,
+                          early_stopping=early_stopping, n_iter_no_change=3,
+                          random_state=0)
+    weighted = fit_quietly(clone(est).set_params(class_weight=class_weight), X, y,
+                           sample_weight=sw)
+    expected = compute_sample_weight(class_weight, y)
+    reference = fit_quietly(clone(est), X, y,
+                            sample_weight=expected if sw is None else sw * expected)
+    assert_same_fit(weighted, reference)
+    plain = fit_quietly(clone(est), X, y, sample_weight=sw)
+    assert not np.array_equal(weighted.coefs_[0], plain.coefs_[0])
+
+
+def test_class_weight_with_string_labels_and_missing_classes():
+    # Classes absent from the dict weigh 1.
+    X, y = imbalanced_classes(3)
+    labels = np.array(["low", "mid", "high"])[y]
+    cw = {"high": 4.0}
+    est = MLPBNClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0)
+    weighted = fit_quietly(clone(est).set_params(class_weight=cw), X, labels)
+    reference = fit_quietly(clone(est), X, labels,
+                            sample_weight=np.where(labels == "high", 4.0, 1.0))
+    assert_same_fit(weighted, reference)
+
+
+def test_balanced_class_weight_for_multilabel_targets():
+    # scikit-learn's meaning for several outputs: per label, the balanced
+    # weight of each row's 0 or 1, multiplied over the labels.
+    X, Y, est = make_data("multilabel")
+    weighted = fit_quietly(clone(est).set_params(class_weight="balanced"), X, Y)
+    expected = np.ones(len(Y))
+    for k in range(Y.shape[1]):
+        counts = np.bincount(Y[:, k])
+        expected *= (len(Y) / (2 * counts))[Y[:, k]]
+    assert_allclose(compute_sample_weight("balanced", Y), expected, rtol=1e-15)
+    reference = fit_quietly(clone(est), X, Y, sample_weight=expected)
+    assert_same_fit(weighted, reference)
+    with pytest.raises(ValueError, match="multilabel"):
+        fit_quietly(clone(est).set_params(class_weight={0: 1.0, 1: 2.0}), X, Y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_partial_fit_weighs_each_batch_by_its_classes(dtype):
+    # A batch need not hold every class: the dict is looked up over classes_.
+    X, y = imbalanced_classes(3, dtype=dtype)
+    cw = {0: 0.5, 2: 3.0}
+    est = MLPBNClassifier(hidden_layer_sizes=(6,), random_state=0)
+    weighted = clone(est).set_params(class_weight=cw)
+    reference = clone(est)
+    batches = [np.flatnonzero(y != 2)[:60], np.arange(60, 150)]
+    for rows in batches:
+        weighted.partial_fit(X[rows], y[rows], classes=[0, 1, 2])
+        reference.partial_fit(X[rows], y[rows], classes=[0, 1, 2],
+                              sample_weight=np.array([cw.get(c, 1.0) for c in y[rows]]))
+    assert_same_fit(weighted, reference)
+
+
+def test_partial_fit_refuses_balanced_class_weight():
+    X, y = imbalanced_classes(2)
+    est = MLPBNClassifier(hidden_layer_sizes=(6,), random_state=0).partial_fit(
+        X, y, classes=[0, 1])
+    before = snapshot(est)
+    est.set_params(class_weight="balanced")
+    with pytest.raises(ValueError, match="balanced.*partial_fit"):
+        est.partial_fit(X, y)
+    est.set_params(class_weight=None)
+    assert_same(before, snapshot(est))
+    with pytest.raises(ValueError, match="balanced.*partial_fit"):
+        clone(est).set_params(class_weight="balanced").partial_fit(X, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("class_weight, message", [
+    ({0: 1.0, 7: 2.0}, r"not classes: \[7\]"),
+    ({"a": 1.0}, "not classes"),
+    ({0: -1.0}, "non-negative"),
+    ({0: np.nan}, "non-negative"),
+    ({0: "heavy"}, "non-negative"),
+    ({0: 0.0, 1: 0.0}, "zero"),
+])
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_bad_class_weight_raises_and_leaves_the_model_unchanged(class_weight, message,
+                                                               method):
+    X, y = imbalanced_classes(2)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(6,), max_iter=3,
+                                      random_state=0), X, y)
+    before = snapshot(est)
+    est.set_params(class_weight=class_weight)
+    with pytest.raises(ValueError, match=message):
+        getattr(est, method)(X, y)
+    est.set_params(class_weight=None)
+    assert_same(before, snapshot(est))
+
+
+def test_class_weight_is_validated_and_is_the_classifiers_only():
+    X, y = imbalanced_classes(2)
+    with pytest.raises(ValueError, match="class_weight"):
+        MLPBNClassifier(class_weight="equal").fit(X, y)
+    assert "class_weight" not in MLPBNRegressor().get_params()
 
 
 # ---------------------------------------------------------------------------
