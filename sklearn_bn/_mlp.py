@@ -1063,18 +1063,22 @@ _NOTES_DOC = """
     where ``mean`` and ``var`` (ddof=0) are the minibatch statistics of
     ``z`` during training (weighted by ``sample_weight``) and the running
     statistics at inference. The running statistics start at 0 and 1 and
-    follow PyTorch's update with ``bn_momentum``. At the end of ``fit`` and
-    ``partial_fit`` batch norm is folded into the weights, and ``predict``
-    runs on the folded network (see :meth:`to_sklearn`).
+    follow PyTorch's update with ``bn_momentum``. ``predict`` runs the
+    network with batch norm folded into the weights (see :meth:`to_sklearn`),
+    folded from the fitted attributes as they are: reassigning one takes
+    effect, and they are read-only arrays.
 
     Training runs whole epochs in compiled code without the GIL; matrix
     products use BLAS through :mod:`scipy.linalg.cython_blas`. The engine
     runs as many threads as BLAS may (its :mod:`threadpoolctl` limit, also
-    capped by ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits):
-    they share every minibatch and each calls BLAS on its share, with BLAS
-    limited to one thread during ``fit`` and ``partial_fit``. Prediction
-    uses BLAS's own threads. float32 input is trained and predicted in
-    float32.
+    capped by ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits) when
+    a minibatch is large enough: they share every minibatch and each calls
+    BLAS on its share, with BLAS limited to one thread during ``fit`` and
+    ``partial_fit``. Prediction runs BLAS on one thread too, the package's
+    threads sharing the rows of a large prediction. float32 input is trained
+    and predicted in float32; float64 input to a float32 model is predicted
+    in float64. Ctrl-C stops a fit between two minibatches, keeping what was
+    trained (see the user guide).
 
     Every minibatch needs at least 2 samples: ``batch_size`` must be >= 2,
     and fitting on a single sample raises ``ValueError``.
