@@ -21,7 +21,6 @@ from threadpoolctl import threadpool_limits
 
 from reference import DTYPES
 from sklearn_bn import BatchNormScaler, _team, _threads
-from sklearn_bn._batchnorm import batch_stats
 from sklearn_bn._scaling import affine_columns, has_infinity
 
 MOMENTA = [None, 0.1]

@@ -1,14 +1,11 @@
 """Tests of the thread team (sklearn_bn._team, _team.h) and of the package's
 thread policy (sklearn_bn._threads)."""
 
-import contextlib
 import multiprocessing
-import os
 import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 

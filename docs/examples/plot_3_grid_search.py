@@ -18,7 +18,6 @@ statistics that the network uses for prediction.
 import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
