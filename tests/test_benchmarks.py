@@ -52,3 +52,35 @@ def test_workflow_script_runs(tmp_path):
     assert set(data) >= set(sections)
     trials = [t for size in data["ctrlc"].values() for t in size]
     assert trials and all("latency" in t for t in trials)
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+def test_features_script_runs(tmp_path):
+    """bench_features.py --quick (2 seeds, 2 epochs, a few seconds): one
+    table per data set with a row per configuration, and the raw results
+    with one accuracy per seed and the paired differences."""
+    out = tmp_path / "features.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "bench_features.py"), "--quick",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["seeds"] == 2
+    assert set(data["datasets"]) == {"digits", "breast_cancer", "wine", "synthetic"}
+    for name, dataset in data["datasets"].items():
+        assert f"## {name}" in result.stdout
+        configs = dataset["configs"]
+        assert len(configs) >= 5 and "defaults" in configs
+        for config in configs.values():
+            assert len(config["accuracy"]) == 2
+            assert all(0 <= a <= 1 for a in config["accuracy"])
+            assert config["diff_vs_defaults"] == [
+                a - b for a, b in zip(config["accuracy"], configs["defaults"]["accuracy"])]
+        # population statistics change prediction only: the same training
+        runs = configs["bn_stats=population"]["runs"]
+        assert [r["n_iter"] for r in runs] == [
+            r["n_iter"] for r in configs["defaults"]["runs"]]
+    table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(table_rows) == 4 * (len(configs) + 1)
