@@ -15,6 +15,7 @@ RUNS = {
     "kernels": ["bench_kernels.py", "--quick"],
     "scaler": ["bench_scaler.py", "--n-samples", "20000", "--chunk", "2000", "--repeat", "1"],
     "fit": ["bench_fit.py", "--quick", "--what", "fit,predict", "--dtype", "float32"],
+    "split": ["bench_split.py", "--quick", "--dtype", "float64"],
 }
 
 
