@@ -1,6 +1,7 @@
 """Smoke runs of the benchmark scripts on small sizes: they keep working as the
 package changes. Nothing here looks at the timings."""
 
+import glob
 import json
 import os
 import subprocess
@@ -85,3 +86,20 @@ def test_features_script_runs(tmp_path):
             r["n_iter"] for r in configs["defaults"]["runs"]]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 4 * (len(configs) + 1)
+
+
+ROOT = os.path.dirname(BENCHMARKS)
+
+
+@pytest.mark.skipif(not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.so"))
+                    and not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.pyd")),
+                    reason="bench_ab.py compares built checkouts; this one is not built in place")
+def test_ab_script_runs():
+    """bench_ab.py with the same checkout as both builds, one round."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "bench_ab.py"), ROOT, ROOT,
+         "--rounds", "1", "--dtype", "float32"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| float32 |" in result.stdout
