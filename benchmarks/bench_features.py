@@ -69,10 +69,10 @@ nothing.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
+import types
 import warnings
 
 import numpy as np
@@ -81,7 +81,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_fit  # noqa: E402  (also puts an uninstalled checkout on sys.path)
 from bench_fit import table  # noqa: E402
 
-import sklearn_bn  # noqa: E402
 from sklearn_bn import MLPBNClassifier  # noqa: E402
 
 HIDDEN = (128, 128)
@@ -183,31 +182,11 @@ def fit_score(params, Xtr, ytr, Xte, yte, seed, max_iter):
 
 
 def header(args):
-    import scipy
-    import sklearn
-    from threadpoolctl import threadpool_info
-
-    print("# sklearn_bn benchmark: test accuracy of dropout, ghost batch norm and "
-          "population statistics against the defaults")
-    print()
-    print("command: `" + " ".join([os.path.basename(sys.executable)]
-                                  + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs; python {platform.python_version()}, "
-          f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
-          f"{sklearn.__version__}, sklearn_bn {sklearn_bn.__version__} "
-          f"({os.path.dirname(sklearn_bn.__file__)})")
-    for info in threadpool_info():
-        owner = os.path.basename(os.path.dirname(info["filepath"]))
-        print(f"threadpool: {info['internal_api']} {info.get('version') or ''} "
-              f"({owner}/{os.path.basename(info['filepath'])}), {info['num_threads']} threads")
-    if args.threads:
-        print(f"threads: limited to {args.threads} with threadpoolctl")
+    # The machine, versions, thread pools and load, as bench_fit.py prints them
+    # (its timing-only lines, clock and repeats, do not matter here).
+    bench_fit.header(types.SimpleNamespace(repeat=1, clock="wall", threads=args.threads),
+                     title="test accuracy of dropout, ghost batch norm and population "
+                           "statistics against the defaults")
     print(f"model: make_pipeline(StandardScaler(), MLPBNClassifier(hidden_layer_sizes="
           f"{HIDDEN}, max_iter={args.max_iter}, random_state=seed, **config)), other "
           f"parameters default; seeds 0..{args.seeds - 1}; stratified split, "
