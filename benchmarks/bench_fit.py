@@ -51,8 +51,8 @@ fit
     "two-core products floor"). Targets: ``MLPBNClassifier`` <= 1.3x the
     products floor; its speed-up from one thread to T threads >= 1.5x,
     printed beside numpy's own, (b) / (c); with ``dropout=0.1`` on every
-    hidden layer, an epoch costs <= 1.1x one without. The engine on one thread is also
-    compared with (b). For reference, (a) done through
+    hidden layer, an epoch costs <= 1.1x one without. The engine on one
+    thread is also compared with (b). For reference, (a) done through
     ``sklearn_bn._blas.gemm`` ("engine-BLAS (a)") runs the same products
     through scipy's OpenBLAS, which the engine calls (numpy and scipy each
     bundle their own OpenBLAS, possibly of different versions): it tells
@@ -675,7 +675,8 @@ def section_fit(args, dtypes, state):
             "floor_a": t["a"], "floor_b": t["b"], "floor_c": t["c"],
             "floor_c_barriers": t["sync"], "floor": floor, "floor_is": floor_name,
             "engine_blas_floor": t["eng"], "MLPBNClassifier": t_bn,
-            "MLPBNClassifier_1thread": t_bn1, "MLPBNClassifier_dropout": t["drop"], "MLPClassifier": t_sk, "torch": t_torch})
+            "MLPBNClassifier_1thread": t_bn1, "MLPBNClassifier_dropout": t["drop"],
+            "MLPClassifier": t_sk, "torch": t_torch})
     table(["what", "dtype", "s/epoch", "ratio to products floor", "ratio to MLPBN",
            "target", "pass/fail"], rows)
     print(f"Speed-up from one thread to T = {team} threads (s/epoch); numpy's products "
