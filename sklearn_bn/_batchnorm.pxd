@@ -5,7 +5,8 @@
 # cbn_act_backward 7 * n_cols). ``a_out`` may alias ``z`` and ``dz_out`` may
 # alias ``da``. The training kernels take ``ld``, the distance between rows
 # (>= ``n_cols``), so that they can run on a panel of columns of a wider
-# block (one thread per panel).
+# block (one thread per panel), and ``z_ld`` for ``z``, which the engine
+# keeps as one contiguous block per panel.
 from cython cimport floating
 
 cpdef enum:
@@ -20,11 +21,11 @@ cdef enum RowPass:
 
 cdef void row_pass(int act, RowPass kind, const floating* z,
                    const floating* da, const floating* a, floating* out,
-                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t stride,
-                   const floating* sample_weight, const floating* center,
-                   const floating* scale, const floating* shift,
-                   const floating* q, const floating* r, double* sum_g,
-                   double* sum_gz) noexcept nogil
+                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t z_stride,
+                   Py_ssize_t stride, const floating* sample_weight,
+                   const floating* center, const floating* scale,
+                   const floating* shift, const floating* q, const floating* r,
+                   double* sum_g, double* sum_gz) noexcept nogil
 
 cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
                     Py_ssize_t n_cols, Py_ssize_t stride,
@@ -38,7 +39,7 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
                                 Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                Py_ssize_t ld, const floating* gamma, const floating* beta,
+                                Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma, const floating* beta,
                                 const floating* sample_weight, double epsilon,
                                 int act, double* mean_out, double* var_out,
                                 double* scratch) noexcept nogil
@@ -52,7 +53,7 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t ld, const floating* gamma,
+                           Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
                            const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,

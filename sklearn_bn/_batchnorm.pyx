@@ -420,13 +420,15 @@ cdef inline floating _pre_activation(floating u, floating scale,
 
 cdef simd_void _normalize_rows(const floating* z, floating* a_out,
                                Py_ssize_t n_rows, Py_ssize_t n_cols,
-                               Py_ssize_t stride, const floating* center_in,
+                               Py_ssize_t z_stride, Py_ssize_t stride,
+                               const floating* center_in,
                                const floating* scale_in,
                                const floating* shift_in,
                                activation_t* act) noexcept nogil:
     """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns.
 
-    Rows start every ``stride`` elements. ``a_out`` may alias ``z``. The
+    Rows of ``z`` start every ``z_stride`` elements, those of ``a_out``
+    every ``stride``. ``a_out`` may alias ``z`` (with equal strides). The
     coefficients are copied to local arrays (tiles of ``TILE_ROWS`` rows by
     ``CHUNK`` columns; all rows when the block is at most ``CHUNK`` wide), so
     that the loop needs no runtime alias checks.
@@ -449,7 +451,7 @@ cdef simd_void _normalize_rows(const floating* z, floating* a_out,
                 scale[j] = scale_in[j0 + j]
                 shift[j] = shift_in[j0 + j]
             for i in range(start, stop):
-                zrow = z + i * stride + j0
+                zrow = z + i * z_stride + j0
                 arow = a_out + i * stride + j0
                 for j in range(width):
                     arow[j] = act_forward(
@@ -487,7 +489,7 @@ cdef simd_void _affine(const floating* gamma, const floating* beta,
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out,
                                 Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                Py_ssize_t ld, const floating* gamma,
+                                Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
                                 const floating* beta,
                                 const floating* sample_weight, double epsilon,
                                 int act, double* mean_out, double* var_out,
@@ -495,17 +497,20 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
     """``a = act(gamma * (z - mean) / sqrt(var + eps) + beta)`` on batch stats.
 
     ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``: a
-    column panel of a wider block). ``a_out`` may alias ``z``. Writes the batch mean and (ddof=0) variance,
+    column panel of a wider block); the rows of ``z`` are ``z_ld`` apart.
+    ``a_out`` may alias ``z`` (with ``z_ld == ld``). Writes the batch mean
+    and (ddof=0) variance,
     which the backward pass needs together with ``z`` and ``a``. ``scratch``
     holds at least ``7 * n_cols`` doubles.
     """
     cdef floating* center = <floating*> (scratch + 4 * n_cols)
     cdef floating* scale = <floating*> (scratch + 5 * n_cols)
     cdef floating* shift = <floating*> (scratch + 6 * n_cols)
-    _stats(z, n_rows, n_cols, ld, sample_weight, mean_out, var_out,
+    _stats(z, n_rows, n_cols, z_ld, sample_weight, mean_out, var_out,
            scratch + 3 * n_cols, scratch)
     _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
-    normalize(z, a_out, n_rows, n_cols, ld, center, scale, shift, act)
+    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, z_ld, ld, NULL,
+             center, scale, shift, NULL, NULL, NULL, NULL)
 
 
 cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
@@ -540,15 +545,16 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 
 cdef simd_void _backward_sums(const floating* da, const floating* a,
                               const floating* z, Py_ssize_t n_rows,
-                              Py_ssize_t n_cols, Py_ssize_t stride,
-                              const floating* center_in,
+                              Py_ssize_t n_cols, Py_ssize_t z_stride,
+                              Py_ssize_t stride, const floating* center_in,
                               const floating* scale_in,
                               const floating* shift_in,
                               double* sum_g, double* sum_gz,
                               activation_t* act) noexcept nogil:
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
-    ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart.
+    ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart
+    (``z_stride`` for ``z``).
     ReLU's mask ``y > 0`` is recomputed from ``z`` with
     :func:`_pre_activation`, as the forward pass computed ``y`` (the same
     rounding, so the same mask as ``a > 0``): one array fewer to read. Tanh
@@ -595,8 +601,8 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
             while i + 1 < stop:
                 da0 = da + i * stride + j0
                 da1 = da0 + stride
-                z0 = z + i * stride + j0
-                z1 = z0 + stride
+                z0 = z + i * z_stride + j0
+                z1 = z0 + z_stride
                 a0 = a + i * stride + j0 if reads_output(act) else NULL
                 a1 = a0 + stride if reads_output(act) else NULL
                 for j in range(width):
@@ -617,7 +623,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                 i += 2
             while i < stop:
                 da0 = da + i * stride + j0
-                z0 = z + i * stride + j0
+                z0 = z + i * z_stride + j0
                 a0 = a + i * stride + j0 if reads_output(act) else NULL
                 for j in range(width):
                     u0 = z0[j] - center[j]
@@ -639,13 +645,15 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
 cdef simd_void _backward_dz(const floating* da, const floating* a,
                             const floating* z, floating* dz_out,
                             Py_ssize_t n_rows, Py_ssize_t n_cols,
-                            Py_ssize_t stride, const floating* sample_weight,
+                            Py_ssize_t z_stride, Py_ssize_t stride,
+                            const floating* sample_weight,
                             const floating* center_in, const floating* scale_in,
                             const floating* shift_in, const floating* q_in,
                             const floating* r_in, activation_t* act) noexcept nogil:
     """``dz = scale * g - w * (q + r * (z - center))``, row after row.
 
-    ``n_cols`` columns of rows ``stride`` apart; ``g`` as in
+    ``n_cols`` columns of rows ``stride`` apart (``z_stride`` for ``z``);
+    ``g`` as in
     :func:`_backward_sums`. ``dz_out`` may alias ``da`` (each element is
     read before it is written). Coefficients in local arrays, as in
     :func:`_normalize_rows`.
@@ -677,7 +685,7 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
             for i in range(start, stop):
                 darow = da + i * stride + j0
                 arow = a + i * stride + j0 if reads_output(act) else NULL
-                zrow = z + i * stride + j0
+                zrow = z + i * z_stride + j0
                 dzrow = dz_out + i * stride + j0
                 if sample_weight != NULL:
                     w = sample_weight[i]
@@ -737,7 +745,7 @@ cdef simd_void _backward_coefficients(const double* mean, const double* var,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t ld, const floating* gamma,
+                           Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
                            const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
@@ -756,8 +764,8 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     ``dbeta`` and ``dgamma`` in double precision, the second writes ``dz``.
     Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
     forward's output), which ReLU and identity do not use (it may be NULL).
-    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``).
-    ``dz_out`` may alias ``da``. Both passes stream whole rows rather than
+    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``), those
+    of ``z`` ``z_ld`` apart. ``dz_out`` may alias ``da``. Both passes stream whole rows rather than
     panels of columns that would stay in L2 between them: the hardware
     prefetchers favour long runs. ``scratch`` holds at least ``7 * n_cols``
     doubles.
@@ -771,11 +779,11 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     cdef floating* r_coef = <floating*> (scratch + 6 * n_cols)
 
     _affine(gamma, beta, mean, var, epsilon, n_cols, center, scale, shift)
-    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, ld, NULL,
+    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, z_ld, ld, NULL,
              center, scale, shift, NULL, NULL, sum_g, sum_gz)
     _backward_coefficients(mean, var, epsilon, n_cols, center, sum_g, sum_gz,
                            1 / wsum, scale, dgamma_out, dbeta_out, q_coef, r_coef)
-    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, ld,
+    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, z_ld, ld,
              sample_weight, center, scale, shift, q_coef, r_coef, NULL, NULL)
 
 
@@ -786,12 +794,13 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
 
 cdef void row_pass(int act, RowPass kind, const floating* z,
                    const floating* da, const floating* a, floating* out,
-                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t stride,
-                   const floating* sample_weight, const floating* center,
-                   const floating* scale, const floating* shift,
-                   const floating* q, const floating* r, double* sum_g,
-                   double* sum_gz) noexcept nogil:
-    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart) of
+                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t z_stride,
+                   Py_ssize_t stride, const floating* sample_weight,
+                   const floating* center, const floating* scale,
+                   const floating* shift, const floating* q, const floating* r,
+                   double* sum_g, double* sum_gz) noexcept nogil:
+    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart, those
+    of ``z`` ``z_stride`` apart) of
     ``n_cols`` columns, compiled for the activation ``act``; each pass reads
     the arguments its kernel names and ignores the others.
 
@@ -799,16 +808,16 @@ cdef void row_pass(int act, RowPass kind, const floating* z,
     outputs are NaN.
     """
     if act == IDENTITY:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Identity*> NULL)
     elif act == RELU:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Relu*> NULL)
     elif act == TANH:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Tanh*> NULL)
     elif act == LOGISTIC:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Logistic*> NULL)
     else:
         _nan_outputs(kind, out, n_rows, n_cols, stride, sum_g, sum_gz)
@@ -816,19 +825,20 @@ cdef void row_pass(int act, RowPass kind, const floating* z,
 
 cdef inline void _row_pass(RowPass kind, const floating* z, const floating* da,
                            const floating* a, floating* out, Py_ssize_t n_rows,
-                           Py_ssize_t n_cols, Py_ssize_t stride,
-                           const floating* sample_weight,
+                           Py_ssize_t n_cols, Py_ssize_t z_stride,
+                           Py_ssize_t stride, const floating* sample_weight,
                            const floating* center, const floating* scale,
                            const floating* shift, const floating* q,
                            const floating* r, double* sum_g, double* sum_gz,
                            activation_t* act) noexcept nogil:
     if kind == FORWARD:
-        _normalize_rows(z, out, n_rows, n_cols, stride, center, scale, shift, act)
+        _normalize_rows(z, out, n_rows, n_cols, z_stride, stride, center, scale,
+                        shift, act)
     elif kind == GRADIENT_SUMS:
-        _backward_sums(da, a, z, n_rows, n_cols, stride, center, scale, shift,
+        _backward_sums(da, a, z, n_rows, n_cols, z_stride, stride, center, scale, shift,
                        sum_g, sum_gz, act)
     elif kind == GRADIENT_DZ:
-        _backward_dz(da, a, z, out, n_rows, n_cols, stride, sample_weight,
+        _backward_dz(da, a, z, out, n_rows, n_cols, z_stride, stride, sample_weight,
                      center, scale, shift, q, r, act)
 
 
@@ -852,7 +862,7 @@ cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
                     const floating* shift, int act) noexcept nogil:
     """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns of
     rows ``stride`` apart; ``a_out`` may alias ``z``."""
-    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, NULL,
+    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, stride, NULL,
              center, scale, shift, NULL, NULL, NULL, NULL)
 
 
@@ -1146,11 +1156,11 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         with nogil:
             if t == cnp.NPY_FLOAT32:
                 cbn_act_forward_train(<const float*> zp, <float*> ap, n_rows, n_cols,
-                                      n_cols, <const float*> gp, <const float*> bp,
+                                      n_cols, n_cols, <const float*> gp, <const float*> bp,
                                       <const float*> sw, epsilon, act, mp, vp, scratch)
             else:
                 cbn_act_forward_train(<const double*> zp, <double*> ap, n_rows, n_cols,
-                                      n_cols, <const double*> gp, <const double*> bp,
+                                      n_cols, n_cols, <const double*> gp, <const double*> bp,
                                       <const double*> sw, epsilon, act, mp, vp, scratch)
     finally:
         PyMem_Free(scratch)
@@ -1272,13 +1282,13 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     with nogil:
         if t == cnp.NPY_FLOAT32:
             cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
-                             <float*> dzp, n_rows, n_cols, n_cols, <const float*> gp,
+                             <float*> dzp, n_rows, n_cols, n_cols, n_cols, <const float*> gp,
                              <const float*> bp, mp, vp,
                              epsilon, <const float*> sw, wsum, act, <float*> dgp,
                              <float*> dbp, scratch)
         else:
             cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
-                             <double*> dzp, n_rows, n_cols, n_cols, <const double*> gp,
+                             <double*> dzp, n_rows, n_cols, n_cols, n_cols, <const double*> gp,
                              <const double*> bp, mp, vp,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)

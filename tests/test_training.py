@@ -772,6 +772,10 @@ THREAD_CASES = {
                             solver="adam", sparse=False, weighted=False, shuffle=True),
     "no-hidden-sparse": dict(est=MLPBNClassifier, hidden=(), activation="relu",
                              solver="sgd", sparse=True, weighted=True, shuffle=True),
+    # Ghost batches (each thread's panel of z in chunks of rows) and dropout.
+    "ghost-dropout-sparse": dict(est=MLPBNClassifier, hidden=(40, 33), activation="tanh",
+                                 solver="adam", sparse=True, weighted=True, shuffle=True,
+                                 extra=dict(virtual_batch_size=16, dropout=0.2)),
 }
 
 
@@ -796,7 +800,8 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
                             lambda work, t=threads: forced_engine_threads(t))
         est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
                          solver=cfg["solver"], batch_size=50, max_iter=3,
-                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0)
+                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0,
+                         **cfg.get("extra", {}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y, sample_weight=sw))
