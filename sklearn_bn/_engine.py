@@ -179,7 +179,8 @@ class Workspace:
 
     ``work`` (the parameters' dtype) holds the gathered rows of X, Y and the
     weights, the output layer, and each hidden layer's ``z``, output and
-    delta; ``dwork`` (float64) the batch statistics, the kernels' scratch,
+    delta (and with dropout, its output after dropout and its mask, one
+    byte per unit); ``dwork`` (float64) the batch statistics, the kernels' scratch,
     each row's loss and the partial sums of the L2 term; ``grad`` the
     gradient, in the parameters' layout.
     """
@@ -195,15 +196,18 @@ class Workspace:
         self.yb_off = self._block(max_batch * n_out)
         self.swb_off = self._block(max_batch)
         self.p_off = self._block(max_batch * n_out)
-        z_off, a_off, d_off, ad_off = [], [], [], []
+        z_off, a_off, d_off, ad_off, keep_off = [], [], [], [], []
+        itemsize = np.dtype(dtype).itemsize
         for h, p in zip(hidden, dropout):
             z_off.append(self._block(max_batch * h))
             a_off.append(self._block(max_batch * h))
             d_off.append(self._block(max_batch * h))
-            # The output after dropout, where the layer has it.
+            # The output after dropout and its mask (bytes), where the layer
+            # has them.
             ad_off.append(self._block(max_batch * h) if p > 0 else a_off[-1])
+            keep_off.append(self._block(-(-max_batch * h // itemsize)) if p > 0 else 0)
         self.z_off, self.a_off, self.d_off = _intp(z_off), _intp(a_off), _intp(d_off)
-        self.ad_off = _intp(ad_off)
+        self.ad_off, self.keep_off = _intp(ad_off), _intp(keep_off)
         self.gtmp_off = self._block(2 * max(hidden, default=1))
         self.work = aligned_zeros(max(self._size, 1), dtype)
         # dwork: each chunk's batch means, then variances (ghost batch norm
@@ -337,6 +341,7 @@ class Engine:
             units=layout.units, coef_off=layout.coef_off, gamma_off=layout.gamma_off,
             bias_off=layout.bias_off, stat_off=layout.stat_off, z_off=ws.z_off,
             a_off=ws.a_off, d_off=ws.d_off, l2_off=ws.l2_off, ad_off=ws.ad_off,
+            keep_off=ws.keep_off,
             dropout=self._dropout, xb_off=ws.xb_off, yb_off=ws.yb_off,
             swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
             scratch_off=ws.scratch_off, row_loss_off=ws.row_loss_off,

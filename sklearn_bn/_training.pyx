@@ -34,7 +34,7 @@ Workspace: ``work`` (input dtype) and ``dwork`` (float64), sized by the
 minibatch, not by the data; ``_engine.Workspace`` lays them out.
 """
 from libc.math cimport exp, log, sqrt, sqrtf, NAN
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cython cimport floating
@@ -97,6 +97,7 @@ cdef struct Net:
     Py_ssize_t virtual_batch     # ghost batch norm's chunk size (0: off)
     Py_ssize_t gtmp_off          # into work: a chunk's dgamma and dbeta
     const Py_ssize_t* ad_off     # per hidden layer, into work: its output after dropout
+    const Py_ssize_t* keep_off   # per hidden layer, into work: dropout's mask, as bytes
     const double* dropout        # per hidden layer: the rate
     uint64_t dropout_seed
     bint cumulative              # running statistics: the cumulative average
@@ -170,7 +171,8 @@ cdef class Network:
                  const Py_ssize_t[::1] bias_off, const Py_ssize_t[::1] stat_off,
                  const Py_ssize_t[::1] z_off, const Py_ssize_t[::1] a_off,
                  const Py_ssize_t[::1] d_off, const Py_ssize_t[::1] l2_off,
-                 const Py_ssize_t[::1] ad_off, const double[::1] dropout,
+                 const Py_ssize_t[::1] ad_off, const Py_ssize_t[::1] keep_off,
+                 const double[::1] dropout,
                  Py_ssize_t xb_off, Py_ssize_t yb_off, Py_ssize_t swb_off,
                  Py_ssize_t p_off, Py_ssize_t var_base, Py_ssize_t scratch_off,
                  Py_ssize_t row_loss_off, Py_ssize_t stats_stride,
@@ -181,7 +183,7 @@ cdef class Network:
         # Offset arrays are never empty (the engine pads them), so that
         # their first element's address exists.
         self._arrays = (units, coef_off, gamma_off, bias_off, stat_off, z_off,
-                        a_off, d_off, l2_off, ad_off, dropout)
+                        a_off, d_off, l2_off, ad_off, keep_off, dropout)
         self.net.n_layers = units.shape[0] - 1
         self.net.act = activation
         self.net.out_act = out_activation
@@ -197,6 +199,7 @@ cdef class Network:
         self.net.d_off = &d_off[0]
         self.net.l2_off = &l2_off[0]
         self.net.ad_off = &ad_off[0]
+        self.net.keep_off = &keep_off[0]
         self.net.dropout = &dropout[0]
         self.net.dropout_seed = dropout_seed
         self.net.row_loss_off = row_loss_off
@@ -708,7 +711,8 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
             update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
                                  mb.tracked + updates, dtype)
     if net.dropout[l] > 0:
-        dropout_rows(net, a, work + net.ad_off[l], mb.m, c0, c1, fan_out, l, mb.step)
+        dropout_forward(net, a, work + net.ad_off[l], keep_panel(net, buf, mb, l, c0, dtype),
+                        mb.m, c0, c1, fan_out, l, mb.step)
 
 
 cdef inline floating* z_panel(const Net* net, const Buffers* buf,
@@ -843,7 +847,8 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
               theta + net.coef_off[l + 1] + c0 * n_next, <int> n_next,
               <floating> 0, D + c0, <int> fan_out)
     if net.dropout[l] > 0:
-        dropout_rows(net, D, D, mb.m, c0, c1, fan_out, l, mb.step)
+        dropout_backward(net, D, keep_panel(net, buf, mb, l, c0, dtype), mb.m, c0, c1,
+                         fan_out, l)
     batch_norm_backward(net, buf, mb, l, c0, c1, dtype)
     step_panel(opt, buf, net.gamma_off[l], 1, c0, c1, fan_out, dtype)
     step_panel(opt, buf, net.bias_off[l], 1, c0, c1, fan_out, dtype)
@@ -957,31 +962,61 @@ cdef inline bint kept(uint32_t row_key, Py_ssize_t j, uint32_t threshold) noexce
     return mix32(row_key ^ (<uint32_t> j * <uint32_t> 0x9e3779b9)) >= threshold
 
 
-cdef simd_void dropout_rows(const Net* net, const floating* src, floating* dst,
-                            Py_ssize_t m, Py_ssize_t c0, Py_ssize_t c1,
-                            Py_ssize_t ld, Py_ssize_t layer,
-                            Py_ssize_t step) noexcept nogil:
-    """Inverted dropout on columns ``c0:c1`` of ``m`` rows: ``dst = src *
-    keep / (1 - p)`` where ``keep`` (probability ``1 - p``) is the mask of
-    this layer at this optimizer step. The forward pass and the backward
-    pass (on the delta) draw the same mask."""
+cdef inline uint8_t* keep_panel(const Net* net, const Buffers* buf,
+                                const Minibatch* mb, Py_ssize_t l,
+                                Py_ssize_t c0, floating* dtype) noexcept nogil:
+    """The panel of hidden layer ``l``'s dropout mask that starts at column
+    ``c0``: one byte per unit, laid out as :func:`z_panel` lays out ``z``."""
+    return (<uint8_t*> ((<floating*> buf.work) + net.keep_off[l])) + c0 * mb.m
+
+
+cdef simd_void dropout_forward(const Net* net, const floating* a, floating* out,
+                               uint8_t* keep_out, Py_ssize_t m, Py_ssize_t c0,
+                               Py_ssize_t c1, Py_ssize_t ld, Py_ssize_t layer,
+                               Py_ssize_t step) noexcept nogil:
+    """Inverted dropout on columns ``c0:c1`` of ``m`` rows: ``out = a * keep /
+    (1 - p)``, where ``keep`` (probability ``1 - p``) is the mask of this
+    layer at this optimizer step, written to ``keep_out`` (``m`` rows of
+    ``c1 - c0`` bytes) for the backward pass."""
     cdef double p = net.dropout[layer]
     cdef uint32_t threshold = <uint32_t> min(p * 4294967296.0, 4294967295.0)
     cdef floating scale = <floating> (1 / (1 - p))
     cdef floating zero = 0
     cdef uint64_t key = dropout_key(net.dropout_seed, step, layer)
     cdef uint32_t row_key
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, w = c1 - c0
     cdef const floating* s
     cdef floating* d
+    cdef uint8_t* k
     for i in range(m):
         row_key = <uint32_t> mix64(key + <uint64_t> i)
-        s = src + i * ld
-        d = dst + i * ld
-        for j in range(c0, c1):
+        s = a + i * ld + c0
+        d = out + i * ld + c0
+        k = keep_out + i * w
+        for j in range(w):
+            k[j] = kept(row_key, c0 + j, threshold)
+        for j in range(w):
             # A factor selected, then one product: the loop vectorizes (a
             # selected product does not).
-            d[j] = s[j] * (scale if kept(row_key, j, threshold) else zero)
+            d[j] = s[j] * (scale if k[j] else zero)
+
+
+cdef simd_void dropout_backward(const Net* net, floating* delta,
+                                const uint8_t* keep, Py_ssize_t m, Py_ssize_t c0,
+                                Py_ssize_t c1, Py_ssize_t ld,
+                                Py_ssize_t layer) noexcept nogil:
+    """``delta *= keep / (1 - p)`` on columns ``c0:c1``, with the mask the
+    forward pass drew (:func:`dropout_forward`)."""
+    cdef floating scale = <floating> (1 / (1 - net.dropout[layer]))
+    cdef floating zero = 0
+    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef floating* d
+    cdef const uint8_t* k
+    for i in range(m):
+        d = delta + i * ld + c0
+        k = keep + i * w
+        for j in range(w):
+            d[j] = d[j] * (scale if k[j] else zero)
 
 
 def dropout_mask(uint64_t seed, Py_ssize_t step, Py_ssize_t layer,
