@@ -51,7 +51,7 @@ def forward(floating[:, ::1] y, activation):
         with nogil:
             # act((y - 0) * 1 + 0) is act(y).
             row_pass(act, FORWARD, &y[0, 0], NULL, NULL, &y[0, 0], n_rows, n_cols,
-                     n_cols, n_cols, NULL, &zeros[0], &ones[0], &zeros[0], NULL, NULL, NULL,
+                     n_cols, n_cols, n_cols, NULL, &zeros[0], &ones[0], &zeros[0], NULL, NULL, NULL,
                      NULL)
     return y.base if y.base is not None else y
 
@@ -85,5 +85,5 @@ def backward(const floating[:, ::1] a, floating[:, ::1] delta, activation):
             # and no batch-norm terms (q = r = 0): dz = g = delta * f'. ReLU's
             # mask from a is its mask from y: a > 0 exactly where y > 0.
             row_pass(act, GRADIENT_DZ, &a[0, 0], &delta[0, 0], &a[0, 0],
-                     &delta[0, 0], n_rows, n_cols, n_cols, n_cols, NULL, &zeros[0],
+                     &delta[0, 0], n_rows, n_cols, n_cols, n_cols, n_cols, NULL, &zeros[0],
                      &ones[0], &zeros[0], &zeros[0], &zeros[0], NULL, NULL)

@@ -5,8 +5,9 @@
 # cbn_act_backward 7 * n_cols). ``a_out`` may alias ``z`` and ``dz_out`` may
 # alias ``da``. The training kernels take ``ld``, the distance between rows
 # (>= ``n_cols``), so that they can run on a panel of columns of a wider
-# block (one thread per panel), and ``z_ld`` for ``z``, which the engine
-# keeps as one contiguous block per panel.
+# block (one thread per panel), and ``z_ld`` for ``z`` (and the backward
+# ``a_ld`` for ``a``): the engine keeps ``z``, and the lowest layer's delta,
+# as one contiguous block per panel.
 from cython cimport floating
 
 cpdef enum:
@@ -22,7 +23,8 @@ cdef enum RowPass:
 cdef void row_pass(int act, RowPass kind, const floating* z,
                    const floating* da, const floating* a, floating* out,
                    Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t z_stride,
-                   Py_ssize_t stride, const floating* sample_weight,
+                   Py_ssize_t a_stride, Py_ssize_t stride,
+                   const floating* sample_weight,
                    const floating* center, const floating* scale,
                    const floating* shift, const floating* q, const floating* r,
                    double* sum_g, double* sum_gz) noexcept nogil
@@ -53,7 +55,8 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
+                           Py_ssize_t z_ld, Py_ssize_t a_ld, Py_ssize_t ld,
+                           const floating* gamma,
                            const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,

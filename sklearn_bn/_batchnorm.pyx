@@ -509,7 +509,7 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
     _stats(z, n_rows, n_cols, z_ld, sample_weight, mean_out, var_out,
            scratch + 3 * n_cols, scratch)
     _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
-    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, z_ld, ld, NULL,
+    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, z_ld, ld, ld, NULL,
              center, scale, shift, NULL, NULL, NULL, NULL)
 
 
@@ -546,7 +546,8 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 cdef simd_void _backward_sums(const floating* da, const floating* a,
                               const floating* z, Py_ssize_t n_rows,
                               Py_ssize_t n_cols, Py_ssize_t z_stride,
-                              Py_ssize_t stride, const floating* center_in,
+                              Py_ssize_t a_stride, Py_ssize_t stride,
+                              const floating* center_in,
                               const floating* scale_in,
                               const floating* shift_in,
                               double* sum_g, double* sum_gz,
@@ -554,7 +555,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
     ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart
-    (``z_stride`` for ``z``).
+    (``z_stride`` for ``z``, ``a_stride`` for ``a``).
     ReLU's mask ``y > 0`` is recomputed from ``z`` with
     :func:`_pre_activation`, as the forward pass computed ``y`` (the same
     rounding, so the same mask as ``a > 0``): one array fewer to read. Tanh
@@ -603,8 +604,8 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                 da1 = da0 + stride
                 z0 = z + i * z_stride + j0
                 z1 = z0 + z_stride
-                a0 = a + i * stride + j0 if reads_output(act) else NULL
-                a1 = a0 + stride if reads_output(act) else NULL
+                a0 = a + i * a_stride + j0 if reads_output(act) else NULL
+                a1 = a0 + a_stride if reads_output(act) else NULL
                 for j in range(width):
                     # Loads only of what the activation reads (a mask of
                     # computed values, not a load under a condition).
@@ -624,7 +625,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
             while i < stop:
                 da0 = da + i * stride + j0
                 z0 = z + i * z_stride + j0
-                a0 = a + i * stride + j0 if reads_output(act) else NULL
+                a0 = a + i * a_stride + j0 if reads_output(act) else NULL
                 for j in range(width):
                     u0 = z0[j] - center[j]
                     if reads_input(act):
@@ -645,14 +646,15 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
 cdef simd_void _backward_dz(const floating* da, const floating* a,
                             const floating* z, floating* dz_out,
                             Py_ssize_t n_rows, Py_ssize_t n_cols,
-                            Py_ssize_t z_stride, Py_ssize_t stride,
-                            const floating* sample_weight,
+                            Py_ssize_t z_stride, Py_ssize_t a_stride,
+                            Py_ssize_t stride, const floating* sample_weight,
                             const floating* center_in, const floating* scale_in,
                             const floating* shift_in, const floating* q_in,
                             const floating* r_in, activation_t* act) noexcept nogil:
     """``dz = scale * g - w * (q + r * (z - center))``, row after row.
 
-    ``n_cols`` columns of rows ``stride`` apart (``z_stride`` for ``z``);
+    ``n_cols`` columns of rows ``stride`` apart (``z_stride`` for ``z``,
+    ``a_stride`` for ``a``);
     ``g`` as in
     :func:`_backward_sums`. ``dz_out`` may alias ``da`` (each element is
     read before it is written). Coefficients in local arrays, as in
@@ -684,7 +686,7 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                 r[j] = r_in[j0 + j]
             for i in range(start, stop):
                 darow = da + i * stride + j0
-                arow = a + i * stride + j0 if reads_output(act) else NULL
+                arow = a + i * a_stride + j0 if reads_output(act) else NULL
                 zrow = z + i * z_stride + j0
                 dzrow = dz_out + i * stride + j0
                 if sample_weight != NULL:
@@ -745,7 +747,8 @@ cdef simd_void _backward_coefficients(const double* mean, const double* var,
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
+                           Py_ssize_t z_ld, Py_ssize_t a_ld, Py_ssize_t ld,
+                           const floating* gamma,
                            const floating* beta, const double* mean,
                            const double* var, double epsilon,
                            const floating* sample_weight, double wsum, int act,
@@ -764,8 +767,9 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     ``dbeta`` and ``dgamma`` in double precision, the second writes ``dz``.
     Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
     forward's output), which ReLU and identity do not use (it may be NULL).
-    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``), those
-    of ``z`` ``z_ld`` apart. ``dz_out`` may alias ``da``. Both passes stream whole rows rather than
+    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``) for
+    ``da`` and ``dz_out``, ``z_ld`` for ``z``, ``a_ld`` for ``a``. ``dz_out``
+    may alias ``da``. Both passes stream whole rows rather than
     panels of columns that would stay in L2 between them: the hardware
     prefetchers favour long runs. ``scratch`` holds at least ``7 * n_cols``
     doubles.
@@ -779,11 +783,11 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     cdef floating* r_coef = <floating*> (scratch + 6 * n_cols)
 
     _affine(gamma, beta, mean, var, epsilon, n_cols, center, scale, shift)
-    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, z_ld, ld, NULL,
+    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, z_ld, a_ld, ld, NULL,
              center, scale, shift, NULL, NULL, sum_g, sum_gz)
     _backward_coefficients(mean, var, epsilon, n_cols, center, sum_g, sum_gz,
                            1 / wsum, scale, dgamma_out, dbeta_out, q_coef, r_coef)
-    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, z_ld, ld,
+    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, z_ld, a_ld, ld,
              sample_weight, center, scale, shift, q_coef, r_coef, NULL, NULL)
 
 
@@ -795,12 +799,13 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
 cdef void row_pass(int act, RowPass kind, const floating* z,
                    const floating* da, const floating* a, floating* out,
                    Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t z_stride,
-                   Py_ssize_t stride, const floating* sample_weight,
-                   const floating* center, const floating* scale,
-                   const floating* shift, const floating* q, const floating* r,
-                   double* sum_g, double* sum_gz) noexcept nogil:
-    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart, those
-    of ``z`` ``z_stride`` apart) of
+                   Py_ssize_t a_stride, Py_ssize_t stride,
+                   const floating* sample_weight, const floating* center,
+                   const floating* scale, const floating* shift,
+                   const floating* q, const floating* r, double* sum_g,
+                   double* sum_gz) noexcept nogil:
+    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart; those
+    of ``z`` ``z_stride`` apart, of ``a`` ``a_stride``) of
     ``n_cols`` columns, compiled for the activation ``act``; each pass reads
     the arguments its kernel names and ignores the others.
 
@@ -808,16 +813,20 @@ cdef void row_pass(int act, RowPass kind, const floating* z,
     outputs are NaN.
     """
     if act == IDENTITY:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
+                  sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Identity*> NULL)
     elif act == RELU:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
+                  sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Relu*> NULL)
     elif act == TANH:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
+                  sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Tanh*> NULL)
     elif act == LOGISTIC:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, stride, sample_weight,
+        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
+                  sample_weight,
                   center, scale, shift, q, r, sum_g, sum_gz, <Logistic*> NULL)
     else:
         _nan_outputs(kind, out, n_rows, n_cols, stride, sum_g, sum_gz)
@@ -826,7 +835,8 @@ cdef void row_pass(int act, RowPass kind, const floating* z,
 cdef inline void _row_pass(RowPass kind, const floating* z, const floating* da,
                            const floating* a, floating* out, Py_ssize_t n_rows,
                            Py_ssize_t n_cols, Py_ssize_t z_stride,
-                           Py_ssize_t stride, const floating* sample_weight,
+                           Py_ssize_t a_stride, Py_ssize_t stride,
+                           const floating* sample_weight,
                            const floating* center, const floating* scale,
                            const floating* shift, const floating* q,
                            const floating* r, double* sum_g, double* sum_gz,
@@ -835,10 +845,12 @@ cdef inline void _row_pass(RowPass kind, const floating* z, const floating* da,
         _normalize_rows(z, out, n_rows, n_cols, z_stride, stride, center, scale,
                         shift, act)
     elif kind == GRADIENT_SUMS:
-        _backward_sums(da, a, z, n_rows, n_cols, z_stride, stride, center, scale, shift,
+        _backward_sums(da, a, z, n_rows, n_cols, z_stride, a_stride, stride, center,
+                       scale, shift,
                        sum_g, sum_gz, act)
     elif kind == GRADIENT_DZ:
-        _backward_dz(da, a, z, out, n_rows, n_cols, z_stride, stride, sample_weight,
+        _backward_dz(da, a, z, out, n_rows, n_cols, z_stride, a_stride, stride,
+                     sample_weight,
                      center, scale, shift, q, r, act)
 
 
@@ -862,7 +874,8 @@ cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
                     const floating* shift, int act) noexcept nogil:
     """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns of
     rows ``stride`` apart; ``a_out`` may alias ``z``."""
-    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, stride, NULL,
+    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, stride, stride,
+             NULL,
              center, scale, shift, NULL, NULL, NULL, NULL)
 
 
@@ -1282,13 +1295,15 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     with nogil:
         if t == cnp.NPY_FLOAT32:
             cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
-                             <float*> dzp, n_rows, n_cols, n_cols, n_cols, <const float*> gp,
+                             <float*> dzp, n_rows, n_cols, n_cols, n_cols, n_cols,
+                             <const float*> gp,
                              <const float*> bp, mp, vp,
                              epsilon, <const float*> sw, wsum, act, <float*> dgp,
                              <float*> dbp, scratch)
         else:
             cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
-                             <double*> dzp, n_rows, n_cols, n_cols, n_cols, <const double*> gp,
+                             <double*> dzp, n_rows, n_cols, n_cols, n_cols, n_cols,
+                             <const double*> gp,
                              <const double*> bp, mp, vp,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)

@@ -725,6 +725,23 @@ cdef inline floating* z_panel(const Net* net, const Buffers* buf,
     return (<floating*> buf.work) + net.z_off[l] + c0 * mb.m
 
 
+cdef inline floating* delta_panel(const Net* net, const Buffers* buf,
+                                  const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
+                                  Py_ssize_t c1, Py_ssize_t* ld,
+                                  floating* dtype) noexcept nogil:
+    """Column ``c0`` of hidden layer ``l``'s delta, and in ``ld`` the distance
+    between its rows. The lowest layer's delta, when a product computes it
+    (more than one hidden layer), is laid out as :func:`z_panel` lays out
+    ``z``: only the thread of its panel reads it. The others are row-major:
+    the layer below reads every column."""
+    cdef floating* D = (<floating*> buf.work) + net.d_off[l]
+    if l == 0 and net.n_layers > 2:
+        ld[0] = c1 - c0
+        return D + c0 * mb.m
+    ld[0] = net.units[l + 1]
+    return D + c0
+
+
 cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l,
                                       Py_ssize_t c0, Py_ssize_t c1,
                                       const double* mean, const double* var,
@@ -803,8 +820,8 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
         if c1 > c0:
             l2_start_panel(gW, W, nf, c0, c1, n_out, c, l2_part, False)
             sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
-                             data.X_indices, data.X_indptr, D, nf, n_out, c0,
-                             c1, gW, c != 0)
+                             data.X_indices, data.X_indptr, D + c0, n_out, nf,
+                             n_out, c0, c1, gW, c != 0)
             step_panel(opt, buf, net.coef_off[l], nf, c0, c1, n_out, dtype)
         return
     share(fan_in, COL_ALIGN, team, &c0, &c1)
@@ -834,34 +851,35 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
     cdef floating* work = <floating*> buf.work
     cdef Py_ssize_t L = net.n_layers, c0, c1
     cdef Py_ssize_t fan_in = net.units[l], fan_out = net.units[l + 1]
-    cdef Py_ssize_t n_next = net.units[l + 2]
-    cdef floating* D = work + net.d_off[l]
+    cdef Py_ssize_t n_next = net.units[l + 2], ld
+    cdef floating* D
     cdef floating* gW = grad + net.coef_off[l]
     cdef floating c = <floating> l2
     share(fan_out, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
+    D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
     if l < L - 2:
         cgemm(False, True, <int> mb.m, <int> (c1 - c0), <int> n_next,
               <floating> 1, work + net.d_off[l + 1], <int> n_next,
               theta + net.coef_off[l + 1] + c0 * n_next, <int> n_next,
-              <floating> 0, D + c0, <int> fan_out)
+              <floating> 0, D, <int> ld)
     if net.dropout[l] > 0:
-        dropout_backward(net, D, keep_panel(net, buf, mb, l, c0, dtype), mb.m, c0, c1,
-                         fan_out, l)
-    batch_norm_backward(net, buf, mb, l, c0, c1, dtype)
+        dropout_backward(net, D, ld, keep_panel(net, buf, mb, l, c0, dtype), mb.m,
+                         c1 - c0, l)
+    batch_norm_backward(net, buf, mb, l, c0, c1, D, ld, dtype)
     step_panel(opt, buf, net.gamma_off[l], 1, c0, c1, fan_out, dtype)
     step_panel(opt, buf, net.bias_off[l], 1, c0, c1, fan_out, dtype)
     l2_start_panel(gW, theta + net.coef_off[l], fan_in, c0, c1, fan_out, c,
                    buf.dwork + net.l2_off[l], False)
     if l == 0 and net.sparse:
         sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
-                         data.X_indices, data.X_indptr, D, net.n_features,
+                         data.X_indices, data.X_indptr, D, ld, net.n_features,
                          fan_out, c0, c1, gW, c != 0)
     else:
         cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
-              D + c0, <int> fan_out, product_beta(c), gW + c0, <int> fan_out)
+              D, <int> ld, product_beta(c), gW + c0, <int> fan_out)
     if l == 0:
         # Nothing reads the lowest coefficients again: this thread's columns,
         # at once (the other threads' columns may not be complete yet).
@@ -870,17 +888,18 @@ cdef void backward_hidden(const Net* net, const Optimizer* opt,
 
 cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
                               Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
+                              floating* D, Py_ssize_t ld,
                               floating* dtype) noexcept nogil:
     """Batch norm fused with the activation, backward, on columns ``c0:c1`` of
-    hidden layer ``l``, chunk by chunk: the delta in place, and gamma's and
-    beta's gradients summed over the chunks (in order). A chunk without
-    weight has no gradient."""
+    hidden layer ``l``, chunk by chunk: the delta (``D``, the panel's first
+    column, rows ``ld`` apart) in place, and gamma's and beta's gradients
+    summed over the chunks (in order). A chunk without weight has no
+    gradient."""
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
     cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef Py_ssize_t fan_out = net.units[l + 1], c, lo, hi, j
-    cdef floating* D = work + net.d_off[l]
     cdef floating* dgamma = grad + net.gamma_off[l]
     cdef floating* dbeta = grad + net.bias_off[l]
     # A chunk's gradients, before they are added: the first chunk's (or the
@@ -901,13 +920,13 @@ cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
             for j in range(c0, c1):
                 dg[j] = 0
                 db[j] = 0
-            zero_rows(D + lo * fan_out, hi - lo, c0, c1, fan_out)
+            zero_rows(D + lo * ld, hi - lo, 0, c1 - c0, ld)
         else:
             mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
             cbn_act_backward(
-                D + lo * fan_out + c0, work + net.a_off[l] + lo * fan_out + c0,
+                D + lo * ld, work + net.a_off[l] + lo * fan_out + c0,
                 z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0),
-                D + lo * fan_out + c0, hi - lo, c1 - c0, c1 - c0, fan_out,
+                D + lo * ld, hi - lo, c1 - c0, c1 - c0, fan_out, ld,
                 theta + net.gamma_off[l] + c0,
                 theta + net.bias_off[l] + c0, mean + c0, mean + net.var_base + c0,
                 net.bn_epsilon, swb + lo if swb != NULL else NULL, wsum, net.act,
@@ -1001,19 +1020,18 @@ cdef simd_void dropout_forward(const Net* net, const floating* a, floating* out,
             d[j] = s[j] * (scale if k[j] else zero)
 
 
-cdef simd_void dropout_backward(const Net* net, floating* delta,
-                                const uint8_t* keep, Py_ssize_t m, Py_ssize_t c0,
-                                Py_ssize_t c1, Py_ssize_t ld,
+cdef simd_void dropout_backward(const Net* net, floating* delta, Py_ssize_t ld,
+                                const uint8_t* keep, Py_ssize_t m, Py_ssize_t w,
                                 Py_ssize_t layer) noexcept nogil:
-    """``delta *= keep / (1 - p)`` on columns ``c0:c1``, with the mask the
-    forward pass drew (:func:`dropout_forward`)."""
+    """``delta *= keep / (1 - p)`` on a panel of ``w`` columns (rows ``ld``
+    apart), with the mask the forward pass drew (:func:`dropout_forward`)."""
     cdef floating scale = <floating> (1 / (1 - net.dropout[layer]))
     cdef floating zero = 0
-    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef Py_ssize_t i, j
     cdef floating* d
     cdef const uint8_t* k
     for i in range(m):
-        d = delta + i * ld + c0
+        d = delta + i * ld
         k = keep + i * w
         for j in range(w):
             d[j] = d[j] * (scale if k[j] else zero)
@@ -1162,19 +1180,19 @@ cdef void sparse_rows_matmul(const Py_ssize_t* rows, Py_ssize_t m,
 cdef void sparse_rows_grad(const Py_ssize_t* rows, Py_ssize_t m,
                            const floating* data, const Py_ssize_t* indices,
                            const Py_ssize_t* indptr, const floating* delta,
-                           Py_ssize_t n_in, Py_ssize_t ld, Py_ssize_t c0,
-                           Py_ssize_t c1, floating* grad,
+                           Py_ssize_t delta_ld, Py_ssize_t n_in, Py_ssize_t ld,
+                           Py_ssize_t c0, Py_ssize_t c1, floating* grad,
                            bint accumulate) noexcept nogil:
-    """grad[:, c0:c1] (+)= X[rows].T @ delta[:, c0:c1] for CSR X with ``n_in``
-    columns (added to grad when ``accumulate``); rows of delta and grad are
-    ``ld`` apart."""
+    """grad[:, c0:c1] (+)= X[rows].T @ delta for CSR X with ``n_in`` columns
+    (added to grad when ``accumulate``); ``delta`` is a panel of ``c1 - c0``
+    columns, rows ``delta_ld`` apart; rows of grad are ``ld`` apart."""
     cdef Py_ssize_t k, p
     if not accumulate:
         for k in range(n_in):
             memset(grad + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
     for k in range(m):
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
-            caxpy(<int> (c1 - c0), data[p], delta + k * ld + c0,
+            caxpy(<int> (c1 - c0), data[p], delta + k * delta_ld,
                   grad + indices[p] * ld + c0)
 
 
