@@ -31,7 +31,11 @@ or output intercept at ``bias_off[l]``. Running statistics of hidden layer
 ``l`` live at ``stat_off[l]`` of ``running_mean``/``running_var``.
 
 Workspace: ``work`` (input dtype) and ``dwork`` (float64), sized by the
-minibatch, not by the data; ``_engine.Workspace`` lays them out.
+minibatch, not by the data; ``_engine.Workspace`` lays them out. Matrices
+that other threads read (a layer's output, the deltas above the lowest) are
+row-major; those only the thread of a column panel reads (``z``, the lowest
+layer's delta, dropout's mask) are stored one panel after another, each
+panel contiguous (:func:`z_panel`), so that BLAS writes them in one run.
 """
 from libc.math cimport exp, log, sqrt, sqrtf, NAN
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
