@@ -118,6 +118,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -598,12 +599,28 @@ def run_ctrlc_child(n, trials, hidden, threads):
     out = []
 
     def read():
-        while True:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the Ctrl-C child exited (code {proc.wait()})")
-            if line.startswith("{"):
-                return json.loads(line)
+        # A fit that ignored the signal would otherwise be waited for until
+        # its max_iter epochs end: the child is killed after CTRLC_TIMEOUT.
+        silent = threading.Event()
+
+        def give_up():
+            silent.set()
+            proc.kill()
+
+        watchdog = threading.Timer(CTRLC_TIMEOUT, give_up)
+        watchdog.start()
+        try:
+            while True:
+                line = proc.stdout.readline()
+                if not line:
+                    why = (f"sent nothing for {CTRLC_TIMEOUT:.0f} s (a fit did not stop "
+                           "after SIGINT) and was killed" if silent.is_set()
+                           else f"exited (code {proc.wait()})")
+                    raise RuntimeError(f"the Ctrl-C child {why}")
+                if line.startswith("{"):
+                    return json.loads(line)
+        finally:
+            watchdog.cancel()
 
     try:
         ready = read()
