@@ -67,7 +67,6 @@ nothing.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -277,14 +276,9 @@ def main(argv=None):
         for name in args.datasets:
             state["datasets"][name] = run_dataset(name, args)
     state["seconds"] = time.perf_counter() - t0
-    state["load_average_after"] = os.getloadavg()
     print("Accuracy in percent; Δ in percentage points, the mean ± std (ddof=1) of the "
           "per-seed differences (same split and initial weights within a seed).")
-    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"total benchmark time: {state['seconds']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(state, f, indent=1, default=str)
+    bench_fit.footer(state, state["seconds"], args.json)
 
 
 if __name__ == "__main__":

@@ -848,6 +848,17 @@ def header(args, title="fit / predict_proba / memory / scaling"):
     print()
 
 
+def footer(state, seconds, json_path=None):
+    """The end of a run that keeps its results in ``state`` (bench_workflow.py,
+    bench_features.py): the load after it, its time, and ``state`` as JSON."""
+    state["load_average_after"] = os.getloadavg()
+    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"total benchmark time: {seconds:.0f} s")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(state, f, indent=1, default=str)
+
+
 def parse_list(value, allowed, what):
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]

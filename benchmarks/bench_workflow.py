@@ -747,12 +747,7 @@ def main(argv=None):
             args.repeat = repeat_given or (1 if args.quick else
                                            7 if name in ("after", "small") else 3)
             globals()["section_" + name](args, state)
-    state["load_average_after"] = os.getloadavg()
-    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"total benchmark time: {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(state, f, indent=1, default=str)
+    bench_fit.footer(state, time.perf_counter() - t0, args.json)
 
 
 if __name__ == "__main__":
