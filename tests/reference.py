@@ -9,6 +9,7 @@ not a skipped test).
 
 import numpy as np
 import scipy.sparse as sp
+from hypothesis import strategies as st
 from scipy.special import expit, softmax
 
 from sklearn_bn._activations import ACTIVATIONS as _CODES
@@ -104,3 +105,16 @@ def weighted_mean_and_unbiased_var(z, sample_weight=None):
     var = (w @ (z - mean) ** 2) / total
     m = total if total >= 2 else np.count_nonzero(w > 0)
     return mean, var * m / (m - 1)
+
+
+def draw_split(data, n_rows, max_cuts):
+    """Bounds ``[0, ..., n_rows]`` of a split of ``n_rows`` rows into
+    consecutive batches at up to ``max_cuts`` distinct cut points drawn by
+    hypothesis (``data`` is ``st.data()``); ``zip(bounds[:-1], bounds[1:])``
+    gives the batches."""
+    cuts = data.draw(
+        st.lists(st.integers(1, n_rows - 1), unique=True,
+                 max_size=min(max_cuts, n_rows - 1)),
+        label="cuts",
+    )
+    return [0] + sorted(cuts) + [n_rows]

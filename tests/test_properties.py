@@ -24,9 +24,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
+from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, MLPBNClassifier
 
-DTYPES = [np.float32, np.float64]
 # derandomize: the same examples on every run, so that CI never turns red by
 # the luck of a draw; a failure found is then found again.
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -108,11 +108,7 @@ def test_partial_fit_over_any_split_equals_fit(data, X_dtype):
     X, dtype = X_dtype
     n_rows = X.shape[0]
     w = data.draw(weights(n_rows), label="sample_weight")
-    cuts = data.draw(
-        st.lists(st.integers(1, n_rows - 1), unique=True, max_size=min(6, n_rows - 1)),
-        label="cuts",
-    )
-    bounds = [0] + sorted(cuts) + [n_rows]
+    bounds = draw_split(data, n_rows, max_cuts=6)
     whole = BatchNormScaler().fit(X, sample_weight=w)
     parts = BatchNormScaler()
     for start, stop in zip(bounds[:-1], bounds[1:]):

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from reference import DTYPES
+from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, _team, _threads
 from sklearn_bn._scaling import affine_columns, has_infinity
 
@@ -244,11 +244,7 @@ def test_fit_equals_any_split_into_partial_fit(data, n_rows, n_cols, weighted, w
     if with_nan:
         X[rng.uniform(size=X.shape) < 0.3] = np.nan
     w = rng.uniform(0, 3, size=n_rows) if weighted else None
-    cuts = data.draw(
-        st.lists(st.integers(1, n_rows - 1), unique=True, max_size=min(5, n_rows - 1)),
-        label="cuts",
-    )
-    bounds = [0] + sorted(cuts) + [n_rows]
+    bounds = draw_split(data, n_rows, max_cuts=5)
 
     whole = BatchNormScaler().fit(X, sample_weight=w)
     parts = BatchNormScaler()
