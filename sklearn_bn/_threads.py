@@ -10,19 +10,35 @@ here and passed down explicitly:
 * the scaler's kernels (:func:`kernel_threads`) share row blocks of the data.
 
 The package may use as many threads as its OpenMP runtime allows
-(``OMP_NUM_THREADS``, threadpoolctl's ``openmp`` limits); the engine also
-stays within BLAS's threadpoolctl limit, since its threads stand in for
-BLAS's. Work too small to pay for a team runs on the calling thread.
+(``OMP_NUM_THREADS``, threadpoolctl's ``openmp`` limits of the calling
+thread) and as the process may run on (its CPU affinity and its cgroup CPU
+quota, which :func:`joblib.cpu_count` reads); the engine also stays within
+BLAS's threadpoolctl limit, since its threads stand in for BLAS's. Work too
+small to pay for a team runs on the calling thread. Teams running at the
+same time in several Python threads share the cores: a new team gets the
+cores that the running ones leave, and at least one.
 
-A process forked from one that has run an OpenMP team cannot start another
-(GNU OpenMP's threads do not survive ``fork()``: the next team would wait
-forever for them), so forked children (multiprocessing's "fork" start
-method) run everything on the calling thread.
+BLAS's limit is process-wide (OpenBLAS's pthreads pool, MKL, BLIS), so one
+object, :data:`_BLAS_OWNER`, owns the package's limit of one BLAS thread:
+the first call that needs it sets it, the last one out restores exactly the
+limits it found, and calls in between, in any thread, change nothing. It
+never keeps threadpoolctl's "controlling thread" of OpenBLAS (threadpoolctl
+3.8 lets only that thread set OpenBLAS's limit): the limits a user sets in
+any thread keep working after any call of the package.
+
+A process forked from one that has run an OpenMP team of this package
+cannot start another (GNU OpenMP's threads do not survive ``fork()``: the
+next team would wait forever for them), so such a child runs everything on
+the calling thread; a child of a process that never ran a team keeps its
+threads.
 """
 
 import contextlib
 import os
+import threading
 
+import joblib
+import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 from sklearn_bn._team import openmp_max_threads
@@ -41,16 +57,64 @@ BLAS_THREADING_MULTIPLY_ADDS = 1 << 18
 # Multiply-adds a prediction thread must get for the team to pay.
 MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD = 1 << 22
 
-_IN_FORKED_CHILD = False
+
+class _ProcessState:
+    """What this process knows of itself: whether it has run an OpenMP team,
+    whether it was forked from one that had, and its usable cores (cached:
+    reading the cgroup quota takes about 0.1 ms)."""
+
+    ran_team = False
+    team_unsafe = False
+    cpu_count = None
 
 
-def _mark_forked_child():
-    global _IN_FORKED_CHILD
-    _IN_FORKED_CHILD = True
+def _after_fork_in_child():
+    _ProcessState.team_unsafe = _ProcessState.team_unsafe or _ProcessState.ran_team
+    _ProcessState.cpu_count = None
+    _BLAS_OWNER._after_fork_in_child()
+    _TEAMS._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_mark_forked_child)
+def _mark_team_started(n_threads):
+    if n_threads > 1:
+        _ProcessState.ran_team = True
+    return n_threads
+
+
+def usable_cores():
+    """The cores this process may run on: its CPU affinity and its cgroup
+    CPU quota (``joblib.cpu_count()``), read once per process."""
+    if _ProcessState.cpu_count is None:
+        _ProcessState.cpu_count = max(1, int(joblib.cpu_count()))
+    return _ProcessState.cpu_count
+
+
+def max_threads():
+    """Threads the package may run from the calling thread: its OpenMP limit
+    within the usable cores, 1 in a child forked after a team ran."""
+    if _ProcessState.team_unsafe:
+        return 1
+    return max(1, min(openmp_max_threads(), usable_cores()))
+
+
+def kernel_threads(n_rows, n_cols):
+    """Row blocks and threads for a kernel streaming an ``(n_rows, n_cols)``
+    array: ``(block_rows, n_threads)``.
+
+    The blocks depend on the shape only (about ``ELEMENTS_PER_BLOCK``
+    elements each), so a result does not depend on the number of threads.
+    """
+    block_rows = max(1, ELEMENTS_PER_BLOCK // max(n_cols, 1))
+    n_blocks = -(-n_rows // block_rows) if n_rows else 1
+    return block_rows, _mark_team_started(max(1, min(max_threads(), n_blocks)))
+
+
+# ---------------------------------------------------------------------------
+# BLAS's limit, owned once per process
+
+
+def _blas_controllers():
+    return _threadpool_controller().select(user_api="blas").lib_controllers
 
 
 _CONTROLLER = None
@@ -65,21 +129,147 @@ def _threadpool_controller():
     return _CONTROLLER
 
 
-def max_threads():
-    """Threads the package may run: its OpenMP limit, 1 in a forked child."""
-    return 1 if _IN_FORKED_CHILD else openmp_max_threads()
+def _set_blas_threads(lib, n_threads):
+    """Set one BLAS library's limit without keeping the right to set it.
 
-
-def kernel_threads(n_rows, n_cols):
-    """Row blocks and threads for a kernel streaming an ``(n_rows, n_cols)``
-    array: ``(block_rows, n_threads)``.
-
-    The blocks depend on the shape only (about ``ELEMENTS_PER_BLOCK``
-    elements each), so a result does not depend on the number of threads.
+    threadpoolctl >= 3.8 makes the first thread that sets OpenBLAS's
+    (process-wide) limit its controlling thread, and ignores the other
+    threads' limits until that thread leaves a ``threadpool_limits`` block.
+    Outside such a block of its own, the calling thread gives that role up
+    again at once.
     """
-    block_rows = max(1, ELEMENTS_PER_BLOCK // max(n_cols, 1))
-    n_blocks = -(-n_rows // block_rows) if n_rows else 1
-    return block_rows, max(1, min(max_threads(), n_blocks))
+    lib.set_num_threads(n_threads)
+    ownership = getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
+    openblas = getattr(threadpoolctl, "OpenBLASController", None)
+    if (ownership is not None and ownership.count <= 0
+            and hasattr(openblas, "clear_controlling_thread")):
+        openblas.clear_controlling_thread()
+
+
+class _BlasOwner:
+    """The package's one limit of one BLAS thread, shared by every call
+    that needs it (in any thread) while at least one of them runs.
+
+    The first user in records each BLAS library's limit and sets it to 1;
+    the last one out restores the recorded limits of the libraries still at
+    1 (a library whose limit someone else changed meanwhile is left as it
+    is). :meth:`original_limit` is the limit the user set, also while the
+    package's limit is on.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved = []  # (library, its limit before the package's)
+        self._pending = []  # what a forked child still has to restore
+
+    def _after_fork_in_child(self):
+        # The child has one thread: none of the parent's users runs in it,
+        # and it inherited the parent's limit of 1 if one was on. That limit
+        # is lifted at the child's first call (not here: a fork handler must
+        # not take locks another thread of the parent may have held).
+        self._lock = threading.Lock()
+        self._pending, self._saved, self._users = self._saved, [], 0
+
+    def _restore_pending(self):
+        pending, self._pending = self._pending, []
+        for lib, n_threads in pending:
+            if lib.num_threads == 1:
+                _set_blas_threads(lib, n_threads)
+
+    def original_limit(self):
+        """The lowest limit of the loaded BLAS libraries, as the user set it."""
+        with self._lock:
+            self._restore_pending()
+            if self._users:
+                saved = dict((id(lib), n) for lib, n in self._saved)
+                limits = [saved.get(id(lib), lib.num_threads) for lib in _blas_controllers()]
+            else:
+                limits = [lib.num_threads for lib in _blas_controllers()]
+        return min(limits, default=1)
+
+    def acquire(self):
+        """Limit BLAS to one thread (if it is not yet); return whether every
+        BLAS library now runs on one thread (False when another thread of
+        the user's holds threadpoolctl's control of OpenBLAS)."""
+        with self._lock:
+            self._restore_pending()
+            libs = _blas_controllers()
+            if self._users == 0:
+                self._saved = []
+                for lib in libs:
+                    before = lib.num_threads
+                    if before > 1:
+                        _set_blas_threads(lib, 1)
+                        if lib.num_threads == 1:
+                            self._saved.append((lib, before))
+            self._users += 1
+            return all(lib.num_threads <= 1 for lib in libs)
+
+    def release(self):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                saved, self._saved = self._saved, []
+                for lib, n_threads in saved:
+                    if lib.num_threads == 1:
+                        _set_blas_threads(lib, n_threads)
+
+    @contextlib.contextmanager
+    def one_thread(self):
+        """BLAS on one thread inside the block; yields whether it is."""
+        limited = self.acquire()
+        try:
+            yield limited
+        finally:
+            self.release()
+
+
+_BLAS_OWNER = _BlasOwner()
+
+
+def _one_blas_thread():
+    """BLAS on one thread inside the block (restored by the last user)."""
+    return _BLAS_OWNER.one_thread()
+
+
+class _RunningTeams:
+    """The threads of the package's teams running now, in all Python
+    threads: a new team takes the cores the others leave (at least one). A
+    team started inside another one of the same Python thread (the
+    validation score of early stopping, between two epochs) may reuse its
+    cores: that thread's outer team is idle meanwhile."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.threads = 0
+
+    def _after_fork_in_child(self):
+        self.__init__()
+
+    @contextlib.contextmanager
+    def reserve(self, wanted):
+        """Yield a team size of at most ``wanted`` that fits in the cores
+        left (at least 1), counted as running until the block exits."""
+        held = getattr(self._local, "held", 0)
+        with self._lock:
+            n_threads = max(1, min(wanted, max_threads() - (self.threads - held)))
+            added = max(0, n_threads - held)
+            self.threads += added
+        self._local.held = max(held, n_threads)
+        try:
+            yield n_threads
+        finally:
+            self._local.held = held
+            with self._lock:
+                self.threads -= added
+
+
+_TEAMS = _RunningTeams()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -87,16 +277,21 @@ def training_threads(multiply_adds):
     """The engine's team for minibatches of ``multiply_adds`` multiply-adds
     (in the matrix products); yields its size.
 
-    As many threads as BLAS may run (the lowest threadpoolctl limit of the
-    loaded BLAS libraries) within :func:`max_threads`; one thread below
-    ``MIN_MULTIPLY_ADDS_FOR_THREADS``. With more than one, BLAS is limited to
-    one thread until the context exits.
+    As many threads as BLAS may run (the lowest threadpoolctl limit the
+    user set on the loaded BLAS libraries) within :func:`max_threads` and
+    the cores other teams leave; one thread below
+    ``MIN_MULTIPLY_ADDS_FOR_THREADS``. BLAS runs on one thread until the
+    context exits, unless the minibatches are too small for it to start its
+    own threads anyway: the engine never runs more threads than its team.
     """
     if multiply_adds < MIN_MULTIPLY_ADDS_FOR_THREADS:
         yield 1
         return
-    with _replacing_blas_threads() as n_threads:
-        yield n_threads
+    wanted = min(_BLAS_OWNER.original_limit(), max_threads())
+    with _TEAMS.reserve(wanted) as n_threads, _BLAS_OWNER.one_thread() as limited:
+        # Another thread of the user's holds OpenBLAS at several threads:
+        # BLAS's own threads then do the work, as the user asked.
+        yield _mark_team_started(n_threads if limited else 1)
 
 
 @contextlib.contextmanager
@@ -118,40 +313,6 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
         yield 1, block_rows
         return
     n_blocks = -(-n_rows // block_rows)
-    n_threads = min(max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD)
-    with _one_blas_thread():
-        yield max(1, n_threads), block_rows
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """BLAS limited to one thread (restored on exit) unless it already is."""
-    blas = _threadpool_controller().select(user_api="blas")
-    if all(lib.num_threads <= 1 for lib in blas.lib_controllers):
-        yield
-        return
-    limiter = blas.limit(limits=1)
-    try:
-        yield
-    finally:
-        limiter.restore_original_limits()
-
-
-@contextlib.contextmanager
-def _replacing_blas_threads():
-    if _IN_FORKED_CHILD:
-        yield 1
-        return
-    blas = _threadpool_controller().select(user_api="blas")
-    blas_threads = min((lib.num_threads for lib in blas.lib_controllers), default=1)
-    n_threads = min(blas_threads, max_threads())
-    if n_threads <= 1:
-        yield 1
-        return
-    # Set per call: a BLAS library may wake its threads when its limit is
-    # raised again.
-    limiter = blas.limit(limits=1)
-    try:
-        yield n_threads
-    finally:
-        limiter.restore_original_limits()
+    wanted = min(max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD)
+    with _TEAMS.reserve(max(1, wanted)) as n_threads, _BLAS_OWNER.one_thread() as limited:
+        yield _mark_team_started(n_threads if limited else 1), block_rows

@@ -1,0 +1,331 @@
+"""The thread policy in the user's world (sklearn_bn._threads): other
+threads' threadpoolctl limits keep working, BLAS's limits are restored
+exactly when fits and predictions overlap in several threads, a team of one
+runs BLAS on one thread, forked children, the usable cores, and readers
+that never see half of a refit."""
+
+import contextlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor, _team, _threads
+
+needs_openmp = pytest.mark.skipif(
+    _team.openmp_max_threads() < 2, reason="built without OpenMP, or limited to one thread"
+)
+
+
+def blas_limits():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def data(seed=0, n=400, n_features=20):
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, n_features))
+    y = X @ rng.normal(size=n_features) + 0.3 * rng.normal(size=n)
+    return X, y
+
+
+def big_regressor(seed=0, **params):
+    """Minibatches large enough for the engine to run a team of threads."""
+    params = {"hidden_layer_sizes": (64,), "batch_size": 200, "max_iter": 3,
+              "random_state": seed, **params}
+    return MLPBNRegressor(**params)
+
+
+def fit_quietly(est, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+def in_thread(function):
+    """Run ``function`` in a new thread; return its result (or raise its
+    exception)."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = function()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def limits_in_a_block(n_threads):
+    with threadpool_limits(n_threads, user_api="blas"):
+        inside = blas_limits()
+    return inside, blas_limits()
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_other_threads_limits_work_after_a_fit(where):
+    # threadpoolctl >= 3.8 lets one thread at a time set OpenBLAS's limit,
+    # the first that sets it, until it leaves a threadpool_limits block: the
+    # package must never keep that role.
+    X, y = data()
+    before = blas_limits()
+    fit = lambda: fit_quietly(big_regressor(), X, y).predict(X)  # noqa: E731
+    fit() if where == "main" else in_thread(fit)
+    assert blas_limits() == before
+    # Another thread's limits take effect, and are undone at its exit.
+    inside, after = in_thread(lambda: limits_in_a_block(1))
+    assert set(inside) <= {1}
+    assert after == before
+    # And the main thread's too.
+    inside, after = limits_in_a_block(1)
+    assert set(inside) <= {1}
+    assert after == before
+
+
+def test_a_fit_in_a_worker_thread_limits_blas(monkeypatch):
+    X, y = data()
+    seen = []
+    training_threads = _threads.training_threads
+
+    @contextlib.contextmanager
+    def recording(multiply_adds):
+        with training_threads(multiply_adds) as n_threads:
+            seen.append((n_threads, blas_limits()))
+            yield n_threads
+
+    monkeypatch.setattr(_threads, "training_threads", recording)
+    before = blas_limits()
+    fit_quietly(big_regressor(), X, y)  # in the main thread first
+    in_thread(lambda: fit_quietly(big_regressor(), X, y))
+    assert blas_limits() == before
+    assert len(seen) == 2
+    for n_threads, limits in seen:
+        assert set(limits) <= {1}
+        assert 1 <= n_threads <= _threads.max_threads()
+
+
+def test_a_user_block_in_another_thread_is_respected(monkeypatch):
+    # Another thread holds OpenBLAS at two threads in its own block: a fit
+    # then leaves BLAS as that thread set it and trains on one thread of
+    # its own (never more threads in all than asked for).
+    X, y = data()
+    seen = []
+    training_threads = _threads.training_threads
+
+    @contextlib.contextmanager
+    def recording(multiply_adds):
+        with training_threads(multiply_adds) as n_threads:
+            seen.append((n_threads, blas_limits()))
+            yield n_threads
+
+    monkeypatch.setattr(_threads, "training_threads", recording)
+    inside = threading.Event()
+    done = threading.Event()
+
+    def holding():
+        with threadpool_limits(2, user_api="blas"):
+            inside.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=holding)
+    holder.start()
+    try:
+        inside.wait(60)
+        held = blas_limits()
+        fit_quietly(big_regressor(), X, y)
+        assert blas_limits() == held
+    finally:
+        done.set()
+        holder.join()
+    ((n_threads, limits),) = seen
+    if set(limits) != {1}:  # threadpoolctl >= 3.8: the holder's limit stands
+        assert n_threads == 1
+
+
+def test_overlapping_fits_and_predictions_restore_the_limits_exactly():
+    # Several threads fit and predict at once, many times: afterwards every
+    # BLAS library is back at the limit it had, and no team is counted.
+    X, y = data(n=600)
+    model = fit_quietly(big_regressor(), X, y)
+    X_big = np.tile(X, (40, 1))
+    before = blas_limits()
+    for round_ in range(4):
+        start = threading.Barrier(3)
+        errors = []
+
+        def run(work):
+            try:
+                start.wait()
+                work()
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        def fitting(seed):
+            for _ in range(2):
+                fit_quietly(big_regressor(seed=seed), X, y)
+
+        def predicting():
+            for _ in range(3):
+                model.predict(X_big)
+
+        works = [lambda: fitting(round_), lambda: fitting(round_ + 10), predicting]
+        threads = [threading.Thread(target=run, args=(work,)) for work in works]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        assert blas_limits() == before
+        assert _threads._TEAMS.threads == 0
+
+
+def test_concurrent_fits_give_the_sequential_models():
+    # To rounding: a fit that overlaps another may run on fewer threads.
+    data_sets = [data(seed=s) for s in range(3)]
+    sequential = [fit_quietly(big_regressor(seed=s), *d) for s, d in enumerate(data_sets)]
+    results = [None] * 3
+
+    def fit(k):
+        results[k] = fit_quietly(big_regressor(seed=k), *data_sets[k])
+
+    threads = [threading.Thread(target=fit, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for one, other in zip(sequential, results):
+        for a, b in zip(one.coefs_ + one.intercepts_ + one.gammas_,
+                        other.coefs_ + other.intercepts_ + other.gammas_):
+            assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        assert_allclose(one.loss_curve_, other.loss_curve_, rtol=1e-9)
+
+
+def test_a_team_of_one_runs_blas_on_one_thread():
+    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
+    with threadpool_limits(2, user_api="blas"), threadpool_limits(1, user_api="openmp"):
+        before = blas_limits()
+        with _threads.training_threads(big) as n_threads:
+            assert n_threads == 1
+            assert set(blas_limits()) <= {1}
+        assert blas_limits() == before
+
+
+def test_teams_running_at_once_share_the_cores(monkeypatch):
+    monkeypatch.setattr(_threads, "max_threads", lambda: 2)
+    teams = _threads._TEAMS
+    with teams.reserve(2) as first:
+        assert first == 2
+        # In the same Python thread (early stopping's validation score
+        # between two epochs): the outer team is idle, its cores are free.
+        with teams.reserve(2) as nested:
+            assert nested == 2
+        # Another Python thread gets what is left, and at least one.
+        assert in_thread(lambda: _reserve_once(teams, 2)) == 1
+        assert teams.threads == 2
+    assert teams.threads == 0
+    assert in_thread(lambda: _reserve_once(teams, 2)) == 2
+
+
+def _reserve_once(teams, wanted):
+    with teams.reserve(wanted) as n_threads:
+        return n_threads
+
+
+def test_blas_owner_restores_only_what_it_changed():
+    # A limit that someone else changed while the package's was on is left
+    # as they set it.
+    owner = _threads._BLAS_OWNER
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_limits()
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS library whose limit can be raised")
+        with owner.one_thread() as limited:
+            assert limited
+            assert set(blas_limits()) <= {1}
+            assert owner.original_limit() == min(before)
+            with owner.one_thread():  # a second user: nothing changes
+                assert set(blas_limits()) <= {1}
+            assert set(blas_limits()) <= {1}
+        assert blas_limits() == before
+        with owner.one_thread():
+            for lib in _threads._blas_controllers():
+                _threads._set_blas_threads(lib, 3)
+        assert set(blas_limits()) == {3}
+
+
+FORK_SCRIPT = """
+import multiprocessing, warnings
+import numpy as np
+from sklearn_bn import BatchNormScaler, _threads
+
+def child():
+    return _threads.max_threads()
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore", DeprecationWarning)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        before = pool.apply(child)
+    # The parent runs a team: the scaler's kernels share 2 row blocks.
+    BatchNormScaler().fit(np.ones((2 * 1024, 1024)))
+    with ctx.Pool(1) as pool:
+        after = pool.apply(child)
+    print(before, after, _threads.max_threads())
+"""
+
+
+@needs_openmp
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs the fork start method")
+def test_forked_children_are_single_threaded_only_after_a_team():
+    # Without the thread limits other tests may have left in the
+    # environment (Dask's workers set OMP_NUM_THREADS=1 in it).
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"}
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=120, env=env)
+    before, after, parent = map(int, out.stdout.split())
+    assert before == parent >= 2
+    assert after == 1
+
+
+AFFINITY_SCRIPT = """
+import os
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from sklearn_bn import _threads
+print(_threads.max_threads(), _threads.usable_cores())
+"""
+
+
+@needs_openmp
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity")
+def test_the_cores_follow_the_cpu_affinity():
+    out = subprocess.run([sys.executable, "-c", AFFINITY_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["1", "1"]
+
+
+def test_the_cores_follow_the_cgroup_quota(monkeypatch):
+    # joblib.cpu_count reads the CPU affinity and the cgroup quota.
+    import joblib
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda *args, **kwargs: 1)
+    monkeypatch.setattr(_threads._ProcessState, "cpu_count", None)
+    assert _threads.usable_cores() == 1
+    assert _threads.max_threads() == 1
+    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
+    with _threads.training_threads(big) as n_threads:
+        assert n_threads == 1
+    monkeypatch.setattr(_threads._ProcessState, "cpu_count", None)
