@@ -48,10 +48,11 @@ from sklearn_bn._callbacks import (
 )
 from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
 from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
-from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
+from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred_interrupt
 
-# Each fitted estimator's folded networks, by dtype (see _folded_network).
-_FOLDED_NETWORKS = weakref.WeakKeyDictionary()
+# The folded networks of fitted arrays, by their first coefficient array and
+# dtype (see _folded_network).
+_FOLDED_NETWORKS = {}
 
 
 class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
@@ -685,15 +686,20 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         of ``input_dtype`` (it computes in that dtype and the weights'
         together: float64 in, float64 out, as scikit-learn's MLP); cached while those attributes are the same read-only
         arrays (the cache holds them, so their identities stay theirs). The
-        cache lives outside the estimator: predicting changes nothing in it."""
+        cache lives outside the estimator: predicting changes nothing in it,
+        and a snapshot of the estimator (see ``_reads_fitted_state``) finds
+        the entry of the estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
         dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)
         key = (self.bn_epsilon, self.activation, self.out_activation_)
-        cache = _FOLDED_NETWORKS.get(self, {})
+        # Keyed by the first coefficient array (its id, while it lives),
+        # and holding every array weakly: an entry goes with the arrays it
+        # was folded from.
+        cache = _FOLDED_NETWORKS.get(id(arrays[0]), {})
         cached = cache.get(dtype)
         if (cached is not None and cached[0] == key and len(cached[1]) == len(arrays)
-                and all(a is b for a, b in zip(cached[1], arrays))):
+                and all(ref() is a for ref, a in zip(cached[1], arrays))):
             return cached[2]
         folded = FoldedNetwork.fold(
             *groups.values(), self.bn_epsilon, self.activation, self.out_activation_,
@@ -701,7 +707,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )  # fmt: skip
         if not any(a.flags.writeable for a in arrays):
             # A new dict, swapped in at once: safe under concurrent predicts.
-            _FOLDED_NETWORKS[self] = {**cache, dtype: (key, arrays, folded)}
+            refs = tuple(weakref.ref(a) for a in arrays)
+            if not cache:
+                weakref.finalize(arrays[0], _FOLDED_NETWORKS.pop, id(arrays[0]), None)
+            _FOLDED_NETWORKS[id(arrays[0])] = {**cache, dtype: (key, refs, folded)}
         return folded
 
     def _predict_raw(self, X):
@@ -759,6 +768,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self._copy_sklearn_extras(mlp)
         return mlp
 
+    @_restore_on_failure
     def recompute_bn_stats(self, X, sample_weight=None):
         """Replace the running statistics by the exact statistics of `X`.
 
@@ -1464,6 +1474,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                 )
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
+    @_reads_fitted_state
     def predict(self, X):
         """Predict using the batch-normalized MLP classifier.
 
@@ -1480,6 +1491,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         X = self._validate_X_predict(X)
         return self._decode_output(self._predict_raw(X))
 
+    @_reads_fitted_state
     def predict_proba(self, X):
         """Probability estimates.
 
@@ -1738,6 +1750,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
+    @_reads_fitted_state
     def predict(self, X):
         """Predict using the batch-normalized MLP regressor.
 

@@ -32,7 +32,7 @@ from sklearn_bn._batchnorm import batch_stats, unbiased_counts
 from sklearn_bn._callbacks import CallbackSupportMixin, with_callbacks
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _restore_on_failure, merge_stats
+from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, merge_stats
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -427,6 +427,7 @@ class BatchNormScaler(
     # ------------------------------------------------------------------
     # Transforming
 
+    @_reads_fitted_state
     def transform(self, X, copy=None):
         """Standardize `X`, then apply ``gamma`` and ``beta``.
 
@@ -493,6 +494,7 @@ class BatchNormScaler(
             )
         )
 
+    @_reads_fitted_state
     def inverse_transform(self, X, copy=None):
         """Undo :meth:`transform`.
 

@@ -26,17 +26,36 @@ def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
 
 
 def _restore_on_failure(method):
-    """Leave the estimator exactly as it was when ``method`` raises."""
+    """Run ``method`` on a working copy of the estimator and publish the
+    copy's state at once when it returns.
+
+    The estimator's ``__dict__`` is replaced in one step, so that a reader
+    in another thread (see :func:`_reads_fitted_state`) sees the state
+    before the call or after it, never a mix of both; when ``method``
+    raises, the estimator is left exactly as it was.
+    """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        saved = dict(self.__dict__)
-        try:
-            return method(self, *args, **kwargs)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
+        work = object.__new__(type(self))
+        work.__dict__.update(self.__dict__)
+        result = method(work, *args, **kwargs)
+        self.__dict__ = work.__dict__
+        return self if result is work else result
+
+    return wrapper
+
+
+def _reads_fitted_state(method):
+    """Run ``method`` on a snapshot of the estimator's state: a fit or a
+    refit publishing a new state meanwhile (see :func:`_restore_on_failure`)
+    does not change what the call reads."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        snapshot = object.__new__(type(self))
+        snapshot.__dict__ = dict(self.__dict__)
+        return method(snapshot, *args, **kwargs)
 
     return wrapper
 

@@ -329,3 +329,131 @@ def test_the_cores_follow_the_cgroup_quota(monkeypatch):
     with _threads.training_threads(big) as n_threads:
         assert n_threads == 1
     monkeypatch.setattr(_threads._ProcessState, "cpu_count", None)
+
+
+# ---------------------------------------------------------------------------
+# A refit publishes the new model at once
+
+
+def _refit_while_reading(make, data_a, data_b, read, n_refits=12):
+    """Refit ``make()`` alternately on two data sets while other threads
+    call ``read(model, X)``; return what the readers saw."""
+    X_a, y_a = data_a
+    X_b, y_b = data_b
+    model = fit_quietly(make(), X_a, y_a)
+    seen, errors, stop = [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(read(model, X_a))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    try:
+        for k in range(n_refits):
+            fit_quietly(model, *((X_b, y_b) if k % 2 == 0 else (X_a, y_a)))
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert not errors, errors[:3]
+    return seen
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score"])
+def test_a_refit_is_atomic_for_readers_classifier(method):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(300, 8))
+    y_a = np.digitize(X[:, 0], [-0.5, 0.5])                  # classes 0, 1, 2
+    y_b = 10 + np.digitize(X[:, 1] - X[:, 2], [-1, 0, 1])   # classes 10..13
+
+    def make():
+        return MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+
+    expected = [getattr(fit_quietly(make(), X, y), method)(X, *([y] if method == "score"
+                                                                 else []))
+                for y in (y_a, y_b)]
+
+    def read(model, X_read):
+        if method == "score":
+            return model.score(X_read, y_a)
+        return getattr(model, method)(X_read)
+
+    seen = _refit_while_reading(make, (X, y_a), (X, y_b), read)
+    assert seen
+    if method == "score":
+        expected = [fit_quietly(make(), X, y).score(X, y_a) for y in (y_a, y_b)]
+        assert all(s in expected for s in seen)
+        return
+    for result in seen:
+        assert any(result.shape == e.shape and np.array_equal(result, e) for e in expected)
+
+
+def test_a_refit_is_atomic_for_readers_regressor_and_scaler():
+    X, y = data(n=300)
+    X_b = X[:, :10]
+
+    def make():
+        return MLPBNRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
+
+    expected = [fit_quietly(make(), Xs, y).predict(X_b if Xs is X_b else X)
+                for Xs in (X, X_b)]
+    model = fit_quietly(make(), X, y)
+    seen, errors, stop = [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(model.predict(X if model.n_features_in_ == 20 else X_b))
+            except ValueError as exc:
+                # The reader picked its X before the refit published: the
+                # model it then read was the other one. That is the old or
+                # the new model, and the message says the right count.
+                assert "features" in str(exc)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for k in range(10):
+            fit_quietly(model, X_b if k % 2 == 0 else X, y)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    for result in seen:
+        assert any(np.array_equal(result, e) for e in expected)
+
+    # The scaler's statistics are published together too.
+    scaler = BatchNormScaler().fit(X)
+    expected = [BatchNormScaler().fit(Xs).transform(X) for Xs in (X, 3 * X + 1)]
+    seen, stop = [], threading.Event()
+
+    def transforming():
+        while not stop.is_set():
+            seen.append(scaler.transform(X))
+
+    thread = threading.Thread(target=transforming)
+    thread.start()
+    try:
+        for k in range(40):
+            scaler.fit(3 * X + 1 if k % 2 == 0 else X)
+    finally:
+        stop.set()
+        thread.join()
+    for result in seen:
+        assert any(np.array_equal(result, e) for e in expected)
+
+
+def test_a_failed_refit_leaves_the_model_for_readers():
+    X, y = data()
+    model = fit_quietly(big_regressor(), X, y)
+    before = model.predict(X)
+    with pytest.raises(ValueError):
+        model.fit(X[:, :5], y[:-1])
+    assert_array_equal(model.predict(X), before)
