@@ -772,7 +772,10 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
                 raise ValueError(
                     f"The statistics of hidden layer {layer} are not finite in "
                     f"{stats_dtype.name}: the input has values too large for this "
-                    "network. Scale the input down."
+                    "network" + ("" if weights is None else
+                                 ", or the sample weights are too large") + ". Scale "
+                    + ("the input down." if weights is None else
+                       "the input or the weights down.")
                 )
             means.append(mean)
             variances.append(var)

@@ -55,6 +55,42 @@ from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred
 _FOLDED_NETWORKS = {}
 
 
+def _checked_weights(sample_weight, X, dtype, name):
+    """``sample_weight`` validated and converted to ``dtype``: non-negative,
+    not all zero, and within the range where the weighted sums of batch norm
+    and of the loss stay finite (as repeat counts, their sum must be a
+    finite number in ``dtype``, and the smallest positive weight a normal
+    one, whose inverse is finite)."""
+    if isinstance(sample_weight, np.ndarray) and np.any(np.isposinf(sample_weight)):
+        raise ValueError(
+            f"{name} is too large: some weights are infinite in float64. Divide "
+            "them by a common factor."
+        )
+    weights64 = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                     ensure_non_negative=False)
+    if np.any(weights64 < 0):
+        raise ValueError(f"Negative values in {name} are not allowed.")
+    with np.errstate(over="ignore"):
+        total = float(np.sum(weights64))
+    if not total > 0:
+        raise ValueError(f"{name} must not sum to zero.")
+    info = np.finfo(dtype)
+    if not total < float(info.max) / 4:
+        raise ValueError(
+            f"{name} is too large: the weights sum to {total:.3g}, beyond what "
+            f"{np.dtype(dtype).name} arithmetic can hold (the weights act as "
+            "repeat counts). Divide them by a common factor."
+        )
+    smallest = float(np.min(weights64[weights64 > 0]))
+    if smallest < float(info.tiny):
+        raise ValueError(
+            f"{name} is too small: its smallest positive weight, {smallest:.3g}, is "
+            f"below the smallest normal {np.dtype(dtype).name} number "
+            f"({float(info.tiny):.3g}). Multiply the weights by a common factor."
+        )
+    return np.ascontiguousarray(weights64, dtype=dtype)
+
+
 class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
 
@@ -166,7 +202,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if not hasattr(sizes, "__iter__"):
             sizes = [sizes]
         sizes = list(sizes)
-        if any(not isinstance(s, Integral) or s <= 0 for s in sizes):
+        if any(not isinstance(s, Integral) or isinstance(s, bool) for s in sizes):
+            raise ValueError(
+                "hidden_layer_sizes must hold integers (units per hidden layer), "
+                f"got {self.hidden_layer_sizes!r}."
+            )
+        if any(s <= 0 for s in sizes):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
         return [int(s) for s in sizes]
 
@@ -243,26 +284,26 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         class_weights = self._class_weights_of_rows(y, incremental)
         Y = self._encode_targets(y, dtype)
+        weights_name = "sample_weight"
         if class_weights is not None:
+            weights_name = ("class_weight" if sample_weight is None
+                            else "sample_weight times class_weight")
             # Multiplied in float64, then rounded to the model's dtype below:
             # exactly what sample_weight * compute_sample_weight(class_weight,
             # y) passed as sample_weight gives.
             if sample_weight is not None:
-                class_weights = class_weights * _check_sample_weight(
-                    sample_weight, X, dtype=np.float64, ensure_non_negative=True
-                )
+                with np.errstate(over="ignore"):  # too large: reported below
+                    class_weights = class_weights * _check_sample_weight(
+                        sample_weight, X, dtype=np.float64, ensure_non_negative=True
+                    )
             sample_weight = class_weights
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(
-                sample_weight, X, dtype=dtype, ensure_non_negative=True
+        if class_weights is not None and not np.sum(class_weights) > 0:
+            raise ValueError(
+                "The sample weights times the class weights (class_weight) sum to "
+                "zero: no row would be trained on."
             )
-            if not sample_weight.sum() > 0:
-                raise ValueError(
-                    "sample_weight must not sum to zero."
-                    if class_weights is None else
-                    "The sample weights times the class weights (class_weight) "
-                    "sum to zero."
-                )
+        if sample_weight is not None:
+            sample_weight = _checked_weights(sample_weight, X, dtype, weights_name)
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
         units = [n_features] + hidden + [Y.shape[1]]
         random_state = check_random_state(self.random_state)
@@ -274,7 +315,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             state.update(self._fresh_stopping_state())
         else:
             out_activation = self.out_activation_
-            params = self._fitted_params(units)
+            params = self._fitted_params(units, incremental)
             state = self._continued_state()
 
         # fit is the root task, with one subtask per epoch; partial_fit is
@@ -339,12 +380,19 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """Each row's class weight (float64), or None: no class weights."""
         return None
 
-    def _fitted_params(self, units):
+    def _fitted_params(self, units, incremental):
         """The fitted per-layer parameters, for warm start and partial_fit."""
         if [c.shape for c in self.coefs_] != [(a, b) for a, b in zip(units[:-1], units[1:])]:
+            fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
             raise ValueError(
-                "The network's shape changed since the last fit (got "
-                f"layer units {units}); set warm_start=False to refit."
+                "The network's shape changed since the last fit: the data and "
+                f"hidden_layer_sizes give layer units {units}, the fitted network "
+                f"has {fitted}. "
+                + ("partial_fit continues the fitted network; restore "
+                   "hidden_layer_sizes, or call fit to train a new network."
+                   if incremental else
+                   "warm_start continues the fitted network; set warm_start=False "
+                   "to train a new one.")
             )
         return (self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
                 self.running_vars_)
@@ -389,7 +437,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             dtype=Y.dtype, max_batch=min(batch_size + 1, X_train.shape[0]),
             sparse=sp.issparse(X_train), weighted=sw_train is not None,
             alpha=self.alpha, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            data_loss_scale=data_loss_scale, virtual_batch_size=self.virtual_batch_size,
+            data_loss_scale=data_loss_scale,
+            virtual_batch_size=self._virtual_batch_size(batch_size),
             dropout=dropout, dropout_seed=dropout_seed,
         )  # fmt: skip
         data = engine.bind(X_train, Y_train, sw_train)
@@ -497,6 +546,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "sample size. It is going to be clipped"
             )
         return int(np.clip(self.batch_size, 2, n_samples))
+
+    def _virtual_batch_size(self, batch_size):
+        """Ghost batch norm's chunk size, or None for plain batch norm (also
+        when it is at least the batch size: a minibatch that a trailing single
+        row joins is then one chunk too)."""
+        vbs = self.virtual_batch_size
+        return None if vbs is None or vbs >= batch_size else int(vbs)
 
     def _make_optimizer(self, n_params, dtype, incremental):
         """A fresh optimizer, or (partial_fit) a copy of the one the last fit
@@ -614,7 +670,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "(the default is 1e-5) or float64 input."
             )
         return message + (
-            " The input data may contain large values and need to be preprocessed."
+            f" Possible causes: learning_rate_init={self.learning_rate_init:g} too "
+            "large for this network, sample or class weights too large, or input "
+            "values too large (scale them, or keep input_preprocessing='auto'). "
+            "Try a smaller learning_rate_init first."
         )
 
     def _no_improvement_message(self):
@@ -673,11 +732,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in arrays
             )
             if shapes != expected[name] or not floats or units[-1] != self.n_outputs_:
+                got = (f"shapes {shapes}" if shapes != expected[name] else
+                       "dtypes [" + ", ".join(
+                           str(getattr(a, "dtype", type(a).__name__)) for a in arrays
+                       ) + "]" if not floats else f"n_outputs_={self.n_outputs_}")
                 raise ValueError(
                     f"The fitted attributes do not describe the network of "
                     f"n_features_in_={self.n_features_in_} and n_outputs_="
                     f"{self.n_outputs_}: {name} must be a list of float arrays of "
-                    f"shapes {expected[name]}, got {shapes}."
+                    f"shapes {expected[name]}, got {got}."
                 )
         return groups
 
@@ -812,11 +875,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # float64), so that predict standardizes these rows exactly.
         dtype = np.result_type(X.dtype, model_dtype)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(
-                sample_weight, X, dtype=dtype, ensure_non_negative=True
-            )
-            if not sample_weight.sum() > 0:
-                raise ValueError("sample_weight must not sum to zero.")
+            sample_weight = _checked_weights(sample_weight, X, dtype, "sample_weight")
         means, variances = population_statistics(
             X, sample_weight, coefs=groups["coefs_"], gammas=groups["gammas_"],
             intercepts=groups["intercepts_"], bn_epsilon=self.bn_epsilon,
@@ -961,7 +1020,9 @@ _COMMON_PARAMS_DOC = """
         that chunk's statistics, and the running statistics are updated once
         per chunk, in order, with ``bn_momentum`` (what applying PyTorch's
         ``BatchNorm1d`` to each chunk in turn does). ``None``, or a value of
-        at least ``batch_size``: plain batch norm.
+        at least ``batch_size`` (after its clipping to the number of rows):
+        plain batch norm, also on a minibatch that a trailing single row
+        joined.
 """
 
 _CLASS_WEIGHT_DOC = """
@@ -1294,11 +1355,6 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             self._label_binarizer = LabelBinarizer()
             self._label_binarizer.fit(y)
             self.classes_ = self._label_binarizer.classes_
-            if len(self.classes_) < 2:
-                raise ValueError(
-                    "The number of classes has to be greater than one; got 1 "
-                    f"class: {self.classes_}."
-                )
         else:
             classes = unique_labels(y)
             if self.warm_start:
@@ -1414,7 +1470,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             by the first layer.
 
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            The class labels, or a label-indicator matrix (multilabel).
+            The class labels, or a label-indicator matrix (multilabel). A
+            single class is fitted as :class:`~sklearn.neural_network.MLPClassifier`
+            fits it: the model predicts that class.
 
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative sample weights. They weight the loss and the
@@ -1467,11 +1525,6 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-            if len(self._label_binarizer.classes_) < 2:
-                raise ValueError(
-                    "The number of classes has to be greater than one; got 1 "
-                    f"class: {self._label_binarizer.classes_}."
-                )
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     @_reads_fitted_state

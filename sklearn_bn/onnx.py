@@ -73,18 +73,29 @@ def _convert_regressor(scope, operator, container):
 
     skl2onnx's MLPRegressor converter writes its prediction as one column
     (N * n_outputs rows when there are several outputs): reshaped here to
-    (N, n_outputs), row by row as ``predict`` returns it.
+    (N, n_outputs), row by row as ``predict`` returns it. skl2onnx knows no
+    exponential output activation (the Poisson loss's): the twin is
+    converted with an identity output, followed by an ``Exp`` node.
     """
     import numpy as np
     from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
-    from skl2onnx.algebra.onnx_ops import OnnxReshapeApi13
+    from skl2onnx.algebra.onnx_ops import OnnxExp, OnnxReshapeApi13
 
     estimator = operator.raw_operator
     opv = container.target_opset
-    twin = OnnxSubEstimator(estimator.to_sklearn(), operator.inputs[0], op_version=opv)
-    OnnxReshapeApi13(
-        twin,
-        np.array([-1, estimator.n_outputs_], dtype=np.int64),
+    mlp = estimator.to_sklearn()
+    poisson = mlp.out_activation_ == "exp"
+    if poisson:
+        mlp.out_activation_ = "identity"
+    twin = OnnxSubEstimator(mlp, operator.inputs[0], op_version=opv)
+    shape = np.array([-1, estimator.n_outputs_], dtype=np.int64)
+    if not poisson:
+        OnnxReshapeApi13(
+            twin, shape, op_version=opv, output_names=operator.outputs[:1]
+        ).add_to(scope, container)
+        return
+    OnnxExp(
+        OnnxReshapeApi13(twin, shape, op_version=opv),
         op_version=opv,
         output_names=operator.outputs[:1],
     ).add_to(scope, container)

@@ -995,8 +995,11 @@ def test_bad_input_errors_and_fitted_model_unchanged(problem):
         fitted = fit_quietly(clone(est).set_params(warm_start=warm_start), X, y)
         for name, X_bad, y_bad, message in bad_inputs(problem):
             for method in ("fit", "partial_fit"):
-                if name == "one_class" and method == "partial_fit":
-                    continue  # a single-class batch is fine once classes_ is known
+                if name == "one_class" and (method == "partial_fit" or not warm_start):
+                    # A single-class batch is fine once classes_ is known, and
+                    # a cold fit on one class fits it (as MLPClassifier does);
+                    # warm start refuses a change of classes.
+                    continue
                 if name == "n_features" and method == "fit" and not warm_start:
                     continue  # a cold refit may change the number of features
                 before = snapshot(fitted)
@@ -1010,14 +1013,31 @@ def test_bad_input_errors_and_fitted_model_unchanged(problem):
             fitted.predict(bad_inputs(problem)[0][1])
 
 
-def test_negative_poisson_target_and_single_class_partial_fit():
+def test_negative_poisson_target():
     X, y, est = make_data("poisson")
     with pytest.raises(ValueError, match="negative"):
         est.fit(X, y - 1.0)
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_a_single_class_fits_and_predicts_it(method):
+    # As MLPClassifier: a cross-validation fold may hold one class only.
     X, y, est = make_data("binary")
-    with pytest.raises(ValueError, match="greater than one"):
-        est.partial_fit(X, np.zeros(len(y), dtype=int), classes=[0])
-    assert not hasattr(est, "coefs_")
+    y_one = np.full(len(y), "only")
+    kwargs = {"classes": ["only"]} if method == "partial_fit" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        getattr(est, method)(X, y_one, **kwargs)
+    sk = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        getattr(sk, method)(X, y_one, **kwargs)
+    assert_array_equal(est.classes_, sk.classes_)
+    assert_array_equal(est.predict(X), sk.predict(X))
+    assert est.predict_proba(X).shape == sk.predict_proba(X).shape == (len(y), 2)
+    assert_allclose(est.predict_proba(X).sum(axis=1), 1.0)
+    assert est.n_outputs_ == sk.n_outputs_ == 1
+    assert est.to_sklearn().predict(X).tolist() == ["only"] * len(y)
 
 
 def test_unseen_labels_in_partial_fit():
@@ -1811,3 +1831,78 @@ def test_cumulative_running_average_continues_over_partial_fit():
     refit = fit_quietly(clone(est).set_params(max_iter=1), X[60:], y[60:])
     assert refit._n_batches_tracked == 2
     assert_allclose(refit.running_means_[0], np.mean(means[2:], axis=0), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# Messages that name the real cause
+
+
+def test_weights_out_of_range_are_named_as_weights():
+    X, y, est = make_data("binary")
+    n = len(y)
+    with pytest.raises(ValueError, match="sample_weight is too large"):
+        clone(est).fit(X, y, sample_weight=np.full(n, 1e306))
+    with pytest.raises(ValueError, match="class_weight is too large"):
+        clone(est).set_params(class_weight={0: 1e308, 1: 1e308}).fit(X, y)
+    with pytest.raises(ValueError, match="class_weight is too small"):
+        clone(est).set_params(class_weight={0: 1e-320, 1: 1e-320}).fit(X, y)
+    with pytest.raises(ValueError, match="sample_weight times class_weight is too large"):
+        clone(est).set_params(class_weight={0: 1e300, 1: 1e300}).fit(
+            X, y, sample_weight=np.full(n, 1e10))
+    # A class_weight that zeroes every row: the package's own message.
+    with pytest.raises(ValueError, match="class weights .class_weight. sum to zero"):
+        clone(est).set_params(class_weight={0: 0.0, 1: 0.0}).fit(X, y)
+    # float32: the weights' sum must fit float32.
+    with pytest.raises(ValueError, match="too large.*float32"):
+        clone(est).fit(X.astype(np.float32), y, sample_weight=np.full(n, 1e37))
+    fitted = fit_quietly(clone(est), X, y)
+    before = snapshot(fitted)
+    with pytest.raises(ValueError, match="sample_weight is too large"):
+        fitted.recompute_bn_stats(X, sample_weight=np.full(n, 1e306))
+    assert_same(before, snapshot(fitted))
+
+
+def test_divergence_names_the_learning_rate():
+    X, y, est = make_data("squared_error")
+    est.set_params(solver="sgd", learning_rate_init=1e10)
+    with pytest.raises(ValueError, match=r"non-finite.*learning_rate_init=1e\+10"):
+        est.fit(X, y)
+
+
+def test_messages_name_the_real_cause():
+    X, y, est = make_data("binary")
+    with pytest.raises(ValueError, match="hidden_layer_sizes must hold integers"):
+        clone(est).set_params(hidden_layer_sizes=(4.0,)).fit(X, y)
+    fitted = fit_quietly(clone(est), X, y)
+    fitted.running_vars_ = [np.ones_like(v, dtype=np.int64) for v in fitted.running_vars_]
+    with pytest.raises(ValueError, match=r"running_vars_ .*got dtypes \[int64, int64\]"):
+        fitted.predict(X)
+    streamed = clone(est).partial_fit(X, y, classes=[0, 1])
+    streamed.set_params(hidden_layer_sizes=(3,))
+    with pytest.raises(ValueError, match="partial_fit continues the fitted network"):
+        streamed.partial_fit(X, y)
+    warm = fit_quietly(clone(est).set_params(warm_start=True), X, y)
+    warm.set_params(hidden_layer_sizes=(3,))
+    with pytest.raises(ValueError, match="warm_start=False"):
+        warm.fit(X, y)
+
+
+@pytest.mark.parametrize("n, batch_size", [(201, 200), (401, 200), (11, 10)])
+def test_a_virtual_batch_of_at_least_batch_size_is_plain_batch_norm(n, batch_size):
+    # The trailing single row joins the last minibatch, which then has one
+    # row more than batch_size: still one chunk, the same bits as without
+    # ghost batch norm.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(n, 5))
+    y = (X[:, 0] > 0).astype(int)
+    fits = []
+    for vbs in (None, batch_size, batch_size + 7):
+        est = MLPBNClassifier(hidden_layer_sizes=(6,), batch_size=batch_size, max_iter=3,
+                              virtual_batch_size=vbs, random_state=0)
+        fits.append(fit_quietly(est, X, y))
+    plain = fits[0]
+    for other in fits[1:]:
+        for name in ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_"):
+            for a, b in zip(getattr(plain, name), getattr(other, name)):
+                assert_array_equal(a, b)
+        assert other._n_batches_tracked == plain._n_batches_tracked

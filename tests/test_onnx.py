@@ -139,6 +139,36 @@ def test_regressor_predictions(dtype, n_outputs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_poisson_regressor_predictions(dtype, n_outputs):
+    # skl2onnx has no exponential output: the graph adds an Exp node.
+    X, y = load_diabetes(return_X_y=True)
+    X = X.astype(dtype)
+    y = y / y.mean() if n_outputs == 1 else np.c_[y / y.mean(), np.abs(X[:, 2]) * 10]
+    reg = _fit(MLPBNRegressor(loss="poisson", hidden_layer_sizes=(16,), max_iter=30,
+                              random_state=0), X, y)
+    (got,) = _run(reg, X)
+    expected = reg.predict(X)
+    assert got.dtype == dtype and got.shape == (X.shape[0], n_outputs)
+    assert_allclose(got.reshape(expected.shape), expected, rtol=_tol(dtype),
+                    atol=_tol(dtype) * np.abs(expected).max())
+
+
+def test_float32_model_float64_graph_agrees_to_float32_weights():
+    # The twin holds the folded weights in the model's dtype: with float64
+    # input, a float32 model's graph and twin round its folded weights to
+    # float32, where predict folds them in float64 (the docs' figure).
+    X, y = _classification(np.float64)
+    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
+               X.astype(np.float32), y)
+    expected = clf.predict_proba(X)
+    labels, proba = _run(clf, X, options={"zipmap": False})
+    assert proba.dtype == np.float64
+    assert_allclose(proba, expected, rtol=0, atol=1e-6)
+    assert_allclose(clf.to_sklearn().predict_proba(X), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_pipeline_of_scaler_and_network(dtype):
     X, y = _classification(dtype)
     X = (X * [1.0, 100.0, 1e-3, 10.0]).astype(dtype)
