@@ -55,6 +55,20 @@ from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred
 _FOLDED_NETWORKS = {}
 
 
+def _smoothed_targets(Y, label_smoothing, out_activation):
+    """Label smoothing, in place on the 0/1 targets ``Y``: ``(1 - eps) *
+    onehot + eps / K`` for a softmax over K classes, ``y * (1 - eps) + eps /
+    2`` per output for logistic outputs (binary and multilabel). Computed in
+    float64, rounded to ``Y``'s dtype once."""
+    eps = float(label_smoothing)
+    if eps == 0:
+        return Y
+    floor = eps / Y.shape[1] if out_activation == "softmax" else eps / 2
+    smoothed = Y.astype(np.float64) * (1.0 - eps) + floor
+    Y[...] = smoothed
+    return Y
+
+
 def _checked_weights(sample_weight, X, dtype, name):
     """``sample_weight`` validated and converted to ``dtype``: non-negative,
     not all zero, and within the range where the weighted sums of batch norm
@@ -1047,6 +1061,19 @@ _CLASS_WEIGHT_DOC = """
         frequencies of the whole stream are unknown.
 """
 
+_LABEL_SMOOTHING_DOC = """
+    label_smoothing : float in [0, 1), default=0.0
+        Label smoothing (Szegedy et al., 2016): the network is trained on
+        targets ``(1 - label_smoothing) * onehot + label_smoothing / K`` with
+        K classes (softmax output, multiclass), and ``y * (1 -
+        label_smoothing) + label_smoothing / 2`` per output for binary and
+        multilabel targets (logistic outputs), so that it is not pushed
+        towards infinitely confident logits. ``loss_`` and ``loss_curve_``
+        are the log loss against these targets; the early-stopping score,
+        ``score`` and the predictions use the true labels. As PyTorch's
+        ``CrossEntropyLoss(label_smoothing=...)`` for the multiclass case.
+"""
+
 _BN_STATS_DOC = """
     bn_stats : {'running', 'population'}, default='running'
         The statistics the trained network normalizes with at prediction.
@@ -1229,6 +1256,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     ----------"""
         + _COMMON_PARAMS_DOC
         + _CLASS_WEIGHT_DOC
+        + _LABEL_SMOOTHING_DOC
         + _BN_STATS_DOC
         + """
     Attributes
@@ -1272,6 +1300,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     _parameter_constraints: dict = {
         **_BaseMLPBN._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
     }
 
     def __init__(
@@ -1305,6 +1334,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         dropout=0.0,
         virtual_batch_size=None,
         class_weight=None,
+        label_smoothing=0.0,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1337,6 +1367,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             virtual_batch_size=virtual_batch_size,
         )
         self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(
@@ -1412,19 +1443,22 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         return compute_sample_weight(class_weight, y)
 
     def _encode_targets(self, y, dtype):
-        """Targets as the network's output matrix, built directly in ``dtype``
-        (LabelBinarizer would make an int64 matrix first: 2x the memory)."""
+        """Training targets as the network's output matrix, built directly in
+        ``dtype`` (LabelBinarizer would make an int64 matrix first: 2x the
+        memory), with ``label_smoothing`` applied."""
         lb = self._label_binarizer
         if lb.y_type_.startswith("multilabel"):
             Y = lb.transform(y)
             Y = Y.toarray() if sp.issparse(Y) else Y
-            return np.ascontiguousarray(Y, dtype=dtype)
-        index = np.searchsorted(lb.classes_, y)
-        if len(lb.classes_) <= 2:
-            return (index == 1).astype(dtype).reshape(-1, 1)
-        Y = np.zeros((len(index), len(lb.classes_)), dtype=dtype)
-        Y[np.arange(len(index)), index] = 1
-        return Y
+            Y = np.ascontiguousarray(Y, dtype=dtype)
+        else:
+            index = np.searchsorted(lb.classes_, y)
+            if len(lb.classes_) <= 2:
+                Y = (index == 1).astype(dtype).reshape(-1, 1)
+            else:
+                Y = np.zeros((len(index), len(lb.classes_)), dtype=dtype)
+                Y[np.arange(len(index)), index] = 1
+        return _smoothed_targets(Y, self.label_smoothing, self._out_activation(Y.shape[1]))
 
     def _out_activation(self, n_outputs):
         if self._label_binarizer.y_type_ == "multiclass":

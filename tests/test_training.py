@@ -493,6 +493,92 @@ def test_multi_output_loss_is_reported_as_scikit_learn_does(loss):
     assert_params_allclose(est, sgd_step(params0, grad, lr))
 
 
+LABEL_SMOOTHING_CASES = {
+    # problem: (labels, smoothed targets of the labels, output activation)
+    "multiclass": (np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 1]),
+                   lambda Y, eps: (1 - eps) * Y + eps / 3, "softmax"),
+    "binary": (np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1]),
+               lambda Y, eps: Y * (1 - eps) + eps / 2, "logistic"),
+    "multilabel": (np.array([[0, 1], [1, 1], [1, 0], [0, 0], [1, 1],
+                             [0, 1], [1, 0], [0, 0], [1, 0], [0, 1]]),
+                   lambda Y, eps: Y * (1 - eps) + eps / 2, "logistic"),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("problem", list(LABEL_SMOOTHING_CASES))
+def test_label_smoothing_trains_on_the_smoothed_targets(problem, dtype):
+    # One SGD step on one minibatch: the loss is the log loss against the
+    # smoothed targets, and the step follows its gradient (central
+    # differences of the float64 reference).
+    labels, smooth, out = LABEL_SMOOTHING_CASES[problem]
+    rng = np.random.RandomState(3)
+    n = len(labels)
+    X = rng.normal(size=(n, 3))
+    sw = rng.uniform(0.5, 2.0, n)
+    eps, lr, alpha = 0.2, 0.05, 0.01
+    est = MLPBNClassifier(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
+                          momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
+                          alpha=alpha, label_smoothing=eps, random_state=0)
+    classes = [0, 1] if problem == "multilabel" else np.unique(labels)
+    est.partial_fit(X.astype(dtype), labels, sample_weight=sw, classes=classes)
+    Y = (labels if labels.ndim == 2 else
+         np.eye(3)[labels] if problem == "multiclass" else labels[:, None]).astype(float)
+    Y_smooth = smooth(Y, eps)
+    params0 = glorot_init([3, 4, Y.shape[1]], "tanh", seed=0)
+    sw_used = sw.astype(dtype).astype(np.float64)
+    expected = ref_loss(X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out, alpha)
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    assert est.loss_ == pytest.approx(expected, rel=rtol)
+    grad = ref_numeric_gradient(X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out,
+                                alpha)
+    if dtype == np.float64:
+        assert_params_allclose(est, sgd_step(params0, grad, lr))
+    else:
+        assert_params_allclose(est, sgd_step(params0, grad, lr), rtol=1e-4, atol=1e-5)
+    # The true labels come back out.
+    assert est.predict(X).shape == labels.shape
+
+
+def test_label_smoothing_matches_pytorch_cross_entropy():
+    torch = pytest.importorskip("torch")
+    labels, _, _ = LABEL_SMOOTHING_CASES["multiclass"]
+    rng = np.random.RandomState(4)
+    X = rng.normal(size=(len(labels), 3))
+    eps = 0.3
+    est = MLPBNClassifier(hidden_layer_sizes=(4,), activation="relu", solver="sgd",
+                          momentum=0.0, batch_size=len(labels), shuffle=False,
+                          learning_rate_init=1e-3, alpha=0.0, label_smoothing=eps,
+                          random_state=0)
+    est.partial_fit(X, labels, classes=[0, 1, 2])
+    params0 = glorot_init([3, 4, 3], "relu", seed=0)
+    raw = ref_forward_train(X, *params0, "relu")[0]
+    expected = torch.nn.functional.cross_entropy(
+        torch.tensor(raw), torch.tensor(labels), label_smoothing=eps).item()
+    assert est.loss_ == pytest.approx(expected, rel=1e-10)
+
+
+def test_label_smoothing_off_and_validation():
+    X, y = regression_data(n=40)
+    labels = (y > np.median(y)).astype(int)
+    plain = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    zero = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
+                           label_smoothing=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = plain.fit(X, labels), zero.fit(X, labels)
+        # Early stopping scores the true labels: accuracies, not smoothed.
+        stopped = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0,
+                                  early_stopping=True, validation_fraction=0.25,
+                                  label_smoothing=0.4).fit(X, labels)
+    for p, q in zip(a.coefs_, b.coefs_):
+        assert_array_equal(p, q)
+    assert all(score in np.arange(11) / 10 for score in stopped.validation_scores_)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            MLPBNClassifier(label_smoothing=bad).fit(X, labels)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_momentum_steps(nesterov):
     # Two minibatches per epoch, two epochs via partial_fit: the velocity is
