@@ -17,6 +17,7 @@ RUNS = {
     "scaler": ["bench_scaler.py", "--n-samples", "20000", "--chunk", "2000", "--repeat", "1"],
     "fit": ["bench_fit.py", "--quick", "--what", "fit,predict", "--dtype", "float32"],
     "split": ["bench_split.py", "--quick", "--dtype", "float64"],
+    "contention": ["bench_contention.py", "--quick", "--what", "pools"],
 }
 
 
