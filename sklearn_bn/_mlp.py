@@ -1110,9 +1110,9 @@ _INPUT_DOC = """
         or a boolean mask of shape (n_features,); ``None``: none. Needs
         ``input_preprocessing='auto'``, which one-hot encodes them: categories
         are matched by value (never by a pandas dtype's codes), NaN is a
-        category of its own, at most the 32 heaviest categories of a feature
+        category of its own, at most the 100 heaviest categories of a feature
         (by total sample weight) get a column, and any other value (unseen in
-        ``fit``, or beyond the 32) is encoded as all zeros. A DataFrame
+        ``fit``, or beyond the 100) is encoded as all zeros. A DataFrame
         column of strings that is not categorical raises a ``ValueError``.
 """
 

@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_array, validate_data
 # Internal knobs, kept here so that a defaults study can revisit them.
 _CLIP = 3.0  # smooth clip at +-_CLIP robust standard deviations
 _IQR_PER_SD = 1.3489795003921634  # interquartile range of a normal, in SDs
-_MAX_CATEGORIES = 32  # one-hot columns per categorical feature, the most frequent
+_MAX_CATEGORIES = 100  # one-hot columns per categorical feature, the heaviest
 _BLOCK_ELEMENTS = 1 << 20  # elements of a working block (statistics, transform)
 
 # The estimator's attributes that hold the fitted handling.
