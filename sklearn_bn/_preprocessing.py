@@ -360,26 +360,30 @@ def weighted_quantiles(X, sample_weight, quantiles):
     q = np.asarray(quantiles, dtype=np.float64)
     out = np.full((len(q), d), np.nan)
     totals = np.zeros(d)
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
     step = max(1, _BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, d, step):
-        block = np.asarray(X[:, start:start + step], dtype=np.float64)
-        order = np.argsort(block, axis=0, kind="stable")  # NaN last
-        values = np.take_along_axis(block, order, axis=0)
-        weights = np.where(np.isnan(values), 0.0, w[order])
-        cum = np.cumsum(weights, axis=0)
-        total = cum[-1]
-        totals[start:start + block.shape[1]] = total
-        cols = np.arange(block.shape[1])
-        for k, qk in enumerate(q):
-            target = qk * total
-            lo = np.minimum((cum < target).sum(axis=0), n - 1)
-            hi = np.minimum((cum <= target).sum(axis=0), n - 1)
-            lo_v, hi_v = values[lo, cols], values[hi, cols]
-            hi_v = np.where(np.isnan(hi_v) | (weights[hi, cols] == 0), lo_v, hi_v)
-            out[k, start:start + block.shape[1]] = np.where(
-                total > 0, 0.5 * lo_v + 0.5 * hi_v, np.nan
-            )
+        # Columns as contiguous rows: the sorts run along memory.
+        block = np.array(X[:, start:start + step].T, dtype=np.float64, order="C")
+        k = block.shape[0]
+        if w is None:
+            values = np.sort(block, axis=1)  # NaN last
+            weights = (~np.isnan(values)).astype(np.float64)
+        else:
+            order = np.argsort(block, axis=1)  # ties: equal values, any order
+            values = np.take_along_axis(block, order, axis=1)
+            weights = np.where(np.isnan(values), 0.0, w[order])
+        cum = np.cumsum(weights, axis=1)
+        total = cum[:, -1]
+        totals[start:start + k] = total
+        rows = np.arange(k)
+        for j, qj in enumerate(q):
+            target = (qj * total)[:, None]
+            lo = np.minimum((cum < target).sum(axis=1), n - 1)
+            hi = np.minimum((cum <= target).sum(axis=1), n - 1)
+            lo_v, hi_v = values[rows, lo], values[rows, hi]
+            hi_v = np.where(np.isnan(hi_v) | (weights[rows, hi] == 0), lo_v, hi_v)
+            out[j, start:start + k] = np.where(total > 0, 0.5 * lo_v + 0.5 * hi_v, np.nan)
     return out, totals
 
 
@@ -434,10 +438,12 @@ def learn(columns, sample_weight):
     else:
         (q25, q50, q75), totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75])
         scale = (q75 - q25) / _IQR_PER_SD
-        std = _weighted_std(numeric, sw)
-        scale = np.where(scale > 0, scale, std)
-        scale = np.where(_range_is_zero(numeric, sw) | ~(scale > 0) | ~np.isfinite(scale),
-                         1.0, scale)
+        flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
+        if len(flat):
+            sub = numeric[:, flat]
+            std = _weighted_std(sub, sw)
+            scale[flat] = np.where(_range_is_zero(sub, sw), 1.0, std)
+        scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
         center = np.where(totals > 0, q50, 0.0)
         center = np.where(np.isfinite(center), center, 0.0)
         nan = np.isnan(numeric)
