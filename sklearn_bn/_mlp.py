@@ -230,6 +230,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 order="C",
                 reset=reset,
             )
+        if y is None:  # validate_data's message
+            raise ValueError(
+                f"This {type(self).__name__} estimator requires y to be passed, "
+                "but the target y is None."
+            )
         handling = None if reset else _preprocessing.InputHandling.of(self)
         X = _preprocessing.read(
             self, X, reset=reset,
@@ -344,7 +349,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     "The sample weights times the class weights (class_weight) "
                     "sum to zero."
                 )
-        if self.input_preprocessing is not None:
+        if self.input_preprocessing is not None and has_callbacks(self):
             # The callbacks get the raw rows, as the model's predict takes
             # them (the epochs' rows are picked by _validation_split).
             raw_X = raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
@@ -372,7 +377,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             max_subtasks=0 if incremental else self.max_iter,
         )
         metadata = None if sample_weight is None else {"sample_weight": sample_weight}
-        callback_X = X if self.input_preprocessing is None else raw_X
+        callback_X = raw_X if hasattr(self, "_callback_input") else X
         callback_ctx.call_on_fit_task_begin(
             estimator=self, X=callback_X, y=y, metadata=metadata
         )
@@ -565,11 +570,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         else:
             stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
             arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
-            # The row indices are split along (the same permutation): the
-            # callbacks' raw training rows with input handling.
+            if hasattr(self, "_callback_input"):
+                # The row indices are split along (the same permutation): the
+                # callbacks' raw training rows with input handling.
+                arrays.append(np.arange(X.shape[0]))
             split = train_test_split(
                 *arrays,
-                np.arange(X.shape[0]),
                 random_state=random_state,
                 test_size=self.validation_fraction,
                 stratify=stratify,

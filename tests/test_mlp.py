@@ -1805,7 +1805,7 @@ def test_cumulative_running_average_continues_over_partial_fit():
     y = rng.normal(size=120)
     est = MLPBNRegressor(hidden_layer_sizes=(6,), bn_momentum=None, solver="sgd",
                          momentum=0.0, learning_rate_init=1e-14, batch_size=30,
-                         shuffle=False, random_state=0)
+                         shuffle=False, random_state=0, input_preprocessing=None)
     est.partial_fit(X[:60], y[:60])
     est.partial_fit(X[60:], y[60:])
     W = est.coefs_[0]
