@@ -702,6 +702,8 @@ def section_predict(args, dtypes, state):
             est = keep[0]
         Xp = np.ascontiguousarray(Xp64, dtype=dt)
         mlp = est.to_sklearn()
+        if hasattr(mlp, "steps"):  # input handling on: the MLP ends the pipeline
+            mlp = mlp.steps[-1][1]
         Ws = [np.ascontiguousarray(W, dtype=dt) for W in mlp.coefs_]
         a, prods = Xp, []
         for W in Ws:

@@ -25,8 +25,9 @@ from sklearn.base import (
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils import _safe_indexing, check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import (
@@ -36,10 +37,13 @@ from sklearn.utils.multiclass import (
 )
 from sklearn.utils.validation import (
     _check_sample_weight,
+    _check_y,
+    check_consistent_length,
     check_is_fitted,
     validate_data,
 )
 
+from sklearn_bn import _preprocessing
 from sklearn_bn._callbacks import (
     CallbackSupportMixin,
     EpochTasks,
@@ -145,6 +149,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         "bn_stats": [StrOptions({"running", "population"})],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "virtual_batch_size": [Interval(Integral, 2, None, closed="left"), None],
+        "input_preprocessing": [StrOptions({"auto"}), None],
+        "categorical_features": [StrOptions({"from_dtype"}), "array-like", None],
     }
 
     @abstractmethod
@@ -178,6 +184,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         bn_stats,
         dropout,
         virtual_batch_size,
+        input_preprocessing,
+        categorical_features,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -207,6 +215,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self.bn_stats = bn_stats
         self.dropout = dropout
         self.virtual_batch_size = virtual_batch_size
+        self.input_preprocessing = input_preprocessing
+        self.categorical_features = categorical_features
 
     # ------------------------------------------------------------------
     # Validation helpers
@@ -238,15 +248,89 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return rates.tolist()
 
     def _validate_X_predict(self, X):
+        """``X`` as the network's input: validated, and handled by the
+        fitted input handling when there is one."""
         check_is_fitted(self)
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=["csr", "csc"],
-            dtype=(np.float64, np.float32),
-            reset=False,
-        )
-        return X
+        handling = _preprocessing.InputHandling.of(self)
+        if handling is None:
+            return validate_data(
+                self,
+                X,
+                accept_sparse=["csr", "csc"],
+                dtype=(np.float64, np.float32),
+                reset=False,
+            )
+        X = _preprocessing.read(self, X, reset=False, fitted_mask=handling.is_categorical)
+        return handling.transform(X)
+
+    def _validate_X_y(self, X, y, reset, y_numeric=False):
+        """Validated ``X`` and ``y``. Without input handling, ``X`` is a
+        float array or sparse matrix as the network takes it; with it, the
+        raw input as the handling reads it (see ``_preprocessing.read``)."""
+        if self.input_preprocessing is None:
+            if _preprocessing.names_categorical(self.categorical_features):
+                raise ValueError(
+                    "categorical_features names columns, which needs "
+                    "input_preprocessing='auto' (the network's own input handling "
+                    "encodes them); with input_preprocessing=None, X goes straight "
+                    "into the first layer and must be numeric."
+                )
+            return validate_data(
+                self,
+                X,
+                y,
+                accept_sparse=["csr", "csc"],
+                multi_output=True,
+                y_numeric=y_numeric,
+                dtype=(np.float64, np.float32),
+                order="C",
+                reset=reset,
+            )
+        if y is None:  # validate_data's message
+            raise ValueError(
+                f"This {type(self).__name__} estimator requires y to be passed, "
+                "but the target y is None."
+            )
+        handling = None if reset else _preprocessing.InputHandling.of(self)
+        X = _preprocessing.read(
+            self, X, reset=reset,
+            fitted_mask=None if handling is None else handling.is_categorical,
+        )  # fmt: skip
+        y = _check_y(y, multi_output=True, y_numeric=y_numeric, estimator=self)
+        check_consistent_length(X, y)
+        return X, y
+
+    def _check_input_handling_unchanged(self, incremental):
+        """A continued fit (warm start, partial_fit) keeps the handling the
+        model was trained with: ``input_preprocessing`` may not change."""
+        fitted = hasattr(self, _preprocessing.ATTRIBUTES[0])
+        if fitted != (self.input_preprocessing == "auto"):
+            how = (
+                "fit it again with partial_fit on a new estimator" if incremental
+                else "set warm_start=False to refit"
+            )
+            raise ValueError(
+                f"input_preprocessing={self.input_preprocessing!r}, but the model was "
+                f"fitted with input_preprocessing={'auto' if fitted else None!r}: a "
+                f"continued fit keeps the input handling it started with; {how}."
+            )
+
+    def _handle_input(self, X, sample_weight, first_pass):
+        """The network's input for validated ``X``: with input handling, it
+        is learned on the first pass (from ``sample_weight`` as repeat
+        counts) and stored in the fitted attributes, then applied."""
+        if self.input_preprocessing is None:
+            for name in _preprocessing.ATTRIBUTES:
+                self.__dict__.pop(name, None)
+            return X
+        if first_pass:
+            self.__dict__.update(_preprocessing.learn(X, sample_weight))
+        return _preprocessing.InputHandling.of(self).transform(X)
+
+    def _n_network_inputs(self):
+        """Units of the network's input layer: one per handled feature."""
+        handling = _preprocessing.InputHandling.of(self)
+        return self.n_features_in_ if handling is None else handling.n_outputs
 
     # ------------------------------------------------------------------
     # Fitting
@@ -279,8 +363,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             raise ValueError("partial_fit does not support early_stopping=True")
 
         dropout = self._dropout_rates(len(hidden))
+        if not first_pass:
+            self._check_input_handling_unchanged(incremental)
+        raw_X = X
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        n_samples, n_features = X.shape
+        n_samples = X.shape[0]
         if n_samples == 1:
             raise ValueError(
                 "n_samples=1: batch normalization needs at least 2 samples "
@@ -318,6 +405,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         if sample_weight is not None:
             sample_weight = _checked_weights(sample_weight, X, dtype, weights_name)
+        if self.input_preprocessing is not None and has_callbacks(self):
+            # The callbacks get the raw rows, as the model's predict takes
+            # them (the epochs' rows are picked by _validation_split).
+            raw_X = raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
+            self._callback_input = {"X": raw_X, "rows": None}
+        X = self._handle_input(X, sample_weight, first_pass)
+        n_features = X.shape[1]
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
         units = [n_features] + hidden + [Y.shape[1]]
         random_state = check_random_state(self.random_state)
@@ -339,7 +433,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             max_subtasks=0 if incremental else self.max_iter,
         )
         metadata = None if sample_weight is None else {"sample_weight": sample_weight}
-        callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
+        callback_X = raw_X if hasattr(self, "_callback_input") else X
+        callback_ctx.call_on_fit_task_begin(
+            estimator=self, X=callback_X, y=y, metadata=metadata
+        )
 
         # Updates of the running statistics so far: a new fit starts counting
         # again (the cumulative average of bn_momentum=None), partial_fit
@@ -354,8 +451,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
         self._no_improvement_count = state["no_improvement"]
         self._optimizer_state = optimizer.state_dict()
+        self.__dict__.pop("_callback_input", None)
         callback_ctx.call_on_fit_task_end(
-            estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
+            estimator=self, X=callback_X, y=y, metadata=metadata, reconstruction_attributes={}
         )
         return self
 
@@ -502,8 +600,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 self._set_population_statistics(engine, params, X_train, sw_train)
             return self._fitted_attributes(engine, params, state, out_activation)
 
+        rows = X_train
+        if hasattr(self, "_callback_input"):
+            raw = self._callback_input
+
+            def rows():
+                return raw["X"] if raw["rows"] is None else _safe_indexing(raw["X"], raw["rows"])
+
         return EpochTasks(
-            callback_ctx, self, X=X_train, y=y_train,
+            callback_ctx, self, X=rows, y=y_train,
             metadata=None if sw_train is None else {"sample_weight": sw_train},
             fitted_attributes=fitted_attributes,
         )  # fmt: skip
@@ -529,6 +634,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         else:
             stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
             arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
+            if hasattr(self, "_callback_input"):
+                # The row indices are split along (the same permutation): the
+                # callbacks' raw training rows with input handling.
+                arrays.append(np.arange(X.shape[0]))
             split = train_test_split(
                 *arrays,
                 random_state=random_state,
@@ -537,6 +646,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
             X_train, X_val, Y_train, Y_val = split[:4]
             sw_train, sw_val = (split[4], split[5]) if sample_weight is not None else (None, None)
+            if hasattr(self, "_callback_input"):
+                self._callback_input["rows"] = split[-2]
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase "
@@ -732,7 +843,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         coefs = groups["coefs_"]
         if not isinstance(coefs, (list, tuple)) or not coefs:
             raise ValueError("coefs_ must be a non-empty list of arrays.")
-        units = [self.n_features_in_] + [np.shape(W)[-1] for W in coefs]
+        units = [self._n_network_inputs()] + [np.shape(W)[-1] for W in coefs]
         expected = {
             "coefs_": list(zip(units[:-1], units[1:])),
             "intercepts_": [(u,) for u in units[1:]],
@@ -811,19 +922,42 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         predicts what this model predicts (up to rounding) and works with
         anything that reads scikit-learn MLPs.
 
+        With input handling (``input_preprocessing='auto'``), the result is
+        a fitted :class:`~sklearn.pipeline.Pipeline` of scikit-learn classes
+        that takes the same raw input: the numeric features go through a
+        :class:`~sklearn.preprocessing.StandardScaler` (``mean_`` the
+        centres, ``scale_`` the robust scales times the clip ``c``), a
+        :class:`~sklearn.preprocessing.FunctionTransformer` of
+        :func:`numpy.tanh` and a
+        :class:`~sklearn.impute.SimpleImputer` (NaN to 0, with the missing
+        indicators), the categorical ones through a
+        :class:`~sklearn.preprocessing.OneHotEncoder` (``handle_unknown=
+        'ignore'``), joined by a :class:`~sklearn.compose.ColumnTransformer`
+        when there are categorical features; the last step is the MLP, whose
+        first layer's rows of the numeric features are multiplied by ``c``.
+        A model fitted on sparse input has the imputer alone. Nothing in it
+        needs this package to load.
+
         Returns
         -------
-        mlp : MLPClassifier or MLPRegressor
-            Fitted, with ``coefs_`` and ``intercepts_`` the folded weights.
+        mlp : MLPClassifier, MLPRegressor or Pipeline
+            Fitted, with ``coefs_`` and ``intercepts_`` the folded weights;
+            with input handling, a Pipeline ending in that MLP.
         """
         check_is_fitted(self)
+        handling = _preprocessing.InputHandling.of(self)
         mlp = self._sklearn_class()(**self._sklearn_params())
         folded = self._folded_network()
         mlp.coefs_ = [c.copy() for c in folded.coefs]
         mlp.intercepts_ = [b.copy() for b in folded.intercepts]
-        for name in (
-            "n_features_in_",
-            "feature_names_in_",
+        if handling is not None:
+            steps, fold = _preprocessing.sklearn_steps(
+                handling, getattr(self, "feature_names_in_", None), mlp.coefs_[0].dtype
+            )
+            mlp.coefs_[0][:handling.n_numeric] *= fold
+            mlp.n_features_in_ = handling.n_outputs
+        raw_features = ("n_features_in_", "feature_names_in_") if handling is None else ()
+        for name in raw_features + (
             "n_outputs_",
             "n_layers_",
             "out_activation_",
@@ -843,7 +977,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         mlp._best_coefs = [c.copy() for c in mlp.coefs_]
         mlp._best_intercepts = [b.copy() for b in mlp.intercepts_]
         self._copy_sklearn_extras(mlp)
-        return mlp
+        if handling is None:
+            return mlp
+        return Pipeline(steps + [("mlp", mlp)])
 
     @_restore_on_failure
     def recompute_bn_stats(self, X, sample_weight=None):
@@ -917,6 +1053,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = self.input_preprocessing == "auto"
         return tags
 
 
@@ -1039,6 +1176,66 @@ _COMMON_PARAMS_DOC = """
         joined.
 """
 
+_INPUT_DOC = """
+    input_preprocessing : {'auto'} or None, default='auto'
+        ``'auto'``: the network's own input handling, learned in :meth:`fit`
+        (kept when ``warm_start`` continues a fitted model) or in the first
+        :meth:`partial_fit`, then fixed, and applied in every prediction
+        (see the user guide's "Input handling" and the Notes). Numeric
+        features are centred on their median, scaled by their interquartile
+        range / 1.349 and smoothly clipped to +-3 of these robust standard
+        deviations, ``3 * tanh(z / 3)``; NaN becomes the centre, with a
+        missing-indicator column for each feature that had NaN in ``fit``;
+        categorical features (``categorical_features``) are one-hot encoded.
+        ``sample_weight`` weights what it learns as repeat counts. Sparse
+        input is passed through (NaN becomes 0, with its indicators), so that
+        it stays sparse. ``None``: ``X`` goes straight into the first layer,
+        and must be numeric without NaN.
+
+    categorical_features : 'from_dtype', array-like or None, default='from_dtype'
+        The categorical features, with
+        :class:`~sklearn.ensemble.HistGradientBoostingClassifier`'s meaning:
+        ``'from_dtype'``: the pandas ``category`` columns and the polars
+        ``Categorical`` and ``Enum`` columns of a DataFrame (none for other
+        input); an array-like: their indices, their names (DataFrame input)
+        or a boolean mask of shape (n_features,); ``None``: none. Needs
+        ``input_preprocessing='auto'``, which one-hot encodes them: categories
+        are matched by value (never by a pandas dtype's codes), NaN is a
+        category of its own, at most the 100 heaviest categories of a feature
+        (by total sample weight) get a column, and any other value (unseen in
+        ``fit``, or beyond the 100) is encoded as all zeros. A DataFrame
+        column of strings that is not categorical raises a ``ValueError``.
+"""
+
+_INPUT_ATTRIBUTES_DOC = """
+    is_categorical_ : ndarray of shape (`n_features_in_`,) of bool
+        Which raw features are categorical (``input_preprocessing='auto'``
+        only, as the next ones).
+
+    input_center_ : ndarray of shape (n_numeric_features,)
+        The centre of each numeric feature (in the order of the raw
+        columns): its weighted median; 0 for sparse input.
+
+    input_scale_ : ndarray of shape (n_numeric_features,)
+        The robust standard deviation of each numeric feature: its weighted
+        interquartile range / 1.349, or its weighted standard deviation where
+        that range is 0, or 1 for a constant feature; 1 for sparse input.
+
+    input_clip_ : float
+        The smooth clip's bound ``c``, in robust standard deviations: a
+        numeric feature enters the network as ``c * tanh((x - center) /
+        (scale * c))``. ``inf`` for sparse input (passed through).
+
+    input_missing_indicators_ : ndarray of int
+        The raw indices of the numeric features that get a missing indicator
+        (1 where NaN, else 0): those with NaN in rows of positive weight
+        during ``fit``.
+
+    input_categories_ : list of ndarray
+        For each categorical feature, the categories that get a one-hot
+        column, in the order of the columns: sorted by value, NaN last.
+"""
+
 _CLASS_WEIGHT_DOC = """
     class_weight : dict, 'balanced' or None, default=None
         Weights of the classes, as in
@@ -1133,7 +1330,8 @@ _COMMON_ATTRIBUTES_DOC = """
         given.
 
     n_features_in_ : int
-        Number of features seen during fit.
+        Number of features seen during fit (raw columns: with input handling,
+        ``coefs_[0]`` has instead a row per handled feature).
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when X has string feature names.
@@ -1258,6 +1456,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         + _CLASS_WEIGHT_DOC
         + _LABEL_SMOOTHING_DOC
         + _BN_STATS_DOC
+        + _INPUT_DOC
         + """
     Attributes
     ----------
@@ -1265,6 +1464,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         Class labels for each output.
 """
         + _COMMON_ATTRIBUTES_DOC
+        + _INPUT_ATTRIBUTES_DOC
         + """
     See Also
     --------
@@ -1284,6 +1484,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     --------
     >>> from sklearn.datasets import load_digits
     >>> from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
     >>> from sklearn_bn import MLPBNClassifier
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(
@@ -1335,6 +1536,8 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         virtual_batch_size=None,
         class_weight=None,
         label_smoothing=0.0,
+        input_preprocessing="auto",
+        categorical_features="from_dtype",
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1365,21 +1568,14 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
+            input_preprocessing=input_preprocessing,
+            categorical_features=categorical_features,
         )
         self.class_weight = class_weight
         self.label_smoothing = label_smoothing
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            accept_sparse=["csr", "csc"],
-            multi_output=True,
-            dtype=(np.float64, np.float32),
-            order="C",
-            reset=reset,
-        )
+        X, y = self._validate_X_y(X, y, reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
@@ -1644,10 +1840,12 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 """
         + _COMMON_PARAMS_DOC
         + _BN_STATS_DOC
+        + _INPUT_DOC
         + """
     Attributes
     ----------"""
         + _COMMON_ATTRIBUTES_DOC
+        + _INPUT_ATTRIBUTES_DOC
         + """
     See Also
     --------
@@ -1711,6 +1909,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        input_preprocessing="auto",
+        categorical_features="from_dtype",
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1741,20 +1941,12 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
+            input_preprocessing=input_preprocessing,
+            categorical_features=categorical_features,
         )
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            accept_sparse=["csr", "csc"],
-            multi_output=True,
-            y_numeric=True,
-            dtype=(np.float64, np.float32),
-            order="C",
-            reset=reset,
-        )
+        X, y = self._validate_X_y(X, y, reset, y_numeric=True)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if self.loss == "poisson" and np.any(y < 0):

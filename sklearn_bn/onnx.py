@@ -19,6 +19,61 @@ def _twin_options(scope, estimator, keep):
     return {name: value for name, value in options.items() if name in keep}
 
 
+def _network_input(estimator, operator, opv):
+    """The network's input as ONNX ops on the operator's input, and the plain
+    scikit-learn MLP twin that takes it.
+
+    Without input handling: the input itself and ``to_sklearn()``. With it,
+    the numeric handling (see ``sklearn_bn._preprocessing``): ``tanh((x -
+    center) / (scale * c))`` (its factor ``c`` folded into the twin's first
+    layer, as ``to_sklearn()`` folds it), NaN replaced by 0, and the missing
+    indicators appended; sparse-fitted models pass the values through. One-hot
+    encoded categorical features are not exported.
+    """
+    import numpy as np
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxCast,
+        OnnxConcat,
+        OnnxDiv,
+        OnnxGather,
+        OnnxIsNaN,
+        OnnxSub,
+        OnnxTanh,
+        OnnxWhere,
+    )
+    from skl2onnx.common.data_types import guess_numpy_type, guess_proto_type
+
+    from sklearn_bn._preprocessing import InputHandling
+
+    twin = estimator.to_sklearn()
+    handling = InputHandling.of(estimator)
+    if handling is None:
+        return operator.inputs[0], twin
+    if handling.is_categorical.any():
+        raise NotImplementedError(
+            f"{type(estimator).__name__} has categorical features (one-hot encoded by "
+            "its input handling), which the ONNX export does not cover: it exports "
+            "numeric input only. Fit with numeric input (or input_preprocessing=None "
+            "behind your own encoder) to export to ONNX."
+        )
+    x = operator.inputs[0]
+    dtype = guess_numpy_type(x.type)
+    nan = OnnxIsNaN(x, op_version=opv)
+    z = x
+    if not handling.passthrough:
+        z = OnnxSub(z, handling.center.astype(dtype), op_version=opv)
+        z = OnnxDiv(z, (handling.scale * handling.clip).astype(dtype), op_version=opv)
+        z = OnnxTanh(z, op_version=opv)
+    z = OnnxWhere(nan, np.zeros(1, dtype=dtype), z, op_version=opv)
+    if len(handling.indicator_pos):
+        indicators = OnnxCast(
+            OnnxGather(nan, handling.indicator_pos.astype(np.int64), axis=1, op_version=opv),
+            to=guess_proto_type(x.type), op_version=opv,
+        )  # fmt: skip
+        z = OnnxConcat(z, indicators, axis=1, op_version=opv)
+    return z, twin.steps[-1][1]
+
+
 def _convert_classifier(scope, operator, container):
     """Convert an MLPBNClassifier as its MLPClassifier twin.
 
@@ -33,9 +88,8 @@ def _convert_classifier(scope, operator, container):
     opv = container.target_opset
     options = _twin_options(scope, estimator, keep=("nocl",))
     options["zipmap"] = False
-    twin = OnnxSubEstimator(
-        estimator.to_sklearn(), operator.inputs[0], op_version=opv, options=options
-    )
+    network_input, mlp = _network_input(estimator, operator, opv)
+    twin = OnnxSubEstimator(mlp, network_input, op_version=opv, options=options)
     for i, output in enumerate(operator.outputs[:2]):
         OnnxIdentity(twin[i], op_version=opv, output_names=[output]).add_to(
             scope, container
@@ -83,11 +137,11 @@ def _convert_regressor(scope, operator, container):
 
     estimator = operator.raw_operator
     opv = container.target_opset
-    mlp = estimator.to_sklearn()
+    network_input, mlp = _network_input(estimator, operator, opv)
     poisson = mlp.out_activation_ == "exp"
     if poisson:
         mlp.out_activation_ = "identity"
-    twin = OnnxSubEstimator(mlp, operator.inputs[0], op_version=opv)
+    twin = OnnxSubEstimator(mlp, network_input, op_version=opv)
     shape = np.array([-1, estimator.n_outputs_], dtype=np.int64)
     if not poisson:
         OnnxReshapeApi13(

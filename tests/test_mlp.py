@@ -56,12 +56,16 @@ def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
         y = np.column_stack([signal, X[:, 3] ** 2]) + 0.1 * rng.normal(size=(n, 2))
     else:
         y = rng.poisson(np.exp(0.5 * np.tanh(signal)))
+    # X goes straight into the first layer: these tests pin the network's
+    # own math (tests/test_preprocessing.py covers the input handling).
     if problem in ("squared_error", "poisson"):
         est = MLPBNRegressor(loss=problem, hidden_layer_sizes=(8, 6), max_iter=20,
-                             learning_rate_init=0.01, random_state=0)
+                             learning_rate_init=0.01, random_state=0,
+                             input_preprocessing=None)
     else:
         est = MLPBNClassifier(hidden_layer_sizes=(8, 6), max_iter=20,
-                              learning_rate_init=0.01, random_state=0)
+                              learning_rate_init=0.01, random_state=0,
+                              input_preprocessing=None)
     return X, y, est
 
 
@@ -560,8 +564,10 @@ def test_population_statistics_help_a_model_with_stale_running_statistics():
     # repair the model without training it further.
     X, y = load_digits(return_X_y=True)
     X = X / 16
+    # X straight in: its uncentred pixels are what leaves the stale running
+    # means far from the layer's (the input handling would centre them).
     est = MLPBNClassifier(hidden_layer_sizes=(32,), bn_momentum=1e-4, max_iter=15,
-                          random_state=0)
+                          random_state=0, input_preprocessing=None)
     running = fit_quietly(clone(est), X, y)
     population = fit_quietly(clone(est).set_params(bn_stats="population"), X, y)
     assert population.score(X, y) > running.score(X, y) + 0.1
@@ -1518,7 +1524,9 @@ def test_accuracy_not_worse_than_scikit_learn(dataset, max_iter):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for seed in range(5):
             params = dict(hidden_layer_sizes=(64,), max_iter=max_iter, random_state=seed)
-            ours.append(MLPBNClassifier(**params).fit(X_train, y_train).score(X_test, y_test))
+            # The two networks on the same input (X scaled above, straight in).
+            ours.append(MLPBNClassifier(**params, input_preprocessing=None)
+                        .fit(X_train, y_train).score(X_test, y_test))
             theirs.append(MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test))
     print(f"\n{dataset}, (64,) relu adam, {max_iter} epochs, mean of 5 seeds: "
           f"MLPBNClassifier {np.mean(ours):.4f}, MLPClassifier {np.mean(theirs):.4f}")
@@ -1817,7 +1825,7 @@ def test_cumulative_running_average_continues_over_partial_fit():
     y = rng.normal(size=120)
     est = MLPBNRegressor(hidden_layer_sizes=(6,), bn_momentum=None, solver="sgd",
                          momentum=0.0, learning_rate_init=1e-14, batch_size=30,
-                         shuffle=False, random_state=0)
+                         shuffle=False, random_state=0, input_preprocessing=None)
     est.partial_fit(X[:60], y[:60])
     est.partial_fit(X[60:], y[60:])
     W = est.coefs_[0]

@@ -26,12 +26,12 @@ TRUSTED = {
 }
 
 
-def _fitted(cls):
+def _fitted(cls, **params):
     X, y = load_iris(return_X_y=True)
     X = X.astype(np.float32) if cls is MLPBNRegressor else X  # both dtypes covered
     if cls is BatchNormScaler:
         return cls(momentum=0.1, gamma=0.5).fit(X), X, None
-    est = cls(hidden_layer_sizes=(8, 4), max_iter=5, random_state=0)
+    est = cls(hidden_layer_sizes=(8, 4), max_iter=5, random_state=0, **params)
     target = y if cls is MLPBNClassifier else X[:, 0] * 2 - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -93,7 +93,10 @@ def test_pipeline_needs_the_estimators_types_only(tmp_path):
 
 @pytest.mark.parametrize("cls", list(TRUSTED))
 def test_sklearn_twin_loads_with_skops_defaults(cls, tmp_path):
-    est, X, _ = _fitted(cls)
+    # The networks' twin without input handling: the MLP alone (with it, a
+    # pipeline: see the next test).
+    params = {} if cls is BatchNormScaler else {"input_preprocessing": None}
+    est, X, _ = _fitted(cls, **params)
     path = _dump(est.to_sklearn(), tmp_path)
     assert sio.get_untrusted_types(file=path) == []
     twin = sio.load(path)  # nothing of sklearn_bn to trust
@@ -102,6 +105,23 @@ def test_sklearn_twin_loads_with_skops_defaults(cls, tmp_path):
     if cls is BatchNormScaler:
         assert_allclose(twin.transform(X), est.transform(X), rtol=tol, atol=tol)
     elif cls is MLPBNClassifier:
+        assert_allclose(twin.predict_proba(X), est.predict_proba(X), rtol=tol, atol=tol)
+    else:
+        assert_allclose(twin.predict(X), est.predict(X), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cls", [MLPBNClassifier, MLPBNRegressor])
+def test_twin_pipeline_with_input_handling_needs_no_type_of_sklearn_bn(cls, tmp_path):
+    # The input handling's twin holds scikit-learn's SimpleImputer, whose
+    # fitted dtype skops does not trust by default (as for any fitted
+    # SimpleImputer): numpy.dtype is the one type to trust, none of sklearn_bn.
+    est, X, _ = _fitted(cls)
+    path = _dump(est.to_sklearn(), tmp_path)
+    untrusted = sio.get_untrusted_types(file=path)
+    assert set(untrusted) <= {"numpy.dtype"}
+    twin = sio.load(path, trusted=untrusted)
+    tol = 1e-5 if X.dtype == np.float32 else 1e-6
+    if cls is MLPBNClassifier:
         assert_allclose(twin.predict_proba(X), est.predict_proba(X), rtol=tol, atol=tol)
     else:
         assert_allclose(twin.predict(X), est.predict(X), rtol=tol, atol=tol)

@@ -11,6 +11,7 @@ warm starts).
 """
 
 import contextlib
+import functools
 import multiprocessing
 import warnings
 
@@ -24,7 +25,14 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from reference import ACTIVATIONS
 from reference import activation as ref_activation
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads, _training
+from sklearn_bn import _engine, _mlp, _team, _threads, _training
+from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
+from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
+
+# The engine's math takes X as the first layer's input: the estimators here
+# run without input handling (tests/test_preprocessing.py covers it).
+MLPBNClassifier = functools.partial(_MLPBNClassifier, input_preprocessing=None)
+MLPBNRegressor = functools.partial(_MLPBNRegressor, input_preprocessing=None)
 from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
 from sklearn_bn._optimizers import aligned_zeros
 

@@ -108,9 +108,12 @@ def hidden_activations(mlp, X):
     return out
 
 
-folded = models["MLPBNClassifier"].to_sklearn()  # a plain MLPClassifier
+# The twin is a pipeline: the network's input handling, then a plain
+# MLPClassifier.
+twin = models["MLPBNClassifier"].to_sklearn()
+folded = twin[-1]
 spread = {
-    "MLPBNClassifier": hidden_activations(folded, X_test),
+    "MLPBNClassifier": hidden_activations(folded, twin[:-1].transform(X_test)),
     "MLPClassifier": hidden_activations(models["MLPClassifier"], X_test),
 }
 fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")

@@ -104,12 +104,17 @@ fig.tight_layout()
 # on a fitted model) replaces them by the mean and variance of each hidden
 # layer over the whole training set, with the final weights. For the first
 # hidden layer they can be checked with numpy: its values before batch norm
-# are the scaled inputs times ``coefs_[0]``.
+# are the network's input (the scaled rows through its input handling, a
+# smooth clip around each feature's median) times ``coefs_[0]``.
 
 running, _, _ = fit(0)
 population, _, _ = fit(0, bn_stats="population")
 X_train = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)[0]
-Z = running[0].transform(X_train) @ population[-1].coefs_[0]
+net = population[-1]
+c = net.input_clip_
+H = c * np.tanh((running[0].transform(X_train) - net.input_center_)
+                / (net.input_scale_ * c))
+Z = H @ net.coefs_[0]
 print("population mean of layer 1 against numpy, largest difference:",
       f"{np.abs(population[-1].running_means_[0] - Z.mean(0)).max():.1e}")
 

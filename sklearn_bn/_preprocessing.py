@@ -1,0 +1,781 @@
+"""The networks' own input handling, ``input_preprocessing="auto"``.
+
+Learned once from the training rows (``fit``, or the first ``partial_fit``),
+then fixed: every prediction applies it. Row ``x`` of the raw input becomes
+the network's input row, laid out as
+
+    [numeric features] + [missing indicators] + [one-hot blocks]
+
+* numeric feature ``j`` (in the order of the raw columns):
+  ``c * tanh((x_j - center_j) / (scale_j * c))`` with ``c = clip_`` (a smooth
+  clip to ``+-c`` robust standard deviations, slope 1 at the centre); NaN
+  becomes 0, the centre. ``center_j`` is the weighted median and ``scale_j``
+  the weighted interquartile range / 1.349, or the weighted standard
+  deviation where that range is 0, or 1 for a constant column. Sparse input
+  is passed through (centre 0, scale 1, no clip), so that it stays sparse;
+* a missing indicator (1 where NaN, else 0) for each numeric feature that had
+  NaN in rows of positive weight during ``fit``;
+* categorical feature ``k``: one column per learned category, in the order of
+  ``categories[k]`` (sorted by value, NaN last): 1 for that category, all
+  zeros for a category not learned (unseen, or beyond the cap).
+
+Weights are repeat counts everywhere: quantiles use the inverted cumulative
+distribution (averaged at ties of the two sides, as numpy's
+``"averaged_inverted_cdf"``), which integer weights make equal to repeating
+rows, and a row of weight 0 is absent.
+
+The fitted state lives in the estimator's public attributes (see
+``ATTRIBUTES``); :class:`InputHandling` is rebuilt from them for each call.
+"""
+
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_array, validate_data
+
+# Internal knobs, kept here so that a defaults study can revisit them.
+_CLIP = 3.0  # smooth clip at +-_CLIP robust standard deviations
+_IQR_PER_SD = 1.3489795003921634  # interquartile range of a normal, in SDs
+_MAX_CATEGORIES = 100  # one-hot columns per categorical feature, the heaviest
+_BLOCK_ELEMENTS = 1 << 20  # elements of a working block (statistics, transform)
+
+# The estimator's attributes that hold the fitted handling.
+ATTRIBUTES = (
+    "is_categorical_",
+    "input_center_",
+    "input_scale_",
+    "input_clip_",
+    "input_missing_indicators_",
+    "input_categories_",
+)
+
+
+def _is_pandas_df(X):
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(X, pd.DataFrame)
+
+
+def _is_polars_df(X):
+    pl = sys.modules.get("polars")
+    return pl is not None and isinstance(X, pl.DataFrame)
+
+
+def is_frame(X):
+    return _is_pandas_df(X) or _is_polars_df(X)
+
+
+def names_categorical(categorical_features):
+    """Whether ``categorical_features`` explicitly names some columns."""
+    if categorical_features is None or isinstance(categorical_features, str):
+        return False
+    values = np.asarray(categorical_features)
+    if values.dtype.kind == "b":
+        return bool(values.any())
+    return values.size > 0
+
+
+# ---------------------------------------------------------------------------
+# Reading the raw input
+
+
+class Columns:
+    """Validated raw input split by kind: ``numeric`` (n_samples,
+    n_numeric) float array or sparse matrix, and the categorical columns'
+    values (1-D arrays, or pandas ``Categorical`` for the fast path)."""
+
+    def __init__(self, numeric, categorical, is_categorical, dtype):
+        self.numeric = numeric
+        self.categorical = categorical
+        self.is_categorical = is_categorical
+        self.dtype = np.dtype(dtype)
+        n_samples = numeric.shape[0] if numeric is not None else len(categorical[0])
+        self.shape = (n_samples, len(is_categorical))
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def _string_columns_error(names):
+    shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+    return ValueError(
+        f"The column(s) {shown} hold strings (or other non-numeric values) and are "
+        "not marked as categorical. Mark them as categorical, for example with "
+        'X[col] = X[col].astype("category") (polars: pl.col(col).cast(pl.Categorical)) '
+        "or categorical_features=[...] with their names or indices, or drop them."
+    )
+
+
+def categorical_mask(categorical_features, X, n_features, feature_names, fitted_mask):
+    """The boolean mask of categorical features of raw input ``X``."""
+    if fitted_mask is not None:
+        return fitted_mask
+    if categorical_features is None:
+        return np.zeros(n_features, dtype=bool)
+    if isinstance(categorical_features, str):  # "from_dtype"
+        return _categorical_dtypes(X, n_features)
+    values = np.asarray(categorical_features)
+    if values.size == 0:
+        return np.zeros(n_features, dtype=bool)
+    if values.ndim != 1:
+        raise ValueError("categorical_features must be 1-dimensional.")
+    if values.dtype.kind == "b":
+        if values.shape[0] != n_features:
+            raise ValueError(
+                f"categorical_features as a boolean mask must have shape ({n_features},) "
+                f"(the number of features), got {values.shape}."
+            )
+        return values.copy()
+    mask = np.zeros(n_features, dtype=bool)
+    if values.dtype.kind in "OUS":
+        if feature_names is None:
+            raise ValueError(
+                "categorical_features names columns, but X has no feature names: "
+                "pass a DataFrame with string column names, or give indices or a "
+                "boolean mask."
+            )
+        position = {name: i for i, name in enumerate(feature_names)}
+        missing = [name for name in values.tolist() if name not in position]
+        if missing:
+            raise ValueError(
+                f"categorical_features names {missing}, which are not columns of X; "
+                f"its columns are {list(feature_names)}."
+            )
+        mask[[position[name] for name in values.tolist()]] = True
+        return mask
+    if values.dtype.kind not in "iu":
+        raise ValueError(
+            "categorical_features must be 'from_dtype', None, or an array-like of "
+            f"column indices, names or a boolean mask; got {categorical_features!r}."
+        )
+    if values.min() < 0 or values.max() >= n_features:
+        raise ValueError(
+            f"categorical_features has indices out of range [0, {n_features}): "
+            f"{values.tolist()}."
+        )
+    mask[values] = True
+    return mask
+
+
+def _categorical_dtypes(X, n_features):
+    """pandas ``category`` and polars ``Categorical``/``Enum`` columns."""
+    if _is_pandas_df(X):
+        import pandas as pd
+
+        return np.array([isinstance(d, pd.CategoricalDtype) for d in X.dtypes], dtype=bool)
+    if _is_polars_df(X):
+        import polars as pl
+
+        return np.array([isinstance(d, (pl.Categorical, pl.Enum)) for d in X.dtypes],
+                        dtype=bool)
+    return np.zeros(n_features, dtype=bool)
+
+
+def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
+    """Validate raw ``X`` for the handling: a float array or sparse matrix
+    (numeric input, through scikit-learn's validation with NaN allowed), or
+    :class:`Columns` (frames, and input with categorical features)."""
+    explicit = names_categorical(estimator.categorical_features)
+    frame = is_frame(X)
+    if not frame and not (explicit if fitted_mask is None else fitted_mask.any()):
+        return validate_data(
+            estimator, X, reset=reset, accept_sparse=list(accept_sparse),
+            dtype=(np.float64, np.float32), ensure_all_finite="allow-nan", order="C",
+        )  # fmt: skip
+    if frame:
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+        n_features = X.shape[1]
+    else:
+        if sp.issparse(X):
+            raise ValueError(
+                "Categorical features need dense input: got a sparse matrix with "
+                "categorical_features set. Pass a dense array or a DataFrame."
+            )
+        X = validate_data(estimator, X, reset=reset, dtype=None, ensure_all_finite=False)
+        n_features = X.shape[1]
+    mask = categorical_mask(
+        estimator.categorical_features, X, n_features,
+        getattr(estimator, "feature_names_in_", None), fitted_mask,
+    )  # fmt: skip
+    if _is_pandas_df(X):
+        columns = _read_pandas(X, mask)
+    elif _is_polars_df(X):
+        columns = _read_polars(X, mask)
+    else:
+        columns = _read_array(X, mask)
+    if columns.numeric is not None:
+        columns.numeric = check_array(
+            columns.numeric, dtype=columns.dtype, ensure_all_finite="allow-nan",
+            ensure_min_features=0, order="C", estimator=estimator,
+        )  # fmt: skip
+    elif columns.shape[0] < 1:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={columns.shape}) while a minimum "
+            f"of 1 is required by {type(estimator).__name__}."
+        )
+    return columns
+
+
+def _numeric_dtype(float32_flags):
+    """float32 when there are numeric columns and all are float32."""
+    return np.float32 if float32_flags and all(float32_flags) else np.float64
+
+
+def _read_pandas(X, mask):
+    import pandas as pd
+
+    numeric_idx = np.flatnonzero(~mask)
+    bad, flags, parts = [], [], []
+    for i in numeric_idx:
+        col = X.iloc[:, i]
+        dtype = col.dtype
+        if isinstance(dtype, pd.CategoricalDtype):
+            values = np.asarray(col.astype(object), dtype=object)
+        elif pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+            flags.append(np.dtype(getattr(dtype, "numpy_dtype", dtype)) == np.float32)
+            parts.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
+            continue
+        elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+            values = col.to_numpy(dtype=object, na_value=np.nan)
+        else:
+            raise ValueError(
+                f"Column {X.columns[i]!r} has dtype {dtype}, which the input handling "
+                "does not take: convert it to numbers, or mark it as categorical."
+            )
+        converted = _to_float(values)
+        if converted is None:
+            bad.append(X.columns[i])
+            continue
+        flags.append(False)
+        parts.append(converted)
+    if bad:
+        raise _string_columns_error(bad)
+    dtype = _numeric_dtype(flags)
+    numeric = np.empty((X.shape[0], len(parts)), dtype=dtype)
+    for k, part in enumerate(parts):
+        numeric[:, k] = part
+    categorical = []
+    for i in np.flatnonzero(mask):
+        col = X.iloc[:, i]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            categorical.append(col.array)  # a pandas Categorical: codes and values
+        else:
+            values = col.to_numpy(dtype=object, na_value=np.nan)
+            categorical.append(values)
+    return Columns(numeric if len(parts) else None, categorical, mask, dtype)
+
+
+def _read_polars(X, mask):
+    import polars as pl
+
+    bad, flags, parts = [], [], []
+    for i in np.flatnonzero(~mask):
+        col = X.to_series(int(i))
+        if col.dtype.is_numeric() or col.dtype == pl.Boolean:
+            flags.append(col.dtype == pl.Float32)
+            parts.append(col.cast(pl.Float64).fill_null(np.nan).to_numpy())
+            continue
+        values = np.asarray(col.to_numpy(), dtype=object)
+        converted = _to_float(values)
+        if converted is None:
+            bad.append(X.columns[i])
+            continue
+        flags.append(False)
+        parts.append(converted)
+    if bad:
+        raise _string_columns_error(bad)
+    dtype = _numeric_dtype(flags)
+    numeric = np.empty((X.shape[0], len(parts)), dtype=dtype)
+    for k, part in enumerate(parts):
+        numeric[:, k] = part
+    categorical = []
+    for i in np.flatnonzero(mask):
+        col = X.to_series(int(i))
+        if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
+            col = col.cast(pl.String)
+        categorical.append(np.asarray(col.to_numpy(), dtype=object))
+    return Columns(numeric if len(parts) else None, categorical, mask, dtype)
+
+
+def _read_array(X, mask):
+    X = np.asarray(X)
+    numeric = X[:, ~mask]
+    if numeric.dtype.kind not in "fiub":
+        converted = _to_float(numeric)
+        if converted is None:
+            raise ValueError(
+                "The features not marked as categorical must be numbers; got "
+                "non-numeric values. Mark them with categorical_features=[...]."
+            )
+        numeric = converted
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    categorical = [X[:, i] for i in np.flatnonzero(mask)]
+    return Columns(numeric if numeric.shape[1] else None, categorical, mask, dtype)
+
+
+def _to_float(values):
+    """``values`` as float64 with missing values as NaN, or None when some
+    value is not a number."""
+    if values.dtype.kind in "fiub":
+        return values.astype(np.float64)
+    values = np.where(_missing(values), np.nan, values)
+    if any(isinstance(v, (str, bytes)) for v in values.flat):
+        return None
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _missing(values):
+    """Where ``values`` (a 1-D or 2-D array) is missing: None, NaN, pd.NA."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind != "O":
+        return np.zeros(values.shape, dtype=bool)
+    pd = sys.modules.get("pandas")
+    na = pd.NA if pd is not None else None
+
+    def is_missing(v):
+        return v is None or v is na or (isinstance(v, (float, np.floating)) and v != v)
+
+    return np.fromiter(map(is_missing, values.flat), dtype=bool,
+                       count=values.size).reshape(values.shape)
+
+
+# ---------------------------------------------------------------------------
+# Weighted statistics, exact for repeat counts
+
+
+def weighted_quantiles(X, sample_weight, quantiles):
+    """Quantiles of each column of ``X`` (NaN ignored) under weights that
+    act as repeat counts: the averaged inverted CDF (numpy's
+    ``"averaged_inverted_cdf"``): with ``C(v)`` the total weight of values
+    ``<= v`` and ``W`` the column's total weight, the mean of the smallest
+    ``v`` with ``C(v) >= q W`` and the smallest ``v`` with ``C(v) > q W``
+    (that one capped at the largest value). A column without weight gets
+    NaN. Returns (len(quantiles), n_features) float64 and the weight totals.
+    """
+    n, d = X.shape
+    q = np.asarray(quantiles, dtype=np.float64)
+    out = np.full((len(q), d), np.nan)
+    totals = np.zeros(d)
+    w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
+    step = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, d, step):
+        # Columns as contiguous rows: the sorts run along memory.
+        block = np.array(X[:, start:start + step].T, dtype=np.float64, order="C")
+        k = block.shape[0]
+        if w is None:
+            values = np.sort(block, axis=1)  # NaN last
+            weights = (~np.isnan(values)).astype(np.float64)
+        else:
+            order = np.argsort(block, axis=1)  # ties: equal values, any order
+            values = np.take_along_axis(block, order, axis=1)
+            weights = np.where(np.isnan(values), 0.0, w[order])
+        cum = np.cumsum(weights, axis=1)
+        total = cum[:, -1]
+        totals[start:start + k] = total
+        rows = np.arange(k)
+        for j, qj in enumerate(q):
+            target = (qj * total)[:, None]
+            lo = np.minimum((cum < target).sum(axis=1), n - 1)
+            hi = np.minimum((cum <= target).sum(axis=1), n - 1)
+            lo_v, hi_v = values[rows, lo], values[rows, hi]
+            hi_v = np.where(np.isnan(hi_v) | (weights[rows, hi] == 0), lo_v, hi_v)
+            out[j, start:start + k] = np.where(total > 0, 0.5 * lo_v + 0.5 * hi_v, np.nan)
+    return out, totals
+
+
+def _weighted_std(X, sample_weight):
+    """Weighted (ddof=0) standard deviation of each column, NaN ignored."""
+    w = np.ones(X.shape[0]) if sample_weight is None else sample_weight
+    std = np.zeros(X.shape[1])
+    step = max(1, _BLOCK_ELEMENTS // max(X.shape[0], 1))
+    for start in range(0, X.shape[1], step):
+        block = np.asarray(X[:, start:start + step], dtype=np.float64)
+        present = ~np.isnan(block)
+        ww = np.where(present, w[:, None], 0.0)
+        total = ww.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = np.where(present, block, 0.0).T @ w / np.where(total > 0, total, 1)
+            dev = np.where(present, block - mean, 0.0)
+            var = (ww * dev * dev).sum(axis=0) / np.where(total > 0, total, 1)
+        std[start:start + block.shape[1]] = np.sqrt(var)
+    return std
+
+
+def _range_is_zero(X, sample_weight):
+    """Columns whose values in rows of positive weight are all equal."""
+    present = ~np.isnan(X)
+    if sample_weight is not None:
+        present &= (np.asarray(sample_weight) > 0)[:, None]
+    lo = np.min(np.where(present, X, np.inf), axis=0)
+    hi = np.max(np.where(present, X, -np.inf), axis=0)
+    return ~(hi > lo)
+
+
+# ---------------------------------------------------------------------------
+# Learning
+
+
+def learn(columns, sample_weight):
+    """The fitted attributes of the handling for validated raw input
+    ``columns`` (a float array, a sparse matrix, or :class:`Columns`)."""
+    if isinstance(columns, Columns):
+        numeric, categorical, mask = columns.numeric, columns.categorical, columns.is_categorical
+    else:
+        numeric, categorical = columns, []
+        mask = np.zeros(columns.shape[1], dtype=bool)
+    sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    numeric_idx = np.flatnonzero(~mask)
+    if numeric is None or numeric.shape[1] == 0:
+        center, scale, clip = np.zeros(0), np.ones(0), _CLIP
+        had_nan = np.zeros(0, dtype=bool)
+    elif sp.issparse(numeric):
+        center, scale, clip = np.zeros(numeric.shape[1]), np.ones(numeric.shape[1]), np.inf
+        had_nan = _sparse_nan_columns(numeric, sw)
+    else:
+        (q25, q50, q75), totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75])
+        scale = (q75 - q25) / _IQR_PER_SD
+        flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
+        if len(flat):
+            sub = numeric[:, flat]
+            std = _weighted_std(sub, sw)
+            scale[flat] = np.where(_range_is_zero(sub, sw), 1.0, std)
+        scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        center = np.where(totals > 0, q50, 0.0)
+        center = np.where(np.isfinite(center), center, 0.0)
+        nan = np.isnan(numeric)
+        if sw is not None:
+            nan &= (sw > 0)[:, None]
+        had_nan = nan.any(axis=0)
+        clip = _CLIP
+    categories = [_learn_categories(values, sw) for values in categorical]
+    return {
+        "is_categorical_": mask,
+        "input_center_": center,
+        "input_scale_": scale,
+        "input_clip_": float(clip),
+        "input_missing_indicators_": numeric_idx[had_nan],
+        "input_categories_": categories,
+    }
+
+
+def _sparse_nan_columns(X, sample_weight):
+    X = X.tocoo()
+    nan = np.isnan(X.data)
+    if sample_weight is not None:
+        nan &= sample_weight[X.row] > 0
+    had = np.zeros(X.shape[1], dtype=bool)
+    had[X.col[nan]] = True
+    return had
+
+
+def _codes(values):
+    """``(uniques, codes)`` of the non-missing values (codes -1 where missing)."""
+    if _is_categorical_array(values):
+        cats = np.asarray(values.categories, dtype=object)
+        return cats, np.asarray(values.codes, dtype=np.intp)
+    values = np.asarray(values)
+    missing = _missing(values)
+    codes = np.full(len(values), -1, dtype=np.intp)
+    present = values[~missing]
+    try:
+        uniques, inverse = np.unique(present, return_inverse=True)
+    except TypeError:  # values of kinds that do not compare (str and int)
+        index = {}
+        inverse = np.fromiter((index.setdefault(v, len(index)) for v in present),
+                              dtype=np.intp, count=len(present))
+        uniques = np.empty(len(index), dtype=object)
+        uniques[:] = list(index)
+    codes[~missing] = inverse
+    return np.asarray(uniques, dtype=object), codes
+
+
+def _is_categorical_array(values):
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(values, pd.Categorical)
+
+
+def _sorted_categories(values, with_nan):
+    """Categories as OneHotEncoder keeps them: float64 when all are numbers,
+    else object; sorted by value (by kind and text when they do not compare),
+    NaN last."""
+    values = list(values)
+    numbers = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                  for v in values)
+    if numbers:
+        out = np.sort(np.asarray(values, dtype=np.float64))
+        return np.append(out, np.nan) if with_nan else out
+    try:
+        values = sorted(values)
+    except TypeError:
+        values = sorted(values, key=lambda v: (type(v).__name__, str(v)))
+    out = np.empty(len(values) + with_nan, dtype=object)
+    out[:len(values)] = values
+    if with_nan:
+        out[-1] = np.nan
+    return out
+
+
+def _learn_categories(values, sample_weight):
+    """The categories of one column: those of positive total weight, at most
+    ``_MAX_CATEGORIES`` of them (the heaviest; ties by value), NaN included
+    as a category of its own."""
+    uniques, codes = _codes(values)
+    w = np.ones(len(codes)) if sample_weight is None else sample_weight
+    weights = np.bincount(codes + 1, weights=w, minlength=len(uniques) + 1)
+    nan_weight, weights = weights[0], weights[1:]
+    candidates = [(weight, k) for k, weight in enumerate(weights) if weight > 0]
+    # Ties broken by value: rank by value first.
+    by_value = _sorted_categories(uniques, False)
+    rank = {_key(v): r for r, v in enumerate(by_value)}
+    candidates.sort(key=lambda t: (-t[0], rank[_key(uniques[t[1]])]))
+    items = [(weight, uniques[k]) for weight, k in candidates]
+    if nan_weight > 0:
+        items.append((nan_weight, None))
+        items.sort(key=lambda t: -t[0])  # stable: NaN after the ties above it
+    kept = items[:_MAX_CATEGORIES]
+    with_nan = any(v is None for _, v in kept)
+    return _sorted_categories([v for _, v in kept if v is not None], with_nan)
+
+
+def _key(v):
+    """A hashable key under which equal category values coincide."""
+    if isinstance(v, (np.floating, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.str_):
+        return str(v)
+    return v
+
+
+# ---------------------------------------------------------------------------
+# Transforming
+
+
+class InputHandling:
+    """The fitted handling of an estimator, from its attributes."""
+
+    def __init__(self, attributes):
+        self.is_categorical = np.asarray(attributes["is_categorical_"], dtype=bool)
+        self.center = np.asarray(attributes["input_center_"], dtype=np.float64)
+        self.scale = np.asarray(attributes["input_scale_"], dtype=np.float64)
+        self.clip = float(attributes["input_clip_"])
+        self.indicators = np.asarray(attributes["input_missing_indicators_"], dtype=np.intp)
+        self.categories = list(attributes["input_categories_"])
+        self.numeric_idx = np.flatnonzero(~self.is_categorical)
+        # Missing indicators as positions among the numeric features.
+        self.indicator_pos = np.searchsorted(self.numeric_idx, self.indicators)
+
+    @classmethod
+    def of(cls, estimator):
+        if not hasattr(estimator, ATTRIBUTES[0]):
+            return None
+        return cls({name: getattr(estimator, name) for name in ATTRIBUTES})
+
+    @property
+    def n_numeric(self):
+        return len(self.numeric_idx)
+
+    @property
+    def n_outputs(self):
+        return self.n_numeric + len(self.indicators) + sum(len(c) for c in self.categories)
+
+    @property
+    def passthrough(self):
+        return not np.isfinite(self.clip)
+
+    def transform(self, columns, dtype=None):
+        """The network's input for validated raw input ``columns``, in
+        ``dtype`` (default: the input's float dtype)."""
+        if isinstance(columns, Columns):
+            numeric, categorical = columns.numeric, columns.categorical
+            dtype = dtype or columns.dtype
+        else:
+            numeric, categorical = columns, []
+            dtype = dtype or columns.dtype
+        dtype = np.dtype(dtype)
+        if self.is_categorical.any() and not categorical:
+            raise ValueError("The categorical features are missing from X.")
+        if sp.issparse(numeric) and not self.is_categorical.any():
+            if self.passthrough:
+                return self._transform_sparse(numeric, dtype)
+            numeric = numeric.toarray()
+        n = numeric.shape[0] if numeric is not None else len(categorical[0])
+        out = np.zeros((n, self.n_outputs), dtype=dtype)
+        if self.n_numeric:
+            if sp.issparse(numeric):
+                numeric = numeric.toarray()
+            self._transform_numeric(numeric, out)
+        offset = self.n_numeric + len(self.indicators)
+        for values, cats in zip(categorical, self.categories):
+            index = _category_index(values, cats)
+            rows = np.flatnonzero(index >= 0)
+            out[rows, offset + index[rows]] = 1
+            offset += len(cats)
+        return out
+
+    def _transform_numeric(self, X, out):
+        """Numeric features and missing indicators into ``out``, in blocks of
+        rows (the temporaries stay small), in ``out``'s dtype."""
+        dtype = out.dtype
+        center = self.center.astype(dtype)
+        divisor = (self.scale * self.clip if not self.passthrough else self.scale).astype(dtype)
+        clip = dtype.type(self.clip)
+        d, pos = self.n_numeric, self.indicator_pos
+        step = max(1, _BLOCK_ELEMENTS // max(d, 1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, X.shape[0], step):
+                block = np.asarray(X[start:start + step], dtype=dtype)
+                z = out[start:start + step, :d]
+                np.subtract(block, center, out=z)
+                np.divide(z, divisor, out=z)
+                if not self.passthrough:
+                    np.tanh(z, out=z)
+                    np.multiply(z, clip, out=z)
+                nan = np.isnan(z)
+                z[nan] = 0
+                if len(pos):
+                    out[start:start + step, d:d + len(pos)] = np.isnan(block[:, pos])
+
+    def _transform_sparse(self, X, dtype):
+        """Passed through: explicit NaN becomes 0 (an explicit zero), and the
+        missing indicators are appended, sparse."""
+        X = X.astype(dtype, copy=True)
+        coo = X.tocoo()
+        nan = np.isnan(coo.data)
+        if nan.any():
+            X.data[np.isnan(X.data)] = 0
+        if not len(self.indicators):
+            return X
+        column = np.full(X.shape[1], -1, dtype=np.intp)
+        column[self.indicator_pos] = np.arange(len(self.indicator_pos))
+        rows, cols = coo.row[nan], column[coo.col[nan]]
+        keep = cols >= 0
+        indicator = sp.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=dtype), (rows[keep], cols[keep])),
+            shape=(X.shape[0], len(self.indicator_pos)),
+        )
+        return sp.hstack([X, indicator], format=X.format, dtype=dtype)
+
+
+def _category_index(values, cats):
+    """Each value's position in ``cats`` (-1: not a learned category)."""
+    n_cats = len(cats)
+    nan_index = -1
+    if n_cats and isinstance(cats[-1], (float, np.floating)) and cats[-1] != cats[-1]:
+        nan_index = n_cats - 1
+    if _is_categorical_array(values):
+        lookup = _category_index(np.asarray(values.categories, dtype=object), cats)
+        lookup = np.append(lookup, nan_index)  # code -1 (missing) reads the last entry
+        return lookup[np.asarray(values.codes, dtype=np.intp)]
+    values = np.asarray(values)
+    missing = _missing(values)
+    index = np.full(len(values), -1, dtype=np.intp)
+    index[missing] = nan_index
+    present = ~missing
+    if cats.dtype.kind == "f":
+        known = cats[:n_cats if nan_index < 0 else n_cats - 1]
+        floats = _to_float(values[present]) if values.dtype.kind not in "fiub" else (
+            values[present].astype(np.float64))
+        if floats is None:  # strings where numbers were learned: all unknown
+            return index
+        pos = np.minimum(np.searchsorted(known, floats), max(len(known) - 1, 0))
+        hit = (known[pos] == floats) if len(known) else np.zeros(len(floats), dtype=bool)
+        index[present] = np.where(hit, pos, -1)
+        return index
+    table = {_key(v): k for k, v in enumerate(cats) if k != nan_index}
+    index[present] = np.fromiter((table.get(_key(v), -1) for v in values[present]),
+                                 dtype=np.intp, count=int(present.sum()))
+    return index
+
+
+# ---------------------------------------------------------------------------
+# The scikit-learn twin
+
+
+def sklearn_steps(handling, feature_names, dtype):
+    """The handling as fitted scikit-learn transformers: ``(steps, fold)``,
+    the steps of a :class:`~sklearn.pipeline.Pipeline` that end where the
+    network's input starts, and the factor to multiply the first layer's rows
+    of the numeric features by (the clip's ``c``: the steps give ``tanh((x
+    - center) / (scale * c))``, the network's input is ``c`` times that).
+
+    Only scikit-learn classes and numpy functions: the result loads without
+    this package. Each transformer is fitted on a few made-up rows (which
+    sets its bookkeeping: feature counts and names, the missing indicator's
+    columns, the encoder's output layout), then its learned values are
+    replaced by the handling's.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    numeric_steps = []
+    if not handling.passthrough:
+        numeric_steps += [
+            ("scale", StandardScaler()),
+            ("clip", FunctionTransformer(np.tanh)),
+        ]
+    numeric_steps.append(
+        ("impute", SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True))
+    )
+    n_cats = [len(c) for c in handling.categories]
+    n_rows = max([2] + n_cats)
+    n_features = len(handling.is_categorical)
+    columns = []
+    for j in range(n_features):
+        if handling.is_categorical[j]:
+            cats = handling.categories[len(columns) - int((~handling.is_categorical[:j]).sum())]
+            values = np.empty(n_rows, dtype=cats.dtype)
+            values[:] = [cats[r % len(cats)] for r in range(n_rows)]
+        else:
+            values = np.zeros(n_rows, dtype=dtype)
+            if j in set(handling.indicators.tolist()):
+                values[0] = np.nan
+        columns.append(values)
+    if feature_names is not None:
+        import pandas as pd
+
+        X = pd.DataFrame({name: values for name, values in zip(feature_names, columns)},
+                         columns=list(feature_names))
+    elif handling.is_categorical.any():
+        X = np.empty((n_rows, n_features), dtype=object)
+        for j, values in enumerate(columns):
+            X[:, j] = values
+    else:
+        X = np.column_stack(columns) if columns else np.zeros((n_rows, 0), dtype=dtype)
+
+    if not handling.is_categorical.any():
+        numeric = Pipeline(numeric_steps).fit(X)
+        _set_scaler(numeric, handling)
+        return list(numeric.steps), (1.0 if handling.passthrough else handling.clip)
+    transformers = []
+    if handling.n_numeric:
+        transformers.append(("numeric", Pipeline(numeric_steps), handling.numeric_idx.tolist()))
+    transformers.append((
+        "categorical",
+        OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.dtype(dtype).type),
+        np.flatnonzero(handling.is_categorical).tolist(),
+    ))  # fmt: skip
+    ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
+    if handling.n_numeric:
+        _set_scaler(ct.named_transformers_["numeric"], handling)
+    encoder = ct.named_transformers_["categorical"]
+    if [len(c) for c in encoder.categories_] != n_cats:
+        raise ValueError("The categories cannot be exported to a OneHotEncoder.")
+    encoder.categories_ = [c.copy() for c in handling.categories]
+    return [("preprocess", ct)], (1.0 if handling.passthrough else handling.clip)
+
+
+def _set_scaler(pipeline, handling):
+    if handling.passthrough:
+        return
+    scaler = pipeline.named_steps["scale"]
+    scaler.mean_ = handling.center.copy()
+    scaler.scale_ = handling.scale * handling.clip
+    scaler.var_ = scaler.scale_ ** 2

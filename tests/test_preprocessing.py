@@ -1,0 +1,578 @@
+"""Tests of the networks' own input handling (``input_preprocessing="auto"``).
+
+The handled input is checked against plain-numpy references written from the
+documented formulas (``handle_reference``): weighted quantiles by repeating
+rows and numpy's ``"averaged_inverted_cdf"``, the robust scale, the smooth
+clip, NaN with missing indicators, one-hot blocks. The network's output is
+checked through ``reference.forward_from_attributes`` on that input.
+"""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import Pipeline
+
+from reference import DTYPES, forward_from_attributes
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _preprocessing
+
+CLIP = 3.0
+IQR_PER_SD = 1.3489795003921634
+
+
+def fit_quietly(est, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(*args, **kwargs)
+
+
+def make_numeric(n=120, seed=0, dtype=np.float64, nan_columns=(1,)):
+    """Skewed, heavy-tailed, binary and constant columns; NaN in some."""
+    rng = np.random.RandomState(seed)
+    X = np.column_stack([
+        rng.normal(size=n),
+        rng.lognormal(sigma=1.5, size=n),
+        rng.standard_t(2, size=n) * 10 + 3,
+        (rng.uniform(size=n) < 0.1).astype(float),  # IQR 0: the std
+        np.full(n, 7.0),  # constant: scale 1
+    ])
+    for j in nan_columns:
+        X[rng.uniform(size=n) < 0.15, j] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.log1p(np.nan_to_num(X[:, 1])) > 0.5).astype(int)
+    return X.astype(dtype), y
+
+
+def quantile_reference(x, w, q):
+    """numpy's averaged inverted CDF of the rows repeated ``w`` times."""
+    keep = ~np.isnan(x)
+    return np.quantile(np.repeat(x[keep], w[keep]), q, method="averaged_inverted_cdf")
+
+
+def numeric_reference(X, w=None):
+    """Centre, scale and indicator columns of the documented formulas."""
+    X = np.asarray(X, dtype=np.float64)
+    w = np.ones(len(X), dtype=int) if w is None else np.asarray(w).astype(int)
+    center, scale = [], []
+    for x in X.T:
+        q25, q50, q75 = (quantile_reference(x, w, q) for q in (0.25, 0.5, 0.75))
+        rows = np.repeat(x[~np.isnan(x)], w[~np.isnan(x)])
+        s = (q75 - q25) / IQR_PER_SD
+        if not s > 0:
+            s = rows.std()
+        if rows.max() == rows.min():
+            s = 1.0
+        center.append(q50)
+        scale.append(s)
+    indicators = np.flatnonzero((np.isnan(X) & (w > 0)[:, None]).any(axis=0))
+    return np.array(center), np.array(scale), indicators
+
+
+def handle_reference(X, center, scale, indicators, categorical=(), categories=()):
+    """The network's input: numeric, indicators, one-hot blocks (float64)."""
+    X = np.asarray(X, dtype=np.float64)
+    z = CLIP * np.tanh((X - center) / (scale * CLIP))
+    z[np.isnan(z)] = 0
+    blocks = [z, np.isnan(X[:, indicators]).astype(float)]
+    for values, cats in zip(categorical, categories):
+        blocks.append(np.array([[_same(v, c) for c in cats] for v in values], dtype=float))
+    return np.hstack(blocks)
+
+
+def _same(v, c):
+    missing_v = v is None or (isinstance(v, float) and np.isnan(v))
+    missing_c = isinstance(c, float) and np.isnan(c)
+    return missing_v and missing_c or (not missing_v and not missing_c and v == c)
+
+
+def output(est, X):
+    return est.predict_proba(X) if hasattr(est, "predict_proba") else est.predict(X)
+
+
+# ---------------------------------------------------------------------------
+# The formulas
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numeric_handling_is_the_documented_formula(dtype, weighted):
+    X, y = make_numeric(dtype=dtype)
+    w = np.random.RandomState(1).randint(0, 4, len(X)) if weighted else None
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0),
+                      X, y, sample_weight=w)
+    center, scale, indicators = numeric_reference(X, w)
+    assert_allclose(est.input_center_, center, rtol=1e-12)
+    assert_allclose(est.input_scale_, scale, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert_array_equal(est.input_missing_indicators_, indicators)
+    assert est.input_clip_ == CLIP
+    assert not est.is_categorical_.any()
+    assert est.n_features_in_ == X.shape[1]
+    assert est.coefs_[0].shape[0] == X.shape[1] + len(indicators)
+    assert est.coefs_[0].dtype == dtype
+
+    X_test, _ = make_numeric(n=50, seed=2, dtype=dtype, nan_columns=(0, 1, 2))
+    X_test[:3, 2] = [1e6, -1e6, 0.0]  # far beyond the training range
+    handled = handle_reference(X_test, est.input_center_, est.input_scale_, indicators)
+    assert np.abs(handled[:, :X.shape[1]]).max() <= CLIP
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    assert_allclose(est.predict_proba(X_test)[:, 1:],
+                    forward_from_attributes(est, handled), rtol=rtol, atol=rtol)
+
+
+def test_weighted_quantiles_are_the_averaged_inverted_cdf_of_repeated_rows():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(37, 6))
+    X[:, 2] = rng.randint(0, 3, 37)  # ties
+    X[rng.uniform(size=X.shape) < 0.1] = np.nan
+    w = rng.randint(0, 5, 37)
+    qs = [0.0001, 0.1, 0.25, 0.5, 0.75, 0.9, 0.9999]
+    got, totals = _preprocessing.weighted_quantiles(X, w.astype(float), qs)
+    for j in range(X.shape[1]):
+        for k, q in enumerate(qs):
+            # numpy averages the two sides with a lerp: a rounding apart.
+            assert_allclose(got[k, j], quantile_reference(X[:, j], w, q), rtol=1e-15)
+        assert totals[j] == w[~np.isnan(X[:, j])].sum()
+    unweighted, _ = _preprocessing.weighted_quantiles(X, None, qs)
+    for j in range(X.shape[1]):
+        x = X[~np.isnan(X[:, j]), j]
+        assert_allclose(unweighted[:, j], np.quantile(x, qs, method="averaged_inverted_cdf"),
+                        rtol=1e-15)
+
+
+@pytest.mark.parametrize("Est", [MLPBNClassifier, MLPBNRegressor])
+def test_integer_weights_learn_what_repeated_rows_learn(Est):
+    pd = pytest.importorskip("pandas")
+    X, y = make_numeric(n=90)
+    rng = np.random.RandomState(3)
+    w = rng.randint(0, 4, len(X))
+    X[w == 0, 3] = np.nan  # NaN in rows of weight 0 only: no indicator
+    cats = rng.choice(["a", "b", "c", "rare"], len(X))
+    cats[w == 0] = "absent"  # a category of weight 0 only: not learned
+    frame = pd.DataFrame(X, columns=list("pqrst")).assign(k=pd.Categorical(cats))
+    target = y if Est is MLPBNClassifier else X[:, 0] * 0
+    est = Est(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    weighted = fit_quietly(clone(est), frame, target, sample_weight=w)
+    repeated = fit_quietly(clone(est), frame.iloc[np.repeat(np.arange(len(X)), w)],
+                           np.repeat(target, w))
+    for name in _preprocessing.ATTRIBUTES:
+        a, b = getattr(weighted, name), getattr(repeated, name)
+        if name == "input_categories_":
+            assert [list(c) for c in a] == [list(c) for c in b]
+        else:
+            assert_array_equal(a, b)
+    assert 3 not in weighted.input_missing_indicators_
+    assert "absent" not in weighted.input_categories_[0]
+
+
+# ---------------------------------------------------------------------------
+# Bounds, NaN at predict
+
+
+@pytest.mark.parametrize("Est", [MLPBNClassifier, MLPBNRegressor])
+def test_far_rows_move_a_prediction_as_much_as_the_edge_of_the_range(Est):
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(300, 4))
+    y = X[:, 0] + np.abs(X[:, 1])
+    if Est is MLPBNClassifier:
+        y = (y > 1).astype(int)
+    est = fit_quietly(Est(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y)
+    base = np.zeros((1, 4))
+    spread = np.ptp(output(est, X), axis=0).max()
+    for j in range(4):
+        edge, far = base.copy(), base.copy()
+        edge[0, j] = X[:, j].max()
+        far[0, j] = est.input_center_[j] + 40 * est.input_scale_[j]
+        farther = far.copy()
+        farther[0, j] = 1e12
+        out_edge, out_far, out_farther = (output(est, r) for r in (edge, far, farther))
+        # Beyond the edge of the training range, a feature barely moves the
+        # prediction any more: at most a fifth of its spread over the rows.
+        assert np.abs(out_far - out_edge).max() <= 0.2 * spread
+        assert_allclose(out_farther, out_far, rtol=1e-6, atol=1e-9)
+
+
+def test_nan_at_predict_in_a_clean_column_is_the_centre():
+    X, y = make_numeric(nan_columns=())
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y)
+    assert len(est.input_missing_indicators_) == 0
+    X_nan, X_center = X[:10].copy(), X[:10].copy()
+    X_nan[:, 2] = np.nan
+    X_center[:, 2] = est.input_center_[2]
+    assert_array_equal(est.predict_proba(X_nan), est.predict_proba(X_center))
+
+
+def test_inf_is_still_rejected_with_scikit_learns_error():
+    X, y = make_numeric()
+    X_inf = X.copy()
+    X_inf[0, 0] = np.inf
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        MLPBNClassifier().fit(X_inf, y)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), X, y)
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        est.predict(X_inf)
+
+
+def test_input_preprocessing_none_is_the_network_alone():
+    X, y = make_numeric(nan_columns=())
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    plain = fit_quietly(MLPBNClassifier(input_preprocessing=None, **params), X, y)
+    assert not hasattr(plain, "input_center_")
+    assert plain.coefs_[0].shape[0] == X.shape[1]
+    assert_allclose(plain.predict_proba(X)[:, 1:], forward_from_attributes(plain, X),
+                    rtol=1e-10, atol=1e-12)
+    X_nan = X.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        MLPBNClassifier(input_preprocessing=None).fit(X_nan, y)
+    with pytest.raises(ValueError, match="NaN"):
+        plain.predict(X_nan)
+    assert MLPBNClassifier().__sklearn_tags__().input_tags.allow_nan
+    assert not MLPBNClassifier(input_preprocessing=None).__sklearn_tags__().input_tags.allow_nan
+    assert MLPBNRegressor().__sklearn_tags__().input_tags.allow_nan
+
+
+# ---------------------------------------------------------------------------
+# Input types
+
+
+def test_object_arrays_of_numbers_are_numeric():
+    X, y = make_numeric()
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    a = fit_quietly(MLPBNClassifier(**params), X, y)
+    b = fit_quietly(MLPBNClassifier(**params), X.astype(object), y)
+    assert_array_equal(a.coefs_[0], b.coefs_[0])
+    assert_array_equal(a.predict_proba(X), b.predict_proba(X.astype(object)))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_sparse_input_stays_sparse_and_trains_as_today(fmt):
+    rng = np.random.RandomState(0)
+    X = sp.random(150, 8, density=0.3, format=fmt, random_state=0)
+    y = (X @ rng.normal(size=8) > 0).astype(int)
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    auto = fit_quietly(MLPBNClassifier(**params), X, y)
+    plain = fit_quietly(MLPBNClassifier(input_preprocessing=None, **params), X, y)
+    assert auto.input_clip_ == np.inf
+    assert sp.issparse(auto._validate_X_predict(X))
+    for a, b in zip(auto.coefs_, plain.coefs_):
+        assert_array_equal(a, b)
+    # Explicit NaN: 0 (the implicit value), with an indicator.
+    X_nan = X.tocsr(copy=True)
+    X_nan.data[::7] = np.nan
+    est = fit_quietly(MLPBNClassifier(**params), X_nan, y)
+    nan_cols = np.unique(X_nan.tocoo().col[np.isnan(X_nan.tocoo().data)])
+    assert_array_equal(est.input_missing_indicators_, nan_cols)
+    handled = est._validate_X_predict(X_nan)
+    assert sp.issparse(handled)
+    expected = np.hstack([np.nan_to_num(X_nan.toarray()),
+                          np.isnan(X_nan.toarray())[:, nan_cols]])
+    assert_array_equal(handled.toarray(), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dtypes_are_kept(dtype):
+    pd = pytest.importorskip("pandas")
+    X, y = make_numeric(dtype=dtype)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), X, y)
+    assert est.coefs_[0].dtype == dtype
+    assert est._validate_X_predict(X).dtype == dtype
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), frame, y)
+    assert est.coefs_[0].dtype == dtype  # every numeric column float32: float32
+    mixed = frame.assign(f=np.arange(len(X)))  # an int column: float64
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), mixed, y)
+    assert est.coefs_[0].dtype == np.float64
+
+
+def _frame_with_categories(pd, n=200, seed=0, order=None):
+    rng = np.random.RandomState(seed)
+    values = rng.choice(["red", "green", "blue", None], n, p=[0.4, 0.3, 0.2, 0.1])
+    categories = order or ["red", "green", "blue"]
+    frame = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "color": pd.Categorical(values, categories=categories),
+        "size": pd.Categorical(rng.choice([1, 2, 3], n)),  # numbers as categories
+        "z": rng.lognormal(size=n),
+    })
+    frame.loc[rng.uniform(size=n) < 0.1, "z"] = np.nan
+    y = ((frame["x"] > 0) & (frame["color"] != "blue")).astype(int).to_numpy()
+    return frame, y
+
+
+def test_pandas_frame_with_categories_and_nan():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=50, random_state=0),
+                      frame, y)
+    assert est.n_features_in_ == 4
+    assert_array_equal(est.feature_names_in_, ["x", "color", "size", "z"])
+    assert_array_equal(est.is_categorical_, [False, True, False, False] | np.array(
+        [False, False, True, False]))
+    assert list(est.input_categories_[0][:3]) == ["blue", "green", "red"]
+    assert np.isnan(est.input_categories_[0][3])  # NaN, a category of its own
+    assert_array_equal(est.input_categories_[1], [1.0, 2.0, 3.0])
+    assert_array_equal(est.input_missing_indicators_, [3])
+    assert est.coefs_[0].shape[0] == 2 + 1 + 4 + 3
+    assert est.score(frame, y) > 0.8
+    # The reference of the handled input, and the network on it.
+    numeric = frame[["x", "z"]].to_numpy()
+    center, scale, _ = numeric_reference(numeric)
+    assert_allclose(est.input_center_, center)
+    handled = handle_reference(
+        numeric, center, scale, [1],
+        categorical=[frame["color"].astype(object).tolist(), frame["size"].astype(float)],
+        categories=[list(c) for c in est.input_categories_],
+    )  # fmt: skip
+    assert_allclose(est.predict_proba(frame)[:, 1:], forward_from_attributes(est, handled),
+                    rtol=1e-10, atol=1e-12)
+
+
+def test_categories_are_matched_by_value_not_by_code():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+                      frame, y)
+    reordered, _ = _frame_with_categories(pd, order=["blue", "red", "green", "purple"])
+    assert_array_equal(est.predict_proba(reordered), est.predict_proba(frame))
+    # Fitted on the other order: the same model.
+    other = fit_quietly(clone(est), reordered, y)
+    for a, b in zip(est.coefs_, other.coefs_):
+        assert_array_equal(a, b)
+    as_strings = frame.assign(color=frame["color"].astype(object))
+    assert_array_equal(est.predict_proba(as_strings), est.predict_proba(frame))
+
+
+def test_unseen_categories_are_all_zeros():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    frame["color"] = frame["color"].cat.add_categories(["purple"])
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+                      frame.dropna(subset=["color"]), y[frame["color"].notna().to_numpy()])
+    assert len(est.input_categories_[0]) == 3  # no NaN, no purple: not seen
+    test = frame.iloc[:5].copy()
+    test["color"] = pd.Categorical(["purple", None, "red", "mauve", "blue"])
+    handled = est._validate_X_predict(test)
+    block = handled[:, 3:6]
+    assert_array_equal(block, [[0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]])
+    est.predict(test)
+
+
+def test_categories_beyond_the_cap_are_all_zeros(monkeypatch):
+    pd = pytest.importorskip("pandas")
+    monkeypatch.setattr(_preprocessing, "_MAX_CATEGORIES", 3)
+    rng = np.random.RandomState(0)
+    values = np.repeat(["a", "b", "c", "d", "e"], [40, 30, 20, 10, 5])
+    frame = pd.DataFrame({"k": pd.Categorical(values), "x": rng.normal(size=len(values))})
+    w = np.ones(len(values))
+    w[values == "e"] = 20  # the heaviest by weight
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), frame,
+                      np.arange(len(values)) % 2, sample_weight=w)
+    assert list(est.input_categories_[0]) == ["a", "b", "e"]
+
+
+def test_polars_frame_predicts_as_pandas():
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    frame, y = _frame_with_categories(pd)
+    frame = frame.drop(columns="size")
+    as_polars = pl.DataFrame({
+        "x": frame["x"].to_numpy(),
+        "color": pl.Series([None if v is np.nan else v for v in frame["color"].astype(object)],
+                           dtype=pl.Categorical),
+        "z": frame["z"].to_numpy(),
+    })
+    params = dict(hidden_layer_sizes=(8,), max_iter=10, random_state=0)
+    a = fit_quietly(MLPBNClassifier(**params), frame, y)
+    b = fit_quietly(MLPBNClassifier(**params), as_polars, y)
+    assert_array_equal(b.is_categorical_, [False, True, False])
+    for c1, c2 in zip(a.coefs_, b.coefs_):
+        assert_array_equal(c1, c2)
+    assert_array_equal(a.predict_proba(frame), b.predict_proba(as_polars))
+    enum = as_polars.with_columns(pl.col("color").cast(pl.String)
+                                  .cast(pl.Enum(["red", "green", "blue"])))
+    assert_array_equal(b.predict_proba(enum), b.predict_proba(as_polars))
+
+
+def test_categorical_features_by_index_name_and_mask():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    strings = frame.assign(color=frame["color"].astype(object), size=frame["size"].astype(int))
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    ref = fit_quietly(MLPBNClassifier(**params), frame, y)
+    for spec in (["color", "size"], [1, 2], [False, True, True, False]):
+        est = fit_quietly(MLPBNClassifier(categorical_features=spec, **params), strings, y)
+        assert_array_equal(est.is_categorical_, ref.is_categorical_)
+        assert_array_equal(est.predict_proba(strings), ref.predict_proba(frame))
+    # On a numpy array: indices, numbers or strings as categories.
+    array = strings.to_numpy(dtype=object)
+    est = fit_quietly(MLPBNClassifier(categorical_features=[1, 2], **params), array, y)
+    assert_array_equal(est.predict_proba(array), ref.predict_proba(frame))
+    with pytest.raises(ValueError, match="no feature names"):
+        MLPBNClassifier(categorical_features=["color"]).fit(array, y)
+    with pytest.raises(ValueError, match="out of range"):
+        MLPBNClassifier(categorical_features=[7]).fit(frame, y)
+    with pytest.raises(ValueError, match="not columns of X"):
+        MLPBNClassifier(categorical_features=["colour"]).fit(frame, y)
+
+
+def test_string_columns_not_marked_say_how_to_mark_them():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    strings = frame.assign(color=frame["color"].astype(str))
+    with pytest.raises(ValueError, match=r"'color'.*astype\(\"category\"\).*categorical_features"):
+        MLPBNClassifier().fit(strings, y)
+    with pytest.raises(ValueError, match="input_preprocessing='auto'"):
+        MLPBNClassifier(input_preprocessing=None, categorical_features=["color"]).fit(frame, y)
+    # The default "from_dtype" is fine with None on numeric input.
+    fit_quietly(MLPBNClassifier(input_preprocessing=None, max_iter=2), frame[["x"]], y)
+
+
+# ---------------------------------------------------------------------------
+# Fitted once, then kept
+
+
+def test_warm_start_and_partial_fit_keep_the_handling():
+    X, y = make_numeric()
+    shifted = X * 3 + 10
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+                      X, y)
+    learned = {name: getattr(est, name) for name in _preprocessing.ATTRIBUTES}
+    fit_quietly(est.set_params(warm_start=True), shifted, y)
+    for name, value in learned.items():
+        assert getattr(est, name) is value
+    fit_quietly(est.set_params(warm_start=False), shifted, y)  # a new fit learns again
+    assert not np.array_equal(est.input_center_, learned["input_center_"])
+
+    stream = MLPBNClassifier(hidden_layer_sizes=(8,), random_state=0)
+    stream.partial_fit(X[:60], y[:60], classes=[0, 1])
+    first = stream.input_center_
+    assert_allclose(first, numeric_reference(X[:60])[0])
+    stream.partial_fit(shifted[60:], y[60:])
+    assert stream.input_center_ is first
+
+    with pytest.raises(ValueError, match="input_preprocessing"):
+        est.set_params(warm_start=True, input_preprocessing=None).fit(X, y)
+    assert est.input_center_ is not None
+
+
+def test_a_failed_fit_leaves_the_handling_unchanged():
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+                      frame, y)
+    before = pickle.dumps(est.__dict__)
+    with pytest.raises(ValueError):
+        est.fit(frame.assign(color=frame["color"].astype(str)), y)
+    with pytest.raises(ValueError):
+        est.fit(frame, y, sample_weight=np.zeros(len(y)))
+    assert pickle.dumps(est.__dict__) == before
+
+
+# ---------------------------------------------------------------------------
+# The scikit-learn twin and ONNX
+
+
+def _fitted_models():
+    """(name, model, X) with input handling: numeric with NaN (both dtypes),
+    a frame with categories, sparse."""
+    pd = pytest.importorskip("pandas")
+    X, y = make_numeric()
+    frame, fy = _frame_with_categories(pd)
+    Xs = sp.random(100, 6, density=0.4, format="csr", random_state=0)
+    Xs.data[::5] = np.nan
+    params = dict(hidden_layer_sizes=(8, 4), max_iter=10, random_state=0)
+    yield "numeric", fit_quietly(MLPBNClassifier(**params), X, y), X
+    yield "numeric32", fit_quietly(MLPBNRegressor(**params), X.astype(np.float32),
+                                   np.nan_to_num(X[:, 0])), X.astype(np.float32)
+    yield "frame", fit_quietly(MLPBNClassifier(**params), frame, fy), frame
+    yield "sparse", fit_quietly(MLPBNRegressor(**params), Xs,
+                                np.arange(100) % 3), Xs
+
+
+def test_to_sklearn_pipeline_predicts_the_same():
+    for name, est, X in _fitted_models():
+        twin = est.to_sklearn()
+        assert isinstance(twin, Pipeline)
+        assert type(twin.steps[-1][1]).__module__.startswith("sklearn.")
+        X_test = X.copy()
+        if not sp.issparse(X) and not hasattr(X, "columns"):
+            X_test[:5, 0] = np.nan  # NaN in a column without an indicator
+            X_test[5:10, 2] = 1e9
+        rtol = 1e-4 if name == "numeric32" else 1e-6
+        assert_allclose(output(twin, X_test), output(est, X_test), rtol=rtol,
+                        atol=rtol * 1e-3, err_msg=name)
+    plain = fit_quietly(MLPBNClassifier(input_preprocessing=None, max_iter=2),
+                        *make_numeric(nan_columns=()))
+    assert type(plain.to_sklearn()).__name__ == "MLPClassifier"
+
+
+def test_the_twin_loads_without_sklearn_bn(tmp_path):
+    for name, est, X in _fitted_models():
+        twin = est.to_sklearn()
+        path = tmp_path / f"{name}.pkl"
+        with open(path, "wb") as f:
+            pickle.dump((twin, X, output(est, X)), f)
+        script = textwrap.dedent(f"""
+            import pickle, sys
+            import numpy as np
+            sys.modules["sklearn_bn"] = None  # importing it fails
+            with open({str(path)!r}, "rb") as f:
+                twin, X, expected = pickle.load(f)
+            got = twin.predict_proba(X) if hasattr(twin, "predict_proba") else twin.predict(X)
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+            assert not any(m.startswith("sklearn_bn") for m in sys.modules if sys.modules[m])
+        """)
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             cwd=tmp_path)
+        assert run.returncode == 0, (name, run.stderr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_onnx_export_applies_the_numeric_handling(dtype):
+    skl2onnx = pytest.importorskip("skl2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from sklearn_bn.onnx import register_converters
+
+    register_converters()
+    X, y = make_numeric(dtype=dtype)
+    X_test = X.copy()
+    X_test[:5, 0] = np.nan
+    X_test[5:10, 2] = 1e9
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    for est in (MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+                MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0)):
+        target = y if isinstance(est, MLPBNClassifier) else np.nan_to_num(X[:, 0])
+        fit_quietly(est, X, target)
+        options = {"zipmap": False} if isinstance(est, MLPBNClassifier) else None
+        onx = skl2onnx.to_onnx(est, X[:1], options=options)
+        session = ort.InferenceSession(onx.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        got = session.run(None, {"X": X_test})
+        if isinstance(est, MLPBNClassifier):
+            assert_allclose(got[1], est.predict_proba(X_test), rtol=0, atol=tol)
+        else:
+            expected = est.predict(X_test)
+            assert_allclose(got[0].ravel(), expected, rtol=tol,
+                            atol=tol * np.abs(expected).max())
+
+
+def test_onnx_refuses_categorical_features_with_a_message():
+    pd = pytest.importorskip("pandas")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    pytest.importorskip("onnxruntime")
+    from sklearn_bn.onnx import register_converters
+
+    register_converters()
+    frame, y = _frame_with_categories(pd)
+    array = frame.to_numpy(dtype=object)
+    est = fit_quietly(MLPBNClassifier(categorical_features=[1, 2], max_iter=2), array, y)
+    with pytest.raises(Exception, match="categorical features"):
+        skl2onnx.to_onnx(est, frame[["x", "x", "x", "z"]].to_numpy()[:1],
+                         options={"zipmap": False})
