@@ -46,12 +46,6 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
                                 int act, double* mean_out, double* var_out,
                                 double* scratch) noexcept nogil
 
-cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                const floating* gamma, const floating* beta,
-                                const floating* mean, const floating* var,
-                                double epsilon, int act) noexcept nogil
-
 cdef void cbn_act_backward(const floating* da, const floating* a,
                            const floating* z, floating* dz_out,
                            Py_ssize_t n_rows, Py_ssize_t n_cols,

@@ -513,32 +513,6 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out,
              center, scale, shift, NULL, NULL, NULL, NULL)
 
 
-cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                const floating* gamma, const floating* beta,
-                                const floating* mean, const floating* var,
-                                double epsilon, int act) noexcept nogil:
-    """Inference-mode forward on given (running) mean and variance.
-
-    ``a_out`` may alias ``z``. Panels of ``CHUNK`` columns (no scratch).
-    """
-    cdef floating center[CHUNK]
-    cdef floating scale[CHUNK]
-    cdef floating shift[CHUNK]
-    cdef Py_ssize_t j, j0 = 0, width
-    cdef double s
-    while j0 < n_cols:
-        width = min(<Py_ssize_t> CHUNK, n_cols - j0)
-        for j in range(width):
-            s = gamma[j0 + j] / sqrt(<double> var[j0 + j] + epsilon)
-            center[j] = mean[j0 + j]
-            scale[j] = <floating> s
-            shift[j] = beta[j0 + j]
-        normalize(z + j0, a_out + j0, n_rows, width, n_cols, center, scale,
-                  shift, act)
-        j0 += width
-
-
 # ---------------------------------------------------------------------------
 # Backward.
 
@@ -1177,61 +1151,6 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
                                       <const double*> sw, epsilon, act, mp, vp, scratch)
     finally:
         PyMem_Free(scratch)
-
-
-def bn_forward_infer(z, gamma, beta, mean, var, a_out, double epsilon=1e-5,
-                     activation="identity"):
-    """Inference-mode batch norm fused with the activation.
-
-    ``a_out = act(gamma * (z - mean) / sqrt(var + epsilon) + beta)`` with the
-    given (running) ``mean`` and ``var``.
-
-    Parameters
-    ----------
-    z : ndarray of shape (n_rows, n_cols), float32 or float64, C-contiguous
-    gamma, beta, mean, var : ndarray of shape (n_cols,), same dtype as ``z``
-    a_out : ndarray of shape (n_rows, n_cols), same dtype as ``z``, written
-        May be ``z`` itself.
-    epsilon : float, default=1e-5
-    activation : {'identity', 'relu', 'tanh', 'logistic'}, default='identity'
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`bn_forward_train`; ``ValueError`` if ``var + epsilon <= 0``
-        anywhere.
-    """
-    cdef int act = act_code(activation)
-    cdef int t = _float_type(z, "z")
-    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
-    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
-    cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
-    cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
-    cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
-    cdef const char* mp = <const char*> _array(mean, "mean", t, 1, n_cols, 0, False)
-    cdef const char* vp = <const char*> _array(var, "var", t, 1, n_cols, 0, False)
-    cdef char* ap = <char*> _array(a_out, "a_out", t, 2, n_rows, n_cols, True)
-    cdef Py_ssize_t j
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    for j in range(n_cols):
-        if t == cnp.NPY_FLOAT32:
-            ok = (<const float*> vp)[j] + epsilon > 0
-        else:
-            ok = (<const double*> vp)[j] + epsilon > 0
-        if not ok:
-            raise ValueError(f"var + epsilon must be positive (column {j})")
-    if n_rows == 0 or n_cols == 0:
-        return
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            cbn_act_forward_infer(<const float*> zp, <float*> ap, n_rows, n_cols,
-                                  <const float*> gp, <const float*> bp,
-                                  <const float*> mp, <const float*> vp, epsilon, act)
-        else:
-            cbn_act_forward_infer(<const double*> zp, <double*> ap, n_rows, n_cols,
-                                  <const double*> gp, <const double*> bp,
-                                  <const double*> mp, <const double*> vp, epsilon, act)
 
 
 def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from scipy.special import expit, softmax
 
 from sklearn_bn import _threads, _training
-from sklearn_bn._activations import activation_code
+from sklearn_bn._activations import ACTIVATIONS, activation_code
 from sklearn_bn._activations import forward as activation_forward
 from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, unbiased_counts
 from sklearn_bn._optimizers import aligned_zeros
@@ -367,8 +367,6 @@ class Engine:
         minibatches of ``batch_size`` rows (BLAS on one thread meanwhile)."""
         work = batch_size * multiply_adds_per_row(self.layout.units)
         with _threads.training_threads(work) as n_threads:
-            if n_threads < 1:
-                raise ValueError(f"n_threads must be at least 1, got {n_threads}")
             self.n_threads = int(n_threads)
             try:
                 yield self.n_threads
@@ -478,6 +476,8 @@ class Engine:
             raise ValueError("batch_size must be at least 2")
         if min(batch_size + 1, n) > self.workspace.max_batch:
             raise ValueError("workspace too small for this batch size")
+        if self.n_threads < 1:
+            raise ValueError(f"n_threads must be at least 1, got {self.n_threads}")
         state = optimizer.engine_arguments()
         n_params = self.layout.n_params
         _check_vector(state["moment_1"], n_params, self.dtype, "moment_1")
@@ -583,6 +583,8 @@ class FoldedNetwork:
     """
 
     def __init__(self, coefs, intercepts, activation, out_activation):
+        if activation not in ACTIVATIONS or out_activation not in OUT_ACTIVATIONS:
+            raise ValueError(f"unknown activations {activation!r}, {out_activation!r}")
         self.coefs = coefs
         self.intercepts = intercepts
         self.activation = activation
@@ -615,9 +617,13 @@ class FoldedNetwork:
             W = np.asarray(W, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if l < len(gammas):
-                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(
-                    np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
-                )
+                if any(np.shape(a[l]) != (W.shape[1],)
+                       for a in (gammas, running_means, running_vars)):
+                    raise ValueError("the layers' shapes do not chain")
+                var = np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
+                if not np.all(var > 0):
+                    raise ValueError(f"hidden layer {l}: var + bn_epsilon must be positive")
+                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(var)
                 W, b = W * s, b - running_means[l] * s
             folded_coefs.append(W.astype(dtype))
             folded_intercepts.append(b.astype(dtype))

@@ -303,7 +303,6 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
     cdef Buffers buf
     cdef Optimizer opt
     cdef Py_ssize_t stop = start
-    cdef double partials[2 * MAX_THREADS]
     cdef Barrier barrier
     buf.theta = _ptr(theta)
     buf.grad = _ptr(grad)
@@ -327,13 +326,13 @@ def train_epoch(Network network not None, *, const floating[:, ::1] X,
             # Never enters OpenMP: nothing a fork() could leave broken.
             run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
                       order_is_identity, batch_size, start, max_batches, &stop,
-                      partials, &barrier, &loss_sum, &step, &tracked,
+                      &barrier, &loss_sum, &step, &tracked,
                       <floating*> NULL)
         else:
             with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
                 run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
                           order_is_identity, batch_size, start, max_batches, &stop,
-                          partials, &barrier, &loss_sum, &step, &tracked,
+                          &barrier, &loss_sum, &step, &tracked,
                           <floating*> NULL)
     barrier_destroy(&barrier)
     return loss_sum, step, stop, tracked
@@ -370,7 +369,6 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
     cdef Minibatch mb
     cdef Team team
     cdef Barrier barrier
-    cdef double partials[2 * MAX_THREADS]
     cdef double loss
     rows = np.arange(Y.shape[0], dtype=np.intp)
     cdef const Py_ssize_t[::1] row_view = rows
@@ -386,7 +384,6 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
     team.tid = 0
     team.size = 1
     team.barrier = &barrier
-    team.partials = partials
     with nogil:
         start_minibatch(net, &data, &row_view[0], Y.shape[0], True, &mb,
                         <floating*> NULL)
@@ -406,7 +403,7 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
                     const Py_ssize_t* order, Py_ssize_t n,
                     bint order_is_identity, Py_ssize_t batch_size,
                     Py_ssize_t start, Py_ssize_t max_batches, Py_ssize_t* stop_out,
-                    double* partials, Barrier* barrier, double* loss_sum_out,
+                    Barrier* barrier, double* loss_sum_out,
                     Py_ssize_t* step_inout, Py_ssize_t* tracked_inout,
                     floating* dtype) noexcept nogil:
     """The minibatch loop of (part of) an epoch, run by every thread of the
@@ -425,7 +422,6 @@ cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* b
     cdef double loss_sum = loss_sum_out[0], loss
     team.tid = thread_num()
     team.size = team_size()
-    team.partials = partials
     team.barrier = barrier
     barrier_join(barrier, team.size)
     while start < n and batches < max_batches:

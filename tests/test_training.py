@@ -1052,6 +1052,64 @@ def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
                       "relu", "softmax")
 
 
+# Inference-mode batch norm is the folded network: one hidden layer between
+# identity matrices is that layer alone (products by 1 and 0 are exact).
+FOLDED_SHAPES = [(2, 1), (1, 5), (2, 3), (7, 1), (37, 13), (3, 2100), (600, 70), (40, 1030)]
+
+
+def _one_layer(gamma, beta, mean, var, activation, dtype, epsilon=BN_EPSILON):
+    eye = np.eye(gamma.shape[0])
+    return FoldedNetwork.fold([eye, eye], [gamma], [beta, np.zeros_like(beta)], [mean],
+                              [var], epsilon, activation, "identity", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", FOLDED_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_folded_layer_is_batch_norm_in_inference_mode(dtype, shape, activation):
+    rng = np.random.default_rng(6)
+    z = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
+    beta = rng.uniform(-0.5, 0.5, shape[1]).astype(dtype)
+    mean = rng.standard_normal(shape[1]).astype(dtype)
+    var = rng.uniform(0, 3, shape[1]).astype(dtype)
+    var[0] = 0  # epsilon keeps it positive
+    z.setflags(write=False)
+    a = _one_layer(gamma, beta, mean, var, activation, dtype).predict(z)
+    m64, v64 = mean.astype(np.float64), var.astype(np.float64)
+    expected = ref_activation(
+        activation, gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + BN_EPSILON) + beta)
+    assert a.dtype == dtype
+    rtol, atol = (2e-5, 2e-4) if dtype == np.float32 else (1e-10, 1e-10)
+    assert_allclose(a, expected, rtol=rtol, atol=atol)
+
+
+def test_folded_layer_with_batch_statistics_is_the_training_layer():
+    from sklearn_bn import _batchnorm
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((64, 10)) * 2 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 10), rng.uniform(-0.5, 0.5, 10)
+    a_train, mean, var = np.empty_like(z), np.empty(10), np.empty(10)
+    _batchnorm.bn_forward_train(z, gamma, beta, a_train, mean, var, None, BN_EPSILON, "tanh")
+    a_infer = _one_layer(gamma, beta, mean, var, "tanh", np.float64).predict(z)
+    assert_allclose(a_infer, a_train, rtol=1e-14, atol=1e-15)
+
+
+def test_folded_network_rejects_bad_input():
+    gamma = np.ones(3)
+    with pytest.raises(ValueError, match="var"):
+        _one_layer(gamma, gamma, gamma, -np.ones(3), "relu", np.float64)
+    with pytest.raises(ValueError, match="var"):
+        _one_layer(gamma, gamma, gamma, np.zeros(3), "relu", np.float64, epsilon=0.0)
+    with pytest.raises(ValueError, match="chain"):
+        _one_layer(gamma, gamma, gamma[:2], gamma, "relu", np.float64)
+    with pytest.raises(ValueError, match="activation"):
+        _one_layer(gamma, gamma, gamma, gamma, "gelu", np.float64)
+    folded = _one_layer(gamma, gamma, gamma, gamma, "relu", np.float64)
+    assert folded.predict(np.ones((0, 3))).shape == (0, 3)   # no rows: nothing to do
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 1000])
 def test_aligned_zeros(n, dtype):
