@@ -68,6 +68,17 @@ cdef void cupdate_running_average(floating* running_mean, floating* running_var,
                                   double wsum) noexcept nogil
 
 
+cdef inline void chan_merge(double* mean, double* m2, double weight, double weight_b,
+                            double delta, double m2_b) noexcept nogil:
+    # Chan, Golub and LeVeque's pairwise update, the one merge of statistics
+    # of the package: (weight, mean, m2) absorbs a part of weight weight_b > 0
+    # whose mean is mean + delta and whose sum of squared deviations (from its
+    # own mean) is m2_b. m2 is the sum of squared deviations, weight * var.
+    cdef double ratio = weight_b / (weight + weight_b)
+    mean[0] += delta * ratio
+    m2[0] += m2_b + delta * delta * (weight * ratio)
+
+
 cdef inline double unbiased_count(double weight_sum, double n_positive) noexcept nogil:
     # The m of the unbiased correction m / (m - 1) of a (weighted) variance,
     # for the running statistics of the networks and of BatchNormScaler alike.

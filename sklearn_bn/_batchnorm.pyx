@@ -31,7 +31,8 @@ Performance notes
 Numerics: statistics are accumulated in double precision whatever the input
 dtype. Each row block is reduced around a shift (the running mean of the
 previous blocks; the mean of its first rows for the first block) and merged with
-Chan et al.'s pairwise update; a block whose shift turns out to be far from
+Chan et al.'s pairwise update (``chan_merge``, the package's one merge of
+statistics); a block whose shift turns out to be far from
 its mean (which would cost accuracy) is reduced again, from cache, around its
 own mean. This is as accurate as a two-pass algorithm and reads the data
 once. Normalization computes ``(z - center) * scale + shift`` with
@@ -87,7 +88,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
     Rows are reduced in blocks (tiles of at most ``CHUNK`` columns) around a
     shift ``c``: sums of ``w * (x - c)`` and ``w * (x - c) ** 2``
-    (:func:`_tile_sums`), merged with Chan et al.'s update. The shift of the
+    (:func:`_tile_sums`), merged with :func:`chan_merge`. The shift of the
     first block is the mean of its first four rows; later blocks shift by the
     running mean, so the block sums do not cancel; a tile whose shift was far
     from its own mean (outlying first rows, drifting data) is summed again,
@@ -107,7 +108,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     cdef Py_ssize_t start, stop, i, j, j0, width
     cdef int attempt
     cdef bint redo, first = True
-    cdef double bw, total, ratio, cross, inv, mb, m2b, delta
+    cdef double bw, inv, mb, m2b, delta
     cdef double wtot = 0
 
     start = 0
@@ -123,9 +124,6 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
             start = stop
             continue
         inv = 1 / bw
-        total = wtot + bw
-        ratio = bw / total
-        cross = wtot * ratio
         j0 = 0
         while j0 < n_cols:
             width = min(<Py_ssize_t> CHUNK, n_cols - j0)
@@ -168,11 +166,10 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                     # block mean - running mean; (center - ref) - mean is the
                     # exact, small rounding error of center = ref + mean.
                     delta = ((center[j] - ref[j0 + j]) - mean[j0 + j]) + mb
-                    mean[j0 + j] += delta * ratio
-                    m2[j0 + j] += m2b + delta * delta * cross
+                    chan_merge(&mean[j0 + j], &m2[j0 + j], wtot, bw, delta, m2b)
             j0 += width
         first = False
-        wtot = total
+        wtot = wtot + bw
         start = stop
 
     for j in range(n_cols):
@@ -309,7 +306,7 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                           double* scratch) noexcept nogil:
     """:func:`_stats` skipping NaN: each column has its own weight sum.
 
-    Two passes per tile (the second from cache) and Chan's merge. The second
+    Two passes per tile (the second from cache) and :func:`chan_merge`. The second
     pass also sums the deviations from the first pass's mean, which corrects
     that mean for the rounding of its sum (the corrected two-pass algorithm
     of Chan, Golub and LeVeque): a constant column gets its value exactly and
@@ -325,7 +322,7 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
     cdef double bs1[CHUNK]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
     cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef double w, v, d, bw, total, delta, keep, correction
+    cdef double w, v, d, bw, keep, correction
     cdef const floating* row
 
     memset(scratch, 0, 3 * n_cols * sizeof(double))
@@ -368,11 +365,9 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                 correction = bs1[j] / bw
                 bmean[j] += correction
                 bm2[j] = max(bm2[j] - bs1[j] * correction, 0.0)
-                total = wt[j0 + j] + bw
-                delta = bmean[j] - mean[j0 + j]
-                mean[j0 + j] += delta * (bw / total)
-                m2[j0 + j] += bm2[j] + delta * delta * (wt[j0 + j] * bw / total)
-                wt[j0 + j] = total
+                chan_merge(&mean[j0 + j], &m2[j0 + j], wt[j0 + j], bw,
+                           bmean[j] - mean[j0 + j], bm2[j])
+                wt[j0 + j] += bw
             j0 += width
         start = stop
 
@@ -1040,10 +1035,11 @@ cdef void _block_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
 cdef void _merge_blocks(const double[:, ::1] blocks, Py_ssize_t n_cols,
                         double* mean, double* var, double* wsum) noexcept nogil:
-    """Chan et al.'s pairwise update over the blocks, in order, column by
-    column (a column may have no weight in some blocks)."""
+    """The statistics of the blocks (mean, variance, weight sum: ``n_cols``
+    each per row of ``blocks``) merged in order with :func:`chan_merge`,
+    column by column (a column may have no weight in some blocks)."""
     cdef Py_ssize_t b, j
-    cdef double wb, total, delta
+    cdef double wb
     cdef const double* block = &blocks[0, 0]
     if blocks.shape[0] == 1:   # exactly the one block's statistics
         memcpy(mean, block, n_cols * sizeof(double))
@@ -1056,12 +1052,10 @@ cdef void _merge_blocks(const double[:, ::1] blocks, Py_ssize_t n_cols,
             wb = block[2 * n_cols + j]
             if wb == 0:
                 continue
-            total = wsum[j] + wb
-            delta = block[j] - mean[j]
-            mean[j] += delta * (wb / total)
             # var holds the sum of squared deviations until the end.
-            var[j] += block[n_cols + j] * wb + delta * delta * (wsum[j] * wb / total)
-            wsum[j] = total
+            chan_merge(&mean[j], &var[j], wsum[j], wb, block[j] - mean[j],
+                       block[n_cols + j] * wb)
+            wsum[j] += wb
     for j in range(n_cols):
         var[j] = max(var[j] / wsum[j], 0.0) if wsum[j] > 0 else 0.0
 
@@ -1227,6 +1221,49 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
                              epsilon, <const double*> sw, wsum, act, <double*> dgp,
                              <double*> dbp, scratch)
     PyMem_Free(scratch)
+
+
+def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
+    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance), per
+    column: :func:`chan_merge`, the one the kernels use.
+
+    Parameters
+    ----------
+    count_a, mean_a, var_a, count_b, mean_b, var_b : array-like of shape (n_cols,)
+        The two parts' weight sums (>= 0), means and variances, as float64
+        (scalars broadcast).
+
+    Returns
+    -------
+    count, mean, var : ndarray of shape (n_cols,), float64
+        The statistics of both parts together: where one part has zero
+        count, the other's. Statistics beyond the float64 range become inf or NaN
+        (without warnings: the caller reports them once).
+    """
+    arrays = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64)
+                                   for v in (count_a, mean_a, var_a, count_b, mean_b, var_b)])
+    if arrays[0].ndim != 1:
+        raise ValueError(f"the statistics must be vectors, got shape {arrays[0].shape}")
+    count = np.array(arrays[0], dtype=np.float64)
+    mean = np.array(arrays[1], dtype=np.float64)
+    m2 = np.array(arrays[2], dtype=np.float64)
+    cdef const double[::1] cb = np.ascontiguousarray(arrays[3])
+    cdef const double[::1] mb = np.ascontiguousarray(arrays[4])
+    cdef const double[::1] vb = np.ascontiguousarray(arrays[5])
+    cdef double[::1] c = count, m = mean, s = m2
+    cdef Py_ssize_t j
+    with nogil:
+        for j in range(c.shape[0]):
+            if not cb[j] > 0:
+                continue   # nothing to add: a's statistics
+            if not c[j] > 0:
+                c[j], m[j], s[j] = cb[j], mb[j], vb[j]   # b's statistics
+                continue
+            s[j] = s[j] * c[j]   # the variance as a sum of squared deviations
+            chan_merge(&m[j], &s[j], c[j], cb[j], mb[j] - m[j], vb[j] * cb[j])
+            c[j] += cb[j]
+            s[j] = max(s[j] / c[j], 0.0)
+    return count, mean, m2
 
 
 def unbiased_counts(const double[::1] weight_sum, const double[::1] n_positive):

@@ -29,9 +29,8 @@ from scipy.special import expit, softmax
 from sklearn_bn import _threads, _training
 from sklearn_bn._activations import ACTIVATIONS, activation_code
 from sklearn_bn._activations import forward as activation_forward
-from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, unbiased_counts
+from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, merge_stats, unbiased_counts
 from sklearn_bn._optimizers import aligned_zeros
-from sklearn_bn._utils import merge_stats
 
 OUT_ACTIVATIONS = {
     "identity": _training.OutActivation.OUT_IDENTITY,
