@@ -24,20 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit, softmax
 
 from sklearn_bn import _threads, _training
-from sklearn_bn._activations import ACTIVATIONS, activation_code
+from sklearn_bn._activation_registry import ACTIVATIONS, OUT_ACTIVATIONS
+from sklearn_bn._activations import OUT_ACTIVATIONS as OUT_ACTIVATION_CODES
+from sklearn_bn._activations import activation_code
 from sklearn_bn._activations import forward as activation_forward
 from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, merge_stats, unbiased_counts
 from sklearn_bn._optimizers import aligned_zeros
-
-OUT_ACTIVATIONS = {
-    "identity": _training.OutActivation.OUT_IDENTITY,
-    "logistic": _training.OutActivation.OUT_LOGISTIC,
-    "softmax": _training.OutActivation.OUT_SOFTMAX,
-    "exp": _training.OutActivation.OUT_EXP,
-}
 
 # Rows per block of a prediction: memory stays bounded for any number of rows.
 PREDICT_BLOCK_ROWS = 1024
@@ -347,7 +341,7 @@ class Engine:
             stats_stride=ws.stats_stride, gtmp_off=ws.gtmp_off,
             virtual_batch=int(virtual_batch_size or 0),
             activation=activation_code(activation),
-            out_activation=OUT_ACTIVATIONS[out_activation], alpha=float(alpha),
+            out_activation=OUT_ACTIVATION_CODES[out_activation], alpha=float(alpha),
             bn_momentum=0.0 if bn_momentum is None else float(bn_momentum),
             cumulative=bn_momentum is None, bn_epsilon=self.bn_epsilon,
             data_loss_scale=float(data_loss_scale),
@@ -657,7 +651,7 @@ class FoldedNetwork:
                 Z = np.ascontiguousarray((X[start:stop] @ W0).astype(dtype, copy=False))
                 Z += b0
                 if len(self.coefs) == 1:
-                    out[start:stop] = _out_activation_numpy(Z, self.out_activation)
+                    out[start:stop] = OUT_ACTIVATIONS[self.out_activation].forward(Z)
                 else:
                     _forward(self, activation_forward(Z, self.activation), 1,
                              out[start:stop], 1, block)
@@ -676,8 +670,8 @@ class FoldedNetwork:
         for l, (W, b) in enumerate(zip(self.coefs, self.intercepts)):
             a = a @ W.astype(wide) + b.astype(wide)
             if l < len(self.coefs) - 1:
-                a = _WIDE_ACTIVATIONS[self.activation](a)
-        return _out_activation_numpy(a, self.out_activation)
+                a = ACTIVATIONS[self.activation].forward(a)
+        return OUT_ACTIVATIONS[self.out_activation].forward(a)
 
 
 def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_epsilon,
@@ -784,30 +778,11 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
     return means, variances
 
 
-_WIDE_ACTIVATIONS = {
-    "identity": lambda y: y,
-    "relu": lambda y: np.maximum(y, 0),
-    "tanh": np.tanh,
-    "logistic": lambda y: 0.5 * (1 + np.tanh(0.5 * y)),
-}
-
-
 def _forward(folded, X, first_layer, out, n_threads, block_rows):
     _training.forward_folded(
         X=X, params=folded.params, units=folded.units, coef_off=folded.coef_off,
         bias_off=folded.bias_off, first_layer=first_layer,
         activation=activation_code(folded.activation),
-        out_activation=OUT_ACTIVATIONS[folded.out_activation], out=out,
+        out_activation=OUT_ACTIVATION_CODES[folded.out_activation], out=out,
         block_rows=block_rows, n_threads=n_threads,
     )
-
-
-def _out_activation_numpy(Z, out_activation):
-    """The output activation, in ``Z``'s dtype (``longdouble`` included)."""
-    if out_activation == "logistic":
-        return expit(Z)
-    if out_activation == "softmax":
-        return softmax(Z, axis=1)
-    if out_activation == "exp":
-        return np.exp(Z)
-    return Z

@@ -40,6 +40,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from sklearn_bn._activation_registry import ACTIVATIONS
 from sklearn_bn._callbacks import (
     CallbackSupportMixin,
     EpochTasks,
@@ -62,7 +63,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "array-like",
             Interval(Integral, 1, None, closed="left"),
         ],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+        "activation": [StrOptions(set(ACTIVATIONS))],
         "solver": [StrOptions({"sgd", "adam"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [

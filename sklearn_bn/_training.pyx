@@ -46,29 +46,24 @@ from cython.parallel cimport parallel, prange, threadid
 
 import numpy as np
 
-from sklearn_bn._activations cimport logistic, IDENTITY
+from sklearn_bn._activations cimport (
+    act_rows, logistic, OUT_IDENTITY, OUT_LOGISTIC, OUT_SOFTMAX, OUT_EXP)
 from sklearn_bn._blas cimport cgemm, caxpy
 from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
-    cbn_act_forward_train, cbn_act_backward, cupdate_running_average,
-    cupdate_running_stats, normalize, unbiased_count, SCRATCH_PER_COLUMN)
+    Panel, Statistics, cbn_act_forward_train, cbn_act_backward,
+    cupdate_running_average, cupdate_running_stats, unbiased_count,
+    SCRATCH_PER_COLUMN)
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
     barrier_wait, share, team_size, thread_num)
+from sklearn_bn._tiles cimport TILE, next_tile
 
 cdef enum:
     # Threads share rows and columns in multiples of these, so that no two
     # threads write to the same cache line.
     ROW_ALIGN = 8
     COL_ALIGN = 16
-    # Columns per tile of the column sums of W ** 2.
-    CHUNK = 1024
-
-cpdef enum OutActivation:
-    OUT_IDENTITY = 0   # squared error
-    OUT_LOGISTIC = 1   # binary log loss (binary and multilabel)
-    OUT_SOFTMAX = 2    # log loss (multiclass)
-    OUT_EXP = 3        # half Poisson deviance
 
 cpdef enum Solver:
     SGD = 0
@@ -684,6 +679,7 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
     cdef double* mean
     cdef double* var
     cdef double wsum, n_running
+    cdef Panel panel
     share(fan_out, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
@@ -696,13 +692,18 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
         cgemm(False, False, <int> mb.m, <int> (c1 - c0), <int> fan_in,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               W + c0, <int> fan_out, <floating> 0, z, <int> (c1 - c0))
+    panel.n_cols = c1 - c0
+    panel.z_ld = c1 - c0
+    panel.a_ld = fan_out
+    panel.ld = fan_out
     for c in range(mb.n_chunks):
         chunk_bounds(mb, c, &lo, &hi)
         chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
         mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
         var = mean + net.var_base
+        panel.n_rows = hi - lo
         cbn_act_forward_train(
-            z + lo * (c1 - c0), a + lo * fan_out + c0, hi - lo, c1 - c0, c1 - c0, fan_out,
+            z + lo * (c1 - c0), a + lo * fan_out + c0, &panel,
             theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0,
             swb + lo if swb != NULL else NULL, net.bn_epsilon, net.act, mean + c0,
             var + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
@@ -909,28 +910,36 @@ cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
     cdef floating* dg
     cdef floating* db
     cdef const double* mean
-    cdef double wsum, n_running
+    cdef double n_running
+    cdef Panel panel
+    cdef Statistics stats
+    panel.n_cols = c1 - c0
+    panel.z_ld = c1 - c0
+    panel.a_ld = fan_out
+    panel.ld = ld
+    stats.epsilon = net.bn_epsilon
     for c in range(mb.n_chunks):
         chunk_bounds(mb, c, &lo, &hi)
-        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+        chunk_weights(net, buf, mb, lo, hi, &stats.weight_sum, &n_running, dtype)
         dg, db = dgamma, dbeta
         if c > 0:
             dg, db = chunk_dgamma, chunk_dbeta
-        if not wsum > 0:
+        if not stats.weight_sum > 0:
             for j in range(c0, c1):
                 dg[j] = 0
                 db[j] = 0
             zero_rows(D + lo * ld, hi - lo, 0, c1 - c0, ld)
         else:
             mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
+            stats.mean = mean + c0
+            stats.var = mean + net.var_base + c0
+            panel.n_rows = hi - lo
             cbn_act_backward(
                 D + lo * ld, work + net.a_off[l] + lo * fan_out + c0,
-                z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0),
-                D + lo * ld, hi - lo, c1 - c0, c1 - c0, fan_out, ld,
-                theta + net.gamma_off[l] + c0,
-                theta + net.bias_off[l] + c0, mean + c0, mean + net.var_base + c0,
-                net.bn_epsilon, swb + lo if swb != NULL else NULL, wsum, net.act,
-                dg + c0, db + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+                z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0), &panel,
+                theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0, &stats,
+                swb + lo if swb != NULL else NULL, net.act, dg + c0, db + c0,
+                buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
         if c > 0:
             for j in range(c0, c1):
                 dgamma[j] += chunk_dgamma[j]
@@ -1233,7 +1242,7 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
     than adding the L2 term after the product, and BLAS skips its own pass
     that zeroes ``C`` for ``beta = 0``.
     """
-    cdef double acc[CHUNK]
+    cdef double acc[TILE]
     cdef Py_ssize_t i, j, j0, width
     if c != 0:
         if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
@@ -1247,9 +1256,9 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
         for i in range(n_rows):
             sums[i] = sum_of_squares(w + c0 + i * ld, c1 - c0)
         return
-    j0 = c0
-    while j0 < c1:   # column sums, in local arrays so that the loop vectorizes
-        width = min(<Py_ssize_t> CHUNK, c1 - j0)
+    # Column sums, in local arrays so that the loop vectorizes.
+    j0, width = c0, 0
+    while next_tile(&j0, &width, c1):
         for j in range(width):
             acc[j] = 0
         for i in range(n_rows):
@@ -1257,7 +1266,6 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
                 acc[j] += <double> w[i * ld + j0 + j] * w[i * ld + j0 + j]
         for j in range(width):
             sums[j0 + j] = acc[j]
-        j0 += width
 
 
 cdef double adam_step_size(const Optimizer* opt, Py_ssize_t t) noexcept nogil:
@@ -1367,33 +1375,27 @@ def forward_folded(*, const floating[:, ::1] X, const floating[::1] params,
         width = max(width, units[l + 1])
     dtype = np.asarray(params).dtype
     cdef floating[:, :, ::1] buf = np.empty((n_threads, 2, block_rows * width), dtype=dtype)
-    # (a - 0) * 1 + b is a + b: normalize() adds the bias and applies the
-    # activation in one pass.
-    cdef const floating[::1] zeros = np.zeros(width, dtype=dtype)
-    cdef const floating[::1] ones = np.ones(width, dtype=dtype)
     with nogil:
         if n_threads == 1:
             for b in range(n_blocks):
                 folded_block(&X[b * block_rows, 0], min(block_rows, n - b * block_rows),
                              &params[0], &units[0], &coef_off[0], &bias_off[0],
                              first_layer, L, activation, out_activation,
-                             &zeros[0], &ones[0], &buf[0, 0, 0], &buf[0, 1, 0],
-                             &out[b * block_rows, 0])
+                             &buf[0, 0, 0], &buf[0, 1, 0], &out[b * block_rows, 0])
         else:
             for b in prange(n_blocks, schedule="dynamic", num_threads=n_threads):
                 folded_block(&X[b * block_rows, 0], min(block_rows, n - b * block_rows),
                              &params[0], &units[0], &coef_off[0], &bias_off[0],
                              first_layer, L, activation, out_activation,
-                             &zeros[0], &ones[0], &buf[threadid(), 0, 0],
-                             &buf[threadid(), 1, 0], &out[b * block_rows, 0])
+                             &buf[threadid(), 0, 0], &buf[threadid(), 1, 0],
+                             &out[b * block_rows, 0])
 
 
 cdef void folded_block(const floating* X, Py_ssize_t m,
                        const floating* params, const Py_ssize_t* units,
                        const Py_ssize_t* coef_off, const Py_ssize_t* bias_off,
                        Py_ssize_t first_layer, Py_ssize_t L, int act,
-                       int out_act, const floating* zeros,
-                       const floating* ones, floating* buf0, floating* buf1,
+                       int out_act, floating* buf0, floating* buf1,
                        floating* out) noexcept nogil:
     """The folded forward pass of ``m`` rows, ``buf0`` and ``buf1`` holding
     the hidden layers' outputs in turn."""
@@ -1408,8 +1410,7 @@ cdef void folded_block(const floating* X, Py_ssize_t m,
               <floating> 1, src, <int> units[l], params + coef_off[l],
               <int> units[l + 1], <floating> 0, dst, <int> units[l + 1])
         if l < L - 1:
-            normalize(dst, dst, m, units[l + 1], units[l + 1], zeros, ones,
-                      params + bias_off[l], act)
+            act_rows(dst, m, units[l + 1], params + bias_off[l], act)
             src = dst
             dst, spare = spare, dst
         else:

@@ -2,52 +2,34 @@
 and plain-numpy references written from the pinned math (DESIGN.md), never
 from the kernels.
 
-The activations under test are the package's own list: a new activation is
-tested everywhere once it has a reference here (a missing one is a KeyError,
-not a skipped test).
+The activations under test are the package's registry
+(``sklearn_bn/_activation_registry.py``), whose numpy forms are the
+references of the compiled kernels: a new activation is tested everywhere
+once it is registered.
 """
 
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import strategies as st
-from scipy.special import expit, softmax
 
-from sklearn_bn._activations import ACTIVATIONS as _CODES
+from sklearn_bn._activation_registry import ACTIVATIONS as _HIDDEN
+from sklearn_bn._activation_registry import OUT_ACTIVATIONS as _OUTPUT
 
 DTYPES = [np.float32, np.float64]
 
-ACTIVATIONS = sorted(_CODES, key=_CODES.get)
+ACTIVATIONS = list(_HIDDEN)
 
-_FORWARD = {
-    "identity": lambda y: y,
-    "relu": lambda y: np.maximum(y, 0),
-    "tanh": np.tanh,
-    "logistic": lambda y: 0.5 * (1 + np.tanh(0.5 * y)),  # no overflow
-}
-
-_DERIVATIVE = {
-    "identity": np.ones_like,
-    "relu": lambda y: (y > 0).astype(np.float64),
-    "tanh": lambda y: 1 - np.tanh(y) ** 2,
-    "logistic": lambda y: 0.25 * (1 - np.tanh(0.5 * y) ** 2),
-}
-
-OUT_ACTIVATIONS = {
-    "identity": lambda v: v,
-    "logistic": expit,
-    "exp": np.exp,
-    "softmax": lambda v: softmax(v, axis=1),
-}
+OUT_ACTIVATIONS = {name: a.forward for name, a in _OUTPUT.items()}
 
 
 def activation(name, y):
     """``f(y)`` in float64."""
-    return _FORWARD[name](np.asarray(y, dtype=np.float64))
+    return _HIDDEN[name].forward(np.asarray(y, dtype=np.float64))
 
 
 def activation_derivative(name, y):
     """``f'(y)`` from the pre-activation ``y``, in float64."""
-    return _DERIVATIVE[name](np.asarray(y, dtype=np.float64))
+    return _HIDDEN[name].derivative(np.asarray(y, dtype=np.float64))
 
 
 def forward_from_attributes(est, X):
