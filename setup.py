@@ -62,7 +62,8 @@ COMPILER_DIRECTIVES = {
 # No code reads errno: this lets sqrt vectorize (the Adam step).
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 
-MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_training", "_debug"]
+MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_optimizers", "_training",
+           "_debug"]
 # Modules that run OpenMP teams (the scaler's kernels and the engine).
 OPENMP_MODULES = {f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")}
 

@@ -48,7 +48,7 @@ from sklearn_bn._callbacks import (
     with_callbacks,
 )
 from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
-from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
+from sklearn_bn._optimizers import OPTIMIZERS, SCHEDULES, from_state_dict
 from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 
 # Each fitted estimator's folded networks, by dtype (see _folded_network).
@@ -64,13 +64,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             Interval(Integral, 1, None, closed="left"),
         ],
         "activation": [StrOptions(set(ACTIVATIONS))],
-        "solver": [StrOptions({"sgd", "adam"})],
+        "solver": [StrOptions(set(OPTIMIZERS))],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [
             StrOptions({"auto"}),
             Interval(Integral, 2, None, closed="left"),
         ],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate": [StrOptions(set(SCHEDULES))],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "power_t": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -499,15 +499,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return int(np.clip(self.batch_size, 2, n_samples))
 
     def _make_optimizer(self, n_params, dtype, incremental):
-        """A fresh optimizer, or (partial_fit) a copy of the one the last fit
-        left, so that a failed call leaves it as it was."""
+        """A fresh optimizer (the ``solver``'s entry of ``OPTIMIZERS``), or
+        (partial_fit) a copy of the one the last fit left, so that a failed
+        call leaves it as it was."""
         if incremental and hasattr(self, "_optimizer_state"):
             return from_state_dict(self._optimizer_state, dtype)
-        if self.solver == "adam":
-            return AdamOptimizer(n_params, dtype, self.learning_rate_init,
-                                 self.beta_1, self.beta_2, self.epsilon)
-        return SGDOptimizer(n_params, dtype, self.learning_rate_init, self.learning_rate,
-                            self.momentum, self.nesterovs_momentum, self.power_t)
+        return OPTIMIZERS[self.solver].from_estimator(self, n_params, dtype)
 
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
                     random_state, incremental, batch_size, interrupt, epochs=None):

@@ -5,6 +5,17 @@ import functools
 import signal
 import threading
 
+import numpy as np
+
+
+def aligned_zeros(n, dtype):
+    """A zero-filled 1-D array whose data start on a 64-byte boundary (the
+    engine's threads write neighbouring ranges: no cache line is shared when
+    their bounds are multiples of 16 elements)."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(n * dtype.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
 def _restore_on_failure(method):

@@ -26,7 +26,7 @@ from reference import ACTIVATIONS
 from reference import activation as ref_activation
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads, _training
 from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
-from sklearn_bn._optimizers import aligned_zeros
+from sklearn_bn._utils import aligned_zeros
 
 BN_EPSILON = 1e-5
 
@@ -153,7 +153,7 @@ def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
         running_var = np.ones(n_hidden, dtype=dtype)
     params = Parameters(engine.layout.pack(coefs, gammas, intercepts, dtype),
                         running_mean, running_var, n_batches_tracked)
-    engine.workspace.grad[:] = np.nan  # must be overwritten
+    engine.network.grad[:] = np.nan  # must be overwritten
     loss, grad = engine.loss_and_gradient(
         data=engine.bind(X, Y, sw), params=params, update_running=update_running,
         step=step)
@@ -970,8 +970,8 @@ EPOCH_BAD_ARGS = {
                                                    p.running_mean, p.running_var), "theta"),
     "running_mean": ("params", lambda p: Parameters(p.theta, _short(p.running_mean),
                                                     p.running_var), "running_mean"),
-    "moment_1": ("optimizer", "first_moment", "moment_1"),
-    "moment_2": ("optimizer", "second_moment", "moment_2"),
+    "first_moment": ("optimizer", "first_moment", "first_moment"),
+    "second_moment": ("optimizer", "second_moment", "second_moment"),
     "X rows": ("data", lambda d: _engine.TrainingData(**{**vars(d), "X": _short(d.X)}),
                "rows"),
 }
@@ -1119,24 +1119,51 @@ def test_aligned_zeros(n, dtype):
     assert_array_equal(a, 0)
 
 
+@pytest.mark.parametrize("dropout", [None, [0.2, 0.0]])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_workspace_blocks_start_on_cache_lines(sparse):
+def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
     # Threads write neighbouring panels of these blocks: each starts at a
     # multiple of 16 elements, and the blocks do not overlap.
-    ws = _engine.Workspace(_engine.ParameterLayout((37, 33, 17, 3)), 51, sparse, np.float32)
-    starts = [ws.xb_off, ws.yb_off, ws.swb_off, ws.p_off,
-              *ws.z_off[:2], *ws.a_off[:2], *ws.d_off[:2]]
-    assert all(s % 16 == 0 for s in starts)
-    sizes = [0 if sparse else 51 * 37, 51 * 3, 51, 51 * 3, 51 * 33, 51 * 17,
-             51 * 33, 51 * 17, 51 * 33, 51 * 17]
-    order = [0, 1, 2, 3, 4, 6, 8, 5, 7, 9]   # z0, a0, d0, z1, a1, d1
-    ends = [starts[i] + sizes[i] for i in order]
-    assert all(e <= s for e, s in zip(ends, [starts[i] for i in order][1:]))
-    assert ends[-1] <= ws.work.size
-    assert ws.var_base % 16 == 0 and ws.scratch_off % 16 == 0
-    assert ws.var_base >= 33 + 17
-    for buffer in (ws.work, ws.dwork, ws.grad):
+    network = _training.Network(
+        (37, 33, 17, 3), activation="relu", out_activation="softmax", dtype=np.float32,
+        max_batch=51, sparse=sparse, weighted=True, alpha=0.0, bn_momentum=0.1,
+        bn_epsilon=1e-5, virtual_batch_size=8, dropout=dropout)
+    buffers = network.buffers()
+    blocks = [(buffers["xb"], 0 if sparse else 51 * 37), (buffers["yb"], 51 * 3),
+              (buffers["swb"], 51), (buffers["p"], 51 * 3), (buffers["gtmp"], 2 * 33)]
+    for l, h in enumerate((33, 17)):
+        layer = network.layer(l)
+        blocks += [(layer["z"], 51 * h), (layer["out"], 51 * h), (layer["delta"], 51 * h)]
+        if layer["dropout"] > 0:
+            blocks += [(layer["dropped"], 51 * h), (layer["keep"], -(-51 * h // 4))]
+        else:
+            assert layer["dropped"] == layer["out"]
+    starts = sorted(blocks)
+    assert all(start % 16 == 0 for start, _ in starts)
+    assert all(a + size <= b for (a, size), (b, _) in zip(starts, starts[1:]))
+    assert starts[-1][0] + starts[-1][1] <= network.work.size
+    # dwork: the chunks' means and variances, the scratch, the rows' losses
+    # and each layer's sums of W ** 2.
+    chunks = 7   # min(ceil(51 / 8), 51 // 2)
+    stride = buffers["stats_stride"]
+    assert stride >= 33 + 17 and stride % 16 == 0
+    dblocks = [(0, chunks * stride), (buffers["var_base"], chunks * stride),
+               (buffers["scratch"], 8 * 33), (buffers["row_loss"], 51)]
+    dblocks += [(network.layer(l)["l2"], size) for l, size in enumerate((37, 33, 17))]
+    dstarts = sorted(dblocks)
+    assert all(start % 16 == 0 for start, _ in dstarts)
+    assert all(a + size <= b for (a, size), (b, _) in zip(dstarts, dstarts[1:]))
+    assert dstarts[-1][0] + dstarts[-1][1] <= network.dwork.size
+    for buffer in (network.work, network.dwork, network.grad):
         assert buffer.ctypes.data % 64 == 0
+    # The parameters: each layer's coefficients, gamma and beta (hidden) or
+    # intercept (output), one after another.
+    offsets = [(network.layer(l)["coef"], network.layer(l)["gamma"], network.layer(l)["bias"])
+               for l in range(3)]
+    assert offsets == [(0, 37 * 33, 37 * 33 + 33), (37 * 33 + 66, 37 * 33 + 66 + 33 * 17,
+                       37 * 33 + 66 + 33 * 17 + 17), (37 * 33 + 66 + 33 * 17 + 34, 0,
+                       37 * 33 + 66 + 33 * 17 + 34 + 17 * 3)]
+    assert network.n_params == 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3 + 3
 
 
 def _fit_and_score(X, y):
