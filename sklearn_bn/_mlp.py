@@ -48,7 +48,7 @@ from sklearn_bn._callbacks import (
     with_callbacks,
 )
 from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
-from sklearn_bn._optimizers import OPTIMIZERS, SCHEDULES, from_state_dict
+from sklearn_bn._optimizers import OPTIMIZERS, SCHEDULES, batches_per_epoch, from_state_dict
 from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 
 # Each fitted estimator's folded networks, by dtype (see _folded_network).
@@ -95,6 +95,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         "bn_stats": [StrOptions({"running", "population"})],
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "virtual_batch_size": [Interval(Integral, 2, None, closed="left"), None],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
     @abstractmethod
@@ -128,6 +129,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         bn_stats,
         dropout,
         virtual_batch_size,
+        weight_decay,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -157,6 +159,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self.bn_stats = bn_stats
         self.dropout = dropout
         self.virtual_batch_size = virtual_batch_size
+        self.weight_decay = weight_decay
 
     # ------------------------------------------------------------------
     # Validation helpers
@@ -394,7 +397,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )  # fmt: skip
         data = engine.bind(X_train, Y_train, sw_train)
         params = engine.parameters(*params)
-        optimizer = self._make_optimizer(engine.layout.n_params, Y.dtype, incremental)
+        optimizer = self._make_optimizer(
+            engine.layout.n_params, Y.dtype, incremental,
+            self.max_iter * batches_per_epoch(X_train.shape[0], batch_size))
         # Early stopping restores the parameters of the best validation score.
         best = [params.copy()] if validation is not None else [params]
         epochs = None
@@ -498,13 +503,18 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         return int(np.clip(self.batch_size, 2, n_samples))
 
-    def _make_optimizer(self, n_params, dtype, incremental):
+    def _make_optimizer(self, n_params, dtype, incremental, total_steps=0):
         """A fresh optimizer (the ``solver``'s entry of ``OPTIMIZERS``), or
         (partial_fit) a copy of the one the last fit left, so that a failed
-        call leaves it as it was."""
+        call leaves it as it was. ``total_steps``: the steps of ``max_iter``
+        epochs, the horizon of a fit's cosine schedule (``partial_fit`` steps
+        at ``learning_rate_init``)."""
         if incremental and hasattr(self, "_optimizer_state"):
-            return from_state_dict(self._optimizer_state, dtype)
-        return OPTIMIZERS[self.solver].from_estimator(self, n_params, dtype)
+            optimizer = from_state_dict(self._optimizer_state, dtype)
+        else:
+            optimizer = OPTIMIZERS[self.solver].from_estimator(self, n_params, dtype)
+        optimizer.plan(0 if incremental else total_steps)
+        return optimizer
 
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
                     random_state, incremental, batch_size, interrupt, epochs=None):
@@ -824,7 +834,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "validation_fraction", "beta_1", "beta_2", "epsilon",
             "n_iter_no_change",
         ]  # fmt: skip
-        return {name: getattr(self, name) for name in names}
+        params = {name: getattr(self, name) for name in names}
+        if params["learning_rate"] == "cosine":
+            # scikit-learn has no cosine schedule; the twin is fitted, and
+            # continued training steps at learning_rate_init.
+            params["learning_rate"] = "constant"
+        return params
 
     def _copy_sklearn_extras(self, mlp):
         pass
@@ -858,14 +873,25 @@ _COMMON_PARAMS_DOC = """
         value larger than the data is clipped with a warning. A trailing
         minibatch of a single sample joins the previous one.
 
-    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
-        Learning-rate schedule of ``solver='sgd'``: constant; divided by
-        ``(t + 1) ** power_t`` after each epoch (``t`` samples seen); or
-        divided by 5 each time ``n_iter_no_change`` epochs fail to improve by
-        ``tol``.
+    learning_rate : {'constant', 'invscaling', 'adaptive', 'cosine'}, default='constant'
+        Learning-rate schedule. ``'constant'``: ``learning_rate_init``.
+        ``'invscaling'`` and ``'adaptive'`` (``solver='sgd'`` only; Adam
+        ignores them, as scikit-learn's does): divided by ``(t + 1) **
+        power_t`` after each epoch (``t`` samples seen), or divided by 5 each
+        time ``n_iter_no_change`` epochs fail to improve by ``tol``.
+        ``'cosine'`` (both solvers): the ``t``-th step of the optimizer in
+        ``fit`` (from 0, counted over all minibatches) uses ``learning_rate_init
+        * (1 + cos(pi * t / T)) / 2``, where ``T = max_iter *`` the minibatches
+        of an epoch over the training rows (after the validation split of
+        early stopping); a fit that stops early ends the schedule where it
+        is, and ``warm_start`` starts it again at ``t = 0``. For Adam, the
+        bias corrections multiply this rate: the step size is ``lr_t *
+        sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's ``s``-th step.
+        :meth:`partial_fit` steps at ``learning_rate_init``.
 
     learning_rate_init : float, default=0.001
-        The initial learning rate (the step size of Adam).
+        The initial learning rate (the step size of Adam, before its bias
+        corrections).
 
     power_t : float, default=0.5
         Exponent of the ``'invscaling'`` schedule.
@@ -950,6 +976,17 @@ _COMMON_PARAMS_DOC = """
         per chunk, in order, with ``bn_momentum`` (what applying PyTorch's
         ``BatchNorm1d`` to each chunk in turn does). ``None``, or a value of
         at least ``batch_size``: plain batch norm.
+
+    weight_decay : float >= 0, default=0.0
+        Decoupled weight decay of the coefficients ``coefs_`` (Loshchilov &
+        Hutter, 2019 [4]_; PyTorch's ``AdamW``), for both solvers: at every
+        step the gradient is taken at the current coefficients ``W``, then
+        ``W_new = W * (1 - lr_t * weight_decay) + step``, where ``step`` is
+        the optimizer's usual update from that gradient and ``lr_t`` the
+        schedule's learning rate at that step (``learning_rate_init`` for
+        ``learning_rate='constant'``; not Adam's bias-corrected step size).
+        ``gammas_`` and ``intercepts_`` are not decayed, and ``alpha`` keeps
+        its meaning (an L2 term of the loss, whose gradient Adam rescales).
 """
 
 _CLASS_WEIGHT_DOC = """
@@ -1136,6 +1173,8 @@ _REFERENCES_DOC = """
        BackProp." In Neural Networks: Tricks of the Trade.
     .. [3] Kingma, D. and Ba, J. (2014). "Adam: A method for stochastic
        optimization." :arxiv:`1412.6980`.
+    .. [4] Loshchilov, I. and Hutter, F. (2019). "Decoupled Weight Decay
+       Regularization." :arxiv:`1711.05101`.
 """
 
 
@@ -1231,6 +1270,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        weight_decay=0.0,
         class_weight=None,
     ):
         super().__init__(
@@ -1262,6 +1302,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
+            weight_decay=weight_decay,
         )
         self.class_weight = class_weight
 
@@ -1610,6 +1651,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        weight_decay=0.0,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1640,6 +1682,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             bn_stats=bn_stats,
             dropout=dropout,
             virtual_batch_size=virtual_batch_size,
+            weight_decay=weight_decay,
         )
 
     def _validate_input(self, X, y, incremental, reset):

@@ -12,6 +12,7 @@ cdef enum:
 cdef struct Step:
     Py_ssize_t t                 # steps taken before this one (0: the first)
     double lr                    # the schedule's learning rate at this step
+    double decay                 # the coefficients' factor 1 - lr * weight_decay
     double rate                  # the rule's own step size (Adam: lr with its
                                  # bias corrections; SGD: lr)
 
@@ -23,7 +24,10 @@ cdef class Optimizer:
     cdef public double learning_rate       # the rate of the epoch schedules
     cdef public str lr_schedule
     cdef public double power_t
+    cdef public double weight_decay
     cdef public Py_ssize_t step            # parameter updates made so far
+    cdef public Py_ssize_t horizon         # cosine: steps of the whole fit (0: none)
+    cdef public Py_ssize_t horizon_start   # cosine: the step count it started at
     cdef char* _moments[MAX_MOMENTS]
 
     cdef int bind(self) except -1
@@ -34,12 +38,18 @@ cdef class Optimizer:
                             Py_ssize_t off, Py_ssize_t n) noexcept nogil
 
 
+cdef void scale_range(floating* theta, Py_ssize_t n, floating factor) noexcept nogil
+
+
 cdef inline void step_range(Optimizer opt, const Step* s, floating* theta,
                             const floating* grad, Py_ssize_t off, Py_ssize_t n,
                             bint decayed) noexcept nogil:
-    # The step of parameters [off, off + n) of the flat vector: the
-    # optimizer's update from their gradient (``decayed`` marks the
-    # coefficients, the parameters a weight decay would shrink).
+    # The step of parameters [off, off + n) of the flat vector: decoupled
+    # weight decay first (``decayed``: coefficients only), theta * (1 - lr *
+    # weight_decay), then the optimizer's update from the gradient, which was
+    # taken at the undecayed parameters.
+    if decayed and s.decay != 1:
+        scale_range(theta + off, n, <floating> s.decay)
     if floating is float:
         opt.update_float(s, theta, grad, off, n)
     else:

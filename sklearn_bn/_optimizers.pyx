@@ -1,5 +1,5 @@
-"""The optimizers: each one object with its state, its hyper-parameters and
-its learning-rate schedule, shaped as scikit-learn's
+"""The optimizers: each one object with its state, its hyper-parameters, its
+learning-rate schedule and its weight decay, shaped as scikit-learn's
 (``sklearn/neural_network/_stochastic_optimizers.py``).
 
 The engine steps the parameters in compiled code, on every thread of its
@@ -20,13 +20,24 @@ Schedules (``lr_schedule``, the estimators' ``learning_rate``):
 * ``'constant'``: ``learning_rate_init`` at every step;
 * ``'invscaling'``, ``'adaptive'``: scikit-learn's epoch schedules, followed by
   the optimizers whose ``epoch_schedules`` is true (SGD; Adam ignores them,
-  as scikit-learn's does).
+  as scikit-learn's does);
+* ``'cosine'``: step ``t`` of a fit (from 0) uses ``learning_rate_init * (1 +
+  cos(pi * t / T)) / 2``, ``T`` the steps the fit would take in ``max_iter``
+  epochs (:meth:`Optimizer.plan`); ``partial_fit`` steps at
+  ``learning_rate_init``.
+
+Weight decay is decoupled (Loshchilov & Hutter, 2019, "Decoupled Weight
+Decay Regularization", :arxiv:`1711.05101`; PyTorch's ``AdamW``): at each step
+the coefficients become ``W * (1 - lr_t * weight_decay) + update``, where
+``update`` is the optimizer's step from the gradient at ``W`` and ``lr_t``
+the schedule's rate at that step (not Adam's bias-corrected step size).
+Gammas, betas and intercepts are not decayed.
 
 Adding an optimizer: a subclass of :class:`Optimizer` here, with its
 hyper-parameters, moments and update, and its entry in :data:`OPTIMIZERS`
 (see CONTRIBUTING.md).
 """
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport cos, sqrt, sqrtf, M_PI
 from cython cimport floating
 
 import numpy as np
@@ -38,21 +49,31 @@ from sklearn_bn._utils import aligned_zeros
 cnp.import_array()
 
 #: The learning-rate schedules (the estimators' ``learning_rate``).
-SCHEDULES = ("constant", "invscaling", "adaptive")
+SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
+
+
+def batches_per_epoch(n_samples, batch_size):
+    """Minibatches of an epoch over ``n_samples`` rows: consecutive slices of
+    ``batch_size``, a trailing single row joining the previous slice."""
+    n_batches = -(-n_samples // batch_size)
+    if n_samples % batch_size == 1 and n_samples > batch_size:
+        n_batches -= 1
+    return n_batches
 
 
 cdef class Optimizer:
     """What every optimizer has: the step count, the learning rate and its
-    schedule.
+    schedule, and decoupled weight decay.
 
     Parameters
     ----------
     n_params : int
     dtype : dtype of the parameters
     learning_rate_init : float
-    lr_schedule : {'constant', 'invscaling', 'adaptive'}
+    lr_schedule : {'constant', 'invscaling', 'adaptive', 'cosine'}
     power_t : float
         Exponent of the ``'invscaling'`` schedule.
+    weight_decay : float >= 0
 
     Attributes
     ----------
@@ -61,6 +82,9 @@ cdef class Optimizer:
         otherwise).
     step : int
         Parameter updates made so far.
+    horizon, horizon_start : int
+        The cosine schedule of the current fit: its steps ``T`` (0: none)
+        and the step count it started at.
     """
 
     #: Name in :data:`OPTIMIZERS` and in the estimators' ``solver``.
@@ -69,13 +93,14 @@ cdef class Optimizer:
     moment_names = ()
     #: Constructor argument -> the estimators' parameter it comes from.
     estimator_parameters = {"learning_rate_init": "learning_rate_init",
-                            "lr_schedule": "learning_rate", "power_t": "power_t"}
+                            "lr_schedule": "learning_rate", "power_t": "power_t",
+                            "weight_decay": "weight_decay"}
     #: Whether the optimizer follows the epoch schedules 'invscaling' and
     #: 'adaptive' (scikit-learn's SGD does, its Adam does not).
     epoch_schedules = False
 
     def __init__(self, n_params, dtype, *, learning_rate_init=0.001,
-                 lr_schedule="constant", power_t=0.5):
+                 lr_schedule="constant", power_t=0.5, weight_decay=0.0):
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {lr_schedule!r}")
         self.n_params = int(n_params)
@@ -84,7 +109,10 @@ cdef class Optimizer:
         self.learning_rate = float(learning_rate_init)
         self.lr_schedule = str(lr_schedule)
         self.power_t = float(power_t)
+        self.weight_decay = float(weight_decay)
         self.step = 0
+        self.horizon = 0
+        self.horizon_start = 0
 
     @classmethod
     def from_estimator(cls, estimator, n_params, dtype):
@@ -95,6 +123,13 @@ cdef class Optimizer:
 
     # ------------------------------------------------------------------
     # The schedule, between the engine's calls
+
+    def plan(self, total_steps):
+        """Start the cosine schedule of a fit of ``total_steps`` steps (its
+        ``T``) at the current step; ``0`` (``partial_fit``): no schedule,
+        every step at ``learning_rate``."""
+        self.horizon = int(total_steps) if self.lr_schedule == "cosine" else 0
+        self.horizon_start = self.step
 
     def iteration_ends(self, time_step):
         """Called after each epoch with the number of samples seen."""
@@ -118,6 +153,16 @@ cdef class Optimizer:
             print(msg + " Setting learning rate to %f" % self.learning_rate)
         return False
 
+    def step_rates(self, t):
+        """The rates of the step that follows ``t`` steps, as the compiled
+        update sees them: ``{"lr": ..., "decay": ..., "rate": ...}`` (the
+        schedule's rate, the coefficients' decay factor, the rule's step
+        size)."""
+        cdef Step s
+        s.t = t
+        self.prepare(&s)
+        return {"lr": s.lr, "decay": s.decay, "rate": s.rate}
+
     # ------------------------------------------------------------------
     # State
 
@@ -128,7 +173,8 @@ cdef class Optimizer:
     def state_dict(self):
         """Everything that defines the optimizer, as plain values (copies)."""
         state = {"solver": self.name, "n_params": self.n_params, "dtype": self.dtype.name,
-                 "step": self.step, "learning_rate": self.learning_rate}
+                 "step": self.step, "learning_rate": self.learning_rate,
+                 "horizon": self.horizon, "horizon_start": self.horizon_start}
         for name in self.estimator_parameters_of():
             state[name] = getattr(self, name)
         for name, array in self.moments().items():
@@ -151,9 +197,14 @@ cdef class Optimizer:
         return 0
 
     cdef void prepare(self, Step* s) noexcept nogil:
-        """The rates of step ``s.t``: the schedule's and the rule's own (here
-        the schedule's)."""
-        s.lr = self.learning_rate
+        """The rates of step ``s.t``: the schedule's, the decay factor of the
+        coefficients, and the rule's own (here the schedule's)."""
+        cdef double t = s.t - self.horizon_start
+        if self.horizon > 0:
+            s.lr = self.learning_rate_init * (1 + cos(M_PI * t / self.horizon)) / 2
+        else:
+            s.lr = self.learning_rate
+        s.decay = 1 - s.lr * self.weight_decay
         s.rate = s.lr
 
     cdef void update_float(self, const Step* s, float* theta, const float* grad,
@@ -172,7 +223,7 @@ cdef class SGDOptimizer(Optimizer):
 
     Parameters
     ----------
-    n_params, dtype, learning_rate_init, lr_schedule, power_t
+    n_params, dtype, learning_rate_init, lr_schedule, power_t, weight_decay
         See :class:`Optimizer`.
     momentum : float
     nesterov : bool
@@ -232,7 +283,7 @@ cdef class AdamOptimizer(Optimizer):
 
     Parameters
     ----------
-    n_params, dtype, learning_rate_init, lr_schedule, power_t
+    n_params, dtype, learning_rate_init, lr_schedule, power_t, weight_decay
         See :class:`Optimizer`.
     beta_1, beta_2 : float
         Exponential decays of the first and second moments.
@@ -304,6 +355,13 @@ cdef simd_void _adam(floating* theta, const floating* grad, floating* moment_1,
             theta[i] -= lr_t * moment_1[i] / (sqrt(moment_2[i]) + eps)
 
 
+cdef void scale_range(floating* theta, Py_ssize_t n, floating factor) noexcept nogil:
+    """``theta *= factor`` on ``n`` parameters (decoupled weight decay)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        theta[i] *= factor
+
+
 #: The optimizers, by the estimators' ``solver``.
 OPTIMIZERS = {cls.name: cls for cls in (SGDOptimizer, AdamOptimizer)}
 
@@ -315,7 +373,7 @@ def from_state_dict(state, dtype):
     optimizer = cls(state["n_params"], dtype,
                     **{name: state[name] for name in cls.estimator_parameters_of()
                        if name in state})
-    for name in ("step", "learning_rate"):
+    for name in ("step", "learning_rate", "horizon", "horizon_start"):
         if name in state:
             setattr(optimizer, name, state[name])
     for name in cls.moment_names:

@@ -691,6 +691,145 @@ def test_warm_start_continues_from_the_previous_weights(solver):
         assert cold.loss_curve_ == pytest.approx(est.loss_curve_, rel=1e-12)
 
 
+# ---------------------------------------------------------------------------
+# Decoupled weight decay and the cosine schedule (issue #23's pinned math)
+
+
+def cosine_rate(lr, t, T):
+    return lr * (1 + np.cos(np.pi * t / T)) / 2
+
+
+def reference_steps(params, batches, lr_of_step, *, solver, weight_decay=0.0,
+                    momentum=0.0, nesterov=False, alpha=0.0, activation="tanh",
+                    b1=0.9, b2=0.999, eps=1e-8):
+    """The pinned steps in numpy, on central-difference gradients: the
+    gradient at ``W``, then ``W * (1 - lr_t * weight_decay)`` (coefficients
+    only) plus the optimizer's update with ``lr_t`` (Adam: with its bias
+    corrections at its own step count)."""
+    state = [[[np.zeros_like(p) for p in group] for group in params] for _ in range(2)]
+    for t, (Xb, yb) in enumerate(batches):
+        lr_t = lr_of_step(t)
+        grad = ref_numeric_gradient(Xb, yb, None, *params, activation, "identity", alpha)
+        new = []
+        for k, (pg, gg) in enumerate(zip(params, grad)):
+            group = []
+            for i, (p, g) in enumerate(zip(pg, gg)):
+                decay = 1 - lr_t * weight_decay if k == 0 else 1.0
+                if solver == "sgd":
+                    v = momentum * state[0][k][i] - lr_t * g
+                    state[0][k][i] = v
+                    update = momentum * v - lr_t * g if nesterov else v
+                else:
+                    m = state[0][k][i] = b1 * state[0][k][i] + (1 - b1) * g
+                    v = state[1][k][i] = b2 * state[1][k][i] + (1 - b2) * g**2
+                    size = lr_t * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+                    update = -size * m / (np.sqrt(v) + eps)
+                group.append(p * decay + update)
+            new.append(group)
+        params = new
+    return params
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_weight_decay_shrinks_the_coefficients_only(solver):
+    # One full-batch step: the coefficients are decayed by lr * weight_decay
+    # and stepped from the gradient at the undecayed weights; gammas and
+    # intercepts only take the step. alpha keeps its L2 term.
+    X, y = regression_data(n=8)
+    lr, wd, alpha = 0.05, 0.3, 0.01
+    est = MLPBNRegressor(hidden_layer_sizes=(4, 3), activation="tanh", solver=solver,
+                         momentum=0.0, batch_size=8, shuffle=False, learning_rate_init=lr,
+                         alpha=alpha, weight_decay=wd, random_state=0)
+    est.partial_fit(X, y)
+    params0 = glorot_init([3, 4, 3, 1], "tanh", seed=0)
+    expected = reference_steps(params0, [(X, y)], lambda t: lr, solver=solver,
+                               weight_decay=wd, alpha=alpha)
+    rtol, atol = (1e-7, 1e-9) if solver == "sgd" else (1e-6, 1e-7)
+    assert_params_allclose(est, expected, rtol=rtol, atol=atol)
+    # Without the decay, the coefficients differ by lr * wd * W exactly where
+    # the decay acts, and nothing else moves.
+    plain = clone_params(est, weight_decay=0.0)
+    plain.partial_fit(X, y)
+    for k, (a, b, p0) in enumerate(zip(params_of(est), params_of(plain), params0)):
+        for got, other, w0 in zip(a, b, p0):
+            if k == 0:
+                assert_allclose(other - got, lr * wd * w0, rtol=1e-9, atol=1e-12)
+            else:
+                assert_array_equal(got, other)
+
+
+def clone_params(est, **changes):
+    from sklearn.base import clone
+
+    return clone(est).set_params(**changes)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_cosine_schedule_steps(solver, nesterov):
+    # Two epochs of two minibatches with max_iter=3: T = 3 * 2 steps, step t
+    # (from 0, over the whole fit) at lr * (1 + cos(pi * t / T)) / 2; with
+    # weight decay at the same rate.
+    X, y = regression_data(n=8)
+    lr, wd, max_iter = 0.05, 0.1, 3
+    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver=solver,
+                         momentum=0.9, nesterovs_momentum=nesterov, batch_size=4,
+                         shuffle=False, learning_rate="cosine", learning_rate_init=lr,
+                         alpha=0.0, weight_decay=wd, max_iter=max_iter, tol=0.0,
+                         n_iter_no_change=100, random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.n_iter_ == max_iter
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])] * max_iter
+    expected = reference_steps(glorot_init([3, 4, 1], "tanh", seed=1), batches,
+                               lambda t: cosine_rate(lr, t, 6), solver=solver,
+                               weight_decay=wd, momentum=0.9, nesterov=nesterov)
+    assert_params_allclose(est, expected, rtol=1e-6, atol=1e-7)
+    assert est._optimizer_state["step"] == 6
+
+
+def test_cosine_schedule_restarts_with_warm_start_and_not_in_partial_fit():
+    # T = 1 step: the first step is at lr, a second step of the same fit
+    # would be at lr * (1 + cos(pi)) / 2 = 0. A warm-started fit starts the
+    # schedule again; partial_fit steps at learning_rate_init.
+    X, y = regression_data(n=6, seed=7)
+    lr = 0.1
+    kwargs = dict(hidden_layer_sizes=(3,), activation="tanh", solver="sgd", momentum=0.0,
+                  batch_size=6, shuffle=False, learning_rate="cosine",
+                  learning_rate_init=lr, max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPBNRegressor(**kwargs).fit(X, y)
+        first = params_of(est)
+        est.set_params(warm_start=True).fit(X, y)
+    grad = ref_numeric_gradient(X, y, None, *first, "tanh", "identity", est.alpha)
+    assert_params_allclose(est, sgd_step(first, grad, lr))
+    before = params_of(est)
+    est.partial_fit(X, y)
+    grad = ref_numeric_gradient(X, y, None, *before, "tanh", "identity", est.alpha)
+    assert_params_allclose(est, sgd_step(before, grad, lr))
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_cosine_horizon_counts_the_training_minibatches(early_stopping):
+    # T = max_iter * the minibatches of an epoch over the training rows
+    # (after early stopping's split); a trailing single row joins the
+    # previous minibatch.
+    from sklearn_bn._optimizers import batches_per_epoch
+
+    X, y = regression_data(n=41, seed=8)
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), batch_size=10, learning_rate="cosine",
+                         max_iter=2, early_stopping=early_stopping,
+                         validation_fraction=0.25, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    n_train = 30 if early_stopping else 41   # 41 = 4 * 10 + 1: four minibatches
+    assert batches_per_epoch(n_train, 10) == (3 if early_stopping else 4)
+    assert est._optimizer_state["horizon"] == 2 * batches_per_epoch(n_train, 10)
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("sparse_input", [False, True], ids=["dense", "sparse"])
 def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weighted):
