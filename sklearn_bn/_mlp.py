@@ -8,9 +8,11 @@ behaviour: encoding, schedules, early stopping, warm start, partial_fit,
 messages.
 """
 
+import functools
 import warnings
 import weakref
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -53,6 +55,30 @@ from sklearn_bn._utils import _restore_on_failure, deferred_interrupt
 
 # Each fitted estimator's folded networks, by dtype (see _folded_network).
 _FOLDED_NETWORKS = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _TrainingState:
+    """The epochs' bookkeeping of a fit, which its fitted attributes record:
+    epochs and samples seen, the loss curve, and the stopping rule's state
+    (the best training loss, or with early stopping the validation scores
+    and the best of them)."""
+
+    n_iter: int = 0
+    t: int = 0
+    loss_curve: list = field(default_factory=list)
+    no_improvement: int = 0
+    best_loss: float = None
+    validation_scores: list = None
+    best_validation_score: float = None
+
+
+class _Best:
+    """The parameters a fit publishes: with early stopping, a copy of those
+    of the best validation score so far; otherwise the trained ones."""
+
+    def __init__(self, params, early_stopping):
+        self.params = params.copy() if early_stopping else params
 
 
 class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
@@ -273,8 +299,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if first_pass:
             out_activation = self._out_activation(Y.shape[1])
             params = self._init_params(units, dtype, random_state)
-            state = {"n_iter": 0, "t": 0, "loss_curve": []}
-            state.update(self._fresh_stopping_state())
+            state = self._fresh_stopping_state(_TrainingState())
         else:
             out_activation = self.out_activation_
             params = self._fitted_params(units)
@@ -300,7 +325,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
         # Everything succeeded: publish the new state.
         self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
-        self._no_improvement_count = state["no_improvement"]
+        self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
         callback_ctx.call_on_fit_task_end(
             estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
@@ -321,16 +346,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "n_outputs_": int(layout.units[-1]),
             "n_layers_": len(layout.units),
             "out_activation_": out_activation,
-            "n_iter_": state["n_iter"],
-            "t_": state["t"],
-            "loss_curve_": list(state["loss_curve"]),
-            "loss_": state["loss_curve"][-1] if state["loss_curve"] else None,
-            "best_loss_": state["best_loss"],
+            "n_iter_": state.n_iter,
+            "t_": state.t,
+            "loss_curve_": list(state.loss_curve),
+            "loss_": state.loss_curve[-1] if state.loss_curve else None,
+            "best_loss_": state.best_loss,
             "validation_scores_": (
-                None if state["validation_scores"] is None
-                else list(state["validation_scores"])
+                None if state.validation_scores is None else list(state.validation_scores)
             ),
-            "best_validation_score_": state["best_validation_score"],
+            "best_validation_score_": state.best_validation_score,
             "_n_batches_tracked": params.n_batches_tracked,
         }
         for name in self._FITTED_ARRAYS:
@@ -354,23 +378,22 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _continued_state(self):
         """The epochs' bookkeeping where the last fit left it."""
-        state = {
-            "n_iter": 0,
-            "t": self.t_,
-            "loss_curve": list(self.loss_curve_),
-            "no_improvement": getattr(self, "_no_improvement_count", 0),
-            "best_loss": self.best_loss_,
-            "validation_scores": (
+        state = _TrainingState(
+            t=self.t_,
+            loss_curve=list(self.loss_curve_),
+            no_improvement=getattr(self, "_no_improvement_count", 0),
+            best_loss=self.best_loss_,
+            validation_scores=(
                 None if self.validation_scores_ is None else list(self.validation_scores_)
             ),
-            "best_validation_score": self.best_validation_score_,
-        }
+            best_validation_score=self.best_validation_score_,
+        )
         # early_stopping may have changed since the last fit (warm start,
         # partial_fit): the new stopping rule starts afresh, as on a first
         # fit. (A fit with early stopping keeps validation scores, one
         # without keeps None.)
-        if (state["validation_scores"] is None) == bool(self.early_stopping):
-            state.update(self._fresh_stopping_state())
+        if (state.validation_scores is None) == bool(self.early_stopping):
+            state = self._fresh_stopping_state(state)
         return state
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
@@ -401,7 +424,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             engine.layout.n_params, Y.dtype, incremental,
             self.max_iter * batches_per_epoch(X_train.shape[0], batch_size))
         # Early stopping restores the parameters of the best validation score.
-        best = [params.copy()] if validation is not None else [params]
+        best = _Best(params, early_stopping=validation is not None)
         epochs = None
         if not incremental and has_callbacks(self):
             epochs = self._epoch_tasks(callback_ctx, engine, best, state, train,
@@ -417,10 +440,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if self.bn_stats == "population" and not incremental:
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.
-            self._set_population_statistics(engine, best[0], X_train, sw_train)
+            self._set_population_statistics(engine, best.params, X_train, sw_train)
         if interrupt.requested:
             warnings.warn("Training interrupted by user.")
-        return engine, best[0], optimizer
+        return engine, best.params, optimizer
 
     def _epoch_tasks(self, callback_ctx, engine, best, state, train, out_activation):
         """The epochs as subtasks of the fit task: their data are the training
@@ -430,15 +453,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ``bn_stats='population'``, their population statistics). The labels
         and that model are built only if a callback asks for them."""
         X_train, Y_train, sw_train = train
-        labels = []
-
-        def y_train():
-            if not labels:
-                labels.append(self._decode_targets(Y_train))
-            return labels[0]
+        # The labels, decoded on the first call only.
+        y_train = functools.cache(lambda: self._decode_targets(Y_train))
 
         def fitted_attributes():
-            params = best[0]
+            params = best.params
             if self.bn_stats == "population":
                 params = params.copy()
                 self._set_population_statistics(engine, params, X_train, sw_train)
@@ -519,8 +538,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
                     random_state, incremental, batch_size, interrupt, epochs=None):
         """The epochs, until ``max_iter``, the stopping rule, one epoch for
-        ``partial_fit``, Ctrl-C, or a callback's request; ``best[0]`` follows
-        early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
+        ``partial_fit``, Ctrl-C, or a callback's request; ``best.params``
+        follows early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
         None without callbacks) opens and closes each epoch's callback task.
 
         Ctrl-C stops the epoch under way between two minibatches; that epoch
@@ -547,28 +566,28 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 break
             if not (params.is_finite() and np.isfinite(loss_sum)):
                 raise ValueError(self._non_finite_message(params.theta.dtype))
-            state["n_iter"] += 1
-            state["t"] += n_rows
+            state.n_iter += 1
+            state.t += n_rows
             loss = loss_sum / n_rows
-            state["loss_curve"].append(loss)
+            state.loss_curve.append(loss)
             if self.verbose:
-                print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
+                print("Iteration %d, loss = %.8f" % (state.n_iter, loss))
             if self._update_no_improvement(engine, params, state, validation, loss):
-                best[0] = params.copy()
-            optimizer.iteration_ends(state["t"])
+                best.params = params.copy()
+            optimizer.iteration_ends(state.t)
             # The callbacks see the epoch recorded; one returning True ends
             # training here, as the stopping rule would.
             if epochs is not None and epochs.end():
                 break
             if interrupt.requested:
                 break
-            if state["no_improvement"] > self.n_iter_no_change:
+            if state.no_improvement > self.n_iter_no_change:
                 if optimizer.trigger_stopping(self._no_improvement_message(), self.verbose):
                     break
-                state["no_improvement"] = 0
+                state.no_improvement = 0
             if incremental:
                 break
-            if state["n_iter"] == self.max_iter:
+            if state.n_iter == self.max_iter:
                 warnings.warn(
                     "Stochastic Optimizer: Maximum iterations (%d) "
                     "reached and the optimization hasn't converged yet."
@@ -580,12 +599,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """The stopping rule's bookkeeping after an epoch; whether these are
         the best parameters so far (early stopping)."""
         if validation is None:
-            if loss > state["best_loss"] - self.tol:
-                state["no_improvement"] += 1
+            if loss > state.best_loss - self.tol:
+                state.no_improvement += 1
             else:
-                state["no_improvement"] = 0
-            if loss < state["best_loss"]:
-                state["best_loss"] = loss
+                state.no_improvement = 0
+            if loss < state.best_loss:
+                state.best_loss = loss
             return False
         X_val, y_val, sw_val = validation
         proba = engine.predict(X_val, params)
@@ -594,15 +613,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             self._score_function(y_val, self._decode_output(proba), sample_weight=sw_val)
             if np.isfinite(proba).all() else np.nan
         )
-        state["validation_scores"].append(score)
+        state.validation_scores.append(score)
         if self.verbose:
             print("Validation score: %f" % score)
-        if not score >= state["best_validation_score"] + self.tol:
-            state["no_improvement"] += 1
+        if not score >= state.best_validation_score + self.tol:
+            state.no_improvement += 1
         else:
-            state["no_improvement"] = 0
-        if score > state["best_validation_score"]:
-            state["best_validation_score"] = score
+            state.no_improvement = 0
+        if score > state.best_validation_score:
+            state.best_validation_score = score
             return True
         return False
 
@@ -635,14 +654,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "epochs." % (self.tol, self.n_iter_no_change)
         )
 
-    def _fresh_stopping_state(self):
-        """The stopping rule's state before its first epoch: validation
-        scores with early stopping, the best training loss without."""
+    def _fresh_stopping_state(self, state):
+        """``state`` with the stopping rule's state before its first epoch:
+        validation scores with early stopping, the best training loss
+        without."""
         if self.early_stopping:
-            return {"no_improvement": 0, "best_loss": None, "validation_scores": [],
-                    "best_validation_score": -np.inf}
-        return {"no_improvement": 0, "best_loss": np.inf, "validation_scores": None,
-                "best_validation_score": None}
+            return replace(state, no_improvement=0, best_loss=None, validation_scores=[],
+                           best_validation_score=-np.inf)
+        return replace(state, no_improvement=0, best_loss=np.inf, validation_scores=None,
+                       best_validation_score=None)
 
     # ------------------------------------------------------------------
     # Inference: the folded network of the public fitted attributes
