@@ -69,7 +69,7 @@ from sklearn_bn._team cimport (
     barrier_wait, share, team_size, thread_num)
 from sklearn_bn._tiles cimport TILE, next_tile
 
-from sklearn_bn._activations import OUT_ACTIVATIONS
+from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
 from sklearn_bn._utils import aligned_zeros
 
 cnp.import_array()
@@ -387,6 +387,19 @@ cdef class Network:
             layer = self.net.layers[l]
             parts.append(flat[layer.stat : layer.stat + layer.fan_out].copy())
         return parts
+
+    def settings(self):
+        """The network-wide settings, as the compiled code reads them."""
+        names = {code: name for name, code in ACTIVATIONS.items()}
+        out_names = {code: name for name, code in OUT_ACTIVATIONS.items()}
+        return {"activation": names[self.net.act], "out_activation": out_names[self.net.out_act],
+                "n_features": self.net.n_features, "n_out": self.net.n_out,
+                "sparse": self.net.sparse, "weighted": self.net.weighted,
+                "alpha": self.net.alpha, "bn_epsilon": self.net.bn_epsilon,
+                "bn_momentum": None if self.net.cumulative else self.net.bn_momentum,
+                "virtual_batch": self.net.virtual_batch,
+                "dropout_seed": self.net.dropout_seed,
+                "data_loss_scale": self.net.data_loss_scale}
 
     def buffers(self):
         """The minibatch's buffers, offsets into ``work`` and ``dwork`` (for

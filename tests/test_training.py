@@ -18,11 +18,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
-from scipy.special import expit, log_softmax, softmax, xlogy
+from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from reference import ACTIVATIONS
+from reference import (
+    ACTIVATIONS,
+    optimizer_steps,
+    ref_forward_train,
+    ref_loss,
+    ref_numeric_gradient,
+    ref_per_sample_loss,
+)
 from reference import activation as ref_activation
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _team, _threads, _training
 from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
@@ -32,96 +39,6 @@ BN_EPSILON = 1e-5
 
 # ---------------------------------------------------------------------------
 # The numpy reference
-
-
-def _weights(sw, n):
-    return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
-
-
-def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON,
-                      *, chunks=1, dropout=None):
-    """Training-mode forward in float64.
-
-    ``chunks``: ghost batch norm's number of chunks (the rows split as
-    ``numpy.array_split`` splits them, each normalized with its own
-    statistics). ``dropout``: per hidden layer, ``(rate, keep)`` with
-    ``keep`` the boolean mask of kept units, or None.
-
-    Returns the output layer's raw values, every hidden layer's chunks' batch
-    means and (ddof=0) variances of ``z`` (a list of ``(mean, var)`` per
-    chunk; the whole batch's alone by default), and every hidden layer's
-    pre-activation ``gamma * z_hat + beta`` (to keep ReLU's kink away from
-    the checks).
-    """
-    a = X.toarray() if sp.issparse(X) else np.asarray(X)
-    a = a.astype(np.float64)
-    w = _weights(sw, a.shape[0])
-    parts = np.array_split(np.arange(a.shape[0]), chunks)
-    stats, pre = [], []
-    for l, (W, g, b) in enumerate(zip(coefs[:-1], gammas, intercepts[:-1])):
-        z = a @ np.asarray(W, dtype=np.float64)
-        y = np.empty_like(z)
-        layer_stats = []
-        for rows in parts:
-            mu = np.average(z[rows], axis=0, weights=w[rows])
-            var = np.average((z[rows] - mu) ** 2, axis=0, weights=w[rows])
-            y[rows] = g * (z[rows] - mu) / np.sqrt(var + eps) + b
-            layer_stats.append((mu, var))
-        a = ref_activation(activation, y)
-        if dropout is not None and dropout[l] is not None:
-            rate, keep = dropout[l]
-            a = a * keep / (1 - rate)
-        stats.append(layer_stats[0] if chunks == 1 else layer_stats)
-        pre.append(y)
-    raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
-    return raw, stats, pre
-
-
-def ref_per_sample_loss(raw, Y, out_activation):
-    Y = np.asarray(Y, dtype=np.float64).reshape(raw.shape)
-    if out_activation == "identity":
-        return 0.5 * ((raw - Y) ** 2).sum(axis=1)
-    if out_activation == "logistic":
-        p = expit(raw)
-        return -(xlogy(Y, p) + xlogy(1 - Y, 1 - p)).sum(axis=1)
-    if out_activation == "softmax":
-        return -(Y * log_softmax(raw, axis=1)).sum(axis=1)
-    assert out_activation == "exp"
-    p = np.exp(raw)
-    return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
-
-
-def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
-             eps=BN_EPSILON, **options):
-    """The training-mode objective of one minibatch, in float64 (``options``:
-    those of :func:`ref_forward_train`)."""
-    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps, **options)[0]
-    w = _weights(sw, raw.shape[0])
-    data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
-    l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
-    return data_loss + 0.5 * alpha * l2 / w.sum()
-
-
-def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                         out_activation, alpha, h=1e-6, **options):
-    """Central differences of ``ref_loss`` for every parameter."""
-    params = [[np.array(p, dtype=np.float64) for p in group]
-              for group in (coefs, gammas, intercepts)]
-    grads = [[np.zeros_like(p) for p in group] for group in params]
-    for group, ggroup in zip(params, grads):
-        for p, g in zip(group, ggroup):
-            flat, gflat = p.reshape(-1), g.reshape(-1)
-            for i in range(flat.size):
-                old = flat[i]
-                flat[i] = old + h
-                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                              **options)
-                flat[i] = old - h
-                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                                **options)
-                flat[i] = old
-                gflat[i] = (up - down) / (2 * h)
-    return grads
 
 
 # ---------------------------------------------------------------------------
@@ -702,32 +619,17 @@ def cosine_rate(lr, t, T):
 def reference_steps(params, batches, lr_of_step, *, solver, weight_decay=0.0,
                     momentum=0.0, nesterov=False, alpha=0.0, activation="tanh",
                     b1=0.9, b2=0.999, eps=1e-8):
-    """The pinned steps in numpy, on central-difference gradients: the
-    gradient at ``W``, then ``W * (1 - lr_t * weight_decay)`` (coefficients
-    only) plus the optimizer's update with ``lr_t`` (Adam: with its bias
-    corrections at its own step count)."""
-    state = [[[np.zeros_like(p) for p in group] for group in params] for _ in range(2)]
-    for t, (Xb, yb) in enumerate(batches):
-        lr_t = lr_of_step(t)
-        grad = ref_numeric_gradient(Xb, yb, None, *params, activation, "identity", alpha)
-        new = []
-        for k, (pg, gg) in enumerate(zip(params, grad)):
-            group = []
-            for i, (p, g) in enumerate(zip(pg, gg)):
-                decay = 1 - lr_t * weight_decay if k == 0 else 1.0
-                if solver == "sgd":
-                    v = momentum * state[0][k][i] - lr_t * g
-                    state[0][k][i] = v
-                    update = momentum * v - lr_t * g if nesterov else v
-                else:
-                    m = state[0][k][i] = b1 * state[0][k][i] + (1 - b1) * g
-                    v = state[1][k][i] = b2 * state[1][k][i] + (1 - b2) * g**2
-                    size = lr_t * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
-                    update = -size * m / (np.sqrt(v) + eps)
-                group.append(p * decay + update)
-            new.append(group)
-        params = new
-    return params
+    """The pinned steps of ``solver`` in numpy (reference.optimizer_steps),
+    on central-difference gradients of the minibatches ``batches``."""
+    hyper = {"momentum": momentum, "nesterovs_momentum": nesterov, "beta_1": b1,
+             "beta_2": b2, "epsilon": eps}
+
+    def gradient(params, t):
+        Xb, yb = batches[t]
+        return ref_numeric_gradient(Xb, yb, None, *params, activation, "identity", alpha)
+
+    return optimizer_steps(solver, hyper, params, gradient, len(batches), lr_of_step,
+                           weight_decay)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
@@ -1369,7 +1271,7 @@ def test_ghost_batch_norm_updates_running_stats_once_per_chunk(weighted, dtype):
     X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=11, seed=3, dtype=dtype)
     sw = sample_weights(11) if weighted else None
     _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "tanh", sw, chunks=3)
-    w = _weights(sw, 11)
+    w = np.ones(11) if sw is None else sw
     _, _, rm, rv = engine_loss_and_gradient(
         X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
         bn_momentum=0.2, virtual_batch_size=4)
