@@ -1007,7 +1007,7 @@ cdef void backward_output(const Net* net, Optimizer opt, const Data* data,
         return
     l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
                    c, l2_part + c0, True)
-    # gW[c0:c1] (+)= a[:, c0:c1].T @ D
+    # gW[c0:c1] = c * W[c0:c1] + a[:, c0:c1].T @ D  (the first term from l2_start_panel)
     cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
           layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
           <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
@@ -1040,7 +1040,7 @@ cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
     D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
     if l < L - 2:
         n_next = net.layers[l + 1].fan_out
-        # D[:, c0:c1] = delta_above @ W_above[c0:c1].T
+        # D = delta_above @ W_above[c0:c1].T  (this panel of the delta)
         cgemm(False, True, <int> mb.m, <int> (c1 - c0), <int> n_next,
               <floating> 1, work + net.layers[l + 1].delta, <int> n_next,
               theta + net.layers[l + 1].coef + c0 * n_next, <int> n_next,
@@ -1057,7 +1057,7 @@ cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
         sparse_rows_grad(data, mb.rows, mb.m, D, ld, net.n_features, fan_out, c0, c1,
                          gW, c != 0)
     else:
-        # gW[:, c0:c1] (+)= a.T @ D[:, c0:c1]
+        # gW[:, c0:c1] = c * W[:, c0:c1] + a.T @ D  (D: this panel's delta)
         cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               D, <int> ld, product_beta(c), gW + c0, <int> fan_out)
