@@ -12,7 +12,7 @@ from libc.math cimport NAN
 from cython cimport floating
 
 from sklearn_bn._simd cimport simd_void
-from sklearn_bn._tiles cimport TILE, next_tile
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 #: Name -> code of every hidden activation.
 ACTIVATIONS = {ACTIVATION_NAMES[k].decode("ascii"): k for k in range(N_ACTIVATIONS)}
@@ -51,7 +51,7 @@ cdef void act_rows(floating* y, Py_ssize_t n_rows, Py_ssize_t n_cols,
 cdef simd_void _act_rows(floating* y, Py_ssize_t n_rows, Py_ssize_t n_cols,
                          const floating* bias_in, activation_t* act) noexcept nogil:
     cdef floating bias[TILE]
-    cdef Py_ssize_t i, j, j0, width, start, stop
+    cdef Py_ssize_t i, j, tile, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= TILE else TILE_ROWS
     cdef floating* row
     if bias_in == NULL:
@@ -61,8 +61,9 @@ cdef simd_void _act_rows(floating* y, Py_ssize_t n_rows, Py_ssize_t n_cols,
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 bias[j] = bias_in[j0 + j]
             for i in range(start, stop):

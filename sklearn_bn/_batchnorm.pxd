@@ -18,7 +18,8 @@ cdef struct Panel:
     Py_ssize_t n_cols
     Py_ssize_t z_ld              # distance between two rows of z
     Py_ssize_t a_ld              # ... of the layer's output a
-    Py_ssize_t ld                # ... of the gradient (backward)
+    Py_ssize_t ld                # ... of the gradients da and dz (backward)
+    const char* sample_weight    # the rows' weights, in the kernels' dtype (NULL: none)
 
 
 cdef struct Statistics:
@@ -36,14 +37,12 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel* panel,
                                 const floating* gamma, const floating* beta,
-                                const floating* sample_weight, double epsilon, int act,
-                                double* mean_out, double* var_out,
-                                double* scratch) noexcept nogil
+                                double epsilon, int act, double* mean_out,
+                                double* var_out, double* scratch) noexcept nogil
 
-cdef void cbn_act_backward(floating* delta, const floating* a, const floating* z,
-                           const Panel* panel, const floating* gamma,
-                           const floating* beta, const Statistics* stats,
-                           const floating* sample_weight, int act,
+cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
+                           const floating* z, const Panel* panel, const floating* gamma,
+                           const floating* beta, const Statistics* stats, int act,
                            floating* dgamma_out, floating* dbeta_out,
                            double* scratch) noexcept nogil
 

@@ -52,7 +52,7 @@ from sklearn_bn._activations cimport (
     reads_output, Identity, Relu, Tanh, Logistic, IDENTITY, RELU, TANH, LOGISTIC)
 from sklearn_bn._simd cimport inline_void, simd_void
 from sklearn_bn._team cimport MAX_THREADS
-from sklearn_bn._tiles cimport TILE, next_tile
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 cnp.import_array()
 
@@ -102,7 +102,7 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     cdef double s1[TILE]
     cdef double s2[TILE]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
     cdef int attempt
     cdef bint redo, first = True
     cdef double bw, inv, mb, m2b, delta
@@ -121,8 +121,9 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
             start = stop
             continue
         inv = 1 / bw
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             if first:
                 _first_rows_mean(x + j0, start, stop, stride, width, center)
             else:
@@ -316,7 +317,7 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
     cdef double bm2[TILE]
     cdef double bs1[TILE]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
     cdef double w, v, d, bw, keep, correction
     cdef const floating* row
 
@@ -324,8 +325,9 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 bw_[j] = 0
                 bmean[j] = 0
@@ -444,10 +446,11 @@ cdef simd_void _affine(const floating* gamma, const floating* beta,
     roots go to a local array first, so that the loops vectorize.
     """
     cdef double std[TILE]
-    cdef Py_ssize_t j, j0, width
+    cdef Py_ssize_t j, tile, j0, width
     cdef double s
-    j0 = width = 0
-    while next_tile(&j0, &width, n):
+    for tile in range(n_tiles(n)):
+        j0 = tile * TILE
+        width = tile_width(j0, n)
         for j in range(width):
             std[j] = sqrt(var[j0 + j] + epsilon)
         for j in range(width):
@@ -474,15 +477,16 @@ cdef simd_void _normalize_rows(const floating* z, floating* a_out, const Panel* 
     cdef floating scale[TILE]
     cdef floating shift[TILE]
     cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
-    cdef Py_ssize_t i, j, j0, width, start, stop
+    cdef Py_ssize_t i, j, tile, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= TILE else TILE_ROWS
     cdef const floating* zrow
     cdef floating* arow
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 center[j] = center_in[j0 + j]
                 scale[j] = scale_in[j0 + j]
@@ -498,23 +502,23 @@ cdef simd_void _normalize_rows(const floating* z, floating* a_out, const Panel* 
 
 cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel* panel,
                                 const floating* gamma, const floating* beta,
-                                const floating* sample_weight, double epsilon, int act,
-                                double* mean_out, double* var_out,
-                                double* scratch) noexcept nogil:
+                                double epsilon, int act, double* mean_out,
+                                double* var_out, double* scratch) noexcept nogil:
     """``a = act(gamma * (z - mean) / sqrt(var + eps) + beta)`` on batch stats.
 
     On a panel (``z`` rows ``panel.z_ld`` apart, ``a_out`` rows
-    ``panel.a_ld`` apart; ``a_out`` may alias ``z`` with equal distances).
-    Writes the batch mean and (ddof=0) variance, which the backward pass
-    needs together with ``z`` and ``a``. ``scratch`` holds at least ``7 *
-    n_cols`` doubles. An unknown ``act`` writes NaN.
+    ``panel.a_ld`` apart; ``a_out`` may alias ``z`` with equal distances),
+    the statistics weighted by ``panel.sample_weight``. Writes the batch mean
+    and (ddof=0) variance, which the backward pass needs together with ``z``
+    and ``a``. ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown
+    ``act`` writes NaN.
     """
     cdef Py_ssize_t n = panel.n_cols
     cdef floating* center = <floating*> (scratch + 4 * n)
     cdef floating* scale = <floating*> (scratch + 5 * n)
     cdef floating* shift = <floating*> (scratch + 6 * n)
-    _stats(z, panel.n_rows, n, panel.z_ld, sample_weight, mean_out, var_out,
-           scratch + 3 * n, scratch)
+    _stats(z, panel.n_rows, n, panel.z_ld, <const floating*> panel.sample_weight,
+           mean_out, var_out, scratch + 3 * n, scratch)
     _affine(gamma, beta, mean_out, var_out, epsilon, n, center, scale, shift)
     if act == IDENTITY:
         _normalize_rows(z, a_out, panel, center, scale, shift, <Identity*> NULL)
@@ -568,7 +572,7 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
     cdef Py_ssize_t stride = panel.ld, z_stride = panel.z_ld, a_stride = panel.a_ld
     cdef Py_ssize_t block_rows = SUM_ROWS
-    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
     cdef floating g0, g1, u0, u1, y0 = 0, y1 = 0, o0 = 0, o1 = 0
     cdef const floating* da0
     cdef const floating* da1
@@ -583,8 +587,9 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 acc_g[j] = 0
                 acc_gz[j] = 0
@@ -637,15 +642,15 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
         start = stop
 
 
-cdef simd_void _backward_dz(floating* delta, const floating* a, const floating* z,
-                            const Panel* panel, const floating* sample_weight,
+cdef simd_void _backward_dz(const floating* da, floating* dz_out, const floating* a,
+                            const floating* z, const Panel* panel,
                             const floating* center_in, const floating* scale_in,
                             const floating* shift_in, const floating* q_in,
                             const floating* r_in, activation_t* act) noexcept nogil:
-    """``delta = scale * g - w * (q + r * (z - center))`` in place, row after
-    row, where ``g`` is :func:`_backward_sums`'s ``da * act'(y)`` with ``da``
-    the incoming ``delta`` (each element is read before it is written).
-    Coefficients in local arrays, as in :func:`_normalize_rows`.
+    """``dz = scale * g - w * (q + r * (z - center))``, row after row, with
+    ``g`` as in :func:`_backward_sums` and ``w`` the rows' weights (1 when
+    unweighted). ``dz_out`` may alias ``da`` (each element is read before it
+    is written). Coefficients in local arrays, as in :func:`_normalize_rows`.
     """
     cdef floating center[TILE]
     cdef floating scale[TILE]
@@ -653,17 +658,20 @@ cdef simd_void _backward_dz(floating* delta, const floating* a, const floating* 
     cdef floating q[TILE]
     cdef floating r[TILE]
     cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
-    cdef Py_ssize_t i, j, j0, width, start, stop
+    cdef Py_ssize_t i, j, tile, j0, width, start, stop
     cdef Py_ssize_t block_rows = n_rows if n_cols <= TILE else TILE_ROWS
+    cdef const floating* sample_weight = <const floating*> panel.sample_weight
     cdef floating g, u, y = 0, o = 0, w = 1
+    cdef const floating* darow
     cdef const floating* arow
     cdef const floating* zrow
-    cdef floating* drow
+    cdef floating* dzrow
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = width = 0
-        while next_tile(&j0, &width, n_cols):
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 center[j] = center_in[j0 + j]
                 scale[j] = scale_in[j0 + j]
@@ -671,9 +679,10 @@ cdef simd_void _backward_dz(floating* delta, const floating* a, const floating* 
                 q[j] = q_in[j0 + j]
                 r[j] = r_in[j0 + j]
             for i in range(start, stop):
-                drow = delta + i * panel.ld + j0
+                darow = da + i * panel.ld + j0
                 arow = a + i * panel.a_ld + j0 if reads_output(act) else NULL
                 zrow = z + i * panel.z_ld + j0
+                dzrow = dz_out + i * panel.ld + j0
                 if sample_weight != NULL:
                     w = sample_weight[i]
                 # w = 1 when unweighted: the multiplication is exact.
@@ -683,8 +692,8 @@ cdef simd_void _backward_dz(floating* delta, const floating* a, const floating* 
                         y = _pre_activation(u, scale[j], shift[j])
                     if reads_output(act):
                         o = arow[j]
-                    g = act_gradient(drow[j], y, o, act)
-                    drow[j] = scale[j] * g - w * (q[j] + r[j] * u)
+                    g = act_gradient(darow[j], y, o, act)
+                    dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
         start = stop
 
 
@@ -706,11 +715,12 @@ cdef simd_void _backward_coefficients(const Statistics* stats, Py_ssize_t n,
     cdef const double* mean = stats.mean
     cdef const double* var = stats.var
     cdef double epsilon = stats.epsilon, inv_wsum = 1 / stats.weight_sum
-    cdef Py_ssize_t j, j0, width
+    cdef Py_ssize_t j, tile, j0, width
     # One store stream per loop (and local arrays): the loops vectorize
     # without runtime alias checks.
-    j0 = width = 0
-    while next_tile(&j0, &width, n):
+    for tile in range(n_tiles(n)):
+        j0 = tile * TILE
+        width = tile_width(j0, n)
         for j in range(width):
             inv_std[j] = 1 / sqrt(var[j0 + j] + epsilon)
         for j in range(width):
@@ -728,18 +738,16 @@ cdef simd_void _backward_coefficients(const Statistics* stats, Py_ssize_t n,
             r_out[j0 + j] = <floating> (scale[j0 + j] * (dgamma[j] * inv_wsum) * inv_std[j])
 
 
-cdef void cbn_act_backward(floating* delta, const floating* a, const floating* z,
-                           const Panel* panel, const floating* gamma,
-                           const floating* beta, const Statistics* stats,
-                           const floating* sample_weight, int act,
+cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
+                           const floating* z, const Panel* panel, const floating* gamma,
+                           const floating* beta, const Statistics* stats, int act,
                            floating* dgamma_out, floating* dbeta_out,
                            double* scratch) noexcept nogil:
-    """Gradients of the fused layer, in place: ``delta`` comes in as ``dL/da``
-    and leaves as ``dL/dz``.
+    """Gradients of the fused layer given ``da = dL/da``.
 
-    With ``g = da * act'(y)``, ``z_hat = (z - mean) / std`` and batch weights
-    ``w`` summing to ``W = stats.weight_sum`` (all ones and ``W = n_rows``
-    when unweighted)::
+    With ``g = da * act'(y)``, ``z_hat = (z - mean) / std`` and the rows'
+    weights ``w`` (``panel.sample_weight``) summing to ``W =
+    stats.weight_sum`` (all ones and ``W = n_rows`` when unweighted)::
 
         dbeta  = sum_i g_i
         dgamma = sum_i g_i * z_hat_i
@@ -747,36 +755,36 @@ cdef void cbn_act_backward(floating* delta, const floating* a, const floating* z
 
     Two passes (``g`` is recomputed, not stored): the first accumulates
     ``dbeta`` and ``dgamma`` in double precision, the second writes ``dz``.
-    Each reads ``delta`` and ``z``; tanh and logistic also read ``a`` (the
+    Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
     forward's output), which ReLU and identity do not use (it may be NULL).
-    Both passes stream whole rows rather than panels of columns that would
-    stay in L2 between them: the hardware prefetchers favour long runs.
-    ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown ``act``
-    writes NaN.
+    ``da`` and ``dz_out`` rows are ``panel.ld`` apart; ``dz_out`` may alias
+    ``da``. Both passes stream whole rows rather than panels of columns that
+    would stay in L2 between them: the hardware prefetchers favour long
+    runs. ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown
+    ``act`` writes NaN.
     """
     if act == IDENTITY:
-        _backward(delta, a, z, panel, gamma, beta, stats, sample_weight, dgamma_out,
-                  dbeta_out, scratch, <Identity*> NULL)
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Identity*> NULL)
     elif act == RELU:
-        _backward(delta, a, z, panel, gamma, beta, stats, sample_weight, dgamma_out,
-                  dbeta_out, scratch, <Relu*> NULL)
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Relu*> NULL)
     elif act == TANH:
-        _backward(delta, a, z, panel, gamma, beta, stats, sample_weight, dgamma_out,
-                  dbeta_out, scratch, <Tanh*> NULL)
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Tanh*> NULL)
     elif act == LOGISTIC:
-        _backward(delta, a, z, panel, gamma, beta, stats, sample_weight, dgamma_out,
-                  dbeta_out, scratch, <Logistic*> NULL)
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Logistic*> NULL)
     else:
-        _fill_nan(delta, panel.n_rows, panel.n_cols, panel.ld)
+        _fill_nan(dz_out, panel.n_rows, panel.n_cols, panel.ld)
         _fill_nan(dgamma_out, 1, panel.n_cols, 0)
         _fill_nan(dbeta_out, 1, panel.n_cols, 0)
 
 
-cdef inline void _backward(floating* delta, const floating* a, const floating* z,
-                           const Panel* panel, const floating* gamma,
+cdef inline void _backward(const floating* da, floating* dz_out, const floating* a,
+                           const floating* z, const Panel* panel, const floating* gamma,
                            const floating* beta, const Statistics* stats,
-                           const floating* sample_weight, floating* dgamma_out,
-                           floating* dbeta_out, double* scratch,
+                           floating* dgamma_out, floating* dbeta_out, double* scratch,
                            activation_t* act) noexcept nogil:
     cdef Py_ssize_t n = panel.n_cols
     cdef double* sum_g = scratch
@@ -787,11 +795,10 @@ cdef inline void _backward(floating* delta, const floating* a, const floating* z
     cdef floating* q_coef = <floating*> (scratch + 5 * n)
     cdef floating* r_coef = <floating*> (scratch + 6 * n)
     _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
-    _backward_sums(delta, a, z, panel, center, scale, shift, sum_g, sum_gz, act)
+    _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz, act)
     _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
                            dbeta_out, q_coef, r_coef)
-    _backward_dz(delta, a, z, panel, sample_weight, center, scale, shift, q_coef,
-                 r_coef, act)
+    _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef, act)
 
 
 # ---------------------------------------------------------------------------
@@ -1031,7 +1038,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     cdef double* vp = <double*> _array(var_out, "var_out", cnp.NPY_FLOAT64, 1, n_cols, 0, True)
     cdef const char* sw = NULL
     cdef double* scratch
-    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols)
+    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, NULL)
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     if n_rows == 0:
@@ -1039,6 +1046,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     if sample_weight is not None:
         sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0, False)
         _weights_sum(sw, t, n_rows)
+        panel.sample_weight = sw
     if n_cols == 0:
         return
     scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
@@ -1062,12 +1070,12 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         with nogil:
             if t == cnp.NPY_FLOAT32:
                 cbn_act_forward_train(<const float*> zp, <float*> ap, &panel,
-                                      <const float*> gp, <const float*> bp,
-                                      <const float*> sw, epsilon, act, mp, vp, scratch)
+                                      <const float*> gp, <const float*> bp, epsilon, act,
+                                      mp, vp, scratch)
             else:
                 cbn_act_forward_train(<const double*> zp, <double*> ap, &panel,
-                                      <const double*> gp, <const double*> bp,
-                                      <const double*> sw, epsilon, act, mp, vp, scratch)
+                                      <const double*> gp, <const double*> bp, epsilon,
+                                      act, mp, vp, scratch)
     finally:
         PyMem_Free(scratch)
 
@@ -1130,21 +1138,19 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
-    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols)
+    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, sw)
     cdef Statistics stats = Statistics(mp, vp, epsilon, wsum)
-    cdef size_t itemsize = 4 if t == cnp.NPY_FLOAT32 else 8
     with nogil:
-        # The kernel works in place: dz_out starts as a copy of da.
-        if dzp != dap:
-            memcpy(dzp, dap, n_rows * n_cols * itemsize)
         if t == cnp.NPY_FLOAT32:
-            cbn_act_backward(<float*> dzp, <const float*> ap, <const float*> zp, &panel,
-                             <const float*> gp, <const float*> bp, &stats,
-                             <const float*> sw, act, <float*> dgp, <float*> dbp, scratch)
+            cbn_act_backward(<const float*> dap, <float*> dzp, <const float*> ap,
+                             <const float*> zp, &panel, <const float*> gp,
+                             <const float*> bp, &stats, act, <float*> dgp, <float*> dbp,
+                             scratch)
         else:
-            cbn_act_backward(<double*> dzp, <const double*> ap, <const double*> zp, &panel,
-                             <const double*> gp, <const double*> bp, &stats,
-                             <const double*> sw, act, <double*> dgp, <double*> dbp, scratch)
+            cbn_act_backward(<const double*> dap, <double*> dzp, <const double*> ap,
+                             <const double*> zp, &panel, <const double*> gp,
+                             <const double*> bp, &stats, act, <double*> dgp,
+                             <double*> dbp, scratch)
     PyMem_Free(scratch)
 
 

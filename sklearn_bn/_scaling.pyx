@@ -26,7 +26,7 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from sklearn_bn._tiles cimport TILE, next_tile
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 
 cdef void caffine_columns(const floating* x, floating* out,
@@ -44,12 +44,13 @@ cdef void caffine_columns(const floating* x, floating* out,
     cdef floating sc[TILE]
     cdef floating sh[TILE]
     cdef floating am[TILE]
-    cdef Py_ssize_t i, j, j0, width
+    cdef Py_ssize_t i, j, tile, j0, width
     cdef floating v, a
     cdef const floating* xrow
     cdef floating* orow
-    j0 = width = 0
-    while next_tile(&j0, &width, n_cols):
+    for tile in range(n_tiles(n_cols)):
+        j0 = tile * TILE
+        width = tile_width(j0, n_cols)
         for j in range(width):
             ce[j] = center[j0 + j]
             sc[j] = scale[j0 + j]
@@ -73,11 +74,12 @@ cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
                           Py_ssize_t n_cols, floating* absmax) noexcept nogil:
     """``absmax[j] = max(absmax[j], max_i |x[i, j]|)``, NaN ignored."""
     cdef floating am[TILE]
-    cdef Py_ssize_t i, j, j0, width
+    cdef Py_ssize_t i, j, tile, j0, width
     cdef floating a
     cdef const floating* xrow
-    j0 = width = 0
-    while next_tile(&j0, &width, n_cols):
+    for tile in range(n_tiles(n_cols)):
+        j0 = tile * TILE
+        width = tile_width(j0, n_cols)
         for j in range(width):
             am[j] = absmax[j0 + j]
         for i in range(n_rows):

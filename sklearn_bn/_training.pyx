@@ -67,7 +67,7 @@ from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
     barrier_wait, share, team_size, thread_num)
-from sklearn_bn._tiles cimport TILE, next_tile
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
 from sklearn_bn._utils import aligned_zeros
@@ -878,11 +878,11 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
         mean = buf.dwork + c * net.stats_stride + layer.stat
         var = mean + net.var_base
         panel.n_rows = hi - lo
+        panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
         cbn_act_forward_train(
             z + lo * (c1 - c0), a + lo * fan_out + c0, &panel,
-            theta + layer.gamma + c0, theta + layer.bias + c0,
-            swb + lo if swb != NULL else NULL, net.bn_epsilon, net.act, mean + c0,
-            var + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
+            theta + layer.gamma + c0, theta + layer.bias + c0, net.bn_epsilon, net.act,
+            mean + c0, var + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
         if update_running and wsum > 0:
             updates += 1
             update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
@@ -1115,12 +1115,13 @@ cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
             stats.mean = mean + c0
             stats.var = mean + net.var_base + c0
             panel.n_rows = hi - lo
+            panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
+            # In place: the delta in, the delta out.
             cbn_act_backward(
-                D + lo * ld, work + layer.out + lo * fan_out + c0,
+                D + lo * ld, D + lo * ld, work + layer.out + lo * fan_out + c0,
                 z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0), &panel,
-                theta + layer.gamma + c0, theta + layer.bias + c0, &stats,
-                swb + lo if swb != NULL else NULL, net.act, dg + c0, db + c0,
-                buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
+                theta + layer.gamma + c0, theta + layer.bias + c0, &stats, net.act,
+                dg + c0, db + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
         if c > 0:
             for j in range(c0, c1):
                 dgamma[j] += chunk_dgamma[j]
@@ -1432,7 +1433,7 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
     that zeroes ``C`` for ``beta = 0``.
     """
     cdef double acc[TILE]
-    cdef Py_ssize_t i, j, j0, width
+    cdef Py_ssize_t i, j, tile, j0, width
     if c != 0:
         if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
             for j in range(n_rows * ld):
@@ -1446,8 +1447,9 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
             sums[i] = sum_of_squares(w + c0 + i * ld, c1 - c0)
         return
     # Column sums, in local arrays so that the loop vectorizes.
-    j0, width = c0, 0
-    while next_tile(&j0, &width, c1):
+    for tile in range(n_tiles(c1 - c0)):
+        j0 = c0 + tile * TILE
+        width = tile_width(j0, c1)
         for j in range(width):
             acc[j] = 0
         for i in range(n_rows):
