@@ -21,16 +21,26 @@ Every build also leaves a copy of the compiled modules beside their sources
 (what an in-place build does), so that the clone itself is importable after
 ``pip install .``: ``python -m sklearn_bn`` run from the clone's root, where
 Python finds ``sklearn_bn/`` before the installed copy, runs the same build.
+
+Before Cython runs, every ``sklearn_bn/*.tp`` template is rendered (Tempita,
+as scikit-learn renders its ``.pyx.tp`` files) beside it, without the
+``.tp``: ``_activations.pxd.tp`` with the activations of
+``sklearn_bn/_activation_registry.py``. A rendered file is rewritten only when
+its content changes, so that an unchanged one does not trigger rebuilds; it is
+never committed (``.gitignore``).
 """
 
+import glob
 import json
 import os
+import runpy
 import shutil
 import tempfile
 import warnings
 
 import Cython
 import numpy as np
+from Cython import Tempita
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -52,7 +62,8 @@ COMPILER_DIRECTIVES = {
 # No code reads errno: this lets sqrt vectorize (the Adam step).
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 
-MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_training", "_debug"]
+MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_optimizers", "_training",
+           "_debug"]
 # Modules that run OpenMP teams (the scaler's kernels and the engine).
 OPENMP_MODULES = {f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")}
 
@@ -95,6 +106,17 @@ def _write_if_changed(path, content):
     except OSError as exc:
         warnings.warn(f"could not record the build configuration in {path}: {exc}")
     return True
+
+
+def _render_templates():
+    """Render every ``sklearn_bn/*.tp`` beside it, with the activation
+    registry's lists (read from its file: nothing of the package is built
+    yet)."""
+    registry = runpy.run_path(os.path.join(HERE, "sklearn_bn", "_activation_registry.py"))
+    for template in sorted(glob.glob(os.path.join(HERE, "sklearn_bn", "*.tp"))):
+        with open(template) as f:
+            text = Tempita.sub(f.read(), hidden=registry["HIDDEN"], output=registry["OUTPUT"])
+        _write_if_changed(template[: -len(".tp")], text)
 
 
 def _record_configuration():
@@ -186,6 +208,8 @@ extensions = [
 ]
 
 N_JOBS = os.cpu_count() or 1
+
+_render_templates()
 
 setup(
     ext_modules=cythonize(

@@ -16,6 +16,8 @@ import textwrap
 import time
 import warnings
 
+from sklearn_bn._activation_registry import ACTIVATIONS
+
 DATASET = "digits"
 N_CLASSES = 10
 
@@ -82,7 +84,7 @@ def build_parser():
     )
     parser.add_argument(
         "--activation",
-        choices=["relu", "tanh", "logistic", "identity"],
+        choices=list(ACTIVATIONS),
         default="relu",
         help="hidden activation (default: relu)",
     )

@@ -5,39 +5,38 @@ on raw C-contiguous blocks without the GIL (the training engine calls them
 directly); ``def`` wrappers check shapes, dtypes and contiguity, release the
 GIL and call them; the estimators validate user input before either.
 
-Performance notes
------------------
-* Memory traffic. The data are streamed row after row, which is what the
-  hardware prefetchers handle best: the forward pass reads ``z`` twice
+How the kernels are written, and why
+------------------------------------
+* Memory traffic. The data are streamed row after row, the access pattern
+  hardware prefetchers follow best: the forward pass reads ``z`` twice
   (statistics, then normalization) and writes ``a``; the backward pass reads
   ``da``, ``a`` and ``z`` twice (reductions, then ``dz``) and writes ``dz``.
-  Reductions run over *tiles* of at most ``CHUNK`` columns of a block of rows
-  that fits in L2, so their accumulators are local arrays.
+  Reductions run over tiles of columns (``_tiles.pxd``) of a block of rows
+  that fits in L2, so that a block read a second time comes from cache.
 * Vectorization. Hot loops keep their accumulators in local arrays (which
   cannot alias the caller's buffers, so the compiler vectorizes without
-  runtime alias checks) or have a single store stream, never load under a
+  runtime alias checks) or have a single store stream, and never load under a
   condition (``d = da[j]; g = d if a[j] > 0 else 0`` is a mask, where
   ``g = da[j] if a[j] > 0 else 0`` is a branch). The row passes are compiled
-  once per activation (the tags of ``_activations.pxd``; :func:`row_pass`
-  dispatches on the activation's code), so that it is a constant inside
-  their loops.
+  once per activation (the tags of ``_activations.pxd``), so that it is a
+  constant inside their loops; :func:`cbn_act_forward_train` and
+  :func:`cbn_act_backward` turn the activation's code into its tag.
 * Instruction sets. With GCC on x86-64 Linux the hot functions are compiled
   twice, for the baseline (SSE2) and for x86-64-v3 (AVX2, FMA), and the
-  dynamic loader picks the one the CPU supports (``target_clones``);
-  elsewhere they are compiled once for the baseline. Define
-  ``SKLEARN_BN_NO_TARGET_CLONES`` (for example
-  ``CFLAGS=-DSKLEARN_BN_NO_TARGET_CLONES``) to turn this off.
+  dynamic loader picks the one the CPU supports (``target_clones``, see
+  ``_simd.pxd``).
 
 Numerics: statistics are accumulated in double precision whatever the input
 dtype. Each row block is reduced around a shift (the running mean of the
 previous blocks; the mean of its first rows for the first block) and merged with
-Chan et al.'s pairwise update; a block whose shift turns out to be far from
-its mean (which would cost accuracy) is reduced again, from cache, around its
-own mean. This is as accurate as a two-pass algorithm and reads the data
-once. Normalization computes ``(z - center) * scale + shift`` with
-``center`` the mean rounded to the working precision and its rounding error
-folded into ``shift``, so that float32 stays accurate when the mean is large
-compared to the spread.
+Chan et al.'s pairwise update (``chan_merge``, the package's one merge of
+statistics); a block whose shift turns out to be far from its mean (which
+would cost accuracy) is reduced again, from cache, around its own mean. This
+is as accurate as a two-pass algorithm and reads the data once.
+Normalization computes ``(z - center) * scale + shift`` with ``center`` the
+mean rounded to the working precision and its rounding error folded into
+``shift``, so that float32 stays accurate when the mean is large compared to
+the spread.
 """
 from libc.math cimport sqrt, NAN
 from libc.string cimport memcpy, memset
@@ -53,20 +52,19 @@ from sklearn_bn._activations cimport (
     reads_output, Identity, Relu, Tanh, Logistic, IDENTITY, RELU, TANH, LOGISTIC)
 from sklearn_bn._simd cimport inline_void, simd_void
 from sklearn_bn._team cimport MAX_THREADS
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 cnp.import_array()
 
 
 cdef enum:
-    # Columns per tile: the size of the local per-column arrays.
-    CHUNK = 1024
     # Bytes of input per row block of the reductions: a block reduced a
     # second time is read from L2, not from memory.
     BLOCK_BYTES = 131072
     # Rows per tile of the backward reductions (even).
     SUM_ROWS = 32
     # Rows per tile of the elementwise passes when the block is wider than
-    # CHUNK (the local coefficients are reloaded per tile).
+    # one tile (the local coefficients are reloaded per tile).
     TILE_ROWS = 32
 
 
@@ -85,29 +83,29 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                       double* scratch) noexcept nogil:
     """Mean, ddof=0 variance and weight sum of the columns of ``x``.
 
-    Rows are reduced in blocks (tiles of at most ``CHUNK`` columns) around a
-    shift ``c``: sums of ``w * (x - c)`` and ``w * (x - c) ** 2``
-    (:func:`_tile_sums`), merged with Chan et al.'s update. The shift of the
-    first block is the mean of its first four rows; later blocks shift by the
-    running mean, so the block sums do not cancel; a tile whose shift was far
-    from its own mean (outlying first rows, drifting data) is summed again,
-    from cache, around its mean. Running means are kept relative to the first
-    block's shift ``ref`` so that their rounding is relative to the spread of
-    the data, not to its offset. Rows start every ``stride`` elements.
-    ``scratch``: ``3 * n_cols`` doubles.
+    Rows are reduced in blocks (tiles of columns) around a shift ``c``: sums
+    of ``w * (x - c)`` and ``w * (x - c) ** 2`` (:func:`_tile_sums`), merged
+    with :func:`chan_merge`. The shift of the first block is the mean of its
+    first four rows; later blocks shift by the running mean, so the block sums
+    do not cancel; a tile whose shift was far from its own mean (outlying
+    first rows, drifting data) is summed again, from cache, around its mean.
+    Running means are kept relative to the first block's shift ``ref`` so
+    that their rounding is relative to the spread of the data, not to its
+    offset. Rows start every ``stride`` elements. ``scratch``: ``3 * n_cols``
+    doubles.
     """
     cdef double* ref = scratch
     cdef double* mean = scratch + n_cols     # running mean - ref
     cdef double* m2 = scratch + 2 * n_cols
-    cdef double center[CHUNK]
-    cdef floating cf[CHUNK]
-    cdef double s1[CHUNK]
-    cdef double s2[CHUNK]
+    cdef double center[TILE]
+    cdef floating cf[TILE]
+    cdef double s1[TILE]
+    cdef double s2[TILE]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
     cdef int attempt
     cdef bint redo, first = True
-    cdef double bw, total, ratio, cross, inv, mb, m2b, delta
+    cdef double bw, inv, mb, m2b, delta
     cdef double wtot = 0
 
     start = 0
@@ -123,12 +121,9 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
             start = stop
             continue
         inv = 1 / bw
-        total = wtot + bw
-        ratio = bw / total
-        cross = wtot * ratio
-        j0 = 0
-        while j0 < n_cols:
-            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             if first:
                 _first_rows_mean(x + j0, start, stop, stride, width, center)
             else:
@@ -168,11 +163,9 @@ cdef simd_void _stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                     # block mean - running mean; (center - ref) - mean is the
                     # exact, small rounding error of center = ref + mean.
                     delta = ((center[j] - ref[j0 + j]) - mean[j0 + j]) + mb
-                    mean[j0 + j] += delta * ratio
-                    m2[j0 + j] += m2b + delta * delta * cross
-            j0 += width
+                    chan_merge(&mean[j0 + j], &m2[j0 + j], wtot, bw, delta, m2b)
         first = False
-        wtot = total
+        wtot = wtot + bw
         start = stop
 
     for j in range(n_cols):
@@ -217,8 +210,8 @@ cdef inline inline_void _tile_sums(const floating* x, Py_ssize_t start,
     not grow with the number of rows), then accumulated in double. Eight
     (weighted: four) rows at a time.
     """
-    cdef floating f1[CHUNK]
-    cdef floating f2[CHUNK]
+    cdef floating f1[TILE]
+    cdef floating f2[TILE]
     cdef Py_ssize_t i, j, run_stop
     cdef floating c, d0, d1, d2, d3, d4, d5, d6, d7, w0, w1, w2, w3
     cdef const floating* row0
@@ -309,32 +302,32 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                           double* scratch) noexcept nogil:
     """:func:`_stats` skipping NaN: each column has its own weight sum.
 
-    Two passes per tile (the second from cache) and Chan's merge. The second
-    pass also sums the deviations from the first pass's mean, which corrects
-    that mean for the rounding of its sum (the corrected two-pass algorithm
-    of Chan, Golub and LeVeque): a constant column gets its value exactly and
-    variance 0, not a variance of the order of the mean's rounding error.
-    ``scratch``: ``3 * n_cols`` doubles.
+    Two passes per tile (the second from cache) and :func:`chan_merge`. The
+    second pass also sums the deviations from the first pass's mean, which
+    corrects that mean for the rounding of its sum (the corrected two-pass
+    algorithm of Chan, Golub and LeVeque): a constant column gets its value
+    exactly and variance 0, not a variance of the order of the mean's
+    rounding error. ``scratch``: ``3 * n_cols`` doubles.
     """
     cdef double* mean = scratch
     cdef double* m2 = scratch + n_cols
     cdef double* wt = scratch + 2 * n_cols
-    cdef double bw_[CHUNK]
-    cdef double bmean[CHUNK]
-    cdef double bm2[CHUNK]
-    cdef double bs1[CHUNK]
+    cdef double bw_[TILE]
+    cdef double bmean[TILE]
+    cdef double bm2[TILE]
+    cdef double bs1[TILE]
     cdef Py_ssize_t block_rows = _block_rows(n_cols * <Py_ssize_t> sizeof(floating))
-    cdef Py_ssize_t start, stop, i, j, j0, width
-    cdef double w, v, d, bw, total, delta, keep, correction
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
+    cdef double w, v, d, bw, keep, correction
     cdef const floating* row
 
     memset(scratch, 0, 3 * n_cols * sizeof(double))
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = 0
-        while j0 < n_cols:
-            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 bw_[j] = 0
                 bmean[j] = 0
@@ -368,12 +361,9 @@ cdef simd_void _stats_nan(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_col
                 correction = bs1[j] / bw
                 bmean[j] += correction
                 bm2[j] = max(bm2[j] - bs1[j] * correction, 0.0)
-                total = wt[j0 + j] + bw
-                delta = bmean[j] - mean[j0 + j]
-                mean[j0 + j] += delta * (bw / total)
-                m2[j0 + j] += bm2[j] + delta * delta * (wt[j0 + j] * bw / total)
-                wt[j0 + j] = total
-            j0 += width
+                chan_merge(&mean[j0 + j], &m2[j0 + j], wt[j0 + j], bw,
+                           bmean[j] - mean[j0 + j], bm2[j])
+                wt[j0 + j] += bw
         start = stop
 
     for j in range(n_cols):
@@ -405,6 +395,33 @@ cdef void cbatch_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                wsum_out, scratch)
 
 
+cdef void _merge_blocks(const double[:, ::1] blocks, Py_ssize_t n_cols,
+                        double* mean, double* var, double* wsum) noexcept nogil:
+    """The statistics of the blocks (mean, variance, weight sum: ``n_cols``
+    each per row of ``blocks``) merged in order with :func:`chan_merge`,
+    column by column (a column may have no weight in some blocks)."""
+    cdef Py_ssize_t b, j
+    cdef double wb
+    cdef const double* block = &blocks[0, 0]
+    if blocks.shape[0] == 1:   # exactly the one block's statistics
+        memcpy(mean, block, n_cols * sizeof(double))
+        memcpy(var, block + n_cols, n_cols * sizeof(double))
+        memcpy(wsum, block + 2 * n_cols, n_cols * sizeof(double))
+        return
+    for b in range(blocks.shape[0]):
+        block = &blocks[b, 0]
+        for j in range(n_cols):
+            wb = block[2 * n_cols + j]
+            if wb == 0:
+                continue
+            # var holds the sum of squared deviations until the end.
+            chan_merge(&mean[j], &var[j], wsum[j], wb, block[j] - mean[j],
+                       block[n_cols + j] * wb)
+            wsum[j] += wb
+    for j in range(n_cols):
+        var[j] = max(var[j] / wsum[j], 0.0) if wsum[j] > 0 else 0.0
+
+
 # ---------------------------------------------------------------------------
 # Forward.
 
@@ -418,63 +435,22 @@ cdef inline floating _pre_activation(floating u, floating scale,
     return u * scale + shift
 
 
-cdef simd_void _normalize_rows(const floating* z, floating* a_out,
-                               Py_ssize_t n_rows, Py_ssize_t n_cols,
-                               Py_ssize_t z_stride, Py_ssize_t stride,
-                               const floating* center_in,
-                               const floating* scale_in,
-                               const floating* shift_in,
-                               activation_t* act) noexcept nogil:
-    """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns.
-
-    Rows of ``z`` start every ``z_stride`` elements, those of ``a_out``
-    every ``stride``. ``a_out`` may alias ``z`` (with equal strides). The
-    coefficients are copied to local arrays (tiles of ``TILE_ROWS`` rows by
-    ``CHUNK`` columns; all rows when the block is at most ``CHUNK`` wide), so
-    that the loop needs no runtime alias checks.
-    """
-    cdef floating center[CHUNK]
-    cdef floating scale[CHUNK]
-    cdef floating shift[CHUNK]
-    cdef Py_ssize_t i, j, j0, width, start, stop
-    cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
-    cdef const floating* zrow
-    cdef floating* arow
-    start = 0
-    while start < n_rows:
-        stop = min(start + block_rows, n_rows)
-        j0 = 0
-        while j0 < n_cols:
-            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
-            for j in range(width):
-                center[j] = center_in[j0 + j]
-                scale[j] = scale_in[j0 + j]
-                shift[j] = shift_in[j0 + j]
-            for i in range(start, stop):
-                zrow = z + i * z_stride + j0
-                arow = a_out + i * stride + j0
-                for j in range(width):
-                    arow[j] = act_forward(
-                        _pre_activation(zrow[j] - center[j], scale[j], shift[j]), act)
-            j0 += width
-        start = stop
-
-
 cdef simd_void _affine(const floating* gamma, const floating* beta,
-                      const double* mean, const double* var, double epsilon,
-                      Py_ssize_t n, floating* center, floating* scale,
-                      floating* shift) noexcept nogil:
+                       const double* mean, const double* var, double epsilon,
+                       Py_ssize_t n, floating* center, floating* scale,
+                       floating* shift) noexcept nogil:
     """Coefficients of ``(z - center) * scale + shift``.
 
     The forward and the backward pass both take them from here, so that the
     backward pass recomputes the forward's ReLU mask exactly. The square
     roots go to a local array first, so that the loops vectorize.
     """
-    cdef double std[CHUNK]
-    cdef Py_ssize_t j, j0 = 0, width
+    cdef double std[TILE]
+    cdef Py_ssize_t j, tile, j0, width
     cdef double s
-    while j0 < n:
-        width = min(<Py_ssize_t> CHUNK, n - j0)
+    for tile in range(n_tiles(n)):
+        j0 = tile * TILE
+        width = tile_width(j0, n)
         for j in range(width):
             std[j] = sqrt(var[j0 + j] + epsilon)
         for j in range(width):
@@ -484,59 +460,84 @@ cdef simd_void _affine(const floating* gamma, const floating* beta,
             scale[j0 + j] = <floating> s
             # beta - (mean - center) * s: center's rounding error goes here.
             shift[j0 + j] = <floating> (beta[j0 + j] + (center[j0 + j] - mean[j0 + j]) * s)
-        j0 += width
 
 
-cdef void cbn_act_forward_train(const floating* z, floating* a_out,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                Py_ssize_t z_ld, Py_ssize_t ld, const floating* gamma,
-                                const floating* beta,
-                                const floating* sample_weight, double epsilon,
-                                int act, double* mean_out, double* var_out,
-                                double* scratch) noexcept nogil:
+cdef simd_void _normalize_rows(const floating* z, floating* a_out, const Panel* panel,
+                               const floating* center_in, const floating* scale_in,
+                               const floating* shift_in,
+                               activation_t* act) noexcept nogil:
+    """``a_out = act((z - center) * scale + shift)`` on a panel (rows of
+    ``z`` ``panel.z_ld`` apart, of ``a_out`` ``panel.a_ld``); ``a_out`` may
+    alias ``z`` (with equal distances). The coefficients are copied to local
+    arrays (tiles of ``TILE_ROWS`` rows by one tile of columns; all rows when
+    the panel is one tile wide), so that the loop needs no runtime alias
+    checks.
+    """
+    cdef floating center[TILE]
+    cdef floating scale[TILE]
+    cdef floating shift[TILE]
+    cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
+    cdef Py_ssize_t i, j, tile, j0, width, start, stop
+    cdef Py_ssize_t block_rows = n_rows if n_cols <= TILE else TILE_ROWS
+    cdef const floating* zrow
+    cdef floating* arow
+    start = 0
+    while start < n_rows:
+        stop = min(start + block_rows, n_rows)
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
+            for j in range(width):
+                center[j] = center_in[j0 + j]
+                scale[j] = scale_in[j0 + j]
+                shift[j] = shift_in[j0 + j]
+            for i in range(start, stop):
+                zrow = z + i * panel.z_ld + j0
+                arow = a_out + i * panel.a_ld + j0
+                for j in range(width):
+                    arow[j] = act_forward(
+                        _pre_activation(zrow[j] - center[j], scale[j], shift[j]), act)
+        start = stop
+
+
+cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel* panel,
+                                const floating* gamma, const floating* beta,
+                                double epsilon, int act, double* mean_out,
+                                double* var_out, double* scratch) noexcept nogil:
     """``a = act(gamma * (z - mean) / sqrt(var + eps) + beta)`` on batch stats.
 
-    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``: a
-    column panel of a wider block); the rows of ``z`` are ``z_ld`` apart.
-    ``a_out`` may alias ``z`` (with ``z_ld == ld``). Writes the batch mean
-    and (ddof=0) variance,
-    which the backward pass needs together with ``z`` and ``a``. ``scratch``
-    holds at least ``7 * n_cols`` doubles.
+    On a panel (``z`` rows ``panel.z_ld`` apart, ``a_out`` rows
+    ``panel.a_ld`` apart; ``a_out`` may alias ``z`` with equal distances),
+    the statistics weighted by ``panel.sample_weight``. Writes the batch mean
+    and (ddof=0) variance, which the backward pass needs together with ``z``
+    and ``a``. ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown
+    ``act`` writes NaN.
     """
-    cdef floating* center = <floating*> (scratch + 4 * n_cols)
-    cdef floating* scale = <floating*> (scratch + 5 * n_cols)
-    cdef floating* shift = <floating*> (scratch + 6 * n_cols)
-    _stats(z, n_rows, n_cols, z_ld, sample_weight, mean_out, var_out,
-           scratch + 3 * n_cols, scratch)
-    _affine(gamma, beta, mean_out, var_out, epsilon, n_cols, center, scale, shift)
-    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, z_ld, ld, ld, NULL,
-             center, scale, shift, NULL, NULL, NULL, NULL)
+    cdef Py_ssize_t n = panel.n_cols
+    cdef floating* center = <floating*> (scratch + 4 * n)
+    cdef floating* scale = <floating*> (scratch + 5 * n)
+    cdef floating* shift = <floating*> (scratch + 6 * n)
+    _stats(z, panel.n_rows, n, panel.z_ld, <const floating*> panel.sample_weight,
+           mean_out, var_out, scratch + 3 * n, scratch)
+    _affine(gamma, beta, mean_out, var_out, epsilon, n, center, scale, shift)
+    if act == IDENTITY:
+        _normalize_rows(z, a_out, panel, center, scale, shift, <Identity*> NULL)
+    elif act == RELU:
+        _normalize_rows(z, a_out, panel, center, scale, shift, <Relu*> NULL)
+    elif act == TANH:
+        _normalize_rows(z, a_out, panel, center, scale, shift, <Tanh*> NULL)
+    elif act == LOGISTIC:
+        _normalize_rows(z, a_out, panel, center, scale, shift, <Logistic*> NULL)
+    else:
+        _fill_nan(a_out, panel.n_rows, n, panel.a_ld)
 
 
-cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
-                                Py_ssize_t n_rows, Py_ssize_t n_cols,
-                                const floating* gamma, const floating* beta,
-                                const floating* mean, const floating* var,
-                                double epsilon, int act) noexcept nogil:
-    """Inference-mode forward on given (running) mean and variance.
-
-    ``a_out`` may alias ``z``. Panels of ``CHUNK`` columns (no scratch).
-    """
-    cdef floating center[CHUNK]
-    cdef floating scale[CHUNK]
-    cdef floating shift[CHUNK]
-    cdef Py_ssize_t j, j0 = 0, width
-    cdef double s
-    while j0 < n_cols:
-        width = min(<Py_ssize_t> CHUNK, n_cols - j0)
-        for j in range(width):
-            s = gamma[j0 + j] / sqrt(<double> var[j0 + j] + epsilon)
-            center[j] = mean[j0 + j]
-            scale[j] = <floating> s
-            shift[j] = beta[j0 + j]
-        normalize(z + j0, a_out + j0, n_rows, width, n_cols, center, scale,
-                  shift, act)
-        j0 += width
+cdef void _fill_nan(floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                    Py_ssize_t ld) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(n_rows):
+        for j in range(n_cols):
+            x[i * ld + j] = NAN
 
 
 # ---------------------------------------------------------------------------
@@ -544,9 +545,7 @@ cdef void cbn_act_forward_infer(const floating* z, floating* a_out,
 
 
 cdef simd_void _backward_sums(const floating* da, const floating* a,
-                              const floating* z, Py_ssize_t n_rows,
-                              Py_ssize_t n_cols, Py_ssize_t z_stride,
-                              Py_ssize_t a_stride, Py_ssize_t stride,
+                              const floating* z, const Panel* panel,
                               const floating* center_in,
                               const floating* scale_in,
                               const floating* shift_in,
@@ -554,25 +553,26 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
                               activation_t* act) noexcept nogil:
     """``sum_g = sum_i g_i``, ``sum_gz = sum_i g_i * (z_i - center)``.
 
-    ``g = da * act'(y)``, on ``n_cols`` columns of rows ``stride`` apart
-    (``z_stride`` for ``z``, ``a_stride`` for ``a``).
-    ReLU's mask ``y > 0`` is recomputed from ``z`` with
-    :func:`_pre_activation`, as the forward pass computed ``y`` (the same
-    rounding, so the same mask as ``a > 0``): one array fewer to read. Tanh
-    and logistic take their derivative from ``a``. Tiles of ``SUM_ROWS``
-    rows by at most ``CHUNK`` columns, two rows at a time (more rows at a
-    time is slower: too many streams for the prefetchers), accumulated in the
-    working precision in local arrays (float32: relative errors of order
+    ``g = da * act'(y)``, on a panel (rows of ``da`` ``panel.ld`` apart, of
+    ``z`` ``panel.z_ld``, of ``a`` ``panel.a_ld``). ReLU's mask ``y > 0`` is
+    recomputed from ``z`` with :func:`_pre_activation`, as the forward pass
+    computed ``y`` (the same rounding, so the same mask as ``a > 0``): one
+    array fewer to read. Tanh and logistic take their derivative from ``a``.
+    Tiles of ``SUM_ROWS`` rows by one tile of columns, two rows at a time
+    (more streams than that outrun the hardware prefetchers), accumulated in
+    the working precision in local arrays (float32: relative errors of order
     1e-7, which do not grow with the number of rows), then added to the
     double outputs.
     """
-    cdef floating acc_g[CHUNK]
-    cdef floating acc_gz[CHUNK]
-    cdef floating center[CHUNK]
-    cdef floating scale[CHUNK]
-    cdef floating shift[CHUNK]
+    cdef floating acc_g[TILE]
+    cdef floating acc_gz[TILE]
+    cdef floating center[TILE]
+    cdef floating scale[TILE]
+    cdef floating shift[TILE]
+    cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
+    cdef Py_ssize_t stride = panel.ld, z_stride = panel.z_ld, a_stride = panel.a_ld
     cdef Py_ssize_t block_rows = SUM_ROWS
-    cdef Py_ssize_t start, stop, i, j, j0, width
+    cdef Py_ssize_t start, stop, i, j, tile, j0, width
     cdef floating g0, g1, u0, u1, y0 = 0, y1 = 0, o0 = 0, o1 = 0
     cdef const floating* da0
     cdef const floating* da1
@@ -587,13 +587,13 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = 0
-        while j0 < n_cols:
-            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 acc_g[j] = 0
                 acc_gz[j] = 0
-            if start == 0 or n_cols > CHUNK:
+            if start == 0 or n_cols > TILE:
                 for j in range(width):
                     center[j] = center_in[j0 + j]
                     scale[j] = scale_in[j0 + j]
@@ -639,34 +639,28 @@ cdef simd_void _backward_sums(const floating* da, const floating* a,
             for j in range(width):
                 sum_g[j0 + j] += acc_g[j]
                 sum_gz[j0 + j] += acc_gz[j]
-            j0 += width
         start = stop
 
 
-cdef simd_void _backward_dz(const floating* da, const floating* a,
-                            const floating* z, floating* dz_out,
-                            Py_ssize_t n_rows, Py_ssize_t n_cols,
-                            Py_ssize_t z_stride, Py_ssize_t a_stride,
-                            Py_ssize_t stride, const floating* sample_weight,
+cdef simd_void _backward_dz(const floating* da, floating* dz_out, const floating* a,
+                            const floating* z, const Panel* panel,
                             const floating* center_in, const floating* scale_in,
                             const floating* shift_in, const floating* q_in,
                             const floating* r_in, activation_t* act) noexcept nogil:
-    """``dz = scale * g - w * (q + r * (z - center))``, row after row.
-
-    ``n_cols`` columns of rows ``stride`` apart (``z_stride`` for ``z``,
-    ``a_stride`` for ``a``);
-    ``g`` as in
-    :func:`_backward_sums`. ``dz_out`` may alias ``da`` (each element is
-    read before it is written). Coefficients in local arrays, as in
-    :func:`_normalize_rows`.
+    """``dz = scale * g - w * (q + r * (z - center))``, row after row, with
+    ``g`` as in :func:`_backward_sums` and ``w`` the rows' weights (1 when
+    unweighted). ``dz_out`` may alias ``da`` (each element is read before it
+    is written). Coefficients in local arrays, as in :func:`_normalize_rows`.
     """
-    cdef floating center[CHUNK]
-    cdef floating scale[CHUNK]
-    cdef floating shift[CHUNK]
-    cdef floating q[CHUNK]
-    cdef floating r[CHUNK]
-    cdef Py_ssize_t i, j, j0, width, start, stop
-    cdef Py_ssize_t block_rows = n_rows if n_cols <= CHUNK else TILE_ROWS
+    cdef floating center[TILE]
+    cdef floating scale[TILE]
+    cdef floating shift[TILE]
+    cdef floating q[TILE]
+    cdef floating r[TILE]
+    cdef Py_ssize_t n_rows = panel.n_rows, n_cols = panel.n_cols
+    cdef Py_ssize_t i, j, tile, j0, width, start, stop
+    cdef Py_ssize_t block_rows = n_rows if n_cols <= TILE else TILE_ROWS
+    cdef const floating* sample_weight = <const floating*> panel.sample_weight
     cdef floating g, u, y = 0, o = 0, w = 1
     cdef const floating* darow
     cdef const floating* arow
@@ -675,9 +669,9 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
     start = 0
     while start < n_rows:
         stop = min(start + block_rows, n_rows)
-        j0 = 0
-        while j0 < n_cols:
-            width = min(<Py_ssize_t> CHUNK, n_cols - j0)
+        for tile in range(n_tiles(n_cols)):
+            j0 = tile * TILE
+            width = tile_width(j0, n_cols)
             for j in range(width):
                 center[j] = center_in[j0 + j]
                 scale[j] = scale_in[j0 + j]
@@ -685,10 +679,10 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                 q[j] = q_in[j0 + j]
                 r[j] = r_in[j0 + j]
             for i in range(start, stop):
-                darow = da + i * stride + j0
-                arow = a + i * a_stride + j0 if reads_output(act) else NULL
-                zrow = z + i * z_stride + j0
-                dzrow = dz_out + i * stride + j0
+                darow = da + i * panel.ld + j0
+                arow = a + i * panel.a_ld + j0 if reads_output(act) else NULL
+                zrow = z + i * panel.z_ld + j0
+                dzrow = dz_out + i * panel.ld + j0
                 if sample_weight != NULL:
                     w = sample_weight[i]
                 # w = 1 when unweighted: the multiplication is exact.
@@ -700,15 +694,12 @@ cdef simd_void _backward_dz(const floating* da, const floating* a,
                         o = arow[j]
                     g = act_gradient(darow[j], y, o, act)
                     dzrow[j] = scale[j] * g - w * (q[j] + r[j] * u)
-            j0 += width
         start = stop
 
 
-cdef simd_void _backward_coefficients(const double* mean, const double* var,
-                                      double epsilon, Py_ssize_t n,
-                                      const floating* center,
+cdef simd_void _backward_coefficients(const Statistics* stats, Py_ssize_t n,
+                                      const floating* center, const floating* scale,
                                       const double* sum_g, const double* sum_gz,
-                                      double inv_wsum, const floating* scale,
                                       floating* dgamma_out, floating* dbeta_out,
                                       floating* q_out, floating* r_out) noexcept nogil:
     """``dgamma``, ``dbeta`` and the ``q``, ``r`` of :func:`_backward_dz`.
@@ -718,14 +709,18 @@ cdef simd_void _backward_coefficients(const double* mean, const double* var,
     ``q = scale * (dbeta + dgamma * (center - mean) / std) / W`` and
     ``r = scale * dgamma / (std * W)``.
     """
-    cdef double inv_std[CHUNK]
-    cdef double shift[CHUNK]
-    cdef double dgamma[CHUNK]
-    cdef Py_ssize_t j, j0 = 0, width
+    cdef double inv_std[TILE]
+    cdef double shift[TILE]
+    cdef double dgamma[TILE]
+    cdef const double* mean = stats.mean
+    cdef const double* var = stats.var
+    cdef double epsilon = stats.epsilon, inv_wsum = 1 / stats.weight_sum
+    cdef Py_ssize_t j, tile, j0, width
     # One store stream per loop (and local arrays): the loops vectorize
     # without runtime alias checks.
-    while j0 < n:
-        width = min(<Py_ssize_t> CHUNK, n - j0)
+    for tile in range(n_tiles(n)):
+        j0 = tile * TILE
+        width = tile_width(j0, n)
         for j in range(width):
             inv_std[j] = 1 / sqrt(var[j0 + j] + epsilon)
         for j in range(width):
@@ -741,23 +736,18 @@ cdef simd_void _backward_coefficients(const double* mean, const double* var,
                                                          * inv_wsum))
         for j in range(width):
             r_out[j0 + j] = <floating> (scale[j0 + j] * (dgamma[j] * inv_wsum) * inv_std[j])
-        j0 += width
 
 
-cdef void cbn_act_backward(const floating* da, const floating* a,
-                           const floating* z, floating* dz_out,
-                           Py_ssize_t n_rows, Py_ssize_t n_cols,
-                           Py_ssize_t z_ld, Py_ssize_t a_ld, Py_ssize_t ld,
-                           const floating* gamma,
-                           const floating* beta, const double* mean,
-                           const double* var, double epsilon,
-                           const floating* sample_weight, double wsum, int act,
+cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
+                           const floating* z, const Panel* panel, const floating* gamma,
+                           const floating* beta, const Statistics* stats, int act,
                            floating* dgamma_out, floating* dbeta_out,
                            double* scratch) noexcept nogil:
     """Gradients of the fused layer given ``da = dL/da``.
 
-    With ``g = da * act'(y)``, ``z_hat = (z - mean) / std`` and batch weights
-    ``w`` summing to ``W`` (all ones and ``W = n_rows`` when unweighted)::
+    With ``g = da * act'(y)``, ``z_hat = (z - mean) / std`` and the rows'
+    weights ``w`` (``panel.sample_weight``) summing to ``W =
+    stats.weight_sum`` (all ones and ``W = n_rows`` when unweighted)::
 
         dbeta  = sum_i g_i
         dgamma = sum_i g_i * z_hat_i
@@ -767,116 +757,52 @@ cdef void cbn_act_backward(const floating* da, const floating* a,
     ``dbeta`` and ``dgamma`` in double precision, the second writes ``dz``.
     Each reads ``da`` and ``z``; tanh and logistic also read ``a`` (the
     forward's output), which ReLU and identity do not use (it may be NULL).
-    ``n_cols`` columns of rows ``ld`` elements apart (``ld >= n_cols``) for
-    ``da`` and ``dz_out``, ``z_ld`` for ``z``, ``a_ld`` for ``a``. ``dz_out``
-    may alias ``da``. Both passes stream whole rows rather than
-    panels of columns that would stay in L2 between them: the hardware
-    prefetchers favour long runs. ``scratch`` holds at least ``7 * n_cols``
-    doubles.
+    ``da`` and ``dz_out`` rows are ``panel.ld`` apart; ``dz_out`` may alias
+    ``da``. Both passes stream whole rows rather than panels of columns that
+    would stay in L2 between them: the hardware prefetchers favour long
+    runs. ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown
+    ``act`` writes NaN.
     """
-    cdef double* sum_g = scratch
-    cdef double* sum_gz = scratch + n_cols
-    cdef floating* center = <floating*> (scratch + 2 * n_cols)
-    cdef floating* scale = <floating*> (scratch + 3 * n_cols)
-    cdef floating* shift = <floating*> (scratch + 4 * n_cols)
-    cdef floating* q_coef = <floating*> (scratch + 5 * n_cols)
-    cdef floating* r_coef = <floating*> (scratch + 6 * n_cols)
+    if act == IDENTITY:
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Identity*> NULL)
+    elif act == RELU:
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Relu*> NULL)
+    elif act == TANH:
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Tanh*> NULL)
+    elif act == LOGISTIC:
+        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
+                  scratch, <Logistic*> NULL)
+    else:
+        _fill_nan(dz_out, panel.n_rows, panel.n_cols, panel.ld)
+        _fill_nan(dgamma_out, 1, panel.n_cols, 0)
+        _fill_nan(dbeta_out, 1, panel.n_cols, 0)
 
-    _affine(gamma, beta, mean, var, epsilon, n_cols, center, scale, shift)
-    row_pass(act, GRADIENT_SUMS, z, da, a, NULL, n_rows, n_cols, z_ld, a_ld, ld, NULL,
-             center, scale, shift, NULL, NULL, sum_g, sum_gz)
-    _backward_coefficients(mean, var, epsilon, n_cols, center, sum_g, sum_gz,
-                           1 / wsum, scale, dgamma_out, dbeta_out, q_coef, r_coef)
-    row_pass(act, GRADIENT_DZ, z, da, a, dz_out, n_rows, n_cols, z_ld, a_ld, ld,
-             sample_weight, center, scale, shift, q_coef, r_coef, NULL, NULL)
+
+cdef inline void _backward(const floating* da, floating* dz_out, const floating* a,
+                           const floating* z, const Panel* panel, const floating* gamma,
+                           const floating* beta, const Statistics* stats,
+                           floating* dgamma_out, floating* dbeta_out, double* scratch,
+                           activation_t* act) noexcept nogil:
+    cdef Py_ssize_t n = panel.n_cols
+    cdef double* sum_g = scratch
+    cdef double* sum_gz = scratch + n
+    cdef floating* center = <floating*> (scratch + 2 * n)
+    cdef floating* scale = <floating*> (scratch + 3 * n)
+    cdef floating* shift = <floating*> (scratch + 4 * n)
+    cdef floating* q_coef = <floating*> (scratch + 5 * n)
+    cdef floating* r_coef = <floating*> (scratch + 6 * n)
+    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
+    _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz, act)
+    _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
+                           dbeta_out, q_coef, r_coef)
+    _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef, act)
 
 
 # ---------------------------------------------------------------------------
-# Activation dispatch: the one place where an activation's code becomes the
-# tag type that the row passes are compiled for (see _activations.pxd).
-
-
-cdef void row_pass(int act, RowPass kind, const floating* z,
-                   const floating* da, const floating* a, floating* out,
-                   Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t z_stride,
-                   Py_ssize_t a_stride, Py_ssize_t stride,
-                   const floating* sample_weight, const floating* center,
-                   const floating* scale, const floating* shift,
-                   const floating* q, const floating* r, double* sum_g,
-                   double* sum_gz) noexcept nogil:
-    """One pass of ``kind`` over ``n_rows`` rows (``stride`` apart; those
-    of ``z`` ``z_stride`` apart, of ``a`` ``a_stride``) of
-    ``n_cols`` columns, compiled for the activation ``act``; each pass reads
-    the arguments its kernel names and ignores the others.
-
-    An unknown ``act`` never runs another activation's kernel: the pass's
-    outputs are NaN.
-    """
-    if act == IDENTITY:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
-                  sample_weight,
-                  center, scale, shift, q, r, sum_g, sum_gz, <Identity*> NULL)
-    elif act == RELU:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
-                  sample_weight,
-                  center, scale, shift, q, r, sum_g, sum_gz, <Relu*> NULL)
-    elif act == TANH:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
-                  sample_weight,
-                  center, scale, shift, q, r, sum_g, sum_gz, <Tanh*> NULL)
-    elif act == LOGISTIC:
-        _row_pass(kind, z, da, a, out, n_rows, n_cols, z_stride, a_stride, stride,
-                  sample_weight,
-                  center, scale, shift, q, r, sum_g, sum_gz, <Logistic*> NULL)
-    else:
-        _nan_outputs(kind, out, n_rows, n_cols, stride, sum_g, sum_gz)
-
-
-cdef inline void _row_pass(RowPass kind, const floating* z, const floating* da,
-                           const floating* a, floating* out, Py_ssize_t n_rows,
-                           Py_ssize_t n_cols, Py_ssize_t z_stride,
-                           Py_ssize_t a_stride, Py_ssize_t stride,
-                           const floating* sample_weight,
-                           const floating* center, const floating* scale,
-                           const floating* shift, const floating* q,
-                           const floating* r, double* sum_g, double* sum_gz,
-                           activation_t* act) noexcept nogil:
-    if kind == FORWARD:
-        _normalize_rows(z, out, n_rows, n_cols, z_stride, stride, center, scale,
-                        shift, act)
-    elif kind == GRADIENT_SUMS:
-        _backward_sums(da, a, z, n_rows, n_cols, z_stride, a_stride, stride, center,
-                       scale, shift,
-                       sum_g, sum_gz, act)
-    elif kind == GRADIENT_DZ:
-        _backward_dz(da, a, z, out, n_rows, n_cols, z_stride, a_stride, stride,
-                     sample_weight,
-                     center, scale, shift, q, r, act)
-
-
-cdef void _nan_outputs(RowPass kind, floating* out, Py_ssize_t n_rows,
-                       Py_ssize_t n_cols, Py_ssize_t stride, double* sum_g,
-                       double* sum_gz) noexcept nogil:
-    cdef Py_ssize_t i, j
-    if kind == GRADIENT_SUMS:
-        for j in range(n_cols):
-            sum_g[j] = NAN
-            sum_gz[j] = NAN
-        return
-    for i in range(n_rows):
-        for j in range(n_cols):
-            out[i * stride + j] = NAN
-
-
-cdef void normalize(const floating* z, floating* a_out, Py_ssize_t n_rows,
-                    Py_ssize_t n_cols, Py_ssize_t stride,
-                    const floating* center, const floating* scale,
-                    const floating* shift, int act) noexcept nogil:
-    """``a_out = act((z - center) * scale + shift)`` on ``n_cols`` columns of
-    rows ``stride`` apart; ``a_out`` may alias ``z``."""
-    row_pass(act, FORWARD, z, NULL, NULL, a_out, n_rows, n_cols, stride, stride, stride,
-             NULL,
-             center, scale, shift, NULL, NULL, NULL, NULL)
+# Running statistics.
 
 
 cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
@@ -908,9 +834,10 @@ cdef void cupdate_running_average(floating* running_mean, floating* running_var,
 
 
 # ---------------------------------------------------------------------------
-# def wrappers: check everything with the NumPy C API (about 30 ns per
-# array, where acquiring a typed memoryview costs about 400 ns: it matters
-# for small layers), then call the kernels without the GIL.
+# def wrappers: check everything with the NumPy C API, then call the kernels
+# without the GIL. The C API's checks are cheaper than acquiring typed
+# memoryviews, which matters for the small layers of the tests and of the
+# kernels' benchmark (bench_kernels.py).
 
 
 cdef inline void* _array(object arr, str name, int typenum, int ndim,
@@ -1064,34 +991,6 @@ cdef void _block_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                      &scratch[threadid(), 0])
 
 
-cdef void _merge_blocks(const double[:, ::1] blocks, Py_ssize_t n_cols,
-                        double* mean, double* var, double* wsum) noexcept nogil:
-    """Chan et al.'s pairwise update over the blocks, in order, column by
-    column (a column may have no weight in some blocks)."""
-    cdef Py_ssize_t b, j
-    cdef double wb, total, delta
-    cdef const double* block = &blocks[0, 0]
-    if blocks.shape[0] == 1:   # exactly the one block's statistics
-        memcpy(mean, block, n_cols * sizeof(double))
-        memcpy(var, block + n_cols, n_cols * sizeof(double))
-        memcpy(wsum, block + 2 * n_cols, n_cols * sizeof(double))
-        return
-    for b in range(blocks.shape[0]):
-        block = &blocks[b, 0]
-        for j in range(n_cols):
-            wb = block[2 * n_cols + j]
-            if wb == 0:
-                continue
-            total = wsum[j] + wb
-            delta = block[j] - mean[j]
-            mean[j] += delta * (wb / total)
-            # var holds the sum of squared deviations until the end.
-            var[j] += block[n_cols + j] * wb + delta * delta * (wsum[j] * wb / total)
-            wsum[j] = total
-    for j in range(n_cols):
-        var[j] = max(var[j] / wsum[j], 0.0) if wsum[j] > 0 else 0.0
-
-
 def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
                      sample_weight=None, double epsilon=1e-5,
                      activation="identity"):
@@ -1139,6 +1038,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     cdef double* vp = <double*> _array(var_out, "var_out", cnp.NPY_FLOAT64, 1, n_cols, 0, True)
     cdef const char* sw = NULL
     cdef double* scratch
+    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, NULL)
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     if n_rows == 0:
@@ -1146,6 +1046,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     if sample_weight is not None:
         sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0, False)
         _weights_sum(sw, t, n_rows)
+        panel.sample_weight = sw
     if n_cols == 0:
         return
     scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
@@ -1168,70 +1069,15 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
                         "with epsilon=0")
         with nogil:
             if t == cnp.NPY_FLOAT32:
-                cbn_act_forward_train(<const float*> zp, <float*> ap, n_rows, n_cols,
-                                      n_cols, n_cols, <const float*> gp, <const float*> bp,
-                                      <const float*> sw, epsilon, act, mp, vp, scratch)
+                cbn_act_forward_train(<const float*> zp, <float*> ap, &panel,
+                                      <const float*> gp, <const float*> bp, epsilon, act,
+                                      mp, vp, scratch)
             else:
-                cbn_act_forward_train(<const double*> zp, <double*> ap, n_rows, n_cols,
-                                      n_cols, n_cols, <const double*> gp, <const double*> bp,
-                                      <const double*> sw, epsilon, act, mp, vp, scratch)
+                cbn_act_forward_train(<const double*> zp, <double*> ap, &panel,
+                                      <const double*> gp, <const double*> bp, epsilon,
+                                      act, mp, vp, scratch)
     finally:
         PyMem_Free(scratch)
-
-
-def bn_forward_infer(z, gamma, beta, mean, var, a_out, double epsilon=1e-5,
-                     activation="identity"):
-    """Inference-mode batch norm fused with the activation.
-
-    ``a_out = act(gamma * (z - mean) / sqrt(var + epsilon) + beta)`` with the
-    given (running) ``mean`` and ``var``.
-
-    Parameters
-    ----------
-    z : ndarray of shape (n_rows, n_cols), float32 or float64, C-contiguous
-    gamma, beta, mean, var : ndarray of shape (n_cols,), same dtype as ``z``
-    a_out : ndarray of shape (n_rows, n_cols), same dtype as ``z``, written
-        May be ``z`` itself.
-    epsilon : float, default=1e-5
-    activation : {'identity', 'relu', 'tanh', 'logistic'}, default='identity'
-
-    Raises
-    ------
-    TypeError, ValueError
-        As :func:`bn_forward_train`; ``ValueError`` if ``var + epsilon <= 0``
-        anywhere.
-    """
-    cdef int act = act_code(activation)
-    cdef int t = _float_type(z, "z")
-    cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> z, 0)
-    cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> z, 1)
-    cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
-    cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
-    cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
-    cdef const char* mp = <const char*> _array(mean, "mean", t, 1, n_cols, 0, False)
-    cdef const char* vp = <const char*> _array(var, "var", t, 1, n_cols, 0, False)
-    cdef char* ap = <char*> _array(a_out, "a_out", t, 2, n_rows, n_cols, True)
-    cdef Py_ssize_t j
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
-    for j in range(n_cols):
-        if t == cnp.NPY_FLOAT32:
-            ok = (<const float*> vp)[j] + epsilon > 0
-        else:
-            ok = (<const double*> vp)[j] + epsilon > 0
-        if not ok:
-            raise ValueError(f"var + epsilon must be positive (column {j})")
-    if n_rows == 0 or n_cols == 0:
-        return
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            cbn_act_forward_infer(<const float*> zp, <float*> ap, n_rows, n_cols,
-                                  <const float*> gp, <const float*> bp,
-                                  <const float*> mp, <const float*> vp, epsilon, act)
-        else:
-            cbn_act_forward_infer(<const double*> zp, <double*> ap, n_rows, n_cols,
-                                  <const double*> gp, <const double*> bp,
-                                  <const double*> mp, <const double*> vp, epsilon, act)
 
 
 def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
@@ -1292,22 +1138,63 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
+    cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, sw)
+    cdef Statistics stats = Statistics(mp, vp, epsilon, wsum)
     with nogil:
         if t == cnp.NPY_FLOAT32:
-            cbn_act_backward(<const float*> dap, <const float*> ap, <const float*> zp,
-                             <float*> dzp, n_rows, n_cols, n_cols, n_cols, n_cols,
-                             <const float*> gp,
-                             <const float*> bp, mp, vp,
-                             epsilon, <const float*> sw, wsum, act, <float*> dgp,
-                             <float*> dbp, scratch)
+            cbn_act_backward(<const float*> dap, <float*> dzp, <const float*> ap,
+                             <const float*> zp, &panel, <const float*> gp,
+                             <const float*> bp, &stats, act, <float*> dgp, <float*> dbp,
+                             scratch)
         else:
-            cbn_act_backward(<const double*> dap, <const double*> ap, <const double*> zp,
-                             <double*> dzp, n_rows, n_cols, n_cols, n_cols, n_cols,
-                             <const double*> gp,
-                             <const double*> bp, mp, vp,
-                             epsilon, <const double*> sw, wsum, act, <double*> dgp,
+            cbn_act_backward(<const double*> dap, <double*> dzp, <const double*> ap,
+                             <const double*> zp, &panel, <const double*> gp,
+                             <const double*> bp, &stats, act, <double*> dgp,
                              <double*> dbp, scratch)
     PyMem_Free(scratch)
+
+
+def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
+    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance), per
+    column: :func:`chan_merge`, the one the kernels use.
+
+    Parameters
+    ----------
+    count_a, mean_a, var_a, count_b, mean_b, var_b : array-like of shape (n_cols,)
+        The two parts' weight sums (>= 0), means and variances, as float64
+        (scalars broadcast).
+
+    Returns
+    -------
+    count, mean, var : ndarray of shape (n_cols,), float64
+        The statistics of both parts together: where one part has zero
+        count, the other's. Statistics beyond the float64 range become inf or NaN
+        (without warnings: the caller reports them once).
+    """
+    arrays = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64)
+                                   for v in (count_a, mean_a, var_a, count_b, mean_b, var_b)])
+    if arrays[0].ndim != 1:
+        raise ValueError(f"the statistics must be vectors, got shape {arrays[0].shape}")
+    count = np.array(arrays[0], dtype=np.float64)
+    mean = np.array(arrays[1], dtype=np.float64)
+    m2 = np.array(arrays[2], dtype=np.float64)
+    cdef const double[::1] cb = np.ascontiguousarray(arrays[3])
+    cdef const double[::1] mb = np.ascontiguousarray(arrays[4])
+    cdef const double[::1] vb = np.ascontiguousarray(arrays[5])
+    cdef double[::1] c = count, m = mean, s = m2
+    cdef Py_ssize_t j
+    with nogil:
+        for j in range(c.shape[0]):
+            if not cb[j] > 0:
+                continue   # nothing to add: a's statistics
+            if not c[j] > 0:
+                c[j], m[j], s[j] = cb[j], mb[j], vb[j]   # b's statistics
+                continue
+            s[j] = s[j] * c[j]   # the variance as a sum of squared deviations
+            chan_merge(&m[j], &s[j], c[j], cb[j], mb[j] - m[j], vb[j] * cb[j])
+            c[j] += cb[j]
+            s[j] = max(s[j] / c[j], 0.0)
+    return count, mean, m2
 
 
 def unbiased_counts(const double[::1] weight_sum, const double[::1] n_positive):

@@ -24,6 +24,8 @@ cdef void cgemm(bint trans_a, bint trans_b, int m, int n, int k,
             for j in range(n):
                 c[i * ldc + j] = beta * c[i * ldc + j] if beta != 0 else 0
         return
+    # C.T = alpha * op(B).T @ op(A).T + beta * C.T, column-major: the
+    # row-major c = alpha * op(a) @ op(b) + beta * c
     if floating is float:
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*> b, &ldb,
               <float*> a, &lda, &beta, c, &ldc)
@@ -35,6 +37,7 @@ cdef void cgemm(bint trans_a, bint trans_b, int m, int n, int k,
 cdef void caxpy(int n, floating alpha, const floating* x, floating* y) noexcept nogil:
     """y += alpha * x."""
     cdef int inc = 1
+    # y += alpha * x
     if floating is float:
         saxpy(&n, &alpha, <float*> x, &inc, y, &inc)
     else:
@@ -57,6 +60,7 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c_
         raise ValueError(
             f"c_out has shape ({c_out.shape[0]}, {c_out.shape[1]}), expected ({m}, {n})")
     with nogil:
+        # c_out = alpha * op(a) @ op(b) + beta * c_out
         cgemm(trans_a, trans_b, m, n, k, <floating> alpha,
               &a[0, 0] if a.shape[0] * a.shape[1] else NULL, max(a.shape[1], 1),
               &b[0, 0] if b.shape[0] * b.shape[1] else NULL, max(b.shape[1], 1),
@@ -71,4 +75,5 @@ def axpy(double alpha, const floating[::1] x, floating[::1] y_out):
     if x.shape[0] == 0:
         return
     with nogil:
+        # y_out += alpha * x
         caxpy(<int> x.shape[0], <floating> alpha, &x[0], &y_out[0])

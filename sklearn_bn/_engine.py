@@ -1,11 +1,11 @@
 """The training engine's boundary: what the estimators call to train and
 predict, and every check made before compiled code runs.
 
-An :class:`Engine` is built once per fit. It owns the parameter layout
-(:class:`ParameterLayout`), the workspace sized for one minibatch
-(:class:`Workspace`), the compiled view of the network
-(``_training.Network``) and the thread team (``_threads``); the optimizer's
-state lives in ``_optimizers``. Its calls take keyword arguments:
+An :class:`Engine` is built once per fit from the estimator's choices
+(units, activations, dtype, minibatch size, options). It owns the compiled
+network (``_training.Network``: its layers' descriptors, the parameters'
+layout and the workspace) and the thread team (``_threads``); the optimizer
+is an object of ``_optimizers``. Its calls take keyword arguments:
 :meth:`Engine.bind` checks and converts the training data once,
 :meth:`Engine.train_epoch` runs an epoch, :meth:`Engine.loss_and_gradient`
 evaluates the training objective, :meth:`Engine.predict` runs the inference
@@ -16,6 +16,9 @@ its hidden layers over a data set (``bn_stats='population'``).
 
 The compiled module (``_training.pyx``) trusts what it gets: the checks
 here are what keeps its loops in bounds.
+
+:data:`LAYER_OPTIONS` lists the hidden layers' options (see CONTRIBUTING.md,
+"Adding a layer option").
 """
 
 import contextlib
@@ -24,21 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import expit, softmax
 
 from sklearn_bn import _threads, _training
-from sklearn_bn._activations import activation_code
+from sklearn_bn._activation_registry import ACTIVATIONS, OUT_ACTIVATIONS
 from sklearn_bn._activations import forward as activation_forward
-from sklearn_bn._batchnorm import SCRATCH_PER_COLUMN, batch_stats, unbiased_counts
-from sklearn_bn._optimizers import aligned_zeros
-from sklearn_bn._utils import merge_stats
-
-OUT_ACTIVATIONS = {
-    "identity": _training.OutActivation.OUT_IDENTITY,
-    "logistic": _training.OutActivation.OUT_LOGISTIC,
-    "softmax": _training.OutActivation.OUT_SOFTMAX,
-    "exp": _training.OutActivation.OUT_EXP,
-}
+from sklearn_bn._batchnorm import batch_stats, merge_stats, unbiased_counts
+from sklearn_bn._optimizers import Optimizer
+from sklearn_bn._utils import aligned_zeros
 
 # Rows per block of a prediction: memory stays bounded for any number of rows.
 PREDICT_BLOCK_ROWS = 1024
@@ -52,100 +47,37 @@ POPULATION_MIN_ROWS, POPULATION_MAX_ROWS = 1024, 8192
 # is noticed and the epoch can stop (see Engine.train_epoch).
 CHUNK_SECONDS = 0.02
 
-# Every block of the workspace starts at a multiple of this many elements
-# (with the buffers on 64-byte boundaries: a cache line for float32, two for
-# float64), so that threads writing neighbouring blocks never share a line.
-_ALIGN_ELEMENTS = 16
+
+@dataclass(frozen=True)
+class LayerOption:
+    """An option of the hidden layers: an estimator parameter, an
+    :class:`Engine` argument of the same name, and a field of the compiled
+    network (``field`` of each layer's descriptor, ``_training.Network.layer``,
+    when ``per_layer``; of the network's settings, ``Network.settings``,
+    otherwise)."""
+
+    name: str
+    field: str
+    per_layer: bool
+    # Whether the fitted network predicts differently with it: then the
+    # folded network, its extended-precision fallback, the population
+    # statistics and the exports apply it too.
+    changes_inference: bool
+
+
+#: The hidden layers' options, by name.
+LAYER_OPTIONS = {
+    option.name: option for option in (
+        LayerOption("dropout", field="dropout", per_layer=True, changes_inference=False),
+        LayerOption("virtual_batch_size", field="virtual_batch", per_layer=False,
+                    changes_inference=False),
+    )
+}
 
 
 def multiply_adds_per_row(units):
     """Multiply-adds of the matrix products of one row through the network."""
     return int(np.dot(units[:-1], units[1:]))
-
-
-def _intp(values):
-    # Never empty, so that the compiled side can take the first element's
-    # address (a network without hidden layers has no hidden offsets).
-    return np.asarray(list(values) or [0], dtype=np.intp)
-
-
-class ParameterLayout:
-    """Where each parameter lives in the flat vector the engine trains.
-
-    For weight layer ``l``: its coefficients (``units[l] x units[l + 1]``,
-    row-major), then, for a hidden layer, its ``gamma`` and ``beta``; for
-    the output layer its intercept. Hidden layer ``l``'s running statistics
-    start at ``stat_off[l]`` of flat vectors of ``n_hidden``.
-    """
-
-    def __init__(self, units):
-        self.units = np.asarray(units, dtype=np.intp)
-        n_layers = len(units) - 1
-        coef_off, gamma_off, bias_off = [], [], []
-        off = 0
-        for l in range(n_layers):
-            fan_in, fan_out = int(units[l]), int(units[l + 1])
-            coef_off.append(off)
-            off += fan_in * fan_out
-            if l < n_layers - 1:
-                gamma_off.append(off)
-                off += fan_out
-            else:
-                gamma_off.append(0)
-            bias_off.append(off)
-            off += fan_out
-        self.n_params = off
-        self.coef_off = _intp(coef_off)
-        self.gamma_off = _intp(gamma_off)
-        self.bias_off = _intp(bias_off)
-        hidden = [int(u) for u in units[1:-1]]
-        self.n_hidden = sum(hidden)
-        self.stat_off = _intp(np.cumsum([0] + hidden)[:-1])
-
-    @property
-    def n_layers(self):
-        return len(self.units) - 1
-
-    def pack(self, coefs, gammas, intercepts, dtype):
-        """The flat parameter vector of these per-layer arrays."""
-        theta = aligned_zeros(self.n_params, dtype)
-        for l in range(self.n_layers):
-            fan_in, fan_out = self.units[l], self.units[l + 1]
-            c = self.coef_off[l]
-            theta[c : c + fan_in * fan_out] = np.asarray(coefs[l]).ravel()
-            if l < self.n_layers - 1:
-                g = self.gamma_off[l]
-                theta[g : g + fan_out] = gammas[l]
-            b = self.bias_off[l]
-            theta[b : b + fan_out] = intercepts[l]
-        return theta
-
-    def unpack(self, theta):
-        """Copies of the per-layer coefficients, gammas and intercepts."""
-        coefs, gammas, intercepts = [], [], []
-        for l in range(self.n_layers):
-            fan_in, fan_out = int(self.units[l]), int(self.units[l + 1])
-            c = self.coef_off[l]
-            coefs.append(theta[c : c + fan_in * fan_out].reshape(fan_in, fan_out).copy())
-            if l < self.n_layers - 1:
-                g = self.gamma_off[l]
-                gammas.append(theta[g : g + fan_out].copy())
-            b = self.bias_off[l]
-            intercepts.append(theta[b : b + fan_out].copy())
-        return coefs, gammas, intercepts
-
-    def pack_stats(self, per_layer, dtype):
-        """One flat vector of per-hidden-layer statistics."""
-        flat = aligned_zeros(self.n_hidden, dtype)
-        if self.n_hidden:
-            flat[:] = np.concatenate([np.asarray(s, dtype=dtype) for s in per_layer])
-        return flat
-
-    def unpack_stats(self, flat):
-        """Copies of the per-hidden-layer parts of a flat statistics vector."""
-        stops = list(self.stat_off[1 : self.n_layers - 1]) + [self.n_hidden]
-        starts = self.stat_off[: self.n_layers - 1]
-        return [flat[a:b].copy() for a, b in zip(starts, stops)]
 
 
 @dataclass
@@ -172,66 +104,6 @@ def aligned_copy(a):
     out = aligned_zeros(a.size, a.dtype)
     out[:] = a
     return out
-
-
-class Workspace:
-    """The buffers one minibatch step works in, allocated once per fit.
-
-    ``work`` (the parameters' dtype) holds the gathered rows of X, Y and the
-    weights, the output layer, and each hidden layer's ``z``, output and
-    delta (and with dropout, its output after dropout and its mask, one
-    byte per unit); ``dwork`` (float64) the batch statistics, the kernels' scratch,
-    each row's loss and the partial sums of the L2 term; ``grad`` the
-    gradient, in the parameters' layout.
-    """
-
-    def __init__(self, layout, max_batch, sparse, dtype, dropout=None, max_chunks=1):
-        units = [int(u) for u in layout.units]
-        n_features, n_out = units[0], units[-1]
-        hidden = units[1:-1]
-        dropout = [0.0] * len(hidden) if dropout is None else dropout
-        self.max_batch = int(max_batch)
-        self._size = 0
-        self.xb_off = self._block(0 if sparse else max_batch * n_features)
-        self.yb_off = self._block(max_batch * n_out)
-        self.swb_off = self._block(max_batch)
-        self.p_off = self._block(max_batch * n_out)
-        z_off, a_off, d_off, ad_off, keep_off = [], [], [], [], []
-        itemsize = np.dtype(dtype).itemsize
-        for h, p in zip(hidden, dropout):
-            z_off.append(self._block(max_batch * h))
-            a_off.append(self._block(max_batch * h))
-            d_off.append(self._block(max_batch * h))
-            # The output after dropout and its mask (bytes), where the layer
-            # has them.
-            ad_off.append(self._block(max_batch * h) if p > 0 else a_off[-1])
-            keep_off.append(self._block(-(-max_batch * h // itemsize)) if p > 0 else 0)
-        self.z_off, self.a_off, self.d_off = _intp(z_off), _intp(a_off), _intp(d_off)
-        self.ad_off, self.keep_off = _intp(ad_off), _intp(keep_off)
-        self.gtmp_off = self._block(2 * max(hidden, default=1))
-        self.work = aligned_zeros(max(self._size, 1), dtype)
-        # dwork: each chunk's batch means, then variances (ghost batch norm
-        # has several chunks), the kernels' scratch, each row's loss and each
-        # layer's sums of W ** 2 (one per unit of either side: columns, or the
-        # output layer's rows).
-        self._size = 0
-        self.stats_stride = self._round_up(layout.n_hidden)
-        self._block(max_chunks * self.stats_stride)  # the means, at 0
-        self.var_base = self._block(max_chunks * self.stats_stride)
-        self.scratch_off = self._block(SCRATCH_PER_COLUMN * max(hidden, default=1))
-        self.row_loss_off = self._block(max_batch)
-        self.l2_off = _intp([self._block(max(a, b)) for a, b in zip(units[:-1], units[1:])])
-        self.dwork = aligned_zeros(self._size, np.float64)
-        self.grad = aligned_zeros(layout.n_params, dtype)
-
-    @staticmethod
-    def _round_up(size):
-        return -(-size // _ALIGN_ELEMENTS) * _ALIGN_ELEMENTS
-
-    def _block(self, size):
-        start = self._size
-        self._size += self._round_up(size)
-        return start
 
 
 @dataclass
@@ -307,6 +179,8 @@ class Engine:
             raise ValueError(f"a network needs >= 2 layers of >= 1 unit, got {units}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(f"the engine trains in float32 or float64, not {dtype}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}")
         if out_activation not in OUT_ACTIVATIONS:
             raise ValueError(f"unknown output activation {out_activation!r}")
         if max_batch < 2:
@@ -326,37 +200,27 @@ class Engine:
         if not data_loss_scale > 0:
             raise ValueError(f"data_loss_scale must be positive, got {data_loss_scale}")
         self.dtype = np.dtype(dtype)
-        self.layout = ParameterLayout(units)
-        max_chunks = 1
-        if virtual_batch_size is not None:
-            max_chunks = max(1, min(-(-max_batch // virtual_batch_size), max_batch // 2))
-        self.workspace = Workspace(self.layout, max_batch, sparse, self.dtype, dropout,
-                                   max_chunks)
-        self._dropout = np.concatenate([dropout, [0.0]])  # never empty
         self.sparse, self.weighted = bool(sparse), bool(weighted)
         self.activation, self.out_activation = activation, out_activation
         self.bn_epsilon = float(bn_epsilon)
-        ws, layout = self.workspace, self.layout
-        self._network = _training.Network(
-            units=layout.units, coef_off=layout.coef_off, gamma_off=layout.gamma_off,
-            bias_off=layout.bias_off, stat_off=layout.stat_off, z_off=ws.z_off,
-            a_off=ws.a_off, d_off=ws.d_off, l2_off=ws.l2_off, ad_off=ws.ad_off,
-            keep_off=ws.keep_off,
-            dropout=self._dropout, xb_off=ws.xb_off, yb_off=ws.yb_off,
-            swb_off=ws.swb_off, p_off=ws.p_off, var_base=ws.var_base,
-            scratch_off=ws.scratch_off, row_loss_off=ws.row_loss_off,
-            stats_stride=ws.stats_stride, gtmp_off=ws.gtmp_off,
-            virtual_batch=int(virtual_batch_size or 0),
-            activation=activation_code(activation),
-            out_activation=OUT_ACTIVATIONS[out_activation], alpha=float(alpha),
-            bn_momentum=0.0 if bn_momentum is None else float(bn_momentum),
-            cumulative=bn_momentum is None, bn_epsilon=self.bn_epsilon,
-            data_loss_scale=float(data_loss_scale),
-            dropout_seed=int(dropout_seed) % 2**64, sparse=self.sparse,
-            weighted=self.weighted,
-        )
+        self.network = _training.Network(
+            units, activation=activation, out_activation=out_activation, dtype=self.dtype,
+            max_batch=int(max_batch), sparse=self.sparse, weighted=self.weighted,
+            alpha=float(alpha), bn_momentum=None if bn_momentum is None else float(bn_momentum),
+            bn_epsilon=self.bn_epsilon, data_loss_scale=float(data_loss_scale),
+            virtual_batch_size=None if virtual_batch_size is None else int(virtual_batch_size),
+            dropout=dropout.tolist(), dropout_seed=int(dropout_seed),
+        )  # fmt: skip
         self.n_threads = 1
         self._batches_per_call = 1
+
+    @property
+    def layout(self):
+        """The compiled network, which owns the parameters' layout: ``units``,
+        ``n_params``, ``n_hidden``, ``pack``/``unpack`` (coefficients, gammas,
+        intercepts) and ``pack_stats``/``unpack_stats`` (running
+        statistics)."""
+        return self.network
 
     # ------------------------------------------------------------------
     # Threads
@@ -367,8 +231,6 @@ class Engine:
         minibatches of ``batch_size`` rows (BLAS on one thread meanwhile)."""
         work = batch_size * multiply_adds_per_row(self.layout.units)
         with _threads.training_threads(work) as n_threads:
-            if n_threads < 1:
-                raise ValueError(f"n_threads must be at least 1, got {n_threads}")
             self.n_threads = int(n_threads)
             try:
                 yield self.n_threads
@@ -430,7 +292,8 @@ class Engine:
                 raise ValueError("the data were not bound by this engine")
             for name, array in data.arrays().items():
                 expected = np.intp if name in ("X_indices", "X_indptr") else self.dtype
-                if array.dtype != expected or not array.flags.c_contiguous:
+                if (not isinstance(array, np.ndarray) or array.dtype != expected
+                        or not array.flags.c_contiguous):
                     raise ValueError(f"{name} must be a C-contiguous {expected} array")
             n, n_features = data.n_samples, self.layout.units[0]
             n_rows = data.X_indptr.shape[0] - 1 if self.sparse else data.X.shape[0]
@@ -476,29 +339,21 @@ class Engine:
             raise ValueError("order has indices out of range")
         if batch_size < 2:
             raise ValueError("batch_size must be at least 2")
-        if min(batch_size + 1, n) > self.workspace.max_batch:
+        if min(batch_size + 1, n) > self.network.max_batch:
             raise ValueError("workspace too small for this batch size")
-        state = optimizer.engine_arguments()
-        n_params = self.layout.n_params
-        _check_vector(state["moment_1"], n_params, self.dtype, "moment_1")
-        # SGD has no second moment.
-        _check_vector(state["moment_2"], n_params if state["solver"] == _training.Solver.ADAM else 0,
-                      self.dtype, "moment_2")
-        arrays = dict(
-            **data.arrays(), order=order, order_is_identity=bool(order_is_identity),
-            batch_size=int(batch_size), theta=params.theta, grad=self.workspace.grad,
-            running_mean=params.running_mean, running_var=params.running_var,
-            work=self.workspace.work, dwork=self.workspace.dwork,
-            n_threads=self.n_threads, **state,
-        )  # fmt: skip
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+        for name, moment in optimizer.moments().items():
+            _check_vector(moment, self.layout.n_params, self.dtype, name)
+        if self.n_threads < 1:
+            raise ValueError(f"n_threads must be at least 1, got {self.n_threads}")
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
-            arrays["step"] = optimizer.step
-            loss_sum, optimizer.step, start, params.n_batches_tracked = _training.train_epoch(
-                self._network, start=start, max_batches=self._batches_per_call,
-                loss_sum=loss_sum, tracked=params.n_batches_tracked, **arrays,
-            )
+            loss_sum, start = _training.train_epoch(
+                self.network, data, params, optimizer, order, bool(order_is_identity),
+                int(batch_size), start, self._batches_per_call, loss_sum, self.n_threads,
+            )  # fmt: skip
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
 
@@ -517,19 +372,13 @@ class Engine:
         ``update_running``. ``step`` picks the dropout masks (those of the
         optimizer's step ``step + 1``)."""
         self._check(data, params)
-        if not 1 <= data.n_samples <= self.workspace.max_batch:
+        if not 1 <= data.n_samples <= self.network.max_batch:
             raise ValueError("need between one row and the workspace's max_batch")
-        grad = self.workspace.grad
         loss, weight_sum = _training.loss_and_gradient(
-            self._network, **data.arrays(), theta=params.theta, grad=grad,
-            running_mean=params.running_mean, running_var=params.running_var,
-            work=self.workspace.work, dwork=self.workspace.dwork,
-            update_running=bool(update_running), tracked=params.n_batches_tracked,
-            step=int(step),
-        )
+            self.network, data, params, bool(update_running), int(step))
         if not weight_sum > 0:
             raise ValueError("sample weights sum to zero")
-        return loss, grad.copy()
+        return loss, self.network.grad.copy()
 
     # ------------------------------------------------------------------
     # Inference
@@ -588,21 +437,16 @@ class FoldedNetwork:
         self.activation = activation
         self.out_activation = out_activation
         units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
-        coef_off, bias_off, parts, off = [], [], [], 0
-        for W, b in zip(coefs, intercepts):
-            if W.shape != (units[len(coef_off)], units[len(coef_off) + 1]) or b.shape != (
-                W.shape[1],
-            ):
-                raise ValueError("the layers' shapes do not chain")
-            coef_off.append(off)
-            off += W.size
-            bias_off.append(off)
-            off += b.size
-            parts += [W.ravel(), b]
-        self.params = np.ascontiguousarray(np.concatenate(parts))
-        self.units = np.asarray(units, dtype=np.intp)
-        self.coef_off = np.asarray(coef_off, dtype=np.intp)
-        self.bias_off = np.asarray(bias_off, dtype=np.intp)
+        if len(intercepts) != len(coefs) or any(
+            W.shape != (a, b) or np.shape(c) != (b,)
+            for W, c, a, b in zip(coefs, intercepts, units[:-1], units[1:])
+        ):
+            raise ValueError("the layers' shapes do not chain")
+        if activation not in ACTIVATIONS or out_activation not in OUT_ACTIVATIONS:
+            raise ValueError(f"unknown activations {activation!r}, {out_activation!r}")
+        self.layout = _training.FoldedLayout(units, activation, out_activation)
+        self.params = self.layout.pack(coefs, intercepts)
+        self.units = self.layout.units
 
     @classmethod
     def fold(cls, coefs, gammas, intercepts, running_means, running_vars, bn_epsilon,
@@ -615,9 +459,13 @@ class FoldedNetwork:
             W = np.asarray(W, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if l < len(gammas):
-                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(
-                    np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
-                )
+                if any(np.shape(a[l]) != (W.shape[1],)
+                       for a in (gammas, running_means, running_vars)):
+                    raise ValueError("the layers' shapes do not chain")
+                var = np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
+                if not np.all(var > 0):
+                    raise ValueError(f"hidden layer {l}: var + bn_epsilon must be positive")
+                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(var)
                 W, b = W * s, b - running_means[l] * s
             folded_coefs.append(W.astype(dtype))
             folded_intercepts.append(b.astype(dtype))
@@ -652,7 +500,7 @@ class FoldedNetwork:
                 Z = np.ascontiguousarray((X[start:stop] @ W0).astype(dtype, copy=False))
                 Z += b0
                 if len(self.coefs) == 1:
-                    out[start:stop] = _out_activation_numpy(Z, self.out_activation)
+                    out[start:stop] = OUT_ACTIVATIONS[self.out_activation].forward(Z)
                 else:
                     _forward(self, activation_forward(Z, self.activation), 1,
                              out[start:stop], 1, block)
@@ -671,8 +519,8 @@ class FoldedNetwork:
         for l, (W, b) in enumerate(zip(self.coefs, self.intercepts)):
             a = a @ W.astype(wide) + b.astype(wide)
             if l < len(self.coefs) - 1:
-                a = _WIDE_ACTIVATIONS[self.activation](a)
-        return _out_activation_numpy(a, self.out_activation)
+                a = ACTIVATIONS[self.activation].forward(a)
+        return OUT_ACTIVATIONS[self.out_activation].forward(a)
 
 
 def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_epsilon,
@@ -782,30 +630,6 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
     return means, variances
 
 
-_WIDE_ACTIVATIONS = {
-    "identity": lambda y: y,
-    "relu": lambda y: np.maximum(y, 0),
-    "tanh": np.tanh,
-    "logistic": lambda y: 0.5 * (1 + np.tanh(0.5 * y)),
-}
-
-
 def _forward(folded, X, first_layer, out, n_threads, block_rows):
-    _training.forward_folded(
-        X=X, params=folded.params, units=folded.units, coef_off=folded.coef_off,
-        bias_off=folded.bias_off, first_layer=first_layer,
-        activation=activation_code(folded.activation),
-        out_activation=OUT_ACTIVATIONS[folded.out_activation], out=out,
-        block_rows=block_rows, n_threads=n_threads,
-    )
-
-
-def _out_activation_numpy(Z, out_activation):
-    """The output activation, in ``Z``'s dtype (``longdouble`` included)."""
-    if out_activation == "logistic":
-        return expit(Z)
-    if out_activation == "softmax":
-        return softmax(Z, axis=1)
-    if out_activation == "exp":
-        return np.exp(Z)
-    return Z
+    _training.forward_folded(folded.layout, X, folded.params, first_layer, out,
+                             block_rows, n_threads)

@@ -8,9 +8,11 @@ behaviour: encoding, schedules, early stopping, warm start, partial_fit,
 messages.
 """
 
+import functools
 import warnings
 import weakref
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -44,6 +46,7 @@ from sklearn.utils.validation import (
 )
 
 from sklearn_bn import _preprocessing
+from sklearn_bn._activation_registry import ACTIVATIONS
 from sklearn_bn._callbacks import (
     CallbackSupportMixin,
     EpochTasks,
@@ -51,7 +54,7 @@ from sklearn_bn._callbacks import (
     with_callbacks,
 )
 from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
-from sklearn_bn._optimizers import AdamOptimizer, SGDOptimizer, from_state_dict
+from sklearn_bn._optimizers import OPTIMIZERS, SCHEDULES, batches_per_epoch, from_state_dict
 from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred_interrupt
 
 # The folded networks of fitted arrays, by their first coefficient array and
@@ -109,6 +112,30 @@ def _checked_weights(sample_weight, X, dtype, name):
     return np.ascontiguousarray(weights64, dtype=dtype)
 
 
+@dataclass
+class _TrainingState:
+    """The epochs' bookkeeping of a fit, which its fitted attributes record:
+    epochs and samples seen, the loss curve, and the stopping rule's state
+    (the best training loss, or with early stopping the validation scores
+    and the best of them)."""
+
+    n_iter: int = 0
+    t: int = 0
+    loss_curve: list = field(default_factory=list)
+    no_improvement: int = 0
+    best_loss: float = None
+    validation_scores: list = None
+    best_validation_score: float = None
+
+
+class _Best:
+    """The parameters a fit publishes: with early stopping, a copy of those
+    of the best validation score so far; otherwise the trained ones."""
+
+    def __init__(self, params, early_stopping):
+        self.params = params.copy() if early_stopping else params
+
+
 class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
 
@@ -117,14 +144,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "array-like",
             Interval(Integral, 1, None, closed="left"),
         ],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-        "solver": [StrOptions({"sgd", "adam"})],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "solver": [StrOptions(set(OPTIMIZERS))],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [
             StrOptions({"auto"}),
             Interval(Integral, 2, None, closed="left"),
         ],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate": [StrOptions(set(SCHEDULES))],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "power_t": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -151,6 +178,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         "virtual_batch_size": [Interval(Integral, 2, None, closed="left"), None],
         "input_preprocessing": [StrOptions({"auto"}), None],
         "categorical_features": [StrOptions({"from_dtype"}), "array-like", None],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
     @abstractmethod
@@ -186,6 +214,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         virtual_batch_size,
         input_preprocessing,
         categorical_features,
+        weight_decay,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -217,6 +246,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self.virtual_batch_size = virtual_batch_size
         self.input_preprocessing = input_preprocessing
         self.categorical_features = categorical_features
+        self.weight_decay = weight_decay
 
     # ------------------------------------------------------------------
     # Validation helpers
@@ -419,8 +449,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if first_pass:
             out_activation = self._out_activation(Y.shape[1])
             params = self._init_params(units, dtype, random_state)
-            state = {"n_iter": 0, "t": 0, "loss_curve": []}
-            state.update(self._fresh_stopping_state())
+            state = self._fresh_stopping_state(_TrainingState())
         else:
             out_activation = self.out_activation_
             params = self._fitted_params(units, incremental)
@@ -449,7 +478,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
         # Everything succeeded: publish the new state.
         self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
-        self._no_improvement_count = state["no_improvement"]
+        self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
         self.__dict__.pop("_callback_input", None)
         callback_ctx.call_on_fit_task_end(
@@ -471,16 +500,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "n_outputs_": int(layout.units[-1]),
             "n_layers_": len(layout.units),
             "out_activation_": out_activation,
-            "n_iter_": state["n_iter"],
-            "t_": state["t"],
-            "loss_curve_": list(state["loss_curve"]),
-            "loss_": state["loss_curve"][-1] if state["loss_curve"] else None,
-            "best_loss_": state["best_loss"],
+            "n_iter_": state.n_iter,
+            "t_": state.t,
+            "loss_curve_": list(state.loss_curve),
+            "loss_": state.loss_curve[-1] if state.loss_curve else None,
+            "best_loss_": state.best_loss,
             "validation_scores_": (
-                None if state["validation_scores"] is None
-                else list(state["validation_scores"])
+                None if state.validation_scores is None else list(state.validation_scores)
             ),
-            "best_validation_score_": state["best_validation_score"],
+            "best_validation_score_": state.best_validation_score,
             "_n_batches_tracked": params.n_batches_tracked,
         }
         for name in self._FITTED_ARRAYS:
@@ -511,23 +539,22 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _continued_state(self):
         """The epochs' bookkeeping where the last fit left it."""
-        state = {
-            "n_iter": 0,
-            "t": self.t_,
-            "loss_curve": list(self.loss_curve_),
-            "no_improvement": getattr(self, "_no_improvement_count", 0),
-            "best_loss": self.best_loss_,
-            "validation_scores": (
+        state = _TrainingState(
+            t=self.t_,
+            loss_curve=list(self.loss_curve_),
+            no_improvement=getattr(self, "_no_improvement_count", 0),
+            best_loss=self.best_loss_,
+            validation_scores=(
                 None if self.validation_scores_ is None else list(self.validation_scores_)
             ),
-            "best_validation_score": self.best_validation_score_,
-        }
+            best_validation_score=self.best_validation_score_,
+        )
         # early_stopping may have changed since the last fit (warm start,
         # partial_fit): the new stopping rule starts afresh, as on a first
         # fit. (A fit with early stopping keeps validation scores, one
         # without keeps None.)
-        if (state["validation_scores"] is None) == bool(self.early_stopping):
-            state.update(self._fresh_stopping_state())
+        if (state.validation_scores is None) == bool(self.early_stopping):
+            state = self._fresh_stopping_state(state)
         return state
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
@@ -555,9 +582,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )  # fmt: skip
         data = engine.bind(X_train, Y_train, sw_train)
         params = engine.parameters(*params)
-        optimizer = self._make_optimizer(engine.layout.n_params, Y.dtype, incremental)
+        optimizer = self._make_optimizer(
+            engine.layout.n_params, Y.dtype, incremental,
+            self.max_iter * batches_per_epoch(X_train.shape[0], batch_size))
         # Early stopping restores the parameters of the best validation score.
-        best = [params.copy()] if validation is not None else [params]
+        best = _Best(params, early_stopping=validation is not None)
         epochs = None
         if not incremental and has_callbacks(self):
             epochs = self._epoch_tasks(callback_ctx, engine, best, state, train,
@@ -573,10 +602,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if self.bn_stats == "population" and not incremental:
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.
-            self._set_population_statistics(engine, best[0], X_train, sw_train)
+            self._set_population_statistics(engine, best.params, X_train, sw_train)
         if interrupt.requested:
             warnings.warn("Training interrupted by user.")
-        return engine, best[0], optimizer
+        return engine, best.params, optimizer
 
     def _epoch_tasks(self, callback_ctx, engine, best, state, train, out_activation):
         """The epochs as subtasks of the fit task: their data are the training
@@ -586,15 +615,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ``bn_stats='population'``, their population statistics). The labels
         and that model are built only if a callback asks for them."""
         X_train, Y_train, sw_train = train
-        labels = []
-
-        def y_train():
-            if not labels:
-                labels.append(self._decode_targets(Y_train))
-            return labels[0]
+        # The labels, decoded on the first call only.
+        y_train = functools.cache(lambda: self._decode_targets(Y_train))
 
         def fitted_attributes():
-            params = best[0]
+            params = best.params
             if self.bn_stats == "population":
                 params = params.copy()
                 self._set_population_statistics(engine, params, X_train, sw_train)
@@ -679,22 +704,24 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         vbs = self.virtual_batch_size
         return None if vbs is None or vbs >= batch_size else int(vbs)
 
-    def _make_optimizer(self, n_params, dtype, incremental):
-        """A fresh optimizer, or (partial_fit) a copy of the one the last fit
-        left, so that a failed call leaves it as it was."""
+    def _make_optimizer(self, n_params, dtype, incremental, total_steps=0):
+        """A fresh optimizer (the ``solver``'s entry of ``OPTIMIZERS``), or
+        (partial_fit) a copy of the one the last fit left, so that a failed
+        call leaves it as it was. ``total_steps``: the steps of ``max_iter``
+        epochs, the horizon of a fit's cosine schedule (``partial_fit`` steps
+        at ``learning_rate_init``)."""
         if incremental and hasattr(self, "_optimizer_state"):
-            return from_state_dict(self._optimizer_state, dtype)
-        if self.solver == "adam":
-            return AdamOptimizer(n_params, dtype, self.learning_rate_init,
-                                 self.beta_1, self.beta_2, self.epsilon)
-        return SGDOptimizer(n_params, dtype, self.learning_rate_init, self.learning_rate,
-                            self.momentum, self.nesterovs_momentum, self.power_t)
+            optimizer = from_state_dict(self._optimizer_state, dtype)
+        else:
+            optimizer = OPTIMIZERS[self.solver].from_estimator(self, n_params, dtype)
+        optimizer.plan(0 if incremental else total_steps)
+        return optimizer
 
     def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
                     random_state, incremental, batch_size, interrupt, epochs=None):
         """The epochs, until ``max_iter``, the stopping rule, one epoch for
-        ``partial_fit``, Ctrl-C, or a callback's request; ``best[0]`` follows
-        early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
+        ``partial_fit``, Ctrl-C, or a callback's request; ``best.params``
+        follows early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
         None without callbacks) opens and closes each epoch's callback task.
 
         Ctrl-C stops the epoch under way between two minibatches; that epoch
@@ -721,28 +748,28 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 break
             if not (params.is_finite() and np.isfinite(loss_sum)):
                 raise ValueError(self._non_finite_message(params.theta.dtype))
-            state["n_iter"] += 1
-            state["t"] += n_rows
+            state.n_iter += 1
+            state.t += n_rows
             loss = loss_sum / n_rows
-            state["loss_curve"].append(loss)
+            state.loss_curve.append(loss)
             if self.verbose:
-                print("Iteration %d, loss = %.8f" % (state["n_iter"], loss))
+                print("Iteration %d, loss = %.8f" % (state.n_iter, loss))
             if self._update_no_improvement(engine, params, state, validation, loss):
-                best[0] = params.copy()
-            optimizer.iteration_ends(state["t"])
+                best.params = params.copy()
+            optimizer.iteration_ends(state.t)
             # The callbacks see the epoch recorded; one returning True ends
             # training here, as the stopping rule would.
             if epochs is not None and epochs.end():
                 break
             if interrupt.requested:
                 break
-            if state["no_improvement"] > self.n_iter_no_change:
+            if state.no_improvement > self.n_iter_no_change:
                 if optimizer.trigger_stopping(self._no_improvement_message(), self.verbose):
                     break
-                state["no_improvement"] = 0
+                state.no_improvement = 0
             if incremental:
                 break
-            if state["n_iter"] == self.max_iter:
+            if state.n_iter == self.max_iter:
                 warnings.warn(
                     "Stochastic Optimizer: Maximum iterations (%d) "
                     "reached and the optimization hasn't converged yet."
@@ -754,12 +781,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """The stopping rule's bookkeeping after an epoch; whether these are
         the best parameters so far (early stopping)."""
         if validation is None:
-            if loss > state["best_loss"] - self.tol:
-                state["no_improvement"] += 1
+            if loss > state.best_loss - self.tol:
+                state.no_improvement += 1
             else:
-                state["no_improvement"] = 0
-            if loss < state["best_loss"]:
-                state["best_loss"] = loss
+                state.no_improvement = 0
+            if loss < state.best_loss:
+                state.best_loss = loss
             return False
         X_val, y_val, sw_val = validation
         proba = engine.predict(X_val, params)
@@ -768,15 +795,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             self._score_function(y_val, self._decode_output(proba), sample_weight=sw_val)
             if np.isfinite(proba).all() else np.nan
         )
-        state["validation_scores"].append(score)
+        state.validation_scores.append(score)
         if self.verbose:
             print("Validation score: %f" % score)
-        if not score >= state["best_validation_score"] + self.tol:
-            state["no_improvement"] += 1
+        if not score >= state.best_validation_score + self.tol:
+            state.no_improvement += 1
         else:
-            state["no_improvement"] = 0
-        if score > state["best_validation_score"]:
-            state["best_validation_score"] = score
+            state.no_improvement = 0
+        if score > state.best_validation_score:
+            state.best_validation_score = score
             return True
         return False
 
@@ -812,14 +839,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "epochs." % (self.tol, self.n_iter_no_change)
         )
 
-    def _fresh_stopping_state(self):
-        """The stopping rule's state before its first epoch: validation
-        scores with early stopping, the best training loss without."""
+    def _fresh_stopping_state(self, state):
+        """``state`` with the stopping rule's state before its first epoch:
+        validation scores with early stopping, the best training loss
+        without."""
         if self.early_stopping:
-            return {"no_improvement": 0, "best_loss": None, "validation_scores": [],
-                    "best_validation_score": -np.inf}
-        return {"no_improvement": 0, "best_loss": np.inf, "validation_scores": None,
-                "best_validation_score": None}
+            return replace(state, no_improvement=0, best_loss=None, validation_scores=[],
+                           best_validation_score=-np.inf)
+        return replace(state, no_improvement=0, best_loss=np.inf, validation_scores=None,
+                       best_validation_score=None)
 
     # ------------------------------------------------------------------
     # Inference: the folded network of the public fitted attributes
@@ -1045,7 +1073,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "validation_fraction", "beta_1", "beta_2", "epsilon",
             "n_iter_no_change",
         ]  # fmt: skip
-        return {name: getattr(self, name) for name in names}
+        params = {name: getattr(self, name) for name in names}
+        if params["learning_rate"] == "cosine":
+            # scikit-learn has no cosine schedule; the twin is fitted, and
+            # continued training steps at learning_rate_init.
+            params["learning_rate"] = "constant"
+        return params
 
     def _copy_sklearn_extras(self, mlp):
         pass
@@ -1080,14 +1113,25 @@ _COMMON_PARAMS_DOC = """
         value larger than the data is clipped with a warning. A trailing
         minibatch of a single sample joins the previous one.
 
-    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
-        Learning-rate schedule of ``solver='sgd'``: constant; divided by
-        ``(t + 1) ** power_t`` after each epoch (``t`` samples seen); or
-        divided by 5 each time ``n_iter_no_change`` epochs fail to improve by
-        ``tol``.
+    learning_rate : {'constant', 'invscaling', 'adaptive', 'cosine'}, default='constant'
+        Learning-rate schedule. ``'constant'``: ``learning_rate_init``.
+        ``'invscaling'`` and ``'adaptive'`` (``solver='sgd'`` only; Adam
+        ignores them, as scikit-learn's does): divided by ``(t + 1) **
+        power_t`` after each epoch (``t`` samples seen), or divided by 5 each
+        time ``n_iter_no_change`` epochs fail to improve by ``tol``.
+        ``'cosine'`` (both solvers): the ``t``-th step of the optimizer in
+        ``fit`` (from 0, counted over all minibatches) uses ``learning_rate_init
+        * (1 + cos(pi * t / T)) / 2``, where ``T = max_iter *`` the minibatches
+        of an epoch over the training rows (after the validation split of
+        early stopping); a fit that stops early ends the schedule where it
+        is, and ``warm_start`` starts it again at ``t = 0``. For Adam, the
+        bias corrections multiply this rate: the step size is ``lr_t *
+        sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's ``s``-th step.
+        :meth:`partial_fit` steps at ``learning_rate_init``.
 
     learning_rate_init : float, default=0.001
-        The initial learning rate (the step size of Adam).
+        The initial learning rate (the step size of Adam, before its bias
+        corrections).
 
     power_t : float, default=0.5
         Exponent of the ``'invscaling'`` schedule.
@@ -1174,6 +1218,17 @@ _COMMON_PARAMS_DOC = """
         at least ``batch_size`` (after its clipping to the number of rows):
         plain batch norm, also on a minibatch that a trailing single row
         joined.
+
+    weight_decay : float >= 0, default=0.0
+        Decoupled weight decay of the coefficients ``coefs_`` (Loshchilov &
+        Hutter, 2019 [4]_; PyTorch's ``AdamW``), for both solvers: at every
+        step the gradient is taken at the current coefficients ``W``, then
+        ``W_new = W * (1 - lr_t * weight_decay) + step``, where ``step`` is
+        the optimizer's usual update from that gradient and ``lr_t`` the
+        schedule's learning rate at that step (``learning_rate_init`` for
+        ``learning_rate='constant'``; not Adam's bias-corrected step size).
+        ``gammas_`` and ``intercepts_`` are not decayed, and ``alpha`` keeps
+        its meaning (an L2 term of the loss, whose gradient Adam rescales).
 """
 
 _INPUT_DOC = """
@@ -1434,6 +1489,8 @@ _REFERENCES_DOC = """
        BackProp." In Neural Networks: Tricks of the Trade.
     .. [3] Kingma, D. and Ba, J. (2014). "Adam: A method for stochastic
        optimization." :arxiv:`1412.6980`.
+    .. [4] Loshchilov, I. and Hutter, F. (2019). "Decoupled Weight Decay
+       Regularization." :arxiv:`1711.05101`.
 """
 
 
@@ -1534,6 +1591,7 @@ from sklearn.pipeline import Pipeline
         bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        weight_decay=0.0,
         class_weight=None,
         label_smoothing=0.0,
         input_preprocessing="auto",
@@ -1570,6 +1628,7 @@ from sklearn.pipeline import Pipeline
             virtual_batch_size=virtual_batch_size,
             input_preprocessing=input_preprocessing,
             categorical_features=categorical_features,
+            weight_decay=weight_decay,
         )
         self.class_weight = class_weight
         self.label_smoothing = label_smoothing
@@ -1911,6 +1970,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         virtual_batch_size=None,
         input_preprocessing="auto",
         categorical_features="from_dtype",
+        weight_decay=0.0,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1943,6 +2003,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             virtual_batch_size=virtual_batch_size,
             input_preprocessing=input_preprocessing,
             categorical_features=categorical_features,
+            weight_decay=weight_decay,
         )
 
     def _validate_input(self, X, y, incremental, reset):

@@ -28,11 +28,11 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from sklearn_bn._batchnorm import batch_stats, unbiased_counts
+from sklearn_bn._batchnorm import batch_stats, merge_stats, unbiased_counts
 from sklearn_bn._callbacks import CallbackSupportMixin, with_callbacks
 from sklearn_bn._scaling import affine_columns, has_infinity
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, merge_stats
+from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 

@@ -9,8 +9,8 @@ of ``n_features``), the kernels here stream the data once.
 ``center`` is the mean rounded to the working precision and ``shift`` carries
 that rounding error (as the training kernels' ``_affine`` does): ``x - center``
 is exact for ``x`` near the mean, so a constant column maps to ``beta``, where
-``x * scale + shift`` would cancel two large products (a constant 651 in
-float32 with ``epsilon=1e-5`` came out at -0.0156 instead of 0).
+``x * scale + shift`` would cancel two large products (in float32 a constant
+column far from 0 would map to a value far from ``beta``).
 
 Three layers, as in scikit-learn's ``_loss.pyx``: ``c*`` functions work on raw
 C-contiguous blocks without the GIL; ``def`` wrappers check shapes, release the
@@ -26,13 +26,7 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-
-cdef enum:
-    # Columns per panel: the per-column coefficients and maxima of a panel
-    # live in local (stack) arrays, which cannot alias ``x`` or ``out``, so the
-    # compiler vectorizes the inner loops without runtime alias checks on
-    # them. A panel is the whole row when n_cols <= PANEL.
-    PANEL = 256
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 
 cdef void caffine_columns(const floating* x, floating* out,
@@ -42,19 +36,21 @@ cdef void caffine_columns(const floating* x, floating* out,
     """``out[i, j] = (x[i, j] - center[j]) * scale[j] + shift[j]``.
 
     ``out`` may be ``x`` (in place). ``absmax[j]`` is raised to the largest
-    ``|x[i, j]|`` of the column, NaN ignored; the caller initializes it.
+    ``|x[i, j]|`` of the column, NaN ignored; the caller initializes it. The
+    per-column coefficients and maxima of a tile of columns live in local
+    arrays (see ``_tiles.pxd``).
     """
-    cdef floating ce[PANEL]
-    cdef floating sc[PANEL]
-    cdef floating sh[PANEL]
-    cdef floating am[PANEL]
-    cdef Py_ssize_t i, j, j0, width
+    cdef floating ce[TILE]
+    cdef floating sc[TILE]
+    cdef floating sh[TILE]
+    cdef floating am[TILE]
+    cdef Py_ssize_t i, j, tile, j0, width
     cdef floating v, a
     cdef const floating* xrow
     cdef floating* orow
-    j0 = 0
-    while j0 < n_cols:
-        width = min(<Py_ssize_t> PANEL, n_cols - j0)
+    for tile in range(n_tiles(n_cols)):
+        j0 = tile * TILE
+        width = tile_width(j0, n_cols)
         for j in range(width):
             ce[j] = center[j0 + j]
             sc[j] = scale[j0 + j]
@@ -72,19 +68,18 @@ cdef void caffine_columns(const floating* x, floating* out,
                 am[j] = a if a > am[j] else am[j]
         for j in range(width):
             absmax[j0 + j] = am[j]
-        j0 += width
 
 
 cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
                           Py_ssize_t n_cols, floating* absmax) noexcept nogil:
     """``absmax[j] = max(absmax[j], max_i |x[i, j]|)``, NaN ignored."""
-    cdef floating am[PANEL]
-    cdef Py_ssize_t i, j, j0, width
+    cdef floating am[TILE]
+    cdef Py_ssize_t i, j, tile, j0, width
     cdef floating a
     cdef const floating* xrow
-    j0 = 0
-    while j0 < n_cols:
-        width = min(<Py_ssize_t> PANEL, n_cols - j0)
+    for tile in range(n_tiles(n_cols)):
+        j0 = tile * TILE
+        width = tile_width(j0, n_cols)
         for j in range(width):
             am[j] = absmax[j0 + j]
         for i in range(n_rows):
@@ -94,7 +89,6 @@ cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
                 am[j] = a if a > am[j] else am[j]
         for j in range(width):
             absmax[j0 + j] = am[j]
-        j0 += width
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,6 @@ cdef struct Team:
     int tid                      # this thread, from 0
     int size                     # threads sharing the work
     Barrier* barrier             # shared by the team
-    double* partials             # MAX_THREADS * 2 doubles shared by the team
 
 
 cdef inline void share(Py_ssize_t n, Py_ssize_t align, const Team* team,
@@ -35,17 +34,3 @@ cdef inline void share(Py_ssize_t n, Py_ssize_t align, const Team* team,
     part = (part + align - 1) // align * align
     lo[0] = min(team.tid * part, n)
     hi[0] = min(lo[0] + part, n)
-
-
-cdef inline double team_sum(Team* team, double value, int slot) noexcept nogil:
-    """The sum over the team of every thread's ``value``, the same (same
-    order of additions) on every thread. ``slot`` (0 or 1) picks the row of
-    ``partials`` to use: two sums in flight need two slots."""
-    cdef double total = 0
-    cdef int k
-    cdef double* row = team.partials + slot * MAX_THREADS
-    row[team.tid] = value
-    barrier_wait(team.barrier)
-    for k in range(team.size):
-        total += row[k]
-    return total

@@ -1,9 +1,14 @@
 """Training engine: whole epochs of minibatch training without the GIL.
 
-This is the compiled half of :class:`sklearn_bn._engine.Engine`, which
-builds a :class:`Network` once per fit, checks every array, and calls
-:func:`train_epoch`, :func:`loss_and_gradient` and :func:`forward_folded`
-by keyword. Nothing here checks its arguments again.
+This is the compiled half of :class:`sklearn_bn._engine.Engine`, which checks
+every value and array, then builds a :class:`Network` once per fit from the
+estimator's choices and calls :func:`train_epoch`, :func:`loss_and_gradient`
+and :func:`forward_folded`. Nothing here checks its arguments again.
+
+A :class:`Network` owns its layout: one descriptor per layer (``Layer``: its
+sizes, where its parameters sit in the flat parameter vector, where its
+buffers sit in the workspace, its dropout rate), the buffers of one minibatch
+(``Net``), and the workspace itself, allocated once per fit.
 
 One minibatch step (:func:`minibatch_step`) runs these phases, each in its
 own function: the gather of the minibatch's rows through the epoch's sample
@@ -12,115 +17,131 @@ order (no shuffled copy of X); for each hidden layer, the forward pass
 activation); the output layer and the loss; the backward pass of the output
 layer and of each hidden layer; the optimizer steps, in place on one flat
 parameter vector, each group of parameters stepped as soon as nothing needs
-its old values, while its gradient is still in cache.
+its old values, while its gradient is still in cache (the optimizer is an
+object of ``_optimizers.pyx``; each thread steps the parameters whose
+gradient it computed).
 
 Threads: with ``n_threads > 1`` an OpenMP team runs the epoch, every thread
-taking its share of each minibatch and calling BLAS on it (the caller limits
-BLAS to one thread meanwhile). Rows are shared for the gather, the output
-layer and the loss; units (column panels) for the hidden layers, whose batch
-statistics are per column. A thread reads what another wrote only after the
-team's barrier (``_team.h``): one after the gather, one per hidden layer
-forward, one after the loss, one per hidden layer backward but the lowest,
-and one at the end.
+taking its share of each minibatch (``_team.pxd``'s ``share``) and calling
+BLAS on it (the caller limits BLAS to one thread meanwhile). Rows are shared
+for the gather, the output layer and the loss; units (column panels) for the
+hidden layers, whose batch statistics are per column. A thread reads what
+another wrote only after the team's barrier (``_team.h``): one after the
+gather, one per hidden layer forward, one after the loss, one per hidden
+layer backward but the lowest, and one at the end.
 
 Parameter layout (the flat vector ``theta``; ``grad`` and the optimizer's
-moments have the same layout): for each weight layer ``l``, its coefficient
-matrix (``units[l] x units[l + 1]``, row-major) at ``coef_off[l]``; for
-hidden layers its ``gamma`` at ``gamma_off[l]``; its ``beta`` (hidden layers)
-or output intercept at ``bias_off[l]``. Running statistics of hidden layer
-``l`` live at ``stat_off[l]`` of ``running_mean``/``running_var``.
+moments have the same layout): for each weight layer, its coefficient matrix
+(``fan_in x fan_out``, row-major), then for a hidden layer its ``gamma`` and
+``beta``, for the output layer its intercept. Running statistics of the
+hidden layers follow one another in ``running_mean``/``running_var``.
 
-Workspace: ``work`` (input dtype) and ``dwork`` (float64), sized by the
-minibatch, not by the data; ``_engine.Workspace`` lays them out. Matrices
-that other threads read (a layer's output, the deltas above the lowest) are
-row-major; those only the thread of a column panel reads (``z``, the lowest
-layer's delta, dropout's mask) are stored one panel after another, each
-panel contiguous (:func:`z_panel`), so that BLAS writes them in one run.
+Workspace: ``work`` (the parameters' dtype) and ``dwork`` (float64), sized by
+the minibatch, not by the data. Matrices that other threads read (a layer's
+output, the deltas above the lowest) are row-major; those only the thread of
+a column panel reads (``z``, the lowest layer's delta, dropout's mask) are
+stored one panel after another, each panel contiguous (:func:`z_panel`), so
+that BLAS writes them in one run (it zeroes a contiguous output with one
+``memset``, a strided one row by row).
 """
-from libc.math cimport exp, log, sqrt, sqrtf, NAN
+from libc.math cimport exp, log, NAN
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 
 import numpy as np
+cimport numpy as cnp
 
-from sklearn_bn._activations cimport logistic, IDENTITY
+from sklearn_bn._activations cimport (
+    act_code, act_rows, logistic, OUT_IDENTITY, OUT_LOGISTIC, OUT_SOFTMAX, OUT_EXP)
 from sklearn_bn._blas cimport cgemm, caxpy
 from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
-    cbn_act_forward_train, cbn_act_backward, cupdate_running_average,
-    cupdate_running_stats, normalize, unbiased_count, SCRATCH_PER_COLUMN)
+    Panel, Statistics, cbn_act_forward_train, cbn_act_backward,
+    cupdate_running_average, cupdate_running_stats, unbiased_count,
+    SCRATCH_PER_COLUMN)
+from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
     Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
     barrier_wait, share, team_size, thread_num)
+from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
+
+from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
+from sklearn_bn._utils import aligned_zeros
+
+cnp.import_array()
 
 cdef enum:
     # Threads share rows and columns in multiples of these, so that no two
     # threads write to the same cache line.
     ROW_ALIGN = 8
     COL_ALIGN = 16
-    # Columns per tile of the column sums of W ** 2.
-    CHUNK = 1024
+    # Every block of the workspace starts at a multiple of this many
+    # elements (the buffers start on 64-byte boundaries: a cache line for
+    # float32, two for float64), so that threads writing neighbouring blocks
+    # never share a line.
+    ALIGN_ELEMENTS = 16
 
-cpdef enum OutActivation:
-    OUT_IDENTITY = 0   # squared error
-    OUT_LOGISTIC = 1   # binary log loss (binary and multilabel)
-    OUT_SOFTMAX = 2    # log loss (multiclass)
-    OUT_EXP = 3        # half Poisson deviance
 
-cpdef enum Solver:
-    SGD = 0
-    ADAM = 1
+cdef struct Layer:
+    # One weight layer: a hidden layer (linear without bias, batch norm, the
+    # activation, dropout) or the output layer (linear with its intercept).
+    Py_ssize_t fan_in
+    Py_ssize_t fan_out
+    # Its parameters: offsets into theta (and grad, the optimizer's moments).
+    Py_ssize_t coef              # fan_in x fan_out, row-major
+    Py_ssize_t gamma             # hidden: batch norm's scale
+    Py_ssize_t bias              # hidden: batch norm's shift beta; output: the intercept
+    Py_ssize_t stat              # hidden: into the running and the batch statistics
+    # Its buffers: offsets into work (the parameters' dtype) and dwork.
+    Py_ssize_t z                 # hidden: a @ W, panel after panel (z_panel)
+    Py_ssize_t out               # hidden: act(batch norm(z)), row-major
+    Py_ssize_t delta             # hidden: dL/d out, then dL/dz (delta_panel)
+    Py_ssize_t dropped           # hidden: out after dropout (out itself without)
+    Py_ssize_t keep              # hidden, with dropout: its mask, one byte per unit
+    Py_ssize_t l2                # dwork: the partial sums of W ** 2
+    # Its options.
+    double dropout               # hidden: the rate (0: none)
 
 
 cdef struct Net:
     int n_layers                 # weight layers: hidden layers + output
-    int act
-    int out_act
+    Layer* layers
+    int act                      # the hidden layers' activation (code)
+    int out_act                  # the output layer's, which picks the loss
     Py_ssize_t n_features
     Py_ssize_t n_out
-    const Py_ssize_t* units      # n_layers + 1
-    const Py_ssize_t* coef_off   # per weight layer, into theta
-    const Py_ssize_t* gamma_off
-    const Py_ssize_t* bias_off
-    const Py_ssize_t* stat_off   # per hidden layer, into the running and batch statistics
-    const Py_ssize_t* z_off      # per hidden layer, into work
-    const Py_ssize_t* a_off
-    const Py_ssize_t* d_off
-    Py_ssize_t xb_off            # into work: the gathered rows of X, Y, weights
-    Py_ssize_t yb_off
-    Py_ssize_t swb_off
-    Py_ssize_t p_off             # into work: the output layer
-    Py_ssize_t var_base          # into dwork: the batch variances (the means at 0)
-    Py_ssize_t scratch_off       # into dwork: the kernels' scratch
-    Py_ssize_t row_loss_off      # into dwork: each row's weighted loss
-    const Py_ssize_t* l2_off     # per weight layer, into dwork: its sums of W ** 2
-    Py_ssize_t stats_stride      # dwork distance between two chunks' statistics
-    Py_ssize_t virtual_batch     # ghost batch norm's chunk size (0: off)
-    Py_ssize_t gtmp_off          # into work: a chunk's dgamma and dbeta
-    const Py_ssize_t* ad_off     # per hidden layer, into work: its output after dropout
-    const Py_ssize_t* keep_off   # per hidden layer, into work: dropout's mask, as bytes
-    const double* dropout        # per hidden layer: the rate
-    uint64_t dropout_seed
-    bint cumulative              # running statistics: the cumulative average
-    double alpha
-    double bn_momentum
+    bint sparse                  # X is CSR
+    bint weighted                # rows carry weights
+    double alpha                 # L2 penalty on the coefficients
     double bn_epsilon
+    double bn_momentum
+    bint cumulative              # running statistics: the cumulative average
+    Py_ssize_t virtual_batch     # ghost batch norm's chunk size (0: off)
+    uint64_t dropout_seed
     double data_loss_scale       # factor on the data term of the returned loss
-    bint sparse
-    bint weighted
+    # The minibatch's buffers: offsets into work ...
+    Py_ssize_t xb                # its rows of X (when not read in place)
+    Py_ssize_t yb                # its rows of Y
+    Py_ssize_t swb               # its weights
+    Py_ssize_t p                 # the output layer, then its delta
+    Py_ssize_t gtmp              # a ghost chunk's dgamma and dbeta
+    # ... and into dwork.
+    Py_ssize_t stats_stride      # between two ghost chunks' statistics
+    Py_ssize_t var_base          # the batch variances (the means at 0)
+    Py_ssize_t scratch           # the batch-norm kernels' scratch
+    Py_ssize_t row_loss          # each row's weighted loss
 
 
-# The arrays below are in the input dtype, except where said: each phase
-# takes a ``floating*`` that is always NULL, whose type picks the dtype its
-# pointers are cast to (as the activation tags of _activations.pxd do).
+# The arrays below are in the parameters' dtype, except where said: each
+# phase takes a ``floating*`` that is always NULL, whose type picks the dtype
+# its pointers are cast to (as the activation tags of _activations.pxd do).
 cdef struct Buffers:
     char* theta
     char* grad
-    char* moment_1               # Adam's first moment; SGD's velocity
-    char* moment_2               # Adam's second moment
     char* running_mean
     char* running_var
     char* work
@@ -136,6 +157,19 @@ cdef struct Data:
     const char* sample_weight    # NULL when unweighted
 
 
+cdef struct Epoch:
+    # (Part of) an epoch: its rows, and where it stands (in and out).
+    const Py_ssize_t* order
+    Py_ssize_t n
+    bint order_is_identity       # order[k] == k: X is read in place
+    Py_ssize_t batch_size
+    Py_ssize_t max_batches       # minibatches of this call
+    Py_ssize_t start             # the row of order the next minibatch starts at
+    double loss_sum              # minibatch loss x rows, added in order
+    Py_ssize_t step              # the optimizer's steps
+    Py_ssize_t tracked           # updates of the running statistics
+
+
 cdef struct Minibatch:
     const Py_ssize_t* rows
     Py_ssize_t m
@@ -146,216 +180,350 @@ cdef struct Minibatch:
     Py_ssize_t n_updates         # chunks that carry weight: updates of the running stats
     Py_ssize_t tracked           # updates of the running statistics before this batch
     Py_ssize_t step              # the optimizer's steps before this batch
+    bint stepping                # the optimizer steps the parameters (else: gradient only)
+    Step update                  # the optimizer's rates for this step (this thread's copy)
     Py_ssize_t r0                # this thread's rows [r0, r1)
     Py_ssize_t r1
     const char* xin              # the minibatch's rows of X (NULL when sparse)
 
 
-cdef struct Optimizer:
-    int solver
-    double learning_rate
-    double momentum
-    bint nesterov
-    double beta_1
-    double beta_2
-    double adam_epsilon
-    double step_size             # Adam's, bias corrections included, this step
+cdef inline Py_ssize_t _round_up(Py_ssize_t size) noexcept nogil:
+    return (size + ALIGN_ELEMENTS - 1) // ALIGN_ELEMENTS * ALIGN_ELEMENTS
+
+
+cdef inline Py_ssize_t _block(Py_ssize_t* size, Py_ssize_t n) noexcept nogil:
+    """A block of ``n`` elements at the end of a buffer of ``size[0]``; its
+    start."""
+    cdef Py_ssize_t start = size[0]
+    size[0] += _round_up(n)
+    return start
 
 
 cdef class Network:
-    """The engine's view of one network: shapes, parameter and workspace
-    offsets, activations and hyper-parameters, as C structs pointing into
-    the arrays it keeps. Built once per fit by ``_engine.Engine``."""
+    """One network shape, as the engine trains it: its layers' descriptors,
+    its parameters' layout and its workspace (sized for minibatches of up to
+    ``max_batch`` rows), allocated once per fit.
+
+    Parameters
+    ----------
+    units : sequence of int
+        Units of every layer, input and output included (checked by the
+        engine: at least 2 layers of at least 1 unit).
+    activation : str
+        The hidden layers' activation.
+    out_activation : str
+        The output layer's, which also picks the loss.
+    dtype : float32 or float64
+    max_batch : int
+    sparse, weighted : bool
+    alpha, bn_epsilon, data_loss_scale : float
+    bn_momentum : float or None
+        None: the cumulative average.
+    virtual_batch_size : int or None
+    dropout : sequence of float
+        One rate per hidden layer.
+    dropout_seed : int
+    """
 
     cdef Net net
-    cdef object _arrays
+    cdef readonly object units
+    cdef readonly object dtype
+    cdef readonly bint single          # float32 (else float64)
+    cdef readonly Py_ssize_t n_params
+    cdef readonly Py_ssize_t n_hidden
+    cdef readonly Py_ssize_t max_batch
+    cdef readonly object work
+    cdef readonly object dwork
+    cdef readonly object grad
 
-    def __init__(self, *, const Py_ssize_t[::1] units,
-                 const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] gamma_off,
-                 const Py_ssize_t[::1] bias_off, const Py_ssize_t[::1] stat_off,
-                 const Py_ssize_t[::1] z_off, const Py_ssize_t[::1] a_off,
-                 const Py_ssize_t[::1] d_off, const Py_ssize_t[::1] l2_off,
-                 const Py_ssize_t[::1] ad_off, const Py_ssize_t[::1] keep_off,
-                 const double[::1] dropout,
-                 Py_ssize_t xb_off, Py_ssize_t yb_off, Py_ssize_t swb_off,
-                 Py_ssize_t p_off, Py_ssize_t var_base, Py_ssize_t scratch_off,
-                 Py_ssize_t row_loss_off, Py_ssize_t stats_stride,
-                 Py_ssize_t gtmp_off, Py_ssize_t virtual_batch, int activation,
-                 int out_activation, double alpha, double bn_momentum,
-                 bint cumulative, double bn_epsilon, double data_loss_scale,
-                 uint64_t dropout_seed, bint sparse, bint weighted):
-        # Offset arrays are never empty (the engine pads them), so that
-        # their first element's address exists.
-        self._arrays = (units, coef_off, gamma_off, bias_off, stat_off, z_off,
-                        a_off, d_off, l2_off, ad_off, keep_off, dropout)
-        self.net.n_layers = units.shape[0] - 1
-        self.net.act = activation
-        self.net.out_act = out_activation
+    def __cinit__(self):
+        self.net.layers = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.net.layers)
+
+    def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
+                 weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0,
+                 virtual_batch_size=None, dropout=None, dropout_seed=0):
+        cdef Py_ssize_t l, L = len(units) - 1, n, h, size = 0, max_chunks = 1, widest = 1
+        cdef Layer* layer
+        self.units = np.asarray(units, dtype=np.intp)
+        self.dtype = np.dtype(dtype)
+        self.single = self.dtype == np.float32
+        self.max_batch = n = max_batch
+        dropout = [0.0] * (L - 1) if dropout is None else [float(p) for p in dropout]
+        self.net.layers = <Layer*> PyMem_Malloc(L * sizeof(Layer))
+        if self.net.layers == NULL:
+            raise MemoryError()
+        memset(self.net.layers, 0, L * sizeof(Layer))
+        self.net.n_layers = <int> L
+        self.net.act = act_code(activation)
+        self.net.out_act = OUT_ACTIVATIONS[out_activation]
         self.net.n_features = units[0]
-        self.net.n_out = units[units.shape[0] - 1]
-        self.net.units = &units[0]
-        self.net.coef_off = &coef_off[0]
-        self.net.gamma_off = &gamma_off[0]
-        self.net.bias_off = &bias_off[0]
-        self.net.stat_off = &stat_off[0]
-        self.net.z_off = &z_off[0]
-        self.net.a_off = &a_off[0]
-        self.net.d_off = &d_off[0]
-        self.net.l2_off = &l2_off[0]
-        self.net.ad_off = &ad_off[0]
-        self.net.keep_off = &keep_off[0]
-        self.net.dropout = &dropout[0]
-        self.net.dropout_seed = dropout_seed
-        self.net.row_loss_off = row_loss_off
-        self.net.stats_stride = stats_stride
-        self.net.gtmp_off = gtmp_off
-        self.net.virtual_batch = virtual_batch
-        self.net.cumulative = cumulative
-        self.net.xb_off = xb_off
-        self.net.yb_off = yb_off
-        self.net.swb_off = swb_off
-        self.net.p_off = p_off
-        self.net.var_base = var_base
-        self.net.scratch_off = scratch_off
-        self.net.alpha = alpha
-        self.net.bn_momentum = bn_momentum
-        self.net.bn_epsilon = bn_epsilon
-        self.net.data_loss_scale = data_loss_scale
+        self.net.n_out = units[L]
         self.net.sparse = sparse
         self.net.weighted = weighted
+        self.net.alpha = alpha
+        self.net.bn_epsilon = bn_epsilon
+        self.net.cumulative = bn_momentum is None
+        self.net.bn_momentum = 0.0 if bn_momentum is None else bn_momentum
+        self.net.virtual_batch = virtual_batch_size or 0
+        self.net.dropout_seed = dropout_seed % 2**64
+        self.net.data_loss_scale = data_loss_scale
+
+        # The parameters: each layer's coefficients, then its gamma and beta
+        # (hidden) or its intercept (output); the running statistics.
+        for l in range(L):
+            layer = &self.net.layers[l]
+            layer.fan_in, layer.fan_out = units[l], units[l + 1]
+            layer.coef = size
+            size += layer.fan_in * layer.fan_out
+            if l < L - 1:
+                layer.gamma = size
+                size += layer.fan_out
+                layer.stat = self.n_hidden
+                self.n_hidden += layer.fan_out
+                layer.dropout = dropout[l]
+                widest = max(widest, layer.fan_out)
+            layer.bias = size
+            size += layer.fan_out
+        self.n_params = size
+
+        # work: the minibatch's rows of X, Y, weights, the output layer, and
+        # each hidden layer's z, output and delta (and with dropout, its
+        # output after dropout and its mask, one byte per unit); a ghost
+        # chunk's dgamma and dbeta.
+        size = 0
+        self.net.xb = _block(&size, 0 if sparse else n * self.net.n_features)
+        self.net.yb = _block(&size, n * self.net.n_out)
+        self.net.swb = _block(&size, n)
+        self.net.p = _block(&size, n * self.net.n_out)
+        for l in range(L - 1):
+            layer = &self.net.layers[l]
+            h = layer.fan_out
+            layer.z = _block(&size, n * h)
+            layer.out = _block(&size, n * h)
+            layer.delta = _block(&size, n * h)
+            layer.dropped = layer.out
+            if layer.dropout > 0:
+                layer.dropped = _block(&size, n * h)
+                layer.keep = _block(&size, -(-n * h // self.dtype.itemsize))
+        self.net.gtmp = _block(&size, 2 * widest)
+        self.work = aligned_zeros(max(size, 1), self.dtype)
+
+        # dwork: each ghost chunk's batch means, then variances, the
+        # kernels' scratch, each row's loss and each layer's sums of W ** 2
+        # (one per unit of either side: columns, or the output layer's rows).
+        if virtual_batch_size is not None:
+            max_chunks = max(1, min(-(-n // virtual_batch_size), n // 2))
+        size = 0
+        self.net.stats_stride = _round_up(self.n_hidden)
+        _block(&size, max_chunks * self.net.stats_stride)   # the means, at 0
+        self.net.var_base = _block(&size, max_chunks * self.net.stats_stride)
+        self.net.scratch = _block(&size, SCRATCH_PER_COLUMN * widest)
+        self.net.row_loss = _block(&size, n)
+        for l in range(L):
+            layer = &self.net.layers[l]
+            layer.l2 = _block(&size, max(layer.fan_in, layer.fan_out))
+        self.dwork = aligned_zeros(size, np.float64)
+        self.grad = aligned_zeros(self.n_params, self.dtype)
+
+    # ------------------------------------------------------------------
+    # The layout, for the Python layer
+
+    @property
+    def n_layers(self):
+        """Weight layers (hidden layers and the output layer)."""
+        return self.net.n_layers
+
+    def layer(self, Py_ssize_t l):
+        """The descriptor of weight layer ``l``, as a dict."""
+        if not 0 <= l < self.net.n_layers:
+            raise IndexError(f"layer {l} of a network of {self.net.n_layers}")
+        return self.net.layers[l]
+
+    def pack(self, coefs, gammas, intercepts, dtype=None):
+        """The flat parameter vector of these per-layer arrays (in ``dtype``,
+        default: the network's)."""
+        cdef Py_ssize_t l
+        cdef Layer layer
+        theta = aligned_zeros(self.n_params, self.dtype if dtype is None else dtype)
+        for l in range(self.net.n_layers):
+            layer = self.net.layers[l]
+            theta[layer.coef : layer.coef + layer.fan_in * layer.fan_out] = (
+                np.asarray(coefs[l]).ravel())
+            if l < self.net.n_layers - 1:
+                theta[layer.gamma : layer.gamma + layer.fan_out] = gammas[l]
+            theta[layer.bias : layer.bias + layer.fan_out] = intercepts[l]
+        return theta
+
+    def unpack(self, theta):
+        """Copies of the per-layer coefficients, gammas and intercepts."""
+        cdef Py_ssize_t l
+        cdef Layer layer
+        coefs, gammas, intercepts = [], [], []
+        for l in range(self.net.n_layers):
+            layer = self.net.layers[l]
+            coefs.append(theta[layer.coef : layer.coef + layer.fan_in * layer.fan_out]
+                         .reshape(layer.fan_in, layer.fan_out).copy())
+            if l < self.net.n_layers - 1:
+                gammas.append(theta[layer.gamma : layer.gamma + layer.fan_out].copy())
+            intercepts.append(theta[layer.bias : layer.bias + layer.fan_out].copy())
+        return coefs, gammas, intercepts
+
+    def pack_stats(self, per_layer, dtype=None):
+        """One flat vector of per-hidden-layer statistics."""
+        flat = aligned_zeros(self.n_hidden, self.dtype if dtype is None else dtype)
+        if self.n_hidden:
+            flat[:] = np.concatenate([np.asarray(s, dtype=flat.dtype) for s in per_layer])
+        return flat
+
+    def unpack_stats(self, flat):
+        """Copies of the per-hidden-layer parts of a flat statistics vector."""
+        cdef Py_ssize_t l
+        cdef Layer layer
+        parts = []
+        for l in range(self.net.n_layers - 1):
+            layer = self.net.layers[l]
+            parts.append(flat[layer.stat : layer.stat + layer.fan_out].copy())
+        return parts
+
+    def settings(self):
+        """The network-wide settings, as the compiled code reads them."""
+        names = {code: name for name, code in ACTIVATIONS.items()}
+        out_names = {code: name for name, code in OUT_ACTIVATIONS.items()}
+        return {"activation": names[self.net.act], "out_activation": out_names[self.net.out_act],
+                "n_features": self.net.n_features, "n_out": self.net.n_out,
+                "sparse": self.net.sparse, "weighted": self.net.weighted,
+                "alpha": self.net.alpha, "bn_epsilon": self.net.bn_epsilon,
+                "bn_momentum": None if self.net.cumulative else self.net.bn_momentum,
+                "virtual_batch": self.net.virtual_batch,
+                "dropout_seed": self.net.dropout_seed,
+                "data_loss_scale": self.net.data_loss_scale}
+
+    def buffers(self):
+        """The minibatch's buffers, offsets into ``work`` and ``dwork`` (for
+        the tests of the layout)."""
+        return {"xb": self.net.xb, "yb": self.net.yb, "swb": self.net.swb,
+                "p": self.net.p, "gtmp": self.net.gtmp, "stats_stride": self.net.stats_stride,
+                "var_base": self.net.var_base, "scratch": self.net.scratch,
+                "row_loss": self.net.row_loss}
 
 
 # ---------------------------------------------------------------------------
 # Entry points, called by _engine.Engine with checked arguments.
 
 
-cdef inline char* _ptr(floating[::1] a) noexcept:
-    """The data of ``a`` (NULL when empty: no element to take the address of)."""
-    return <char*> &a[0] if a.shape[0] else NULL
+cdef inline char* _ptr(object array):
+    """The data of an array the engine checked (contiguous, of the right
+    dtype)."""
+    return <char*> cnp.PyArray_DATA(array)
 
 
-cdef inline const char* _cptr(const floating[::1] a) noexcept:
-    return <const char*> &a[0] if a.shape[0] else NULL
-
-
-cdef Data _data(const floating[:, ::1] X, const floating[::1] X_data,
-                const Py_ssize_t[::1] X_indices, const Py_ssize_t[::1] X_indptr,
-                const floating[:, ::1] Y, const floating[::1] sample_weight,
-                bint sparse, bint weighted):
-    cdef Data data
-    data.X = data.X_data = data.sample_weight = NULL
-    data.X_indices = data.X_indptr = NULL
-    if sparse:
-        data.X_data = _cptr(X_data)
-        if X_indices.shape[0]:
-            data.X_indices = &X_indices[0]
-        data.X_indptr = &X_indptr[0]
+cdef Data _data(const Net* net, data):
+    """The compiled view of the engine's TrainingData."""
+    cdef Data d
+    d.X = d.X_data = d.sample_weight = NULL
+    d.X_indices = d.X_indptr = NULL
+    if net.sparse:
+        d.X_data = _ptr(data.X_data)
+        d.X_indices = <const Py_ssize_t*> _ptr(data.X_indices)
+        d.X_indptr = <const Py_ssize_t*> _ptr(data.X_indptr)
     else:
-        data.X = <const char*> &X[0, 0]
-    data.Y = <const char*> &Y[0, 0]
-    if weighted:
-        data.sample_weight = _cptr(sample_weight)
-    return data
+        d.X = _ptr(data.X)
+    d.Y = _ptr(data.Y)
+    if net.weighted:
+        d.sample_weight = _ptr(data.sample_weight)
+    return d
 
 
-def train_epoch(Network network not None, *, const floating[:, ::1] X,
-                const floating[::1] X_data, const Py_ssize_t[::1] X_indices,
-                const Py_ssize_t[::1] X_indptr, const floating[:, ::1] Y,
-                const floating[::1] sample_weight,
+cdef Buffers _buffers(Network network, params):
+    """The compiled view of the network's workspace and of the engine's
+    Parameters."""
+    cdef Buffers buf
+    buf.theta = _ptr(params.theta)
+    buf.grad = _ptr(network.grad)
+    buf.running_mean = _ptr(params.running_mean)
+    buf.running_var = _ptr(params.running_var)
+    buf.work = _ptr(network.work)
+    buf.dwork = <double*> _ptr(network.dwork)
+    return buf
+
+
+def train_epoch(Network network not None, data, params, Optimizer optimizer not None,
                 const Py_ssize_t[::1] order, bint order_is_identity,
-                Py_ssize_t batch_size, floating[::1] theta,
-                floating[::1] grad, floating[::1] moment_1,
-                floating[::1] moment_2, floating[::1] running_mean,
-                floating[::1] running_var, floating[::1] work,
-                double[::1] dwork, int solver, double learning_rate,
-                double momentum, bint nesterov, double beta_1, double beta_2,
-                double adam_epsilon, Py_ssize_t step, Py_ssize_t start,
-                Py_ssize_t max_batches, double loss_sum, Py_ssize_t tracked,
-                int n_threads):
+                Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t max_batches,
+                double loss_sum, int n_threads):
     """Run up to ``max_batches`` minibatches of an epoch over the rows in
     ``order``, from row ``start`` of it; update everything in place.
 
-    Minibatches are consecutive slices of ``order`` of ``batch_size`` rows; a
-    trailing single row joins the previous minibatch. Minibatches whose
-    weights sum to zero are skipped. ``step`` counts the optimizer's steps
-    so far (Adam's bias corrections use it). With ``n_threads > 1`` an
-    OpenMP team shares every minibatch (BLAS should then be limited to one
-    thread); with one, no team is started. A whole epoch in several calls
-    gives what it gives in one.
+    ``data`` (the rows, their targets and weights) and ``params`` (``theta``,
+    the running statistics and their count ``n_batches_tracked``) are the
+    engine's ``TrainingData`` and ``Parameters``, checked. Minibatches are
+    consecutive slices of ``order`` of ``batch_size`` rows; a trailing single
+    row joins the previous minibatch. Minibatches whose weights sum to zero
+    are skipped. The optimizer steps the parameters once per minibatch and
+    counts its steps (``optimizer.step``). With ``n_threads > 1`` an OpenMP
+    team shares every minibatch (BLAS should then be limited to one thread);
+    with one, no team is started. A whole epoch in several calls gives what
+    it gives in one.
 
     Returns
     -------
     loss_sum : float
         ``loss_sum`` plus, over these minibatches, minibatch loss x minibatch
         rows (added in the order one call would add them).
-    step : int
-        The optimizer's step count after them.
     stop : int
         The row of ``order`` where the next minibatch starts (its length
         when the epoch is done).
-    tracked : int
-        ``tracked`` (the updates of the running statistics so far, which
-        their cumulative average divides by) after these minibatches.
     """
     cdef Net* net = &network.net
-    cdef Data data = _data(X, X_data, X_indices, X_indptr, Y, sample_weight,
-                           net.sparse, net.weighted)
-    cdef Buffers buf
-    cdef Optimizer opt
-    cdef Py_ssize_t stop = start
-    cdef double partials[2 * MAX_THREADS]
+    cdef Data d = _data(net, data)
+    cdef Buffers buf = _buffers(network, params)
+    cdef Epoch epoch
     cdef Barrier barrier
-    buf.theta = _ptr(theta)
-    buf.grad = _ptr(grad)
-    buf.moment_1 = _ptr(moment_1)
-    buf.moment_2 = _ptr(moment_2)
-    buf.running_mean = _ptr(running_mean)
-    buf.running_var = _ptr(running_var)
-    buf.work = _ptr(work)
-    buf.dwork = &dwork[0]
-    opt.solver = solver
-    opt.learning_rate = learning_rate
-    opt.momentum = momentum
-    opt.nesterov = nesterov
-    opt.beta_1 = beta_1
-    opt.beta_2 = beta_2
-    opt.adam_epsilon = adam_epsilon
+    cdef bint single = network.single
+    epoch.order = &order[0]
+    epoch.n = order.shape[0]
+    epoch.order_is_identity = order_is_identity
+    epoch.batch_size = batch_size
+    epoch.max_batches = max_batches
+    epoch.start = start
+    epoch.loss_sum = loss_sum
+    epoch.step = optimizer.step
+    epoch.tracked = params.n_batches_tracked
+    optimizer.bind()
     if barrier_init(&barrier) != 0:
         raise MemoryError("could not create the threads' barrier")
     with nogil:
         if n_threads == 1:
             # Never enters OpenMP: nothing a fork() could leave broken.
-            run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
-                      order_is_identity, batch_size, start, max_batches, &stop,
-                      partials, &barrier, &loss_sum, &step, &tracked,
-                      <floating*> NULL)
+            if single:
+                run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <float*> NULL)
+            else:
+                run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <double*> NULL)
         else:
             with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
-                run_epoch(net, &opt, &data, &buf, &order[0], order.shape[0],
-                          order_is_identity, batch_size, start, max_batches, &stop,
-                          partials, &barrier, &loss_sum, &step, &tracked,
-                          <floating*> NULL)
+                if single:
+                    run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <float*> NULL)
+                else:
+                    run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <double*> NULL)
     barrier_destroy(&barrier)
-    return loss_sum, step, stop, tracked
+    optimizer.step = epoch.step
+    params.n_batches_tracked = epoch.tracked
+    return epoch.loss_sum, epoch.start
 
 
-def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
-                      const floating[::1] X_data,
-                      const Py_ssize_t[::1] X_indices,
-                      const Py_ssize_t[::1] X_indptr,
-                      const floating[:, ::1] Y,
-                      const floating[::1] sample_weight,
-                      const floating[::1] theta, floating[::1] grad,
-                      floating[::1] running_mean, floating[::1] running_var,
-                      floating[::1] work, double[::1] dwork,
-                      bint update_running, Py_ssize_t tracked, Py_ssize_t step):
-    """Loss and gradient (into ``grad``) of all of ``X`` as one minibatch, on
-    the calling thread: the training-mode objective the engine follows
-    (batch statistics, L2 on the coefficients).
+def loss_and_gradient(Network network not None, data, params, bint update_running,
+                      Py_ssize_t step):
+    """Loss and gradient (into ``network.grad``) of all of the rows of
+    ``data`` as one minibatch, on the calling thread: the training-mode
+    objective the engine follows (batch statistics, L2 on the coefficients).
 
-    ``tracked`` and ``step`` are where the running statistics' count and
-    the optimizer's steps stand (the cumulative average and dropout's masks
-    depend on them).
+    ``params.n_batches_tracked`` and ``step`` are where the running
+    statistics' count and the optimizer's steps stand (the cumulative
+    average and dropout's masks depend on them); the running statistics move
+    only when ``update_running``.
 
     Returns
     -------
@@ -364,92 +532,94 @@ def loss_and_gradient(Network network not None, *, const floating[:, ::1] X,
         0 when the weights sum to zero (then nothing was written).
     """
     cdef Net* net = &network.net
-    cdef Data data = _data(X, X_data, X_indices, X_indptr, Y, sample_weight,
-                           net.sparse, net.weighted)
-    cdef Buffers buf
+    cdef Data d = _data(net, data)
+    cdef Buffers buf = _buffers(network, params)
     cdef Minibatch mb
     cdef Team team
     cdef Barrier barrier
-    cdef double partials[2 * MAX_THREADS]
     cdef double loss
-    rows = np.arange(Y.shape[0], dtype=np.intp)
+    cdef bint single = network.single
+    cdef Py_ssize_t tracked = params.n_batches_tracked
+    cdef Optimizer no_optimizer = None
+    rows = np.arange(data.n_samples, dtype=np.intp)
     cdef const Py_ssize_t[::1] row_view = rows
-    buf.theta = <char*> _cptr(theta)
-    buf.grad = _ptr(grad)
-    buf.moment_1 = buf.moment_2 = NULL
-    buf.running_mean = _ptr(running_mean)
-    buf.running_var = _ptr(running_var)
-    buf.work = _ptr(work)
-    buf.dwork = &dwork[0]
     if barrier_init(&barrier) != 0:
         raise MemoryError("could not create the threads' barrier")
     team.tid = 0
     team.size = 1
     team.barrier = &barrier
-    team.partials = partials
     with nogil:
-        start_minibatch(net, &data, &row_view[0], Y.shape[0], True, &mb,
-                        <floating*> NULL)
-        mb.tracked = tracked
-        mb.step = step
-        loss = minibatch_step(net, NULL, &data, &buf, &mb, &team,
-                              update_running, <floating*> NULL)
+        if single:
+            loss = one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
+                             row_view.shape[0], update_running, tracked, step,
+                             <float*> NULL)
+        else:
+            loss = one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
+                             row_view.shape[0], update_running, tracked, step,
+                             <double*> NULL)
     barrier_destroy(&barrier)
     return loss, mb.wsum
+
+
+cdef double one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
+                      Minibatch* mb, Team* team, const Py_ssize_t* rows, Py_ssize_t m,
+                      bint update_running, Py_ssize_t tracked, Py_ssize_t step,
+                      floating* dtype) noexcept nogil:
+    """Loss and gradient of rows ``rows[:m]`` as one minibatch, without an
+    optimizer step (``none`` is None; see :func:`loss_and_gradient`)."""
+    start_minibatch(net, data, rows, m, True, mb, dtype)
+    mb.tracked = tracked
+    mb.step = step
+    mb.stepping = False
+    return minibatch_step(net, none, data, buf, mb, team, update_running, dtype)
 
 
 # ---------------------------------------------------------------------------
 # The epoch and the minibatch step.
 
 
-cdef void run_epoch(Net* net, const Optimizer* opt, const Data* data, Buffers* buf,
-                    const Py_ssize_t* order, Py_ssize_t n,
-                    bint order_is_identity, Py_ssize_t batch_size,
-                    Py_ssize_t start, Py_ssize_t max_batches, Py_ssize_t* stop_out,
-                    double* partials, Barrier* barrier, double* loss_sum_out,
-                    Py_ssize_t* step_inout, Py_ssize_t* tracked_inout,
-                    floating* dtype) noexcept nogil:
+cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
+                    Epoch* epoch, Barrier* barrier, floating* dtype) noexcept nogil:
     """The minibatch loop of (part of) an epoch, run by every thread of the
-    current OpenMP team (or by the caller alone); thread 0 writes the
-    results (``loss_sum_out`` comes in with the sum so far).
+    current OpenMP team (or by the caller alone); thread 0 writes where the
+    epoch stands back to ``epoch``.
 
-    Every thread steps the parameters whose gradient it computed. No barrier
-    after a step: the next minibatch reads the parameters only after its
-    gather's barrier.
+    Every thread steps the parameters whose gradient it computed, with its
+    own copy of the step's rates. No barrier after a step: the next
+    minibatch reads the parameters only after its gather's barrier.
     """
     cdef Team team
     cdef Minibatch mb
-    # This thread's copy: threads may step different minibatches at once.
-    cdef Optimizer local_opt = opt[0]
-    cdef Py_ssize_t m, step = step_inout[0], tracked = tracked_inout[0], batches = 0
-    cdef double loss_sum = loss_sum_out[0], loss
+    cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
+    cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked
+    cdef double loss_sum = epoch.loss_sum, loss
     team.tid = thread_num()
     team.size = team_size()
-    team.partials = partials
     team.barrier = barrier
     barrier_join(barrier, team.size)
-    while start < n and batches < max_batches:
-        m = min(batch_size, n - start)
+    while start < n and batches < epoch.max_batches:
+        m = min(epoch.batch_size, n - start)
         if n - start - m == 1:
             m += 1   # a trailing single row joins this minibatch
-        start_minibatch(net, data, order + start, m, order_is_identity, &mb,
+        start_minibatch(net, data, epoch.order + start, m, epoch.order_is_identity, &mb,
                         dtype)
         if mb.wsum > 0:
-            if local_opt.solver == ADAM:
-                local_opt.step_size = adam_step_size(&local_opt, step + 1)
             mb.tracked = tracked
             mb.step = step
-            loss = minibatch_step(net, &local_opt, data, buf, &mb, &team, True, dtype)
+            mb.stepping = True
+            mb.update.t = step
+            opt.prepare(&mb.update)
+            loss = minibatch_step(net, opt, data, buf, &mb, &team, True, dtype)
             loss_sum += loss * m
             step += 1
             tracked += mb.n_updates
         start += m
         batches += 1
     if team.tid == 0:
-        loss_sum_out[0] = loss_sum
-        step_inout[0] = step
-        stop_out[0] = start
-        tracked_inout[0] = tracked
+        epoch.loss_sum = loss_sum
+        epoch.step = step
+        epoch.start = start
+        epoch.tracked = tracked
 
 
 cdef void start_minibatch(const Net* net, const Data* data,
@@ -540,12 +710,12 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
     n_running[0] = unbiased_count(wsum[0], n_positive)
 
 
-cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,
+cdef double minibatch_step(Net* net, Optimizer opt, const Data* data,
                            Buffers* buf, Minibatch* mb, Team* team,
                            bint update_running, floating* dtype) noexcept nogil:
-    """Loss of one minibatch and its gradient in ``buf.grad``; with an
-    optimizer (``opt`` not NULL), each thread also steps the parameters
-    whose gradient it computed, as soon as no thread needs their old values.
+    """Loss of one minibatch and its gradient in ``buf.grad``; when
+    ``mb.stepping``, each thread also steps the parameters whose gradient it
+    computed, as soon as no thread needs their old values.
 
     Run by every thread of ``team``; every gradient is complete on return.
     Returns the weighted mean loss plus the L2 term (0 when the weights sum
@@ -569,13 +739,13 @@ cdef double minibatch_step(Net* net, const Optimizer* opt, const Data* data,
         backward_hidden(net, opt, data, buf, mb, team, l, l2, dtype)
         if l > 0:
             barrier_wait(team.barrier)   # the layer below needs every column of this delta
-            if opt != NULL and l + 1 < L - 1:
+            if l + 1 < L - 1:
                 # Every thread's share of this delta is done: nothing reads
                 # the coefficients of the layer above any more.
-                step_hidden_coefs(net, opt, buf, team, l + 1, dtype)
+                step_hidden_coefs(net, opt, buf, mb, team, l + 1, dtype)
     barrier_wait(team.barrier)
-    if opt != NULL and L > 2:
-        step_hidden_coefs(net, opt, buf, team, 1, dtype)
+    if L > 2:
+        step_hidden_coefs(net, opt, buf, mb, team, 1, dtype)
     return net.data_loss_scale * loss + 0.5 * l2 * sum_of_squared_coefs(net, buf)
 
 
@@ -583,7 +753,7 @@ cdef double data_loss(const Net* net, const Buffers* buf,
                       const Minibatch* mb) noexcept nogil:
     """The minibatch's weighted mean loss, from its rows' losses added in row
     order: the same for any number of threads."""
-    cdef const double* row_loss = buf.dwork + net.row_loss_off
+    cdef const double* row_loss = buf.dwork + net.row_loss
     cdef double total = 0
     cdef Py_ssize_t k
     for k in range(mb.m):
@@ -600,7 +770,7 @@ cdef double sum_of_squared_coefs(const Net* net, const Buffers* buf) noexcept no
     cdef const double* part
     cdef Py_ssize_t l, k
     for l in range(net.n_layers):
-        part = buf.dwork + net.l2_off[l]
+        part = buf.dwork + net.layers[l].l2
         for k in range(l2_parts(net, l)):
             total += part[k]
     return total
@@ -611,8 +781,8 @@ cdef inline Py_ssize_t l2_parts(const Net* net, Py_ssize_t l) noexcept nogil:
     but one per row for the output layer over dense rows (whose gradient is
     shared by rows)."""
     if l == net.n_layers - 1 and not (l == 0 and net.sparse):
-        return net.units[l]
-    return net.units[l + 1]
+        return net.layers[l].fan_in
+    return net.layers[l].fan_out
 
 
 # ---------------------------------------------------------------------------
@@ -626,9 +796,7 @@ cdef inline const floating* layer_input(const Net* net, const Buffers* buf,
     output of the hidden layer below (after its dropout)."""
     if l == 0:
         return <const floating*> mb.xin
-    if net.dropout[l - 1] > 0:
-        return (<const floating*> buf.work) + net.ad_off[l - 1]
-    return (<const floating*> buf.work) + net.a_off[l - 1]
+    return (<const floating*> buf.work) + net.layers[l - 1].dropped
 
 
 cdef inline const floating* batch_weights(const Net* net, const Buffers* buf,
@@ -636,7 +804,7 @@ cdef inline const floating* batch_weights(const Net* net, const Buffers* buf,
     """The minibatch's gathered weights, or NULL when unweighted."""
     if not net.weighted:
         return NULL
-    return (<const floating*> buf.work) + net.swb_off
+    return (<const floating*> buf.work) + net.swb
 
 
 cdef void gather(const Net* net, const Data* data, Buffers* buf,
@@ -647,9 +815,9 @@ cdef void gather(const Net* net, const Data* data, Buffers* buf,
     cdef const floating* Y = <const floating*> data.Y
     cdef const floating* sw = <const floating*> data.sample_weight
     cdef floating* work = <floating*> buf.work
-    cdef floating* xb = work + net.xb_off
-    cdef floating* yb = work + net.yb_off
-    cdef floating* swb = work + net.swb_off
+    cdef floating* xb = work + net.xb
+    cdef floating* yb = work + net.yb
+    cdef floating* swb = work + net.swb
     cdef Py_ssize_t k, nf = net.n_features, n_out = net.n_out
     cdef const Py_ssize_t* rows = mb.rows
     share(mb.m, ROW_ALIGN, team, &mb.r0, &mb.r1)
@@ -675,47 +843,52 @@ cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
     to ``dwork``), the running statistics' update, and dropout.
 
     The thread's panel of ``z`` is a contiguous block (see
-    :func:`z_panel`); BLAS zeroes a contiguous output with one ``memset``,
-    a strided one row by row at several times the cost."""
+    :func:`z_panel`)."""
+    cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
     cdef const floating* swb = batch_weights(net, buf, dtype)
-    cdef Py_ssize_t fan_in = net.units[l], fan_out = net.units[l + 1], c0, c1
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c0, c1
     cdef Py_ssize_t c, lo, hi, updates = 0
-    cdef const floating* W = theta + net.coef_off[l]
-    cdef floating* a = work + net.a_off[l]
+    cdef const floating* W = theta + layer.coef
+    cdef floating* a = work + layer.out
     cdef floating* z
     cdef double* mean
     cdef double* var
     cdef double wsum, n_running
+    cdef Panel panel
     share(fan_out, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
     z = z_panel(net, buf, mb, l, c0, dtype)
     if l == 0 and net.sparse:
-        sparse_rows_matmul(mb.rows, mb.m, <const floating*> data.X_data,
-                           data.X_indices, data.X_indptr, W, fan_out, c0, c1,
-                           z, c1 - c0)
+        sparse_rows_matmul(data, mb.rows, mb.m, W, fan_out, c0, c1, z, c1 - c0)
     else:
+        # z = a @ W[:, c0:c1]
         cgemm(False, False, <int> mb.m, <int> (c1 - c0), <int> fan_in,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               W + c0, <int> fan_out, <floating> 0, z, <int> (c1 - c0))
+    panel.n_cols = c1 - c0
+    panel.z_ld = c1 - c0
+    panel.a_ld = fan_out
+    panel.ld = fan_out
     for c in range(mb.n_chunks):
         chunk_bounds(mb, c, &lo, &hi)
         chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
-        mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
+        mean = buf.dwork + c * net.stats_stride + layer.stat
         var = mean + net.var_base
+        panel.n_rows = hi - lo
+        panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
         cbn_act_forward_train(
-            z + lo * (c1 - c0), a + lo * fan_out + c0, hi - lo, c1 - c0, c1 - c0, fan_out,
-            theta + net.gamma_off[l] + c0, theta + net.bias_off[l] + c0,
-            swb + lo if swb != NULL else NULL, net.bn_epsilon, net.act, mean + c0,
-            var + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+            z + lo * (c1 - c0), a + lo * fan_out + c0, &panel,
+            theta + layer.gamma + c0, theta + layer.bias + c0, net.bn_epsilon, net.act,
+            mean + c0, var + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
         if update_running and wsum > 0:
             updates += 1
             update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
                                  mb.tracked + updates, dtype)
-    if net.dropout[l] > 0:
-        dropout_forward(net, a, work + net.ad_off[l], keep_panel(net, buf, mb, l, c0, dtype),
+    if layer.dropout > 0:
+        dropout_forward(net, a, work + layer.dropped, keep_panel(net, buf, mb, l, c0, dtype),
                         mb.m, c0, c1, fan_out, l, mb.step)
 
 
@@ -726,7 +899,7 @@ cdef inline floating* z_panel(const Net* net, const Buffers* buf,
     ``mb.m`` rows of the panel's width, contiguous, after the panels to its
     left (one thread writes and reads it, in the forward and the backward
     pass). With one thread, ``z`` as a whole, row-major."""
-    return (<floating*> buf.work) + net.z_off[l] + c0 * mb.m
+    return (<floating*> buf.work) + net.layers[l].z + c0 * mb.m
 
 
 cdef inline floating* delta_panel(const Net* net, const Buffers* buf,
@@ -738,11 +911,11 @@ cdef inline floating* delta_panel(const Net* net, const Buffers* buf,
     (more than one hidden layer), is laid out as :func:`z_panel` lays out
     ``z``: only the thread of its panel reads it. The others are row-major:
     the layer below reads every column."""
-    cdef floating* D = (<floating*> buf.work) + net.d_off[l]
+    cdef floating* D = (<floating*> buf.work) + net.layers[l].delta
     if l == 0 and net.n_layers > 2:
         ld[0] = c1 - c0
         return D + c0 * mb.m
-    ld[0] = net.units[l + 1]
+    ld[0] = net.layers[l].fan_out
     return D + c0
 
 
@@ -753,8 +926,8 @@ cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l
                                       floating* dtype) noexcept nogil:
     """Columns ``c0:c1`` of hidden layer ``l``'s running statistics, after the
     ``k``-th update (the cumulative average's divisor)."""
-    cdef floating* running_mean = (<floating*> buf.running_mean) + net.stat_off[l]
-    cdef floating* running_var = (<floating*> buf.running_var) + net.stat_off[l]
+    cdef floating* running_mean = (<floating*> buf.running_mean) + net.layers[l].stat
+    cdef floating* running_var = (<floating*> buf.running_var) + net.layers[l].stat
     if net.cumulative:
         cupdate_running_average(running_mean + c0, running_var + c0, mean + c0,
                                 var + c0, c1 - c0, <double> k, n_running)
@@ -770,48 +943,50 @@ cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
     thread's rows of the output delta; rows also suit BLAS better here, the
     inner dimension being ``n_out``). Each row's weighted loss goes to
     ``dwork``."""
+    cdef Py_ssize_t L = net.n_layers, l = L - 1, n_out = net.n_out
+    cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
-    cdef Py_ssize_t L = net.n_layers, l = L - 1, n_out = net.n_out
-    cdef Py_ssize_t fan_in = net.units[l], r0 = mb.r0, r1 = mb.r1
-    cdef const floating* W = theta + net.coef_off[l]
-    cdef floating* p = work + net.p_off + r0 * n_out
+    cdef Py_ssize_t fan_in = layer.fan_in, r0 = mb.r0, r1 = mb.r1
+    cdef const floating* W = theta + layer.coef
+    cdef floating* p = work + net.p + r0 * n_out
     if r1 <= r0:
         return
     if l == 0 and net.sparse:
-        sparse_rows_matmul(mb.rows + r0, r1 - r0, <const floating*> data.X_data,
-                           data.X_indices, data.X_indptr, W, n_out, 0, n_out, p,
-                           n_out)
+        sparse_rows_matmul(data, mb.rows + r0, r1 - r0, W, n_out, 0, n_out, p, n_out)
     else:
+        # p[r0:r1] = a[r0:r1] @ W
         cgemm(False, False, <int> (r1 - r0), <int> n_out, <int> fan_in,
               <floating> 1, layer_input(net, buf, mb, l, dtype) + r0 * fan_in,
               <int> fan_in, W, <int> n_out, <floating> 0, p, <int> n_out)
-    add_bias_rows(p, r1 - r0, n_out, theta + net.bias_off[l])
-    output_loss_and_delta(net, p, work + net.yb_off + r0 * n_out,
-                          work + net.swb_off + r0, r1 - r0, mb.wsum,
-                          buf.dwork + net.row_loss_off + r0)
+    add_bias_rows(p, r1 - r0, n_out, theta + layer.bias)
+    output_loss_and_delta(net, p, work + net.yb + r0 * n_out,
+                          work + net.swb + r0, r1 - r0, mb.wsum,
+                          buf.dwork + net.row_loss + r0)
     if L > 1:
+        # delta_last[r0:r1] = p[r0:r1] @ W.T
         cgemm(False, True, <int> (r1 - r0), <int> fan_in, <int> n_out,
               <floating> 1, p, <int> n_out, W, <int> n_out, <floating> 0,
-              work + net.d_off[L - 2] + r0 * fan_in, <int> fan_in)
+              work + net.layers[L - 2].delta + r0 * fan_in, <int> fan_in)
 
 
-cdef void backward_output(const Net* net, const Optimizer* opt,
-                          const Data* data, Buffers* buf, const Minibatch* mb,
-                          const Team* team, double l2, floating* dtype) noexcept nogil:
+cdef void backward_output(const Net* net, Optimizer opt, const Data* data,
+                          Buffers* buf, const Minibatch* mb, const Team* team,
+                          double l2, floating* dtype) noexcept nogil:
     """Gradient of the output layer: the intercept's by columns, the
     coefficients' by their rows (the units of the layer below), each L2 term
     first (``l2 * W``, and the sums of ``W ** 2``). Stepped at once: after the
     loss, nothing reads them."""
+    cdef Py_ssize_t l = net.n_layers - 1, n_out = net.n_out, nf = net.n_features
+    cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
-    cdef Py_ssize_t l = net.n_layers - 1, n_out = net.n_out, nf = net.n_features
-    cdef Py_ssize_t fan_in = net.units[l], k, i, c0, c1
-    cdef const floating* W = theta + net.coef_off[l]
-    cdef const floating* D = (<const floating*> buf.work) + net.p_off
-    cdef floating* gW = grad + net.coef_off[l]
-    cdef floating* gbias = grad + net.bias_off[l]
-    cdef double* l2_part = buf.dwork + net.l2_off[l]
+    cdef Py_ssize_t fan_in = layer.fan_in, k, i, c0, c1
+    cdef const floating* W = theta + layer.coef
+    cdef const floating* D = (<const floating*> buf.work) + net.p
+    cdef floating* gW = grad + layer.coef
+    cdef floating* gbias = grad + layer.bias
+    cdef double* l2_part = buf.dwork + layer.l2
     cdef floating c = <floating> l2
     share(n_out, COL_ALIGN, team, &c0, &c1)
     for i in range(c0, c1):
@@ -819,75 +994,77 @@ cdef void backward_output(const Net* net, const Optimizer* opt,
     for k in range(mb.m):
         for i in range(c0, c1):
             gbias[i] += D[k * n_out + i]
-    step_panel(opt, buf, net.bias_off[l], 1, c0, c1, n_out, dtype)
+    step_panel(opt, mb, buf, layer.bias, 1, c0, c1, n_out, False, dtype)
     if l == 0 and net.sparse:
         if c1 > c0:
             l2_start_panel(gW, W, nf, c0, c1, n_out, c, l2_part, False)
-            sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
-                             data.X_indices, data.X_indptr, D + c0, n_out, nf,
-                             n_out, c0, c1, gW, c != 0)
-            step_panel(opt, buf, net.coef_off[l], nf, c0, c1, n_out, dtype)
+            sparse_rows_grad(data, mb.rows, mb.m, D + c0, n_out, nf, n_out, c0, c1, gW,
+                             c != 0)
+            step_panel(opt, mb, buf, layer.coef, nf, c0, c1, n_out, True, dtype)
         return
     share(fan_in, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
     l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
                    c, l2_part + c0, True)
+    # gW[c0:c1] = c * W[c0:c1] + a[:, c0:c1].T @ D  (the first term from l2_start_panel)
     cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
           layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
           <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
-    step_panel(opt, buf, net.coef_off[l] + c0 * n_out, c1 - c0, 0, n_out,
-               n_out, dtype)
+    step_panel(opt, mb, buf, layer.coef + c0 * n_out, c1 - c0, 0, n_out, n_out, True,
+               dtype)
 
 
-cdef void backward_hidden(const Net* net, const Optimizer* opt,
-                          const Data* data, Buffers* buf, const Minibatch* mb,
-                          const Team* team, Py_ssize_t l, double l2,
-                          floating* dtype) noexcept nogil:
+cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
+                          Buffers* buf, const Minibatch* mb, const Team* team,
+                          Py_ssize_t l, double l2, floating* dtype) noexcept nogil:
     """Hidden layer ``l`` backward on this thread's columns: the delta (from
     the complete delta of the layer above; the last hidden layer's was
     computed by rows with the loss), dropout's, batch norm backward (gamma
     and beta, stepped at once), and the coefficient gradient of those
     columns (the lowest layer's stepped at once; the others once the delta
     below them is complete, see :func:`minibatch_step`)."""
+    cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
     cdef Py_ssize_t L = net.n_layers, c0, c1
-    cdef Py_ssize_t fan_in = net.units[l], fan_out = net.units[l + 1]
-    cdef Py_ssize_t n_next = net.units[l + 2], ld
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, ld
+    cdef Py_ssize_t n_next
     cdef floating* D
-    cdef floating* gW = grad + net.coef_off[l]
+    cdef floating* gW = grad + layer.coef
     cdef floating c = <floating> l2
     share(fan_out, COL_ALIGN, team, &c0, &c1)
     if c1 <= c0:
         return
     D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
     if l < L - 2:
+        n_next = net.layers[l + 1].fan_out
+        # D = delta_above @ W_above[c0:c1].T  (this panel of the delta)
         cgemm(False, True, <int> mb.m, <int> (c1 - c0), <int> n_next,
-              <floating> 1, work + net.d_off[l + 1], <int> n_next,
-              theta + net.coef_off[l + 1] + c0 * n_next, <int> n_next,
+              <floating> 1, work + net.layers[l + 1].delta, <int> n_next,
+              theta + net.layers[l + 1].coef + c0 * n_next, <int> n_next,
               <floating> 0, D, <int> ld)
-    if net.dropout[l] > 0:
+    if layer.dropout > 0:
         dropout_backward(net, D, ld, keep_panel(net, buf, mb, l, c0, dtype), mb.m,
                          c1 - c0, l)
     batch_norm_backward(net, buf, mb, l, c0, c1, D, ld, dtype)
-    step_panel(opt, buf, net.gamma_off[l], 1, c0, c1, fan_out, dtype)
-    step_panel(opt, buf, net.bias_off[l], 1, c0, c1, fan_out, dtype)
-    l2_start_panel(gW, theta + net.coef_off[l], fan_in, c0, c1, fan_out, c,
-                   buf.dwork + net.l2_off[l], False)
+    step_panel(opt, mb, buf, layer.gamma, 1, c0, c1, fan_out, False, dtype)
+    step_panel(opt, mb, buf, layer.bias, 1, c0, c1, fan_out, False, dtype)
+    l2_start_panel(gW, theta + layer.coef, fan_in, c0, c1, fan_out, c,
+                   buf.dwork + layer.l2, False)
     if l == 0 and net.sparse:
-        sparse_rows_grad(mb.rows, mb.m, <const floating*> data.X_data,
-                         data.X_indices, data.X_indptr, D, ld, net.n_features,
-                         fan_out, c0, c1, gW, c != 0)
+        sparse_rows_grad(data, mb.rows, mb.m, D, ld, net.n_features, fan_out, c0, c1,
+                         gW, c != 0)
     else:
+        # gW[:, c0:c1] = c * W[:, c0:c1] + a.T @ D  (D: this panel's delta)
         cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               D, <int> ld, product_beta(c), gW + c0, <int> fan_out)
     if l == 0:
         # Nothing reads the lowest coefficients again: this thread's columns,
         # at once (the other threads' columns may not be complete yet).
-        step_panel(opt, buf, net.coef_off[l], fan_in, c0, c1, fan_out, dtype)
+        step_panel(opt, mb, buf, layer.coef, fan_in, c0, c1, fan_out, True, dtype)
 
 
 cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
@@ -899,42 +1076,52 @@ cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
     column, rows ``ld`` apart) in place, and gamma's and beta's gradients
     summed over the chunks (in order). A chunk without weight has no
     gradient."""
+    cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
     cdef const floating* swb = batch_weights(net, buf, dtype)
-    cdef Py_ssize_t fan_out = net.units[l + 1], c, lo, hi, j
-    cdef floating* dgamma = grad + net.gamma_off[l]
-    cdef floating* dbeta = grad + net.bias_off[l]
+    cdef Py_ssize_t fan_out = layer.fan_out, c, lo, hi, j
+    cdef floating* dgamma = grad + layer.gamma
+    cdef floating* dbeta = grad + layer.bias
     # A chunk's gradients, before they are added: the first chunk's (or the
     # only one's) go to grad directly.
-    cdef floating* chunk_dgamma = work + net.gtmp_off
+    cdef floating* chunk_dgamma = work + net.gtmp
     cdef floating* chunk_dbeta = chunk_dgamma + fan_out
     cdef floating* dg
     cdef floating* db
     cdef const double* mean
-    cdef double wsum, n_running
+    cdef double n_running
+    cdef Panel panel
+    cdef Statistics stats
+    panel.n_cols = c1 - c0
+    panel.z_ld = c1 - c0
+    panel.a_ld = fan_out
+    panel.ld = ld
+    stats.epsilon = net.bn_epsilon
     for c in range(mb.n_chunks):
         chunk_bounds(mb, c, &lo, &hi)
-        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+        chunk_weights(net, buf, mb, lo, hi, &stats.weight_sum, &n_running, dtype)
         dg, db = dgamma, dbeta
         if c > 0:
             dg, db = chunk_dgamma, chunk_dbeta
-        if not wsum > 0:
+        if not stats.weight_sum > 0:
             for j in range(c0, c1):
                 dg[j] = 0
                 db[j] = 0
             zero_rows(D + lo * ld, hi - lo, 0, c1 - c0, ld)
         else:
-            mean = buf.dwork + c * net.stats_stride + net.stat_off[l]
+            mean = buf.dwork + c * net.stats_stride + layer.stat
+            stats.mean = mean + c0
+            stats.var = mean + net.var_base + c0
+            panel.n_rows = hi - lo
+            panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
+            # In place: the delta in, the delta out.
             cbn_act_backward(
-                D + lo * ld, work + net.a_off[l] + lo * fan_out + c0,
-                z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0),
-                D + lo * ld, hi - lo, c1 - c0, c1 - c0, fan_out, ld,
-                theta + net.gamma_off[l] + c0,
-                theta + net.bias_off[l] + c0, mean + c0, mean + net.var_base + c0,
-                net.bn_epsilon, swb + lo if swb != NULL else NULL, wsum, net.act,
-                dg + c0, db + c0, buf.dwork + net.scratch_off + SCRATCH_PER_COLUMN * c0)
+                D + lo * ld, D + lo * ld, work + layer.out + lo * fan_out + c0,
+                z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0), &panel,
+                theta + layer.gamma + c0, theta + layer.bias + c0, &stats, net.act,
+                dg + c0, db + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
         if c > 0:
             for j in range(c0, c1):
                 dgamma[j] += chunk_dgamma[j]
@@ -990,7 +1177,7 @@ cdef inline uint8_t* keep_panel(const Net* net, const Buffers* buf,
                                 Py_ssize_t c0, floating* dtype) noexcept nogil:
     """The panel of hidden layer ``l``'s dropout mask that starts at column
     ``c0``: one byte per unit, laid out as :func:`z_panel` lays out ``z``."""
-    return (<uint8_t*> ((<floating*> buf.work) + net.keep_off[l])) + c0 * mb.m
+    return (<uint8_t*> ((<floating*> buf.work) + net.layers[l].keep)) + c0 * mb.m
 
 
 cdef simd_void dropout_forward(const Net* net, const floating* a, floating* out,
@@ -1001,7 +1188,7 @@ cdef simd_void dropout_forward(const Net* net, const floating* a, floating* out,
     (1 - p)``, where ``keep`` (probability ``1 - p``) is the mask of this
     layer at this optimizer step, written to ``keep_out`` (``m`` rows of
     ``c1 - c0`` bytes) for the backward pass."""
-    cdef double p = net.dropout[layer]
+    cdef double p = net.layers[layer].dropout
     cdef uint32_t threshold = <uint32_t> min(p * 4294967296.0, 4294967295.0)
     cdef floating scale = <floating> (1 / (1 - p))
     cdef floating zero = 0
@@ -1029,7 +1216,7 @@ cdef simd_void dropout_backward(const Net* net, floating* delta, Py_ssize_t ld,
                                 Py_ssize_t layer) noexcept nogil:
     """``delta *= keep / (1 - p)`` on a panel of ``w`` columns (rows ``ld``
     apart), with the mask the forward pass drew (:func:`dropout_forward`)."""
-    cdef floating scale = <floating> (1 / (1 - net.dropout[layer]))
+    cdef floating scale = <floating> (1 / (1 - net.layers[layer].dropout))
     cdef floating zero = 0
     cdef Py_ssize_t i, j
     cdef floating* d
@@ -1064,7 +1251,8 @@ cdef inline floating product_beta(floating l2) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------
-# Loss.
+# The output layer and its loss: scikit-learn's losses, each the loss of its
+# output activation (_activation_registry.OUTPUT).
 
 
 cdef inline floating clip_prob(floating p) noexcept nogil:
@@ -1086,7 +1274,7 @@ cdef void output_loss_and_delta(const Net* net, floating* p,
                                 double* row_loss_out) noexcept nogil:
     """Apply the output activation to ``p`` in place, write the weighted loss
     of each of these ``m`` rows, and overwrite ``p`` with ``dL/dz = w * (p -
-    y) / wsum``."""
+    y) / wsum``. An unknown output activation gives NaN."""
     cdef Py_ssize_t i, j, n_out = net.n_out
     cdef floating* row
     cdef const floating* yrow
@@ -1123,7 +1311,8 @@ cdef void output_loss_and_delta(const Net* net, floating* p,
 
 cdef void out_activation_rows(floating* z, Py_ssize_t m, Py_ssize_t n,
                               int out_act) noexcept nogil:
-    """The output activation in place (identity: nothing to do)."""
+    """The output activation in place (identity: nothing to do); an unknown
+    one gives NaN."""
     cdef Py_ssize_t i, j
     cdef floating* row
     cdef floating mx
@@ -1166,37 +1355,43 @@ cdef void add_bias_rows(floating* z, Py_ssize_t m, Py_ssize_t n,
 # The sparse first layer.
 
 
-cdef void sparse_rows_matmul(const Py_ssize_t* rows, Py_ssize_t m,
-                             const floating* data, const Py_ssize_t* indices,
-                             const Py_ssize_t* indptr, const floating* w,
-                             Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1,
-                             floating* out, Py_ssize_t out_ld) noexcept nogil:
-    """out[k, :c1 - c0] = X[rows[k]] @ W[:, c0:c1] for CSR X; rows of W are
-    ``ld`` apart, rows of out ``out_ld``."""
+cdef void sparse_rows_matmul(const Data* data, const Py_ssize_t* rows, Py_ssize_t m,
+                             const floating* w, Py_ssize_t ld, Py_ssize_t c0,
+                             Py_ssize_t c1, floating* out,
+                             Py_ssize_t out_ld) noexcept nogil:
+    """out[k, :c1 - c0] = X[rows[k]] @ W[:, c0:c1] for the CSR rows of
+    ``data``; rows of W are ``ld`` apart, rows of out ``out_ld``."""
+    cdef const floating* values = <const floating*> data.X_data
+    cdef const Py_ssize_t* indices = data.X_indices
+    cdef const Py_ssize_t* indptr = data.X_indptr
     cdef Py_ssize_t k, p
     for k in range(m):
         memset(out + k * out_ld, 0, (c1 - c0) * sizeof(floating))
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
-            caxpy(<int> (c1 - c0), data[p], w + indices[p] * ld + c0,
+            # out[k] += X.data[p] * W[X.indices[p], c0:c1]
+            caxpy(<int> (c1 - c0), values[p], w + indices[p] * ld + c0,
                   out + k * out_ld)
 
 
-cdef void sparse_rows_grad(const Py_ssize_t* rows, Py_ssize_t m,
-                           const floating* data, const Py_ssize_t* indices,
-                           const Py_ssize_t* indptr, const floating* delta,
-                           Py_ssize_t delta_ld, Py_ssize_t n_in, Py_ssize_t ld,
-                           Py_ssize_t c0, Py_ssize_t c1, floating* grad,
+cdef void sparse_rows_grad(const Data* data, const Py_ssize_t* rows, Py_ssize_t m,
+                           const floating* delta, Py_ssize_t delta_ld, Py_ssize_t n_in,
+                           Py_ssize_t ld, Py_ssize_t c0, Py_ssize_t c1, floating* grad,
                            bint accumulate) noexcept nogil:
-    """grad[:, c0:c1] (+)= X[rows].T @ delta for CSR X with ``n_in`` columns
-    (added to grad when ``accumulate``); ``delta`` is a panel of ``c1 - c0``
-    columns, rows ``delta_ld`` apart; rows of grad are ``ld`` apart."""
+    """grad[:, c0:c1] (+)= X[rows].T @ delta for the CSR rows of ``data``
+    (``n_in`` columns; added to grad when ``accumulate``); ``delta`` is a
+    panel of ``c1 - c0`` columns, rows ``delta_ld`` apart; rows of grad are
+    ``ld`` apart."""
+    cdef const floating* values = <const floating*> data.X_data
+    cdef const Py_ssize_t* indices = data.X_indices
+    cdef const Py_ssize_t* indptr = data.X_indptr
     cdef Py_ssize_t k, p
     if not accumulate:
         for k in range(n_in):
             memset(grad + k * ld + c0, 0, (c1 - c0) * sizeof(floating))
     for k in range(m):
         for p in range(indptr[rows[k]], indptr[rows[k] + 1]):
-            caxpy(<int> (c1 - c0), data[p], delta + k * delta_ld,
+            # grad[X.indices[p], c0:c1] += X.data[p] * delta[k]
+            caxpy(<int> (c1 - c0), values[p], delta + k * delta_ld,
                   grad + indices[p] * ld + c0)
 
 
@@ -1237,8 +1432,8 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
     than adding the L2 term after the product, and BLAS skips its own pass
     that zeroes ``C`` for ``beta = 0``.
     """
-    cdef double acc[CHUNK]
-    cdef Py_ssize_t i, j, j0, width
+    cdef double acc[TILE]
+    cdef Py_ssize_t i, j, tile, j0, width
     if c != 0:
         if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
             for j in range(n_rows * ld):
@@ -1251,9 +1446,10 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
         for i in range(n_rows):
             sums[i] = sum_of_squares(w + c0 + i * ld, c1 - c0)
         return
-    j0 = c0
-    while j0 < c1:   # column sums, in local arrays so that the loop vectorizes
-        width = min(<Py_ssize_t> CHUNK, c1 - j0)
+    # Column sums, in local arrays so that the loop vectorizes.
+    for tile in range(n_tiles(c1 - c0)):
+        j0 = c0 + tile * TILE
+        width = tile_width(j0, c1)
         for j in range(width):
             acc[j] = 0
         for i in range(n_rows):
@@ -1261,161 +1457,151 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
                 acc[j] += <double> w[i * ld + j0 + j] * w[i * ld + j0 + j]
         for j in range(width):
             sums[j0 + j] = acc[j]
-        j0 += width
 
 
-cdef double adam_step_size(const Optimizer* opt, Py_ssize_t t) noexcept nogil:
-    """Adam's step size at step ``t`` (from 1), bias corrections included."""
-    return (opt.learning_rate * sqrt(1 - opt.beta_2 ** t)
-            / (1 - opt.beta_1 ** t))
-
-
-cdef void step_hidden_coefs(const Net* net, const Optimizer* opt,
-                            Buffers* buf, const Team* team, Py_ssize_t l,
+cdef void step_hidden_coefs(const Net* net, Optimizer opt, Buffers* buf,
+                            const Minibatch* mb, const Team* team, Py_ssize_t l,
                             floating* dtype) noexcept nogil:
     """Step this thread's share of hidden layer ``l``'s coefficients, once
     every thread's columns of their gradient are complete (after a
     barrier): a contiguous range of the flat coefficients, which streams
-    at twice the speed of a panel of columns."""
+    better than a panel of columns."""
     cdef Py_ssize_t e0, e1
-    share(net.units[l] * net.units[l + 1], COL_ALIGN, team, &e0, &e1)
-    step_panel(opt, buf, net.coef_off[l] + e0, 1, 0, e1 - e0, e1 - e0, dtype)
+    share(net.layers[l].fan_in * net.layers[l].fan_out, COL_ALIGN, team, &e0, &e1)
+    step_panel(opt, mb, buf, net.layers[l].coef + e0, 1, 0, e1 - e0, e1 - e0, True,
+               dtype)
 
 
-cdef void step_panel(const Optimizer* opt, Buffers* buf, Py_ssize_t off,
-                     Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
-                     Py_ssize_t ld, floating* dtype) noexcept nogil:
-    """The optimizer step (none when ``opt`` is NULL) on columns ``c0:c1`` of
-    the ``n_rows`` x ``ld`` block of parameters that starts at ``off``."""
+cdef void step_panel(Optimizer opt, const Minibatch* mb, Buffers* buf, Py_ssize_t off,
+                     Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t ld,
+                     bint decayed, floating* dtype) noexcept nogil:
+    """The optimizer's step (none unless ``mb.stepping``) on columns ``c0:c1``
+    of the ``n_rows`` x ``ld`` block of parameters that starts at ``off``;
+    ``decayed``: coefficients, which weight decay shrinks."""
     cdef floating* theta = <floating*> buf.theta
     cdef const floating* grad = <const floating*> buf.grad
-    cdef floating* m1 = <floating*> buf.moment_1
-    cdef floating* m2 = <floating*> buf.moment_2   # NULL for SGD
-    cdef Py_ssize_t i, base
-    if opt == NULL or c1 <= c0:
+    cdef Py_ssize_t i
+    if not mb.stepping or c1 <= c0:
         return
     if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
-        optimizer_step(opt, theta + off, grad + off, m1 + off,
-                       m2 + off if m2 != NULL else NULL, n_rows * ld)
+        step_range(opt, &mb.update, theta, grad, off, n_rows * ld, decayed)
         return
     for i in range(n_rows):
-        base = off + i * ld + c0
-        optimizer_step(opt, theta + base, grad + base, m1 + base,
-                       m2 + base if m2 != NULL else NULL, c1 - c0)
-
-
-cdef simd_void optimizer_step(const Optimizer* opt, floating* theta,
-                              const floating* grad, floating* moment_1,
-                              floating* moment_2, Py_ssize_t n) noexcept nogil:
-    """One Adam or SGD-with-momentum step on ``n`` parameters, in place
-    (``moment_1`` is SGD's velocity; SGD has no ``moment_2``)."""
-    cdef Py_ssize_t i
-    cdef floating g, v, lr_t, b1, b2, c1, c2, eps, mom, lr
-    if opt.solver == ADAM:
-        lr_t = <floating> opt.step_size
-        b1 = <floating> opt.beta_1
-        b2 = <floating> opt.beta_2
-        # 1 - beta in the working precision, as numpy computes
-        # ``(1 - beta_1) * grad`` on float32 arrays (a literal 1 next to a
-        # float would make Cython compute the loop in double).
-        c1 = <floating> (1 - opt.beta_1)
-        c2 = <floating> (1 - opt.beta_2)
-        eps = <floating> opt.adam_epsilon
-        for i in range(n):
-            g = grad[i]
-            moment_1[i] = b1 * moment_1[i] + c1 * g
-            moment_2[i] = b2 * moment_2[i] + c2 * (g * g)
-            if floating is float:
-                theta[i] -= lr_t * moment_1[i] / (sqrtf(moment_2[i]) + eps)
-            else:
-                theta[i] -= lr_t * moment_1[i] / (sqrt(moment_2[i]) + eps)
-    else:
-        mom = <floating> opt.momentum
-        lr = <floating> opt.learning_rate
-        for i in range(n):
-            g = grad[i]
-            v = mom * moment_1[i] - lr * g
-            moment_1[i] = v
-            if opt.nesterov:
-                theta[i] += mom * v - lr * g
-            else:
-                theta[i] += v
+        step_range(opt, &mb.update, theta, grad, off + i * ld + c0, c1 - c0, decayed)
 
 
 # ---------------------------------------------------------------------------
 # Prediction: the network with batch norm folded into its weights.
 
 
-def forward_folded(*, const floating[:, ::1] X, const floating[::1] params,
-                   const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
-                   const Py_ssize_t[::1] bias_off, Py_ssize_t first_layer,
-                   int activation, int out_activation, floating[:, ::1] out,
-                   Py_ssize_t block_rows, int n_threads):
+cdef class FoldedLayout:
+    """The layers of a folded network (``act(a @ W + b)`` per hidden layer,
+    ``out_act(a @ W + b)`` for the output layer): where each layer's ``W`` and
+    ``b`` sit in one flat vector, and the activations.
+
+    Parameters
+    ----------
+    units : sequence of int
+        Units of every layer, input and output included.
+    activation, out_activation : str
+    """
+
+    cdef Layer* layers
+    cdef int n_layers
+    cdef int act
+    cdef int out_act
+    cdef readonly object units
+    cdef readonly Py_ssize_t n_params
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.layers)
+
+    def __init__(self, units, activation, out_activation):
+        cdef Py_ssize_t l, L = len(units) - 1, size = 0
+        self.units = np.asarray(units, dtype=np.intp)
+        self.layers = <Layer*> PyMem_Malloc(max(L, 1) * sizeof(Layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        memset(self.layers, 0, max(L, 1) * sizeof(Layer))
+        self.n_layers = <int> L
+        self.act = act_code(activation)
+        self.out_act = OUT_ACTIVATIONS[out_activation]
+        for l in range(L):
+            self.layers[l].fan_in, self.layers[l].fan_out = units[l], units[l + 1]
+            self.layers[l].coef = size
+            size += units[l] * units[l + 1]
+            self.layers[l].bias = size
+            size += units[l + 1]
+        self.n_params = size
+
+    def pack(self, coefs, intercepts):
+        """The flat vector of the layers' ``W`` and ``b``, in their dtype."""
+        return np.ascontiguousarray(np.concatenate(
+            [part for W, b in zip(coefs, intercepts) for part in (np.ravel(W), b)]))
+
+
+def forward_folded(FoldedLayout layout not None, const floating[:, ::1] X,
+                   const floating[::1] params, Py_ssize_t first_layer,
+                   floating[:, ::1] out, Py_ssize_t block_rows, int n_threads):
     """Inference forward pass of a network with batch norm folded in.
 
     ``X`` is the input of weight layer ``first_layer`` (the caller computes
-    a sparse first layer itself). Rows go through in blocks of
-    ``block_rows``, so that memory stays bounded for any number of rows;
-    hidden layers apply ``act(a @ W + b)``, the last ``out_act``. With
-    ``n_threads > 1`` an OpenMP team takes the blocks in turn (the caller
-    limits BLAS to one thread meanwhile): a thread slowed down by another
-    process on its core just takes fewer blocks. A row's result depends only
-    on its block, not on the thread.
+    a sparse first layer itself); ``params`` the layout's flat vector. Rows
+    go through in blocks of ``block_rows``, so that memory stays bounded for
+    any number of rows. With ``n_threads > 1`` an OpenMP team takes the blocks
+    in turn (the caller limits BLAS to one thread meanwhile): a thread slowed
+    down by another process on its core just takes fewer blocks. A row's
+    result depends only on its block, not on the thread.
     """
-    cdef Py_ssize_t L = units.shape[0] - 1
+    cdef Py_ssize_t L = layout.n_layers
     cdef Py_ssize_t n = X.shape[0], l, b, width = 1
     cdef Py_ssize_t n_blocks = (n + block_rows - 1) // block_rows
     if n == 0:
         return
     for l in range(first_layer, L):
-        width = max(width, units[l + 1])
+        width = max(width, layout.layers[l].fan_out)
     dtype = np.asarray(params).dtype
     cdef floating[:, :, ::1] buf = np.empty((n_threads, 2, block_rows * width), dtype=dtype)
-    # (a - 0) * 1 + b is a + b: normalize() adds the bias and applies the
-    # activation in one pass.
-    cdef const floating[::1] zeros = np.zeros(width, dtype=dtype)
-    cdef const floating[::1] ones = np.ones(width, dtype=dtype)
     with nogil:
         if n_threads == 1:
             for b in range(n_blocks):
-                folded_block(&X[b * block_rows, 0], min(block_rows, n - b * block_rows),
-                             &params[0], &units[0], &coef_off[0], &bias_off[0],
-                             first_layer, L, activation, out_activation,
-                             &zeros[0], &ones[0], &buf[0, 0, 0], &buf[0, 1, 0],
+                folded_block(layout, &X[b * block_rows, 0],
+                             min(block_rows, n - b * block_rows), &params[0],
+                             first_layer, &buf[0, 0, 0], &buf[0, 1, 0],
                              &out[b * block_rows, 0])
         else:
             for b in prange(n_blocks, schedule="dynamic", num_threads=n_threads):
-                folded_block(&X[b * block_rows, 0], min(block_rows, n - b * block_rows),
-                             &params[0], &units[0], &coef_off[0], &bias_off[0],
-                             first_layer, L, activation, out_activation,
-                             &zeros[0], &ones[0], &buf[threadid(), 0, 0],
+                folded_block(layout, &X[b * block_rows, 0],
+                             min(block_rows, n - b * block_rows), &params[0],
+                             first_layer, &buf[threadid(), 0, 0],
                              &buf[threadid(), 1, 0], &out[b * block_rows, 0])
 
 
-cdef void folded_block(const floating* X, Py_ssize_t m,
-                       const floating* params, const Py_ssize_t* units,
-                       const Py_ssize_t* coef_off, const Py_ssize_t* bias_off,
-                       Py_ssize_t first_layer, Py_ssize_t L, int act,
-                       int out_act, const floating* zeros,
-                       const floating* ones, floating* buf0, floating* buf1,
-                       floating* out) noexcept nogil:
+cdef void folded_block(FoldedLayout layout, const floating* X, Py_ssize_t m,
+                       const floating* params, Py_ssize_t first_layer,
+                       floating* buf0, floating* buf1, floating* out) noexcept nogil:
     """The folded forward pass of ``m`` rows, ``buf0`` and ``buf1`` holding
     the hidden layers' outputs in turn."""
     cdef const floating* src = X
     cdef floating* dst = buf0
     cdef floating* spare = buf1
-    cdef Py_ssize_t l
+    cdef Py_ssize_t l, L = layout.n_layers
+    cdef const Layer* layer
     for l in range(first_layer, L):
+        layer = &layout.layers[l]
         if l == L - 1:
             dst = out
-        cgemm(False, False, <int> m, <int> units[l + 1], <int> units[l],
-              <floating> 1, src, <int> units[l], params + coef_off[l],
-              <int> units[l + 1], <floating> 0, dst, <int> units[l + 1])
+        # dst = src @ W
+        cgemm(False, False, <int> m, <int> layer.fan_out, <int> layer.fan_in,
+              <floating> 1, src, <int> layer.fan_in, params + layer.coef,
+              <int> layer.fan_out, <floating> 0, dst, <int> layer.fan_out)
         if l < L - 1:
-            normalize(dst, dst, m, units[l + 1], units[l + 1], zeros, ones,
-                      params + bias_off[l], act)
+            act_rows(dst, m, layer.fan_out, params + layer.bias, layout.act)
             src = dst
             dst, spare = spare, dst
         else:
-            add_bias_rows(dst, m, units[L], params + bias_off[l])
-            out_activation_rows(dst, m, units[L], out_act)
+            add_bias_rows(dst, m, layer.fan_out, params + layer.bias)
+            out_activation_rows(dst, m, layer.fan_out, layout.out_act)

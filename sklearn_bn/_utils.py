@@ -8,21 +8,14 @@ import threading
 import numpy as np
 
 
-def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
-    """Chan et al.'s pairwise update of (count, mean, ddof=0 variance).
-
-    Vectors of ``n_features``; a column with zero total count keeps mean 0
-    and variance 0. Statistics beyond the float64 range become inf or NaN
-    without numpy's warnings: the caller reports them once.
-    """
-    count = count_a + count_b
-    frac_b = np.divide(count_b, count, out=np.zeros_like(count), where=count > 0)
-    frac_a = 1.0 - frac_b
-    with np.errstate(over="ignore", invalid="ignore"):
-        delta = mean_b - mean_a
-        mean = mean_a + frac_b * delta
-        var = frac_a * var_a + frac_b * var_b + frac_a * frac_b * delta * delta
-    return count, mean, var
+def aligned_zeros(n, dtype):
+    """A zero-filled 1-D array whose data start on a 64-byte boundary (the
+    engine's threads write neighbouring ranges: no cache line is shared when
+    their bounds are multiples of 16 elements)."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(n * dtype.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
 def _restore_on_failure(method):

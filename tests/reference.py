@@ -2,52 +2,35 @@
 and plain-numpy references written from the pinned math (DESIGN.md), never
 from the kernels.
 
-The activations under test are the package's own list: a new activation is
-tested everywhere once it has a reference here (a missing one is a KeyError,
-not a skipped test).
+The activations under test are the package's registry
+(``sklearn_bn/_activation_registry.py``), whose numpy forms are the
+references of the compiled kernels: a new activation is tested everywhere
+once it is registered.
 """
 
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import strategies as st
-from scipy.special import expit, softmax
+from scipy.special import expit, log_softmax, xlogy
 
-from sklearn_bn._activations import ACTIVATIONS as _CODES
+from sklearn_bn._activation_registry import ACTIVATIONS as _HIDDEN
+from sklearn_bn._activation_registry import OUT_ACTIVATIONS as _OUTPUT
 
 DTYPES = [np.float32, np.float64]
 
-ACTIVATIONS = sorted(_CODES, key=_CODES.get)
+ACTIVATIONS = list(_HIDDEN)
 
-_FORWARD = {
-    "identity": lambda y: y,
-    "relu": lambda y: np.maximum(y, 0),
-    "tanh": np.tanh,
-    "logistic": lambda y: 0.5 * (1 + np.tanh(0.5 * y)),  # no overflow
-}
-
-_DERIVATIVE = {
-    "identity": np.ones_like,
-    "relu": lambda y: (y > 0).astype(np.float64),
-    "tanh": lambda y: 1 - np.tanh(y) ** 2,
-    "logistic": lambda y: 0.25 * (1 - np.tanh(0.5 * y) ** 2),
-}
-
-OUT_ACTIVATIONS = {
-    "identity": lambda v: v,
-    "logistic": expit,
-    "exp": np.exp,
-    "softmax": lambda v: softmax(v, axis=1),
-}
+OUT_ACTIVATIONS = {name: a.forward for name, a in _OUTPUT.items()}
 
 
 def activation(name, y):
     """``f(y)`` in float64."""
-    return _FORWARD[name](np.asarray(y, dtype=np.float64))
+    return _HIDDEN[name].forward(np.asarray(y, dtype=np.float64))
 
 
 def activation_derivative(name, y):
     """``f'(y)`` from the pre-activation ``y``, in float64."""
-    return _DERIVATIVE[name](np.asarray(y, dtype=np.float64))
+    return _HIDDEN[name].derivative(np.asarray(y, dtype=np.float64))
 
 
 def forward_from_attributes(est, X):
@@ -118,3 +101,148 @@ def draw_split(data, n_rows, max_cuts):
         label="cuts",
     )
     return [0] + sorted(cuts) + [n_rows]
+
+
+# ---------------------------------------------------------------------------
+# The training-mode objective of one minibatch, from DESIGN.md: batch
+# statistics weighted by sample_weight, scikit-learn's losses and L2 term,
+# and the hidden layers' options (ghost batch norm's chunks, dropout).
+
+BN_EPSILON = 1e-5
+
+_activation_of = activation   # the parameters below named activation hide it
+
+
+def _weights(sw, n):
+    return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
+
+
+def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON,
+                      *, chunks=1, dropout=None):
+    """Training-mode forward in float64.
+
+    ``chunks``: ghost batch norm's number of chunks (the rows split as
+    ``numpy.array_split`` splits them, each normalized with its own
+    statistics). ``dropout``: per hidden layer, ``(rate, keep)`` with
+    ``keep`` the boolean mask of kept units, or None.
+
+    Returns the output layer's raw values, every hidden layer's chunks' batch
+    means and (ddof=0) variances of ``z`` (a list of ``(mean, var)`` per
+    chunk; the whole batch's alone by default), and every hidden layer's
+    pre-activation ``gamma * z_hat + beta`` (to keep ReLU's kink away from
+    the checks).
+    """
+    a = X.toarray() if sp.issparse(X) else np.asarray(X)
+    a = a.astype(np.float64)
+    w = _weights(sw, a.shape[0])
+    parts = np.array_split(np.arange(a.shape[0]), chunks)
+    stats, pre = [], []
+    for l, (W, g, b) in enumerate(zip(coefs[:-1], gammas, intercepts[:-1])):
+        z = a @ np.asarray(W, dtype=np.float64)
+        y = np.empty_like(z)
+        layer_stats = []
+        for rows in parts:
+            mu = np.average(z[rows], axis=0, weights=w[rows])
+            var = np.average((z[rows] - mu) ** 2, axis=0, weights=w[rows])
+            y[rows] = g * (z[rows] - mu) / np.sqrt(var + eps) + b
+            layer_stats.append((mu, var))
+        a = _activation_of(activation, y)
+        if dropout is not None and dropout[l] is not None:
+            rate, keep = dropout[l]
+            a = a * keep / (1 - rate)
+        stats.append(layer_stats[0] if chunks == 1 else layer_stats)
+        pre.append(y)
+    raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
+    return raw, stats, pre
+
+
+def ref_per_sample_loss(raw, Y, out_activation):
+    Y = np.asarray(Y, dtype=np.float64).reshape(raw.shape)
+    if out_activation == "identity":
+        return 0.5 * ((raw - Y) ** 2).sum(axis=1)
+    if out_activation == "logistic":
+        p = expit(raw)
+        return -(xlogy(Y, p) + xlogy(1 - Y, 1 - p)).sum(axis=1)
+    if out_activation == "softmax":
+        return -(Y * log_softmax(raw, axis=1)).sum(axis=1)
+    assert out_activation == "exp"
+    p = np.exp(raw)
+    return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
+
+
+def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
+             eps=BN_EPSILON, **options):
+    """The training-mode objective of one minibatch, in float64 (``options``:
+    those of :func:`ref_forward_train`)."""
+    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps, **options)[0]
+    w = _weights(sw, raw.shape[0])
+    data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
+    l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
+    return data_loss + 0.5 * alpha * l2 / w.sum()
+
+
+def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
+                         out_activation, alpha, h=1e-6, **options):
+    """Central differences of ``ref_loss`` for every parameter."""
+    params = [[np.array(p, dtype=np.float64) for p in group]
+              for group in (coefs, gammas, intercepts)]
+    grads = [[np.zeros_like(p) for p in group] for group in params]
+    for group, ggroup in zip(params, grads):
+        for p, g in zip(group, ggroup):
+            flat, gflat = p.reshape(-1), g.reshape(-1)
+            for i in range(flat.size):
+                old = flat[i]
+                flat[i] = old + h
+                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
+                              **options)
+                flat[i] = old - h
+                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
+                                **options)
+                flat[i] = old
+                gflat[i] = (up - down) / (2 * h)
+    return grads
+
+
+# ---------------------------------------------------------------------------
+# The optimizers' steps (issue #23's pinned math): each one's update from a
+# gradient, keyed by the estimators' solver.
+
+
+def _sgd_update(g, moments, t, lr_t, hyper):
+    """scikit-learn's SGD with (Nesterov's) momentum."""
+    v = hyper["momentum"] * moments[0] - lr_t * g
+    moments[0] = v
+    return hyper["momentum"] * v - lr_t * g if hyper["nesterovs_momentum"] else v
+
+
+def _adam_update(g, moments, t, lr_t, hyper):
+    """scikit-learn's Adam, at its (t + 1)-th step."""
+    b1, b2 = hyper["beta_1"], hyper["beta_2"]
+    m = moments[0] = b1 * moments[0] + (1 - b1) * g
+    v = moments[1] = b2 * moments[1] + (1 - b2) * g**2
+    size = lr_t * np.sqrt(1 - b2 ** (t + 1)) / (1 - b1 ** (t + 1))
+    return -size * m / (np.sqrt(v) + hyper["epsilon"])
+
+
+#: solver -> (its update, its number of moments)
+OPTIMIZER_STEPS = {"sgd": (_sgd_update, 1), "adam": (_adam_update, 2)}
+
+
+def optimizer_steps(solver, hyper, params, gradient, n_steps, lr_of_step, weight_decay=0.0):
+    """``n_steps`` steps from ``params`` (coefs, gammas, intercepts): at step
+    ``t``, ``g = gradient(params, t)``, then every coefficient ``W * (1 -
+    lr_t * weight_decay) + update`` and every other parameter ``p + update``,
+    with ``lr_t = lr_of_step(t)`` and ``hyper`` the estimator's
+    hyper-parameters (by their names)."""
+    update, n_moments = OPTIMIZER_STEPS[solver]
+    params = [[np.array(p, dtype=np.float64) for p in group] for group in params]
+    moments = [[[np.zeros_like(p) for _ in range(n_moments)] for p in group]
+               for group in params]
+    for t in range(n_steps):
+        lr_t = lr_of_step(t)
+        grad = gradient(params, t)
+        for k, (pg, gg, mg) in enumerate(zip(params, grad, moments)):
+            for i, (p, g) in enumerate(zip(pg, gg)):
+                decay = 1 - lr_t * weight_decay if k == 0 else 1.0
+                pg[i] = p * decay + update(g, mg[i], t, lr_t, hyper)
+    return params

@@ -340,35 +340,8 @@ def test_forward_train_constant_columns(dtype, activation):
     assert_allclose(a[:, 3], np.full(20, ref[3]), **tol(dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_forward_infer_matches_numpy(dtype, shape, activation):
-    z, gamma, beta, _, _ = make_layer(shape, dtype)
-    rng = np.random.default_rng(6)
-    mean = rng.standard_normal(shape[1]).astype(dtype)
-    var = rng.uniform(0, 3, shape[1]).astype(dtype)
-    var[0] = 0  # epsilon keeps it positive
-    args = readonly(z, gamma, beta, mean, var)
-    a = np.empty_like(z)
-    _batchnorm.bn_forward_infer(*args, a, EPS, activation)
-    m64, v64 = mean.astype(np.float64), var.astype(np.float64)
-    ref = ref_activation(activation,
-                         gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + EPS) + beta)
-    assert a.dtype == dtype
-    assert_allclose(a, ref, **tol(dtype, scale=10))
-    # In place.
-    z2 = z.copy()
-    _batchnorm.bn_forward_infer(z2, gamma, beta, mean, var, z2, EPS, activation)
-    assert_array_equal(z2, a)
-
-
-def test_forward_infer_equals_train_with_batch_statistics():
-    z, gamma, beta, _, _ = make_layer((64, 10), np.float64)
-    a_train, mean, var = forward(z, gamma, beta, None, EPS, "tanh")
-    a_infer = np.empty_like(z)
-    _batchnorm.bn_forward_infer(z, gamma, beta, mean, var, a_infer, EPS, "tanh")
-    assert_allclose(a_infer, a_train, rtol=1e-14, atol=1e-15)
+# Inference-mode batch norm is the folded network's: see test_training.py
+# (test_folded_layer_is_batch_norm_in_inference_mode and those after it).
 
 
 # ---------------------------------------------------------------------------
@@ -792,10 +765,6 @@ def test_bad_epsilon(epsilon):
         _call_forward(epsilon=epsilon)
     with pytest.raises(ValueError, match="epsilon"):
         _call_backward(epsilon=epsilon)
-    z, gamma, beta, _, _ = make_layer((4, 3), np.float64)
-    with pytest.raises(ValueError, match="epsilon"):
-        _batchnorm.bn_forward_infer(z, gamma, beta, gamma, gamma, np.empty_like(z),
-                                    epsilon)
 
 
 @pytest.mark.parametrize("weights", [np.zeros(5), np.array([1.0, -1, 0, 0, 0]),
@@ -814,8 +783,6 @@ def test_no_rows():
         _batchnorm.bn_forward_train(z, v, v, z.copy(), v.copy(), v.copy())
     with pytest.raises(ValueError, match="at least one row"):
         _batchnorm.bn_backward(z, z, z, v, v, v, v, z.copy(), v.copy(), v.copy())
-    # Inference on no rows is a no-op.
-    _batchnorm.bn_forward_infer(z, v, v, v, v, z.copy())
 
 
 def test_no_columns_is_a_no_op():
@@ -823,7 +790,6 @@ def test_no_columns_is_a_no_op():
     e = np.empty(0)
     _batchnorm.bn_forward_train(z, e, e, z.copy(), e.copy(), e.copy())
     _batchnorm.bn_backward(z, z, z, e, e, e, e, z.copy(), e.copy(), e.copy())
-    _batchnorm.bn_forward_infer(z, e, e, e, e, z.copy())
 
 
 def test_zero_epsilon_with_a_constant_column():
@@ -883,19 +849,6 @@ def test_backward_non_contiguous_and_read_only():
     out.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         _call_backward(dz_out=out)
-
-
-def test_infer_rejects_bad_input():
-    z, gamma, beta, _, _ = make_layer((4, 3), np.float64)
-    a = np.empty_like(z)
-    with pytest.raises(ValueError, match="var"):
-        _batchnorm.bn_forward_infer(z, gamma, beta, gamma, -np.ones(3), a, EPS)
-    with pytest.raises(ValueError, match="shape"):
-        _batchnorm.bn_forward_infer(z, gamma, beta, gamma[:2], gamma, a)
-    with pytest.raises(TypeError):
-        _batchnorm.bn_forward_infer(z, gamma, beta, gamma.astype(np.float32), gamma, a)
-    with pytest.raises(ValueError, match="activation"):
-        _batchnorm.bn_forward_infer(z, gamma, beta, gamma, gamma, a, EPS, "gelu")
 
 
 def test_batch_stats_rejects_bad_input():

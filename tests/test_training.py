@@ -19,11 +19,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
-from scipy.special import expit, log_softmax, softmax, xlogy
+from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from reference import ACTIVATIONS
+from reference import (
+    ACTIVATIONS,
+    optimizer_steps,
+    ref_forward_train,
+    ref_loss,
+    ref_numeric_gradient,
+    ref_per_sample_loss,
+)
 from reference import activation as ref_activation
 from sklearn_bn import _engine, _mlp, _team, _threads, _training
 from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
@@ -34,102 +41,12 @@ from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
 MLPBNClassifier = functools.partial(_MLPBNClassifier, input_preprocessing=None)
 MLPBNRegressor = functools.partial(_MLPBNRegressor, input_preprocessing=None)
 from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
-from sklearn_bn._optimizers import aligned_zeros
+from sklearn_bn._utils import aligned_zeros
 
 BN_EPSILON = 1e-5
 
 # ---------------------------------------------------------------------------
 # The numpy reference
-
-
-def _weights(sw, n):
-    return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
-
-
-def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON,
-                      *, chunks=1, dropout=None):
-    """Training-mode forward in float64.
-
-    ``chunks``: ghost batch norm's number of chunks (the rows split as
-    ``numpy.array_split`` splits them, each normalized with its own
-    statistics). ``dropout``: per hidden layer, ``(rate, keep)`` with
-    ``keep`` the boolean mask of kept units, or None.
-
-    Returns the output layer's raw values, every hidden layer's chunks' batch
-    means and (ddof=0) variances of ``z`` (a list of ``(mean, var)`` per
-    chunk; the whole batch's alone by default), and every hidden layer's
-    pre-activation ``gamma * z_hat + beta`` (to keep ReLU's kink away from
-    the checks).
-    """
-    a = X.toarray() if sp.issparse(X) else np.asarray(X)
-    a = a.astype(np.float64)
-    w = _weights(sw, a.shape[0])
-    parts = np.array_split(np.arange(a.shape[0]), chunks)
-    stats, pre = [], []
-    for l, (W, g, b) in enumerate(zip(coefs[:-1], gammas, intercepts[:-1])):
-        z = a @ np.asarray(W, dtype=np.float64)
-        y = np.empty_like(z)
-        layer_stats = []
-        for rows in parts:
-            mu = np.average(z[rows], axis=0, weights=w[rows])
-            var = np.average((z[rows] - mu) ** 2, axis=0, weights=w[rows])
-            y[rows] = g * (z[rows] - mu) / np.sqrt(var + eps) + b
-            layer_stats.append((mu, var))
-        a = ref_activation(activation, y)
-        if dropout is not None and dropout[l] is not None:
-            rate, keep = dropout[l]
-            a = a * keep / (1 - rate)
-        stats.append(layer_stats[0] if chunks == 1 else layer_stats)
-        pre.append(y)
-    raw = a @ np.asarray(coefs[-1], dtype=np.float64) + intercepts[-1]
-    return raw, stats, pre
-
-
-def ref_per_sample_loss(raw, Y, out_activation):
-    Y = np.asarray(Y, dtype=np.float64).reshape(raw.shape)
-    if out_activation == "identity":
-        return 0.5 * ((raw - Y) ** 2).sum(axis=1)
-    if out_activation == "logistic":
-        p = expit(raw)
-        return -(xlogy(Y, p) + xlogy(1 - Y, 1 - p)).sum(axis=1)
-    if out_activation == "softmax":
-        return -(Y * log_softmax(raw, axis=1)).sum(axis=1)
-    assert out_activation == "exp"
-    p = np.exp(raw)
-    return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
-
-
-def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
-             eps=BN_EPSILON, **options):
-    """The training-mode objective of one minibatch, in float64 (``options``:
-    those of :func:`ref_forward_train`)."""
-    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps, **options)[0]
-    w = _weights(sw, raw.shape[0])
-    data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
-    l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
-    return data_loss + 0.5 * alpha * l2 / w.sum()
-
-
-def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                         out_activation, alpha, h=1e-6, **options):
-    """Central differences of ``ref_loss`` for every parameter."""
-    params = [[np.array(p, dtype=np.float64) for p in group]
-              for group in (coefs, gammas, intercepts)]
-    grads = [[np.zeros_like(p) for p in group] for group in params]
-    for group, ggroup in zip(params, grads):
-        for p, g in zip(group, ggroup):
-            flat, gflat = p.reshape(-1), g.reshape(-1)
-            for i in range(flat.size):
-                old = flat[i]
-                flat[i] = old + h
-                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                              **options)
-                flat[i] = old - h
-                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                                **options)
-                flat[i] = old
-                gflat[i] = (up - down) / (2 * h)
-    return grads
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +78,7 @@ def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
         running_var = np.ones(n_hidden, dtype=dtype)
     params = Parameters(engine.layout.pack(coefs, gammas, intercepts, dtype),
                         running_mean, running_var, n_batches_tracked)
-    engine.workspace.grad[:] = np.nan  # must be overwritten
+    engine.network.grad[:] = np.nan  # must be overwritten
     loss, grad = engine.loss_and_gradient(
         data=engine.bind(X, Y, sw), params=params, update_running=update_running,
         step=step)
@@ -785,6 +702,130 @@ def test_warm_start_continues_from_the_previous_weights(solver):
         assert cold.loss_curve_ == pytest.approx(est.loss_curve_, rel=1e-12)
 
 
+# ---------------------------------------------------------------------------
+# Decoupled weight decay and the cosine schedule (issue #23's pinned math)
+
+
+def cosine_rate(lr, t, T):
+    return lr * (1 + np.cos(np.pi * t / T)) / 2
+
+
+def reference_steps(params, batches, lr_of_step, *, solver, weight_decay=0.0,
+                    momentum=0.0, nesterov=False, alpha=0.0, activation="tanh",
+                    b1=0.9, b2=0.999, eps=1e-8):
+    """The pinned steps of ``solver`` in numpy (reference.optimizer_steps),
+    on central-difference gradients of the minibatches ``batches``."""
+    hyper = {"momentum": momentum, "nesterovs_momentum": nesterov, "beta_1": b1,
+             "beta_2": b2, "epsilon": eps}
+
+    def gradient(params, t):
+        Xb, yb = batches[t]
+        return ref_numeric_gradient(Xb, yb, None, *params, activation, "identity", alpha)
+
+    return optimizer_steps(solver, hyper, params, gradient, len(batches), lr_of_step,
+                           weight_decay)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_weight_decay_shrinks_the_coefficients_only(solver):
+    # One full-batch step: the coefficients are decayed by lr * weight_decay
+    # and stepped from the gradient at the undecayed weights; gammas and
+    # intercepts only take the step. alpha keeps its L2 term.
+    X, y = regression_data(n=8)
+    lr, wd, alpha = 0.05, 0.3, 0.01
+    est = MLPBNRegressor(hidden_layer_sizes=(4, 3), activation="tanh", solver=solver,
+                         momentum=0.0, batch_size=8, shuffle=False, learning_rate_init=lr,
+                         alpha=alpha, weight_decay=wd, random_state=0)
+    est.partial_fit(X, y)
+    params0 = glorot_init([3, 4, 3, 1], "tanh", seed=0)
+    expected = reference_steps(params0, [(X, y)], lambda t: lr, solver=solver,
+                               weight_decay=wd, alpha=alpha)
+    rtol, atol = (1e-7, 1e-9) if solver == "sgd" else (1e-6, 1e-7)
+    assert_params_allclose(est, expected, rtol=rtol, atol=atol)
+    # Without the decay, the coefficients differ by lr * wd * W exactly where
+    # the decay acts, and nothing else moves.
+    plain = clone_params(est, weight_decay=0.0)
+    plain.partial_fit(X, y)
+    for k, (a, b, p0) in enumerate(zip(params_of(est), params_of(plain), params0)):
+        for got, other, w0 in zip(a, b, p0):
+            if k == 0:
+                assert_allclose(other - got, lr * wd * w0, rtol=1e-9, atol=1e-12)
+            else:
+                assert_array_equal(got, other)
+
+
+def clone_params(est, **changes):
+    from sklearn.base import clone
+
+    return clone(est).set_params(**changes)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_cosine_schedule_steps(solver, nesterov):
+    # Two epochs of two minibatches with max_iter=3: T = 3 * 2 steps, step t
+    # (from 0, over the whole fit) at lr * (1 + cos(pi * t / T)) / 2; with
+    # weight decay at the same rate.
+    X, y = regression_data(n=8)
+    lr, wd, max_iter = 0.05, 0.1, 3
+    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver=solver,
+                         momentum=0.9, nesterovs_momentum=nesterov, batch_size=4,
+                         shuffle=False, learning_rate="cosine", learning_rate_init=lr,
+                         alpha=0.0, weight_decay=wd, max_iter=max_iter, tol=0.0,
+                         n_iter_no_change=100, random_state=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.n_iter_ == max_iter
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])] * max_iter
+    expected = reference_steps(glorot_init([3, 4, 1], "tanh", seed=1), batches,
+                               lambda t: cosine_rate(lr, t, 6), solver=solver,
+                               weight_decay=wd, momentum=0.9, nesterov=nesterov)
+    assert_params_allclose(est, expected, rtol=1e-6, atol=1e-7)
+    assert est._optimizer_state["step"] == 6
+
+
+def test_cosine_schedule_restarts_with_warm_start_and_not_in_partial_fit():
+    # T = 1 step: the first step is at lr, a second step of the same fit
+    # would be at lr * (1 + cos(pi)) / 2 = 0. A warm-started fit starts the
+    # schedule again; partial_fit steps at learning_rate_init.
+    X, y = regression_data(n=6, seed=7)
+    lr = 0.1
+    kwargs = dict(hidden_layer_sizes=(3,), activation="tanh", solver="sgd", momentum=0.0,
+                  batch_size=6, shuffle=False, learning_rate="cosine",
+                  learning_rate_init=lr, max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPBNRegressor(**kwargs).fit(X, y)
+        first = params_of(est)
+        est.set_params(warm_start=True).fit(X, y)
+    grad = ref_numeric_gradient(X, y, None, *first, "tanh", "identity", est.alpha)
+    assert_params_allclose(est, sgd_step(first, grad, lr))
+    before = params_of(est)
+    est.partial_fit(X, y)
+    grad = ref_numeric_gradient(X, y, None, *before, "tanh", "identity", est.alpha)
+    assert_params_allclose(est, sgd_step(before, grad, lr))
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_cosine_horizon_counts_the_training_minibatches(early_stopping):
+    # T = max_iter * the minibatches of an epoch over the training rows
+    # (after early stopping's split); a trailing single row joins the
+    # previous minibatch.
+    from sklearn_bn._optimizers import batches_per_epoch
+
+    X, y = regression_data(n=41, seed=8)
+    est = MLPBNRegressor(hidden_layer_sizes=(3,), batch_size=10, learning_rate="cosine",
+                         max_iter=2, early_stopping=early_stopping,
+                         validation_fraction=0.25, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    n_train = 30 if early_stopping else 41   # 41 = 4 * 10 + 1: four minibatches
+    assert batches_per_epoch(n_train, 10) == (3 if early_stopping else 4)
+    assert est._optimizer_state["horizon"] == 2 * batches_per_epoch(n_train, 10)
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("sparse_input", [False, True], ids=["dense", "sparse"])
 def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weighted):
@@ -1064,8 +1105,8 @@ EPOCH_BAD_ARGS = {
                                                    p.running_mean, p.running_var), "theta"),
     "running_mean": ("params", lambda p: Parameters(p.theta, _short(p.running_mean),
                                                     p.running_var), "running_mean"),
-    "moment_1": ("optimizer", "first_moment", "moment_1"),
-    "moment_2": ("optimizer", "second_moment", "moment_2"),
+    "first_moment": ("optimizer", "first_moment", "first_moment"),
+    "second_moment": ("optimizer", "second_moment", "second_moment"),
     "X rows": ("data", lambda d: _engine.TrainingData(**{**vars(d), "X": _short(d.X)}),
                "rows"),
 }
@@ -1146,6 +1187,64 @@ def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
                       "relu", "softmax")
 
 
+# Inference-mode batch norm is the folded network: one hidden layer between
+# identity matrices is that layer alone (products by 1 and 0 are exact).
+FOLDED_SHAPES = [(2, 1), (1, 5), (2, 3), (7, 1), (37, 13), (3, 2100), (600, 70), (40, 1030)]
+
+
+def _one_layer(gamma, beta, mean, var, activation, dtype, epsilon=BN_EPSILON):
+    eye = np.eye(gamma.shape[0])
+    return FoldedNetwork.fold([eye, eye], [gamma], [beta, np.zeros_like(beta)], [mean],
+                              [var], epsilon, activation, "identity", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", FOLDED_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_folded_layer_is_batch_norm_in_inference_mode(dtype, shape, activation):
+    rng = np.random.default_rng(6)
+    z = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
+    beta = rng.uniform(-0.5, 0.5, shape[1]).astype(dtype)
+    mean = rng.standard_normal(shape[1]).astype(dtype)
+    var = rng.uniform(0, 3, shape[1]).astype(dtype)
+    var[0] = 0  # epsilon keeps it positive
+    z.setflags(write=False)
+    a = _one_layer(gamma, beta, mean, var, activation, dtype).predict(z)
+    m64, v64 = mean.astype(np.float64), var.astype(np.float64)
+    expected = ref_activation(
+        activation, gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + BN_EPSILON) + beta)
+    assert a.dtype == dtype
+    rtol, atol = (2e-5, 2e-4) if dtype == np.float32 else (1e-10, 1e-10)
+    assert_allclose(a, expected, rtol=rtol, atol=atol)
+
+
+def test_folded_layer_with_batch_statistics_is_the_training_layer():
+    from sklearn_bn import _batchnorm
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((64, 10)) * 2 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 10), rng.uniform(-0.5, 0.5, 10)
+    a_train, mean, var = np.empty_like(z), np.empty(10), np.empty(10)
+    _batchnorm.bn_forward_train(z, gamma, beta, a_train, mean, var, None, BN_EPSILON, "tanh")
+    a_infer = _one_layer(gamma, beta, mean, var, "tanh", np.float64).predict(z)
+    assert_allclose(a_infer, a_train, rtol=1e-14, atol=1e-15)
+
+
+def test_folded_network_rejects_bad_input():
+    gamma = np.ones(3)
+    with pytest.raises(ValueError, match="var"):
+        _one_layer(gamma, gamma, gamma, -np.ones(3), "relu", np.float64)
+    with pytest.raises(ValueError, match="var"):
+        _one_layer(gamma, gamma, gamma, np.zeros(3), "relu", np.float64, epsilon=0.0)
+    with pytest.raises(ValueError, match="chain"):
+        _one_layer(gamma, gamma, gamma[:2], gamma, "relu", np.float64)
+    with pytest.raises(ValueError, match="activation"):
+        _one_layer(gamma, gamma, gamma, gamma, "gelu", np.float64)
+    folded = _one_layer(gamma, gamma, gamma, gamma, "relu", np.float64)
+    assert folded.predict(np.ones((0, 3))).shape == (0, 3)   # no rows: nothing to do
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 7, 1000])
 def test_aligned_zeros(n, dtype):
@@ -1155,24 +1254,51 @@ def test_aligned_zeros(n, dtype):
     assert_array_equal(a, 0)
 
 
+@pytest.mark.parametrize("dropout", [None, [0.2, 0.0]])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_workspace_blocks_start_on_cache_lines(sparse):
+def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
     # Threads write neighbouring panels of these blocks: each starts at a
     # multiple of 16 elements, and the blocks do not overlap.
-    ws = _engine.Workspace(_engine.ParameterLayout((37, 33, 17, 3)), 51, sparse, np.float32)
-    starts = [ws.xb_off, ws.yb_off, ws.swb_off, ws.p_off,
-              *ws.z_off[:2], *ws.a_off[:2], *ws.d_off[:2]]
-    assert all(s % 16 == 0 for s in starts)
-    sizes = [0 if sparse else 51 * 37, 51 * 3, 51, 51 * 3, 51 * 33, 51 * 17,
-             51 * 33, 51 * 17, 51 * 33, 51 * 17]
-    order = [0, 1, 2, 3, 4, 6, 8, 5, 7, 9]   # z0, a0, d0, z1, a1, d1
-    ends = [starts[i] + sizes[i] for i in order]
-    assert all(e <= s for e, s in zip(ends, [starts[i] for i in order][1:]))
-    assert ends[-1] <= ws.work.size
-    assert ws.var_base % 16 == 0 and ws.scratch_off % 16 == 0
-    assert ws.var_base >= 33 + 17
-    for buffer in (ws.work, ws.dwork, ws.grad):
+    network = _training.Network(
+        (37, 33, 17, 3), activation="relu", out_activation="softmax", dtype=np.float32,
+        max_batch=51, sparse=sparse, weighted=True, alpha=0.0, bn_momentum=0.1,
+        bn_epsilon=1e-5, virtual_batch_size=8, dropout=dropout)
+    buffers = network.buffers()
+    blocks = [(buffers["xb"], 0 if sparse else 51 * 37), (buffers["yb"], 51 * 3),
+              (buffers["swb"], 51), (buffers["p"], 51 * 3), (buffers["gtmp"], 2 * 33)]
+    for l, h in enumerate((33, 17)):
+        layer = network.layer(l)
+        blocks += [(layer["z"], 51 * h), (layer["out"], 51 * h), (layer["delta"], 51 * h)]
+        if layer["dropout"] > 0:
+            blocks += [(layer["dropped"], 51 * h), (layer["keep"], -(-51 * h // 4))]
+        else:
+            assert layer["dropped"] == layer["out"]
+    starts = sorted(blocks)
+    assert all(start % 16 == 0 for start, _ in starts)
+    assert all(a + size <= b for (a, size), (b, _) in zip(starts, starts[1:]))
+    assert starts[-1][0] + starts[-1][1] <= network.work.size
+    # dwork: the chunks' means and variances, the scratch, the rows' losses
+    # and each layer's sums of W ** 2.
+    chunks = 7   # min(ceil(51 / 8), 51 // 2)
+    stride = buffers["stats_stride"]
+    assert stride >= 33 + 17 and stride % 16 == 0
+    dblocks = [(0, chunks * stride), (buffers["var_base"], chunks * stride),
+               (buffers["scratch"], 8 * 33), (buffers["row_loss"], 51)]
+    dblocks += [(network.layer(l)["l2"], size) for l, size in enumerate((37, 33, 17))]
+    dstarts = sorted(dblocks)
+    assert all(start % 16 == 0 for start, _ in dstarts)
+    assert all(a + size <= b for (a, size), (b, _) in zip(dstarts, dstarts[1:]))
+    assert dstarts[-1][0] + dstarts[-1][1] <= network.dwork.size
+    for buffer in (network.work, network.dwork, network.grad):
         assert buffer.ctypes.data % 64 == 0
+    # The parameters: each layer's coefficients, gamma and beta (hidden) or
+    # intercept (output), one after another.
+    offsets = [(network.layer(l)["coef"], network.layer(l)["gamma"], network.layer(l)["bias"])
+               for l in range(3)]
+    assert offsets == [(0, 37 * 33, 37 * 33 + 33), (37 * 33 + 66, 37 * 33 + 66 + 33 * 17,
+                       37 * 33 + 66 + 33 * 17 + 17), (37 * 33 + 66 + 33 * 17 + 34, 0,
+                       37 * 33 + 66 + 33 * 17 + 34 + 17 * 3)]
+    assert network.n_params == 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3 + 3
 
 
 def _fit_and_score(X, y):
@@ -1239,7 +1365,7 @@ def test_ghost_batch_norm_updates_running_stats_once_per_chunk(weighted, dtype):
     X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=11, seed=3, dtype=dtype)
     sw = sample_weights(11) if weighted else None
     _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "tanh", sw, chunks=3)
-    w = _weights(sw, 11)
+    w = np.ones(11) if sw is None else sw
     _, _, rm, rv = engine_loss_and_gradient(
         X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
         bn_momentum=0.2, virtual_batch_size=4)
