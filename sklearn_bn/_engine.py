@@ -211,7 +211,7 @@ class Engine:
             virtual_batch_size=None if virtual_batch_size is None else int(virtual_batch_size),
             dropout=dropout.tolist(), dropout_seed=int(dropout_seed),
         )  # fmt: skip
-        self.n_threads = 1
+        self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
 
     @property
@@ -228,14 +228,15 @@ class Engine:
     @contextlib.contextmanager
     def team(self, batch_size):
         """Run the calls made inside on the team the thread policy gives for
-        minibatches of ``batch_size`` rows (BLAS on one thread meanwhile)."""
+        minibatches of ``batch_size`` rows (BLAS on one thread meanwhile):
+        the pieces every task is cut in, and the threads that take them."""
         work = batch_size * multiply_adds_per_row(self.layout.units)
-        with _threads.training_threads(work) as n_threads:
-            self.n_threads = int(n_threads)
+        with _threads.training_threads(work) as team_size:
+            self.team_size = team_size
             try:
-                yield self.n_threads
+                yield team_size
             finally:
-                self.n_threads = 1
+                self.team_size = _threads.TeamSize(pieces=1, threads=1)
 
     # ------------------------------------------------------------------
     # Data and parameters
@@ -345,14 +346,17 @@ class Engine:
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
         for name, moment in optimizer.moments().items():
             _check_vector(moment, self.layout.n_params, self.dtype, name)
-        if self.n_threads < 1:
-            raise ValueError(f"n_threads must be at least 1, got {self.n_threads}")
+        pieces, n_threads = self.team_size
+        if not (1 <= pieces <= _threads.MAX_PIECES and 1 <= n_threads <= _threads.MAX_THREADS):
+            raise ValueError(f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
+                             f"<= {_threads.MAX_THREADS}, got {self.team_size}")
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
             loss_sum, start = _training.train_epoch(
                 self.network, data, params, optimizer, order, bool(order_is_identity),
-                int(batch_size), start, self._batches_per_call, loss_sum, self.n_threads,
+                int(batch_size), start, self._batches_per_call, loss_sum, int(n_threads),
+                int(pieces),
             )  # fmt: skip
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start

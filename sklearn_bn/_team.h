@@ -1,14 +1,26 @@
 /* The thread team of sklearn_bn's compiled code: OpenMP queries that also
-   compile without OpenMP, and the barrier at which the training engine's
-   threads meet several times per minibatch.
+   compile without OpenMP, and the work queue through which the training
+   engine's threads share every minibatch.
 
-   A thread that reaches the barrier early spins for a short while (the usual
-   wait, when the cores are free, is a few microseconds) and then sleeps,
-   giving its core away. OpenMP's own barrier spins much longer: when another
-   process keeps one of the cores busy, the thread that shares that core runs
-   only in time slices of a few milliseconds while its partner spins, and a
-   whole epoch becomes several times slower than on one thread. Where POSIX
-   threads or GCC's atomics are missing, OpenMP's barrier is used. */
+   The work of a minibatch comes in phases (the gather, each layer forward,
+   the output layer, each layer backward), each made of tasks (a product and
+   what follows it) cut into a fixed number of pieces: the decomposition
+   depends on the shapes and that number only, never on how many threads run
+   or which one takes a piece, so the results do not depend on scheduling. A
+   thread claims the next piece of the current task, works on it, marks it
+   done, and claims again; when no piece is left in a phase it waits for the
+   phase's last piece to be done. Nothing waits for a thread that holds no
+   piece: a thread that the operating system has descheduled (another
+   process on its core) simply takes fewer pieces, and catches up with the
+   phases when it runs again.
+
+   A thread that waits spins for a short while (the usual wait, when the
+   cores are free, is a few microseconds), then yields, then sleeps, giving
+   its core away: a piece holder waiting for a core gets it. OpenMP's own
+   barrier spins much longer, and makes every thread wait for the slowest.
+   Where POSIX threads or GCC's atomics are missing, OpenMP's critical
+   sections and flushes stand in for the atomics, and waits only spin and
+   yield. */
 #ifndef SKLEARN_BN_TEAM_H
 #define SKLEARN_BN_TEAM_H
 
@@ -23,41 +35,51 @@ static inline int sklearn_bn_thread_num(void) { return 0; }
 static inline int sklearn_bn_max_threads(void) { return 1; }
 #endif
 
+/* Pieces of one phase: the low bits of the claim word. */
+#define SKLEARN_BN_PIECE_BITS 24
+#define SKLEARN_BN_PIECE_MASK ((1ULL << SKLEARN_BN_PIECE_BITS) - 1ULL)
+
 #if defined(_OPENMP) && !defined(_WIN32) && defined(__GNUC__)
 #include <pthread.h>
+#include <sched.h>
 #include <time.h>
 
-#define SKLEARN_BN_SPIN_NS 50000
+/* Spin this long before yielding, yield this long before sleeping. */
+#define SKLEARN_BN_SPIN_NS 20000
+#define SKLEARN_BN_YIELD_NS 50000
+
+#define SKLEARN_BN_LINE __attribute__((aligned(64)))
 
 typedef struct {
-    int size;
-    int arrived;
-    unsigned int generation;
+    /* (phase << PIECE_BITS) | the next piece to claim in that phase. */
+    SKLEARN_BN_LINE unsigned long long claim;
+    /* Pieces done in phase g: done[g & 1]. */
+    SKLEARN_BN_LINE long long done[2];
+    /* Phases completed: the index of the phase under way. */
+    SKLEARN_BN_LINE long long phase;
+    long long advancing;   /* the phase whose end is being published */
+    int sleepers;
     pthread_mutex_t mutex;
     pthread_cond_t cond;
-} sklearn_bn_barrier_t;
+} sklearn_bn_work_t;
 
-static inline int sklearn_bn_barrier_init(sklearn_bn_barrier_t* b) {
-    b->size = 1;
-    b->arrived = 0;
-    b->generation = 0;
-    if (pthread_mutex_init(&b->mutex, NULL) != 0) return -1;
-    if (pthread_cond_init(&b->cond, NULL) != 0) {
-        pthread_mutex_destroy(&b->mutex);
+static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
+    w->claim = 0;
+    w->done[0] = w->done[1] = 0;
+    w->phase = 0;
+    w->advancing = 0;
+    w->sleepers = 0;
+    if (pthread_mutex_init(&w->mutex, NULL) != 0) return -1;
+    if (pthread_cond_init(&w->cond, NULL) != 0) {
+        pthread_mutex_destroy(&w->mutex);
         return -1;
     }
     return 0;
 }
 
-static inline void sklearn_bn_barrier_destroy(sklearn_bn_barrier_t* b) {
-    pthread_cond_destroy(&b->cond);
-    pthread_mutex_destroy(&b->mutex);
-}
-
-/* Every thread of the team calls it, with the same value, before its first
-   wait: the team OpenMP gives may be smaller than the threads requested. */
-static inline void sklearn_bn_barrier_join(sklearn_bn_barrier_t* b, int size) {
-    __atomic_store_n(&b->size, size, __ATOMIC_RELAXED);
+static inline void sklearn_bn_work_destroy(sklearn_bn_work_t* w) {
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->mutex);
 }
 
 static inline long long sklearn_bn_now_ns(void) {
@@ -74,61 +96,153 @@ static inline void sklearn_bn_cpu_relax(void) {
 #endif
 }
 
-/* Every write a thread made before its arrival is visible to every thread
-   after the barrier: arrivals are release-acquire on `arrived`, the last one
-   publishes `generation` (release), which the others read with acquire (or
-   under the mutex). */
-static inline void sklearn_bn_barrier_wait(sklearn_bn_barrier_t* b) {
-    unsigned int gen;
-    long long deadline;
-    int k, size = __atomic_load_n(&b->size, __ATOMIC_RELAXED);
-    if (size <= 1) return;
-    gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == size) {
-        /* Nobody arrives again before the new generation is out. */
-        __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
-        pthread_mutex_lock(&b->mutex);
-        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
-        pthread_cond_broadcast(&b->cond);
-        pthread_mutex_unlock(&b->mutex);
-        return;
-    }
-    deadline = sklearn_bn_now_ns() + SKLEARN_BN_SPIN_NS;
+/* The next unclaimed piece of phase `phase` below index `stop` of the
+   phase's pieces, or -1 when there is none (all claimed, or the phase is
+   over). The acquire pairs with the release that opened the phase. */
+static inline long long sklearn_bn_work_claim(sklearn_bn_work_t* w, long long phase,
+                                              long long stop) {
+    unsigned long long c = __atomic_load_n(&w->claim, __ATOMIC_ACQUIRE);
     for (;;) {
-        for (k = 0; k < 64; k++) {
-            if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != gen) return;
-            sklearn_bn_cpu_relax();
-        }
-        if (sklearn_bn_now_ns() > deadline) break;
+        long long k = (long long) (c & SKLEARN_BN_PIECE_MASK);
+        if ((long long) (c >> SKLEARN_BN_PIECE_BITS) != phase || k >= stop) return -1;
+        if (__atomic_compare_exchange_n(&w->claim, &c, c + 1ULL, 1, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return k;
     }
-    pthread_mutex_lock(&b->mutex);
-    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen)
-        pthread_cond_wait(&b->cond, &b->mutex);
-    pthread_mutex_unlock(&b->mutex);
 }
 
-#else  /* OpenMP's barrier, or none without OpenMP */
+/* A piece of phase `phase` is done: everything its thread wrote is
+   published with it (the releases on done[] form one release sequence). */
+static inline void sklearn_bn_work_done(sklearn_bn_work_t* w, long long phase) {
+    __atomic_add_fetch(&w->done[phase & 1], 1, __ATOMIC_RELEASE);
+}
 
-typedef struct { int size; } sklearn_bn_barrier_t;
+/* Open phase + 1, once the `total` pieces of `phase` are done. */
+static inline void sklearn_bn_work_advance(sklearn_bn_work_t* w, long long phase) {
+    __atomic_store_n(&w->done[(phase + 1) & 1], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->claim, (unsigned long long) (phase + 1) << SKLEARN_BN_PIECE_BITS,
+                     __ATOMIC_RELEASE);
+    __atomic_store_n(&w->phase, phase + 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&w->mutex);
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->mutex);
+    }
+}
 
-static inline int sklearn_bn_barrier_init(sklearn_bn_barrier_t* b) {
-    b->size = 1;
+/* Whether `phase` is over; the caller that finds its `total` pieces done
+   first publishes it. */
+static inline int sklearn_bn_work_over(sklearn_bn_work_t* w, long long phase,
+                                       long long total) {
+    long long expected = phase;
+    if (__atomic_load_n(&w->phase, __ATOMIC_ACQUIRE) > phase) return 1;
+    if (__atomic_load_n(&w->done[phase & 1], __ATOMIC_ACQUIRE) < total) return 0;
+    if (__atomic_compare_exchange_n(&w->advancing, &expected, phase + 1, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        sklearn_bn_work_advance(w, phase);
+    return __atomic_load_n(&w->phase, __ATOMIC_ACQUIRE) > phase;
+}
+
+/* Wait until `phase` (of `total` pieces) is over: every write made in its
+   pieces is then visible. */
+static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long phase,
+                                             long long total) {
+    long long start, now;
+    int k;
+    if (sklearn_bn_work_over(w, phase, total)) return;
+    start = sklearn_bn_now_ns();
+    for (;;) {
+        for (k = 0; k < 64; k++) {
+            if (sklearn_bn_work_over(w, phase, total)) return;
+            sklearn_bn_cpu_relax();
+        }
+        now = sklearn_bn_now_ns();
+        if (now - start > SKLEARN_BN_SPIN_NS + SKLEARN_BN_YIELD_NS) break;
+        if (now - start > SKLEARN_BN_SPIN_NS) sched_yield();
+    }
+    /* Asleep, a thread only waits for the phase to be published: its last
+       piece's thread publishes it (after its own last check above, every
+       thread's pieces are done or held by a thread that is awake). The
+       sequentially consistent pair (sleepers here, phase in advance())
+       makes sure that either the publisher sees the sleeper or the sleeper
+       sees the new phase. */
+    pthread_mutex_lock(&w->mutex);
+    __atomic_add_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&w->phase, __ATOMIC_SEQ_CST) <= phase)
+        pthread_cond_wait(&w->cond, &w->mutex);
+    __atomic_sub_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&w->mutex);
+}
+
+#else  /* OpenMP's critical sections and flushes, or one thread without OpenMP */
+
+typedef struct {
+    unsigned long long claim;
+    long long done[2];
+    long long phase;
+    long long advancing;
+} sklearn_bn_work_t;
+
+static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
+    w->claim = 0;
+    w->done[0] = w->done[1] = 0;
+    w->phase = 0;
+    w->advancing = 0;
     return 0;
 }
 
-static inline void sklearn_bn_barrier_destroy(sklearn_bn_barrier_t* b) { (void) b; }
+static inline void sklearn_bn_work_destroy(sklearn_bn_work_t* w) { (void) w; }
 
-static inline void sklearn_bn_barrier_join(sklearn_bn_barrier_t* b, int size) {
-    b->size = size;  /* the same value from every thread */
-}
-
+static inline long long sklearn_bn_work_claim(sklearn_bn_work_t* w, long long phase,
+                                              long long stop) {
+    long long k = -1;
 #ifdef _OPENMP
-static inline void sklearn_bn_barrier_wait(sklearn_bn_barrier_t* b) {
-    if (b->size > 1) { _Pragma("omp barrier") }
-}
-#else
-static inline void sklearn_bn_barrier_wait(sklearn_bn_barrier_t* b) { (void) b; }
+#pragma omp critical(sklearn_bn_work)
 #endif
+    {
+        long long next = (long long) (w->claim & SKLEARN_BN_PIECE_MASK);
+        if ((long long) (w->claim >> SKLEARN_BN_PIECE_BITS) == phase && next < stop) {
+            k = next;
+            w->claim += 1ULL;
+        }
+    }
+    return k;
+}
+
+static inline void sklearn_bn_work_done(sklearn_bn_work_t* w, long long phase) {
+#ifdef _OPENMP
+#pragma omp critical(sklearn_bn_work)
+#endif
+    w->done[phase & 1] += 1;
+}
+
+static inline int sklearn_bn_work_over(sklearn_bn_work_t* w, long long phase,
+                                       long long total) {
+    int over = 0;
+#ifdef _OPENMP
+#pragma omp critical(sklearn_bn_work)
+#endif
+    {
+        if (w->phase > phase) {
+            over = 1;
+        } else if (w->done[phase & 1] >= total) {
+            w->done[(phase + 1) & 1] = 0;
+            w->claim = (unsigned long long) (phase + 1) << SKLEARN_BN_PIECE_BITS;
+            w->phase = phase + 1;
+            over = 1;
+        }
+    }
+    return over;
+}
+
+static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long phase,
+                                             long long total) {
+    while (!sklearn_bn_work_over(w, phase, total)) {
+#ifdef _OPENMP
+#pragma omp taskyield
+#endif
+    }
+}
 
 #endif
 

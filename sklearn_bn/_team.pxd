@@ -1,17 +1,20 @@
 # The thread team shared by the compiled modules: OpenMP queries (valid
-# outside a parallel region and without OpenMP: a team of one), the barrier
-# of _team.h, and how a team shares a range of work.
+# outside a parallel region and without OpenMP: a team of one), and the work
+# queue of _team.h through which a team shares the pieces of each phase.
 
 cdef extern from "_team.h":
     int team_size "sklearn_bn_team_size"() noexcept nogil
     int thread_num "sklearn_bn_thread_num"() noexcept nogil
     int omp_max_threads "sklearn_bn_max_threads"() noexcept nogil
-    ctypedef struct Barrier "sklearn_bn_barrier_t":
-        int size
-    int barrier_init "sklearn_bn_barrier_init"(Barrier* b) noexcept nogil
-    void barrier_join "sklearn_bn_barrier_join"(Barrier* b, int size) noexcept nogil
-    void barrier_destroy "sklearn_bn_barrier_destroy"(Barrier* b) noexcept nogil
-    void barrier_wait "sklearn_bn_barrier_wait"(Barrier* b) noexcept nogil
+    ctypedef struct Work "sklearn_bn_work_t":
+        long long phase
+    int work_init "sklearn_bn_work_init"(Work* w) noexcept nogil
+    void work_destroy "sklearn_bn_work_destroy"(Work* w) noexcept nogil
+    long long work_claim "sklearn_bn_work_claim"(Work* w, long long phase,
+                                                 long long stop) noexcept nogil
+    void work_done "sklearn_bn_work_done"(Work* w, long long phase) noexcept nogil
+    void work_phase_end "sklearn_bn_work_phase_end"(Work* w, long long phase,
+                                                    long long total) noexcept nogil
 
 
 cdef enum:
@@ -20,17 +23,72 @@ cdef enum:
 
 
 cdef struct Team:
-    int tid                      # this thread, from 0
-    int size                     # threads sharing the work
-    Barrier* barrier             # shared by the team
+    # One thread's view of its team: the shared work queue and where this
+    # thread stands in the phases (every thread goes through the same
+    # phases and tasks, in the same order).
+    Work* work
+    int pieces                   # each task's pieces: the fixed decomposition
+    long long phase              # the phase this thread is in
+    long long offset             # pieces of the phase's earlier tasks
+    long long held               # the piece this thread works on (-1: none)
 
 
-cdef inline void share(Py_ssize_t n, Py_ssize_t align, const Team* team,
-                       Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """This thread's part ``[lo, hi)`` of ``range(n)``: contiguous parts whose
-    bounds are multiples of ``align`` (so that threads do not write to the
-    same cache line); the last threads may get nothing."""
-    cdef Py_ssize_t part = (n + team.size - 1) // team.size
+cdef inline void team_start(Team* team, Work* work, int pieces) noexcept nogil:
+    team.work = work
+    team.pieces = pieces
+    team.phase = 0
+    team.offset = 0
+    team.held = -1
+
+
+cdef inline void piece_bounds(Py_ssize_t n, Py_ssize_t align, Py_ssize_t pieces,
+                              Py_ssize_t piece, Py_ssize_t* lo,
+                              Py_ssize_t* hi) noexcept nogil:
+    """Piece ``piece`` ``[lo, hi)`` of ``range(n)`` cut in ``pieces``
+    contiguous parts whose bounds are multiples of ``align`` (so that no two
+    pieces write to the same cache line); the last pieces may be empty."""
+    cdef Py_ssize_t part = (n + pieces - 1) // pieces
     part = (part + align - 1) // align * align
-    lo[0] = min(team.tid * part, n)
+    lo[0] = min(piece * part, n)
     hi[0] = min(lo[0] + part, n)
+
+
+cdef inline bint next_piece_of(Team* team, Py_ssize_t n, Py_ssize_t align,
+                               Py_ssize_t pieces, Py_ssize_t* lo,
+                               Py_ssize_t* hi) noexcept nogil:
+    """Mark the piece this thread held done, then claim the next non-empty
+    piece ``[lo, hi)`` of the current task (``range(n)`` cut in ``pieces``, see
+    :func:`piece_bounds`). False when the task has none left for this thread:
+    the next call claims in the next task of the phase.
+
+    Use as ``while next_piece(team, n, align, &lo, &hi): work on [lo, hi)``;
+    every thread goes through every task of every phase, whether it gets a
+    piece of it or not."""
+    cdef long long k
+    if team.held >= 0:
+        work_done(team.work, team.phase)
+        team.held = -1
+    while True:
+        k = work_claim(team.work, team.phase, team.offset + pieces)
+        if k < 0:
+            team.offset += pieces
+            return False
+        piece_bounds(n, align, pieces, <Py_ssize_t> (k - team.offset), lo, hi)
+        if hi[0] > lo[0]:
+            team.held = k
+            return True
+        work_done(team.work, team.phase)   # an empty piece
+
+
+cdef inline bint next_piece(Team* team, Py_ssize_t n, Py_ssize_t align, Py_ssize_t* lo,
+                            Py_ssize_t* hi) noexcept nogil:
+    """:func:`next_piece_of` in the team's fixed number of pieces."""
+    return next_piece_of(team, n, align, team.pieces, lo, hi)
+
+
+cdef inline void phase_end(Team* team) noexcept nogil:
+    """Wait until every piece of the current phase is done (this thread's
+    are), then enter the next phase: what any piece wrote is visible."""
+    work_phase_end(team.work, team.phase, team.offset)
+    team.phase += 1
+    team.offset = 0

@@ -36,6 +36,7 @@ threads.
 import contextlib
 import os
 import threading
+from typing import NamedTuple
 
 import joblib
 import threadpoolctl
@@ -56,6 +57,19 @@ BLAS_THREADING_MULTIPLY_ADDS = 1 << 18
 
 # Multiply-adds a prediction thread must get for the team to pay.
 MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD = 1 << 22
+
+# The compiled team's limits (_team.pxd): threads, and pieces per task.
+MAX_THREADS = 64
+MAX_PIECES = 64
+
+
+class TeamSize(NamedTuple):
+    """The engine's team: the pieces every task of a minibatch is cut in
+    (the results depend on it), and the threads that take them (at most as
+    many; the results do not depend on it)."""
+
+    pieces: int
+    threads: int
 
 
 class _ProcessState:
@@ -275,23 +289,25 @@ if hasattr(os, "register_at_fork"):
 @contextlib.contextmanager
 def training_threads(multiply_adds):
     """The engine's team for minibatches of ``multiply_adds`` multiply-adds
-    (in the matrix products); yields its size.
+    (in the matrix products); yields its :class:`TeamSize`.
 
-    As many threads as BLAS may run (the lowest threadpoolctl limit the
-    user set on the loaded BLAS libraries) within :func:`max_threads` and
-    the cores other teams leave; one thread below
-    ``MIN_MULTIPLY_ADDS_FOR_THREADS``. BLAS runs on one thread until the
+    Pieces: as many as BLAS may run threads (the lowest threadpoolctl limit
+    the user set on the loaded BLAS libraries) within :func:`max_threads`;
+    one below ``MIN_MULTIPLY_ADDS_FOR_THREADS``. They depend on the user's
+    limits and the machine only, so that a fit gives the same model whatever
+    else runs. Threads: as many as the pieces, within the cores that the
+    teams of other Python threads leave. BLAS runs on one thread until the
     context exits, unless the minibatches are too small for it to start its
     own threads anyway: the engine never runs more threads than its team.
     """
     if multiply_adds < MIN_MULTIPLY_ADDS_FOR_THREADS:
-        yield 1
+        yield TeamSize(pieces=1, threads=1)
         return
-    wanted = min(_BLAS_OWNER.original_limit(), max_threads())
-    with _TEAMS.reserve(wanted) as n_threads, _BLAS_OWNER.one_thread() as limited:
+    pieces = max(1, min(_BLAS_OWNER.original_limit(), max_threads(), MAX_PIECES))
+    with _TEAMS.reserve(pieces) as n_threads, _BLAS_OWNER.one_thread() as limited:
         # Another thread of the user's holds OpenBLAS at several threads:
         # BLAS's own threads then do the work, as the user asked.
-        yield _mark_team_started(n_threads if limited else 1)
+        yield TeamSize(pieces=pieces, threads=_mark_team_started(n_threads if limited else 1))
 
 
 @contextlib.contextmanager

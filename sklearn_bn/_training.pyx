@@ -18,17 +18,24 @@ activation); the output layer and the loss; the backward pass of the output
 layer and of each hidden layer; the optimizer steps, in place on one flat
 parameter vector, each group of parameters stepped as soon as nothing needs
 its old values, while its gradient is still in cache (the optimizer is an
-object of ``_optimizers.pyx``; each thread steps the parameters whose
+object of ``_optimizers.pyx``; each piece steps the parameters whose
 gradient it computed).
 
-Threads: with ``n_threads > 1`` an OpenMP team runs the epoch, every thread
-taking its share of each minibatch (``_team.pxd``'s ``share``) and calling
-BLAS on it (the caller limits BLAS to one thread meanwhile). Rows are shared
-for the gather, the output layer and the loss; units (column panels) for the
-hidden layers, whose batch statistics are per column. A thread reads what
-another wrote only after the team's barrier (``_team.h``): one after the
-gather, one per hidden layer forward, one after the loss, one per hidden
-layer backward but the lowest, and one at the end.
+Threads: every task of a minibatch (a product and what follows it) is cut
+in a fixed number of pieces, ``pieces`` (the team the thread policy chose):
+rows for the gather, the output layer and the loss; units (column panels)
+for the hidden layers, whose batch statistics are per column. With
+``n_threads > 1`` an OpenMP team runs the epoch, its threads claiming the
+pieces from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS
+on them (the caller limits BLAS to one thread meanwhile). The tasks come in
+phases: a piece reads what another wrote only in a later phase
+(``phase_end``): one after the gather, one per hidden layer forward, one
+after the loss, one per hidden layer backward but the lowest, and one at
+the end. Nothing waits for a thread that holds no piece, so a thread that
+another process keeps off its core takes fewer pieces instead of holding
+the others up; and since the pieces are the same whoever takes them, the
+results depend on ``pieces`` only, not on the number of threads or on
+their scheduling.
 
 Parameter layout (the flat vector ``theta``; ``grad`` and the optimizer's
 moments have the same layout): for each weight layer, its coefficient matrix
@@ -65,8 +72,8 @@ from sklearn_bn._batchnorm cimport (
     SCRATCH_PER_COLUMN)
 from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
-    Barrier, Team, MAX_THREADS, barrier_init, barrier_join, barrier_destroy,
-    barrier_wait, share, team_size, thread_num)
+    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, team_start,
+    thread_num, work_destroy, work_init)
 from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
@@ -168,6 +175,7 @@ cdef struct Epoch:
     double loss_sum              # minibatch loss x rows, added in order
     Py_ssize_t step              # the optimizer's steps
     Py_ssize_t tracked           # updates of the running statistics
+    int pieces                   # every task's pieces (the results depend on it)
 
 
 cdef struct Minibatch:
@@ -182,8 +190,6 @@ cdef struct Minibatch:
     Py_ssize_t step              # the optimizer's steps before this batch
     bint stepping                # the optimizer steps the parameters (else: gradient only)
     Step update                  # the optimizer's rates for this step (this thread's copy)
-    Py_ssize_t r0                # this thread's rows [r0, r1)
-    Py_ssize_t r1
     const char* xin              # the minibatch's rows of X (NULL when sparse)
 
 
@@ -453,7 +459,7 @@ cdef Buffers _buffers(Network network, params):
 def train_epoch(Network network not None, data, params, Optimizer optimizer not None,
                 const Py_ssize_t[::1] order, bint order_is_identity,
                 Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t max_batches,
-                double loss_sum, int n_threads):
+                double loss_sum, int n_threads, int pieces):
     """Run up to ``max_batches`` minibatches of an epoch over the rows in
     ``order``, from row ``start`` of it; update everything in place.
 
@@ -463,10 +469,12 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     consecutive slices of ``order`` of ``batch_size`` rows; a trailing single
     row joins the previous minibatch. Minibatches whose weights sum to zero
     are skipped. The optimizer steps the parameters once per minibatch and
-    counts its steps (``optimizer.step``). With ``n_threads > 1`` an OpenMP
-    team shares every minibatch (BLAS should then be limited to one thread);
-    with one, no team is started. A whole epoch in several calls gives what
-    it gives in one.
+    counts its steps (``optimizer.step``). Every task of a minibatch is cut
+    in ``pieces`` pieces; with ``n_threads > 1`` an OpenMP team takes them
+    (BLAS should then be limited to one thread), with one no team is started.
+    The results depend on ``pieces``, never on ``n_threads`` nor on which
+    thread takes which piece. A whole epoch in several calls gives what it
+    gives in one.
 
     Returns
     -------
@@ -481,7 +489,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     cdef Data d = _data(net, data)
     cdef Buffers buf = _buffers(network, params)
     cdef Epoch epoch
-    cdef Barrier barrier
+    cdef Work work
     cdef bint single = network.single
     epoch.order = &order[0]
     epoch.n = order.shape[0]
@@ -492,23 +500,24 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     epoch.loss_sum = loss_sum
     epoch.step = optimizer.step
     epoch.tracked = params.n_batches_tracked
+    epoch.pieces = pieces
     optimizer.bind()
-    if barrier_init(&barrier) != 0:
-        raise MemoryError("could not create the threads' barrier")
+    if work_init(&work) != 0:
+        raise MemoryError("could not create the threads' work queue")
     with nogil:
         if n_threads == 1:
             # Never enters OpenMP: nothing a fork() could leave broken.
             if single:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <float*> NULL)
+                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
             else:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <double*> NULL)
+                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
         else:
             with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
                 if single:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <float*> NULL)
+                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
                 else:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &barrier, <double*> NULL)
-    barrier_destroy(&barrier)
+                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
+    work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
     return epoch.loss_sum, epoch.start
@@ -536,42 +545,41 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
     cdef Buffers buf = _buffers(network, params)
     cdef Minibatch mb
     cdef Team team
-    cdef Barrier barrier
-    cdef double loss
+    cdef Work work
+    cdef double loss = 0
     cdef bint single = network.single
     cdef Py_ssize_t tracked = params.n_batches_tracked
     cdef Optimizer no_optimizer = None
     rows = np.arange(data.n_samples, dtype=np.intp)
     cdef const Py_ssize_t[::1] row_view = rows
-    if barrier_init(&barrier) != 0:
-        raise MemoryError("could not create the threads' barrier")
-    team.tid = 0
-    team.size = 1
-    team.barrier = &barrier
+    if work_init(&work) != 0:
+        raise MemoryError("could not create the work queue")
+    team_start(&team, &work, 1)
     with nogil:
         if single:
-            loss = one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
-                             row_view.shape[0], update_running, tracked, step,
-                             <float*> NULL)
+            one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
+                      row_view.shape[0], update_running, tracked, step, &loss,
+                      <float*> NULL)
         else:
-            loss = one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
-                             row_view.shape[0], update_running, tracked, step,
-                             <double*> NULL)
-    barrier_destroy(&barrier)
+            one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
+                      row_view.shape[0], update_running, tracked, step, &loss,
+                      <double*> NULL)
+    work_destroy(&work)
     return loss, mb.wsum
 
 
-cdef double one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
-                      Minibatch* mb, Team* team, const Py_ssize_t* rows, Py_ssize_t m,
-                      bint update_running, Py_ssize_t tracked, Py_ssize_t step,
-                      floating* dtype) noexcept nogil:
-    """Loss and gradient of rows ``rows[:m]`` as one minibatch, without an
-    optimizer step (``none`` is None; see :func:`loss_and_gradient`)."""
+cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
+                    Minibatch* mb, Team* team, const Py_ssize_t* rows, Py_ssize_t m,
+                    bint update_running, Py_ssize_t tracked, Py_ssize_t step,
+                    double* loss_out, floating* dtype) noexcept nogil:
+    """Loss (into ``loss_out``) and gradient of rows ``rows[:m]`` as one
+    minibatch, on one thread, without an optimizer step (``none`` is None;
+    see :func:`loss_and_gradient`)."""
     start_minibatch(net, data, rows, m, True, mb, dtype)
     mb.tracked = tracked
     mb.step = step
     mb.stepping = False
-    return minibatch_step(net, none, data, buf, mb, team, update_running, dtype)
+    minibatch_step(net, none, data, buf, mb, team, update_running, loss_out, 1.0, dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -579,24 +587,25 @@ cdef double one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
 
 
 cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
-                    Epoch* epoch, Barrier* barrier, floating* dtype) noexcept nogil:
+                    Epoch* epoch, Work* work, floating* dtype) noexcept nogil:
     """The minibatch loop of (part of) an epoch, run by every thread of the
-    current OpenMP team (or by the caller alone); thread 0 writes where the
-    epoch stands back to ``epoch``.
+    current OpenMP team (or by the caller alone), each taking pieces of the
+    minibatches' tasks from ``work``. Every thread goes through the same
+    minibatches, phases and tasks: the minibatches' bookkeeping depends on
+    the epoch's rows and their weights only, so a thread that ran late
+    catches up (and takes no piece of a phase already over). The loss
+    accumulates in ``epoch.loss_sum`` (one piece per minibatch adds it);
+    thread 0 writes where the epoch stands back to ``epoch``.
 
-    Every thread steps the parameters whose gradient it computed, with its
-    own copy of the step's rates. No barrier after a step: the next
-    minibatch reads the parameters only after its gather's barrier.
+    Every piece steps the parameters whose gradient it computed, with its
+    thread's copy of the step's rates. No phase ends after a step: the next
+    minibatch reads the parameters only after its gather's phase.
     """
     cdef Team team
     cdef Minibatch mb
     cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
     cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked
-    cdef double loss_sum = epoch.loss_sum, loss
-    team.tid = thread_num()
-    team.size = team_size()
-    team.barrier = barrier
-    barrier_join(barrier, team.size)
+    team_start(&team, work, epoch.pieces)
     while start < n and batches < epoch.max_batches:
         m = min(epoch.batch_size, n - start)
         if n - start - m == 1:
@@ -609,14 +618,13 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
             mb.stepping = True
             mb.update.t = step
             opt.prepare(&mb.update)
-            loss = minibatch_step(net, opt, data, buf, &mb, &team, True, dtype)
-            loss_sum += loss * m
+            minibatch_step(net, opt, data, buf, &mb, &team, True, &epoch.loss_sum, m,
+                           dtype)
             step += 1
             tracked += mb.n_updates
         start += m
         batches += 1
-    if team.tid == 0:
-        epoch.loss_sum = loss_sum
+    if thread_num() == 0:
         epoch.step = step
         epoch.start = start
         epoch.tracked = tracked
@@ -629,7 +637,7 @@ cdef void start_minibatch(const Net* net, const Data* data,
     """The minibatch of rows ``rows[:m]`` and its weights.
 
     Every thread sums the weights (same order, same value): all of them then
-    take the same branches and meet at the same barriers. The running
+    take the same branches and go through the same phases. The running
     variance's correction ``m / (m - 1)`` takes its ``m`` from
     ``unbiased_count``, the rule BatchNormScaler follows too.
     """
@@ -710,43 +718,49 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
     n_running[0] = unbiased_count(wsum[0], n_positive)
 
 
-cdef double minibatch_step(Net* net, Optimizer opt, const Data* data,
-                           Buffers* buf, Minibatch* mb, Team* team,
-                           bint update_running, floating* dtype) noexcept nogil:
+cdef void minibatch_step(Net* net, Optimizer opt, const Data* data,
+                         Buffers* buf, Minibatch* mb, Team* team,
+                         bint update_running, double* loss_sum, double rows,
+                         floating* dtype) noexcept nogil:
     """Loss of one minibatch and its gradient in ``buf.grad``; when
-    ``mb.stepping``, each thread also steps the parameters whose gradient it
-    computed, as soon as no thread needs their old values.
+    ``mb.stepping``, each piece also steps the parameters whose gradient it
+    computed, as soon as no piece needs their old values.
 
-    Run by every thread of ``team``; every gradient is complete on return.
-    Returns the weighted mean loss plus the L2 term (0 when the weights sum
-    to zero: then nothing is written).
+    Run by every thread of ``team``, in phases (:func:`phase_end`): a phase's
+    pieces read what the earlier phases wrote. Every gradient is complete
+    once the last phase is over (the next minibatch's gather, or the end of
+    the team). One piece adds ``rows`` x the loss (the weighted mean loss
+    plus the L2 term) to ``loss_sum``; nothing is done when the weights sum
+    to zero.
     """
-    cdef Py_ssize_t l, L = net.n_layers
-    cdef double loss, l2
+    cdef Py_ssize_t l, L = net.n_layers, lo, hi
+    cdef double l2
     if not mb.wsum > 0:
-        return 0.0
+        return
     l2 = net.alpha / mb.wsum
     gather(net, data, buf, mb, team, dtype)
-    barrier_wait(team.barrier)
+    phase_end(team)
     for l in range(L - 1):
         forward_hidden(net, data, buf, mb, team, l, update_running, dtype)
-        barrier_wait(team.barrier)
-    forward_output(net, data, buf, mb, dtype)
-    barrier_wait(team.barrier)
-    loss = data_loss(net, buf, mb)
+        phase_end(team)
+    forward_output(net, data, buf, mb, team, dtype)
+    phase_end(team)
     backward_output(net, opt, data, buf, mb, team, l2, dtype)
     for l in range(L - 2, -1, -1):
         backward_hidden(net, opt, data, buf, mb, team, l, l2, dtype)
         if l > 0:
-            barrier_wait(team.barrier)   # the layer below needs every column of this delta
+            phase_end(team)   # the layer below needs every column of this delta
             if l + 1 < L - 1:
-                # Every thread's share of this delta is done: nothing reads
-                # the coefficients of the layer above any more.
+                # Every piece of this delta is done: nothing reads the
+                # coefficients of the layer above any more.
                 step_hidden_coefs(net, opt, buf, mb, team, l + 1, dtype)
-    barrier_wait(team.barrier)
+    phase_end(team)
     if L > 2:
         step_hidden_coefs(net, opt, buf, mb, team, 1, dtype)
-    return net.data_loss_scale * loss + 0.5 * l2 * sum_of_squared_coefs(net, buf)
+    # The rows' losses and the coefficients' sums of squares are complete.
+    while next_piece_of(team, 1, 1, 1, &lo, &hi):
+        loss_sum[0] += rows * (net.data_loss_scale * data_loss(net, buf, mb)
+                               + 0.5 * l2 * sum_of_squared_coefs(net, buf))
 
 
 cdef double data_loss(const Net* net, const Buffers* buf,
@@ -808,9 +822,9 @@ cdef inline const floating* batch_weights(const Net* net, const Buffers* buf,
 
 
 cdef void gather(const Net* net, const Data* data, Buffers* buf,
-                 Minibatch* mb, const Team* team, floating* dtype) noexcept nogil:
-    """This thread's rows of the minibatch's Y, weights and X (X only when
-    its rows are not contiguous: then it is read in place)."""
+                 Minibatch* mb, Team* team, floating* dtype) noexcept nogil:
+    """The minibatch's rows of Y, of the weights and of X (X only when its
+    rows are not contiguous: then it is read in place), by pieces of rows."""
     cdef const floating* X = <const floating*> data.X
     cdef const floating* Y = <const floating*> data.Y
     cdef const floating* sw = <const floating*> data.sample_weight
@@ -818,49 +832,56 @@ cdef void gather(const Net* net, const Data* data, Buffers* buf,
     cdef floating* xb = work + net.xb
     cdef floating* yb = work + net.yb
     cdef floating* swb = work + net.swb
-    cdef Py_ssize_t k, nf = net.n_features, n_out = net.n_out
+    cdef Py_ssize_t k, r0, r1, nf = net.n_features, n_out = net.n_out
     cdef const Py_ssize_t* rows = mb.rows
-    share(mb.m, ROW_ALIGN, team, &mb.r0, &mb.r1)
-    for k in range(mb.r0, mb.r1):
-        memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
-        if net.weighted:
-            swb[k] = sw[rows[k]]
+    cdef bint copy_x = not (net.sparse or mb.contiguous)
     if net.sparse:
         mb.xin = NULL
     elif mb.contiguous:
         mb.xin = <const char*> (X + rows[0] * nf)
     else:
-        for k in range(mb.r0, mb.r1):
-            memcpy(xb + k * nf, X + rows[k] * nf, nf * sizeof(floating))
         mb.xin = <const char*> xb
+    while next_piece(team, mb.m, ROW_ALIGN, &r0, &r1):
+        for k in range(r0, r1):
+            memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
+            if net.weighted:
+                swb[k] = sw[rows[k]]
+        if copy_x:
+            for k in range(r0, r1):
+                memcpy(xb + k * nf, X + rows[k] * nf, nf * sizeof(floating))
 
 
 cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
-                         const Minibatch* mb, const Team* team, Py_ssize_t l,
+                         const Minibatch* mb, Team* team, Py_ssize_t l,
                          bint update_running, floating* dtype) noexcept nogil:
-    """Hidden layer ``l`` on this thread's columns: ``z = a @ W``, batch norm
-    fused with the activation on each chunk of rows (its batch statistics go
-    to ``dwork``), the running statistics' update, and dropout.
+    """Hidden layer ``l``, by pieces of columns (panels)."""
+    cdef Py_ssize_t c0, c1
+    while next_piece(team, net.layers[l].fan_out, COL_ALIGN, &c0, &c1):
+        forward_hidden_panel(net, data, buf, mb, l, c0, c1, update_running, dtype)
 
-    The thread's panel of ``z`` is a contiguous block (see
-    :func:`z_panel`)."""
+
+cdef void forward_hidden_panel(const Net* net, const Data* data, Buffers* buf,
+                               const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
+                               Py_ssize_t c1, bint update_running,
+                               floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` on columns ``c0:c1``: ``z = a @ W``, batch norm fused
+    with the activation on each chunk of rows (its batch statistics go to
+    ``dwork``), the running statistics' update, and dropout.
+
+    The panel of ``z`` is a contiguous block (see :func:`z_panel`)."""
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
     cdef const floating* swb = batch_weights(net, buf, dtype)
-    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c0, c1
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out
     cdef Py_ssize_t c, lo, hi, updates = 0
     cdef const floating* W = theta + layer.coef
     cdef floating* a = work + layer.out
-    cdef floating* z
+    cdef floating* z = z_panel(net, buf, mb, l, c0, dtype)
     cdef double* mean
     cdef double* var
     cdef double wsum, n_running
     cdef Panel panel
-    share(fan_out, COL_ALIGN, team, &c0, &c1)
-    if c1 <= c0:
-        return
-    z = z_panel(net, buf, mb, l, c0, dtype)
     if l == 0 and net.sparse:
         sparse_rows_matmul(data, mb.rows, mb.m, W, fan_out, c0, c1, z, c1 - c0)
     else:
@@ -937,21 +958,27 @@ cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l
 
 
 cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
-                         const Minibatch* mb, floating* dtype) noexcept nogil:
-    """The output layer, its loss and its delta on this thread's rows, and
-    those rows of the last hidden layer's delta (they need only this
-    thread's rows of the output delta; rows also suit BLAS better here, the
-    inner dimension being ``n_out``). Each row's weighted loss goes to
-    ``dwork``."""
+                         const Minibatch* mb, Team* team, floating* dtype) noexcept nogil:
+    """The output layer, by pieces of rows."""
+    cdef Py_ssize_t r0, r1
+    while next_piece(team, mb.m, ROW_ALIGN, &r0, &r1):
+        forward_output_rows(net, data, buf, mb, r0, r1, dtype)
+
+
+cdef void forward_output_rows(const Net* net, const Data* data, Buffers* buf,
+                              const Minibatch* mb, Py_ssize_t r0, Py_ssize_t r1,
+                              floating* dtype) noexcept nogil:
+    """The output layer, its loss and its delta on rows ``r0:r1``, and those
+    rows of the last hidden layer's delta (they need only these rows of the
+    output delta; rows also suit BLAS better here, the inner dimension being
+    ``n_out``). Each row's weighted loss goes to ``dwork``."""
     cdef Py_ssize_t L = net.n_layers, l = L - 1, n_out = net.n_out
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
-    cdef Py_ssize_t fan_in = layer.fan_in, r0 = mb.r0, r1 = mb.r1
+    cdef Py_ssize_t fan_in = layer.fan_in
     cdef const floating* W = theta + layer.coef
     cdef floating* p = work + net.p + r0 * n_out
-    if r1 <= r0:
-        return
     if l == 0 and net.sparse:
         sparse_rows_matmul(data, mb.rows + r0, r1 - r0, W, n_out, 0, n_out, p, n_out)
     else:
@@ -971,7 +998,7 @@ cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
 
 
 cdef void backward_output(const Net* net, Optimizer opt, const Data* data,
-                          Buffers* buf, const Minibatch* mb, const Team* team,
+                          Buffers* buf, const Minibatch* mb, Team* team,
                           double l2, floating* dtype) noexcept nogil:
     """Gradient of the output layer: the intercept's by columns, the
     coefficients' by their rows (the units of the layer below), each L2 term
@@ -988,56 +1015,61 @@ cdef void backward_output(const Net* net, Optimizer opt, const Data* data,
     cdef floating* gbias = grad + layer.bias
     cdef double* l2_part = buf.dwork + layer.l2
     cdef floating c = <floating> l2
-    share(n_out, COL_ALIGN, team, &c0, &c1)
-    for i in range(c0, c1):
-        gbias[i] = 0
-    for k in range(mb.m):
+    while next_piece(team, n_out, COL_ALIGN, &c0, &c1):
         for i in range(c0, c1):
-            gbias[i] += D[k * n_out + i]
-    step_panel(opt, mb, buf, layer.bias, 1, c0, c1, n_out, False, dtype)
-    if l == 0 and net.sparse:
-        if c1 > c0:
+            gbias[i] = 0
+        for k in range(mb.m):
+            for i in range(c0, c1):
+                gbias[i] += D[k * n_out + i]
+        step_panel(opt, mb, buf, layer.bias, 1, c0, c1, n_out, False, dtype)
+        if l == 0 and net.sparse:
             l2_start_panel(gW, W, nf, c0, c1, n_out, c, l2_part, False)
             sparse_rows_grad(data, mb.rows, mb.m, D + c0, n_out, nf, n_out, c0, c1, gW,
                              c != 0)
             step_panel(opt, mb, buf, layer.coef, nf, c0, c1, n_out, True, dtype)
+    if l == 0 and net.sparse:
         return
-    share(fan_in, COL_ALIGN, team, &c0, &c1)
-    if c1 <= c0:
-        return
-    l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
-                   c, l2_part + c0, True)
-    # gW[c0:c1] = c * W[c0:c1] + a[:, c0:c1].T @ D  (the first term from l2_start_panel)
-    cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
-          layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
-          <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
-    step_panel(opt, mb, buf, layer.coef + c0 * n_out, c1 - c0, 0, n_out, n_out, True,
-               dtype)
+    while next_piece(team, fan_in, COL_ALIGN, &c0, &c1):
+        l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
+                       c, l2_part + c0, True)
+        # gW[c0:c1] = c * W[c0:c1] + a[:, c0:c1].T @ D  (the first term from
+        # l2_start_panel)
+        cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
+              layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
+              <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
+        step_panel(opt, mb, buf, layer.coef + c0 * n_out, c1 - c0, 0, n_out, n_out,
+                   True, dtype)
 
 
 cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
-                          Buffers* buf, const Minibatch* mb, const Team* team,
+                          Buffers* buf, const Minibatch* mb, Team* team,
                           Py_ssize_t l, double l2, floating* dtype) noexcept nogil:
-    """Hidden layer ``l`` backward on this thread's columns: the delta (from
-    the complete delta of the layer above; the last hidden layer's was
-    computed by rows with the loss), dropout's, batch norm backward (gamma
-    and beta, stepped at once), and the coefficient gradient of those
-    columns (the lowest layer's stepped at once; the others once the delta
-    below them is complete, see :func:`minibatch_step`)."""
+    """Hidden layer ``l`` backward, by pieces of columns (panels)."""
+    cdef Py_ssize_t c0, c1
+    while next_piece(team, net.layers[l].fan_out, COL_ALIGN, &c0, &c1):
+        backward_hidden_panel(net, opt, data, buf, mb, l, c0, c1, l2, dtype)
+
+
+cdef void backward_hidden_panel(const Net* net, Optimizer opt, const Data* data,
+                                Buffers* buf, const Minibatch* mb, Py_ssize_t l,
+                                Py_ssize_t c0, Py_ssize_t c1, double l2,
+                                floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` backward on columns ``c0:c1``: the delta (from the
+    complete delta of the layer above; the last hidden layer's was computed
+    by rows with the loss), dropout's, batch norm backward (gamma and beta,
+    stepped at once), and the coefficient gradient of those columns (the
+    lowest layer's stepped at once; the others once the delta below them is
+    complete, see :func:`minibatch_step`)."""
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
-    cdef Py_ssize_t L = net.n_layers, c0, c1
+    cdef Py_ssize_t L = net.n_layers
     cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, ld
     cdef Py_ssize_t n_next
-    cdef floating* D
     cdef floating* gW = grad + layer.coef
     cdef floating c = <floating> l2
-    share(fan_out, COL_ALIGN, team, &c0, &c1)
-    if c1 <= c0:
-        return
-    D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
+    cdef floating* D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
     if l < L - 2:
         n_next = net.layers[l + 1].fan_out
         # D = delta_above @ W_above[c0:c1].T  (this panel of the delta)
@@ -1062,8 +1094,8 @@ cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
               <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
               D, <int> ld, product_beta(c), gW + c0, <int> fan_out)
     if l == 0:
-        # Nothing reads the lowest coefficients again: this thread's columns,
-        # at once (the other threads' columns may not be complete yet).
+        # Nothing reads the lowest coefficients again: this piece's columns,
+        # at once (the other pieces' columns may not be complete yet).
         step_panel(opt, mb, buf, layer.coef, fan_in, c0, c1, fan_out, True, dtype)
 
 
@@ -1460,16 +1492,16 @@ cdef simd_void l2_start_panel(floating* grad, const floating* w,
 
 
 cdef void step_hidden_coefs(const Net* net, Optimizer opt, Buffers* buf,
-                            const Minibatch* mb, const Team* team, Py_ssize_t l,
+                            const Minibatch* mb, Team* team, Py_ssize_t l,
                             floating* dtype) noexcept nogil:
-    """Step this thread's share of hidden layer ``l``'s coefficients, once
-    every thread's columns of their gradient are complete (after a
-    barrier): a contiguous range of the flat coefficients, which streams
-    better than a panel of columns."""
+    """Step hidden layer ``l``'s coefficients, once every column of their
+    gradient is complete (in a later phase), by pieces: contiguous ranges of
+    the flat coefficients, which stream better than panels of columns."""
     cdef Py_ssize_t e0, e1
-    share(net.layers[l].fan_in * net.layers[l].fan_out, COL_ALIGN, team, &e0, &e1)
-    step_panel(opt, mb, buf, net.layers[l].coef + e0, 1, 0, e1 - e0, e1 - e0, True,
-               dtype)
+    while next_piece(team, net.layers[l].fan_in * net.layers[l].fan_out, COL_ALIGN,
+                     &e0, &e1):
+        step_panel(opt, mb, buf, net.layers[l].coef + e0, 1, 0, e1 - e0, e1 - e0, True,
+                   dtype)
 
 
 cdef void step_panel(Optimizer opt, const Minibatch* mb, Buffers* buf, Py_ssize_t off,

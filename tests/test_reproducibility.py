@@ -114,7 +114,7 @@ def _engine_threads(n_threads):
     the engine runs it), whatever the machine and the size of the network."""
     with threadpool_limits(1, user_api="blas"), pytest.MonkeyPatch.context() as mp:
         mp.setattr(_threads, "training_threads",
-                   lambda work: contextlib.nullcontext(n_threads))
+                   lambda work: contextlib.nullcontext(_threads.TeamSize(n_threads, n_threads)))
         yield
 
 

@@ -18,28 +18,31 @@ needs_openmp = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
-def test_barrier_makes_every_write_visible(n_threads):
-    # More threads than cores too: threads that wait long sleep, and wake.
-    size, stale = _team.barrier_check(n_threads, 2000)
-    assert stale == 0
+@pytest.mark.parametrize("pieces", [1, 2, 5])
+def test_work_queue_makes_every_write_visible(n_threads, pieces):
+    # More threads than pieces, and than cores, too: threads that wait long
+    # sleep, and wake; each piece is taken once.
+    size, stale, not_once = _team.work_check(n_threads, pieces, 2000)
+    assert (stale, not_once) == (0, 0)
     assert size == (n_threads if _team.openmp_max_threads() > 1 else 1)
 
 
 @needs_openmp
-def test_barrier_under_a_busy_core():
-    # Another process keeps a core busy: the team still meets, every round.
+def test_work_queue_under_a_busy_core():
+    # Another process keeps a core busy: the team still goes through every
+    # phase, each piece taken once.
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        assert _team.barrier_check(2, 5000) == (2, 0)
+        assert _team.work_check(2, 2, 5000) == (2, 0, 0)
     finally:
         busy.kill()
         busy.wait()
 
 
-def test_barrier_check_rejects_bad_arguments():
-    for args in [(0, 1), (65, 1), (2, -1)]:
+def test_work_check_rejects_bad_arguments():
+    for args in [(0, 1, 1), (65, 1, 1), (2, 0, 1), (2, 1, -1)]:
         with pytest.raises(ValueError):
-            _team.barrier_check(*args)
+            _team.work_check(*args)
 
 
 def test_max_threads_follows_the_openmp_limit():

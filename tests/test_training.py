@@ -887,11 +887,12 @@ def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
 
 
 @contextlib.contextmanager
-def forced_engine_threads(n_threads):
+def forced_engine_threads(n_threads, pieces=None):
     """What ``_threads.training_threads`` does, with the number of threads
-    fixed (the machine running the tests may have a single core)."""
+    and of pieces (default: as many as threads) fixed (the machine running
+    the tests may have a single core)."""
     with threadpool_limits(1, user_api="blas"):
-        yield n_threads
+        yield _threads.TeamSize(n_threads if pieces is None else pieces, n_threads)
 
 
 THREAD_CASES = {
@@ -951,9 +952,43 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
     assert many.coefs_[0].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pieces", [2, 3])
+@pytest.mark.parametrize("case", list(THREAD_CASES))
+def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
+    # The pieces fix the decomposition: one thread, as many threads as
+    # pieces, more or fewer, take them in any order and give the same bits.
+    cfg = THREAD_CASES[case]
+    rng = np.random.RandomState(1)
+    X = rng.normal(size=(203, 37)).astype(dtype)
+    if cfg["sparse"]:
+        X[np.abs(X) < 0.8] = 0
+        X = sp.csr_matrix(X)
+    y = (rng.randint(0, 4, size=203) if cfg["est"] is MLPBNClassifier
+         else rng.normal(size=(203, 3)))
+    sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
+    fits = []
+    for threads in (pieces, 1, pieces - 1, pieces + 1):
+        monkeypatch.setattr(_threads, "training_threads",
+                            lambda work, t=threads: forced_engine_threads(t, pieces))
+        est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
+                         solver=cfg["solver"], batch_size=50, max_iter=3,
+                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0,
+                         **cfg.get("extra", {}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(est.fit(X, y, sample_weight=sw))
+    first = fits[0]
+    for other in fits[1:]:
+        for a, b in zip(sum(params_of(first) + running_of(first), []),
+                        sum(params_of(other) + running_of(other), [])):
+            assert_array_equal(a, b)
+        assert other.loss_curve_ == first.loss_curve_
+
+
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     # Four threads on a machine that may have one or two cores: threads wait
-    # for each other at the barriers, sleeping when they wait long, and the
+    # for each other's pieces, sleeping when they wait long, and the
     # model is still the same from run to run (and the single thread's, up
     # to rounding).
     X, y = regression_data(n=300, n_features=24)
@@ -980,26 +1015,26 @@ def _blas_limits():
 def test_engine_threads_follow_threadpoolctl_limits():
     big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
     with threadpool_limits(1):
-        with _threads.training_threads(big) as n_threads:
-            assert n_threads == 1
+        with _threads.training_threads(big) as team:
+            assert team == (1, 1)
     with threadpool_limits(1, user_api="blas"):
-        with _threads.training_threads(big) as n_threads:
-            assert n_threads == 1
+        with _threads.training_threads(big) as team:
+            assert team == (1, 1)
     with threadpool_limits(2, user_api="blas"), threadpool_limits(1, user_api="openmp"):
-        with _threads.training_threads(big) as n_threads:
-            assert n_threads == 1
-    if _team.openmp_max_threads() < 2:
-        pytest.skip("built without OpenMP, or OpenMP limited to one thread")
+        with _threads.training_threads(big) as team:
+            assert team == (1, 1)
+    if _team.openmp_max_threads() < 2 or _threads.usable_cores() < 2:
+        pytest.skip("built without OpenMP, or OpenMP limited to one thread, or one core")
     with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
         before = _blas_limits()
-        with _threads.training_threads(big) as n_threads:
-            assert n_threads == 2
-            # Each engine thread calls BLAS on its own share.
+        with _threads.training_threads(big) as team:
+            assert team == (2, 2)
+            # Each engine thread calls BLAS on its own pieces.
             assert set(_blas_limits()) == {1}
         assert _blas_limits() == before
         # Small minibatches: one thread, BLAS untouched.
-        with _threads.training_threads(big // 100) as n_threads:
-            assert n_threads == 1
+        with _threads.training_threads(big // 100) as team:
+            assert team == (1, 1)
             assert _blas_limits() == before
 
 
@@ -1033,7 +1068,7 @@ def test_train_epoch_rejects_a_bad_number_of_threads(monkeypatch):
         return forced_engine_threads(0)
 
     monkeypatch.setattr(_threads, "training_threads", bad_threads)
-    with pytest.raises(ValueError, match="n_threads"):
+    with pytest.raises(ValueError, match="threads"):
         est.fit(X, y)
     # Multiply-adds of a minibatch: batch_size (all 10 rows) x (3*3 + 3*1).
     assert calls == [10 * (3 * 3 + 3 * 1)]
