@@ -92,8 +92,10 @@ Cache. Each fold's result is stored in ``--cache-dir`` (default
 parameters (``get_params(deep=True)`` of the whole pipeline), the versions of
 scikit-learn, pytabkit and torch, a hash of sklearn_bn's source files (for
 its models), the data set's content, the folds and the fold index. A rerun
-computes only what is new; ``--no-cache`` ignores the cache. A cached fit
-time is the time of the run that computed it.
+computes only what is new; ``--no-cache`` ignores the cache;
+``--cache-only`` computes nothing and reports what the cache holds (so the
+slow RealMLP can be run on part of the data sets, then reported beside the
+rest). A cached fit time is the time of the run that computed it.
 
 Threads. By default every model uses its default threads. ``--threads N``
 limits BLAS and OpenMP pools with threadpoolctl (sklearn_bn's engine follows
@@ -411,12 +413,17 @@ def run(args, datasets, models):
                 key = fold_key(est, model, vers, dhash, args.folds, fold, args.quick,
                                args.threads)
                 res = cache.get(key)
+                if res is None and args.cache_only:
+                    break
                 if res is None:
                     res = fit_fold(est, task, X, y, train, test,
                                    0.0 if args.quick else bench_fit.SETTLE_SECONDS)
                     cache.put(key, res)
                     fresh += 1
                 runs.append(res)
+            if len(runs) < len(splits):
+                print(f"{dname} / {mname}: not in the cache, left out", file=sys.stderr)
+                continue
             results[mname][dname] = runs
             scores = [r["score"] for r in runs]
             print(f"[{time.strftime('%H:%M:%S')}] {dname} / {mname}: "
@@ -589,9 +596,14 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
                         help=f"results of each fold (default {DEFAULT_CACHE})")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write it")
+    parser.add_argument("--cache-only", action="store_true",
+                        help="compute nothing: report what the cache holds (a model and "
+                             "data set with a fold missing are left out)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.folds = args.folds or N_FOLDS[args.quick]
+    if args.cache_only and args.no_cache:
+        parser.error("--cache-only reads the cache; it cannot go with --no-cache")
     if args.folds < 2:
         parser.error("--folds must be at least 2")
 
