@@ -251,7 +251,7 @@ def raw_imputed(X):
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
 
-    num, cat = columns(X)
+    num, _ = columns(X)
     return ColumnTransformer([("num", SimpleImputer(strategy="median"), num)],
                              remainder="passthrough", verbose_feature_names_out=False,
                              ).set_output(transform="pandas")

@@ -133,7 +133,7 @@ def test_tabular_script_runs(tmp_path):
     assert data["datasets"]["titanic"]["n_missing"] > 0
     assert data["datasets"]["titanic"]["n_categorical"] > 0
     assert {"MLP", "HGB", "MLPBN", "MLPBN a"} <= set(data["results"])
-    for model, per_set in data["results"].items():
+    for per_set in data["results"].values():
         assert set(per_set) == set(data["datasets"])
         for dname, runs in per_set.items():
             assert len(runs) == 2
