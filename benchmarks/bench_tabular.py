@@ -48,9 +48,11 @@ RealMLP
     pytabkit's ``RealMLP_TD_Classifier`` / ``Regressor`` (Holzmüller et al.
     2024), defaults with ``device="cpu"``, on the raw frame with its numeric
     NaN imputed by the median (RealMLP encodes the ``category`` columns
-    itself). Opt-in (``--realmlp``): it is 24x-260x slower than MLPBN.
-    pytabkit pulls torch: install ``pip install torch==<a CPU build>`` first,
-    then ``pip install pytabkit``; it is not in the ``bench`` extra.
+    itself). Opt-in (``--realmlp``): it is tens to hundreds of times slower
+    than MLPBN; with ``--cache-only`` it can be run on part of the data sets
+    and reported beside the rest. pytabkit pulls torch: install a CPU build
+    of torch first (``pip install torch==<version>``), then ``pip install
+    pytabkit``; it is not in the ``bench`` extra.
 MLPBN <name>
     Candidate settings of MLPBN, ``CANDIDATES`` below or ``--candidates
     FILE`` (a JSON object, name -> parameters; it replaces ``CANDIDATES``).
