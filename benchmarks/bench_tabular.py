@@ -56,8 +56,10 @@ RealMLP
 MLPBN <name>
     Candidate settings of MLPBN, ``CANDIDATES`` below or ``--candidates
     FILE`` (a JSON object, name -> parameters; it replaces ``CANDIDATES``).
-    Parameters not given keep their defaults. A candidate that sets
-    ``input_preprocessing`` to something other than None gets the raw frame.
+    Parameters not given keep their defaults. A candidate gets the raw frame,
+    as the estimator's own input handling (``input_preprocessing="auto"``,
+    the default) takes it, unless it sets ``input_preprocessing`` to None:
+    then it gets the encoded input of MLPBN.
 
 Every model without its own input handling (MLP, MLPBN and its candidates)
 gets the input a user would give it: the numeric columns imputed with their
@@ -221,10 +223,12 @@ def candidate_models(candidates):
     models = {}
     for name, params in candidates.items():
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        raw = params.get("input_preprocessing") is not None
+        # As the estimator is used: the raw frame, unless the candidate
+        # turns the input handling off (then the encoded input, as MLPBN's).
+        raw = params.get("input_preprocessing", "auto") is not None
         models[f"MLPBN {name}"] = Model(
             _sklearn_bn, "raw" if raw else "encoded", params, code=True,
-            needs=_needs_input_preprocessing if "input_preprocessing" in params else None)
+            needs=_needs_input_preprocessing if raw else None)
     return models
 
 

@@ -151,12 +151,17 @@ def test_tabular_script_runs(tmp_path):
     assert data["summary"]["MLP"]["fit_time_ratio"] == 1.0
 
     candidates = tmp_path / "candidates.json"
-    candidates.write_text(json.dumps({"wide": {"hidden_layer_sizes": [64]}}))
+    candidates.write_text(json.dumps({"wide": {"hidden_layer_sizes": [64]},
+                                      "off": {"input_preprocessing": None}}))
     again = subprocess.run(args + ["--candidates", str(candidates),
-                                   "--models", "MLP,MLPBN wide"],
+                                   "--models", "MLP,MLPBN wide,MLPBN off"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "| MLPBN wide |" in again.stdout
-    # MLP's folds come from the cache, the candidate's are new
+    # A candidate gets the raw frame, as the defaults' input handling takes
+    # it, unless it turns that handling off.
+    assert "model MLPBN wide: hidden_layer_sizes=(64,); input raw" in again.stdout
+    assert "model MLPBN off: input_preprocessing=None; input encoded" in again.stdout
+    # MLP's folds come from the cache, the candidates' are new
     assert again.stderr.count("0 of 2 folds computed") == 3
-    assert again.stderr.count("2 of 2 folds computed") == 3
+    assert again.stderr.count("2 of 2 folds computed") == 6
