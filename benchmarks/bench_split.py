@@ -29,8 +29,9 @@ rows
 tiles
     a grid of row blocks x column panels, as square as T allows.
 
-The team's barrier, timed for every T up to the machine's cores
-(``sklearn_bn._team.barrier_check``), gives the cost of one meeting.
+The team's work queue, timed for every T up to the machine's cores
+(``sklearn_bn._team.work_check``: phases of T pieces), gives the cost of
+one phase.
 """
 
 import argparse
@@ -47,7 +48,7 @@ try:
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sklearn_bn._blas import gemm  # noqa: E402
-from sklearn_bn._team import barrier_check  # noqa: E402
+from sklearn_bn._team import work_check  # noqa: E402
 
 BATCH = 256
 LAYERS = {"hidden 256 -> 256": (256, 256), "first 64 -> 256": (64, 256)}
@@ -143,10 +144,10 @@ def inflation_table(dtype, repeat):
     return rows
 
 
-def barrier_table(rounds):
+def phase_table(rounds):
     rows = []
     for n in range(1, (os.cpu_count() or 1) + 1):
-        t = best_time(lambda: barrier_check(n, rounds), 3)
+        t = best_time(lambda: work_check(n, n, rounds), 3)
         rows.append([n, f"{t / (2 * rounds) * 1e6:.2f}"])
     return rows
 
@@ -173,8 +174,9 @@ def main(argv=None):
     with threadpool_limits(1, user_api="blas"):
         rows = inflation_table(dtype, repeat)
     table(["layer", "split", *(f"T = {t}" for t in THREADS)], rows)
-    print(f"# the team's barrier: microseconds per wait, threads 1..{os.cpu_count()}\n")
-    table(["threads", "us per wait"], barrier_table(200 if args.quick else 20000))
+    print(f"# the team's work queue: microseconds per phase (T pieces), threads "
+          f"1..{os.cpu_count()}\n")
+    table(["threads", "us per phase"], phase_table(200 if args.quick else 20000))
 
 
 if __name__ == "__main__":
