@@ -139,7 +139,7 @@ def test_tabular_script_runs(tmp_path):
         for dname, runs in per_set.items():
             assert len(runs) == 2
             for r in runs:
-                assert r["fit_seconds"] >= 0
+                assert r["fit_seconds"] >= 0 and r["cpu_seconds"] >= 0
                 if data["datasets"][dname]["task"] == "classification":
                     assert 0 <= r["score"] <= 1
                 else:
@@ -149,6 +149,7 @@ def test_tabular_script_runs(tmp_path):
     assert set(summary["shortfall_points"]) == {"wdbc", "titanic"}
     assert set(summary["rmse_ratio"]) == {"diabetes"}
     assert data["summary"]["MLP"]["fit_time_ratio"] == 1.0
+    assert data["summary"]["MLP"]["cpu_time_ratio"] == 1.0
 
     candidates = tmp_path / "candidates.json"
     candidates.write_text(json.dumps({"wide": {"hidden_layer_sizes": [64]},
@@ -165,3 +166,9 @@ def test_tabular_script_runs(tmp_path):
     # MLP's folds come from the cache, the candidates' are new
     assert again.stderr.count("0 of 2 folds computed") == 3
     assert again.stderr.count("2 of 2 folds computed") == 6
+
+    # --refit computes a cached model again
+    refit = subprocess.run(args + ["--models", "MLP", "--datasets", "wdbc", "--refit", "MLP"],
+                           capture_output=True, text=True, timeout=600)
+    assert refit.returncode == 0, refit.stderr[-2000:]
+    assert refit.stderr.count("2 of 2 folds computed") == 1
