@@ -59,7 +59,9 @@ RealMLP
 MLPBN <name>
     Candidate settings of MLPBN, ``CANDIDATES`` below or ``--candidates
     FILE`` (a JSON object, name -> parameters; it replaces ``CANDIDATES``).
-    Parameters not given keep their defaults. A candidate gets the raw frame,
+    Parameters not given keep their defaults; a parameter of one estimator
+    only (the classifier's ``label_smoothing``) is left out for the other
+    task's. A candidate gets the raw frame,
     as the estimator's own input handling (``input_preprocessing="auto"``,
     the default) takes it, unless it sets ``input_preprocessing`` to None:
     then it gets the encoded input of MLPBN.
@@ -239,6 +241,21 @@ def candidate_models(candidates):
     return models
 
 
+def task_params(model, task):
+    """The model's parameters for the task's estimator. A candidate may set
+    a parameter of one task's estimator only (the classifier's
+    ``label_smoothing``): the other task's estimator goes without it."""
+    if not model.code:
+        return model.params
+    own = model.estimator(task)().get_params()
+    other = model.estimator("regression" if task == "classification" else
+                            "classification")().get_params()
+    unknown = [k for k in model.params if k not in own and k not in other]
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown} of {model.estimator(task).__name__}")
+    return {k: v for k, v in model.params.items() if k in own}
+
+
 def columns(X):
     cat = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
     return [c for c in X.columns if c not in cat], cat
@@ -277,7 +294,7 @@ def build(model, task, X, fold, quick, threads):
     """The estimator (a Pipeline when its input is prepared) for one fold."""
     from sklearn.pipeline import make_pipeline
 
-    params = dict(model.params, random_state=fold)
+    params = dict(task_params(model, task), random_state=fold)
     if quick:
         params[model.iter_param] = QUICK_ITER
     if threads and model.threads_param:
