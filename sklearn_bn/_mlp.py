@@ -61,6 +61,9 @@ from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred
 # dtype (see _folded_network).
 _FOLDED_NETWORKS = {}
 
+# early_stopping="auto" is on above this many rows (HistGradientBoosting's).
+_AUTO_EARLY_STOPPING_ROWS = 10_000
+
 
 def _smoothed_targets(Y, label_smoothing, out_activation):
     """Label smoothing, in place on the 0/1 targets ``Y``: ``(1 - eps) *
@@ -162,7 +165,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         "warm_start": ["boolean"],
         "momentum": [Interval(Real, 0, 1, closed="both")],
         "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "beta_1": [Interval(Real, 0, 1, closed="left")],
         "beta_2": [Interval(Real, 0, 1, closed="left")],
@@ -389,7 +392,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         first_pass = not hasattr(self, "coefs_") or (
             not self.warm_start and not incremental
         )
-        if self.early_stopping and incremental:
+        if not isinstance(self.early_stopping, str) and self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
 
         dropout = self._dropout_rates(len(hidden))
@@ -403,6 +406,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "n_samples=1: batch normalization needs at least 2 samples "
                 "per minibatch, got 1 sample."
             )
+        early_stopping = self._early_stopping_on(n_samples, incremental)
         dtype = X.dtype if first_pass else self.coefs_[0].dtype
         if not self._bn_epsilon_fits(dtype):
             warnings.warn(
@@ -449,11 +453,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if first_pass:
             out_activation = self._out_activation(Y.shape[1])
             params = self._init_params(units, dtype, random_state)
-            state = self._fresh_stopping_state(_TrainingState())
+            state = self._fresh_stopping_state(_TrainingState(), early_stopping)
         else:
             out_activation = self.out_activation_
             params = self._fitted_params(units, incremental)
-            state = self._continued_state()
+            state = self._continued_state(early_stopping)
 
         # fit is the root task, with one subtask per epoch; partial_fit is
         # one task (see _callbacks).
@@ -473,7 +477,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         tracked = getattr(self, "_n_batches_tracked", 0) if incremental else 0
         engine, params, optimizer = self._fit_stochastic(
             X, Y, sample_weight, units, params + (tracked,), state, out_activation,
-            random_state, incremental, dropout, callback_ctx,
+            random_state, incremental, dropout, callback_ctx, early_stopping,
         )  # fmt: skip
 
         # Everything succeeded: publish the new state.
@@ -537,7 +541,16 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return (self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
                 self.running_vars_)
 
-    def _continued_state(self):
+    def _early_stopping_on(self, n_samples, incremental):
+        """Whether this fit holds out a validation set and stops on it:
+        ``early_stopping``, where ``'auto'`` is on for a ``fit`` on more than
+        10,000 rows (HistGradientBoosting's rule) and off for
+        ``partial_fit``."""
+        if isinstance(self.early_stopping, str):  # "auto"
+            return not incremental and n_samples > _AUTO_EARLY_STOPPING_ROWS
+        return bool(self.early_stopping)
+
+    def _continued_state(self, early_stopping):
         """The epochs' bookkeeping where the last fit left it."""
         state = _TrainingState(
             t=self.t_,
@@ -553,16 +566,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # partial_fit): the new stopping rule starts afresh, as on a first
         # fit. (A fit with early stopping keeps validation scores, one
         # without keeps None.)
-        if (state.validation_scores is None) == bool(self.early_stopping):
-            state = self._fresh_stopping_state(state)
+        if (state.validation_scores is None) == early_stopping:
+            state = self._fresh_stopping_state(state, early_stopping)
         return state
 
     def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
                         out_activation, random_state, incremental, dropout,
-                        callback_ctx):
+                        callback_ctx, early_stopping):
         """Build the engine and train; return it with the trained parameters
         and the optimizer (nothing of the estimator changes here)."""
-        train, validation = self._validation_split(X, Y, sample_weight, random_state)
+        train, validation = self._validation_split(X, Y, sample_weight, random_state,
+                                                   early_stopping)
         X_train, Y_train, sw_train = train
         batch_size = self._batch_size(X_train.shape[0])
         # Drawn only with dropout on, so that a fit without draws nothing more
@@ -651,10 +665,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         params.running_mean[:] = layout.pack_stats(means, dtype)
         params.running_var[:] = layout.pack_stats(variances, dtype)
 
-    def _validation_split(self, X, Y, sample_weight, random_state):
+    def _validation_split(self, X, Y, sample_weight, random_state, early_stopping):
         """``(X, Y, weights)`` to train on, and the held-out ``(X, y,
         weights)`` of early stopping (None without)."""
-        if not self.early_stopping:
+        if not early_stopping:
             train, validation = (X, Y, sample_weight), None
         else:
             stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
@@ -764,7 +778,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             if interrupt.requested:
                 break
             if state.no_improvement > self.n_iter_no_change:
-                if optimizer.trigger_stopping(self._no_improvement_message(), self.verbose):
+                message = self._no_improvement_message(validation is not None)
+                if optimizer.trigger_stopping(message, self.verbose):
                     break
                 state.no_improvement = 0
             if incremental:
@@ -828,8 +843,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "Try a smaller learning_rate_init first."
         )
 
-    def _no_improvement_message(self):
-        if self.early_stopping:
+    def _no_improvement_message(self, early_stopping):
+        if early_stopping:
             return (
                 "Validation score did not improve more than tol=%f for %d "
                 "consecutive epochs." % (self.tol, self.n_iter_no_change)
@@ -839,11 +854,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "epochs." % (self.tol, self.n_iter_no_change)
         )
 
-    def _fresh_stopping_state(self, state):
+    def _fresh_stopping_state(self, state, early_stopping):
         """``state`` with the stopping rule's state before its first epoch:
         validation scores with early stopping, the best training loss
         without."""
-        if self.early_stopping:
+        if early_stopping:
             return replace(state, no_improvement=0, best_loss=None, validation_scores=[],
                            best_validation_score=-np.inf)
         return replace(state, no_improvement=0, best_loss=np.inf, validation_scores=None,
@@ -1074,6 +1089,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "n_iter_no_change",
         ]  # fmt: skip
         params = {name: getattr(self, name) for name in names}
+        if isinstance(params["early_stopping"], str):  # "auto"
+            # What this fit did: it kept validation scores if it stopped early.
+            params["early_stopping"] = self.validation_scores_ is not None
         if params["learning_rate"] == "cosine":
             # scikit-learn has no cosine schedule; the twin is fitted, and
             # continued training steps at learning_rate_init.
