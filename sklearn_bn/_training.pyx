@@ -25,9 +25,11 @@ Threads: every task of a minibatch (a product and what follows it) is cut
 in a fixed number of pieces, ``pieces`` (the team the thread policy chose):
 rows for the gather, the output layer and the loss; units (column panels)
 for the hidden layers, whose batch statistics are per column. With
-``n_threads > 1`` an OpenMP team runs the epoch, its threads claiming the
-pieces from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS
-on them (the caller limits BLAS to one thread meanwhile). The tasks come in
+``n_threads > 1`` a team runs the epoch (the caller and threads of the
+engine's pool, ``_team.h``, which sleep between jobs and never spin at a
+job's start or end as an OpenMP team does), its threads claiming the pieces
+from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS on
+them (the caller limits BLAS to one thread meanwhile). The tasks come in
 phases: a piece reads what another wrote only in a later phase
 (``phase_end``): one after the gather, one per hidden layer forward, one
 after the loss, one per hidden layer backward but the lowest, and one at
@@ -72,8 +74,9 @@ from sklearn_bn._batchnorm cimport (
     SCRATCH_PER_COLUMN)
 from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
-    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, team_start,
-    thread_num, work_destroy, work_init)
+    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, pool_run,
+    team_start, work_destroy, work_init)
+from cpython.ref cimport PyObject
 from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
@@ -470,8 +473,9 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     row joins the previous minibatch. Minibatches whose weights sum to zero
     are skipped. The optimizer steps the parameters once per minibatch and
     counts its steps (``optimizer.step``). Every task of a minibatch is cut
-    in ``pieces`` pieces; with ``n_threads > 1`` an OpenMP team takes them
-    (BLAS should then be limited to one thread), with one no team is started.
+    in ``pieces`` pieces; with ``n_threads > 1`` the engine's pool of threads
+    (``_team.h``) takes them with the caller (BLAS should then be limited to
+    one thread), with one the caller alone.
     The results depend on ``pieces``, never on ``n_threads`` nor on which
     thread takes which piece. A whole epoch in several calls gives what it
     gives in one.
@@ -490,6 +494,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     cdef Buffers buf = _buffers(network, params)
     cdef Epoch epoch
     cdef Work work
+    cdef EpochJob job
     cdef bint single = network.single
     epoch.order = &order[0]
     epoch.n = order.shape[0]
@@ -504,19 +509,15 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     optimizer.bind()
     if work_init(&work) != 0:
         raise MemoryError("could not create the threads' work queue")
+    job.net = net
+    job.opt = <PyObject*> optimizer   # borrowed: the caller holds it
+    job.data = &d
+    job.buf = &buf
+    job.epoch = &epoch
+    job.work = &work
     with nogil:
-        if n_threads == 1:
-            # Never enters OpenMP: nothing a fork() could leave broken.
-            if single:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
-            else:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
-        else:
-            with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
-                if single:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
-                else:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
+        pool_run(min(n_threads, <int> MAX_THREADS),
+                 epoch_job_float if single else epoch_job_double, &job)
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
@@ -568,6 +569,28 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
     return loss, mb.wsum
 
 
+cdef struct EpochJob:
+    # What every thread of an epoch's team runs run_epoch on.
+    Net* net
+    PyObject* opt
+    const Data* data
+    Buffers* buf
+    Epoch* epoch
+    Work* work
+
+
+cdef void epoch_job_float(void* arg, int tid) noexcept nogil:
+    cdef EpochJob* job = <EpochJob*> arg
+    run_epoch(job.net, <Optimizer> job.opt, job.data, job.buf, job.epoch, job.work, tid,
+              <float*> NULL)
+
+
+cdef void epoch_job_double(void* arg, int tid) noexcept nogil:
+    cdef EpochJob* job = <EpochJob*> arg
+    run_epoch(job.net, <Optimizer> job.opt, job.data, job.buf, job.epoch, job.work, tid,
+              <double*> NULL)
+
+
 cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
                     Minibatch* mb, Team* team, const Py_ssize_t* rows, Py_ssize_t m,
                     bint update_running, Py_ssize_t tracked, Py_ssize_t step,
@@ -587,10 +610,10 @@ cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
 
 
 cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
-                    Epoch* epoch, Work* work, floating* dtype) noexcept nogil:
-    """The minibatch loop of (part of) an epoch, run by every thread of the
-    current OpenMP team (or by the caller alone), each taking pieces of the
-    minibatches' tasks from ``work``. Every thread goes through the same
+                    Epoch* epoch, Work* work, int tid, floating* dtype) noexcept nogil:
+    """The minibatch loop of (part of) an epoch, run by every thread ``tid``
+    of the team (``_team.h``'s pool; or by the caller alone), each taking
+    pieces of the minibatches' tasks from ``work``. Every thread goes through the same
     minibatches, phases and tasks: the minibatches' bookkeeping depends on
     the epoch's rows and their weights only, so a thread that ran late
     catches up (and takes no piece of a phase already over). The loss
@@ -624,7 +647,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
             tracked += mb.n_updates
         start += m
         batches += 1
-    if thread_num() == 0:
+    if tid == 0:
         epoch.step = step
         epoch.start = start
         epoch.tracked = tracked
