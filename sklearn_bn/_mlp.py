@@ -603,6 +603,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.
             self._set_population_statistics(engine, best.params, X_train, sw_train)
+        if engine.degenerate_batches:
+            warnings.warn(
+                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) had "
+                "their sample weight on fewer than two rows: batch norm cannot normalize "
+                "them with their own statistics, so they were skipped (no step, no "
+                "update of the running statistics). Shuffle the rows (shuffle=True), or "
+                "use a larger batch_size (or virtual_batch_size).",
+                UserWarning,
+            )
         if interrupt.requested:
             warnings.warn("Training interrupted by user.")
         return engine, best.params, optimizer
@@ -1438,7 +1447,11 @@ _NOTES_DOC = """
     statistics, and the unbiased correction ``m / (m - 1)`` of the running
     variance uses ``m`` = the minibatch's weight sum. When that sum is below
     2 (weights normalized to sum to 1, say), ``m`` is the number of rows with
-    positive weight instead. A minibatch whose weights sum to zero is skipped.
+    positive weight instead. A minibatch whose weights sum to zero is skipped,
+    and so is one whose weight lies on a single row (batch norm cannot
+    normalize it with its own statistics; a ghost-batch chunk of the kind has
+    no gradient and leaves the running statistics alone): ``fit`` and
+    ``partial_fit`` then warn, once, with how many there were.
 
     Population statistics (``bn_stats='population'``, and
     :meth:`recompute_bn_stats`): over rows ``j`` of weights ``s_j`` (1

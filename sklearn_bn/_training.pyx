@@ -179,6 +179,7 @@ cdef struct Epoch:
     Py_ssize_t step              # the optimizer's steps
     Py_ssize_t tracked           # updates of the running statistics
     int pieces                   # every task's pieces (the results depend on it)
+    Py_ssize_t n_degenerate      # minibatches and ghost chunks skipped: < 2 rows weigh
 
 
 cdef struct Minibatch:
@@ -189,6 +190,8 @@ cdef struct Minibatch:
     double n_running             # the m of the running variance's m / (m - 1)
     Py_ssize_t n_chunks          # ghost batch norm's chunks (1: the whole batch)
     Py_ssize_t n_updates         # chunks that carry weight: updates of the running stats
+    bint degenerate              # weighted, and fewer than 2 rows of positive weight
+    Py_ssize_t n_degenerate      # its ghost chunks with weight on fewer than 2 rows
     Py_ssize_t tracked           # updates of the running statistics before this batch
     Py_ssize_t step              # the optimizer's steps before this batch
     bint stepping                # the optimizer steps the parameters (else: gradient only)
@@ -480,6 +483,12 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     thread takes which piece. A whole epoch in several calls gives what it
     gives in one.
 
+    A minibatch, or a ghost batch norm chunk, whose weight lies on fewer
+    than two rows cannot be normalized with its own statistics: the
+    minibatch is skipped (as one whose weights sum to zero), the chunk has
+    no gradient and does not update the running statistics (as a chunk
+    without weight); both are counted.
+
     Returns
     -------
     loss_sum : float
@@ -488,6 +497,8 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     stop : int
         The row of ``order`` where the next minibatch starts (its length
         when the epoch is done).
+    n_degenerate : int
+        The minibatches and chunks skipped for weight on fewer than 2 rows.
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
@@ -506,6 +517,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     epoch.step = optimizer.step
     epoch.tracked = params.n_batches_tracked
     epoch.pieces = pieces
+    epoch.n_degenerate = 0
     optimizer.bind()
     if work_init(&work) != 0:
         raise MemoryError("could not create the threads' work queue")
@@ -521,7 +533,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
-    return epoch.loss_sum, epoch.start
+    return epoch.loss_sum, epoch.start, epoch.n_degenerate
 
 
 def loss_and_gradient(Network network not None, data, params, bint update_running,
@@ -627,7 +639,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
     cdef Team team
     cdef Minibatch mb
     cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
-    cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked
+    cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked, degenerate = 0
     team_start(&team, work, epoch.pieces)
     while start < n and batches < epoch.max_batches:
         m = min(epoch.batch_size, n - start)
@@ -635,7 +647,10 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
             m += 1   # a trailing single row joins this minibatch
         start_minibatch(net, data, epoch.order + start, m, epoch.order_is_identity, &mb,
                         dtype)
-        if mb.wsum > 0:
+        if mb.degenerate:
+            degenerate += 1
+        elif mb.wsum > 0:
+            degenerate += mb.n_degenerate
             mb.tracked = tracked
             mb.step = step
             mb.stepping = True
@@ -651,6 +666,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
         epoch.step = step
         epoch.start = start
         epoch.tracked = tracked
+        epoch.n_degenerate += degenerate
 
 
 cdef void start_minibatch(const Net* net, const Data* data,
@@ -679,6 +695,7 @@ cdef void start_minibatch(const Net* net, const Data* data,
                 n_positive += 1
     else:
         mb.wsum = n_positive = m
+    mb.degenerate = mb.wsum > 0 and n_positive < 2
     mb.n_running = unbiased_count(mb.wsum, n_positive)
     count_chunks(net, data, mb, dtype)
 
@@ -687,25 +704,31 @@ cdef void count_chunks(const Net* net, const Data* data, Minibatch* mb,
                        floating* dtype) noexcept nogil:
     """Ghost batch norm's chunks of the minibatch: ``max(1, min(ceil(m /
     virtual_batch), m // 2))`` consecutive runs of rows, as numpy's
-    ``array_split`` splits them; and how many carry weight (each updates the
-    running statistics once)."""
+    ``array_split`` splits them; how many carry weight on at least two rows
+    (each updates the running statistics once), and how many on one."""
     cdef const floating* sw = <const floating*> data.sample_weight
-    cdef Py_ssize_t c, k, lo, hi
+    cdef Py_ssize_t c, k, lo, hi, n_positive
     cdef double w
     mb.n_chunks = 1
     if net.virtual_batch > 0:
         mb.n_chunks = max(1, min((mb.m + net.virtual_batch - 1) // net.virtual_batch,
                                  mb.m // 2))
     mb.n_updates = mb.n_chunks
+    mb.n_degenerate = 0
     if net.weighted and mb.n_chunks > 1:
         mb.n_updates = 0
         for c in range(mb.n_chunks):
             chunk_bounds(mb, c, &lo, &hi)
             w = 0
+            n_positive = 0
             for k in range(lo, hi):
                 w += sw[mb.rows[k]]
-            if w > 0:
+                if sw[mb.rows[k]] > 0:
+                    n_positive += 1
+            if n_positive >= 2:
                 mb.n_updates += 1
+            elif n_positive == 1:
+                mb.n_degenerate += 1
 
 
 cdef inline void chunk_bounds(const Minibatch* mb, Py_ssize_t c, Py_ssize_t* lo,
@@ -722,7 +745,8 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
                         double* n_running, floating* dtype) noexcept nogil:
     """The weight sum of rows ``[lo, hi)`` of the gathered minibatch and the
     ``m`` of their running variance's correction (the minibatch's own when
-    it is one chunk)."""
+    it is one chunk). A chunk whose weight lies on one row counts as one
+    without weight (0): its statistics normalize nothing."""
     cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef double w, n_positive = 0
     cdef Py_ssize_t k
@@ -738,6 +762,8 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
             wsum[0] += w
             if w > 0:
                 n_positive += 1
+        if n_positive < 2:
+            wsum[0] = 0
     n_running[0] = unbiased_count(wsum[0], n_positive)
 
 
