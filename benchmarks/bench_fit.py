@@ -272,11 +272,16 @@ def fit_data(quick):
 
 
 def mlp_params(hidden, epochs):
-    return dict(
+    """The benchmark network: the engine alone (input_preprocessing=None;
+    the generated data are already standardized), a fixed number of epochs."""
+    params = dict(
         hidden_layer_sizes=hidden, activation="relu", solver="adam",
         batch_size=BATCH, max_iter=epochs, tol=0.0, n_iter_no_change=10_000,
-        random_state=0,
+        learning_rate="constant", early_stopping=False, random_state=0,
     )
+    if "input_preprocessing" in MLPBNClassifier().get_params():
+        params["input_preprocessing"] = None
+    return params
 
 
 def fit_timer(make_estimator, X, y, keep=None):
