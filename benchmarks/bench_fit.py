@@ -284,6 +284,13 @@ def mlp_params(hidden, epochs):
     return params
 
 
+def sklearn_params(params):
+    """``params`` without sklearn_bn's own, for scikit-learn's MLP."""
+    from sklearn.neural_network import MLPClassifier
+
+    return {k: v for k, v in params.items() if k in MLPClassifier().get_params()}
+
+
 def fit_timer(make_estimator, X, y, keep=None):
     """A callable that fits a fresh estimator and returns seconds per epoch
     (the fitted estimator goes to ``keep[0]`` if ``keep`` is a list)."""
@@ -625,7 +632,7 @@ def section_fit(args, dtypes, state):
             "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
             "bn1": limited(fit_timer(lambda: MLPBNClassifier(**params), X, y), 1),
             "drop": fit_timer(lambda: MLPBNClassifier(**params, dropout=DROPOUT), X, y),
-            "sk": fit_timer(lambda: MLPClassifier(**params), X, y),
+            "sk": fit_timer(lambda: MLPClassifier(**sklearn_params(params)), X, y),
         }, args.repeat, warmup=("a", "b", "c", "eng"))
         state.setdefault("fitted", {})[dt] = keep[0]
         floor_name = min("abc", key=lambda k: t[k])
