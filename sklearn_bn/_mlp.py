@@ -1429,13 +1429,17 @@ _NOTES_DOC = """
     effect, and they are read-only arrays.
 
     Training runs whole epochs in compiled code without the GIL; matrix
-    products use BLAS through :mod:`scipy.linalg.cython_blas`. The engine
-    runs as many threads as BLAS may (its :mod:`threadpoolctl` limit, also
-    capped by ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits) when
-    a minibatch is large enough: they share every minibatch and each calls
-    BLAS on its share, with BLAS limited to one thread during ``fit`` and
-    ``partial_fit``. Prediction runs BLAS on one thread too, the package's
-    threads sharing the rows of a large prediction. float32 input is trained
+    products use BLAS through :mod:`scipy.linalg.cython_blas`. When a
+    minibatch is large enough, its work is cut into as many pieces as BLAS
+    may run threads (its :mod:`threadpoolctl` limit, also capped by
+    ``OMP_NUM_THREADS``, threadpoolctl's ``openmp`` limits and the cores the
+    process may use), which the engine's threads take in turn, each calling
+    BLAS on its piece, with BLAS limited to one thread during ``fit`` and
+    ``partial_fit``; the results depend on the pieces, not on the threads
+    (see the user guide's "Threads"). Prediction runs BLAS on one thread
+    too, the package's threads sharing the rows of a large prediction. A
+    refit publishes the new model at once: a prediction running in another
+    thread meanwhile uses the old model or the new one. float32 input is trained
     and predicted in float32; float64 input to a float32 model is predicted
     in float64. Ctrl-C stops a fit between two minibatches, keeping what was
     trained (see the user guide).
