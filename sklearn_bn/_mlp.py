@@ -1558,7 +1558,6 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     --------
     >>> from sklearn.datasets import load_digits
     >>> from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
     >>> from sklearn_bn import MLPBNClassifier
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(
