@@ -272,11 +272,23 @@ def fit_data(quick):
 
 
 def mlp_params(hidden, epochs):
-    return dict(
+    """The benchmark network: the engine alone (input_preprocessing=None;
+    the generated data are already standardized), a fixed number of epochs."""
+    params = dict(
         hidden_layer_sizes=hidden, activation="relu", solver="adam",
         batch_size=BATCH, max_iter=epochs, tol=0.0, n_iter_no_change=10_000,
-        random_state=0,
+        learning_rate="constant", early_stopping=False, random_state=0,
     )
+    if "input_preprocessing" in MLPBNClassifier().get_params():
+        params["input_preprocessing"] = None
+    return params
+
+
+def sklearn_params(params):
+    """``params`` without sklearn_bn's own, for scikit-learn's MLP."""
+    from sklearn.neural_network import MLPClassifier
+
+    return {k: v for k, v in params.items() if k in MLPClassifier().get_params()}
 
 
 def fit_timer(make_estimator, X, y, keep=None):
@@ -620,7 +632,7 @@ def section_fit(args, dtypes, state):
             "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
             "bn1": limited(fit_timer(lambda: MLPBNClassifier(**params), X, y), 1),
             "drop": fit_timer(lambda: MLPBNClassifier(**params, dropout=DROPOUT), X, y),
-            "sk": fit_timer(lambda: MLPClassifier(**params), X, y),
+            "sk": fit_timer(lambda: MLPClassifier(**sklearn_params(params)), X, y),
         }, args.repeat, warmup=("a", "b", "c", "eng"))
         state.setdefault("fitted", {})[dt] = keep[0]
         floor_name = min("abc", key=lambda k: t[k])

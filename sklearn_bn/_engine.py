@@ -213,6 +213,8 @@ class Engine:
         )  # fmt: skip
         self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
+        # Minibatches and ghost chunks skipped so far: weight on < 2 rows.
+        self.degenerate_batches = 0
 
     @property
     def layout(self):
@@ -353,11 +355,12 @@ class Engine:
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
-            loss_sum, start = _training.train_epoch(
+            loss_sum, start, degenerate = _training.train_epoch(
                 self.network, data, params, optimizer, order, bool(order_is_identity),
                 int(batch_size), start, self._batches_per_call, loss_sum, int(n_threads),
                 int(pieces),
             )  # fmt: skip
+            self.degenerate_batches += degenerate
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
 

@@ -617,6 +617,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.
             self._set_population_statistics(engine, best.params, X_train, sw_train)
+        if engine.degenerate_batches:
+            warnings.warn(
+                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) had "
+                "their sample weight on fewer than two rows: batch norm cannot normalize "
+                "them with their own statistics, so they were skipped (no step, no "
+                "update of the running statistics). Shuffle the rows (shuffle=True), or "
+                "use a larger batch_size (or virtual_batch_size).",
+                UserWarning,
+            )
         if interrupt.requested:
             warnings.warn("Training interrupted by user.")
         return engine, best.params, optimizer
@@ -1438,13 +1447,17 @@ _NOTES_DOC = """
     effect, and they are read-only arrays.
 
     Training runs whole epochs in compiled code without the GIL; matrix
-    products use BLAS through :mod:`scipy.linalg.cython_blas`. The engine
-    runs as many threads as BLAS may (its :mod:`threadpoolctl` limit, also
-    capped by ``OMP_NUM_THREADS`` and threadpoolctl's ``openmp`` limits) when
-    a minibatch is large enough: they share every minibatch and each calls
-    BLAS on its share, with BLAS limited to one thread during ``fit`` and
-    ``partial_fit``. Prediction runs BLAS on one thread too, the package's
-    threads sharing the rows of a large prediction. float32 input is trained
+    products use BLAS through :mod:`scipy.linalg.cython_blas`. When a
+    minibatch is large enough, its work is cut into as many pieces as BLAS
+    may run threads (its :mod:`threadpoolctl` limit, also capped by
+    ``OMP_NUM_THREADS``, threadpoolctl's ``openmp`` limits and the cores the
+    process may use), which the engine's threads take in turn, each calling
+    BLAS on its piece, with BLAS limited to one thread during ``fit`` and
+    ``partial_fit``; the results depend on the pieces, not on the threads
+    (see the user guide's "Threads"). Prediction runs BLAS on one thread
+    too, the package's threads sharing the rows of a large prediction. A
+    refit publishes the new model at once: a prediction running in another
+    thread meanwhile uses the old model or the new one. float32 input is trained
     and predicted in float32; float64 input to a float32 model is predicted
     in float64. Ctrl-C stops a fit between two minibatches, keeping what was
     trained (see the user guide).
@@ -1456,7 +1469,11 @@ _NOTES_DOC = """
     statistics, and the unbiased correction ``m / (m - 1)`` of the running
     variance uses ``m`` = the minibatch's weight sum. When that sum is below
     2 (weights normalized to sum to 1, say), ``m`` is the number of rows with
-    positive weight instead. A minibatch whose weights sum to zero is skipped.
+    positive weight instead. A minibatch whose weights sum to zero is skipped,
+    and so is one whose weight lies on a single row (batch norm cannot
+    normalize it with its own statistics; a ghost-batch chunk of the kind has
+    no gradient and leaves the running statistics alone): ``fit`` and
+    ``partial_fit`` then warn, once, with how many there were.
 
     Population statistics (``bn_stats='population'``, and
     :meth:`recompute_bn_stats`): over rows ``j`` of weights ``s_j`` (1
@@ -1559,7 +1576,6 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     --------
     >>> from sklearn.datasets import load_digits
     >>> from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
     >>> from sklearn_bn import MLPBNClassifier
     >>> X, y = load_digits(return_X_y=True)
     >>> X_train, X_test, y_train, y_test = train_test_split(

@@ -42,6 +42,7 @@ static inline int sklearn_bn_max_threads(void) { return 1; }
 #if defined(_OPENMP) && !defined(_WIN32) && defined(__GNUC__)
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <time.h>
 
 /* Spin this long before yielding, yield this long before sleeping. */
@@ -174,6 +175,166 @@ static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long pha
     pthread_mutex_unlock(&w->mutex);
 }
 
+
+/* The engine's threads: a pool of worker threads that sleep between jobs,
+   created when a job first needs them and kept for the process. A job runs
+   fn(arg, tid) on the caller (tid 0) and on up to n_threads - 1 workers;
+   the caller returns once every worker that took the job is done with it.
+   A worker that wakes after the caller has finished does not take the
+   job: a descheduled worker never holds the caller up at the start of a
+   job, only (when it took the job) at its end, where the caller sleeps and
+   so gives it its core. OpenMP's teams, by contrast, spin at their start
+   and end (GOMP_SPINCOUNT) while waiting for every thread. One job at a
+   time: a second caller meanwhile (another Python thread) runs its job on
+   its own thread. */
+
+typedef void (*sklearn_bn_job_fn)(void* arg, int tid);
+
+#define SKLEARN_BN_IDLE_SPIN_NS 100000
+#define SKLEARN_BN_MAX_WORKERS 63
+
+typedef struct {
+    pthread_mutex_t mutex;
+    pthread_cond_t wake;         /* workers wait for a job */
+    pthread_cond_t finished;     /* the caller waits for the job's workers */
+    int n_workers;
+    int busy;                    /* a caller's job is under way */
+    unsigned long long posted;   /* jobs posted so far */
+    sklearn_bn_job_fn fn;
+    void* arg;
+    int seats;                   /* workers the job still takes */
+    int active;                  /* workers running the job */
+    int caller_waiting;
+} sklearn_bn_pool_t;
+
+static __attribute__((unused)) sklearn_bn_pool_t sklearn_bn_pool = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+    0, 0, 0ULL, NULL, NULL, 0, 0, 0};
+
+static __attribute__((unused)) void sklearn_bn_pool_after_fork(void) {
+    /* The child has none of the parent's workers. */
+    pthread_mutex_init(&sklearn_bn_pool.mutex, NULL);
+    pthread_cond_init(&sklearn_bn_pool.wake, NULL);
+    pthread_cond_init(&sklearn_bn_pool.finished, NULL);
+    sklearn_bn_pool.n_workers = 0;
+    sklearn_bn_pool.busy = 0;
+    sklearn_bn_pool.seats = 0;
+    sklearn_bn_pool.active = 0;
+    sklearn_bn_pool.caller_waiting = 0;
+}
+
+static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
+    sklearn_bn_pool_t* p = &sklearn_bn_pool;
+    unsigned long long seen;
+    long long start;
+    int tid;
+    (void) unused;
+    pthread_mutex_lock(&p->mutex);
+    seen = p->posted - 1;   /* created for the job just posted */
+    for (;;) {
+        if (p->posted == seen) {
+            /* Jobs come in runs (an epoch's calls): wait a little awake. */
+            pthread_mutex_unlock(&p->mutex);
+            start = sklearn_bn_now_ns();
+            while (__atomic_load_n(&p->posted, __ATOMIC_ACQUIRE) == seen
+                   && sklearn_bn_now_ns() - start < SKLEARN_BN_IDLE_SPIN_NS) {
+                int k;
+                for (k = 0; k < 64; k++) sklearn_bn_cpu_relax();
+            }
+            pthread_mutex_lock(&p->mutex);
+            while (p->posted == seen) pthread_cond_wait(&p->wake, &p->mutex);
+        }
+        seen = p->posted;
+        if (p->seats > 0) {
+            sklearn_bn_job_fn fn = p->fn;
+            void* arg = p->arg;
+            tid = p->seats--;
+            p->active++;
+            pthread_mutex_unlock(&p->mutex);
+            fn(arg, tid);
+            pthread_mutex_lock(&p->mutex);
+            if (--p->active == 0 && p->caller_waiting)
+                pthread_cond_signal(&p->finished);
+        }
+    }
+    return NULL;
+}
+
+/* Workers created so far, up to `wanted` (fewer if the system refuses).
+   Called with the mutex held. They block every signal: Ctrl-C goes to the
+   caller's threads. */
+static __attribute__((unused)) int sklearn_bn_pool_grow(int wanted) {
+    sklearn_bn_pool_t* p = &sklearn_bn_pool;
+    static int registered = 0;
+    pthread_attr_t attr;
+    pthread_t thread;
+    sigset_t all, old;
+    if (wanted > SKLEARN_BN_MAX_WORKERS) wanted = SKLEARN_BN_MAX_WORKERS;
+    if (p->n_workers >= wanted) return p->n_workers;
+    if (!registered) {
+        if (pthread_atfork(NULL, NULL, sklearn_bn_pool_after_fork) != 0) return p->n_workers;
+        registered = 1;
+    }
+    if (pthread_attr_init(&attr) != 0) return p->n_workers;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (p->n_workers < wanted) {
+        if (pthread_create(&thread, &attr, sklearn_bn_worker, NULL) != 0) break;
+        p->n_workers++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return p->n_workers;
+}
+
+/* Run fn(arg, tid) on the caller (tid 0) and on up to n_threads - 1
+   workers (tids 1..); return the number of threads the job could have had
+   (workers may also not take it). */
+static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg) {
+    sklearn_bn_pool_t* p = &sklearn_bn_pool;
+    long long start;
+    int seats = 0;
+    if (n_threads > 1) {
+        pthread_mutex_lock(&p->mutex);
+        if (!p->busy) {
+            int n_workers = sklearn_bn_pool_grow(n_threads - 1);
+            seats = n_threads - 1 < n_workers ? n_threads - 1 : n_workers;
+        }
+        if (seats > 0) {
+            p->busy = 1;
+            p->fn = fn;
+            p->arg = arg;
+            p->seats = seats;
+            __atomic_add_fetch(&p->posted, 1ULL, __ATOMIC_RELEASE);
+            pthread_cond_broadcast(&p->wake);
+        }
+        pthread_mutex_unlock(&p->mutex);
+    }
+    fn(arg, 0);
+    if (seats == 0) return 1;
+    pthread_mutex_lock(&p->mutex);
+    p->seats = 0;   /* a worker that wakes now does not take the job */
+    if (p->active > 0) {
+        /* Those still on it are about to finish their last piece, or
+           descheduled: spin briefly, then sleep and give them the core. */
+        pthread_mutex_unlock(&p->mutex);
+        start = sklearn_bn_now_ns();
+        while (__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) > 0
+               && sklearn_bn_now_ns() - start < SKLEARN_BN_SPIN_NS) {
+            int k;
+            for (k = 0; k < 64; k++) sklearn_bn_cpu_relax();
+        }
+        pthread_mutex_lock(&p->mutex);
+        p->caller_waiting = 1;
+        while (p->active > 0) pthread_cond_wait(&p->finished, &p->mutex);
+        p->caller_waiting = 0;
+    }
+    p->busy = 0;
+    pthread_mutex_unlock(&p->mutex);
+    return seats + 1;
+}
+
 #else  /* OpenMP's critical sections and flushes, or one thread without OpenMP */
 
 typedef struct {
@@ -242,6 +403,26 @@ static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long pha
 #pragma omp taskyield
 #endif
     }
+}
+
+/* Without POSIX threads: an OpenMP team, or the caller alone. */
+typedef void (*sklearn_bn_job_fn)(void* arg, int tid);
+
+static int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg) {
+#ifdef _OPENMP
+    int size = 1;
+    if (n_threads > 1) {
+#pragma omp parallel num_threads(n_threads)
+        {
+#pragma omp single
+            size = omp_get_num_threads();
+            fn(arg, omp_get_thread_num());
+        }
+        return size;
+    }
+#endif
+    fn(arg, 0);
+    return 1;
 }
 
 #endif

@@ -1,6 +1,7 @@
 # The thread team shared by the compiled modules: OpenMP queries (valid
-# outside a parallel region and without OpenMP: a team of one), and the work
-# queue of _team.h through which a team shares the pieces of each phase.
+# outside a parallel region and without OpenMP: a team of one), the work
+# queue of _team.h through which a team shares the pieces of each phase,
+# and the engine's pool of threads that run a job.
 
 cdef extern from "_team.h":
     int team_size "sklearn_bn_team_size"() noexcept nogil
@@ -15,6 +16,8 @@ cdef extern from "_team.h":
     void work_done "sklearn_bn_work_done"(Work* w, long long phase) noexcept nogil
     void work_phase_end "sklearn_bn_work_phase_end"(Work* w, long long phase,
                                                     long long total) noexcept nogil
+    ctypedef void (*job_fn "sklearn_bn_job_fn")(void* arg, int tid) noexcept nogil
+    int pool_run "sklearn_bn_pool_run"(int n_threads, job_fn fn, void* arg) noexcept nogil
 
 
 cdef enum:

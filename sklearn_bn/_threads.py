@@ -103,12 +103,20 @@ def usable_cores():
     return _ProcessState.cpu_count
 
 
+def engine_threads():
+    """Threads the training engine may run from the calling thread: the
+    OpenMP limit within the usable cores. The engine's threads are its own
+    (``_team.h``'s pool, which a forked child starts afresh)."""
+    return max(1, min(openmp_max_threads(), usable_cores()))
+
+
 def max_threads():
-    """Threads the package may run from the calling thread: its OpenMP limit
-    within the usable cores, 1 in a child forked after a team ran."""
+    """Threads the package's OpenMP teams (prediction, the scaler's kernels)
+    may run from the calling thread: :func:`engine_threads`, 1 in a child
+    forked after an OpenMP team ran."""
     if _ProcessState.team_unsafe:
         return 1
-    return max(1, min(openmp_max_threads(), usable_cores()))
+    return engine_threads()
 
 
 def kernel_threads(n_rows, n_cols):
@@ -263,12 +271,14 @@ class _RunningTeams:
         self.__init__()
 
     @contextlib.contextmanager
-    def reserve(self, wanted):
-        """Yield a team size of at most ``wanted`` that fits in the cores
-        left (at least 1), counted as running until the block exits."""
+    def reserve(self, wanted, cores=None):
+        """Yield a team size of at most ``wanted`` that fits in the ``cores``
+        (default :func:`max_threads`) the other teams leave (at least 1),
+        counted as running until the block exits."""
         held = getattr(self._local, "held", 0)
+        cores = max_threads() if cores is None else cores
         with self._lock:
-            n_threads = max(1, min(wanted, max_threads() - (self.threads - held)))
+            n_threads = max(1, min(wanted, cores - (self.threads - held)))
             added = max(0, n_threads - held)
             self.threads += added
         self._local.held = max(held, n_threads)
@@ -303,11 +313,12 @@ def training_threads(multiply_adds):
     if multiply_adds < MIN_MULTIPLY_ADDS_FOR_THREADS:
         yield TeamSize(pieces=1, threads=1)
         return
-    pieces = max(1, min(_BLAS_OWNER.original_limit(), max_threads(), MAX_PIECES))
-    with _TEAMS.reserve(pieces) as n_threads, _BLAS_OWNER.one_thread() as limited:
+    pieces = max(1, min(_BLAS_OWNER.original_limit(), engine_threads(), MAX_PIECES))
+    with _TEAMS.reserve(pieces, engine_threads()) as n_threads, \
+            _BLAS_OWNER.one_thread() as limited:
         # Another thread of the user's holds OpenBLAS at several threads:
         # BLAS's own threads then do the work, as the user asked.
-        yield TeamSize(pieces=pieces, threads=_mark_team_started(n_threads if limited else 1))
+        yield TeamSize(pieces=pieces, threads=n_threads if limited else 1)
 
 
 @contextlib.contextmanager

@@ -25,9 +25,11 @@ Threads: every task of a minibatch (a product and what follows it) is cut
 in a fixed number of pieces, ``pieces`` (the team the thread policy chose):
 rows for the gather, the output layer and the loss; units (column panels)
 for the hidden layers, whose batch statistics are per column. With
-``n_threads > 1`` an OpenMP team runs the epoch, its threads claiming the
-pieces from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS
-on them (the caller limits BLAS to one thread meanwhile). The tasks come in
+``n_threads > 1`` a team runs the epoch (the caller and threads of the
+engine's pool, ``_team.h``, which sleep between jobs and never spin at a
+job's start or end as an OpenMP team does), its threads claiming the pieces
+from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS on
+them (the caller limits BLAS to one thread meanwhile). The tasks come in
 phases: a piece reads what another wrote only in a later phase
 (``phase_end``): one after the gather, one per hidden layer forward, one
 after the loss, one per hidden layer backward but the lowest, and one at
@@ -72,8 +74,9 @@ from sklearn_bn._batchnorm cimport (
     SCRATCH_PER_COLUMN)
 from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
-    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, team_start,
-    thread_num, work_destroy, work_init)
+    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, pool_run,
+    team_start, work_destroy, work_init)
+from cpython.ref cimport PyObject
 from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
@@ -176,6 +179,7 @@ cdef struct Epoch:
     Py_ssize_t step              # the optimizer's steps
     Py_ssize_t tracked           # updates of the running statistics
     int pieces                   # every task's pieces (the results depend on it)
+    Py_ssize_t n_degenerate      # minibatches and ghost chunks skipped: < 2 rows weigh
 
 
 cdef struct Minibatch:
@@ -186,6 +190,8 @@ cdef struct Minibatch:
     double n_running             # the m of the running variance's m / (m - 1)
     Py_ssize_t n_chunks          # ghost batch norm's chunks (1: the whole batch)
     Py_ssize_t n_updates         # chunks that carry weight: updates of the running stats
+    bint degenerate              # weighted, and fewer than 2 rows of positive weight
+    Py_ssize_t n_degenerate      # its ghost chunks with weight on fewer than 2 rows
     Py_ssize_t tracked           # updates of the running statistics before this batch
     Py_ssize_t step              # the optimizer's steps before this batch
     bint stepping                # the optimizer steps the parameters (else: gradient only)
@@ -470,11 +476,18 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     row joins the previous minibatch. Minibatches whose weights sum to zero
     are skipped. The optimizer steps the parameters once per minibatch and
     counts its steps (``optimizer.step``). Every task of a minibatch is cut
-    in ``pieces`` pieces; with ``n_threads > 1`` an OpenMP team takes them
-    (BLAS should then be limited to one thread), with one no team is started.
+    in ``pieces`` pieces; with ``n_threads > 1`` the engine's pool of threads
+    (``_team.h``) takes them with the caller (BLAS should then be limited to
+    one thread), with one the caller alone.
     The results depend on ``pieces``, never on ``n_threads`` nor on which
     thread takes which piece. A whole epoch in several calls gives what it
     gives in one.
+
+    A minibatch, or a ghost batch norm chunk, whose weight lies on fewer
+    than two rows cannot be normalized with its own statistics: the
+    minibatch is skipped (as one whose weights sum to zero), the chunk has
+    no gradient and does not update the running statistics (as a chunk
+    without weight); both are counted.
 
     Returns
     -------
@@ -484,12 +497,15 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     stop : int
         The row of ``order`` where the next minibatch starts (its length
         when the epoch is done).
+    n_degenerate : int
+        The minibatches and chunks skipped for weight on fewer than 2 rows.
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
     cdef Buffers buf = _buffers(network, params)
     cdef Epoch epoch
     cdef Work work
+    cdef EpochJob job
     cdef bint single = network.single
     epoch.order = &order[0]
     epoch.n = order.shape[0]
@@ -501,26 +517,23 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     epoch.step = optimizer.step
     epoch.tracked = params.n_batches_tracked
     epoch.pieces = pieces
+    epoch.n_degenerate = 0
     optimizer.bind()
     if work_init(&work) != 0:
         raise MemoryError("could not create the threads' work queue")
+    job.net = net
+    job.opt = <PyObject*> optimizer   # borrowed: the caller holds it
+    job.data = &d
+    job.buf = &buf
+    job.epoch = &epoch
+    job.work = &work
     with nogil:
-        if n_threads == 1:
-            # Never enters OpenMP: nothing a fork() could leave broken.
-            if single:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
-            else:
-                run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
-        else:
-            with parallel(num_threads=min(n_threads, <int> MAX_THREADS)):
-                if single:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <float*> NULL)
-                else:
-                    run_epoch(net, optimizer, &d, &buf, &epoch, &work, <double*> NULL)
+        pool_run(min(n_threads, <int> MAX_THREADS),
+                 epoch_job_float if single else epoch_job_double, &job)
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
-    return epoch.loss_sum, epoch.start
+    return epoch.loss_sum, epoch.start, epoch.n_degenerate
 
 
 def loss_and_gradient(Network network not None, data, params, bint update_running,
@@ -568,6 +581,28 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
     return loss, mb.wsum
 
 
+cdef struct EpochJob:
+    # What every thread of an epoch's team runs run_epoch on.
+    Net* net
+    PyObject* opt
+    const Data* data
+    Buffers* buf
+    Epoch* epoch
+    Work* work
+
+
+cdef void epoch_job_float(void* arg, int tid) noexcept nogil:
+    cdef EpochJob* job = <EpochJob*> arg
+    run_epoch(job.net, <Optimizer> job.opt, job.data, job.buf, job.epoch, job.work, tid,
+              <float*> NULL)
+
+
+cdef void epoch_job_double(void* arg, int tid) noexcept nogil:
+    cdef EpochJob* job = <EpochJob*> arg
+    run_epoch(job.net, <Optimizer> job.opt, job.data, job.buf, job.epoch, job.work, tid,
+              <double*> NULL)
+
+
 cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
                     Minibatch* mb, Team* team, const Py_ssize_t* rows, Py_ssize_t m,
                     bint update_running, Py_ssize_t tracked, Py_ssize_t step,
@@ -587,10 +622,10 @@ cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
 
 
 cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
-                    Epoch* epoch, Work* work, floating* dtype) noexcept nogil:
-    """The minibatch loop of (part of) an epoch, run by every thread of the
-    current OpenMP team (or by the caller alone), each taking pieces of the
-    minibatches' tasks from ``work``. Every thread goes through the same
+                    Epoch* epoch, Work* work, int tid, floating* dtype) noexcept nogil:
+    """The minibatch loop of (part of) an epoch, run by every thread ``tid``
+    of the team (``_team.h``'s pool; or by the caller alone), each taking
+    pieces of the minibatches' tasks from ``work``. Every thread goes through the same
     minibatches, phases and tasks: the minibatches' bookkeeping depends on
     the epoch's rows and their weights only, so a thread that ran late
     catches up (and takes no piece of a phase already over). The loss
@@ -604,7 +639,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
     cdef Team team
     cdef Minibatch mb
     cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
-    cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked
+    cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked, degenerate = 0
     team_start(&team, work, epoch.pieces)
     while start < n and batches < epoch.max_batches:
         m = min(epoch.batch_size, n - start)
@@ -612,7 +647,10 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
             m += 1   # a trailing single row joins this minibatch
         start_minibatch(net, data, epoch.order + start, m, epoch.order_is_identity, &mb,
                         dtype)
-        if mb.wsum > 0:
+        if mb.degenerate:
+            degenerate += 1
+        elif mb.wsum > 0:
+            degenerate += mb.n_degenerate
             mb.tracked = tracked
             mb.step = step
             mb.stepping = True
@@ -624,10 +662,11 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
             tracked += mb.n_updates
         start += m
         batches += 1
-    if thread_num() == 0:
+    if tid == 0:
         epoch.step = step
         epoch.start = start
         epoch.tracked = tracked
+        epoch.n_degenerate += degenerate
 
 
 cdef void start_minibatch(const Net* net, const Data* data,
@@ -656,6 +695,7 @@ cdef void start_minibatch(const Net* net, const Data* data,
                 n_positive += 1
     else:
         mb.wsum = n_positive = m
+    mb.degenerate = mb.wsum > 0 and n_positive < 2
     mb.n_running = unbiased_count(mb.wsum, n_positive)
     count_chunks(net, data, mb, dtype)
 
@@ -664,25 +704,31 @@ cdef void count_chunks(const Net* net, const Data* data, Minibatch* mb,
                        floating* dtype) noexcept nogil:
     """Ghost batch norm's chunks of the minibatch: ``max(1, min(ceil(m /
     virtual_batch), m // 2))`` consecutive runs of rows, as numpy's
-    ``array_split`` splits them; and how many carry weight (each updates the
-    running statistics once)."""
+    ``array_split`` splits them; how many carry weight on at least two rows
+    (each updates the running statistics once), and how many on one."""
     cdef const floating* sw = <const floating*> data.sample_weight
-    cdef Py_ssize_t c, k, lo, hi
+    cdef Py_ssize_t c, k, lo, hi, n_positive
     cdef double w
     mb.n_chunks = 1
     if net.virtual_batch > 0:
         mb.n_chunks = max(1, min((mb.m + net.virtual_batch - 1) // net.virtual_batch,
                                  mb.m // 2))
     mb.n_updates = mb.n_chunks
+    mb.n_degenerate = 0
     if net.weighted and mb.n_chunks > 1:
         mb.n_updates = 0
         for c in range(mb.n_chunks):
             chunk_bounds(mb, c, &lo, &hi)
             w = 0
+            n_positive = 0
             for k in range(lo, hi):
                 w += sw[mb.rows[k]]
-            if w > 0:
+                if sw[mb.rows[k]] > 0:
+                    n_positive += 1
+            if n_positive >= 2:
                 mb.n_updates += 1
+            elif n_positive == 1:
+                mb.n_degenerate += 1
 
 
 cdef inline void chunk_bounds(const Minibatch* mb, Py_ssize_t c, Py_ssize_t* lo,
@@ -699,7 +745,8 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
                         double* n_running, floating* dtype) noexcept nogil:
     """The weight sum of rows ``[lo, hi)`` of the gathered minibatch and the
     ``m`` of their running variance's correction (the minibatch's own when
-    it is one chunk)."""
+    it is one chunk). A chunk whose weight lies on one row counts as one
+    without weight (0): its statistics normalize nothing."""
     cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef double w, n_positive = 0
     cdef Py_ssize_t k
@@ -715,6 +762,8 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
             wsum[0] += w
             if w > 0:
                 n_positive += 1
+        if n_positive < 2:
+            wsum[0] = 0
     n_running[0] = unbiased_count(wsum[0], n_positive)
 
 

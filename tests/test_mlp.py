@@ -1914,3 +1914,38 @@ def test_a_virtual_batch_of_at_least_batch_size_is_plain_batch_norm(n, batch_siz
             for a, b in zip(getattr(plain, name), getattr(other, name)):
                 assert_array_equal(a, b)
         assert other._n_batches_tracked == plain._n_batches_tracked
+
+
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+def test_weight_on_a_single_row_is_skipped_with_a_warning(virtual_batch_size):
+    # Weights [1, 0] repeated: every minibatch of 2 (or every ghost chunk of
+    # 2 rows) has its weight on one row, whose own statistics normalize
+    # nothing. They are skipped, with one warning, and the running
+    # statistics do not decay towards 0.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 4))
+    y = rng.randint(0, 3, 40)
+    sw = np.tile([1.0, 0.0], 20)
+    est = MLPBNClassifier(hidden_layer_sizes=(8,), batch_size=2 if virtual_batch_size is None
+                          else 8, virtual_batch_size=virtual_batch_size, max_iter=3,
+                          shuffle=False, random_state=0, input_preprocessing=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(X, y, sample_weight=sw)
+    messages = [str(w.message) for w in caught if "fewer than two rows" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith("60 ")  # 20 minibatches x 3 epochs, or 5 x 4 chunks x 3
+    for var in est.running_vars_:
+        assert np.all(var > 0.5)
+    if virtual_batch_size is None:
+        # Nothing trained: the coefficients are the initial ones.
+        fresh = MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0,
+                                input_preprocessing=None)
+        init = fresh._init_params([4, 8, 3], np.float64, np.random.RandomState(0))[0]
+        for a, b in zip(est.coefs_, init):
+            assert_array_equal(a, b)
+    # Rows with weight on two rows or more per minibatch: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.set_params(shuffle=True).fit(X, y, sample_weight=np.ones(40))

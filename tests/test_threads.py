@@ -303,12 +303,51 @@ def test_forked_children_are_single_threaded_only_after_a_team():
     assert after == 1
 
 
+POOL_FORK_SCRIPT = """
+import multiprocessing, warnings
+import numpy as np
+from sklearn_bn import MLPBNRegressor, _threads
+
+def fit():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(400, 20))
+    y = X @ rng.normal(size=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MLPBNRegressor(hidden_layer_sizes=(64,), batch_size=200, max_iter=3,
+                             random_state=0).fit(X, y)
+    return est.coefs_[0].tobytes(), _threads.engine_threads()
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore", DeprecationWarning)
+    parent = fit()   # the engine's pool runs in the parent
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(fit)
+    print(parent == child, child[1])
+"""
+
+
 AFFINITY_SCRIPT = """
 import os
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 from sklearn_bn import _threads
 print(_threads.max_threads(), _threads.usable_cores())
 """
+
+
+@needs_openmp
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs the fork start method")
+def test_a_forked_child_trains_on_the_engine_s_threads():
+    # The engine's pool of threads starts afresh in a forked child: it
+    # trains there on as many threads, to the same model.
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"}
+    out = subprocess.run([sys.executable, "-c", POOL_FORK_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=120, env=env)
+    same, threads = out.stdout.split()
+    assert same == "True"
+    assert int(threads) >= 2
 
 
 @needs_openmp
