@@ -28,17 +28,22 @@ FITTED_ARRAYS = ("coefs_", "gammas_", "intercepts_", "running_means_", "running_
 
 
 def make_data(problem, n=80, seed=0):
+    # A constant learning rate: a fit stopped after epoch k is then the fit
+    # with max_iter=k + 1, which the tests compare it with (a cosine schedule
+    # spans max_iter epochs).
     rng = np.random.RandomState(seed)
     X = rng.normal(size=(n, 5))
     signal = X[:, :3] @ np.array([1.0, -2.0, 0.5])
     if problem == "classifier":
         y = np.digitize(signal + 0.3 * rng.normal(size=n), [-1.0, 1.0])
         est = MLPBNClassifier(hidden_layer_sizes=(8, 6), batch_size=16, max_iter=6,
-                              learning_rate_init=0.01, random_state=0)
+                              learning_rate="constant", learning_rate_init=0.01,
+                              random_state=0)
     else:
         y = signal + 0.1 * rng.normal(size=n)
         est = MLPBNRegressor(hidden_layer_sizes=(8, 6), batch_size=16, max_iter=6,
-                             learning_rate_init=0.01, random_state=0)
+                             learning_rate="constant", learning_rate_init=0.01,
+                             random_state=0)
     return X, y, est
 
 

@@ -33,6 +33,7 @@ from reference import (
     forward_from_attributes,
     forward_sklearn_mlp,
     hidden_pre_normalization,
+    round_2,
     weighted_mean_and_unbiased_var,
 )
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
@@ -56,16 +57,16 @@ def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
         y = np.column_stack([signal, X[:, 3] ** 2]) + 0.1 * rng.normal(size=(n, 2))
     else:
         y = rng.poisson(np.exp(0.5 * np.tanh(signal)))
-    # X goes straight into the first layer: these tests pin the network's
-    # own math (tests/test_preprocessing.py covers the input handling).
+    # X goes straight into the first layer, trained with the round-2 recipe
+    # (a constant learning rate, no label smoothing): these tests pin the
+    # network's own math (tests/test_preprocessing.py covers the input
+    # handling; test_defaults_* the defaults).
     if problem in ("squared_error", "poisson"):
-        est = MLPBNRegressor(loss=problem, hidden_layer_sizes=(8, 6), max_iter=20,
-                             learning_rate_init=0.01, random_state=0,
-                             input_preprocessing=None)
+        est = round_2(MLPBNRegressor, loss=problem, hidden_layer_sizes=(8, 6), max_iter=20,
+                      learning_rate_init=0.01, random_state=0, input_preprocessing=None)
     else:
-        est = MLPBNClassifier(hidden_layer_sizes=(8, 6), max_iter=20,
-                              learning_rate_init=0.01, random_state=0,
-                              input_preprocessing=None)
+        est = round_2(MLPBNClassifier, hidden_layer_sizes=(8, 6), max_iter=20,
+                      learning_rate_init=0.01, random_state=0, input_preprocessing=None)
     return X, y, est
 
 
@@ -1244,9 +1245,10 @@ def test_early_stopping_restores_the_best_weights():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(60, 5))
     y = X[:, 0] + rng.normal(size=60)  # noisy: the validation score peaks early
-    est = MLPBNRegressor(hidden_layer_sizes=(32,), solver="adam", learning_rate_init=0.05,
-                         early_stopping=True, validation_fraction=0.3, n_iter_no_change=4,
-                         tol=0.0, max_iter=200, random_state=0)
+    # A constant rate, so that a fit of best_epoch + 1 epochs retraces it.
+    est = round_2(MLPBNRegressor, hidden_layer_sizes=(32,), solver="adam",
+                  learning_rate_init=0.05, early_stopping=True, validation_fraction=0.3,
+                  n_iter_no_change=4, tol=0.0, max_iter=200, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(X, y)

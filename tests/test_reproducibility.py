@@ -4,7 +4,9 @@
 ``tests/data/pinned_fits.npz`` holds, for each case below, every fitted
 array and the loss curve, recorded with the BLAS library named in it.
 The pinned fits pass ``input_preprocessing=None`` (X straight into the
-network, the round-2 math), so that later defaults do not move them.
+network) and the round-2 recipe (``reference.ROUND_2``: constant learning
+rate, no label smoothing, no early stopping unless asked), so that later
+defaults do not move them.
 Bit-identity holds for one BLAS build on one kind of CPU (its kernels round
 differently elsewhere) and for the optimized build: with another BLAS, or in
 the bounds-checked debug build, the fits are compared with a tolerance
@@ -26,6 +28,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from reference import round_2
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _debug, _threads
 
 PINS = Path(__file__).parent / "data" / "pinned_fits.npz"
@@ -52,7 +55,7 @@ def _regression(seed, n_outputs=2, **kw):
 
 def _fit_dense_adam(dtype):
     X, y = _classification(0)
-    est = MLPBNClassifier(hidden_layer_sizes=(48, 40), batch_size=32, max_iter=3,
+    est = round_2(MLPBNClassifier, hidden_layer_sizes=(48, 40), batch_size=32, max_iter=3,
                           alpha=1e-3, random_state=0, input_preprocessing=None)
     return est.fit(X.astype(dtype), y)
 
@@ -61,7 +64,7 @@ def _fit_sparse_sgd_weighted(dtype):
     X, y = _classification(1, n_classes=2)
     X[np.abs(X) < 0.7] = 0
     sw = np.random.RandomState(2).uniform(0.1, 2.0, X.shape[0])
-    est = MLPBNClassifier(hidden_layer_sizes=(12,), activation="tanh", solver="sgd",
+    est = round_2(MLPBNClassifier, hidden_layer_sizes=(12,), activation="tanh", solver="sgd",
                           learning_rate="invscaling", learning_rate_init=0.05,
                           batch_size=40, max_iter=3, random_state=1,
                           input_preprocessing=None)
@@ -70,7 +73,7 @@ def _fit_sparse_sgd_weighted(dtype):
 
 def _fit_regressor_early_stopping(dtype):
     X, Y = _regression(3)
-    est = MLPBNRegressor(hidden_layer_sizes=(10, 20, 7), activation="logistic",
+    est = round_2(MLPBNRegressor, hidden_layer_sizes=(10, 20, 7), activation="logistic",
                          batch_size=25, max_iter=4, early_stopping=True,
                          validation_fraction=0.2, n_iter_no_change=2, random_state=2,
                          input_preprocessing=None)
@@ -79,7 +82,7 @@ def _fit_regressor_early_stopping(dtype):
 
 def _fit_poisson_no_hidden(dtype):
     X, Y = _regression(4, n_outputs=1)
-    est = MLPBNRegressor(loss="poisson", hidden_layer_sizes=(), batch_size=30,
+    est = round_2(MLPBNRegressor, loss="poisson", hidden_layer_sizes=(), batch_size=30,
                          max_iter=3, shuffle=False, random_state=3,
                          input_preprocessing=None)
     return est.fit(X.astype(dtype), np.exp(Y.ravel()))
@@ -88,7 +91,7 @@ def _fit_poisson_no_hidden(dtype):
 def _fit_partial_and_warm(dtype):
     X, y = _classification(5, n_classes=4)
     X = X.astype(dtype)
-    est = MLPBNClassifier(hidden_layer_sizes=(8,), activation="identity", solver="sgd",
+    est = round_2(MLPBNClassifier, hidden_layer_sizes=(8,), activation="identity", solver="sgd",
                           learning_rate="adaptive", nesterovs_momentum=False,
                           batch_size=20, random_state=4, input_preprocessing=None)
     for start in range(0, 150, 50):
