@@ -210,7 +210,7 @@ class Engine:
             bn_epsilon=self.bn_epsilon, data_loss_scale=float(data_loss_scale),
             virtual_batch_size=None if virtual_batch_size is None else int(virtual_batch_size),
             dropout=dropout.tolist(), dropout_seed=int(dropout_seed),
-        )  # fmt: skip
+        )
         self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
         # Minibatches and ghost chunks skipped so far: weight on < 2 rows.
@@ -359,7 +359,7 @@ class Engine:
                 self.network, data, params, optimizer, order, bool(order_is_identity),
                 int(batch_size), start, self._batches_per_call, loss_sum, int(n_threads),
                 int(pieces),
-            )  # fmt: skip
+            )
             self.degenerate_batches += degenerate
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
@@ -602,7 +602,7 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
                 coefs[: layer + 1], gammas[:layer],
                 list(intercepts[:layer]) + [np.zeros(width)], means, variances,
                 bn_epsilon, activation, "identity", dtype=dtype,
-            )  # fmt: skip
+            )
             count, mean, var = np.zeros(width), np.zeros(width), np.zeros(width)
             for start in range(0, n_rows, block_rows):
                 stop = min(start + block_rows, n_rows)

@@ -325,7 +325,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         X = _preprocessing.read(
             self, X, reset=reset,
             fitted_mask=None if handling is None else handling.is_categorical,
-        )  # fmt: skip
+        )
         y = _check_y(y, multi_output=True, y_numeric=y_numeric, estimator=self)
         check_consistent_length(X, y)
         return X, y
@@ -474,7 +474,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         engine, params, optimizer = self._fit_stochastic(
             X, Y, sample_weight, units, params + (tracked,), state, out_activation,
             random_state, incremental, dropout, callback_ctx,
-        )  # fmt: skip
+        )
 
         # Everything succeeded: publish the new state.
         self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
@@ -579,7 +579,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             data_loss_scale=data_loss_scale,
             virtual_batch_size=self._virtual_batch_size(batch_size),
             dropout=dropout, dropout_seed=dropout_seed,
-        )  # fmt: skip
+        )
         data = engine.bind(X_train, Y_train, sw_train)
         params = engine.parameters(*params)
         optimizer = self._make_optimizer(
@@ -596,7 +596,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 self._run_epochs(
                     engine, data, params, optimizer, state, validation, best,
                     random_state, incremental, batch_size, interrupt, epochs,
-                )  # fmt: skip
+                )
             except KeyboardInterrupt:  # a handler of the user's raised it
                 interrupt.requested = True
         if self.bn_stats == "population" and not incremental:
@@ -645,7 +645,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             callback_ctx, self, X=rows, y=y_train,
             metadata=None if sw_train is None else {"sample_weight": sw_train},
             fitted_attributes=fitted_attributes,
-        )  # fmt: skip
+        )
 
     def _set_population_statistics(self, engine, params, X, sample_weight):
         """Replace the running statistics of ``params`` (in place) by the
@@ -656,7 +656,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             X, sample_weight, coefs=coefs, gammas=gammas, intercepts=intercepts,
             bn_epsilon=self.bn_epsilon, activation=self.activation,
             dtype=np.result_type(X.dtype, dtype), stats_dtype=dtype,
-        )  # fmt: skip
+        )
         params.running_mean[:] = layout.pack_stats(means, dtype)
         params.running_var[:] = layout.pack_stats(variances, dtype)
 
@@ -929,7 +929,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         folded = FoldedNetwork.fold(
             *groups.values(), self.bn_epsilon, self.activation, self.out_activation_,
             dtype=dtype,
-        )  # fmt: skip
+        )
         if not any(a.flags.writeable for a in arrays):
             # A new dict, swapped in at once: safe under concurrent predicts.
             refs = tuple(weakref.ref(a) for a in arrays)
@@ -1067,7 +1067,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             X, sample_weight, coefs=groups["coefs_"], gammas=groups["gammas_"],
             intercepts=groups["intercepts_"], bn_epsilon=self.bn_epsilon,
             activation=self.activation, dtype=dtype, stats_dtype=model_dtype,
-        )  # fmt: skip
+        )
         for array in means + variances:
             array.setflags(write=False)
         self.running_means_, self.running_vars_ = means, variances
@@ -1081,7 +1081,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "momentum", "nesterovs_momentum", "early_stopping",
             "validation_fraction", "beta_1", "beta_2", "epsilon",
             "n_iter_no_change",
-        ]  # fmt: skip
+        ]
         params = {name: getattr(self, name) for name in names}
         if params["learning_rate"] == "cosine":
             # scikit-learn has no cosine schedule; the twin is fitted, and

@@ -181,7 +181,7 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
         return validate_data(
             estimator, X, reset=reset, accept_sparse=list(accept_sparse),
             dtype=(np.float64, np.float32), ensure_all_finite="allow-nan", order="C",
-        )  # fmt: skip
+        )
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]
@@ -196,7 +196,7 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     mask = categorical_mask(
         estimator.categorical_features, X, n_features,
         getattr(estimator, "feature_names_in_", None), fitted_mask,
-    )  # fmt: skip
+    )
     if _is_pandas_df(X):
         columns = _read_pandas(X, mask)
     elif _is_polars_df(X):
@@ -207,7 +207,7 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
         columns.numeric = check_array(
             columns.numeric, dtype=columns.dtype, ensure_all_finite="allow-nan",
             ensure_min_features=0, order="C", estimator=estimator,
-        )  # fmt: skip
+        )
     elif columns.shape[0] < 1:
         raise ValueError(
             f"Found array with 0 sample(s) (shape={columns.shape}) while a minimum "
@@ -761,7 +761,7 @@ def sklearn_steps(handling, feature_names, dtype):
         "categorical",
         OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.dtype(dtype).type),
         np.flatnonzero(handling.is_categorical).tolist(),
-    ))  # fmt: skip
+    ))
     ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
     if handling.n_numeric:
         _set_scaler(ct.named_transformers_["numeric"], handling)

@@ -69,7 +69,7 @@ def _network_input(estimator, operator, opv):
         indicators = OnnxCast(
             OnnxGather(nan, handling.indicator_pos.astype(np.int64), axis=1, op_version=opv),
             to=guess_proto_type(x.type), op_version=opv,
-        )  # fmt: skip
+        )
         z = OnnxConcat(z, indicators, axis=1, op_version=opv)
     return z, twin.steps[-1][1]
 

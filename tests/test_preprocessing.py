@@ -329,7 +329,7 @@ def test_pandas_frame_with_categories_and_nan():
         numeric, center, scale, [1],
         categorical=[frame["color"].astype(object).tolist(), frame["size"].astype(float)],
         categories=[list(c) for c in est.input_categories_],
-    )  # fmt: skip
+    )
     assert_allclose(est.predict_proba(frame)[:, 1:], forward_from_attributes(est, handled),
                     rtol=1e-10, atol=1e-12)
 
