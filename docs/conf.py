@@ -53,7 +53,7 @@ try:
 except ImportError as exc:  # pragma: no cover - configuration error path
     raise ImportError(
         "The docs need an importable, compiled sklearn_bn: run "
-        "`pip install \".[docs]\"` (or `pip install -e \".[docs]\"`) first."
+        '`pip install ".[docs]"` (or `pip install -e ".[docs]"`) first.'
     ) from exc
 
 print(f"sklearn_bn {sklearn_bn.__version__} from {Path(sklearn_bn.__file__).parent}")
@@ -155,8 +155,7 @@ html_theme_options = {
 html_context = {"default_mode": "light"}
 # Pages without sub-pages: no empty "Section Navigation" column.
 html_sidebars = {
-    page: []
-    for page in ("getting_started", "deployment", "dask", "performance")
+    page: [] for page in ("getting_started", "deployment", "dask", "performance")
 }
 
 

@@ -265,7 +265,9 @@ def explain(rows, epochs):
             )
         if row["accuracy"] < 2 * chance:
             notes.append(f"- {row['model']} is at chance level: it has not learned.")
-    wrapped = [textwrap.fill(text, width=79, subsequent_indent="    ") for text in columns]
+    wrapped = [
+        textwrap.fill(text, width=79, subsequent_indent="    ") for text in columns
+    ]
     return "\n".join(wrapped + notes)
 
 
@@ -335,8 +337,10 @@ def main(argv=None):
     )
     extras = "".join(
         f" {name}={value}"
-        for name, value in [("dropout", args.dropout),
-                            ("virtual_batch_size", args.virtual_batch_size)]
+        for name, value in [
+            ("dropout", args.dropout),
+            ("virtual_batch_size", args.virtual_batch_size),
+        ]
         if value
     )
     print(
