@@ -253,8 +253,8 @@ def section_neighbours(args, state):
 
 
 def section_pools(args, state):
-    from sklearn.model_selection import GridSearchCV
     from joblib import parallel_backend
+    from sklearn.model_selection import GridSearchCV
 
     X, y = digits()
     params = dict(SMALL, max_iter=3 if args.quick else SMALL["max_iter"])

@@ -191,8 +191,9 @@ def _node_source(node):
 
 
 def _sklearn_missing_reference(app, env, node, contnode):
-    from docutils import nodes
     from urllib.parse import quote
+
+    from docutils import nodes
 
     if node.get("refdomain") != "std" or node.get("reftype") not in ("ref", "term"):
         return None

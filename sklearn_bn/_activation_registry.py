@@ -15,7 +15,8 @@ nothing of the package, so that ``setup.py`` can read it before anything is
 built.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import expit, softmax

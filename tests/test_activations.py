@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_allclose, assert_array_equal
 
+from sklearn_bn import _activations
+
 from reference import ACTIVATIONS, DTYPES
 from reference import activation as ref_activation
 from reference import activation_derivative as ref_derivative
-from sklearn_bn import _activations
 
 SHAPES = [(1, 1), (2, 3), (1, 7), (9, 1), (3, 10_000), (0, 4)]
 

@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
+from sklearn_bn import _batchnorm
+
 from reference import ACTIVATIONS, DTYPES
 from reference import activation as ref_activation
 from reference import activation_derivative as ref_derivative
-from sklearn_bn import _batchnorm
 
 EPS = 1e-5
 

@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from reference import DTYPES
 from sklearn_bn import _blas
+
+from reference import DTYPES
 
 # (m, k, n): op(a) is (m, k), op(b) is (k, n).
 SHAPES = [

@@ -28,6 +28,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
+from sklearn_bn._engine import Engine
+
 from reference import (
     DTYPES,
     forward_from_attributes,
@@ -35,8 +38,6 @@ from reference import (
     hidden_pre_normalization,
     weighted_mean_and_unbiased_var,
 )
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
-from sklearn_bn._engine import Engine
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
 

@@ -21,8 +21,9 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
-from reference import DTYPES, forward_from_attributes
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _preprocessing
+
+from reference import DTYPES, forward_from_attributes
 
 CLIP = 3.0
 IQR_PER_SD = 1.3489795003921634

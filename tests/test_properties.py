@@ -24,8 +24,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
-from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, MLPBNClassifier
+
+from reference import DTYPES, draw_split
 
 # derandomize: the same examples on every run, so that CI never turns red by
 # the luck of a draw; a failure found is then found again.

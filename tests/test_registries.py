@@ -19,8 +19,8 @@ import scipy.sparse as sp
 from numpy.testing import assert_allclose
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from test_training import engine_loss_and_gradient, make_problem
 
-import reference
 from sklearn_bn import (
     MLPBNClassifier,
     MLPBNRegressor,
@@ -32,7 +32,8 @@ from sklearn_bn import (
     _optimizers,
     _training,
 )
-from test_training import engine_loss_and_gradient, make_problem
+
+import reference
 
 ESTIMATORS = [MLPBNClassifier, MLPBNRegressor]
 DOCS = Path(__file__).parents[1] / "docs"

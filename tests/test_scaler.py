@@ -19,9 +19,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, _team, _threads
 from sklearn_bn._scaling import affine_columns, has_infinity
+
+from reference import DTYPES, draw_split
 
 MOMENTA = [None, 0.1]
 

@@ -23,6 +23,10 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
+from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
+from sklearn_bn import _engine, _mlp, _team, _threads, _training
+
 from reference import (
     ACTIVATIONS,
     optimizer_steps,
@@ -32,9 +36,6 @@ from reference import (
     ref_per_sample_loss,
 )
 from reference import activation as ref_activation
-from sklearn_bn import _engine, _mlp, _team, _threads, _training
-from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
-from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
 
 # The engine's math takes X as the first layer's input: the estimators here
 # run without input handling (tests/test_preprocessing.py covers it).
