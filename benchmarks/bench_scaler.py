@@ -96,7 +96,7 @@ def candidates(X, chunk):
 def measure(funcs, repeat):
     """Best time of each function, the repeats interleaved."""
     best = {name: float("inf") for name in funcs}
-    for name, func in funcs.items():  # warm-up: imports, thread pool, pages
+    for func in funcs.values():  # warm-up: imports, thread pool, pages
         func()
     for _ in range(repeat):
         for name, func in funcs.items():

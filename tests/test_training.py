@@ -26,6 +26,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
 from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
 from sklearn_bn import _engine, _mlp, _team, _threads, _training
+from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
+from sklearn_bn._utils import aligned_zeros
 
 from reference import (
     ACTIVATIONS,
@@ -41,8 +43,6 @@ from reference import activation as ref_activation
 # run without input handling (tests/test_preprocessing.py covers it).
 MLPBNClassifier = functools.partial(_MLPBNClassifier, input_preprocessing=None)
 MLPBNRegressor = functools.partial(_MLPBNRegressor, input_preprocessing=None)
-from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
-from sklearn_bn._utils import aligned_zeros
 
 BN_EPSILON = 1e-5
 

@@ -42,7 +42,7 @@ models = {
 }
 n_epochs = 20
 history = {name: {"loss": [], "accuracy": []} for name in models}
-for epoch in range(n_epochs):
+for _ in range(n_epochs):
     for name, model in models.items():
         model.partial_fit(X_train, y_train, classes=classes)
         history[name]["loss"].append(model.loss_)

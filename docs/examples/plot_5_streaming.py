@@ -145,7 +145,7 @@ classes = np.unique(digits_y)
 
 clf = MLPBNClassifier(hidden_layer_sizes=(64,), learning_rate_init=0.01, random_state=0)
 seen, accuracy = [], []
-for n_pass in range(3):
+for _ in range(3):
     for k in range(X_blocks.numblocks[0]):
         clf.partial_fit(
             X_blocks.blocks[k].compute(),
