@@ -272,7 +272,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"got {self.hidden_layer_sizes!r}."
             )
         if any(s <= 0 for s in sizes):
-            raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
     def _dropout_rates(self, n_hidden_layers):
@@ -874,7 +874,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             loss = loss_sum / n_rows
             state.loss_curve.append(loss)
             if self.verbose:
-                print("Iteration %d, loss = %.8f" % (state.n_iter, loss))
+                print(f"Iteration {state.n_iter:d}, loss = {loss:.8f}")
             if self._update_no_improvement(engine, params, state, validation, loss):
                 best.params = params.copy()
             optimizer.iteration_ends(state.t)
@@ -894,9 +894,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 break
             if state.n_iter == self.max_iter:
                 warnings.warn(
-                    "Stochastic Optimizer: Maximum iterations (%d) "
-                    "reached and the optimization hasn't converged yet."
-                    % self.max_iter,
+                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) "
+                    "reached and the optimization hasn't converged yet.",
                     ConvergenceWarning,
                 )
 
@@ -923,7 +922,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )
         state.validation_scores.append(score)
         if self.verbose:
-            print("Validation score: %f" % score)
+            print(f"Validation score: {score:f}")
         if not score >= state.best_validation_score + self.tol:
             state.no_improvement += 1
         else:
@@ -957,12 +956,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _no_improvement_message(self):
         if self.early_stopping:
             return (
-                "Validation score did not improve more than tol=%f for %d "
-                "consecutive epochs." % (self.tol, self.n_iter_no_change)
+                f"Validation score did not improve more than tol={self.tol:f} for "
+                f"{self.n_iter_no_change:d} consecutive epochs."
             )
         return (
-            "Training loss did not improve more than tol=%f for %d consecutive "
-            "epochs." % (self.tol, self.n_iter_no_change)
+            f"Training loss did not improve more than tol={self.tol:f} for "
+            f"{self.n_iter_no_change:d} consecutive epochs."
         )
 
     def _fresh_stopping_state(self, state):

@@ -1256,7 +1256,7 @@ def test_verbose_prints_each_iteration(capsys):
     fit_quietly(est.set_params(verbose=True, max_iter=4), X, y)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "Iteration %d, loss = %.8f" % (i + 1, loss)
+        f"Iteration {i + 1:d}, loss = {loss:.8f}"
         for i, loss in enumerate(est.loss_curve_)
     ]
     est.partial_fit(X, y)
@@ -1277,8 +1277,8 @@ def test_verbose_with_early_stopping(capsys):
     expected = []
     for i, (loss, score) in enumerate(zip(est.loss_curve_, est.validation_scores_)):
         expected += [
-            "Iteration %d, loss = %.8f" % (i + 1, loss),
-            "Validation score: %f" % score,
+            f"Iteration {i + 1:d}, loss = {loss:.8f}",
+            f"Validation score: {score:f}",
         ]
     assert lines == expected
 
@@ -1316,7 +1316,7 @@ def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys
         msgs = schedule_messages(ours_out)
         assert msgs[:-1] == [
             "Training loss did not improve more than tol=1000000.000000 for 2 "
-            "consecutive epochs. Setting learning rate to %f" % r
+            f"consecutive epochs. Setting learning rate to {r:f}"
             for r in rates
         ]
         assert msgs[-1].endswith("Learning rate too small. Stopping.")
