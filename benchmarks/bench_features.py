@@ -4,9 +4,10 @@ in the test accuracy of MLPBNClassifier, against its defaults (issue #15).
 Run from the repository root after building the extensions::
 
     python setup.py build_ext --inplace
-    python benchmarks/bench_features.py                     # 5 seeds, every data set
-    python benchmarks/bench_features.py --quick             # smoke run: 2 seeds, 2 epochs
-    python benchmarks/bench_features.py --seeds 10 --datasets digits,wine --json out.json
+    python benchmarks/bench_features.py            # 5 seeds, every data set
+    python benchmarks/bench_features.py --quick    # smoke run: 2 seeds, 2 epochs
+    python benchmarks/bench_features.py --seeds 10 --datasets digits,wine \
+        --json out.json
 
 What is measured. For each data set and each seed ``s`` (``s = 0 .. seeds-1``):
 
@@ -250,8 +251,8 @@ def run_dataset(name, args):
     label = name + (" (generated: make_classification)" if name == "synthetic" else "")
     print(
         f"## {label}: {X.shape[0]} rows x {X.shape[1]} features, "
-        f"{len(np.unique(y))} classes; {X.shape[0] - n_test} train / {n_test} test rows; "
-        f"{args.seeds} seeds\n"
+        f"{len(np.unique(y))} classes; {X.shape[0] - n_test} train / "
+        f"{n_test} test rows; {args.seeds} seeds\n"
     )
     acc = {c: [r["accuracy"] for r in rs] for c, rs in runs.items()}
     rows, summary = [], {}

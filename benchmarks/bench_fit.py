@@ -89,15 +89,15 @@ scaling
 Every time is the best of ``--repeat`` runs (each a fresh ``fit`` or a full
 pass) timed with ``time.perf_counter`` (``--clock cpu``: ``time.process_time``,
 the CPU time of all the process's threads, which a busy machine disturbs less
-than wall time when one thread runs; with more threads it counts their
-spinning too). ``--threads N`` caps every BLAS/OpenMP
-pool with threadpoolctl (and torch's) for the whole run, and so sets T. The header shows the
-BLAS libraries and their threads, the load average (the ratios are measured in
-one run, so a busy machine affects numerator and denominator alike, but not
-always equally) and any ``OPENBLAS_*`` variables set in the environment: on
-some processors ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set to work
-around old OpenBLAS builds, and they can slow current numpy and scipy; to
-compare, unset both for one command only::
+than wall time when one thread runs; with more threads it counts their spinning
+too). ``--threads N`` caps every BLAS/OpenMP pool with threadpoolctl (and
+torch's) for the whole run, and so sets T. The header shows the BLAS libraries
+and their threads, the load average (the ratios are measured in one run, so a
+busy machine affects numerator and denominator alike, but not always equally)
+and any ``OPENBLAS_*`` variables set in the environment: on some processors
+``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set to work around old
+OpenBLAS builds, and they can slow current numpy and scipy; to compare, unset
+both for one command only::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py
 """
@@ -1131,9 +1131,9 @@ def header(args, title="fit / predict_proba / memory / scaling"):
         print("environment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
         if "OPENBLAS_CORETYPE" in env:
             print(
-                "note: OPENBLAS_CORETYPE is set; it can select slower kernels in current "
-                "numpy/scipy. Compare with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
-                "python benchmarks/bench_fit.py ...`"
+                "note: OPENBLAS_CORETYPE is set; it can select slower kernels in "
+                "current numpy/scipy. Compare with `env -u OPENBLAS_CORETYPE "
+                "-u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py ...`"
             )
     else:
         print("environment: no OPENBLAS_*/OMP_*/MKL_* variables set")
@@ -1150,9 +1150,8 @@ def header(args, title="fit / predict_proba / memory / scaling"):
     )
     if args.threads:
         print(f"threads: limited to {args.threads} with threadpoolctl")
-    print(
-        f"clock: {args.clock} ({'time.perf_counter' if args.clock == 'wall' else 'time.process_time'})"
-    )
+    clock = "time.perf_counter" if args.clock == "wall" else "time.process_time"
+    print(f"clock: {args.clock} ({clock})")
     print()
 
 

@@ -224,8 +224,8 @@ def main():
         args.repeat, args.min_time = 1, 0.01
 
     print(
-        f"# fused batch norm + ReLU, forward (train) + backward; best of {args.repeat}, "
-        f"{args.clock} clock"
+        "# fused batch norm + ReLU, forward (train) + backward; "
+        f"best of {args.repeat}, {args.clock} clock"
     )
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "

@@ -179,9 +179,9 @@ def main(argv=None):
     repeat = 2 if args.quick else args.repeat
     dtype = np.dtype(args.dtype)
     print(
-        f"# work inflation of a minibatch's products split into T pieces ({dtype.name}, "
-        f"batch {BATCH}, one BLAS thread, best of {repeat}); time of the T pieces run "
-        f"one after another / time of the whole products\n"
+        "# work inflation of a minibatch's products split into T pieces "
+        f"({dtype.name}, batch {BATCH}, one BLAS thread, best of {repeat}); "
+        "time of the T pieces run one after another / time of the whole products\n"
     )
     with threadpool_limits(1, user_api="blas"):
         rows = inflation_table(dtype, repeat)

@@ -347,9 +347,10 @@ def section_after(args, state):
         ),
     }
     print(
-        f"## after: fit of MLPBNClassifier(hidden {SMALL_HIDDEN}, max_iter={epochs}) on "
-        f"digits ({Xtr.shape[0]} train rows, {Xte.shape[0]} test rows), right after "
-        f"another call; seconds best / median of {args.repeat}\n"
+        f"## after: fit of MLPBNClassifier(hidden {SMALL_HIDDEN}, "
+        f"max_iter={epochs}) on digits ({Xtr.shape[0]} train rows, "
+        f"{Xte.shape[0]} test rows), right after another call; seconds best / "
+        f"median of {args.repeat}\n"
     )
     t = rounds({name: c[0] for name, c in cases.items()}, args.repeat)
     rows, results = [], {}
@@ -405,9 +406,10 @@ def section_grid(args, state):
 
         return run
 
+    values = ", ".join(f"{k} in {v}" for k, v in grid.items())
     print(
         f"## grid: GridSearchCV(cv={folds}, refit=True) on digits ({X.shape[0]} rows), "
-        f"{n_candidates} candidates ({', '.join(f'{k} in {v}' for k, v in grid.items())}), "
+        f"{n_candidates} candidates ({values}), "
         f"max_iter={epochs}, random_state=0; seconds best / median of {args.repeat}\n"
     )
     rows, results = [], {}
@@ -459,10 +461,10 @@ def section_small(args, state):
         return case
 
     print(
-        f"## small: MLPBNClassifier(hidden {SMALL_HIDDEN}, max_iter={SMALL_EPOCHS[args.quick]})"
-        f" on digits ({Xtr.shape[0]} rows), fit after fit, default team "
-        f"({bench_fit.team_threads()} threads) vs one thread; seconds best / median of "
-        f"{args.repeat}\n"
+        f"## small: MLPBNClassifier(hidden {SMALL_HIDDEN}, "
+        f"max_iter={SMALL_EPOCHS[args.quick]}) on digits ({Xtr.shape[0]} rows), "
+        f"fit after fit, default team ({bench_fit.team_threads()} threads) vs one "
+        f"thread; seconds best / median of {args.repeat}\n"
     )
     t = rounds({"default": fit_after_fit(None), "one": fit_after_fit(1)}, args.repeat)
     r = ratio(t["default"], t["one"])
@@ -516,10 +518,10 @@ def section_speedup(args, state):
     X64, _ = bench_fit.fit_data(args.quick)
     print(
         f"## speedup: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
-        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}, {bench_fit.FIT_EPOCHS[args.quick]} "
-        f"epoch(s)), s/epoch on one thread and on T = {team}; numpy's products: (b) one "
-        f"BLAS thread, (c) {team} Python threads x 1 BLAS thread; best / median of "
-        f"{args.repeat}\n"
+        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}, "
+        f"{bench_fit.FIT_EPOCHS[args.quick]} epoch(s)), s/epoch on one thread and on "
+        f"T = {team}; numpy's products: (b) one BLAS thread, (c) {team} Python "
+        f"threads x 1 BLAS thread; best / median of {args.repeat}\n"
     )
     rows, results = [], {}
     for dt in args.dtype:
@@ -577,9 +579,10 @@ def section_cores(args, state):
     X64, _ = bench_fit.fit_data(args.quick)
     print(
         f"## cores: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
-        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}), threads 1..{n_cpu}; s/epoch best "
-        f"of {args.repeat}; speed-up against one thread, efficiency = speed-up / threads; "
-        f"numpy (a): BLAS's own threads, (c): Python threads x 1 BLAS thread\n"
+        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}), threads 1..{n_cpu}; s/epoch "
+        f"best of {args.repeat}; speed-up against one thread, efficiency = "
+        "speed-up / threads; numpy (a): BLAS's own threads, (c): Python threads x "
+        "1 BLAS thread\n"
     )
     rows, results = [], []
     for dt in dtypes:
@@ -831,10 +834,10 @@ def section_ctrlc(args, state):
     sizes, trials = CTRLC_ROWS[args.quick], CTRLC_TRIALS[args.quick]
     hidden = CTRLC_HIDDEN[args.quick]
     print(
-        f"## ctrlc: SIGINT during fit (float32, {bench_fit.N_FEATURES} features, hidden "
-        f"{hidden}, batch {bench_fit.BATCH}, adam), at a random moment "
-        f"{CTRLC_WINDOW[0]}-{CTRLC_WINDOW[1]} epochs into the fit; latency = signal to fit "
-        f"returning\n"
+        f"## ctrlc: SIGINT during fit (float32, {bench_fit.N_FEATURES} features, "
+        f"hidden {hidden}, batch {bench_fit.BATCH}, adam), at a random moment "
+        f"{CTRLC_WINDOW[0]}-{CTRLC_WINDOW[1]} epochs into the fit; latency = signal "
+        f"to fit returning\n"
     )
     rows, trial_rows, results = [], [], {}
     for n, k in zip(sizes, trials):

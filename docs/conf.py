@@ -19,7 +19,8 @@ Intersphinx links to scikit-learn, numpy, scipy and Python are off by default
 because fetching their inventories needs the network (a failed fetch is a
 warning, hence an error under ``-W``). Turn them on with::
 
-    SKLEARN_BN_DOCS_INTERSPHINX=1 python -m sphinx -W --keep-going -b html docs docs/_build/html
+    SKLEARN_BN_DOCS_INTERSPHINX=1 python -m sphinx -W --keep-going -b html \
+        docs docs/_build/html
 """
 
 import os

@@ -421,9 +421,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         dtype = X.dtype if first_pass else self.coefs_[0].dtype
         if not self._bn_epsilon_fits(dtype):
             warnings.warn(
-                f"bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
-                "1 / sqrt(bn_epsilon), the scale of a hidden unit that is constant "
-                "over a minibatch, is beyond its range, and training will produce "
+                f"bn_epsilon={self.bn_epsilon:g} is too small for "
+                f"{np.dtype(dtype).name}: 1 / sqrt(bn_epsilon), the scale of a hidden "
+                "unit that is constant over a minibatch, is beyond its range, and "
+                "training will produce "
                 "non-finite weights if that happens. Use a larger bn_epsilon or "
                 "float64 input.",
                 RuntimeWarning,
@@ -571,8 +572,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     "partial_fit continues the fitted network; restore "
                     "hidden_layer_sizes, or call fit to train a new network."
                     if incremental
-                    else "warm_start continues the fitted network; set warm_start=False "
-                    "to train a new one."
+                    else "warm_start continues the fitted network; set "
+                    "warm_start=False to train a new one."
                 )
             )
         return (
@@ -685,11 +686,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             self._set_population_statistics(engine, best.params, X_train, sw_train)
         if engine.degenerate_batches:
             warnings.warn(
-                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) had "
-                "their sample weight on fewer than two rows: batch norm cannot normalize "
-                "them with their own statistics, so they were skipped (no step, no "
-                "update of the running statistics). Shuffle the rows (shuffle=True), or "
-                "use a larger batch_size (or virtual_batch_size).",
+                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) "
+                "had their sample weight on fewer than two rows: batch norm cannot "
+                "normalize them with their own statistics, so they were skipped (no "
+                "step, no update of the running statistics). Shuffle the rows "
+                "(shuffle=True), or use a larger batch_size (or virtual_batch_size).",
                 UserWarning,
             )
         if interrupt.requested:
@@ -941,10 +942,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         message = "Solver produced non-finite parameter weights."
         if not self._bn_epsilon_fits(dtype):
             return message + (
-                f" bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
-                "a hidden unit that is constant over a minibatch is scaled by "
-                "1 / sqrt(bn_epsilon), beyond its range. Use a larger bn_epsilon "
-                "(the default is 1e-5) or float64 input."
+                f" bn_epsilon={self.bn_epsilon:g} is too small for "
+                f"{np.dtype(dtype).name}: a hidden unit that is constant over a "
+                "minibatch is scaled by 1 / sqrt(bn_epsilon), beyond its range. Use a "
+                "larger bn_epsilon (the default is 1e-5) or float64 input."
             )
         return message + (
             f" Possible causes: learning_rate_init={self.learning_rate_init:g} too "
@@ -1052,11 +1053,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _folded_network(self, input_dtype=None):
         """The inference network of the fitted attributes, folded for inputs
         of ``input_dtype`` (it computes in that dtype and the weights'
-        together: float64 in, float64 out, as scikit-learn's MLP); cached while those attributes are the same read-only
-        arrays (the cache holds them, so their identities stay theirs). The
-        cache lives outside the estimator: predicting changes nothing in it,
-        and a snapshot of the estimator (see ``_reads_fitted_state``) finds
-        the entry of the estimator it was taken from."""
+        together: float64 in, float64 out, as scikit-learn's MLP); cached
+        while those attributes are the same read-only arrays (the cache holds
+        them, so their identities stay theirs). The cache lives outside the
+        estimator: predicting changes nothing in it, and a snapshot of the
+        estimator (see ``_reads_fitted_state``) finds the entry of the
+        estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
         dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)

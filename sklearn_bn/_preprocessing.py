@@ -124,8 +124,8 @@ def categorical_mask(categorical_features, X, n_features, feature_names, fitted_
     if values.dtype.kind == "b":
         if values.shape[0] != n_features:
             raise ValueError(
-                f"categorical_features as a boolean mask must have shape ({n_features},) "
-                f"(the number of features), got {values.shape}."
+                "categorical_features as a boolean mask must have shape "
+                f"({n_features},) (the number of features), got {values.shape}."
             )
         return values.copy()
     mask = np.zeros(n_features, dtype=bool)

@@ -606,9 +606,13 @@ def test_the_twin_loads_without_sklearn_bn(tmp_path):
             sys.modules["sklearn_bn"] = None  # importing it fails
             with open({str(path)!r}, "rb") as f:
                 twin, X, expected = pickle.load(f)
-            got = twin.predict_proba(X) if hasattr(twin, "predict_proba") else twin.predict(X)
+            if hasattr(twin, "predict_proba"):
+                got = twin.predict_proba(X)
+            else:
+                got = twin.predict(X)
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
-            assert not any(m.startswith("sklearn_bn") for m in sys.modules if sys.modules[m])
+            loaded = [m for m in sys.modules if sys.modules[m]]
+            assert not any(m.startswith("sklearn_bn") for m in loaded)
         """)
         run = subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
