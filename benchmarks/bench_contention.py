@@ -50,10 +50,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_fit  # noqa: E402
-from bench_fit import fmt_x, table, verdict  # noqa: E402
+import bench_fit  # also puts an uninstalled checkout on sys.path
+from bench_fit import fmt_x, table, verdict
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 SECTIONS = ("neighbours", "pools")
 CONDITIONS = {"quiet": 0, "one busy": 1, "two busy": 2}

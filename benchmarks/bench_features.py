@@ -78,10 +78,10 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_fit  # noqa: E402  (also puts an uninstalled checkout on sys.path)
-from bench_fit import table  # noqa: E402
+import bench_fit  # also puts an uninstalled checkout on sys.path
+from bench_fit import table
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 HIDDEN = (128, 128)
 MAX_ITER = {False: 200, True: 2}

@@ -47,8 +47,8 @@ try:
     import sklearn_bn  # noqa: F401
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sklearn_bn._blas import gemm  # noqa: E402
-from sklearn_bn._team import work_check  # noqa: E402
+from sklearn_bn._blas import gemm
+from sklearn_bn._team import work_check
 
 BATCH = 256
 LAYERS = {"hidden 256 -> 256": (256, 256), "first 64 -> 256": (64, 256)}

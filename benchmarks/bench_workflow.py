@@ -125,10 +125,10 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_fit  # noqa: E402  (also puts an uninstalled checkout on sys.path)
-from bench_fit import blas_limit, fmt_s, fmt_x, table, verdict  # noqa: E402
+import bench_fit  # also puts an uninstalled checkout on sys.path
+from bench_fit import blas_limit, fmt_s, fmt_x, table, verdict
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 SECTIONS = ("after", "grid", "small", "speedup", "ctrlc", "cores")
 DEFAULT_SECTIONS = ("after", "grid", "small", "speedup", "ctrlc")
