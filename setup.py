@@ -62,10 +62,20 @@ COMPILER_DIRECTIVES = {
 # No code reads errno: this lets sqrt vectorize (the Adam step).
 COMPILE_ARGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
 
-MODULES = ["_team", "_blas", "_activations", "_batchnorm", "_scaling", "_optimizers", "_training",
-           "_debug"]
+MODULES = [
+    "_team",
+    "_blas",
+    "_activations",
+    "_batchnorm",
+    "_scaling",
+    "_optimizers",
+    "_training",
+    "_debug",
+]
 # Modules that run OpenMP teams (the scaler's kernels and the engine).
-OPENMP_MODULES = {f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")}
+OPENMP_MODULES = {
+    f"sklearn_bn.{name}" for name in ("_team", "_batchnorm", "_scaling", "_training")
+}
 
 OPENMP_CHECK = """
 #include <omp.h>
@@ -112,10 +122,14 @@ def _render_templates():
     """Render every ``sklearn_bn/*.tp`` beside it, with the activation
     registry's lists (read from its file: nothing of the package is built
     yet)."""
-    registry = runpy.run_path(os.path.join(HERE, "sklearn_bn", "_activation_registry.py"))
+    registry = runpy.run_path(
+        os.path.join(HERE, "sklearn_bn", "_activation_registry.py")
+    )
     for template in sorted(glob.glob(os.path.join(HERE, "sklearn_bn", "*.tp"))):
         with open(template) as f:
-            text = Tempita.sub(f.read(), hidden=registry["HIDDEN"], output=registry["OUTPUT"])
+            text = Tempita.sub(
+                f.read(), hidden=registry["HIDDEN"], output=registry["OUTPUT"]
+            )
         _write_if_changed(template[: -len(".tp")], text)
 
 
@@ -126,16 +140,28 @@ def _record_configuration():
     version only: rerun Cython when they differ from the ones that generated
     ``CYTHON_DIR``'s C.
     """
-    _write_if_changed(CONFIG_STAMP, json.dumps({
-        "mode": MODE,
-        "directives": COMPILER_DIRECTIVES,
-        "compile_args": COMPILE_ARGS,
-        "no_openmp": NO_OPENMP,
-    }, sort_keys=True, indent=1) + "\n")
+    _write_if_changed(
+        CONFIG_STAMP,
+        json.dumps(
+            {
+                "mode": MODE,
+                "directives": COMPILER_DIRECTIVES,
+                "compile_args": COMPILE_ARGS,
+                "no_openmp": NO_OPENMP,
+            },
+            sort_keys=True,
+            indent=1,
+        )
+        + "\n",
+    )
     return _write_if_changed(
         os.path.join(CYTHON_DIR, "directives.json"),
-        json.dumps({"cython": Cython.__version__, "directives": COMPILER_DIRECTIVES},
-                   sort_keys=True, indent=1) + "\n",
+        json.dumps(
+            {"cython": Cython.__version__, "directives": COMPILER_DIRECTIVES},
+            sort_keys=True,
+            indent=1,
+        )
+        + "\n",
     )
 
 
@@ -151,8 +177,9 @@ class BuildExt(build_ext):
     def _copy_beside_sources(self):
         for ext in self.extensions:
             built = self.get_ext_fullpath(ext.name)
-            target = os.path.join(HERE, *ext.name.split(".")[:-1],
-                                  os.path.basename(built))
+            target = os.path.join(
+                HERE, *ext.name.split(".")[:-1], os.path.basename(built)
+            )
             if os.path.abspath(built) == os.path.abspath(target):
                 continue
             try:
@@ -182,8 +209,12 @@ class BuildExt(build_ext):
                     [source], output_dir=tmp, extra_postargs=flags
                 )
                 self.compiler.link_executable(
-                    objects, "openmp_check", output_dir=tmp,
-                    extra_postargs=[] if self.compiler.compiler_type == "msvc" else flags,
+                    objects,
+                    "openmp_check",
+                    output_dir=tmp,
+                    extra_postargs=[]
+                    if self.compiler.compiler_type == "msvc"
+                    else flags,
                 )
             except Exception as exc:  # CompileError, LinkError
                 warnings.warn(

@@ -58,8 +58,12 @@ print(best)
 
 
 def time_build(root, dtype, threads):
-    result = subprocess.run([sys.executable, "-c", CHILD, root, dtype, str(threads)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, root, dtype, str(threads)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"the fit failed in {root}:\n{result.stderr[-2000:]}")
     return float(result.stdout)
@@ -69,17 +73,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", help="root of the built checkout before the change")
     parser.add_argument("after", help="root of the built checkout after the change")
-    parser.add_argument("--rounds", type=int, default=6, help="processes per build (default 6)")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="processes per build (default 6)"
+    )
     parser.add_argument("--dtype", default="float32,float64")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="BLAS limit, which the engine follows (default: none)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="BLAS limit, which the engine follows (default: none)",
+    )
     args = parser.parse_args(argv)
-    roots = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
-    print(f"# fit of the bench_fit network, s/epoch; before = {roots['before']}, after = "
-          f"{roots['after']}; {args.rounds} processes each, alternating; threads: "
-          f"{args.threads or 'default'}\n")
-    print("| dtype | before median (fastest) | after median (fastest) | "
-          "after / before: median (fastest) |")
+    roots = {
+        "before": os.path.abspath(args.before),
+        "after": os.path.abspath(args.after),
+    }
+    print(
+        f"# fit of the bench_fit network, s/epoch; before = {roots['before']}, after = "
+        f"{roots['after']}; {args.rounds} processes each, alternating; threads: "
+        f"{args.threads or 'default'}\n"
+    )
+    print(
+        "| dtype | before median (fastest) | after median (fastest) | "
+        "after / before: median (fastest) |"
+    )
     print("|---|---|---|---|")
     for dtype in args.dtype.split(","):
         times = {"before": [], "after": []}
@@ -89,9 +106,11 @@ def main(argv=None):
                 times[name].append(time_build(roots[name], dtype, args.threads))
         med = {k: float(np.median(v)) for k, v in times.items()}
         low = {k: min(v) for k, v in times.items()}
-        print(f"| {dtype} | {med['before']:.4f} ({low['before']:.4f}) | "
-              f"{med['after']:.4f} ({low['after']:.4f}) | "
-              f"{med['after'] / med['before']:.3f} ({low['after'] / low['before']:.3f}) |")
+        print(
+            f"| {dtype} | {med['before']:.4f} ({low['before']:.4f}) | "
+            f"{med['after']:.4f} ({low['after']:.4f}) | "
+            f"{med['after'] / med['before']:.3f} ({low['after'] / low['before']:.3f}) |"
+        )
 
 
 if __name__ == "__main__":

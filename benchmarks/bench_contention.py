@@ -50,23 +50,34 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_fit  # noqa: E402
-from bench_fit import fmt_x, table, verdict  # noqa: E402
+import bench_fit  # also puts an uninstalled checkout on sys.path
+from bench_fit import fmt_x, table, verdict
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 SECTIONS = ("neighbours", "pools")
 CONDITIONS = {"quiet": 0, "one busy": 1, "two busy": 2}
 # The engine alone: its threads are what is measured (the input handling,
 # on one thread, would dilute the ratios).
-ENGINE = dict(input_preprocessing=None, learning_rate="constant", early_stopping=False,
-              tol=0.0, n_iter_no_change=10_000, random_state=0)
+ENGINE = dict(
+    input_preprocessing=None,
+    learning_rate="constant",
+    early_stopping=False,
+    tol=0.0,
+    n_iter_no_change=10_000,
+    random_state=0,
+)
 SMALL = dict(hidden_layer_sizes=(64, 64), max_iter=20, **ENGINE)
 LARGE = dict(hidden_layer_sizes=(256, 256), max_iter=2, batch_size=256, **ENGINE)
 LARGE_ROWS = {False: 20_000, True: 2_000}
-TARGETS = {("quiet", "small"): 0.85, ("quiet", "large"): 0.70,
-           ("one busy", "small"): 1.0, ("one busy", "large"): 0.95,
-           ("two busy", "small"): 1.10, ("two busy", "large"): 1.10}
+TARGETS = {
+    ("quiet", "small"): 0.85,
+    ("quiet", "large"): 0.70,
+    ("one busy", "small"): 1.0,
+    ("one busy", "large"): 0.95,
+    ("two busy", "small"): 1.10,
+    ("two busy", "large"): 1.10,
+}
 TARGET_WORKER = 1.2
 TARGET_TWO_FITS = 1.2
 TARGET_GRID = 1.0
@@ -107,8 +118,12 @@ def interleaved(cases, repeat, warmup=True):
 def ratios(times, num, den):
     """Median and range of the per-round ratios ``num / den``."""
     per_round = [a / b for a, b in zip(times[num], times[den])]
-    return {"median": statistics.median(per_round), "min": min(per_round),
-            "max": max(per_round), "rounds": per_round}
+    return {
+        "median": statistics.median(per_round),
+        "min": min(per_round),
+        "max": max(per_round),
+        "rounds": per_round,
+    }
 
 
 def fmt_r(r):
@@ -150,8 +165,13 @@ def digits():
 def large_data(quick):
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=LARGE_ROWS[quick], n_features=64,
-                               n_informative=32, n_classes=10, random_state=0)
+    X, y = make_classification(
+        n_samples=LARGE_ROWS[quick],
+        n_features=64,
+        n_informative=32,
+        n_classes=10,
+        random_state=0,
+    )
     return X.astype(np.float32), y
 
 
@@ -159,6 +179,7 @@ def fit_case(make, X, y, blas_threads):
     def case():
         with bench_fit.blas_limit(blas_threads):
             return timed(lambda: quiet_fit(make(), X, y))
+
     return case
 
 
@@ -172,35 +193,68 @@ def section_neighbours(args, state):
     networks = {"small": (SMALL, *digits()), "large": (LARGE, *large_data(args.quick))}
     if args.quick:
         networks["small"][0]["max_iter"] = 3
-    print(f"## neighbours: default team / one thread, medians (range) of {args.repeat} "
-          f"interleaved rounds; MLPClassifier's BLAS threads / one BLAS thread beside\n")
+    print(
+        f"## neighbours: default team / one thread, medians (range) of {args.repeat} "
+        f"interleaved rounds; MLPClassifier's BLAS threads / one BLAS thread beside\n"
+    )
     rows, results = [], {}
     for condition, n_busy in CONDITIONS.items():
         with busy_neighbours(n_busy):
             for name, (params, X, y) in networks.items():
-                sk_params = {k: v for k, v in params.items() if k != "input_preprocessing"}
+                sk_params = {
+                    k: v for k, v in params.items() if k != "input_preprocessing"
+                }
                 cases = {
-                    "bn default": fit_case(lambda: MLPBNClassifier(**params), X, y, None),
+                    "bn default": fit_case(
+                        lambda: MLPBNClassifier(**params), X, y, None
+                    ),
                     "bn one": fit_case(lambda: MLPBNClassifier(**params), X, y, 1),
-                    "sk default": fit_case(lambda: MLPClassifier(**sk_params), X, y, None),
+                    "sk default": fit_case(
+                        lambda: MLPClassifier(**sk_params), X, y, None
+                    ),
                     "sk one": fit_case(lambda: MLPClassifier(**sk_params), X, y, 1),
                 }
                 t = interleaved(cases, args.repeat, warmup=not args.quick)
-                bn, sk = ratios(t, "bn default", "bn one"), ratios(t, "sk default", "sk one")
+                bn, sk = (
+                    ratios(t, "bn default", "bn one"),
+                    ratios(t, "sk default", "sk one"),
+                )
                 target = TARGETS[condition, name]
-                rows.append([condition, name, f"{statistics.median(t['bn one']):.3f}",
-                             fmt_r(bn), f"<= {target}", verdict(bn["median"] <= target),
-                             fmt_r(sk)])
-                results[f"{condition}/{name}"] = {"times": t, "mlpbn": bn, "mlpclassifier": sk,
-                                                  "target": target}
-    table(["condition", "network", "MLPBN one thread s (median)", "MLPBN default / one",
-           "target", "pass/fail", "MLPClassifier default / one"], rows)
+                rows.append(
+                    [
+                        condition,
+                        name,
+                        f"{statistics.median(t['bn one']):.3f}",
+                        fmt_r(bn),
+                        f"<= {target}",
+                        verdict(bn["median"] <= target),
+                        fmt_r(sk),
+                    ]
+                )
+                results[f"{condition}/{name}"] = {
+                    "times": t,
+                    "mlpbn": bn,
+                    "mlpclassifier": sk,
+                    "target": target,
+                }
+    table(
+        [
+            "condition",
+            "network",
+            "MLPBN one thread s (median)",
+            "MLPBN default / one",
+            "target",
+            "pass/fail",
+            "MLPClassifier default / one",
+        ],
+        rows,
+    )
     state["neighbours"] = results
 
 
 def section_pools(args, state):
-    from sklearn.model_selection import GridSearchCV
     from joblib import parallel_backend
+    from sklearn.model_selection import GridSearchCV
 
     X, y = digits()
     params = dict(SMALL, max_iter=3 if args.quick else SMALL["max_iter"])
@@ -219,10 +273,14 @@ def section_pools(args, state):
             t.start()
             quiet_fit(make(), X, y)
             t.join()
+
         return timed(run)
 
-    grid = {"hidden_layer_sizes": [(64,), (64, 64)], "alpha": [1e-4, 1e-2],
-            "learning_rate_init": [1e-3, 1e-2]}
+    grid = {
+        "hidden_layer_sizes": [(64,), (64, 64)],
+        "alpha": [1e-4, 1e-2],
+        "learning_rate_init": [1e-3, 1e-2],
+    }
     if args.quick:
         grid = {"alpha": [1e-4, 1e-2]}
 
@@ -232,34 +290,58 @@ def section_pools(args, state):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     GridSearchCV(make(), grid, cv=3).fit(X, y)
+
         return lambda: timed(run)
 
     cases = {
         "fit main": lambda: timed(lambda: quiet_fit(make(), X, y)),
         "fit worker": lambda: in_thread(lambda: timed(lambda: quiet_fit(make(), X, y))),
         "predict main": lambda: timed(lambda: model.predict(X_big)),
-        "predict worker": lambda: in_thread(lambda: timed(lambda: model.predict(X_big))),
+        "predict worker": lambda: in_thread(
+            lambda: timed(lambda: model.predict(X_big))
+        ),
         "two sequential": both_sequential,
         "two at once": both_at_once,
         "grid n_jobs=1": search(1),
         "grid n_jobs=2": search(2),
     }
-    print(f"## pools: calls from the user's threads, medians (range) of {args.repeat} "
-          "interleaved rounds\n")
+    print(
+        f"## pools: calls from the user's threads, medians (range) of {args.repeat} "
+        "interleaved rounds\n"
+    )
     t = interleaved(cases, args.repeat, warmup=not args.quick)
     rows, results = [], {"times": t}
     for label, num, den, target in [
         ("fit: worker thread / main thread", "fit worker", "fit main", TARGET_WORKER),
-        (f"predict {X_big.shape[0]} rows: worker / main", "predict worker", "predict main",
-         TARGET_WORKER),
-        ("two fits: at once / one after the other", "two at once", "two sequential",
-         TARGET_TWO_FITS),
-        ("GridSearchCV threading: n_jobs=2 / n_jobs=1", "grid n_jobs=2", "grid n_jobs=1",
-         TARGET_GRID),
+        (
+            f"predict {X_big.shape[0]} rows: worker / main",
+            "predict worker",
+            "predict main",
+            TARGET_WORKER,
+        ),
+        (
+            "two fits: at once / one after the other",
+            "two at once",
+            "two sequential",
+            TARGET_TWO_FITS,
+        ),
+        (
+            "GridSearchCV threading: n_jobs=2 / n_jobs=1",
+            "grid n_jobs=2",
+            "grid n_jobs=1",
+            TARGET_GRID,
+        ),
     ]:
         r = ratios(t, num, den)
-        rows.append([label, f"{statistics.median(t[den]):.3f}", fmt_r(r), f"<= {target}",
-                     verdict(r["median"] <= target)])
+        rows.append(
+            [
+                label,
+                f"{statistics.median(t[den]):.3f}",
+                fmt_r(r),
+                f"<= {target}",
+                verdict(r["median"] <= target),
+            ]
+        )
         results[label] = r
     table(["case", "reference s (median)", "ratio", "target", "pass/fail"], rows)
     state["pools"] = results
@@ -268,14 +350,25 @@ def section_pools(args, state):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="Sections are described in the module docstring of this script.")
-    parser.add_argument("--what", default=",".join(SECTIONS),
-                        type=lambda v: bench_fit.parse_list(v, SECTIONS, "section"),
-                        help=f"comma-separated sections: {','.join(SECTIONS)}")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="interleaved rounds (default 7; 1 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: a smoke run, not a measurement")
+        epilog="Sections are described in the module docstring of this script.",
+    )
+    parser.add_argument(
+        "--what",
+        default=",".join(SECTIONS),
+        type=lambda v: bench_fit.parse_list(v, SECTIONS, "section"),
+        help=f"comma-separated sections: {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="interleaved rounds (default 7; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: a smoke run, not a measurement",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write raw results as JSON")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.quick else 7)

@@ -89,15 +89,15 @@ scaling
 Every time is the best of ``--repeat`` runs (each a fresh ``fit`` or a full
 pass) timed with ``time.perf_counter`` (``--clock cpu``: ``time.process_time``,
 the CPU time of all the process's threads, which a busy machine disturbs less
-than wall time when one thread runs; with more threads it counts their
-spinning too). ``--threads N`` caps every BLAS/OpenMP
-pool with threadpoolctl (and torch's) for the whole run, and so sets T. The header shows the
-BLAS libraries and their threads, the load average (the ratios are measured in
-one run, so a busy machine affects numerator and denominator alike, but not
-always equally) and any ``OPENBLAS_*`` variables set in the environment: on
-some processors ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set to work
-around old OpenBLAS builds, and they can slow current numpy and scipy; to
-compare, unset both for one command only::
+than wall time when one thread runs; with more threads it counts their spinning
+too). ``--threads N`` caps every BLAS/OpenMP pool with threadpoolctl (and
+torch's) for the whole run, and so sets T. The header shows the BLAS libraries
+and their threads, the load average (the ratios are measured in one run, so a
+busy machine affects numerator and denominator alike, but not always equally)
+and any ``OPENBLAS_*`` variables set in the environment: on some processors
+``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set to work around old
+OpenBLAS builds, and they can slow current numpy and scipy; to compare, unset
+both for one command only::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py
 """
@@ -202,8 +202,10 @@ def engine_batches(n, batch):
 def blas_threads():
     from threadpoolctl import threadpool_info
 
-    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
-               default=1)
+    return max(
+        (i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+        default=1,
+    )
 
 
 def team_threads():
@@ -211,8 +213,10 @@ def team_threads():
     capped by the engine's OpenMP limit (what ``sklearn_bn`` uses)."""
     from threadpoolctl import threadpool_info
 
-    n = min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
-            default=1)
+    n = min(
+        (i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+        default=1,
+    )
     try:
         from sklearn_bn._training import openmp_max_threads
 
@@ -256,7 +260,7 @@ def linear_labels(X, n_classes, seed):
     W = rng.standard_normal((X.shape[1], n_classes)).astype(X.dtype)
     y = np.empty(X.shape[0], dtype=np.int64)
     for s in range(0, X.shape[0], 65536):
-        y[s:s + 65536] = np.argmax(X[s:s + 65536] @ W, axis=1)
+        y[s : s + 65536] = np.argmax(X[s : s + 65536] @ W, axis=1)
     return y
 
 
@@ -265,8 +269,12 @@ def fit_data(quick):
 
     n_total, n_train = FIT_ROWS[quick]
     X, y = make_classification(
-        n_samples=n_total, n_features=N_FEATURES, n_informative=40, n_redundant=10,
-        n_classes=N_CLASSES, random_state=0,
+        n_samples=n_total,
+        n_features=N_FEATURES,
+        n_informative=40,
+        n_redundant=10,
+        n_classes=N_CLASSES,
+        random_state=0,
     )
     return X[:n_train], y[:n_train]
 
@@ -275,9 +283,16 @@ def mlp_params(hidden, epochs):
     """The benchmark network: the engine alone (input_preprocessing=None;
     the generated data are already standardized), a fixed number of epochs."""
     params = dict(
-        hidden_layer_sizes=hidden, activation="relu", solver="adam",
-        batch_size=BATCH, max_iter=epochs, tol=0.0, n_iter_no_change=10_000,
-        learning_rate="constant", early_stopping=False, random_state=0,
+        hidden_layer_sizes=hidden,
+        activation="relu",
+        solver="adam",
+        batch_size=BATCH,
+        max_iter=epochs,
+        tol=0.0,
+        n_iter_no_change=10_000,
+        learning_rate="constant",
+        early_stopping=False,
+        random_state=0,
     )
     if "input_preprocessing" in MLPBNClassifier().get_params():
         params["input_preprocessing"] = None
@@ -360,8 +375,10 @@ def interleaved_best(timers, repeat, warmup=()):
 
 def make_weights(units, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((units[l], units[l + 1])).astype(dtype)
-            for l in range(len(units) - 1)]
+    return [
+        rng.standard_normal((units[l], units[l + 1])).astype(dtype)
+        for l in range(len(units) - 1)
+    ]
 
 
 def batch_products(units, batch_sizes, dtype, seed=0, weights=None):
@@ -393,8 +410,9 @@ def batch_products(units, batch_sizes, dtype, seed=0, weights=None):
 
 def make_epoch_products(units, batch_sizes, dtype, seed=0):
     """List of (a, b, out) operand triples of one training epoch's products."""
-    return [p for prods in batch_products(units, batch_sizes, dtype, seed)
-            for p in prods]
+    return [
+        p for prods in batch_products(units, batch_sizes, dtype, seed) for p in prods
+    ]
 
 
 def numpy_floor(products):
@@ -430,8 +448,10 @@ def team_floor(per_thread):
     def run():
         barrier = threading.Barrier(n_threads)
         with blas_limit(1):
-            helpers = [threading.Thread(target=body, args=(j, barrier))
-                       for j in range(1, n_threads)]
+            helpers = [
+                threading.Thread(target=body, args=(j, barrier))
+                for j in range(1, n_threads)
+            ]
             for t in helpers:
                 t.start()
             try:
@@ -455,7 +475,9 @@ def split_floor(units, batch_sizes, dtype, n_threads, products=True):
     for j in range(n_threads):
         if products:
             blocks = [row_blocks(m, n_threads)[j] for m in batch_sizes]
-            per_thread.append(batch_products(units, blocks, dtype, seed=1 + j, weights=W))
+            per_thread.append(
+                batch_products(units, blocks, dtype, seed=1 + j, weights=W)
+            )
         else:
             per_thread.append([()] * len(batch_sizes))
     return team_floor(per_thread)
@@ -472,8 +494,10 @@ def floor_timers(units, batch_sizes, dtype, epochs, n_threads):
         "a": per_epoch(call_timer(flat), epochs),
         "b": per_epoch(call_timer(limited(flat, 1)), epochs),
         "c": per_epoch(call_timer(split_floor(units, sizes, dtype, n_threads)), epochs),
-        "sync": per_epoch(call_timer(split_floor(units, sizes, dtype, n_threads,
-                                                 products=False)), epochs),
+        "sync": per_epoch(
+            call_timer(split_floor(units, sizes, dtype, n_threads, products=False)),
+            epochs,
+        ),
     }
 
 
@@ -503,8 +527,14 @@ def engine_blas_floor(products):
 
 def run_worker(name, payload, timeout=1800):
     """Run ``--worker name`` in a fresh interpreter; return its JSON result."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name,
-           "--worker-args", json.dumps(payload)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        name,
+        "--worker-args",
+        json.dumps(payload),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -532,25 +562,34 @@ def worker_torch(p):
 
     def run():
         model = nn.Sequential(
-            nn.Linear(N_FEATURES, h1, bias=False), nn.BatchNorm1d(h1), nn.ReLU(),
-            nn.Linear(h1, h2, bias=False), nn.BatchNorm1d(h2), nn.ReLU(),
+            nn.Linear(N_FEATURES, h1, bias=False),
+            nn.BatchNorm1d(h1),
+            nn.ReLU(),
+            nn.Linear(h1, h2, bias=False),
+            nn.BatchNorm1d(h2),
+            nn.ReLU(),
             nn.Linear(h2, N_CLASSES),
         ).to(tdtype)
         model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8
+        )
         loss_fn = nn.CrossEntropyLoss()
         for _ in range(p["epochs"]):
             perm = torch.randperm(n)
             for s, m in zip(starts, sizes):
-                idx = perm[s:s + m]
+                idx = perm[s : s + m]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(Xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
 
     best, _ = best_of(run, p["repeat"])
-    return {"s_per_epoch": best / p["epochs"], "threads": torch.get_num_threads(),
-            "version": torch.__version__}
+    return {
+        "s_per_epoch": best / p["epochs"],
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+    }
 
 
 def _rss_kib(field):
@@ -615,10 +654,12 @@ def section_fit(args, dtypes, state):
     units = [N_FEATURES, *HIDDEN, N_CLASSES]
     sizes = engine_batches(X64.shape[0], BATCH)
     team = team_threads()
-    print(f"## fit: {X64.shape[0]} x {X64.shape[1]} training rows, {N_CLASSES} classes, "
-          f"hidden {HIDDEN}, relu, adam, batch {BATCH}, {epochs} epoch(s); "
-          f"{len(sizes)} minibatches per epoch; s/epoch = fit time / n_iter_, "
-          f"best of {args.repeat}; T = {team} threads\n")
+    print(
+        f"## fit: {X64.shape[0]} x {X64.shape[1]} training rows, {N_CLASSES} classes, "
+        f"hidden {HIDDEN}, relu, adam, batch {BATCH}, {epochs} epoch(s); "
+        f"{len(sizes)} minibatches per epoch; s/epoch = fit time / n_iter_, "
+        f"best of {args.repeat}; T = {team} threads\n"
+    )
     rows, speed_rows = [], []
     for dt in dtypes:
         X = np.ascontiguousarray(X64, dtype=dt)
@@ -626,81 +667,211 @@ def section_fit(args, dtypes, state):
         floors = floor_timers(units, sizes, dt, epochs, team)
         eng = engine_blas_floor(make_epoch_products(units, sizes, dt) * epochs)
         keep = []
-        t = interleaved_best({
-            "a": floors["a"], "b": floors["b"], "c": floors["c"], "sync": floors["sync"],
-            "eng": None if eng is None else per_epoch(call_timer(eng), epochs),
-            "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
-            "bn1": limited(fit_timer(lambda: MLPBNClassifier(**params), X, y), 1),
-            "drop": fit_timer(lambda: MLPBNClassifier(**params, dropout=DROPOUT), X, y),
-            "sk": fit_timer(lambda: MLPClassifier(**sklearn_params(params)), X, y),
-        }, args.repeat, warmup=("a", "b", "c", "eng"))
+        t = interleaved_best(
+            {
+                "a": floors["a"],
+                "b": floors["b"],
+                "c": floors["c"],
+                "sync": floors["sync"],
+                "eng": None if eng is None else per_epoch(call_timer(eng), epochs),
+                "bn": fit_timer(lambda: MLPBNClassifier(**params), X, y, keep),
+                "bn1": limited(fit_timer(lambda: MLPBNClassifier(**params), X, y), 1),
+                "drop": fit_timer(
+                    lambda: MLPBNClassifier(**params, dropout=DROPOUT), X, y
+                ),
+                "sk": fit_timer(lambda: MLPClassifier(**sklearn_params(params)), X, y),
+            },
+            args.repeat,
+            warmup=("a", "b", "c", "eng"),
+        )
         state.setdefault("fitted", {})[dt] = keep[0]
         floor_name = min("abc", key=lambda k: t[k])
         floor = t[floor_name]
         t_bn, t_bn1, t_sk = t["bn"], t["bn1"], t["sk"]
-        torch_res = run_worker("torch", {
-            "dtype": dt, "quick": args.quick, "epochs": epochs,
-            "repeat": args.repeat, "threads": args.threads or team,
-            "clock": args.clock,
-        })
+        torch_res = run_worker(
+            "torch",
+            {
+                "dtype": dt,
+                "quick": args.quick,
+                "epochs": epochs,
+                "repeat": args.repeat,
+                "threads": args.threads or team,
+                "clock": args.clock,
+            },
+        )
         t_torch = torch_res.get("s_per_epoch")
 
         def floor_row(key, what):
             mark = " <- products floor" if key == floor_name else ""
-            return [f"({key}) {what}{mark}", dt, fmt_s(t[key]), fmt_x(t[key] / floor),
-                    "", "", ""]
+            return [
+                f"({key}) {what}{mark}",
+                dt,
+                fmt_s(t[key]),
+                fmt_x(t[key] / floor),
+                "",
+                "",
+                "",
+            ]
 
         n_sync = len(sizes)
         rows.append(floor_row("a", f"numpy, BLAS's own threads ({blas_threads()})"))
         rows.append(floor_row("b", "numpy, one BLAS thread"))
-        rows.append(floor_row(
-            "c", f"{team} Python threads x 1 BLAS thread, rows split, one barrier per "
-                 f"minibatch (barriers alone: {fmt_s(t['sync'])} s/epoch, "
-                 f"{t['sync'] / n_sync * 1e6:.0f} us each)"))
+        rows.append(
+            floor_row(
+                "c",
+                f"{team} Python threads x 1 BLAS thread, rows split, one barrier per "
+                f"minibatch (barriers alone: {fmt_s(t['sync'])} s/epoch, "
+                f"{t['sync'] / n_sync * 1e6:.0f} us each)",
+            )
+        )
         if t["eng"] is not None:
-            rows.append(["engine-BLAS (a): scipy's OpenBLAS, its own threads", dt,
-                         fmt_s(t["eng"]), fmt_x(t["eng"] / floor), "", "reference", ""])
-        rows.append([f"MLPBNClassifier ({team} threads)", dt, fmt_s(t_bn), fmt_x(t_bn / floor),
-                     "1.00x", f"<= {TARGET_FIT}x floor", verdict(t_bn / floor <= TARGET_FIT)])
-        rows.append([f"MLPBNClassifier, dropout={DROPOUT} ({team} threads)", dt,
-                     fmt_s(t["drop"]), fmt_x(t["drop"] / floor), fmt_x(t["drop"] / t_bn),
-                     f"<= {TARGET_DROPOUT}x MLPBN", verdict(t["drop"] / t_bn <= TARGET_DROPOUT)])
-        rows.append(["MLPBNClassifier (one thread), ratio to (b)", dt, fmt_s(t_bn1),
-                     fmt_x(t_bn1 / t["b"]), fmt_x(t_bn1 / t_bn), "reference", ""])
-        rows.append(["MLPClassifier (no BN)", dt, fmt_s(t_sk), fmt_x(t_sk / floor),
-                     fmt_x(t_sk / t_bn), "reference", ""])
+            rows.append(
+                [
+                    "engine-BLAS (a): scipy's OpenBLAS, its own threads",
+                    dt,
+                    fmt_s(t["eng"]),
+                    fmt_x(t["eng"] / floor),
+                    "",
+                    "reference",
+                    "",
+                ]
+            )
+        rows.append(
+            [
+                f"MLPBNClassifier ({team} threads)",
+                dt,
+                fmt_s(t_bn),
+                fmt_x(t_bn / floor),
+                "1.00x",
+                f"<= {TARGET_FIT}x floor",
+                verdict(t_bn / floor <= TARGET_FIT),
+            ]
+        )
+        rows.append(
+            [
+                f"MLPBNClassifier, dropout={DROPOUT} ({team} threads)",
+                dt,
+                fmt_s(t["drop"]),
+                fmt_x(t["drop"] / floor),
+                fmt_x(t["drop"] / t_bn),
+                f"<= {TARGET_DROPOUT}x MLPBN",
+                verdict(t["drop"] / t_bn <= TARGET_DROPOUT),
+            ]
+        )
+        rows.append(
+            [
+                "MLPBNClassifier (one thread), ratio to (b)",
+                dt,
+                fmt_s(t_bn1),
+                fmt_x(t_bn1 / t["b"]),
+                fmt_x(t_bn1 / t_bn),
+                "reference",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "MLPClassifier (no BN)",
+                dt,
+                fmt_s(t_sk),
+                fmt_x(t_sk / floor),
+                fmt_x(t_sk / t_bn),
+                "reference",
+                "",
+            ]
+        )
         if t_torch is None:
-            rows.append(["PyTorch CPU, BatchNorm1d", dt, torch_res["error"], "n/a", "n/a",
-                         "reference", ""])
+            rows.append(
+                [
+                    "PyTorch CPU, BatchNorm1d",
+                    dt,
+                    torch_res["error"],
+                    "n/a",
+                    "n/a",
+                    "reference",
+                    "",
+                ]
+            )
         else:
-            rows.append([f"PyTorch {torch_res['version']} CPU, BatchNorm1d "
-                         f"({torch_res['threads']} threads)", dt, fmt_s(t_torch),
-                         fmt_x(t_torch / floor), fmt_x(t_torch / t_bn), "reference", ""])
+            rows.append(
+                [
+                    f"PyTorch {torch_res['version']} CPU, BatchNorm1d "
+                    f"({torch_res['threads']} threads)",
+                    dt,
+                    fmt_s(t_torch),
+                    fmt_x(t_torch / floor),
+                    fmt_x(t_torch / t_bn),
+                    "reference",
+                    "",
+                ]
+            )
         speedup, numpy_speedup = t_bn1 / t_bn, t["b"] / t["c"]
-        speed_rows.append([
-            dt, fmt_s(t_bn1), fmt_s(t_bn), fmt_x(speedup), fmt_x(numpy_speedup),
-            f">= {TARGET_SPEEDUP}x" if team > 1 else "n/a (T = 1)",
-            verdict(speedup >= TARGET_SPEEDUP) if team > 1 else "",
-        ])
-        state.setdefault("results", []).append({
-            "section": "fit", "dtype": dt, "threads": team,
-            "floor_a": t["a"], "floor_b": t["b"], "floor_c": t["c"],
-            "floor_c_barriers": t["sync"], "floor": floor, "floor_is": floor_name,
-            "engine_blas_floor": t["eng"], "MLPBNClassifier": t_bn,
-            "MLPBNClassifier_1thread": t_bn1, "MLPBNClassifier_dropout": t["drop"],
-            "MLPClassifier": t_sk, "torch": t_torch})
-    table(["what", "dtype", "s/epoch", "ratio to products floor", "ratio to MLPBN",
-           "target", "pass/fail"], rows)
-    print(f"Speed-up from one thread to T = {team} threads (s/epoch); numpy's products "
-          f"alone: (b) / (c)\n")
-    table(["dtype", "MLPBN one thread", f"MLPBN {team} threads", "MLPBN speed-up",
-           "numpy products speed-up (b)/(c)", "target", "pass/fail"], speed_rows)
+        speed_rows.append(
+            [
+                dt,
+                fmt_s(t_bn1),
+                fmt_s(t_bn),
+                fmt_x(speedup),
+                fmt_x(numpy_speedup),
+                f">= {TARGET_SPEEDUP}x" if team > 1 else "n/a (T = 1)",
+                verdict(speedup >= TARGET_SPEEDUP) if team > 1 else "",
+            ]
+        )
+        state.setdefault("results", []).append(
+            {
+                "section": "fit",
+                "dtype": dt,
+                "threads": team,
+                "floor_a": t["a"],
+                "floor_b": t["b"],
+                "floor_c": t["c"],
+                "floor_c_barriers": t["sync"],
+                "floor": floor,
+                "floor_is": floor_name,
+                "engine_blas_floor": t["eng"],
+                "MLPBNClassifier": t_bn,
+                "MLPBNClassifier_1thread": t_bn1,
+                "MLPBNClassifier_dropout": t["drop"],
+                "MLPClassifier": t_sk,
+                "torch": t_torch,
+            }
+        )
+    table(
+        [
+            "what",
+            "dtype",
+            "s/epoch",
+            "ratio to products floor",
+            "ratio to MLPBN",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
+    print(
+        f"Speed-up from one thread to T = {team} threads (s/epoch); numpy's products "
+        f"alone: (b) / (c)\n"
+    )
+    table(
+        [
+            "dtype",
+            "MLPBN one thread",
+            f"MLPBN {team} threads",
+            "MLPBN speed-up",
+            "numpy products speed-up (b)/(c)",
+            "target",
+            "pass/fail",
+        ],
+        speed_rows,
+    )
 
 
 def section_predict(args, dtypes, state):
     n = PREDICT_ROWS[args.quick]
-    print(f"## predict_proba: {n} x {N_FEATURES} rows, hidden {HIDDEN} (folded), "
-          f"best of {args.repeat}\n")
+    print(
+        f"## predict_proba: {n} x {N_FEATURES} rows, hidden {HIDDEN} (folded), "
+        f"best of {args.repeat}\n"
+    )
     rows = []
     rng = np.random.default_rng(1)
     Xp64 = rng.standard_normal((n, N_FEATURES))
@@ -709,8 +880,12 @@ def section_predict(args, dtypes, state):
         if est is None:
             X64, y = fit_data(args.quick)
             keep = []
-            fit_timer(lambda: MLPBNClassifier(**mlp_params(HIDDEN, 1)),
-                      np.ascontiguousarray(X64, dtype=dt), y, keep)()
+            fit_timer(
+                lambda: MLPBNClassifier(**mlp_params(HIDDEN, 1)),
+                np.ascontiguousarray(X64, dtype=dt),
+                y,
+                keep,
+            )()
             est = keep[0]
         Xp = np.ascontiguousarray(Xp64, dtype=dt)
         mlp = est.to_sklearn()
@@ -723,31 +898,63 @@ def section_predict(args, dtypes, state):
             out[...] = 1  # touch the pages once
             prods.append((a, W, out))
             a = out
-        t = interleaved_best({
-            "floor": call_timer(numpy_floor(prods)),
-            "bn": call_timer(lambda: est.predict_proba(Xp)),
-            "sk": call_timer(lambda: mlp.predict_proba(Xp)),
-        }, args.repeat, warmup=("floor", "bn", "sk"))
+        t = interleaved_best(
+            {
+                "floor": call_timer(numpy_floor(prods)),
+                "bn": call_timer(lambda: est.predict_proba(Xp)),
+                "sk": call_timer(lambda: mlp.predict_proba(Xp)),
+            },
+            args.repeat,
+            warmup=("floor", "bn", "sk"),
+        )
         floor, t_bn, t_sk = t["floor"], t["bn"], t["sk"]
-        rows.append(["GEMM floor, folded network (numpy)", dt, fmt_s(floor), "1.00x", "", ""])
-        rows.append(["MLPBNClassifier.predict_proba", dt, fmt_s(t_bn), fmt_x(t_bn / floor),
-                     f"<= {TARGET_PREDICT}x floor", verdict(t_bn / floor <= TARGET_PREDICT)])
-        rows.append(["to_sklearn().predict_proba", dt, fmt_s(t_sk), fmt_x(t_sk / floor),
-                     "reference", ""])
+        rows.append(
+            ["GEMM floor, folded network (numpy)", dt, fmt_s(floor), "1.00x", "", ""]
+        )
+        rows.append(
+            [
+                "MLPBNClassifier.predict_proba",
+                dt,
+                fmt_s(t_bn),
+                fmt_x(t_bn / floor),
+                f"<= {TARGET_PREDICT}x floor",
+                verdict(t_bn / floor <= TARGET_PREDICT),
+            ]
+        )
+        rows.append(
+            [
+                "to_sklearn().predict_proba",
+                dt,
+                fmt_s(t_sk),
+                fmt_x(t_sk / floor),
+                "reference",
+                "",
+            ]
+        )
         state.setdefault("results", []).append(
-            {"section": "predict", "dtype": dt, "floor": floor,
-             "MLPBNClassifier": t_bn, "sklearn": t_sk})
+            {
+                "section": "predict",
+                "dtype": dt,
+                "floor": floor,
+                "MLPBNClassifier": t_bn,
+                "sklearn": t_sk,
+            }
+        )
     table(["what", "dtype", "seconds", "ratio to floor", "target", "pass/fail"], rows)
 
 
 def section_memory(args, dtypes, state):
     shape = MEMORY_SHAPE[args.quick]
-    print(f"## fit peak extra memory: X {shape[0]} x {shape[1]} float32, {N_CLASSES} "
-          f"classes, hidden {MEMORY_HIDDEN}, max_iter=1, batch {BATCH}; fresh "
-          f"subprocess per row\n")
+    print(
+        f"## fit peak extra memory: X {shape[0]} x {shape[1]} float32, {N_CLASSES} "
+        f"classes, hidden {MEMORY_HIDDEN}, max_iter=1, batch {BATCH}; fresh "
+        f"subprocess per row\n"
+    )
     rows = []
     for model in ("MLPBNClassifier", "MLPClassifier"):
-        r = run_worker("memory", {"shape": shape, "model": model, "threads": args.threads})
+        r = run_worker(
+            "memory", {"shape": shape, "model": model, "threads": args.threads}
+        )
         if "error" in r:
             rows.append([model, "float32", r["error"], "", "", "", "", ""])
             continue
@@ -756,26 +963,47 @@ def section_memory(args, dtypes, state):
         rss = None if r["rss_extra"] is None else r["rss_extra"] / xb
         worst = max(tm, rss or 0.0)
         is_bn = model == "MLPBNClassifier"
-        rows.append([
-            model, "float32", f"{xb / 2**20:.0f} MiB",
-            f"{r['tracemalloc_extra'] / 2**20:.1f} MiB ({tm:.1%})",
-            "n/a" if rss is None else f"{r['rss_extra'] / 2**20:.1f} MiB ({rss:.1%})",
-            f"{r['seconds']:.2f}",
-            f"<= {TARGET_MEMORY:.0%} of X" if is_bn else "reference",
-            verdict(worst <= TARGET_MEMORY) if is_bn else "",
-        ])
-        state.setdefault("results", []).append({"section": "memory", "model": model, **r})
-    table(["what", "dtype", "X bytes", "extra (tracemalloc peak)", "extra (RSS high-water)",
-           "fit s", "target", "pass/fail"], rows)
+        rows.append(
+            [
+                model,
+                "float32",
+                f"{xb / 2**20:.0f} MiB",
+                f"{r['tracemalloc_extra'] / 2**20:.1f} MiB ({tm:.1%})",
+                "n/a"
+                if rss is None
+                else f"{r['rss_extra'] / 2**20:.1f} MiB ({rss:.1%})",
+                f"{r['seconds']:.2f}",
+                f"<= {TARGET_MEMORY:.0%} of X" if is_bn else "reference",
+                verdict(worst <= TARGET_MEMORY) if is_bn else "",
+            ]
+        )
+        state.setdefault("results", []).append(
+            {"section": "memory", "model": model, **r}
+        )
+    table(
+        [
+            "what",
+            "dtype",
+            "X bytes",
+            "extra (tracemalloc peak)",
+            "extra (RSS high-water)",
+            "fit s",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
 
 
 def section_scaling(args, dtypes, state):
     sizes = SCALING_ROWS[args.quick]
     units = [N_FEATURES, *SCALING_HIDDEN, N_CLASSES]
-    print(f"## scaling: n_samples {', '.join(str(s) for s in sizes)} x {N_FEATURES}, "
-          f"{N_CLASSES} classes (random linear labels), hidden {SCALING_HIDDEN}, relu, "
-          f"adam, batch {BATCH}, {SCALING_EPOCHS} epochs; s/epoch = fit time / n_iter_, "
-          f"best of {args.repeat}\n")
+    print(
+        f"## scaling: n_samples {', '.join(str(s) for s in sizes)} x {N_FEATURES}, "
+        f"{N_CLASSES} classes (random linear labels), hidden {SCALING_HIDDEN}, relu, "
+        f"adam, batch {BATCH}, {SCALING_EPOCHS} epochs; s/epoch = fit time / n_iter_, "
+        f"best of {args.repeat}\n"
+    )
     rows = []
     rng = np.random.default_rng(2)
     X_all = rng.standard_normal((max(sizes), N_FEATURES), dtype=np.float32)
@@ -785,31 +1013,68 @@ def section_scaling(args, dtypes, state):
         X_dt = X_all if dt == "float32" else X_all.astype(dt)
         timers = {}
         for n in sizes:
-            timers[("floor", n)] = per_epoch(call_timer(numpy_floor(
-                make_epoch_products(units, engine_batches(n, BATCH), dt)
-                * SCALING_EPOCHS)), SCALING_EPOCHS)
-            timers[("bn", n)] = fit_timer(lambda n=n: MLPBNClassifier(**params),
-                                          X_dt[:n], y_all[:n])
-        t_all = interleaved_best(timers, args.repeat,
-                                 warmup=[("floor", n) for n in sizes])
+            timers[("floor", n)] = per_epoch(
+                call_timer(
+                    numpy_floor(
+                        make_epoch_products(units, engine_batches(n, BATCH), dt)
+                        * SCALING_EPOCHS
+                    )
+                ),
+                SCALING_EPOCHS,
+            )
+            timers[("bn", n)] = fit_timer(
+                lambda n=n: MLPBNClassifier(**params), X_dt[:n], y_all[:n]
+            )
+        t_all = interleaved_best(
+            timers, args.repeat, warmup=[("floor", n) for n in sizes]
+        )
         prev = None
         for n in sizes:
             t, floor = t_all[("bn", n)], t_all[("floor", n)]
             ratio = None if prev is None else t / prev
-            ok = None if ratio is None else TARGET_SCALING[0] <= ratio <= TARGET_SCALING[1]
-            rows.append([
-                f"MLPBNClassifier n={n}", dt, fmt_s(t), fmt_s(floor), fmt_x(t / floor),
-                "" if ratio is None else fmt_x(ratio),
-                "" if ratio is None else f"{TARGET_SCALING[0]:g}x-{TARGET_SCALING[1]:g}x",
-                "" if ok is None else verdict(ok),
-            ])
+            ok = (
+                None
+                if ratio is None
+                else TARGET_SCALING[0] <= ratio <= TARGET_SCALING[1]
+            )
+            rows.append(
+                [
+                    f"MLPBNClassifier n={n}",
+                    dt,
+                    fmt_s(t),
+                    fmt_s(floor),
+                    fmt_x(t / floor),
+                    "" if ratio is None else fmt_x(ratio),
+                    ""
+                    if ratio is None
+                    else f"{TARGET_SCALING[0]:g}x-{TARGET_SCALING[1]:g}x",
+                    "" if ok is None else verdict(ok),
+                ]
+            )
             state.setdefault("results", []).append(
-                {"section": "scaling", "dtype": dt, "n": n, "s_per_epoch": t,
-                 "floor": floor})
+                {
+                    "section": "scaling",
+                    "dtype": dt,
+                    "n": n,
+                    "s_per_epoch": t,
+                    "floor": floor,
+                }
+            )
             prev = t
         del X_dt
-    table(["what", "dtype", "s/epoch", "GEMM floor s/epoch", "ratio to floor",
-           "ratio to previous size", "target", "pass/fail"], rows)
+    table(
+        [
+            "what",
+            "dtype",
+            "s/epoch",
+            "GEMM floor s/epoch",
+            "ratio to floor",
+            "ratio to previous size",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -822,43 +1087,71 @@ def header(args, title="fit / predict_proba / memory / scaling"):
 
     print(f"# sklearn_bn benchmark: {title}")
     print()
-    print("command: `" + " ".join([os.path.basename(sys.executable)]
-                                  + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`")
+    print(
+        "command: `"
+        + " ".join(
+            [os.path.basename(sys.executable)]
+            + [os.path.relpath(sys.argv[0])]
+            + sys.argv[1:]
+        )
+        + "`"
+    )
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(
+                l.split(":", 1)[1].strip() for l in f if l.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
-    print(f"machine: {cpu}, {os.cpu_count()} CPUs; python {platform.python_version()}, "
-          f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
-          f"{sklearn.__version__}, sklearn_bn {sklearn_bn.__version__} "
-          f"({os.path.dirname(sklearn_bn.__file__)})")
+    print(
+        f"machine: {cpu}, {os.cpu_count()} CPUs; python {platform.python_version()}, "
+        f"numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
+        f"{sklearn.__version__}, sklearn_bn {sklearn_bn.__version__} "
+        f"({os.path.dirname(sklearn_bn.__file__)})"
+    )
     for info in threadpool_info():
         owner = os.path.basename(os.path.dirname(info["filepath"]))
         extra = f", {info['architecture']} kernels" if info.get("architecture") else ""
-        print(f"threadpool: {info['internal_api']} {info.get('version') or ''} "
-              f"({owner}/{os.path.basename(info['filepath'])}{extra}), "
-              f"{info['num_threads']} threads")
-    print("note: numpy's OpenBLAS runs the products floors and MLPClassifier; the engine "
-          "of MLPBNClassifier calls scipy's (scipy.linalg.cython_blas)")
-    env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_", "MKL_"))}
+        print(
+            f"threadpool: {info['internal_api']} {info.get('version') or ''} "
+            f"({owner}/{os.path.basename(info['filepath'])}{extra}), "
+            f"{info['num_threads']} threads"
+        )
+    print(
+        "note: numpy's OpenBLAS runs the products floors and MLPClassifier; the engine "
+        "of MLPBNClassifier calls scipy's (scipy.linalg.cython_blas)"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("OPENBLAS", "OMP_", "MKL_"))
+    }
     if env:
         print("environment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
         if "OPENBLAS_CORETYPE" in env:
-            print("note: OPENBLAS_CORETYPE is set; it can select slower kernels in current "
-                  "numpy/scipy. Compare with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
-                  "python benchmarks/bench_fit.py ...`")
+            print(
+                "note: OPENBLAS_CORETYPE is set; it can select slower kernels in "
+                "current numpy/scipy. Compare with `env -u OPENBLAS_CORETYPE "
+                "-u OPENBLAS_L2_SIZE python benchmarks/bench_fit.py ...`"
+            )
     else:
         print("environment: no OPENBLAS_*/OMP_*/MKL_* variables set")
     load = os.getloadavg()
     busy = load[0] > 0.5 * (os.cpu_count() or 1)
-    print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-          + (" -- the machine is busy with other jobs; timings are noisy (best of "
-             f"{args.repeat})" if busy else ""))
+    print(
+        f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        + (
+            " -- the machine is busy with other jobs; timings are noisy (best of "
+            f"{args.repeat})"
+            if busy
+            else ""
+        )
+    )
     if args.threads:
         print(f"threads: limited to {args.threads} with threadpoolctl")
-    print(f"clock: {args.clock} ({'time.perf_counter' if args.clock == 'wall' else 'time.process_time'})")
+    clock = "time.perf_counter" if args.clock == "wall" else "time.process_time"
+    print(f"clock: {args.clock} ({clock})")
     print()
 
 
@@ -866,7 +1159,9 @@ def footer(state, seconds, json_path=None):
     """The end of a run that keeps its results in ``state`` (bench_workflow.py,
     bench_features.py): the load after it, its time, and ``state`` as JSON."""
     state["load_average_after"] = os.getloadavg()
-    print(f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     print(f"total benchmark time: {seconds:.0f} s")
     if json_path:
         with open(json_path, "w") as f:
@@ -878,7 +1173,8 @@ def parse_list(value, allowed, what):
     bad = [v for v in items if v not in allowed]
     if bad or not items:
         raise argparse.ArgumentTypeError(
-            f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+            f"unknown {what} {bad}; choose from {', '.join(allowed)}"
+        )
     return items
 
 
@@ -886,23 +1182,44 @@ def main(argv=None):
     global clock
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="Sections are described in the module docstring of this script.")
-    parser.add_argument("--what", default=",".join(SECTIONS),
-                        type=lambda v: parse_list(v, SECTIONS, "section"),
-                        help="comma-separated sections: fit,predict,memory,scaling "
-                             "(default: all)")
-    parser.add_argument("--dtype", default=",".join(DTYPES),
-                        type=lambda v: parse_list(v, DTYPES, "dtype"),
-                        help="comma-separated dtypes (default: float32,float64)")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="timed repeats, best of (default 3; 1 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes and 1 epoch: a smoke run, not a measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="limit BLAS/OpenMP (and torch) threads to this number")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall (default) or cpu (process CPU time; steadier on a "
-                             "busy machine with --threads 1)")
+        epilog="Sections are described in the module docstring of this script.",
+    )
+    parser.add_argument(
+        "--what",
+        default=",".join(SECTIONS),
+        type=lambda v: parse_list(v, SECTIONS, "section"),
+        help="comma-separated sections: fit,predict,memory,scaling (default: all)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=",".join(DTYPES),
+        type=lambda v: parse_list(v, DTYPES, "dtype"),
+        help="comma-separated dtypes (default: float32,float64)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed repeats, best of (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and 1 epoch: a smoke run, not a measurement",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit BLAS/OpenMP (and torch) threads to this number",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or cpu (process CPU time; steadier on a "
+        "busy machine with --threads 1)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write raw results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)

@@ -110,7 +110,7 @@ def empty_apart(like, other, offset=2048):
     nbytes = like.nbytes
     raw = np.empty(nbytes + 8192, dtype=np.uint8)
     start = (other.ctypes.data + offset - raw.ctypes.data) % 4096
-    return raw[start:start + nbytes].view(like.dtype).reshape(like.shape)
+    return raw[start : start + nbytes].view(like.dtype).reshape(like.shape)
 
 
 def empty_aligned(like, align=64, offset=0):
@@ -118,7 +118,7 @@ def empty_aligned(like, align=64, offset=0):
     ``align``-byte boundary."""
     raw = np.empty(like.nbytes + align + offset, dtype=np.uint8)
     start = (-raw.ctypes.data) % align + offset
-    return raw[start:start + like.nbytes].view(like.dtype).reshape(like.shape)
+    return raw[start : start + like.nbytes].view(like.dtype).reshape(like.shape)
 
 
 def make_kernel(z, gamma, beta, da, offset=0):
@@ -203,25 +203,45 @@ def make_torch(z, gamma, beta, da):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7, help="timed repeats (best of)")
-    parser.add_argument("--min-time", type=float, default=0.1,
-                        help="seconds per timed repeat (inner loop length)")
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.1,
+        help="seconds per timed repeat (inner loop length)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 repeat, short loops")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall: time.perf_counter (default); cpu: "
-                        "time.process_time, which does not count the time the "
-                        "process waits for a CPU on a busy machine")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: time.perf_counter (default); cpu: "
+        "time.process_time, which does not count the time the "
+        "process waits for a CPU on a busy machine",
+    )
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.quick:
         args.repeat, args.min_time = 1, 0.01
 
-    print(f"# fused batch norm + ReLU, forward (train) + backward; best of {args.repeat}, "
-          f"{args.clock} clock")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"numpy {np.__version__}")
+    print(
+        "# fused batch norm + ReLU, forward (train) + backward; "
+        f"best of {args.repeat}, {args.clock} clock"
+    )
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"numpy {np.__version__}"
+    )
     print()
-    header = ["shape", "dtype", "kernel s", "floor s", "kernel/floor",
-              "numpy s", "numpy/kernel", "kernel/floor, arrays 16 B off a cache line"]
+    header = [
+        "shape",
+        "dtype",
+        "kernel s",
+        "floor s",
+        "kernel/floor",
+        "numpy s",
+        "numpy/kernel",
+        "kernel/floor, arrays 16 B off a cache line",
+    ]
     rows = []
     torch_rows = []
     rng = np.random.default_rng(0)
@@ -231,23 +251,40 @@ def main():
             da = rng.standard_normal(shape).astype(dtype)
             gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
             beta = rng.uniform(-0.5, 0.5, shape[1]).astype(dtype)
-            funcs = [make_kernel(z, gamma, beta, da), make_floor(z, da),
-                     make_numpy(z, gamma, beta, da),
-                     make_kernel(z, gamma, beta, da, offset=16)]
+            funcs = [
+                make_kernel(z, gamma, beta, da),
+                make_floor(z, da),
+                make_numpy(z, gamma, beta, da),
+                make_kernel(z, gamma, beta, da, offset=16),
+            ]
             torch_run = make_torch(z, gamma, beta, da)
             if torch_run is not None:
                 funcs.append(torch_run)
             times = best_times(funcs, args.repeat, args.min_time, clock)
             t_kernel, t_floor, t_numpy, t_off = times[:4]
-            rows.append([f"({shape[0]}, {shape[1]})", np.dtype(dtype).name,
-                         f"{t_kernel:.3g}", f"{t_floor:.3g}",
-                         f"{t_kernel / t_floor:.2f}", f"{t_numpy:.3g}",
-                         f"{t_numpy / t_kernel:.1f}", f"{t_off / t_floor:.2f}"])
+            rows.append(
+                [
+                    f"({shape[0]}, {shape[1]})",
+                    np.dtype(dtype).name,
+                    f"{t_kernel:.3g}",
+                    f"{t_floor:.3g}",
+                    f"{t_kernel / t_floor:.2f}",
+                    f"{t_numpy:.3g}",
+                    f"{t_numpy / t_kernel:.1f}",
+                    f"{t_off / t_floor:.2f}",
+                ]
+            )
             if torch_run is not None:
                 t_torch = times[4]
-                torch_rows.append([rows[-1][0], rows[-1][1], f"{t_torch:.3g}",
-                                   f"{t_torch / t_floor:.2f}",
-                                   f"{t_torch / t_kernel:.1f}"])
+                torch_rows.append(
+                    [
+                        rows[-1][0],
+                        rows[-1][1],
+                        f"{t_torch:.3g}",
+                        f"{t_torch / t_floor:.2f}",
+                        f"{t_torch / t_kernel:.1f}",
+                    ]
+                )
 
     def table(head, body):
         print("| " + " | ".join(head) + " |")

@@ -62,7 +62,7 @@ from sklearn_bn._threads import max_threads
 
 def stream(scaler, X, chunk):
     for start in range(0, X.shape[0], chunk):
-        scaler.partial_fit(X[start:start + chunk])
+        scaler.partial_fit(X[start : start + chunk])
     return scaler.transform(X)
 
 
@@ -70,6 +70,7 @@ def one_thread(func):
     def run():
         with threadpool_limits(1, user_api="openmp"):
             return func()
+
     return run
 
 
@@ -95,7 +96,7 @@ def candidates(X, chunk):
 def measure(funcs, repeat):
     """Best time of each function, the repeats interleaved."""
     best = {name: float("inf") for name in funcs}
-    for name, func in funcs.items():  # warm-up: imports, thread pool, pages
+    for func in funcs.values():  # warm-up: imports, thread pool, pages
         func()
     for _ in range(repeat):
         for name, func in funcs.items():
@@ -112,10 +113,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-samples", type=int, default=1_000_000)
     parser.add_argument("--n-features", type=int, default=100)
-    parser.add_argument("--chunk", type=int, default=10_000,
-                        help="rows per partial_fit call in the stream")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=10_000,
+        help="rows per partial_fit call in the stream",
+    )
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64", "both"], default="both"
+    )
     args = parser.parse_args(argv)
 
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
@@ -126,8 +133,10 @@ def main(argv=None):
         f"{os.cpu_count()} CPUs, BatchNormScaler threads: {max_threads()}; "
         f"numpy {np.__version__}\n"
     )
-    print("| dtype | operation | seconds | x memory floor (X.copy()) "
-          "| x np.copyto floor | StandardScaler / this |")
+    print(
+        "| dtype | operation | seconds | x memory floor (X.copy()) "
+        "| x np.copyto floor | StandardScaler / this |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for dtype in dtypes:
@@ -143,8 +152,10 @@ def main(argv=None):
             for op in ("fit_transform", "stream"):
                 if name.startswith("BatchNormScaler") and op in name:
                     ratio_ss = f"{best['StandardScaler ' + op] / seconds:.1f}x"
-            print(f"| {dtype} | {name} | {seconds:.3f} | {seconds / floor:.2f} "
-                  f"| {seconds / prealloc:.2f} | {ratio_ss} |")
+            print(
+                f"| {dtype} | {name} | {seconds:.3f} | {seconds / floor:.2f} "
+                f"| {seconds / prealloc:.2f} | {ratio_ss} |"
+            )
         del X
         gc.collect()
 

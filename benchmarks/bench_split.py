@@ -47,8 +47,8 @@ try:
     import sklearn_bn  # noqa: F401
 except ImportError:  # run from a source checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sklearn_bn._blas import gemm  # noqa: E402
-from sklearn_bn._team import work_check  # noqa: E402
+from sklearn_bn._blas import gemm
+from sklearn_bn._team import work_check
 
 BATCH = 256
 LAYERS = {"hidden 256 -> 256": (256, 256), "first 64 -> 256": (64, 256)}
@@ -81,16 +81,23 @@ def grid(parts):
 def pieces(kind, split, m, n_in, n_out, parts, dtype, rng):
     """The products of one piece each, as closures, for ``kind`` in
     forward / delta / gradient, split by ``split`` into ``parts``."""
+
     def rand(*shape):
         return np.ascontiguousarray(rng.standard_normal(shape), dtype=dtype)
 
-    row_parts, col_parts = {"columns": (1, parts), "rows": (parts, 1),
-                            "tiles": grid(parts)}[split]
+    row_parts, col_parts = {
+        "columns": (1, parts),
+        "rows": (parts, 1),
+        "tiles": grid(parts),
+    }[split]
     calls = []
     # The output is (m, n_out) for forward, (m, n_in) for delta, and
     # (n_in, n_out) for the gradient, whose inner dimension is the rows.
-    out_rows, out_cols = {"forward": (m, n_out), "delta": (m, n_in),
-                          "gradient": (n_in, n_out)}[kind]
+    out_rows, out_cols = {
+        "forward": (m, n_out),
+        "delta": (m, n_in),
+        "gradient": (n_in, n_out),
+    }[kind]
     inner = {"forward": n_in, "delta": n_out, "gradient": m}[kind]
     if kind == "gradient":
         # Rows of the minibatch are the inner dimension: a row split makes
@@ -108,6 +115,7 @@ def pieces(kind, split, m, n_in, n_out, parts, dtype, rng):
                 np.copyto(total, partials[0])
                 for p in partials[1:]:
                     np.add(total, p, out=total)
+
             calls.append(reduce)
         return calls
     for r0, r1 in blocks(out_rows, row_parts):
@@ -117,7 +125,7 @@ def pieces(kind, split, m, n_in, n_out, parts, dtype, rng):
                 b = rand(inner, c1 - c0)
                 trans_b = False
             else:
-                b = rand(c1 - c0, inner)   # rows c0:c1 of W, used transposed
+                b = rand(c1 - c0, inner)  # rows c0:c1 of W, used transposed
                 trans_b = True
             c = np.empty((r1 - r0, c1 - c0), dtype=dtype)
             calls.append(lambda a=a, b=b, c=c, t=trans_b: gemm(a, b, c, trans_b=t))
@@ -134,9 +142,11 @@ def inflation_table(dtype, repeat):
                 total = whole = 0.0
                 for kind in ("forward", "delta", "gradient"):
                     if kind == "delta" and name.startswith("first"):
-                        continue   # nothing below the first layer needs a delta
+                        continue  # nothing below the first layer needs a delta
                     one = pieces(kind, split, BATCH, n_in, n_out, 1, dtype, rng)
-                    split_calls = pieces(kind, split, BATCH, n_in, n_out, parts, dtype, rng)
+                    split_calls = pieces(
+                        kind, split, BATCH, n_in, n_out, parts, dtype, rng
+                    )
                     whole += best_time(lambda: [f() for f in one], repeat)
                     total += best_time(lambda: [f() for f in split_calls], repeat)
                 ratios.append(total / whole)
@@ -168,14 +178,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repeat = 2 if args.quick else args.repeat
     dtype = np.dtype(args.dtype)
-    print(f"# work inflation of a minibatch's products split into T pieces ({dtype.name}, "
-          f"batch {BATCH}, one BLAS thread, best of {repeat}); time of the T pieces run "
-          f"one after another / time of the whole products\n")
+    print(
+        "# work inflation of a minibatch's products split into T pieces "
+        f"({dtype.name}, batch {BATCH}, one BLAS thread, best of {repeat}); "
+        "time of the T pieces run one after another / time of the whole products\n"
+    )
     with threadpool_limits(1, user_api="blas"):
         rows = inflation_table(dtype, repeat)
     table(["layer", "split", *(f"T = {t}" for t in THREADS)], rows)
-    print(f"# the team's work queue: microseconds per phase (T pieces), threads "
-          f"1..{os.cpu_count()}\n")
+    print(
+        f"# the team's work queue: microseconds per phase (T pieces), threads "
+        f"1..{os.cpu_count()}\n"
+    )
     table(["threads", "us per phase"], phase_table(200 if args.quick else 20000))
 
 

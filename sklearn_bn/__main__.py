@@ -29,7 +29,8 @@ def _parse_hidden(text):
         sizes = ()
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive layer sizes such as '64,64', got {text!r}"
+            "expected comma-separated positive layer sizes such as '64,64', "
+            f"got {text!r}"
         )
     return sizes
 
@@ -93,7 +94,10 @@ def build_parser():
         type=_rate,
         default=0.0,
         metavar="P",
-        help="MLPBNClassifier's dropout rate on every hidden layer, in [0, 1) (default: 0)",
+        help=(
+            "MLPBNClassifier's dropout rate on every hidden layer, in [0, 1) "
+            "(default: 0)"
+        ),
     )
     parser.add_argument(
         "--virtual-batch-size",
@@ -101,8 +105,8 @@ def build_parser():
         default=None,
         metavar="N",
         help=(
-            "MLPBNClassifier's ghost batch norm: normalize chunks of about N rows of each "
-            "minibatch, N >= 2 (default: the whole minibatch)"
+            "MLPBNClassifier's ghost batch norm: normalize chunks of about N rows "
+            "of each minibatch, N >= 2 (default: the whole minibatch)"
         ),
     )
     parser.add_argument(
@@ -220,7 +224,8 @@ def format_table(rows):
 
     Examples
     --------
-    >>> row = {"model": "MLPBNClassifier", "accuracy": 0.97, "epochs": 40, "seconds": 1.5}
+    >>> row = {"model": "MLPBNClassifier", "accuracy": 0.97, "epochs": 40,
+    ...        "seconds": 1.5}
     >>> print(format_table([row]))
     model               test accuracy  epochs   seconds
     ---------------------------------------------------
@@ -261,11 +266,14 @@ def explain(rows, epochs):
     for row in rows:
         if row["epochs"] < epochs:
             notes.append(
-                f"- {row['model']} stopped early, after {row['epochs']} of {epochs} epochs."
+                f"- {row['model']} stopped early, after {row['epochs']} of "
+                f"{epochs} epochs."
             )
         if row["accuracy"] < 2 * chance:
             notes.append(f"- {row['model']} is at chance level: it has not learned.")
-    wrapped = [textwrap.fill(text, width=79, subsequent_indent="    ") for text in columns]
+    wrapped = [
+        textwrap.fill(text, width=79, subsequent_indent="    ") for text in columns
+    ]
     return "\n".join(wrapped + notes)
 
 
@@ -335,8 +343,10 @@ def main(argv=None):
     )
     extras = "".join(
         f" {name}={value}"
-        for name, value in [("dropout", args.dropout),
-                            ("virtual_batch_size", args.virtual_batch_size)]
+        for name, value in [
+            ("dropout", args.dropout),
+            ("virtual_batch_size", args.virtual_batch_size),
+        ]
         if value
     )
     print(

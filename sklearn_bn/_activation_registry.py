@@ -15,7 +15,8 @@ nothing of the package, so that ``setup.py`` can read it before anything is
 built.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import expit, softmax
@@ -55,11 +56,21 @@ def _logistic(y):
 
 HIDDEN = (
     HiddenActivation("identity", "Identity", "nothing", lambda y: y, np.ones_like),
-    HiddenActivation("relu", "Relu", "input", lambda y: np.maximum(y, 0),
-                     lambda y: (y > 0).astype(y.dtype)),
+    HiddenActivation(
+        "relu",
+        "Relu",
+        "input",
+        lambda y: np.maximum(y, 0),
+        lambda y: (y > 0).astype(y.dtype),
+    ),
     HiddenActivation("tanh", "Tanh", "output", np.tanh, lambda y: 1 - np.tanh(y) ** 2),
-    HiddenActivation("logistic", "Logistic", "output", _logistic,
-                     lambda y: _logistic(y) * (1 - _logistic(y))),
+    HiddenActivation(
+        "logistic",
+        "Logistic",
+        "output",
+        _logistic,
+        lambda y: _logistic(y) * (1 - _logistic(y)),
+    ),
 )
 
 OUTPUT = (

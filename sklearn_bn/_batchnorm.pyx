@@ -459,7 +459,8 @@ cdef simd_void _affine(const floating* gamma, const floating* beta,
             s = gamma[j0 + j] / std[j]
             scale[j0 + j] = <floating> s
             # beta - (mean - center) * s: center's rounding error goes here.
-            shift[j0 + j] = <floating> (beta[j0 + j] + (center[j0 + j] - mean[j0 + j]) * s)
+            shift[j0 + j] = <floating> (beta[j0 + j]
+                                        + (center[j0 + j] - mean[j0 + j]) * s)
 
 
 cdef simd_void _normalize_rows(const floating* z, floating* a_out, const Panel* panel,
@@ -732,10 +733,11 @@ cdef simd_void _backward_coefficients(const Statistics* stats, Py_ssize_t n,
         for j in range(width):
             dgamma_out[j0 + j] = <floating> dgamma[j]
         for j in range(width):
-            q_out[j0 + j] = <floating> (scale[j0 + j] * ((sum_g[j0 + j] + dgamma[j] * shift[j])
-                                                         * inv_wsum))
+            q_out[j0 + j] = <floating> (
+                scale[j0 + j] * ((sum_g[j0 + j] + dgamma[j] * shift[j]) * inv_wsum))
         for j in range(width):
-            r_out[j0 + j] = <floating> (scale[j0 + j] * (dgamma[j] * inv_wsum) * inv_std[j])
+            r_out[j0 + j] = <floating> (scale[j0 + j] * (dgamma[j] * inv_wsum)
+                                        * inv_std[j])
 
 
 cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
@@ -813,7 +815,8 @@ cdef void cupdate_running_stats(floating* running_mean, floating* running_var,
     cdef Py_ssize_t j
     cdef double correction = wsum / (wsum - 1) if wsum > 1 else 1.0
     for j in range(n_cols):
-        running_mean[j] = <floating> ((1 - momentum) * running_mean[j] + momentum * mean[j])
+        running_mean[j] = <floating> ((1 - momentum) * running_mean[j]
+                                      + momentum * mean[j])
         running_var[j] = <floating> ((1 - momentum) * running_var[j]
                                      + momentum * var[j] * correction)
 
@@ -828,7 +831,8 @@ cdef void cupdate_running_average(floating* running_mean, floating* running_var,
     cdef Py_ssize_t j
     cdef double correction = wsum / (wsum - 1) if wsum > 1 else 1.0
     for j in range(n_cols):
-        running_mean[j] = <floating> (running_mean[j] + (mean[j] - running_mean[j]) / count)
+        running_mean[j] = <floating> (running_mean[j]
+                                      + (mean[j] - running_mean[j]) / count)
         running_var[j] = <floating> (running_var[j]
                                      + (var[j] * correction - running_var[j]) / count)
 
@@ -853,8 +857,8 @@ cdef inline void* _array(object arr, str name, int typenum, int ndim,
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
     x = <cnp.ndarray> arr
     if cnp.PyArray_TYPE(x) != typenum:
-        raise TypeError(
-            f"{name} has dtype {x.dtype}, expected {cnp.PyArray_DescrFromType(typenum)}")
+        raise TypeError(f"{name} has dtype {x.dtype}, "
+                        f"expected {cnp.PyArray_DescrFromType(typenum)}")
     if (cnp.PyArray_NDIM(x) != ndim or cnp.PyArray_DIM(x, 0) != n0
             or (ndim == 2 and cnp.PyArray_DIM(x, 1) != n1)):
         expected = f"({n0}, {n1})" if ndim == 2 else f"({n0},)"
@@ -934,7 +938,8 @@ def batch_stats(x, sample_weight=None, bint ignore_nan=False,
     cdef int typenum = _float_type(x, "x")
     cdef Py_ssize_t n_rows = cnp.PyArray_DIM(<cnp.ndarray> x, 0)
     cdef Py_ssize_t n_cols = cnp.PyArray_DIM(<cnp.ndarray> x, 1)
-    cdef const char* xp = <const char*> _array(x, "x", typenum, 2, n_rows, n_cols, False)
+    cdef const char* xp = <const char*> _array(x, "x", typenum, 2, n_rows, n_cols,
+                                               False)
     cdef const char* sw = NULL
     cdef Py_ssize_t n_blocks
     if sample_weight is not None:
@@ -978,9 +983,12 @@ cdef void _block_stats(const floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
     if n_threads == 1:   # never starts an OpenMP team (see sklearn_bn._threads)
         for b in range(n_blocks):
             out = &blocks[b, 0]
-            cbatch_stats(x + b * block_rows * n_cols, min(block_rows, n_rows - b * block_rows),
-                         n_cols, sample_weight + b * block_rows if sample_weight != NULL else NULL,
-                         ignore_nan, out, out + n_cols, out + 2 * n_cols, &scratch[0, 0])
+            cbatch_stats(x + b * block_rows * n_cols,
+                         min(block_rows, n_rows - b * block_rows), n_cols,
+                         sample_weight + b * block_rows
+                         if sample_weight != NULL else NULL,
+                         ignore_nan, out, out + n_cols, out + 2 * n_cols,
+                         &scratch[0, 0])
         return
     for b in prange(n_blocks, schedule="dynamic", num_threads=n_threads):
         start = b * block_rows
@@ -1034,8 +1042,10 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
     cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
     cdef char* ap = <char*> _array(a_out, "a_out", t, 2, n_rows, n_cols, True)
-    cdef double* mp = <double*> _array(mean_out, "mean_out", cnp.NPY_FLOAT64, 1, n_cols, 0, True)
-    cdef double* vp = <double*> _array(var_out, "var_out", cnp.NPY_FLOAT64, 1, n_cols, 0, True)
+    cdef double* mp = <double*> _array(mean_out, "mean_out", cnp.NPY_FLOAT64, 1,
+                                       n_cols, 0, True)
+    cdef double* vp = <double*> _array(var_out, "var_out", cnp.NPY_FLOAT64, 1,
+                                       n_cols, 0, True)
     cdef const char* sw = NULL
     cdef double* scratch
     cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, NULL)
@@ -1044,7 +1054,8 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
     if n_rows == 0:
         raise ValueError("z must have at least one row")
     if sample_weight is not None:
-        sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0, False)
+        sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0,
+                                  False)
         _weights_sum(sw, t, n_rows)
         panel.sample_weight = sw
     if n_cols == 0:
@@ -1070,8 +1081,8 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         with nogil:
             if t == cnp.NPY_FLOAT32:
                 cbn_act_forward_train(<const float*> zp, <float*> ap, &panel,
-                                      <const float*> gp, <const float*> bp, epsilon, act,
-                                      mp, vp, scratch)
+                                      <const float*> gp, <const float*> bp, epsilon,
+                                      act, mp, vp, scratch)
             else:
                 cbn_act_forward_train(<const double*> zp, <double*> ap, &panel,
                                       <const double*> gp, <const double*> bp, epsilon,
@@ -1118,8 +1129,10 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     cdef const char* zp = <const char*> _array(z, "z", t, 2, n_rows, n_cols, False)
     cdef const char* gp = <const char*> _array(gamma, "gamma", t, 1, n_cols, 0, False)
     cdef const char* bp = <const char*> _array(beta, "beta", t, 1, n_cols, 0, False)
-    cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
-    cdef const double* vp = <const double*> _array(var, "var", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
+    cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1,
+                                                   n_cols, 0, False)
+    cdef const double* vp = <const double*> _array(var, "var", cnp.NPY_FLOAT64, 1,
+                                                   n_cols, 0, False)
     cdef char* dzp = <char*> _array(dz_out, "dz_out", t, 2, n_rows, n_cols, True)
     cdef char* dgp = <char*> _array(dgamma_out, "dgamma_out", t, 1, n_cols, 0, True)
     cdef char* dbp = <char*> _array(dbeta_out, "dbeta_out", t, 1, n_cols, 0, True)
@@ -1130,12 +1143,14 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
     if n_rows == 0:
         raise ValueError("z must have at least one row")
     if sample_weight is not None:
-        sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0, False)
+        sw = <const char*> _array(sample_weight, "sample_weight", t, 1, n_rows, 0,
+                                  False)
         wsum = _weights_sum(sw, t, n_rows)
     _check_var(vp, n_cols, epsilon)
     if n_cols == 0:
         return
-    cdef double* scratch = <double*> PyMem_Malloc(SCRATCH_PER_COLUMN * n_cols * sizeof(double))
+    cdef double* scratch = <double*> PyMem_Malloc(
+        SCRATCH_PER_COLUMN * n_cols * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
     cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, sw)
@@ -1171,8 +1186,9 @@ def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):
         count, the other's. Statistics beyond the float64 range become inf or NaN
         (without warnings: the caller reports them once).
     """
-    arrays = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64)
-                                   for v in (count_a, mean_a, var_a, count_b, mean_b, var_b)])
+    arrays = np.broadcast_arrays(
+        *[np.asarray(v, dtype=np.float64)
+          for v in (count_a, mean_a, var_a, count_b, mean_b, var_b)])
     if arrays[0].ndim != 1:
         raise ValueError(f"the statistics must be vectors, got shape {arrays[0].shape}")
     count = np.array(arrays[0], dtype=np.float64)
@@ -1257,14 +1273,17 @@ def update_running_stats(running_mean, running_var, mean, var, double momentum,
         raise TypeError("running_mean must be a numpy.ndarray")
     t = cnp.PyArray_TYPE(<cnp.ndarray> running_mean)
     if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"running_mean must be float32 or float64, got {running_mean.dtype}")
+        raise TypeError("running_mean must be float32 or float64, "
+                        f"got {running_mean.dtype}")
     if cnp.PyArray_NDIM(<cnp.ndarray> running_mean) != 1:
         raise ValueError(f"running_mean must be 1-D, got shape {running_mean.shape}")
     n_cols = cnp.PyArray_DIM(<cnp.ndarray> running_mean, 0)
     cdef char* rmp = <char*> _array(running_mean, "running_mean", t, 1, n_cols, 0, True)
     cdef char* rvp = <char*> _array(running_var, "running_var", t, 1, n_cols, 0, True)
-    cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
-    cdef const double* vp = <const double*> _array(var, "var", cnp.NPY_FLOAT64, 1, n_cols, 0, False)
+    cdef const double* mp = <const double*> _array(mean, "mean", cnp.NPY_FLOAT64, 1,
+                                                   n_cols, 0, False)
+    cdef const double* vp = <const double*> _array(var, "var", cnp.NPY_FLOAT64, 1,
+                                                   n_cols, 0, False)
     if not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if n_cols == 0:

@@ -57,8 +57,8 @@ def gemm(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c_
     if kb != k:
         raise ValueError(f"inner dimensions differ: {k} and {kb}")
     if c_out.shape[0] != m or c_out.shape[1] != n:
-        raise ValueError(
-            f"c_out has shape ({c_out.shape[0]}, {c_out.shape[1]}), expected ({m}, {n})")
+        raise ValueError(f"c_out has shape ({c_out.shape[0]}, {c_out.shape[1]}), "
+                         f"expected ({m}, {n})")
     with nogil:
         # c_out = alpha * op(a) @ op(b) + beta * c_out
         cgemm(trans_a, trans_b, m, n, k, <floating> alpha,

@@ -35,8 +35,9 @@ except ImportError:  # scikit-learn < 1.9
         """Stand-in for scikit-learn's mixin: no ``set_callbacks``, and a
         root context whose hooks do nothing."""
 
-        def _init_callback_context(self, task_name="fit", task_id=0, max_subtasks=0,
-                                   sequential_subtasks=True):
+        def _init_callback_context(
+            self, task_name="fit", task_id=0, max_subtasks=0, sequential_subtasks=True
+        ):
             return _NO_CONTEXT
 
     def with_callbacks(method):
@@ -64,21 +65,25 @@ class EpochTasks:
     def __init__(self, context, estimator, *, X, y, metadata, fitted_attributes):
         self._root = context
         self._estimator = estimator
-        self._arguments = dict(X=X, y=y, metadata=metadata,
-                               reconstruction_attributes=fitted_attributes)
+        self._arguments = dict(
+            X=X, y=y, metadata=metadata, reconstruction_attributes=fitted_attributes
+        )
         self._current = None
 
     def begin(self):
         """Open the next epoch's task."""
         self._current = self._root.subcontext(task_name="epoch")
-        self._current.call_on_fit_task_begin(estimator=self._estimator, **self._arguments)
+        self._current.call_on_fit_task_begin(
+            estimator=self._estimator, **self._arguments
+        )
 
     def end(self):
         """Close the epoch's task, after its bookkeeping; whether a callback
         asked to stop training."""
         current, self._current = self._current, None
-        return bool(current.call_on_fit_task_end(estimator=self._estimator,
-                                                 **self._arguments))
+        return bool(
+            current.call_on_fit_task_end(estimator=self._estimator, **self._arguments)
+        )
 
     def abandon(self):
         """Close an epoch that stopped before its first minibatch, as an empty

@@ -67,10 +67,17 @@ class LayerOption:
 
 #: The hidden layers' options, by name.
 LAYER_OPTIONS = {
-    option.name: option for option in (
-        LayerOption("dropout", field="dropout", per_layer=True, changes_inference=False),
-        LayerOption("virtual_batch_size", field="virtual_batch", per_layer=False,
-                    changes_inference=False),
+    option.name: option
+    for option in (
+        LayerOption(
+            "dropout", field="dropout", per_layer=True, changes_inference=False
+        ),
+        LayerOption(
+            "virtual_batch_size",
+            field="virtual_batch",
+            per_layer=False,
+            changes_inference=False,
+        ),
     )
 }
 
@@ -92,12 +99,18 @@ class Parameters:
     n_batches_tracked: int = 0
 
     def copy(self):
-        return Parameters(aligned_copy(self.theta), aligned_copy(self.running_mean),
-                          aligned_copy(self.running_var), self.n_batches_tracked)
+        return Parameters(
+            aligned_copy(self.theta),
+            aligned_copy(self.running_mean),
+            aligned_copy(self.running_var),
+            self.n_batches_tracked,
+        )
 
     def is_finite(self):
-        return all(np.isfinite(a).all()
-                   for a in (self.theta, self.running_mean, self.running_var))
+        return all(
+            np.isfinite(a).all()
+            for a in (self.theta, self.running_mean, self.running_var)
+        )
 
 
 def aligned_copy(a):
@@ -127,8 +140,14 @@ class TrainingData:
 
     def arrays(self):
         """The keyword arguments of the compiled calls."""
-        return dict(X=self.X, X_data=self.X_data, X_indices=self.X_indices,
-                    X_indptr=self.X_indptr, Y=self.Y, sample_weight=self.sample_weight)
+        return dict(
+            X=self.X,
+            X_data=self.X_data,
+            X_indices=self.X_indices,
+            X_indptr=self.X_indptr,
+            Y=self.Y,
+            sample_weight=self.sample_weight,
+        )
 
 
 class Engine:
@@ -171,9 +190,24 @@ class Engine:
         the layer, the row of the minibatch and the unit only.
     """
 
-    def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
-                 weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0,
-                 virtual_batch_size=None, dropout=None, dropout_seed=0):
+    def __init__(
+        self,
+        units,
+        *,
+        activation,
+        out_activation,
+        dtype,
+        max_batch,
+        sparse,
+        weighted,
+        alpha,
+        bn_momentum,
+        bn_epsilon,
+        data_loss_scale=1.0,
+        virtual_batch_size=None,
+        dropout=None,
+        dropout_seed=0,
+    ):
         units = [int(u) for u in units]
         if len(units) < 2 or min(units) < 1:
             raise ValueError(f"a network needs >= 2 layers of >= 1 unit, got {units}")
@@ -189,14 +223,25 @@ class Engine:
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if bn_momentum is not None and not 0 <= bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be in [0, 1] or None, got {bn_momentum}")
+            raise ValueError(
+                f"bn_momentum must be in [0, 1] or None, got {bn_momentum}"
+            )
         if virtual_batch_size is not None and not virtual_batch_size >= 2:
-            raise ValueError(f"virtual_batch_size must be >= 2, got {virtual_batch_size}")
+            raise ValueError(
+                f"virtual_batch_size must be >= 2, got {virtual_batch_size}"
+            )
         n_hidden_layers = len(units) - 2
-        dropout = np.zeros(n_hidden_layers) if dropout is None else np.asarray(
-            dropout, dtype=np.float64)
-        if dropout.shape != (n_hidden_layers,) or not np.all((dropout >= 0) & (dropout < 1)):
-            raise ValueError(f"dropout needs one rate in [0, 1) per hidden layer, got {dropout}")
+        dropout = (
+            np.zeros(n_hidden_layers)
+            if dropout is None
+            else np.asarray(dropout, dtype=np.float64)
+        )
+        if dropout.shape != (n_hidden_layers,) or not np.all(
+            (dropout >= 0) & (dropout < 1)
+        ):
+            raise ValueError(
+                f"dropout needs one rate in [0, 1) per hidden layer, got {dropout}"
+            )
         if not data_loss_scale > 0:
             raise ValueError(f"data_loss_scale must be positive, got {data_loss_scale}")
         self.dtype = np.dtype(dtype)
@@ -204,13 +249,23 @@ class Engine:
         self.activation, self.out_activation = activation, out_activation
         self.bn_epsilon = float(bn_epsilon)
         self.network = _training.Network(
-            units, activation=activation, out_activation=out_activation, dtype=self.dtype,
-            max_batch=int(max_batch), sparse=self.sparse, weighted=self.weighted,
-            alpha=float(alpha), bn_momentum=None if bn_momentum is None else float(bn_momentum),
-            bn_epsilon=self.bn_epsilon, data_loss_scale=float(data_loss_scale),
-            virtual_batch_size=None if virtual_batch_size is None else int(virtual_batch_size),
-            dropout=dropout.tolist(), dropout_seed=int(dropout_seed),
-        )  # fmt: skip
+            units,
+            activation=activation,
+            out_activation=out_activation,
+            dtype=self.dtype,
+            max_batch=int(max_batch),
+            sparse=self.sparse,
+            weighted=self.weighted,
+            alpha=float(alpha),
+            bn_momentum=None if bn_momentum is None else float(bn_momentum),
+            bn_epsilon=self.bn_epsilon,
+            data_loss_scale=float(data_loss_scale),
+            virtual_batch_size=None
+            if virtual_batch_size is None
+            else int(virtual_batch_size),
+            dropout=dropout.tolist(),
+            dropout_seed=int(dropout_seed),
+        )
         self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
         # Minibatches and ghost chunks skipped so far: weight on < 2 rows.
@@ -243,8 +298,15 @@ class Engine:
     # ------------------------------------------------------------------
     # Data and parameters
 
-    def parameters(self, coefs, gammas, intercepts, running_means, running_vars,
-                   n_batches_tracked=0):
+    def parameters(
+        self,
+        coefs,
+        gammas,
+        intercepts,
+        running_means,
+        running_vars,
+        n_batches_tracked=0,
+    ):
         """Flat copies of per-layer parameters and statistics."""
         layout = self.layout
         return Parameters(
@@ -262,9 +324,11 @@ class Engine:
         """
         n_features, n_out = self.layout.units[0], self.layout.units[-1]
         if sp.issparse(X) != self.sparse:
-            raise ValueError("X is sparse but the engine was built for dense input"
-                             if self.sparse is False else
-                             "X is dense but the engine was built for sparse input")
+            raise ValueError(
+                "X is sparse but the engine was built for dense input"
+                if self.sparse is False
+                else "X is dense but the engine was built for sparse input"
+            )
         if X.ndim != 2 or X.shape[1] != n_features:
             raise ValueError(f"X has {X.shape[-1]} features, expected {n_features}")
         n = X.shape[0]
@@ -273,20 +337,34 @@ class Engine:
             raise ValueError(f"Y has shape {Y.shape}, expected ({n}, {n_out})")
         Y = np.ascontiguousarray(Y.reshape(n, n_out), dtype=self.dtype)
         if self.weighted != (sample_weight is not None):
-            raise ValueError("sample_weight must be given exactly when the engine "
-                             "was built for weighted rows")
+            raise ValueError(
+                "sample_weight must be given exactly when the engine "
+                "was built for weighted rows"
+            )
         weights = np.zeros(0, dtype=self.dtype)
         if self.weighted:
             weights = np.ascontiguousarray(sample_weight, dtype=self.dtype)
             if weights.shape != (n,):
                 raise ValueError("sample_weight and X have different numbers of rows")
         if self.sparse:
-            return TrainingData(np.zeros((1, 1), dtype=self.dtype),
-                                *_csr_arrays(X, self.dtype, n_features), Y, weights,
-                                True, self.weighted)
-        return TrainingData(np.ascontiguousarray(X, dtype=self.dtype),
-                            np.zeros(0, dtype=self.dtype), np.zeros(0, dtype=np.intp),
-                            np.zeros(1, dtype=np.intp), Y, weights, False, self.weighted)
+            return TrainingData(
+                np.zeros((1, 1), dtype=self.dtype),
+                *_csr_arrays(X, self.dtype, n_features),
+                Y,
+                weights,
+                True,
+                self.weighted,
+            )
+        return TrainingData(
+            np.ascontiguousarray(X, dtype=self.dtype),
+            np.zeros(0, dtype=self.dtype),
+            np.zeros(0, dtype=np.intp),
+            np.zeros(1, dtype=np.intp),
+            Y,
+            weights,
+            False,
+            self.weighted,
+        )
 
     def _check(self, data, params):
         """The bound data and the parameters fit this engine."""
@@ -295,8 +373,11 @@ class Engine:
                 raise ValueError("the data were not bound by this engine")
             for name, array in data.arrays().items():
                 expected = np.intp if name in ("X_indices", "X_indptr") else self.dtype
-                if (not isinstance(array, np.ndarray) or array.dtype != expected
-                        or not array.flags.c_contiguous):
+                if (
+                    not isinstance(array, np.ndarray)
+                    or array.dtype != expected
+                    or not array.flags.c_contiguous
+                ):
                     raise ValueError(f"{name} must be a C-contiguous {expected} array")
             n, n_features = data.n_samples, self.layout.units[0]
             n_rows = data.X_indptr.shape[0] - 1 if self.sparse else data.X.shape[0]
@@ -314,8 +395,17 @@ class Engine:
     # ------------------------------------------------------------------
     # Training
 
-    def train_epoch(self, *, data, params, optimizer, order, order_is_identity,
-                    batch_size, should_stop=None):
+    def train_epoch(
+        self,
+        *,
+        data,
+        params,
+        optimizer,
+        order,
+        order_is_identity,
+        batch_size,
+        should_stop=None,
+    ):
         """One epoch over the rows ``order`` (minibatches of ``batch_size``);
         updates ``params`` and ``optimizer`` in place.
 
@@ -345,21 +435,37 @@ class Engine:
         if min(batch_size + 1, n) > self.network.max_batch:
             raise ValueError("workspace too small for this batch size")
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be an Optimizer, got {type(optimizer).__name__}"
+            )
         for name, moment in optimizer.moments().items():
             _check_vector(moment, self.layout.n_params, self.dtype, name)
         pieces, n_threads = self.team_size
-        if not (1 <= pieces <= _threads.MAX_PIECES and 1 <= n_threads <= _threads.MAX_THREADS):
-            raise ValueError(f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
-                             f"<= {_threads.MAX_THREADS}, got {self.team_size}")
+        if not (
+            1 <= pieces <= _threads.MAX_PIECES
+            and 1 <= n_threads <= _threads.MAX_THREADS
+        ):
+            raise ValueError(
+                f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
+                f"<= {_threads.MAX_THREADS}, got {self.team_size}"
+            )
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
             loss_sum, start, degenerate = _training.train_epoch(
-                self.network, data, params, optimizer, order, bool(order_is_identity),
-                int(batch_size), start, self._batches_per_call, loss_sum, int(n_threads),
+                self.network,
+                data,
+                params,
+                optimizer,
+                order,
+                bool(order_is_identity),
+                int(batch_size),
+                start,
+                self._batches_per_call,
+                loss_sum,
+                int(n_threads),
                 int(pieces),
-            )  # fmt: skip
+            )
             self.degenerate_batches += degenerate
             self._pace(time.perf_counter() - began, -(-n // batch_size))
         return loss_sum, start
@@ -369,8 +475,9 @@ class Engine:
         ``CHUNK_SECONDS`` (growing at most fourfold at a time, and never
         beyond an epoch)."""
         target = self._batches_per_call * CHUNK_SECONDS / max(seconds, 1e-6)
-        self._batches_per_call = int(max(1, min(4 * self._batches_per_call, target,
-                                                batches_per_epoch)))
+        self._batches_per_call = int(
+            max(1, min(4 * self._batches_per_call, target, batches_per_epoch))
+        )
 
     def loss_and_gradient(self, *, data, params, update_running=False, step=0):
         """The training-mode loss (batch statistics, L2 term) of all of
@@ -382,7 +489,8 @@ class Engine:
         if not 1 <= data.n_samples <= self.network.max_batch:
             raise ValueError("need between one row and the workspace's max_batch")
         loss, weight_sum = _training.loss_and_gradient(
-            self.network, data, params, bool(update_running), int(step))
+            self.network, data, params, bool(update_running), int(step)
+        )
         if not weight_sum > 0:
             raise ValueError("sample weights sum to zero")
         return loss, self.network.grad.copy()
@@ -396,9 +504,14 @@ class Engine:
         self._check(None, params)
         coefs, gammas, intercepts = self.layout.unpack(params.theta)
         folded = FoldedNetwork.fold(
-            coefs, gammas, intercepts, self.layout.unpack_stats(params.running_mean),
-            self.layout.unpack_stats(params.running_var), self.bn_epsilon,
-            self.activation, self.out_activation,
+            coefs,
+            gammas,
+            intercepts,
+            self.layout.unpack_stats(params.running_mean),
+            self.layout.unpack_stats(params.running_var),
+            self.bn_epsilon,
+            self.activation,
+            self.out_activation,
         )
         return folded.predict(X)
 
@@ -406,7 +519,11 @@ class Engine:
 def _check_vector(array, size, dtype, name):
     if not isinstance(array, np.ndarray) or array.ndim != 1 or array.shape[0] != size:
         raise ValueError(f"{name} must be a vector of {size} entries")
-    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
+    if (
+        array.dtype != dtype
+        or not array.flags.c_contiguous
+        or not array.flags.writeable
+    ):
         raise ValueError(f"{name} must be a writable C-contiguous {dtype} vector")
 
 
@@ -415,18 +532,24 @@ def _csr_arrays(X, dtype, n_features):
     first: every row's entries within bounds."""
     X = X.tocsr()
     indptr, indices = X.indptr, X.indices
-    if (indptr.shape[0] != X.shape[0] + 1 or indices.shape[0] != X.data.shape[0]
-            or indptr[0] != 0 or indptr[-1] != indices.shape[0]
-            or np.any(np.diff(indptr) < 0)):
+    if (
+        indptr.shape[0] != X.shape[0] + 1
+        or indices.shape[0] != X.data.shape[0]
+        or indptr[0] != 0
+        or indptr[-1] != indices.shape[0]
+        or np.any(np.diff(indptr) < 0)
+    ):
         raise ValueError("malformed CSR input")
     if indices.shape[0] and (indices.min() < 0 or indices.max() >= n_features):
         raise ValueError("CSR column index out of range")
     X = X.astype(dtype, copy=False)
     if not X.has_sorted_indices:
         X = X.sorted_indices()
-    return (np.ascontiguousarray(X.data, dtype=dtype),
-            np.ascontiguousarray(X.indices, dtype=np.intp),
-            np.ascontiguousarray(X.indptr, dtype=np.intp))
+    return (
+        np.ascontiguousarray(X.data, dtype=dtype),
+        np.ascontiguousarray(X.indices, dtype=np.intp),
+        np.ascontiguousarray(X.indptr, dtype=np.intp),
+    )
 
 
 class FoldedNetwork:
@@ -456,8 +579,18 @@ class FoldedNetwork:
         self.units = self.layout.units
 
     @classmethod
-    def fold(cls, coefs, gammas, intercepts, running_means, running_vars, bn_epsilon,
-             activation, out_activation, dtype=None):
+    def fold(
+        cls,
+        coefs,
+        gammas,
+        intercepts,
+        running_means,
+        running_vars,
+        bn_epsilon,
+        activation,
+        out_activation,
+        dtype=None,
+    ):
         """Fold each hidden layer's batch norm into its weights, in float64,
         returned in ``dtype`` (default: the first layer's)."""
         dtype = np.dtype(coefs[0].dtype if dtype is None else dtype)
@@ -466,12 +599,16 @@ class FoldedNetwork:
             W = np.asarray(W, dtype=np.float64)
             b = np.asarray(b, dtype=np.float64)
             if l < len(gammas):
-                if any(np.shape(a[l]) != (W.shape[1],)
-                       for a in (gammas, running_means, running_vars)):
+                if any(
+                    np.shape(a[l]) != (W.shape[1],)
+                    for a in (gammas, running_means, running_vars)
+                ):
                     raise ValueError("the layers' shapes do not chain")
                 var = np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
                 if not np.all(var > 0):
-                    raise ValueError(f"hidden layer {l}: var + bn_epsilon must be positive")
+                    raise ValueError(
+                        f"hidden layer {l}: var + bn_epsilon must be positive"
+                    )
                 s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(var)
                 W, b = W * s, b - running_means[l] * s
             folded_coefs.append(W.astype(dtype))
@@ -509,12 +646,21 @@ class FoldedNetwork:
                 if len(self.coefs) == 1:
                     out[start:stop] = OUT_ACTIVATIONS[self.out_activation].forward(Z)
                 else:
-                    _forward(self, activation_forward(Z, self.activation), 1,
-                             out[start:stop], 1, block)
+                    _forward(
+                        self,
+                        activation_forward(Z, self.activation),
+                        1,
+                        out[start:stop],
+                        1,
+                        block,
+                    )
             return out
         X = np.ascontiguousarray(X, dtype=dtype)
         per_row = multiply_adds_per_row(self.units)
-        with _threads.prediction_threads(X.shape[0], per_row, block) as (n_threads, rows):
+        with _threads.prediction_threads(X.shape[0], per_row, block) as (
+            n_threads,
+            rows,
+        ):
             _forward(self, X, 0, out, n_threads, rows)
         return out
 
@@ -530,8 +676,18 @@ class FoldedNetwork:
         return OUT_ACTIVATIONS[self.out_activation].forward(a)
 
 
-def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_epsilon,
-                          activation, dtype, stats_dtype):
+def population_statistics(
+    X,
+    sample_weight,
+    *,
+    coefs,
+    gammas,
+    intercepts,
+    bn_epsilon,
+    activation,
+    dtype,
+    stats_dtype,
+):
     """The exact statistics of each hidden layer over the rows of ``X``, in
     inference mode, layer by layer.
 
@@ -590,8 +746,13 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
         weights = np.ascontiguousarray(sample_weight, dtype=dtype)
         n_positive = float(np.count_nonzero(weights > 0))
     widest = max((int(np.shape(g)[0]) for g in gammas), default=1)
-    block_rows = int(np.clip(POPULATION_BLOCK_ELEMENTS // widest, POPULATION_MIN_ROWS,
-                             POPULATION_MAX_ROWS))
+    block_rows = int(
+        np.clip(
+            POPULATION_BLOCK_ELEMENTS // widest,
+            POPULATION_MIN_ROWS,
+            POPULATION_MAX_ROWS,
+        )
+    )
     means, variances = [], []
     with _threads._one_blas_thread():
         for layer in range(len(gammas)):
@@ -599,16 +760,24 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
             # folded with their new statistics, this one's coefficients alone.
             width = np.shape(coefs[layer])[1]
             network = FoldedNetwork.fold(
-                coefs[: layer + 1], gammas[:layer],
-                list(intercepts[:layer]) + [np.zeros(width)], means, variances,
-                bn_epsilon, activation, "identity", dtype=dtype,
-            )  # fmt: skip
+                coefs[: layer + 1],
+                gammas[:layer],
+                list(intercepts[:layer]) + [np.zeros(width)],
+                means,
+                variances,
+                bn_epsilon,
+                activation,
+                "identity",
+                dtype=dtype,
+            )
             count, mean, var = np.zeros(width), np.zeros(width), np.zeros(width)
             for start in range(0, n_rows, block_rows):
                 stop = min(start + block_rows, n_rows)
                 z = network._predict_fast(X[start:stop])
                 w = None if weights is None else weights[start:stop]
-                mean_b, var_b, count_b = batch_stats(z, w, False, *_threads.kernel_threads(*z.shape))
+                mean_b, var_b, count_b = batch_stats(
+                    z, w, False, *_threads.kernel_threads(*z.shape)
+                )
                 count, mean, var = merge_stats(count, mean, var, count_b, mean_b, var_b)
             m = unbiased_counts(count, np.full(width, n_positive))
             if np.any(m <= 1):
@@ -616,9 +785,12 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
                     "The batch-norm statistics need at least 2 samples of positive "
                     f"weight, or weights summing to 2 or more, to estimate an unbiased "
                     f"variance; got n_samples={n_rows}"
-                    + ("." if weights is None else
-                       f" with {int(n_positive)} of positive weight summing to "
-                       f"{count[0]:g}.")
+                    + (
+                        "."
+                        if weights is None
+                        else f" with {int(n_positive)} of positive weight summing to "
+                        f"{count[0]:g}."
+                    )
                 )
             with np.errstate(over="ignore", invalid="ignore"):
                 var = var * (m / (m - 1))
@@ -627,10 +799,18 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
                 raise ValueError(
                     f"The statistics of hidden layer {layer} are not finite in "
                     f"{stats_dtype.name}: the input has values too large for this "
-                    "network" + ("" if weights is None else
-                                 ", or the sample weights are too large") + ". Scale "
-                    + ("the input down." if weights is None else
-                       "the input or the weights down.")
+                    "network"
+                    + (
+                        ""
+                        if weights is None
+                        else ", or the sample weights are too large"
+                    )
+                    + ". Scale "
+                    + (
+                        "the input down."
+                        if weights is None
+                        else "the input or the weights down."
+                    )
                 )
             means.append(mean)
             variances.append(var)
@@ -638,5 +818,6 @@ def population_statistics(X, sample_weight, *, coefs, gammas, intercepts, bn_eps
 
 
 def _forward(folded, X, first_layer, out, n_threads, block_rows):
-    _training.forward_folded(folded.layout, X, folded.params, first_layer, out,
-                             block_rows, n_threads)
+    _training.forward_folded(
+        folded.layout, X, folded.params, first_layer, out, block_rows, n_threads
+    )

@@ -54,8 +54,17 @@ from sklearn_bn._callbacks import (
     with_callbacks,
 )
 from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
-from sklearn_bn._optimizers import OPTIMIZERS, SCHEDULES, batches_per_epoch, from_state_dict
-from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure, deferred_interrupt
+from sklearn_bn._optimizers import (
+    OPTIMIZERS,
+    SCHEDULES,
+    batches_per_epoch,
+    from_state_dict,
+)
+from sklearn_bn._utils import (
+    _reads_fitted_state,
+    _restore_on_failure,
+    deferred_interrupt,
+)
 
 # The folded networks of fitted arrays, by their first coefficient array and
 # dtype (see _folded_network).
@@ -90,8 +99,9 @@ def _checked_weights(sample_weight, X, dtype, name):
             f"{name} is too large: some weights are infinite in float64. Divide "
             "them by a common factor."
         )
-    weights64 = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                     ensure_non_negative=False)
+    weights64 = _check_sample_weight(
+        sample_weight, X, dtype=np.float64, ensure_non_negative=False
+    )
     if np.any(weights64 < 0):
         raise ValueError(f"Negative values in {name} are not allowed.")
     with np.errstate(over="ignore"):
@@ -265,7 +275,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"got {self.hidden_layer_sizes!r}."
             )
         if any(s <= 0 for s in sizes):
-            raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
 
     def _dropout_rates(self, n_hidden_layers):
@@ -293,7 +303,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 dtype=(np.float64, np.float32),
                 reset=False,
             )
-        X = _preprocessing.read(self, X, reset=False, fitted_mask=handling.is_categorical)
+        X = _preprocessing.read(
+            self, X, reset=False, fitted_mask=handling.is_categorical
+        )
         return handling.transform(X)
 
     def _validate_X_y(self, X, y, reset, y_numeric=False):
@@ -326,9 +338,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         handling = None if reset else _preprocessing.InputHandling.of(self)
         X = _preprocessing.read(
-            self, X, reset=reset,
+            self,
+            X,
+            reset=reset,
             fitted_mask=None if handling is None else handling.is_categorical,
-        )  # fmt: skip
+        )
         y = _check_y(y, multi_output=True, y_numeric=y_numeric, estimator=self)
         check_consistent_length(X, y)
         return X, y
@@ -339,7 +353,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         fitted = hasattr(self, _preprocessing.ATTRIBUTES[0])
         if fitted != (self.input_preprocessing == "auto"):
             how = (
-                "fit it again with partial_fit on a new estimator" if incremental
+                "fit it again with partial_fit on a new estimator"
+                if incremental
                 else "set warm_start=False to refit"
             )
             raise ValueError(
@@ -392,7 +407,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         first_pass = not hasattr(self, "coefs_") or (
             not self.warm_start and not incremental
         )
-        if not isinstance(self.early_stopping, str) and self.early_stopping and incremental:
+        if (
+            not isinstance(self.early_stopping, str)
+            and self.early_stopping
+            and incremental
+        ):
             raise ValueError("partial_fit does not support early_stopping=True")
 
         dropout = self._dropout_rates(len(hidden))
@@ -410,9 +429,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         dtype = X.dtype if first_pass else self.coefs_[0].dtype
         if not self._bn_epsilon_fits(dtype):
             warnings.warn(
-                f"bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
-                "1 / sqrt(bn_epsilon), the scale of a hidden unit that is constant "
-                "over a minibatch, is beyond its range, and training will produce "
+                f"bn_epsilon={self.bn_epsilon:g} is too small for "
+                f"{np.dtype(dtype).name}: 1 / sqrt(bn_epsilon), the scale of a hidden "
+                "unit that is constant over a minibatch, is beyond its range, and "
+                "training will produce "
                 "non-finite weights if that happens. Use a larger bn_epsilon or "
                 "float64 input.",
                 RuntimeWarning,
@@ -421,8 +441,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         Y = self._encode_targets(y, dtype)
         weights_name = "sample_weight"
         if class_weights is not None:
-            weights_name = ("class_weight" if sample_weight is None
-                            else "sample_weight times class_weight")
+            weights_name = (
+                "class_weight"
+                if sample_weight is None
+                else "sample_weight times class_weight"
+            )
             # Multiplied in float64, then rounded to the model's dtype below:
             # exactly what sample_weight * compute_sample_weight(class_weight,
             # y) passed as sample_weight gives.
@@ -442,7 +465,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if self.input_preprocessing is not None and has_callbacks(self):
             # The callbacks get the raw rows, as the model's predict takes
             # them (the epochs' rows are picked by _validation_split).
-            raw_X = raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
+            raw_X = (
+                raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
+            )
             self._callback_input = {"X": raw_X, "rows": None}
         X = self._handle_input(X, sample_weight, first_pass)
         n_features = X.shape[1]
@@ -476,17 +501,33 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # goes on.
         tracked = getattr(self, "_n_batches_tracked", 0) if incremental else 0
         engine, params, optimizer = self._fit_stochastic(
-            X, Y, sample_weight, units, params + (tracked,), state, out_activation,
-            random_state, incremental, dropout, callback_ctx, early_stopping,
-        )  # fmt: skip
+            X,
+            Y,
+            sample_weight,
+            units,
+            params + (tracked,),
+            state,
+            out_activation,
+            random_state,
+            incremental,
+            dropout,
+            callback_ctx,
+            early_stopping,
+        )
 
         # Everything succeeded: publish the new state.
-        self.__dict__.update(self._fitted_attributes(engine, params, state, out_activation))
+        self.__dict__.update(
+            self._fitted_attributes(engine, params, state, out_activation)
+        )
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
         self.__dict__.pop("_callback_input", None)
         callback_ctx.call_on_fit_task_end(
-            estimator=self, X=callback_X, y=y, metadata=metadata, reconstruction_attributes={}
+            estimator=self,
+            X=callback_X,
+            y=y,
+            metadata=metadata,
+            reconstruction_attributes={},
         )
         return self
 
@@ -510,7 +551,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "loss_": state.loss_curve[-1] if state.loss_curve else None,
             "best_loss_": state.best_loss,
             "validation_scores_": (
-                None if state.validation_scores is None else list(state.validation_scores)
+                None
+                if state.validation_scores is None
+                else list(state.validation_scores)
             ),
             "best_validation_score_": state.best_validation_score,
             "_n_batches_tracked": params.n_batches_tracked,
@@ -526,20 +569,29 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _fitted_params(self, units, incremental):
         """The fitted per-layer parameters, for warm start and partial_fit."""
-        if [c.shape for c in self.coefs_] != [(a, b) for a, b in zip(units[:-1], units[1:])]:
+        if [c.shape for c in self.coefs_] != [
+            (a, b) for a, b in zip(units[:-1], units[1:])
+        ]:
             fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
             raise ValueError(
                 "The network's shape changed since the last fit: the data and "
                 f"hidden_layer_sizes give layer units {units}, the fitted network "
                 f"has {fitted}. "
-                + ("partial_fit continues the fitted network; restore "
-                   "hidden_layer_sizes, or call fit to train a new network."
-                   if incremental else
-                   "warm_start continues the fitted network; set warm_start=False "
-                   "to train a new one.")
+                + (
+                    "partial_fit continues the fitted network; restore "
+                    "hidden_layer_sizes, or call fit to train a new network."
+                    if incremental
+                    else "warm_start continues the fitted network; set "
+                    "warm_start=False to train a new one."
+                )
             )
-        return (self.coefs_, self.gammas_, self.intercepts_, self.running_means_,
-                self.running_vars_)
+        return (
+            self.coefs_,
+            self.gammas_,
+            self.intercepts_,
+            self.running_means_,
+            self.running_vars_,
+        )
 
     def _early_stopping_on(self, n_samples, incremental):
         """Whether this fit holds out a validation set and stops on it:
@@ -558,7 +610,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             no_improvement=getattr(self, "_no_improvement_count", 0),
             best_loss=self.best_loss_,
             validation_scores=(
-                None if self.validation_scores_ is None else list(self.validation_scores_)
+                None
+                if self.validation_scores_ is None
+                else list(self.validation_scores_)
             ),
             best_validation_score=self.best_validation_score_,
         )
@@ -570,13 +624,26 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             state = self._fresh_stopping_state(state, early_stopping)
         return state
 
-    def _fit_stochastic(self, X, Y, sample_weight, units, params, state,
-                        out_activation, random_state, incremental, dropout,
-                        callback_ctx, early_stopping):
+    def _fit_stochastic(
+        self,
+        X,
+        Y,
+        sample_weight,
+        units,
+        params,
+        state,
+        out_activation,
+        random_state,
+        incremental,
+        dropout,
+        callback_ctx,
+        early_stopping,
+    ):
         """Build the engine and train; return it with the trained parameters
         and the optimizer (nothing of the estimator changes here)."""
-        train, validation = self._validation_split(X, Y, sample_weight, random_state,
-                                                   early_stopping)
+        train, validation = self._validation_split(
+            X, Y, sample_weight, random_state, early_stopping
+        )
         X_train, Y_train, sw_train = train
         batch_size = self._batch_size(X_train.shape[0])
         # Drawn only with dropout on, so that a fit without draws nothing more
@@ -586,31 +653,52 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # gradient, like ours, is that of their sum); the other losses sum.
         data_loss_scale = 1.0 / Y.shape[1] if out_activation == "identity" else 1.0
         engine = Engine(
-            units, activation=self.activation, out_activation=out_activation,
-            dtype=Y.dtype, max_batch=min(batch_size + 1, X_train.shape[0]),
-            sparse=sp.issparse(X_train), weighted=sw_train is not None,
-            alpha=self.alpha, bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            units,
+            activation=self.activation,
+            out_activation=out_activation,
+            dtype=Y.dtype,
+            max_batch=min(batch_size + 1, X_train.shape[0]),
+            sparse=sp.issparse(X_train),
+            weighted=sw_train is not None,
+            alpha=self.alpha,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
             data_loss_scale=data_loss_scale,
             virtual_batch_size=self._virtual_batch_size(batch_size),
-            dropout=dropout, dropout_seed=dropout_seed,
-        )  # fmt: skip
+            dropout=dropout,
+            dropout_seed=dropout_seed,
+        )
         data = engine.bind(X_train, Y_train, sw_train)
         params = engine.parameters(*params)
         optimizer = self._make_optimizer(
-            engine.layout.n_params, Y.dtype, incremental,
-            self.max_iter * batches_per_epoch(X_train.shape[0], batch_size))
+            engine.layout.n_params,
+            Y.dtype,
+            incremental,
+            self.max_iter * batches_per_epoch(X_train.shape[0], batch_size),
+        )
         # Early stopping restores the parameters of the best validation score.
         best = _Best(params, early_stopping=validation is not None)
         epochs = None
         if not incremental and has_callbacks(self):
-            epochs = self._epoch_tasks(callback_ctx, engine, best, state, train,
-                                       out_activation)
+            epochs = self._epoch_tasks(
+                callback_ctx, engine, best, state, train, out_activation
+            )
         with deferred_interrupt() as interrupt, engine.team(batch_size):
             try:
                 self._run_epochs(
-                    engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size, interrupt, epochs,
-                )  # fmt: skip
+                    engine,
+                    data,
+                    params,
+                    optimizer,
+                    state,
+                    validation,
+                    best,
+                    random_state,
+                    incremental,
+                    batch_size,
+                    interrupt,
+                    epochs,
+                )
             except KeyboardInterrupt:  # a handler of the user's raised it
                 interrupt.requested = True
         if self.bn_stats == "population" and not incremental:
@@ -619,11 +707,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             self._set_population_statistics(engine, best.params, X_train, sw_train)
         if engine.degenerate_batches:
             warnings.warn(
-                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) had "
-                "their sample weight on fewer than two rows: batch norm cannot normalize "
-                "them with their own statistics, so they were skipped (no step, no "
-                "update of the running statistics). Shuffle the rows (shuffle=True), or "
-                "use a larger batch_size (or virtual_batch_size).",
+                f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) "
+                "had their sample weight on fewer than two rows: batch norm cannot "
+                "normalize them with their own statistics, so they were skipped (no "
+                "step, no update of the running statistics). Shuffle the rows "
+                "(shuffle=True), or use a larger batch_size (or virtual_batch_size).",
                 UserWarning,
             )
         if interrupt.requested:
@@ -653,13 +741,20 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             raw = self._callback_input
 
             def rows():
-                return raw["X"] if raw["rows"] is None else _safe_indexing(raw["X"], raw["rows"])
+                return (
+                    raw["X"]
+                    if raw["rows"] is None
+                    else _safe_indexing(raw["X"], raw["rows"])
+                )
 
         return EpochTasks(
-            callback_ctx, self, X=rows, y=y_train,
+            callback_ctx,
+            self,
+            X=rows,
+            y=y_train,
             metadata=None if sw_train is None else {"sample_weight": sw_train},
             fitted_attributes=fitted_attributes,
-        )  # fmt: skip
+        )
 
     def _set_population_statistics(self, engine, params, X, sample_weight):
         """Replace the running statistics of ``params`` (in place) by the
@@ -667,10 +762,16 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         layout, dtype = engine.layout, params.theta.dtype
         coefs, gammas, intercepts = layout.unpack(params.theta)
         means, variances = population_statistics(
-            X, sample_weight, coefs=coefs, gammas=gammas, intercepts=intercepts,
-            bn_epsilon=self.bn_epsilon, activation=self.activation,
-            dtype=np.result_type(X.dtype, dtype), stats_dtype=dtype,
-        )  # fmt: skip
+            X,
+            sample_weight,
+            coefs=coefs,
+            gammas=gammas,
+            intercepts=intercepts,
+            bn_epsilon=self.bn_epsilon,
+            activation=self.activation,
+            dtype=np.result_type(X.dtype, dtype),
+            stats_dtype=dtype,
+        )
         params.running_mean[:] = layout.pack_stats(means, dtype)
         params.running_var[:] = layout.pack_stats(variances, dtype)
 
@@ -693,7 +794,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 stratify=stratify,
             )
             X_train, X_val, Y_train, Y_val = split[:4]
-            sw_train, sw_val = (split[4], split[5]) if sample_weight is not None else (None, None)
+            sw_train, sw_val = (
+                (split[4], split[5]) if sample_weight is not None else (None, None)
+            )
             if hasattr(self, "_callback_input"):
                 self._callback_input["rows"] = split[-2]
             if X_val.shape[0] < 2:
@@ -740,8 +843,21 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         optimizer.plan(0 if incremental else total_steps)
         return optimizer
 
-    def _run_epochs(self, engine, data, params, optimizer, state, validation, best,
-                    random_state, incremental, batch_size, interrupt, epochs=None):
+    def _run_epochs(
+        self,
+        engine,
+        data,
+        params,
+        optimizer,
+        state,
+        validation,
+        best,
+        random_state,
+        incremental,
+        batch_size,
+        interrupt,
+        epochs=None,
+    ):
         """The epochs, until ``max_iter``, the stopping rule, one epoch for
         ``partial_fit``, Ctrl-C, or a callback's request; ``best.params``
         follows early stopping's best parameters. ``epochs`` (an ``EpochTasks``, or
@@ -761,8 +877,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 # MLPClassifier), without its validation, and in place.
                 random_state.shuffle(sample_idx)
             loss_sum, n_rows = engine.train_epoch(
-                data=data, params=params, optimizer=optimizer, order=sample_idx,
-                order_is_identity=not self.shuffle, batch_size=batch_size,
+                data=data,
+                params=params,
+                optimizer=optimizer,
+                order=sample_idx,
+                order_is_identity=not self.shuffle,
+                batch_size=batch_size,
                 should_stop=lambda: interrupt.requested,
             )
             if n_rows == 0:  # stopped before its first minibatch
@@ -776,7 +896,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             loss = loss_sum / n_rows
             state.loss_curve.append(loss)
             if self.verbose:
-                print("Iteration %d, loss = %.8f" % (state.n_iter, loss))
+                print(f"Iteration {state.n_iter:d}, loss = {loss:.8f}")
             if self._update_no_improvement(engine, params, state, validation, loss):
                 best.params = params.copy()
             optimizer.iteration_ends(state.t)
@@ -795,9 +915,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 break
             if state.n_iter == self.max_iter:
                 warnings.warn(
-                    "Stochastic Optimizer: Maximum iterations (%d) "
-                    "reached and the optimization hasn't converged yet."
-                    % self.max_iter,
+                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) "
+                    "reached and the optimization hasn't converged yet.",
                     ConvergenceWarning,
                 )
 
@@ -816,12 +935,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         proba = engine.predict(X_val, params)
         # A NaN score (non-finite validation output) is no improvement.
         score = (
-            self._score_function(y_val, self._decode_output(proba), sample_weight=sw_val)
-            if np.isfinite(proba).all() else np.nan
+            self._score_function(
+                y_val, self._decode_output(proba), sample_weight=sw_val
+            )
+            if np.isfinite(proba).all()
+            else np.nan
         )
         state.validation_scores.append(score)
         if self.verbose:
-            print("Validation score: %f" % score)
+            print(f"Validation score: {score:f}")
         if not score >= state.best_validation_score + self.tol:
             state.no_improvement += 1
         else:
@@ -840,10 +962,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         message = "Solver produced non-finite parameter weights."
         if not self._bn_epsilon_fits(dtype):
             return message + (
-                f" bn_epsilon={self.bn_epsilon:g} is too small for {np.dtype(dtype).name}: "
-                "a hidden unit that is constant over a minibatch is scaled by "
-                "1 / sqrt(bn_epsilon), beyond its range. Use a larger bn_epsilon "
-                "(the default is 1e-5) or float64 input."
+                f" bn_epsilon={self.bn_epsilon:g} is too small for "
+                f"{np.dtype(dtype).name}: a hidden unit that is constant over a "
+                "minibatch is scaled by 1 / sqrt(bn_epsilon), beyond its range. Use a "
+                "larger bn_epsilon (the default is 1e-5) or float64 input."
             )
         return message + (
             f" Possible causes: learning_rate_init={self.learning_rate_init:g} too "
@@ -855,12 +977,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _no_improvement_message(self, early_stopping):
         if early_stopping:
             return (
-                "Validation score did not improve more than tol=%f for %d "
-                "consecutive epochs." % (self.tol, self.n_iter_no_change)
+                f"Validation score did not improve more than tol={self.tol:f} for "
+                f"{self.n_iter_no_change:d} consecutive epochs."
             )
         return (
-            "Training loss did not improve more than tol=%f for %d consecutive "
-            "epochs." % (self.tol, self.n_iter_no_change)
+            f"Training loss did not improve more than tol={self.tol:f} for "
+            f"{self.n_iter_no_change:d} consecutive epochs."
         )
 
     def _fresh_stopping_state(self, state, early_stopping):
@@ -868,15 +990,31 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         validation scores with early stopping, the best training loss
         without."""
         if early_stopping:
-            return replace(state, no_improvement=0, best_loss=None, validation_scores=[],
-                           best_validation_score=-np.inf)
-        return replace(state, no_improvement=0, best_loss=np.inf, validation_scores=None,
-                       best_validation_score=None)
+            return replace(
+                state,
+                no_improvement=0,
+                best_loss=None,
+                validation_scores=[],
+                best_validation_score=-np.inf,
+            )
+        return replace(
+            state,
+            no_improvement=0,
+            best_loss=np.inf,
+            validation_scores=None,
+            best_validation_score=None,
+        )
 
     # ------------------------------------------------------------------
     # Inference: the folded network of the public fitted attributes
 
-    _FITTED_ARRAYS = ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_")
+    _FITTED_ARRAYS = (
+        "coefs_",
+        "gammas_",
+        "intercepts_",
+        "running_means_",
+        "running_vars_",
+    )
 
     def _freeze_fitted_arrays(self):
         """Make the fitted arrays read-only: an in-place edit is refused
@@ -904,15 +1042,26 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "running_vars_": [(u,) for u in units[1:-1]],
         }
         for name, arrays in groups.items():
-            shapes = [np.shape(a) for a in arrays] if isinstance(arrays, (list, tuple)) else None
+            shapes = (
+                [np.shape(a) for a in arrays]
+                if isinstance(arrays, (list, tuple))
+                else None
+            )
             floats = shapes is not None and all(
                 isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in arrays
             )
             if shapes != expected[name] or not floats or units[-1] != self.n_outputs_:
-                got = (f"shapes {shapes}" if shapes != expected[name] else
-                       "dtypes [" + ", ".join(
-                           str(getattr(a, "dtype", type(a).__name__)) for a in arrays
-                       ) + "]" if not floats else f"n_outputs_={self.n_outputs_}")
+                got = (
+                    f"shapes {shapes}"
+                    if shapes != expected[name]
+                    else "dtypes ["
+                    + ", ".join(
+                        str(getattr(a, "dtype", type(a).__name__)) for a in arrays
+                    )
+                    + "]"
+                    if not floats
+                    else f"n_outputs_={self.n_outputs_}"
+                )
                 raise ValueError(
                     f"The fitted attributes do not describe the network of "
                     f"n_features_in_={self.n_features_in_} and n_outputs_="
@@ -924,11 +1073,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _folded_network(self, input_dtype=None):
         """The inference network of the fitted attributes, folded for inputs
         of ``input_dtype`` (it computes in that dtype and the weights'
-        together: float64 in, float64 out, as scikit-learn's MLP); cached while those attributes are the same read-only
-        arrays (the cache holds them, so their identities stay theirs). The
-        cache lives outside the estimator: predicting changes nothing in it,
-        and a snapshot of the estimator (see ``_reads_fitted_state``) finds
-        the entry of the estimator it was taken from."""
+        together: float64 in, float64 out, as scikit-learn's MLP); cached
+        while those attributes are the same read-only arrays (the cache holds
+        them, so their identities stay theirs). The cache lives outside the
+        estimator: predicting changes nothing in it, and a snapshot of the
+        estimator (see ``_reads_fitted_state``) finds the entry of the
+        estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
         dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)
@@ -938,13 +1088,20 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # was folded from.
         cache = _FOLDED_NETWORKS.get(id(arrays[0]), {})
         cached = cache.get(dtype)
-        if (cached is not None and cached[0] == key and len(cached[1]) == len(arrays)
-                and all(ref() is a for ref, a in zip(cached[1], arrays))):
+        if (
+            cached is not None
+            and cached[0] == key
+            and len(cached[1]) == len(arrays)
+            and all(ref() is a for ref, a in zip(cached[1], arrays))
+        ):
             return cached[2]
         folded = FoldedNetwork.fold(
-            *groups.values(), self.bn_epsilon, self.activation, self.out_activation_,
+            *groups.values(),
+            self.bn_epsilon,
+            self.activation,
+            self.out_activation_,
             dtype=dtype,
-        )  # fmt: skip
+        )
         if not any(a.flags.writeable for a in arrays):
             # A new dict, swapped in at once: safe under concurrent predicts.
             refs = tuple(weakref.ref(a) for a in arrays)
@@ -1006,9 +1163,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             steps, fold = _preprocessing.sklearn_steps(
                 handling, getattr(self, "feature_names_in_", None), mlp.coefs_[0].dtype
             )
-            mlp.coefs_[0][:handling.n_numeric] *= fold
+            mlp.coefs_[0][: handling.n_numeric] *= fold
             mlp.n_features_in_ = handling.n_outputs
-        raw_features = ("n_features_in_", "feature_names_in_") if handling is None else ()
+        raw_features = (
+            ("n_features_in_", "feature_names_in_") if handling is None else ()
+        )
         for name in raw_features + (
             "n_outputs_",
             "n_layers_",
@@ -1079,10 +1238,16 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if sample_weight is not None:
             sample_weight = _checked_weights(sample_weight, X, dtype, "sample_weight")
         means, variances = population_statistics(
-            X, sample_weight, coefs=groups["coefs_"], gammas=groups["gammas_"],
-            intercepts=groups["intercepts_"], bn_epsilon=self.bn_epsilon,
-            activation=self.activation, dtype=dtype, stats_dtype=model_dtype,
-        )  # fmt: skip
+            X,
+            sample_weight,
+            coefs=groups["coefs_"],
+            gammas=groups["gammas_"],
+            intercepts=groups["intercepts_"],
+            bn_epsilon=self.bn_epsilon,
+            activation=self.activation,
+            dtype=dtype,
+            stats_dtype=model_dtype,
+        )
         for array in means + variances:
             array.setflags(write=False)
         self.running_means_, self.running_vars_ = means, variances
@@ -1090,13 +1255,29 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _sklearn_params(self):
         names = [
-            "hidden_layer_sizes", "activation", "solver", "alpha", "batch_size",
-            "learning_rate", "learning_rate_init", "power_t", "max_iter",
-            "shuffle", "random_state", "tol", "verbose", "warm_start",
-            "momentum", "nesterovs_momentum", "early_stopping",
-            "validation_fraction", "beta_1", "beta_2", "epsilon",
+            "hidden_layer_sizes",
+            "activation",
+            "solver",
+            "alpha",
+            "batch_size",
+            "learning_rate",
+            "learning_rate_init",
+            "power_t",
+            "max_iter",
+            "shuffle",
+            "random_state",
+            "tol",
+            "verbose",
+            "warm_start",
+            "momentum",
+            "nesterovs_momentum",
+            "early_stopping",
+            "validation_fraction",
+            "beta_1",
+            "beta_2",
+            "epsilon",
             "n_iter_no_change",
-        ]  # fmt: skip
+        ]
         params = {name: getattr(self, name) for name in names}
         if isinstance(params["early_stopping"], str):  # "auto"
             # What this fit did: it kept validation scores if it stopped early.
@@ -1719,7 +1900,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                     f"classes are {self.classes_.tolist()}."
                 )
             for label, weight in class_weight.items():
-                if not (isinstance(weight, Real) and np.isfinite(weight) and weight >= 0):
+                if not (
+                    isinstance(weight, Real) and np.isfinite(weight) and weight >= 0
+                ):
                     raise ValueError(
                         "class_weight values must be non-negative finite numbers, "
                         f"got {weight!r} for class {label!r}."
@@ -1747,7 +1930,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             else:
                 Y = np.zeros((len(index), len(lb.classes_)), dtype=dtype)
                 Y[np.arange(len(index)), index] = 1
-        return _smoothed_targets(Y, self.label_smoothing, self._out_activation(Y.shape[1]))
+        return _smoothed_targets(
+            Y, self.label_smoothing, self._out_activation(Y.shape[1])
+        )
 
     def _out_activation(self, n_outputs):
         if self._label_binarizer.y_type_ == "multiclass":

@@ -13,8 +13,7 @@ cdef struct Step:
     Py_ssize_t t                 # steps taken before this one (0: the first)
     double lr                    # the schedule's learning rate at this step
     double decay                 # the coefficients' factor 1 - lr * weight_decay
-    double rate                  # the rule's own step size (Adam: lr with its
-                                 # bias corrections; SGD: lr)
+    double rate                  # the rule's step (Adam: bias-corrected lr; SGD: lr)
 
 
 cdef class Optimizer:

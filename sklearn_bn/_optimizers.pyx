@@ -102,7 +102,8 @@ cdef class Optimizer:
     def __init__(self, n_params, dtype, *, learning_rate_init=0.001,
                  lr_schedule="constant", power_t=0.5, weight_decay=0.0):
         if lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {lr_schedule!r}")
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, "
+                             f"got {lr_schedule!r}")
         self.n_params = int(n_params)
         self.dtype = np.dtype(dtype)
         self.learning_rate_init = float(learning_rate_init)
@@ -134,7 +135,8 @@ cdef class Optimizer:
     def iteration_ends(self, time_step):
         """Called after each epoch with the number of samples seen."""
         if self.epoch_schedules and self.lr_schedule == "invscaling":
-            self.learning_rate = self.learning_rate_init / (time_step + 1) ** self.power_t
+            self.learning_rate = (self.learning_rate_init
+                                  / (time_step + 1) ** self.power_t)
 
     def trigger_stopping(self, msg, verbose):
         """Whether training stops after ``msg`` (no improvement); prints it.
@@ -172,8 +174,9 @@ cdef class Optimizer:
 
     def state_dict(self):
         """Everything that defines the optimizer, as plain values (copies)."""
-        state = {"solver": self.name, "n_params": self.n_params, "dtype": self.dtype.name,
-                 "step": self.step, "learning_rate": self.learning_rate,
+        state = {"solver": self.name, "n_params": self.n_params,
+                 "dtype": self.dtype.name, "step": self.step,
+                 "learning_rate": self.learning_rate,
                  "horizon": self.horizon, "horizon_start": self.horizon_start}
         for name in self.estimator_parameters_of():
             state[name] = getattr(self, name)
@@ -296,7 +299,8 @@ cdef class AdamOptimizer(Optimizer):
 
     name = "adam"
     moment_names = ("first_moment", "second_moment")
-    estimator_parameters = {"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"}
+    estimator_parameters = {"beta_1": "beta_1", "beta_2": "beta_2",
+                            "epsilon": "epsilon"}
 
     cdef public double beta_1
     cdef public double beta_2

@@ -97,7 +97,9 @@ class Columns:
 
 
 def _string_columns_error(names):
-    shown = ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+    shown = ", ".join(repr(n) for n in names[:10]) + (
+        ", ..." if len(names) > 10 else ""
+    )
     return ValueError(
         f"The column(s) {shown} hold strings (or other non-numeric values) and are "
         "not marked as categorical. Mark them as categorical, for example with "
@@ -122,8 +124,8 @@ def categorical_mask(categorical_features, X, n_features, feature_names, fitted_
     if values.dtype.kind == "b":
         if values.shape[0] != n_features:
             raise ValueError(
-                f"categorical_features as a boolean mask must have shape ({n_features},) "
-                f"(the number of features), got {values.shape}."
+                "categorical_features as a boolean mask must have shape "
+                f"({n_features},) (the number of features), got {values.shape}."
             )
         return values.copy()
     mask = np.zeros(n_features, dtype=bool)
@@ -162,12 +164,15 @@ def _categorical_dtypes(X, n_features):
     if _is_pandas_df(X):
         import pandas as pd
 
-        return np.array([isinstance(d, pd.CategoricalDtype) for d in X.dtypes], dtype=bool)
+        return np.array(
+            [isinstance(d, pd.CategoricalDtype) for d in X.dtypes], dtype=bool
+        )
     if _is_polars_df(X):
         import polars as pl
 
-        return np.array([isinstance(d, (pl.Categorical, pl.Enum)) for d in X.dtypes],
-                        dtype=bool)
+        return np.array(
+            [isinstance(d, (pl.Categorical, pl.Enum)) for d in X.dtypes], dtype=bool
+        )
     return np.zeros(n_features, dtype=bool)
 
 
@@ -179,9 +184,14 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     frame = is_frame(X)
     if not frame and not (explicit if fitted_mask is None else fitted_mask.any()):
         return validate_data(
-            estimator, X, reset=reset, accept_sparse=list(accept_sparse),
-            dtype=(np.float64, np.float32), ensure_all_finite="allow-nan", order="C",
-        )  # fmt: skip
+            estimator,
+            X,
+            reset=reset,
+            accept_sparse=list(accept_sparse),
+            dtype=(np.float64, np.float32),
+            ensure_all_finite="allow-nan",
+            order="C",
+        )
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]
@@ -191,12 +201,17 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
                 "Categorical features need dense input: got a sparse matrix with "
                 "categorical_features set. Pass a dense array or a DataFrame."
             )
-        X = validate_data(estimator, X, reset=reset, dtype=None, ensure_all_finite=False)
+        X = validate_data(
+            estimator, X, reset=reset, dtype=None, ensure_all_finite=False
+        )
         n_features = X.shape[1]
     mask = categorical_mask(
-        estimator.categorical_features, X, n_features,
-        getattr(estimator, "feature_names_in_", None), fitted_mask,
-    )  # fmt: skip
+        estimator.categorical_features,
+        X,
+        n_features,
+        getattr(estimator, "feature_names_in_", None),
+        fitted_mask,
+    )
     if _is_pandas_df(X):
         columns = _read_pandas(X, mask)
     elif _is_polars_df(X):
@@ -205,9 +220,13 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
         columns = _read_array(X, mask)
     if columns.numeric is not None:
         columns.numeric = check_array(
-            columns.numeric, dtype=columns.dtype, ensure_all_finite="allow-nan",
-            ensure_min_features=0, order="C", estimator=estimator,
-        )  # fmt: skip
+            columns.numeric,
+            dtype=columns.dtype,
+            ensure_all_finite="allow-nan",
+            ensure_min_features=0,
+            order="C",
+            estimator=estimator,
+        )
     elif columns.shape[0] < 1:
         raise ValueError(
             f"Found array with 0 sample(s) (shape={columns.shape}) while a minimum "
@@ -339,8 +358,9 @@ def _missing(values):
     def is_missing(v):
         return v is None or v is na or (isinstance(v, (float, np.floating)) and v != v)
 
-    return np.fromiter(map(is_missing, values.flat), dtype=bool,
-                       count=values.size).reshape(values.shape)
+    return np.fromiter(
+        map(is_missing, values.flat), dtype=bool, count=values.size
+    ).reshape(values.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +384,7 @@ def weighted_quantiles(X, sample_weight, quantiles):
     step = max(1, _BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, d, step):
         # Columns as contiguous rows: the sorts run along memory.
-        block = np.array(X[:, start:start + step].T, dtype=np.float64, order="C")
+        block = np.array(X[:, start : start + step].T, dtype=np.float64, order="C")
         k = block.shape[0]
         if w is None:
             values = np.sort(block, axis=1)  # NaN last
@@ -375,7 +395,7 @@ def weighted_quantiles(X, sample_weight, quantiles):
             weights = np.where(np.isnan(values), 0.0, w[order])
         cum = np.cumsum(weights, axis=1)
         total = cum[:, -1]
-        totals[start:start + k] = total
+        totals[start : start + k] = total
         rows = np.arange(k)
         for j, qj in enumerate(q):
             target = (qj * total)[:, None]
@@ -383,7 +403,9 @@ def weighted_quantiles(X, sample_weight, quantiles):
             hi = np.minimum((cum <= target).sum(axis=1), n - 1)
             lo_v, hi_v = values[rows, lo], values[rows, hi]
             hi_v = np.where(np.isnan(hi_v) | (weights[rows, hi] == 0), lo_v, hi_v)
-            out[j, start:start + k] = np.where(total > 0, 0.5 * lo_v + 0.5 * hi_v, np.nan)
+            out[j, start : start + k] = np.where(
+                total > 0, 0.5 * lo_v + 0.5 * hi_v, np.nan
+            )
     return out, totals
 
 
@@ -393,7 +415,7 @@ def _weighted_std(X, sample_weight):
     std = np.zeros(X.shape[1])
     step = max(1, _BLOCK_ELEMENTS // max(X.shape[0], 1))
     for start in range(0, X.shape[1], step):
-        block = np.asarray(X[:, start:start + step], dtype=np.float64)
+        block = np.asarray(X[:, start : start + step], dtype=np.float64)
         present = ~np.isnan(block)
         ww = np.where(present, w[:, None], 0.0)
         total = ww.sum(axis=0)
@@ -401,7 +423,7 @@ def _weighted_std(X, sample_weight):
             mean = np.where(present, block, 0.0).T @ w / np.where(total > 0, total, 1)
             dev = np.where(present, block - mean, 0.0)
             var = (ww * dev * dev).sum(axis=0) / np.where(total > 0, total, 1)
-        std[start:start + block.shape[1]] = np.sqrt(var)
+        std[start : start + block.shape[1]] = np.sqrt(var)
     return std
 
 
@@ -423,7 +445,11 @@ def learn(columns, sample_weight):
     """The fitted attributes of the handling for validated raw input
     ``columns`` (a float array, a sparse matrix, or :class:`Columns`)."""
     if isinstance(columns, Columns):
-        numeric, categorical, mask = columns.numeric, columns.categorical, columns.is_categorical
+        numeric, categorical, mask = (
+            columns.numeric,
+            columns.categorical,
+            columns.is_categorical,
+        )
     else:
         numeric, categorical = columns, []
         mask = np.zeros(columns.shape[1], dtype=bool)
@@ -433,7 +459,11 @@ def learn(columns, sample_weight):
         center, scale, clip = np.zeros(0), np.ones(0), _CLIP
         had_nan = np.zeros(0, dtype=bool)
     elif sp.issparse(numeric):
-        center, scale, clip = np.zeros(numeric.shape[1]), np.ones(numeric.shape[1]), np.inf
+        center, scale, clip = (
+            np.zeros(numeric.shape[1]),
+            np.ones(numeric.shape[1]),
+            np.inf,
+        )
         had_nan = _sparse_nan_columns(numeric, sw)
     else:
         (q25, q50, q75), totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75])
@@ -485,8 +515,11 @@ def _codes(values):
         uniques, inverse = np.unique(present, return_inverse=True)
     except TypeError:  # values of kinds that do not compare (str and int)
         index = {}
-        inverse = np.fromiter((index.setdefault(v, len(index)) for v in present),
-                              dtype=np.intp, count=len(present))
+        inverse = np.fromiter(
+            (index.setdefault(v, len(index)) for v in present),
+            dtype=np.intp,
+            count=len(present),
+        )
         uniques = np.empty(len(index), dtype=object)
         uniques[:] = list(index)
     codes[~missing] = inverse
@@ -503,8 +536,10 @@ def _sorted_categories(values, with_nan):
     else object; sorted by value (by kind and text when they do not compare),
     NaN last."""
     values = list(values)
-    numbers = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                  for v in values)
+    numbers = all(
+        isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        for v in values
+    )
     if numbers:
         out = np.sort(np.asarray(values, dtype=np.float64))
         return np.append(out, np.nan) if with_nan else out
@@ -513,7 +548,7 @@ def _sorted_categories(values, with_nan):
     except TypeError:
         values = sorted(values, key=lambda v: (type(v).__name__, str(v)))
     out = np.empty(len(values) + with_nan, dtype=object)
-    out[:len(values)] = values
+    out[: len(values)] = values
     if with_nan:
         out[-1] = np.nan
     return out
@@ -564,7 +599,9 @@ class InputHandling:
         self.center = np.asarray(attributes["input_center_"], dtype=np.float64)
         self.scale = np.asarray(attributes["input_scale_"], dtype=np.float64)
         self.clip = float(attributes["input_clip_"])
-        self.indicators = np.asarray(attributes["input_missing_indicators_"], dtype=np.intp)
+        self.indicators = np.asarray(
+            attributes["input_missing_indicators_"], dtype=np.intp
+        )
         self.categories = list(attributes["input_categories_"])
         self.numeric_idx = np.flatnonzero(~self.is_categorical)
         # Missing indicators as positions among the numeric features.
@@ -582,7 +619,9 @@ class InputHandling:
 
     @property
     def n_outputs(self):
-        return self.n_numeric + len(self.indicators) + sum(len(c) for c in self.categories)
+        return (
+            self.n_numeric + len(self.indicators) + sum(len(c) for c in self.categories)
+        )
 
     @property
     def passthrough(self):
@@ -623,14 +662,16 @@ class InputHandling:
         rows (the temporaries stay small), in ``out``'s dtype."""
         dtype = out.dtype
         center = self.center.astype(dtype)
-        divisor = (self.scale * self.clip if not self.passthrough else self.scale).astype(dtype)
+        divisor = (
+            self.scale * self.clip if not self.passthrough else self.scale
+        ).astype(dtype)
         clip = dtype.type(self.clip)
         d, pos = self.n_numeric, self.indicator_pos
         step = max(1, _BLOCK_ELEMENTS // max(d, 1))
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, X.shape[0], step):
-                block = np.asarray(X[start:start + step], dtype=dtype)
-                z = out[start:start + step, :d]
+                block = np.asarray(X[start : start + step], dtype=dtype)
+                z = out[start : start + step, :d]
                 np.subtract(block, center, out=z)
                 np.divide(z, divisor, out=z)
                 if not self.passthrough:
@@ -639,7 +680,9 @@ class InputHandling:
                 nan = np.isnan(z)
                 z[nan] = 0
                 if len(pos):
-                    out[start:start + step, d:d + len(pos)] = np.isnan(block[:, pos])
+                    out[start : start + step, d : d + len(pos)] = np.isnan(
+                        block[:, pos]
+                    )
 
     def _transform_sparse(self, X, dtype):
         """Passed through: explicit NaN becomes 0 (an explicit zero), and the
@@ -678,18 +721,26 @@ def _category_index(values, cats):
     index[missing] = nan_index
     present = ~missing
     if cats.dtype.kind == "f":
-        known = cats[:n_cats if nan_index < 0 else n_cats - 1]
-        floats = _to_float(values[present]) if values.dtype.kind not in "fiub" else (
-            values[present].astype(np.float64))
+        known = cats[: n_cats if nan_index < 0 else n_cats - 1]
+        floats = (
+            _to_float(values[present])
+            if values.dtype.kind not in "fiub"
+            else (values[present].astype(np.float64))
+        )
         if floats is None:  # strings where numbers were learned: all unknown
             return index
         pos = np.minimum(np.searchsorted(known, floats), max(len(known) - 1, 0))
-        hit = (known[pos] == floats) if len(known) else np.zeros(len(floats), dtype=bool)
+        hit = (
+            (known[pos] == floats) if len(known) else np.zeros(len(floats), dtype=bool)
+        )
         index[present] = np.where(hit, pos, -1)
         return index
     table = {_key(v): k for k, v in enumerate(cats) if k != nan_index}
-    index[present] = np.fromiter((table.get(_key(v), -1) for v in values[present]),
-                                 dtype=np.intp, count=int(present.sum()))
+    index[present] = np.fromiter(
+        (table.get(_key(v), -1) for v in values[present]),
+        dtype=np.intp,
+        count=int(present.sum()),
+    )
     return index
 
 
@@ -722,7 +773,10 @@ def sklearn_steps(handling, feature_names, dtype):
             ("clip", FunctionTransformer(np.tanh)),
         ]
     numeric_steps.append(
-        ("impute", SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True))
+        (
+            "impute",
+            SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True),
+        )
     )
     n_cats = [len(c) for c in handling.categories]
     n_rows = max([2] + n_cats)
@@ -730,7 +784,9 @@ def sklearn_steps(handling, feature_names, dtype):
     columns = []
     for j in range(n_features):
         if handling.is_categorical[j]:
-            cats = handling.categories[len(columns) - int((~handling.is_categorical[:j]).sum())]
+            cats = handling.categories[
+                len(columns) - int((~handling.is_categorical[:j]).sum())
+            ]
             values = np.empty(n_rows, dtype=cats.dtype)
             values[:] = [cats[r % len(cats)] for r in range(n_rows)]
         else:
@@ -741,8 +797,10 @@ def sklearn_steps(handling, feature_names, dtype):
     if feature_names is not None:
         import pandas as pd
 
-        X = pd.DataFrame({name: values for name, values in zip(feature_names, columns)},
-                         columns=list(feature_names))
+        X = pd.DataFrame(
+            {name: values for name, values in zip(feature_names, columns)},
+            columns=list(feature_names),
+        )
     elif handling.is_categorical.any():
         X = np.empty((n_rows, n_features), dtype=object)
         for j, values in enumerate(columns):
@@ -756,12 +814,18 @@ def sklearn_steps(handling, feature_names, dtype):
         return list(numeric.steps), (1.0 if handling.passthrough else handling.clip)
     transformers = []
     if handling.n_numeric:
-        transformers.append(("numeric", Pipeline(numeric_steps), handling.numeric_idx.tolist()))
-    transformers.append((
-        "categorical",
-        OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.dtype(dtype).type),
-        np.flatnonzero(handling.is_categorical).tolist(),
-    ))  # fmt: skip
+        transformers.append(
+            ("numeric", Pipeline(numeric_steps), handling.numeric_idx.tolist())
+        )
+    transformers.append(
+        (
+            "categorical",
+            OneHotEncoder(
+                handle_unknown="ignore", sparse_output=False, dtype=np.dtype(dtype).type
+            ),
+            np.flatnonzero(handling.is_categorical).tolist(),
+        )
+    )
     ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
     if handling.n_numeric:
         _set_scaler(ct.named_transformers_["numeric"], handling)
@@ -778,4 +842,4 @@ def _set_scaler(pipeline, handling):
     scaler = pipeline.named_steps["scale"]
     scaler.mean_ = handling.center.copy()
     scaler.scale_ = handling.scale * handling.clip
-    scaler.var_ = scaler.scale_ ** 2
+    scaler.var_ = scaler.scale_**2

@@ -288,8 +288,13 @@ class BatchNormScaler(
         self : object
             Fitted scaler.
         """
-        self._fit(X, y, sample_weight, reset=not hasattr(self, "n_samples_seen_"),
-                  task_name="partial_fit")
+        self._fit(
+            X,
+            y,
+            sample_weight,
+            reset=not hasattr(self, "n_samples_seen_"),
+            task_name="partial_fit",
+        )
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -317,8 +322,9 @@ class BatchNormScaler(
         X_in = X
         X = self._fit(X, y, sample_weight, reset=True)
         # fit has rejected infinite values: no need to look for them again.
-        return self._affine(X, X_in, self._coefficients(X.dtype), self.copy,
-                            check_inf=False)
+        return self._affine(
+            X, X_in, self._coefficients(X.dtype), self.copy, check_inf=False
+        )
 
     @_restore_on_failure
     @with_callbacks  # inside: the callbacks are torn down before a restore
@@ -378,9 +384,12 @@ class BatchNormScaler(
                 # A feature with no sample yet has NaN statistics, and no weight.
                 unseen = count_prev == 0
                 count, mean, var = merge_stats(
-                    count_prev, np.where(unseen, 0.0, self.running_mean_),
+                    count_prev,
+                    np.where(unseen, 0.0, self.running_mean_),
                     np.where(unseen, 0.0, self.running_var_),
-                    count_b, mean_b, var_b,
+                    count_b,
+                    mean_b,
+                    var_b,
                 )
             # As StandardScaler: the statistics of a feature that has had no
             # sample (all NaN, or no weight) are undefined, and transform
@@ -409,7 +418,9 @@ class BatchNormScaler(
 
         overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
         if np.any(overflow):
-            warnings.warn(_overflow_message(self, overflow), RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                _overflow_message(self, overflow), RuntimeWarning, stacklevel=3
+            )
 
         if integer_counts:
             count = np.rint(count).astype(np.int64)
@@ -618,8 +629,10 @@ class BatchNormScaler(
             X is not X_in
             and X.flags.writeable
             and (
-                isinstance(X_in, np.ndarray) and not np.may_share_memory(X, X_in)
-                or not isinstance(X_in, np.ndarray) and not hasattr(X_in, "__array__")
+                isinstance(X_in, np.ndarray)
+                and not np.may_share_memory(X, X_in)
+                or not isinstance(X_in, np.ndarray)
+                and not hasattr(X_in, "__array__")
             )
         )
         if private:
@@ -631,7 +644,10 @@ class BatchNormScaler(
             if check_inf and has_infinity(X, *kernel_threads(*X.shape)):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
-        if affine_columns(X, center, scale, shift, out, *kernel_threads(*X.shape)) and check_inf:
+        if (
+            affine_columns(X, center, scale, shift, out, *kernel_threads(*X.shape))
+            and check_inf
+        ):
             _raise_infinite(X, self)
         return out
 

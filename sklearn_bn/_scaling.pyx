@@ -119,7 +119,8 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] center,
         anyway; the caller decides whether to raise).
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
-    if center.shape[0] != n_cols or scale.shape[0] != n_cols or shift.shape[0] != n_cols:
+    if (center.shape[0] != n_cols or scale.shape[0] != n_cols
+            or shift.shape[0] != n_cols):
         raise ValueError(
             f"center, scale and shift must have length {n_cols}, got "
             f"{center.shape[0]}, {scale.shape[0]} and {shift.shape[0]}")
@@ -157,7 +158,7 @@ cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
         raise ValueError("block_rows must be >= 0 and n_threads >= 1")
     if block_rows == 0 or block_rows > n_rows:
         block_rows = n_rows
-    cdef Py_ssize_t b, start, n_blocks = (n_rows + block_rows - 1) // block_rows
+    cdef Py_ssize_t b, n_blocks = (n_rows + block_rows - 1) // block_rows
     n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks)
     # Each block's per-column largest |x|.
     absmax_arr = np.zeros((n_blocks, n_cols),

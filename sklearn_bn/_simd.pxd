@@ -11,7 +11,8 @@ cdef extern from *:
         && defined(__linux__) && defined(__GLIBC__) \\
         && !defined(SKLEARN_BN_NO_TARGET_CLONES)
     #if __GNUC__ >= 12
-    #define SKLEARN_BN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #define SKLEARN_BN_CLONES \\
+        __attribute__((target_clones("arch=x86-64-v3", "default")))
     #else
     #define SKLEARN_BN_CLONES __attribute__((target_clones("avx2", "default")))
     #endif

@@ -45,7 +45,8 @@ def work_check(int n_threads, int pieces, int n_phases):
         _rounds(&work, pieces, &slot[0], &times_taken[0, 0], &n_stale[0], &size[0],
                 n_phases)
     work_destroy(&work)
-    return int(sizes.max()), int(stale.sum()), int(np.count_nonzero(taken[:n_phases] != 1))
+    not_once = int(np.count_nonzero(taken[:n_phases] != 1))
+    return int(sizes.max()), int(stale.sum()), not_once
 
 
 cdef void _rounds(Work* work, int pieces, Py_ssize_t* slot, Py_ssize_t* times_taken,

@@ -163,8 +163,11 @@ def _set_blas_threads(lib, n_threads):
     lib.set_num_threads(n_threads)
     ownership = getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
     openblas = getattr(threadpoolctl, "OpenBLASController", None)
-    if (ownership is not None and ownership.count <= 0
-            and hasattr(openblas, "clear_controlling_thread")):
+    if (
+        ownership is not None
+        and ownership.count <= 0
+        and hasattr(openblas, "clear_controlling_thread")
+    ):
         openblas.clear_controlling_thread()
 
 
@@ -205,7 +208,9 @@ class _BlasOwner:
             self._restore_pending()
             if self._users:
                 saved = dict((id(lib), n) for lib, n in self._saved)
-                limits = [saved.get(id(lib), lib.num_threads) for lib in _blas_controllers()]
+                limits = [
+                    saved.get(id(lib), lib.num_threads) for lib in _blas_controllers()
+                ]
             else:
                 limits = [lib.num_threads for lib in _blas_controllers()]
         return min(limits, default=1)
@@ -314,8 +319,10 @@ def training_threads(multiply_adds):
         yield TeamSize(pieces=1, threads=1)
         return
     pieces = max(1, min(_BLAS_OWNER.original_limit(), engine_threads(), MAX_PIECES))
-    with _TEAMS.reserve(pieces, engine_threads()) as n_threads, \
-            _BLAS_OWNER.one_thread() as limited:
+    with (
+        _TEAMS.reserve(pieces, engine_threads()) as n_threads,
+        _BLAS_OWNER.one_thread() as limited,
+    ):
         # Another thread of the user's holds OpenBLAS at several threads:
         # BLAS's own threads then do the work, as the user asked.
         yield TeamSize(pieces=pieces, threads=n_threads if limited else 1)
@@ -340,6 +347,11 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
         yield 1, block_rows
         return
     n_blocks = -(-n_rows // block_rows)
-    wanted = min(max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD)
-    with _TEAMS.reserve(max(1, wanted)) as n_threads, _BLAS_OWNER.one_thread() as limited:
+    wanted = min(
+        max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD
+    )
+    with (
+        _TEAMS.reserve(max(1, wanted)) as n_threads,
+        _BLAS_OWNER.one_thread() as limited,
+    ):
         yield _mark_team_started(n_threads if limited else 1), block_rows

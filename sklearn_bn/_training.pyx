@@ -59,7 +59,7 @@ from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport prange, threadid
 
 import numpy as np
 cimport numpy as cnp
@@ -104,7 +104,7 @@ cdef struct Layer:
     # Its parameters: offsets into theta (and grad, the optimizer's moments).
     Py_ssize_t coef              # fan_in x fan_out, row-major
     Py_ssize_t gamma             # hidden: batch norm's scale
-    Py_ssize_t bias              # hidden: batch norm's shift beta; output: the intercept
+    Py_ssize_t bias              # hidden: batch norm's shift beta; output: intercept
     Py_ssize_t stat              # hidden: into the running and the batch statistics
     # Its buffers: offsets into work (the parameters' dtype) and dwork.
     Py_ssize_t z                 # hidden: a @ W, panel after panel (z_panel)
@@ -189,13 +189,13 @@ cdef struct Minibatch:
     double wsum                  # sum of the weights (m when unweighted)
     double n_running             # the m of the running variance's m / (m - 1)
     Py_ssize_t n_chunks          # ghost batch norm's chunks (1: the whole batch)
-    Py_ssize_t n_updates         # chunks that carry weight: updates of the running stats
+    Py_ssize_t n_updates         # chunks with weight: updates of the running stats
     bint degenerate              # weighted, and fewer than 2 rows of positive weight
     Py_ssize_t n_degenerate      # its ghost chunks with weight on fewer than 2 rows
     Py_ssize_t tracked           # updates of the running statistics before this batch
     Py_ssize_t step              # the optimizer's steps before this batch
-    bint stepping                # the optimizer steps the parameters (else: gradient only)
-    Step update                  # the optimizer's rates for this step (this thread's copy)
+    bint stepping                # the optimizer steps the parameters (else: gradient)
+    Step update                  # the optimizer's rates for this step (thread's copy)
     const char* xin              # the minibatch's rows of X (NULL when sparse)
 
 
@@ -257,7 +257,8 @@ cdef class Network:
     def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
                  weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0,
                  virtual_batch_size=None, dropout=None, dropout_seed=0):
-        cdef Py_ssize_t l, L = len(units) - 1, n, h, size = 0, max_chunks = 1, widest = 1
+        cdef Py_ssize_t l, L = len(units) - 1, n, h, size = 0
+        cdef Py_ssize_t max_chunks = 1, widest = 1
         cdef Layer* layer
         self.units = np.asarray(units, dtype=np.intp)
         self.dtype = np.dtype(dtype)
@@ -387,7 +388,8 @@ cdef class Network:
         """One flat vector of per-hidden-layer statistics."""
         flat = aligned_zeros(self.n_hidden, self.dtype if dtype is None else dtype)
         if self.n_hidden:
-            flat[:] = np.concatenate([np.asarray(s, dtype=flat.dtype) for s in per_layer])
+            flat[:] = np.concatenate(
+                [np.asarray(s, dtype=flat.dtype) for s in per_layer])
         return flat
 
     def unpack_stats(self, flat):
@@ -404,7 +406,8 @@ cdef class Network:
         """The network-wide settings, as the compiled code reads them."""
         names = {code: name for name, code in ACTIVATIONS.items()}
         out_names = {code: name for name, code in OUT_ACTIVATIONS.items()}
-        return {"activation": names[self.net.act], "out_activation": out_names[self.net.out_act],
+        return {"activation": names[self.net.act],
+                "out_activation": out_names[self.net.out_act],
                 "n_features": self.net.n_features, "n_out": self.net.n_out,
                 "sparse": self.net.sparse, "weighted": self.net.weighted,
                 "alpha": self.net.alpha, "bn_epsilon": self.net.bn_epsilon,
@@ -417,7 +420,8 @@ cdef class Network:
         """The minibatch's buffers, offsets into ``work`` and ``dwork`` (for
         the tests of the layout)."""
         return {"xb": self.net.xb, "yb": self.net.yb, "swb": self.net.swb,
-                "p": self.net.p, "gtmp": self.net.gtmp, "stats_stride": self.net.stats_stride,
+                "p": self.net.p, "gtmp": self.net.gtmp,
+                "stats_stride": self.net.stats_stride,
                 "var_base": self.net.var_base, "scratch": self.net.scratch,
                 "row_loss": self.net.row_loss}
 
@@ -958,13 +962,14 @@ cdef void forward_hidden_panel(const Net* net, const Data* data, Buffers* buf,
             update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
                                  mb.tracked + updates, dtype)
     if layer.dropout > 0:
-        dropout_forward(net, a, work + layer.dropped, keep_panel(net, buf, mb, l, c0, dtype),
+        dropout_forward(net, a, work + layer.dropped,
+                        keep_panel(net, buf, mb, l, c0, dtype),
                         mb.m, c0, c1, fan_out, l, mb.step)
 
 
 cdef inline floating* z_panel(const Net* net, const Buffers* buf,
-                               const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
-                               floating* dtype) noexcept nogil:
+                              const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
+                              floating* dtype) noexcept nogil:
     """The panel of hidden layer ``l``'s ``z`` that starts at column ``c0``:
     ``mb.m`` rows of the panel's width, contiguous, after the panels to its
     left (one thread writes and reads it, in the forward and the backward
@@ -1007,7 +1012,8 @@ cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l
 
 
 cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
-                         const Minibatch* mb, Team* team, floating* dtype) noexcept nogil:
+                         const Minibatch* mb, Team* team,
+                         floating* dtype) noexcept nogil:
     """The output layer, by pieces of rows."""
     cdef Py_ssize_t r0, r1
     while next_piece(team, mb.m, ROW_ALIGN, &r0, &r1):
@@ -1247,7 +1253,8 @@ cdef inline uint64_t dropout_key(uint64_t seed, Py_ssize_t step,
                               + <uint64_t> layer))
 
 
-cdef inline bint kept(uint32_t row_key, Py_ssize_t j, uint32_t threshold) noexcept nogil:
+cdef inline bint kept(uint32_t row_key, Py_ssize_t j,
+                      uint32_t threshold) noexcept nogil:
     """Whether unit ``j`` of the row is kept (probability ``1 - threshold /
     2**32``)."""
     return mix32(row_key ^ (<uint32_t> j * <uint32_t> 0x9e3779b9)) >= threshold
@@ -1645,7 +1652,8 @@ def forward_folded(FoldedLayout layout not None, const floating[:, ::1] X,
     for l in range(first_layer, L):
         width = max(width, layout.layers[l].fan_out)
     dtype = np.asarray(params).dtype
-    cdef floating[:, :, ::1] buf = np.empty((n_threads, 2, block_rows * width), dtype=dtype)
+    cdef floating[:, :, ::1] buf = np.empty((n_threads, 2, block_rows * width),
+                                            dtype=dtype)
     with nogil:
         if n_threads == 1:
             for b in range(n_blocks):

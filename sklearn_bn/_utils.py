@@ -71,9 +71,12 @@ def deferred_interrupt():
     Ctrl-C behaves as usual.
     """
     state = _Interrupt()
-    installed = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    installed = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
     if installed:
+
         def handler(signum, frame):
             state.requested = True
 

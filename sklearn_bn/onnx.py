@@ -67,9 +67,12 @@ def _network_input(estimator, operator, opv):
     z = OnnxWhere(nan, np.zeros(1, dtype=dtype), z, op_version=opv)
     if len(handling.indicator_pos):
         indicators = OnnxCast(
-            OnnxGather(nan, handling.indicator_pos.astype(np.int64), axis=1, op_version=opv),
-            to=guess_proto_type(x.type), op_version=opv,
-        )  # fmt: skip
+            OnnxGather(
+                nan, handling.indicator_pos.astype(np.int64), axis=1, op_version=opv
+            ),
+            to=guess_proto_type(x.type),
+            op_version=opv,
+        )
         z = OnnxConcat(z, indicators, axis=1, op_version=opv)
     return z, twin.steps[-1][1]
 

@@ -13,7 +13,7 @@ def pytest_configure(config):
         import sklearn_bn._training  # noqa: F401
     except ImportError as exc:
         pytest.exit(
-            f"sklearn_bn is not built ({exc}): run `pip install \".[test]\"` in the "
+            f'sklearn_bn is not built ({exc}): run `pip install ".[test]"` in the '
             "repository's root, then `pytest`.",
             returncode=4,
         )

@@ -39,11 +39,14 @@ def forward_from_attributes(est, X):
     float64: the output layer's activations."""
     a = X.toarray() if sp.issparse(X) else np.asarray(X)
     a = a.astype(np.float64)
-    for W, g, b, m, v in zip(est.coefs_, est.gammas_, est.intercepts_,
-                             est.running_means_, est.running_vars_):
+    for W, g, b, m, v in zip(
+        est.coefs_, est.gammas_, est.intercepts_, est.running_means_, est.running_vars_
+    ):
         z = a @ W.astype(np.float64)
-        a = activation(est.activation,
-                       g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b)
+        a = activation(
+            est.activation,
+            g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b,
+        )
     raw = a @ est.coefs_[-1].astype(np.float64) + est.intercepts_[-1]
     return OUT_ACTIVATIONS[est.out_activation_](raw)
 
@@ -67,12 +70,15 @@ def hidden_pre_normalization(est, X):
     a = X.toarray() if sp.issparse(X) else np.asarray(X)
     a = a.astype(np.float64)
     values = []
-    for W, g, b, m, v in zip(est.coefs_, est.gammas_, est.intercepts_,
-                             est.running_means_, est.running_vars_):
+    for W, g, b, m, v in zip(
+        est.coefs_, est.gammas_, est.intercepts_, est.running_means_, est.running_vars_
+    ):
         z = a @ W.astype(np.float64)
         values.append(z)
-        a = activation(est.activation,
-                       g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b)
+        a = activation(
+            est.activation,
+            g * (z - m) / np.sqrt(v.astype(np.float64) + est.bn_epsilon) + b,
+        )
     return values
 
 
@@ -82,7 +88,11 @@ def weighted_mean_and_unbiased_var(z, sample_weight=None):
     sum, or the number of rows of positive weight when that sum is below 2
     (DESIGN.md's rule for the running variance)."""
     z = np.asarray(z, dtype=np.float64)
-    w = np.ones(z.shape[0]) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    w = (
+        np.ones(z.shape[0])
+        if sample_weight is None
+        else np.asarray(sample_weight, np.float64)
+    )
     total = w.sum()
     mean = (w @ z) / total
     var = (w @ (z - mean) ** 2) / total
@@ -96,8 +106,9 @@ def draw_split(data, n_rows, max_cuts):
     hypothesis (``data`` is ``st.data()``); ``zip(bounds[:-1], bounds[1:])``
     gives the batches."""
     cuts = data.draw(
-        st.lists(st.integers(1, n_rows - 1), unique=True,
-                 max_size=min(max_cuts, n_rows - 1)),
+        st.lists(
+            st.integers(1, n_rows - 1), unique=True, max_size=min(max_cuts, n_rows - 1)
+        ),
         label="cuts",
     )
     return [0] + sorted(cuts) + [n_rows]
@@ -110,15 +121,25 @@ def draw_split(data, n_rows, max_cuts):
 
 BN_EPSILON = 1e-5
 
-_activation_of = activation   # the parameters below named activation hide it
+_activation_of = activation  # the parameters below named activation hide it
 
 
 def _weights(sw, n):
     return np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
 
 
-def ref_forward_train(X, coefs, gammas, intercepts, activation, sw=None, eps=BN_EPSILON,
-                      *, chunks=1, dropout=None):
+def ref_forward_train(
+    X,
+    coefs,
+    gammas,
+    intercepts,
+    activation,
+    sw=None,
+    eps=BN_EPSILON,
+    *,
+    chunks=1,
+    dropout=None,
+):
     """Training-mode forward in float64.
 
     ``chunks``: ghost batch norm's number of chunks (the rows split as
@@ -170,22 +191,48 @@ def ref_per_sample_loss(raw, Y, out_activation):
     return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
 
 
-def ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out_activation, alpha,
-             eps=BN_EPSILON, **options):
+def ref_loss(
+    X,
+    Y,
+    sw,
+    coefs,
+    gammas,
+    intercepts,
+    activation,
+    out_activation,
+    alpha,
+    eps=BN_EPSILON,
+    **options,
+):
     """The training-mode objective of one minibatch, in float64 (``options``:
     those of :func:`ref_forward_train`)."""
-    raw = ref_forward_train(X, coefs, gammas, intercepts, activation, sw, eps, **options)[0]
+    raw = ref_forward_train(
+        X, coefs, gammas, intercepts, activation, sw, eps, **options
+    )[0]
     w = _weights(sw, raw.shape[0])
     data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
     l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
     return data_loss + 0.5 * alpha * l2 / w.sum()
 
 
-def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                         out_activation, alpha, h=1e-6, **options):
+def ref_numeric_gradient(
+    X,
+    Y,
+    sw,
+    coefs,
+    gammas,
+    intercepts,
+    activation,
+    out_activation,
+    alpha,
+    h=1e-6,
+    **options,
+):
     """Central differences of ``ref_loss`` for every parameter."""
-    params = [[np.array(p, dtype=np.float64) for p in group]
-              for group in (coefs, gammas, intercepts)]
+    params = [
+        [np.array(p, dtype=np.float64) for p in group]
+        for group in (coefs, gammas, intercepts)
+    ]
     grads = [[np.zeros_like(p) for p in group] for group in params]
     for group, ggroup in zip(params, grads):
         for p, g in zip(group, ggroup):
@@ -193,11 +240,13 @@ def ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
             for i in range(flat.size):
                 old = flat[i]
                 flat[i] = old + h
-                up = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                              **options)
+                up = ref_loss(
+                    X, Y, sw, *params, activation, out_activation, alpha, **options
+                )
                 flat[i] = old - h
-                down = ref_loss(X, Y, sw, *params, activation, out_activation, alpha,
-                                **options)
+                down = ref_loss(
+                    X, Y, sw, *params, activation, out_activation, alpha, **options
+                )
                 flat[i] = old
                 gflat[i] = (up - down) / (2 * h)
     return grads
@@ -228,7 +277,9 @@ def _adam_update(g, moments, t, lr_t, hyper):
 OPTIMIZER_STEPS = {"sgd": (_sgd_update, 1), "adam": (_adam_update, 2)}
 
 
-def optimizer_steps(solver, hyper, params, gradient, n_steps, lr_of_step, weight_decay=0.0):
+def optimizer_steps(
+    solver, hyper, params, gradient, n_steps, lr_of_step, weight_decay=0.0
+):
     """``n_steps`` steps from ``params`` (coefs, gammas, intercepts): at step
     ``t``, ``g = gradient(params, t)``, then every coefficient ``W * (1 -
     lr_t * weight_decay) + update`` and every other parameter ``p + update``,
@@ -236,8 +287,10 @@ def optimizer_steps(solver, hyper, params, gradient, n_steps, lr_of_step, weight
     hyper-parameters (by their names)."""
     update, n_moments = OPTIMIZER_STEPS[solver]
     params = [[np.array(p, dtype=np.float64) for p in group] for group in params]
-    moments = [[[np.zeros_like(p) for _ in range(n_moments)] for p in group]
-               for group in params]
+    moments = [
+        [[np.zeros_like(p) for _ in range(n_moments)] for p in group]
+        for group in params
+    ]
     for t in range(n_steps):
         lr_t = lr_of_step(t)
         grad = gradient(params, t)
@@ -265,5 +318,9 @@ ROUND_2_CLASSIFIER = {**ROUND_2, "label_smoothing": 0.0}
 def round_2(estimator_class, **params):
     """``estimator_class(**params)`` with the round-2 recipe for the
     parameters not given."""
-    recipe = ROUND_2_CLASSIFIER if "label_smoothing" in estimator_class().get_params() else ROUND_2
+    recipe = (
+        ROUND_2_CLASSIFIER
+        if "label_smoothing" in estimator_class().get_params()
+        else ROUND_2
+    )
     return estimator_class(**{**recipe, **params})

@@ -20,16 +20,21 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_allclose, assert_array_equal
 
+from sklearn_bn import _activations
+
 from reference import ACTIVATIONS, DTYPES
 from reference import activation as ref_activation
 from reference import activation_derivative as ref_derivative
-from sklearn_bn import _activations
 
 SHAPES = [(1, 1), (2, 3), (1, 7), (9, 1), (3, 10_000), (0, 4)]
 
 
 def tol(dtype):
-    return {"rtol": 1e-6, "atol": 1e-7} if dtype == np.float32 else {"rtol": 1e-14, "atol": 1e-15}
+    return (
+        {"rtol": 1e-6, "atol": 1e-7}
+        if dtype == np.float32
+        else {"rtol": 1e-14, "atol": 1e-15}
+    )
 
 
 def test_activation_codes():
@@ -61,10 +66,14 @@ def test_forward_hand_checked(dtype):
     y = np.array([[-2.0, 0.0, 3.0]], dtype=dtype)
     assert_array_equal(_activations.forward(y.copy(), "relu"), [[0, 0, 3]])
     assert_array_equal(_activations.forward(y.copy(), "identity"), y)
-    assert_allclose(_activations.forward(y.copy(), "logistic"),
-                    [[1 / (1 + np.exp(2)), 0.5, 1 / (1 + np.exp(-3))]], **tol(dtype))
-    assert_allclose(_activations.forward(y.copy(), "tanh"), [np.tanh([-2, 0, 3])],
-                    **tol(dtype))
+    assert_allclose(
+        _activations.forward(y.copy(), "logistic"),
+        [[1 / (1 + np.exp(2)), 0.5, 1 / (1 + np.exp(-3))]],
+        **tol(dtype),
+    )
+    assert_allclose(
+        _activations.forward(y.copy(), "tanh"), [np.tanh([-2, 0, 3])], **tol(dtype)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -109,8 +118,11 @@ def test_backward_matches_numpy(dtype, shape, activation):
     assert out.dtype == dtype
     # f' is evaluated from the rounded output: for float32 tanh and logistic
     # near saturation, 1 - a**2 carries an absolute error of about 1e-7.
-    assert_allclose(out, expected, **(tol(dtype) if dtype == np.float64 else
-                                      {"rtol": 1e-6, "atol": 1e-6}))
+    assert_allclose(
+        out,
+        expected,
+        **(tol(dtype) if dtype == np.float64 else {"rtol": 1e-6, "atol": 1e-6}),
+    )
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -173,8 +185,12 @@ def test_property_forward_backward(y, activation):
     # f' evaluated from the output (float32 output rounding of a saturated
     # tanh/logistic changes f' at the 1e-7 level only).
     f32 = dtype == np.float32
-    assert_allclose(delta, ref_derivative(activation, y), rtol=1e-5 if f32 else 1e-12,
-                    atol=1e-6 if f32 else 1e-14)
+    assert_allclose(
+        delta,
+        ref_derivative(activation, y),
+        rtol=1e-5 if f32 else 1e-12,
+        atol=1e-6 if f32 else 1e-14,
+    )
     assert np.all(delta >= 0)
 
 
@@ -238,5 +254,6 @@ def test_an_unknown_code_never_runs_another_activation(code, dtype):
     _activations.backward(_activations.forward(y.copy(), "tanh"), delta, code)
     assert np.isnan(delta).all()
     for name, known in _activations.ACTIVATIONS.items():
-        assert_array_equal(_activations.forward(y.copy(), known),
-                           _activations.forward(y.copy(), name))
+        assert_array_equal(
+            _activations.forward(y.copy(), known), _activations.forward(y.copy(), name)
+        )

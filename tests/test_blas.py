@@ -19,12 +19,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from reference import DTYPES
 from sklearn_bn import _blas
 
+from reference import DTYPES
+
 # (m, k, n): op(a) is (m, k), op(b) is (k, n).
-SHAPES = [(1, 1, 1), (2, 3, 4), (7, 1, 5), (1, 9, 1), (5, 4, 1), (33, 17, 65),
-          (3, 0, 4), (0, 3, 4), (3, 4, 0)]
+SHAPES = [
+    (1, 1, 1),
+    (2, 3, 4),
+    (7, 1, 5),
+    (1, 9, 1),
+    (5, 4, 1),
+    (33, 17, 65),
+    (3, 0, 4),
+    (0, 3, 4),
+    (3, 4, 0),
+]
 
 
 def operands(m, k, n, trans_a, trans_b, dtype, seed=0):
@@ -110,10 +120,14 @@ def test_axpy_matches_numpy(dtype, n):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    m=st.integers(0, 20), k=st.integers(0, 20), n=st.integers(0, 20),
-    trans_a=st.booleans(), trans_b=st.booleans(),
+    m=st.integers(0, 20),
+    k=st.integers(0, 20),
+    n=st.integers(0, 20),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
     dtype=st.sampled_from(DTYPES),
-    alpha=st.floats(-3, 3), beta=st.sampled_from([0.0, 1.0, -0.5]),
+    alpha=st.floats(-3, 3),
+    beta=st.sampled_from([0.0, 1.0, -0.5]),
     seed=st.integers(0, 1000),
 )
 def test_property_gemm(m, k, n, trans_a, trans_b, dtype, alpha, beta, seed):
@@ -121,10 +135,15 @@ def test_property_gemm(m, k, n, trans_a, trans_b, dtype, alpha, beta, seed):
     expected = reference(a, b, c, trans_a, trans_b, alpha, beta)
     out = c.copy()
     _blas.gemm(a, b, out, trans_a, trans_b, alpha, beta)
-    scale = (np.abs(a).max(initial=0) * np.abs(b).max(initial=0) * abs(alpha)
-             + np.abs(c).max(initial=0))
-    assert_allclose(out, expected, rtol=tol(dtype, k)["rtol"],
-                    atol=tol(dtype, k)["atol"] * (scale + 1))
+    scale = np.abs(a).max(initial=0) * np.abs(b).max(initial=0) * abs(alpha) + np.abs(
+        c
+    ).max(initial=0)
+    assert_allclose(
+        out,
+        expected,
+        rtol=tol(dtype, k)["rtol"],
+        atol=tol(dtype, k)["atol"] * (scale + 1),
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -17,7 +17,13 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import make_pipeline
 
-from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor, _callbacks, _mlp
+from sklearn_bn import (
+    BatchNormScaler,
+    MLPBNClassifier,
+    MLPBNRegressor,
+    _callbacks,
+    _mlp,
+)
 from sklearn_bn._callbacks import CALLBACKS_SUPPORTED
 
 needs_callbacks = pytest.mark.skipif(
@@ -36,14 +42,24 @@ def make_data(problem, n=80, seed=0):
     signal = X[:, :3] @ np.array([1.0, -2.0, 0.5])
     if problem == "classifier":
         y = np.digitize(signal + 0.3 * rng.normal(size=n), [-1.0, 1.0])
-        est = MLPBNClassifier(hidden_layer_sizes=(8, 6), batch_size=16, max_iter=6,
-                              learning_rate="constant", learning_rate_init=0.01,
-                              random_state=0)
+        est = MLPBNClassifier(
+            hidden_layer_sizes=(8, 6),
+            batch_size=16,
+            max_iter=6,
+            learning_rate="constant",
+            learning_rate_init=0.01,
+            random_state=0,
+        )
     else:
         y = signal + 0.1 * rng.normal(size=n)
-        est = MLPBNRegressor(hidden_layer_sizes=(8, 6), batch_size=16, max_iter=6,
-                             learning_rate="constant", learning_rate_init=0.01,
-                             random_state=0)
+        est = MLPBNRegressor(
+            hidden_layer_sizes=(8, 6),
+            batch_size=16,
+            max_iter=6,
+            learning_rate="constant",
+            learning_rate_init=0.01,
+            random_state=0,
+        )
     return X, y, est
 
 
@@ -67,24 +83,55 @@ class Recorder:
     def teardown(self, estimator, context):
         self.calls.append(("teardown", context, {}))
 
-    def on_fit_task_begin(self, estimator, context, *, X=None, y=None, metadata=None,
-                          fitted_estimator=None):
-        self.calls.append(("begin", context, dict(X=X, y=y, metadata=metadata,
-                                                  fitted_estimator=fitted_estimator)))
+    def on_fit_task_begin(
+        self,
+        estimator,
+        context,
+        *,
+        X=None,
+        y=None,
+        metadata=None,
+        fitted_estimator=None,
+    ):
+        self.calls.append(
+            (
+                "begin",
+                context,
+                dict(X=X, y=y, metadata=metadata, fitted_estimator=fitted_estimator),
+            )
+        )
 
-    def on_fit_task_end(self, estimator, context, *, X=None, y=None, metadata=None,
-                        fitted_estimator=None):
-        self.calls.append(("end", context, dict(X=X, y=y, metadata=metadata,
-                                                fitted_estimator=fitted_estimator)))
+    def on_fit_task_end(
+        self,
+        estimator,
+        context,
+        *,
+        X=None,
+        y=None,
+        metadata=None,
+        fitted_estimator=None,
+    ):
+        self.calls.append(
+            (
+                "end",
+                context,
+                dict(X=X, y=y, metadata=metadata, fitted_estimator=fitted_estimator),
+            )
+        )
         if context.task_name == "epoch":
             if self.fail_at == context.task_id:
                 raise RuntimeError("callback failed")
-            return self.stop_after is not None and context.task_id + 1 >= self.stop_after
+            return (
+                self.stop_after is not None and context.task_id + 1 >= self.stop_after
+            )
         return False
 
     def hooks(self, name, task_name=None):
-        return [(ctx, kw) for hook, ctx, kw in self.calls
-                if hook == name and (task_name is None or ctx.task_name == task_name)]
+        return [
+            (ctx, kw)
+            for hook, ctx, kw in self.calls
+            if hook == name and (task_name is None or ctx.task_name == task_name)
+        ]
 
 
 class Counter:
@@ -110,8 +157,14 @@ def assert_same_model(a, b):
     for name in FITTED_ARRAYS:
         for p, q in zip(getattr(a, name), getattr(b, name)):
             assert_array_equal(p, q, err_msg=name)
-    for name in ("n_iter_", "t_", "loss_curve_", "validation_scores_", "best_loss_",
-                 "best_validation_score_"):
+    for name in (
+        "n_iter_",
+        "t_",
+        "loss_curve_",
+        "validation_scores_",
+        "best_loss_",
+        "best_validation_score_",
+    ):
         assert getattr(a, name) == getattr(b, name), name
 
 
@@ -127,7 +180,7 @@ def test_fit_is_one_task_with_one_subtask_per_epoch(problem):
     quietly(est.set_callbacks(rec).fit, X, y)
     assert [hook for hook, _, _ in rec.calls].count("setup") == 1
     assert rec.calls[-1][0] == "teardown"
-    (root, root_begin), = rec.hooks("begin", "fit")
+    ((root, root_begin),) = rec.hooks("begin", "fit")
     assert root.parent is None and root.max_subtasks == est.max_iter == est.n_iter_
     assert root_begin["X"].shape == X.shape and root_begin["fitted_estimator"] is None
     epochs = rec.hooks("end", "epoch")
@@ -141,7 +194,7 @@ def test_fit_is_one_task_with_one_subtask_per_epoch(problem):
         assert kwargs["metadata"] is None
     # The root task ends after the model is published; its fitted estimator
     # is the model.
-    (_, root_end), = rec.hooks("end", "fit")
+    ((_, root_end),) = rec.hooks("end", "fit")
     assert_same_model(root_end["fitted_estimator"], est)
     # Nothing of the callbacks' bookkeeping stays on the estimator.
     assert not hasattr(est, "_callback_fit_ctx")
@@ -152,9 +205,16 @@ def test_epoch_data_exclude_the_validation_split_and_carry_the_weights():
     X, y, est = make_data("classifier")
     rec = Recorder()
     sw = np.random.RandomState(0).uniform(0.5, 2, len(y))
-    quietly(est.set_params(early_stopping=True, validation_fraction=0.25,
-                           class_weight={0: 2.0}).set_callbacks(rec).fit,
-            X, y, sample_weight=sw)
+    quietly(
+        est.set_params(
+            early_stopping=True, validation_fraction=0.25, class_weight={0: 2.0}
+        )
+        .set_callbacks(rec)
+        .fit,
+        X,
+        y,
+        sample_weight=sw,
+    )
     for _, kwargs in rec.hooks("end", "epoch"):
         n_train = kwargs["X"].shape[0]
         assert n_train == 60
@@ -191,21 +251,25 @@ def test_partial_fit_is_one_task_per_call(problem):
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("sparse_input", [False, True])
 @pytest.mark.parametrize("problem", ["classifier", "regressor"])
-def test_fitted_estimator_is_the_fit_that_stops_there(problem, sparse_input, early_stopping,
-                                                     bn_stats):
+def test_fitted_estimator_is_the_fit_that_stops_there(
+    problem, sparse_input, early_stopping, bn_stats
+):
     X, y, est = make_data(problem)
     if sparse_input:
         X[np.abs(X) < 0.5] = 0
         X = sp.csr_matrix(X)
-    est.set_params(early_stopping=early_stopping, bn_stats=bn_stats,
-                   n_iter_no_change=100)
+    est.set_params(
+        early_stopping=early_stopping, bn_stats=bn_stats, n_iter_no_change=100
+    )
     rec = Recorder()
     quietly(clone(est).set_callbacks(rec).fit, X, y)
     ends = rec.hooks("end", "epoch")
     begins = rec.hooks("begin", "epoch")
     assert len(ends) == est.max_iter
-    stopped = [quietly(clone(est).set_params(max_iter=k + 1).fit, X, y)
-               for k in range(est.max_iter)]
+    stopped = [
+        quietly(clone(est).set_params(max_iter=k + 1).fit, X, y)
+        for k in range(est.max_iter)
+    ]
     for k, (_, kwargs) in enumerate(ends):
         model = kwargs["fitted_estimator"]
         assert type(model) is type(est)
@@ -324,8 +388,9 @@ def test_scoring_monitor_logs_one_score_per_epoch(problem):
     # The last epoch's model is the fitted one, scored on the training rows.
     assert rows[-1][scoring] == est.score(X, y)
     for k, row in enumerate(rows[:-1]):
-        assert row[scoring] == quietly(clone(est).set_params(max_iter=k + 1).fit,
-                                       X, y).score(X, y)
+        assert row[scoring] == quietly(
+            clone(est).set_params(max_iter=k + 1).fit, X, y
+        ).score(X, y)
 
 
 # ---------------------------------------------------------------------------
@@ -350,7 +415,9 @@ def test_scaler_calls_are_one_task_each():
     assert [hook for hook, _, _ in rec.calls].count("teardown") == 3
     # The fitted estimator of the end of each call transforms as the scaler
     # did then (the last one as it does now).
-    assert_array_equal(roots[-1][1]["fitted_estimator"].transform(X), scaler.transform(X))
+    assert_array_equal(
+        roots[-1][1]["fitted_estimator"].transform(X), scaler.transform(X)
+    )
 
 
 @needs_callbacks

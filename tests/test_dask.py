@@ -66,8 +66,11 @@ def test_grid_search_on_joblibs_dask_backend(client, digits):
         warnings.simplefilter("ignore", ConvergenceWarning)
         local.fit(X, y)
     assert search.best_params_ == local.best_params_
-    assert_allclose(search.cv_results_["mean_test_score"],
-                    local.cv_results_["mean_test_score"], atol=1 / 300)
+    assert_allclose(
+        search.cv_results_["mean_test_score"],
+        local.cv_results_["mean_test_score"],
+        atol=1 / 300,
+    )
     assert search.best_estimator_.predict(X).shape == (600,)
 
 
@@ -90,8 +93,9 @@ def test_incremental_over_a_chunked_dask_array(client, digits):
     reference = MLPBNClassifier(**params)
     with threadpool_limits(1):
         for k in range(X_dask.numblocks[0]):
-            reference.partial_fit(X_dask.blocks[k].compute(), y_dask.blocks[k].compute(),
-                                  classes=classes)
+            reference.partial_fit(
+                X_dask.blocks[k].compute(), y_dask.blocks[k].compute(), classes=classes
+            )
     assert inc.estimator_.t_ == reference.t_ == X.shape[0]  # every block, once
     for got, expected in zip(inc.estimator_.coefs_, reference.coefs_):
         assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
@@ -104,7 +108,13 @@ def test_incremental_over_a_chunked_dask_array(client, digits):
 @pytest.mark.parametrize("momentum", [None, 0.3])
 def test_scaler_partial_fit_over_dask_blocks(client, momentum):
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(1000, 5)) * [1.0, 10.0, 1e-2, 1e3, 5.0] + [0.0, 5.0, -1.0, 1e4, 2.0]
+    X = rng.normal(size=(1000, 5)) * [1.0, 10.0, 1e-2, 1e3, 5.0] + [
+        0.0,
+        5.0,
+        -1.0,
+        1e4,
+        2.0,
+    ]
     X_dask = da.from_array(X, chunks=(230, 5))  # 5 blocks, the last one shorter
     scaler = BatchNormScaler(momentum=momentum)
     blocks = []
@@ -115,7 +125,9 @@ def test_scaler_partial_fit_over_dask_blocks(client, momentum):
     assert scaler.n_samples_seen_ == 1000
     if momentum is None:
         whole = BatchNormScaler().fit(X)
-        assert_allclose(scaler.running_mean_, whole.running_mean_, rtol=1e-12, atol=1e-12)
+        assert_allclose(
+            scaler.running_mean_, whole.running_mean_, rtol=1e-12, atol=1e-12
+        )
         assert_allclose(scaler.running_var_, whole.running_var_, rtol=1e-10)
     else:
         mean = blocks[0].mean(axis=0)

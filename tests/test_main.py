@@ -17,31 +17,42 @@ def test_demo_compares_both_networks(capsys):
     out = capsys.readouterr().out
     assert "digits: 1347 training and 450 test samples, 64 features, 10 classes" in out
     assert "hidden=(8) activation=tanh epochs<=2 random_state=3" in out
-    table = out[out.index("model"):].splitlines()
+    table = out[out.index("model") :].splitlines()
     assert table[0].split() == ["model", "test", "accuracy", "epochs", "seconds"]
-    assert [line.split()[0] for line in table[2:4]] == ["MLPBNClassifier", "MLPClassifier"]
+    assert [line.split()[0] for line in table[2:4]] == [
+        "MLPBNClassifier",
+        "MLPClassifier",
+    ]
     for line in table[2:4]:
         _, accuracy, epochs, seconds = line.split()
         assert 0 <= float(accuracy) <= 1 and int(epochs) == 2 and float(seconds) >= 0
     # After the table (two rows), what its columns mean.
     assert table[4] == ""
     explanation = "\n".join(table[5:])
-    assert explanation.startswith("test accuracy: on the held-out images; chance level is 0.10")
+    assert explanation.startswith(
+        "test accuracy: on the held-out images; chance level is 0.10"
+    )
     assert "epochs: epochs run, at most 2; fewer means early stopping" in explanation
-    assert "seconds: fit time. MLPBNClassifier trains in its compiled engine" in explanation
+    assert (
+        "seconds: fit time. MLPBNClassifier trains in its compiled engine"
+        in explanation
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--hidden", "0"], "positive layer sizes"),
-    (["--hidden", "8,x"], "positive layer sizes"),
-    (["--hidden", ","], "positive layer sizes"),
-    (["--epochs", "0"], "positive integer"),
-    (["--epochs", "two"], "positive integer"),
-    (["--activation", "softplus"], "invalid choice"),
-    (["--dropout", "1"], "rate in [0, 1)"),
-    (["--dropout", "x"], "rate in [0, 1)"),
-    (["--virtual-batch-size", "1"], "integer >= 2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hidden", "0"], "positive layer sizes"),
+        (["--hidden", "8,x"], "positive layer sizes"),
+        (["--hidden", ","], "positive layer sizes"),
+        (["--epochs", "0"], "positive integer"),
+        (["--epochs", "two"], "positive integer"),
+        (["--activation", "softplus"], "invalid choice"),
+        (["--dropout", "1"], "rate in [0, 1)"),
+        (["--dropout", "x"], "rate in [0, 1)"),
+        (["--virtual-batch-size", "1"], "integer >= 2"),
+    ],
+)
 def test_demo_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         demo.main(argv)
@@ -72,14 +83,21 @@ def test_demo_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("name, message", [
-    ("missing/curves.png", "missing does not exist"),
-    ("curves.xyz", "matplotlib cannot write .xyz files; use one of: "),
-    ("curves", "the file needs an extension that gives its format, such as curves.png"),
-    (".", "this is a folder, not a file name"),
-])
-def test_demo_checks_the_plot_path_before_training(name, message, tmp_path, monkeypatch,
-                                                   capsys):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("missing/curves.png", "missing does not exist"),
+        ("curves.xyz", "matplotlib cannot write .xyz files; use one of: "),
+        (
+            "curves",
+            "the file needs an extension that gives its format, such as curves.png",
+        ),
+        (".", "this is a folder, not a file name"),
+    ],
+)
+def test_demo_checks_the_plot_path_before_training(
+    name, message, tmp_path, monkeypatch, capsys
+):
     pytest.importorskip("matplotlib")
 
     def no_training(*args, **kwargs):
@@ -103,11 +121,13 @@ def test_demo_refuses_a_read_only_folder_or_file(tmp_path, monkeypatch):
     assert demo.check_plot_path(str(path)) is None
     monkeypatch.setattr(demo.os, "access", lambda p, mode: False)
     assert demo.check_plot_path(str(path)) == (
-        f"--plot {path}: the folder {tmp_path} is not writable")
+        f"--plot {path}: the folder {tmp_path} is not writable"
+    )
     monkeypatch.setattr(demo.os, "access", lambda p, mode: os.path.isdir(p))
     path.write_bytes(b"")
     assert demo.check_plot_path(str(path)) == (
-        f"--plot {path}: the file exists and is not writable")
+        f"--plot {path}: the file exists and is not writable"
+    )
 
 
 def test_demo_plot_formats_other_than_png(tmp_path):
@@ -119,29 +139,48 @@ def test_demo_plot_formats_other_than_png(tmp_path):
 
 def _rows(curve_a, curve_b):
     return [
-        {"model": "MLPBNClassifier", "accuracy": 0.9822, "epochs": len(curve_a),
-         "seconds": 0.5, "loss_curve": curve_a},
-        {"model": "MLPClassifier", "accuracy": 0.1022, "epochs": len(curve_b),
-         "seconds": 0.2, "loss_curve": curve_b},
+        {
+            "model": "MLPBNClassifier",
+            "accuracy": 0.9822,
+            "epochs": len(curve_a),
+            "seconds": 0.5,
+            "loss_curve": curve_a,
+        },
+        {
+            "model": "MLPClassifier",
+            "accuracy": 0.1022,
+            "epochs": len(curve_b),
+            "seconds": 0.2,
+            "loss_curve": curve_b,
+        },
     ]
 
 
-@pytest.mark.parametrize("curve_a, scale", [
-    (list(2.3 * 0.85 ** np.arange(40)), "log"),   # spans more than 10x
-    (list(np.linspace(2.3, 0.8, 30)), "linear"),
-])
+@pytest.mark.parametrize(
+    "curve_a, scale",
+    [
+        (list(2.3 * 0.85 ** np.arange(40)), "log"),  # spans more than 10x
+        (list(np.linspace(2.3, 0.8, 30)), "linear"),
+    ],
+)
 def test_demo_figure_legend_and_ticks(curve_a, scale):
     pytest.importorskip("matplotlib")
-    args = demo.build_parser().parse_args(["--hidden", "32,32", "--activation", "logistic"])
+    args = demo.build_parser().parse_args(
+        ["--hidden", "32,32", "--activation", "logistic"]
+    )
     fig = demo.make_figure(_rows(curve_a, [2.31, 2.30, 2.30]), args)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "MLPBNClassifier: test accuracy 0.982", "MLPClassifier: test accuracy 0.102"]
+        "MLPBNClassifier: test accuracy 0.982",
+        "MLPClassifier: test accuracy 0.102",
+    ]
     assert ax.get_yscale() == scale
     assert ax.get_title() == "digits: hidden=(32,32), logistic"
     fig.canvas.draw()
     low, high = ax.get_ylim()
-    labels = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    labels = [
+        t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high
+    ]
     assert len(labels) >= 3
     for label in labels:  # plain numbers, such as 0.05 or 2, not 10^-1
         float(label.replace("\N{MINUS SIGN}", "-"))
@@ -161,8 +200,12 @@ def test_python_dash_m_runs_the_demo(tmp_path):
     src = os.path.dirname(os.path.dirname(demo.__file__))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "sklearn_bn", *FAST], capture_output=True, text=True,
-        cwd=tmp_path, env=env, timeout=300,
+        [sys.executable, "-m", "sklearn_bn", *FAST],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MLPBNClassifier" in result.stdout and "MLPClassifier" in result.stdout

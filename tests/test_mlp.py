@@ -28,6 +28,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
+from sklearn_bn._engine import Engine
+
 from reference import (
     DTYPES,
     forward_from_attributes,
@@ -36,8 +39,6 @@ from reference import (
     round_2,
     weighted_mean_and_unbiased_var,
 )
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _engine, _mlp, _threads
-from sklearn_bn._engine import Engine
 
 PROBLEMS = ["binary", "multiclass", "multilabel", "squared_error", "poisson"]
 
@@ -52,7 +53,9 @@ def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
     elif problem == "multiclass":
         y = np.digitize(signal, [-1.0, 1.0])  # 3 classes
     elif problem == "multilabel":
-        y = np.column_stack([signal > 0, X[:, 3] > 0, X[:, 0] + X[:, 4] > 0]).astype(int)
+        y = np.column_stack([signal > 0, X[:, 3] > 0, X[:, 0] + X[:, 4] > 0]).astype(
+            int
+        )
     elif problem == "squared_error":
         y = np.column_stack([signal, X[:, 3] ** 2]) + 0.1 * rng.normal(size=(n, 2))
     else:
@@ -62,11 +65,24 @@ def make_data(problem, n=60, n_features=5, seed=0, dtype=np.float64):
     # network's own math (tests/test_preprocessing.py covers the input
     # handling; test_defaults_* the defaults).
     if problem in ("squared_error", "poisson"):
-        est = round_2(MLPBNRegressor, loss=problem, hidden_layer_sizes=(8, 6), max_iter=20,
-                      learning_rate_init=0.01, random_state=0, input_preprocessing=None)
+        est = round_2(
+            MLPBNRegressor,
+            loss=problem,
+            hidden_layer_sizes=(8, 6),
+            max_iter=20,
+            learning_rate_init=0.01,
+            random_state=0,
+            input_preprocessing=None,
+        )
     else:
-        est = round_2(MLPBNClassifier, hidden_layer_sizes=(8, 6), max_iter=20,
-                      learning_rate_init=0.01, random_state=0, input_preprocessing=None)
+        est = round_2(
+            MLPBNClassifier,
+            hidden_layer_sizes=(8, 6),
+            max_iter=20,
+            learning_rate_init=0.01,
+            random_state=0,
+            input_preprocessing=None,
+        )
     return X, y, est
 
 
@@ -125,7 +141,9 @@ def assert_same(a, b, path="state"):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
 @pytest.mark.parametrize("problem", PROBLEMS)
-def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, activation):
+def test_predict_and_to_sklearn_match_the_running_statistics_network(
+    problem, activation
+):
     X, y, est = make_data(problem)
     fit_quietly(est.set_params(activation=activation), X, y)
     X_test = make_data(problem, n=30, seed=1)[0]
@@ -134,7 +152,9 @@ def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, ac
     assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
 
     mlp = est.to_sklearn()
-    assert type(mlp) is (MLPClassifier if isinstance(est, MLPBNClassifier) else MLPRegressor)
+    assert type(mlp) is (
+        MLPClassifier if isinstance(est, MLPBNClassifier) else MLPRegressor
+    )
     assert len(mlp.coefs_) == len(est.coefs_)
     for W, W_bn in zip(mlp.coefs_, est.coefs_):
         assert W.shape == W_bn.shape and W.dtype == W_bn.dtype
@@ -143,7 +163,9 @@ def test_predict_and_to_sklearn_match_the_running_statistics_network(problem, ac
     assert_allclose(forward_sklearn_mlp(mlp, X_test), out, rtol=1e-12, atol=1e-13)
     # The scikit-learn MLP itself: same predictions within 1e-6 in float64.
     if isinstance(est, MLPBNClassifier):
-        assert_allclose(mlp.predict_proba(X_test), est.predict_proba(X_test), atol=1e-6, rtol=0)
+        assert_allclose(
+            mlp.predict_proba(X_test), est.predict_proba(X_test), atol=1e-6, rtol=0
+        )
         assert_array_equal(mlp.predict(X_test), est.predict(X_test))
         assert_array_equal(mlp.classes_, est.classes_)
     else:
@@ -209,7 +231,9 @@ def test_one_row_predicts_as_among_others(problem, sparse_format):
         alone = raw_output(est, X_test[i : i + 1])
         assert_allclose(alone[0], together[i], rtol=1e-12, atol=1e-14)
         if problem == "multiclass":
-            assert_array_equal(est.predict(X_test[i : i + 1]), est.predict(X_test)[i : i + 1])
+            assert_array_equal(
+                est.predict(X_test[i : i + 1]), est.predict(X_test)[i : i + 1]
+            )
 
 
 @pytest.mark.parametrize("sparse_input", [False, True])
@@ -222,8 +246,12 @@ def test_prediction_across_row_blocks(sparse_input):
         X_big[np.abs(X_big) < 0.5] = 0
         X_big = sp.csr_matrix(X_big)
     whole = est.predict_proba(X_big)
-    parts = np.vstack([est.predict_proba(X_big[a:b]) for a, b in [(0, 1000), (1000, 1030),
-                                                                  (1030, 2500)]])
+    parts = np.vstack(
+        [
+            est.predict_proba(X_big[a:b])
+            for a, b in [(0, 1000), (1000, 1030), (1030, 2500)]
+        ]
+    )
     assert_allclose(whole, parts, rtol=1e-12, atol=1e-15)
     assert_allclose(whole, forward_from_attributes(est, X_big), rtol=1e-9, atol=1e-12)
 
@@ -248,8 +276,11 @@ def test_prediction_does_not_depend_on_the_threads(dtype, n_rows, monkeypatch):
             with prediction_threads(*args) as (team, block_rows):
                 seen.append((team, block_rows))
                 # BLAS is on one thread while the team runs.
-                assert all(lib["num_threads"] == 1 for lib in threadpool_info()
-                           if lib["user_api"] == "blas")
+                assert all(
+                    lib["num_threads"] == 1
+                    for lib in threadpool_info()
+                    if lib["user_api"] == "blas"
+                )
                 yield team, block_rows
 
         monkeypatch.setattr(_threads, "max_threads", lambda n=n_threads: n)
@@ -260,8 +291,12 @@ def test_prediction_does_not_depend_on_the_threads(dtype, n_rows, monkeypatch):
         assert_array_equal(other, results[0])
     block_rows = min(1024, max(128, -(-n_rows // 8)))  # from the number of rows only
     assert seen == [(1, block_rows), (2, block_rows), (3, block_rows)]
-    assert_allclose(results[0], forward_from_attributes(est, X_big),
-                    rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
+    assert_allclose(
+        results[0],
+        forward_from_attributes(est, X_big),
+        rtol=1e-9 if dtype == np.float64 else 1e-4,
+        atol=1e-6,
+    )
 
 
 def test_prediction_leaves_blas_threads_alone():
@@ -270,10 +305,14 @@ def test_prediction_leaves_blas_threads_alone():
     X, y, est = make_data("multiclass")
     fit_quietly(est, X, y)
     with threadpool_limits(2, user_api="blas"):
-        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        before = [
+            lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
+        ]
         est.predict_proba(X[:1])
         est.predict_proba(make_data("multiclass", n=5000)[0])
-        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        after = [
+            lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
+        ]
     assert after == before
 
 
@@ -316,8 +355,10 @@ def assert_population_statistics(est, X, sample_weight=None):
     unbiased variance of its values before normalization over the rows of
     ``X``, as a numpy forward pass of the inference network computes them
     (whose layers below normalize with the stored statistics)."""
-    float64 = est.coefs_[0].dtype == np.float64 and np.asarray(
-        X.data if sp.issparse(X) else X).dtype == np.float64
+    float64 = (
+        est.coefs_[0].dtype == np.float64
+        and np.asarray(X.data if sp.issparse(X) else X).dtype == np.float64
+    )
     # float32 models compute z in float32: rounding of about 1e-7 of its
     # scale, grown a little through the layers below.
     rtol = 1e-10 if float64 else 2e-5
@@ -326,15 +367,25 @@ def assert_population_statistics(est, X, sample_weight=None):
         assert est.running_means_[i].dtype == est.coefs_[0].dtype
         assert est.running_vars_[i].dtype == est.coefs_[0].dtype
         # A mean near 0 is compared on the scale of its unit.
-        assert_allclose(est.running_means_[i], mean, rtol=rtol,
-                        atol=rtol * np.sqrt(var).max(), err_msg=f"mean of layer {i}")
-        assert_allclose(est.running_vars_[i], var, rtol=rtol,
-                        err_msg=f"variance of layer {i}")
+        assert_allclose(
+            est.running_means_[i],
+            mean,
+            rtol=rtol,
+            atol=rtol * np.sqrt(var).max(),
+            err_msg=f"mean of layer {i}",
+        )
+        assert_allclose(
+            est.running_vars_[i], var, rtol=rtol, err_msg=f"variance of layer {i}"
+        )
         # The inference network standardizes these rows: z_hat has mean 0 and
         # unbiased variance 1 (before bn_epsilon).
-        m, v = (np.asarray(a, dtype=np.float64) for a in (est.running_means_[i],
-                                                           est.running_vars_[i]))
-        z_mean, z_var = weighted_mean_and_unbiased_var((z - m) / np.sqrt(v), sample_weight)
+        m, v = (
+            np.asarray(a, dtype=np.float64)
+            for a in (est.running_means_[i], est.running_vars_[i])
+        )
+        z_mean, z_var = weighted_mean_and_unbiased_var(
+            (z - m) / np.sqrt(v), sample_weight
+        )
         assert_allclose(z_mean, 0, atol=100 * rtol)
         assert_allclose(z_var, 1, rtol=100 * rtol)
 
@@ -349,8 +400,9 @@ def small_blocks(monkeypatch):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("sparse_format", [None, "csr", "csc"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_recompute_bn_stats_gives_the_exact_statistics(dtype, sparse_format, weighted,
-                                                       blocks, monkeypatch):
+def test_recompute_bn_stats_gives_the_exact_statistics(
+    dtype, sparse_format, weighted, blocks, monkeypatch
+):
     X, y, est = make_data("multiclass", n=300, dtype=dtype)
     est.set_params(hidden_layer_sizes=(9, 7, 5), activation="tanh", max_iter=5)
     fit_quietly(est, X, y)
@@ -360,7 +412,9 @@ def test_recompute_bn_stats_gives_the_exact_statistics(dtype, sparse_format, wei
     sw = np.random.RandomState(2).uniform(0, 3, len(X_new)) if weighted else None
     if sw is not None:
         sw[::5] = 0
-    X_in = X_new if sparse_format is None else sp.csr_matrix(X_new).asformat(sparse_format)
+    X_in = (
+        X_new if sparse_format is None else sp.csr_matrix(X_new).asformat(sparse_format)
+    )
     if blocks == "small":
         small_blocks(monkeypatch)
     before = [est.running_means_, est.running_vars_]
@@ -393,8 +447,10 @@ def test_recompute_bn_stats_on_normalized_and_integer_weights():
     repeated = pickle.loads(pickle.dumps(est))
     est.recompute_bn_stats(X, sample_weight=counts)
     repeated.recompute_bn_stats(np.repeat(X, counts, axis=0))
-    for a, b in zip(est.running_means_ + est.running_vars_,
-                    repeated.running_means_ + repeated.running_vars_):
+    for a, b in zip(
+        est.running_means_ + est.running_vars_,
+        repeated.running_means_ + repeated.running_vars_,
+    ):
         assert_allclose(a, b, rtol=1e-10)
     normalized = counts / counts.sum()
     est.recompute_bn_stats(X, sample_weight=normalized)
@@ -410,7 +466,9 @@ def test_float64_rows_for_a_float32_model_are_standardized_as_predict_computes()
     assert est.running_means_[0].dtype == np.float32
     for i, z in enumerate(hidden_pre_normalization(est, X.astype(np.float64) * 2)):
         mean, var = weighted_mean_and_unbiased_var(z)
-        assert_allclose(est.running_means_[i], mean, rtol=1e-6, atol=1e-6 * np.sqrt(var).max())
+        assert_allclose(
+            est.running_means_[i], mean, rtol=1e-6, atol=1e-6 * np.sqrt(var).max()
+        )
         assert_allclose(est.running_vars_[i], var, rtol=1e-6)
 
 
@@ -502,18 +560,28 @@ def recorded_split(monkeypatch):
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("sparse_format", [None, "csr"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("problem, weighted", [
-    ("multiclass", "none"), ("multiclass", "sample_weight"), ("multiclass", "class_weight"),
-    ("squared_error", "none"), ("squared_error", "sample_weight"),
-])
+@pytest.mark.parametrize(
+    "problem, weighted",
+    [
+        ("multiclass", "none"),
+        ("multiclass", "sample_weight"),
+        ("multiclass", "class_weight"),
+        ("squared_error", "none"),
+        ("squared_error", "sample_weight"),
+    ],
+)
 def test_population_fit_equals_running_fit_then_recompute_on_the_training_rows(
-        problem, weighted, dtype, sparse_format, early_stopping, monkeypatch):
+    problem, weighted, dtype, sparse_format, early_stopping, monkeypatch
+):
     X, y, est = make_data(problem, n=120, dtype=dtype)
     if sparse_format:
         X[np.abs(X) < 0.5] = 0
         X = sp.csr_matrix(X)
-    est.set_params(early_stopping=early_stopping, validation_fraction=0.25,
-                   hidden_layer_sizes=(8, 6, 4))
+    est.set_params(
+        early_stopping=early_stopping,
+        validation_fraction=0.25,
+        hidden_layer_sizes=(8, 6, 4),
+    )
     sw = None
     if weighted == "sample_weight":
         sw = np.random.RandomState(3).uniform(0.2, 2.0, len(y))
@@ -521,10 +589,15 @@ def test_population_fit_equals_running_fit_then_recompute_on_the_training_rows(
         est.set_params(class_weight="balanced")
         sw = compute_sample_weight("balanced", y)
     split = recorded_split(monkeypatch)
-    population = fit_quietly(clone(est).set_params(bn_stats="population"), X, y,
-                             sample_weight=None if weighted == "class_weight" else sw)
-    running = fit_quietly(clone(est), X, y,
-                          sample_weight=None if weighted == "class_weight" else sw)
+    population = fit_quietly(
+        clone(est).set_params(bn_stats="population"),
+        X,
+        y,
+        sample_weight=None if weighted == "class_weight" else sw,
+    )
+    running = fit_quietly(
+        clone(est), X, y, sample_weight=None if weighted == "class_weight" else sw
+    )
     # Training is the same; only the running statistics differ.
     for name in ("coefs_", "gammas_", "intercepts_"):
         for a, b in zip(getattr(population, name), getattr(running, name)):
@@ -539,13 +612,17 @@ def test_population_fit_equals_running_fit_then_recompute_on_the_training_rows(
         assert X_train.shape[0] == 90
     sw_train_model = None if sw_train is None else np.asarray(sw_train, dtype=dtype)
     running.recompute_bn_stats(X_train, sample_weight=sw_train_model)
-    for a, b in zip(population.running_means_ + population.running_vars_,
-                    running.running_means_ + running.running_vars_):
+    for a, b in zip(
+        population.running_means_ + population.running_vars_,
+        running.running_means_ + running.running_vars_,
+    ):
         assert_array_equal(a, b)
     assert_population_statistics(population, X_train, sw_train_model)
     if early_stopping:
         # Not the statistics of every row given to fit.
-        everything = pickle.loads(pickle.dumps(running)).recompute_bn_stats(X, sample_weight=sw)
+        everything = pickle.loads(pickle.dumps(running)).recompute_bn_stats(
+            X, sample_weight=sw
+        )
         assert not np.allclose(everything.running_vars_[0], population.running_vars_[0])
 
 
@@ -553,9 +630,15 @@ def test_partial_fit_keeps_the_running_statistics():
     # bn_stats applies to fit; after a partial_fit stream, recompute_bn_stats
     # does it on the rows one chooses.
     X, y, est = make_data("multiclass")
-    a = clone(est).set_params(bn_stats="population").partial_fit(X, y, classes=[0, 1, 2])
+    a = (
+        clone(est)
+        .set_params(bn_stats="population")
+        .partial_fit(X, y, classes=[0, 1, 2])
+    )
     b = clone(est).partial_fit(X, y, classes=[0, 1, 2])
-    for p, q in zip(a.running_means_ + a.running_vars_, b.running_means_ + b.running_vars_):
+    for p, q in zip(
+        a.running_means_ + a.running_vars_, b.running_means_ + b.running_vars_
+    ):
         assert_array_equal(p, q)
 
 
@@ -567,8 +650,13 @@ def test_population_statistics_help_a_model_with_stale_running_statistics():
     X = X / 16
     # X straight in: its uncentred pixels are what leaves the stale running
     # means far from the layer's (the input handling would centre them).
-    est = MLPBNClassifier(hidden_layer_sizes=(32,), bn_momentum=1e-4, max_iter=15,
-                          random_state=0, input_preprocessing=None)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(32,),
+        bn_momentum=1e-4,
+        max_iter=15,
+        random_state=0,
+        input_preprocessing=None,
+    )
     running = fit_quietly(clone(est), X, y)
     population = fit_quietly(clone(est).set_params(bn_stats="population"), X, y)
     assert population.score(X, y) > running.score(X, y) + 0.1
@@ -604,8 +692,12 @@ def test_float32_training_tracks_float64(problem):
     est32 = fit_quietly(clone(est), X.astype(np.float32), y)
     assert est64.coefs_[0].dtype == np.float64
     assert_allclose(est32.loss_curve_, est64.loss_curve_, rtol=1e-4)
-    assert_allclose(raw_output(est32, X.astype(np.float32)), raw_output(est64, X),
-                    rtol=1e-3, atol=1e-3)
+    assert_allclose(
+        raw_output(est32, X.astype(np.float32)),
+        raw_output(est64, X),
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def test_integer_input_trains_in_float64():
@@ -729,7 +821,9 @@ def test_unit_sample_weights_change_nothing():
     X, y, est = make_data("multiclass")
     a = fit_quietly(clone(est), X, y)
     b = fit_quietly(clone(est), X, y, sample_weight=np.ones(len(y)))
-    for p, q in zip(a.coefs_ + a.gammas_ + a.running_vars_, b.coefs_ + b.gammas_ + b.running_vars_):
+    for p, q in zip(
+        a.coefs_ + a.gammas_ + a.running_vars_, b.coefs_ + b.gammas_ + b.running_vars_
+    ):
         assert_allclose(p, q, rtol=1e-12, atol=1e-14)
     assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-12)
 
@@ -742,7 +836,9 @@ def test_integer_sample_weights_act_as_repeat_counts(solver):
     X, y, est = make_data("squared_error", n=20)
     sw = np.random.RandomState(0).randint(0, 4, size=20)
     rep = np.repeat(np.arange(20), sw)
-    est.set_params(solver=solver, batch_size=1000, shuffle=False, max_iter=5, alpha=0.01)
+    est.set_params(
+        solver=solver, batch_size=1000, shuffle=False, max_iter=5, alpha=0.01
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # batch_size clipped; max_iter reached
         weighted = clone(est).fit(X, y, sample_weight=sw)
@@ -807,8 +903,9 @@ def imbalanced_classes(n_classes, n=150, dtype=np.float64):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("class_weight", ["balanced", {0: 0.3, 1: 2.5}])
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_class_weight_is_compute_sample_weight(n_classes, class_weight, dtype, user_weights,
-                                               sparse_input, early_stopping):
+def test_class_weight_is_compute_sample_weight(
+    n_classes, class_weight, dtype, user_weights, sparse_input, early_stopping
+):
     # The fit equals, bit for bit, the same fit given compute_sample_weight's
     # weights (times the user's) as sample_weight; validation scores included.
     X, y = imbalanced_classes(n_classes, dtype=dtype)
@@ -816,14 +913,21 @@ def test_class_weight_is_compute_sample_weight(n_classes, class_weight, dtype, u
         X[np.abs(X) < 0.6] = 0
         X = sp.csr_matrix(X)
     sw = np.random.RandomState(1).uniform(0.1, 3.0, len(y)) if user_weights else None
-    est = MLPBNClassifier(hidden_layer_sizes=(7, 5), max_iter=8, batch_size=32,
-                          early_stopping=early_stopping, n_iter_no_change=3,
-                          random_state=0)
-    weighted = fit_quietly(clone(est).set_params(class_weight=class_weight), X, y,
-                           sample_weight=sw)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(7, 5),
+        max_iter=8,
+        batch_size=32,
+        early_stopping=early_stopping,
+        n_iter_no_change=3,
+        random_state=0,
+    )
+    weighted = fit_quietly(
+        clone(est).set_params(class_weight=class_weight), X, y, sample_weight=sw
+    )
     expected = compute_sample_weight(class_weight, y)
-    reference = fit_quietly(clone(est), X, y,
-                            sample_weight=expected if sw is None else sw * expected)
+    reference = fit_quietly(
+        clone(est), X, y, sample_weight=expected if sw is None else sw * expected
+    )
     assert_same_fit(weighted, reference)
     plain = fit_quietly(clone(est), X, y, sample_weight=sw)
     assert not np.array_equal(weighted.coefs_[0], plain.coefs_[0])
@@ -836,8 +940,9 @@ def test_class_weight_with_string_labels_and_missing_classes():
     cw = {"high": 4.0}
     est = MLPBNClassifier(hidden_layer_sizes=(6,), max_iter=5, random_state=0)
     weighted = fit_quietly(clone(est).set_params(class_weight=cw), X, labels)
-    reference = fit_quietly(clone(est), X, labels,
-                            sample_weight=np.where(labels == "high", 4.0, 1.0))
+    reference = fit_quietly(
+        clone(est), X, labels, sample_weight=np.where(labels == "high", 4.0, 1.0)
+    )
     assert_same_fit(weighted, reference)
 
 
@@ -868,15 +973,20 @@ def test_partial_fit_weighs_each_batch_by_its_classes(dtype):
     batches = [np.flatnonzero(y != 2)[:60], np.arange(60, 150)]
     for rows in batches:
         weighted.partial_fit(X[rows], y[rows], classes=[0, 1, 2])
-        reference.partial_fit(X[rows], y[rows], classes=[0, 1, 2],
-                              sample_weight=np.array([cw.get(c, 1.0) for c in y[rows]]))
+        reference.partial_fit(
+            X[rows],
+            y[rows],
+            classes=[0, 1, 2],
+            sample_weight=np.array([cw.get(c, 1.0) for c in y[rows]]),
+        )
     assert_same_fit(weighted, reference)
 
 
 def test_partial_fit_refuses_balanced_class_weight():
     X, y = imbalanced_classes(2)
     est = MLPBNClassifier(hidden_layer_sizes=(6,), random_state=0).partial_fit(
-        X, y, classes=[0, 1])
+        X, y, classes=[0, 1]
+    )
     before = snapshot(est)
     est.set_params(class_weight="balanced")
     with pytest.raises(ValueError, match="balanced.*partial_fit"):
@@ -887,20 +997,25 @@ def test_partial_fit_refuses_balanced_class_weight():
         clone(est).set_params(class_weight="balanced").partial_fit(X, y, classes=[0, 1])
 
 
-@pytest.mark.parametrize("class_weight, message", [
-    ({0: 1.0, 7: 2.0}, r"not classes: \[7\]"),
-    ({"a": 1.0}, "not classes"),
-    ({0: -1.0}, "non-negative"),
-    ({0: np.nan}, "non-negative"),
-    ({0: "heavy"}, "non-negative"),
-    ({0: 0.0, 1: 0.0}, "zero"),
-])
+@pytest.mark.parametrize(
+    "class_weight, message",
+    [
+        ({0: 1.0, 7: 2.0}, r"not classes: \[7\]"),
+        ({"a": 1.0}, "not classes"),
+        ({0: -1.0}, "non-negative"),
+        ({0: np.nan}, "non-negative"),
+        ({0: "heavy"}, "non-negative"),
+        ({0: 0.0, 1: 0.0}, "zero"),
+    ],
+)
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
-def test_bad_class_weight_raises_and_leaves_the_model_unchanged(class_weight, message,
-                                                               method):
+def test_bad_class_weight_raises_and_leaves_the_model_unchanged(
+    class_weight, message, method
+):
     X, y = imbalanced_classes(2)
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(6,), max_iter=3,
-                                      random_state=0), X, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(6,), max_iter=3, random_state=0), X, y
+    )
     before = snapshot(est)
     est.set_params(class_weight=class_weight)
     with pytest.raises(ValueError, match=message):
@@ -924,10 +1039,16 @@ def test_class_weight_is_validated_and_is_the_classifiers_only():
 @pytest.mark.parametrize("problem", ["binary", "squared_error"])
 def test_one_sample_raises_n_samples_1(problem, method):
     X, y, est = make_data(problem)
-    kwargs = {"classes": [0, 1]} if method == "partial_fit" and problem == "binary" else {}
+    kwargs = (
+        {"classes": [0, 1]} if method == "partial_fit" and problem == "binary" else {}
+    )
     # A classifier fitted on one row also has one class: scikit-learn's checks
     # accept either message then.
-    message = "n_samples=1|1 class" if method == "fit" and problem == "binary" else "n_samples=1"
+    message = (
+        "n_samples=1|1 class"
+        if method == "fit" and problem == "binary"
+        else "n_samples=1"
+    )
     with pytest.raises(ValueError, match=message):
         getattr(est, method)(X[:1], y[:1], **kwargs)
 
@@ -1139,8 +1260,10 @@ def test_verbose_prints_each_iteration(capsys):
     X, y, est = make_data("multiclass")
     fit_quietly(est.set_params(verbose=True, max_iter=4), X, y)
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["Iteration %d, loss = %.8f" % (i + 1, loss)
-                     for i, loss in enumerate(est.loss_curve_)]
+    assert lines == [
+        f"Iteration {i + 1:d}, loss = {loss:.8f}"
+        for i, loss in enumerate(est.loss_curve_)
+    ]
     est.partial_fit(X, y)
     out = capsys.readouterr().out
     assert re.fullmatch(r"Iteration \d+, loss = \d+\.\d{8}\n", out)
@@ -1148,12 +1271,20 @@ def test_verbose_prints_each_iteration(capsys):
 
 def test_verbose_with_early_stopping(capsys):
     X, y, est = make_data("binary", n=80)
-    fit_quietly(est.set_params(verbose=True, early_stopping=True, max_iter=3,
-                               n_iter_no_change=50), X, y)
+    fit_quietly(
+        est.set_params(
+            verbose=True, early_stopping=True, max_iter=3, n_iter_no_change=50
+        ),
+        X,
+        y,
+    )
     lines = capsys.readouterr().out.splitlines()
     expected = []
     for i, (loss, score) in enumerate(zip(est.loss_curve_, est.validation_scores_)):
-        expected += ["Iteration %d, loss = %.8f" % (i + 1, loss), "Validation score: %f" % score]
+        expected += [
+            f"Iteration {i + 1:d}, loss = {loss:.8f}",
+            f"Validation score: {score:f}",
+        ]
     assert lines == expected
 
 
@@ -1167,9 +1298,17 @@ def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys
     # when training stops and what it prints no longer depend on the losses,
     # so scikit-learn's MLP must take the same decisions at the same epochs.
     X, y, _ = make_data("multiclass", n=30)
-    params = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate=learning_rate,
-                  learning_rate_init=0.1, tol=1e6, n_iter_no_change=2, max_iter=100,
-                  verbose=True, random_state=0)
+    params = dict(
+        hidden_layer_sizes=(4,),
+        solver="sgd",
+        learning_rate=learning_rate,
+        learning_rate_init=0.1,
+        tol=1e6,
+        n_iter_no_change=2,
+        max_iter=100,
+        verbose=True,
+        random_state=0,
+    )
     ours = MLPBNClassifier(**params).fit(X, y)
     ours_out = capsys.readouterr().out
     theirs = MLPClassifier(**params).fit(X, y)
@@ -1182,7 +1321,9 @@ def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys
         msgs = schedule_messages(ours_out)
         assert msgs[:-1] == [
             "Training loss did not improve more than tol=1000000.000000 for 2 "
-            "consecutive epochs. Setting learning rate to %f" % r for r in rates]
+            f"consecutive epochs. Setting learning rate to {r:f}"
+            for r in rates
+        ]
         assert msgs[-1].endswith("Learning rate too small. Stopping.")
         # Stops after epochs 4, 7, ..., 28: the first epoch sets best_loss_,
         # then every third epoch is the third without improvement.
@@ -1193,7 +1334,8 @@ def test_stopping_and_schedule_messages_match_scikit_learn(learning_rate, capsys
     else:
         assert schedule_messages(ours_out) == [
             "Training loss did not improve more than tol=1000000.000000 for 2 "
-            "consecutive epochs. Stopping."]
+            "consecutive epochs. Stopping."
+        ]
         assert ours.n_iter_ == 4
 
 
@@ -1218,7 +1360,9 @@ def test_training_loss_stopping_rule():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(X, y)
     assert est.n_iter_ < 300
-    assert expected_stop(est.loss_curve_, 1e-2, 3, higher_is_better=False) == est.n_iter_
+    assert (
+        expected_stop(est.loss_curve_, 1e-2, 3, higher_is_better=False) == est.n_iter_
+    )
     assert est.best_loss_ == min(est.loss_curve_)
     assert est.loss_ == est.loss_curve_[-1]
     assert est.validation_scores_ is None and est.best_validation_score_ is None
@@ -1234,10 +1378,16 @@ def validation_split(est, X, y, units):
         bound = np.sqrt(factor / (fan_in + fan_out))
         rs.uniform(-bound, bound, (fan_in, fan_out))
         rs.uniform(-bound, bound, fan_out)
-    binary = isinstance(est, MLPBNClassifier) and np.ndim(y) == 1 and len(np.unique(y)) == 2
+    binary = (
+        isinstance(est, MLPBNClassifier) and np.ndim(y) == 1 and len(np.unique(y)) == 2
+    )
     idx = np.arange(len(y))
-    _, val = train_test_split(idx, random_state=rs, test_size=est.validation_fraction,
-                              stratify=y if binary else None)
+    _, val = train_test_split(
+        idx,
+        random_state=rs,
+        test_size=est.validation_fraction,
+        stratify=y if binary else None,
+    )
     return val
 
 
@@ -1246,9 +1396,18 @@ def test_early_stopping_restores_the_best_weights():
     X = rng.normal(size=(60, 5))
     y = X[:, 0] + rng.normal(size=60)  # noisy: the validation score peaks early
     # A constant rate, so that a fit of best_epoch + 1 epochs retraces it.
-    est = round_2(MLPBNRegressor, hidden_layer_sizes=(32,), solver="adam",
-                  learning_rate_init=0.05, early_stopping=True, validation_fraction=0.3,
-                  n_iter_no_change=4, tol=0.0, max_iter=200, random_state=0)
+    est = round_2(
+        MLPBNRegressor,
+        hidden_layer_sizes=(32,),
+        solver="adam",
+        learning_rate_init=0.05,
+        early_stopping=True,
+        validation_fraction=0.3,
+        n_iter_no_change=4,
+        tol=0.0,
+        max_iter=200,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(X, y)
@@ -1263,12 +1422,16 @@ def test_early_stopping_restores_the_best_weights():
     assert len(val) == 18
     # The model kept is the best one: its score on the held-out rows is the
     # best validation score, not the last.
-    assert est.score(X[val], y[val]) == pytest.approx(est.best_validation_score_, abs=1e-12)
+    assert est.score(X[val], y[val]) == pytest.approx(
+        est.best_validation_score_, abs=1e-12
+    )
     assert est.score(X[val], y[val]) > scores[-1]
     # And it is reproducible by training for exactly best_epoch + 1 epochs.
     again = clone(est).set_params(n_iter_no_change=1000, max_iter=best_epoch + 1)
     fit_quietly(again, X, y)
-    assert again.validation_scores_ == pytest.approx(scores[: best_epoch + 1], abs=1e-12)
+    assert again.validation_scores_ == pytest.approx(
+        scores[: best_epoch + 1], abs=1e-12
+    )
     for p, q in zip(est.coefs_ + est.running_vars_, again.coefs_ + again.running_vars_):
         assert_allclose(p, q, rtol=1e-12, atol=1e-14)
 
@@ -1276,11 +1439,16 @@ def test_early_stopping_restores_the_best_weights():
 @pytest.mark.parametrize("problem", ["binary", "multiclass"])
 def test_early_stopping_classifier_validation_scores(problem):
     X, y, est = make_data(problem, n=100)
-    est.set_params(early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
-                   max_iter=60)
+    est.set_params(
+        early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, max_iter=60
+    )
     fit_quietly(est, X, y)
     val = validation_split(est, X, y, [5, 8, 6, est.n_outputs_])
-    assert est.score(X[val], y[val]) == est.best_validation_score_ == max(est.validation_scores_)
+    assert (
+        est.score(X[val], y[val])
+        == est.best_validation_score_
+        == max(est.validation_scores_)
+    )
     if problem == "binary":  # stratified, as scikit-learn does for one output
         assert np.bincount(y[val]).min() >= 9
 
@@ -1291,8 +1459,9 @@ def test_non_finite_validation_output_is_no_improvement(monkeypatch):
     # than reset the no-improvement count.
     X, y, est = make_data("squared_error", n=80)
     est.set_params(early_stopping=True, max_iter=50, n_iter_no_change=2, tol=0.0)
-    monkeypatch.setattr(Engine, "predict",
-                        lambda self, X, params: np.full((len(X), 2), np.inf))
+    monkeypatch.setattr(
+        Engine, "predict", lambda self, X, params: np.full((len(X), 2), np.inf)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.fit(X, y)
@@ -1305,7 +1474,9 @@ def test_early_stopping_with_sample_weight():
     est.set_params(early_stopping=True, validation_fraction=0.2, max_iter=10)
     fit_quietly(est, X, y, sample_weight=sw)
     val = validation_split(est, X, y, [5, 8, 6, 1])
-    assert est.score(X[val], y[val], sample_weight=sw[val]) == est.best_validation_score_
+    assert (
+        est.score(X[val], y[val], sample_weight=sw[val]) == est.best_validation_score_
+    )
 
 
 def test_early_stopping_validation_set_too_small():
@@ -1327,7 +1498,9 @@ def test_keyboard_interrupt_keeps_the_epochs_done(early_stopping, monkeypatch):
     # the engine returns, at the end of an epoch: simulated here before the
     # third).
     X, y, est = make_data("multiclass", n=80)
-    est.set_params(max_iter=10, tol=0.0, n_iter_no_change=100, early_stopping=early_stopping)
+    est.set_params(
+        max_iter=10, tol=0.0, n_iter_no_change=100, early_stopping=early_stopping
+    )
     two_epochs = fit_quietly(clone(est).set_params(max_iter=2), X, y)
     train_epoch = Engine.train_epoch
     calls = []
@@ -1343,8 +1516,10 @@ def test_keyboard_interrupt_keeps_the_epochs_done(early_stopping, monkeypatch):
         est.fit(X, y)
     assert est.n_iter_ == 2 and est.loss_curve_ == two_epochs.loss_curve_
     assert est.validation_scores_ == two_epochs.validation_scores_
-    for a, b in zip(est.coefs_ + est.gammas_ + est.running_vars_,
-                    two_epochs.coefs_ + two_epochs.gammas_ + two_epochs.running_vars_):
+    for a, b in zip(
+        est.coefs_ + est.gammas_ + est.running_vars_,
+        two_epochs.coefs_ + two_epochs.gammas_ + two_epochs.running_vars_,
+    ):
         assert_array_equal(a, b)
     assert_array_equal(est.predict_proba(X), two_epochs.predict_proba(X))
 
@@ -1358,7 +1533,9 @@ def test_convergence_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         est.partial_fit(X, y)  # one epoch is no promise of convergence
-        est.set_params(tol=1e6, n_iter_no_change=1, max_iter=10).fit(X, y)  # stops: no warning
+        est.set_params(tol=1e6, n_iter_no_change=1, max_iter=10).fit(
+            X, y
+        )  # stops: no warning
     assert est.n_iter_ == 3
 
 
@@ -1426,14 +1603,22 @@ def test_partial_fit_accumulates():
 
 def test_pipeline_and_grid_search():
     X, y, _ = make_data("multiclass", n=80)
-    pipe = make_pipeline(StandardScaler(), MLPBNClassifier(hidden_layer_sizes=(8,),
-                                                           learning_rate_init=0.05,
-                                                           max_iter=30, random_state=0))
+    pipe = make_pipeline(
+        StandardScaler(),
+        MLPBNClassifier(
+            hidden_layer_sizes=(8,),
+            learning_rate_init=0.05,
+            max_iter=30,
+            random_state=0,
+        ),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         pipe.fit(X, y)
         assert pipe.score(X, y) > 0.8
-        search = GridSearchCV(pipe, {"mlpbnclassifier__alpha": [1e-4, 1e-1]}, cv=2, n_jobs=2)
+        search = GridSearchCV(
+            pipe, {"mlpbnclassifier__alpha": [1e-4, 1e-1]}, cv=2, n_jobs=2
+        )
         search.fit(X, y)
     assert set(search.best_params_) == {"mlpbnclassifier__alpha"}
     assert search.best_estimator_.predict(X).shape == (80,)
@@ -1474,10 +1659,20 @@ def test_initialization_draws_like_scikit_learn():
     # coefficients are scikit-learn's (checked with a zero learning rate
     # stand-in: one SGD step of size ~0 changes nothing measurable).
     X, y, _ = make_data("multiclass")
-    ours = MLPBNClassifier(hidden_layer_sizes=(7, 4), solver="sgd", learning_rate_init=1e-12,
-                           random_state=3, max_iter=1)
-    theirs = MLPClassifier(hidden_layer_sizes=(7, 4), solver="sgd", learning_rate_init=1e-12,
-                           random_state=3, max_iter=1)
+    ours = MLPBNClassifier(
+        hidden_layer_sizes=(7, 4),
+        solver="sgd",
+        learning_rate_init=1e-12,
+        random_state=3,
+        max_iter=1,
+    )
+    theirs = MLPClassifier(
+        hidden_layer_sizes=(7, 4),
+        solver="sgd",
+        learning_rate_init=1e-12,
+        random_state=3,
+        max_iter=1,
+    )
     fit_quietly(ours, X, y)
     fit_quietly(theirs, X, y)
     for a, b in zip(ours.coefs_, theirs.coefs_):
@@ -1499,14 +1694,17 @@ def test_deep_sigmoid_network_trains_with_batch_norm():
     # 8 hidden logistic layers of 64 units, 40 epochs: scikit-learn's MLP does
     # not get off the ground (vanishing gradients); batch norm trains it.
     X_train, X_test, y_train, y_test = _digits_split()
-    params = dict(hidden_layer_sizes=(64,) * 8, activation="logistic", max_iter=40,
-                  random_state=0)
+    params = dict(
+        hidden_layer_sizes=(64,) * 8, activation="logistic", max_iter=40, random_state=0
+    )
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours = MLPBNClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
         theirs = MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
-    print(f"\ndigits, 8 x 64 logistic, 40 epochs: MLPBNClassifier {ours:.3f}, "
-          f"MLPClassifier {theirs:.3f}")
+    print(
+        f"\ndigits, 8 x 64 logistic, 40 epochs: MLPBNClassifier {ours:.3f}, "
+        f"MLPClassifier {theirs:.3f}"
+    )
     assert ours >= 0.93
     assert ours > theirs + 0.3
 
@@ -1518,20 +1716,31 @@ def test_accuracy_not_worse_than_scikit_learn(dataset, max_iter):
         X_train, X_test, y_train, y_test = _digits_split()
     else:
         X, y = load_breast_cancer(return_X_y=True)
-        X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0, stratify=y)
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, random_state=0, stratify=y
+        )
         scaler = StandardScaler().fit(X_train)
         X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     ours, theirs = [], []
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for seed in range(5):
-            params = dict(hidden_layer_sizes=(64,), max_iter=max_iter, random_state=seed)
+            params = dict(
+                hidden_layer_sizes=(64,), max_iter=max_iter, random_state=seed
+            )
             # The two networks on the same input (X scaled above, straight in).
-            ours.append(MLPBNClassifier(**params, input_preprocessing=None)
-                        .fit(X_train, y_train).score(X_test, y_test))
-            theirs.append(MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test))
-    print(f"\n{dataset}, (64,) relu adam, {max_iter} epochs, mean of 5 seeds: "
-          f"MLPBNClassifier {np.mean(ours):.4f}, MLPClassifier {np.mean(theirs):.4f}")
+            ours.append(
+                MLPBNClassifier(**params, input_preprocessing=None)
+                .fit(X_train, y_train)
+                .score(X_test, y_test)
+            )
+            theirs.append(
+                MLPClassifier(**params).fit(X_train, y_train).score(X_test, y_test)
+            )
+    print(
+        f"\n{dataset}, (64,) relu adam, {max_iter} epochs, mean of 5 seeds: "
+        f"MLPBNClassifier {np.mean(ours):.4f}, MLPClassifier {np.mean(theirs):.4f}"
+    )
     # Mean over seeds, allowing one test sample of noise.
     assert np.mean(ours) >= np.mean(theirs) - 1 / len(y_test)
 
@@ -1551,15 +1760,22 @@ def test_reassigned_attributes_take_effect(problem, name):
     before = raw_output(est, X)
     rng = np.random.RandomState(0)
     # A new list, and a new array in the existing list: both take effect.
-    setattr(est, name, [a * rng.uniform(1.5, 2.0, size=a.shape) for a in getattr(est, name)])
+    setattr(
+        est, name, [a * rng.uniform(1.5, 2.0, size=a.shape) for a in getattr(est, name)]
+    )
     after = raw_output(est, X)
     assert not np.allclose(after, before)
     assert_allclose(after, forward_from_attributes(est, X), rtol=1e-9, atol=1e-12)
     getattr(est, name)[0] = getattr(est, name)[0] * 0.5
-    assert_allclose(raw_output(est, X), forward_from_attributes(est, X), rtol=1e-9,
-                    atol=1e-12)
-    assert_allclose(raw_output(est.to_sklearn(), X), forward_from_attributes(est, X),
-                    rtol=1e-9, atol=1e-12)
+    assert_allclose(
+        raw_output(est, X), forward_from_attributes(est, X), rtol=1e-9, atol=1e-12
+    )
+    assert_allclose(
+        raw_output(est.to_sklearn(), X),
+        forward_from_attributes(est, X),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("name", FITTED_ARRAYS)
@@ -1576,8 +1792,12 @@ def test_in_place_edits_are_refused_or_take_effect(name):
     before = est.predict_proba(X)
     own[0] = own[0] * 3 + 1
     assert not np.allclose(est.predict_proba(X), before)
-    assert_allclose(est.predict_proba(X)[:, 1], forward_from_attributes(est, X).ravel(),
-                    rtol=1e-9, atol=1e-12)
+    assert_allclose(
+        est.predict_proba(X)[:, 1],
+        forward_from_attributes(est, X).ravel(),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_repeated_predictions_reuse_the_folded_network():
@@ -1594,16 +1814,19 @@ def test_repeated_predictions_reuse_the_folded_network():
     assert copy._folded_network(np.float64) is copy._folded_network(np.float64)
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda e: e.coefs_.__setitem__(1, e.coefs_[1].T.copy()),
-    lambda e: e.coefs_.pop(),
-    lambda e: e.gammas_.__setitem__(0, e.gammas_[0][:-1].copy()),
-    lambda e: e.running_vars_.append(np.ones(3)),
-    lambda e: e.running_means_.__setitem__(0, e.running_means_[0].astype(np.int64)),
-    lambda e: setattr(e, "intercepts_", None),
-    lambda e: e.intercepts_.__setitem__(2, np.ones((1, 3))),
-    lambda e: setattr(e, "coefs_", []),
-])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda e: e.coefs_.__setitem__(1, e.coefs_[1].T.copy()),
+        lambda e: e.coefs_.pop(),
+        lambda e: e.gammas_.__setitem__(0, e.gammas_[0][:-1].copy()),
+        lambda e: e.running_vars_.append(np.ones(3)),
+        lambda e: e.running_means_.__setitem__(0, e.running_means_[0].astype(np.int64)),
+        lambda e: setattr(e, "intercepts_", None),
+        lambda e: e.intercepts_.__setitem__(2, np.ones((1, 3))),
+        lambda e: setattr(e, "coefs_", []),
+    ],
+)
 def test_wrong_shapes_give_a_clear_error(corrupt):
     X, y, est = make_data("multiclass")
     fit_quietly(est.set_params(hidden_layer_sizes=(8, 6)), X, y)
@@ -1656,8 +1879,9 @@ def test_float64_input_to_a_float32_model_computes_in_float64(problem):
     # float32 in, float32 out; float64 in, float64 out, within float32's
     # rounding of the weights.
     assert raw_output(est, X).dtype == np.float32
-    assert_allclose(raw_output(est, X.astype(np.float64)), raw_output(est, X), rtol=1e-4,
-                    atol=1e-5)
+    assert_allclose(
+        raw_output(est, X.astype(np.float64)), raw_output(est, X), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_a_bn_epsilon_too_small_for_float32_is_named():
@@ -1666,10 +1890,15 @@ def test_a_bn_epsilon_too_small_for_float32_is_named():
     # data or the learning rate.
     X = np.full((100, 2), 7.0, dtype=np.float32)
     y = np.arange(100) % 2
-    est = MLPBNClassifier(hidden_layer_sizes=(5,), bn_epsilon=1e-80, max_iter=5,
-                          random_state=0)
-    with pytest.warns(RuntimeWarning, match=r"bn_epsilon=1e-80 is too small for float32"):
-        with pytest.raises(ValueError, match=r"non-finite .* bn_epsilon=1e-80 is too small"):
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(5,), bn_epsilon=1e-80, max_iter=5, random_state=0
+    )
+    with pytest.warns(
+        RuntimeWarning, match=r"bn_epsilon=1e-80 is too small for float32"
+    ):
+        with pytest.raises(
+            ValueError, match=r"non-finite .* bn_epsilon=1e-80 is too small"
+        ):
             est.fit(X, y)
     assert not hasattr(est, "coefs_")
     with warnings.catch_warnings():
@@ -1689,8 +1918,14 @@ def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch():
     n, batch = 64_000, 32
     X = rng.normal(size=(n, 20))
     y = (X[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
-    est = MLPBNClassifier(hidden_layer_sizes=(32,), batch_size=batch, max_iter=200,
-                          tol=0.0, n_iter_no_change=1000, random_state=0)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(32,),
+        batch_size=batch,
+        max_iter=200,
+        tol=0.0,
+        n_iter_no_change=1000,
+        random_state=0,
+    )
     timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -1708,7 +1943,9 @@ def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch():
 
 
 @pytest.mark.parametrize("early_stopping", [False, True])
-def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, monkeypatch):
+def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
+    early_stopping, monkeypatch
+):
     # Ctrl-C after the fifth minibatch of the first epoch (each compiled call
     # runs one minibatch here): the model is what training on those rows for
     # one epoch gives, bit for bit, and is recorded as such.
@@ -1717,8 +1954,13 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, m
     from sklearn_bn import _engine, _training
 
     X, y, est = make_data("multiclass", n=400)
-    est.set_params(batch_size=20, shuffle=False, max_iter=10, early_stopping=early_stopping,
-                   validation_fraction=0.5)
+    est.set_params(
+        batch_size=20,
+        shuffle=False,
+        max_iter=10,
+        early_stopping=early_stopping,
+        validation_fraction=0.5,
+    )
     monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
     train_epoch, calls = _training.train_epoch, []
 
@@ -1735,13 +1977,17 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, m
     assert len(calls) == 5 and est.n_iter_ == 1 and est.t_ == 100
     assert est._optimizer_state["step"] == 5
     if early_stopping:
-        assert len(est.validation_scores_) == 1 and np.isfinite(est.best_validation_score_)
+        assert len(est.validation_scores_) == 1 and np.isfinite(
+            est.best_validation_score_
+        )
         return
     # The same five minibatches as a whole epoch of their own.
     monkeypatch.setattr(_training, "train_epoch", train_epoch)
     reference = fit_quietly(clone(est).set_params(max_iter=1), X[:100], y[:100])
     assert est.loss_curve_ == reference.loss_curve_
-    for a, b in zip(est.coefs_ + est.running_means_, reference.coefs_ + reference.running_means_):
+    for a, b in zip(
+        est.coefs_ + est.running_means_, reference.coefs_ + reference.running_means_
+    ):
         assert_array_equal(a, b)
 
 
@@ -1751,9 +1997,16 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(early_stopping, m
 
 
 def _fitted_state(est):
-    return [np.asarray(a) for a in (est.coefs_ + est.gammas_ + est.intercepts_
-                                    + est.running_means_ + est.running_vars_)] + [
-        np.asarray(est.loss_curve_)]
+    return [
+        np.asarray(a)
+        for a in (
+            est.coefs_
+            + est.gammas_
+            + est.intercepts_
+            + est.running_means_
+            + est.running_vars_
+        )
+    ] + [np.asarray(est.loss_curve_)]
 
 
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
@@ -1763,9 +2016,13 @@ def test_options_left_off_change_nothing(problem):
     X, y, est = make_data(problem, n=90)
     est.set_params(batch_size=20, max_iter=4)
     plain = _fitted_state(fit_quietly(clone(est), X, y))
-    for options in [dict(virtual_batch_size=20), dict(virtual_batch_size=21),
-                    dict(virtual_batch_size=1000), dict(dropout=0.0),
-                    dict(dropout=[0.0, 0.0])]:
+    for options in [
+        dict(virtual_batch_size=20),
+        dict(virtual_batch_size=21),
+        dict(virtual_batch_size=1000),
+        dict(dropout=0.0),
+        dict(dropout=[0.0, 0.0]),
+    ]:
         state = _fitted_state(fit_quietly(clone(est).set_params(**options), X, y))
         for a, b in zip(state, plain):
             assert_array_equal(a, b, err_msg=str(options))
@@ -1776,8 +2033,13 @@ def test_options_left_off_change_nothing(problem):
 def test_dropout_and_ghost_batch_norm_train(sparse, dtype):
     X, y, est = make_data("multiclass", n=300, dtype=dtype)
     sw = np.random.RandomState(3).uniform(0.5, 2, 300)
-    est.set_params(dropout=[0.2, 0.4], virtual_batch_size=16, batch_size=64,
-                   max_iter=30, learning_rate_init=0.01)
+    est.set_params(
+        dropout=[0.2, 0.4],
+        virtual_batch_size=16,
+        batch_size=64,
+        max_iter=30,
+        learning_rate_init=0.01,
+    )
     Xs = sp.csr_matrix(X) if sparse else X
     fit_quietly(est, Xs, y, sample_weight=sw)
     assert all(np.isfinite(a).all() for a in _fitted_state(est))
@@ -1785,8 +2047,12 @@ def test_dropout_and_ghost_batch_norm_train(sparse, dtype):
     assert est.loss_curve_[-1] < est.loss_curve_[0]
     assert est.score(Xs, y) > 0.8
     # Prediction drops nothing: the inference network of the attributes.
-    assert_allclose(raw_output(est, X), forward_from_attributes(est, X),
-                    rtol=1e-9 if dtype == np.float64 else 1e-4, atol=1e-6)
+    assert_allclose(
+        raw_output(est, X),
+        forward_from_attributes(est, X),
+        rtol=1e-9 if dtype == np.float64 else 1e-4,
+        atol=1e-6,
+    )
     # The same random_state, the same model; another one, another model.
     again = fit_quietly(clone(est), Xs, y, sample_weight=sw)
     for a, b in zip(_fitted_state(again), _fitted_state(est)):
@@ -1802,8 +2068,9 @@ def test_dropout_changes_training():
     assert not np.allclose(dropped.coefs_[1], plain.coefs_[1])
 
 
-@pytest.mark.parametrize("dropout", [[0.1], [0.1, 0.2, 0.3], [0.1, 1.0], [-0.1, 0.0],
-                                     "high"])
+@pytest.mark.parametrize(
+    "dropout", [[0.1], [0.1, 0.2, 0.3], [0.1, 1.0], [-0.1, 0.0], "high"]
+)
 def test_dropout_needs_one_valid_rate_per_hidden_layer(dropout):
     X, y, est = make_data("binary")
     with pytest.raises((ValueError, TypeError)):
@@ -1825,15 +2092,23 @@ def test_cumulative_running_average_continues_over_partial_fit():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(120, 4)) * [1, 2, 3, 4] + [0, 1, -2, 5]
     y = rng.normal(size=120)
-    est = MLPBNRegressor(hidden_layer_sizes=(6,), bn_momentum=None, solver="sgd",
-                         momentum=0.0, learning_rate_init=1e-14, batch_size=30,
-                         shuffle=False, random_state=0, input_preprocessing=None)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(6,),
+        bn_momentum=None,
+        solver="sgd",
+        momentum=0.0,
+        learning_rate_init=1e-14,
+        batch_size=30,
+        shuffle=False,
+        random_state=0,
+        input_preprocessing=None,
+    )
     est.partial_fit(X[:60], y[:60])
     est.partial_fit(X[60:], y[60:])
     W = est.coefs_[0]
     z = X @ W
-    means = [z[k:k + 30].mean(axis=0) for k in range(0, 120, 30)]
-    variances = [z[k:k + 30].var(axis=0, ddof=1) for k in range(0, 120, 30)]
+    means = [z[k : k + 30].mean(axis=0) for k in range(0, 120, 30)]
+    variances = [z[k : k + 30].var(axis=0, ddof=1) for k in range(0, 120, 30)]
     # running starts at 0 and 1; the first update replaces them.
     assert_allclose(est.running_means_[0], np.mean(means, axis=0), rtol=1e-9)
     assert_allclose(est.running_vars_[0], np.mean(variances, axis=0), rtol=1e-9)
@@ -1856,9 +2131,12 @@ def test_weights_out_of_range_are_named_as_weights():
         clone(est).set_params(class_weight={0: 1e308, 1: 1e308}).fit(X, y)
     with pytest.raises(ValueError, match="class_weight is too small"):
         clone(est).set_params(class_weight={0: 1e-320, 1: 1e-320}).fit(X, y)
-    with pytest.raises(ValueError, match="sample_weight times class_weight is too large"):
+    with pytest.raises(
+        ValueError, match="sample_weight times class_weight is too large"
+    ):
         clone(est).set_params(class_weight={0: 1e300, 1: 1e300}).fit(
-            X, y, sample_weight=np.full(n, 1e10))
+            X, y, sample_weight=np.full(n, 1e10)
+        )
     # A class_weight that zeroes every row: the package's own message.
     with pytest.raises(ValueError, match="class weights .class_weight. sum to zero"):
         clone(est).set_params(class_weight={0: 0.0, 1: 0.0}).fit(X, y)
@@ -1884,8 +2162,12 @@ def test_messages_name_the_real_cause():
     with pytest.raises(ValueError, match="hidden_layer_sizes must hold integers"):
         clone(est).set_params(hidden_layer_sizes=(4.0,)).fit(X, y)
     fitted = fit_quietly(clone(est), X, y)
-    fitted.running_vars_ = [np.ones_like(v, dtype=np.int64) for v in fitted.running_vars_]
-    with pytest.raises(ValueError, match=r"running_vars_ .*got dtypes \[int64, int64\]"):
+    fitted.running_vars_ = [
+        np.ones_like(v, dtype=np.int64) for v in fitted.running_vars_
+    ]
+    with pytest.raises(
+        ValueError, match=r"running_vars_ .*got dtypes \[int64, int64\]"
+    ):
         fitted.predict(X)
     streamed = clone(est).partial_fit(X, y, classes=[0, 1])
     streamed.set_params(hidden_layer_sizes=(3,))
@@ -1907,12 +2189,23 @@ def test_a_virtual_batch_of_at_least_batch_size_is_plain_batch_norm(n, batch_siz
     y = (X[:, 0] > 0).astype(int)
     fits = []
     for vbs in (None, batch_size, batch_size + 7):
-        est = MLPBNClassifier(hidden_layer_sizes=(6,), batch_size=batch_size, max_iter=3,
-                              virtual_batch_size=vbs, random_state=0)
+        est = MLPBNClassifier(
+            hidden_layer_sizes=(6,),
+            batch_size=batch_size,
+            max_iter=3,
+            virtual_batch_size=vbs,
+            random_state=0,
+        )
         fits.append(fit_quietly(est, X, y))
     plain = fits[0]
     for other in fits[1:]:
-        for name in ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_"):
+        for name in (
+            "coefs_",
+            "gammas_",
+            "intercepts_",
+            "running_means_",
+            "running_vars_",
+        ):
             for a, b in zip(getattr(plain, name), getattr(other, name)):
                 assert_array_equal(a, b)
         assert other._n_batches_tracked == plain._n_batches_tracked
@@ -1928,21 +2221,35 @@ def test_weight_on_a_single_row_is_skipped_with_a_warning(virtual_batch_size):
     X = rng.normal(size=(40, 4))
     y = rng.randint(0, 3, 40)
     sw = np.tile([1.0, 0.0], 20)
-    est = MLPBNClassifier(hidden_layer_sizes=(8,), batch_size=2 if virtual_batch_size is None
-                          else 8, virtual_batch_size=virtual_batch_size, max_iter=3,
-                          shuffle=False, random_state=0, input_preprocessing=None)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(8,),
+        batch_size=2 if virtual_batch_size is None else 8,
+        virtual_batch_size=virtual_batch_size,
+        max_iter=3,
+        shuffle=False,
+        random_state=0,
+        input_preprocessing=None,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         est.fit(X, y, sample_weight=sw)
-    messages = [str(w.message) for w in caught if "fewer than two rows" in str(w.message)]
+    messages = [
+        str(w.message) for w in caught if "fewer than two rows" in str(w.message)
+    ]
     assert len(messages) == 1
-    assert messages[0].startswith("60 ")  # 20 minibatches x 3 epochs, or 5 x 4 chunks x 3
+    assert messages[0].startswith(
+        "60 "
+    )  # 20 minibatches x 3 epochs, or 5 x 4 chunks x 3
     for var in est.running_vars_:
         assert np.all(var > 0.5)
     if virtual_batch_size is None:
         # Nothing trained: the coefficients are the initial ones.
-        fresh = MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0,
-                                input_preprocessing=None)
+        fresh = MLPBNClassifier(
+            hidden_layer_sizes=(8,),
+            max_iter=1,
+            random_state=0,
+            input_preprocessing=None,
+        )
         init = fresh._init_params([4, 8, 3], np.float64, np.random.RandomState(0))[0]
         for a, b in zip(est.coefs_, init):
             assert_array_equal(a, b)

@@ -47,7 +47,9 @@ def _fit(est, X, y=None):
 def _run(model, X, options=None):
     """Export ``model`` for inputs like ``X``, run it on ``X`` with onnxruntime."""
     onx = skl2onnx.to_onnx(model, X[:1], options=options)
-    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onx.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in session.get_inputs()] == ["X"]
     return session.run(None, {"X": X})
 
@@ -84,27 +86,43 @@ def _transform_bound(scaler, X):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("params", [
-    {},
-    {"gamma": 0.5, "beta": 1.0},
-    {"gamma": [1.0, 2.0, -0.5, 3.0], "beta": [0.0, 1.0, 2.0, -1.0], "momentum": 0.2},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"gamma": 0.5, "beta": 1.0},
+        {
+            "gamma": [1.0, 2.0, -0.5, 3.0],
+            "beta": [0.0, 1.0, 2.0, -1.0],
+            "momentum": 0.2,
+        },
+    ],
+)
 def test_scaler_transform(dtype, params):
     X, _ = _classification(dtype)
-    X = X * [1.0, 100.0, 1e-3, 10.0] + [0.0, 1e3, 5.0, -20.0]  # features of other scales
+    X = X * [1.0, 100.0, 1e-3, 10.0] + [
+        0.0,
+        1e3,
+        5.0,
+        -20.0,
+    ]  # features of other scales
     X = X.astype(dtype)
     scaler = BatchNormScaler(**params).fit(X)
     (got,) = _run(scaler, X)
     expected = scaler.transform(X)
     assert got.dtype == dtype and got.shape == expected.shape
-    assert np.all(np.abs(got.astype(np.float64) - expected) <= _transform_bound(scaler, X))
+    assert np.all(
+        np.abs(got.astype(np.float64) - expected) <= _transform_bound(scaler, X)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("binary", [False, True])
 def test_classifier_labels_and_probabilities(dtype, binary):
     X, y = _classification(dtype, binary)
-    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16, 8), max_iter=30, random_state=0), X, y)
+    clf = _fit(
+        MLPBNClassifier(hidden_layer_sizes=(16, 8), max_iter=30, random_state=0), X, y
+    )
     labels, proba = _run(clf, X, options={"zipmap": False})
     expected = clf.predict_proba(X)
     assert proba.dtype == dtype and proba.shape == expected.shape
@@ -116,11 +134,15 @@ def test_classifier_zipmap_float32():
     # skl2onnx's default output for classifiers: one {class: probability}
     # dict per row (ZipMap takes float32 only, as for scikit-learn's own).
     X, y = _classification(np.float32)
-    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y)
+    clf = _fit(
+        MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y
+    )
     labels, proba = _run(clf, X)
     assert isinstance(proba, list) and set(proba[0]) == set(clf.classes_.tolist())
     expected = clf.predict_proba(X)
-    assert_allclose(_proba_matrix(proba, clf.classes_.tolist()), expected, rtol=0, atol=1e-5)
+    assert_allclose(
+        _proba_matrix(proba, clf.classes_.tolist()), expected, rtol=0, atol=1e-5
+    )
     _assert_labels(labels, clf, X, expected, np.float32)
 
 
@@ -130,12 +152,18 @@ def test_regressor_predictions(dtype, n_outputs):
     X, y = load_diabetes(return_X_y=True)
     X = X.astype(dtype)
     y = y if n_outputs == 1 else np.c_[y, -0.5 * y]
-    reg = _fit(MLPBNRegressor(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y)
+    reg = _fit(
+        MLPBNRegressor(hidden_layer_sizes=(16,), max_iter=30, random_state=0), X, y
+    )
     (got,) = _run(reg, X)
     expected = reg.predict(X)
     assert got.dtype == dtype and got.shape == (X.shape[0], n_outputs)
-    assert_allclose(got.reshape(expected.shape), expected, rtol=_tol(dtype),
-                    atol=_tol(dtype) * np.abs(expected).max())
+    assert_allclose(
+        got.reshape(expected.shape),
+        expected,
+        rtol=_tol(dtype),
+        atol=_tol(dtype) * np.abs(expected).max(),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -145,13 +173,22 @@ def test_poisson_regressor_predictions(dtype, n_outputs):
     X, y = load_diabetes(return_X_y=True)
     X = X.astype(dtype)
     y = y / y.mean() if n_outputs == 1 else np.c_[y / y.mean(), np.abs(X[:, 2]) * 10]
-    reg = _fit(MLPBNRegressor(loss="poisson", hidden_layer_sizes=(16,), max_iter=30,
-                              random_state=0), X, y)
+    reg = _fit(
+        MLPBNRegressor(
+            loss="poisson", hidden_layer_sizes=(16,), max_iter=30, random_state=0
+        ),
+        X,
+        y,
+    )
     (got,) = _run(reg, X)
     expected = reg.predict(X)
     assert got.dtype == dtype and got.shape == (X.shape[0], n_outputs)
-    assert_allclose(got.reshape(expected.shape), expected, rtol=_tol(dtype),
-                    atol=_tol(dtype) * np.abs(expected).max())
+    assert_allclose(
+        got.reshape(expected.shape),
+        expected,
+        rtol=_tol(dtype),
+        atol=_tol(dtype) * np.abs(expected).max(),
+    )
 
 
 def test_float32_model_float64_graph_agrees_to_float32_weights():
@@ -159,8 +196,11 @@ def test_float32_model_float64_graph_agrees_to_float32_weights():
     # input, a float32 model's graph and twin round its folded weights to
     # float32, where predict folds them in float64 (the docs' figure).
     X, y = _classification(np.float64)
-    clf = _fit(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
-               X.astype(np.float32), y)
+    clf = _fit(
+        MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
+        X.astype(np.float32),
+        y,
+    )
     expected = clf.predict_proba(X)
     labels, proba = _run(clf, X, options={"zipmap": False})
     assert proba.dtype == np.float64
@@ -172,10 +212,14 @@ def test_float32_model_float64_graph_agrees_to_float32_weights():
 def test_pipeline_of_scaler_and_network(dtype):
     X, y = _classification(dtype)
     X = (X * [1.0, 100.0, 1e-3, 10.0]).astype(dtype)
-    model = _fit(make_pipeline(
-        BatchNormScaler(),
-        MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
-    ), X, y)
+    model = _fit(
+        make_pipeline(
+            BatchNormScaler(),
+            MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
+        ),
+        X,
+        y,
+    )
     labels, proba = _run(model, X, options={"zipmap": False})
     expected = model.predict_proba(X)
     assert_allclose(proba, expected, rtol=0, atol=_tol(dtype))
@@ -183,14 +227,22 @@ def test_pipeline_of_scaler_and_network(dtype):
 
     reg_X, reg_y = load_diabetes(return_X_y=True)
     reg_X = reg_X.astype(dtype)
-    reg = _fit(make_pipeline(
-        BatchNormScaler(gamma=0.5),
-        MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=30, random_state=0),
-    ), reg_X, reg_y)
+    reg = _fit(
+        make_pipeline(
+            BatchNormScaler(gamma=0.5),
+            MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=30, random_state=0),
+        ),
+        reg_X,
+        reg_y,
+    )
     (got,) = _run(reg, reg_X)
     expected = reg.predict(reg_X)
-    assert_allclose(got.ravel(), expected, rtol=_tol(dtype),
-                    atol=_tol(dtype) * np.abs(expected).max())
+    assert_allclose(
+        got.ravel(),
+        expected,
+        rtol=_tol(dtype),
+        atol=_tol(dtype) * np.abs(expected).max(),
+    )
 
 
 def test_register_converters_twice_is_harmless():

@@ -21,8 +21,9 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 
-from reference import DTYPES, forward_from_attributes
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _preprocessing
+
+from reference import DTYPES, forward_from_attributes
 
 CLIP = 3.0
 IQR_PER_SD = 1.3489795003921634
@@ -37,13 +38,15 @@ def fit_quietly(est, *args, **kwargs):
 def make_numeric(n=120, seed=0, dtype=np.float64, nan_columns=(1,)):
     """Skewed, heavy-tailed, binary and constant columns; NaN in some."""
     rng = np.random.RandomState(seed)
-    X = np.column_stack([
-        rng.normal(size=n),
-        rng.lognormal(sigma=1.5, size=n),
-        rng.standard_t(2, size=n) * 10 + 3,
-        (rng.uniform(size=n) < 0.1).astype(float),  # IQR 0: the std
-        np.full(n, 7.0),  # constant: scale 1
-    ])
+    X = np.column_stack(
+        [
+            rng.normal(size=n),
+            rng.lognormal(sigma=1.5, size=n),
+            rng.standard_t(2, size=n) * 10 + 3,
+            (rng.uniform(size=n) < 0.1).astype(float),  # IQR 0: the std
+            np.full(n, 7.0),  # constant: scale 1
+        ]
+    )
     for j in nan_columns:
         X[rng.uniform(size=n) < 0.15, j] = np.nan
     y = (np.nan_to_num(X[:, 0]) + np.log1p(np.nan_to_num(X[:, 1])) > 0.5).astype(int)
@@ -82,7 +85,9 @@ def handle_reference(X, center, scale, indicators, categorical=(), categories=()
     z[np.isnan(z)] = 0
     blocks = [z, np.isnan(X[:, indicators]).astype(float)]
     for values, cats in zip(categorical, categories):
-        blocks.append(np.array([[_same(v, c) for c in cats] for v in values], dtype=float))
+        blocks.append(
+            np.array([[_same(v, c) for c in cats] for v in values], dtype=float)
+        )
     return np.hstack(blocks)
 
 
@@ -105,11 +110,17 @@ def output(est, X):
 def test_numeric_handling_is_the_documented_formula(dtype, weighted):
     X, y = make_numeric(dtype=dtype)
     w = np.random.RandomState(1).randint(0, 4, len(X)) if weighted else None
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0),
-                      X, y, sample_weight=w)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0),
+        X,
+        y,
+        sample_weight=w,
+    )
     center, scale, indicators = numeric_reference(X, w)
     assert_allclose(est.input_center_, center, rtol=1e-12)
-    assert_allclose(est.input_scale_, scale, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    assert_allclose(
+        est.input_scale_, scale, rtol=1e-6 if dtype == np.float32 else 1e-12
+    )
     assert_array_equal(est.input_missing_indicators_, indicators)
     assert est.input_clip_ == CLIP
     assert not est.is_categorical_.any()
@@ -120,10 +131,14 @@ def test_numeric_handling_is_the_documented_formula(dtype, weighted):
     X_test, _ = make_numeric(n=50, seed=2, dtype=dtype, nan_columns=(0, 1, 2))
     X_test[:3, 2] = [1e6, -1e6, 0.0]  # far beyond the training range
     handled = handle_reference(X_test, est.input_center_, est.input_scale_, indicators)
-    assert np.abs(handled[:, :X.shape[1]]).max() <= CLIP
+    assert np.abs(handled[:, : X.shape[1]]).max() <= CLIP
     rtol = 1e-4 if dtype == np.float32 else 1e-10
-    assert_allclose(est.predict_proba(X_test)[:, 1:],
-                    forward_from_attributes(est, handled), rtol=rtol, atol=rtol)
+    assert_allclose(
+        est.predict_proba(X_test)[:, 1:],
+        forward_from_attributes(est, handled),
+        rtol=rtol,
+        atol=rtol,
+    )
 
 
 def test_weighted_quantiles_are_the_averaged_inverted_cdf_of_repeated_rows():
@@ -142,8 +157,11 @@ def test_weighted_quantiles_are_the_averaged_inverted_cdf_of_repeated_rows():
     unweighted, _ = _preprocessing.weighted_quantiles(X, None, qs)
     for j in range(X.shape[1]):
         x = X[~np.isnan(X[:, j]), j]
-        assert_allclose(unweighted[:, j], np.quantile(x, qs, method="averaged_inverted_cdf"),
-                        rtol=1e-15)
+        assert_allclose(
+            unweighted[:, j],
+            np.quantile(x, qs, method="averaged_inverted_cdf"),
+            rtol=1e-15,
+        )
 
 
 @pytest.mark.parametrize("Est", [MLPBNClassifier, MLPBNRegressor])
@@ -159,8 +177,9 @@ def test_integer_weights_learn_what_repeated_rows_learn(Est):
     target = y if Est is MLPBNClassifier else X[:, 0] * 0
     est = Est(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
     weighted = fit_quietly(clone(est), frame, target, sample_weight=w)
-    repeated = fit_quietly(clone(est), frame.iloc[np.repeat(np.arange(len(X)), w)],
-                           np.repeat(target, w))
+    repeated = fit_quietly(
+        clone(est), frame.iloc[np.repeat(np.arange(len(X)), w)], np.repeat(target, w)
+    )
     for name in _preprocessing.ATTRIBUTES:
         a, b = getattr(weighted, name), getattr(repeated, name)
         if name == "input_categories_":
@@ -200,7 +219,9 @@ def test_far_rows_move_a_prediction_as_much_as_the_edge_of_the_range(Est):
 
 def test_nan_at_predict_in_a_clean_column_is_the_centre():
     X, y = make_numeric(nan_columns=())
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y
+    )
     assert len(est.input_missing_indicators_) == 0
     X_nan, X_center = X[:10].copy(), X[:10].copy()
     X_nan[:, 2] = np.nan
@@ -225,8 +246,12 @@ def test_input_preprocessing_none_is_the_network_alone():
     plain = fit_quietly(MLPBNClassifier(input_preprocessing=None, **params), X, y)
     assert not hasattr(plain, "input_center_")
     assert plain.coefs_[0].shape[0] == X.shape[1]
-    assert_allclose(plain.predict_proba(X)[:, 1:], forward_from_attributes(plain, X),
-                    rtol=1e-10, atol=1e-12)
+    assert_allclose(
+        plain.predict_proba(X)[:, 1:],
+        forward_from_attributes(plain, X),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     X_nan = X.copy()
     X_nan[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -234,7 +259,11 @@ def test_input_preprocessing_none_is_the_network_alone():
     with pytest.raises(ValueError, match="NaN"):
         plain.predict(X_nan)
     assert MLPBNClassifier().__sklearn_tags__().input_tags.allow_nan
-    assert not MLPBNClassifier(input_preprocessing=None).__sklearn_tags__().input_tags.allow_nan
+    assert (
+        not MLPBNClassifier(input_preprocessing=None)
+        .__sklearn_tags__()
+        .input_tags.allow_nan
+    )
     assert MLPBNRegressor().__sklearn_tags__().input_tags.allow_nan
 
 
@@ -271,8 +300,9 @@ def test_sparse_input_stays_sparse_and_trains_as_today(fmt):
     assert_array_equal(est.input_missing_indicators_, nan_cols)
     handled = est._validate_X_predict(X_nan)
     assert sp.issparse(handled)
-    expected = np.hstack([np.nan_to_num(X_nan.toarray()),
-                          np.isnan(X_nan.toarray())[:, nan_cols]])
+    expected = np.hstack(
+        [np.nan_to_num(X_nan.toarray()), np.isnan(X_nan.toarray())[:, nan_cols]]
+    )
     assert_array_equal(handled.toarray(), expected)
 
 
@@ -295,12 +325,14 @@ def _frame_with_categories(pd, n=200, seed=0, order=None):
     rng = np.random.RandomState(seed)
     values = rng.choice(["red", "green", "blue", None], n, p=[0.4, 0.3, 0.2, 0.1])
     categories = order or ["red", "green", "blue"]
-    frame = pd.DataFrame({
-        "x": rng.normal(size=n),
-        "color": pd.Categorical(values, categories=categories),
-        "size": pd.Categorical(rng.choice([1, 2, 3], n)),  # numbers as categories
-        "z": rng.lognormal(size=n),
-    })
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "color": pd.Categorical(values, categories=categories),
+            "size": pd.Categorical(rng.choice([1, 2, 3], n)),  # numbers as categories
+            "z": rng.lognormal(size=n),
+        }
+    )
     frame.loc[rng.uniform(size=n) < 0.1, "z"] = np.nan
     y = ((frame["x"] > 0) & (frame["color"] != "blue")).astype(int).to_numpy()
     return frame, y
@@ -309,12 +341,15 @@ def _frame_with_categories(pd, n=200, seed=0, order=None):
 def test_pandas_frame_with_categories_and_nan():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=50, random_state=0),
-                      frame, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=50, random_state=0), frame, y
+    )
     assert est.n_features_in_ == 4
     assert_array_equal(est.feature_names_in_, ["x", "color", "size", "z"])
-    assert_array_equal(est.is_categorical_, [False, True, False, False] | np.array(
-        [False, False, True, False]))
+    assert_array_equal(
+        est.is_categorical_,
+        [False, True, False, False] | np.array([False, False, True, False]),
+    )
     assert list(est.input_categories_[0][:3]) == ["blue", "green", "red"]
     assert np.isnan(est.input_categories_[0][3])  # NaN, a category of its own
     assert_array_equal(est.input_categories_[1], [1.0, 2.0, 3.0])
@@ -326,19 +361,30 @@ def test_pandas_frame_with_categories_and_nan():
     center, scale, _ = numeric_reference(numeric)
     assert_allclose(est.input_center_, center)
     handled = handle_reference(
-        numeric, center, scale, [1],
-        categorical=[frame["color"].astype(object).tolist(), frame["size"].astype(float)],
+        numeric,
+        center,
+        scale,
+        [1],
+        categorical=[
+            frame["color"].astype(object).tolist(),
+            frame["size"].astype(float),
+        ],
         categories=[list(c) for c in est.input_categories_],
-    )  # fmt: skip
-    assert_allclose(est.predict_proba(frame)[:, 1:], forward_from_attributes(est, handled),
-                    rtol=1e-10, atol=1e-12)
+    )
+    assert_allclose(
+        est.predict_proba(frame)[:, 1:],
+        forward_from_attributes(est, handled),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 def test_categories_are_matched_by_value_not_by_code():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
-                      frame, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0), frame, y
+    )
     reordered, _ = _frame_with_categories(pd, order=["blue", "red", "green", "purple"])
     assert_array_equal(est.predict_proba(reordered), est.predict_proba(frame))
     # Fitted on the other order: the same model.
@@ -353,8 +399,11 @@ def test_unseen_categories_are_all_zeros():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
     frame["color"] = frame["color"].cat.add_categories(["purple"])
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
-                      frame.dropna(subset=["color"]), y[frame["color"].notna().to_numpy()])
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+        frame.dropna(subset=["color"]),
+        y[frame["color"].notna().to_numpy()],
+    )
     assert len(est.input_categories_[0]) == 3  # no NaN, no purple: not seen
     test = frame.iloc[:5].copy()
     test["color"] = pd.Categorical(["purple", None, "red", "mauve", "blue"])
@@ -369,11 +418,17 @@ def test_categories_beyond_the_cap_are_all_zeros(monkeypatch):
     monkeypatch.setattr(_preprocessing, "_MAX_CATEGORIES", 3)
     rng = np.random.RandomState(0)
     values = np.repeat(["a", "b", "c", "d", "e"], [40, 30, 20, 10, 5])
-    frame = pd.DataFrame({"k": pd.Categorical(values), "x": rng.normal(size=len(values))})
+    frame = pd.DataFrame(
+        {"k": pd.Categorical(values), "x": rng.normal(size=len(values))}
+    )
     w = np.ones(len(values))
     w[values == "e"] = 20  # the heaviest by weight
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), frame,
-                      np.arange(len(values)) % 2, sample_weight=w)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2),
+        frame,
+        np.arange(len(values)) % 2,
+        sample_weight=w,
+    )
     assert list(est.input_categories_[0]) == ["a", "b", "e"]
 
 
@@ -382,12 +437,16 @@ def test_polars_frame_predicts_as_pandas():
     pl = pytest.importorskip("polars")
     frame, y = _frame_with_categories(pd)
     frame = frame.drop(columns="size")
-    as_polars = pl.DataFrame({
-        "x": frame["x"].to_numpy(),
-        "color": pl.Series([None if v is np.nan else v for v in frame["color"].astype(object)],
-                           dtype=pl.Categorical),
-        "z": frame["z"].to_numpy(),
-    })
+    as_polars = pl.DataFrame(
+        {
+            "x": frame["x"].to_numpy(),
+            "color": pl.Series(
+                [None if v is np.nan else v for v in frame["color"].astype(object)],
+                dtype=pl.Categorical,
+            ),
+            "z": frame["z"].to_numpy(),
+        }
+    )
     params = dict(hidden_layer_sizes=(8,), max_iter=10, random_state=0)
     a = fit_quietly(MLPBNClassifier(**params), frame, y)
     b = fit_quietly(MLPBNClassifier(**params), as_polars, y)
@@ -395,19 +454,24 @@ def test_polars_frame_predicts_as_pandas():
     for c1, c2 in zip(a.coefs_, b.coefs_):
         assert_array_equal(c1, c2)
     assert_array_equal(a.predict_proba(frame), b.predict_proba(as_polars))
-    enum = as_polars.with_columns(pl.col("color").cast(pl.String)
-                                  .cast(pl.Enum(["red", "green", "blue"])))
+    enum = as_polars.with_columns(
+        pl.col("color").cast(pl.String).cast(pl.Enum(["red", "green", "blue"]))
+    )
     assert_array_equal(b.predict_proba(enum), b.predict_proba(as_polars))
 
 
 def test_categorical_features_by_index_name_and_mask():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
-    strings = frame.assign(color=frame["color"].astype(object), size=frame["size"].astype(int))
+    strings = frame.assign(
+        color=frame["color"].astype(object), size=frame["size"].astype(int)
+    )
     params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
     ref = fit_quietly(MLPBNClassifier(**params), frame, y)
     for spec in (["color", "size"], [1, 2], [False, True, True, False]):
-        est = fit_quietly(MLPBNClassifier(categorical_features=spec, **params), strings, y)
+        est = fit_quietly(
+            MLPBNClassifier(categorical_features=spec, **params), strings, y
+        )
         assert_array_equal(est.is_categorical_, ref.is_categorical_)
         assert_array_equal(est.predict_proba(strings), ref.predict_proba(frame))
     # On a numpy array: indices, numbers or strings as categories.
@@ -426,10 +490,14 @@ def test_string_columns_not_marked_say_how_to_mark_them():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
     strings = frame.assign(color=frame["color"].astype(str))
-    with pytest.raises(ValueError, match=r"'color'.*astype\(\"category\"\).*categorical_features"):
+    with pytest.raises(
+        ValueError, match=r"'color'.*astype\(\"category\"\).*categorical_features"
+    ):
         MLPBNClassifier().fit(strings, y)
     with pytest.raises(ValueError, match="input_preprocessing='auto'"):
-        MLPBNClassifier(input_preprocessing=None, categorical_features=["color"]).fit(frame, y)
+        MLPBNClassifier(input_preprocessing=None, categorical_features=["color"]).fit(
+            frame, y
+        )
     # The default "from_dtype" is fine with None on numeric input.
     fit_quietly(MLPBNClassifier(input_preprocessing=None, max_iter=2), frame[["x"]], y)
 
@@ -441,8 +509,9 @@ def test_string_columns_not_marked_say_how_to_mark_them():
 def test_warm_start_and_partial_fit_keep_the_handling():
     X, y = make_numeric()
     shifted = X * 3 + 10
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
-                      X, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0), X, y
+    )
     learned = {name: getattr(est, name) for name in _preprocessing.ATTRIBUTES}
     fit_quietly(est.set_params(warm_start=True), shifted, y)
     for name, value in learned.items():
@@ -465,8 +534,9 @@ def test_warm_start_and_partial_fit_keep_the_handling():
 def test_a_failed_fit_leaves_the_handling_unchanged():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
-    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
-                      frame, y)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0), frame, y
+    )
     before = pickle.dumps(est.__dict__)
     with pytest.raises(ValueError):
         est.fit(frame.assign(color=frame["color"].astype(str)), y)
@@ -489,11 +559,15 @@ def _fitted_models():
     Xs.data[::5] = np.nan
     params = dict(hidden_layer_sizes=(8, 4), max_iter=10, random_state=0)
     yield "numeric", fit_quietly(MLPBNClassifier(**params), X, y), X
-    yield "numeric32", fit_quietly(MLPBNRegressor(**params), X.astype(np.float32),
-                                   np.nan_to_num(X[:, 0])), X.astype(np.float32)
+    yield (
+        "numeric32",
+        fit_quietly(
+            MLPBNRegressor(**params), X.astype(np.float32), np.nan_to_num(X[:, 0])
+        ),
+        X.astype(np.float32),
+    )
     yield "frame", fit_quietly(MLPBNClassifier(**params), frame, fy), frame
-    yield "sparse", fit_quietly(MLPBNRegressor(**params), Xs,
-                                np.arange(100) % 3), Xs
+    yield "sparse", fit_quietly(MLPBNRegressor(**params), Xs, np.arange(100) % 3), Xs
 
 
 def test_to_sklearn_pipeline_predicts_the_same():
@@ -506,10 +580,17 @@ def test_to_sklearn_pipeline_predicts_the_same():
             X_test[:5, 0] = np.nan  # NaN in a column without an indicator
             X_test[5:10, 2] = 1e9
         rtol = 1e-4 if name == "numeric32" else 1e-6
-        assert_allclose(output(twin, X_test), output(est, X_test), rtol=rtol,
-                        atol=rtol * 1e-3, err_msg=name)
-    plain = fit_quietly(MLPBNClassifier(input_preprocessing=None, max_iter=2),
-                        *make_numeric(nan_columns=()))
+        assert_allclose(
+            output(twin, X_test),
+            output(est, X_test),
+            rtol=rtol,
+            atol=rtol * 1e-3,
+            err_msg=name,
+        )
+    plain = fit_quietly(
+        MLPBNClassifier(input_preprocessing=None, max_iter=2),
+        *make_numeric(nan_columns=()),
+    )
     assert type(plain.to_sklearn()).__name__ == "MLPClassifier"
 
 
@@ -525,12 +606,17 @@ def test_the_twin_loads_without_sklearn_bn(tmp_path):
             sys.modules["sklearn_bn"] = None  # importing it fails
             with open({str(path)!r}, "rb") as f:
                 twin, X, expected = pickle.load(f)
-            got = twin.predict_proba(X) if hasattr(twin, "predict_proba") else twin.predict(X)
+            if hasattr(twin, "predict_proba"):
+                got = twin.predict_proba(X)
+            else:
+                got = twin.predict(X)
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
-            assert not any(m.startswith("sklearn_bn") for m in sys.modules if sys.modules[m])
+            loaded = [m for m in sys.modules if sys.modules[m]]
+            assert not any(m.startswith("sklearn_bn") for m in loaded)
         """)
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             cwd=tmp_path)
+        run = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+        )
         assert run.returncode == 0, (name, run.stderr)
 
 
@@ -546,21 +632,25 @@ def test_onnx_export_applies_the_numeric_handling(dtype):
     X_test[:5, 0] = np.nan
     X_test[5:10, 2] = 1e9
     tol = 1e-5 if dtype == np.float32 else 1e-10
-    for est in (MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
-                MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0)):
+    for est in (
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+        MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+    ):
         target = y if isinstance(est, MLPBNClassifier) else np.nan_to_num(X[:, 0])
         fit_quietly(est, X, target)
         options = {"zipmap": False} if isinstance(est, MLPBNClassifier) else None
         onx = skl2onnx.to_onnx(est, X[:1], options=options)
-        session = ort.InferenceSession(onx.SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            onx.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         got = session.run(None, {"X": X_test})
         if isinstance(est, MLPBNClassifier):
             assert_allclose(got[1], est.predict_proba(X_test), rtol=0, atol=tol)
         else:
             expected = est.predict(X_test)
-            assert_allclose(got[0].ravel(), expected, rtol=tol,
-                            atol=tol * np.abs(expected).max())
+            assert_allclose(
+                got[0].ravel(), expected, rtol=tol, atol=tol * np.abs(expected).max()
+            )
 
 
 def test_onnx_refuses_categorical_features_with_a_message():
@@ -572,7 +662,10 @@ def test_onnx_refuses_categorical_features_with_a_message():
     register_converters()
     frame, y = _frame_with_categories(pd)
     array = frame.to_numpy(dtype=object)
-    est = fit_quietly(MLPBNClassifier(categorical_features=[1, 2], max_iter=2), array, y)
+    est = fit_quietly(
+        MLPBNClassifier(categorical_features=[1, 2], max_iter=2), array, y
+    )
     with pytest.raises(Exception, match="categorical features"):
-        skl2onnx.to_onnx(est, frame[["x", "x", "x", "z"]].to_numpy()[:1],
-                         options={"zipmap": False})
+        skl2onnx.to_onnx(
+            est, frame[["x", "x", "x", "z"]].to_numpy()[:1], options={"zipmap": False}
+        )

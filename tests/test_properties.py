@@ -24,12 +24,15 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
-from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, MLPBNClassifier
+
+from reference import DTYPES, draw_split
 
 # derandomize: the same examples on every run, so that CI never turns red by
 # the luck of a draw; a failure found is then found again.
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @st.composite
@@ -44,7 +47,7 @@ def grid_data(draw, min_rows=1, max_rows=30, max_cols=4, nan=True):
     ints = draw(hnp.arrays(np.int64, (n_rows, n_cols), elements=st.integers(-64, 64)))
     offset = draw(hnp.arrays(np.int64, n_cols, elements=st.integers(-(2**16), 2**16)))
     exponent = draw(hnp.arrays(np.int64, n_cols, elements=st.integers(-30, 30)))
-    X = ((ints + offset) * 2.0 ** exponent).astype(dtype)
+    X = ((ints + offset) * 2.0**exponent).astype(dtype)
     if nan:
         X[draw(hnp.arrays(bool, (n_rows, n_cols)))] = np.nan
     return X, dtype
@@ -114,15 +117,25 @@ def test_partial_fit_over_any_split_equals_fit(data, X_dtype):
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if w is not None and not w[start:stop].sum() > 0:
             continue  # a batch of zero weight is refused, and adds nothing
-        parts.partial_fit(X[start:stop], sample_weight=None if w is None else w[start:stop])
+        parts.partial_fit(
+            X[start:stop], sample_weight=None if w is None else w[start:stop]
+        )
     tol = 2e-6 if dtype == np.float32 else 1e-9
     scale = _scale(X)
-    assert_allclose(parts.running_mean_, whole.running_mean_, rtol=tol, atol=tol * scale)
-    assert_allclose(parts.running_var_, whole.running_var_, rtol=tol, atol=tol * scale**2)
+    assert_allclose(
+        parts.running_mean_, whole.running_mean_, rtol=tol, atol=tol * scale
+    )
+    assert_allclose(
+        parts.running_var_, whole.running_var_, rtol=tol, atol=tol * scale**2
+    )
     assert_allclose(parts.n_samples_seen_, whole.n_samples_seen_, rtol=1e-12)
     assert np.shape(parts.n_samples_seen_) == np.shape(whole.n_samples_seen_)
-    assert_allclose(parts.transform(X), whole.transform(X),
-                    rtol=100 * tol, atol=100 * tol * max(1.0, _scale(whole.transform(X))))
+    assert_allclose(
+        parts.transform(X),
+        whole.transform(X),
+        rtol=100 * tol,
+        atol=100 * tol * max(1.0, _scale(whole.transform(X))),
+    )
 
 
 @st.composite
@@ -131,8 +144,12 @@ def affine_params(draw, n_cols):
     magnitude = st.floats(0.1, 10.0)
     gamma_elem = st.builds(lambda m, s: m * s, magnitude, st.sampled_from([-1.0, 1.0]))
     beta_elem = st.floats(-5.0, 5.0)
-    gamma = draw(st.one_of(gamma_elem, hnp.arrays(np.float64, n_cols, elements=gamma_elem)))
-    beta = draw(st.one_of(beta_elem, hnp.arrays(np.float64, n_cols, elements=beta_elem)))
+    gamma = draw(
+        st.one_of(gamma_elem, hnp.arrays(np.float64, n_cols, elements=gamma_elem))
+    )
+    beta = draw(
+        st.one_of(beta_elem, hnp.arrays(np.float64, n_cols, elements=beta_elem))
+    )
     return gamma, beta
 
 
@@ -174,14 +191,18 @@ def classifiers():
     """Fitted classifiers: {(model dtype, n_classes): estimator}."""
     rng = np.random.RandomState(0)
     X = rng.normal(size=(200, 4))
-    labels = {2: (X[:, 0] + X[:, 1] > 0).astype(int),
-              3: (X[:, 0] > 0).astype(int) + (X[:, 2] > 0.5)}
+    labels = {
+        2: (X[:, 0] + X[:, 1] > 0).astype(int),
+        3: (X[:, 0] > 0).astype(int) + (X[:, 2] > 0.5),
+    }
     fitted = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for dtype in DTYPES:
             for n_classes, y in labels.items():
-                est = MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0)
+                est = MLPBNClassifier(
+                    hidden_layer_sizes=(8,), max_iter=20, random_state=0
+                )
                 fitted[dtype, n_classes] = est.fit(X.astype(dtype), y)
     return fitted
 
@@ -191,14 +212,19 @@ def classifiers():
 @pytest.mark.parametrize("input_dtype", DTYPES, ids=["input32", "input64"])
 @settings(max_examples=40, **SETTINGS)
 @given(data=st.data())
-def test_any_finite_input_gives_probabilities(classifiers, model_dtype, input_dtype,
-                                              n_classes, data):
+def test_any_finite_input_gives_probabilities(
+    classifiers, model_dtype, input_dtype, n_classes, data
+):
     est = classifiers[model_dtype, n_classes]
     width = 32 if input_dtype == np.float32 else 64
-    X = data.draw(hnp.arrays(
-        input_dtype, st.tuples(st.integers(1, 5), st.just(4)),
-        elements=st.floats(width=width, allow_nan=False, allow_infinity=False),
-    ), label="X")
+    X = data.draw(
+        hnp.arrays(
+            input_dtype,
+            st.tuples(st.integers(1, 5), st.just(4)),
+            elements=st.floats(width=width, allow_nan=False, allow_infinity=False),
+        ),
+        label="X",
+    )
     proba = est.predict_proba(X)
     assert proba.shape == (X.shape[0], n_classes)
     assert np.all(np.isfinite(proba)), f"non-finite probabilities for X={X!r}"
@@ -210,15 +236,25 @@ def test_any_finite_input_gives_probabilities(classifiers, model_dtype, input_dt
 @pytest.mark.parametrize("n_classes", [2, 3], ids=["binary", "3-classes"])
 @pytest.mark.parametrize("model_dtype", DTYPES, ids=["model32", "model64"])
 @pytest.mark.parametrize("input_dtype", DTYPES, ids=["input32", "input64"])
-def test_extreme_finite_inputs_give_probabilities(classifiers, model_dtype, input_dtype,
-                                                  n_classes):
+def test_extreme_finite_inputs_give_probabilities(
+    classifiers, model_dtype, input_dtype, n_classes
+):
     info = np.finfo(input_dtype)
     big, tiny = info.max, info.smallest_subnormal
-    X = np.array([[big, big, big, big], [-big, -big, -big, -big],
-                  [big, -big, big, -big], [tiny, -tiny, 0.0, -0.0],
-                  [big / 2, 1.0, -1.0, 0.0]], dtype=input_dtype)
+    X = np.array(
+        [
+            [big, big, big, big],
+            [-big, -big, -big, -big],
+            [big, -big, big, -big],
+            [tiny, -tiny, 0.0, -0.0],
+            [big / 2, 1.0, -1.0, 0.0],
+        ],
+        dtype=input_dtype,
+    )
     proba = classifiers[model_dtype, n_classes].predict_proba(X)
     finite = np.all(np.isfinite(proba), axis=1)
-    assert np.all(finite), f"non-finite probabilities for rows {np.flatnonzero(~finite)}: {proba}"
+    assert np.all(finite), (
+        f"non-finite probabilities for rows {np.flatnonzero(~finite)}: {proba}"
+    )
     atol = 1e-5 if proba.dtype == np.float32 else 1e-12
     assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=atol)

@@ -28,8 +28,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from reference import round_2
 from sklearn_bn import MLPBNClassifier, MLPBNRegressor, _debug, _threads
+
+from reference import round_2
 
 PINS = Path(__file__).parent / "data" / "pinned_fits.npz"
 FITTED = ("coefs_", "gammas_", "intercepts_", "running_means_", "running_vars_")
@@ -44,19 +45,30 @@ def _data(seed, n=157, n_features=11):
 def _classification(seed, n_classes=3, **kw):
     rng, X = _data(seed, **kw)
     score = X[:, 0] + np.abs(X[:, 1]) - X[:, 2] + rng.normal(scale=0.5, size=len(X))
-    return X, np.searchsorted(np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]), score)
+    return X, np.searchsorted(
+        np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1]), score
+    )
 
 
 def _regression(seed, n_outputs=2, **kw):
     rng, X = _data(seed, **kw)
-    Y = np.column_stack([np.tanh(X[:, k]) + 0.1 * X[:, k + 1] for k in range(n_outputs)])
+    Y = np.column_stack(
+        [np.tanh(X[:, k]) + 0.1 * X[:, k + 1] for k in range(n_outputs)]
+    )
     return X, Y
 
 
 def _fit_dense_adam(dtype):
     X, y = _classification(0)
-    est = round_2(MLPBNClassifier, hidden_layer_sizes=(48, 40), batch_size=32, max_iter=3,
-                          alpha=1e-3, random_state=0, input_preprocessing=None)
+    est = round_2(
+        MLPBNClassifier,
+        hidden_layer_sizes=(48, 40),
+        batch_size=32,
+        max_iter=3,
+        alpha=1e-3,
+        random_state=0,
+        input_preprocessing=None,
+    )
     return est.fit(X.astype(dtype), y)
 
 
@@ -64,38 +76,71 @@ def _fit_sparse_sgd_weighted(dtype):
     X, y = _classification(1, n_classes=2)
     X[np.abs(X) < 0.7] = 0
     sw = np.random.RandomState(2).uniform(0.1, 2.0, X.shape[0])
-    est = round_2(MLPBNClassifier, hidden_layer_sizes=(12,), activation="tanh", solver="sgd",
-                          learning_rate="invscaling", learning_rate_init=0.05,
-                          batch_size=40, max_iter=3, random_state=1,
-                          input_preprocessing=None)
+    est = round_2(
+        MLPBNClassifier,
+        hidden_layer_sizes=(12,),
+        activation="tanh",
+        solver="sgd",
+        learning_rate="invscaling",
+        learning_rate_init=0.05,
+        batch_size=40,
+        max_iter=3,
+        random_state=1,
+        input_preprocessing=None,
+    )
     return est.fit(sp.csr_matrix(X.astype(dtype)), y, sample_weight=sw)
 
 
 def _fit_regressor_early_stopping(dtype):
     X, Y = _regression(3)
-    est = round_2(MLPBNRegressor, hidden_layer_sizes=(10, 20, 7), activation="logistic",
-                         batch_size=25, max_iter=4, early_stopping=True,
-                         validation_fraction=0.2, n_iter_no_change=2, random_state=2,
-                         input_preprocessing=None)
+    est = round_2(
+        MLPBNRegressor,
+        hidden_layer_sizes=(10, 20, 7),
+        activation="logistic",
+        batch_size=25,
+        max_iter=4,
+        early_stopping=True,
+        validation_fraction=0.2,
+        n_iter_no_change=2,
+        random_state=2,
+        input_preprocessing=None,
+    )
     return est.fit(X.astype(dtype), Y)
 
 
 def _fit_poisson_no_hidden(dtype):
     X, Y = _regression(4, n_outputs=1)
-    est = round_2(MLPBNRegressor, loss="poisson", hidden_layer_sizes=(), batch_size=30,
-                         max_iter=3, shuffle=False, random_state=3,
-                         input_preprocessing=None)
+    est = round_2(
+        MLPBNRegressor,
+        loss="poisson",
+        hidden_layer_sizes=(),
+        batch_size=30,
+        max_iter=3,
+        shuffle=False,
+        random_state=3,
+        input_preprocessing=None,
+    )
     return est.fit(X.astype(dtype), np.exp(Y.ravel()))
 
 
 def _fit_partial_and_warm(dtype):
     X, y = _classification(5, n_classes=4)
     X = X.astype(dtype)
-    est = round_2(MLPBNClassifier, hidden_layer_sizes=(8,), activation="identity", solver="sgd",
-                          learning_rate="adaptive", nesterovs_momentum=False,
-                          batch_size=20, random_state=4, input_preprocessing=None)
+    est = round_2(
+        MLPBNClassifier,
+        hidden_layer_sizes=(8,),
+        activation="identity",
+        solver="sgd",
+        learning_rate="adaptive",
+        nesterovs_momentum=False,
+        batch_size=20,
+        random_state=4,
+        input_preprocessing=None,
+    )
     for start in range(0, 150, 50):
-        est.partial_fit(X[start:start + 50], y[start:start + 50], classes=np.arange(4))
+        est.partial_fit(
+            X[start : start + 50], y[start : start + 50], classes=np.arange(4)
+        )
     est.set_params(warm_start=True, max_iter=2).fit(X, y)
     return est
 
@@ -116,8 +161,13 @@ def _engine_threads(n_threads):
     """The engine's team fixed at ``n_threads`` (with BLAS on one thread, as
     the engine runs it), whatever the machine and the size of the network."""
     with threadpool_limits(1, user_api="blas"), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_threads, "training_threads",
-                   lambda work: contextlib.nullcontext(_threads.TeamSize(n_threads, n_threads)))
+        mp.setattr(
+            _threads,
+            "training_threads",
+            lambda work: contextlib.nullcontext(
+                _threads.TeamSize(n_threads, n_threads)
+            ),
+        )
         yield
 
 
@@ -149,7 +199,9 @@ def _blas():
     import scipy.linalg  # noqa: F401  (loads scipy's BLAS)
 
     for lib in threadpool_info():
-        if lib["user_api"] == "blas" and "scipy.libs" in lib["filepath"].replace("\\", "/"):
+        if lib["user_api"] == "blas" and "scipy.libs" in lib["filepath"].replace(
+            "\\", "/"
+        ):
             return f"{lib['internal_api']} {lib['version']} {lib.get('architecture')}"
     libs = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
     return " / ".join(f"{lib['internal_api']} {lib['version']}" for lib in libs)
@@ -174,7 +226,7 @@ def pins():
 def test_fit_is_pinned(case, n_threads, dtype_name, pins):
     fitted = _fitted_arrays(_fit(case, n_threads, dtype_name))
     prefix = f"{case}/{n_threads}/{dtype_name}/"
-    expected = {k[len(prefix):]: v for k, v in pins.items() if k.startswith(prefix)}
+    expected = {k[len(prefix) :]: v for k, v in pins.items() if k.startswith(prefix)}
     assert sorted(fitted) == sorted(expected)
     # The optimized build with the recording's BLAS is bit-identical; another
     # BLAS, or the debug build (compiled without optimization, so without

@@ -19,16 +19,21 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
-from reference import DTYPES, draw_split
 from sklearn_bn import BatchNormScaler, _team, _threads
 from sklearn_bn._scaling import affine_columns, has_infinity
+
+from reference import DTYPES, draw_split
 
 MOMENTA = [None, 0.1]
 
 
 def _tol(dtype):
     """rtol/atol for outputs of order 1 computed in ``dtype``."""
-    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    return (
+        {"rtol": 1e-5, "atol": 1e-5}
+        if dtype == np.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
 
 
 def _stat_tol(dtype):
@@ -43,7 +48,9 @@ def _stat_tol(dtype):
 
 def _data(n=200, m=6, dtype=np.float64, seed=0):
     rng = np.random.RandomState(seed)
-    X = rng.normal(size=(n, m)) * rng.uniform(0.1, 10, size=m) + rng.uniform(-5, 5, size=m)
+    X = rng.normal(size=(n, m)) * rng.uniform(0.1, 10, size=m) + rng.uniform(
+        -5, 5, size=m
+    )
     return X.astype(dtype)
 
 
@@ -114,8 +121,8 @@ def test_matches_standard_scaler_partial_fit_stream(dtype):
     ours = BatchNormScaler(epsilon=0.0)
     ref = StandardScaler()
     for start in range(0, X.shape[0], 40):
-        ours.partial_fit(X[start:start + 40])
-        ref.partial_fit(X[start:start + 40])
+        ours.partial_fit(X[start : start + 40])
+        ref.partial_fit(X[start : start + 40])
     assert_allclose(ours.running_mean_, ref.mean_, rtol=_stat_tol(dtype))
     assert_allclose(ours.running_var_, ref.var_, rtol=_stat_tol(dtype))
     assert ours.n_samples_seen_ == ref.n_samples_seen_ == 301
@@ -130,8 +137,15 @@ def test_matches_standard_scaler_sample_weight(dtype):
     w[:20] = 0
     ours = BatchNormScaler(epsilon=0.0).fit(X, sample_weight=w)
     ref = StandardScaler().fit(X, sample_weight=w)
-    assert_allclose(ours.running_mean_, ref.mean_, rtol=1e-6 if dtype == np.float32 else 1e-12)
-    assert_allclose(ours.running_var_, ref.var_, rtol=1e-6 if dtype == np.float32 else 1e-10, atol=1e-20)
+    assert_allclose(
+        ours.running_mean_, ref.mean_, rtol=1e-6 if dtype == np.float32 else 1e-12
+    )
+    assert_allclose(
+        ours.running_var_,
+        ref.var_,
+        rtol=1e-6 if dtype == np.float32 else 1e-10,
+        atol=1e-20,
+    )
     assert_allclose(ours.n_samples_seen_, ref.n_samples_seen_, rtol=1e-6)
     assert_allclose(ours.transform(X), ref.transform(X), **_tol(dtype))
 
@@ -146,8 +160,16 @@ def test_nan_ignored_by_statistics_and_kept(dtype):
     ours = BatchNormScaler(epsilon=0.0).fit(X)
     ref = StandardScaler().fit(X)
 
-    assert_allclose(ours.running_mean_[:5], np.nanmean(X[:, :5].astype(np.float64), axis=0), rtol=_stat_tol(dtype))
-    assert_allclose(ours.running_var_[:5], np.nanvar(X[:, :5].astype(np.float64), axis=0), rtol=_stat_tol(dtype))
+    assert_allclose(
+        ours.running_mean_[:5],
+        np.nanmean(X[:, :5].astype(np.float64), axis=0),
+        rtol=_stat_tol(dtype),
+    )
+    assert_allclose(
+        ours.running_var_[:5],
+        np.nanvar(X[:, :5].astype(np.float64), axis=0),
+        rtol=_stat_tol(dtype),
+    )
     assert_array_equal(ours.n_samples_seen_, ref.n_samples_seen_)
     assert_array_equal(ours.n_samples_seen_, np.sum(~np.isnan(X), axis=0))
     Xt = ours.transform(X)
@@ -176,20 +198,31 @@ def test_all_nan_feature_gives_nan_as_standard_scaler(dtype, epsilon):
     assert_array_equal(np.isnan(ours.running_mean_), np.isnan(ref.mean_))
     assert_array_equal(np.isnan(ours.running_var_), np.isnan(ref.var_))
     assert_array_equal(ours.n_samples_seen_, [20, 0, 20])
-    for out in (ours.transform(new), ours.fit_transform(X), ours.inverse_transform(new)):
+    for out in (
+        ours.transform(new),
+        ours.fit_transform(X),
+        ours.inverse_transform(new),
+    ):
         assert out.dtype == dtype
         assert np.all(np.isnan(out[:, 1]))
         assert not np.any(np.isnan(out[:, [0, 2]]))
     assert_array_equal(np.isnan(ours.transform(new)), np.isnan(ref.transform(new)))
     if epsilon == 0:
-        assert_allclose(ours.transform(new)[:, [0, 2]],
-                        2.0 * ref.transform(new)[:, [0, 2]] + 1.0, **_tol(dtype))
+        assert_allclose(
+            ours.transform(new)[:, [0, 2]],
+            2.0 * ref.transform(new)[:, [0, 2]] + 1.0,
+            **_tol(dtype),
+        )
     # The first values seen later make the statistics, as fit on all rows does.
     ours.partial_fit(new)
     whole = BatchNormScaler(epsilon=epsilon).fit(np.vstack([X, new]))
     assert_allclose(ours.running_mean_, whole.running_mean_, rtol=_stat_tol(dtype))
     assert_allclose(ours.running_var_, whole.running_var_, rtol=_stat_tol(dtype))
-    assert_allclose(ours.running_mean_[1], new[:, 1].astype(np.float64).mean(), rtol=_stat_tol(dtype))
+    assert_allclose(
+        ours.running_mean_[1],
+        new[:, 1].astype(np.float64).mean(),
+        rtol=_stat_tol(dtype),
+    )
     assert_array_equal(ours.n_samples_seen_, [25, 5, 25])
     assert not np.any(np.isnan(ours.transform(new)))
 
@@ -215,11 +248,15 @@ def test_feature_with_weight_only_on_nan_gives_nan():
 def test_n_samples_seen_convention():
     X = _data(n=20, m=3)
     scaler = BatchNormScaler().fit(X)
-    assert isinstance(scaler.n_samples_seen_, np.integer) and scaler.n_samples_seen_ == 20
+    assert (
+        isinstance(scaler.n_samples_seen_, np.integer) and scaler.n_samples_seen_ == 20
+    )
     scaler.partial_fit(X[:5])
     assert scaler.n_samples_seen_ == 25
     scaler.partial_fit(X, sample_weight=np.full(20, 0.5))
-    assert isinstance(scaler.n_samples_seen_, np.floating) and scaler.n_samples_seen_ == 35
+    assert (
+        isinstance(scaler.n_samples_seen_, np.floating) and scaler.n_samples_seen_ == 35
+    )
     X[0, 1] = np.nan
     scaler.fit(X)
     assert_array_equal(scaler.n_samples_seen_, [20, 19, 20])
@@ -237,7 +274,9 @@ def test_n_samples_seen_convention():
     weighted=st.booleans(),
     with_nan=st.booleans(),
 )
-def test_fit_equals_any_split_into_partial_fit(data, n_rows, n_cols, weighted, with_nan):
+def test_fit_equals_any_split_into_partial_fit(
+    data, n_rows, n_cols, weighted, with_nan
+):
     rng = np.random.RandomState(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     X = rng.normal(size=(n_rows, n_cols)) * 10.0 ** rng.uniform(-3, 3, size=n_cols)
     X += rng.uniform(-100, 100, size=n_cols)
@@ -249,13 +288,22 @@ def test_fit_equals_any_split_into_partial_fit(data, n_rows, n_cols, weighted, w
     whole = BatchNormScaler().fit(X, sample_weight=w)
     parts = BatchNormScaler()
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        parts.partial_fit(X[start:stop], sample_weight=None if w is None else w[start:stop])
+        parts.partial_fit(
+            X[start:stop], sample_weight=None if w is None else w[start:stop]
+        )
 
     scale = np.nanmax(np.abs(X), initial=1.0)
-    assert_allclose(parts.running_mean_, whole.running_mean_, rtol=1e-9, atol=1e-12 * scale)
-    assert_allclose(parts.running_var_, whole.running_var_, rtol=1e-8, atol=1e-12 * scale**2)
+    assert_allclose(
+        parts.running_mean_, whole.running_mean_, rtol=1e-9, atol=1e-12 * scale
+    )
+    assert_allclose(
+        parts.running_var_, whole.running_var_, rtol=1e-8, atol=1e-12 * scale**2
+    )
     assert_allclose(parts.n_samples_seen_, whole.n_samples_seen_, rtol=1e-12)
-    assert np.asarray(parts.n_samples_seen_).shape == np.asarray(whole.n_samples_seen_).shape
+    assert (
+        np.asarray(parts.n_samples_seen_).shape
+        == np.asarray(whole.n_samples_seen_).shape
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -291,13 +339,19 @@ def test_momentum_follows_pytorch_convention(dtype, momentum):
     assert_allclose(scaler.running_mean_, mean, rtol=_stat_tol(dtype), atol=1e-12)
     assert_allclose(scaler.running_var_, var, rtol=_stat_tol(dtype))
     assert scaler.n_samples_seen_ == 90
-    assert_allclose(
-        scaler.transform(X), _reference(X, mean, var, 1e-5), **_tol(dtype)
-    )
+    assert_allclose(scaler.transform(X), _reference(X, mean, var, 1e-5), **_tol(dtype))
     # The first batch seeds the statistics with its mean and unbiased variance.
     first = BatchNormScaler(momentum=momentum).partial_fit(X[:30])
-    assert_allclose(first.running_mean_, X[:30].astype(np.float64).mean(axis=0), rtol=_stat_tol(dtype))
-    assert_allclose(first.running_var_, X[:30].astype(np.float64).var(axis=0, ddof=1), rtol=_stat_tol(dtype))
+    assert_allclose(
+        first.running_mean_,
+        X[:30].astype(np.float64).mean(axis=0),
+        rtol=_stat_tol(dtype),
+    )
+    assert_allclose(
+        first.running_var_,
+        X[:30].astype(np.float64).var(axis=0, ddof=1),
+        rtol=_stat_tol(dtype),
+    )
 
 
 def test_momentum_fit_resets_and_uses_one_batch():
@@ -316,8 +370,8 @@ def test_momentum_weights_are_repeat_counts():
     X_rep = np.repeat(X, w, axis=0)
     a = BatchNormScaler(momentum=0.3).partial_fit(X[:15], sample_weight=w[:15])
     a.partial_fit(X[15:], sample_weight=w[15:])
-    b = BatchNormScaler(momentum=0.3).partial_fit(X_rep[:w[:15].sum()])
-    b.partial_fit(X_rep[w[:15].sum():])
+    b = BatchNormScaler(momentum=0.3).partial_fit(X_rep[: w[:15].sum()])
+    b.partial_fit(X_rep[w[:15].sum() :])
     assert_allclose(a.running_mean_, b.running_mean_, rtol=1e-12)
     assert_allclose(a.running_var_, b.running_var_, rtol=1e-10)
     mean, var = _torch_like([X[:15], X[15:]], 0.3, weights=[w[:15], w[15:]])
@@ -343,7 +397,11 @@ def test_momentum_nan_uses_per_feature_counts():
         (np.ones((1, 3)), None, "n_samples=1"),
         # Weights below 2 in sum and on one row only: m = 1.
         (np.ones((4, 3)), np.array([1.5, 0.0, 0.0, 0.0]), "sum of sample weights"),
-        (np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, 7.0]]), None, r"feature\(s\) \[1\]"),
+        (
+            np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0, 7.0]]),
+            None,
+            r"feature\(s\) \[1\]",
+        ),
     ],
 )
 def test_momentum_batch_too_small_raises_and_changes_nothing(batch, weight, match):
@@ -360,7 +418,9 @@ def test_momentum_batch_too_small_raises_and_changes_nothing(batch, weight, matc
     fresh = BatchNormScaler(momentum=0.1)
     with pytest.raises(ValueError, match=match):
         fresh.partial_fit(batch, sample_weight=weight)
-    assert not hasattr(fresh, "n_samples_seen_") and not hasattr(fresh, "n_features_in_")
+    assert not hasattr(fresh, "n_samples_seen_") and not hasattr(
+        fresh, "n_features_in_"
+    )
 
 
 def test_momentum_none_accepts_one_sample():
@@ -410,7 +470,9 @@ def test_momentum_normalized_weights_follow_the_networks_rule(dtype, total):
     scaler.partial_fit(X[20:], sample_weight=w[20:])
     mean1, var1 = _unbiased_batch(X[:20], w[:20])
     mean2, var2 = _unbiased_batch(X[20:], w[20:])
-    assert_allclose(scaler.running_mean_, 0.8 * mean1 + 0.2 * mean2, rtol=_stat_tol(dtype))
+    assert_allclose(
+        scaler.running_mean_, 0.8 * mean1 + 0.2 * mean2, rtol=_stat_tol(dtype)
+    )
     assert_allclose(scaler.running_var_, 0.8 * var1 + 0.2 * var2, rtol=_stat_tol(dtype))
     assert_allclose(scaler.n_samples_seen_, w.astype(np.float64).sum(), rtol=1e-6)
 
@@ -423,7 +485,9 @@ def test_momentum_weights_summing_to_one_equal_weights_summing_to_n(dtype):
     normalized = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w / w.sum())
     counts = BatchNormScaler(momentum=0.1).fit(X, sample_weight=w * (30 / w.sum()))
     assert_allclose(normalized.running_var_, counts.running_var_, rtol=_stat_tol(dtype))
-    assert_allclose(normalized.running_mean_, counts.running_mean_, rtol=_stat_tol(dtype))
+    assert_allclose(
+        normalized.running_mean_, counts.running_mean_, rtol=_stat_tol(dtype)
+    )
     Xd = X.astype(np.float64)
     mean = np.average(Xd, axis=0, weights=w)
     var = np.average((Xd - mean) ** 2, axis=0, weights=w) * 30 / 29
@@ -436,7 +500,7 @@ def test_momentum_weights_rule_per_feature_with_nan():
     X = _data(n=12, m=3)
     w = np.array([0.6, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0])
     X[[1, 4, 11], 1] = np.nan  # two weighted rows and the unweighted one
-    X[0, 2] = np.nan           # the heaviest row
+    X[0, 2] = np.nan  # the heaviest row
 
     def ddof0_var(j, weights):
         keep = ~np.isnan(X[:, j])
@@ -446,7 +510,10 @@ def test_momentum_weights_rule_per_feature_with_nan():
     # Sums 2.2, 1.6 and 1.6: the weight sum for feature 0, the 11 - 2 and
     # 11 - 1 weighted rows that are not NaN for features 1 and 2.
     # Normalized to sum to 1: weighted rows for all three.
-    for weights, m in [(w, np.array([2.2, 9, 10])), (w / w.sum(), np.array([11, 9, 10]))]:
+    for weights, m in [
+        (w, np.array([2.2, 9, 10])),
+        (w / w.sum(), np.array([11, 9, 10])),
+    ]:
         scaler = BatchNormScaler(momentum=0.5).fit(X, sample_weight=weights)
         expected = np.array([ddof0_var(j, weights) for j in range(3)]) * m / (m - 1)
         assert_allclose(scaler.running_var_, expected, rtol=1e-10)
@@ -476,10 +543,23 @@ def test_gamma_beta_scalars_and_arrays(dtype, momentum):
     X = _data(dtype=dtype)
     gamma = np.linspace(0.5, 2.0, X.shape[1])
     beta = np.linspace(-1, 1, X.shape[1])
-    for g, b in [(0.5, 0.1), (gamma, 0.0), (1.0, beta), (gamma, beta), (list(gamma), tuple(beta))]:
-        scaler = BatchNormScaler(momentum=momentum, gamma=g, beta=b, epsilon=1e-3).fit(X)
+    for g, b in [
+        (0.5, 0.1),
+        (gamma, 0.0),
+        (1.0, beta),
+        (gamma, beta),
+        (list(gamma), tuple(beta)),
+    ]:
+        scaler = BatchNormScaler(momentum=momentum, gamma=g, beta=b, epsilon=1e-3).fit(
+            X
+        )
         expected = _reference(
-            X, scaler.running_mean_, scaler.running_var_, 1e-3, np.asarray(g), np.asarray(b)
+            X,
+            scaler.running_mean_,
+            scaler.running_var_,
+            1e-3,
+            np.asarray(g),
+            np.asarray(b),
         )
         Xt = scaler.transform(X)
         assert Xt.dtype == dtype
@@ -488,12 +568,18 @@ def test_gamma_beta_scalars_and_arrays(dtype, momentum):
             # The output has mean beta and standard deviation close to gamma.
             assert_allclose(Xt.mean(axis=0), np.broadcast_to(b, 6), atol=1e-4)
             assert_allclose(Xt.std(axis=0), np.broadcast_to(g, 6), rtol=1e-3)
-        assert_allclose(scaler.inverse_transform(Xt), X, rtol=1e-4 if dtype == np.float32 else 1e-12,
-                        atol=1e-4 if dtype == np.float32 else 1e-12)
+        assert_allclose(
+            scaler.inverse_transform(Xt),
+            X,
+            rtol=1e-4 if dtype == np.float32 else 1e-12,
+            atol=1e-4 if dtype == np.float32 else 1e-12,
+        )
 
 
 @pytest.mark.parametrize("name", ["gamma", "beta"])
-@pytest.mark.parametrize("value", [np.ones(5), np.ones((6, 1)), [1.0, 2.0], [np.nan] * 6, np.inf, "a"])
+@pytest.mark.parametrize(
+    "value", [np.ones(5), np.ones((6, 1)), [1.0, 2.0], [np.nan] * 6, np.inf, "a"]
+)
 def test_bad_gamma_beta_raises_at_fit(name, value):
     X = _data()
     with pytest.raises((ValueError, TypeError)):
@@ -508,14 +594,20 @@ def test_bad_gamma_beta_raises_at_fit(name, value):
 
 
 def test_gamma_length_error_message():
-    with pytest.raises(ValueError, match=r"gamma must be a float or an array of shape \(n_features,\) = \(6,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"gamma must be a float or an array of shape \(n_features,\) = \(6,\)",
+    ):
         BatchNormScaler(gamma=np.ones(5)).fit(_data())
 
 
 def test_gamma_and_beta_as_zero_dimensional_arrays():
     X = _data()
     ref = BatchNormScaler(gamma=2.0, beta=-1.0).fit(X)
-    for gamma, beta in [(np.array(2.0), np.array(-1.0)), (np.float32(2.0), np.int64(-1))]:
+    for gamma, beta in [
+        (np.array(2.0), np.array(-1.0)),
+        (np.float32(2.0), np.int64(-1)),
+    ]:
         scaler = BatchNormScaler(gamma=gamma, beta=beta).fit(X)
         assert_array_equal(scaler.transform(X), ref.transform(X))
 
@@ -531,7 +623,9 @@ def _constant_column_data(value, dtype, nan=False):
 
 @pytest.mark.parametrize("momentum", MOMENTA)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("value", [651.0, 1e4, 1e6, -3.3e7, 1.7e38, 3.4028235e38, 1e-30, 1e-45])
+@pytest.mark.parametrize(
+    "value", [651.0, 1e4, 1e6, -3.3e7, 1.7e38, 3.4028235e38, 1e-30, 1e-45]
+)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("nan", [False, True])
 def test_constant_column_maps_to_beta(momentum, dtype, value, weighted, nan):
@@ -542,7 +636,10 @@ def test_constant_column_maps_to_beta(momentum, dtype, value, weighted, nan):
     beta = np.array([0.25, 0.0, -1.0])
     scaler = BatchNormScaler(momentum=momentum, beta=beta)
     for start in (0, 32):  # two batches: the moving average must stay exact
-        scaler.partial_fit(X[start:start + 32], sample_weight=None if w is None else w[start:start + 32])
+        scaler.partial_fit(
+            X[start : start + 32],
+            sample_weight=None if w is None else w[start : start + 32],
+        )
     for out in (scaler.transform(X), clone(scaler).fit_transform(X, sample_weight=w)):
         assert out.dtype == dtype
         assert_array_equal(np.isnan(out[:, 0]), np.isnan(X[:, 0]))
@@ -552,8 +649,10 @@ def test_constant_column_maps_to_beta(momentum, dtype, value, weighted, nan):
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False),
-       momentum=st.sampled_from(MOMENTA))
+@given(
+    value=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    momentum=st.sampled_from(MOMENTA),
+)
 def test_any_float32_constant_column_maps_to_beta(value, momentum):
     X = _constant_column_data(value, np.float32)
     scaler = BatchNormScaler(momentum=momentum, beta=0.5).fit(X)
@@ -567,7 +666,12 @@ def test_epsilon_enters_as_in_batch_norm():
     X[:, 1] *= 1e-3
     for eps in [0.0, 1e-5, 1.0]:
         scaler = BatchNormScaler(epsilon=eps).fit(X)
-        assert_allclose(scaler.transform(X), _reference(X, X.mean(0), X.var(0), eps), rtol=1e-10, atol=1e-12)
+        assert_allclose(
+            scaler.transform(X),
+            _reference(X, X.mean(0), X.var(0), eps),
+            rtol=1e-10,
+            atol=1e-12,
+        )
 
 
 def test_inverse_transform_with_gamma_zero_raises():
@@ -584,8 +688,15 @@ def test_inverse_transform_keeps_nan_and_checks_features(dtype):
     back = scaler.inverse_transform(scaler.transform(X))
     assert back.dtype == dtype
     assert_array_equal(np.isnan(back), np.isnan(X))
-    assert_allclose(back, X, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
-    with pytest.raises(ValueError, match="X has 5 features, but BatchNormScaler is expecting 6"):
+    assert_allclose(
+        back,
+        X,
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+        atol=1e-5 if dtype == np.float32 else 1e-12,
+    )
+    with pytest.raises(
+        ValueError, match="X has 5 features, but BatchNormScaler is expecting 6"
+    ):
         scaler.inverse_transform(X[:, :5])
 
 
@@ -612,7 +723,11 @@ def test_dtype_layout_readonly_grid(dtype, order, readonly, momentum):
     assert_allclose(scaler.running_var_, var, rtol=_stat_tol(dtype))
     assert Xt.dtype == dtype and Xt.flags.c_contiguous
     assert_allclose(Xt, _reference(X64, mean, var, 1e-5, 0.5, 0.1), **_tol(dtype))
-    back_tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    back_tol = (
+        {"rtol": 1e-4, "atol": 1e-4}
+        if dtype == np.float32
+        else {"rtol": 1e-12, "atol": 1e-12}
+    )
     assert_allclose(scaler.transform(X), Xt, **_tol(dtype))
     assert_allclose(scaler.inverse_transform(Xt), X_orig, **back_tol)
     assert_array_equal(X, X_orig)
@@ -636,9 +751,15 @@ def test_memmap_input(tmp_path, dtype):
     mm.flush()
     ro = np.memmap(tmp_path / "X.dat", dtype=dtype, mode="r", shape=X.shape)
     scaler = BatchNormScaler().fit(ro)
-    assert_allclose(scaler.running_mean_, X.astype(np.float64).mean(axis=0), rtol=_stat_tol(dtype))
-    assert_allclose(scaler.transform(ro), BatchNormScaler().fit_transform(X), **_tol(dtype))
-    assert_allclose(scaler.transform(ro, copy=False), scaler.transform(X), **_tol(dtype))
+    assert_allclose(
+        scaler.running_mean_, X.astype(np.float64).mean(axis=0), rtol=_stat_tol(dtype)
+    )
+    assert_allclose(
+        scaler.transform(ro), BatchNormScaler().fit_transform(X), **_tol(dtype)
+    )
+    assert_allclose(
+        scaler.transform(ro, copy=False), scaler.transform(X), **_tol(dtype)
+    )
     assert_array_equal(ro, X)
 
 
@@ -674,7 +795,9 @@ def test_unaligned_input_is_accepted(dtype, momentum):
         expected.transform(X),
     )
     assert_array_equal(expected.transform(Xu), expected.transform(X))
-    assert_array_equal(expected.transform(_unaligned(X), copy=False), expected.transform(X))
+    assert_array_equal(
+        expected.transform(_unaligned(X), copy=False), expected.transform(X)
+    )
     assert_array_equal(expected.inverse_transform(Xu), expected.inverse_transform(X))
     assert_array_equal(Xu, X)
 
@@ -702,7 +825,12 @@ def test_copy_false_works_in_place(dtype):
     assert_allclose(Xc, expected, **_tol(dtype))
     back = scaler.inverse_transform(Xc)
     assert back is Xc
-    assert_allclose(Xc, X, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+    assert_allclose(
+        Xc,
+        X,
+        rtol=1e-4 if dtype == np.float32 else 1e-12,
+        atol=1e-4 if dtype == np.float32 else 1e-12,
+    )
     # fit_transform with copy=False too.
     Xc = X.copy()
     assert BatchNormScaler(copy=False).fit_transform(Xc) is Xc
@@ -747,7 +875,9 @@ def test_y_is_ignored_and_pipeline_works():
     y = (X[:, 0] > X[:, 0].mean()).astype(int)
     pipe = make_pipeline(BatchNormScaler(gamma=0.5), LogisticRegression()).fit(X, y)
     assert pipe.score(X, y) > 0.9
-    assert_allclose(BatchNormScaler().fit(X, y).transform(X), BatchNormScaler().fit_transform(X, y))
+    assert_allclose(
+        BatchNormScaler().fit(X, y).transform(X), BatchNormScaler().fit_transform(X, y)
+    )
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
@@ -764,7 +894,9 @@ def test_fit_transform_equals_fit_then_transform(momentum):
 # Errors, and failure atomicity
 
 
-@pytest.mark.parametrize("sparse_container", [sparse.csr_matrix, sparse.csr_array, sparse.csc_array])
+@pytest.mark.parametrize(
+    "sparse_container", [sparse.csr_matrix, sparse.csr_array, sparse.csc_array]
+)
 def test_sparse_input_is_refused_with_the_reason(sparse_container):
     X = sparse_container(np.eye(4))
     msg = r"does not accept sparse input: centering .* would make a sparse matrix dense"
@@ -772,7 +904,12 @@ def test_sparse_input_is_refused_with_the_reason(sparse_container):
         BatchNormScaler().fit(X)
     scaler = BatchNormScaler().fit(np.eye(4))
     before = _state(scaler)
-    for method in (scaler.partial_fit, scaler.fit, scaler.transform, scaler.inverse_transform):
+    for method in (
+        scaler.partial_fit,
+        scaler.fit,
+        scaler.transform,
+        scaler.inverse_transform,
+    ):
         with pytest.raises(TypeError, match=msg):
             method(X)
     _assert_same_state(before, _state(scaler))
@@ -783,7 +920,9 @@ _OVERFLOWING = {
     "+-1e300": np.array([[1e300, 1.0], [-1e300, 2.0], [1e300, 3.0], [-1e300, 4.0]]),
     # sums beyond 1.8e308
     "1.7e308": np.array([[1.7e308, 1.0], [1e308, 2.0], [1.7e308, 3.0], [1.2e308, 4.0]]),
-    "+-1e300 and NaN": np.array([[1e300, 1.0], [-1e300, 2.0], [np.nan, 3.0], [-1e300, 4.0]]),
+    "+-1e300 and NaN": np.array(
+        [[1e300, 1.0], [-1e300, 2.0], [np.nan, 3.0], [-1e300, 4.0]]
+    ),
 }
 
 
@@ -797,7 +936,10 @@ def test_overflowing_statistics_warn(momentum, case, epsilon):
         warnings.simplefilter("always")
         StandardScaler().fit(X)
     assert any("overflow" in str(w.message) for w in caught)
-    with pytest.warns(RuntimeWarning, match=r"overflow encountered in the statistics of feature\(s\) \[0\]"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"overflow encountered in the statistics of feature\(s\) \[0\]",
+    ):
         scaler = BatchNormScaler(momentum=momentum, epsilon=epsilon).fit(X)
     assert not np.all(np.isfinite([scaler.running_mean_[0], scaler.running_var_[0]]))
     assert_allclose(scaler.running_mean_[1], 2.5)
@@ -816,14 +958,22 @@ def test_large_finite_statistics_do_not_warn(momentum):
     # The largest data whose statistics fit: no warning, and correct values.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for X in (np.array([[1e150], [-1e150], [1e150], [-1e150]]),
-                  np.array([[3e38], [-3e38], [3e38], [-3e38]], dtype=np.float32),
-                  np.full((5, 1), 1e300)):
+        for X in (
+            np.array([[1e150], [-1e150], [1e150], [-1e150]]),
+            np.array([[3e38], [-3e38], [3e38], [-3e38]], dtype=np.float32),
+            np.full((5, 1), 1e300),
+        ):
             scaler = BatchNormScaler(momentum=momentum).fit(X)
             Xd = X.astype(np.float64)
-            assert_allclose(scaler.running_mean_, Xd.mean(axis=0), atol=1e-12 * np.abs(Xd).max())
-            assert_allclose(scaler.running_var_, Xd.var(axis=0, ddof=0 if momentum is None else 1),
-                            rtol=1e-6, atol=1e-300)
+            assert_allclose(
+                scaler.running_mean_, Xd.mean(axis=0), atol=1e-12 * np.abs(Xd).max()
+            )
+            assert_allclose(
+                scaler.running_var_,
+                Xd.var(axis=0, ddof=0 if momentum is None else 1),
+                rtol=1e-6,
+                atol=1e-300,
+            )
             assert np.all(np.isfinite(scaler.transform(X)))
 
 
@@ -869,7 +1019,9 @@ def _failures(momentum):
         "infinity": lambda s: s.partial_fit(X_inf),
         "zero weights": lambda s: s.partial_fit(X, sample_weight=np.zeros(30)),
         "negative weights": lambda s: s.partial_fit(X, sample_weight=-np.ones(30)),
-        "weights with NaN": lambda s: s.partial_fit(X, sample_weight=np.full(30, np.nan)),
+        "weights with NaN": lambda s: s.partial_fit(
+            X, sample_weight=np.full(30, np.nan)
+        ),
         "wrong weight length": lambda s: s.partial_fit(X, sample_weight=np.ones(29)),
         "empty": lambda s: s.partial_fit(X[:0]),
         "1d": lambda s: s.partial_fit(X[:, 0]),
@@ -886,7 +1038,9 @@ def _failures(momentum):
         cases["one-row batch"] = lambda s: s.partial_fit(X[:1])
         cases["one-row fit"] = lambda s: s.fit(X[:1])
         cases["all-NaN feature in batch"] = lambda s: s.partial_fit(X_nan_col)
-        cases["weights summing to 1 on one row"] = lambda s: s.partial_fit(X, sample_weight=np.eye(30)[0])
+        cases["weights summing to 1 on one row"] = lambda s: s.partial_fit(
+            X, sample_weight=np.eye(30)[0]
+        )
     return cases
 
 
@@ -903,7 +1057,11 @@ def test_failed_fit_leaves_fitted_scaler_unchanged(momentum):
         scaler.set_params(**params)
         _assert_same_state(before, _state(scaler))
         # Still usable, with the same output.
-        assert_allclose(scaler.transform(X), clone(scaler).fit(X).partial_fit(X[:10]).transform(X), err_msg=description)
+        assert_allclose(
+            scaler.transform(X),
+            clone(scaler).fit(X).partial_fit(X[:10]).transform(X),
+            err_msg=description,
+        )
 
 
 def test_failed_fit_with_feature_names_keeps_them():
@@ -927,12 +1085,18 @@ def test_fast_validation_path_behaves_like_validate_data():
     X = _data(n=10, m=3)
     scaler = BatchNormScaler().fit(X)
     messages = []
-    for bad in (np.ones((4, 2)), np.ones((4, 2)).tolist(), np.asfortranarray(np.ones((4, 2)))):
+    for bad in (
+        np.ones((4, 2)),
+        np.ones((4, 2)).tolist(),
+        np.asfortranarray(np.ones((4, 2))),
+    ):
         for method in (scaler.transform, scaler.partial_fit):
             with pytest.raises(ValueError) as excinfo:
                 method(bad)
             messages.append(str(excinfo.value))
-    assert set(messages) == {"X has 2 features, but BatchNormScaler is expecting 3 features as input."}
+    assert set(messages) == {
+        "X has 2 features, but BatchNormScaler is expecting 3 features as input."
+    }
     for bad in (np.ones((0, 3)), np.ones(3), np.ones((2, 3, 1))):
         with pytest.raises(ValueError):
             scaler.transform(bad)
@@ -960,7 +1124,9 @@ def test_unfitted_raises_not_fitted():
 def test_get_feature_names_out():
     pd = pytest.importorskip("pandas")
     X = _data(m=3)
-    assert_array_equal(BatchNormScaler().fit(X).get_feature_names_out(), ["x0", "x1", "x2"])
+    assert_array_equal(
+        BatchNormScaler().fit(X).get_feature_names_out(), ["x0", "x1", "x2"]
+    )
     df = pd.DataFrame(X, columns=["a", "b", "c"])
     scaler = BatchNormScaler().fit(df)
     assert_array_equal(scaler.feature_names_in_, ["a", "b", "c"])
@@ -989,7 +1155,9 @@ def test_set_output(output):
 def test_pickle_round_trip(momentum):
     X = _data()
     X[3, 1] = np.nan
-    scaler = BatchNormScaler(momentum=momentum, gamma=np.arange(1.0, 7.0), beta=0.5).fit(X)
+    scaler = BatchNormScaler(
+        momentum=momentum, gamma=np.arange(1.0, 7.0), beta=0.5
+    ).fit(X)
     clone_ = pickle.loads(pickle.dumps(scaler))
     assert_array_equal(clone_.transform(X), scaler.transform(X))
     assert_array_equal(clone_.n_samples_seen_, scaler.n_samples_seen_)
@@ -1047,7 +1215,9 @@ def test_concurrent_transforms_from_many_threads(monkeypatch):
     # result is what the call gives alone.
     monkeypatch.setattr(_threads, "ELEMENTS_PER_BLOCK", 50_000)
     rng = np.random.RandomState(0)
-    arrays = [rng.normal(size=(n, 64)) for n in (4000, 6000, 9000, 12000, 5000, 7000, 8000)]
+    arrays = [
+        rng.normal(size=(n, 64)) for n in (4000, 6000, 9000, 12000, 5000, 7000, 8000)
+    ]
     scaler = BatchNormScaler().fit(arrays[0])
     expected = [scaler.transform(X) for X in arrays]
     results = [None] * len(arrays)
@@ -1075,8 +1245,10 @@ def _threaded_fit_transform(X):
     return BatchNormScaler().fit_transform(X)
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                    reason="needs the fork start method")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
 def test_forked_child_works_after_the_parent_ran_a_team(monkeypatch):
     # GNU OpenMP's threads do not survive fork(): a child forked after the
     # parent ran a team works on one thread, and gets the same result.
@@ -1106,7 +1278,9 @@ def test_affine_columns_kernel(dtype, n_cols):
     shift = rng.normal(size=n_cols).astype(dtype)
     out = np.empty_like(x)
     assert affine_columns(x, center, scale, shift, out) is False
-    assert_allclose(out, (x - center) * scale + shift, rtol=1e-6, atol=1e-6, equal_nan=True)
+    assert_allclose(
+        out, (x - center) * scale + shift, rtol=1e-6, atol=1e-6, equal_nan=True
+    )
     assert np.isnan(out[2, 3])
     # x - center is exact near the center: no cancellation of large products.
     big = np.full((3, n_cols), 651.0, dtype=dtype)
@@ -1120,14 +1294,24 @@ def test_affine_columns_kernel(dtype, n_cols):
     assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
     assert affine_columns(x[:0], center, scale, shift, out[:0]) is False
     assert has_infinity(x[:0]) is False
-    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+    with pytest.raises(
+        ValueError, match=f"center, scale and shift must have length {n_cols}"
+    ):
         affine_columns(x, center, scale[:4], shift, out)
-    with pytest.raises(ValueError, match=f"center, scale and shift must have length {n_cols}"):
+    with pytest.raises(
+        ValueError, match=f"center, scale and shift must have length {n_cols}"
+    ):
         affine_columns(x, center[:4], scale, shift, out)
     with pytest.raises(ValueError, match="out has shape"):
         affine_columns(x, center, scale, shift, out[:6])
     with pytest.raises((TypeError, ValueError)):
-        affine_columns(x, center, scale.astype(np.float64 if dtype == np.float32 else np.float32), shift, out)
+        affine_columns(
+            x,
+            center,
+            scale.astype(np.float64 if dtype == np.float32 else np.float32),
+            shift,
+            out,
+        )
     with pytest.raises((TypeError, ValueError)):
         affine_columns(np.asfortranarray(x), center, scale, shift, out)
     ro = x.copy()
@@ -1152,17 +1336,27 @@ def _twin_tol(plain, X, out):
     """
     eps = np.finfo(X.dtype).eps
     X = np.asarray(X, dtype=np.float64)
-    return 4 * eps * ((np.abs(X) + np.abs(plain.mean_)) / np.abs(plain.scale_) + np.abs(out))
+    return (
+        4
+        * eps
+        * ((np.abs(X) + np.abs(plain.mean_)) / np.abs(plain.scale_) + np.abs(out))
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("params", [
-    {},
-    {"epsilon": 0.0},
-    {"gamma": 0.5, "beta": 1.0},
-    {"gamma": [1.0, 2.0, -3.0, 0.5, 1.0, 4.0], "beta": [0.0, 1.0, 2.0, -3.0, 0.5, 0.0],
-     "momentum": 0.1},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"epsilon": 0.0},
+        {"gamma": 0.5, "beta": 1.0},
+        {
+            "gamma": [1.0, 2.0, -3.0, 0.5, 1.0, 4.0],
+            "beta": [0.0, 1.0, 2.0, -3.0, 0.5, 0.0],
+            "momentum": 0.1,
+        },
+    ],
+)
 def test_to_sklearn_transforms_as_the_scaler(dtype, params):
     X = _data(dtype=dtype)
     X[3, 1] = np.nan
@@ -1171,7 +1365,9 @@ def test_to_sklearn_transforms_as_the_scaler(dtype, params):
     plain = scaler.to_sklearn()
     assert type(plain) is StandardScaler
     assert plain.n_features_in_ == 6
-    assert_array_equal(plain.n_samples_seen_, scaler.n_samples_seen_)  # per feature (NaN)
+    assert_array_equal(
+        plain.n_samples_seen_, scaler.n_samples_seen_
+    )  # per feature (NaN)
 
     ours, theirs = scaler.transform(X), plain.transform(X)
     assert theirs.dtype == ours.dtype == dtype
@@ -1180,11 +1376,19 @@ def test_to_sklearn_transforms_as_the_scaler(dtype, params):
     assert np.all(np.nan_to_num(diff - _twin_tol(plain, X, ours)) <= 0)
 
     # inverse_transform of the same transformed data: back to X
-    back_ours, back_theirs = scaler.inverse_transform(ours), plain.inverse_transform(ours)
+    back_ours, back_theirs = (
+        scaler.inverse_transform(ours),
+        plain.inverse_transform(ours),
+    )
     assert back_theirs.dtype == dtype
     assert_allclose(back_theirs, back_ours, **_tol(dtype), equal_nan=True)
-    assert_allclose(back_theirs, X, rtol=1e-4 if dtype == np.float32 else 1e-10,
-                    atol=1e-4 if dtype == np.float32 else 1e-10, equal_nan=True)
+    assert_allclose(
+        back_theirs,
+        X,
+        rtol=1e-4 if dtype == np.float32 else 1e-10,
+        atol=1e-4 if dtype == np.float32 else 1e-10,
+        equal_nan=True,
+    )
 
 
 def test_to_sklearn_default_statistics_are_standard_scalers():
@@ -1221,7 +1425,9 @@ def test_to_sklearn_keeps_feature_names_and_output_config():
     assert list(plain.feature_names_in_) == ["a", "b", "c"]
     out = plain.transform(X)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["a", "b", "c"]
-    assert_allclose(out.to_numpy(), scaler.transform(X).to_numpy(), rtol=1e-12, atol=1e-12)
+    assert_allclose(
+        out.to_numpy(), scaler.transform(X).to_numpy(), rtol=1e-12, atol=1e-12
+    )
     # The twin is independent of the scaler it came from.
     plain.mean_[:] = 0
     assert not np.all(scaler.running_mean_ == 0)

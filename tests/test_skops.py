@@ -79,14 +79,17 @@ def test_dump_load_round_trip(cls, tmp_path):
 def test_pipeline_needs_the_estimators_types_only(tmp_path):
     X, y = load_iris(return_X_y=True)
     model = make_pipeline(
-        BatchNormScaler(), MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+        BatchNormScaler(),
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(X, y)
     path = _dump(model, tmp_path)
     untrusted = sio.get_untrusted_types(file=path)
-    assert sorted(untrusted) == sorted([TRUSTED[BatchNormScaler], TRUSTED[MLPBNClassifier]])
+    assert sorted(untrusted) == sorted(
+        [TRUSTED[BatchNormScaler], TRUSTED[MLPBNClassifier]]
+    )
     restored = sio.load(path, trusted=untrusted)
     assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
 

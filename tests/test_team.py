@@ -13,7 +13,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from sklearn_bn import BatchNormScaler, _team, _threads
 
 needs_openmp = pytest.mark.skipif(
-    _team.openmp_max_threads() < 2, reason="built without OpenMP, or limited to one thread"
+    _team.openmp_max_threads() < 2,
+    reason="built without OpenMP, or limited to one thread",
 )
 
 
@@ -65,7 +66,9 @@ def test_kernel_blocks_depend_on_the_shape_only():
 
 def test_prediction_threads():
     def blas_threads():
-        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+        return {
+            lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
+        }
 
     with threadpool_limits(2, user_api="blas"):
         # Products BLAS runs on one thread anyway: nothing changes.
@@ -89,8 +92,10 @@ def _max_threads_in_child():
     return _threads.max_threads()
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                    reason="needs the fork start method")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
 def test_forked_children_run_on_one_thread():
     # The parent has run a team (the scaler's kernels share 2 row blocks).
     BatchNormScaler().fit(np.ones((2 * 1024, 1024)))

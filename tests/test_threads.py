@@ -14,19 +14,22 @@ import warnings
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor, _team, _threads
 
 needs_openmp = pytest.mark.skipif(
-    _team.openmp_max_threads() < 2, reason="built without OpenMP, or limited to one thread"
+    _team.openmp_max_threads() < 2,
+    reason="built without OpenMP, or limited to one thread",
 )
 
 
 def blas_limits():
-    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return [
+        lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
+    ]
 
 
 def data(seed=0, n=400, n_features=20):
@@ -38,8 +41,13 @@ def data(seed=0, n=400, n_features=20):
 
 def big_regressor(seed=0, **params):
     """Minibatches large enough for the engine to run a team of threads."""
-    params = {"hidden_layer_sizes": (64,), "batch_size": 200, "max_iter": 3,
-              "random_state": seed, **params}
+    params = {
+        "hidden_layer_sizes": (64,),
+        "batch_size": 200,
+        "max_iter": 3,
+        "random_state": seed,
+        **params,
+    }
     return MLPBNRegressor(**params)
 
 
@@ -195,7 +203,9 @@ def test_concurrent_fits_give_the_sequential_models():
     # Bit for bit: a fit that overlaps another may run on fewer threads, but
     # cuts its work in the same pieces.
     data_sets = [data(seed=s) for s in range(3)]
-    sequential = [fit_quietly(big_regressor(seed=s), *d) for s, d in enumerate(data_sets)]
+    sequential = [
+        fit_quietly(big_regressor(seed=s), *d) for s, d in enumerate(data_sets)
+    ]
     results = [None] * 3
 
     def fit(k):
@@ -207,9 +217,10 @@ def test_concurrent_fits_give_the_sequential_models():
     for thread in threads:
         thread.join()
     for one, other in zip(sequential, results):
-        for a, b in zip(one.coefs_ + one.intercepts_ + one.gammas_ + one.running_vars_,
-                        other.coefs_ + other.intercepts_ + other.gammas_
-                        + other.running_vars_):
+        for a, b in zip(
+            one.coefs_ + one.intercepts_ + one.gammas_ + one.running_vars_,
+            other.coefs_ + other.intercepts_ + other.gammas_ + other.running_vars_,
+        ):
             assert_array_equal(a, b)
         assert one.loss_curve_ == other.loss_curve_
 
@@ -289,15 +300,26 @@ if __name__ == "__main__":
 
 
 @needs_openmp
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                    reason="needs the fork start method")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
 def test_forked_children_are_single_threaded_only_after_a_team():
     # Without the thread limits other tests may have left in the
     # environment (Dask's workers set OMP_NUM_THREADS=1 in it).
-    env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"}
-    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True,
-                         text=True, check=True, timeout=120, env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
     before, after, parent = map(int, out.stdout.split())
     assert before == parent >= 2
     assert after == 1
@@ -336,15 +358,26 @@ print(_threads.max_threads(), _threads.usable_cores())
 
 
 @needs_openmp
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                    reason="needs the fork start method")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
 def test_a_forked_child_trains_on_the_engine_s_threads():
     # The engine's pool of threads starts afresh in a forked child: it
     # trains there on as many threads, to the same model.
-    env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"}
-    out = subprocess.run([sys.executable, "-c", POOL_FORK_SCRIPT], capture_output=True,
-                         text=True, check=True, timeout=120, env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", POOL_FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
     same, threads = out.stdout.split()
     assert same == "True"
     assert int(threads) >= 2
@@ -353,8 +386,13 @@ def test_a_forked_child_trains_on_the_engine_s_threads():
 @needs_openmp
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity")
 def test_the_cores_follow_the_cpu_affinity():
-    out = subprocess.run([sys.executable, "-c", AFFINITY_SCRIPT], capture_output=True,
-                         text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", AFFINITY_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     assert out.stdout.split() == ["1", "1"]
 
 
@@ -409,15 +447,18 @@ def _refit_while_reading(make, data_a, data_b, read, n_refits=12):
 def test_a_refit_is_atomic_for_readers_classifier(method):
     rng = np.random.RandomState(0)
     X = rng.normal(size=(300, 8))
-    y_a = np.digitize(X[:, 0], [-0.5, 0.5])                  # classes 0, 1, 2
-    y_b = 10 + np.digitize(X[:, 1] - X[:, 2], [-1, 0, 1])   # classes 10..13
+    y_a = np.digitize(X[:, 0], [-0.5, 0.5])  # classes 0, 1, 2
+    y_b = 10 + np.digitize(X[:, 1] - X[:, 2], [-1, 0, 1])  # classes 10..13
 
     def make():
         return MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
 
-    expected = [getattr(fit_quietly(make(), X, y), method)(X, *([y] if method == "score"
-                                                                 else []))
-                for y in (y_a, y_b)]
+    expected = [
+        getattr(fit_quietly(make(), X, y), method)(
+            X, *([y] if method == "score" else [])
+        )
+        for y in (y_a, y_b)
+    ]
 
     def read(model, X_read):
         if method == "score":
@@ -431,7 +472,9 @@ def test_a_refit_is_atomic_for_readers_classifier(method):
         assert all(s in expected for s in seen)
         return
     for result in seen:
-        assert any(result.shape == e.shape and np.array_equal(result, e) for e in expected)
+        assert any(
+            result.shape == e.shape and np.array_equal(result, e) for e in expected
+        )
 
 
 def test_a_refit_is_atomic_for_readers_regressor_and_scaler():
@@ -441,8 +484,9 @@ def test_a_refit_is_atomic_for_readers_regressor_and_scaler():
     def make():
         return MLPBNRegressor(hidden_layer_sizes=(16,), max_iter=2, random_state=0)
 
-    expected = [fit_quietly(make(), Xs, y).predict(X_b if Xs is X_b else X)
-                for Xs in (X, X_b)]
+    expected = [
+        fit_quietly(make(), Xs, y).predict(X_b if Xs is X_b else X) for Xs in (X, X_b)
+    ]
     model = fit_quietly(make(), X, y)
     seen, errors, stop = [], [], threading.Event()
 

@@ -53,7 +53,7 @@ def torch_loss(params, Xb, Yb, classifier, alpha):
     for W, gamma, beta in zip(coefs[:-1], gammas, intercepts[:-1]):
         z = a @ W
         mean = z.mean(dim=0)
-        var = ((z - mean) ** 2).mean(dim=0)   # biased, as batch norm in training
+        var = ((z - mean) ** 2).mean(dim=0)  # biased, as batch norm in training
         a = torch.tanh(gamma * (z - mean) / torch.sqrt(var + BN_EPSILON) + beta)
     raw = a @ coefs[-1] + intercepts[-1]
     if classifier:
@@ -64,20 +64,39 @@ def torch_loss(params, Xb, Yb, classifier, alpha):
     return data + alpha / (2 * Xb.shape[0]) * l2
 
 
-def torch_fit(X, Y, init, *, classifier, solver, schedule, lr, weight_decay, alpha,
-              nesterov=True, momentum=0.9):
+def torch_fit(
+    X,
+    Y,
+    init,
+    *,
+    classifier,
+    solver,
+    schedule,
+    lr,
+    weight_decay,
+    alpha,
+    nesterov=True,
+    momentum=0.9,
+):
     dtype = {np.float32: torch.float32, np.float64: torch.float64}[X.dtype.type]
-    params = [[torch.tensor(p, dtype=dtype, requires_grad=True) for p in group]
-              for group in init]
+    params = [
+        [torch.tensor(p, dtype=dtype, requires_grad=True) for p in group]
+        for group in init
+    ]
     coefs = params[0]
     others = params[1] + params[2]
     batches = [(start, start + BATCH) for start in range(0, N_ROWS, BATCH)] * MAX_ITER
     T = len(batches)
     if solver == "adam":
         optimizer = torch.optim.AdamW(
-            [{"params": coefs, "weight_decay": weight_decay},
-             {"params": others, "weight_decay": 0.0}],
-            lr=lr, betas=(0.9, 0.999), eps=ADAM_EPSILON)
+            [
+                {"params": coefs, "weight_decay": weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ],
+            lr=lr,
+            betas=(0.9, 0.999),
+            eps=ADAM_EPSILON,
+        )
     velocity = [torch.zeros_like(p) for p in coefs + others]
     Xt, Yt = torch.tensor(X), torch.tensor(Y, dtype=dtype)
     for t, (start, stop) in enumerate(batches):
@@ -111,7 +130,9 @@ CASES = {
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("solver, nesterov", [("sgd", True), ("sgd", False), ("adam", True)])
+@pytest.mark.parametrize(
+    "solver, nesterov", [("sgd", True), ("sgd", False), ("adam", True)]
+)
 @pytest.mark.parametrize("classifier", [False, True], ids=["regressor", "classifier"])
 def test_fit_matches_pytorch(classifier, solver, nesterov, case, dtype):
     rng = np.random.RandomState(0)
@@ -128,22 +149,48 @@ def test_fit_matches_pytorch(classifier, solver, nesterov, case, dtype):
         y = np.column_stack([np.sin(X[:, 0]) + X[:, 1], X[:, 2] ** 2])
         Y = y
         est = MLPBNRegressor()
-    est.set_params(hidden_layer_sizes=HIDDEN, activation="tanh", solver=solver,
-                   nesterovs_momentum=nesterov, momentum=0.9, batch_size=BATCH,
-                   shuffle=False, max_iter=MAX_ITER, tol=0.0, n_iter_no_change=100,
-                   alpha=alpha, learning_rate=CASES[case]["schedule"], early_stopping=False,
-                   learning_rate_init=lr, weight_decay=CASES[case]["weight_decay"],
-                   epsilon=ADAM_EPSILON, bn_epsilon=BN_EPSILON, random_state=0,
-                   input_preprocessing=None)  # X straight into the first layer
+    est.set_params(
+        hidden_layer_sizes=HIDDEN,
+        activation="tanh",
+        solver=solver,
+        nesterovs_momentum=nesterov,
+        momentum=0.9,
+        batch_size=BATCH,
+        shuffle=False,
+        max_iter=MAX_ITER,
+        tol=0.0,
+        n_iter_no_change=100,
+        alpha=alpha,
+        learning_rate=CASES[case]["schedule"],
+        early_stopping=False,
+        learning_rate_init=lr,
+        weight_decay=CASES[case]["weight_decay"],
+        epsilon=ADAM_EPSILON,
+        bn_epsilon=BN_EPSILON,
+        random_state=0,
+        input_preprocessing=None,
+    )  # X straight into the first layer
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, y)
     init = glorot([N_FEATURES, *HIDDEN, Y.shape[1]], 0, dtype)
-    expected = torch_fit(X, Y, init, classifier=classifier, solver=solver, lr=lr,
-                         alpha=alpha, nesterov=nesterov, **CASES[case])
+    expected = torch_fit(
+        X,
+        Y,
+        init,
+        classifier=classifier,
+        solver=solver,
+        lr=lr,
+        alpha=alpha,
+        nesterov=nesterov,
+        **CASES[case],
+    )
     rtol, atol = (3e-4, 3e-5) if dtype == np.float32 else (1e-9, 1e-11)
-    for name, got, want in zip(("coefs", "gammas", "intercepts"),
-                               (est.coefs_, est.gammas_, est.intercepts_), expected):
+    for name, got, want in zip(
+        ("coefs", "gammas", "intercepts"),
+        (est.coefs_, est.gammas_, est.intercepts_),
+        expected,
+    ):
         for l, (a, b) in enumerate(zip(got, want)):
             assert a.dtype == dtype
             assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{l}]")

@@ -23,6 +23,12 @@ from scipy.special import expit, softmax
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
+from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
+from sklearn_bn import _engine, _mlp, _team, _threads, _training
+from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
+from sklearn_bn._utils import aligned_zeros
+
 from reference import (
     ACTIVATIONS,
     optimizer_steps,
@@ -32,16 +38,11 @@ from reference import (
     ref_per_sample_loss,
 )
 from reference import activation as ref_activation
-from sklearn_bn import _engine, _mlp, _team, _threads, _training
-from sklearn_bn import MLPBNClassifier as _MLPBNClassifier
-from sklearn_bn import MLPBNRegressor as _MLPBNRegressor
 
 # The engine's math takes X as the first layer's input: the estimators here
 # run without input handling (tests/test_preprocessing.py covers it).
 MLPBNClassifier = functools.partial(_MLPBNClassifier, input_preprocessing=None)
 MLPBNRegressor = functools.partial(_MLPBNRegressor, input_preprocessing=None)
-from sklearn_bn._engine import Engine, FoldedNetwork, Parameters
-from sklearn_bn._utils import aligned_zeros
 
 BN_EPSILON = 1e-5
 
@@ -53,11 +54,25 @@ BN_EPSILON = 1e-5
 # Calling the engine as _BaseMLPBN._fit_stochastic does
 
 
-def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                             out_activation, alpha, *, running_mean=None,
-                             running_var=None, update_running=False,
-                             bn_momentum=0.1, eps=BN_EPSILON, n_batches_tracked=0,
-                             **engine_options):
+def engine_loss_and_gradient(
+    X,
+    Y,
+    sw,
+    coefs,
+    gammas,
+    intercepts,
+    activation,
+    out_activation,
+    alpha,
+    *,
+    running_mean=None,
+    running_var=None,
+    update_running=False,
+    bn_momentum=0.1,
+    eps=BN_EPSILON,
+    n_batches_tracked=0,
+    **engine_options,
+):
     """One call of ``Engine.loss_and_gradient`` on the whole of ``X``.
 
     Returns the loss, the gradient as (coefs, gammas, intercepts) lists and
@@ -67,21 +82,37 @@ def engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
     n = X.shape[0]
     units = [X.shape[1]] + [np.asarray(W).shape[1] for W in coefs]
     step = engine_options.pop("step", 0)
-    engine = Engine(units, activation=activation, out_activation=out_activation,
-                    dtype=dtype, max_batch=max(n, 2), sparse=sp.issparse(X),
-                    weighted=sw is not None, alpha=alpha, bn_momentum=bn_momentum,
-                    bn_epsilon=eps, **engine_options)
+    engine = Engine(
+        units,
+        activation=activation,
+        out_activation=out_activation,
+        dtype=dtype,
+        max_batch=max(n, 2),
+        sparse=sp.issparse(X),
+        weighted=sw is not None,
+        alpha=alpha,
+        bn_momentum=bn_momentum,
+        bn_epsilon=eps,
+        **engine_options,
+    )
     n_hidden = sum(units[1:-1])
     if running_mean is None:
         running_mean = np.zeros(n_hidden, dtype=dtype)
     if running_var is None:
         running_var = np.ones(n_hidden, dtype=dtype)
-    params = Parameters(engine.layout.pack(coefs, gammas, intercepts, dtype),
-                        running_mean, running_var, n_batches_tracked)
+    params = Parameters(
+        engine.layout.pack(coefs, gammas, intercepts, dtype),
+        running_mean,
+        running_var,
+        n_batches_tracked,
+    )
     engine.network.grad[:] = np.nan  # must be overwritten
     loss, grad = engine.loss_and_gradient(
-        data=engine.bind(X, Y, sw), params=params, update_running=update_running,
-        step=step)
+        data=engine.bind(X, Y, sw),
+        params=params,
+        update_running=update_running,
+        step=step,
+    )
     return loss, engine.layout.unpack(grad), running_mean, running_var
 
 
@@ -103,8 +134,13 @@ def make_problem(problem, n=11, n_features=4, hidden=(5, 3), seed=0, dtype=np.fl
     """Data, targets (as the engine sees them) and random parameters."""
     rng = np.random.RandomState(seed)
     X = rng.normal(size=(n, n_features))
-    n_out = {"binary": 1, "multiclass": 3, "multilabel": 3,
-             "squared_error": 2, "poisson": 2}[problem]
+    n_out = {
+        "binary": 1,
+        "multiclass": 3,
+        "multilabel": 3,
+        "squared_error": 2,
+        "poisson": 2,
+    }[problem]
     if problem == "binary":
         Y = (rng.uniform(size=(n, 1)) < 0.5).astype(float)
     elif problem == "multiclass":
@@ -119,7 +155,10 @@ def make_problem(problem, n=11, n_features=4, hidden=(5, 3), seed=0, dtype=np.fl
     coefs = [rng.normal(scale=0.7, size=(a, b)) for a, b in zip(units[:-1], units[1:])]
     gammas = [rng.uniform(0.5, 1.5, size=h) for h in hidden]
     intercepts = [rng.uniform(-0.5, 0.5, size=u) for u in units[1:]]
-    cast = [[np.asarray(p, dtype=dtype) for p in group] for group in (coefs, gammas, intercepts)]
+    cast = [
+        [np.asarray(p, dtype=dtype) for p in group]
+        for group in (coefs, gammas, intercepts)
+    ]
     return X.astype(dtype), Y.astype(dtype), *cast
 
 
@@ -131,7 +170,9 @@ def sample_weights(n, seed=0):
 
 
 def assert_grad_allclose(actual, expected, rtol, atol):
-    for name, a_group, e_group in zip(("coefs", "gammas", "intercepts"), actual, expected):
+    for name, a_group, e_group in zip(
+        ("coefs", "gammas", "intercepts"), actual, expected
+    ):
         assert len(a_group) == len(e_group), name
         for l, (a, e) in enumerate(zip(a_group, e_group)):
             assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"{name}[{l}]")
@@ -159,12 +200,16 @@ def test_gradient_matches_central_differences(activation, problem, alpha, weight
         assert min(np.abs(y[rows]).min() for y in pre) > 1e-4
 
     loss, grad, _, _ = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
-    expected_loss = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
+        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha
+    )
+    expected_loss = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha
+    )
     assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-13)
 
     numeric = ref_numeric_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha)
+        X, Y, sw, coefs, gammas, intercepts, activation, out, alpha
+    )
     assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
     # The check is not vacuous: every group has a non-zero gradient.
     for group in grad:
@@ -189,7 +234,8 @@ def test_saturated_probabilities_are_clipped_as_scikit_learn_does(problem, dtype
     sk_loss = binary_log_loss if out == "logistic" else log_loss
     expected = sk_loss(Y, p)
     loss, grad, _, _ = engine_loss_and_gradient(
-        X, Y, None, coefs, gammas, intercepts, "relu", out, 0.0)
+        X, Y, None, coefs, gammas, intercepts, "relu", out, 0.0
+    )
     assert loss == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-10)
     assert all(np.isfinite(g).all() for group in grad for g in group)
 
@@ -200,14 +246,18 @@ def test_gradient_hand_checked_single_hidden_unit(problem):
     # norm makes the hidden layer exactly gamma * standardized(z) + beta, so the
     # output does not depend on the first layer's coefficient at all.
     X = np.array([[1.0], [2.0], [4.0]])
-    Y = (np.eye(2)[[0, 1, 1]] if problem == "multiclass"
-         else np.array([[0.5, -1.0], [1.0, 0.0], [2.0, 1.0]]))
+    Y = (
+        np.eye(2)[[0, 1, 1]]
+        if problem == "multiclass"
+        else np.array([[0.5, -1.0], [1.0, 0.0], [2.0, 1.0]])
+    )
     out = OUT_ACTIVATION[problem]
     coefs = [np.array([[0.7]]), np.array([[0.3, -0.2]])]
     gammas = [np.array([1.3])]
     intercepts = [np.array([0.1]), np.array([0.05, -0.05])]
     loss, grad, _, _ = engine_loss_and_gradient(
-        X, Y, None, coefs, gammas, intercepts, "identity", out, 0.0)
+        X, Y, None, coefs, gammas, intercepts, "identity", out, 0.0
+    )
     z = X[:, 0] * 0.7
     h = 1.3 * (z - z.mean()) / np.sqrt(z.var() + BN_EPSILON) + 0.1
     raw = h[:, None] * coefs[1] + intercepts[1]
@@ -224,22 +274,35 @@ def test_gradient_hand_checked_single_hidden_unit(problem):
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
-def test_sparse_first_layer_gives_the_dense_loss_and_gradient(problem, weighted, alpha,
-                                                              hidden):
+def test_sparse_first_layer_gives_the_dense_loss_and_gradient(
+    problem, weighted, alpha, hidden
+):
     # alpha = 0: the products write the gradient (grad starts as NaN); alpha
     # > 0: they add to the L2 term written first.
-    X, Y, coefs, gammas, intercepts = make_problem(problem, n=13, n_features=6, seed=3,
-                                                   hidden=hidden)
+    X, Y, coefs, gammas, intercepts = make_problem(
+        problem, n=13, n_features=6, seed=3, hidden=hidden
+    )
     X[np.abs(X) < 0.8] = 0.0  # about half the entries are zero
     X[4] = 0.0  # an empty row
     sw = sample_weights(X.shape[0]) if weighted else None
     out = OUT_ACTIVATION[problem]
-    dense = engine_loss_and_gradient(X, Y, sw, coefs, gammas, intercepts, "tanh", out, alpha,
-                                     update_running=True)
+    dense = engine_loss_and_gradient(
+        X, Y, sw, coefs, gammas, intercepts, "tanh", out, alpha, update_running=True
+    )
     for fmt in ("csr", "csc"):
         Xs = sp.csr_matrix(X) if fmt == "csr" else sp.csc_matrix(X)
-        sparse = engine_loss_and_gradient(Xs, Y, sw, coefs, gammas, intercepts, "tanh", out,
-                                          alpha, update_running=True)
+        sparse = engine_loss_and_gradient(
+            Xs,
+            Y,
+            sw,
+            coefs,
+            gammas,
+            intercepts,
+            "tanh",
+            out,
+            alpha,
+            update_running=True,
+        )
         assert sparse[0] == pytest.approx(dense[0], rel=1e-12)
         assert_grad_allclose(sparse[1], dense[1], rtol=1e-10, atol=1e-12)
         assert_allclose(sparse[2], dense[2], rtol=1e-12, atol=1e-14)
@@ -249,10 +312,29 @@ def test_sparse_first_layer_gives_the_dense_loss_and_gradient(problem, weighted,
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_float32_engine_stays_close_to_float64(problem):
     X, Y, coefs, gammas, intercepts = make_problem(problem, n=20, seed=5)
-    args64 = (X, Y, None, coefs, gammas, intercepts, "tanh", OUT_ACTIVATION[problem], 0.1)
-    cast = [[p.astype(np.float32) for p in group] for group in (coefs, gammas, intercepts)]
-    args32 = (X.astype(np.float32), Y.astype(np.float32), None, *cast, "tanh",
-              OUT_ACTIVATION[problem], 0.1)
+    args64 = (
+        X,
+        Y,
+        None,
+        coefs,
+        gammas,
+        intercepts,
+        "tanh",
+        OUT_ACTIVATION[problem],
+        0.1,
+    )
+    cast = [
+        [p.astype(np.float32) for p in group] for group in (coefs, gammas, intercepts)
+    ]
+    args32 = (
+        X.astype(np.float32),
+        Y.astype(np.float32),
+        None,
+        *cast,
+        "tanh",
+        OUT_ACTIVATION[problem],
+        0.1,
+    )
     loss64, grad64, _, _ = engine_loss_and_gradient(*args64)
     loss32, grad32, rm32, rv32 = engine_loss_and_gradient(*args32, update_running=True)
     for group in grad32:
@@ -275,17 +357,42 @@ def test_running_statistics_follow_the_pinned_update(weighted):
     m = X.shape[0] if sw is None else sw.sum()
     for momentum in (0.1, 0.35):
         _, _, rm, rv = engine_loss_and_gradient(
-            X, Y, sw, coefs, gammas, intercepts, "relu", "identity", 0.0,
-            running_mean=rm0.copy(), running_var=rv0.copy(), update_running=True,
-            bn_momentum=momentum)
+            X,
+            Y,
+            sw,
+            coefs,
+            gammas,
+            intercepts,
+            "relu",
+            "identity",
+            0.0,
+            running_mean=rm0.copy(),
+            running_var=rv0.copy(),
+            update_running=True,
+            bn_momentum=momentum,
+        )
         mean = np.concatenate([mu for mu, _ in stats])
         var = np.concatenate([v for _, v in stats])
-        assert_allclose(rm, (1 - momentum) * rm0 + momentum * mean, rtol=1e-12, atol=1e-14)
-        assert_allclose(rv, (1 - momentum) * rv0 + momentum * var * m / (m - 1), rtol=1e-12)
+        assert_allclose(
+            rm, (1 - momentum) * rm0 + momentum * mean, rtol=1e-12, atol=1e-14
+        )
+        assert_allclose(
+            rv, (1 - momentum) * rv0 + momentum * var * m / (m - 1), rtol=1e-12
+        )
     # update_running=False (the gradient checks) leaves them alone.
     _, _, rm, rv = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, "relu", "identity", 0.0,
-        running_mean=rm0.copy(), running_var=rv0.copy())
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        "relu",
+        "identity",
+        0.0,
+        running_mean=rm0.copy(),
+        running_var=rv0.copy(),
+    )
     assert_array_equal(rm, rm0)
     assert_array_equal(rv, rv0)
 
@@ -294,10 +401,12 @@ def test_gradient_does_not_depend_on_stale_workspace():
     # Two calls with the same workspace and parameters give the same answer
     # (nothing accumulates into grad or the statistics between calls).
     X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=12, seed=8)
-    first = engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts, "relu",
-                                     "softmax", 0.2)
-    second = engine_loss_and_gradient(X, Y, None, coefs, gammas, intercepts, "relu",
-                                      "softmax", 0.2)
+    first = engine_loss_and_gradient(
+        X, Y, None, coefs, gammas, intercepts, "relu", "softmax", 0.2
+    )
+    second = engine_loss_and_gradient(
+        X, Y, None, coefs, gammas, intercepts, "relu", "softmax", 0.2
+    )
     assert first[0] == second[0]
     assert_grad_allclose(first[1], second[1], rtol=0, atol=0)
 
@@ -307,12 +416,18 @@ def test_gradient_does_not_depend_on_stale_workspace():
 
 
 def params_of(est):
-    return ([c.copy() for c in est.coefs_], [g.copy() for g in est.gammas_],
-            [b.copy() for b in est.intercepts_])
+    return (
+        [c.copy() for c in est.coefs_],
+        [g.copy() for g in est.gammas_],
+        [b.copy() for b in est.intercepts_],
+    )
 
 
 def running_of(est):
-    return ([m.copy() for m in est.running_means_], [v.copy() for v in est.running_vars_])
+    return (
+        [m.copy() for m in est.running_means_],
+        [v.copy() for v in est.running_vars_],
+    )
 
 
 def glorot_draws(units, activation, rs):
@@ -363,9 +478,17 @@ def test_first_sgd_step_from_scikit_learn_initialization(activation, weighted):
     n = X.shape[0]
     sw = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 1.0, 2.0]) if weighted else None
     lr, alpha = 0.05, 0.01
-    est = MLPBNRegressor(hidden_layer_sizes=(4, 3), activation=activation, solver="sgd",
-                         momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
-                         alpha=alpha, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4, 3),
+        activation=activation,
+        solver="sgd",
+        momentum=0.0,
+        batch_size=n,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        random_state=0,
+    )
     est.partial_fit(X, y, sample_weight=sw)
 
     units = [3, 4, 3, 1]
@@ -401,9 +524,18 @@ def test_multi_output_loss_is_reported_as_scikit_learn_does(loss):
     Y = np.abs(X @ rng.normal(size=(3, 3))) + 0.1
     sw = rng.uniform(0.5, 2.0, n)
     lr, alpha = 0.05, 0.01
-    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
-                         momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
-                         alpha=alpha, loss=loss, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4,),
+        activation="tanh",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=n,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        loss=loss,
+        random_state=0,
+    )
     est.partial_fit(X, Y, sample_weight=sw)
 
     out = "identity" if loss == "squared_error" else "exp"
@@ -420,13 +552,34 @@ def test_multi_output_loss_is_reported_as_scikit_learn_does(loss):
 
 LABEL_SMOOTHING_CASES = {
     # problem: (labels, smoothed targets of the labels, output activation)
-    "multiclass": (np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 1]),
-                   lambda Y, eps: (1 - eps) * Y + eps / 3, "softmax"),
-    "binary": (np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1]),
-               lambda Y, eps: Y * (1 - eps) + eps / 2, "logistic"),
-    "multilabel": (np.array([[0, 1], [1, 1], [1, 0], [0, 0], [1, 1],
-                             [0, 1], [1, 0], [0, 0], [1, 0], [0, 1]]),
-                   lambda Y, eps: Y * (1 - eps) + eps / 2, "logistic"),
+    "multiclass": (
+        np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 1]),
+        lambda Y, eps: (1 - eps) * Y + eps / 3,
+        "softmax",
+    ),
+    "binary": (
+        np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1]),
+        lambda Y, eps: Y * (1 - eps) + eps / 2,
+        "logistic",
+    ),
+    "multilabel": (
+        np.array(
+            [
+                [0, 1],
+                [1, 1],
+                [1, 0],
+                [0, 0],
+                [1, 1],
+                [0, 1],
+                [1, 0],
+                [0, 0],
+                [1, 0],
+                [0, 1],
+            ]
+        ),
+        lambda Y, eps: Y * (1 - eps) + eps / 2,
+        "logistic",
+    ),
 }
 
 
@@ -442,21 +595,38 @@ def test_label_smoothing_trains_on_the_smoothed_targets(problem, dtype):
     X = rng.normal(size=(n, 3))
     sw = rng.uniform(0.5, 2.0, n)
     eps, lr, alpha = 0.2, 0.05, 0.01
-    est = MLPBNClassifier(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
-                          momentum=0.0, batch_size=n, shuffle=False, learning_rate_init=lr,
-                          alpha=alpha, label_smoothing=eps, random_state=0)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(4,),
+        activation="tanh",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=n,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        label_smoothing=eps,
+        random_state=0,
+    )
     classes = [0, 1] if problem == "multilabel" else np.unique(labels)
     est.partial_fit(X.astype(dtype), labels, sample_weight=sw, classes=classes)
-    Y = (labels if labels.ndim == 2 else
-         np.eye(3)[labels] if problem == "multiclass" else labels[:, None]).astype(float)
+    Y = (
+        labels
+        if labels.ndim == 2
+        else np.eye(3)[labels]
+        if problem == "multiclass"
+        else labels[:, None]
+    ).astype(float)
     Y_smooth = smooth(Y, eps)
     params0 = glorot_init([3, 4, Y.shape[1]], "tanh", seed=0)
     sw_used = sw.astype(dtype).astype(np.float64)
-    expected = ref_loss(X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out, alpha)
+    expected = ref_loss(
+        X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out, alpha
+    )
     rtol = 1e-10 if dtype == np.float64 else 1e-5
     assert est.loss_ == pytest.approx(expected, rel=rtol)
-    grad = ref_numeric_gradient(X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out,
-                                alpha)
+    grad = ref_numeric_gradient(
+        X.astype(dtype), Y_smooth, sw_used, *params0, "tanh", out, alpha
+    )
     if dtype == np.float64:
         assert_params_allclose(est, sgd_step(params0, grad, lr))
     else:
@@ -471,15 +641,24 @@ def test_label_smoothing_matches_pytorch_cross_entropy():
     rng = np.random.RandomState(4)
     X = rng.normal(size=(len(labels), 3))
     eps = 0.3
-    est = MLPBNClassifier(hidden_layer_sizes=(4,), activation="relu", solver="sgd",
-                          momentum=0.0, batch_size=len(labels), shuffle=False,
-                          learning_rate_init=1e-3, alpha=0.0, label_smoothing=eps,
-                          random_state=0)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(4,),
+        activation="relu",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=len(labels),
+        shuffle=False,
+        learning_rate_init=1e-3,
+        alpha=0.0,
+        label_smoothing=eps,
+        random_state=0,
+    )
     est.partial_fit(X, labels, classes=[0, 1, 2])
     params0 = glorot_init([3, 4, 3], "relu", seed=0)
     raw = ref_forward_train(X, *params0, "relu")[0]
     expected = torch.nn.functional.cross_entropy(
-        torch.tensor(raw), torch.tensor(labels), label_smoothing=eps).item()
+        torch.tensor(raw), torch.tensor(labels), label_smoothing=eps
+    ).item()
     assert est.loss_ == pytest.approx(expected, rel=1e-10)
 
 
@@ -489,18 +668,25 @@ def test_label_smoothing_off_and_validation():
     # label_smoothing=0.0 is the round-2 math exactly: the pinned fits of
     # test_reproducibility pass it. The default smooths by 0.1.
     default = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
-    explicit = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
-                               label_smoothing=0.1)
-    zero = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0,
-                           label_smoothing=0.0)
+    explicit = MLPBNClassifier(
+        hidden_layer_sizes=(4,), max_iter=2, random_state=0, label_smoothing=0.1
+    )
+    zero = MLPBNClassifier(
+        hidden_layer_sizes=(4,), max_iter=2, random_state=0, label_smoothing=0.0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         a, b = default.fit(X, labels), explicit.fit(X, labels)
         zero.fit(X, labels)
         # Early stopping scores the true labels: accuracies, not smoothed.
-        stopped = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0,
-                                  early_stopping=True, validation_fraction=0.25,
-                                  label_smoothing=0.4).fit(X, labels)
+        stopped = MLPBNClassifier(
+            hidden_layer_sizes=(4,),
+            max_iter=3,
+            random_state=0,
+            early_stopping=True,
+            validation_fraction=0.25,
+            label_smoothing=0.4,
+        ).fit(X, labels)
     for p, q in zip(a.coefs_, b.coefs_):
         assert_array_equal(p, q)
     assert not np.array_equal(a.coefs_[0], zero.coefs_[0])
@@ -516,15 +702,26 @@ def test_sgd_momentum_steps(nesterov):
     # carried across minibatches and across partial_fit calls.
     X, y = regression_data(n=8)
     lr, mom = 0.05, 0.9
-    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver="sgd",
-                         momentum=mom, nesterovs_momentum=nesterov, batch_size=4,
-                         shuffle=False, learning_rate_init=lr, alpha=0.0, random_state=1)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4,),
+        activation="tanh",
+        solver="sgd",
+        momentum=mom,
+        nesterovs_momentum=nesterov,
+        batch_size=4,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=0.0,
+        random_state=1,
+    )
     params = glorot_init([3, 4, 1], "tanh", seed=1)
     velocity = [[np.zeros_like(p) for p in group] for group in params]
     for _epoch in range(2):
         est.partial_fit(X, y)
         for rows in (slice(0, 4), slice(4, 8)):
-            grad = ref_numeric_gradient(X[rows], y[rows], None, *params, "tanh", "identity", 0.0)
+            grad = ref_numeric_gradient(
+                X[rows], y[rows], None, *params, "tanh", "identity", 0.0
+            )
             new_params = []
             for pg, vg, gg in zip(params, velocity, grad):
                 for i, (p, v, g) in enumerate(zip(pg, vg, gg)):
@@ -549,9 +746,16 @@ def adam_reference_step(params, m_state, v_state, grad, t, lr, b1, b2, eps):
 def test_adam_steps():
     X, y = regression_data(n=6)
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="relu", solver="adam",
-                         batch_size=6, shuffle=False, learning_rate_init=lr, alpha=0.05,
-                         random_state=2)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(3,),
+        activation="relu",
+        solver="adam",
+        batch_size=6,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=0.05,
+        random_state=2,
+    )
     params = glorot_init([3, 3, 1], "relu", seed=2)
     m_state = [[np.zeros_like(p) for p in group] for group in params]
     v_state = [[np.zeros_like(p) for p in group] for group in params]
@@ -570,13 +774,21 @@ def test_adam_steps_of_a_deep_network(n_threads, monkeypatch):
     # hidden layer's coefficients only once the delta below is complete:
     # three hidden layers exercise every place a step happens, and widths
     # over 16 give the second thread a share of each layer.
-    monkeypatch.setattr(_threads, "training_threads",
-                        lambda work: forced_engine_threads(n_threads))
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(n_threads)
+    )
     X, y = regression_data(n=16, n_features=3, seed=3)
     lr, b1, b2, eps, alpha = 0.01, 0.9, 0.999, 1e-8, 0.05
-    est = MLPBNRegressor(hidden_layer_sizes=(20, 18, 17), activation="tanh",
-                         solver="adam", batch_size=8, shuffle=False,
-                         learning_rate_init=lr, alpha=alpha, random_state=4)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(20, 18, 17),
+        activation="tanh",
+        solver="adam",
+        batch_size=8,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        random_state=4,
+    )
     params = glorot_init([3, 20, 18, 17, 1], "tanh", seed=4)
     m_state = [[np.zeros_like(p) for p in group] for group in params]
     v_state = [[np.zeros_like(p) for p in group] for group in params]
@@ -585,24 +797,38 @@ def test_adam_steps_of_a_deep_network(n_threads, monkeypatch):
         est.partial_fit(X, y)
         for rows in (slice(0, 8), slice(8, 16)):
             t += 1
-            grad = ref_numeric_gradient(X[rows], y[rows], None, *params, "tanh",
-                                        "identity", alpha)
+            grad = ref_numeric_gradient(
+                X[rows], y[rows], None, *params, "tanh", "identity", alpha
+            )
             adam_reference_step(params, m_state, v_state, grad, t, lr, b1, b2, eps)
         assert_params_allclose(est, params, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("n, batch_size, expected_batches", [
-    (5, 2, [(0, 2), (2, 5)]),          # 2 + 1: the single row joins -> 2, 3
-    (7, 3, [(0, 3), (3, 7)]),          # 3 + 3 + 1 -> 3, 4
-    (6, 2, [(0, 2), (2, 4), (4, 6)]),  # no trailing single row
-    (3, 2, [(0, 3)]),                  # 2 + 1 -> one batch of 3
-])
-def test_trailing_single_row_joins_the_previous_minibatch(n, batch_size, expected_batches):
+@pytest.mark.parametrize(
+    "n, batch_size, expected_batches",
+    [
+        (5, 2, [(0, 2), (2, 5)]),  # 2 + 1: the single row joins -> 2, 3
+        (7, 3, [(0, 3), (3, 7)]),  # 3 + 3 + 1 -> 3, 4
+        (6, 2, [(0, 2), (2, 4), (4, 6)]),  # no trailing single row
+        (3, 2, [(0, 3)]),  # 2 + 1 -> one batch of 3
+    ],
+)
+def test_trailing_single_row_joins_the_previous_minibatch(
+    n, batch_size, expected_batches
+):
     X, y = regression_data(n=n, seed=n)
     lr = 0.1
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="tanh", solver="sgd",
-                         momentum=0.0, batch_size=batch_size, shuffle=False,
-                         learning_rate_init=lr, alpha=0.01, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(3,),
+        activation="tanh",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=batch_size,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=0.01,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no NaN, no clipping warning
         est.partial_fit(X, y)
@@ -630,9 +856,17 @@ def test_minibatch_with_zero_weight_is_skipped():
     X, y = regression_data(n=6, seed=4)
     sw = np.array([0.0, 0.0, 1.0, 2.0, 0.5, 1.0])
     lr = 0.1
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="relu", solver="sgd",
-                         momentum=0.0, batch_size=2, shuffle=False,
-                         learning_rate_init=lr, alpha=0.0, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(3,),
+        activation="relu",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=2,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=0.0,
+        random_state=0,
+    )
     est.partial_fit(X, y, sample_weight=sw)
     params = glorot_init([3, 3, 1], "relu", seed=0)
     rm, rv = np.zeros(3), np.ones(3)
@@ -658,9 +892,19 @@ def test_minibatch_with_zero_weight_is_skipped():
 def test_invscaling_learning_rate_after_each_epoch():
     X, y = regression_data(n=6, seed=5)
     lr, power_t = 0.2, 0.5
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), activation="tanh", solver="sgd",
-                         momentum=0.0, batch_size=6, shuffle=False, learning_rate="invscaling",
-                         learning_rate_init=lr, power_t=power_t, alpha=0.0, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(3,),
+        activation="tanh",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=6,
+        shuffle=False,
+        learning_rate="invscaling",
+        learning_rate_init=lr,
+        power_t=power_t,
+        alpha=0.0,
+        random_state=0,
+    )
     params = glorot_init([3, 3, 1], "tanh", seed=0)
     for epoch in range(3):
         est.partial_fit(X, y)
@@ -675,10 +919,20 @@ def test_invscaling_learning_rate_after_each_epoch():
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
 def test_warm_start_continues_from_the_previous_weights(solver):
     X, y = regression_data(n=10, seed=6)
-    kwargs = dict(hidden_layer_sizes=(4,), activation="relu", solver=solver, momentum=0.0,
-                  batch_size=10, shuffle=False, learning_rate="constant",
-                  learning_rate_init=0.05, alpha=0.0, random_state=0, tol=0.0,
-                  n_iter_no_change=100)
+    kwargs = dict(
+        hidden_layer_sizes=(4,),
+        activation="relu",
+        solver=solver,
+        momentum=0.0,
+        batch_size=10,
+        shuffle=False,
+        learning_rate="constant",
+        learning_rate_init=0.05,
+        alpha=0.0,
+        random_state=0,
+        tol=0.0,
+        n_iter_no_change=100,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_iter reached
         est = MLPBNRegressor(max_iter=3, **kwargs).fit(X, y)
@@ -690,13 +944,29 @@ def test_warm_start_continues_from_the_previous_weights(solver):
     # One more full-batch step from where it was (a warm-started fit starts
     # a fresh optimizer, as scikit-learn's does).
     grad = ref_numeric_gradient(X, y, None, *before, "relu", "identity", 0.0)
-    step = sgd_step(before, grad, 0.05) if solver == "sgd" else [
-        [p - 0.05 * np.sign(g) * np.abs(g) / (np.abs(g) + 1e-8 / np.sqrt(1 - 0.999))
-         for p, g in zip(pg, gg)] for pg, gg in zip(before, grad)]
+    step = (
+        sgd_step(before, grad, 0.05)
+        if solver == "sgd"
+        else [
+            [
+                p
+                - 0.05
+                * np.sign(g)
+                * np.abs(g)
+                / (np.abs(g) + 1e-8 / np.sqrt(1 - 0.999))
+                for p, g in zip(pg, gg)
+            ]
+            for pg, gg in zip(before, grad)
+        ]
+    )
     assert_params_allclose(est, step, rtol=1e-6, atol=1e-7)
     _, stats, _ = ref_forward_train(X, *before, "relu")
-    assert_allclose(est.running_means_[0], 0.9 * running[0][0] + 0.1 * stats[0][0],
-                    rtol=1e-9, atol=1e-12)
+    assert_allclose(
+        est.running_means_[0],
+        0.9 * running[0][0] + 0.1 * stats[0][0],
+        rtol=1e-9,
+        atol=1e-12,
+    )
     assert len(est.loss_curve_) == 4 and est.loss_curve_[:3] == curve
     assert est.t_ == 40
 
@@ -717,20 +987,40 @@ def cosine_rate(lr, t, T):
     return lr * (1 + np.cos(np.pi * t / T)) / 2
 
 
-def reference_steps(params, batches, lr_of_step, *, solver, weight_decay=0.0,
-                    momentum=0.0, nesterov=False, alpha=0.0, activation="tanh",
-                    b1=0.9, b2=0.999, eps=1e-8):
+def reference_steps(
+    params,
+    batches,
+    lr_of_step,
+    *,
+    solver,
+    weight_decay=0.0,
+    momentum=0.0,
+    nesterov=False,
+    alpha=0.0,
+    activation="tanh",
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+):
     """The pinned steps of ``solver`` in numpy (reference.optimizer_steps),
     on central-difference gradients of the minibatches ``batches``."""
-    hyper = {"momentum": momentum, "nesterovs_momentum": nesterov, "beta_1": b1,
-             "beta_2": b2, "epsilon": eps}
+    hyper = {
+        "momentum": momentum,
+        "nesterovs_momentum": nesterov,
+        "beta_1": b1,
+        "beta_2": b2,
+        "epsilon": eps,
+    }
 
     def gradient(params, t):
         Xb, yb = batches[t]
-        return ref_numeric_gradient(Xb, yb, None, *params, activation, "identity", alpha)
+        return ref_numeric_gradient(
+            Xb, yb, None, *params, activation, "identity", alpha
+        )
 
-    return optimizer_steps(solver, hyper, params, gradient, len(batches), lr_of_step,
-                           weight_decay)
+    return optimizer_steps(
+        solver, hyper, params, gradient, len(batches), lr_of_step, weight_decay
+    )
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
@@ -740,13 +1030,23 @@ def test_weight_decay_shrinks_the_coefficients_only(solver):
     # intercepts only take the step. alpha keeps its L2 term.
     X, y = regression_data(n=8)
     lr, wd, alpha = 0.05, 0.3, 0.01
-    est = MLPBNRegressor(hidden_layer_sizes=(4, 3), activation="tanh", solver=solver,
-                         momentum=0.0, batch_size=8, shuffle=False, learning_rate_init=lr,
-                         alpha=alpha, weight_decay=wd, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4, 3),
+        activation="tanh",
+        solver=solver,
+        momentum=0.0,
+        batch_size=8,
+        shuffle=False,
+        learning_rate_init=lr,
+        alpha=alpha,
+        weight_decay=wd,
+        random_state=0,
+    )
     est.partial_fit(X, y)
     params0 = glorot_init([3, 4, 3, 1], "tanh", seed=0)
-    expected = reference_steps(params0, [(X, y)], lambda t: lr, solver=solver,
-                               weight_decay=wd, alpha=alpha)
+    expected = reference_steps(
+        params0, [(X, y)], lambda t: lr, solver=solver, weight_decay=wd, alpha=alpha
+    )
     rtol, atol = (1e-7, 1e-9) if solver == "sgd" else (1e-6, 1e-7)
     assert_params_allclose(est, expected, rtol=rtol, atol=atol)
     # Without the decay, the coefficients differ by lr * wd * W exactly where
@@ -775,19 +1075,37 @@ def test_cosine_schedule_steps(solver, nesterov):
     # weight decay at the same rate.
     X, y = regression_data(n=8)
     lr, wd, max_iter = 0.05, 0.1, 3
-    est = MLPBNRegressor(hidden_layer_sizes=(4,), activation="tanh", solver=solver,
-                         momentum=0.9, nesterovs_momentum=nesterov, batch_size=4,
-                         shuffle=False, learning_rate="cosine", learning_rate_init=lr,
-                         alpha=0.0, weight_decay=wd, max_iter=max_iter, tol=0.0,
-                         n_iter_no_change=100, random_state=1)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4,),
+        activation="tanh",
+        solver=solver,
+        momentum=0.9,
+        nesterovs_momentum=nesterov,
+        batch_size=4,
+        shuffle=False,
+        learning_rate="cosine",
+        learning_rate_init=lr,
+        alpha=0.0,
+        weight_decay=wd,
+        max_iter=max_iter,
+        tol=0.0,
+        n_iter_no_change=100,
+        random_state=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, y)
     assert est.n_iter_ == max_iter
     batches = [(X[:4], y[:4]), (X[4:], y[4:])] * max_iter
-    expected = reference_steps(glorot_init([3, 4, 1], "tanh", seed=1), batches,
-                               lambda t: cosine_rate(lr, t, 6), solver=solver,
-                               weight_decay=wd, momentum=0.9, nesterov=nesterov)
+    expected = reference_steps(
+        glorot_init([3, 4, 1], "tanh", seed=1),
+        batches,
+        lambda t: cosine_rate(lr, t, 6),
+        solver=solver,
+        weight_decay=wd,
+        momentum=0.9,
+        nesterov=nesterov,
+    )
     assert_params_allclose(est, expected, rtol=1e-6, atol=1e-7)
     assert est._optimizer_state["step"] == 6
 
@@ -798,9 +1116,18 @@ def test_cosine_schedule_restarts_with_warm_start_and_not_in_partial_fit():
     # schedule again; partial_fit steps at learning_rate_init.
     X, y = regression_data(n=6, seed=7)
     lr = 0.1
-    kwargs = dict(hidden_layer_sizes=(3,), activation="tanh", solver="sgd", momentum=0.0,
-                  batch_size=6, shuffle=False, learning_rate="cosine",
-                  learning_rate_init=lr, max_iter=1, random_state=0)
+    kwargs = dict(
+        hidden_layer_sizes=(3,),
+        activation="tanh",
+        solver="sgd",
+        momentum=0.0,
+        batch_size=6,
+        shuffle=False,
+        learning_rate="cosine",
+        learning_rate_init=lr,
+        max_iter=1,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = MLPBNRegressor(**kwargs).fit(X, y)
@@ -822,13 +1149,19 @@ def test_cosine_horizon_counts_the_training_minibatches(early_stopping):
     from sklearn_bn._optimizers import batches_per_epoch
 
     X, y = regression_data(n=41, seed=8)
-    est = MLPBNRegressor(hidden_layer_sizes=(3,), batch_size=10, learning_rate="cosine",
-                         max_iter=2, early_stopping=early_stopping,
-                         validation_fraction=0.25, random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(3,),
+        batch_size=10,
+        learning_rate="cosine",
+        max_iter=2,
+        early_stopping=early_stopping,
+        validation_fraction=0.25,
+        random_state=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X, y)
-    n_train = 30 if early_stopping else 41   # 41 = 4 * 10 + 1: four minibatches
+    n_train = 30 if early_stopping else 41  # 41 = 4 * 10 + 1: four minibatches
     assert batches_per_epoch(n_train, 10) == (3 if early_stopping else 4)
     assert est._optimizer_state["horizon"] == 2 * batches_per_epoch(n_train, 10)
 
@@ -850,14 +1183,25 @@ def test_shuffled_epoch_equals_training_on_the_permuted_rows(sparse_input, weigh
     perm = sk_shuffle(np.arange(21), random_state=rs)
     assert not np.array_equal(perm, np.arange(21))
 
-    kwargs = dict(hidden_layer_sizes=(5,), activation="tanh", solver="adam", batch_size=8,
-                  learning_rate_init=0.05, alpha=0.01, random_state=0)
+    kwargs = dict(
+        hidden_layer_sizes=(5,),
+        activation="tanh",
+        solver="adam",
+        batch_size=8,
+        learning_rate_init=0.05,
+        alpha=0.01,
+        random_state=0,
+    )
     as_input = sp.csr_matrix if sparse_input else np.asarray
     shuffled = MLPBNRegressor(shuffle=True, **kwargs).partial_fit(
-        as_input(X), y, sample_weight=sw)
+        as_input(X), y, sample_weight=sw
+    )
     permuted = MLPBNRegressor(shuffle=False, **kwargs).partial_fit(
-        as_input(X[perm]), y[perm], sample_weight=None if sw is None else sw[perm])
-    assert_grad_allclose(params_of(shuffled), params_of(permuted), rtol=1e-12, atol=1e-14)
+        as_input(X[perm]), y[perm], sample_weight=None if sw is None else sw[perm]
+    )
+    assert_grad_allclose(
+        params_of(shuffled), params_of(permuted), rtol=1e-12, atol=1e-14
+    )
     for a, b in zip(running_of(shuffled), running_of(permuted)):
         assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-14)
     assert shuffled.loss_ == pytest.approx(permuted.loss_, rel=1e-12)
@@ -879,8 +1223,14 @@ def test_epoch_orders_are_sklearns_successive_shuffles(monkeypatch):
     monkeypatch.setattr(Engine, "train_epoch", record)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        MLPBNRegressor(hidden_layer_sizes=(5,), batch_size=8, max_iter=3, tol=0.0,
-                       n_iter_no_change=100, random_state=0).fit(X, y)
+        MLPBNRegressor(
+            hidden_layer_sizes=(5,),
+            batch_size=8,
+            max_iter=3,
+            tol=0.0,
+            n_iter_no_change=100,
+            random_state=0,
+        ).fit(X, y)
     rs = stream_after_init([4, 5, 1], "relu", seed=0)
     expected = np.arange(23)
     assert len(orders) == 3
@@ -905,20 +1255,62 @@ def forced_engine_threads(n_threads, pieces=None):
 THREAD_CASES = {
     # Widths that leave threads uneven or empty shares (they share units in
     # multiples of 16 and rows in multiples of 8).
-    "dense-adam": dict(est=MLPBNClassifier, hidden=(40, 33), activation="relu",
-                       solver="adam", sparse=False, weighted=False, shuffle=True),
-    "sparse-sgd-weighted": dict(est=MLPBNClassifier, hidden=(17,), activation="tanh",
-                                solver="sgd", sparse=True, weighted=True, shuffle=True),
-    "deep-unshuffled": dict(est=MLPBNRegressor, hidden=(8, 20, 8), activation="logistic",
-                            solver="adam", sparse=False, weighted=True, shuffle=False),
-    "no-hidden-dense": dict(est=MLPBNRegressor, hidden=(), activation="relu",
-                            solver="adam", sparse=False, weighted=False, shuffle=True),
-    "no-hidden-sparse": dict(est=MLPBNClassifier, hidden=(), activation="relu",
-                             solver="sgd", sparse=True, weighted=True, shuffle=True),
+    "dense-adam": dict(
+        est=MLPBNClassifier,
+        hidden=(40, 33),
+        activation="relu",
+        solver="adam",
+        sparse=False,
+        weighted=False,
+        shuffle=True,
+    ),
+    "sparse-sgd-weighted": dict(
+        est=MLPBNClassifier,
+        hidden=(17,),
+        activation="tanh",
+        solver="sgd",
+        sparse=True,
+        weighted=True,
+        shuffle=True,
+    ),
+    "deep-unshuffled": dict(
+        est=MLPBNRegressor,
+        hidden=(8, 20, 8),
+        activation="logistic",
+        solver="adam",
+        sparse=False,
+        weighted=True,
+        shuffle=False,
+    ),
+    "no-hidden-dense": dict(
+        est=MLPBNRegressor,
+        hidden=(),
+        activation="relu",
+        solver="adam",
+        sparse=False,
+        weighted=False,
+        shuffle=True,
+    ),
+    "no-hidden-sparse": dict(
+        est=MLPBNClassifier,
+        hidden=(),
+        activation="relu",
+        solver="sgd",
+        sparse=True,
+        weighted=True,
+        shuffle=True,
+    ),
     # Ghost batches (each thread's panel of z in chunks of rows) and dropout.
-    "ghost-dropout-sparse": dict(est=MLPBNClassifier, hidden=(40, 33), activation="tanh",
-                                 solver="adam", sparse=True, weighted=True, shuffle=True,
-                                 extra=dict(virtual_batch_size=16, dropout=0.2)),
+    "ghost-dropout-sparse": dict(
+        est=MLPBNClassifier,
+        hidden=(40, 33),
+        activation="tanh",
+        solver="adam",
+        sparse=True,
+        weighted=True,
+        shuffle=True,
+        extra=dict(virtual_batch_size=16, dropout=0.2),
+    ),
 }
 
 
@@ -939,12 +1331,22 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
     sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
     fits = []
     for threads in (1, n_threads):
-        monkeypatch.setattr(_threads, "training_threads",
-                            lambda work, t=threads: forced_engine_threads(t))
-        est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
-                         solver=cfg["solver"], batch_size=50, max_iter=3,
-                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0,
-                         **cfg.get("extra", {}))
+        monkeypatch.setattr(
+            _threads,
+            "training_threads",
+            lambda work, t=threads: forced_engine_threads(t),
+        )
+        est = cfg["est"](
+            hidden_layer_sizes=cfg["hidden"],
+            activation=cfg["activation"],
+            solver=cfg["solver"],
+            batch_size=50,
+            max_iter=3,
+            shuffle=cfg["shuffle"],
+            alpha=1e-3,
+            random_state=0,
+            **cfg.get("extra", {}),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y, sample_weight=sw))
@@ -971,24 +1373,39 @@ def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
     if cfg["sparse"]:
         X[np.abs(X) < 0.8] = 0
         X = sp.csr_matrix(X)
-    y = (rng.randint(0, 4, size=203) if cfg["est"] is MLPBNClassifier
-         else rng.normal(size=(203, 3)))
+    y = (
+        rng.randint(0, 4, size=203)
+        if cfg["est"] is MLPBNClassifier
+        else rng.normal(size=(203, 3))
+    )
     sw = rng.uniform(0.2, 2.0, size=203) if cfg["weighted"] else None
     fits = []
     for threads in (pieces, 1, pieces - 1, pieces + 1):
-        monkeypatch.setattr(_threads, "training_threads",
-                            lambda work, t=threads: forced_engine_threads(t, pieces))
-        est = cfg["est"](hidden_layer_sizes=cfg["hidden"], activation=cfg["activation"],
-                         solver=cfg["solver"], batch_size=50, max_iter=3,
-                         shuffle=cfg["shuffle"], alpha=1e-3, random_state=0,
-                         **cfg.get("extra", {}))
+        monkeypatch.setattr(
+            _threads,
+            "training_threads",
+            lambda work, t=threads: forced_engine_threads(t, pieces),
+        )
+        est = cfg["est"](
+            hidden_layer_sizes=cfg["hidden"],
+            activation=cfg["activation"],
+            solver=cfg["solver"],
+            batch_size=50,
+            max_iter=3,
+            shuffle=cfg["shuffle"],
+            alpha=1e-3,
+            random_state=0,
+            **cfg.get("extra", {}),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y, sample_weight=sw))
     first = fits[0]
     for other in fits[1:]:
-        for a, b in zip(sum(params_of(first) + running_of(first), []),
-                        sum(params_of(other) + running_of(other), [])):
+        for a, b in zip(
+            sum(params_of(first) + running_of(first), []),
+            sum(params_of(other) + running_of(other), []),
+        ):
             assert_array_equal(a, b)
         assert other.loss_curve_ == first.loss_curve_
 
@@ -1001,10 +1418,14 @@ def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     X, y = regression_data(n=300, n_features=24)
     fits = []
     for threads in (1, 4, 4):
-        monkeypatch.setattr(_threads, "training_threads",
-                            lambda work, t=threads: forced_engine_threads(t))
-        est = MLPBNRegressor(hidden_layer_sizes=(48, 40, 33), batch_size=40, max_iter=3,
-                             random_state=0)
+        monkeypatch.setattr(
+            _threads,
+            "training_threads",
+            lambda work, t=threads: forced_engine_threads(t),
+        )
+        est = MLPBNRegressor(
+            hidden_layer_sizes=(48, 40, 33), batch_size=40, max_iter=3, random_state=0
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y))
@@ -1016,7 +1437,9 @@ def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
 
 
 def _blas_limits():
-    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return [
+        lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
+    ]
 
 
 def test_engine_threads_follow_threadpoolctl_limits():
@@ -1031,7 +1454,9 @@ def test_engine_threads_follow_threadpoolctl_limits():
         with _threads.training_threads(big) as team:
             assert team == (1, 1)
     if _team.openmp_max_threads() < 2 or _threads.usable_cores() < 2:
-        pytest.skip("built without OpenMP, or OpenMP limited to one thread, or one core")
+        pytest.skip(
+            "built without OpenMP, or OpenMP limited to one thread, or one core"
+        )
     with threadpool_limits(2, user_api="blas"), threadpool_limits(2, user_api="openmp"):
         before = _blas_limits()
         with _threads.training_threads(big) as team:
@@ -1060,7 +1485,9 @@ def test_fit_restores_the_blas_limits(monkeypatch):
         before = _blas_limits()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            MLPBNRegressor(hidden_layer_sizes=(64,), max_iter=2, random_state=0).fit(X, y)
+            MLPBNRegressor(hidden_layer_sizes=(64,), max_iter=2, random_state=0).fit(
+                X, y
+            )
         assert _blas_limits() == before
     assert seen[0] >= _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
 
@@ -1086,7 +1513,9 @@ def test_engine_rejects_a_bad_data_loss_scale(scale, monkeypatch):
     X, y = regression_data(n=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X, y)
+        est = MLPBNRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(
+            X, y
+        )
     before = params_of(est), est.loss_curve_.copy(), est.t_
 
     class BadScale(Engine):
@@ -1108,18 +1537,36 @@ def bound_engine(sparse, solver="adam"):
     arguments, as ``_fit`` builds them."""
     X, y = regression_data(n=30, n_features=4)
     X[np.abs(X) < 0.5] = 0
-    est = MLPBNRegressor(hidden_layer_sizes=(5, 3), batch_size=10, solver=solver,
-                         random_state=0)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(5, 3), batch_size=10, solver=solver, random_state=0
+    )
     units = [4, 5, 3, 1]
-    engine = Engine(units, activation="relu", out_activation="identity",
-                    dtype=np.float64, max_batch=11, sparse=sparse, weighted=True,
-                    alpha=1e-4, bn_momentum=0.1, bn_epsilon=1e-5)
+    engine = Engine(
+        units,
+        activation="relu",
+        out_activation="identity",
+        dtype=np.float64,
+        max_batch=11,
+        sparse=sparse,
+        weighted=True,
+        alpha=1e-4,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+    )
     Xs = sp.csr_matrix(X) if sparse else X
     data = engine.bind(Xs, y, np.ones(30))
-    params = engine.parameters(*est._init_params(units, np.float64, np.random.RandomState(0)))
+    params = engine.parameters(
+        *est._init_params(units, np.float64, np.random.RandomState(0))
+    )
     optimizer = est._make_optimizer(engine.layout.n_params, np.float64, False)
-    epoch = dict(data=data, params=params, optimizer=optimizer,
-                 order=np.arange(30, dtype=np.intp), order_is_identity=True, batch_size=10)
+    epoch = dict(
+        data=data,
+        params=params,
+        optimizer=optimizer,
+        order=np.arange(30, dtype=np.intp),
+        order_is_identity=True,
+        batch_size=10,
+    )
     return engine, (Xs, y, np.ones(30)), epoch
 
 
@@ -1136,34 +1583,56 @@ BIND_BAD_ARGS = {
     "no sample_weight": (2, lambda sw: None, "sample_weight"),
 }
 EPOCH_BAD_ARGS = {
-    "one row": ("order", lambda order: np.ascontiguousarray(order[:1]), "at least 2 samples"),
+    "one row": (
+        "order",
+        lambda order: np.ascontiguousarray(order[:1]),
+        "at least 2 samples",
+    ),
     "row index": ("order", lambda order: order + 1, "out of range"),
     "order dtype": ("order", lambda order: order.astype(np.int32), "intp"),
     "batch_size 1": ("batch_size", lambda b: 1, "batch_size"),
     "batch_size": ("batch_size", lambda b: b + 5, "workspace too small"),
-    "theta": ("params", lambda p: Parameters(_short(p.theta), p.running_mean, p.running_var),
-              "theta"),
-    "theta dtype": ("params", lambda p: Parameters(p.theta.astype(np.float32),
-                                                   p.running_mean, p.running_var), "theta"),
-    "running_mean": ("params", lambda p: Parameters(p.theta, _short(p.running_mean),
-                                                    p.running_var), "running_mean"),
+    "theta": (
+        "params",
+        lambda p: Parameters(_short(p.theta), p.running_mean, p.running_var),
+        "theta",
+    ),
+    "theta dtype": (
+        "params",
+        lambda p: Parameters(p.theta.astype(np.float32), p.running_mean, p.running_var),
+        "theta",
+    ),
+    "running_mean": (
+        "params",
+        lambda p: Parameters(p.theta, _short(p.running_mean), p.running_var),
+        "running_mean",
+    ),
     "first_moment": ("optimizer", "first_moment", "first_moment"),
     "second_moment": ("optimizer", "second_moment", "second_moment"),
-    "X rows": ("data", lambda d: _engine.TrainingData(**{**vars(d), "X": _short(d.X)}),
-               "rows"),
+    "X rows": (
+        "data",
+        lambda d: _engine.TrainingData(**{**vars(d), "X": _short(d.X)}),
+        "rows",
+    ),
 }
 SPARSE_BAD_ARGS = {
     "indptr start": (lambda X: X.indptr.__iadd__(1), "malformed CSR"),
-    "indptr end": (lambda X: X.indptr.__setitem__(-1, X.indptr[-1] - 1), "malformed CSR"),
-    "indptr order": (lambda X: X.indptr.__setitem__(slice(1, 3), X.indptr[2:0:-1].copy()),
-                     "malformed CSR"),
+    "indptr end": (
+        lambda X: X.indptr.__setitem__(-1, X.indptr[-1] - 1),
+        "malformed CSR",
+    ),
+    "indptr order": (
+        lambda X: X.indptr.__setitem__(slice(1, 3), X.indptr[2:0:-1].copy()),
+        "malformed CSR",
+    ),
     "column index": (lambda X: X.indices.__iadd__(4), "column index out of range"),
     "negative column": (lambda X: X.indices.__isub__(4), "column index out of range"),
 }
 
 
-@pytest.mark.parametrize("case", list(BIND_BAD_ARGS) + list(EPOCH_BAD_ARGS)
-                         + list(SPARSE_BAD_ARGS))
+@pytest.mark.parametrize(
+    "case", list(BIND_BAD_ARGS) + list(EPOCH_BAD_ARGS) + list(SPARSE_BAD_ARGS)
+)
 def test_engine_rejects_arguments_that_do_not_fit(case):
     # The estimators always pass consistent arguments; the engine checks them
     # anyway, before its unchecked compiled loops, and leaves everything
@@ -1201,14 +1670,25 @@ def test_engine_rejects_arguments_that_do_not_fit(case):
 def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
     X, Y, coefs, gammas, intercepts = make_problem("multiclass")
     with pytest.raises(ValueError, match="sample weights sum to zero"):
-        engine_loss_and_gradient(X, Y, np.zeros(len(X)), coefs, gammas, intercepts,
-                                 "relu", "softmax", 0.0)
+        engine_loss_and_gradient(
+            X, Y, np.zeros(len(X)), coefs, gammas, intercepts, "relu", "softmax", 0.0
+        )
     # A workspace one row short.
-    engine = Engine([4, 5, 3, 3], activation="relu", out_activation="softmax",
-                    dtype=np.float64, max_batch=len(X) - 1, sparse=False, weighted=False,
-                    alpha=0.0, bn_momentum=0.1, bn_epsilon=1e-5)
-    params = engine.parameters(coefs, gammas, intercepts, [np.zeros(5), np.zeros(3)],
-                               [np.ones(5), np.ones(3)])
+    engine = Engine(
+        [4, 5, 3, 3],
+        activation="relu",
+        out_activation="softmax",
+        dtype=np.float64,
+        max_batch=len(X) - 1,
+        sparse=False,
+        weighted=False,
+        alpha=0.0,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+    )
+    params = engine.parameters(
+        coefs, gammas, intercepts, [np.zeros(5), np.zeros(3)], [np.ones(5), np.ones(3)]
+    )
     with pytest.raises(ValueError, match="between one row"):
         engine.loss_and_gradient(data=engine.bind(X, Y), params=params)
 
@@ -1222,22 +1702,48 @@ def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
     with pytest.raises(ValueError, match="columns"):
         folded.predict(np.ascontiguousarray(X[:, :3]))
     with pytest.raises(ValueError, match="chain"):
-        FoldedNetwork([folded.coefs[0], folded.coefs[2]], folded.intercepts[::2],
-                      "relu", "softmax")
+        FoldedNetwork(
+            [folded.coefs[0], folded.coefs[2]],
+            folded.intercepts[::2],
+            "relu",
+            "softmax",
+        )
     with pytest.raises(ValueError, match="chain"):
-        FoldedNetwork(folded.coefs, [folded.intercepts[0][:-1]] + folded.intercepts[1:],
-                      "relu", "softmax")
+        FoldedNetwork(
+            folded.coefs,
+            [folded.intercepts[0][:-1]] + folded.intercepts[1:],
+            "relu",
+            "softmax",
+        )
 
 
 # Inference-mode batch norm is the folded network: one hidden layer between
 # identity matrices is that layer alone (products by 1 and 0 are exact).
-FOLDED_SHAPES = [(2, 1), (1, 5), (2, 3), (7, 1), (37, 13), (3, 2100), (600, 70), (40, 1030)]
+FOLDED_SHAPES = [
+    (2, 1),
+    (1, 5),
+    (2, 3),
+    (7, 1),
+    (37, 13),
+    (3, 2100),
+    (600, 70),
+    (40, 1030),
+]
 
 
 def _one_layer(gamma, beta, mean, var, activation, dtype, epsilon=BN_EPSILON):
     eye = np.eye(gamma.shape[0])
-    return FoldedNetwork.fold([eye, eye], [gamma], [beta, np.zeros_like(beta)], [mean],
-                              [var], epsilon, activation, "identity", dtype=dtype)
+    return FoldedNetwork.fold(
+        [eye, eye],
+        [gamma],
+        [beta, np.zeros_like(beta)],
+        [mean],
+        [var],
+        epsilon,
+        activation,
+        "identity",
+        dtype=dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1255,7 +1761,9 @@ def test_folded_layer_is_batch_norm_in_inference_mode(dtype, shape, activation):
     a = _one_layer(gamma, beta, mean, var, activation, dtype).predict(z)
     m64, v64 = mean.astype(np.float64), var.astype(np.float64)
     expected = ref_activation(
-        activation, gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + BN_EPSILON) + beta)
+        activation,
+        gamma * (z.astype(np.float64) - m64) / np.sqrt(v64 + BN_EPSILON) + beta,
+    )
     assert a.dtype == dtype
     rtol, atol = (2e-5, 2e-4) if dtype == np.float32 else (1e-10, 1e-10)
     assert_allclose(a, expected, rtol=rtol, atol=atol)
@@ -1268,7 +1776,9 @@ def test_folded_layer_with_batch_statistics_is_the_training_layer():
     z = rng.standard_normal((64, 10)) * 2 + 1
     gamma, beta = rng.uniform(0.5, 1.5, 10), rng.uniform(-0.5, 0.5, 10)
     a_train, mean, var = np.empty_like(z), np.empty(10), np.empty(10)
-    _batchnorm.bn_forward_train(z, gamma, beta, a_train, mean, var, None, BN_EPSILON, "tanh")
+    _batchnorm.bn_forward_train(
+        z, gamma, beta, a_train, mean, var, None, BN_EPSILON, "tanh"
+    )
     a_infer = _one_layer(gamma, beta, mean, var, "tanh", np.float64).predict(z)
     assert_allclose(a_infer, a_train, rtol=1e-14, atol=1e-15)
 
@@ -1284,7 +1794,7 @@ def test_folded_network_rejects_bad_input():
     with pytest.raises(ValueError, match="activation"):
         _one_layer(gamma, gamma, gamma, gamma, "gelu", np.float64)
     folded = _one_layer(gamma, gamma, gamma, gamma, "relu", np.float64)
-    assert folded.predict(np.ones((0, 3))).shape == (0, 3)   # no rows: nothing to do
+    assert folded.predict(np.ones((0, 3))).shape == (0, 3)  # no rows: nothing to do
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1302,15 +1812,34 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
     # Threads write neighbouring panels of these blocks: each starts at a
     # multiple of 16 elements, and the blocks do not overlap.
     network = _training.Network(
-        (37, 33, 17, 3), activation="relu", out_activation="softmax", dtype=np.float32,
-        max_batch=51, sparse=sparse, weighted=True, alpha=0.0, bn_momentum=0.1,
-        bn_epsilon=1e-5, virtual_batch_size=8, dropout=dropout)
+        (37, 33, 17, 3),
+        activation="relu",
+        out_activation="softmax",
+        dtype=np.float32,
+        max_batch=51,
+        sparse=sparse,
+        weighted=True,
+        alpha=0.0,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+        virtual_batch_size=8,
+        dropout=dropout,
+    )
     buffers = network.buffers()
-    blocks = [(buffers["xb"], 0 if sparse else 51 * 37), (buffers["yb"], 51 * 3),
-              (buffers["swb"], 51), (buffers["p"], 51 * 3), (buffers["gtmp"], 2 * 33)]
+    blocks = [
+        (buffers["xb"], 0 if sparse else 51 * 37),
+        (buffers["yb"], 51 * 3),
+        (buffers["swb"], 51),
+        (buffers["p"], 51 * 3),
+        (buffers["gtmp"], 2 * 33),
+    ]
     for l, h in enumerate((33, 17)):
         layer = network.layer(l)
-        blocks += [(layer["z"], 51 * h), (layer["out"], 51 * h), (layer["delta"], 51 * h)]
+        blocks += [
+            (layer["z"], 51 * h),
+            (layer["out"], 51 * h),
+            (layer["delta"], 51 * h),
+        ]
         if layer["dropout"] > 0:
             blocks += [(layer["dropped"], 51 * h), (layer["keep"], -(-51 * h // 4))]
         else:
@@ -1321,11 +1850,15 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
     assert starts[-1][0] + starts[-1][1] <= network.work.size
     # dwork: the chunks' means and variances, the scratch, the rows' losses
     # and each layer's sums of W ** 2.
-    chunks = 7   # min(ceil(51 / 8), 51 // 2)
+    chunks = 7  # min(ceil(51 / 8), 51 // 2)
     stride = buffers["stats_stride"]
     assert stride >= 33 + 17 and stride % 16 == 0
-    dblocks = [(0, chunks * stride), (buffers["var_base"], chunks * stride),
-               (buffers["scratch"], 8 * 33), (buffers["row_loss"], 51)]
+    dblocks = [
+        (0, chunks * stride),
+        (buffers["var_base"], chunks * stride),
+        (buffers["scratch"], 8 * 33),
+        (buffers["row_loss"], 51),
+    ]
     dblocks += [(network.layer(l)["l2"], size) for l, size in enumerate((37, 33, 17))]
     dstarts = sorted(dblocks)
     assert all(start % 16 == 0 for start, _ in dstarts)
@@ -1335,11 +1868,15 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
         assert buffer.ctypes.data % 64 == 0
     # The parameters: each layer's coefficients, gamma and beta (hidden) or
     # intercept (output), one after another.
-    offsets = [(network.layer(l)["coef"], network.layer(l)["gamma"], network.layer(l)["bias"])
-               for l in range(3)]
-    assert offsets == [(0, 37 * 33, 37 * 33 + 33), (37 * 33 + 66, 37 * 33 + 66 + 33 * 17,
-                       37 * 33 + 66 + 33 * 17 + 17), (37 * 33 + 66 + 33 * 17 + 34, 0,
-                       37 * 33 + 66 + 33 * 17 + 34 + 17 * 3)]
+    offsets = [
+        (network.layer(l)["coef"], network.layer(l)["gamma"], network.layer(l)["bias"])
+        for l in range(3)
+    ]
+    assert offsets == [
+        (0, 37 * 33, 37 * 33 + 33),
+        (37 * 33 + 66, 37 * 33 + 66 + 33 * 17, 37 * 33 + 66 + 33 * 17 + 17),
+        (37 * 33 + 66 + 33 * 17 + 34, 0, 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3),
+    ]
     assert network.n_params == 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3 + 3
 
 
@@ -1350,8 +1887,10 @@ def _fit_and_score(X, y):
         return est.fit(X, y).score(X, y)
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                    reason="needs the fork start method")
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
 def test_forked_child_trains_after_the_parent_ran_threads():
     # GNU OpenMP's thread pool does not survive fork(): a child forked after
     # the parent ran a team must not start one (it would wait forever).
@@ -1372,10 +1911,13 @@ def test_forked_child_trains_after_the_parent_ran_threads():
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
 @pytest.mark.parametrize("activation", ["identity", "tanh", "logistic", "relu"])
-@pytest.mark.parametrize("virtual_batch_size, chunks, eps", [(4, 3, BN_EPSILON),
-                                                             (2, 5, 0.5), (5, 3, BN_EPSILON)])
+@pytest.mark.parametrize(
+    "virtual_batch_size, chunks, eps",
+    [(4, 3, BN_EPSILON), (2, 5, 0.5), (5, 3, BN_EPSILON)],
+)
 def test_ghost_batch_norm_gradient_matches_central_differences(
-        virtual_batch_size, chunks, eps, activation, problem, weighted):
+    virtual_batch_size, chunks, eps, activation, problem, weighted
+):
     # 11 rows: ceil(11 / 4) = 3 chunks of 4, 4, 3 rows; virtual_batch_size=2
     # would give 6 chunks, capped at 11 // 2 = 5 (none below two rows). Two
     # rows (one with weight 0) can have a variance far below epsilon: a large
@@ -1385,16 +1927,30 @@ def test_ghost_batch_norm_gradient_matches_central_differences(
     out = OUT_ACTIVATION[problem]
     options = dict(chunks=chunks, eps=eps)
     if activation == "relu":
-        _, _, pre = ref_forward_train(X, coefs, gammas, intercepts, "relu", sw, eps,
-                                      chunks=chunks)
+        _, _, pre = ref_forward_train(
+            X, coefs, gammas, intercepts, "relu", sw, eps, chunks=chunks
+        )
         assert min(np.abs(y).min() for y in pre) > 1e-4
     loss, grad, _, _ = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, eps=eps,
-        virtual_batch_size=virtual_batch_size)
-    expected = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options)
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        activation,
+        out,
+        0.3,
+        eps=eps,
+        virtual_batch_size=virtual_batch_size,
+    )
+    expected = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
     assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
-    numeric = ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation, out,
-                                   0.3, **options)
+    numeric = ref_numeric_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
     assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
@@ -1404,13 +1960,26 @@ def test_ghost_batch_norm_updates_running_stats_once_per_chunk(weighted, dtype):
     # What applying PyTorch's BatchNorm1d to each chunk in turn does: the
     # running statistics move once per chunk, in order, with the unbiased
     # variance of that chunk (weights as repeat counts).
-    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=11, seed=3, dtype=dtype)
+    X, Y, coefs, gammas, intercepts = make_problem(
+        "multiclass", n=11, seed=3, dtype=dtype
+    )
     sw = sample_weights(11) if weighted else None
     _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "tanh", sw, chunks=3)
     w = np.ones(11) if sw is None else sw
     _, _, rm, rv = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
-        bn_momentum=0.2, virtual_batch_size=4)
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        "tanh",
+        "softmax",
+        0.0,
+        update_running=True,
+        bn_momentum=0.2,
+        virtual_batch_size=4,
+    )
     offsets = np.cumsum([0] + [g.size for g in gammas])
     for l, layer_stats in enumerate(stats):
         mean, var = np.zeros(gammas[l].size), np.ones(gammas[l].size)
@@ -1419,8 +1988,8 @@ def test_ghost_batch_norm_updates_running_stats_once_per_chunk(weighted, dtype):
             mean = 0.8 * mean + 0.2 * mu
             var = 0.8 * var + 0.2 * v * m / (m - 1)
         tol = 1e-5 if dtype == np.float32 else 1e-12
-        assert_allclose(rm[offsets[l]:offsets[l + 1]], mean, rtol=tol, atol=tol)
-        assert_allclose(rv[offsets[l]:offsets[l + 1]], var, rtol=tol, atol=tol)
+        assert_allclose(rm[offsets[l] : offsets[l + 1]], mean, rtol=tol, atol=tol)
+        assert_allclose(rv[offsets[l] : offsets[l + 1]], var, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("chunks", [1, 3])
@@ -1430,51 +1999,82 @@ def test_cumulative_running_average(chunks):
     _, stats, _ = ref_forward_train(X, coefs, gammas, intercepts, "relu", chunks=chunks)
     rm0, rv0 = np.full(8, 0.5), np.full(8, 2.0)
     _, _, rm, rv = engine_loss_and_gradient(
-        X, Y, None, coefs, gammas, intercepts, "relu", "identity", 0.0,
-        running_mean=rm0.copy(), running_var=rv0.copy(), update_running=True,
-        bn_momentum=None, n_batches_tracked=4,
-        virtual_batch_size=4 if chunks == 3 else None)
+        X,
+        Y,
+        None,
+        coefs,
+        gammas,
+        intercepts,
+        "relu",
+        "identity",
+        0.0,
+        running_mean=rm0.copy(),
+        running_var=rv0.copy(),
+        update_running=True,
+        bn_momentum=None,
+        n_batches_tracked=4,
+        virtual_batch_size=4 if chunks == 3 else None,
+    )
     offsets = [0, 5, 8]
     for l in range(2):
-        mean, var = rm0[offsets[l]:offsets[l + 1]], rv0[offsets[l]:offsets[l + 1]]
+        mean, var = rm0[offsets[l] : offsets[l + 1]], rv0[offsets[l] : offsets[l + 1]]
         layer_stats = stats[l] if chunks > 1 else [stats[l]]
         for k, (mu, v) in enumerate(layer_stats, start=5):
             n = 12 // chunks
             mean = mean + (mu - mean) / k
             var = var + (v * n / (n - 1) - var) / k
-        assert_allclose(rm[offsets[l]:offsets[l + 1]], mean, rtol=1e-12)
-        assert_allclose(rv[offsets[l]:offsets[l + 1]], var, rtol=1e-12)
+        assert_allclose(rm[offsets[l] : offsets[l + 1]], mean, rtol=1e-12)
+        assert_allclose(rv[offsets[l] : offsets[l + 1]], var, rtol=1e-12)
 
 
 def _dropout_option(seed, step, rates, X, coefs):
     """The reference's dropout: each hidden layer's rate and the mask the
     engine draws for it."""
-    return [None if rate == 0 else
-            (rate, _training.dropout_mask(seed, step, l, X.shape[0], W.shape[1], rate))
-            for l, (rate, W) in enumerate(zip(rates, coefs[:-1]))]
+    return [
+        None
+        if rate == 0
+        else (rate, _training.dropout_mask(seed, step, l, X.shape[0], W.shape[1], rate))
+        for l, (rate, W) in enumerate(zip(rates, coefs[:-1]))
+    ]
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("activation", ["identity", "tanh", "logistic", "relu"])
 @pytest.mark.parametrize("rates", [(0.3, 0.5), (0.0, 0.6)])
 def test_dropout_gradient_matches_central_differences(rates, activation, weighted):
-    X, Y, coefs, gammas, intercepts = make_problem("multiclass", n=14, seed=9,
-                                                   hidden=(6, 5))
+    X, Y, coefs, gammas, intercepts = make_problem(
+        "multiclass", n=14, seed=9, hidden=(6, 5)
+    )
     sw = sample_weights(14) if weighted else None
     dropout = _dropout_option(11, 3, rates, X, coefs)
     if activation == "relu":
-        _, _, pre = ref_forward_train(X, coefs, gammas, intercepts, "relu", sw,
-                                      dropout=dropout)
+        _, _, pre = ref_forward_train(
+            X, coefs, gammas, intercepts, "relu", sw, dropout=dropout
+        )
         assert min(np.abs(y).min() for y in pre) > 1e-4
     loss, grad, _, _ = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1, dropout=rates,
-        dropout_seed=11, step=3, virtual_batch_size=5)
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        activation,
+        "softmax",
+        0.1,
+        dropout=rates,
+        dropout_seed=11,
+        step=3,
+        virtual_batch_size=5,
+    )
     options = dict(dropout=dropout, chunks=3)
-    expected = ref_loss(X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1,
-                        **options)
+    expected = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1, **options
+    )
     assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
-    numeric = ref_numeric_gradient(X, Y, sw, coefs, gammas, intercepts, activation,
-                                   "softmax", 0.1, **options)
+    numeric = ref_numeric_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, "softmax", 0.1, **options
+    )
     assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
@@ -1482,8 +2082,11 @@ def test_dropout_masks():
     # Each unit is kept with probability 1 - p, independently of the other
     # units, layers and steps (counts within five standard deviations).
     n, p = 400 * 256, 0.3
-    masks = [_training.dropout_mask(5, step, layer, 400, 256, p)
-             for step in (0, 1) for layer in (0, 1)]
+    masks = [
+        _training.dropout_mask(5, step, layer, 400, 256, p)
+        for step in (0, 1)
+        for layer in (0, 1)
+    ]
     for keep in masks:
         assert abs(keep.sum() - n * (1 - p)) < 5 * np.sqrt(n * p * (1 - p))
         assert abs(keep[:, :128].mean() - keep[:, 128:].mean()) < 0.01
@@ -1492,7 +2095,9 @@ def test_dropout_masks():
         both = (masks[a] & masks[b]).mean()
         assert abs(both - (1 - p) ** 2) < 0.01
     assert_array_equal(_training.dropout_mask(5, 1, 0, 400, 256, p), masks[2])
-    assert not _training.dropout_mask(6, 0, 0, 400, 256, p).tolist() == masks[0].tolist()
+    assert (
+        not _training.dropout_mask(6, 0, 0, 400, 256, p).tolist() == masks[0].tolist()
+    )
     assert _training.dropout_mask(5, 0, 0, 10, 10, 0.0).all()
 
 
@@ -1503,12 +2108,34 @@ def test_ghost_chunk_without_weight_is_skipped():
     sw = np.ones(12)
     sw[4:8] = 0  # the second of three chunks
     _, grad, rm, rv = engine_loss_and_gradient(
-        X, Y, sw, coefs, gammas, intercepts, "tanh", "softmax", 0.0, update_running=True,
-        bn_momentum=None, virtual_batch_size=4)
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        "tanh",
+        "softmax",
+        0.0,
+        update_running=True,
+        bn_momentum=None,
+        virtual_batch_size=4,
+    )
     keep = sw > 0
     _, grad_without, rm_without, rv_without = engine_loss_and_gradient(
-        X[keep], Y[keep], None, coefs, gammas, intercepts, "tanh", "softmax", 0.0,
-        update_running=True, bn_momentum=None, virtual_batch_size=4)
+        X[keep],
+        Y[keep],
+        None,
+        coefs,
+        gammas,
+        intercepts,
+        "tanh",
+        "softmax",
+        0.0,
+        update_running=True,
+        bn_momentum=None,
+        virtual_batch_size=4,
+    )
     assert_allclose(rm, rm_without, rtol=1e-12)
     assert_allclose(rv, rv_without, rtol=1e-12)
     assert_grad_allclose(grad, grad_without, rtol=1e-10, atol=1e-13)

@@ -35,16 +35,14 @@ X = X / 16.0  # pixels in [0, 1]
 X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
 classes = np.unique(y)
 
-params = dict(
-    hidden_layer_sizes=(64,) * 8, activation="logistic", random_state=0
-)
+params = dict(hidden_layer_sizes=(64,) * 8, activation="logistic", random_state=0)
 models = {
     "MLPBNClassifier": MLPBNClassifier(**params),
     "MLPClassifier": MLPClassifier(**params),
 }
 n_epochs = 20
 history = {name: {"loss": [], "accuracy": []} for name in models}
-for epoch in range(n_epochs):
+for _ in range(n_epochs):
     for name, model in models.items():
         model.partial_fit(X_train, y_train, classes=classes)
         history[name]["loss"].append(model.loss_)
@@ -69,18 +67,14 @@ for name in models:
 # :ref:`mlp_running_statistics`).
 
 epochs = np.arange(1, n_epochs + 1)
-fig, (ax_loss, ax_acc) = plt.subplots(
-    1, 2, figsize=(9, 3.6), layout="constrained"
-)
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
 for name in models:
     ax_loss.plot(epochs, history[name]["loss"], label=name)
     ax_acc.plot(epochs, history[name]["accuracy"], label=name)
 ax_loss.axhline(np.log(10), color="gray", ls=":", label="uniform guess")
 ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
 ax_acc.axhline(0.1, color="gray", ls=":", label="chance level")
-ax_acc.set(
-    xlabel="epoch", ylabel="test accuracy", title="Test accuracy", ylim=(0, 1)
-)
+ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy", ylim=(0, 1))
 ax_loss.legend()
 ax_acc.legend(loc="center right")
 fig.suptitle("digits, 8 hidden logistic layers of 64 units")

@@ -50,17 +50,13 @@ X, y = make_classification(
 rng = np.random.default_rng(0)
 units = 10.0 ** rng.permutation(np.linspace(-3, 3, 20))
 X = X * units + 5 * units * rng.uniform(-1, 1, size=20)
-X_train, X_test, y_train, y_test = train_test_split(
-    X, y, stratify=y, random_state=0
-)
+X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_state=0)
 
 scaled = BatchNormScaler().fit(X_train).transform(X_train)
 fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
 features = np.arange(X.shape[1])
 ax.scatter(features, X_train.std(axis=0), label="raw features", marker="o")
-ax.scatter(
-    features, scaled.std(axis=0), label="after BatchNormScaler", marker="x"
-)
+ax.scatter(features, scaled.std(axis=0), label="after BatchNormScaler", marker="x")
 ax.set_yscale("log")
 ax.set(
     xlabel="feature",
@@ -105,7 +101,9 @@ networks = {
     # what batch norm alone does (its own input handling, on by default,
     # would scale the raw features itself).
     "MLPBNClassifier": MLPBNClassifier(
-        hidden_layer_sizes=(64,), max_iter=50, random_state=0,
+        hidden_layer_sizes=(64,),
+        max_iter=50,
+        random_state=0,
         input_preprocessing=None,
     ),
 }
@@ -133,16 +131,12 @@ for net_name, network in networks.items():
 # its default ``input_preprocessing='auto'``, MLPBNClassifier robustly scales
 # raw features itself: see :ref:`mlp_input_handling`.)
 
-fig, (ax_bar, ax_curve) = plt.subplots(
-    1, 2, figsize=(10, 3.8), layout="constrained"
-)
+fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
 width = 0.38
 positions = np.arange(len(preprocessing))
 for k, net_name in enumerate(networks):
     values = [scores[net_name, p] for p in preprocessing]
-    bars = ax_bar.bar(
-        positions + (k - 0.5) * width, values, width, label=net_name
-    )
+    bars = ax_bar.bar(positions + (k - 0.5) * width, values, width, label=net_name)
     ax_bar.bar_label(bars, fmt="%.3f", fontsize=8)
 ax_bar.set_xticks(positions, list(preprocessing))
 ax_bar.set(ylim=(0.4, 1.02), ylabel="test accuracy", title="Test accuracy")

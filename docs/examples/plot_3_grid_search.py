@@ -30,9 +30,7 @@ from sklearn_bn import BatchNormScaler, MLPBNClassifier
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 X, y = load_digits(return_X_y=True)
-X_train, X_test, y_train, y_test = train_test_split(
-    X, y, stratify=y, random_state=0
-)
+X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_state=0)
 
 pipeline = make_pipeline(
     BatchNormScaler(),
@@ -57,9 +55,9 @@ print(
 # layers in rows and ``bn_momentum`` in columns.
 
 results = pd.DataFrame(search.cv_results_)
-results["hidden layers"] = results[
-    "param_mlpbnclassifier__hidden_layer_sizes"
-].astype(str)
+results["hidden layers"] = results["param_mlpbnclassifier__hidden_layer_sizes"].astype(
+    str
+)
 table = results.pivot_table(
     index="hidden layers",
     columns="param_mlpbnclassifier__bn_momentum",

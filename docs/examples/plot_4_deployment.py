@@ -36,15 +36,11 @@ from sklearn_bn import BatchNormScaler, MLPBNClassifier
 from sklearn_bn.onnx import register_converters
 
 X, y = load_digits(return_X_y=True)
-X_train, X_test, y_train, y_test = train_test_split(
-    X, y, stratify=y, random_state=0
-)
+X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_state=0)
 
 model = make_pipeline(
     BatchNormScaler(),
-    MLPBNClassifier(
-        hidden_layer_sizes=(64, 64), early_stopping=True, random_state=0
-    ),
+    MLPBNClassifier(hidden_layer_sizes=(64, 64), early_stopping=True, random_state=0),
 )
 model.fit(X_train, y_train)
 proba = model.predict_proba(X_test)
@@ -64,9 +60,7 @@ print(
     "same predictions:",
     np.array_equal(plain.predict(X_test), model.predict(X_test)),
 )
-print(
-    f"largest probability difference: {np.abs(plain_proba - proba).max():.1e}"
-)
+print(f"largest probability difference: {np.abs(plain_proba - proba).max():.1e}")
 print(f"pickled size: {len(pickle.dumps(plain)) / 1024:.0f} KiB")
 
 # %%
@@ -107,9 +101,7 @@ for dtype, label in [
     (np.float64, "ONNX float64"),
     (np.float32, "ONNX float32"),
 ]:
-    diff = np.abs(
-        onnx_proba[dtype] - model.predict_proba(X_test.astype(dtype))
-    ).ravel()
+    diff = np.abs(onnx_proba[dtype] - model.predict_proba(X_test.astype(dtype))).ravel()
     ax.hist(np.maximum(diff, 1e-19), bins=bins, alpha=0.7, label=label)
 diff = np.abs(plain_proba - proba).ravel()
 ax.hist(

@@ -32,8 +32,7 @@ rng = np.random.default_rng(0)
 n_chunks, chunk_size = 40, 250
 drift = np.linspace(0.0, 4.0, n_chunks)
 chunks = [
-    rng.normal(size=(chunk_size, 3)) * [1.0, 10.0, 0.1] + [d, 5.0, -1.0]
-    for d in drift
+    rng.normal(size=(chunk_size, 3)) * [1.0, 10.0, 0.1] + [d, 5.0, -1.0] for d in drift
 ]
 X = np.concatenate(chunks)
 
@@ -144,11 +143,9 @@ X_blocks = da.from_array(X_train, chunks=(200, 64))
 y_blocks = da.from_array(y_train, chunks=200)
 classes = np.unique(digits_y)
 
-clf = MLPBNClassifier(
-    hidden_layer_sizes=(64,), learning_rate_init=0.01, random_state=0
-)
+clf = MLPBNClassifier(hidden_layer_sizes=(64,), learning_rate_init=0.01, random_state=0)
 seen, accuracy = [], []
-for n_pass in range(3):
+for _ in range(3):
     for k in range(X_blocks.numblocks[0]):
         clf.partial_fit(
             X_blocks.blocks[k].compute(),

@@ -37,8 +37,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn_bn import MLPBNClassifier
 
 X, y = make_classification(
-    n_samples=3000, n_features=40, n_informative=10, n_redundant=10,
-    n_classes=4, flip_y=0.05, random_state=0,
+    n_samples=3000,
+    n_features=40,
+    n_informative=10,
+    n_redundant=10,
+    n_classes=4,
+    flip_y=0.05,
+    random_state=0,
 )
 configurations = {
     "defaults": {},
@@ -57,8 +62,9 @@ def fit(seed, **params):
     )
     model = make_pipeline(
         StandardScaler(),
-        MLPBNClassifier(hidden_layer_sizes=(128, 128), max_iter=100,
-                        random_state=seed, **params),
+        MLPBNClassifier(
+            hidden_layer_sizes=(128, 128), max_iter=100, random_state=seed, **params
+        ),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -66,8 +72,10 @@ def fit(seed, **params):
     return model, model.score(X_train, y_train), model.score(X_test, y_test)
 
 
-scores = {name: [fit(seed, **params)[1:] for seed in seeds]
-          for name, params in configurations.items()}
+scores = {
+    name: [fit(seed, **params)[1:] for seed in seeds]
+    for name, params in configurations.items()
+}
 for name, runs in scores.items():
     train, test = np.mean(runs, axis=0)
     print(f"{name.replace(chr(10), ' '):28s} train {train:.3f}  test {test:.3f}")
@@ -86,8 +94,15 @@ test_acc = np.array([[r[1] for r in scores[n]] for n in names])
 x = np.arange(len(names))
 fig, ax = plt.subplots(figsize=(8, 4))
 ax.bar(x - 0.2, train_acc.mean(1), 0.4, label="train", color="#c8c8c8")
-ax.bar(x + 0.2, test_acc.mean(1), 0.4, yerr=test_acc.std(1), label="test",
-       color="#3c78b4", capsize=3)
+ax.bar(
+    x + 0.2,
+    test_acc.mean(1),
+    0.4,
+    yerr=test_acc.std(1),
+    label="test",
+    color="#3c78b4",
+    capsize=3,
+)
 ax.set_xticks(x, names, fontsize=8)
 ax.set_ylim(0.6, 1.1)
 ax.set_ylabel(f"accuracy (mean of {len(seeds)} seeds)")
@@ -112,20 +127,29 @@ population, _, _ = fit(0, bn_stats="population")
 X_train = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)[0]
 net = population[-1]
 c = net.input_clip_
-H = c * np.tanh((running[0].transform(X_train) - net.input_center_)
-                / (net.input_scale_ * c))
+H = c * np.tanh(
+    (running[0].transform(X_train) - net.input_center_) / (net.input_scale_ * c)
+)
 Z = H @ net.coefs_[0]
-print("population mean of layer 1 against numpy, largest difference:",
-      f"{np.abs(population[-1].running_means_[0] - Z.mean(0)).max():.1e}")
+print(
+    "population mean of layer 1 against numpy, largest difference:",
+    f"{np.abs(population[-1].running_means_[0] - Z.mean(0)).max():.1e}",
+)
 
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-for ax, attribute, title in zip(axes, ["running_means_", "running_vars_"],
-                                ["mean", "variance"]):
+for ax, attribute, title in zip(
+    axes, ["running_means_", "running_vars_"], ["mean", "variance"]
+):
     before = getattr(running[-1], attribute)
     after = getattr(population[-1], attribute)
     for layer, color in zip(range(len(before)), ["#3c78b4", "#e08a3c"]):
-        ax.scatter(after[layer], before[layer], s=8, color=color,
-                   label=f"hidden layer {layer + 1}")
+        ax.scatter(
+            after[layer],
+            before[layer],
+            s=8,
+            color=color,
+            label=f"hidden layer {layer + 1}",
+        )
     low = min(min(a.min() for a in after), min(b.min() for b in before))
     high = max(max(a.max() for a in after), max(b.max() for b in before))
     ax.plot([low, high], [low, high], color="black", linewidth=0.8)

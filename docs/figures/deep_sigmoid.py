@@ -17,15 +17,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from threadpoolctl import threadpool_limits
 
-from sklearn_bn import MLPBNClassifier  # noqa: E402
+from sklearn_bn import MLPBNClassifier
 
 OUT = Path(__file__).with_suffix(".png")
 
@@ -33,8 +33,9 @@ OUT = Path(__file__).with_suffix(".png")
 def main():
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X / 16, y, random_state=0)
-    params = dict(hidden_layer_sizes=(64,) * 8, activation="logistic", max_iter=40,
-                  random_state=0)
+    params = dict(
+        hidden_layer_sizes=(64,) * 8, activation="logistic", max_iter=40, random_state=0
+    )
     fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
     with threadpool_limits(1), warnings.catch_warnings():  # as the test runs it
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -42,13 +43,26 @@ def main():
             model = cls(**params).fit(X_train, y_train)
             accuracy = model.score(X_test, y_test)
             curve = model.loss_curve_
-            stopped = "" if model.n_iter_ == 40 else f", stopped after {model.n_iter_} epochs"
-            ax.plot(np.arange(1, len(curve) + 1), curve,
-                    label=f"{cls.__name__}: test accuracy {accuracy:.3f}{stopped}")
-            print(f"{cls.__name__}: test accuracy {accuracy:.3f}, {model.n_iter_} epochs")
-    ax.axhline(np.log(10), color="gray", ls=":", label="loss of a uniform guess (ln 10)")
-    ax.set(xlabel="epoch", ylabel="training loss (loss_curve_)", ylim=(0, 2.5),
-           title="digits, 8 hidden logistic layers of 64 units")
+            stopped = (
+                "" if model.n_iter_ == 40 else f", stopped after {model.n_iter_} epochs"
+            )
+            ax.plot(
+                np.arange(1, len(curve) + 1),
+                curve,
+                label=f"{cls.__name__}: test accuracy {accuracy:.3f}{stopped}",
+            )
+            print(
+                f"{cls.__name__}: test accuracy {accuracy:.3f}, {model.n_iter_} epochs"
+            )
+    ax.axhline(
+        np.log(10), color="gray", ls=":", label="loss of a uniform guess (ln 10)"
+    )
+    ax.set(
+        xlabel="epoch",
+        ylabel="training loss (loss_curve_)",
+        ylim=(0, 2.5),
+        title="digits, 8 hidden logistic layers of 64 units",
+    )
     ax.legend(loc="center right", fontsize=9)
     fig.savefig(OUT, dpi=100)
     print(f"saved {OUT}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).parent
 OUT = HERE / "performance_fit.png"
@@ -41,13 +41,18 @@ def main():
         y = range(len(bars))[::-1]
         ax.barh(list(y), values, color=[COLORS.get(k, "#3c78b4") for k, _ in bars])
         for yi, v in zip(y, values):
-            ax.text(v, yi, f" {v:.3f} s ({v / res['floor']:.2f}x)", va="center", fontsize=8)
+            ax.text(
+                v, yi, f" {v:.3f} s ({v / res['floor']:.2f}x)", va="center", fontsize=8
+            )
         ax.set_yticks(list(y), [label for _, label in bars], fontsize=8)
         ax.set_xlim(0, max(values) * 1.45)
         ax.set_xlabel("seconds per epoch")
         ax.set_title(dtype, fontsize=10)
-    fig.suptitle("40,000 x 64 rows, hidden (256, 256), batch 256, Adam; two cores "
-                 "(ratios to the floor)", fontsize=10)
+    fig.suptitle(
+        "40,000 x 64 rows, hidden (256, 256), batch 256, Adam; two cores "
+        "(ratios to the floor)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(OUT, dpi=110)
     print(f"wrote {OUT}")
