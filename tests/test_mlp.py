@@ -1202,6 +1202,28 @@ def test_partial_fit_rejects_early_stopping():
         MLPClassifier(early_stopping=True).partial_fit(X, y, classes=[0, 1])
 
 
+@pytest.mark.parametrize("n_samples", [10_000, 10_001])
+def test_auto_early_stopping_is_on_above_ten_thousand_samples(n_samples):
+    # HistGradientBoosting's rule: on for a fit on more than 10,000 samples.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(n_samples, 3))
+    y = (X[:, 0] > 0).astype(int)
+    params = dict(hidden_layer_sizes=(4,), max_iter=2, batch_size=2000, random_state=0)
+    auto = fit_quietly(MLPBNClassifier(early_stopping="auto", **params), X, y)
+    on = n_samples > 10_000
+    same = fit_quietly(MLPBNClassifier(early_stopping=on, **params), X, y)
+    assert (auto.validation_scores_ is not None) == on
+    assert auto.validation_scores_ == same.validation_scores_
+    for a, b in zip(auto.coefs_, same.coefs_):
+        assert_array_equal(a, b)
+    # The export says what the fit did; partial_fit never stops early.
+    exported = auto.set_params(input_preprocessing=None).fit(X, y).to_sklearn()
+    assert exported.early_stopping is on
+    inc = MLPBNClassifier(early_stopping="auto", **params)
+    inc.partial_fit(X, y, classes=[0, 1])
+    assert inc.validation_scores_ is None
+
+
 def test_warm_start_with_other_classes_raises():
     X, y, est = make_data("multiclass")
     fit_quietly(est.set_params(warm_start=True), X, y)
