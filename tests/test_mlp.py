@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import re
+import signal
 import warnings
 
 import numpy as np
@@ -1929,11 +1930,22 @@ def test_a_bn_epsilon_too_small_for_float32_is_named():
         fit_quietly(clone(est).set_params(bn_epsilon=1e-60), X, y)
 
 
-def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch():
+@pytest.fixture
+def python_handles_sigint():
+    """Python's own SIGINT handler, as in an interactive session: a shell that
+    runs the tests in the background ignores SIGINT, Python keeps that, and
+    fit then leaves Ctrl-C alone (it installs its handler only over Python's)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch(
+    python_handles_sigint,
+):
     # A real SIGINT in the middle of an epoch: fit returns (with a warning),
     # the epoch under way counts with the minibatches it ran, and t_ and the
     # optimizer's step count agree with them.
-    import signal
     import threading
 
     rng = np.random.RandomState(0)
@@ -1966,12 +1978,11 @@ def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch():
 
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
-    early_stopping, monkeypatch
+    early_stopping, monkeypatch, python_handles_sigint
 ):
     # Ctrl-C after the fifth minibatch of the first epoch (each compiled call
     # runs one minibatch here): the model is what training on those rows for
     # one epoch gives, bit for bit, and is recorded as such.
-    import signal
 
     from sklearn_bn import _engine, _training
 
