@@ -1373,10 +1373,14 @@ _COMMON_PARAMS_DOC = """
     nesterovs_momentum : bool, default=True
         Whether ``solver='sgd'`` uses Nesterov's momentum.
 
-    early_stopping : bool, default=False
+    early_stopping : bool or 'auto', default=False
         Hold out ``validation_fraction`` of the training data and stop when
         the validation score does not improve by ``tol`` for
         ``n_iter_no_change`` epochs; the best weights are restored.
+        ``'auto'`` (HistGradientBoosting's rule) is on for a :meth:`fit` on
+        more than 10,000 samples and off otherwise, and off in
+        :meth:`partial_fit` (where ``True`` raises). Whether a fit stopped
+        early shows in ``validation_scores_`` (None without).
 
     validation_fraction : float, default=0.1
         Fraction of the training data held out for early stopping.
@@ -1778,16 +1782,16 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     def __init__(
         self,
-        hidden_layer_sizes=(100,),
+        hidden_layer_sizes=(512,),
         activation="relu",
         *,
         solver="adam",
-        alpha=0.0001,
+        alpha=0.01,
         batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=0.001,
+        learning_rate="cosine",
+        learning_rate_init=0.002,
         power_t=0.5,
-        max_iter=200,
+        max_iter=100,
         shuffle=True,
         random_state=None,
         tol=1e-4,
@@ -2159,16 +2163,16 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     def __init__(
         self,
         loss="squared_error",
-        hidden_layer_sizes=(100,),
+        hidden_layer_sizes=(512,),
         activation="relu",
         *,
         solver="adam",
-        alpha=0.0001,
+        alpha=0.01,
         batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=0.001,
+        learning_rate="cosine",
+        learning_rate_init=0.002,
         power_t=0.5,
-        max_iter=200,
+        max_iter=100,
         shuffle=True,
         random_state=None,
         tol=1e-4,
