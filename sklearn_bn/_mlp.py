@@ -1299,9 +1299,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
 
 _COMMON_PARAMS_DOC = """
-    hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
+    hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(512,)
         The ith element is the number of units of the ith hidden layer. Each
         hidden layer is ``linear (no bias) -> batch norm -> activation``.
+        (scikit-learn's MLP: ``(100,)``. This default and those of ``alpha``,
+        ``learning_rate``, ``learning_rate_init`` and ``max_iter`` were chosen
+        on real tabular data: see the user guide's "Defaults for tabular
+        data".)
 
     activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
         Activation function of the hidden layers, applied after batch norm.
@@ -1311,7 +1315,7 @@ _COMMON_PARAMS_DOC = """
         (stochastic gradient descent with momentum). scikit-learn's
         ``'lbfgs'`` is not offered: batch norm is defined on minibatches.
 
-    alpha : float, default=0.0001
+    alpha : float, default=0.01
         Strength of the L2 penalty on the coefficients ``coefs_`` (not on
         ``gammas_`` or ``intercepts_``), divided by the minibatch size (its
         weight sum when weighted) when added to the loss.
@@ -1321,7 +1325,7 @@ _COMMON_PARAMS_DOC = """
         value larger than the data is clipped with a warning. A trailing
         minibatch of a single sample joins the previous one.
 
-    learning_rate : {'constant', 'invscaling', 'adaptive', 'cosine'}, default='constant'
+    learning_rate : {'constant', 'invscaling', 'adaptive', 'cosine'}, default='cosine'
         Learning-rate schedule. ``'constant'``: ``learning_rate_init``.
         ``'invscaling'`` and ``'adaptive'`` (``solver='sgd'`` only; Adam
         ignores them, as scikit-learn's does): divided by ``(t + 1) **
@@ -1337,14 +1341,14 @@ _COMMON_PARAMS_DOC = """
         sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's ``s``-th step.
         :meth:`partial_fit` steps at ``learning_rate_init``.
 
-    learning_rate_init : float, default=0.001
+    learning_rate_init : float, default=0.002
         The initial learning rate (the step size of Adam, before its bias
         corrections).
 
     power_t : float, default=0.5
         Exponent of the ``'invscaling'`` schedule.
 
-    max_iter : int, default=200
+    max_iter : int, default=100
         Maximum number of epochs (passes over the data).
 
     shuffle : bool, default=True

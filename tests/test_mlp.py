@@ -14,6 +14,7 @@ import pickle
 import re
 import signal
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -651,7 +652,8 @@ def test_population_statistics_help_a_model_with_stale_running_statistics():
     X = X / 16
     # X straight in: its uncentred pixels are what leaves the stale running
     # means far from the layer's (the input handling would centre them).
-    est = MLPBNClassifier(
+    est = round_2(
+        MLPBNClassifier,
         hidden_layer_sizes=(32,),
         bn_momentum=1e-4,
         max_iter=15,
@@ -2291,3 +2293,32 @@ def test_weight_on_a_single_row_is_skipped_with_a_warning(virtual_batch_size):
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.set_params(shuffle=True).fit(X, y, sample_weight=np.ones(40))
+
+
+TABULAR_DEFAULTS = {
+    "hidden_layer_sizes": (512,),
+    "alpha": 0.01,
+    "learning_rate": "cosine",
+    "learning_rate_init": 0.002,
+    "max_iter": 100,
+}
+
+
+@pytest.mark.parametrize(
+    "ours, theirs", [(MLPBNClassifier, MLPClassifier), (MLPBNRegressor, MLPRegressor)]
+)
+def test_defaults_differ_from_scikit_learns_only_where_measured(ours, theirs):
+    # The user guide's table "Defaults that differ from MLPClassifier" lists
+    # exactly these, with the measurement behind each.
+    mine, sklearns = ours().get_params(), theirs().get_params()
+    differ = {
+        name: mine[name]
+        for name in sklearns.keys() & mine.keys()
+        if mine[name] != sklearns[name]
+    }
+    assert differ == TABULAR_DEFAULTS
+    guide = (Path(__file__).parents[1] / "docs" / "user_guide" / "mlp.rst").read_text()
+    table = guide.split("Defaults that differ from MLPClassifier")[1].split("Measured")[
+        0
+    ]
+    assert set(re.findall(r"   \* - ``(\w+)``", table)) == set(TABULAR_DEFAULTS)

@@ -167,7 +167,7 @@ def test_a_state_saved_before_weight_decay_and_cosine_loads():
 def test_estimator_parameters():
     for cls in (MLPBNClassifier, MLPBNRegressor):
         params = cls().get_params()
-        assert params["weight_decay"] == 0.0 and params["learning_rate"] == "constant"
+        assert params["weight_decay"] == 0.0 and params["learning_rate"] == "cosine"
         assert set(cls._parameter_constraints["learning_rate"][0].options) == set(
             SCHEDULES
         )

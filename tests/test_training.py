@@ -665,19 +665,19 @@ def test_label_smoothing_matches_pytorch_cross_entropy():
 def test_label_smoothing_off_and_validation():
     X, y = regression_data(n=40)
     labels = (y > np.median(y)).astype(int)
-    # label_smoothing=0.0 is the round-2 math exactly: the pinned fits of
-    # test_reproducibility pass it. The default smooths by 0.1.
+    # The default is off: exactly label_smoothing=0.0, which the pinned fits
+    # of test_reproducibility pass (the math before label smoothing).
     default = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
-    explicit = MLPBNClassifier(
-        hidden_layer_sizes=(4,), max_iter=2, random_state=0, label_smoothing=0.1
-    )
     zero = MLPBNClassifier(
         hidden_layer_sizes=(4,), max_iter=2, random_state=0, label_smoothing=0.0
     )
+    smoothed = MLPBNClassifier(
+        hidden_layer_sizes=(4,), max_iter=2, random_state=0, label_smoothing=0.1
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a, b = default.fit(X, labels), explicit.fit(X, labels)
-        zero.fit(X, labels)
+        a, b = default.fit(X, labels), zero.fit(X, labels)
+        smoothed.fit(X, labels)
         # Early stopping scores the true labels: accuracies, not smoothed.
         stopped = MLPBNClassifier(
             hidden_layer_sizes=(4,),
@@ -689,7 +689,7 @@ def test_label_smoothing_off_and_validation():
         ).fit(X, labels)
     for p, q in zip(a.coefs_, b.coefs_):
         assert_array_equal(p, q)
-    assert not np.array_equal(a.coefs_[0], zero.coefs_[0])
+    assert not np.array_equal(a.coefs_[0], smoothed.coefs_[0])
     assert all(score in np.arange(11) / 10 for score in stopped.validation_scores_)
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="label_smoothing"):
