@@ -732,6 +732,10 @@ def check_state(est, X, y, n, hidden, epoch_seconds, elapsed):
 def worker_ctrlc(p):
     """The child: fit, get interrupted, report; ``p["trials"]`` times."""
     warnings.filterwarnings("ignore", message="Training interrupted")
+    # Python's own SIGINT handler, as in a terminal: a child of a shell that
+    # runs in the background starts with SIGINT ignored, and fit then leaves
+    # Ctrl-C alone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     n, hidden = p["n"], tuple(p["hidden"])
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, bench_fit.N_FEATURES), dtype=np.float32)
