@@ -449,10 +449,12 @@ class Engine:
                 f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
                 f"<= {_threads.MAX_THREADS}, got {self.team_size}"
             )
+        network = (tuple(self.layout.units), int(batch_size), self.dtype.char)
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
-            loss_sum, start, degenerate = _training.train_epoch(
+            threads = _threads.TEAM_PACE.threads(network, n_threads, began)
+            loss_sum, end, degenerate = _training.train_epoch(
                 self.network,
                 data,
                 params,
@@ -463,11 +465,14 @@ class Engine:
                 start,
                 self._batches_per_call,
                 loss_sum,
-                int(n_threads),
+                int(threads),
                 int(pieces),
             )
+            seconds = time.perf_counter() - began
+            _threads.TEAM_PACE.record(network, threads, seconds, end - start, began)
+            start = end
             self.degenerate_batches += degenerate
-            self._pace(time.perf_counter() - began, -(-n // batch_size))
+            self._pace(seconds, -(-n // batch_size))
         return loss_sum, start
 
     def _pace(self, seconds, batches_per_epoch):

@@ -297,6 +297,59 @@ class _RunningTeams:
 
 _TEAMS = _RunningTeams()
 
+
+class _TeamPace:
+    """Whether a team has lately trained faster on all its threads or on one.
+
+    The engine runs each call of its compiled loop on the threads this
+    picks: those of its team, or one (which takes every piece), whichever
+    did the same network's last calls faster per row; the other is tried
+    again when its measure is ``PROBE_SECONDS`` old. A machine that shares
+    a core with another process, or goes through a period in which a core
+    runs slowly, then trains at one thread's speed rather than slower. The
+    pieces are the team's either way, so the results do not depend on it.
+    Shared by the process's threads (a grid search's fits of one network
+    learn from each other); calls shorter than ``MIN_SECONDS`` are not
+    measured (the first calls of a fit, which grow from one minibatch).
+    """
+
+    PROBE_SECONDS = 0.5
+    MIN_SECONDS = 0.004
+    MAX_NETWORKS = 32
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seconds_per_row = {}  # network -> {threads: (seconds, when)}
+
+    def threads(self, network, team_threads, now):
+        """The threads for the next call of ``network``'s team."""
+        if team_threads == 1:
+            return 1
+        with self._lock:
+            measured = dict(self._seconds_per_row.get(network, {}))
+        for threads in (team_threads, 1):
+            if (
+                threads not in measured
+                or now - measured[threads][1] > self.PROBE_SECONDS
+            ):
+                return threads
+        return 1 if measured[1][0] < measured[team_threads][0] else team_threads
+
+    def record(self, network, threads, seconds, rows, now):
+        """A call of ``network`` on ``threads`` threads ran ``rows`` rows in
+        ``seconds``."""
+        if seconds < self.MIN_SECONDS or rows <= 0:
+            return
+        with self._lock:
+            per_network = self._seconds_per_row.pop(network, {})
+            per_network[threads] = (seconds / rows, now)
+            self._seconds_per_row[network] = per_network  # the most recent last
+            while len(self._seconds_per_row) > self.MAX_NETWORKS:
+                del self._seconds_per_row[next(iter(self._seconds_per_row))]
+
+
+TEAM_PACE = _TeamPace()
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 

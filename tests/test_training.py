@@ -1410,6 +1410,63 @@ def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
         assert other.loss_curve_ == first.loss_curve_
 
 
+def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
+    # The pace of the team (_threads.TEAM_PACE) may run any call of the
+    # compiled loop on one thread instead of the team's: the pieces stay, and
+    # so do the bits.
+    X, y = regression_data(n=300, n_features=24)
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(2)
+    )
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)  # a minibatch per call
+    fits, used = [], []
+    for alternate in (False, True):
+        calls = iter(range(10**6))
+
+        def pick(network, team_threads, now, alternate=alternate, calls=calls):
+            threads = 1 + (next(calls) % 2) if alternate else team_threads
+            used.append(threads)
+            return threads
+
+        monkeypatch.setattr(_threads.TEAM_PACE, "threads", pick)
+        est = MLPBNRegressor(
+            hidden_layer_sizes=(32, 16), batch_size=30, max_iter=3, random_state=0
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits.append(est.fit(X, y))
+    assert set(used) == {1, 2}
+    for a, b in zip(
+        params_of(fits[0]) + running_of(fits[0]),
+        params_of(fits[1]) + running_of(fits[1]),
+    ):
+        for p, q in zip(a, b):
+            assert_array_equal(p, q)
+    assert fits[0].loss_curve_ == fits[1].loss_curve_
+
+
+def test_team_pace_takes_the_faster_and_tries_the_other_again():
+    pace = _threads._TeamPace()
+    net, other = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
+    assert pace.threads(net, 1, 0.0) == 1  # a team of one has no choice
+    assert pace.threads(net, 2, 0.0) == 2  # measure the team first
+    pace.record(net, 2, 0.010, 100, 0.0)
+    assert pace.threads(net, 2, 0.01) == 1  # then one thread
+    pace.record(net, 1, 0.015, 100, 0.01)
+    assert pace.threads(net, 2, 0.02) == 2  # the team was faster
+    assert pace.threads(other, 2, 0.02) == 2  # each network its own
+    pace.record(net, 2, 0.030, 100, 0.3)  # the team slows down
+    assert pace.threads(net, 2, 0.31) == 1
+    # One thread's measure grows old: it is tried again, then the team.
+    t = 0.01 + pace.PROBE_SECONDS + 0.001
+    assert pace.threads(net, 2, t) == 1
+    pace.record(net, 1, 0.040, 100, t)
+    assert pace.threads(net, 2, t) == 2
+    # Calls too short to time are not measured.
+    pace.record(other, 2, pace.MIN_SECONDS / 2, 100, 0.0)
+    assert pace.threads(other, 2, 0.01) == 2
+
+
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     # Four threads on a machine that may have one or two cores: threads wait
     # for each other's pieces, sleeping when they wait long, and the
