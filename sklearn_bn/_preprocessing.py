@@ -235,9 +235,20 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     return columns
 
 
-def _numeric_dtype(float32_flags):
-    """float32 when there are numeric columns and all are float32."""
-    return np.float32 if float32_flags and all(float32_flags) else np.float64
+def _numeric_columns(n_rows, parts, float32_flags, bad):
+    """The numeric columns a frame reader read one by one (``parts``), as one
+    array (None without any), and its dtype: float32 when there are numeric
+    columns and all are float32. ``bad`` names the columns of strings that
+    are not numbers: a ValueError says how to mark them."""
+    if bad:
+        raise _string_columns_error(bad)
+    dtype = np.float32 if float32_flags and all(float32_flags) else np.float64
+    if not parts:
+        return None, dtype
+    numeric = np.empty((n_rows, len(parts)), dtype=dtype)
+    for k, part in enumerate(parts):
+        numeric[:, k] = part
+    return numeric, dtype
 
 
 def _read_pandas(X, mask):
@@ -267,12 +278,7 @@ def _read_pandas(X, mask):
             continue
         flags.append(False)
         parts.append(converted)
-    if bad:
-        raise _string_columns_error(bad)
-    dtype = _numeric_dtype(flags)
-    numeric = np.empty((X.shape[0], len(parts)), dtype=dtype)
-    for k, part in enumerate(parts):
-        numeric[:, k] = part
+    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad)
     categorical = []
     for i in np.flatnonzero(mask):
         col = X.iloc[:, i]
@@ -281,7 +287,7 @@ def _read_pandas(X, mask):
         else:
             values = col.to_numpy(dtype=object, na_value=np.nan)
             categorical.append(values)
-    return Columns(numeric if len(parts) else None, categorical, mask, dtype)
+    return Columns(numeric, categorical, mask, dtype)
 
 
 def _read_polars(X, mask):
@@ -301,19 +307,14 @@ def _read_polars(X, mask):
             continue
         flags.append(False)
         parts.append(converted)
-    if bad:
-        raise _string_columns_error(bad)
-    dtype = _numeric_dtype(flags)
-    numeric = np.empty((X.shape[0], len(parts)), dtype=dtype)
-    for k, part in enumerate(parts):
-        numeric[:, k] = part
+    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad)
     categorical = []
     for i in np.flatnonzero(mask):
         col = X.to_series(int(i))
         if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
         categorical.append(np.asarray(col.to_numpy(), dtype=object))
-    return Columns(numeric if len(parts) else None, categorical, mask, dtype)
+    return Columns(numeric, categorical, mask, dtype)
 
 
 def _read_array(X, mask):
