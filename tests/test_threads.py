@@ -24,6 +24,30 @@ needs_openmp = pytest.mark.skipif(
     _team.openmp_max_threads() < 2,
     reason="built without OpenMP, or limited to one thread",
 )
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(),
+    reason="needs the fork start method",
+)
+
+
+def run_script(script):
+    """The output of ``python -c script``, without the thread limits other
+    tests may have left in the environment (Dask's workers set
+    OMP_NUM_THREADS=1 in it)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
+    return out.stdout
 
 
 def blas_limits():
@@ -300,27 +324,9 @@ if __name__ == "__main__":
 
 
 @needs_openmp
-@pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(),
-    reason="needs the fork start method",
-)
+@needs_fork
 def test_forked_children_are_single_threaded_only_after_a_team():
-    # Without the thread limits other tests may have left in the
-    # environment (Dask's workers set OMP_NUM_THREADS=1 in it).
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        env=env,
-    )
-    before, after, parent = map(int, out.stdout.split())
+    before, after, parent = map(int, run_script(FORK_SCRIPT).split())
     assert before == parent >= 2
     assert after == 1
 
@@ -358,27 +364,11 @@ print(_threads.max_threads(), _threads.usable_cores())
 
 
 @needs_openmp
-@pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(),
-    reason="needs the fork start method",
-)
+@needs_fork
 def test_a_forked_child_trains_on_the_engine_s_threads():
     # The engine's pool of threads starts afresh in a forked child: it
     # trains there on as many threads, to the same model.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.endswith("_NUM_THREADS") and k != "OMP_THREAD_LIMIT"
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", POOL_FORK_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-        env=env,
-    )
-    same, threads = out.stdout.split()
+    same, threads = run_script(POOL_FORK_SCRIPT).split()
     assert same == "True"
     assert int(threads) >= 2
 
@@ -386,14 +376,7 @@ def test_a_forked_child_trains_on_the_engine_s_threads():
 @needs_openmp
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity")
 def test_the_cores_follow_the_cpu_affinity():
-    out = subprocess.run(
-        [sys.executable, "-c", AFFINITY_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.split() == ["1", "1"]
+    assert run_script(AFFINITY_SCRIPT).split() == ["1", "1"]
 
 
 def test_the_cores_follow_the_cgroup_quota(monkeypatch):
