@@ -1252,6 +1252,16 @@ def forced_engine_threads(n_threads, pieces=None):
         yield _threads.TeamSize(n_threads if pieces is None else pieces, n_threads)
 
 
+def assert_same_fit(a, b):
+    """The same model, bit for bit: its parameters, running statistics and
+    loss curve."""
+    for p, q in zip(
+        sum(params_of(a) + running_of(a), []), sum(params_of(b) + running_of(b), [])
+    ):
+        assert_array_equal(p, q)
+    assert a.loss_curve_ == b.loss_curve_
+
+
 THREAD_CASES = {
     # Widths that leave threads uneven or empty shares (they share units in
     # multiples of 16 and rows in multiples of 8).
@@ -1400,14 +1410,8 @@ def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y, sample_weight=sw))
-    first = fits[0]
     for other in fits[1:]:
-        for a, b in zip(
-            sum(params_of(first) + running_of(first), []),
-            sum(params_of(other) + running_of(other), []),
-        ):
-            assert_array_equal(a, b)
-        assert other.loss_curve_ == first.loss_curve_
+        assert_same_fit(other, fits[0])
 
 
 def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
@@ -1436,13 +1440,7 @@ def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y))
     assert set(used) == {1, 2}
-    for a, b in zip(
-        params_of(fits[0]) + running_of(fits[0]),
-        params_of(fits[1]) + running_of(fits[1]),
-    ):
-        for p, q in zip(a, b):
-            assert_array_equal(p, q)
-    assert fits[0].loss_curve_ == fits[1].loss_curve_
+    assert_same_fit(fits[1], fits[0])
 
 
 def test_team_pace_takes_the_faster_and_tries_the_other_again():
