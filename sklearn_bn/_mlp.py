@@ -1505,6 +1505,20 @@ _INPUT_ATTRIBUTES_DOC = """
     input_categories_ : list of ndarray
         For each categorical feature, the categories that get a one-hot
         column, in the order of the columns: sorted by value, NaN last.
+
+    input_spline_features_ : ndarray of int
+        The raw indices of the numeric features that get a piecewise-linear
+        encoding (7 hat columns each, after the one-hot columns): none
+        unless the training rows number at least 500 per numeric feature,
+        and only features whose knots are distinct.
+
+    input_spline_knots_ : ndarray of shape (n_spline_features, 8)
+        Each encoded feature's knots: its weighted quantiles at the levels
+        0, 1/7, ..., 1, in the clipped scale ``tanh((x - center) / (scale *
+        c))``. Hat ``k`` of a feature is 1 at knot ``k`` and 0 at knots
+        ``k - 1`` and ``k + 1``; the first hat stays 1 below the first knot
+        (the degree-1 B-splines of scikit-learn's ``SplineTransformer``,
+        ``extrapolation='constant'``, ``include_bias=False``).
 """
 
 _CLASS_WEIGHT_DOC = """

@@ -4,7 +4,7 @@ Learned once from the training rows (``fit``, or the first ``partial_fit``),
 then fixed: every prediction applies it. Row ``x`` of the raw input becomes
 the network's input row, laid out as
 
-    [numeric features] + [missing indicators] + [one-hot blocks]
+    [numeric features] + [missing indicators] + [one-hot blocks] + [hats]
 
 * numeric feature ``j`` (in the order of the raw columns):
   ``c * tanh((x_j - center_j) / (scale_j * c))`` with ``c = clip_`` (a smooth
@@ -17,7 +17,12 @@ the network's input row, laid out as
   NaN in rows of positive weight during ``fit``;
 * categorical feature ``k``: one column per learned category, in the order of
   ``categories[k]`` (sorted by value, NaN last): 1 for that category, all
-  zeros for a category not learned (unseen, or beyond the cap).
+  zeros for a category not learned (unseen, or beyond the cap);
+* a piecewise-linear encoding of the numeric features, when the rows number
+  at least ``_SPLINE_ROWS_PER_FEATURE`` per numeric feature: ``K - 1`` hats
+  per feature over ``K = _SPLINE_KNOTS`` knots at its weighted quantiles, in
+  the clipped scale ``u = tanh((x_j - center_j) / (scale_j * c))`` (see
+  :meth:`InputHandling.spline_ramps`).
 
 Weights are repeat counts everywhere: quantiles use the inverted cumulative
 distribution (averaged at ties of the two sides, as numpy's
@@ -39,6 +44,8 @@ _CLIP = 3.0  # smooth clip at +-_CLIP robust standard deviations
 _IQR_PER_SD = 1.3489795003921634  # interquartile range of a normal, in SDs
 _MAX_CATEGORIES = 100  # one-hot columns per categorical feature, the heaviest
 _BLOCK_ELEMENTS = 1 << 20  # elements of a working block (statistics, transform)
+_SPLINE_KNOTS = 8  # knots of a numeric feature's piecewise-linear encoding
+_SPLINE_ROWS_PER_FEATURE = 500  # rows per numeric feature it needs (see learn)
 
 # The estimator's attributes that hold the fitted handling.
 ATTRIBUTES = (
@@ -48,6 +55,8 @@ ATTRIBUTES = (
     "input_clip_",
     "input_missing_indicators_",
     "input_categories_",
+    "input_spline_features_",
+    "input_spline_knots_",
 )
 
 
@@ -400,7 +409,9 @@ def weighted_quantiles(X, sample_weight, quantiles):
         rows = np.arange(k)
         for j, qj in enumerate(q):
             target = (qj * total)[:, None]
-            lo = np.minimum((cum < target).sum(axis=1), n - 1)
+            # Leading rows of weight 0 (cum 0) are absent, also at q = 0.
+            lo = np.maximum((cum < target).sum(axis=1), (cum <= 0).sum(axis=1))
+            lo = np.minimum(lo, n - 1)
             hi = np.minimum((cum <= target).sum(axis=1), n - 1)
             lo_v, hi_v = values[rows, lo], values[rows, hi]
             hi_v = np.where(np.isnan(hi_v) | (weights[rows, hi] == 0), lo_v, hi_v)
@@ -456,6 +467,8 @@ def learn(columns, sample_weight):
         mask = np.zeros(columns.shape[1], dtype=bool)
     sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     numeric_idx = np.flatnonzero(~mask)
+    spline_features = np.zeros(0, dtype=np.intp)
+    spline_knots = np.zeros((0, _SPLINE_KNOTS))
     if numeric is None or numeric.shape[1] == 0:
         center, scale, clip = np.zeros(0), np.ones(0), _CLIP
         had_nan = np.zeros(0, dtype=bool)
@@ -482,6 +495,8 @@ def learn(columns, sample_weight):
             nan &= (sw > 0)[:, None]
         had_nan = nan.any(axis=0)
         clip = _CLIP
+        splined, spline_knots = _learn_splines(numeric, sw, center, scale)
+        spline_features = numeric_idx[splined]
     categories = [_learn_categories(values, sw) for values in categorical]
     return {
         "is_categorical_": mask,
@@ -490,7 +505,38 @@ def learn(columns, sample_weight):
         "input_clip_": float(clip),
         "input_missing_indicators_": numeric_idx[had_nan],
         "input_categories_": categories,
+        "input_spline_features_": spline_features,
+        "input_spline_knots_": spline_knots,
     }
+
+
+def _learn_splines(numeric, sample_weight, center, scale):
+    """The numeric features that get a piecewise-linear encoding, as
+    positions among the numeric features, and their knots.
+
+    The knots are the feature's weighted quantiles at ``_SPLINE_KNOTS``
+    evenly spaced levels from 0 to 1, in the clipped scale the network sees
+    (``tanh((x - center) / (scale * c))``). A network gains from the encoding
+    where there are enough rows to learn a shape per feature: it is used only
+    when there are ``_SPLINE_ROWS_PER_FEATURE`` rows (total weight) per
+    numeric feature, and only for the features whose knots are distinct (not
+    for a feature of few values, which its linear term already fits).
+    """
+    d = numeric.shape[1]
+    none = np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
+    rows = len(numeric) if sample_weight is None else sample_weight.sum()
+    if _SPLINE_KNOTS < 2 or not rows >= _SPLINE_ROWS_PER_FEATURE * d:
+        return none
+    levels = np.linspace(0.0, 1.0, _SPLINE_KNOTS)
+    quantiles, _ = weighted_quantiles(numeric, sample_weight, levels)
+    knots = np.tanh((quantiles - center) / (scale * _CLIP)).T
+    # Distinct in float32 too: a knot interval of at least 1e-4 of the range.
+    distinct = np.all(np.diff(knots, axis=1) > 1e-4, axis=1) & np.all(
+        np.isfinite(knots), axis=1
+    )
+    if not distinct.any():
+        return none
+    return np.flatnonzero(distinct), knots[distinct]
 
 
 def _sparse_nan_columns(X, sample_weight):
@@ -607,6 +653,11 @@ class InputHandling:
         self.numeric_idx = np.flatnonzero(~self.is_categorical)
         # Missing indicators as positions among the numeric features.
         self.indicator_pos = np.searchsorted(self.numeric_idx, self.indicators)
+        self.spline_features = np.asarray(
+            attributes["input_spline_features_"], dtype=np.intp
+        )
+        self.spline_knots = np.asarray(attributes["input_spline_knots_"], np.float64)
+        self.spline_pos = np.searchsorted(self.numeric_idx, self.spline_features)
 
     @classmethod
     def of(cls, estimator):
@@ -621,7 +672,48 @@ class InputHandling:
     @property
     def n_outputs(self):
         return (
-            self.n_numeric + len(self.indicators) + sum(len(c) for c in self.categories)
+            self.n_numeric
+            + len(self.indicators)
+            + sum(len(c) for c in self.categories)
+            + self.n_spline_outputs
+        )
+
+    @property
+    def n_spline_outputs(self):
+        return self.spline_knots.shape[0] * max(self.spline_knots.shape[1] - 1, 0)
+
+    def spline_ramps(self):
+        """The piecewise-linear encoding as ramps, one per output column:
+        ``(column, left, rise_slope, rise_floor, right, fall_slope)``, and
+        the output is ``clip(min((u - left) * rise_slope + rise_floor,
+        (right - u) * fall_slope), 0, 1)`` of the clipped numeric feature
+        ``u = tanh((x - center) / (scale * c))`` (0 where NaN) at position
+        ``column`` among the numeric features.
+
+        For knots ``t_0 < ... < t_{K-1}`` of a feature, output ``k`` (``0 <=
+        k < K - 1``) is the hat that is 1 at ``t_k`` and 0 at ``t_{k-1}``
+        and ``t_{k+1}``, the first one held at 1 below ``t_0``: the degree-1
+        B-splines of scikit-learn's ``SplineTransformer`` with
+        ``extrapolation="constant"`` and ``include_bias=False``.
+        """
+        t = self.spline_knots
+        n, k = t.shape[0], max(t.shape[1] - 1, 0)
+        column = np.repeat(self.spline_pos, k)
+        left = np.zeros((n, k))
+        left[:, 1:] = t[:, : k - 1]
+        centre, right = t[:, :k], t[:, 1:]
+        rise_slope = np.zeros((n, k))
+        rise_slope[:, 1:] = 1.0 / (centre[:, 1:] - left[:, 1:])
+        rise_floor = np.zeros((n, k))
+        rise_floor[:, 0] = 1.0
+        fall_slope = 1.0 / (right - centre)
+        return (
+            column,
+            left.ravel(),
+            rise_slope.ravel(),
+            rise_floor.ravel(),
+            right.ravel(),
+            fall_slope.ravel(),
         )
 
     @property
@@ -656,7 +748,27 @@ class InputHandling:
             rows = np.flatnonzero(index >= 0)
             out[rows, offset + index[rows]] = 1
             offset += len(cats)
+        if self.n_spline_outputs:
+            self._transform_splines(out, offset)
         return out
+
+    def _transform_splines(self, out, offset):
+        """The piecewise-linear encoding, from the clipped numeric features
+        already in ``out``, into its columns from ``offset`` on."""
+        dtype = out.dtype
+        column, left, rise, floor, right, fall = (
+            a.astype(dtype) for a in self.spline_ramps()
+        )
+        column = column.astype(np.intp)
+        clip = dtype.type(self.clip)
+        step = max(1, _BLOCK_ELEMENTS // max(len(column), 1))
+        for start in range(0, out.shape[0], step):
+            u = out[start : start + step, column] / clip
+            up = (u - left) * rise + floor
+            down = np.multiply(right - u, fall, out=u)
+            np.minimum(up, down, out=up)
+            np.clip(up, 0, 1, out=up)
+            out[start : start + step, offset:] = up
 
     def _transform_numeric(self, X, out):
         """Numeric features and missing indicators into ``out``, in blocks of
@@ -765,7 +877,12 @@ def sklearn_steps(handling, feature_names, dtype):
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import (
+        FunctionTransformer,
+        OneHotEncoder,
+        SplineTransformer,
+        StandardScaler,
+    )
 
     numeric_steps = []
     if not handling.passthrough:
@@ -809,38 +926,65 @@ def sklearn_steps(handling, feature_names, dtype):
     else:
         X = np.column_stack(columns) if columns else np.zeros((n_rows, 0), dtype=dtype)
 
-    if not handling.is_categorical.any():
+    fold = 1.0 if handling.passthrough else handling.clip
+    if not handling.is_categorical.any() and not handling.n_spline_outputs:
         numeric = Pipeline(numeric_steps).fit(X)
-        _set_scaler(numeric, handling)
-        return list(numeric.steps), (1.0 if handling.passthrough else handling.clip)
+        _set_scaler(numeric, handling, slice(None))
+        return list(numeric.steps), fold
     transformers = []
     if handling.n_numeric:
         transformers.append(
             ("numeric", Pipeline(numeric_steps), handling.numeric_idx.tolist())
         )
-    transformers.append(
-        (
-            "categorical",
-            OneHotEncoder(
-                handle_unknown="ignore", sparse_output=False, dtype=np.dtype(dtype).type
-            ),
-            np.flatnonzero(handling.is_categorical).tolist(),
+    if handling.is_categorical.any():
+        transformers.append(
+            (
+                "categorical",
+                OneHotEncoder(
+                    handle_unknown="ignore",
+                    sparse_output=False,
+                    dtype=np.dtype(dtype).type,
+                ),
+                np.flatnonzero(handling.is_categorical).tolist(),
+            )
         )
-    )
+    if handling.n_spline_outputs:
+        spline_steps = [
+            ("scale", StandardScaler()),
+            ("clip", FunctionTransformer(np.tanh)),
+            ("impute", SimpleImputer(strategy="constant", fill_value=0.0)),
+            (
+                "spline",
+                SplineTransformer(
+                    degree=1,
+                    knots=handling.spline_knots.T,
+                    extrapolation="constant",
+                    include_bias=False,
+                ),
+            ),
+        ]
+        transformers.append(
+            ("spline", Pipeline(spline_steps), handling.spline_features.tolist())
+        )
     ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
     if handling.n_numeric:
-        _set_scaler(ct.named_transformers_["numeric"], handling)
-    encoder = ct.named_transformers_["categorical"]
-    if [len(c) for c in encoder.categories_] != n_cats:
-        raise ValueError("The categories cannot be exported to a OneHotEncoder.")
-    encoder.categories_ = [c.copy() for c in handling.categories]
-    return [("preprocess", ct)], (1.0 if handling.passthrough else handling.clip)
+        _set_scaler(ct.named_transformers_["numeric"], handling, slice(None))
+    if handling.n_spline_outputs:
+        _set_scaler(ct.named_transformers_["spline"], handling, handling.spline_pos)
+    if handling.is_categorical.any():
+        encoder = ct.named_transformers_["categorical"]
+        if [len(c) for c in encoder.categories_] != n_cats:
+            raise ValueError("The categories cannot be exported to a OneHotEncoder.")
+        encoder.categories_ = [c.copy() for c in handling.categories]
+    return [("preprocess", ct)], fold
 
 
-def _set_scaler(pipeline, handling):
+def _set_scaler(pipeline, handling, positions):
+    """The handling's centre and ``scale * c`` of the numeric features at
+    ``positions`` into the pipeline's scaler."""
     if handling.passthrough:
         return
     scaler = pipeline.named_steps["scale"]
-    scaler.mean_ = handling.center.copy()
-    scaler.scale_ = handling.scale * handling.clip
+    scaler.mean_ = handling.center[positions].copy()
+    scaler.scale_ = handling.scale[positions] * handling.clip
     scaler.var_ = scaler.scale_**2

@@ -27,8 +27,9 @@ def _network_input(estimator, operator, opv):
     the numeric handling (see ``sklearn_bn._preprocessing``): ``tanh((x -
     center) / (scale * c))`` (its factor ``c`` folded into the twin's first
     layer, as ``to_sklearn()`` folds it), NaN replaced by 0, and the missing
-    indicators appended; sparse-fitted models pass the values through. One-hot
-    encoded categorical features are not exported.
+    indicators and the piecewise-linear encoding appended; sparse-fitted
+    models pass the values through. One-hot encoded categorical features are
+    not exported.
     """
     import numpy as np
     from skl2onnx.algebra.onnx_ops import (
@@ -64,7 +65,7 @@ def _network_input(estimator, operator, opv):
         z = OnnxSub(z, handling.center.astype(dtype), op_version=opv)
         z = OnnxDiv(z, (handling.scale * handling.clip).astype(dtype), op_version=opv)
         z = OnnxTanh(z, op_version=opv)
-    z = OnnxWhere(nan, np.zeros(1, dtype=dtype), z, op_version=opv)
+    z = u = OnnxWhere(nan, np.zeros(1, dtype=dtype), z, op_version=opv)
     if len(handling.indicator_pos):
         indicators = OnnxCast(
             OnnxGather(
@@ -74,7 +75,45 @@ def _network_input(estimator, operator, opv):
             op_version=opv,
         )
         z = OnnxConcat(z, indicators, axis=1, op_version=opv)
+    if handling.n_spline_outputs:
+        z = OnnxConcat(
+            z, _spline_encoding(handling, u, dtype, opv), axis=1, op_version=opv
+        )
     return z, twin.steps[-1][1]
+
+
+def _spline_encoding(handling, u, dtype, opv):
+    """The piecewise-linear encoding of the clipped numeric features ``u``
+    as ONNX ops (``InputHandling.spline_ramps``)."""
+    import numpy as np
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxAdd,
+        OnnxGather,
+        OnnxMax,
+        OnnxMin,
+        OnnxMul,
+        OnnxSub,
+    )
+
+    column, left, rise, floor, right, fall = handling.spline_ramps()
+    g = OnnxGather(u, column.astype(np.int64), axis=1, op_version=opv)
+    up = OnnxAdd(
+        OnnxMul(
+            OnnxSub(g, left.astype(dtype), op_version=opv),
+            rise.astype(dtype),
+            op_version=opv,
+        ),
+        floor.astype(dtype),
+        op_version=opv,
+    )
+    down = OnnxMul(
+        OnnxSub(right.astype(dtype), g, op_version=opv),
+        fall.astype(dtype),
+        op_version=opv,
+    )
+    v = OnnxMin(up, down, op_version=opv)
+    v = OnnxMax(v, np.zeros(1, dtype=dtype), op_version=opv)
+    return OnnxMin(v, np.ones(1, dtype=dtype), op_version=opv)
 
 
 def _convert_classifier(scope, operator, container):

@@ -147,7 +147,7 @@ def test_weighted_quantiles_are_the_averaged_inverted_cdf_of_repeated_rows():
     X[:, 2] = rng.randint(0, 3, 37)  # ties
     X[rng.uniform(size=X.shape) < 0.1] = np.nan
     w = rng.randint(0, 5, 37)
-    qs = [0.0001, 0.1, 0.25, 0.5, 0.75, 0.9, 0.9999]
+    qs = [0.0, 0.0001, 0.1, 0.25, 0.5, 0.75, 0.9, 0.9999, 1.0]
     got, totals = _preprocessing.weighted_quantiles(X, w.astype(float), qs)
     for j in range(X.shape[1]):
         for k, q in enumerate(qs):
@@ -265,6 +265,121 @@ def test_input_preprocessing_none_is_the_network_alone():
         .input_tags.allow_nan
     )
     assert MLPBNRegressor().__sklearn_tags__().input_tags.allow_nan
+
+
+# ---------------------------------------------------------------------------
+# The piecewise-linear encoding of numeric features
+
+
+def make_long(n=3600, seed=0, dtype=np.float64):
+    """Two curved numeric features and a binary one, with rows enough per
+    numeric feature for the encoding (``_SPLINE_ROWS_PER_FEATURE``)."""
+    rng = np.random.RandomState(seed)
+    X = np.column_stack(
+        [
+            rng.normal(size=n),
+            rng.lognormal(sigma=1.0, size=n),
+            (rng.uniform(size=n) < 0.3).astype(float),  # few values: no encoding
+        ]
+    )
+    X[rng.uniform(size=n) < 0.1, 1] = np.nan
+    y = (np.sin(2 * X[:, 0]) + np.nan_to_num(X[:, 1]) > 1).astype(int)
+    return X.astype(dtype), y
+
+
+def spline_reference(u, knots):
+    """Hats of a feature at ``knots`` (1 at their knot, 0 at the next ones),
+    the first held at 1 below the first knot, the last one dropped: written
+    from the definition, point by point."""
+    out = np.zeros((len(u), len(knots) - 1))
+    for k in range(len(knots) - 1):
+        for i, v in enumerate(u):
+            if k == 0 and v <= knots[0]:
+                out[i, k] = 1.0
+            elif k > 0 and knots[k - 1] <= v <= knots[k]:
+                out[i, k] = (v - knots[k - 1]) / (knots[k] - knots[k - 1])
+            elif knots[k] <= v <= knots[k + 1]:
+                out[i, k] = (knots[k + 1] - v) / (knots[k + 1] - knots[k])
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_spline_encoding_is_the_documented_formula(dtype, weighted):
+    X, y = make_long(dtype=dtype)
+    w = np.random.RandomState(1).randint(0, 3, len(X)) if weighted else None
+    n_knots = _preprocessing._SPLINE_KNOTS
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+        X,
+        y,
+        sample_weight=w,
+    )
+    center, scale, indicators = numeric_reference(X, w)
+    assert_array_equal(est.input_spline_features_, [0, 1])
+    w_int = np.ones(len(X), dtype=int) if w is None else w
+    levels = np.linspace(0, 1, n_knots)
+    for row, j in enumerate(est.input_spline_features_):
+        quantiles = quantile_reference(X[:, j].astype(np.float64), w_int, levels)
+        expected = np.tanh((quantiles - center[j]) / (scale[j] * CLIP))
+        assert_allclose(est.input_spline_knots_[row], expected, rtol=1e-10)
+
+    X_test, _ = make_long(n=60, seed=2, dtype=dtype)
+    X_test[:3, 0] = [1e6, -1e6, np.nan]
+    handled = handle_reference(X_test, center, scale, indicators)
+    u = np.nan_to_num(np.tanh((X_test.astype(np.float64) - center) / (scale * CLIP)))
+    hats = [
+        spline_reference(u[:, j], knots)
+        for j, knots in zip(est.input_spline_features_, est.input_spline_knots_)
+    ]
+    handled = np.hstack([handled, *hats])
+    assert est.coefs_[0].shape[0] == handled.shape[1] == 3 + 1 + 2 * (n_knots - 1)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    assert_allclose(est._validate_X_predict(X_test), handled, rtol=tol, atol=tol)
+    assert_allclose(
+        est.predict_proba(X_test)[:, 1:],
+        forward_from_attributes(est, handled),
+        rtol=tol,
+        atol=tol,
+    )
+
+
+def test_spline_encoding_is_scikit_learns_spline_transformer():
+    from sklearn.preprocessing import SplineTransformer
+
+    X, y = make_long()
+    est = fit_quietly(
+        MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=2, random_state=0), X, y
+    )
+    cols = est.input_spline_features_
+    u = np.tanh((X - est.input_center_) / (est.input_scale_ * CLIP))[:, cols]
+    spline = SplineTransformer(
+        degree=1,
+        knots=est.input_spline_knots_.T,
+        extrapolation="constant",
+        include_bias=False,
+    ).fit(np.nan_to_num(u))
+    expected = spline.transform(np.nan_to_num(u))
+    handled = est._validate_X_predict(X)
+    assert_allclose(handled[:, -expected.shape[1] :], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_spline_encoding_needs_rows_per_numeric_feature():
+    X, y = make_long()
+    params = dict(hidden_layer_sizes=(4,), max_iter=1, random_state=0)
+    rows = _preprocessing._SPLINE_ROWS_PER_FEATURE
+    assert len(X) >= rows * X.shape[1]
+    few = int(rows * X.shape[1]) - 1
+    assert few < len(X)
+    est = fit_quietly(MLPBNClassifier(**params), X[:few], y[:few])
+    assert est.input_spline_features_.shape == (0,)
+    assert est.input_spline_knots_.shape == (0, _preprocessing._SPLINE_KNOTS)
+    assert est.coefs_[0].shape[0] == X.shape[1] + 1
+    # Weights are repeat counts: the rows' total weight is what counts.
+    w = np.ones(few)
+    w[0] = 2
+    est = fit_quietly(MLPBNClassifier(**params), X[:few], y[:few], sample_weight=w)
+    assert_array_equal(est.input_spline_features_, [0, 1])
 
 
 # ---------------------------------------------------------------------------
@@ -567,11 +682,24 @@ def _fitted_models():
         X.astype(np.float32),
     )
     yield "frame", fit_quietly(MLPBNClassifier(**params), frame, fy), frame
+    long, ly = make_long()
+    yield "splines", fit_quietly(MLPBNClassifier(**params), long, ly), long
+    long_frame = pd.DataFrame(long, columns=["a", "b", "c"]).assign(
+        color=pd.Categorical(np.where(ly == 1, "red", "blue"))
+    )
+    yield (
+        "splines frame",
+        fit_quietly(MLPBNRegressor(**params), long_frame, long[:, 0]),
+        long_frame,
+    )
     yield "sparse", fit_quietly(MLPBNRegressor(**params), Xs, np.arange(100) % 3), Xs
 
 
 def test_to_sklearn_pipeline_predicts_the_same():
-    for name, est, X in _fitted_models():
+    models = list(_fitted_models())
+    encoded = {name for name, m, _ in models if len(m.input_spline_features_)}
+    assert encoded == {"splines", "splines frame"}
+    for name, est, X in models:
         twin = est.to_sklearn()
         assert isinstance(twin, Pipeline)
         assert type(twin.steps[-1][1]).__module__.startswith("sklearn.")
@@ -627,17 +755,22 @@ def test_onnx_export_applies_the_numeric_handling(dtype):
     from sklearn_bn.onnx import register_converters
 
     register_converters()
-    X, y = make_numeric(dtype=dtype)
-    X_test = X.copy()
-    X_test[:5, 0] = np.nan
-    X_test[5:10, 2] = 1e9
     tol = 1e-5 if dtype == np.float32 else 1e-10
-    for est in (
-        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
-        MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0),
+    for make, est in (
+        (make_numeric, MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=10)),
+        (make_numeric, MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=10)),
+        (make_long, MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=2)),
+        (make_long, MLPBNRegressor(hidden_layer_sizes=(8,), max_iter=2)),
     ):
+        X, y = make(dtype=dtype)
+        X_test = X.copy()
+        X_test[:5, 0] = np.nan
+        X_test[5:10, 2] = 1e9
+        X_test[10:15, 1] = -1e9
+        est.set_params(random_state=0)
         target = y if isinstance(est, MLPBNClassifier) else np.nan_to_num(X[:, 0])
         fit_quietly(est, X, target)
+        assert (len(est.input_spline_features_) > 0) == (make is make_long)
         options = {"zipmap": False} if isinstance(est, MLPBNClassifier) else None
         onx = skl2onnx.to_onnx(est, X[:1], options=options)
         session = ort.InferenceSession(
