@@ -16,7 +16,7 @@ neighbours
     The default thread team over one thread (``threadpool_limits(1,
     user_api="blas")``, which makes the engine train on one thread), for two
     networks: *small*, digits (standardized, 1437 training rows), hidden
-    (64, 64), 20 epochs; *large*, 20,000 x 64 float32 rows of
+    (64, 64), batch 200, 20 epochs; *large*, 20,000 x 64 float32 rows of
     ``make_classification`` (10 classes), hidden (256, 256), batch 256, 2
     epochs. Three conditions: quiet; one busy neighbour process
     (``python -c "while True: pass"``); two busy neighbours. The engine alone
@@ -67,7 +67,7 @@ ENGINE = dict(
     n_iter_no_change=10_000,
     random_state=0,
 )
-SMALL = dict(hidden_layer_sizes=(64, 64), max_iter=20, **ENGINE)
+SMALL = dict(hidden_layer_sizes=(64, 64), max_iter=20, batch_size=200, **ENGINE)
 LARGE = dict(hidden_layer_sizes=(256, 256), max_iter=2, batch_size=256, **ENGINE)
 LARGE_ROWS = {False: 20_000, True: 2_000}
 TARGETS = {

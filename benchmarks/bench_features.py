@@ -18,7 +18,8 @@ What is measured. For each data set and each seed ``s`` (``s = 0 .. seeds-1``):
   fitted on the training rows, and its accuracy on the test rows. The
   training recipe is ``RECIPE`` (scikit-learn's MLP's, which were the
   estimator's defaults when this was measured): adam, a constant
-  ``learning_rate_init=1e-3``, ``alpha=1e-4``, ``max_iter=200`` epochs at
+  ``learning_rate_init=1e-3``, ``alpha=1e-4``, ``batch_size="auto"``
+  (``min(200, n_samples)``), ``max_iter=200`` epochs at
   most, ``early_stopping=False`` (training stops when the training loss has
   not improved by ``tol=1e-4`` for ``n_iter_no_change=10`` epochs, as in
   scikit-learn), ``bn_momentum=0.1``, and X straight into the network
@@ -91,6 +92,7 @@ RECIPE = dict(
     learning_rate="constant",
     learning_rate_init=1e-3,
     alpha=1e-4,
+    batch_size="auto",
     early_stopping=False,
     input_preprocessing=None,
 )

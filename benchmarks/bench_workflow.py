@@ -17,7 +17,7 @@ after
     Digits (standardized with ``StandardScaler``), one fold (the first of
     ``StratifiedKFold(5)``: 1437 rows train, 360 test),
     ``MLPBNClassifier(hidden_layer_sizes=(64, 64), max_iter=20,
-    random_state=0)``. The time of one ``fit`` of a fresh estimator right
+    batch_size=200, random_state=0)``. The time of one ``fit`` of a fresh estimator right
     after something else ran; each case first pauses 0.3 s (so that nothing
     from the previous case is still running), fits a previous model, does
     its call, then times the fit:
@@ -47,7 +47,7 @@ grid
     ``GridSearchCV(cv=5, refit=True)`` on the standardized digits (1797
     rows), 8 candidates: ``hidden_layer_sizes`` (64,) or (64, 64), ``alpha``
     1e-4 or 1e-2, ``learning_rate_init`` 1e-3 or 1e-2, ``max_iter=20``,
-    ``random_state=0``, other parameters default (batch 200), for
+    ``batch_size=200``, ``random_state=0``, other parameters default, for
     ``MLPBNClassifier`` and scikit-learn's ``MLPClassifier``, at
     ``n_jobs=1`` and ``n_jobs=2`` (joblib's process pool; one untimed
     round of searches first, which starts the workers and their imports, a
@@ -226,7 +226,10 @@ def digits():
 
 def small_model(quick, cls=MLPBNClassifier):
     return cls(
-        hidden_layer_sizes=SMALL_HIDDEN, max_iter=SMALL_EPOCHS[quick], random_state=0
+        hidden_layer_sizes=SMALL_HIDDEN,
+        max_iter=SMALL_EPOCHS[quick],
+        batch_size=200,
+        random_state=0,
     )
 
 
@@ -268,7 +271,10 @@ def section_after(args, state):
         return make_pipeline(
             PCA(PCA_COMPONENTS),
             TimedMLPBNClassifier(
-                hidden_layer_sizes=SMALL_HIDDEN, max_iter=epochs, random_state=0
+                hidden_layer_sizes=SMALL_HIDDEN,
+                max_iter=epochs,
+                batch_size=200,
+                random_state=0,
             ),
         )
 
@@ -393,7 +399,7 @@ def section_grid(args, state):
     def search(name, n_jobs):
         def run():
             gs = GridSearchCV(
-                estimators[name](max_iter=epochs, random_state=0),
+                estimators[name](max_iter=epochs, batch_size=200, random_state=0),
                 grid,
                 cv=folds,
                 n_jobs=n_jobs,

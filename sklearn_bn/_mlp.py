@@ -73,6 +73,10 @@ _FOLDED_NETWORKS = {}
 # early_stopping="auto" is on above this many rows (HistGradientBoosting's).
 _AUTO_EARLY_STOPPING_ROWS = 10_000
 
+# The default batch_size, clipped to fewer rows without a warning: a user
+# who did not choose it has nothing to change.
+_DEFAULT_BATCH_SIZE = 128
+
 
 def _smoothed_targets(Y, label_smoothing, out_activation):
     """Label smoothing, in place on the 0/1 targets ``Y``: ``(1 - eps) *
@@ -816,7 +820,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
             return min(200, n_samples)
-        if self.batch_size > n_samples:
+        if self.batch_size > n_samples and self.batch_size != _DEFAULT_BATCH_SIZE:
             warnings.warn(
                 "Got `batch_size` less than 1 or larger than "
                 "sample size. It is going to be clipped"
@@ -1320,10 +1324,11 @@ _COMMON_PARAMS_DOC = """
         ``gammas_`` or ``intercepts_``), divided by the minibatch size (its
         weight sum when weighted) when added to the loss.
 
-    batch_size : int >= 2 or 'auto', default='auto'
+    batch_size : int >= 2 or 'auto', default=128
         Size of the minibatches; ``'auto'`` is ``min(200, n_samples)``. A
-        value larger than the data is clipped with a warning. A trailing
-        minibatch of a single sample joins the previous one.
+        value larger than the data is clipped to it, with a warning unless
+        it is the default. A trailing minibatch of a single sample joins the
+        previous one.
 
     learning_rate : {'constant', 'invscaling', 'adaptive', 'cosine'}, default='cosine'
         Learning-rate schedule. ``'constant'``: ``learning_rate_init``.
@@ -1348,7 +1353,7 @@ _COMMON_PARAMS_DOC = """
     power_t : float, default=0.5
         Exponent of the ``'invscaling'`` schedule.
 
-    max_iter : int, default=100
+    max_iter : int, default=40
         Maximum number of epochs (passes over the data).
 
     shuffle : bool, default=True
@@ -1805,11 +1810,11 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         *,
         solver="adam",
         alpha=0.01,
-        batch_size="auto",
+        batch_size=_DEFAULT_BATCH_SIZE,
         learning_rate="cosine",
         learning_rate_init=0.002,
         power_t=0.5,
-        max_iter=100,
+        max_iter=40,
         shuffle=True,
         random_state=None,
         tol=1e-4,
@@ -2186,11 +2191,11 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         *,
         solver="adam",
         alpha=0.01,
-        batch_size="auto",
+        batch_size=_DEFAULT_BATCH_SIZE,
         learning_rate="cosine",
         learning_rate_init=0.002,
         power_t=0.5,
-        max_iter=100,
+        max_iter=40,
         shuffle=True,
         random_state=None,
         tol=1e-4,

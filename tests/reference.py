@@ -311,6 +311,7 @@ ROUND_2 = {
     "learning_rate": "constant",
     "learning_rate_init": 1e-3,
     "max_iter": 200,
+    "batch_size": "auto",
     "early_stopping": False,
 }
 ROUND_2_CLASSIFIER = {**ROUND_2, "label_smoothing": 0.0}

@@ -2300,7 +2300,8 @@ TABULAR_DEFAULTS = {
     "alpha": 0.01,
     "learning_rate": "cosine",
     "learning_rate_init": 0.002,
-    "max_iter": 100,
+    "max_iter": 40,
+    "batch_size": 128,
 }
 
 
