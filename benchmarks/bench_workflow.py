@@ -17,10 +17,10 @@ after
     Digits (standardized with ``StandardScaler``), one fold (the first of
     ``StratifiedKFold(5)``: 1437 rows train, 360 test),
     ``MLPBNClassifier(hidden_layer_sizes=(64, 64), max_iter=20,
-    batch_size=200, random_state=0)``. The time of one ``fit`` of a fresh estimator right
-    after something else ran; each case first pauses 0.3 s (so that nothing
-    from the previous case is still running), fits a previous model, does
-    its call, then times the fit:
+    batch_size=200, random_state=0)``. The time of one ``fit`` of a fresh
+    estimator right after something else ran; each case first pauses 0.3 s
+    (so that nothing from the previous case is still running), fits a
+    previous model, does its call, then times the fit:
 
     - after fit: nothing between the two fits (the reference);
     - after score: ``previous.score(X_test, y_test)``, as cross-validation
