@@ -304,36 +304,48 @@ class _TeamPace:
     The engine runs each call of its compiled loop on the threads this
     picks: those of its team, or one (which takes every piece), whichever
     did the same network's last calls faster per row; the other is tried
-    again when its measure is ``PROBE_SECONDS`` old. A machine that shares
-    a core with another process, or goes through a period in which a core
-    runs slowly, then trains at one thread's speed rather than slower. The
-    pieces are the team's either way, so the results do not depend on it.
-    Shared by the process's threads (a grid search's fits of one network
-    learn from each other); calls shorter than ``MIN_SECONDS`` are not
-    measured (the first calls of a fit, which grow from one minibatch).
+    again when its measure is older than the network's probe interval. The
+    interval starts at ``PROBE_SECONDS`` and doubles, up to
+    ``MAX_PROBE_SECONDS``, each time a try confirms that the other is
+    slower, and starts again when a try finds it faster: a machine that
+    shares a core with another process for good spends little time on
+    tries, and one whose conditions change notices within a few seconds.
+    A machine that shares a core with another process, or goes through a
+    period in which a core runs slowly, so trains at one thread's speed
+    rather than slower. The pieces are the team's either way, so the
+    results do not depend on it. Shared by the process's threads (a grid
+    search's fits of one network learn from each other); calls shorter
+    than ``MIN_SECONDS`` are not measured (the first calls of a fit, which
+    grow from one minibatch).
     """
 
     PROBE_SECONDS = 0.5
+    MAX_PROBE_SECONDS = 4.0
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._seconds_per_row = {}  # network -> {threads: (seconds, when)}
+        # network -> ({threads: (seconds per row, when)}, probe interval)
+        self._networks = {}
+
+    @staticmethod
+    def _faster(measured, team_threads):
+        return 1 if measured[1][0] < measured[team_threads][0] else team_threads
 
     def threads(self, network, team_threads, now):
         """The threads for the next call of ``network``'s team."""
         if team_threads == 1:
             return 1
         with self._lock:
-            measured = dict(self._seconds_per_row.get(network, {}))
+            measured, interval = self._networks.get(network, ({}, self.PROBE_SECONDS))
+            measured = dict(measured)
         for threads in (team_threads, 1):
-            if (
-                threads not in measured
-                or now - measured[threads][1] > self.PROBE_SECONDS
-            ):
+            if threads not in measured:
                 return threads
-        return 1 if measured[1][0] < measured[team_threads][0] else team_threads
+        faster = self._faster(measured, team_threads)
+        other = team_threads if faster == 1 else 1
+        return other if now - measured[other][1] > interval else faster
 
     def record(self, network, threads, seconds, rows, now):
         """A call of ``network`` on ``threads`` threads ran ``rows`` rows in
@@ -341,11 +353,20 @@ class _TeamPace:
         if seconds < self.MIN_SECONDS or rows <= 0:
             return
         with self._lock:
-            per_network = self._seconds_per_row.pop(network, {})
-            per_network[threads] = (seconds / rows, now)
-            self._seconds_per_row[network] = per_network  # the most recent last
-            while len(self._seconds_per_row) > self.MAX_NETWORKS:
-                del self._seconds_per_row[next(iter(self._seconds_per_row))]
+            measured, interval = self._networks.pop(network, ({}, self.PROBE_SECONDS))
+            team = max([threads, *measured])
+            was_slower = len(measured) == 2 and self._faster(measured, team) != threads
+            measured = {**measured, threads: (seconds / rows, now)}
+            if was_slower:  # a try of the other
+                still_slower = self._faster(measured, team) != threads
+                interval = (
+                    min(2 * interval, self.MAX_PROBE_SECONDS)
+                    if still_slower
+                    else self.PROBE_SECONDS
+                )
+            self._networks[network] = (measured, interval)  # the most recent last
+            while len(self._networks) > self.MAX_NETWORKS:
+                del self._networks[next(iter(self._networks))]
 
 
 TEAM_PACE = _TeamPace()

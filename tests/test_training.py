@@ -1465,6 +1465,40 @@ def test_team_pace_takes_the_faster_and_tries_the_other_again():
     assert pace.threads(other, 2, 0.01) == 2
 
 
+def test_team_pace_tries_the_slower_choice_less_often_while_it_stays_slower():
+    pace = _threads._TeamPace()
+    net = ((5, 8, 1), 30, "d")
+    step = 0.01
+
+    def run(t, until, team_seconds, one_seconds):
+        """Calls of 100 rows every ``step`` s: their times and threads."""
+        calls = []
+        while t < until:
+            threads = pace.threads(net, 2, t)
+            calls.append((t, threads))
+            seconds = team_seconds if threads == 2 else one_seconds
+            pace.record(net, threads, seconds, 100, t)
+            t += step
+        return calls, t
+
+    # A busy neighbour: the team is three times slower; it is tried after
+    # 0.5 s, then 1, 2 and 4 s, and every 4 s from then on.
+    calls, t = run(0.0, 20.0, 0.03, 0.01)
+    team = [c for c, threads in calls if threads == 2]
+    assert_allclose(np.diff(team), [0.5, 1, 2, 4, 4, 4, 4], atol=2.5 * step, rtol=0)
+    # The neighbour leaves: the next try (within 4 s) finds the team faster
+    # and keeps it, and one thread is tried again after 0.5 s.
+    calls, _ = run(t, t + 6.0, 0.005, 0.01)
+    first_team = next(c for c, threads in calls if threads == 2)
+    assert first_team - t < pace.MAX_PROBE_SECONDS + 2 * step
+    after = [(c, threads) for c, threads in calls if c > first_team]
+    first_one = next(c for c, threads in after if threads == 1)
+    assert_allclose(first_one - first_team, 0.5, atol=2.5 * step)
+    assert [threads for c, threads in after if c > first_one + step / 2][:40] == [
+        2
+    ] * 40
+
+
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     # Four threads on a machine that may have one or two cores: threads wait
     # for each other's pieces, sleeping when they wait long, and the
