@@ -1514,8 +1514,9 @@ _INPUT_ATTRIBUTES_DOC = """
     input_spline_features_ : ndarray of int
         The raw indices of the numeric features that get a piecewise-linear
         encoding (7 hat columns each, after the one-hot columns): none
-        unless the training rows number at least 500 per numeric feature,
-        and only features whose knots are distinct.
+        unless there are at most 32 numeric features and the training rows
+        number at least 500 per numeric feature, and only features whose
+        knots are distinct.
 
     input_spline_knots_ : ndarray of shape (n_spline_features, 8)
         Each encoded feature's knots: its weighted quantiles at the levels

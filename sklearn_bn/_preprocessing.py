@@ -19,7 +19,8 @@ the network's input row, laid out as
   ``categories[k]`` (sorted by value, NaN last): 1 for that category, all
   zeros for a category not learned (unseen, or beyond the cap);
 * a piecewise-linear encoding of the numeric features, when the rows number
-  at least ``_SPLINE_ROWS_PER_FEATURE`` per numeric feature: ``K - 1`` hats
+  at least ``_SPLINE_ROWS_PER_FEATURE`` per numeric feature and there are at
+  most ``_SPLINE_MAX_FEATURES`` numeric features: ``K - 1`` hats
   per feature over ``K = _SPLINE_KNOTS`` knots at its weighted quantiles, in
   the clipped scale ``u = tanh((x_j - center_j) / (scale_j * c))`` (see
   :meth:`InputHandling.spline_ramps`).
@@ -46,6 +47,7 @@ _MAX_CATEGORIES = 100  # one-hot columns per categorical feature, the heaviest
 _BLOCK_ELEMENTS = 1 << 20  # elements of a working block (statistics, transform)
 _SPLINE_KNOTS = 8  # knots of a numeric feature's piecewise-linear encoding
 _SPLINE_ROWS_PER_FEATURE = 500  # rows per numeric feature it needs (see learn)
+_SPLINE_MAX_FEATURES = 32  # numeric features beyond which it is not used
 
 # The estimator's attributes that hold the fitted handling.
 ATTRIBUTES = (
@@ -520,12 +522,20 @@ def _learn_splines(numeric, sample_weight, center, scale):
     where there are enough rows to learn a shape per feature: it is used only
     when there are ``_SPLINE_ROWS_PER_FEATURE`` rows (total weight) per
     numeric feature, and only for the features whose knots are distinct (not
-    for a feature of few values, which its linear term already fits).
+    for a feature of few values, which its linear term already fits). The
+    encoding multiplies the numeric part of the network's input (and of its
+    first layer's work) by ``_SPLINE_KNOTS``: it is not used beyond
+    ``_SPLINE_MAX_FEATURES`` numeric features, where no measurement showed
+    it to pay for that.
     """
     d = numeric.shape[1]
     none = np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
     rows = len(numeric) if sample_weight is None else sample_weight.sum()
-    if _SPLINE_KNOTS < 2 or not rows >= _SPLINE_ROWS_PER_FEATURE * d:
+    if (
+        _SPLINE_KNOTS < 2
+        or d > _SPLINE_MAX_FEATURES
+        or not rows >= _SPLINE_ROWS_PER_FEATURE * d
+    ):
         return none
     levels = np.linspace(0.0, 1.0, _SPLINE_KNOTS)
     quantiles, _ = weighted_quantiles(numeric, sample_weight, levels)

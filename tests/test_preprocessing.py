@@ -380,6 +380,15 @@ def test_spline_encoding_needs_rows_per_numeric_feature():
     w[0] = 2
     est = fit_quietly(MLPBNClassifier(**params), X[:few], y[:few], sample_weight=w)
     assert_array_equal(est.input_spline_features_, [0, 1])
+    # Not beyond _SPLINE_MAX_FEATURES numeric features, whatever the rows.
+    d = _preprocessing._SPLINE_MAX_FEATURES + 1
+    wide = np.random.RandomState(0).normal(size=(rows * d, d))
+    est = fit_quietly(MLPBNClassifier(**params), wide, wide[:, 0] > 0)
+    assert est.input_spline_features_.shape == (0,)
+    assert est.coefs_[0].shape[0] == d
+    narrow = wide[:, : d - 1]
+    est = fit_quietly(MLPBNClassifier(**params), narrow, wide[:, 0] > 0)
+    assert_array_equal(est.input_spline_features_, np.arange(d - 1))
 
 
 # ---------------------------------------------------------------------------
