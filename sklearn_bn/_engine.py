@@ -449,7 +449,14 @@ class Engine:
                 f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
                 f"<= {_threads.MAX_THREADS}, got {self.team_size}"
             )
-        network = (tuple(self.layout.units), int(batch_size), self.dtype.char)
+        # The pace compares this team with one thread on the same pieces.
+        network = (
+            tuple(self.layout.units),
+            int(batch_size),
+            self.dtype.char,
+            pieces,
+            n_threads,
+        )
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()

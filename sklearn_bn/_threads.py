@@ -307,16 +307,16 @@ class _TeamPace:
     again when its measure is older than the network's probe interval. The
     interval starts at ``PROBE_SECONDS`` and doubles, up to
     ``MAX_PROBE_SECONDS``, each time a try confirms that the other is
-    slower, and starts again when a try finds it faster: a machine that
-    shares a core with another process for good spends little time on
-    tries, and one whose conditions change notices within a few seconds.
-    A machine that shares a core with another process, or goes through a
-    period in which a core runs slowly, so trains at one thread's speed
-    rather than slower. The pieces are the team's either way, so the
-    results do not depend on it. Shared by the process's threads (a grid
-    search's fits of one network learn from each other); calls shorter
-    than ``MIN_SECONDS`` are not measured (the first calls of a fit, which
-    grow from one minibatch).
+    slower, and starts again when the faster choice changes. A machine that
+    shares a core with another process, or goes through a period in which a
+    core runs slowly, so trains at about one thread's speed rather than
+    slower, spends little time on tries while that lasts, and notices
+    within a few seconds when it ends. The pieces are the team's either
+    way, so the results do not depend on it. ``network`` includes the
+    team's pieces and threads: a team of another size is measured afresh.
+    Shared by the process's threads (a grid search's fits of one network
+    learn from each other); calls shorter than ``MIN_SECONDS`` are not
+    measured (the first calls of a fit, which grow from one minibatch).
     """
 
     PROBE_SECONDS = 0.5
@@ -355,15 +355,17 @@ class _TeamPace:
         with self._lock:
             measured, interval = self._networks.pop(network, ({}, self.PROBE_SECONDS))
             team = max([threads, *measured])
-            was_slower = len(measured) == 2 and self._faster(measured, team) != threads
+            if set(measured) - {1, team}:  # another team size: start again
+                measured, interval = {}, self.PROBE_SECONDS
+            both = len(measured) == 2
+            faster = self._faster(measured, team) if both else None
             measured = {**measured, threads: (seconds / rows, now)}
-            if was_slower:  # a try of the other
-                still_slower = self._faster(measured, team) != threads
-                interval = (
-                    min(2 * interval, self.MAX_PROBE_SECONDS)
-                    if still_slower
-                    else self.PROBE_SECONDS
-                )
+            if both:
+                now_faster = self._faster(measured, team)
+                if now_faster != faster:  # the other is faster now
+                    interval = self.PROBE_SECONDS
+                elif threads != faster:  # a try of the other: slower again
+                    interval = min(2 * interval, self.MAX_PROBE_SECONDS)
             self._networks[network] = (measured, interval)  # the most recent last
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]

@@ -1499,6 +1499,38 @@ def test_team_pace_tries_the_slower_choice_less_often_while_it_stays_slower():
     ] * 40
 
 
+def test_team_pace_starts_again_for_another_team_size():
+    pace = _threads._TeamPace()
+    net = ((5, 8, 1), 30, "d")
+    pace.record(net, 2, 0.03, 100, 0.0)
+    pace.record(net, 1, 0.01, 100, 0.01)
+    assert pace.threads(net, 4, 0.02) == 4  # a team of 4 is measured first
+    pace.record(net, 4, 0.005, 100, 0.02)
+    assert pace.threads(net, 4, 0.03) == 1  # then one thread, afresh
+    pace.record(net, 1, 0.01, 100, 0.03)
+    assert pace.threads(net, 4, 0.04) == 4
+    pace.record(net, 2, 0.03, 100, 0.05)  # and back to a team of 2
+    assert pace.threads(net, 2, 0.06) == 1
+
+
+def test_team_pace_tries_again_soon_when_the_faster_choice_changes():
+    pace = _threads._TeamPace()
+    net = ((5, 8, 1), 30, "d")
+    pace.record(net, 2, 0.03, 100, 0.0)
+    pace.record(net, 1, 0.01, 100, 0.0)
+    t = 0.0
+    for _ in range(4):  # tries of the team back off to 4 s
+        t += pace.MAX_PROBE_SECONDS + 0.01
+        assert pace.threads(net, 2, t) == 2
+        pace.record(net, 2, 0.03, 100, t)
+    # One thread slows down in its own calls: the team is faster now, and
+    # one thread is tried again after PROBE_SECONDS, not 4 s.
+    pace.record(net, 1, 0.05, 100, t + 0.01)
+    assert pace.threads(net, 2, t + 0.02) == 2
+    pace.record(net, 2, 0.03, 100, t + 0.02)
+    assert pace.threads(net, 2, t + 0.01 + pace.PROBE_SECONDS + 0.01) == 1
+
+
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
     # Four threads on a machine that may have one or two cores: threads wait
     # for each other's pieces, sleeping when they wait long, and the
