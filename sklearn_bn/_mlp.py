@@ -1145,8 +1145,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         :class:`~sklearn.impute.SimpleImputer` (NaN to 0, with the missing
         indicators), the categorical ones through a
         :class:`~sklearn.preprocessing.OneHotEncoder` (``handle_unknown=
-        'ignore'``), joined by a :class:`~sklearn.compose.ColumnTransformer`
-        when there are categorical features; the last step is the MLP, whose
+        'ignore'``), and the features of the piecewise-linear encoding through
+        the same scaler, tanh and imputer (without indicators) and a
+        :class:`~sklearn.preprocessing.SplineTransformer` with their knots,
+        joined by a :class:`~sklearn.compose.ColumnTransformer` when there are
+        categorical or encoded features; the last step is the MLP, whose
         first layer's rows of the numeric features are multiplied by ``c``.
         A model fitted on sparse input has the imputer alone. Nothing in it
         needs this package to load.

@@ -673,7 +673,14 @@ class InputHandling:
     def of(cls, estimator):
         if not hasattr(estimator, ATTRIBUTES[0]):
             return None
-        return cls({name: getattr(estimator, name) for name in ATTRIBUTES})
+        # A model fitted before the encoding existed has no encoding.
+        missing = {
+            "input_spline_features_": np.zeros(0, dtype=np.intp),
+            "input_spline_knots_": np.zeros((0, _SPLINE_KNOTS)),
+        }
+        return cls(
+            {name: getattr(estimator, name, missing.get(name)) for name in ATTRIBUTES}
+        )
 
     @property
     def n_numeric(self):

@@ -364,6 +364,18 @@ def test_spline_encoding_is_scikit_learns_spline_transformer():
     assert_allclose(handled[:, -expected.shape[1] :], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_a_model_fitted_before_the_encoding_still_predicts():
+    X, y = make_numeric()
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0), X, y
+    )
+    expected = est.predict_proba(X)
+    old = pickle.loads(pickle.dumps(est))
+    del old.input_spline_features_, old.input_spline_knots_
+    assert_array_equal(old.predict_proba(X), expected)
+    assert_allclose(old.to_sklearn().predict_proba(X), expected, rtol=1e-6)
+
+
 def test_spline_encoding_needs_rows_per_numeric_feature():
     X, y = make_long()
     params = dict(hidden_layer_sizes=(4,), max_iter=1, random_state=0)
