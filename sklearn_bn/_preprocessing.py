@@ -482,7 +482,10 @@ def learn(columns, sample_weight):
         )
         had_nan = _sparse_nan_columns(numeric, sw)
     else:
-        (q25, q50, q75), totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75])
+        # One sort of the columns serves the scaling and the encoding's knots.
+        levels = _spline_levels(numeric, sw)
+        quantiles, totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75, *levels])
+        q25, q50, q75 = quantiles[:3]
         scale = (q75 - q25) / _IQR_PER_SD
         flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
         if len(flat):
@@ -497,7 +500,7 @@ def learn(columns, sample_weight):
             nan &= (sw > 0)[:, None]
         had_nan = nan.any(axis=0)
         clip = _CLIP
-        splined, spline_knots = _learn_splines(numeric, sw, center, scale)
+        splined, spline_knots = _learn_splines(quantiles[3:], center, scale)
         spline_features = numeric_idx[splined]
     categories = [_learn_categories(values, sw) for values in categorical]
     return {
@@ -512,33 +515,43 @@ def learn(columns, sample_weight):
     }
 
 
-def _learn_splines(numeric, sample_weight, center, scale):
-    """The numeric features that get a piecewise-linear encoding, as
-    positions among the numeric features, and their knots.
+def _spline_levels(numeric, sample_weight):
+    """The quantile levels of the piecewise-linear encoding's knots: the
+    ``_SPLINE_KNOTS`` evenly spaced levels from 0 to 1, or none when the
+    data do not get the encoding.
 
-    The knots are the feature's weighted quantiles at ``_SPLINE_KNOTS``
-    evenly spaced levels from 0 to 1, in the clipped scale the network sees
-    (``tanh((x - center) / (scale * c))``). A network gains from the encoding
-    where there are enough rows to learn a shape per feature: it is used only
-    when there are ``_SPLINE_ROWS_PER_FEATURE`` rows (total weight) per
-    numeric feature, and only for the features whose knots are distinct (not
-    for a feature of few values, which its linear term already fits). The
-    encoding multiplies the numeric part of the network's input (and of its
-    first layer's work) by ``_SPLINE_KNOTS``: it is not used beyond
+    A network gains from the encoding where there are enough rows to learn
+    a shape per feature: it is used only when there are
+    ``_SPLINE_ROWS_PER_FEATURE`` rows (total weight) per numeric feature.
+    The encoding multiplies the numeric part of the network's input (and of
+    its first layer's work) by ``_SPLINE_KNOTS``: it is not used beyond
     ``_SPLINE_MAX_FEATURES`` numeric features, where no measurement showed
     it to pay for that.
     """
     d = numeric.shape[1]
-    none = np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
     rows = len(numeric) if sample_weight is None else sample_weight.sum()
     if (
         _SPLINE_KNOTS < 2
         or d > _SPLINE_MAX_FEATURES
         or not rows >= _SPLINE_ROWS_PER_FEATURE * d
     ):
+        return []
+    return list(np.linspace(0.0, 1.0, _SPLINE_KNOTS))
+
+
+def _learn_splines(quantiles, center, scale):
+    """The numeric features that get a piecewise-linear encoding, as
+    positions among the numeric features, and their knots, from their
+    ``quantiles`` at the levels of :func:`_spline_levels` (no rows: none).
+
+    The knots are the quantiles in the clipped scale the network sees
+    (``tanh((x - center) / (scale * c))``); only the features whose knots
+    are distinct get the encoding (not a feature of few values, which its
+    linear term already fits).
+    """
+    none = np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
+    if len(quantiles) == 0:
         return none
-    levels = np.linspace(0.0, 1.0, _SPLINE_KNOTS)
-    quantiles, _ = weighted_quantiles(numeric, sample_weight, levels)
     knots = np.tanh((quantiles - center) / (scale * _CLIP)).T
     # Distinct in float32 too: a knot interval of at least 1e-4 of the range.
     distinct = np.all(np.diff(knots, axis=1) > 1e-4, axis=1) & np.all(
