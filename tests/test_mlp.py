@@ -1947,7 +1947,9 @@ def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch(
 ):
     # A real SIGINT in the middle of an epoch: fit returns (with a warning),
     # the epoch under way counts with the minibatches it ran, and t_ and the
-    # optimizer's step count agree with them.
+    # optimizer's step count agree with them. The input goes straight to the
+    # engine: a SIGINT during the input handling, before training, is a
+    # KeyboardInterrupt like anywhere else in Python code.
     import threading
 
     rng = np.random.RandomState(0)
@@ -1955,6 +1957,7 @@ def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch(
     X = rng.normal(size=(n, 20))
     y = (X[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
     est = MLPBNClassifier(
+        input_preprocessing=None,
         hidden_layer_sizes=(32,),
         batch_size=batch,
         max_iter=200,
