@@ -681,6 +681,22 @@ def test_a_failed_fit_leaves_the_handling_unchanged():
     assert pickle.dumps(est.__dict__) == before
 
 
+def test_ctrl_c_in_the_handling_leaves_the_model_as_it_was(monkeypatch):
+    X, y = make_numeric()
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0), X, y
+    )
+    before = pickle.dumps(est.__dict__)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_preprocessing, "learn", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X * 2, y)
+    assert pickle.dumps(est.__dict__) == before
+
+
 # ---------------------------------------------------------------------------
 # The scikit-learn twin and ONNX
 
