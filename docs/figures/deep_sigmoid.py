@@ -1,7 +1,7 @@
-"""Make ``deep_sigmoid.png``: the figure of the README and of the user guide.
+"""Make ``deep_sigmoid.png``: the figure of the README, of the documentation's
+index and of the user guide.
 
-The first row of the README's table "What batch normalization buys":
-scikit-learn's digits (pixels / 16, ``train_test_split(random_state=0)``),
+Scikit-learn's digits (pixels / 16, ``train_test_split(random_state=0)``),
 8 hidden logistic layers of 64 units, Adam, at most 40 epochs, for
 ``MLPBNClassifier`` and ``MLPClassifier`` with the same settings (the test
 ``test_deep_sigmoid_network_trains_with_batch_norm`` asserts the accuracies).
