@@ -450,13 +450,7 @@ class Engine:
                 f"<= {_threads.MAX_THREADS}, got {self.team_size}"
             )
         # The pace compares this team with one thread on the same pieces.
-        network = (
-            tuple(self.layout.units),
-            int(batch_size),
-            self.dtype.char,
-            pieces,
-            n_threads,
-        )
+        network = (tuple(self.layout.units), int(batch_size), self.dtype.char, pieces)
         loss_sum, start = 0.0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
@@ -476,7 +470,9 @@ class Engine:
                 int(pieces),
             )
             seconds = time.perf_counter() - began
-            _threads.TEAM_PACE.record(network, threads, seconds, end - start, began)
+            _threads.TEAM_PACE.record(
+                network, n_threads, threads, seconds, end - start, began
+            )
             start = end
             self.degenerate_batches += degenerate
             self._pace(seconds, -(-n // batch_size))

@@ -312,8 +312,8 @@ class _TeamPace:
     core runs slowly, so trains at about one thread's speed rather than
     slower, spends little time on tries while that lasts, and notices
     within a few seconds when it ends. The pieces are the team's either
-    way, so the results do not depend on it. ``network`` includes the
-    team's pieces and threads: a team of another size is measured afresh.
+    way, so the results do not depend on it. Each team size of a network
+    is measured on its own.
     Shared by the process's threads (a grid search's fits of one network
     learn from each other); calls shorter than ``MIN_SECONDS`` are not
     measured (the first calls of a fit, which grow from one minibatch).
@@ -326,7 +326,8 @@ class _TeamPace:
 
     def __init__(self):
         self._lock = threading.Lock()
-        # network -> ({threads: (seconds per row, when)}, probe interval)
+        # (network, team threads) -> ({threads: (seconds per row, when)},
+        # probe interval)
         self._networks = {}
 
     @staticmethod
@@ -334,11 +335,14 @@ class _TeamPace:
         return 1 if measured[1][0] < measured[team_threads][0] else team_threads
 
     def threads(self, network, team_threads, now):
-        """The threads for the next call of ``network``'s team."""
+        """The threads for the next call of ``network``'s team of
+        ``team_threads``."""
         if team_threads == 1:
             return 1
         with self._lock:
-            measured, interval = self._networks.get(network, ({}, self.PROBE_SECONDS))
+            measured, interval = self._networks.get(
+                (network, team_threads), ({}, self.PROBE_SECONDS)
+            )
             measured = dict(measured)
         for threads in (team_threads, 1):
             if threads not in measured:
@@ -347,26 +351,24 @@ class _TeamPace:
         other = team_threads if faster == 1 else 1
         return other if now - measured[other][1] > interval else faster
 
-    def record(self, network, threads, seconds, rows, now):
-        """A call of ``network`` on ``threads`` threads ran ``rows`` rows in
-        ``seconds``."""
+    def record(self, network, team_threads, threads, seconds, rows, now):
+        """A call of ``network``'s team of ``team_threads`` ran ``rows`` rows
+        in ``seconds`` on ``threads`` threads (the team's, or 1)."""
         if seconds < self.MIN_SECONDS or rows <= 0:
             return
+        key = (network, team_threads)
         with self._lock:
-            measured, interval = self._networks.pop(network, ({}, self.PROBE_SECONDS))
-            team = max([threads, *measured])
-            if set(measured) - {1, team}:  # another team size: start again
-                measured, interval = {}, self.PROBE_SECONDS
+            measured, interval = self._networks.pop(key, ({}, self.PROBE_SECONDS))
             both = len(measured) == 2
-            faster = self._faster(measured, team) if both else None
+            faster = self._faster(measured, team_threads) if both else None
             measured = {**measured, threads: (seconds / rows, now)}
             if both:
-                now_faster = self._faster(measured, team)
+                now_faster = self._faster(measured, team_threads)
                 if now_faster != faster:  # the other is faster now
                     interval = self.PROBE_SECONDS
                 elif threads != faster:  # a try of the other: slower again
                     interval = min(2 * interval, self.MAX_PROBE_SECONDS)
-            self._networks[network] = (measured, interval)  # the most recent last
+            self._networks[key] = (measured, interval)  # the most recent last
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 

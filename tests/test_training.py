@@ -1448,20 +1448,20 @@ def test_team_pace_takes_the_faster_and_tries_the_other_again():
     net, other = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
     assert pace.threads(net, 1, 0.0) == 1  # a team of one has no choice
     assert pace.threads(net, 2, 0.0) == 2  # measure the team first
-    pace.record(net, 2, 0.010, 100, 0.0)
+    pace.record(net, 2, 2, 0.010, 100, 0.0)
     assert pace.threads(net, 2, 0.01) == 1  # then one thread
-    pace.record(net, 1, 0.015, 100, 0.01)
+    pace.record(net, 2, 1, 0.015, 100, 0.01)
     assert pace.threads(net, 2, 0.02) == 2  # the team was faster
     assert pace.threads(other, 2, 0.02) == 2  # each network its own
-    pace.record(net, 2, 0.030, 100, 0.3)  # the team slows down
+    pace.record(net, 2, 2, 0.030, 100, 0.3)  # the team slows down
     assert pace.threads(net, 2, 0.31) == 1
     # One thread's measure grows old: it is tried again, then the team.
     t = 0.01 + pace.PROBE_SECONDS + 0.001
     assert pace.threads(net, 2, t) == 1
-    pace.record(net, 1, 0.040, 100, t)
+    pace.record(net, 2, 1, 0.040, 100, t)
     assert pace.threads(net, 2, t) == 2
     # Calls too short to time are not measured.
-    pace.record(other, 2, pace.MIN_SECONDS / 2, 100, 0.0)
+    pace.record(other, 2, 2, pace.MIN_SECONDS / 2, 100, 0.0)
     assert pace.threads(other, 2, 0.01) == 2
 
 
@@ -1477,7 +1477,7 @@ def test_team_pace_tries_the_slower_choice_less_often_while_it_stays_slower():
             threads = pace.threads(net, 2, t)
             calls.append((t, threads))
             seconds = team_seconds if threads == 2 else one_seconds
-            pace.record(net, threads, seconds, 100, t)
+            pace.record(net, 2, threads, seconds, 100, t)
             t += step
         return calls, t
 
@@ -1499,35 +1499,35 @@ def test_team_pace_tries_the_slower_choice_less_often_while_it_stays_slower():
     ] * 40
 
 
-def test_team_pace_starts_again_for_another_team_size():
+def test_team_pace_measures_each_team_size_on_its_own():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
-    pace.record(net, 2, 0.03, 100, 0.0)
-    pace.record(net, 1, 0.01, 100, 0.01)
-    assert pace.threads(net, 4, 0.02) == 4  # a team of 4 is measured first
-    pace.record(net, 4, 0.005, 100, 0.02)
-    assert pace.threads(net, 4, 0.03) == 1  # then one thread, afresh
-    pace.record(net, 1, 0.01, 100, 0.03)
+    pace.record(net, 2, 2, 0.03, 100, 0.0)
+    pace.record(net, 2, 1, 0.01, 100, 0.01)
+    assert pace.threads(net, 4, 0.02) == 4  # a team of 4 is measured on its own
+    pace.record(net, 4, 4, 0.005, 100, 0.02)
+    assert pace.threads(net, 4, 0.03) == 1  # then one thread, for it
+    pace.record(net, 4, 1, 0.01, 100, 0.03)
     assert pace.threads(net, 4, 0.04) == 4
-    pace.record(net, 2, 0.03, 100, 0.05)  # and back to a team of 2
+    pace.record(net, 2, 2, 0.03, 100, 0.05)  # a team of 2 keeps its own
     assert pace.threads(net, 2, 0.06) == 1
 
 
 def test_team_pace_tries_again_soon_when_the_faster_choice_changes():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
-    pace.record(net, 2, 0.03, 100, 0.0)
-    pace.record(net, 1, 0.01, 100, 0.0)
+    pace.record(net, 2, 2, 0.03, 100, 0.0)
+    pace.record(net, 2, 1, 0.01, 100, 0.0)
     t = 0.0
     for _ in range(4):  # tries of the team back off to 4 s
         t += pace.MAX_PROBE_SECONDS + 0.01
         assert pace.threads(net, 2, t) == 2
-        pace.record(net, 2, 0.03, 100, t)
+        pace.record(net, 2, 2, 0.03, 100, t)
     # One thread slows down in its own calls: the team is faster now, and
     # one thread is tried again after PROBE_SECONDS, not 4 s.
-    pace.record(net, 1, 0.05, 100, t + 0.01)
+    pace.record(net, 2, 1, 0.05, 100, t + 0.01)
     assert pace.threads(net, 2, t + 0.02) == 2
-    pace.record(net, 2, 0.03, 100, t + 0.02)
+    pace.record(net, 2, 2, 0.03, 100, t + 0.02)
     assert pace.threads(net, 2, t + 0.01 + pace.PROBE_SECONDS + 0.01) == 1
 
 
