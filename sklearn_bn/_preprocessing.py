@@ -469,8 +469,7 @@ def learn(columns, sample_weight):
         mask = np.zeros(columns.shape[1], dtype=bool)
     sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     numeric_idx = np.flatnonzero(~mask)
-    spline_features = np.zeros(0, dtype=np.intp)
-    spline_knots = np.zeros((0, _SPLINE_KNOTS))
+    spline_features, spline_knots = _no_encoding()
     if numeric is None or numeric.shape[1] == 0:
         center, scale, clip = np.zeros(0), np.ones(0), _CLIP
         had_nan = np.zeros(0, dtype=bool)
@@ -549,17 +548,21 @@ def _learn_splines(quantiles, center, scale):
     are distinct get the encoding (not a feature of few values, which its
     linear term already fits).
     """
-    none = np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
     if len(quantiles) == 0:
-        return none
+        return _no_encoding()
     knots = np.tanh((quantiles - center) / (scale * _CLIP)).T
     # Distinct in float32 too: a knot interval of at least 1e-4 of the range.
     distinct = np.all(np.diff(knots, axis=1) > 1e-4, axis=1) & np.all(
         np.isfinite(knots), axis=1
     )
     if not distinct.any():
-        return none
+        return _no_encoding()
     return np.flatnonzero(distinct), knots[distinct]
+
+
+def _no_encoding():
+    """The features and knots of no piecewise-linear encoding."""
+    return np.zeros(0, dtype=np.intp), np.zeros((0, _SPLINE_KNOTS))
 
 
 def _sparse_nan_columns(X, sample_weight):
@@ -687,10 +690,9 @@ class InputHandling:
         if not hasattr(estimator, ATTRIBUTES[0]):
             return None
         # A model fitted before the encoding existed has no encoding.
-        missing = {
-            "input_spline_features_": np.zeros(0, dtype=np.intp),
-            "input_spline_knots_": np.zeros((0, _SPLINE_KNOTS)),
-        }
+        missing = dict(
+            zip(("input_spline_features_", "input_spline_knots_"), _no_encoding())
+        )
         return cls(
             {name: getattr(estimator, name, missing.get(name)) for name in ATTRIBUTES}
         )
