@@ -420,6 +420,10 @@ class Engine:
         n_rows : int
             Rows of ``order`` the minibatches run covered (all of them unless
             stopped).
+        n_trained : int
+            The rows of those minibatches that were trained: a minibatch
+            whose weights sum to zero, or lie on fewer than two rows, is
+            skipped.
         """
         self._check(data, params)
         order = np.asarray(order)
@@ -451,11 +455,11 @@ class Engine:
             )
         # The pace compares this team with one thread on the same pieces.
         network = (tuple(self.layout.units), int(batch_size), self.dtype.char, pieces)
-        loss_sum, start = 0.0, 0
+        loss_sum, start, n_trained = 0.0, 0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
             threads = _threads.TEAM_PACE.threads(network, n_threads, began)
-            loss_sum, end, degenerate = _training.train_epoch(
+            loss_sum, end, degenerate, trained = _training.train_epoch(
                 self.network,
                 data,
                 params,
@@ -474,9 +478,10 @@ class Engine:
                 network, n_threads, threads, seconds, end - start, began
             )
             start = end
+            n_trained += trained
             self.degenerate_batches += degenerate
             self._pace(seconds, -(-n // batch_size))
-        return loss_sum, start
+        return loss_sum, start, n_trained
 
     def _pace(self, seconds, batches_per_epoch):
         """Minibatches per compiled call for the next ones to take about

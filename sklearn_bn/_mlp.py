@@ -808,6 +808,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     "The validation set is too small. Increase "
                     "'validation_fraction' or the size of your dataset."
                 )
+            if sw_train is not None and not sw_train.sum() > 0:
+                raise ValueError(
+                    "The sample weights of the training rows left after the "
+                    "validation split of early stopping sum to zero: nothing to "
+                    "train on. Give weight to more rows, or change "
+                    "'validation_fraction' or 'random_state'."
+                )
             train = (X_train, Y_train, sw_train)
             validation = (X_val, self._decode_targets(Y_val), sw_val)
         if train[0].shape[0] < 2:
@@ -880,7 +887,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 # What sklearn.utils.shuffle draws (the same random stream as
                 # MLPClassifier), without its validation, and in place.
                 random_state.shuffle(sample_idx)
-            loss_sum, n_rows = engine.train_epoch(
+            loss_sum, n_rows, n_trained = engine.train_epoch(
                 data=data,
                 params=params,
                 optimizer=optimizer,
@@ -895,9 +902,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 break
             if not (params.is_finite() and np.isfinite(loss_sum)):
                 raise ValueError(self._non_finite_message(params.theta.dtype))
+            if n_trained == 0 and not state.loss_curve:
+                raise ValueError(
+                    "No minibatch could be trained: the sample weights of each "
+                    "sum to zero or lie on fewer than 2 rows (batch normalization "
+                    "needs 2). Give weight to more rows, or use a larger batch_size."
+                )
             state.n_iter += 1
             state.t += n_rows
-            loss = loss_sum / n_rows
+            # The mean over the minibatches trained; an epoch that trained
+            # none left the model, and so its loss, as they were.
+            loss = loss_sum / n_trained if n_trained else state.loss_curve[-1]
             state.loss_curve.append(loss)
             if self.verbose:
                 print(f"Iteration {state.n_iter:d}, loss = {loss:.8f}")
@@ -1582,8 +1597,11 @@ _BN_STATS_DOC = """
 
 _COMMON_ATTRIBUTES_DOC = """
     loss_ : float
-        The loss of the last epoch (mean over its minibatches, L2 term
-        included).
+        The loss of the last epoch (mean over its minibatches, weighted by
+        their rows, L2 term included). Skipped minibatches (see the notes
+        on sample weights below) do not count; an epoch that could
+        train none keeps the loss before it, and a fit whose first epoch
+        can train none raises a ``ValueError``.
 
     best_loss_ : float or None
         The minimum loss reached; None with ``early_stopping=True``.

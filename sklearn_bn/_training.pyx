@@ -180,6 +180,7 @@ cdef struct Epoch:
     Py_ssize_t tracked           # updates of the running statistics
     int pieces                   # every task's pieces (the results depend on it)
     Py_ssize_t n_degenerate      # minibatches and ghost chunks skipped: < 2 rows weigh
+    Py_ssize_t rows_trained      # rows of the minibatches trained (not skipped)
 
 
 cdef struct Minibatch:
@@ -503,6 +504,8 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
         when the epoch is done).
     n_degenerate : int
         The minibatches and chunks skipped for weight on fewer than 2 rows.
+    rows_trained : int
+        The rows of the minibatches trained, those skipped left out.
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
@@ -522,6 +525,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     epoch.tracked = params.n_batches_tracked
     epoch.pieces = pieces
     epoch.n_degenerate = 0
+    epoch.rows_trained = 0
     optimizer.bind()
     if work_init(&work) != 0:
         raise MemoryError("could not create the threads' work queue")
@@ -537,7 +541,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
-    return epoch.loss_sum, epoch.start, epoch.n_degenerate
+    return epoch.loss_sum, epoch.start, epoch.n_degenerate, epoch.rows_trained
 
 
 def loss_and_gradient(Network network not None, data, params, bint update_running,
@@ -644,6 +648,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
     cdef Minibatch mb
     cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
     cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked, degenerate = 0
+    cdef Py_ssize_t trained = 0
     team_start(&team, work, epoch.pieces)
     while start < n and batches < epoch.max_batches:
         m = min(epoch.batch_size, n - start)
@@ -664,6 +669,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
                            dtype)
             step += 1
             tracked += mb.n_updates
+            trained += m
         start += m
         batches += 1
     if tid == 0:
@@ -671,6 +677,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
         epoch.start = start
         epoch.tracked = tracked
         epoch.n_degenerate += degenerate
+        epoch.rows_trained += trained
 
 
 cdef void start_minibatch(const Net* net, const Data* data,

@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer, load_digits, make_regression
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -2251,23 +2251,27 @@ def test_a_virtual_batch_of_at_least_batch_size_is_plain_batch_norm(n, batch_siz
 
 @pytest.mark.parametrize("virtual_batch_size", [None, 2])
 def test_weight_on_a_single_row_is_skipped_with_a_warning(virtual_batch_size):
-    # Weights [1, 0] repeated: every minibatch of 2 (or every ghost chunk of
-    # 2 rows) has its weight on one row, whose own statistics normalize
-    # nothing. They are skipped, with one warning, and the running
-    # statistics do not decay towards 0.
+    # Weights [1, 0] repeated over the first 20 rows: every minibatch of 2
+    # there (or every ghost chunk of 2 rows) has its weight on one row, whose
+    # own statistics normalize nothing. They are skipped, with one warning,
+    # and the running statistics do not decay towards 0.
     rng = np.random.RandomState(0)
     X = rng.normal(size=(40, 4))
-    y = rng.randint(0, 3, 40)
-    sw = np.tile([1.0, 0.0], 20)
-    est = MLPBNClassifier(
+    y = np.tile([0, 1, 2, 1], 10)
+    sw = np.r_[np.tile([1.0, 0.0], 10), np.ones(20)]
+    if virtual_batch_size is not None:
+        sw = np.tile([1.0, 0.0], 20)
+    params = dict(
         hidden_layer_sizes=(8,),
         batch_size=2 if virtual_batch_size is None else 8,
         virtual_batch_size=virtual_batch_size,
         max_iter=3,
         shuffle=False,
+        learning_rate="constant",
         random_state=0,
         input_preprocessing=None,
     )
+    est = MLPBNClassifier(**params)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         est.fit(X, y, sample_weight=sw)
@@ -2275,27 +2279,76 @@ def test_weight_on_a_single_row_is_skipped_with_a_warning(virtual_batch_size):
         str(w.message) for w in caught if "fewer than two rows" in str(w.message)
     ]
     assert len(messages) == 1
-    assert messages[0].startswith(
-        "60 "
-    )  # 20 minibatches x 3 epochs, or 5 x 4 chunks x 3
-    for var in est.running_vars_:
-        assert np.all(var > 0.5)
+    # 10 minibatches x 3 epochs, or 5 minibatches x 4 chunks x 3 epochs
+    assert messages[0].startswith("30 " if virtual_batch_size is None else "60 ")
     if virtual_batch_size is None:
-        # Nothing trained: the coefficients are the initial ones.
-        fresh = MLPBNClassifier(
-            hidden_layer_sizes=(8,),
-            max_iter=1,
-            random_state=0,
-            input_preprocessing=None,
-        )
-        init = fresh._init_params([4, 8, 3], np.float64, np.random.RandomState(0))[0]
-        for a, b in zip(est.coefs_, init):
-            assert_array_equal(a, b)
+        # The model and its loss are those of a fit on the rows trained:
+        # the skipped minibatches change nothing, not even the running
+        # statistics, and their rows do not dilute the mean loss.
+        alone = fit_quietly(MLPBNClassifier(**params), X[20:], y[20:])
+        for name in ("coefs_", "intercepts_", "running_means_", "running_vars_"):
+            for a, b in zip(getattr(est, name), getattr(alone, name)):
+                assert_array_equal(a, b)
+        assert_allclose(est.loss_curve_, alone.loss_curve_, rtol=1e-12)
+    else:
+        for var in est.running_vars_:
+            assert np.all(var > 0.5)
     # Rows with weight on two rows or more per minibatch: no warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.set_params(shuffle=True).fit(X, y, sample_weight=np.ones(40))
+
+
+def test_a_fit_that_can_train_no_minibatch_raises_and_changes_nothing():
+    # Every minibatch of 2 has its weight on one row: nothing can be
+    # trained. A ValueError says so; a fitted model stays as it was.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 4))
+    y = np.tile([0, 1, 2, 1], 10)
+    sw = np.tile([1.0, 0.0], 20)
+    est = MLPBNClassifier(
+        hidden_layer_sizes=(8,),
+        batch_size=2,
+        max_iter=3,
+        shuffle=False,
+        random_state=0,
+        input_preprocessing=None,
+    )
+    with pytest.raises(ValueError, match="No minibatch could be trained"):
+        est.fit(X, y, sample_weight=sw)
+    with pytest.raises(ValueError, match="No minibatch could be trained"):
+        clone(est).partial_fit(X, y, classes=[0, 1, 2], sample_weight=sw)
+    fit_quietly(est, X, y)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="No minibatch could be trained"):
+        est.fit(X, y, sample_weight=sw)
+    assert_same(est.__dict__, before)
+    # A later partial_fit that trains nothing is an epoch that changed
+    # nothing: its loss is the last one.
+    est.partial_fit(X, y)
+    loss = est.loss_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est.partial_fit(X, y, sample_weight=sw)
+    assert est.loss_curve_[-2:] == [loss, loss]
+
+
+def test_early_stopping_with_no_training_weight_raises():
+    # Every row with weight falls in the validation split (its rows for
+    # random_state=0).
+    X, y = make_regression(n_samples=40, n_features=5, random_state=0)
+    sw = np.zeros(40)
+    sw[[22, 27, 16, 13]] = 1
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4,),
+        max_iter=3,
+        early_stopping=True,
+        random_state=0,
+        input_preprocessing=None,
+    )
+    with pytest.raises(ValueError, match="validation split of early stopping sum"):
+        est.fit(X, y / y.std(), sample_weight=sw)
 
 
 TABULAR_DEFAULTS = {

@@ -886,7 +886,9 @@ def test_minibatch_with_zero_weight_is_skipped():
     assert_params_allclose(est, params)
     assert_allclose(est.running_means_[0], rm, rtol=1e-9, atol=1e-12)
     assert_allclose(est.running_vars_[0], rv, rtol=1e-9)
-    assert est.loss_ == pytest.approx(loss_sum / 6, rel=1e-10)
+    # The mean over the minibatches trained: the skipped one's rows do not
+    # count.
+    assert est.loss_ == pytest.approx(loss_sum / 4, rel=1e-10)
 
 
 def test_invscaling_learning_rate_after_each_epoch():
