@@ -577,13 +577,31 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             (a, b) for a, b in zip(units[:-1], units[1:])
         ]:
             fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            units = list(units)
+            changes = []
+            if units[0] != fitted[0]:
+                changes.append(
+                    f"the data give {units[0]} input units, the fitted network "
+                    f"has {fitted[0]}"
+                )
+            if units[1:-1] != fitted[1:-1]:
+                changes.append(
+                    f"hidden_layer_sizes gives hidden layers {units[1:-1]}, the "
+                    f"fitted network has {fitted[1:-1]}"
+                )
+            if units[-1] != fitted[-1]:
+                changes.append(
+                    f"y gives {units[-1]} output units, the fitted network has "
+                    f"{fitted[-1]}"
+                )
             raise ValueError(
-                "The network's shape changed since the last fit: the data and "
-                f"hidden_layer_sizes give layer units {units}, the fitted network "
-                f"has {fitted}. "
+                "The network's shape changed since the last fit: "
+                + "; ".join(changes)
+                + ". "
                 + (
-                    "partial_fit continues the fitted network; restore "
-                    "hidden_layer_sizes, or call fit to train a new network."
+                    "partial_fit continues the fitted network: give it data, "
+                    "targets and hidden_layer_sizes of that shape, or call fit "
+                    "to train a new network."
                     if incremental
                     else "warm_start continues the fitted network; set "
                     "warm_start=False to train a new one."
@@ -2061,7 +2079,8 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
         classes : array of shape (n_classes,), default=None
             Classes across all calls to partial_fit; required on the first
-            call, ignored afterwards.
+            call. Later calls may leave it out; if given, it must be the same
+            (a ``ValueError`` otherwise), as in scikit-learn.
 
         Returns
         -------
@@ -2289,7 +2308,14 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         return "exp" if self.loss == "poisson" else "identity"
 
     def _encode_targets(self, y, dtype):
-        return np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
+        with np.errstate(over="ignore"):
+            Y = np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
+        if not np.isfinite(Y).all():  # finite in float64, not in float32
+            raise ValueError(
+                f"y has values too large for {np.dtype(dtype).name}, the dtype the "
+                "model trains in (that of X): pass float64 X, or scale y."
+            )
+        return Y
 
     def _decode_targets(self, Y):
         return Y.ravel() if Y.shape[1] == 1 else Y

@@ -2379,3 +2379,22 @@ def test_defaults_differ_from_scikit_learns_only_where_measured(ours, theirs):
         0
     ]
     assert set(re.findall(r"   \* - ``(\w+)``", table)) == set(TABULAR_DEFAULTS)
+
+
+def test_a_continued_fit_says_which_part_of_the_network_changed():
+    X, Y = make_regression(n_samples=60, n_features=5, n_targets=2, random_state=0)
+    est = MLPBNRegressor(hidden_layer_sizes=(8,), input_preprocessing=None)
+    est.partial_fit(X, Y)
+    with pytest.raises(ValueError, match="y gives 1 output units, the fitted network"):
+        est.partial_fit(X, Y[:, 0])
+    est.set_params(hidden_layer_sizes=(9,), warm_start=True, max_iter=2)
+    with pytest.raises(ValueError, match=r"hidden layers \[9\], the fitted network"):
+        est.fit(X, Y)
+
+
+def test_targets_too_large_for_float32_raise_a_clear_error():
+    X, y = make_regression(n_samples=60, n_features=5, random_state=0)
+    est = MLPBNRegressor(hidden_layer_sizes=(4,), max_iter=2, input_preprocessing=None)
+    with pytest.raises(ValueError, match="y has values too large for float32"):
+        est.fit(X.astype(np.float32), np.r_[1e39, y[1:]])
+    fit_quietly(est, X, np.r_[1e39, y[1:]] / 1e39)  # float64: fine
