@@ -1256,7 +1256,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             The rows, validated as :meth:`predict` validates them (feature
-            names, number of features, no NaN or infinity). At least two
+            names, number of features; no infinity, and no NaN without the
+            input handling). At least two
             rows (of positive weight).
 
         sample_weight : array-like of shape (n_samples,), default=None
@@ -1545,7 +1546,9 @@ _INPUT_ATTRIBUTES_DOC = """
 
     input_categories_ : list of ndarray
         For each categorical feature, the categories that get a one-hot
-        column, in the order of the columns: sorted by value, NaN last.
+        column, in the order of the columns: sorted by value, NaN last;
+        float64 when they are numbers (booleans as 0.0 and 1.0, as
+        scikit-learn's encoder reads them), else objects.
 
     input_spline_features_ : ndarray of int
         The raw indices of the numeric features that get a piecewise-linear

@@ -95,22 +95,27 @@ class Columns:
     n_numeric) float array or sparse matrix, and the categorical columns'
     values (1-D arrays, or pandas ``Categorical`` for the fast path)."""
 
-    def __init__(self, numeric, categorical, is_categorical, dtype):
+    def __init__(self, numeric, categorical, is_categorical, dtype, n_samples):
         self.numeric = numeric
         self.categorical = categorical
         self.is_categorical = is_categorical
         self.dtype = np.dtype(dtype)
-        n_samples = numeric.shape[0] if numeric is not None else len(categorical[0])
         self.shape = (n_samples, len(is_categorical))
 
     def __len__(self):
         return self.shape[0]
 
 
-def _string_columns_error(names):
+def _string_columns_error(names, categorical_dtype=()):
     shown = ", ".join(repr(n) for n in names[:10]) + (
         ", ..." if len(names) > 10 else ""
     )
+    if categorical_dtype and len(categorical_dtype) == len(names):
+        return ValueError(
+            f"The column(s) {shown} have a categorical dtype but are not in "
+            "categorical_features, which names the categorical columns: add them "
+            "to it, use categorical_features='from_dtype', or drop them."
+        )
     return ValueError(
         f"The column(s) {shown} hold strings (or other non-numeric values) and are "
         "not marked as categorical. Mark them as categorical, for example with "
@@ -194,15 +199,24 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     explicit = names_categorical(estimator.categorical_features)
     frame = is_frame(X)
     if not frame and not (explicit if fitted_mask is None else fitted_mask.any()):
-        return validate_data(
-            estimator,
-            X,
-            reset=reset,
-            accept_sparse=list(accept_sparse),
-            dtype=(np.float64, np.float32),
-            ensure_all_finite="allow-nan",
-            order="C",
-        )
+        try:
+            return validate_data(
+                estimator,
+                X,
+                reset=reset,
+                accept_sparse=list(accept_sparse),
+                dtype=(np.float64, np.float32),
+                ensure_all_finite="allow-nan",
+                order="C",
+            )
+        except ValueError as exc:
+            if "could not convert string to float" not in str(exc):
+                raise
+            raise ValueError(
+                f"{exc}. X holds strings: mark their columns as categorical with "
+                "categorical_features=[their indices], or pass a DataFrame whose "
+                "categorical columns have the category dtype."
+            ) from exc
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]
@@ -229,6 +243,17 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
         columns = _read_polars(X, mask)
     else:
         columns = _read_array(X, mask)
+    if columns.shape[1] == 0:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={columns.shape}) while a minimum "
+            f"of 1 is required by {type(estimator).__name__}."
+        )
+    for values in columns.categorical:
+        if _has_infinity(values):
+            raise ValueError(
+                "Input X contains infinity in a categorical feature: infinity is "
+                "not a category; replace it, with NaN for example."
+            )
     if columns.numeric is not None:
         columns.numeric = check_array(
             columns.numeric,
@@ -246,13 +271,14 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     return columns
 
 
-def _numeric_columns(n_rows, parts, float32_flags, bad):
+def _numeric_columns(n_rows, parts, float32_flags, bad, bad_categorical=()):
     """The numeric columns a frame reader read one by one (``parts``), as one
     array (None without any), and its dtype: float32 when there are numeric
     columns and all are float32. ``bad`` names the columns of strings that
-    are not numbers: a ValueError says how to mark them."""
+    are not numbers (``bad_categorical`` those of them with a categorical
+    dtype): a ValueError says how to mark them."""
     if bad:
-        raise _string_columns_error(bad)
+        raise _string_columns_error(bad, bad_categorical)
     dtype = np.float32 if float32_flags and all(float32_flags) else np.float64
     if not parts:
         return None, dtype
@@ -266,12 +292,14 @@ def _read_pandas(X, mask):
     import pandas as pd
 
     numeric_idx = np.flatnonzero(~mask)
-    bad, flags, parts = [], [], []
+    bad, bad_categorical, flags, parts = [], [], [], []
     for i in numeric_idx:
         col = X.iloc[:, i]
         dtype = col.dtype
         if isinstance(dtype, pd.CategoricalDtype):
             values = np.asarray(col.astype(object), dtype=object)
+        elif pd.api.types.is_complex_dtype(dtype):
+            raise ValueError(f"Complex data not supported: column {X.columns[i]!r}.")
         elif pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
             flags.append(np.dtype(getattr(dtype, "numpy_dtype", dtype)) == np.float32)
             parts.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
@@ -286,10 +314,12 @@ def _read_pandas(X, mask):
         converted = _to_float(values)
         if converted is None:
             bad.append(X.columns[i])
+            if isinstance(dtype, pd.CategoricalDtype):
+                bad_categorical.append(X.columns[i])
             continue
         flags.append(False)
         parts.append(converted)
-    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad)
+    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad, bad_categorical)
     categorical = []
     for i in np.flatnonzero(mask):
         col = X.iloc[:, i]
@@ -298,39 +328,55 @@ def _read_pandas(X, mask):
         else:
             values = col.to_numpy(dtype=object, na_value=np.nan)
             categorical.append(values)
-    return Columns(numeric, categorical, mask, dtype)
+    return Columns(numeric, categorical, mask, dtype, X.shape[0])
 
 
 def _read_polars(X, mask):
     import polars as pl
 
-    bad, flags, parts = [], [], []
+    bad, bad_categorical, flags, parts = [], [], [], []
     for i in np.flatnonzero(~mask):
         col = X.to_series(int(i))
         if col.dtype.is_numeric() or col.dtype == pl.Boolean:
             flags.append(col.dtype == pl.Float32)
             parts.append(col.cast(pl.Float64).fill_null(np.nan).to_numpy())
             continue
+        if col.dtype.is_temporal():
+            raise ValueError(
+                f"Column {X.columns[i]!r} has dtype {col.dtype}, which the input "
+                "handling does not take: convert it to numbers, or mark it as "
+                "categorical."
+            )
         values = np.asarray(col.to_numpy(), dtype=object)
         converted = _to_float(values)
         if converted is None:
             bad.append(X.columns[i])
+            if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
+                bad_categorical.append(X.columns[i])
             continue
         flags.append(False)
         parts.append(converted)
-    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad)
+    numeric, dtype = _numeric_columns(X.shape[0], parts, flags, bad, bad_categorical)
     categorical = []
     for i in np.flatnonzero(mask):
         col = X.to_series(int(i))
         if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
         categorical.append(np.asarray(col.to_numpy(), dtype=object))
-    return Columns(numeric, categorical, mask, dtype)
+    return Columns(numeric, categorical, mask, dtype, X.shape[0])
 
 
 def _read_array(X, mask):
     X = np.asarray(X)
     numeric = X[:, ~mask]
+    if X.dtype.kind in "US":
+        # A list of numbers and strings becomes an array of strings: the
+        # numbers as text, which the numeric columns read back.
+        X = X.astype(object)
+        try:
+            numeric = numeric.astype(np.float64)
+        except ValueError:
+            numeric = numeric.astype(object)
     if numeric.dtype.kind not in "fiub":
         converted = _to_float(numeric)
         if converted is None:
@@ -341,7 +387,9 @@ def _read_array(X, mask):
         numeric = converted
     dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
     categorical = [X[:, i] for i in np.flatnonzero(mask)]
-    return Columns(numeric if numeric.shape[1] else None, categorical, mask, dtype)
+    return Columns(
+        numeric if numeric.shape[1] else None, categorical, mask, dtype, X.shape[0]
+    )
 
 
 def _to_float(values):
@@ -352,10 +400,24 @@ def _to_float(values):
     values = np.where(_missing(values), np.nan, values)
     if any(isinstance(v, (str, bytes)) for v in values.flat):
         return None
+    if values.dtype.kind == "c" or any(isinstance(v, complex) for v in values.flat):
+        return None
     try:
         return values.astype(np.float64)
     except (TypeError, ValueError):
         return None
+
+
+def _has_infinity(values):
+    """Whether a categorical column holds an infinite number."""
+    if _is_categorical_array(values):
+        values = np.asarray(values.categories, dtype=object)
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        return bool(np.isinf(values).any())
+    if values.dtype.kind != "O":
+        return False
+    return any(isinstance(v, (float, np.floating)) and np.isinf(v) for v in values.flat)
 
 
 def _missing(values):
@@ -605,12 +667,15 @@ def _is_categorical_array(values):
 
 
 def _sorted_categories(values, with_nan):
-    """Categories as OneHotEncoder keeps them: float64 when all are numbers,
+    """Categories as OneHotEncoder keeps them: float64 when all are numbers
+    (booleans as 0 and 1, as scikit-learn reads a boolean category column),
     else object; sorted by value (by kind and text when they do not compare),
-    NaN last."""
+    NaN last. Integers that float64 cannot hold exactly (beyond 2**53, such
+    as hashed IDs) stay objects: as floats, distinct ones would merge."""
     values = list(values)
     numbers = all(
-        isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        isinstance(v, (bool, int, float, np.number))
+        and not (isinstance(v, (int, np.integer)) and abs(int(v)) > _EXACT_INTEGERS)
         for v in values
     )
     if numbers:
@@ -625,6 +690,10 @@ def _sorted_categories(values, with_nan):
     if with_nan:
         out[-1] = np.nan
     return out
+
+
+# Integers up to this size are exact in float64.
+_EXACT_INTEGERS = 2**53
 
 
 def _learn_categories(values, sample_weight):
@@ -653,7 +722,7 @@ def _key(v):
     """A hashable key under which equal category values coincide."""
     if isinstance(v, (np.floating, float)) and not isinstance(v, bool):
         return float(v)
-    if isinstance(v, np.integer):
+    if isinstance(v, (np.integer, np.bool_)):
         return int(v)
     if isinstance(v, np.str_):
         return str(v)
@@ -1007,8 +1076,28 @@ def sklearn_steps(handling, feature_names, dtype):
         encoder = ct.named_transformers_["categorical"]
         if [len(c) for c in encoder.categories_] != n_cats:
             raise ValueError("The categories cannot be exported to a OneHotEncoder.")
-        encoder.categories_ = [c.copy() for c in handling.categories]
+        encoder.categories_ = [_exported_categories(c) for c in handling.categories]
     return [("preprocess", ct)], fold
+
+
+def _exported_categories(cats):
+    """A column's categories as OneHotEncoder compares them with the
+    column's values: integers beyond float64's exact ones (which the
+    handling keeps as objects) as int64."""
+    integers = [
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        for v in cats
+    ]
+    big = [i and abs(int(v)) > _EXACT_INTEGERS for i, v in zip(integers, cats)]
+    if cats.dtype != object or not any(big):
+        return cats.copy()
+    if not all(integers):
+        raise ValueError(
+            "The categories cannot be exported to a OneHotEncoder: integers beyond "
+            f"2**53 with other values (got {cats.tolist()[:5]}...); scikit-learn "
+            "reads such a column as floats, which merge them."
+        )
+    return np.array(cats, dtype=np.int64)
 
 
 def _set_scaler(pipeline, handling, positions):

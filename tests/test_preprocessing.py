@@ -839,3 +839,116 @@ def test_onnx_refuses_categorical_features_with_a_message():
         skl2onnx.to_onnx(
             est, frame[["x", "x", "x", "z"]].to_numpy()[:1], options={"zipmap": False}
         )
+
+
+# ---------------------------------------------------------------------------
+# Unusual category values and input kinds
+
+
+def test_boolean_categories_are_numbers_and_export():
+    # scikit-learn's encoder reads a boolean category column (pandas
+    # category of bools, nullable boolean) as 0.0 and 1.0: so do the
+    # categories, and the twin takes the same columns.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    flags = pd.array(rng.rand(100) > 0.5, dtype="boolean")
+    flags[::5] = pd.NA
+    y = rng.randint(0, 2, 100)
+    for frame, mark in [
+        (
+            pd.DataFrame(
+                {"a": rng.randn(100), "b": pd.Categorical(rng.rand(100) > 0.5)}
+            ),
+            "from_dtype",
+        ),
+        (pd.DataFrame({"a": rng.randn(100), "b": flags}), ["b"]),
+    ]:
+        est = fit_quietly(
+            MLPBNClassifier(max_iter=5, random_state=0, categorical_features=mark),
+            frame,
+            y,
+        )
+        cats = est.input_categories_[0]
+        assert cats.dtype == np.float64
+        assert_array_equal(cats[:2], [0.0, 1.0])
+        assert_allclose(
+            est.to_sklearn().predict_proba(frame), est.predict_proba(frame), atol=1e-12
+        )
+
+
+def test_integer_categories_beyond_float64_stay_distinct():
+    pd = pytest.importorskip("pandas")
+    ids = np.array([2**53, 2**53 + 1, 2**53 + 2], dtype=np.int64)
+    X = pd.DataFrame({"x": np.arange(60.0), "id": pd.Categorical(np.tile(ids, 20))})
+    y = np.tile([0, 1, 1], 20)
+    est = fit_quietly(MLPBNClassifier(max_iter=30, random_state=0), X, y)
+    assert est.input_categories_[0].tolist() == ids.tolist()
+    assert_allclose(est.to_sklearn().predict_proba(X), est.predict_proba(X), atol=1e-12)
+    assert est.predict(X.iloc[:3]).tolist() == [0, 1, 1]
+
+
+def test_a_list_of_numbers_and_strings_reads_as_an_object_array():
+    # numpy turns such a list into an array of strings: the numbers come
+    # back from their text.
+    X = [[1.0, "a"], [2.0, "b"], [3.0, "a"], [4.0, "b"]] * 10
+    y = [0, 1, 1, 0] * 10
+    params = dict(categorical_features=[1], max_iter=3, random_state=0)
+    from_list = fit_quietly(MLPBNClassifier(**params), X, y)
+    from_objects = fit_quietly(MLPBNClassifier(**params), np.array(X, dtype=object), y)
+    assert_array_equal(from_list.predict_proba(X), from_objects.predict_proba(X))
+    assert_array_equal(
+        from_objects.predict_proba(X),
+        from_objects.predict_proba(np.array(X, dtype=object)),
+    )
+    with pytest.raises(ValueError, match="must be numbers"):
+        MLPBNClassifier(**params).fit([["x", "a"], ["y", "b"]] * 5, [0, 1] * 5)
+
+
+def test_bad_values_in_columns_raise():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 2, 40)
+    est = MLPBNClassifier(max_iter=3, random_state=0)
+    complex_frame = pd.DataFrame({"a": rng.randn(40) + 1j * rng.randn(40)})
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        est.fit(complex_frame, y)
+    infinite = np.column_stack([rng.randn(40), rng.choice([1.0, 2.0, np.inf], 40)])
+    with pytest.raises(ValueError, match="contains infinity in a categorical"):
+        clone(est).set_params(categorical_features=[1]).fit(infinite, y)
+    frame = pd.DataFrame(
+        {"a": rng.randn(40), "c": pd.Categorical(rng.choice([1.0, np.inf], 40))}
+    )
+    with pytest.raises(ValueError, match="contains infinity in a categorical"):
+        clone(est).fit(frame, y)
+    with pytest.raises(ValueError, match="0 feature"):
+        clone(est).fit(pd.DataFrame(index=range(40)), y)
+    # A fitted model is left as it was.
+    good = pd.DataFrame(
+        {"a": rng.randn(40), "c": pd.Categorical(rng.choice([1, 2], 40))}
+    )
+    fit_quietly(est, good, y)
+    before = est.predict_proba(good)
+    with pytest.raises(ValueError, match="contains infinity in a categorical"):
+        est.fit(frame, y)
+    assert_array_equal(est.predict_proba(good), before)
+
+
+def test_errors_say_what_to_do_with_unusual_columns():
+    pd = pytest.importorskip("pandas")
+    y = [0, 1] * 20
+    frame = pd.DataFrame(
+        {"i": [0, 1, 2, 0] * 10, "c": pd.Categorical(list("xyzx") * 10)}
+    )
+    with pytest.raises(ValueError, match="have a categorical dtype but are not in"):
+        MLPBNClassifier(categorical_features=["i"]).fit(frame, y)
+    objects = np.array([[1.0, "a"], [2.0, "b"]] * 20, dtype=object)
+    with pytest.raises(ValueError, match=r"categorical_features=\[their indices\]"):
+        MLPBNClassifier().fit(objects, y)
+    pl = pytest.importorskip("polars")
+    import datetime
+
+    dates = pl.DataFrame(
+        {"d": [datetime.date(2020, 1, 1 + k % 28) for k in range(40)], "x": range(40)}
+    )
+    with pytest.raises(ValueError, match="has dtype Date, which the input handling"):
+        MLPBNClassifier().fit(dates, y)
