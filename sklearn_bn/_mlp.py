@@ -914,7 +914,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 batch_size=batch_size,
                 should_stop=lambda: interrupt.requested,
             )
-            if n_rows == 0:  # stopped before its first minibatch
+            if n_rows == 0 or (
+                n_trained == 0 and not state.loss_curve and interrupt.requested
+            ):  # stopped before its first minibatch, or its first trained one
                 if epochs is not None:
                     epochs.abandon()
                 break

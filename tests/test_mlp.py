@@ -2029,6 +2029,36 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
         assert_array_equal(a, b)
 
 
+def test_ctrl_c_before_any_minibatch_trained_ends_without_an_epoch(
+    monkeypatch, python_handles_sigint
+):
+    # The first minibatches are skipped (weight on one row of each); Ctrl-C
+    # comes after three of them: no epoch is recorded, as with Ctrl-C before
+    # the first minibatch, and nothing was trained.
+    from sklearn_bn import _engine, _training
+
+    X, y, est = make_data("multiclass", n=400)
+    sw = np.r_[np.tile([1.0, 0.0], 50), np.ones(300)]
+    est.set_params(batch_size=2, shuffle=False, max_iter=10)
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
+    train_epoch, calls = _training.train_epoch, []
+
+    def interrupted_after_three(*args, **kwargs):
+        out = train_epoch(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(_training, "train_epoch", interrupted_after_three)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the skipped minibatches
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            est.fit(X, y, sample_weight=sw)
+    assert len(calls) == 3 and est.n_iter_ == 0 and est.loss_curve_ == []
+    assert est._optimizer_state["step"] == 0
+
+
 # ---------------------------------------------------------------------------
 # Ghost batch norm, the cumulative running average, dropout (the engine's
 # arithmetic is checked against numpy in test_training.py)
