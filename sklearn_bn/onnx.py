@@ -139,14 +139,20 @@ def _convert_classifier(scope, operator, container):
 
 
 def _convert_scaler(scope, operator, container):
-    """Convert a BatchNormScaler as its StandardScaler twin."""
+    """Convert a BatchNormScaler as its StandardScaler twin. Several inputs
+    (a DataFrame's columns) are joined side by side first, as skl2onnx's
+    scaler converter joins them."""
     from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
+    from skl2onnx.algebra.onnx_ops import OnnxConcat
 
     estimator = operator.raw_operator
     options = _twin_options(scope, estimator, keep=("div",))
+    inputs = operator.inputs
+    if len(inputs) > 1:
+        inputs = [OnnxConcat(*inputs, axis=1, op_version=container.target_opset)]
     OnnxSubEstimator(
         estimator.to_sklearn(),
-        operator.inputs[0],
+        inputs[0],
         op_version=container.target_opset,
         options=options or None,
         output_names=operator.outputs[:1],

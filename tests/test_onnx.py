@@ -117,6 +117,26 @@ def test_scaler_transform(dtype, params):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_scaler_of_a_dataframe_takes_one_input_per_column(dtype):
+    # skl2onnx gives a DataFrame one input per column; the scaler joins them
+    # as skl2onnx's StandardScaler converter does.
+    pd = pytest.importorskip("pandas")
+    X, _ = _classification(dtype)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    scaler = BatchNormScaler(gamma=2.0, beta=1.0).fit(frame)
+    onx = skl2onnx.to_onnx(scaler, frame[:1])
+    session = ort.InferenceSession(
+        onx.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    assert [i.name for i in session.get_inputs()] == list("abcd")
+    (got,) = session.run(None, {c: frame[[c]].to_numpy() for c in frame.columns})
+    assert np.all(
+        np.abs(got.astype(np.float64) - scaler.transform(frame))
+        <= _transform_bound(scaler, X)
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("binary", [False, True])
 def test_classifier_labels_and_probabilities(dtype, binary):
     X, y = _classification(dtype, binary)

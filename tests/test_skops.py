@@ -128,3 +128,26 @@ def test_twin_pipeline_with_input_handling_needs_no_type_of_sklearn_bn(cls, tmp_
         assert_allclose(twin.predict_proba(X), est.predict_proba(X), rtol=tol, atol=tol)
     else:
         assert_allclose(twin.predict(X), est.predict(X), rtol=tol, atol=tol)
+
+
+def test_twin_pipeline_with_the_piecewise_linear_encoding(tmp_path):
+    # With the encoding (500 rows per numeric feature), the twin also holds
+    # a fitted SplineTransformer, whose BSpline and asarray skops lists too
+    # (as for any fitted SplineTransformer); still none of sklearn_bn.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(1100, 2))
+    y = (X[:, 0] + np.sin(3 * X[:, 1]) > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(
+            X, y
+        )
+    assert len(est.input_spline_features_) == 2
+    path = _dump(est.to_sklearn(), tmp_path)
+    untrusted = sio.get_untrusted_types(file=path)
+    # (their exact names depend on the scipy version)
+    assert "numpy.dtype" in untrusted
+    assert any(name.endswith("BSpline") for name in untrusted)
+    assert all(name.split(".")[0] in ("numpy", "scipy") for name in untrusted)
+    twin = sio.load(path, trusted=untrusted)
+    assert_allclose(twin.predict_proba(X), est.predict_proba(X), rtol=1e-6, atol=1e-9)
