@@ -87,6 +87,7 @@ def _after_fork_in_child():
     _ProcessState.cpu_count = None
     _BLAS_OWNER._after_fork_in_child()
     _TEAMS._after_fork_in_child()
+    TEAM_PACE._after_fork_in_child()
 
 
 def _mark_team_started(n_threads):
@@ -329,6 +330,11 @@ class _TeamPace:
         # (network, team threads) -> ({threads: (seconds per row, when)},
         # probe interval)
         self._networks = {}
+
+    def _after_fork_in_child(self):
+        # A thread of the parent may have held the lock at the fork: the
+        # child's copy would stay locked. The measures were the parent's.
+        self.__init__()
 
     @staticmethod
     def _faster(measured, team_threads):

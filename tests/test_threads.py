@@ -525,3 +525,16 @@ def test_a_failed_refit_leaves_the_model_for_readers():
     with pytest.raises(ValueError):
         model.fit(X[:, :5], y[:-1])
     assert_array_equal(model.predict(X), before)
+
+
+@needs_fork
+def test_a_fork_while_the_pace_is_locked_leaves_the_child_a_free_pace():
+    # Another thread of the parent may hold the pace's lock at the fork (for
+    # microseconds, at each compiled call): the child gets a lock of its own.
+    with _threads.TEAM_PACE._lock:
+        pid = os.fork()
+        if pid == 0:  # the child
+            free = _threads.TEAM_PACE._lock.acquire(timeout=5)
+            os._exit(0 if free else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
