@@ -136,6 +136,10 @@ def _convert_classifier(scope, operator, container):
         OnnxIdentity(twin[i], op_version=opv, output_names=[output]).add_to(
             scope, container
         )
+    # skl2onnx records the twin's options in the caller's options dict, under
+    # the twin's id: a later object given that id would pick them up.
+    if isinstance(getattr(scope, "options", None), dict):
+        scope.options.pop(id(mlp), None)
 
 
 def _convert_scaler(scope, operator, container):

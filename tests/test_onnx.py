@@ -136,6 +136,18 @@ def test_scaler_of_a_dataframe_takes_one_input_per_column(dtype):
     )
 
 
+def test_conversion_leaves_the_callers_options_alone():
+    X, y = _classification(np.float32)
+    model = _fit(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3), X, y)
+    options = {}
+    skl2onnx.to_onnx(model, X[:1], options=options)
+    assert options == {}
+    options = {id(model): {"zipmap": False}}
+    (labels, proba) = _run(model, X, options=options)
+    assert options == {id(model): {"zipmap": False}}
+    assert isinstance(proba, np.ndarray)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("binary", [False, True])
 def test_classifier_labels_and_probabilities(dtype, binary):
