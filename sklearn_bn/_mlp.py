@@ -721,7 +721,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     interrupt,
                     epochs,
                 )
-            except KeyboardInterrupt:  # a handler of the user's raised it
+            except KeyboardInterrupt:  # raised by a callback, say, between epochs
                 interrupt.requested = True
         if self.bn_stats == "population" and not incremental:
             # Once the best parameters are restored (early stopping), the

@@ -66,23 +66,28 @@ def deferred_interrupt():
     While the context is active, SIGINT sets ``requested`` on the object it
     yields instead of raising ``KeyboardInterrupt`` at an arbitrary point,
     so that training stops between minibatches with its bookkeeping whole.
-    Only the main thread can install a handler, and only Python's default
-    handler is replaced: elsewhere (another thread, a handler of the user's)
-    Ctrl-C behaves as usual.
+    A handler of the user's still runs when the signal comes; a
+    ``KeyboardInterrupt`` it raises becomes the same request (so does
+    Python's default handler). Only the main thread can install a handler:
+    elsewhere, and where SIGINT is ignored or left to the system, Ctrl-C
+    behaves as usual.
     """
     state = _Interrupt()
-    installed = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
-    if installed:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+    if callable(previous):
+        users = previous
 
         def handler(signum, frame):
-            state.requested = True
+            try:
+                users(signum, frame)
+            except KeyboardInterrupt:
+                state.requested = True
 
         signal.signal(signal.SIGINT, handler)
     try:
         yield state
     finally:
-        if installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)

@@ -2029,6 +2029,57 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
         assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("raises", [True, False])
+def test_a_sigint_handler_of_the_users_runs_and_its_interrupt_stops_cleanly(
+    raises, monkeypatch
+):
+    # A handler of the user's runs when SIGINT comes (after the fifth
+    # minibatch here); the KeyboardInterrupt it raises stops training as
+    # Ctrl-C does with Python's handler (the partial epoch recorded whole).
+    # One that does not raise lets training go on. Its handler is back after.
+    from sklearn_bn import _engine, _training
+
+    X, y, est = make_data("multiclass", n=400)
+    est.set_params(batch_size=20, shuffle=False, max_iter=2)
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
+    train_epoch, calls, seen = _training.train_epoch, [], []
+
+    def interrupted_after_five(*args, **kwargs):
+        out = train_epoch(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    def users_handler(signum, frame):
+        seen.append(signum)
+        if raises:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_training, "train_epoch", interrupted_after_five)
+    previous = signal.signal(signal.SIGINT, users_handler)
+    try:
+        if raises:
+            with pytest.warns(UserWarning, match="Training interrupted by user"):
+                est.fit(X, y)
+        else:
+            fit_quietly(est, X, y)
+        assert signal.getsignal(signal.SIGINT) is users_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIGINT]
+    if raises:
+        assert est.n_iter_ == 1 and est.t_ == 100
+        assert est._optimizer_state["step"] == 5
+        monkeypatch.setattr(_training, "train_epoch", train_epoch)
+        reference = fit_quietly(clone(est).set_params(max_iter=1), X[:100], y[:100])
+        assert est.loss_curve_ == reference.loss_curve_
+        for a, b in zip(est.coefs_, reference.coefs_):
+            assert_array_equal(a, b)
+    else:
+        assert est.n_iter_ == 2 and est.t_ == 800
+
+
 def test_ctrl_c_before_any_minibatch_trained_ends_without_an_epoch(
     monkeypatch, python_handles_sigint
 ):
