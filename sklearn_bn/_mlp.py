@@ -1206,7 +1206,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 handling, getattr(self, "feature_names_in_", None), mlp.coefs_[0].dtype
             )
             mlp.coefs_[0][: handling.n_numeric] *= fold
-            mlp.n_features_in_ = handling.n_outputs
+            mlp.coefs_[0] = mlp.coefs_[0][_preprocessing.twin_input_rows(handling)]
+            mlp.n_features_in_ = mlp.coefs_[0].shape[0]
         raw_features = (
             ("n_features_in_", "feature_names_in_") if handling is None else ()
         )

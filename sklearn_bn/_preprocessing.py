@@ -962,12 +962,40 @@ def _category_index(values, cats):
 # The scikit-learn twin
 
 
+def _with_none(cats):
+    """A column's categories for the encoder: with ``None`` before a NaN
+    category of objects, which the encoder (unlike the handling) tells from
+    NaN; its one-hot column repeats NaN's (see :func:`twin_input_rows`)."""
+    if cats.dtype == object and len(cats) and _missing(cats[-1:])[0]:
+        out = np.empty(len(cats) + 1, dtype=object)
+        out[:-2], out[-2], out[-1] = cats[:-1], None, np.nan
+        return out
+    return cats
+
+
+def twin_input_rows(handling):
+    """For each input column of the twin's network, the handled input
+    column it repeats: the handling's layout, with NaN's one-hot column
+    repeated for the ``None`` category :func:`_with_none` adds."""
+    rows = list(range(handling.n_numeric + len(handling.indicators)))
+    start = len(rows)
+    for cats in handling.categories:
+        block = list(range(start, start + len(cats)))
+        if len(_with_none(cats)) > len(cats):
+            block.insert(-1, block[-1])
+        rows += block
+        start += len(cats)
+    rows += range(start, start + handling.n_spline_outputs)
+    return np.array(rows, dtype=np.intp)
+
+
 def sklearn_steps(handling, feature_names, dtype):
     """The handling as fitted scikit-learn transformers: ``(steps, fold)``,
     the steps of a :class:`~sklearn.pipeline.Pipeline` that end where the
-    network's input starts, and the factor to multiply the first layer's rows
-    of the numeric features by (the clip's ``c``: the steps give ``tanh((x
-    - center) / (scale * c))``, the network's input is ``c`` times that).
+    network's input starts (in the layout of :func:`twin_input_rows`), and
+    the factor to multiply the first layer's rows of the numeric features
+    by (the clip's ``c``: the steps give ``tanh((x - center) / (scale *
+    c))``, the network's input is ``c`` times that).
 
     Only scikit-learn classes and numpy functions: the result loads without
     this package. Each transformer is fitted on a few made-up rows (which
@@ -989,7 +1017,7 @@ def sklearn_steps(handling, feature_names, dtype):
     if not handling.passthrough:
         numeric_steps += [
             ("scale", StandardScaler()),
-            ("clip", FunctionTransformer(np.tanh)),
+            ("clip", FunctionTransformer(np.tanh, feature_names_out="one-to-one")),
         ]
     numeric_steps.append(
         (
@@ -997,15 +1025,14 @@ def sklearn_steps(handling, feature_names, dtype):
             SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True),
         )
     )
-    n_cats = [len(c) for c in handling.categories]
+    categories = [_with_none(c) for c in handling.categories]
+    n_cats = [len(c) for c in categories]
     n_rows = max([2] + n_cats)
     n_features = len(handling.is_categorical)
     columns = []
     for j in range(n_features):
         if handling.is_categorical[j]:
-            cats = handling.categories[
-                len(columns) - int((~handling.is_categorical[:j]).sum())
-            ]
+            cats = categories[len(columns) - int((~handling.is_categorical[:j]).sum())]
             values = np.empty(n_rows, dtype=cats.dtype)
             values[:] = [cats[r % len(cats)] for r in range(n_rows)]
         else:
@@ -1016,8 +1043,13 @@ def sklearn_steps(handling, feature_names, dtype):
     if feature_names is not None:
         import pandas as pd
 
+        # Object columns stay objects (pandas would infer strings, and take
+        # None for NaN).
         X = pd.DataFrame(
-            {name: values for name, values in zip(feature_names, columns)},
+            {
+                name: pd.Series(values, dtype=values.dtype)
+                for name, values in zip(feature_names, columns)
+            },
             columns=list(feature_names),
         )
     elif handling.is_categorical.any():
@@ -1052,7 +1084,7 @@ def sklearn_steps(handling, feature_names, dtype):
     if handling.n_spline_outputs:
         spline_steps = [
             ("scale", StandardScaler()),
-            ("clip", FunctionTransformer(np.tanh)),
+            ("clip", FunctionTransformer(np.tanh, feature_names_out="one-to-one")),
             ("impute", SimpleImputer(strategy="constant", fill_value=0.0)),
             (
                 "spline",
@@ -1076,7 +1108,7 @@ def sklearn_steps(handling, feature_names, dtype):
         encoder = ct.named_transformers_["categorical"]
         if [len(c) for c in encoder.categories_] != n_cats:
             raise ValueError("The categories cannot be exported to a OneHotEncoder.")
-        encoder.categories_ = [_exported_categories(c) for c in handling.categories]
+        encoder.categories_ = [_exported_categories(c) for c in categories]
     return [("preprocess", ct)], fold
 
 

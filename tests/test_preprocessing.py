@@ -952,3 +952,55 @@ def test_errors_say_what_to_do_with_unusual_columns():
     )
     with pytest.raises(ValueError, match="has dtype Date, which the input handling"):
         MLPBNClassifier().fit(dates, y)
+
+
+def test_the_twin_takes_none_as_the_nan_category():
+    # The handling takes None (object arrays, polars' null) as NaN; the
+    # twin's encoder gets a None category weighed as NaN's.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    n = 200
+    c = rng.choice(["x", "y", "z"], n).astype(object)
+    c[::4] = None
+    c[1::8] = np.nan
+    y = (np.arange(n) % 4 == 0).astype(int)
+    X = np.empty((n, 2), dtype=object)
+    X[:, 0], X[:, 1] = rng.randn(n), c
+    inputs = [
+        (X, [1]),
+        (pd.DataFrame({"a": X[:, 0].astype(float), "s": c}), ["s"]),
+    ]
+    try:
+        import polars as pl
+
+        inputs.append(
+            (
+                pl.DataFrame(
+                    {
+                        "a": X[:, 0].astype(float),
+                        "s": pl.Series(
+                            [None if v is None or v != v else v for v in c],
+                            dtype=pl.Categorical,
+                        ),
+                    }
+                ),
+                "from_dtype",
+            )
+        )
+    except ImportError:
+        pass
+    for data, mark in inputs:
+        est = fit_quietly(
+            MLPBNClassifier(
+                hidden_layer_sizes=(8,),
+                max_iter=30,
+                random_state=0,
+                categorical_features=mark,
+            ),
+            data,
+            y,
+        )
+        twin = est.to_sklearn()
+        assert_allclose(twin.predict_proba(data), est.predict_proba(data), atol=1e-12)
+        names = twin[0].get_feature_names_out().tolist()
+        assert names[-2:] == [names[-2][:-4] + "None", names[-1][:-3] + "nan"]
