@@ -1942,6 +1942,26 @@ def python_handles_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
+def sigint_after_calls(monkeypatch, n):
+    """Make each compiled call of the engine run one minibatch and send
+    SIGINT after the ``n``-th; return the list of the calls' results (it
+    grows as they run)."""
+    from sklearn_bn import _engine, _training
+
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
+    train_epoch, calls = _training.train_epoch, []
+
+    def interrupting(*args, **kwargs):
+        out = train_epoch(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(_training, "train_epoch", interrupting)
+    return calls
+
+
 def test_ctrl_c_stops_between_minibatches_and_records_the_partial_epoch(
     python_handles_sigint,
 ):
@@ -1989,8 +2009,6 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
     # runs one minibatch here): the model is what training on those rows for
     # one epoch gives, bit for bit, and is recorded as such.
 
-    from sklearn_bn import _engine, _training
-
     X, y, est = make_data("multiclass", n=400)
     est.set_params(
         batch_size=20,
@@ -1999,17 +2017,7 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
         early_stopping=early_stopping,
         validation_fraction=0.5,
     )
-    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
-    train_epoch, calls = _training.train_epoch, []
-
-    def interrupted_after_five(*args, **kwargs):
-        out = train_epoch(*args, **kwargs)
-        calls.append(out)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(_training, "train_epoch", interrupted_after_five)
+    calls = sigint_after_calls(monkeypatch, 5)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         est.fit(X, y)
     assert len(calls) == 5 and est.n_iter_ == 1 and est.t_ == 100
@@ -2020,7 +2028,7 @@ def test_a_partial_epoch_is_recorded_as_the_minibatches_it_ran(
         )
         return
     # The same five minibatches as a whole epoch of their own.
-    monkeypatch.setattr(_training, "train_epoch", train_epoch)
+    monkeypatch.undo()
     reference = fit_quietly(clone(est).set_params(max_iter=1), X[:100], y[:100])
     assert est.loss_curve_ == reference.loss_curve_
     for a, b in zip(
@@ -2037,26 +2045,16 @@ def test_a_sigint_handler_of_the_users_runs_and_its_interrupt_stops_cleanly(
     # minibatch here); the KeyboardInterrupt it raises stops training as
     # Ctrl-C does with Python's handler (the partial epoch recorded whole).
     # One that does not raise lets training go on. Its handler is back after.
-    from sklearn_bn import _engine, _training
 
     X, y, est = make_data("multiclass", n=400)
     est.set_params(batch_size=20, shuffle=False, max_iter=2)
-    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
-    train_epoch, calls, seen = _training.train_epoch, [], []
-
-    def interrupted_after_five(*args, **kwargs):
-        out = train_epoch(*args, **kwargs)
-        calls.append(out)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
+    calls, seen = sigint_after_calls(monkeypatch, 5), []
 
     def users_handler(signum, frame):
         seen.append(signum)
         if raises:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_training, "train_epoch", interrupted_after_five)
     previous = signal.signal(signal.SIGINT, users_handler)
     try:
         if raises:
@@ -2067,11 +2065,11 @@ def test_a_sigint_handler_of_the_users_runs_and_its_interrupt_stops_cleanly(
         assert signal.getsignal(signal.SIGINT) is users_handler
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert seen == [signal.SIGINT]
+    assert seen == [signal.SIGINT] and len(calls) >= 5
     if raises:
         assert est.n_iter_ == 1 and est.t_ == 100
         assert est._optimizer_state["step"] == 5
-        monkeypatch.setattr(_training, "train_epoch", train_epoch)
+        monkeypatch.undo()
         reference = fit_quietly(clone(est).set_params(max_iter=1), X[:100], y[:100])
         assert est.loss_curve_ == reference.loss_curve_
         for a, b in zip(est.coefs_, reference.coefs_):
@@ -2086,22 +2084,11 @@ def test_ctrl_c_before_any_minibatch_trained_ends_without_an_epoch(
     # The first minibatches are skipped (weight on one row of each); Ctrl-C
     # comes after three of them: no epoch is recorded, as with Ctrl-C before
     # the first minibatch, and nothing was trained.
-    from sklearn_bn import _engine, _training
 
     X, y, est = make_data("multiclass", n=400)
     sw = np.r_[np.tile([1.0, 0.0], 50), np.ones(300)]
     est.set_params(batch_size=2, shuffle=False, max_iter=10)
-    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
-    train_epoch, calls = _training.train_epoch, []
-
-    def interrupted_after_three(*args, **kwargs):
-        out = train_epoch(*args, **kwargs)
-        calls.append(out)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(_training, "train_epoch", interrupted_after_three)
+    calls = sigint_after_calls(monkeypatch, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the skipped minibatches
         with pytest.warns(UserWarning, match="Training interrupted by user"):
