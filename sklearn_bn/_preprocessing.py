@@ -398,9 +398,9 @@ def _to_float(values):
     if values.dtype.kind in "fiub":
         return values.astype(np.float64)
     values = np.where(_missing(values), np.nan, values)
-    if any(isinstance(v, (str, bytes)) for v in values.flat):
-        return None
-    if values.dtype.kind == "c" or any(isinstance(v, complex) for v in values.flat):
+    if values.dtype.kind == "c" or any(
+        isinstance(v, (str, bytes, complex, np.complexfloating)) for v in values.flat
+    ):
         return None
     try:
         return values.astype(np.float64)
@@ -674,8 +674,7 @@ def _sorted_categories(values, with_nan):
     as hashed IDs) stay objects: as floats, distinct ones would merge."""
     values = list(values)
     numbers = all(
-        isinstance(v, (bool, int, float, np.number))
-        and not (isinstance(v, (int, np.integer)) and abs(int(v)) > _EXACT_INTEGERS)
+        isinstance(v, (bool, int, float, np.number)) and not _beyond_float64(v)
         for v in values
     )
     if numbers:
@@ -694,6 +693,11 @@ def _sorted_categories(values, with_nan):
 
 # Integers up to this size are exact in float64.
 _EXACT_INTEGERS = 2**53
+
+
+def _beyond_float64(v):
+    """Whether ``v`` is an integer that float64 cannot hold exactly."""
+    return isinstance(v, (int, np.integer)) and abs(int(v)) > _EXACT_INTEGERS
 
 
 def _learn_categories(values, sample_weight):
@@ -1116,14 +1120,11 @@ def _exported_categories(cats):
     """A column's categories as OneHotEncoder compares them with the
     column's values: integers beyond float64's exact ones (which the
     handling keeps as objects) as int64."""
-    integers = [
-        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-        for v in cats
-    ]
-    big = [i and abs(int(v)) > _EXACT_INTEGERS for i, v in zip(integers, cats)]
-    if cats.dtype != object or not any(big):
+    if cats.dtype != object or not any(_beyond_float64(v) for v in cats):
         return cats.copy()
-    if not all(integers):
+    if not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in cats
+    ):
         raise ValueError(
             "The categories cannot be exported to a OneHotEncoder: integers beyond "
             f"2**53 with other values (got {cats.tolist()[:5]}...); scikit-learn "

@@ -77,11 +77,10 @@ def deferred_interrupt():
     if threading.current_thread() is threading.main_thread():
         previous = signal.getsignal(signal.SIGINT)
     if callable(previous):
-        users = previous
 
         def handler(signum, frame):
             try:
-                users(signum, frame)
+                previous(signum, frame)
             except KeyboardInterrupt:
                 state.requested = True
 
