@@ -1530,7 +1530,9 @@ _INPUT_ATTRIBUTES_DOC = """
 
     input_center_ : ndarray of shape (n_numeric_features,)
         The centre of each numeric feature (in the order of the raw
-        columns): its weighted median; 0 for sparse input.
+        columns): its weighted median; 0 for sparse input. float64, as the
+        other statistics of the input handling, whatever the input's dtype
+        (the network's own arrays follow the input's).
 
     input_scale_ : ndarray of shape (n_numeric_features,)
         The robust standard deviation of each numeric feature: its weighted
@@ -1561,7 +1563,7 @@ _INPUT_ATTRIBUTES_DOC = """
         knots are distinct.
 
     input_spline_knots_ : ndarray of shape (n_spline_features, 8)
-        Each encoded feature's knots: its weighted quantiles at the levels
+        float64. Each encoded feature's knots: its weighted quantiles at the levels
         0, 1/7, ..., 1, in the clipped scale ``tanh((x - center) / (scale *
         c))``. Hat ``k`` of a feature is 1 at knot ``k`` and 0 at knots
         ``k - 1`` and ``k + 1``; the first hat stays 1 below the first knot
