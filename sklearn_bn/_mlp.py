@@ -1186,8 +1186,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         joined by a :class:`~sklearn.compose.ColumnTransformer` when there are
         categorical or encoded features; the last step is the MLP, whose
         first layer's rows of the numeric features are multiplied by ``c``.
-        A model fitted on sparse input has the imputer alone. Nothing in it
-        needs this package to load.
+        A model fitted on sparse input has the imputer alone. A model fitted
+        on dense input takes sparse input, but its Pipeline does not (the
+        scaler centres: scikit-learn raises a ``ValueError``); pass it dense
+        input. Nothing in it needs this package to load.
 
         Returns
         -------

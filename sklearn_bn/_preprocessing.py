@@ -76,6 +76,28 @@ def is_frame(X):
     return _is_pandas_df(X) or _is_polars_df(X)
 
 
+def _all_sparse_columns(X):
+    """Whether ``X`` is a pandas frame whose columns all hold pandas' sparse
+    arrays of numbers, with 0 as the value they leave out: a sparse matrix
+    with column names."""
+    if not _is_pandas_df(X) or X.shape[1] == 0:
+        return False
+    import pandas as pd
+
+    return all(
+        isinstance(dtype, pd.SparseDtype)
+        and dtype.subtype.kind in "biuf"
+        and dtype.fill_value == 0
+        for dtype in X.dtypes
+    )
+
+
+def _numpy_dtype(dtype):
+    """The numpy dtype of a numeric pandas column's values (nullable and
+    sparse columns included)."""
+    return np.dtype(getattr(dtype, "numpy_dtype", getattr(dtype, "subtype", dtype)))
+
+
 def names_categorical(categorical_features):
     """Whether ``categorical_features`` explicitly names some columns."""
     if categorical_features is None or isinstance(categorical_features, str):
@@ -197,8 +219,20 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
     (numeric input, through scikit-learn's validation with NaN allowed), or
     :class:`Columns` (frames, and input with categorical features)."""
     explicit = names_categorical(estimator.categorical_features)
+    any_categorical = explicit if fitted_mask is None else fitted_mask.any()
+    if _all_sparse_columns(X) and not any_categorical:
+        # A sparse matrix with column names, as for scikit-learn's estimators
+        # (which convert it to float64: its float32 stays float32 here).
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+        return check_array(
+            X.sparse.to_coo(),
+            accept_sparse=list(accept_sparse),
+            dtype=(np.float64, np.float32),
+            ensure_all_finite="allow-nan",
+            estimator=estimator,
+        )
     frame = is_frame(X)
-    if not frame and not (explicit if fitted_mask is None else fitted_mask.any()):
+    if not frame and not any_categorical:
         try:
             return validate_data(
                 estimator,
@@ -301,7 +335,7 @@ def _read_pandas(X, mask):
         elif pd.api.types.is_complex_dtype(dtype):
             raise ValueError(f"Complex data not supported: column {X.columns[i]!r}.")
         elif pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
-            flags.append(np.dtype(getattr(dtype, "numpy_dtype", dtype)) == np.float32)
+            flags.append(_numpy_dtype(dtype) == np.float32)
             parts.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
             continue
         elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):

@@ -443,6 +443,51 @@ def test_sparse_input_stays_sparse_and_trains_as_today(fmt):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_frames_of_pandas_sparse_columns(dtype):
+    """A frame of sparse columns only is a sparse matrix with column names, as
+    for scikit-learn's estimators; a frame mixing them with dense or category
+    columns is read column by column, like its dense twin."""
+    pd = pytest.importorskip("pandas")
+    X = sp.random(150, 6, density=0.3, format="csr", random_state=0, dtype=dtype)
+    y = (X @ np.arange(6.0) > 1).astype(int)
+    names = [f"f{i}" for i in range(6)]
+    sparse_frame = pd.DataFrame.sparse.from_spmatrix(X, columns=names)
+    dense_frame = sparse_frame.sparse.to_dense()
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+
+    from_frame = fit_quietly(MLPBNClassifier(**params), sparse_frame, y)
+    from_matrix = fit_quietly(MLPBNClassifier(**params), X, y)
+    assert_array_equal(from_frame.feature_names_in_, names)
+    assert from_frame.input_clip_ == np.inf
+    assert from_frame.coefs_[0].dtype == dtype
+    assert_array_equal(from_frame.coefs_[0], from_matrix.coefs_[0])
+    assert_array_equal(from_frame.predict(dense_frame), from_matrix.predict(X))
+
+    dense = fit_quietly(MLPBNClassifier(**params), dense_frame, y)
+    assert_array_equal(
+        dense.predict_proba(sparse_frame), dense.predict_proba(dense_frame)
+    )
+    mixed = sparse_frame.copy()
+    mixed["f0"] = mixed["f0"].sparse.to_dense()
+    from_mixed = fit_quietly(MLPBNClassifier(**params), mixed, y)
+    assert from_mixed.coefs_[0].dtype == dtype
+    assert_array_equal(from_mixed.coefs_[0], dense.coefs_[0])
+
+    mixed["c"] = pd.Categorical(np.arange(150) % 3)
+    with_category = fit_quietly(MLPBNClassifier(**params), mixed, y)
+    assert with_category.is_categorical_.tolist() == [False] * 6 + [True]
+    assert with_category.predict(mixed).shape == (150,)
+
+    # Sparse columns that leave out NaN, not 0, hold NaN: read as values.
+    with_nan = dense_frame.mask(dense_frame == 0)
+    nan_filled = with_nan.astype(pd.SparseDtype(dtype, np.nan))
+    a = fit_quietly(MLPBNClassifier(**params), with_nan, y)
+    b = fit_quietly(MLPBNClassifier(**params), nan_filled, y)
+    assert_array_equal(a.input_missing_indicators_, np.arange(6))
+    assert_array_equal(a.coefs_[0], b.coefs_[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_dtypes_are_kept(dtype):
     pd = pytest.importorskip("pandas")
     X, y = make_numeric(dtype=dtype)
