@@ -73,6 +73,15 @@ _FOLDED_NETWORKS = {}
 # early_stopping="auto" is on above this many rows (HistGradientBoosting's).
 _AUTO_EARLY_STOPPING_ROWS = 10_000
 
+# What to do when a continued fit does not fit the fitted network; by
+# whether the call is partial_fit.
+_CONTINUED_NETWORK_HINT = {
+    True: "partial_fit continues the fitted network: give it data, targets and "
+    "parameters that fit it, or call fit to train a new network.",
+    False: "warm_start continues the fitted network; set warm_start=False to "
+    "train a new one.",
+}
+
 # The default batch_size, clipped to fewer rows without a warning: a user
 # who did not choose it has nothing to change.
 _DEFAULT_BATCH_SIZE = 128
@@ -486,6 +495,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         else:
             out_activation = self.out_activation_
             params = self._fitted_params(units, incremental)
+            if self._out_activation(Y.shape[1]) != out_activation:
+                raise ValueError(
+                    f"loss={self.loss!r} needs the output activation "
+                    f"{self._out_activation(Y.shape[1])!r}; the fitted network's "
+                    f"is {out_activation!r}. " + _CONTINUED_NETWORK_HINT[incremental]
+                )
             state = self._continued_state(early_stopping)
 
         # fit is the root task, with one subtask per epoch; partial_fit is
@@ -598,14 +613,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "The network's shape changed since the last fit: "
                 + "; ".join(changes)
                 + ". "
-                + (
-                    "partial_fit continues the fitted network: give it data, "
-                    "targets and hidden_layer_sizes of that shape, or call fit "
-                    "to train a new network."
-                    if incremental
-                    else "warm_start continues the fitted network; set "
-                    "warm_start=False to train a new one."
-                )
+                + _CONTINUED_NETWORK_HINT[incremental]
             )
         return (
             self.coefs_,
@@ -1349,9 +1357,9 @@ _COMMON_PARAMS_DOC = """
         The ith element is the number of units of the ith hidden layer. Each
         hidden layer is ``linear (no bias) -> batch norm -> activation``.
         (scikit-learn's MLP: ``(100,)``. This default and those of ``alpha``,
-        ``learning_rate``, ``learning_rate_init`` and ``max_iter`` were chosen
-        on real tabular data: see the user guide's "Defaults for tabular
-        data".)
+        ``batch_size``, ``learning_rate``, ``learning_rate_init`` and
+        ``max_iter`` were chosen on real tabular data: see the user guide's
+        "Defaults for tabular data".)
 
     activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
         Activation function of the hidden layers, applied after batch norm.
@@ -1791,12 +1799,16 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     __doc__ = (
         """Multilayer perceptron classifier with batch-normalized hidden layers.
 
-    Same parameters, methods and behaviour as scikit-learn's
+    The parameters, methods and behaviour of scikit-learn's
     :class:`~sklearn.neural_network.MLPClassifier` with the ``'adam'`` and
-    ``'sgd'`` solvers, plus ``bn_momentum``, ``bn_epsilon``, ``bn_stats``
-    and ``class_weight``: every hidden layer is ``linear -> batch norm ->
-    activation`` (Ioffe & Szegedy, 2015), with the batch-norm scale and shift
-    learned by backpropagation.
+    ``'sgd'`` solvers (six defaults differ: ``hidden_layer_sizes``,
+    ``alpha``, ``batch_size``, ``learning_rate``, ``learning_rate_init`` and
+    ``max_iter``), plus ``bn_momentum``, ``bn_epsilon``, ``bn_stats``,
+    ``weight_decay``, ``dropout``, ``virtual_batch_size``,
+    ``label_smoothing``, ``class_weight``, ``input_preprocessing`` and
+    ``categorical_features``: every hidden layer is ``linear -> batch norm
+    -> activation`` (Ioffe & Szegedy, 2015), with the batch-norm scale and
+    shift learned by backpropagation.
 
     Read more in the :doc:`user guide </user_guide/mlp>`.
 
@@ -2177,11 +2189,14 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     __doc__ = (
         """Multilayer perceptron regressor with batch-normalized hidden layers.
 
-    Same parameters, methods and behaviour as scikit-learn's
+    The parameters, methods and behaviour of scikit-learn's
     :class:`~sklearn.neural_network.MLPRegressor` with the ``'adam'`` and
-    ``'sgd'`` solvers, plus ``bn_momentum``, ``bn_epsilon`` and
-    ``bn_stats``: every hidden layer is ``linear -> batch norm ->
-    activation``.
+    ``'sgd'`` solvers (six defaults differ: ``hidden_layer_sizes``,
+    ``alpha``, ``batch_size``, ``learning_rate``, ``learning_rate_init`` and
+    ``max_iter``), plus ``bn_momentum``, ``bn_epsilon``, ``bn_stats``,
+    ``weight_decay``, ``dropout``, ``virtual_batch_size``,
+    ``input_preprocessing`` and ``categorical_features``: every hidden layer
+    is ``linear -> batch norm -> activation``.
 
     Read more in the :doc:`user guide </user_guide/mlp>`.
 

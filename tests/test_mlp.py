@@ -2285,6 +2285,27 @@ def test_messages_name_the_real_cause():
         warm.fit(X, y)
 
 
+@pytest.mark.parametrize("incremental", [False, True])
+def test_a_continued_fit_refuses_a_loss_with_another_output(incremental):
+    # Continuing a squared-error network with loss="poisson" would train its
+    # identity output on the squared error while claiming Poisson's loss.
+    X, y = make_regression(n_samples=60, n_features=4, random_state=0)
+    y = np.abs(y) / 100
+    est = MLPBNRegressor(hidden_layer_sizes=(5,), max_iter=3, warm_start=True)
+    est = est.partial_fit(X, y) if incremental else fit_quietly(est, X, y)
+    est.set_params(loss="poisson")
+    before = snapshot(est)
+    match = "loss='poisson' needs the output activation 'exp'.*" + (
+        "partial_fit continues" if incremental else "warm_start=False"
+    )
+    with pytest.raises(ValueError, match=match):
+        est.partial_fit(X, y) if incremental else est.fit(X, y)
+    assert_same(snapshot(est), before)
+    est.set_params(loss="squared_error")
+    est.partial_fit(X, y) if incremental else fit_quietly(est, X, y)
+    assert est.out_activation_ == "identity"
+
+
 @pytest.mark.parametrize("n, batch_size", [(201, 200), (401, 200), (11, 10)])
 def test_a_virtual_batch_of_at_least_batch_size_is_plain_batch_norm(n, batch_size):
     # The trailing single row joins the last minibatch, which then has one
