@@ -775,6 +775,12 @@ def _raise_infinite(X, estimator):
     raise ValueError("Input X contains infinity.")  # pragma: no cover
 
 
+# float32 features whose variance is below this are measured in float64 (see
+# _batch_statistics): squares of their deviations would come near float32's
+# smallest normal number, 1.2e-38.
+_FLOAT32_TINY_VARIANCE = 1e-30
+
+
 def _batch_statistics(X, sample_weight, estimator):
     """Per-feature (weight sum, mean, ddof=0 variance) of one batch, NaN ignored,
     and whether `X` may hold NaN (False: it holds none).
@@ -782,18 +788,39 @@ def _batch_statistics(X, sample_weight, estimator):
     One pass of the ``batch_stats`` kernel. NaN and infinity make the plain
     pass non-finite: then infinity raises, and the statistics are
     recomputed with NaN skipped (that second pass only happens on data with
-    missing values).
+    missing values). The kernel skips a block of rows whose weights are all
+    0, so infinity is looked for in the rows of weight 0 apart.
     """
     blocks = kernel_threads(*X.shape)
+    if sample_weight is not None:
+        unweighted = X[sample_weight == 0]
+        if unweighted.size and has_infinity(
+            unweighted, *kernel_threads(*unweighted.shape)
+        ):
+            _raise_infinite(X, estimator)
     mean, var, count = batch_stats(X, sample_weight, False, *blocks)
+    has_nan = False
     # One NaN or infinity makes a sum non-finite (an overflow of huge but
     # finite values only sends us down the careful path for nothing).
     if not math.isfinite(mean.sum() + var.sum()):
         if has_infinity(X, *blocks):
             _raise_infinite(X, estimator)
         mean, var, count = batch_stats(X, sample_weight, True, *blocks)
-        return count, mean, var, True
-    return count, mean, var, False
+        has_nan = True
+    if X.dtype == np.float32:
+        # The kernel squares float32 deviations in float32: below a spread of
+        # about 1e-19 the squares lose their precision (subnormal numbers),
+        # then vanish. Such features (and constant ones) again, in float64.
+        tiny = np.flatnonzero(var < _FLOAT32_TINY_VARIANCE)
+        if tiny.size:
+            X_tiny = np.ascontiguousarray(X[:, tiny], dtype=np.float64)
+            mean[tiny], var[tiny], count[tiny] = batch_stats(
+                X_tiny,
+                None if sample_weight is None else sample_weight.astype(np.float64),
+                has_nan,
+                *kernel_threads(*X_tiny.shape),
+            )
+    return count, mean, var, has_nan
 
 
 def _rows_with_weight(X, sample_weight, weight_sum, has_nan):

@@ -661,6 +661,34 @@ def test_any_float32_constant_column_maps_to_beta(value, momentum):
     assert_array_equal(scaler.inverse_transform(out)[:, 0], X[:, 0])
 
 
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("spread", [1e-12, 1e-18, 1e-21, 1e-25, 1e-35])
+def test_float32_features_of_tiny_spread_are_scaled_as_standard_scaler(
+    spread, with_nan
+):
+    # Squares of float32 deviations below ~1e-19 would be subnormal numbers,
+    # then 0: the statistics must not lose them.
+    rng = np.random.RandomState(0)
+    X = np.column_stack([rng.normal(size=200) * spread, np.full(200, 3.0)])
+    X = X.astype(np.float32)
+    if with_nan:
+        X[7, 0] = np.nan
+    reference = X.astype(np.float64)
+    ref_mean, ref_var = np.nanmean(reference, 0), np.nanvar(reference, 0)
+    w = rng.randint(0, 3, size=200).astype(np.float32)
+    for momentum in MOMENTA:
+        exact = BatchNormScaler(momentum=momentum, epsilon=0).fit(X)
+        assert_allclose(exact.running_mean_, ref_mean, rtol=1e-6)
+        correction = 1.0 if momentum is None else 199 / 198 if with_nan else 200 / 199
+        assert_allclose(exact.running_var_, ref_var * correction, rtol=1e-6)
+        weighted = BatchNormScaler(momentum=momentum, epsilon=0).fit(X, sample_weight=w)
+        repeated = np.repeat(reference, w.astype(int), axis=0)
+        assert_allclose(weighted.running_mean_, np.nanmean(repeated, 0), rtol=1e-6)
+    out = BatchNormScaler(epsilon=0).fit_transform(X)
+    assert out.dtype == np.float32
+    assert_allclose(out, StandardScaler().fit_transform(X), atol=1e-6)
+
+
 def test_epsilon_enters_as_in_batch_norm():
     X = _data(n=100, m=2)
     X[:, 1] *= 1e-3
@@ -1005,6 +1033,24 @@ def test_infinity_raises_everywhere(momentum):
     w[4] = 0
     with pytest.raises(ValueError, match="Input X contains infinity"):
         BatchNormScaler(momentum=momentum).fit(X_inf, sample_weight=w)
+    # ... also when every row of the kernel's block around it weighs 0 (the
+    # kernel skips such a block), in every fitting method.
+    X_block = np.ones((1024, 64))
+    X_block[::2] = 2.0
+    X_block[0, 0] = np.inf
+    w = np.ones(1024)
+    w[:512] = 0
+    for method in ("fit", "partial_fit", "fit_transform"):
+        fitted = BatchNormScaler(momentum=momentum).fit(X)
+        before = (fitted.running_mean_.copy(), fitted.running_var_.copy())
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            getattr(fitted, method)(X_block[:, :3], sample_weight=w)
+        with pytest.raises(ValueError, match="Input X contains infinity"):
+            getattr(BatchNormScaler(momentum=momentum), method)(
+                X_block, sample_weight=w
+            )
+        assert_array_equal(fitted.running_mean_, before[0])
+        assert_array_equal(fitted.running_var_, before[1])
 
 
 def _failures(momentum):
