@@ -1137,7 +1137,17 @@ def sklearn_steps(handling, feature_names, dtype):
         transformers.append(
             ("spline", Pipeline(spline_steps), handling.spline_features.tolist())
         )
-    ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
+    try:
+        ct = ColumnTransformer(transformers, sparse_threshold=0).fit(X)
+    except TypeError as exc:
+        # The handling sorts any hashable categories; scikit-learn's encoder
+        # takes strings only or numbers only.
+        raise ValueError(
+            "These categories cannot be exported to scikit-learn's OneHotEncoder, "
+            f"which takes categories that are all strings or all numbers ({exc}). "
+            "Convert such a column's values to strings before fitting, to export "
+            "the model."
+        ) from exc
     if handling.n_numeric:
         _set_scaler(ct.named_transformers_["numeric"], handling, slice(None))
     if handling.n_spline_outputs:

@@ -1049,3 +1049,46 @@ def test_the_twin_takes_none_as_the_nan_category():
         assert_allclose(twin.predict_proba(data), est.predict_proba(data), atol=1e-12)
         names = twin[0].get_feature_names_out().tolist()
         assert names[-2:] == [names[-2][:-4] + "None", names[-1][:-3] + "nan"]
+
+
+def test_the_twin_of_boolean_categories_with_none_takes_floats():
+    # A column of booleans with None reaches the twin's encoder as objects,
+    # where None is not NaN: the documented fix gives it floats.
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    n = 200
+    flag = rng.randint(0, 2, n).astype(bool).astype(object)
+    flag[::6] = None
+    X = pd.DataFrame({"a": rng.randn(n), "flag": flag})
+    y = (np.arange(n) % 3 == 0).astype(int)
+    est = fit_quietly(
+        MLPBNClassifier(
+            hidden_layer_sizes=(8,),
+            max_iter=30,
+            random_state=0,
+            categorical_features=["flag"],
+        ),
+        X,
+        y,
+    )
+    twin = est.to_sklearn()
+    as_floats = X.assign(flag=X["flag"].astype(float))
+    assert_allclose(twin.predict_proba(as_floats), est.predict_proba(X), atol=1e-12)
+
+
+def test_categories_mixing_strings_and_numbers_cannot_be_exported():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    zip_codes = pd.Series(
+        [1000 + v if v % 5 else "unknown" for v in rng.randint(0, 10, 100)],
+        dtype=object,
+    )
+    X = pd.DataFrame({"a": rng.randn(100), "zip": zip_codes.astype("category")})
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0),
+        X,
+        np.arange(100) % 2,
+    )
+    assert est.predict(X).shape == (100,)
+    with pytest.raises(ValueError, match="all strings or all numbers.*to strings"):
+        est.to_sklearn()
