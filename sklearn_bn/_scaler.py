@@ -8,6 +8,7 @@ the output once, and ``fit_transform`` does both on one validated array.
 """
 
 import math
+import sys
 import warnings
 from numbers import Real
 
@@ -498,6 +499,17 @@ class BatchNormScaler(
                     f"is expecting {self.n_features_in_} features as input."
                 )
             return _aligned(X)
+        if _is_float32_polars(X):
+            # scikit-learn's validation reads a polars frame as float64.
+            validate_data(self, X, reset=reset, skip_check_array=True)
+            X = check_array(
+                X.to_numpy(),
+                dtype=_FLOAT_DTYPES,
+                order="C",
+                ensure_all_finite=False,
+                estimator=self,
+            )
+            return _aligned(X)
         return _aligned(
             validate_data(
                 self,
@@ -755,6 +767,17 @@ def _aligned(array):
     if array.flags.aligned:
         return array
     return np.require(array, requirements=("C", "A"))
+
+
+def _is_float32_polars(X):
+    """Whether ``X`` is a polars frame of Float32 columns only."""
+    pl = sys.modules.get("polars")
+    return (
+        pl is not None
+        and isinstance(X, pl.DataFrame)
+        and X.width > 0
+        and all(dtype == pl.Float32 for dtype in X.dtypes)
+    )
 
 
 def _reject_sparse(X, estimator):

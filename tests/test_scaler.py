@@ -870,6 +870,28 @@ def test_copy_false_works_in_place(dtype):
     assert BatchNormScaler().fit(X).transform(Xc, copy=False) is Xc
 
 
+def test_float32_frames_stay_float32():
+    # scikit-learn's validation reads a polars frame as float64.
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    X = _data(n=40, m=3).astype(np.float32)
+    names = ["a", "b", "c"]
+    expected = BatchNormScaler().fit_transform(X)
+    for frame in (pd.DataFrame(X, columns=names), pl.DataFrame(X, schema=names)):
+        scaler = BatchNormScaler().fit(frame)
+        assert_array_equal(scaler.feature_names_in_, names)
+        for out in (scaler.transform(frame), BatchNormScaler().fit_transform(frame)):
+            assert out.dtype == np.float32
+            assert_array_equal(out, expected)
+        with pytest.raises(ValueError, match="feature names should match"):
+            scaler.transform(frame[["b", "a", "c"]])
+    scaler = BatchNormScaler().set_output(transform="polars")
+    out = scaler.fit(pl.DataFrame(X, schema=names)).transform(
+        pl.DataFrame(X, schema=names)
+    )
+    assert out.dtypes == [pl.Float32] * 3
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_float32_stays_float32_without_float64_copy(dtype):
     X = _data(n=20000, m=20, dtype=dtype)
