@@ -17,6 +17,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn import get_config
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
@@ -1197,7 +1198,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         A model fitted on sparse input has the imputer alone. A model fitted
         on dense input takes sparse input, but its Pipeline does not (the
         scaler centres: scikit-learn raises a ``ValueError``); pass it dense
-        input. Nothing in it needs this package to load.
+        input. Built under scikit-learn's ``transform_output='pandas'`` (or
+        ``'polars'``), its MLP knows the names of the columns that the steps
+        then give it, as in a pipeline fitted under that configuration.
+        Nothing in it needs this package to load.
 
         Returns
         -------
@@ -1243,7 +1247,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self._copy_sklearn_extras(mlp)
         if handling is None:
             return mlp
-        return Pipeline(steps + [("mlp", mlp)])
+        twin = Pipeline(steps + [("mlp", mlp)])
+        if get_config()["transform_output"] in ("pandas", "polars"):
+            # The steps then hand the MLP a frame: as in a pipeline fitted
+            # under this configuration, it knows the frame's column names.
+            mlp.feature_names_in_ = np.asarray(
+                twin[:-1].get_feature_names_out(), dtype=object
+            )
+        return twin
 
     @_restore_on_failure
     def recompute_bn_stats(self, X, sample_weight=None):

@@ -1092,3 +1092,30 @@ def test_categories_mixing_strings_and_numbers_cannot_be_exported():
     assert est.predict(X).shape == (100,)
     with pytest.raises(ValueError, match="all strings or all numbers.*to strings"):
         est.to_sklearn()
+
+
+@pytest.mark.parametrize("output", ["pandas", "polars"])
+def test_a_twin_built_for_frame_output_predicts_without_warnings(output):
+    # Its steps then hand the MLP a frame: the MLP knows its column names.
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip(output)
+    from sklearn import config_context
+
+    rng = np.random.RandomState(0)
+    X = pd.DataFrame({"x": rng.randn(100), "c": pd.Categorical(["a", "b"] * 50)})
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0),
+        X,
+        np.arange(100) % 2,
+    )
+    with config_context(transform_output=output):
+        twin = est.to_sklearn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            proba = twin.predict_proba(X)
+    assert_allclose(proba, est.predict_proba(X), atol=1e-12)
+    assert twin[-1].feature_names_in_.tolist() == [
+        "numeric__x",
+        "categorical__c_a",
+        "categorical__c_b",
+    ]
