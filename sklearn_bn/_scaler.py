@@ -100,8 +100,10 @@ class BatchNormScaler(
 
     copy : bool, default=True
         If False, :meth:`transform` and :meth:`inverse_transform` overwrite
-        ``X`` when it is already a writable C-contiguous float32 or float64
-        array; other inputs are converted (copied) anyway.
+        ``X`` when numpy reads it as a writable C-contiguous float32 or
+        float64 array without a copy (an ndarray, but also a memoryview or a
+        CPU tensor that shares its memory, as with ``StandardScaler``);
+        other inputs are converted (copied) anyway.
 
     Attributes
     ----------
