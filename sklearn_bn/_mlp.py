@@ -732,6 +732,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 )
             except KeyboardInterrupt:  # raised by a callback, say, between epochs
                 interrupt.requested = True
+        if state.validation_scores and not state.best_validation_score > -np.inf:
+            # Nothing to return: the parameters before the first epoch.
+            raise ValueError(
+                "Early stopping found no epoch with a finite validation score "
+                f"(last score: {state.validation_scores[-1]}): the network's "
+                "predictions on the validation rows overflow, or are not finite. "
+                "Scale X (input_preprocessing='auto' bounds every feature) or y, "
+                "or set early_stopping=False."
+            )
         if self.bn_stats == "population" and not incremental:
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.

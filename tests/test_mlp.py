@@ -1416,6 +1416,27 @@ def validation_split(est, X, y, units):
     return val
 
 
+@pytest.mark.parametrize("bad_score", [-np.inf, np.nan])
+def test_early_stopping_without_a_finite_score_raises(monkeypatch, bad_score):
+    # Predictions on the validation rows that overflow (a far-out row with
+    # input_preprocessing=None) give no best epoch: the parameters before the
+    # first epoch must not be published as the fit's result.
+    X, y = make_regression(n_samples=80, n_features=4, random_state=0)
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    fitted = fit_quietly(MLPBNRegressor(**params), X, y)
+    before = snapshot(fitted)
+    monkeypatch.setattr(
+        MLPBNRegressor,
+        "_score_function",
+        staticmethod(lambda y, y_pred, sample_weight=None: bad_score),
+    )
+    fitted.set_params(early_stopping=True)
+    before["early_stopping"] = True
+    with pytest.raises(ValueError, match="no epoch with a finite validation score"):
+        fitted.fit(X, y)
+    assert_same(snapshot(fitted), before)
+
+
 def test_early_stopping_restores_the_best_weights():
     rng = np.random.RandomState(0)
     X = rng.normal(size=(60, 5))
