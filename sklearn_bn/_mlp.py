@@ -1567,7 +1567,9 @@ _INPUT_ATTRIBUTES_DOC = """
     input_scale_ : ndarray of shape (n_numeric_features,)
         The robust standard deviation of each numeric feature: its weighted
         interquartile range / 1.349, or its weighted standard deviation where
-        that range is 0, or 1 for a constant feature; 1 for sparse input.
+        that range is 0, or 1 for a constant feature; 1 for sparse input. At
+        most half the largest number of the data's dtype divided by
+        `input_clip_`, so that the divisor stays finite.
 
     input_clip_ : float
         The smooth clip's bound ``c``, in robust standard deviations: a

@@ -581,13 +581,17 @@ def learn(columns, sample_weight):
         levels = _spline_levels(numeric, sw)
         quantiles, totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75, *levels])
         q25, q50, q75 = quantiles[:3]
-        scale = (q75 - q25) / _IQR_PER_SD
+        scale = q75 / _IQR_PER_SD - q25 / _IQR_PER_SD  # q75 - q25 may overflow
         flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
         if len(flat):
             sub = numeric[:, flat]
             std = _weighted_std(sub, sw)
             scale[flat] = np.where(_range_is_zero(sub, sw), 1.0, std)
-        scale = np.where((scale > 0) & np.isfinite(scale), scale, 1.0)
+        # The transform divides by scale * clip in the data's dtype: beyond
+        # its range the divisor would be inf, and the feature 0 (half the
+        # range leaves room for rounding).
+        largest = float(np.finfo(numeric.dtype).max) / (2 * _CLIP)
+        scale = np.where(scale > 0, np.minimum(scale, largest), 1.0)
         center = np.where(totals > 0, q50, 0.0)
         center = np.where(np.isfinite(center), center, 0.0)
         nan = np.isnan(numeric)
@@ -1185,4 +1189,5 @@ def _set_scaler(pipeline, handling, positions):
     scaler = pipeline.named_steps["scale"]
     scaler.mean_ = handling.center[positions].copy()
     scaler.scale_ = handling.scale[positions] * handling.clip
-    scaler.var_ = scaler.scale_**2
+    with np.errstate(over="ignore"):  # var_ is bookkeeping: inf for huge scales
+        scaler.var_ = scaler.scale_**2

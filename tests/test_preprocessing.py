@@ -217,6 +217,27 @@ def test_far_rows_move_a_prediction_as_much_as_the_edge_of_the_range(Est):
         assert_allclose(out_farther, out_far, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype, spread", [(np.float32, 2e38), (np.float64, 1.5e308)])
+def test_a_feature_spread_near_the_dtypes_range_still_counts(dtype, spread):
+    # scale * clip beyond the dtype's range made the divisor inf and the
+    # feature 0: the model predicted a constant.
+    rng = np.random.RandomState(0)
+    u = rng.uniform(-1, 1, 200)
+    X = (u * spread).astype(dtype)[:, None]
+    y = (u > 0).astype(int)
+    with np.errstate(over="ignore"):  # numpy's own sums of squares overflow
+        est = fit_quietly(
+            MLPBNClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0),
+            X,
+            y,
+        )
+        twin = est.to_sklearn()
+    assert np.isfinite(est.input_scale_[0] * est.input_clip_)
+    assert np.isfinite(dtype(est.input_scale_[0] * est.input_clip_))
+    assert est.score(X, y) > 0.95
+    assert_allclose(twin.predict_proba(X), est.predict_proba(X), atol=1e-6)
+
+
 def test_nan_at_predict_in_a_clean_column_is_the_centre():
     X, y = make_numeric(nan_columns=())
     est = fit_quietly(
