@@ -155,6 +155,17 @@ class _TrainingState:
     best_validation_score: float = None
 
 
+def _unchangeable(array):
+    """Whether nothing can write to ``array``'s values: it is read-only, and
+    so is every array it is a view of (a read-only view of a writable array
+    changes when the array does)."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return array is None or isinstance(array, bytes)
+
+
 class _Best:
     """The parameters a fit publishes: with early stopping, a copy of those
     of the best validation score so far; otherwise the trained ones."""
@@ -1159,7 +1170,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             self.out_activation_,
             dtype=dtype,
         )
-        if not any(a.flags.writeable for a in arrays):
+        if all(map(_unchangeable, arrays)):
             # A new dict, swapped in at once: safe under concurrent predicts.
             refs = tuple(weakref.ref(a) for a in arrays)
             if not cache:

@@ -1860,6 +1860,24 @@ def test_repeated_predictions_reuse_the_folded_network():
     assert copy._folded_network(np.float64) is copy._folded_network(np.float64)
 
 
+def test_read_only_views_of_writable_arrays_are_not_cached():
+    # Such a view changes when its base does: a cached folded network would
+    # keep predicting with the old values.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    bases = [c.copy() for c in est.coefs_]
+    views = [b[:] for b in bases]
+    for v in views:
+        v.setflags(write=False)
+    est.coefs_ = views
+    before = est.predict_proba(X)
+    bases[0] *= 0.5
+    after = est.predict_proba(X)
+    assert not np.array_equal(after, before)
+    est.coefs_ = [b.copy() for b in bases]
+    assert_array_equal(after, est.predict_proba(X))
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
