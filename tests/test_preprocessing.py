@@ -1132,7 +1132,9 @@ def test_a_twin_built_for_frame_output_predicts_without_warnings(output):
     with config_context(transform_output=output):
         twin = est.to_sklearn()
         with warnings.catch_warnings():
-            warnings.simplefilter("error")
+            # The feature names' warning; older scikit-learn also warns that
+            # polars deprecates the interchange protocol it reads frames by.
+            warnings.simplefilter("error", UserWarning)
             proba = twin.predict_proba(X)
     assert_allclose(proba, est.predict_proba(X), atol=1e-12)
     assert twin[-1].feature_names_in_.tolist() == [
