@@ -155,6 +155,19 @@ class _TrainingState:
     best_validation_score: float = None
 
 
+def _check_fits_dtype(X, dtype):
+    """Raise scikit-learn's error when finite values of ``X`` are beyond
+    ``dtype``'s range (the engine reads ``X`` in ``dtype``)."""
+    values = X.data if sp.issparse(X) else X
+    largest = np.finfo(dtype).max
+    if values.size and np.nanmax(np.abs(values)) > largest:
+        raise ValueError(
+            f"Input X contains infinity or a value too large for "
+            f"{np.dtype(dtype)!r}: the model trains in {np.dtype(dtype).name}, the "
+            "dtype of its first fit. Scale X, or fit a new model on float64 X."
+        )
+
+
 def _unchangeable(array):
     """Whether nothing can write to ``array``'s values: it is read-only, and
     so is every array it is a view of (a read-only view of a writable array
@@ -495,6 +508,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
             self._callback_input = {"X": raw_X, "rows": None}
         X = self._handle_input(X, sample_weight, first_pass)
+        if X.dtype != dtype:  # a continued fit of a float32 model
+            _check_fits_dtype(X, dtype)
         n_features = X.shape[1]
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
         units = [n_features] + hidden + [Y.shape[1]]

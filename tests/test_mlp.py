@@ -2325,6 +2325,25 @@ def test_messages_name_the_real_cause():
 
 
 @pytest.mark.parametrize("incremental", [False, True])
+def test_a_float32_model_names_float64_x_beyond_its_range(incremental):
+    # The engine reads X in the model's dtype: 1e39 would be inf in float32,
+    # and the fit would end in "non-finite weights" instead.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(50, 3))
+    y = X[:, 0].copy()
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(4,), max_iter=3, warm_start=True, input_preprocessing=None
+    )
+    fit_quietly(est, X.astype(np.float32), y)
+    before = snapshot(est)
+    X[0, 0] = 1e39
+    for bad in (X, sp.csr_matrix(X)):
+        with pytest.raises(ValueError, match="too large for dtype\\('float32'\\)"):
+            est.partial_fit(bad, y) if incremental else est.fit(bad, y)
+        assert_same(snapshot(est), before)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
 def test_a_continued_fit_refuses_a_loss_with_another_output(incremental):
     # Continuing a squared-error network with loss="poisson" would train its
     # identity output on the squared error while claiming Poisson's loss.
