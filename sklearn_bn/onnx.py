@@ -19,6 +19,33 @@ def _twin_options(scope, estimator, keep):
     return {name: value for name, value in options.items() if name in keep}
 
 
+def _refuse_categorical(estimator):
+    """Raise when the network's input handling one-hot encodes categorical
+    features, which the export does not cover."""
+    from sklearn_bn._preprocessing import InputHandling
+
+    handling = InputHandling.of(estimator)
+    if handling is not None and handling.is_categorical.any():
+        raise NotImplementedError(
+            f"{type(estimator).__name__} has categorical features (one-hot encoded by "
+            "its input handling), which the ONNX export does not cover: it exports "
+            "numeric input only. Fit with numeric input (or input_preprocessing=None "
+            "behind your own encoder) to export to ONNX."
+        )
+
+
+def _checking_categorical(shape_calculator):
+    """``shape_calculator``, after :func:`_refuse_categorical`: skl2onnx
+    calls it first, and a DataFrame with category columns comes as several
+    inputs, which it would refuse with a message about their number."""
+
+    def calculate(operator):
+        _refuse_categorical(operator.raw_operator)
+        shape_calculator(operator)
+
+    return calculate
+
+
 def _network_input(estimator, operator, opv):
     """The network's input as ONNX ops on the operator's input, and the plain
     scikit-learn MLP twin that takes it.
@@ -46,17 +73,11 @@ def _network_input(estimator, operator, opv):
 
     from sklearn_bn._preprocessing import InputHandling
 
+    _refuse_categorical(estimator)
     twin = estimator.to_sklearn()
     handling = InputHandling.of(estimator)
     if handling is None:
         return operator.inputs[0], twin
-    if handling.is_categorical.any():
-        raise NotImplementedError(
-            f"{type(estimator).__name__} has categorical features (one-hot encoded by "
-            "its input handling), which the ONNX export does not cover: it exports "
-            "numeric input only. Fit with numeric input (or input_preprocessing=None "
-            "behind your own encoder) to export to ONNX."
-        )
     x = operator.inputs[0]
     dtype = guess_numpy_type(x.type)
     nan = OnnxIsNaN(x, op_version=opv)
@@ -293,7 +314,7 @@ def register_converters():
     update_registered_converter(
         MLPBNClassifier,
         "SklearnBNMLPBNClassifier",
-        calculate_linear_classifier_output_shapes,
+        _checking_categorical(calculate_linear_classifier_output_shapes),
         _convert_classifier,
         # Declaring zipmap makes skl2onnx parse it as a classifier.
         options={
@@ -305,6 +326,6 @@ def register_converters():
     update_registered_converter(
         MLPBNRegressor,
         "SklearnBNMLPBNRegressor",
-        _regressor_shape,
+        _checking_categorical(_regressor_shape),
         _convert_regressor,
     )

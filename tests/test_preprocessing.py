@@ -901,10 +901,16 @@ def test_onnx_refuses_categorical_features_with_a_message():
     est = fit_quietly(
         MLPBNClassifier(categorical_features=[1, 2], max_iter=2), array, y
     )
-    with pytest.raises(Exception, match="categorical features"):
+    with pytest.raises(NotImplementedError, match="categorical features"):
         skl2onnx.to_onnx(
             est, frame[["x", "x", "x", "z"]].to_numpy()[:1], options={"zipmap": False}
         )
+    # A frame with category columns comes as one input per column: the same
+    # message, not skl2onnx's about the number of inputs.
+    for Est, target in ((MLPBNClassifier, y), (MLPBNRegressor, np.arange(len(y)))):
+        est = fit_quietly(Est(max_iter=2), frame, target)
+        with pytest.raises(NotImplementedError, match="categorical features"):
+            skl2onnx.to_onnx(est, frame.iloc[:1])
 
 
 # ---------------------------------------------------------------------------
