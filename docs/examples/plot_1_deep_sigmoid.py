@@ -63,7 +63,7 @@ for name in models:
 # test accuracy follows a few epochs later, because prediction normalizes with
 # the running statistics, not with those of a minibatch: they start at 0 and
 # 1 and, with the default ``bn_momentum=0.1``, need a few dozen minibatches
-# (7 per epoch here) to catch up with the network (see
+# (11 per epoch here) to catch up with the network (see
 # :ref:`mlp_running_statistics`).
 
 epochs = np.arange(1, n_epochs + 1)

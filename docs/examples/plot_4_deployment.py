@@ -7,9 +7,11 @@ A fitted model of sklearn_bn can leave sklearn_bn behind:
 
 * ``to_sklearn()`` turns each estimator into its scikit-learn twin: a
   :class:`~sklearn.preprocessing.StandardScaler` for
-  :class:`~sklearn_bn.BatchNormScaler`, an
+  :class:`~sklearn_bn.BatchNormScaler`, and for
+  :class:`~sklearn_bn.MLPBNClassifier` a pipeline of scikit-learn
+  transformers (its input handling) ending in an
   :class:`~sklearn.neural_network.MLPClassifier` with batch norm folded into
-  its weights for :class:`~sklearn_bn.MLPBNClassifier`;
+  its weights;
 * :func:`sklearn_bn.onnx.register_converters` lets skl2onnx export the
   estimators, and pipelines holding them, to ONNX, which onnxruntime (or any
   other ONNX runtime) executes without Python;
