@@ -1503,15 +1503,23 @@ def test_non_finite_validation_output_is_no_improvement(monkeypatch):
     # Finite weights can still overflow on the validation rows (float32, exp
     # output): the score is NaN, which must count against the epoch rather
     # than reset the no-improvement count.
+    # With no finite score at all, the fit then has no best epoch to
+    # return: it raises (see test_early_stopping_without_a_finite_score_raises)
+    # after the epochs the stopping rule allows.
     X, y, est = make_data("squared_error", n=80)
     est.set_params(early_stopping=True, max_iter=50, n_iter_no_change=2, tol=0.0)
-    monkeypatch.setattr(
-        Engine, "predict", lambda self, X, params: np.full((len(X), 2), np.inf)
-    )
+    validations = []
+
+    def overflowing(self, X, params):
+        validations.append(len(X))
+        return np.full((len(X), 2), np.inf)
+
+    monkeypatch.setattr(Engine, "predict", overflowing)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        est.fit(X, y)
-    assert est.n_iter_ == 3 and np.isnan(est.validation_scores_).all()
+        with pytest.raises(ValueError, match="last score: nan"):
+            est.fit(X, y)
+    assert len(validations) == 3
 
 
 def test_early_stopping_with_sample_weight():
