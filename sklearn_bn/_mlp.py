@@ -500,13 +500,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         if sample_weight is not None:
             sample_weight = _checked_weights(sample_weight, X, dtype, weights_name)
+        raw_rows = None
         if self.input_preprocessing is not None and has_callbacks(self):
             # The callbacks get the raw rows, as the model's predict takes
-            # them (the epochs' rows are picked by _validation_split).
+            # them (the epochs' rows are picked by _validation_split). Not
+            # on the estimator: the epochs' fitted_estimator copies it.
             raw_X = (
                 raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
             )
-            self._callback_input = {"X": raw_X, "rows": None}
+            raw_rows = {"X": raw_X, "rows": None}
         X = self._handle_input(X, sample_weight, first_pass)
         if X.dtype != dtype:  # a continued fit of a float32 model
             _check_fits_dtype(X, dtype)
@@ -537,7 +539,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             max_subtasks=0 if incremental else self.max_iter,
         )
         metadata = None if sample_weight is None else {"sample_weight": sample_weight}
-        callback_X = raw_X if hasattr(self, "_callback_input") else X
+        callback_X = raw_X if raw_rows is not None else X
         callback_ctx.call_on_fit_task_begin(
             estimator=self, X=callback_X, y=y, metadata=metadata
         )
@@ -559,6 +561,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             dropout,
             callback_ctx,
             early_stopping,
+            raw_rows,
         )
 
         # Everything succeeded: publish the new state.
@@ -567,7 +570,6 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
-        self.__dict__.pop("_callback_input", None)
         callback_ctx.call_on_fit_task_end(
             estimator=self,
             X=callback_X,
@@ -695,11 +697,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         dropout,
         callback_ctx,
         early_stopping,
+        raw_rows=None,
     ):
         """Build the engine and train; return it with the trained parameters
-        and the optimizer (nothing of the estimator changes here)."""
+        and the optimizer (nothing of the estimator changes here).
+        ``raw_rows``: the callbacks' raw rows (see :meth:`_validation_split`)."""
         train, validation = self._validation_split(
-            X, Y, sample_weight, random_state, early_stopping
+            X, Y, sample_weight, random_state, early_stopping, raw_rows
         )
         X_train, Y_train, sw_train = train
         batch_size = self._batch_size(X_train.shape[0])
@@ -738,7 +742,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         epochs = None
         if not incremental and has_callbacks(self):
             epochs = self._epoch_tasks(
-                callback_ctx, engine, best, state, train, out_activation
+                callback_ctx, engine, best, state, train, out_activation, raw_rows
             )
         with deferred_interrupt() as interrupt, engine.team(batch_size):
             try:
@@ -784,7 +788,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             warnings.warn("Training interrupted by user.")
         return engine, best.params, optimizer
 
-    def _epoch_tasks(self, callback_ctx, engine, best, state, train, out_activation):
+    def _epoch_tasks(
+        self, callback_ctx, engine, best, state, train, out_activation, raw_rows
+    ):
         """The epochs as subtasks of the fit task: their data are the training
         rows (the validation split excluded) and their weights, and their
         ``fitted_estimator`` the model that fit would publish if it stopped
@@ -803,8 +809,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             return self._fitted_attributes(engine, params, state, out_activation)
 
         rows = X_train
-        if hasattr(self, "_callback_input"):
-            raw = self._callback_input
+        if raw_rows is not None:
+            raw = raw_rows
 
             def rows():
                 return (
@@ -841,17 +847,21 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         params.running_mean[:] = layout.pack_stats(means, dtype)
         params.running_var[:] = layout.pack_stats(variances, dtype)
 
-    def _validation_split(self, X, Y, sample_weight, random_state, early_stopping):
+    def _validation_split(
+        self, X, Y, sample_weight, random_state, early_stopping, raw_rows=None
+    ):
         """``(X, Y, weights)`` to train on, and the held-out ``(X, y,
-        weights)`` of early stopping (None without)."""
+        weights)`` of early stopping (None without). ``raw_rows`` (None, or
+        ``{"X": the raw X, "rows": None}``) gets the training rows' indices in
+        its ``"rows"``: the callbacks' raw training rows with input
+        handling."""
         if not early_stopping:
             train, validation = (X, Y, sample_weight), None
         else:
             stratify = Y.ravel() if is_classifier(self) and Y.shape[1] == 1 else None
             arrays = [X, Y] + ([sample_weight] if sample_weight is not None else [])
-            if hasattr(self, "_callback_input"):
-                # The row indices are split along (the same permutation): the
-                # callbacks' raw training rows with input handling.
+            if raw_rows is not None:
+                # The row indices are split along (the same permutation).
                 arrays.append(np.arange(X.shape[0]))
             split = train_test_split(
                 *arrays,
@@ -863,8 +873,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             sw_train, sw_val = (
                 (split[4], split[5]) if sample_weight is not None else (None, None)
             )
-            if hasattr(self, "_callback_input"):
-                self._callback_input["rows"] = split[-2]
+            if raw_rows is not None:
+                raw_rows["rows"] = split[-2]
             if X_val.shape[0] < 2:
                 raise ValueError(
                     "The validation set is too small. Increase "

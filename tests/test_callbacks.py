@@ -227,6 +227,34 @@ def test_epoch_data_exclude_the_validation_split_and_carry_the_weights():
 
 
 @needs_callbacks
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_epoch_models_do_not_carry_the_training_rows(early_stopping):
+    # A callback that saves each epoch's model (a checkpoint) must not save
+    # the training data with it: the input handling's raw rows stay off the
+    # estimator, which scikit-learn copies for every fitted_estimator.
+    X, y, est = make_data("classifier", n=400)
+    rec = Recorder()
+    quietly(est.set_params(early_stopping=early_stopping).set_callbacks(rec).fit, X, y)
+
+    def saved(model):  # what a checkpoint holds, scikit-learn's callbacks aside
+        return pickle.dumps(
+            {k: v for k, v in vars(model).items() if "callback" not in k}
+        )
+
+    final = saved(est)
+    for _, kwargs in rec.hooks("end", "epoch"):
+        model = kwargs["fitted_estimator"]
+        assert not any(
+            value is X or (isinstance(value, dict) and "X" in value)
+            for value in vars(model).values()
+        )
+        assert len(saved(model)) < len(final) + X.nbytes // 4
+    assert "X" in rec.hooks("end", "epoch")[0][1] and not any(
+        name.startswith("_callback") for name in vars(est)
+    )
+
+
+@needs_callbacks
 @pytest.mark.parametrize("problem", ["classifier", "regressor"])
 def test_partial_fit_is_one_task_per_call(problem):
     X, y, est = make_data(problem)
