@@ -570,13 +570,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
-        callback_ctx.call_on_fit_task_end(
-            estimator=self,
-            X=callback_X,
-            y=y,
-            metadata=metadata,
-            reconstruction_attributes={},
-        )
+        # The model is published: Ctrl-C in the last hook must not undo it.
+        with deferred_interrupt() as late:
+            callback_ctx.call_on_fit_task_end(
+                estimator=self,
+                X=callback_X,
+                y=y,
+                metadata=metadata,
+                reconstruction_attributes={},
+            )
+        if late.requested:
+            warnings.warn("Interrupted by user after training; the model is fitted.")
         return self
 
     def _fitted_attributes(self, engine, params, state, out_activation):
@@ -774,7 +778,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if self.bn_stats == "population" and not incremental:
             # Once the best parameters are restored (early stopping), the
             # exact statistics of the training rows replace the running ones.
-            self._set_population_statistics(engine, best.params, X_train, sw_train)
+            # Ctrl-C now would throw the trained epochs away: it waits.
+            with deferred_interrupt() as late:
+                self._set_population_statistics(engine, best.params, X_train, sw_train)
+            interrupt.requested |= late.requested
         if engine.degenerate_batches:
             warnings.warn(
                 f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) "

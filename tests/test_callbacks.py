@@ -227,6 +227,31 @@ def test_epoch_data_exclude_the_validation_split_and_carry_the_weights():
 
 
 @needs_callbacks
+def test_ctrl_c_in_the_fits_last_hook_keeps_the_model():
+    # The model is published before the fit's end hook: Ctrl-C while that
+    # hook runs (a checkpoint being written) must not undo the fit.
+    import os
+    import signal
+
+    class InterruptedAtTheEnd(Recorder):
+        def on_fit_task_end(self, estimator, context, **kwargs):
+            if context.task_name == "fit":
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().on_fit_task_end(estimator, context, **kwargs)
+
+    X, y, est = make_data("classifier")
+    expected = quietly(clone(est).fit, X, y)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.warns(UserWarning, match="after training; the model is fitted"):
+            quietly(est.set_callbacks(InterruptedAtTheEnd()).fit, X, y)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for a, b in zip(est.coefs_, expected.coefs_):
+        assert_array_equal(a, b)
+
+
+@needs_callbacks
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_epoch_models_do_not_carry_the_training_rows(early_stopping):
     # A callback that saves each epoch's model (a checkpoint) must not save

@@ -2144,6 +2144,31 @@ def test_ctrl_c_before_any_minibatch_trained_ends_without_an_epoch(
     assert est._optimizer_state["step"] == 0
 
 
+def test_ctrl_c_in_the_population_pass_keeps_the_trained_model(
+    monkeypatch, python_handles_sigint
+):
+    # The pass after the epochs can take a while on many rows: Ctrl-C there
+    # waits for it, and fit ends with its warning, the model fitted.
+    X, y, est = make_data("multiclass", n=200)
+    est.set_params(bn_stats="population", max_iter=3)
+    expected = fit_quietly(clone(est), X, y)
+    population_statistics = _mlp.population_statistics
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return population_statistics(*args, **kwargs)
+
+    monkeypatch.setattr(_mlp, "population_statistics", interrupted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            est.fit(X, y)
+    assert_same(
+        {k: v for k, v in snapshot(est).items() if "callback" not in k},
+        {k: v for k, v in snapshot(expected).items() if "callback" not in k},
+    )
+
+
 # ---------------------------------------------------------------------------
 # Ghost batch norm, the cumulative running average, dropout (the engine's
 # arithmetic is checked against numpy in test_training.py)
