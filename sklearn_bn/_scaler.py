@@ -31,7 +31,11 @@ from sklearn.utils.validation import (
 
 from sklearn_bn._batchnorm import batch_stats, merge_stats, unbiased_counts
 from sklearn_bn._callbacks import CallbackSupportMixin, with_callbacks
-from sklearn_bn._scaling import affine_columns, has_infinity
+from sklearn_bn._scaling import (
+    affine_columns,
+    has_infinity,
+    unweighted_rows_hold_infinity,
+)
 from sklearn_bn._threads import kernel_threads
 from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure
 
@@ -817,12 +821,8 @@ def _batch_statistics(X, sample_weight, estimator):
     0, so infinity is looked for in the rows of weight 0 apart.
     """
     blocks = kernel_threads(*X.shape)
-    if sample_weight is not None:
-        unweighted = X[sample_weight == 0]
-        if unweighted.size and has_infinity(
-            unweighted, *kernel_threads(*unweighted.shape)
-        ):
-            _raise_infinite(X, estimator)
+    if sample_weight is not None and unweighted_rows_hold_infinity(X, sample_weight):
+        _raise_infinite(X, estimator)
     mean, var, count = batch_stats(X, sample_weight, False, *blocks)
     has_nan = False
     # One NaN or infinity makes a sum non-finite (an overflow of huge but
@@ -836,7 +836,10 @@ def _batch_statistics(X, sample_weight, estimator):
         # The kernel squares float32 deviations in float32: below a spread of
         # about 1e-19 the squares lose their precision (subnormal numbers),
         # then vanish. Such features (and constant ones) again, in float64.
+        # A constant feature's variance is 0 and its mean its value: it
+        # needs no second look (a far cheaper test than that look).
         tiny = np.flatnonzero(var < _FLOAT32_TINY_VARIANCE)
+        tiny = tiny[(var[tiny] > 0) | (mean[tiny] != X[0, tiny])]
         if tiny.size:
             X_tiny = np.ascontiguousarray(X[:, tiny], dtype=np.float64)
             mean[tiny], var[tiny], count[tiny] = batch_stats(

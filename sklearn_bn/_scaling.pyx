@@ -148,6 +148,43 @@ def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
                        block_rows, n_threads)
 
 
+def unweighted_rows_hold_infinity(const floating[:, ::1] x,
+                                  const floating[::1] sample_weight):
+    """Whether a row of ``x`` whose weight is 0 holds ``+inf`` or ``-inf``.
+
+    The statistics kernels skip a block of rows of weight 0 without reading
+    it; this reads those rows only, in place.
+    """
+    cdef bint found
+    if sample_weight.shape[0] != x.shape[0]:
+        raise ValueError("sample_weight must have one entry per row of x")
+    with nogil:
+        found = _unweighted_rows_hold_infinity(x, sample_weight)
+    return found
+
+
+cdef bint _unweighted_rows_hold_infinity(const floating[:, ::1] x,
+                                         const floating[::1] sample_weight
+                                         ) noexcept nogil:
+    cdef Py_ssize_t i, j, n_cols = x.shape[1]
+    cdef const floating* row
+    cdef floating largest, v
+    if n_cols == 0:
+        return False
+    for i in range(x.shape[0]):
+        if sample_weight[i] == 0:
+            # The row's largest |x| (NaN left out), then one test: a loop
+            # without an early exit vectorizes.
+            row = &x[i, 0]
+            largest = 0
+            for j in range(n_cols):
+                v = fabs(row[j])
+                largest = v if v > largest else largest
+            if largest == INFINITY:
+                return True
+    return False
+
+
 cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
                       Py_ssize_t n_cols, const floating* center,
                       const floating* scale, const floating* shift,
