@@ -155,28 +155,35 @@ class _TrainingState:
     best_validation_score: float = None
 
 
-def _check_fits_dtype(X, dtype):
-    """Raise scikit-learn's error when finite values of ``X`` are beyond
-    ``dtype``'s range (the engine reads ``X`` in ``dtype``)."""
-    values = X.data if sp.issparse(X) else X
-    largest = np.finfo(dtype).max
-    if values.size and np.nanmax(np.abs(values)) > largest:
+def _in_dtype(X, dtype):
+    """``X`` in the narrower ``dtype`` the engine trains in, or
+    scikit-learn's error when a finite value is beyond its range."""
+    try:
+        with np.errstate(over="raise"):
+            return X.astype(dtype)
+    except FloatingPointError:
         raise ValueError(
             f"Input X contains infinity or a value too large for "
             f"{np.dtype(dtype)!r}: the model trains in {np.dtype(dtype).name}, the "
             "dtype of its first fit. Scale X, or fit a new model on float64 X."
-        )
+        ) from None
 
 
 def _unchangeable(array):
     """Whether nothing can write to ``array``'s values: it is read-only, and
-    so is every array it is a view of (a read-only view of a writable array
-    changes when the array does)."""
+    so is every array it is a view of, down to the buffer that holds the
+    values (a read-only view of a writable array changes when the array
+    does)."""
     while isinstance(array, np.ndarray):
         if array.flags.writeable:
             return False
         array = array.base
-    return array is None or isinstance(array, bytes)
+    if array is None:
+        return True
+    try:  # bytes, a read-only mmap (joblib's mmap_mode='r'), ...
+        return memoryview(array).readonly
+    except TypeError:
+        return False
 
 
 class _Best:
@@ -510,8 +517,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
             raw_rows = {"X": raw_X, "rows": None}
         X = self._handle_input(X, sample_weight, first_pass)
-        if X.dtype != dtype:  # a continued fit of a float32 model
-            _check_fits_dtype(X, dtype)
+        if np.dtype(dtype).itemsize < X.dtype.itemsize:
+            X = _in_dtype(X, dtype)  # a float32 model continued on float64 X
         n_features = X.shape[1]
         Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
         units = [n_features] + hidden + [Y.shape[1]]
@@ -1251,8 +1258,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         on dense input takes sparse input, but its Pipeline does not (the
         scaler centres: scikit-learn raises a ``ValueError``); pass it dense
         input. Built under scikit-learn's ``transform_output='pandas'`` (or
-        ``'polars'``), its MLP knows the names of the columns that the steps
-        then give it, as in a pipeline fitted under that configuration.
+        ``'polars'``), its steps keep that output (``set_output``) and its
+        MLP knows the names of the columns they give it, so that it predicts
+        without warnings under any later configuration.
         Nothing in it needs this package to load.
 
         Returns
@@ -1300,9 +1308,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         if handling is None:
             return mlp
         twin = Pipeline(steps + [("mlp", mlp)])
-        if get_config()["transform_output"] in ("pandas", "polars"):
-            # The steps then hand the MLP a frame: as in a pipeline fitted
-            # under this configuration, it knows the frame's column names.
+        output = get_config()["transform_output"]
+        if output in ("pandas", "polars"):
+            # The steps hand the MLP a frame, under any later configuration
+            # too (their output is set): the MLP knows its column names.
+            twin[:-1].set_output(transform=output)
             mlp.feature_names_in_ = np.asarray(
                 twin[:-1].get_feature_names_out(), dtype=object
             )

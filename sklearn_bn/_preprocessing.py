@@ -581,7 +581,13 @@ def learn(columns, sample_weight):
         levels = _spline_levels(numeric, sw)
         quantiles, totals = weighted_quantiles(numeric, sw, [0.25, 0.5, 0.75, *levels])
         q25, q50, q75 = quantiles[:3]
-        scale = q75 / _IQR_PER_SD - q25 / _IQR_PER_SD  # q75 - q25 may overflow
+        with np.errstate(over="ignore", invalid="ignore"):
+            iqr = q75 - q25
+        # The difference, exact for close quantiles; past float64's range,
+        # the difference of the quotients.
+        scale = np.where(
+            np.isfinite(iqr), iqr / _IQR_PER_SD, q75 / _IQR_PER_SD - q25 / _IQR_PER_SD
+        )
         flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
         if len(flat):
             sub = numeric[:, flat]

@@ -1886,6 +1886,20 @@ def test_read_only_views_of_writable_arrays_are_not_cached():
     assert_array_equal(after, est.predict_proba(X))
 
 
+def test_a_model_memory_mapped_read_only_caches_its_network(tmp_path):
+    # joblib.load(..., mmap_mode="r"), a common way to serve models: the
+    # arrays are read-only views of a read-only map.
+    joblib = pytest.importorskip("joblib")
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    joblib.dump(est, tmp_path / "model.joblib")
+    served = joblib.load(tmp_path / "model.joblib", mmap_mode="r")
+    assert served._folded_network(np.float64) is served._folded_network(np.float64)
+    assert_array_equal(served.predict_proba(X), est.predict_proba(X))
+    copied = joblib.load(tmp_path / "model.joblib", mmap_mode="c")  # writable
+    assert copied._folded_network(np.float64) is not copied._folded_network(np.float64)
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [

@@ -7,6 +7,7 @@ clip, NaN with missing indicators, one-hot blocks. The network's output is
 checked through ``reference.forward_from_attributes`` on that input.
 """
 
+import contextlib
 import pickle
 import subprocess
 import sys
@@ -236,6 +237,19 @@ def test_a_feature_spread_near_the_dtypes_range_still_counts(dtype, spread):
     assert np.isfinite(dtype(est.input_scale_[0] * est.input_clip_))
     assert est.score(X, y) > 0.95
     assert_allclose(twin.predict_proba(X), est.predict_proba(X), atol=1e-6)
+
+
+def test_the_robust_scale_of_large_valued_features_is_exact():
+    # Identifiers or timestamps: a large offset, a small spread. The scale
+    # is the difference of the quartiles over 1.349..., not a difference of
+    # two large quotients (which lost up to 1% at 1e15).
+    rng = np.random.RandomState(0)
+    for offset in (1e12, 1e15):
+        X = offset + rng.randint(0, 5, size=(300, 1)).astype(float)
+        y = rng.normal(size=300)
+        est = fit_quietly(MLPBNRegressor(hidden_layer_sizes=(4,), max_iter=1), X, y)
+        q25, q75 = np.quantile(X[:, 0], [0.25, 0.75], method="averaged_inverted_cdf")
+        assert est.input_scale_[0] == (q75 - q25) / _preprocessing._IQR_PER_SD
 
 
 def test_nan_at_predict_in_a_clean_column_is_the_centre():
@@ -1137,12 +1151,15 @@ def test_a_twin_built_for_frame_output_predicts_without_warnings(output):
     )
     with config_context(transform_output=output):
         twin = est.to_sklearn()
-        with warnings.catch_warnings():
+    for context in (config_context(transform_output=output), contextlib.nullcontext()):
+        # Under the configuration it was built in, and under the default one
+        # (a twin saved from a notebook that set pandas output).
+        with context, warnings.catch_warnings():
             # The feature names' warning; older scikit-learn also warns that
             # polars deprecates the interchange protocol it reads frames by.
             warnings.simplefilter("error", UserWarning)
-            proba = twin.predict_proba(X)
-    assert_allclose(proba, est.predict_proba(X), atol=1e-12)
+            proba = pickle.loads(pickle.dumps(twin)).predict_proba(X)
+        assert_allclose(proba, est.predict_proba(X), atol=1e-12)
     assert twin[-1].feature_names_in_.tolist() == [
         "numeric__x",
         "categorical__c_a",
