@@ -8,7 +8,6 @@ the output once, and ``fit_transform`` does both on one validated array.
 """
 
 import math
-import sys
 import warnings
 from numbers import Real
 
@@ -31,6 +30,7 @@ from sklearn.utils.validation import (
 
 from sklearn_bn._batchnorm import batch_stats, merge_stats, unbiased_counts
 from sklearn_bn._callbacks import CallbackSupportMixin, with_callbacks
+from sklearn_bn._preprocessing import _is_polars_df
 from sklearn_bn._scaling import (
     affine_columns,
     has_infinity,
@@ -777,13 +777,11 @@ def _aligned(array):
 
 def _is_float32_polars(X):
     """Whether ``X`` is a polars frame of Float32 columns only."""
-    pl = sys.modules.get("polars")
-    return (
-        pl is not None
-        and isinstance(X, pl.DataFrame)
-        and X.width > 0
-        and all(dtype == pl.Float32 for dtype in X.dtypes)
-    )
+    if not _is_polars_df(X) or X.width == 0:
+        return False
+    import polars as pl
+
+    return all(dtype == pl.Float32 for dtype in X.dtypes)
 
 
 def _reject_sparse(X, estimator):
@@ -835,9 +833,9 @@ def _batch_statistics(X, sample_weight, estimator):
     if X.dtype == np.float32:
         # The kernel squares float32 deviations in float32: below a spread of
         # about 1e-19 the squares lose their precision (subnormal numbers),
-        # then vanish. Such features (and constant ones) again, in float64.
-        # A constant feature's variance is 0 and its mean its value: it
-        # needs no second look (a far cheaper test than that look).
+        # then vanish. Such features again, in float64. A constant feature's
+        # variance is 0 and its mean its value: it needs no second look (a
+        # far cheaper test than that look).
         tiny = np.flatnonzero(var < _FLOAT32_TINY_VARIANCE)
         tiny = tiny[(var[tiny] > 0) | (mean[tiny] != X[0, tiny])]
         if tiny.size:

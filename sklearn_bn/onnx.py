@@ -73,7 +73,8 @@ def _network_input(estimator, operator, opv):
 
     from sklearn_bn._preprocessing import InputHandling
 
-    _refuse_categorical(estimator)
+    # A network with categorical features does not get here: its shape
+    # calculator, which skl2onnx calls first, refuses it.
     twin = estimator.to_sklearn()
     handling = InputHandling.of(estimator)
     if handling is None:
