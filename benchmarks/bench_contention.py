@@ -26,6 +26,18 @@ neighbours
     on 2 cores: quiet, small <= 0.85 and large <= 0.70; one neighbour,
     small <= 1.0 and large <= 0.95; two neighbours, <= 1.10.
 
+share
+    Why the team does what it does beside busy processes: the same two
+    networks with the team held at its threads (``_threads.TEAM_PACE``
+    bypassed) against one thread, in each condition: wall time, CPU time
+    (``time.process_time``: this process's threads, so the busy
+    neighbours are not counted) and the cores the team and the one thread
+    got (CPU seconds per wall second). The team's wall time over one
+    thread's is about ``(team CPU / one CPU) x (one's cores / team's
+    cores)``: beside one busy process three threads share the two cores, so
+    the team's cores are at most 4/3 and the one thread's 1, and the team
+    beats one thread only if its CPU over one thread's stays below 4/3.
+
 pools
     Calls made from the user's threads, on the small network (and a
     200,000-row ``predict`` of it): a fit or a predict in a worker thread
@@ -55,7 +67,7 @@ from bench_fit import fmt_x, table, verdict
 
 from sklearn_bn import MLPBNClassifier
 
-SECTIONS = ("neighbours", "pools")
+SECTIONS = ("neighbours", "share", "pools")
 CONDITIONS = {"quiet": 0, "one busy": 1, "two busy": 2}
 # The engine alone: its threads are what is measured (the input handling,
 # on one thread, would dilute the ratios).
@@ -141,6 +153,26 @@ def busy_neighbours(n):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def timed_cpu(func):
+    """Wall and CPU seconds (this process's, all threads) of ``func()``."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    func()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+@contextlib.contextmanager
+def team_held():
+    """The engine on its whole team for every call (the pace bypassed)."""
+    from sklearn_bn import _threads
+
+    pace = _threads.TEAM_PACE
+    pace.threads = lambda network, team_threads, now: team_threads
+    try:
+        yield
+    finally:
+        del pace.threads
 
 
 def in_thread(func):
@@ -250,6 +282,77 @@ def section_neighbours(args, state):
         rows,
     )
     state["neighbours"] = results
+
+
+def section_share(args, state):
+    networks = {"small": (SMALL, *digits()), "large": (LARGE, *large_data(args.quick))}
+    if args.quick:
+        networks["small"][0]["max_iter"] = 3
+    print(
+        "## share: the team held at its threads / one thread, medians of "
+        f"{args.repeat} interleaved rounds (wall and CPU seconds; cores: the team's "
+        "CPU seconds per wall second)\n"
+    )
+    rows, results = [], {}
+    for condition, n_busy in CONDITIONS.items():
+        with busy_neighbours(n_busy):
+            for name, (params, X, y) in networks.items():
+
+                def team():
+                    with team_held():
+                        return timed_cpu(
+                            lambda: quiet_fit(MLPBNClassifier(**params), X, y)
+                        )
+
+                def one():
+                    with bench_fit.blas_limit(1):
+                        return timed_cpu(
+                            lambda: quiet_fit(MLPBNClassifier(**params), X, y)
+                        )
+
+                runs = {"team": [], "one": []}
+                for r in range(args.repeat + (not args.quick)):
+                    for label, case in (("team", team), ("one", one)):
+                        t = case()
+                        if r or args.quick:
+                            runs[label].append(t)
+                wall = statistics.median(
+                    a[0] / b[0] for a, b in zip(runs["team"], runs["one"])
+                )
+                cpu = statistics.median(
+                    a[1] / b[1] for a, b in zip(runs["team"], runs["one"])
+                )
+                cores = statistics.median(c / w for w, c in runs["team"])
+                one_cores = statistics.median(c / w for w, c in runs["one"])
+                rows.append(
+                    [
+                        condition,
+                        name,
+                        fmt_x(wall),
+                        fmt_x(cpu),
+                        f"{cores:.2f}",
+                        f"{one_cores:.2f}",
+                    ]
+                )
+                results[f"{condition}/{name}"] = {
+                    "runs": runs,
+                    "wall": wall,
+                    "cpu": cpu,
+                    "cores": cores,
+                    "one_cores": one_cores,
+                }
+    table(
+        [
+            "condition",
+            "network",
+            "team held / one (wall)",
+            "team CPU / one CPU",
+            "team's cores",
+            "one thread's cores",
+        ],
+        rows,
+    )
+    state["share"] = results
 
 
 def section_pools(args, state):

@@ -27,6 +27,7 @@ RUNS = {
     "fit": ["bench_fit.py", "--quick", "--what", "fit,predict", "--dtype", "float32"],
     "split": ["bench_split.py", "--quick", "--dtype", "float64"],
     "contention": ["bench_contention.py", "--quick", "--what", "pools"],
+    "contention-share": ["bench_contention.py", "--quick", "--what", "share"],
 }
 
 
