@@ -108,7 +108,11 @@ def _checked_weights(sample_weight, X, dtype, name):
     and of the loss stay finite (as repeat counts, their sum must be a
     finite number in ``dtype``, and the smallest positive weight a normal
     one, whose inverse is finite)."""
-    if isinstance(sample_weight, np.ndarray) and np.any(np.isposinf(sample_weight)):
+    if (
+        isinstance(sample_weight, np.ndarray)
+        and sample_weight.dtype.kind == "f"
+        and np.any(np.isposinf(sample_weight))
+    ):
         raise ValueError(
             f"{name} is too large: some weights are infinite in float64. Divide "
             "them by a common factor."
@@ -2083,6 +2087,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         ``dtype`` (LabelBinarizer would make an int64 matrix first: 2x the
         memory), with ``label_smoothing`` applied."""
         lb = self._label_binarizer
+        if not lb.y_type_.startswith("multilabel") and np.ndim(y) == 2:
+            # LabelBinarizer's own check, which the direct encoding skips.
+            raise ValueError("The object was not fitted with multilabel input.")
         if lb.y_type_.startswith("multilabel"):
             Y = lb.transform(y)
             Y = Y.toarray() if sp.issparse(Y) else Y

@@ -9,6 +9,7 @@ start, partial_fit, warnings, errors), the inference path (folded weights,
 """
 
 import contextlib
+import functools
 import os
 import pickle
 import re
@@ -751,6 +752,27 @@ def test_multilabel_targets():
     assert inc.predict(X).shape == y.shape
 
 
+@pytest.mark.parametrize("continue_with", ["warm_start", "partial_fit"])
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_continuing_on_indicator_targets_raises_sklearns_error(kind, continue_with):
+    # The direct encoding of the targets must keep LabelBinarizer's check (it
+    # gave numpy's IndexError), and leave the model as it was.
+    X, y, est = make_data(kind)
+    k = len(np.unique(y))
+    indicator = np.eye(k, dtype=int)[np.arange(len(y)) % k]
+    if continue_with == "warm_start":
+        est.set_params(warm_start=True)
+        fit_quietly(est, X, y)
+        call = functools.partial(est.fit, X, indicator)
+    else:
+        est.partial_fit(X, y, classes=np.unique(y))
+        call = functools.partial(est.partial_fit, X, indicator)
+    before = pickle.dumps(est)
+    with pytest.raises(ValueError, match="not fitted with multilabel input"):
+        call()
+    assert pickle.dumps(est) == before
+
+
 def test_string_labels():
     X, y, est = make_data("multiclass")
     labels = np.array(["ant", "bee", "cat"])[y]
@@ -874,6 +896,19 @@ def test_bad_sample_weights():
         est.fit(X, y, sample_weight=np.zeros(len(y)))
     with pytest.raises(ValueError):
         est.fit(X, y, sample_weight=np.ones(len(y) - 1))
+
+
+@pytest.mark.parametrize(
+    "weights", [np.ones(1, dtype=object), np.array(["1"])], ids=["object", "str"]
+)
+def test_sample_weights_of_any_dtype_sklearn_accepts(weights):
+    # Object and numeric-string arrays, which scikit-learn's validation
+    # converts, once failed in the infinity check with numpy's TypeError.
+    X, y, est = make_data("binary")
+    weights = np.repeat(weights, len(y))
+    fit_quietly(est, X, y, sample_weight=weights)
+    expected = fit_quietly(clone(est), X, y, sample_weight=np.ones(len(y)))
+    assert_array_equal(est.coefs_[0], expected.coefs_[0])
 
 
 # ---------------------------------------------------------------------------
