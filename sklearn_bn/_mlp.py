@@ -391,6 +391,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             X,
             reset=reset,
             fitted_mask=None if handling is None else handling.is_categorical,
+            continued=True,
         )
         y = _check_y(y, multi_output=True, y_numeric=y_numeric, estimator=self)
         check_consistent_length(X, y)
@@ -1464,14 +1465,15 @@ _COMMON_PARAMS_DOC = """
         power_t`` after each epoch (``t`` samples seen), or divided by 5 each
         time ``n_iter_no_change`` epochs fail to improve by ``tol``.
         ``'cosine'`` (both solvers): the ``t``-th step of the optimizer in
-        ``fit`` (from 0, counted over all minibatches) uses ``learning_rate_init
-        * (1 + cos(pi * t / T)) / 2``, where ``T = max_iter *`` the minibatches
-        of an epoch over the training rows (after the validation split of
-        early stopping); a fit that stops early ends the schedule where it
-        is, and ``warm_start`` starts it again at ``t = 0``. For Adam, the
-        bias corrections multiply this rate: the step size is ``lr_t *
-        sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's ``s``-th step.
-        :meth:`partial_fit` steps at ``learning_rate_init``.
+        ``fit`` (from 0, counted over the minibatches trained: a minibatch
+        whose weights sum to zero takes no step, and the schedule then ends
+        above 0) uses ``learning_rate_init * (1 + cos(pi * t / T)) / 2``, where
+        ``T = max_iter *`` the minibatches of an epoch over the training rows
+        (after the validation split of early stopping); a fit that stops early
+        ends the schedule where it is, and ``warm_start`` starts it again at
+        ``t = 0``. For Adam, the bias corrections multiply this rate: the step
+        size is ``lr_t * sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's
+        ``s``-th step. :meth:`partial_fit` steps at ``learning_rate_init``.
 
     learning_rate_init : float, default=0.002
         The initial learning rate (the step size of Adam, before its bias
@@ -1586,7 +1588,7 @@ _INPUT_DOC = """
         :meth:`partial_fit`, then fixed, and applied in every prediction
         (see the user guide's "Input handling" and the Notes). Numeric
         features are centred on their median, scaled by their interquartile
-        range / 1.349 and smoothly clipped to +-3 of these robust standard
+        range / 1.3489795 and smoothly clipped to +-3 of these robust standard
         deviations, ``3 * tanh(z / 3)``; NaN becomes the centre, with a
         missing-indicator column for each feature that had NaN in ``fit``;
         categorical features (``categorical_features``) are one-hot encoded.
@@ -1623,10 +1625,11 @@ _INPUT_ATTRIBUTES_DOC = """
 
     input_scale_ : ndarray of shape (n_numeric_features,)
         The robust standard deviation of each numeric feature: its weighted
-        interquartile range / 1.349, or its weighted standard deviation where
-        that range is 0, or 1 for a constant feature; 1 for sparse input. At
-        most half the largest number of the data's dtype divided by
-        `input_clip_`, so that the divisor stays finite.
+        interquartile range / 1.3489795 (twice the standard normal's 0.75
+        quantile), or its weighted standard deviation where that range is 0, or
+        1 for a constant feature; 1 for sparse input. At most half the largest
+        number of the data's dtype divided by `input_clip_`, so that the
+        divisor stays finite.
 
     input_clip_ : float
         The smooth clip's bound ``c``, in robust standard deviations: a

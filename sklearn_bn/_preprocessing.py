@@ -10,9 +10,10 @@ the network's input row, laid out as
   ``c * tanh((x_j - center_j) / (scale_j * c))`` with ``c = clip_`` (a smooth
   clip to ``+-c`` robust standard deviations, slope 1 at the centre); NaN
   becomes 0, the centre. ``center_j`` is the weighted median and ``scale_j``
-  the weighted interquartile range / 1.349, or the weighted standard
-  deviation where that range is 0, or 1 for a constant column. Sparse input
-  is passed through (centre 0, scale 1, no clip), so that it stays sparse;
+  the weighted interquartile range / 1.3489795 (twice the standard normal's
+  0.75 quantile), or the weighted standard deviation where that range is 0,
+  or 1 for a constant column. Sparse input is passed through (centre 0,
+  scale 1, no clip), so that it stays sparse;
 * a missing indicator (1 where NaN, else 0) for each numeric feature that had
   NaN in rows of positive weight during ``fit``;
 * categorical feature ``k``: one column per learned category, in the order of
@@ -128,21 +129,34 @@ class Columns:
         return self.shape[0]
 
 
+class _NonNumericColumns(ValueError):
+    """Columns read as numbers hold strings or categories; ``names`` lists
+    them (None when unknown, as for arrays)."""
+
+    def __init__(self, message, names=None):
+        super().__init__(message)
+        self.names = names
+
+
+def _shown(names):
+    return ", ".join(repr(n) for n in names[:10]) + (", ..." if len(names) > 10 else "")
+
+
 def _string_columns_error(names, categorical_dtype=()):
-    shown = ", ".join(repr(n) for n in names[:10]) + (
-        ", ..." if len(names) > 10 else ""
-    )
+    shown = _shown(names)
     if categorical_dtype and len(categorical_dtype) == len(names):
-        return ValueError(
+        return _NonNumericColumns(
             f"The column(s) {shown} have a categorical dtype but are not in "
             "categorical_features, which names the categorical columns: add them "
-            "to it, use categorical_features='from_dtype', or drop them."
+            "to it, use categorical_features='from_dtype', or drop them.",
+            names,
         )
-    return ValueError(
+    return _NonNumericColumns(
         f"The column(s) {shown} hold strings (or other non-numeric values) and are "
         "not marked as categorical. Mark them as categorical, for example with "
         'X[col] = X[col].astype("category") (polars: pl.col(col).cast(pl.Categorical)) '
-        "or categorical_features=[...] with their names or indices, or drop them."
+        "or categorical_features=[...] with their names or indices, or drop them.",
+        names,
     )
 
 
@@ -214,10 +228,16 @@ def _categorical_dtypes(X, n_features):
     return np.zeros(n_features, dtype=bool)
 
 
-def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
+def read(
+    estimator, X, *, reset, fitted_mask, continued=False, accept_sparse=("csr", "csc")
+):
     """Validate raw ``X`` for the handling: a float array or sparse matrix
     (numeric input, through scikit-learn's validation with NaN allowed), or
-    :class:`Columns` (frames, and input with categorical features)."""
+    :class:`Columns` (frames, and input with categorical features). A
+    ``continued`` fit (warm start, partial_fit) keeps the fitted mask: a
+    ``categorical_features`` that now picks other columns is an error."""
+    if continued and fitted_mask is not None:
+        _check_mask_unchanged(estimator, X, fitted_mask)
     explicit = names_categorical(estimator.categorical_features)
     any_categorical = explicit if fitted_mask is None else fitted_mask.any()
     if _all_sparse_columns(X) and not any_categorical:
@@ -271,12 +291,26 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
         getattr(estimator, "feature_names_in_", None),
         fitted_mask,
     )
-    if _is_pandas_df(X):
-        columns = _read_pandas(X, mask)
-    elif _is_polars_df(X):
-        columns = _read_polars(X, mask)
-    else:
-        columns = _read_array(X, mask)
+    try:
+        if _is_pandas_df(X):
+            columns = _read_pandas(X, mask)
+        elif _is_polars_df(X):
+            columns = _read_polars(X, mask)
+        else:
+            columns = _read_array(X, mask)
+    except _NonNumericColumns as error:
+        if fitted_mask is None:
+            raise
+        # The fitted model's columns are fixed: no marking can help now.
+        which = (
+            "Some columns"
+            if error.names is None
+            else (f"The column(s) {_shown(error.names)}")
+        )
+        raise ValueError(
+            f"{which} held numbers when the model was fitted and now hold strings "
+            "or categories: pass them as numbers (or missing values), as in fit."
+        ) from None
     if columns.shape[1] == 0:
         raise ValueError(
             f"Found array with 0 feature(s) (shape={columns.shape}) while a minimum "
@@ -303,6 +337,39 @@ def read(estimator, X, *, reset, fitted_mask, accept_sparse=("csr", "csc")):
             f"of 1 is required by {type(estimator).__name__}."
         )
     return columns
+
+
+def _check_mask_unchanged(estimator, X, fitted_mask):
+    features = estimator.categorical_features
+    if isinstance(features, str) and not is_frame(X):
+        return  # 'from_dtype' reads the dtypes of frames only
+    requested = categorical_mask(
+        features,
+        X,
+        len(fitted_mask),
+        getattr(estimator, "feature_names_in_", None),
+        None,
+    )
+    if np.array_equal(requested, fitted_mask):
+        return
+    keeps = (
+        "a continued fit (warm start, partial_fit) keeps the input handling it "
+        "started with"
+    )
+    if isinstance(features, str):
+        names = getattr(estimator, "feature_names_in_", None)
+        changed = np.flatnonzero(requested != fitted_mask)
+        shown = _shown(list(changed if names is None else names[changed]))
+        raise ValueError(
+            f"The column(s) {shown} have other dtypes than when the model was "
+            "fitted: categorical_features='from_dtype' picks the columns of a "
+            f"categorical dtype, and {keeps}; give them the dtypes of the first fit, "
+            "or refit."
+        )
+    raise ValueError(
+        f"categorical_features={features!r} picks other columns than those the "
+        f"model was fitted with: {keeps}; refit to change them."
+    )
 
 
 def _numeric_columns(n_rows, parts, float32_flags, bad, bad_categorical=()):
@@ -414,7 +481,7 @@ def _read_array(X, mask):
     if numeric.dtype.kind not in "fiub":
         converted = _to_float(numeric)
         if converted is None:
-            raise ValueError(
+            raise _NonNumericColumns(
                 "The features not marked as categorical must be numbers; got "
                 "non-numeric values. Mark them with categorical_features=[...]."
             )
@@ -583,11 +650,13 @@ def learn(columns, sample_weight):
         q25, q50, q75 = quantiles[:3]
         with np.errstate(over="ignore", invalid="ignore"):
             iqr = q75 - q25
-        # The difference, exact for close quantiles; past float64's range,
-        # the difference of the quotients.
-        scale = np.where(
-            np.isfinite(iqr), iqr / _IQR_PER_SD, q75 / _IQR_PER_SD - q25 / _IQR_PER_SD
-        )
+            # The difference, exact for close quantiles; past float64's
+            # range, the difference of the quotients.
+            scale = np.where(
+                np.isfinite(iqr),
+                iqr / _IQR_PER_SD,
+                q75 / _IQR_PER_SD - q25 / _IQR_PER_SD,
+            )
         flat = np.flatnonzero(~(scale > 0))  # the std, or 1 when constant
         if len(flat):
             sub = numeric[:, flat]
@@ -1184,7 +1253,19 @@ def _exported_categories(cats):
             f"2**53 with other values (got {cats.tolist()[:5]}...); scikit-learn "
             "reads such a column as floats, which merge them."
         )
+    if any(isinstance(v, np.unsignedinteger) for v in cats) or max(cats) > _INT64_MAX:
+        # uint64 values: int64 categories would be compared with them as
+        # floats (numpy's promotion), which merges them.
+        if min(cats) < 0:
+            raise ValueError(
+                "The categories cannot be exported to a OneHotEncoder: integers "
+                f"beyond 2**63 with negative ones (got {cats.tolist()[:5]}...)."
+            )
+        return np.array(cats, dtype=np.uint64)
     return np.array(cats, dtype=np.int64)
+
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _set_scaler(pipeline, handling, positions):

@@ -718,6 +718,34 @@ def test_string_columns_not_marked_say_how_to_mark_them():
     fit_quietly(MLPBNClassifier(input_preprocessing=None, max_iter=2), frame[["x"]], y)
 
 
+def test_a_numeric_column_that_arrives_as_strings_says_so():
+    # The fitted model's columns are fixed: the message of a new fit (mark
+    # them as categorical) cannot help.
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    est = fit_quietly(MLPBNClassifier(max_iter=2, random_state=0), frame, y)
+    for changed in (
+        frame.assign(x=frame["x"].astype(str) + "!"),
+        frame.assign(x=pd.Categorical(np.where(frame["x"] > 0, "a", "b"))),
+    ):
+        with pytest.raises(ValueError, match="'x' held numbers when the model was"):
+            est.predict(changed)
+    est.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="'x' have other dtypes than when the model"):
+        est.fit(changed, y)  # categorical_features='from_dtype' sees it first
+    with pytest.raises(ValueError, match="held numbers when the model was"):
+        est.fit(frame.assign(x=frame["x"].astype(str) + "!"), y)
+
+
+def test_huge_spreads_warn_nothing_from_the_handling():
+    X = np.random.RandomState(0).choice([-1.7e308, 0.0, 1.7e308], (200, 1))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_quietly(MLPBNClassifier(max_iter=3, random_state=0), X, y)
+    assert not [w for w in caught if "_preprocessing" in w.filename]
+
+
 # ---------------------------------------------------------------------------
 # Fitted once, then kept
 
@@ -745,6 +773,31 @@ def test_warm_start_and_partial_fit_keep_the_handling():
     with pytest.raises(ValueError, match="input_preprocessing"):
         est.set_params(warm_start=True, input_preprocessing=None).fit(X, y)
     assert est.input_center_ is not None
+
+
+@pytest.mark.parametrize("continue_with", ["warm_start", "partial_fit"])
+def test_a_continued_fit_refuses_other_categorical_features(continue_with):
+    # categorical_features changed after the first fit was silently ignored.
+    pd = pytest.importorskip("pandas")
+    frame, y = _frame_with_categories(pd)
+    est = MLPBNClassifier(max_iter=2, random_state=0)
+    if continue_with == "warm_start":
+        fit_quietly(est.set_params(warm_start=True), frame, y)
+        call = est.fit
+    else:
+        est.partial_fit(frame, y, classes=np.unique(y))
+        call = est.partial_fit
+    names = list(frame.columns[est.is_categorical_])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        call(frame, y)  # the same columns, by name: fine
+        est.set_params(categorical_features=names)
+        call(frame, y)
+    before = pickle.dumps(est)
+    est.set_params(categorical_features=None)
+    with pytest.raises(ValueError, match="picks other columns"):
+        call(frame, y)
+    assert pickle.dumps(est.set_params(categorical_features=names)) == before
 
 
 def test_a_failed_fit_leaves_the_handling_unchanged():
@@ -971,6 +1024,28 @@ def test_integer_categories_beyond_float64_stay_distinct():
     assert est.input_categories_[0].tolist() == ids.tolist()
     assert_allclose(est.to_sklearn().predict_proba(X), est.predict_proba(X), atol=1e-12)
     assert est.predict(X.iloc[:3]).tolist() == [0, 1, 1]
+
+
+def test_unsigned_categories_beyond_int64_export():
+    # uint64 IDs from 2**63 overflowed the int64 export (OverflowError).
+    pd = pytest.importorskip("pandas")
+    ids = np.array([2**63, 2**63 + 1, 2**64 - 1], dtype=np.uint64)
+    X = pd.DataFrame({"x": np.arange(60.0), "id": np.tile(ids, 20)})
+    y = np.tile([0, 1, 1], 20)
+    est = fit_quietly(
+        MLPBNClassifier(max_iter=30, random_state=0, categorical_features=["id"]), X, y
+    )
+    twin = est.to_sklearn()
+    assert_allclose(twin.predict_proba(X), est.predict_proba(X), atol=1e-12)
+    assert twin[0].transform(X)[:, -3:].sum(axis=0).tolist() == [20, 20, 20]
+    # Below 2**63 they export as int64: the twin takes them as int64 (the
+    # documented conversion; numpy would compare uint64 with them as floats).
+    below = np.array([2**62, 2**62 + 1, 2**62 + 2], dtype=np.uint64)
+    X = X.assign(id=np.tile(below, 20))
+    est = fit_quietly(clone(est), X, y)
+    twin = est.to_sklearn()
+    as_int64 = X.assign(id=X["id"].astype("int64"))
+    assert_allclose(twin.predict_proba(as_int64), est.predict_proba(X), atol=1e-12)
 
 
 def test_a_list_of_numbers_and_strings_reads_as_an_object_array():
