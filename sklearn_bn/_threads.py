@@ -43,6 +43,7 @@ import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 from sklearn_bn._team import openmp_max_threads
+from sklearn_bn._utils import deferred_interrupt
 
 # Below this many multiply-adds per minibatch (in the matrix products), the
 # team's barriers cost about what sharing the work saves.
@@ -203,6 +204,13 @@ class _BlasOwner:
             if lib.num_threads == 1:
                 _set_blas_threads(lib, n_threads)
 
+    def restore_after_fork(self):
+        """Lift the limit of 1 a forked child inherited (its first fit or
+        prediction does, even one too small for threads)."""
+        if self._pending:
+            with self._lock:
+                self._restore_pending()
+
     def original_limit(self):
         """The lowest limit of the loaded BLAS libraries, as the user set it."""
         with self._lock:
@@ -246,11 +254,8 @@ class _BlasOwner:
     @contextlib.contextmanager
     def one_thread(self):
         """BLAS on one thread inside the block; yields whether it is."""
-        limited = self.acquire()
-        try:
+        with _entered(self.acquire, self.release) as limited:
             yield limited
-        finally:
-            self.release()
 
 
 _BLAS_OWNER = _BlasOwner()
@@ -283,20 +288,49 @@ class _RunningTeams:
         counted as running until the block exits."""
         held = getattr(self._local, "held", 0)
         cores = max_threads() if cores is None else cores
-        with self._lock:
-            n_threads = max(1, min(wanted, cores - (self.threads - held)))
-            added = max(0, n_threads - held)
-            self.threads += added
-        self._local.held = max(held, n_threads)
-        try:
-            yield n_threads
-        finally:
+        counted = {}
+
+        def enter():
+            with self._lock:
+                counted["threads"] = max(1, min(wanted, cores - (self.threads - held)))
+                counted["added"] = max(0, counted["threads"] - held)
+                self.threads += counted["added"]
+            self._local.held = max(held, counted["threads"])
+            return counted["threads"]
+
+        def leave():
             self._local.held = held
             with self._lock:
-                self.threads -= added
+                self.threads -= counted["added"]
+
+        with _entered(enter, leave) as n_threads:
+            yield n_threads
 
 
 _TEAMS = _RunningTeams()
+
+
+@contextlib.contextmanager
+def _entered(enter, leave):
+    """``enter()``'s result inside the block, then ``leave()``, with Ctrl-C
+    held back during both (as a ``KeyboardInterrupt`` after them): the
+    process-wide counts and BLAS limits they change are never left half
+    set (a Ctrl-C inside a ``predict`` once left BLAS on one thread for the
+    rest of the process)."""
+    entered = False
+    try:
+        with deferred_interrupt() as interrupt:
+            result = enter()
+            entered = True
+        if interrupt.requested:
+            raise KeyboardInterrupt
+        yield result
+    finally:
+        if entered:
+            with deferred_interrupt() as late:
+                leave()
+            if late.requested:
+                raise KeyboardInterrupt
 
 
 class _TeamPace:
@@ -400,6 +434,7 @@ def training_threads(multiply_adds):
     own threads anyway: the engine never runs more threads than its team.
     """
     if multiply_adds < MIN_MULTIPLY_ADDS_FOR_THREADS:
+        _BLAS_OWNER.restore_after_fork()
         yield TeamSize(pieces=1, threads=1)
         return
     pieces = max(1, min(_BLAS_OWNER.original_limit(), engine_threads(), MAX_PIECES))
@@ -428,6 +463,7 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
     block_rows = min(max_block_rows, max(128, -(-n_rows // 8)))
     work = n_rows * multiply_adds_per_row
     if work < BLAS_THREADING_MULTIPLY_ADDS:
+        _BLAS_OWNER.restore_after_fork()
         yield 1, block_rows
         return
     n_blocks = -(-n_rows // block_rows)

@@ -302,6 +302,65 @@ def test_blas_owner_restores_only_what_it_changed():
         assert set(blas_limits()) == {3}
 
 
+@pytest.mark.parametrize("during", ["acquire", "release"])
+def test_ctrl_c_while_blas_is_limited_or_restored_leaves_nothing_half_set(
+    during, monkeypatch
+):
+    # A Ctrl-C that came while the package set BLAS's limits (a large
+    # predict) left BLAS on one thread for the rest of the process.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    import signal
+
+    owner = _threads._BLAS_OWNER
+    real = _threads._set_blas_threads
+    calls = []
+
+    def interrupted(lib, n_threads):
+        real(lib, n_threads)
+        if not calls and (n_threads == 1) == (during == "acquire"):
+            calls.append(n_threads)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_limits()
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS library whose limit can be raised")
+        monkeypatch.setattr(_threads, "_set_blas_threads", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            with _threads._TEAMS.reserve(2), owner.one_thread():
+                pass
+        assert calls
+        assert blas_limits() == before
+        assert owner._users == 0
+        assert _threads._TEAMS.threads == 0
+
+
+@pytest.mark.parametrize("call", ["small fit", "small predict"])
+def test_a_forked_child_s_first_small_call_lifts_the_inherited_limit(call):
+    # The state a child forked during a fit starts with: BLAS at 1, the
+    # parent's limits pending. Calls too small for threads restored nothing.
+    owner = _threads._BLAS_OWNER
+    X, y = np.random.RandomState(0).normal(size=(20, 3)), np.arange(20) % 2
+    est = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_limits()
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS library whose limit can be raised")
+        libs = _threads._blas_controllers()
+        for lib in libs:
+            _threads._set_blas_threads(lib, 1)
+        owner._pending = [(lib, n) for lib, n in zip(libs, before)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y) if call == "small fit" else est.predict(X[:2])
+        assert blas_limits() == before
+        assert owner._pending == []
+
+
 FORK_SCRIPT = """
 import multiprocessing, warnings
 import numpy as np
