@@ -1,0 +1,110 @@
+"""Where the thread team runs beside a busy process: the cores its threads
+and the busy process last ran on, sampled every millisecond of a fit (Linux:
+``/proc/<pid>/task/<tid>/stat``).
+
+Run from the repository root after building the extensions::
+
+    python benchmarks/team_placement.py
+
+The team is held at its threads (``_threads.TEAM_PACE`` bypassed) on the
+large network of ``bench_contention.py`` (20,000 x 64 float32 rows, hidden
+(256, 256), batch 256), 8 epochs, beside one ``python -c "while True:
+pass"``. Each sample counts the team's threads that are running or waiting
+for a core, their cores, and the busy process's core; the table lists the
+most frequent. On 2 cores, "both on one core, the busy process on the
+other" means that the team shares one core (docs/performance.rst, "Threads
+on a busy machine").
+"""
+
+import collections
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_fit  # noqa: F401  (puts an uninstalled checkout on sys.path)
+
+from sklearn_bn import MLPBNClassifier, _threads
+
+
+def state_and_core(stat_path):
+    """A task's state letter and the core it last ran on, or None."""
+    try:
+        with open(stat_path) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], int(fields[36])
+
+
+def main():
+    if not os.path.isdir("/proc/self/task"):
+        sys.exit("needs Linux's /proc")
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(
+        20_000, 64, n_informative=32, n_classes=10, random_state=0
+    )
+    X = X.astype(np.float32)
+    params = dict(
+        hidden_layer_sizes=(256, 256),
+        batch_size=256,
+        input_preprocessing=None,
+        random_state=0,
+    )
+    warnings.simplefilter("ignore")
+    _threads.TEAM_PACE.threads = lambda network, team_threads, now: team_threads
+    MLPBNClassifier(max_iter=1, **params).fit(X, y)  # starts the engine's pool
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    samples = collections.Counter()
+    done = threading.Event()
+
+    def sample():
+        me = str(threading.get_native_id())
+        while not done.is_set():
+            tasks = [t for t in os.listdir("/proc/self/task") if t != me]
+            states = [state_and_core(f"/proc/self/task/{t}/stat") for t in tasks]
+            cores = sorted(s[1] for s in states if s and s[0] == "R")
+            other = state_and_core(f"/proc/{busy.pid}/stat")
+            samples[tuple(cores), other[1] if other else None] += 1
+            time.sleep(0.001)
+
+    try:
+        time.sleep(0.5)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        MLPBNClassifier(max_iter=8, **params).fit(X, y)
+        seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+    finally:
+        done.set()
+        busy.kill()
+        busy.wait()
+    total = sum(samples.values())
+    print(f"fit: {seconds:.2f} s, {total} samples\n")
+    print("| team threads' cores | busy process's core | samples |")
+    print("|---|---|---|")
+    for (cores, other), count in samples.most_common(10):
+        print(f"| {list(cores)} | {other} | {count} |")
+    shared = sum(
+        n
+        for (cores, other), n in samples.items()
+        if len(cores) == 2 and cores[0] == cores[1] and other != cores[0]
+    )
+    print(
+        f"\nboth team threads on one core, the busy process on the other: "
+        f"{shared} of {total} samples"
+    )
+
+
+if __name__ == "__main__":
+    main()
