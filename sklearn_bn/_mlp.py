@@ -2418,6 +2418,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         return "exp" if self.loss == "poisson" else "identity"
 
     def _encode_targets(self, y, dtype):
+        if sp.issparse(y):
+            raise ValueError("MLPBNRegressor takes a dense y: pass y.toarray().")
         with np.errstate(over="ignore"):
             Y = np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
         if not np.isfinite(Y).all():  # finite in float64, not in float32

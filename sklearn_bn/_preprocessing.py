@@ -1019,6 +1019,9 @@ class InputHandling:
         """Passed through: explicit NaN becomes 0 (an explicit zero), and the
         missing indicators are appended, sparse."""
         X = X.astype(dtype, copy=True)
+        # A cell stored twice holds the sum of its entries (NaN if either
+        # is): merged first, so that it is one value, and NaN one indicator.
+        X.sum_duplicates()
         coo = X.tocoo()
         nan = np.isnan(coo.data)
         if nan.any():

@@ -888,6 +888,12 @@ def test_normalized_sample_weights_give_a_usable_model():
     assert normalized.score(X, y) > unweighted.score(X, y) - 0.05
 
 
+def test_sparse_regression_targets_raise_a_clear_error():
+    X = np.random.RandomState(0).normal(size=(30, 3))
+    with pytest.raises(ValueError, match="dense y"):
+        MLPBNRegressor(max_iter=2).fit(X, sp.csr_matrix(np.ones((30, 2))))
+
+
 def test_bad_sample_weights():
     X, y, est = make_data("binary")
     with pytest.raises(ValueError, match="[Nn]egative"):

@@ -477,6 +477,24 @@ def test_sparse_input_stays_sparse_and_trains_as_today(fmt):
     assert_array_equal(handled.toarray(), expected)
 
 
+def test_sparse_cells_stored_twice_read_as_their_sum():
+    # A non-canonical matrix: row 0 stores column 0 twice (NaN + NaN), row 3
+    # stores it as NaN + 1. The model read the entries one by one.
+    data = np.array([np.nan, np.nan, 1.0, 2.0, 3.0, 4.0, np.nan, 1.0])
+    indices = np.array([0, 0, 1, 0, 1, 1, 0, 0])
+    indptr = np.array([0, 3, 5, 6, 8])
+    doubled = sp.csr_matrix((data, indices, indptr), shape=(4, 2))
+    canonical = doubled.copy()
+    canonical.sum_duplicates()
+    y = [0, 1, 0, 1]
+    est = MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0)
+    a = fit_quietly(clone(est), canonical, y)
+    b = fit_quietly(clone(est), doubled, y)
+    assert_array_equal(a.coefs_[0], b.coefs_[0])
+    assert_array_equal(a.predict_proba(doubled), a.predict_proba(canonical))
+    assert doubled.nnz == 8  # the caller's matrix is left as it was
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_frames_of_pandas_sparse_columns(dtype):
     """A frame of sparse columns only is a sparse matrix with column names, as
