@@ -1,19 +1,23 @@
-"""Where the thread team runs beside a busy process: the cores its threads
-and the busy process last ran on, sampled every millisecond of a fit (Linux:
-``/proc/<pid>/task/<tid>/stat``).
+"""Where the thread team runs beside a busy process: the CPU time the team
+and the busy process get during a fit, and the cores their threads last ran
+on, sampled every millisecond (Linux: ``/proc``).
 
-Run from the repository root after building the extensions::
+Run from the repository root after building the extensions, on an otherwise
+idle machine::
 
     python benchmarks/team_placement.py
 
 The team is held at its threads (``_threads.TEAM_PACE`` bypassed) on the
 large network of ``bench_contention.py`` (20,000 x 64 float32 rows, hidden
 (256, 256), batch 256), 8 epochs, beside one ``python -c "while True:
-pass"``. Each sample counts the team's threads that are running or waiting
-for a core, their cores, and the busy process's core; the table lists the
-most frequent. On 2 cores, "both on one core, the busy process on the
-other" means that the team shares one core (docs/performance.rst, "Threads
-on a busy machine").
+pass"``. The CPU seconds per wall second of each (the team's from
+``time.process_time``, the busy process's from its ``/proc/<pid>/stat``)
+tell how the cores were shared: fairly, by thread, the team would get 4/3
+of a core and the busy process 2/3; one core each means that the team's two
+threads share one core. The samples (a thread of this process reads
+``/proc``, so it takes a core for an instant at each) show where: the most
+frequent placements of the team's running or waiting threads and of the
+busy process (docs/performance.rst, "Threads on a busy machine").
 """
 
 import collections
@@ -42,6 +46,14 @@ def state_and_core(stat_path):
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return fields[0], int(fields[36])
+
+
+def busy_seconds(pid):
+    """CPU seconds (user + system) of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -78,11 +90,16 @@ def main():
 
     try:
         time.sleep(0.5)
-        sampler = threading.Thread(target=sample)
-        sampler.start()
+        busy_cpu = busy_seconds(busy.pid)
+        cpu = time.process_time()
         t0 = time.perf_counter()
         MLPBNClassifier(max_iter=8, **params).fit(X, y)
         seconds = time.perf_counter() - t0
+        team_cores = (time.process_time() - cpu) / seconds
+        busy_cores = (busy_seconds(busy.pid) - busy_cpu) / seconds
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        MLPBNClassifier(max_iter=8, **params).fit(X, y)
         done.set()
         sampler.join()
     finally:
@@ -90,7 +107,12 @@ def main():
         busy.kill()
         busy.wait()
     total = sum(samples.values())
-    print(f"fit: {seconds:.2f} s, {total} samples\n")
+    print(f"fit: {seconds:.2f} s")
+    print(
+        f"cores (CPU seconds per wall second): the team {team_cores:.2f}, "
+        f"the busy process {busy_cores:.2f}\n"
+    )
+    print(f"a second fit, sampled: {total} samples\n")
     print("| team threads' cores | busy process's core | samples |")
     print("|---|---|---|")
     for (cores, other), count in samples.most_common(10):

@@ -650,6 +650,7 @@ class FoldedNetwork:
         block = PREDICT_BLOCK_ROWS
         if sp.issparse(X):
             # The first layer by scipy, the others compiled, block by block.
+            _threads._BLAS_OWNER.restore_after_fork()
             X = X.tocsr()
             W0, b0 = self.coefs[0], self.intercepts[0]
             for start in range(0, X.shape[0], block):

@@ -1466,14 +1466,15 @@ _COMMON_PARAMS_DOC = """
         time ``n_iter_no_change`` epochs fail to improve by ``tol``.
         ``'cosine'`` (both solvers): the ``t``-th step of the optimizer in
         ``fit`` (from 0, counted over the minibatches trained: a minibatch
-        whose weights sum to zero takes no step, and the schedule then ends
-        above 0) uses ``learning_rate_init * (1 + cos(pi * t / T)) / 2``, where
-        ``T = max_iter *`` the minibatches of an epoch over the training rows
-        (after the validation split of early stopping); a fit that stops early
-        ends the schedule where it is, and ``warm_start`` starts it again at
-        ``t = 0``. For Adam, the bias corrections multiply this rate: the step
-        size is ``lr_t * sqrt(1 - beta_2 ** s) / (1 - beta_1 ** s)`` at Adam's
-        ``s``-th step. :meth:`partial_fit` steps at ``learning_rate_init``.
+        whose weights sum to zero, or lie on one row, takes no step, and the
+        schedule then ends above 0) uses ``learning_rate_init * (1 + cos(pi * t
+        / T)) / 2``, where ``T = max_iter *`` the minibatches of an epoch over
+        the training rows (after the validation split of early stopping); a fit
+        that stops early ends the schedule where it is, and ``warm_start``
+        starts it again at ``t = 0``. For Adam, the bias corrections multiply
+        this rate: the step size is ``lr_t * sqrt(1 - beta_2 ** s) / (1 -
+        beta_1 ** s)`` at Adam's ``s``-th step. :meth:`partial_fit` steps at
+        ``learning_rate_init``.
 
     learning_rate_init : float, default=0.002
         The initial learning rate (the step size of Adam, before its bias

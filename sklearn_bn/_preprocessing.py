@@ -340,36 +340,23 @@ def read(
 
 
 def _check_mask_unchanged(estimator, X, fitted_mask):
+    """A ``categorical_features`` naming columns (names, indices, a mask)
+    must pick the fitted ones. 'from_dtype' is not checked: a column's
+    dtype may change between chunks (``category`` in one, strings read
+    from a CSV in the next), and the fitted mask reads them as
+    ``predict`` does; a fitted numeric column that now holds strings or
+    categories gets its own error there."""
     features = estimator.categorical_features
-    if isinstance(features, str) and not is_frame(X):
-        return  # 'from_dtype' reads the dtypes of frames only
-    requested = categorical_mask(
-        features,
-        X,
-        len(fitted_mask),
-        getattr(estimator, "feature_names_in_", None),
-        None,
-    )
-    if np.array_equal(requested, fitted_mask):
-        return
-    keeps = (
-        "a continued fit (warm start, partial_fit) keeps the input handling it "
-        "started with"
-    )
     if isinstance(features, str):
-        names = getattr(estimator, "feature_names_in_", None)
-        changed = np.flatnonzero(requested != fitted_mask)
-        shown = _shown(list(changed if names is None else names[changed]))
+        return
+    names = getattr(estimator, "feature_names_in_", None)
+    requested = categorical_mask(features, X, len(fitted_mask), names, None)
+    if not np.array_equal(requested, fitted_mask):
         raise ValueError(
-            f"The column(s) {shown} have other dtypes than when the model was "
-            "fitted: categorical_features='from_dtype' picks the columns of a "
-            f"categorical dtype, and {keeps}; give them the dtypes of the first fit, "
-            "or refit."
+            f"categorical_features={features!r} picks other columns than those the "
+            "model was fitted with: a continued fit (warm start, partial_fit) keeps "
+            "the input handling it started with; refit to change them."
         )
-    raise ValueError(
-        f"categorical_features={features!r} picks other columns than those the "
-        f"model was fitted with: {keeps}; refit to change them."
-    )
 
 
 def _numeric_columns(n_rows, parts, float32_flags, bad, bad_categorical=()):
@@ -1242,6 +1229,10 @@ def sklearn_steps(handling, feature_names, dtype):
     return [("preprocess", ct)], fold
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_UINT64_MAX = int(np.iinfo(np.uint64).max)
+
+
 def _exported_categories(cats):
     """A column's categories as OneHotEncoder compares them with the
     column's values: integers beyond float64's exact ones (which the
@@ -1264,11 +1255,18 @@ def _exported_categories(cats):
                 "The categories cannot be exported to a OneHotEncoder: integers "
                 f"beyond 2**63 with negative ones (got {cats.tolist()[:5]}...)."
             )
+        if max(cats) > _UINT64_MAX:
+            raise ValueError(
+                "The categories cannot be exported to a OneHotEncoder: integers "
+                f"beyond 2**64 (got {cats.tolist()[:5]}...)."
+            )
         return np.array(cats, dtype=np.uint64)
+    if min(cats) < -_INT64_MAX - 1:
+        raise ValueError(
+            "The categories cannot be exported to a OneHotEncoder: integers below "
+            f"-2**63 (got {cats.tolist()[:5]}...)."
+        )
     return np.array(cats, dtype=np.int64)
-
-
-_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _set_scaler(pipeline, handling, positions):

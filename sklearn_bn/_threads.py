@@ -35,6 +35,7 @@ threads.
 
 import contextlib
 import os
+import signal
 import threading
 from typing import NamedTuple
 
@@ -43,7 +44,6 @@ import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 from sklearn_bn._team import openmp_max_threads
-from sklearn_bn._utils import deferred_interrupt
 
 # Below this many multiply-adds per minibatch (in the matrix products), the
 # team's barriers cost about what sharing the work saves.
@@ -254,7 +254,7 @@ class _BlasOwner:
     @contextlib.contextmanager
     def one_thread(self):
         """BLAS on one thread inside the block; yields whether it is."""
-        with _entered(self.acquire, self.release) as limited:
+        with _entered(self.acquire, lambda limited: self.release()) as limited:
             yield limited
 
 
@@ -281,29 +281,36 @@ class _RunningTeams:
     def _after_fork_in_child(self):
         self.__init__()
 
-    @contextlib.contextmanager
-    def reserve(self, wanted, cores=None):
-        """Yield a team size of at most ``wanted`` that fits in the ``cores``
+    def enter(self, wanted, cores=None):
+        """A team size of at most ``wanted`` that fits in the ``cores``
         (default :func:`max_threads`) the other teams leave (at least 1),
-        counted as running until the block exits."""
+        counted as running until :meth:`leave` (given the token returned
+        with it)."""
         held = getattr(self._local, "held", 0)
         cores = max_threads() if cores is None else cores
-        counted = {}
+        with self._lock:
+            n_threads = max(1, min(wanted, cores - (self.threads - held)))
+            added = max(0, n_threads - held)
+            self.threads += added
+        self._local.held = max(held, n_threads)
+        return n_threads, (held, added)
 
-        def enter():
-            with self._lock:
-                counted["threads"] = max(1, min(wanted, cores - (self.threads - held)))
-                counted["added"] = max(0, counted["threads"] - held)
-                self.threads += counted["added"]
-            self._local.held = max(held, counted["threads"])
-            return counted["threads"]
+    def leave(self, token):
+        held, added = token
+        self._local.held = held
+        with self._lock:
+            self.threads -= added
 
-        def leave():
-            self._local.held = held
-            with self._lock:
-                self.threads -= counted["added"]
-
-        with _entered(enter, leave) as n_threads:
+    @contextlib.contextmanager
+    def reserve(self, wanted, cores=None):
+        """:meth:`enter` and :meth:`leave` around the block, which gets the
+        team size."""
+        with _entered(
+            lambda: self.enter(wanted, cores), lambda t: self.leave(t[1])
+        ) as (
+            n_threads,
+            _,
+        ):
             yield n_threads
 
 
@@ -312,25 +319,73 @@ _TEAMS = _RunningTeams()
 
 @contextlib.contextmanager
 def _entered(enter, leave):
-    """``enter()``'s result inside the block, then ``leave()``, with Ctrl-C
-    held back during both (as a ``KeyboardInterrupt`` after them): the
-    process-wide counts and BLAS limits they change are never left half
-    set (a Ctrl-C inside a ``predict`` once left BLAS on one thread for the
-    rest of the process)."""
-    entered = False
+    """``enter()``'s result inside the block, then ``leave(result)``, each
+    with Ctrl-C held back (raised as ``KeyboardInterrupt`` after it): the
+    process-wide counts and BLAS limits they change are not left half set
+    by a Ctrl-C (one inside a ``predict`` once left BLAS on one thread for
+    the rest of the process). One handler, installed for the whole block,
+    holds Ctrl-C back during ``enter`` and ``leave`` and passes it on in
+    between; a handler of the user's still runs when the signal comes (a
+    ``KeyboardInterrupt`` it raises is what is held back). Only the main
+    thread can install it: elsewhere Ctrl-C does not come."""
+    holding, came = [True], []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+    if callable(previous):
+
+        def handler(signum, frame):
+            if not holding[0]:
+                previous(signum, frame)
+                return
+            try:
+                previous(signum, frame)
+            except KeyboardInterrupt:
+                came.append(True)
+
+        signal.signal(signal.SIGINT, handler)
+    state = {}
     try:
-        with deferred_interrupt() as interrupt:
-            result = enter()
-            entered = True
-        if interrupt.requested:
-            raise KeyboardInterrupt
-        yield result
-    finally:
-        if entered:
-            with deferred_interrupt() as late:
-                leave()
-            if late.requested:
+        try:
+            state["result"] = enter()
+            holding[0] = False
+            if came:
                 raise KeyboardInterrupt
+            yield state["result"]
+        finally:
+            holding[0] = True
+            came.clear()
+            if "result" in state:
+                leave(state["result"])
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)
+    if came:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _team_and_one_blas_thread(wanted, cores=None):
+    """:meth:`_RunningTeams.reserve` and :meth:`_BlasOwner.one_thread` in
+    one (Ctrl-C held back once on the way in and once on the way out):
+    yields the team size and whether BLAS runs on one thread."""
+
+    def enter():
+        n_threads, token = _TEAMS.enter(wanted, cores)
+        try:
+            return n_threads, token, _BLAS_OWNER.acquire()
+        except BaseException:
+            _TEAMS.leave(token)
+            raise
+
+    def leave(entered):
+        try:
+            _BLAS_OWNER.release()
+        finally:
+            _TEAMS.leave(entered[1])
+
+    with _entered(enter, leave) as (n_threads, _, limited):
+        yield n_threads, limited
 
 
 class _TeamPace:
@@ -438,10 +493,7 @@ def training_threads(multiply_adds):
         yield TeamSize(pieces=1, threads=1)
         return
     pieces = max(1, min(_BLAS_OWNER.original_limit(), engine_threads(), MAX_PIECES))
-    with (
-        _TEAMS.reserve(pieces, engine_threads()) as n_threads,
-        _BLAS_OWNER.one_thread() as limited,
-    ):
+    with _team_and_one_blas_thread(pieces, engine_threads()) as (n_threads, limited):
         # Another thread of the user's holds OpenBLAS at several threads:
         # BLAS's own threads then do the work, as the user asked.
         yield TeamSize(pieces=pieces, threads=n_threads if limited else 1)
@@ -470,8 +522,5 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
     wanted = min(
         max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD
     )
-    with (
-        _TEAMS.reserve(max(1, wanted)) as n_threads,
-        _BLAS_OWNER.one_thread() as limited,
-    ):
+    with _team_and_one_blas_thread(max(1, wanted)) as (n_threads, limited):
         yield _mark_team_started(n_threads if limited else 1), block_rows

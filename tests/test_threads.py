@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from numpy.testing import assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -302,9 +303,10 @@ def test_blas_owner_restores_only_what_it_changed():
         assert set(blas_limits()) == {3}
 
 
+@pytest.mark.parametrize("together", [False, True])
 @pytest.mark.parametrize("during", ["acquire", "release"])
 def test_ctrl_c_while_blas_is_limited_or_restored_leaves_nothing_half_set(
-    during, monkeypatch
+    during, together, monkeypatch
 ):
     # A Ctrl-C that came while the package set BLAS's limits (a large
     # predict) left BLAS on one thread for the rest of the process.
@@ -328,15 +330,19 @@ def test_ctrl_c_while_blas_is_limited_or_restored_leaves_nothing_half_set(
             pytest.skip("no BLAS library whose limit can be raised")
         monkeypatch.setattr(_threads, "_set_blas_threads", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            with _threads._TEAMS.reserve(2), owner.one_thread():
-                pass
+            if together:  # as fits and predictions enter them
+                with _threads._team_and_one_blas_thread(2):
+                    pass
+            else:
+                with _threads._TEAMS.reserve(2), owner.one_thread():
+                    pass
         assert calls
         assert blas_limits() == before
         assert owner._users == 0
         assert _threads._TEAMS.threads == 0
 
 
-@pytest.mark.parametrize("call", ["small fit", "small predict"])
+@pytest.mark.parametrize("call", ["small fit", "small predict", "sparse predict"])
 def test_a_forked_child_s_first_small_call_lifts_the_inherited_limit(call):
     # The state a child forked during a fit starts with: BLAS at 1, the
     # parent's limits pending. Calls too small for threads restored nothing.
@@ -356,7 +362,11 @@ def test_a_forked_child_s_first_small_call_lifts_the_inherited_limit(call):
         owner._pending = [(lib, n) for lib, n in zip(libs, before)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            est.fit(X, y) if call == "small fit" else est.predict(X[:2])
+            if call == "small fit":
+                est.fit(X, y)
+            else:
+                rows = X[:2] if call == "small predict" else sp.csr_matrix(X[:2])
+                est.predict(rows)
         assert blas_limits() == before
         assert owner._pending == []
 
