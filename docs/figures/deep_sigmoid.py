@@ -11,8 +11,13 @@ Scikit-learn's digits (pixels / 16, ``train_test_split(random_state=0)``),
 Needs the package built and matplotlib; takes a few seconds.
 """
 
+import sys
 import warnings
 from pathlib import Path
+
+# The checkout's package first, built in place (python setup.py build_ext
+# --inplace), when the script runs from it without an install.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import matplotlib
 
