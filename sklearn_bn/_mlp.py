@@ -108,11 +108,8 @@ def _checked_weights(sample_weight, X, dtype, name):
     and of the loss stay finite (as repeat counts, their sum must be a
     finite number in ``dtype``, and the smallest positive weight a normal
     one, whose inverse is finite)."""
-    if (
-        isinstance(sample_weight, np.ndarray)
-        and sample_weight.dtype.kind == "f"
-        and np.any(np.isposinf(sample_weight))
-    ):
+    raw = None if sample_weight is None else np.asarray(sample_weight)
+    if raw is not None and raw.dtype.kind == "f" and np.any(np.isposinf(raw)):
         raise ValueError(
             f"{name} is too large: some weights are infinite in float64. Divide "
             "them by a common factor."

@@ -904,6 +904,15 @@ def test_bad_sample_weights():
         est.fit(X, y, sample_weight=np.ones(len(y) - 1))
 
 
+@pytest.mark.parametrize("container", [np.asarray, list])
+def test_infinite_sample_weights_say_how_to_fix_them(container):
+    X, y, est = make_data("binary")
+    weights = np.ones(len(y))
+    weights[3] = np.inf
+    with pytest.raises(ValueError, match="too large: some weights are infinite"):
+        est.fit(X, y, sample_weight=container(weights))
+
+
 @pytest.mark.parametrize(
     "weights", [np.ones(1, dtype=object), np.array(["1"])], ids=["object", "str"]
 )
