@@ -450,6 +450,11 @@ def _read_polars(X, mask):
         col = X.to_series(int(i))
         if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
+        if col.dtype.is_integer() and col.null_count():
+            # to_numpy() makes an integer column with nulls float64, which
+            # merges integers beyond 2**53 (hashed IDs): Python ints, None.
+            categorical.append(np.array(col.to_list(), dtype=object))
+            continue
         categorical.append(np.asarray(col.to_numpy(), dtype=object))
     return Columns(numeric, categorical, mask, dtype, X.shape[0])
 
@@ -1236,7 +1241,8 @@ _UINT64_MAX = int(np.iinfo(np.uint64).max)
 def _exported_categories(cats):
     """A column's categories as OneHotEncoder compares them with the
     column's values: integers beyond float64's exact ones (which the
-    handling keeps as objects) as int64."""
+    handling keeps as objects) as int64, or as uint64 when some exceed
+    2**63 or are numpy unsigned integers."""
     if cats.dtype != object or not any(_beyond_float64(v) for v in cats):
         return cats.copy()
     if not all(

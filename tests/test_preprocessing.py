@@ -1049,6 +1049,27 @@ def test_integer_categories_beyond_float64_stay_distinct():
     assert est.predict(X.iloc[:3]).tolist() == [0, 1, 1]
 
 
+@pytest.mark.parametrize("dtype_name", ["Int64", "UInt64"])
+def test_polars_integer_ids_with_nulls_stay_distinct(dtype_name):
+    # polars makes an integer column with nulls float64 in to_numpy(),
+    # which merged IDs beyond 2**53 into a few categories.
+    pl = pytest.importorskip("polars")
+    ids = [2**56 + k % 20 for k in range(200)]
+    ids[5] = None
+    X = pl.DataFrame(
+        {
+            "x": np.arange(200.0),
+            "id": pl.Series(ids, dtype=getattr(pl, dtype_name)),
+        }
+    )
+    y = np.array([0 if v is None else v % 2 for v in ids])
+    est = fit_quietly(
+        MLPBNClassifier(max_iter=30, random_state=0, categorical_features=["id"]), X, y
+    )
+    assert len(est.input_categories_[0]) == 21  # 20 IDs and the missing one
+    assert est.score(X, y) == 1.0
+
+
 def test_unsigned_categories_beyond_int64_export():
     # uint64 IDs from 2**63 overflowed the int64 export (OverflowError).
     pd = pytest.importorskip("pandas")
