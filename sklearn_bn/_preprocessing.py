@@ -35,6 +35,7 @@ The fitted state lives in the estimator's public attributes (see
 ``ATTRIBUTES``); :class:`InputHandling` is rebuilt from them for each call.
 """
 
+import datetime
 import sys
 
 import numpy as np
@@ -435,6 +436,7 @@ def _read_polars(X, mask):
                 "handling does not take: convert it to numbers, or mark it as "
                 "categorical."
             )
+        _refuse_nested(pl, col, X.columns[i])
         values = np.asarray(col.to_numpy(), dtype=object)
         converted = _to_float(values)
         if converted is None:
@@ -450,13 +452,28 @@ def _read_polars(X, mask):
         col = X.to_series(int(i))
         if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
-        if col.dtype.is_integer() and col.null_count():
+        _refuse_nested(pl, col, X.columns[i])
+        if col.dtype == pl.Date:
+            col = col.cast(pl.Datetime("us"))  # as pandas reads a date: a Timestamp
+        if (col.dtype.is_integer() and col.null_count()) or col.dtype.is_temporal():
             # to_numpy() makes an integer column with nulls float64, which
-            # merges integers beyond 2**53 (hashed IDs): Python ints, None.
-            categorical.append(np.array(col.to_list(), dtype=object))
+            # merges integers beyond 2**53 (hashed IDs), and datetimes of
+            # nanoseconds integers: Python's ints and datetimes, None.
+            values = np.empty(len(col), dtype=object)
+            values[:] = col.to_list()
+            categorical.append(values)
             continue
         categorical.append(np.asarray(col.to_numpy(), dtype=object))
     return Columns(numeric, categorical, mask, dtype, X.shape[0])
+
+
+def _refuse_nested(pl, col, name):
+    if col.dtype.is_nested():
+        raise ValueError(
+            f"Column {name!r} has dtype {col.dtype}, whose values are lists or "
+            "records: the input handling takes numbers and categories; unnest or "
+            "drop it."
+        )
 
 
 def _read_array(X, mask):
@@ -514,16 +531,26 @@ def _has_infinity(values):
 
 
 def _missing(values):
-    """Where ``values`` (a 1-D or 2-D array) is missing: None, NaN, pd.NA."""
+    """Where ``values`` (a 1-D or 2-D array) is missing: None, NaN, pd.NA,
+    NaT."""
     if values.dtype.kind == "f":
         return np.isnan(values)
+    if values.dtype.kind in "mM":
+        return np.isnat(values)
     if values.dtype.kind != "O":
         return np.zeros(values.shape, dtype=bool)
     pd = sys.modules.get("pandas")
     na = pd.NA if pd is not None else None
+    nat = pd.NaT if pd is not None else None
 
     def is_missing(v):
-        return v is None or v is na or (isinstance(v, (float, np.floating)) and v != v)
+        return (
+            v is None
+            or v is na
+            or v is nat
+            or (isinstance(v, (float, np.floating)) and v != v)
+            or (isinstance(v, (np.datetime64, np.timedelta64)) and np.isnat(v))
+        )
 
     return np.fromiter(
         map(is_missing, values.flat), dtype=bool, count=values.size
@@ -1243,6 +1270,35 @@ def _exported_categories(cats):
     column's values: integers beyond float64's exact ones (which the
     handling keeps as objects) as int64, or as uint64 when some exceed
     2**63 or are numpy unsigned integers."""
+    if (
+        cats.dtype == object
+        and any(_missing(cats[-1:]))
+        and any(
+            isinstance(v, (datetime.date, datetime.time, datetime.timedelta))
+            for v in cats
+        )
+    ):
+        raise ValueError(
+            "The categories cannot be exported to a OneHotEncoder: dates or times "
+            "with missing values, which the encoder reads as NaT, none of its "
+            "categories. Fill them (or convert the column to strings) before fitting."
+        )
+    pd = sys.modules.get("pandas")
+    if pd is not None and cats.dtype == object:
+        # Dates and times as pandas' Timestamp and Timedelta, which the
+        # encoder matches with datetime64 values of any unit (a datetime
+        # object only with microseconds).
+        cats = np.array(
+            [
+                pd.Timestamp(v)
+                if isinstance(v, datetime.date)
+                else pd.Timedelta(v)
+                if isinstance(v, datetime.timedelta)
+                else v
+                for v in cats
+            ],
+            dtype=object,
+        )
     if cats.dtype != object or not any(_beyond_float64(v) for v in cats):
         return cats.copy()
     if not all(

@@ -1070,6 +1070,70 @@ def test_polars_integer_ids_with_nulls_stay_distinct(dtype_name):
     assert est.score(X, y) == 1.0
 
 
+def test_temporal_categories_read_alike_from_pandas_and_polars():
+    # polars gave nanosecond datetimes as integers and dates as dates (pandas:
+    # Timestamps); pandas' NaT was a category of its own, not missing.
+    pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    import datetime
+
+    base = datetime.datetime(2020, 1, 1)
+    days = np.arange(200) % 5
+    times = [
+        None if k % 10 == 0 else base + datetime.timedelta(days=int(d))
+        for k, d in enumerate(days)
+    ]
+    y = (days % 2 == 0).astype(int)
+    est = MLPBNClassifier(max_iter=5, random_state=0, categorical_features=["t"])
+    for column in (
+        pl.Series(times),
+        pl.Series(times).cast(pl.Datetime("ns")),
+        pl.Series([t.date() if t else None for t in times]),
+    ):
+        X = pl.DataFrame({"x": np.arange(200.0), "t": column})
+        a = fit_quietly(clone(est), X, y)
+        b = fit_quietly(clone(est), X.to_pandas(), y)
+        assert len(a.input_categories_[0]) == len(b.input_categories_[0]) == 6
+        assert_array_equal(a.predict_proba(X.to_pandas()), a.predict_proba(X))
+        assert_array_equal(b.predict_proba(X), a.predict_proba(X))
+        with pytest.raises(ValueError, match="dates or times with missing values"):
+            a.to_sklearn()
+
+
+def test_the_twin_matches_temporal_categories_of_any_unit():
+    pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    import datetime
+
+    base = datetime.datetime(2020, 1, 1)
+    days = np.arange(200) % 5
+    times = [base + datetime.timedelta(days=int(d)) for d in days]
+    y = (days % 2 == 0).astype(int)
+    est = MLPBNClassifier(max_iter=5, random_state=0, categorical_features=["t"])
+    for column in (
+        pl.Series([t.date() for t in times]),
+        pl.Series(times).cast(pl.Datetime("ns")),
+        pl.Series([t - base for t in times]).cast(pl.Duration("ns")),
+    ):
+        X = pl.DataFrame({"x": np.arange(200.0), "t": column})
+        for frame in (X, X.to_pandas()):
+            model = fit_quietly(clone(est), frame, y)
+            twin = model.to_sklearn()
+            for given in (X, X.to_pandas()):
+                assert_allclose(
+                    twin.predict_proba(given), model.predict_proba(X), atol=1e-12
+                )
+
+
+def test_nested_polars_columns_raise_a_clear_error():
+    pl = pytest.importorskip("polars")
+    X = pl.DataFrame({"x": np.arange(20.0), "a": pl.Series([[1, 2]] * 20)})
+    y = np.arange(20) % 2
+    for features in ("from_dtype", ["a"]):
+        with pytest.raises(ValueError, match="lists or records"):
+            MLPBNClassifier(max_iter=2, categorical_features=features).fit(X, y)
+
+
 def test_unsigned_categories_beyond_int64_export():
     # uint64 IDs from 2**63 overflowed the int64 export (OverflowError).
     pd = pytest.importorskip("pandas")
