@@ -1301,7 +1301,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ):
             if hasattr(self, name):
                 value = getattr(self, name)
-                setattr(mlp, name, list(value) if isinstance(value, list) else value)
+                if isinstance(value, list):
+                    value = list(value)
+                elif isinstance(value, np.ndarray):
+                    value = value.copy()  # the twin is edited apart from the model
+                setattr(mlp, name, value)
         # Private state scikit-learn's partial_fit and warm start read.
         mlp._no_improvement_count = getattr(self, "_no_improvement_count", 0)
         mlp._best_coefs = [c.copy() for c in mlp.coefs_]
@@ -2134,7 +2138,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     def _copy_sklearn_extras(self, mlp):
         import copy
 
-        mlp.classes_ = self.classes_
+        mlp.classes_ = self.classes_.copy()
         mlp._label_binarizer = copy.deepcopy(self._label_binarizer)
 
     @_fit_context(prefer_skip_nested_validation=True)

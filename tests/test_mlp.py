@@ -773,6 +773,21 @@ def test_continuing_on_indicator_targets_raises_sklearns_error(kind, continue_wi
     assert pickle.dumps(est) == before
 
 
+def test_the_twin_shares_no_array_with_the_model():
+    # classes_ and feature_names_in_ were the model's own arrays: an edit of
+    # the twin changed the model's labels and broke its predictions.
+    pd = pytest.importorskip("pandas")
+    X, y, est = make_data("multiclass")
+    X = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+    est.set_params(input_preprocessing=None)
+    fit_quietly(est, X, y)
+    before = est.predict(X)
+    twin = est.to_sklearn()
+    twin.classes_[:] = twin.classes_ + 10
+    twin.feature_names_in_[0] = "renamed"
+    assert_array_equal(est.predict(X), before)
+
+
 def test_string_labels():
     X, y, est = make_data("multiclass")
     labels = np.array(["ant", "bee", "cat"])[y]
