@@ -1101,9 +1101,12 @@ def test_temporal_categories_read_alike_from_pandas_and_polars():
 
 
 def test_the_twin_matches_temporal_categories_of_any_unit():
-    pytest.importorskip("pandas")
+    pd = pytest.importorskip("pandas")
     pl = pytest.importorskip("polars")
     import datetime
+
+    if hash(np.datetime64("2020-01-01", "ms")) != hash(pd.Timestamp("2020-01-01")):
+        pytest.skip("this numpy's datetime64 does not hash as Python's datetimes")
 
     base = datetime.datetime(2020, 1, 1)
     days = np.arange(200) % 5
