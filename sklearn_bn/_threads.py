@@ -35,7 +35,6 @@ threads.
 
 import contextlib
 import os
-import signal
 import threading
 from typing import NamedTuple
 
@@ -44,6 +43,7 @@ import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 from sklearn_bn._team import openmp_max_threads
+from sklearn_bn._utils import deferred_interrupt
 
 # Below this many multiply-adds per minibatch (in the matrix products), the
 # team's barriers cost about what sharing the work saves.
@@ -323,44 +323,23 @@ def _entered(enter, leave):
     with Ctrl-C held back (raised as ``KeyboardInterrupt`` after it): the
     process-wide counts and BLAS limits they change are not left half set
     by a Ctrl-C (one inside a ``predict`` once left BLAS on one thread for
-    the rest of the process). One handler, installed for the whole block,
-    holds Ctrl-C back during ``enter`` and ``leave`` and passes it on in
-    between; a handler of the user's still runs when the signal comes (a
-    ``KeyboardInterrupt`` it raises is what is held back). Only the main
-    thread can install it: elsewhere Ctrl-C does not come."""
-    holding, came = [True], []
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
-    if callable(previous):
-
-        def handler(signum, frame):
-            if not holding[0]:
-                previous(signum, frame)
-                return
-            try:
-                previous(signum, frame)
-            except KeyboardInterrupt:
-                came.append(True)
-
-        signal.signal(signal.SIGINT, handler)
-    state = {}
-    try:
+    the rest of the process). One :func:`deferred_interrupt` for the whole
+    block holds Ctrl-C back during ``enter`` and ``leave`` and lets it act in
+    between."""
+    with deferred_interrupt() as interrupt:
+        state = {}
         try:
             state["result"] = enter()
-            holding[0] = False
-            if came:
+            interrupt.holding = False
+            if interrupt.requested:
                 raise KeyboardInterrupt
             yield state["result"]
         finally:
-            holding[0] = True
-            came.clear()
+            interrupt.holding = True
+            interrupt.requested = False
             if "result" in state:
                 leave(state["result"])
-    finally:
-        if callable(previous):
-            signal.signal(signal.SIGINT, previous)
-    if came:
+    if interrupt.requested:
         raise KeyboardInterrupt
 
 

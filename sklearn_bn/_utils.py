@@ -54,9 +54,12 @@ def _reads_fitted_state(method):
 
 
 class _Interrupt:
-    """Whether Ctrl-C was pressed while :func:`deferred_interrupt` was active."""
+    """Whether Ctrl-C was pressed while :func:`deferred_interrupt` was active
+    (``requested``), and whether it is held back now (``holding``: set it to
+    False for a part of the block in which Ctrl-C should act as usual)."""
 
     requested = False
+    holding = True
 
 
 @contextlib.contextmanager
@@ -79,6 +82,9 @@ def deferred_interrupt():
     if callable(previous):
 
         def handler(signum, frame):
+            if not state.holding:
+                previous(signum, frame)
+                return
             try:
                 previous(signum, frame)
             except KeyboardInterrupt:
