@@ -826,13 +826,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
         rows = X_train
         if raw_rows is not None:
-            raw = raw_rows
 
             def rows():
                 return (
-                    raw["X"]
-                    if raw["rows"] is None
-                    else _safe_indexing(raw["X"], raw["rows"])
+                    raw_rows["X"]
+                    if raw_rows["rows"] is None
+                    else _safe_indexing(raw_rows["X"], raw_rows["rows"])
                 )
 
         return EpochTasks(
@@ -2092,13 +2091,13 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         ``dtype`` (LabelBinarizer would make an int64 matrix first: 2x the
         memory), with ``label_smoothing`` applied."""
         lb = self._label_binarizer
-        if not lb.y_type_.startswith("multilabel") and np.ndim(y) == 2:
-            # LabelBinarizer's own check, which the direct encoding skips.
-            raise ValueError("The object was not fitted with multilabel input.")
         if lb.y_type_.startswith("multilabel"):
             Y = lb.transform(y)
             Y = Y.toarray() if sp.issparse(Y) else Y
             Y = np.ascontiguousarray(Y, dtype=dtype)
+        elif np.ndim(y) == 2:
+            # LabelBinarizer's own check, which the direct encoding skips.
+            raise ValueError("The object was not fitted with multilabel input.")
         else:
             index = np.searchsorted(lb.classes_, y)
             if len(lb.classes_) <= 2:

@@ -436,7 +436,7 @@ def _read_polars(X, mask):
                 "handling does not take: convert it to numbers, or mark it as "
                 "categorical."
             )
-        _refuse_nested(pl, col, X.columns[i])
+        _refuse_nested(col, X.columns[i])
         values = np.asarray(col.to_numpy(), dtype=object)
         converted = _to_float(values)
         if converted is None:
@@ -452,7 +452,7 @@ def _read_polars(X, mask):
         col = X.to_series(int(i))
         if isinstance(col.dtype, (pl.Categorical, pl.Enum)):
             col = col.cast(pl.String)
-        _refuse_nested(pl, col, X.columns[i])
+        _refuse_nested(col, X.columns[i])
         if col.dtype == pl.Date:
             col = col.cast(pl.Datetime("us"))  # as pandas reads a date: a Timestamp
         if (col.dtype.is_integer() and col.null_count()) or col.dtype.is_temporal():
@@ -467,7 +467,7 @@ def _read_polars(X, mask):
     return Columns(numeric, categorical, mask, dtype, X.shape[0])
 
 
-def _refuse_nested(pl, col, name):
+def _refuse_nested(col, name):
     if col.dtype.is_nested():
         raise ValueError(
             f"Column {name!r} has dtype {col.dtype}, whose values are lists or "
@@ -1261,10 +1261,6 @@ def sklearn_steps(handling, feature_names, dtype):
     return [("preprocess", ct)], fold
 
 
-_INT64_MAX = int(np.iinfo(np.int64).max)
-_UINT64_MAX = int(np.iinfo(np.uint64).max)
-
-
 def _exported_categories(cats):
     """A column's categories as OneHotEncoder compares them with the
     column's values: integers beyond float64's exact ones (which the
@@ -1309,26 +1305,16 @@ def _exported_categories(cats):
             f"2**53 with other values (got {cats.tolist()[:5]}...); scikit-learn "
             "reads such a column as floats, which merge them."
         )
-    if any(isinstance(v, np.unsignedinteger) for v in cats) or max(cats) > _INT64_MAX:
-        # uint64 values: int64 categories would be compared with them as
-        # floats (numpy's promotion), which merges them.
-        if min(cats) < 0:
-            raise ValueError(
-                "The categories cannot be exported to a OneHotEncoder: integers "
-                f"beyond 2**63 with negative ones (got {cats.tolist()[:5]}...)."
-            )
-        if max(cats) > _UINT64_MAX:
-            raise ValueError(
-                "The categories cannot be exported to a OneHotEncoder: integers "
-                f"beyond 2**64 (got {cats.tolist()[:5]}...)."
-            )
-        return np.array(cats, dtype=np.uint64)
-    if min(cats) < -_INT64_MAX - 1:
+    # uint64 values: int64 categories would be compared with them as floats
+    # (numpy's promotion), which merges them.
+    unsigned = any(isinstance(v, np.unsignedinteger) for v in cats)
+    dtype = np.uint64 if unsigned or max(cats) > np.iinfo(np.int64).max else np.int64
+    if not np.iinfo(dtype).min <= min(cats) <= max(cats) <= np.iinfo(dtype).max:
         raise ValueError(
-            "The categories cannot be exported to a OneHotEncoder: integers below "
-            f"-2**63 (got {cats.tolist()[:5]}...)."
+            "The categories cannot be exported to a OneHotEncoder: integers beyond "
+            f"{np.dtype(dtype).name}'s range (got {cats.tolist()[:5]}...)."
         )
-    return np.array(cats, dtype=np.int64)
+    return np.array(cats, dtype=dtype)
 
 
 def _set_scaler(pipeline, handling, positions):
