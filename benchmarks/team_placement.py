@@ -32,27 +32,31 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_fit  # noqa: F401  (puts an uninstalled checkout on sys.path)
+from bench_contention import team_held  # also puts the checkout on sys.path
 
-from sklearn_bn import MLPBNClassifier, _threads
+from sklearn_bn import MLPBNClassifier
 
 
-def state_and_core(stat_path):
-    """A task's state letter and the core it last ran on, or None."""
+def stat_fields(stat_path):
+    """The fields of a ``/proc`` stat file after the command's name (from
+    the state letter on), or None when the task is gone."""
     try:
         with open(stat_path) as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0], int(fields[36])
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def state_and_core(stat_path):
+    """A task's state letter and the core it last ran on, or None."""
+    fields = stat_fields(stat_path)
+    return None if fields is None else (fields[0], int(fields[36]))
 
 
 def busy_seconds(pid):
     """CPU seconds (user + system) of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = stat_fields(f"/proc/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -72,7 +76,6 @@ def main():
         random_state=0,
     )
     warnings.simplefilter("ignore")
-    _threads.TEAM_PACE.threads = lambda network, team_threads, now: team_threads
     MLPBNClassifier(max_iter=1, **params).fit(X, y)  # starts the engine's pool
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     samples = collections.Counter()
@@ -88,24 +91,25 @@ def main():
             samples[tuple(cores), other[1] if other else None] += 1
             time.sleep(0.001)
 
-    try:
-        time.sleep(0.5)
-        busy_cpu = busy_seconds(busy.pid)
-        cpu = time.process_time()
-        t0 = time.perf_counter()
-        MLPBNClassifier(max_iter=8, **params).fit(X, y)
-        seconds = time.perf_counter() - t0
-        team_cores = (time.process_time() - cpu) / seconds
-        busy_cores = (busy_seconds(busy.pid) - busy_cpu) / seconds
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        MLPBNClassifier(max_iter=8, **params).fit(X, y)
-        done.set()
-        sampler.join()
-    finally:
-        done.set()
-        busy.kill()
-        busy.wait()
+    with team_held():
+        try:
+            time.sleep(0.5)
+            busy_cpu = busy_seconds(busy.pid)
+            cpu = time.process_time()
+            t0 = time.perf_counter()
+            MLPBNClassifier(max_iter=8, **params).fit(X, y)
+            seconds = time.perf_counter() - t0
+            team_cores = (time.process_time() - cpu) / seconds
+            busy_cores = (busy_seconds(busy.pid) - busy_cpu) / seconds
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            MLPBNClassifier(max_iter=8, **params).fit(X, y)
+            done.set()
+            sampler.join()
+        finally:
+            done.set()
+            busy.kill()
+            busy.wait()
     total = sum(samples.values())
     print(f"fit: {seconds:.2f} s")
     print(
