@@ -18,6 +18,9 @@
    cores are free, is a few microseconds), then yields, then sleeps, giving
    its core away: a piece holder waiting for a core gets it. OpenMP's own
    barrier spins much longer, and makes every thread wait for the slowest.
+   A queue set to wait patiently (sklearn_bn_work_sleep_at_once) sleeps as
+   soon as it waits: the team that keeps to its CPUs (see the pool below)
+   waits that way, so that the core it leaves idle draws other work.
    Where POSIX threads or GCC's atomics are missing, OpenMP's critical
    sections and flushes stand in for the atomics, and waits only spin and
    yield. */
@@ -59,6 +62,7 @@ typedef struct {
     /* Phases completed: the index of the phase under way. */
     SKLEARN_BN_LINE long long phase;
     long long advancing;   /* the phase whose end is being published */
+    long long spin_ns, yield_ns;
     int sleepers;
     pthread_mutex_t mutex;
     pthread_cond_t cond;
@@ -69,6 +73,8 @@ static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
     w->done[0] = w->done[1] = 0;
     w->phase = 0;
     w->advancing = 0;
+    w->spin_ns = SKLEARN_BN_SPIN_NS;
+    w->yield_ns = SKLEARN_BN_YIELD_NS;
     w->sleepers = 0;
     if (pthread_mutex_init(&w->mutex, NULL) != 0) return -1;
     if (pthread_cond_init(&w->cond, NULL) != 0) {
@@ -81,6 +87,12 @@ static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
 static inline void sklearn_bn_work_destroy(sklearn_bn_work_t* w) {
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->mutex);
+}
+
+/* Waits sleep at once, without spinning or yielding first. */
+static inline void sklearn_bn_work_sleep_at_once(sklearn_bn_work_t* w) {
+    w->spin_ns = 0;
+    w->yield_ns = 0;
 }
 
 static inline long long sklearn_bn_now_ns(void) {
@@ -158,8 +170,8 @@ static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long pha
             sklearn_bn_cpu_relax();
         }
         now = sklearn_bn_now_ns();
-        if (now - start > SKLEARN_BN_SPIN_NS + SKLEARN_BN_YIELD_NS) break;
-        if (now - start > SKLEARN_BN_SPIN_NS) sched_yield();
+        if (now - start >= w->spin_ns + w->yield_ns) break;
+        if (now - start > w->spin_ns) sched_yield();
     }
     /* Asleep, a thread only waits for the phase to be published: its last
        piece's thread publishes it (after its own last check above, every
@@ -186,7 +198,17 @@ static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long pha
    so gives it its core. OpenMP's teams, by contrast, spin at their start
    and end (GOMP_SPINCOUNT) while waiting for every thread. One job at a
    time: a second caller meanwhile (another Python thread) runs its job on
-   its own thread. */
+   its own thread.
+
+   A job may ask its threads to keep to their CPUs (`pinned`): when the job
+   has one thread per CPU the caller may run on, the caller keeps to the
+   CPU it is on and each worker to another one, for the job only (each
+   thread's own affinity is restored when it is done with the job). Beside
+   a busy process, the scheduler otherwise leaves the team's threads
+   sharing one core (it balances the cores' run queue lengths, not the
+   threads' shares); kept apart, a thread that waits at the end of a phase
+   leaves its core idle, the busy process moves there, and the team's
+   threads run side by side again. */
 
 typedef void (*sklearn_bn_job_fn)(void* arg, int tid);
 
@@ -205,11 +227,48 @@ typedef struct {
     int seats;                   /* workers the job still takes */
     int active;                  /* workers running the job */
     int caller_waiting;
+    int pinned;                  /* the job's threads keep to these CPUs: */
+    int cpu[SKLEARN_BN_MAX_WORKERS + 1];   /* by tid */
 } sklearn_bn_pool_t;
 
 static __attribute__((unused)) sklearn_bn_pool_t sklearn_bn_pool = {
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-    0, 0, 0ULL, NULL, NULL, 0, 0, 0};
+    0, 0, 0ULL, NULL, NULL, 0, 0, 0, 0, {0}};
+
+#if defined(__linux__) && defined(CPU_COUNT)
+#define SKLEARN_BN_PINNING 1
+/* Keep the calling thread on `cpu`; its affinity is saved in `saved`.
+   False when the system refuses (the thread then runs as it did). */
+static inline int sklearn_bn_pin(int cpu, cpu_set_t* saved) {
+    cpu_set_t one;
+    if (pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), saved) != 0) return 0;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), &one) == 0;
+}
+
+static inline void sklearn_bn_unpin(const cpu_set_t* saved) {
+    pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), saved);
+}
+
+/* The CPUs of a job of `n_threads` threads that keep to their CPUs, in
+   pool->cpu (the caller's first), when the caller may run on exactly
+   `n_threads` CPUs; the caller is then kept to its CPU (its affinity saved
+   in `saved`). Returns whether it is. */
+static int sklearn_bn_pool_pin_caller(sklearn_bn_pool_t* p, int n_threads,
+                                      cpu_set_t* saved) {
+    int here, cpu, tid = 1;
+    if (pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), saved) != 0
+        || CPU_COUNT(saved) != n_threads)
+        return 0;
+    here = sched_getcpu();
+    if (here < 0 || here >= CPU_SETSIZE || !CPU_ISSET(here, saved)) return 0;
+    p->cpu[0] = here;
+    for (cpu = 0; cpu < CPU_SETSIZE && tid < n_threads; cpu++)
+        if (cpu != here && CPU_ISSET(cpu, saved)) p->cpu[tid++] = cpu;
+    return sklearn_bn_pin(here, saved);
+}
+#endif
 
 static __attribute__((unused)) void sklearn_bn_pool_after_fork(void) {
     /* The child has none of the parent's workers. */
@@ -248,10 +307,25 @@ static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
         if (p->seats > 0) {
             sklearn_bn_job_fn fn = p->fn;
             void* arg = p->arg;
+            int pinned = p->pinned;
+#ifdef SKLEARN_BN_PINNING
+            cpu_set_t saved;
+#endif
             tid = p->seats--;
             p->active++;
-            pthread_mutex_unlock(&p->mutex);
+#ifdef SKLEARN_BN_PINNING
+            if (pinned) {
+                int cpu = p->cpu[tid];
+                pthread_mutex_unlock(&p->mutex);
+                pinned = sklearn_bn_pin(cpu, &saved);
+            } else
+#endif
+                pthread_mutex_unlock(&p->mutex);
             fn(arg, tid);
+#ifdef SKLEARN_BN_PINNING
+            if (pinned) sklearn_bn_unpin(&saved);
+#endif
+            (void) pinned;
             pthread_mutex_lock(&p->mutex);
             if (--p->active == 0 && p->caller_waiting)
                 pthread_cond_signal(&p->finished);
@@ -289,12 +363,17 @@ static __attribute__((unused)) int sklearn_bn_pool_grow(int wanted) {
 }
 
 /* Run fn(arg, tid) on the caller (tid 0) and on up to n_threads - 1
-   workers (tids 1..); return the number of threads the job could have had
-   (workers may also not take it). */
-static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg) {
+   workers (tids 1..), kept to their CPUs if `pinned` and possible (see
+   above); return the number of threads the job could have had (workers
+   may also not take it). */
+static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn,
+                                                       void* arg, int pinned) {
     sklearn_bn_pool_t* p = &sklearn_bn_pool;
     long long start;
-    int seats = 0;
+    int seats = 0, caller_pinned = 0;
+#ifdef SKLEARN_BN_PINNING
+    cpu_set_t saved;
+#endif
     if (n_threads > 1) {
         pthread_mutex_lock(&p->mutex);
         if (!p->busy) {
@@ -306,12 +385,21 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
             p->fn = fn;
             p->arg = arg;
             p->seats = seats;
+#ifdef SKLEARN_BN_PINNING
+            if (pinned) caller_pinned = sklearn_bn_pool_pin_caller(p, seats + 1, &saved);
+#endif
+            p->pinned = caller_pinned;
             __atomic_add_fetch(&p->posted, 1ULL, __ATOMIC_RELEASE);
             pthread_cond_broadcast(&p->wake);
         }
         pthread_mutex_unlock(&p->mutex);
     }
     fn(arg, 0);
+#ifdef SKLEARN_BN_PINNING
+    if (caller_pinned) sklearn_bn_unpin(&saved);
+#endif
+    (void) pinned;
+    (void) caller_pinned;
     if (seats == 0) return 1;
     pthread_mutex_lock(&p->mutex);
     p->seats = 0;   /* a worker that wakes now does not take the job */
@@ -353,6 +441,8 @@ static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
 }
 
 static inline void sklearn_bn_work_destroy(sklearn_bn_work_t* w) { (void) w; }
+
+static inline void sklearn_bn_work_sleep_at_once(sklearn_bn_work_t* w) { (void) w; }
 
 static inline long long sklearn_bn_work_claim(sklearn_bn_work_t* w, long long phase,
                                               long long stop) {
@@ -408,7 +498,8 @@ static inline void sklearn_bn_work_phase_end(sklearn_bn_work_t* w, long long pha
 /* Without POSIX threads: an OpenMP team, or the caller alone. */
 typedef void (*sklearn_bn_job_fn)(void* arg, int tid);
 
-static int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg) {
+static int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg,
+                               int pinned) {
 #ifdef _OPENMP
     int size = 1;
     if (n_threads > 1) {
@@ -421,6 +512,7 @@ static int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg) {
         return size;
     }
 #endif
+    (void) pinned;
     fn(arg, 0);
     return 1;
 }

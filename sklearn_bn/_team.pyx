@@ -84,3 +84,83 @@ cdef extern from *:
     }
     """
     void count_once "sklearn_bn_count_once"(Py_ssize_t* p) noexcept nogil
+
+
+def job_affinities(int n_threads, bint pinned):
+    """Run a job on this module's pool of threads (``_team.h``) and report,
+    for each thread that took it, the CPU it ran on and how many CPUs it was
+    allowed while it ran (0 where the system does not say): a list of
+    ``(tid, cpu, n_allowed)``, the caller's first. For tests of the pool's
+    pinning."""
+    if n_threads < 1 or n_threads > MAX_THREADS:
+        raise ValueError("need 1 <= n_threads <= 64")
+    seen = np.full((n_threads, 2), -1, dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] where = seen
+    cdef Report report
+    report.where = &where[0, 0]
+    report.n_threads = n_threads
+    with nogil:
+        pool_run(n_threads, _report_affinity, &report, pinned)
+    return [(tid, int(cpu), int(count)) for tid, (cpu, count) in enumerate(seen)
+            if cpu >= 0]
+
+
+cdef struct Report:
+    Py_ssize_t* where
+    int n_threads
+
+
+cdef void _report_affinity(void* arg, int tid) noexcept nogil:
+    # The caller waits (up to a second) for every thread to take the job,
+    # so that each reports while the job runs.
+    cdef Report* report = <Report*> arg
+    report.where[2 * tid + 1] = allowed_cpus()
+    publish(&report.where[2 * tid], max(current_cpu(), 0))
+    if tid == 0:
+        wait_for_reports(report.where, report.n_threads, 1000000000)
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__) && defined(CPU_COUNT)
+    static inline int sklearn_bn_current_cpu(void) { return sched_getcpu(); }
+    static inline int sklearn_bn_allowed_cpus(void) {
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof(cpu_set_t), &set) != 0) return 0;
+        return CPU_COUNT(&set);
+    }
+    #else
+    static inline int sklearn_bn_current_cpu(void) { return 0; }
+    static inline int sklearn_bn_allowed_cpus(void) { return 0; }
+    #endif
+    #if defined(__GNUC__)
+    static inline void sklearn_bn_publish(Py_ssize_t* p, Py_ssize_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline Py_ssize_t sklearn_bn_read(Py_ssize_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    #else
+    static inline void sklearn_bn_publish(Py_ssize_t* p, Py_ssize_t v) { *p = v; }
+    static inline Py_ssize_t sklearn_bn_read(Py_ssize_t* p) {
+        return *(volatile Py_ssize_t*) p;
+    }
+    #endif
+    static void sklearn_bn_wait_for_reports(Py_ssize_t* where, int n, long long ns) {
+    #ifdef SKLEARN_BN_IDLE_SPIN_NS   /* the pool of POSIX threads */
+        long long start = sklearn_bn_now_ns();
+        int k;
+        for (;;) {
+            for (k = 0; k < n && sklearn_bn_read(&where[2 * k]) >= 0; k++) {}
+            if (k == n || sklearn_bn_now_ns() - start > ns) return;
+        }
+    #else
+        (void) where; (void) n; (void) ns;
+    #endif
+    }
+    """
+    int current_cpu "sklearn_bn_current_cpu"() noexcept nogil
+    int allowed_cpus "sklearn_bn_allowed_cpus"() noexcept nogil
+    void publish "sklearn_bn_publish"(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    void wait_for_reports "sklearn_bn_wait_for_reports"(
+        Py_ssize_t* where, int n, long long ns) noexcept nogil

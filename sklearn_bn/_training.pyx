@@ -37,7 +37,9 @@ the end. Nothing waits for a thread that holds no piece, so a thread that
 another process keeps off its core takes fewer pieces instead of holding
 the others up; and since the pieces are the same whoever takes them, the
 results depend on ``pieces`` only, not on the number of threads or on
-their scheduling.
+their scheduling. A call may ask its team to keep to their CPUs, one each,
+and to sleep as soon as they wait (``pinned``; ``_threads.TEAM_PACE`` picks
+the way): the pieces are the same.
 
 Parameter layout (the flat vector ``theta``; ``grad`` and the optimizer's
 moments have the same layout): for each weight layer, its coefficient matrix
@@ -75,7 +77,7 @@ from sklearn_bn._batchnorm cimport (
 from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
     MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, pool_run,
-    team_start, work_destroy, work_init)
+    team_start, work_destroy, work_init, work_sleep_at_once)
 from cpython.ref cimport PyObject
 from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
@@ -470,7 +472,7 @@ cdef Buffers _buffers(Network network, params):
 def train_epoch(Network network not None, data, params, Optimizer optimizer not None,
                 const Py_ssize_t[::1] order, bint order_is_identity,
                 Py_ssize_t batch_size, Py_ssize_t start, Py_ssize_t max_batches,
-                double loss_sum, int n_threads, int pieces):
+                double loss_sum, int n_threads, int pieces, bint pinned=False):
     """Run up to ``max_batches`` minibatches of an epoch over the rows in
     ``order``, from row ``start`` of it; update everything in place.
 
@@ -483,7 +485,9 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     counts its steps (``optimizer.step``). Every task of a minibatch is cut
     in ``pieces`` pieces; with ``n_threads > 1`` the engine's pool of threads
     (``_team.h``) takes them with the caller (BLAS should then be limited to
-    one thread), with one the caller alone.
+    one thread), with one the caller alone. ``pinned``: the team's threads
+    keep to one CPU each when it has one per CPU the caller may use, and
+    sleep as soon as they wait (``_team.h``).
     The results depend on ``pieces``, never on ``n_threads`` nor on which
     thread takes which piece. A whole epoch in several calls gives what it
     gives in one.
@@ -535,9 +539,11 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     job.buf = &buf
     job.epoch = &epoch
     job.work = &work
+    if pinned:
+        work_sleep_at_once(&work)
     with nogil:
         pool_run(min(n_threads, <int> MAX_THREADS),
-                 epoch_job_float if single else epoch_job_double, &job)
+                 epoch_job_float if single else epoch_job_double, &job, pinned)
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked

@@ -2,6 +2,7 @@
 thread policy (sklearn_bn._threads)."""
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import warnings
@@ -44,6 +45,63 @@ def test_work_check_rejects_bad_arguments():
     for args in [(0, 1, 1), (65, 1, 1), (2, 0, 1), (2, 1, -1)]:
         with pytest.raises(ValueError):
             _team.work_check(*args)
+
+
+linux_affinity = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and hasattr(os, "sched_getaffinity")),
+    reason="threads keep to CPUs on Linux only",
+)
+
+
+def pool_threads_affinities():
+    return {
+        int(tid): os.sched_getaffinity(int(tid))
+        for tid in os.listdir("/proc/self/task")
+    }
+
+
+@linux_affinity
+def test_a_pinned_job_keeps_each_thread_to_its_own_cpu():
+    cpus = os.sched_getaffinity(0)
+    if not 2 <= len(cpus) <= 64:
+        pytest.skip("needs 2 to 64 CPUs")
+    _team.job_affinities(len(cpus), False)  # starts the pool's workers
+    before = pool_threads_affinities()
+    seen = _team.job_affinities(len(cpus), True)
+    if len(seen) < len(cpus):
+        pytest.skip("a worker did not take the job within a second")
+    # Each thread ran on one CPU of its own, the caller on the one it was on.
+    assert [allowed for _, _, allowed in seen] == [1] * len(cpus)
+    assert {cpu for _, cpu, _ in seen} == cpus
+    # Every thread has its own affinity back, the caller's included.
+    assert pool_threads_affinities() == before
+    assert os.sched_getaffinity(0) == cpus
+
+
+@linux_affinity
+def test_a_job_is_pinned_only_when_it_has_one_thread_per_cpu():
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) > 63:
+        pytest.skip("needs at most 63 CPUs")
+    # Not pinned: asked not to, more threads than CPUs, or (the caller
+    # kept to one of its CPUs) fewer CPUs than threads.
+    for n_threads in (len(cpus), len(cpus) + 1):
+        seen = _team.job_affinities(n_threads, n_threads > len(cpus))
+        assert [allowed for _, _, allowed in seen] == [len(cpus)] * len(seen)
+    if len(cpus) >= 2:
+        try:
+            os.sched_setaffinity(0, {min(cpus)})
+            seen = _team.job_affinities(2, True)
+            assert seen[0][1:] == (min(cpus), 1)
+            assert [allowed for _, _, allowed in seen[1:]] == [len(cpus)] * (
+                len(seen) - 1
+            )
+            assert os.sched_getaffinity(0) == {min(cpus)}
+        finally:
+            os.sched_setaffinity(0, cpus)
+    assert os.sched_getaffinity(0) == cpus
+    with pytest.raises(ValueError):
+        _team.job_affinities(0, True)
 
 
 def test_max_threads_follows_the_openmp_limit():
