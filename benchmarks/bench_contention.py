@@ -29,7 +29,8 @@ neighbours
 share
     Why the team does what it does beside busy processes: the same two
     networks with the team held at its threads (``_threads.TEAM_PACE``
-    bypassed) against one thread, in each condition: wall time, CPU time
+    bypassed), free to move and kept to their CPUs (*pinned*, with waits
+    that sleep at once), against one thread, in each condition: wall time, CPU time
     (``time.process_time``: this process's threads, so the busy
     neighbours are not counted) and the cores the team and the one thread
     got (CPU seconds per wall second). The team's wall time over one
@@ -163,16 +164,19 @@ def timed_cpu(func):
 
 
 @contextlib.contextmanager
-def team_held():
-    """The engine on its whole team for every call (the pace bypassed)."""
+def team_held(pinned=False):
+    """The engine on its whole team for every call (the pace bypassed), its
+    threads free to move, or kept to their CPUs if ``pinned``."""
     from sklearn_bn import _threads
 
     pace = _threads.TEAM_PACE
-    pace.threads = lambda network, team_threads, now: team_threads
+    pace.choose = lambda network, team_threads, now: _threads.TeamChoice(
+        team_threads, pinned
+    )
     try:
         yield
     finally:
-        del pace.threads
+        del pace.choose
 
 
 def in_thread(func):
@@ -304,43 +308,41 @@ def section_share(args, state):
                             lambda: quiet_fit(MLPBNClassifier(**params), X, y)
                         )
 
+                def pinned():
+                    with team_held(pinned=True):
+                        return timed_cpu(
+                            lambda: quiet_fit(MLPBNClassifier(**params), X, y)
+                        )
+
                 def one():
                     with bench_fit.blas_limit(1):
                         return timed_cpu(
                             lambda: quiet_fit(MLPBNClassifier(**params), X, y)
                         )
 
-                runs = {"team": [], "one": []}
+                cases = (("team", team), ("pinned", pinned), ("one", one))
+                runs = {label: [] for label, _ in cases}
                 for r in range(args.repeat + (not args.quick)):
-                    for label, case in (("team", team), ("one", one)):
+                    for label, case in cases:
                         t = case()
                         if r or args.quick:
                             runs[label].append(t)
-                wall = statistics.median(
-                    a[0] / b[0] for a, b in zip(runs["team"], runs["one"])
-                )
-                cpu = statistics.median(
-                    a[1] / b[1] for a, b in zip(runs["team"], runs["one"])
-                )
-                cores = statistics.median(c / w for w, c in runs["team"])
+                result = {"runs": runs}
+                row = [condition, name]
+                for held in ("team", "pinned"):
+                    wall = statistics.median(
+                        a[0] / b[0] for a, b in zip(runs[held], runs["one"])
+                    )
+                    cpu = statistics.median(
+                        a[1] / b[1] for a, b in zip(runs[held], runs["one"])
+                    )
+                    cores = statistics.median(c / w for w, c in runs[held])
+                    result[held] = {"wall": wall, "cpu": cpu, "cores": cores}
+                    row += [fmt_x(wall), fmt_x(cpu), f"{cores:.2f}"]
                 one_cores = statistics.median(c / w for w, c in runs["one"])
-                rows.append(
-                    [
-                        condition,
-                        name,
-                        fmt_x(wall),
-                        fmt_x(cpu),
-                        f"{cores:.2f}",
-                        f"{one_cores:.2f}",
-                    ]
-                )
-                results[f"{condition}/{name}"] = {
-                    "runs": runs,
-                    "wall": wall,
-                    "cpu": cpu,
-                    "cores": cores,
-                    "one_cores": one_cores,
-                }
+                result["one_cores"] = one_cores
+                rows.append(row + [f"{one_cores:.2f}"])
+                results[f"{condition}/{name}"] = result
     table(
         [
             "condition",
@@ -348,6 +350,9 @@ def section_share(args, state):
             "team held / one (wall)",
             "team CPU / one CPU",
             "team's cores",
+            "pinned held / one (wall)",
+            "pinned CPU / one CPU",
+            "pinned team's cores",
             "one thread's cores",
         ],
         rows,

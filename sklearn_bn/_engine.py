@@ -453,12 +453,12 @@ class Engine:
                 f"need 1 <= pieces <= {_threads.MAX_PIECES} and 1 <= threads "
                 f"<= {_threads.MAX_THREADS}, got {self.team_size}"
             )
-        # The pace compares this team with one thread on the same pieces.
+        # The pace compares the ways of running this team's pieces.
         network = (tuple(self.layout.units), int(batch_size), self.dtype.char, pieces)
         loss_sum, start, n_trained = 0.0, 0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
-            threads = _threads.TEAM_PACE.threads(network, n_threads, began)
+            choice = _threads.TEAM_PACE.choose(network, n_threads, began)
             loss_sum, end, degenerate, trained = _training.train_epoch(
                 self.network,
                 data,
@@ -470,12 +470,13 @@ class Engine:
                 start,
                 self._batches_per_call,
                 loss_sum,
-                int(threads),
+                int(choice.threads),
                 int(pieces),
+                bool(choice.pinned),
             )
             seconds = time.perf_counter() - began
             _threads.TEAM_PACE.record(
-                network, n_threads, threads, seconds, end - start, began
+                network, n_threads, choice, seconds, end - start, began
             )
             start = end
             n_trained += trained

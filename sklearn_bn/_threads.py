@@ -35,6 +35,7 @@ threads.
 
 import contextlib
 import os
+import statistics
 import threading
 from typing import NamedTuple
 
@@ -367,35 +368,53 @@ def _team_and_one_blas_thread(wanted, cores=None):
         yield n_threads, limited
 
 
-class _TeamPace:
-    """Whether a team has lately trained faster on all its threads or on one.
+class TeamChoice(NamedTuple):
+    """How one call of the engine's compiled loop runs: on ``threads``
+    threads, which keep to their CPUs and sleep as soon as they wait when
+    ``pinned`` (``_team.h``)."""
 
-    The engine runs each call of its compiled loop on the threads this
-    picks: those of its team, or one (which takes every piece), whichever
-    did the same network's last calls faster per row; the other is tried
-    again when its measure is older than the network's probe interval. The
-    interval starts at ``PROBE_SECONDS`` and doubles, up to
-    ``MAX_PROBE_SECONDS``, each time a try confirms that the other is
-    slower, and starts again when the faster choice changes. A machine that
-    shares a core with another process, or goes through a period in which a
-    core runs slowly, so trains at about one thread's speed rather than
-    slower, spends little time on tries while that lasts, and notices
-    within a few seconds when it ends. The pieces are the team's either
-    way, so the results do not depend on it. Each team size of a network
-    is measured on its own.
-    Shared by the process's threads (a grid search's fits of one network
-    learn from each other); calls shorter than ``MIN_SECONDS`` are not
-    measured (the first calls of a fit, which grow from one minibatch).
+    threads: int
+    pinned: bool = False
+
+
+class _TeamPace:
+    """How a team has lately trained fastest: on all its threads, on all its
+    threads kept to their CPUs, or on one.
+
+    The engine runs each call of its compiled loop (about 20 ms of training)
+    the way this picks, whichever did the same network's recent calls
+    fastest per row, trying the others again when their newest measure is
+    older than the network's probe interval. A way's measure is the median
+    of its last ``KEEP`` calls made within ``WINDOW_SECONDS`` of its newest:
+    one call of the way in use that the machine slowed does not switch,
+    and one try of another way counts alone. The interval starts at
+    ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
+    try confirms that the way it tried is slower, and starts again when the
+    fastest way changes.
+
+    The team's threads, free to move, do best on a quiet machine. Beside a
+    busy process the scheduler leaves them sharing one core, about one
+    thread's speed; kept to their own CPUs and sleeping as they wait, they
+    draw the busy process to the core a waiting thread leaves idle and get
+    more than one core between them. One thread does best on a network too
+    small for a wake-up between its phases, or in a period in which a core
+    runs slowly. The pieces are the team's every way, so the results do not
+    depend on the choice. Each team size of a network is measured on its
+    own. Shared by the process's threads (a grid search's fits of one
+    network learn from each other); calls shorter than ``MIN_SECONDS`` are
+    not measured (the first calls of a fit, which grow from one minibatch).
     """
 
     PROBE_SECONDS = 0.5
     MAX_PROBE_SECONDS = 4.0
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
+    KEEP = 5
+    WINDOW_SECONDS = 0.25
 
     def __init__(self):
         self._lock = threading.Lock()
-        # (network, team threads) -> ({threads: (seconds per row, when)},
+        # (network, team threads) -> ({choice: [(seconds per row, when)]},
         # probe interval)
         self._networks = {}
 
@@ -405,42 +424,66 @@ class _TeamPace:
         self.__init__()
 
     @staticmethod
-    def _faster(measured, team_threads):
-        return 1 if measured[1][0] < measured[team_threads][0] else team_threads
-
-    def threads(self, network, team_threads, now):
-        """The threads for the next call of ``network``'s team of
-        ``team_threads``."""
+    def choices(team_threads):
+        """The ways a team of ``team_threads`` may run a call, in the order
+        they are first tried."""
         if team_threads == 1:
-            return 1
+            return (TeamChoice(1),)
+        return (TeamChoice(team_threads), TeamChoice(team_threads, True), TeamChoice(1))
+
+    @classmethod
+    def _fastest(cls, measured, choices):
+        def measure(choice):
+            calls = measured[choice]
+            newest = calls[-1][1]
+            return statistics.median(
+                s for s, when in calls if when >= newest - cls.WINDOW_SECONDS
+            )
+
+        return min(choices, key=measure)
+
+    def choose(self, network, team_threads, now):
+        """The :class:`TeamChoice` for the next call of ``network``'s team of
+        ``team_threads``."""
+        choices = self.choices(team_threads)
+        if len(choices) == 1:
+            return choices[0]
         with self._lock:
             measured, interval = self._networks.get(
                 (network, team_threads), ({}, self.PROBE_SECONDS)
             )
             measured = dict(measured)
-        for threads in (team_threads, 1):
-            if threads not in measured:
-                return threads
-        faster = self._faster(measured, team_threads)
-        other = team_threads if faster == 1 else 1
-        return other if now - measured[other][1] > interval else faster
+        for choice in choices:
+            if choice not in measured:
+                return choice
+        fastest = self._fastest(measured, choices)
+        due = [
+            choice
+            for choice in choices
+            if choice != fastest and now - measured[choice][-1][1] > interval
+        ]
+        if not due:
+            return fastest
+        return min(due, key=lambda choice: measured[choice][-1][1])
 
-    def record(self, network, team_threads, threads, seconds, rows, now):
+    def record(self, network, team_threads, choice, seconds, rows, now):
         """A call of ``network``'s team of ``team_threads`` ran ``rows`` rows
-        in ``seconds`` on ``threads`` threads (the team's, or 1)."""
+        in ``seconds`` the way ``choice`` (a :class:`TeamChoice`) says."""
         if seconds < self.MIN_SECONDS or rows <= 0:
             return
+        choices = self.choices(team_threads)
         key = (network, team_threads)
         with self._lock:
             measured, interval = self._networks.pop(key, ({}, self.PROBE_SECONDS))
-            both = len(measured) == 2
-            faster = self._faster(measured, team_threads) if both else None
-            measured = {**measured, threads: (seconds / rows, now)}
-            if both:
-                now_faster = self._faster(measured, team_threads)
-                if now_faster != faster:  # the other is faster now
+            every = all(c in measured for c in choices)
+            fastest = self._fastest(measured, choices) if every else None
+            recent = [*measured.get(choice, ()), (seconds / rows, now)]
+            measured = {**measured, choice: recent[-self.KEEP :]}
+            if every:
+                now_fastest = self._fastest(measured, choices)
+                if now_fastest != fastest:
                     interval = self.PROBE_SECONDS
-                elif threads != faster:  # a try of the other: slower again
+                elif choice != fastest:  # a try of another way: slower again
                     interval = min(2 * interval, self.MAX_PROBE_SECONDS)
             self._networks[key] = (measured, interval)  # the most recent last
             while len(self._networks) > self.MAX_NETWORKS:

@@ -13,6 +13,9 @@ warm starts).
 import contextlib
 import functools
 import multiprocessing
+import os
+import sys
+import threading
 import warnings
 
 import numpy as np
@@ -1416,10 +1419,17 @@ def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
         assert_same_fit(other, fits[0])
 
 
+TEAM, PINNED, ONE = (
+    _threads.TeamChoice(2),
+    _threads.TeamChoice(2, pinned=True),
+    _threads.TeamChoice(1),
+)
+
+
 def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
     # The pace of the team (_threads.TEAM_PACE) may run any call of the
-    # compiled loop on one thread instead of the team's: the pieces stay, and
-    # so do the bits.
+    # compiled loop on one thread instead of the team's, or on the team's
+    # threads kept to their CPUs: the pieces stay, and so do the bits.
     X, y = regression_data(n=300, n_features=24)
     monkeypatch.setattr(
         _threads, "training_threads", lambda work: forced_engine_threads(2)
@@ -1430,107 +1440,177 @@ def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
         calls = iter(range(10**6))
 
         def pick(network, team_threads, now, alternate=alternate, calls=calls):
-            threads = 1 + (next(calls) % 2) if alternate else team_threads
-            used.append(threads)
-            return threads
+            choice = (TEAM, PINNED, ONE)[next(calls) % 3] if alternate else TEAM
+            used.append(choice)
+            return choice
 
-        monkeypatch.setattr(_threads.TEAM_PACE, "threads", pick)
+        monkeypatch.setattr(_threads.TEAM_PACE, "choose", pick)
         est = MLPBNRegressor(
             hidden_layer_sizes=(32, 16), batch_size=30, max_iter=3, random_state=0
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y))
-    assert set(used) == {1, 2}
+    assert set(used) == {TEAM, PINNED, ONE}
     assert_same_fit(fits[1], fits[0])
 
 
-def test_team_pace_takes_the_faster_and_tries_the_other_again():
+def quiet_fit(est, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+def thread_affinities():
+    """{thread id: its CPU affinity} for this process's threads (Linux)."""
+    return {
+        int(tid): frozenset(os.sched_getaffinity(int(tid)))
+        for tid in os.listdir("/proc/self/task")
+    }
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and hasattr(os, "sched_getaffinity")),
+    reason="threads' CPU affinity is read from Linux's /proc",
+)
+def test_a_fit_on_pinned_threads_leaves_every_thread_s_affinity(monkeypatch):
+    # The pinned way keeps the caller and the engine's workers to one CPU
+    # each for the length of a call, and gives each its own affinity back.
+    X, y = regression_data(n=300, n_features=24)
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(2)
+    )
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)
+    monkeypatch.setattr(_threads.TEAM_PACE, "choose", lambda *args: PINNED)
+    est = MLPBNRegressor(hidden_layer_sizes=(32,), batch_size=30, max_iter=2)
+    cpus = os.sched_getaffinity(0)
+    masks = [cpus] if len(cpus) < 2 else [cpus, {min(cpus)}]
+    try:
+        for mask in masks:  # the team fills the CPUs, then has more threads
+            os.sched_setaffinity(0, mask)
+            quiet_fit(est, X, y)  # starts the workers
+            before = thread_affinities()
+            quiet_fit(est, X, y)
+            after = thread_affinities()
+            assert {tid: after[tid] for tid in before if tid in after} == {
+                tid: before[tid] for tid in before if tid in after
+            }
+            assert after[threading.get_native_id()] == frozenset(mask)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def test_team_pace_takes_the_fastest_way_and_tries_the_others_again():
     pace = _threads._TeamPace()
     net, other = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
-    assert pace.threads(net, 1, 0.0) == 1  # a team of one has no choice
-    assert pace.threads(net, 2, 0.0) == 2  # measure the team first
-    pace.record(net, 2, 2, 0.010, 100, 0.0)
-    assert pace.threads(net, 2, 0.01) == 1  # then one thread
-    pace.record(net, 2, 1, 0.015, 100, 0.01)
-    assert pace.threads(net, 2, 0.02) == 2  # the team was faster
-    assert pace.threads(other, 2, 0.02) == 2  # each network its own
-    pace.record(net, 2, 2, 0.030, 100, 0.3)  # the team slows down
-    assert pace.threads(net, 2, 0.31) == 1
-    # One thread's measure grows old: it is tried again, then the team.
-    t = 0.01 + pace.PROBE_SECONDS + 0.001
-    assert pace.threads(net, 2, t) == 1
-    pace.record(net, 2, 1, 0.040, 100, t)
-    assert pace.threads(net, 2, t) == 2
+    assert pace.choose(net, 1, 0.0) == ONE  # a team of one has no choice
+    assert pace.choose(net, 2, 0.0) == TEAM  # measure the team first,
+    pace.record(net, 2, TEAM, 0.010, 100, 0.0)
+    assert pace.choose(net, 2, 0.01) == PINNED  # then pinned,
+    pace.record(net, 2, PINNED, 0.012, 100, 0.01)
+    assert pace.choose(net, 2, 0.02) == ONE  # then one thread
+    pace.record(net, 2, ONE, 0.015, 100, 0.02)
+    assert pace.choose(net, 2, 0.03) == TEAM  # the team was fastest
+    assert pace.choose(other, 2, 0.03) == TEAM  # each network its own
+    pace.record(net, 2, TEAM, 0.030, 100, 0.3)  # the team slows down
+    assert pace.choose(net, 2, 0.31) == PINNED
+    pace.record(net, 2, PINNED, 0.012, 100, 0.32)
+    # One thread's measure grows old: it is tried again, then the fastest.
+    t = 0.02 + pace.PROBE_SECONDS + 0.001
+    assert pace.choose(net, 2, t) == ONE
+    pace.record(net, 2, ONE, 0.040, 100, t)
+    assert pace.choose(net, 2, t) == PINNED
     # Calls too short to time are not measured.
-    pace.record(other, 2, 2, pace.MIN_SECONDS / 2, 100, 0.0)
-    assert pace.threads(other, 2, 0.01) == 2
+    pace.record(other, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.0)
+    assert pace.choose(other, 2, 0.01) == TEAM
 
 
-def test_team_pace_tries_the_slower_choice_less_often_while_it_stays_slower():
+def test_team_pace_keeps_its_way_through_one_slow_call():
+    pace = _threads._TeamPace()
+    net = ((5, 8, 1), 30, "d")
+    for k, (choice, seconds) in enumerate(
+        [(TEAM, 0.010), (PINNED, 0.012), (ONE, 0.015)] + [(TEAM, 0.010)] * 3
+    ):
+        pace.record(net, 2, choice, seconds, 100, 0.01 * k)
+    pace.record(net, 2, TEAM, 0.050, 100, 0.06)  # one call the machine slowed
+    assert pace.choose(net, 2, 0.07) == TEAM  # the median of the recent calls
+    for k in range(2):
+        pace.record(net, 2, TEAM, 0.050, 100, 0.08 + 0.01 * k)
+    assert pace.choose(net, 2, 0.1) == PINNED  # three of the last five: slower
+    recent, _ = pace._networks[net, 2]
+    assert len(recent[TEAM]) == pace.KEEP
+
+
+def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
     step = 0.01
 
-    def run(t, until, team_seconds, one_seconds):
-        """Calls of 100 rows every ``step`` s: their times and threads."""
+    def run(t, until, seconds):
+        """Calls of 100 rows every ``step`` s: their times and ways."""
         calls = []
         while t < until:
-            threads = pace.threads(net, 2, t)
-            calls.append((t, threads))
-            seconds = team_seconds if threads == 2 else one_seconds
-            pace.record(net, 2, threads, seconds, 100, t)
+            choice = pace.choose(net, 2, t)
+            calls.append((t, choice))
+            pace.record(net, 2, choice, seconds[choice], 100, t)
             t += step
         return calls, t
 
-    # A busy neighbour: the team is three times slower; it is tried after
-    # 0.5 s, then 1, 2 and 4 s, and every 4 s from then on.
-    calls, t = run(0.0, 20.0, 0.03, 0.01)
-    team = [c for c, threads in calls if threads == 2]
-    assert_allclose(np.diff(team), [0.5, 1, 2, 4, 4, 4, 4], atol=2.5 * step, rtol=0)
-    # The neighbour leaves: the next try (within 4 s) finds the team faster
-    # and keeps it, and one thread is tried again after 0.5 s.
-    calls, _ = run(t, t + 6.0, 0.005, 0.01)
-    first_team = next(c for c, threads in calls if threads == 2)
-    assert first_team - t < pace.MAX_PROBE_SECONDS + 2 * step
-    after = [(c, threads) for c, threads in calls if c > first_team]
-    first_one = next(c for c, threads in after if threads == 1)
-    assert_allclose(first_one - first_team, 0.5, atol=2.5 * step)
-    assert [threads for c, threads in after if c > first_one + step / 2][:40] == [
-        2
-    ] * 40
+    # A busy neighbour: both team ways are three times slower; each try that
+    # confirms it doubles the wait before the next try (0.5 s, 1, 2, then at
+    # most 4 s), so each way is tried again after 0.5 or 1 s, then 2, then
+    # every 4 s.
+    calls, t = run(0.0, 30.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    for way, first in ((TEAM, [0.5, 2]), (PINNED, [1])):
+        tries = [c for c, choice in calls if choice == way]
+        expected = first + [4] * (len(tries) - 1 - len(first))
+        assert_allclose(np.diff(tries), expected, atol=2.5 * step, rtol=0)
+    # Pinned gets faster: the next try (within 8 s) finds it, and keeps it.
+    calls, _ = run(t, t + 10.0, {TEAM: 0.03, PINNED: 0.005, ONE: 0.01})
+    first = next(c for c, choice in calls if choice == PINNED)
+    assert first - t < 2 * pace.MAX_PROBE_SECONDS + 2 * step
+    after = [choice for c, choice in calls if c > first]
+    assert after.count(PINNED) > 0.95 * len(after)
 
 
 def test_team_pace_measures_each_team_size_on_its_own():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
-    pace.record(net, 2, 2, 0.03, 100, 0.0)
-    pace.record(net, 2, 1, 0.01, 100, 0.01)
-    assert pace.threads(net, 4, 0.02) == 4  # a team of 4 is measured on its own
-    pace.record(net, 4, 4, 0.005, 100, 0.02)
-    assert pace.threads(net, 4, 0.03) == 1  # then one thread, for it
-    pace.record(net, 4, 1, 0.01, 100, 0.03)
-    assert pace.threads(net, 4, 0.04) == 4
-    pace.record(net, 2, 2, 0.03, 100, 0.05)  # a team of 2 keeps its own
-    assert pace.threads(net, 2, 0.06) == 1
+    for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
+        pace.record(net, 2, choice, seconds, 100, 0.0)
+    four, pinned_four = _threads.TeamChoice(4), _threads.TeamChoice(4, True)
+    assert pace.choose(net, 4, 0.02) == four  # a team of 4 is measured on its own
+    pace.record(net, 4, four, 0.005, 100, 0.02)
+    pace.record(net, 4, pinned_four, 0.006, 100, 0.02)
+    pace.record(net, 4, ONE, 0.01, 100, 0.03)
+    assert pace.choose(net, 4, 0.04) == four
+    assert pace.choose(net, 2, 0.06) == ONE  # a team of 2 keeps its own
 
 
-def test_team_pace_tries_again_soon_when_the_faster_choice_changes():
+def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
-    pace.record(net, 2, 2, 0.03, 100, 0.0)
-    pace.record(net, 2, 1, 0.01, 100, 0.0)
+    for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
+        pace.record(net, 2, choice, seconds, 100, 0.0)
     t = 0.0
-    for _ in range(4):  # tries of the team back off to 4 s
+    for _ in range(4):  # tries of the team ways back off to 4 s
         t += pace.MAX_PROBE_SECONDS + 0.01
-        assert pace.threads(net, 2, t) == 2
-        pace.record(net, 2, 2, 0.03, 100, t)
+        choice = pace.choose(net, 2, t)
+        assert choice in (TEAM, PINNED)
+        pace.record(net, 2, choice, 0.03, 100, t)
     # One thread slows down in its own calls: the team is faster now, and
     # one thread is tried again after PROBE_SECONDS, not 4 s.
-    pace.record(net, 2, 1, 0.05, 100, t + 0.01)
-    assert pace.threads(net, 2, t + 0.02) == 2
-    pace.record(net, 2, 2, 0.03, 100, t + 0.02)
-    assert pace.threads(net, 2, t + 0.01 + pace.PROBE_SECONDS + 0.01) == 1
+    for k in range(3):
+        pace.record(net, 2, ONE, 0.05, 100, t + 0.001 * (k + 1))
+    fastest = pace.choose(net, 2, t + 0.01)
+    assert fastest in (TEAM, PINNED)
+    pace.record(net, 2, fastest, 0.03, 100, t + 0.01)
+    later = t + 0.01 + pace.PROBE_SECONDS
+    tried = []
+    for k in range(2):  # the other team way's measure is older: first
+        tried.append(pace.choose(net, 2, later + 0.01 * k))
+        pace.record(net, 2, tried[-1], 0.06, 100, later + 0.01 * k)
+    assert tried[1] == ONE
 
 
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
