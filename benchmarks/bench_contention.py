@@ -170,7 +170,7 @@ def team_held(pinned=False):
     from sklearn_bn import _threads
 
     pace = _threads.TEAM_PACE
-    pace.choose = lambda network, team_threads, now: _threads.TeamChoice(
+    pace.choose = lambda network, team_threads, *args: _threads.TeamChoice(
         team_threads, pinned
     )
     try:

@@ -455,10 +455,11 @@ class Engine:
             )
         # The pace compares the ways of running this team's pieces.
         network = (tuple(self.layout.units), int(batch_size), self.dtype.char, pieces)
+        pinnable = _threads.can_pin(n_threads)
         loss_sum, start, n_trained = 0.0, 0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
-            choice = _threads.TEAM_PACE.choose(network, n_threads, began)
+            choice = _threads.TEAM_PACE.choose(network, n_threads, began, pinnable)
             loss_sum, end, degenerate, trained = _training.train_epoch(
                 self.network,
                 data,
@@ -476,7 +477,7 @@ class Engine:
             )
             seconds = time.perf_counter() - began
             _threads.TEAM_PACE.record(
-                network, n_threads, choice, seconds, end - start, began
+                network, n_threads, choice, seconds, end - start, began, pinnable
             )
             start = end
             n_trained += trained

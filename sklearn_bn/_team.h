@@ -237,18 +237,26 @@ static __attribute__((unused)) sklearn_bn_pool_t sklearn_bn_pool = {
 
 #if defined(__linux__) && defined(CPU_COUNT)
 #define SKLEARN_BN_PINNING 1
+/* Linux's sched_{get,set}affinity with pid 0 act on the calling thread. */
+
 /* Keep the calling thread on `cpu`; its affinity is saved in `saved`.
    False when the system refuses (the thread then runs as it did). */
 static inline int sklearn_bn_pin(int cpu, cpu_set_t* saved) {
     cpu_set_t one;
-    if (pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), saved) != 0) return 0;
+    if (sched_getaffinity(0, sizeof(cpu_set_t), saved) != 0) return 0;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
-    return pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), &one) == 0;
+    return sched_setaffinity(0, sizeof(cpu_set_t), &one) == 0;
 }
 
-static inline void sklearn_bn_unpin(const cpu_set_t* saved) {
-    pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), saved);
+/* Give the calling thread its saved affinity back, unless someone else
+   (taskset -a, the user's code) set another one meanwhile: that one
+   stays. */
+static inline void sklearn_bn_unpin(int cpu, const cpu_set_t* saved) {
+    cpu_set_t now;
+    if (sched_getaffinity(0, sizeof(cpu_set_t), &now) != 0
+        || (CPU_COUNT(&now) == 1 && CPU_ISSET(cpu, &now)))
+        sched_setaffinity(0, sizeof(cpu_set_t), saved);
 }
 
 /* The CPUs of a job of `n_threads` threads that keep to their CPUs, in
@@ -258,7 +266,7 @@ static inline void sklearn_bn_unpin(const cpu_set_t* saved) {
 static int sklearn_bn_pool_pin_caller(sklearn_bn_pool_t* p, int n_threads,
                                       cpu_set_t* saved) {
     int here, cpu, tid = 1;
-    if (pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), saved) != 0
+    if (sched_getaffinity(0, sizeof(cpu_set_t), saved) != 0
         || CPU_COUNT(saved) != n_threads)
         return 0;
     here = sched_getcpu();
@@ -310,12 +318,13 @@ static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
             int pinned = p->pinned;
 #ifdef SKLEARN_BN_PINNING
             cpu_set_t saved;
+            int cpu = 0;
 #endif
             tid = p->seats--;
             p->active++;
 #ifdef SKLEARN_BN_PINNING
             if (pinned) {
-                int cpu = p->cpu[tid];
+                cpu = p->cpu[tid];
                 pthread_mutex_unlock(&p->mutex);
                 pinned = sklearn_bn_pin(cpu, &saved);
             } else
@@ -323,7 +332,7 @@ static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
                 pthread_mutex_unlock(&p->mutex);
             fn(arg, tid);
 #ifdef SKLEARN_BN_PINNING
-            if (pinned) sklearn_bn_unpin(&saved);
+            if (pinned) sklearn_bn_unpin(cpu, &saved);
 #endif
             (void) pinned;
             pthread_mutex_lock(&p->mutex);
@@ -373,6 +382,7 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
     int seats = 0, caller_pinned = 0;
 #ifdef SKLEARN_BN_PINNING
     cpu_set_t saved;
+    int caller_cpu = 0;
 #endif
     if (n_threads > 1) {
         pthread_mutex_lock(&p->mutex);
@@ -387,6 +397,7 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
             p->seats = seats;
 #ifdef SKLEARN_BN_PINNING
             if (pinned) caller_pinned = sklearn_bn_pool_pin_caller(p, seats + 1, &saved);
+            caller_cpu = p->cpu[0];
 #endif
             p->pinned = caller_pinned;
             __atomic_add_fetch(&p->posted, 1ULL, __ATOMIC_RELEASE);
@@ -396,7 +407,7 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
     }
     fn(arg, 0);
 #ifdef SKLEARN_BN_PINNING
-    if (caller_pinned) sklearn_bn_unpin(&saved);
+    if (caller_pinned) sklearn_bn_unpin(caller_cpu, &saved);
 #endif
     (void) pinned;
     (void) caller_pinned;
@@ -517,6 +528,12 @@ static int sklearn_bn_pool_run(int n_threads, sklearn_bn_job_fn fn, void* arg,
     return 1;
 }
 
+#endif
+
+#ifdef SKLEARN_BN_PINNING
+static const int sklearn_bn_pinning_built = 1;
+#else
+static const int sklearn_bn_pinning_built = 0;
 #endif
 
 #endif  /* SKLEARN_BN_TEAM_H */

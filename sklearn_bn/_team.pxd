@@ -17,6 +17,7 @@ cdef extern from "_team.h":
     void work_phase_end "sklearn_bn_work_phase_end"(Work* w, long long phase,
                                                     long long total) noexcept nogil
     ctypedef void (*job_fn "sklearn_bn_job_fn")(void* arg, int tid) noexcept nogil
+    const int pinning_built "sklearn_bn_pinning_built"
     void work_sleep_at_once "sklearn_bn_work_sleep_at_once"(Work* w) noexcept nogil
     int pool_run "sklearn_bn_pool_run"(int n_threads, job_fn fn, void* arg,
                                        bint pinned) noexcept nogil

@@ -16,6 +16,11 @@ def openmp_max_threads():
     return omp_max_threads()
 
 
+def pinning_available():
+    """Whether the engine's pool can keep its threads to CPUs (Linux)."""
+    return bool(pinning_built)
+
+
 def work_check(int n_threads, int pieces, int n_phases):
     """Run ``n_phases`` rounds of phases on a team of ``n_threads``: a phase
     of two tasks of ``pieces`` pieces that write, then a phase of ``pieces``
@@ -86,12 +91,13 @@ cdef extern from *:
     void count_once "sklearn_bn_count_once"(Py_ssize_t* p) noexcept nogil
 
 
-def job_affinities(int n_threads, bint pinned):
+def job_affinities(int n_threads, bint pinned, int move_caller_to=-1):
     """Run a job on this module's pool of threads (``_team.h``) and report,
     for each thread that took it, the CPU it ran on and how many CPUs it was
     allowed while it ran (0 where the system does not say): a list of
-    ``(tid, cpu, n_allowed)``, the caller's first. For tests of the pool's
-    pinning."""
+    ``(tid, cpu, n_allowed)``, the caller's first. With ``move_caller_to``
+    a CPU, the caller then sets its own affinity to that CPU, as another
+    program could during a job. For tests of the pool's pinning."""
     if n_threads < 1 or n_threads > MAX_THREADS:
         raise ValueError("need 1 <= n_threads <= 64")
     seen = np.full((n_threads, 2), -1, dtype=np.intp)
@@ -99,6 +105,7 @@ def job_affinities(int n_threads, bint pinned):
     cdef Report report
     report.where = &where[0, 0]
     report.n_threads = n_threads
+    report.move_caller_to = move_caller_to
     with nogil:
         pool_run(n_threads, _report_affinity, &report, pinned)
     return [(tid, int(cpu), int(count)) for tid, (cpu, count) in enumerate(seen)
@@ -108,6 +115,7 @@ def job_affinities(int n_threads, bint pinned):
 cdef struct Report:
     Py_ssize_t* where
     int n_threads
+    int move_caller_to
 
 
 cdef void _report_affinity(void* arg, int tid) noexcept nogil:
@@ -118,11 +126,19 @@ cdef void _report_affinity(void* arg, int tid) noexcept nogil:
     publish(&report.where[2 * tid], max(current_cpu(), 0))
     if tid == 0:
         wait_for_reports(report.where, report.n_threads, 1000000000)
+        if report.move_caller_to >= 0:
+            keep_to_cpu(report.move_caller_to)
 
 
 cdef extern from *:
     """
     #if defined(__linux__) && defined(CPU_COUNT)
+    static inline void sklearn_bn_keep_to_cpu(int cpu) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        sched_setaffinity(0, sizeof(cpu_set_t), &one);
+    }
     static inline int sklearn_bn_current_cpu(void) { return sched_getcpu(); }
     static inline int sklearn_bn_allowed_cpus(void) {
         cpu_set_t set;
@@ -130,6 +146,7 @@ cdef extern from *:
         return CPU_COUNT(&set);
     }
     #else
+    static inline void sklearn_bn_keep_to_cpu(int cpu) { (void) cpu; }
     static inline int sklearn_bn_current_cpu(void) { return 0; }
     static inline int sklearn_bn_allowed_cpus(void) { return 0; }
     #endif
@@ -161,6 +178,7 @@ cdef extern from *:
     """
     int current_cpu "sklearn_bn_current_cpu"() noexcept nogil
     int allowed_cpus "sklearn_bn_allowed_cpus"() noexcept nogil
+    void keep_to_cpu "sklearn_bn_keep_to_cpu"(int cpu) noexcept nogil
     void publish "sklearn_bn_publish"(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
     void wait_for_reports "sklearn_bn_wait_for_reports"(
         Py_ssize_t* where, int n, long long ns) noexcept nogil

@@ -43,7 +43,7 @@ import joblib
 import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
-from sklearn_bn._team import openmp_max_threads
+from sklearn_bn._team import openmp_max_threads, pinning_available
 from sklearn_bn._utils import deferred_interrupt
 
 # Below this many multiply-adds per minibatch (in the matrix products), the
@@ -385,9 +385,10 @@ class _TeamPace:
     the way this picks, whichever did the same network's recent calls
     fastest per row, trying the others again when their newest measure is
     older than the network's probe interval. A way's measure is the median
-    of its last ``KEEP`` calls made within ``WINDOW_SECONDS`` of its newest:
-    one call of the way in use that the machine slowed does not switch,
-    and one try of another way counts alone. The interval starts at
+    of its last ``KEEP`` calls, as far back as no two of them are further
+    apart than the probe interval: one call of the way in use that the
+    machine slowed does not switch, and a try of another way counts alone.
+    The interval starts at
     ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
     try confirms that the way it tried is slower, and starts again when the
     fastest way changes.
@@ -399,8 +400,9 @@ class _TeamPace:
     more than one core between them. One thread does best on a network too
     small for a wake-up between its phases, or in a period in which a core
     runs slowly. The pieces are the team's every way, so the results do not
-    depend on the choice. Each team size of a network is measured on its
-    own. Shared by the process's threads (a grid search's fits of one
+    depend on the choice. The pinned way is offered only where it pins
+    (``pinnable``: see :func:`can_pin`). Each team size of a network is
+    measured on its own. Shared by the process's threads (a grid search's fits of one
     network learn from each other); calls shorter than ``MIN_SECONDS`` are
     not measured (the first calls of a fit, which grow from one minibatch).
     """
@@ -410,7 +412,6 @@ class _TeamPace:
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
     KEEP = 5
-    WINDOW_SECONDS = 0.25
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -424,39 +425,45 @@ class _TeamPace:
         self.__init__()
 
     @staticmethod
-    def choices(team_threads):
+    def choices(team_threads, pinnable):
         """The ways a team of ``team_threads`` may run a call, in the order
         they are first tried."""
         if team_threads == 1:
             return (TeamChoice(1),)
+        if not pinnable:
+            return (TeamChoice(team_threads), TeamChoice(1))
         return (TeamChoice(team_threads), TeamChoice(team_threads, True), TeamChoice(1))
 
-    @classmethod
-    def _fastest(cls, measured, choices):
+    @staticmethod
+    def _fastest(measured, choices, interval):
         def measure(choice):
+            # The way's latest run of calls: none further than the probe
+            # interval from the next.
             calls = measured[choice]
-            newest = calls[-1][1]
-            return statistics.median(
-                s for s, when in calls if when >= newest - cls.WINDOW_SECONDS
-            )
+            run = [calls[-1]]
+            for call in reversed(calls[:-1]):
+                if run[-1][1] - call[1] > interval:
+                    break
+                run.append(call)
+            return statistics.median(s for s, _ in run)
 
         return min(choices, key=measure)
 
-    def choose(self, network, team_threads, now):
+    def choose(self, network, team_threads, now, pinnable=False):
         """The :class:`TeamChoice` for the next call of ``network``'s team of
-        ``team_threads``."""
-        choices = self.choices(team_threads)
+        ``team_threads``; the pinned way only if ``pinnable``."""
+        choices = self.choices(team_threads, pinnable)
         if len(choices) == 1:
             return choices[0]
         with self._lock:
             measured, interval = self._networks.get(
-                (network, team_threads), ({}, self.PROBE_SECONDS)
+                (network, team_threads, pinnable), ({}, self.PROBE_SECONDS)
             )
             measured = dict(measured)
         for choice in choices:
             if choice not in measured:
                 return choice
-        fastest = self._fastest(measured, choices)
+        fastest = self._fastest(measured, choices, interval)
         due = [
             choice
             for choice in choices
@@ -466,21 +473,24 @@ class _TeamPace:
             return fastest
         return min(due, key=lambda choice: measured[choice][-1][1])
 
-    def record(self, network, team_threads, choice, seconds, rows, now):
-        """A call of ``network``'s team of ``team_threads`` ran ``rows`` rows
-        in ``seconds`` the way ``choice`` (a :class:`TeamChoice`) says."""
+    def record(self, network, team_threads, choice, seconds, rows, now, pinnable=False):
+        """A call of ``network``'s team of ``team_threads`` (``pinnable`` as
+        in :meth:`choose`) ran ``rows`` rows in ``seconds`` the way
+        ``choice`` (a :class:`TeamChoice`) says."""
         if seconds < self.MIN_SECONDS or rows <= 0:
             return
-        choices = self.choices(team_threads)
-        key = (network, team_threads)
+        choices = self.choices(team_threads, pinnable)
+        if choice not in choices:
+            return
+        key = (network, team_threads, pinnable)
         with self._lock:
             measured, interval = self._networks.pop(key, ({}, self.PROBE_SECONDS))
             every = all(c in measured for c in choices)
-            fastest = self._fastest(measured, choices) if every else None
+            fastest = self._fastest(measured, choices, interval) if every else None
             recent = [*measured.get(choice, ()), (seconds / rows, now)]
             measured = {**measured, choice: recent[-self.KEEP :]}
             if every:
-                now_fastest = self._fastest(measured, choices)
+                now_fastest = self._fastest(measured, choices, interval)
                 if now_fastest != fastest:
                     interval = self.PROBE_SECONDS
                 elif choice != fastest:  # a try of another way: slower again
@@ -491,6 +501,19 @@ class _TeamPace:
 
 
 TEAM_PACE = _TeamPace()
+
+
+def can_pin(n_threads):
+    """Whether a team of ``n_threads`` started from the calling thread
+    would keep its threads to CPUs (the pinned way of :class:`_TeamPace`):
+    on Linux, with one thread per CPU the calling thread may use."""
+    if n_threads < 2 or not pinning_available():
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) == n_threads
+    except OSError:
+        return False
+
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

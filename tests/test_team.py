@@ -79,6 +79,23 @@ def test_a_pinned_job_keeps_each_thread_to_its_own_cpu():
 
 
 @linux_affinity
+def test_a_pinned_job_keeps_an_affinity_set_by_someone_else_meanwhile():
+    cpus = os.sched_getaffinity(0)
+    if not 2 <= len(cpus) <= 64:
+        pytest.skip("needs 2 to 64 CPUs")
+    try:
+        for target in sorted(cpus)[:2]:  # the pinned CPU or another one
+            seen = _team.job_affinities(len(cpus), True, move_caller_to=target)
+            assert seen[0][2] == 1
+            assert os.sched_getaffinity(0) == (
+                cpus if target == seen[0][1] else {target}
+            )
+            os.sched_setaffinity(0, cpus)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+@linux_affinity
 def test_a_job_is_pinned_only_when_it_has_one_thread_per_cpu():
     cpus = os.sched_getaffinity(0)
     if len(cpus) > 63:

@@ -1439,9 +1439,11 @@ def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
     for alternate in (False, True):
         calls = iter(range(10**6))
 
-        def pick(network, team_threads, now, alternate=alternate, calls=calls):
+        def pick(
+            network, team_threads, now, pinnable, alternate=alternate, calls=calls
+        ):
             choice = (TEAM, PINNED, ONE)[next(calls) % 3] if alternate else TEAM
-            used.append(choice)
+            used.append((alternate, choice))
             return choice
 
         monkeypatch.setattr(_threads.TEAM_PACE, "choose", pick)
@@ -1451,7 +1453,7 @@ def test_a_fit_whose_calls_change_threads_is_the_same_fit(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits.append(est.fit(X, y))
-    assert set(used) == {TEAM, PINNED, ONE}
+    assert set(used) == {(False, TEAM), (True, TEAM), (True, PINNED), (True, ONE)}
     assert_same_fit(fits[1], fits[0])
 
 
@@ -1503,26 +1505,34 @@ def test_a_fit_on_pinned_threads_leaves_every_thread_s_affinity(monkeypatch):
 def test_team_pace_takes_the_fastest_way_and_tries_the_others_again():
     pace = _threads._TeamPace()
     net, other = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
-    assert pace.choose(net, 1, 0.0) == ONE  # a team of one has no choice
-    assert pace.choose(net, 2, 0.0) == TEAM  # measure the team first,
-    pace.record(net, 2, TEAM, 0.010, 100, 0.0)
-    assert pace.choose(net, 2, 0.01) == PINNED  # then pinned,
-    pace.record(net, 2, PINNED, 0.012, 100, 0.01)
-    assert pace.choose(net, 2, 0.02) == ONE  # then one thread
-    pace.record(net, 2, ONE, 0.015, 100, 0.02)
-    assert pace.choose(net, 2, 0.03) == TEAM  # the team was fastest
-    assert pace.choose(other, 2, 0.03) == TEAM  # each network its own
-    pace.record(net, 2, TEAM, 0.030, 100, 0.3)  # the team slows down
-    assert pace.choose(net, 2, 0.31) == PINNED
-    pace.record(net, 2, PINNED, 0.012, 100, 0.32)
+    assert pace.choose(net, 1, 0.0, True) == ONE  # a team of one has no choice
+    # A team that would not be kept to CPUs: the free team or one thread.
+    assert pace.choices(2, False) == (TEAM, ONE)
+    pace.record(net, 2, TEAM, 0.030, 100, 0.0)
+    assert pace.choose(net, 2, 0.01) == ONE
+    pace.record(net, 2, ONE, 0.015, 100, 0.01)
+    assert pace.choose(net, 2, 0.02) == ONE
+    pace.record(net, 2, PINNED, 0.001, 100, 0.03)  # not one of its ways
+    assert pace.choose(net, 2, 0.04) == ONE
+    assert pace.choose(net, 2, 0.0, True) == TEAM  # measure the team first,
+    pace.record(net, 2, TEAM, 0.010, 100, 0.0, True)
+    assert pace.choose(net, 2, 0.01, True) == PINNED  # then pinned,
+    pace.record(net, 2, PINNED, 0.012, 100, 0.01, True)
+    assert pace.choose(net, 2, 0.02, True) == ONE  # then one thread
+    pace.record(net, 2, ONE, 0.015, 100, 0.02, True)
+    assert pace.choose(net, 2, 0.03, True) == TEAM  # the team was fastest
+    assert pace.choose(other, 2, 0.03, True) == TEAM  # each network its own
+    pace.record(net, 2, TEAM, 0.030, 100, 0.3, True)  # the team slows down
+    assert pace.choose(net, 2, 0.31, True) == PINNED
+    pace.record(net, 2, PINNED, 0.012, 100, 0.32, True)
     # One thread's measure grows old: it is tried again, then the fastest.
     t = 0.02 + pace.PROBE_SECONDS + 0.001
-    assert pace.choose(net, 2, t) == ONE
-    pace.record(net, 2, ONE, 0.040, 100, t)
-    assert pace.choose(net, 2, t) == PINNED
+    assert pace.choose(net, 2, t, True) == ONE
+    pace.record(net, 2, ONE, 0.040, 100, t, True)
+    assert pace.choose(net, 2, t, True) == PINNED
     # Calls too short to time are not measured.
-    pace.record(other, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.0)
-    assert pace.choose(other, 2, 0.01) == TEAM
+    pace.record(other, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.0, True)
+    assert pace.choose(other, 2, 0.01, True) == TEAM
 
 
 def test_team_pace_keeps_its_way_through_one_slow_call():
@@ -1531,14 +1541,42 @@ def test_team_pace_keeps_its_way_through_one_slow_call():
     for k, (choice, seconds) in enumerate(
         [(TEAM, 0.010), (PINNED, 0.012), (ONE, 0.015)] + [(TEAM, 0.010)] * 3
     ):
-        pace.record(net, 2, choice, seconds, 100, 0.01 * k)
-    pace.record(net, 2, TEAM, 0.050, 100, 0.06)  # one call the machine slowed
-    assert pace.choose(net, 2, 0.07) == TEAM  # the median of the recent calls
+        pace.record(net, 2, choice, seconds, 100, 0.01 * k, True)
+    pace.record(net, 2, TEAM, 0.050, 100, 0.06, True)  # one call the machine slowed
+    assert pace.choose(net, 2, 0.07, True) == TEAM  # the median of the recent calls
     for k in range(2):
-        pace.record(net, 2, TEAM, 0.050, 100, 0.08 + 0.01 * k)
-    assert pace.choose(net, 2, 0.1) == PINNED  # three of the last five: slower
-    recent, _ = pace._networks[net, 2]
+        pace.record(net, 2, TEAM, 0.050, 100, 0.08 + 0.01 * k, True)
+    assert pace.choose(net, 2, 0.1, True) == PINNED  # three of the last five: slower
+    recent, _ = pace._networks[net, 2, True]
     assert len(recent[TEAM]) == pace.KEEP
+
+
+def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
+    # Calls 0.3 s apart (a partial_fit loop with other work between them),
+    # the other ways tried now and then: the way in use keeps its recent
+    # calls' median through one slow call.
+    pace = _threads._TeamPace()
+    net = ((5, 8, 1), 30, "d")
+    seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
+    t, ways = 0.0, []
+    for k in range(12):
+        ways.append(pace.choose(net, 2, t, True))
+        taken = 0.016 if k == 11 else seconds[ways[-1]]
+        pace.record(net, 2, ways[-1], taken, 100, t, True)
+        t += 0.3
+    assert ways[-1] == TEAM and {PINNED, ONE} <= set(ways[3:])  # tries
+    recent, interval = pace._networks[net, 2, True]
+    assert pace._fastest(recent, pace.choices(2, True), interval) == TEAM
+
+
+def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
+    assert not _threads.can_pin(1)
+    if not (_team.pinning_available() and hasattr(os, "sched_getaffinity")):
+        assert not _threads.can_pin(2)
+        return
+    cpus = os.sched_getaffinity(0)
+    assert _threads.can_pin(len(cpus)) == (len(cpus) >= 2)
+    assert not _threads.can_pin(len(cpus) + 1)
 
 
 def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
@@ -1550,9 +1588,9 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
         """Calls of 100 rows every ``step`` s: their times and ways."""
         calls = []
         while t < until:
-            choice = pace.choose(net, 2, t)
+            choice = pace.choose(net, 2, t, True)
             calls.append((t, choice))
-            pace.record(net, 2, choice, seconds[choice], 100, t)
+            pace.record(net, 2, choice, seconds[choice], 100, t, True)
             t += step
         return calls, t
 
@@ -1577,39 +1615,39 @@ def test_team_pace_measures_each_team_size_on_its_own():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
     for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
-        pace.record(net, 2, choice, seconds, 100, 0.0)
+        pace.record(net, 2, choice, seconds, 100, 0.0, True)
     four, pinned_four = _threads.TeamChoice(4), _threads.TeamChoice(4, True)
-    assert pace.choose(net, 4, 0.02) == four  # a team of 4 is measured on its own
-    pace.record(net, 4, four, 0.005, 100, 0.02)
-    pace.record(net, 4, pinned_four, 0.006, 100, 0.02)
-    pace.record(net, 4, ONE, 0.01, 100, 0.03)
-    assert pace.choose(net, 4, 0.04) == four
-    assert pace.choose(net, 2, 0.06) == ONE  # a team of 2 keeps its own
+    assert pace.choose(net, 4, 0.02, True) == four  # a team of 4 is measured on its own
+    pace.record(net, 4, four, 0.005, 100, 0.02, True)
+    pace.record(net, 4, pinned_four, 0.006, 100, 0.02, True)
+    pace.record(net, 4, ONE, 0.01, 100, 0.03, True)
+    assert pace.choose(net, 4, 0.04, True) == four
+    assert pace.choose(net, 2, 0.06, True) == ONE  # a team of 2 keeps its own
 
 
 def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
     pace = _threads._TeamPace()
     net = ((5, 8, 1), 30, "d")
     for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
-        pace.record(net, 2, choice, seconds, 100, 0.0)
+        pace.record(net, 2, choice, seconds, 100, 0.0, True)
     t = 0.0
     for _ in range(4):  # tries of the team ways back off to 4 s
         t += pace.MAX_PROBE_SECONDS + 0.01
-        choice = pace.choose(net, 2, t)
+        choice = pace.choose(net, 2, t, True)
         assert choice in (TEAM, PINNED)
-        pace.record(net, 2, choice, 0.03, 100, t)
+        pace.record(net, 2, choice, 0.03, 100, t, True)
     # One thread slows down in its own calls: the team is faster now, and
     # one thread is tried again after PROBE_SECONDS, not 4 s.
     for k in range(3):
-        pace.record(net, 2, ONE, 0.05, 100, t + 0.001 * (k + 1))
-    fastest = pace.choose(net, 2, t + 0.01)
+        pace.record(net, 2, ONE, 0.05, 100, t + 0.001 * (k + 1), True)
+    fastest = pace.choose(net, 2, t + 0.01, True)
     assert fastest in (TEAM, PINNED)
-    pace.record(net, 2, fastest, 0.03, 100, t + 0.01)
+    pace.record(net, 2, fastest, 0.03, 100, t + 0.01, True)
     later = t + 0.01 + pace.PROBE_SECONDS
     tried = []
     for k in range(2):  # the other team way's measure is older: first
-        tried.append(pace.choose(net, 2, later + 0.01 * k))
-        pace.record(net, 2, tried[-1], 0.06, 100, later + 0.01 * k)
+        tried.append(pace.choose(net, 2, later + 0.01 * k, True))
+        pace.record(net, 2, tried[-1], 0.06, 100, later + 0.01 * k, True)
     assert tried[1] == ONE
 
 
