@@ -377,6 +377,15 @@ class TeamChoice(NamedTuple):
     pinned: bool = False
 
 
+class _PaceState(NamedTuple):
+    """What the pace knows of one network's team."""
+
+    measured: dict  # way -> [(seconds per row, when)], the newest last
+    interval: float  # the probe interval
+    last: object = None  # the way of the latest call
+    streak: int = 0  # calls of it in a row
+
+
 class _TeamPace:
     """How a team has lately trained fastest: on all its threads, on all its
     threads kept to their CPUs, or on one.
@@ -384,14 +393,16 @@ class _TeamPace:
     The engine runs each call of its compiled loop (about 20 ms of training)
     the way this picks, whichever did the same network's recent calls
     fastest per row, trying the others again when their newest measure is
-    older than the network's probe interval. A way's measure is the median
-    of its last ``KEEP`` calls, as far back as no two of them are further
-    apart than the probe interval: one call of the way in use that the
-    machine slowed does not switch, and a try of another way counts alone.
-    The interval starts at
-    ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
-    try confirms that the way it tried is slower, and starts again when the
-    fastest way changes.
+    older than the network's probe interval. A try lasts ``TRY_CALLS``
+    calls, and the first call of a way after another is not measured: a
+    way needs a call to settle (the threads to wake, the scheduler to move
+    a busy process away from a thread kept to a CPU). A way's measure is the
+    median of its last ``KEEP`` measured calls, as far back as no two of
+    them are further apart than the probe interval: one call of the way in
+    use that the machine slowed does not switch, and a try of another way
+    counts on its own. The interval starts at ``PROBE_SECONDS`` and doubles,
+    up to ``MAX_PROBE_SECONDS``, each time a try confirms that the way it
+    tried is slower, and starts again when the fastest way changes.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
@@ -402,9 +413,10 @@ class _TeamPace:
     runs slowly. The pieces are the team's every way, so the results do not
     depend on the choice. The pinned way is offered only where it pins
     (``pinnable``: see :func:`can_pin`). Each team size of a network is
-    measured on its own. Shared by the process's threads (a grid search's fits of one
-    network learn from each other); calls shorter than ``MIN_SECONDS`` are
-    not measured (the first calls of a fit, which grow from one minibatch).
+    measured on its own. Shared by the process's threads (a grid search's
+    fits of one network learn from each other); calls shorter than
+    ``MIN_SECONDS`` are not measured (the first calls of a fit, which grow
+    from one minibatch).
     """
 
     PROBE_SECONDS = 0.5
@@ -412,11 +424,11 @@ class _TeamPace:
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
     KEEP = 5
+    TRY_CALLS = 3
 
     def __init__(self):
         self._lock = threading.Lock()
-        # (network, team threads) -> ({choice: [(seconds per row, when)]},
-        # probe interval)
+        # (network, team threads, pinnable) -> _PaceState
         self._networks = {}
 
     def _after_fork_in_child(self):
@@ -437,8 +449,8 @@ class _TeamPace:
     @staticmethod
     def _fastest(measured, choices, interval):
         def measure(choice):
-            # The way's latest run of calls: none further than the probe
-            # interval from the next.
+            # The way's latest run of measured calls: none further than the
+            # probe interval from the next.
             calls = measured[choice]
             run = [calls[-1]]
             for call in reversed(calls[:-1]):
@@ -449,6 +461,9 @@ class _TeamPace:
 
         return min(choices, key=measure)
 
+    def _state(self, key):
+        return self._networks.get(key) or _PaceState({}, self.PROBE_SECONDS)
+
     def choose(self, network, team_threads, now, pinnable=False):
         """The :class:`TeamChoice` for the next call of ``network``'s team of
         ``team_threads``; the pinned way only if ``pinnable``."""
@@ -456,18 +471,19 @@ class _TeamPace:
         if len(choices) == 1:
             return choices[0]
         with self._lock:
-            measured, interval = self._networks.get(
-                (network, team_threads, pinnable), ({}, self.PROBE_SECONDS)
-            )
-            measured = dict(measured)
+            state = self._state((network, team_threads, pinnable))
+        measured = state.measured
+        every = all(choice in measured for choice in choices)
+        fastest = self._fastest(measured, choices, state.interval) if every else None
+        if state.last not in (None, fastest) and state.streak < self.TRY_CALLS:
+            return state.last  # a try goes on
         for choice in choices:
             if choice not in measured:
                 return choice
-        fastest = self._fastest(measured, choices, interval)
         due = [
             choice
             for choice in choices
-            if choice != fastest and now - measured[choice][-1][1] > interval
+            if choice != fastest and now - measured[choice][-1][1] > state.interval
         ]
         if not due:
             return fastest
@@ -477,25 +493,27 @@ class _TeamPace:
         """A call of ``network``'s team of ``team_threads`` (``pinnable`` as
         in :meth:`choose`) ran ``rows`` rows in ``seconds`` the way
         ``choice`` (a :class:`TeamChoice`) says."""
-        if seconds < self.MIN_SECONDS or rows <= 0:
-            return
         choices = self.choices(team_threads, pinnable)
-        if choice not in choices:
+        if choice not in choices or len(choices) == 1:
             return
         key = (network, team_threads, pinnable)
         with self._lock:
-            measured, interval = self._networks.pop(key, ({}, self.PROBE_SECONDS))
-            every = all(c in measured for c in choices)
-            fastest = self._fastest(measured, choices, interval) if every else None
-            recent = [*measured.get(choice, ()), (seconds / rows, now)]
-            measured = {**measured, choice: recent[-self.KEEP :]}
-            if every:
-                now_fastest = self._fastest(measured, choices, interval)
-                if now_fastest != fastest:
-                    interval = self.PROBE_SECONDS
-                elif choice != fastest:  # a try of another way: slower again
-                    interval = min(2 * interval, self.MAX_PROBE_SECONDS)
-            self._networks[key] = (measured, interval)  # the most recent last
+            state = self._networks.pop(key, None) or _PaceState({}, self.PROBE_SECONDS)
+            streak = state.streak + 1 if choice == state.last else 1
+            measured, interval = state.measured, state.interval
+            if streak > 1 and seconds >= self.MIN_SECONDS and rows > 0:
+                every = all(c in measured for c in choices)
+                fastest = self._fastest(measured, choices, interval) if every else None
+                recent = [*measured.get(choice, ()), (seconds / rows, now)]
+                measured = {**measured, choice: recent[-self.KEEP :]}
+                if every:
+                    now_fastest = self._fastest(measured, choices, interval)
+                    if now_fastest != fastest:
+                        interval = self.PROBE_SECONDS
+                    elif choice != fastest and streak == self.TRY_CALLS:
+                        # a try of another way: slower again
+                        interval = min(2 * interval, self.MAX_PROBE_SECONDS)
+            self._networks[key] = _PaceState(measured, interval, choice, streak)
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 

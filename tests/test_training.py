@@ -12,6 +12,7 @@ warm starts).
 
 import contextlib
 import functools
+import itertools
 import multiprocessing
 import os
 import sys
@@ -1502,53 +1503,58 @@ def test_a_fit_on_pinned_threads_leaves_every_thread_s_affinity(monkeypatch):
         os.sched_setaffinity(0, cpus)
 
 
-def test_team_pace_takes_the_fastest_way_and_tries_the_others_again():
+NET, OTHER_NET = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
+
+
+def paced_calls(pace, t, until, seconds, step=0.01, pinnable=True, net=NET):
+    """Calls of 100 rows every ``step`` s until ``until``, each taking
+    ``seconds[way]`` for the way the pace picks: [(time, way)], the end."""
+    calls = []
+    while t < until - 1e-9:
+        way = pace.choose(net, 2, t, pinnable)
+        calls.append((t, way))
+        pace.record(net, 2, way, seconds[way], 100, t, pinnable)
+        t += step
+    return calls, t
+
+
+def test_team_pace_measures_each_way_after_a_settling_call():
     pace = _threads._TeamPace()
-    net, other = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
-    assert pace.choose(net, 1, 0.0, True) == ONE  # a team of one has no choice
+    assert pace.choose(NET, 1, 0.0, True) == ONE  # a team of one has no choice
+    # The first call of a way is not measured: each way runs three calls,
+    # in turn, then the fastest stays.
+    calls, t = paced_calls(pace, 0.0, 0.1, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
+    assert [way for _, way in calls] == [TEAM] * 3 + [PINNED] * 3 + [ONE] * 3 + [TEAM]
+    assert pace.choose(OTHER_NET, 2, t, True) == TEAM  # each network its own
     # A team that would not be kept to CPUs: the free team or one thread.
     assert pace.choices(2, False) == (TEAM, ONE)
-    pace.record(net, 2, TEAM, 0.030, 100, 0.0)
-    assert pace.choose(net, 2, 0.01) == ONE
-    pace.record(net, 2, ONE, 0.015, 100, 0.01)
-    assert pace.choose(net, 2, 0.02) == ONE
-    pace.record(net, 2, PINNED, 0.001, 100, 0.03)  # not one of its ways
-    assert pace.choose(net, 2, 0.04) == ONE
-    assert pace.choose(net, 2, 0.0, True) == TEAM  # measure the team first,
-    pace.record(net, 2, TEAM, 0.010, 100, 0.0, True)
-    assert pace.choose(net, 2, 0.01, True) == PINNED  # then pinned,
-    pace.record(net, 2, PINNED, 0.012, 100, 0.01, True)
-    assert pace.choose(net, 2, 0.02, True) == ONE  # then one thread
-    pace.record(net, 2, ONE, 0.015, 100, 0.02, True)
-    assert pace.choose(net, 2, 0.03, True) == TEAM  # the team was fastest
-    assert pace.choose(other, 2, 0.03, True) == TEAM  # each network its own
-    pace.record(net, 2, TEAM, 0.030, 100, 0.3, True)  # the team slows down
-    assert pace.choose(net, 2, 0.31, True) == PINNED
-    pace.record(net, 2, PINNED, 0.012, 100, 0.32, True)
-    # One thread's measure grows old: it is tried again, then the fastest.
-    t = 0.02 + pace.PROBE_SECONDS + 0.001
-    assert pace.choose(net, 2, t, True) == ONE
-    pace.record(net, 2, ONE, 0.040, 100, t, True)
-    assert pace.choose(net, 2, t, True) == PINNED
+    calls, _ = paced_calls(pace, 0.0, 0.1, {TEAM: 0.030, ONE: 0.015}, pinnable=False)
+    assert [way for _, way in calls] == [TEAM] * 3 + [ONE] * 7
+    pace.record(NET, 2, PINNED, 0.001, 100, 0.2, False)  # not one of its ways
+    assert pace.choose(NET, 2, 0.21, False) == ONE
     # Calls too short to time are not measured.
-    pace.record(other, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.0, True)
-    assert pace.choose(other, 2, 0.01, True) == TEAM
+    for k in range(3):
+        pace.record(OTHER_NET, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.01 * k, True)
+    assert pace.choose(OTHER_NET, 2, 0.03, True) == TEAM
+
+
+def test_team_pace_switches_when_the_way_in_use_slows_down():
+    pace = _threads._TeamPace()
+    calls, t = paced_calls(pace, 0.0, 0.1, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
+    calls, t = paced_calls(pace, t, t + 0.1, {TEAM: 0.030, PINNED: 0.012, ONE: 0.015})
+    ways = [way for _, way in calls]
+    assert ways[0] == TEAM  # one slow call does not switch, a few do
+    assert set(ways[3:]) == {PINNED}
 
 
 def test_team_pace_keeps_its_way_through_one_slow_call():
     pace = _threads._TeamPace()
-    net = ((5, 8, 1), 30, "d")
-    for k, (choice, seconds) in enumerate(
-        [(TEAM, 0.010), (PINNED, 0.012), (ONE, 0.015)] + [(TEAM, 0.010)] * 3
-    ):
-        pace.record(net, 2, choice, seconds, 100, 0.01 * k, True)
-    pace.record(net, 2, TEAM, 0.050, 100, 0.06, True)  # one call the machine slowed
-    assert pace.choose(net, 2, 0.07, True) == TEAM  # the median of the recent calls
-    for k in range(2):
-        pace.record(net, 2, TEAM, 0.050, 100, 0.08 + 0.01 * k, True)
-    assert pace.choose(net, 2, 0.1, True) == PINNED  # three of the last five: slower
-    recent, _ = pace._networks[net, 2, True]
-    assert len(recent[TEAM]) == pace.KEEP
+    seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
+    _, t = paced_calls(pace, 0.0, 0.2, seconds)
+    pace.record(NET, 2, TEAM, 0.050, 100, t, True)  # one call the machine slowed
+    assert pace.choose(NET, 2, t + 0.01, True) == TEAM  # the median of the recent
+    state = pace._networks[NET, 2, True]
+    assert len(state.measured[TEAM]) == pace.KEEP
 
 
 def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
@@ -1556,17 +1562,14 @@ def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
     # the other ways tried now and then: the way in use keeps its recent
     # calls' median through one slow call.
     pace = _threads._TeamPace()
-    net = ((5, 8, 1), 30, "d")
     seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
-    t, ways = 0.0, []
-    for k in range(12):
-        ways.append(pace.choose(net, 2, t, True))
-        taken = 0.016 if k == 11 else seconds[ways[-1]]
-        pace.record(net, 2, ways[-1], taken, 100, t, True)
-        t += 0.3
-    assert ways[-1] == TEAM and {PINNED, ONE} <= set(ways[3:])  # tries
-    recent, interval = pace._networks[net, 2, True]
-    assert pace._fastest(recent, pace.choices(2, True), interval) == TEAM
+    calls, t = paced_calls(pace, 0.0, 9.0, seconds, step=0.3)
+    assert {PINNED, ONE} <= {way for _, way in calls[6:]}  # tries
+    while pace.choose(NET, 2, t, True) != TEAM:
+        calls, t = paced_calls(pace, t, t + 0.3, seconds, step=0.3)
+    pace.record(NET, 2, TEAM, 0.016, 100, t, True)
+    state = pace._networks[NET, 2, True]
+    assert pace._fastest(state.measured, pace.choices(2, True), state.interval) == TEAM
 
 
 def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
@@ -1581,74 +1584,52 @@ def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
 
 def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     pace = _threads._TeamPace()
-    net = ((5, 8, 1), 30, "d")
     step = 0.01
-
-    def run(t, until, seconds):
-        """Calls of 100 rows every ``step`` s: their times and ways."""
-        calls = []
-        while t < until:
-            choice = pace.choose(net, 2, t, True)
-            calls.append((t, choice))
-            pace.record(net, 2, choice, seconds[choice], 100, t, True)
-            t += step
-        return calls, t
-
-    # A busy neighbour: both team ways are three times slower; each try that
-    # confirms it doubles the wait before the next try (0.5 s, 1, 2, then at
-    # most 4 s), so each way is tried again after 0.5 or 1 s, then 2, then
-    # every 4 s.
-    calls, t = run(0.0, 30.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    # A busy neighbour: both team ways are three times slower. A try lasts
+    # three calls; each that confirms it doubles the wait before the next
+    # try (0.5 s, 1, 2, then at most 4 s), so each way is tried again after
+    # about 0.5 or 1 s, then 2, then every 4 s.
+    calls, t = paced_calls(pace, 0.0, 30.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    ways = [way for _, way in calls]
     for way, first in ((TEAM, [0.5, 2]), (PINNED, [1])):
-        tries = [c for c, choice in calls if choice == way]
+        tries = [
+            c
+            for k, (c, w) in enumerate(calls)
+            if w == way and (k == 0 or ways[k - 1] != way)
+        ]
         expected = first + [4] * (len(tries) - 1 - len(first))
-        assert_allclose(np.diff(tries), expected, atol=2.5 * step, rtol=0)
+        assert_allclose(np.diff(tries), expected, atol=5 * step, rtol=0)
+        runs = [len(list(g)) for w, g in itertools.groupby(ways[6:]) if w == way]
+        assert set(runs) == {pace.TRY_CALLS}
     # Pinned gets faster: the next try (within 8 s) finds it, and keeps it.
-    calls, _ = run(t, t + 10.0, {TEAM: 0.03, PINNED: 0.005, ONE: 0.01})
-    first = next(c for c, choice in calls if choice == PINNED)
+    calls, _ = paced_calls(pace, t, t + 10.0, {TEAM: 0.03, PINNED: 0.005, ONE: 0.01})
+    first = next(c for c, way in calls if way == PINNED)
     assert first - t < 2 * pace.MAX_PROBE_SECONDS + 2 * step
-    after = [choice for c, choice in calls if c > first]
+    after = [way for c, way in calls if c > first]
     assert after.count(PINNED) > 0.95 * len(after)
 
 
 def test_team_pace_measures_each_team_size_on_its_own():
     pace = _threads._TeamPace()
-    net = ((5, 8, 1), 30, "d")
-    for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
-        pace.record(net, 2, choice, seconds, 100, 0.0, True)
-    four, pinned_four = _threads.TeamChoice(4), _threads.TeamChoice(4, True)
-    assert pace.choose(net, 4, 0.02, True) == four  # a team of 4 is measured on its own
-    pace.record(net, 4, four, 0.005, 100, 0.02, True)
-    pace.record(net, 4, pinned_four, 0.006, 100, 0.02, True)
-    pace.record(net, 4, ONE, 0.01, 100, 0.03, True)
-    assert pace.choose(net, 4, 0.04, True) == four
-    assert pace.choose(net, 2, 0.06, True) == ONE  # a team of 2 keeps its own
+    paced_calls(pace, 0.0, 0.1, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    four = _threads.TeamChoice(4)
+    assert pace.choose(NET, 4, 0.2, True) == four  # a team of 4 on its own
+    assert pace.choose(NET, 2, 0.2, True) == ONE  # a team of 2 keeps its own
 
 
 def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
     pace = _threads._TeamPace()
-    net = ((5, 8, 1), 30, "d")
-    for choice, seconds in [(TEAM, 0.03), (PINNED, 0.03), (ONE, 0.01)]:
-        pace.record(net, 2, choice, seconds, 100, 0.0, True)
-    t = 0.0
-    for _ in range(4):  # tries of the team ways back off to 4 s
-        t += pace.MAX_PROBE_SECONDS + 0.01
-        choice = pace.choose(net, 2, t, True)
-        assert choice in (TEAM, PINNED)
-        pace.record(net, 2, choice, 0.03, 100, t, True)
+    slow_team = {TEAM: 0.03, PINNED: 0.03, ONE: 0.01}
+    _, t = paced_calls(pace, 0.0, 20.0, slow_team)  # tries back off to 4 s
+    assert pace._networks[NET, 2, True].interval == pace.MAX_PROBE_SECONDS
     # One thread slows down in its own calls: the team is faster now, and
-    # one thread is tried again after PROBE_SECONDS, not 4 s.
-    for k in range(3):
-        pace.record(net, 2, ONE, 0.05, 100, t + 0.001 * (k + 1), True)
-    fastest = pace.choose(net, 2, t + 0.01, True)
-    assert fastest in (TEAM, PINNED)
-    pace.record(net, 2, fastest, 0.03, 100, t + 0.01, True)
-    later = t + 0.01 + pace.PROBE_SECONDS
-    tried = []
-    for k in range(2):  # the other team way's measure is older: first
-        tried.append(pace.choose(net, 2, later + 0.01 * k, True))
-        pace.record(net, 2, tried[-1], 0.06, 100, later + 0.01 * k, True)
-    assert tried[1] == ONE
+    # one thread is tried again within a second (the interval starts again
+    # at PROBE_SECONDS; a try of the pinned way may double it), not 4 s.
+    calls, _ = paced_calls(pace, t, t + 2.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.05})
+    ways = [way for _, way in calls]
+    switched = next(k for k, way in enumerate(ways) if way != ONE)
+    back = next(k for k in range(switched, len(ways)) if ways[k] == ONE)
+    assert calls[back][0] - calls[switched][0] < 2 * pace.PROBE_SECONDS + 0.05
 
 
 def test_a_team_larger_than_the_cores_is_deterministic(monkeypatch):
