@@ -380,10 +380,11 @@ class TeamChoice(NamedTuple):
 class _PaceState(NamedTuple):
     """What the pace knows of one network's team."""
 
-    measured: dict  # way -> [(seconds per row, when)], the newest last
+    measured: dict  # way -> [(seconds per row, when, call)], the newest last
     interval: float  # the probe interval
     last: object = None  # the way of the latest call
     streak: int = 0  # calls of it in a row
+    calls: int = 0  # calls so far
 
 
 class _TeamPace:
@@ -393,7 +394,10 @@ class _TeamPace:
     The engine runs each call of its compiled loop (about 20 ms of training)
     the way this picks, whichever did the same network's recent calls
     fastest per row, trying the others again when their newest measure is
-    older than the network's probe interval. A try lasts ``TRY_CALLS``
+    older than the network's probe interval, and at least
+    ``CALLS_PER_PROBE_SECOND`` times the interval's seconds calls ago (fits
+    too short to reach that many calls in the interval, run among other
+    work, would otherwise spend much of their time on tries). A try lasts ``TRY_CALLS``
     calls, and the first call of a way after another is not measured: a
     way needs a call to settle (the threads to wake, the scheduler to move
     a busy process away from a thread kept to a CPU). A way's measure is the
@@ -425,6 +429,7 @@ class _TeamPace:
     MAX_NETWORKS = 32
     KEEP = 5
     TRY_CALLS = 3
+    CALLS_PER_PROBE_SECOND = 64
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -457,7 +462,7 @@ class _TeamPace:
                 if run[-1][1] - call[1] > interval:
                     break
                 run.append(call)
-            return statistics.median(s for s, _ in run)
+            return statistics.median(call[0] for call in run)
 
         return min(choices, key=measure)
 
@@ -480,10 +485,13 @@ class _TeamPace:
         for choice in choices:
             if choice not in measured:
                 return choice
+        min_calls = self.CALLS_PER_PROBE_SECOND * state.interval
         due = [
             choice
             for choice in choices
-            if choice != fastest and now - measured[choice][-1][1] > state.interval
+            if choice != fastest
+            and now - measured[choice][-1][1] > state.interval
+            and state.calls - measured[choice][-1][2] >= min_calls
         ]
         if not due:
             return fastest
@@ -504,7 +512,7 @@ class _TeamPace:
             if streak > 1 and seconds >= self.MIN_SECONDS and rows > 0:
                 every = all(c in measured for c in choices)
                 fastest = self._fastest(measured, choices, interval) if every else None
-                recent = [*measured.get(choice, ()), (seconds / rows, now)]
+                recent = [*measured.get(choice, ()), (seconds / rows, now, state.calls)]
                 measured = {**measured, choice: recent[-self.KEEP :]}
                 if every:
                     now_fastest = self._fastest(measured, choices, interval)
@@ -513,7 +521,9 @@ class _TeamPace:
                     elif choice != fastest and streak == self.TRY_CALLS:
                         # a try of another way: slower again
                         interval = min(2 * interval, self.MAX_PROBE_SECONDS)
-            self._networks[key] = _PaceState(measured, interval, choice, streak)
+            self._networks[key] = _PaceState(
+                measured, interval, choice, streak, state.calls + 1
+            )
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 

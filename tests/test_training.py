@@ -1563,8 +1563,8 @@ def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
     # calls' median through one slow call.
     pace = _threads._TeamPace()
     seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
-    calls, t = paced_calls(pace, 0.0, 9.0, seconds, step=0.3)
-    assert {PINNED, ONE} <= {way for _, way in calls[6:]}  # tries
+    calls, t = paced_calls(pace, 0.0, 60.0, seconds, step=0.3)
+    assert {PINNED, ONE} <= {way for _, way in calls[9:]}  # tries
     while pace.choose(NET, 2, t, True) != TEAM:
         calls, t = paced_calls(pace, t, t + 0.3, seconds, step=0.3)
     pace.record(NET, 2, TEAM, 0.016, 100, t, True)
@@ -1607,6 +1607,21 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     assert first - t < 2 * pace.MAX_PROBE_SECONDS + 2 * step
     after = [way for c, way in calls if c > first]
     assert after.count(PINNED) > 0.95 * len(after)
+
+
+def test_team_pace_tries_after_enough_calls_when_calls_are_few():
+    # Short fits among other work (a call every 0.1 s): a way is tried
+    # again once its interval has passed and 64 calls per second of it.
+    pace = _threads._TeamPace()
+    calls, _ = paced_calls(
+        pace, 0.0, 120.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01}, step=0.1
+    )
+    ways = [way for _, way in calls]
+    starts = [k for k in range(9, len(ways)) if ways[k] != ONE and ways[k - 1] == ONE]
+    gaps = np.diff([k for k in starts if ways[k] == TEAM])
+    assert gaps.min() >= pace.CALLS_PER_PROBE_SECOND * pace.PROBE_SECONDS
+    assert gaps.max() <= pace.CALLS_PER_PROBE_SECOND * pace.MAX_PROBE_SECONDS + 8
+    assert len(starts) >= 4
 
 
 def test_team_pace_measures_each_team_size_on_its_own():
