@@ -380,33 +380,41 @@ class TeamChoice(NamedTuple):
 class _PaceState(NamedTuple):
     """What the pace knows of one network's team."""
 
-    measured: dict  # way -> [(seconds per row, when, call)], the newest last
+    measured: dict  # way -> [(seconds per row, when, stint)], the newest last
     interval: float  # the probe interval
     last: object = None  # the way of the latest call
-    streak: int = 0  # calls of it in a row
-    calls: int = 0  # calls so far
+    streak: int = 0  # its stints in a row, the one under way not counted
+    stints: int = 0  # stints so far
+    seconds: float = 0.0  # the stint under way: its calls' seconds
+    rows: int = 0  # and rows
 
 
 class _TeamPace:
     """How a team has lately trained fastest: on all its threads, on all its
     threads kept to their CPUs, or on one.
 
-    The engine runs each call of its compiled loop (about 20 ms of training)
-    the way this picks, whichever did the same network's recent calls
-    fastest per row, trying the others again when their newest measure is
-    older than the network's probe interval, and at least
-    ``CALLS_PER_PROBE_SECOND`` times the interval's seconds calls ago (fits
-    too short to reach that many calls in the interval, run among other
-    work, would otherwise spend much of their time on tries). A try lasts ``TRY_CALLS``
-    calls, and the first call of a way after another is not measured: a
-    way needs a call to settle (the threads to wake, the scheduler to move
-    a busy process away from a thread kept to a CPU). A way's measure is the
-    median of its last ``KEEP`` measured calls, as far back as no two of
-    them are further apart than the probe interval: one call of the way in
-    use that the machine slowed does not switch, and a try of another way
-    counts on its own. The interval starts at ``PROBE_SECONDS`` and doubles,
-    up to ``MAX_PROBE_SECONDS``, each time a try confirms that the way it
-    tried is slower, and starts again when the fastest way changes.
+    The engine runs each call of its compiled loop (about 20 ms of training,
+    less when an epoch ends sooner) the way this picks. A way runs in
+    *stints*: calls in a row that add up to at least ``MIN_SECONDS``, timed
+    together (the calls of a small network's epochs take 1-2 ms each). The
+    pace picks the way whose recent stints were fastest per row, and tries
+    the others again when their newest measure is older than the network's
+    probe interval, and enough stints ago that the try costs at most
+    ``TRY_BUDGET`` of the stints' time since, at the way's last measure (a
+    way measured 1.6x slower waits 90 stints, one 1.05x slower 8: fits too
+    short to run many stints in the interval, among other work, would
+    otherwise spend much of their time on tries of a way far slower, while
+    a close call is tried again soon). A try lasts ``TRY_STINTS`` stints,
+    and the first stint of a way after another is not measured: a way needs
+    a moment to settle
+    (the threads to wake, the scheduler to move a busy process away from a
+    thread kept to a CPU). A way's measure is the median of its last
+    ``KEEP`` measured stints, as far back as no two of them are further
+    apart than the probe interval: one stint of the way in use that the
+    machine slowed does not switch, and a try of another way counts on its
+    own. The interval starts at ``PROBE_SECONDS`` and doubles, up to
+    ``MAX_PROBE_SECONDS``, each time a try confirms that the way it tried is
+    slower, and starts again when the fastest way changes.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
@@ -418,9 +426,7 @@ class _TeamPace:
     depend on the choice. The pinned way is offered only where it pins
     (``pinnable``: see :func:`can_pin`). Each team size of a network is
     measured on its own. Shared by the process's threads (a grid search's
-    fits of one network learn from each other); calls shorter than
-    ``MIN_SECONDS`` are not measured (the first calls of a fit, which grow
-    from one minibatch).
+    fits of one network learn from each other).
     """
 
     PROBE_SECONDS = 0.5
@@ -428,8 +434,8 @@ class _TeamPace:
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
     KEEP = 5
-    TRY_CALLS = 3
-    CALLS_PER_PROBE_SECOND = 64
+    TRY_STINTS = 3
+    TRY_BUDGET = 0.02
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -452,22 +458,20 @@ class _TeamPace:
         return (TeamChoice(team_threads), TeamChoice(team_threads, True), TeamChoice(1))
 
     @staticmethod
-    def _fastest(measured, choices, interval):
-        def measure(choice):
-            # The way's latest run of measured calls: none further than the
-            # probe interval from the next.
-            calls = measured[choice]
-            run = [calls[-1]]
-            for call in reversed(calls[:-1]):
-                if run[-1][1] - call[1] > interval:
-                    break
-                run.append(call)
-            return statistics.median(call[0] for call in run)
+    def _measure(stints, interval):
+        """A way's seconds per row: the median of its latest run of
+        measured stints, none further than the probe interval from the
+        next."""
+        run = [stints[-1]]
+        for stint in reversed(stints[:-1]):
+            if run[-1][1] - stint[1] > interval:
+                break
+            run.append(stint)
+        return statistics.median(stint[0] for stint in run)
 
-        return min(choices, key=measure)
-
-    def _state(self, key):
-        return self._networks.get(key) or _PaceState({}, self.PROBE_SECONDS)
+    @classmethod
+    def _fastest(cls, measured, choices, interval):
+        return min(choices, key=lambda choice: cls._measure(measured[choice], interval))
 
     def choose(self, network, team_threads, now, pinnable=False):
         """The :class:`TeamChoice` for the next call of ``network``'s team of
@@ -476,22 +480,32 @@ class _TeamPace:
         if len(choices) == 1:
             return choices[0]
         with self._lock:
-            state = self._state((network, team_threads, pinnable))
+            state = self._networks.get((network, team_threads, pinnable))
+        if state is None:
+            return choices[0]
+        if state.seconds > 0:
+            return state.last  # a stint goes on
         measured = state.measured
         every = all(choice in measured for choice in choices)
         fastest = self._fastest(measured, choices, state.interval) if every else None
-        if state.last not in (None, fastest) and state.streak < self.TRY_CALLS:
+        if state.last != fastest and state.streak < self.TRY_STINTS:
             return state.last  # a try goes on
         for choice in choices:
             if choice not in measured:
                 return choice
-        min_calls = self.CALLS_PER_PROBE_SECOND * state.interval
+        best = self._measure(measured[fastest], state.interval)
+
+        def try_costs_little(choice):
+            slower = self._measure(measured[choice], state.interval) / best - 1
+            stints = state.stints - measured[choice][-1][2]
+            return self.TRY_STINTS * slower <= self.TRY_BUDGET * stints
+
         due = [
             choice
             for choice in choices
             if choice != fastest
             and now - measured[choice][-1][1] > state.interval
-            and state.calls - measured[choice][-1][2] >= min_calls
+            and try_costs_little(choice)
         ]
         if not due:
             return fastest
@@ -502,30 +516,50 @@ class _TeamPace:
         in :meth:`choose`) ran ``rows`` rows in ``seconds`` the way
         ``choice`` (a :class:`TeamChoice`) says."""
         choices = self.choices(team_threads, pinnable)
-        if choice not in choices or len(choices) == 1:
+        if choice not in choices or len(choices) == 1 or rows <= 0:
             return
         key = (network, team_threads, pinnable)
         with self._lock:
             state = self._networks.pop(key, None) or _PaceState({}, self.PROBE_SECONDS)
-            streak = state.streak + 1 if choice == state.last else 1
-            measured, interval = state.measured, state.interval
-            if streak > 1 and seconds >= self.MIN_SECONDS and rows > 0:
-                every = all(c in measured for c in choices)
-                fastest = self._fastest(measured, choices, interval) if every else None
-                recent = [*measured.get(choice, ()), (seconds / rows, now, state.calls)]
-                measured = {**measured, choice: recent[-self.KEEP :]}
-                if every:
-                    now_fastest = self._fastest(measured, choices, interval)
-                    if now_fastest != fastest:
-                        interval = self.PROBE_SECONDS
-                    elif choice != fastest and streak == self.TRY_CALLS:
-                        # a try of another way: slower again
-                        interval = min(2 * interval, self.MAX_PROBE_SECONDS)
+            if choice == state.last:
+                streak, seconds, rows = (
+                    state.streak,
+                    state.seconds + seconds,
+                    state.rows + rows,
+                )
+            else:
+                streak = 0
+            measured, interval, stints = state.measured, state.interval, state.stints
+            if seconds >= self.MIN_SECONDS:  # a stint is over
+                streak += 1
+                stints += 1
+                if streak > 1:
+                    measured, interval = self._update(
+                        state, choices, choice, seconds / rows, now, streak
+                    )
+                seconds, rows = 0.0, 0
             self._networks[key] = _PaceState(
-                measured, interval, choice, streak, state.calls + 1
+                measured, interval, choice, streak, stints, seconds, rows
             )
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
+
+    def _update(self, state, choices, choice, per_row, now, streak):
+        """The measures and interval once a stint of ``choice`` (its
+        ``streak``-th in a row) took ``per_row`` seconds per row."""
+        measured, interval = state.measured, state.interval
+        every = all(c in measured for c in choices)
+        fastest = self._fastest(measured, choices, interval) if every else None
+        recent = [*measured.get(choice, ()), (per_row, now, state.stints)]
+        measured = {**measured, choice: recent[-self.KEEP :]}
+        if every:
+            now_fastest = self._fastest(measured, choices, interval)
+            if now_fastest != fastest:
+                interval = self.PROBE_SECONDS
+            elif choice != fastest and streak == self.TRY_STINTS:
+                # a try of another way: slower again
+                interval = min(2 * interval, self.MAX_PROBE_SECONDS)
+        return measured, interval
 
 
 TEAM_PACE = _TeamPace()

@@ -1585,11 +1585,11 @@ def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
 def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     pace = _threads._TeamPace()
     step = 0.01
-    # A busy neighbour: both team ways are three times slower. A try lasts
+    # A busy neighbour: both team ways are slower. A try lasts
     # three calls; each that confirms it doubles the wait before the next
     # try (0.5 s, 1, 2, then at most 4 s), so each way is tried again after
     # about 0.5 or 1 s, then 2, then every 4 s.
-    calls, t = paced_calls(pace, 0.0, 30.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    calls, t = paced_calls(pace, 0.0, 30.0, {TEAM: 0.011, PINNED: 0.011, ONE: 0.01})
     ways = [way for _, way in calls]
     for way, first in ((TEAM, [0.5, 2]), (PINNED, [1])):
         tries = [
@@ -1600,7 +1600,7 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
         expected = first + [4] * (len(tries) - 1 - len(first))
         assert_allclose(np.diff(tries), expected, atol=5 * step, rtol=0)
         runs = [len(list(g)) for w, g in itertools.groupby(ways[6:]) if w == way]
-        assert set(runs) == {pace.TRY_CALLS}
+        assert set(runs) == {pace.TRY_STINTS}
     # Pinned gets faster: the next try (within 8 s) finds it, and keeps it.
     calls, _ = paced_calls(pace, t, t + 10.0, {TEAM: 0.03, PINNED: 0.005, ONE: 0.01})
     first = next(c for c, way in calls if way == PINNED)
@@ -1609,19 +1609,36 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     assert after.count(PINNED) > 0.95 * len(after)
 
 
-def test_team_pace_tries_after_enough_calls_when_calls_are_few():
+def test_team_pace_tries_a_far_slower_way_after_more_stints():
     # Short fits among other work (a call every 0.1 s): a way is tried
-    # again once its interval has passed and 64 calls per second of it.
+    # again once its interval has passed and enough stints that the try
+    # costs at most TRY_BUDGET of their time: a way 3x slower waits 300
+    # stints, one 1.5x slower 75.
     pace = _threads._TeamPace()
     calls, _ = paced_calls(
-        pace, 0.0, 120.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01}, step=0.1
+        pace, 0.0, 200.0, {TEAM: 0.03, PINNED: 0.015, ONE: 0.01}, step=0.1
     )
     ways = [way for _, way in calls]
-    starts = [k for k in range(9, len(ways)) if ways[k] != ONE and ways[k - 1] == ONE]
-    gaps = np.diff([k for k in starts if ways[k] == TEAM])
-    assert gaps.min() >= pace.CALLS_PER_PROBE_SECOND * pace.PROBE_SECONDS
-    assert gaps.max() <= pace.CALLS_PER_PROBE_SECOND * pace.MAX_PROBE_SECONDS + 8
-    assert len(starts) >= 4
+    for way, slower in ((TEAM, 2.0), (PINNED, 0.5)):
+        starts = [k for k in range(9, len(ways)) if ways[k] == way != ways[k - 1]]
+        gaps = np.diff(starts)
+        least = pace.TRY_STINTS * slower / pace.TRY_BUDGET
+        assert len(gaps) >= 2 and least <= gaps.min() <= gaps.max() <= least + 10
+
+
+def test_team_pace_times_short_calls_together():
+    # The calls of a small network's epochs (1-2 ms each here) are timed in
+    # stints of at least MIN_SECONDS: a way changes only between stints,
+    # and the fastest one is found.
+    pace = _threads._TeamPace()
+    seconds = {TEAM: 0.0011, PINNED: 0.0016, ONE: 0.0013}
+    per_stint = {way: int(np.ceil(pace.MIN_SECONDS / t)) for way, t in seconds.items()}
+    assert per_stint == {TEAM: 4, PINNED: 3, ONE: 4}
+    calls, _ = paced_calls(pace, 0.0, 1.0, seconds, step=0.002)
+    ways = [way for _, way in calls]
+    runs = [(w, len(list(g))) for w, g in itertools.groupby(ways)]
+    assert runs[:3] == [(way, 3 * per_stint[way]) for way in (TEAM, PINNED, ONE)]
+    assert ways[-50:] == [TEAM] * 50
 
 
 def test_team_pace_measures_each_team_size_on_its_own():
