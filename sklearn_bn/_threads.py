@@ -409,12 +409,12 @@ class _TeamPace:
     a moment to settle
     (the threads to wake, the scheduler to move a busy process away from a
     thread kept to a CPU). A way's measure is the median of its last
-    ``KEEP`` measured stints, as far back as no two of them are further
-    apart than the probe interval: one stint of the way in use that the
-    machine slowed does not switch, and a try of another way counts on its
-    own. The interval starts at ``PROBE_SECONDS`` and doubles, up to
-    ``MAX_PROBE_SECONDS``, each time a try confirms that the way it tried is
-    slower, and starts again when the fastest way changes.
+    ``KEEP`` measured stints: one stint of the way in use that the machine
+    slowed (the first of a fit is often slower) does not switch; a try of
+    another way counts on its own. The interval starts at
+    ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
+    try confirms that the way it tried is slower, and starts again when the
+    fastest way changes.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
@@ -434,7 +434,8 @@ class _TeamPace:
     MIN_SECONDS = 0.004
     MAX_NETWORKS = 32
     KEEP = 5
-    TRY_STINTS = 3
+    TRY_STINTS = 4
+    SETTLE_STINTS = 2
     TRY_BUDGET = 0.02
 
     def __init__(self):
@@ -458,20 +459,13 @@ class _TeamPace:
         return (TeamChoice(team_threads), TeamChoice(team_threads, True), TeamChoice(1))
 
     @staticmethod
-    def _measure(stints, interval):
-        """A way's seconds per row: the median of its latest run of
-        measured stints, none further than the probe interval from the
-        next."""
-        run = [stints[-1]]
-        for stint in reversed(stints[:-1]):
-            if run[-1][1] - stint[1] > interval:
-                break
-            run.append(stint)
-        return statistics.median(stint[0] for stint in run)
+    def _measure(stints):
+        """A way's seconds per row: the median of its measured stints."""
+        return statistics.median(stint[0] for stint in stints)
 
     @classmethod
-    def _fastest(cls, measured, choices, interval):
-        return min(choices, key=lambda choice: cls._measure(measured[choice], interval))
+    def _fastest(cls, measured, choices):
+        return min(choices, key=lambda choice: cls._measure(measured[choice]))
 
     def choose(self, network, team_threads, now, pinnable=False):
         """The :class:`TeamChoice` for the next call of ``network``'s team of
@@ -487,16 +481,16 @@ class _TeamPace:
             return state.last  # a stint goes on
         measured = state.measured
         every = all(choice in measured for choice in choices)
-        fastest = self._fastest(measured, choices, state.interval) if every else None
+        fastest = self._fastest(measured, choices) if every else None
         if state.last != fastest and state.streak < self.TRY_STINTS:
             return state.last  # a try goes on
         for choice in choices:
             if choice not in measured:
                 return choice
-        best = self._measure(measured[fastest], state.interval)
+        best = self._measure(measured[fastest])
 
         def try_costs_little(choice):
-            slower = self._measure(measured[choice], state.interval) / best - 1
+            slower = self._measure(measured[choice]) / best - 1
             stints = state.stints - measured[choice][-1][2]
             return self.TRY_STINTS * slower <= self.TRY_BUDGET * stints
 
@@ -533,7 +527,7 @@ class _TeamPace:
             if seconds >= self.MIN_SECONDS:  # a stint is over
                 streak += 1
                 stints += 1
-                if streak > 1:
+                if streak > self.SETTLE_STINTS:
                     measured, interval = self._update(
                         state, choices, choice, seconds / rows, now, streak
                     )
@@ -549,11 +543,14 @@ class _TeamPace:
         ``streak``-th in a row) took ``per_row`` seconds per row."""
         measured, interval = state.measured, state.interval
         every = all(c in measured for c in choices)
-        fastest = self._fastest(measured, choices, interval) if every else None
-        recent = [*measured.get(choice, ()), (per_row, now, state.stints)]
+        fastest = self._fastest(measured, choices) if every else None
+        earlier = measured.get(choice, ())
+        if streak == self.SETTLE_STINTS + 1 and choice != fastest:
+            earlier = ()  # a try counts on its own
+        recent = [*earlier, (per_row, now, state.stints)]
         measured = {**measured, choice: recent[-self.KEEP :]}
         if every:
-            now_fastest = self._fastest(measured, choices, interval)
+            now_fastest = self._fastest(measured, choices)
             if now_fastest != fastest:
                 interval = self.PROBE_SECONDS
             elif choice != fastest and streak == self.TRY_STINTS:

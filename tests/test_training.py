@@ -1521,29 +1521,34 @@ def paced_calls(pace, t, until, seconds, step=0.01, pinnable=True, net=NET):
 def test_team_pace_measures_each_way_after_a_settling_call():
     pace = _threads._TeamPace()
     assert pace.choose(NET, 1, 0.0, True) == ONE  # a team of one has no choice
-    # The first call of a way is not measured: each way runs three calls,
-    # in turn, then the fastest stays.
-    calls, t = paced_calls(pace, 0.0, 0.1, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
-    assert [way for _, way in calls] == [TEAM] * 3 + [PINNED] * 3 + [ONE] * 3 + [TEAM]
+    # The first calls of a way are not measured: each way runs a try, in
+    # turn, then the fastest stays.
+    tried = pace.TRY_STINTS
+    assert tried > pace.SETTLE_STINTS
+    calls, t = paced_calls(pace, 0.0, 0.2, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
+    assert [way for _, way in calls] == [TEAM] * tried + [PINNED] * tried + [
+        ONE
+    ] * tried + [TEAM] * (len(calls) - 3 * tried)
     assert pace.choose(OTHER_NET, 2, t, True) == TEAM  # each network its own
     # A team that would not be kept to CPUs: the free team or one thread.
     assert pace.choices(2, False) == (TEAM, ONE)
-    calls, _ = paced_calls(pace, 0.0, 0.1, {TEAM: 0.030, ONE: 0.015}, pinnable=False)
-    assert [way for _, way in calls] == [TEAM] * 3 + [ONE] * 7
-    pace.record(NET, 2, PINNED, 0.001, 100, 0.2, False)  # not one of its ways
-    assert pace.choose(NET, 2, 0.21, False) == ONE
+    calls, _ = paced_calls(pace, 0.0, 0.2, {TEAM: 0.030, ONE: 0.015}, pinnable=False)
+    assert [way for _, way in calls] == [TEAM] * tried + [ONE] * (20 - tried)
+    pace.record(NET, 2, PINNED, 0.001, 100, 0.3, False)  # not one of its ways
+    assert pace.choose(NET, 2, 0.31, False) == ONE
     # Calls too short to time are not measured.
-    for k in range(3):
-        pace.record(OTHER_NET, 2, TEAM, pace.MIN_SECONDS / 2, 100, 0.01 * k, True)
+    for k in range(2 * tried):
+        pace.record(OTHER_NET, 2, TEAM, pace.MIN_SECONDS / 3, 100, 0.01 * k, True)
     assert pace.choose(OTHER_NET, 2, 0.03, True) == TEAM
 
 
 def test_team_pace_switches_when_the_way_in_use_slows_down():
     pace = _threads._TeamPace()
-    calls, t = paced_calls(pace, 0.0, 0.1, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
+    calls, t = paced_calls(pace, 0.0, 0.3, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
+    assert calls[-1][1] == TEAM
     calls, t = paced_calls(pace, t, t + 0.1, {TEAM: 0.030, PINNED: 0.012, ONE: 0.015})
     ways = [way for _, way in calls]
-    assert ways[0] == TEAM  # one slow call does not switch, a few do
+    assert ways[:2] == [TEAM] * 2  # one slow call does not switch, a few do
     assert set(ways[3:]) == {PINNED}
 
 
@@ -1569,7 +1574,7 @@ def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
         calls, t = paced_calls(pace, t, t + 0.3, seconds, step=0.3)
     pace.record(NET, 2, TEAM, 0.016, 100, t, True)
     state = pace._networks[NET, 2, True]
-    assert pace._fastest(state.measured, pace.choices(2, True), state.interval) == TEAM
+    assert pace._fastest(state.measured, pace.choices(2, True)) == TEAM
 
 
 def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
@@ -1599,7 +1604,11 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
         ]
         expected = first + [4] * (len(tries) - 1 - len(first))
         assert_allclose(np.diff(tries), expected, atol=5 * step, rtol=0)
-        runs = [len(list(g)) for w, g in itertools.groupby(ways[6:]) if w == way]
+        runs = [
+            len(list(g))
+            for w, g in itertools.groupby(ways[3 * pace.TRY_STINTS :])
+            if w == way
+        ]
         assert set(runs) == {pace.TRY_STINTS}
     # Pinned gets faster: the next try (within 8 s) finds it, and keeps it.
     calls, _ = paced_calls(pace, t, t + 10.0, {TEAM: 0.03, PINNED: 0.005, ONE: 0.01})
@@ -1637,7 +1646,9 @@ def test_team_pace_times_short_calls_together():
     calls, _ = paced_calls(pace, 0.0, 1.0, seconds, step=0.002)
     ways = [way for _, way in calls]
     runs = [(w, len(list(g))) for w, g in itertools.groupby(ways)]
-    assert runs[:3] == [(way, 3 * per_stint[way]) for way in (TEAM, PINNED, ONE)]
+    assert runs[:3] == [
+        (way, pace.TRY_STINTS * per_stint[way]) for way in (TEAM, PINNED, ONE)
+    ]
     assert ways[-50:] == [TEAM] * 50
 
 
@@ -1657,7 +1668,7 @@ def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
     # One thread slows down in its own calls: the team is faster now, and
     # one thread is tried again within a second (the interval starts again
     # at PROBE_SECONDS; a try of the pinned way may double it), not 4 s.
-    calls, _ = paced_calls(pace, t, t + 2.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.05})
+    calls, _ = paced_calls(pace, t, t + 2.0, {TEAM: 0.03, PINNED: 0.03, ONE: 0.035})
     ways = [way for _, way in calls]
     switched = next(k for k, way in enumerate(ways) if way != ONE)
     back = next(k for k in range(switched, len(ways)) if ways[k] == ONE)
