@@ -387,6 +387,7 @@ class _PaceState(NamedTuple):
     stints: int = 0  # stints so far
     seconds: float = 0.0  # the stint under way: its calls' seconds
     rows: int = 0  # and rows
+    best: object = None  # the way found fastest
 
 
 class _TeamPace:
@@ -411,7 +412,8 @@ class _TeamPace:
     thread kept to a CPU). A way's measure is the median of its last
     ``KEEP`` measured stints: one stint of the way in use that the machine
     slowed (the first of a fit is often slower) does not switch; a try of
-    another way counts on its own. The interval starts at
+    another way counts on its own, and takes over only if it is faster by
+    more than ``SWITCH_MARGIN`` (a switch has its cost). The interval starts at
     ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
     try confirms that the way it tried is slower, and starts again when the
     fastest way changes.
@@ -437,6 +439,7 @@ class _TeamPace:
     TRY_STINTS = 4
     SETTLE_STINTS = 2
     TRY_BUDGET = 0.02
+    SWITCH_MARGIN = 0.05
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -464,8 +467,15 @@ class _TeamPace:
         return statistics.median(stint[0] for stint in stints)
 
     @classmethod
-    def _fastest(cls, measured, choices):
-        return min(choices, key=lambda choice: cls._measure(measured[choice]))
+    def _fastest(cls, measured, choices, best):
+        """The fastest way; ``best``, the way found fastest so far, unless
+        another is faster by more than ``SWITCH_MARGIN``."""
+        fastest = min(choices, key=lambda choice: cls._measure(measured[choice]))
+        if best in measured and cls._measure(measured[fastest]) > (
+            1 - cls.SWITCH_MARGIN
+        ) * cls._measure(measured[best]):
+            return best
+        return fastest
 
     def choose(self, network, team_threads, now, pinnable=False):
         """The :class:`TeamChoice` for the next call of ``network``'s team of
@@ -481,7 +491,7 @@ class _TeamPace:
             return state.last  # a stint goes on
         measured = state.measured
         every = all(choice in measured for choice in choices)
-        fastest = self._fastest(measured, choices) if every else None
+        fastest = self._fastest(measured, choices, state.best) if every else None
         if state.last != fastest and state.streak < self.TRY_STINTS:
             return state.last  # a try goes on
         for choice in choices:
@@ -523,40 +533,43 @@ class _TeamPace:
                 )
             else:
                 streak = 0
-            measured, interval, stints = state.measured, state.interval, state.stints
+            measured, interval, best = state.measured, state.interval, state.best
+            stints = state.stints
             if seconds >= self.MIN_SECONDS:  # a stint is over
                 streak += 1
                 stints += 1
                 if streak > self.SETTLE_STINTS:
-                    measured, interval = self._update(
+                    measured, interval, best = self._update(
                         state, choices, choice, seconds / rows, now, streak
                     )
                 seconds, rows = 0.0, 0
             self._networks[key] = _PaceState(
-                measured, interval, choice, streak, stints, seconds, rows
+                measured, interval, choice, streak, stints, seconds, rows, best
             )
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 
     def _update(self, state, choices, choice, per_row, now, streak):
-        """The measures and interval once a stint of ``choice`` (its
-        ``streak``-th in a row) took ``per_row`` seconds per row."""
+        """The measures, interval and fastest way once a stint of
+        ``choice`` (its ``streak``-th in a row) took ``per_row`` seconds per
+        row."""
         measured, interval = state.measured, state.interval
         every = all(c in measured for c in choices)
-        fastest = self._fastest(measured, choices) if every else None
+        fastest = self._fastest(measured, choices, state.best) if every else None
         earlier = measured.get(choice, ())
         if streak == self.SETTLE_STINTS + 1 and choice != fastest:
             earlier = ()  # a try counts on its own
         recent = [*earlier, (per_row, now, state.stints)]
         measured = {**measured, choice: recent[-self.KEEP :]}
-        if every:
-            now_fastest = self._fastest(measured, choices)
-            if now_fastest != fastest:
-                interval = self.PROBE_SECONDS
-            elif choice != fastest and streak == self.TRY_STINTS:
-                # a try of another way: slower again
-                interval = min(2 * interval, self.MAX_PROBE_SECONDS)
-        return measured, interval
+        if not all(c in measured for c in choices):
+            return measured, interval, state.best
+        now_fastest = self._fastest(measured, choices, fastest)
+        if every and now_fastest != fastest:
+            interval = self.PROBE_SECONDS
+        elif every and choice != fastest and streak == self.TRY_STINTS:
+            # a try of another way: slower again
+            interval = min(2 * interval, self.MAX_PROBE_SECONDS)
+        return measured, interval, now_fastest
 
 
 TEAM_PACE = _TeamPace()
