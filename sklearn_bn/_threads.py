@@ -34,6 +34,7 @@ threads.
 """
 
 import contextlib
+import math
 import os
 import statistics
 import threading
@@ -383,10 +384,12 @@ class _PaceState(NamedTuple):
     measured: dict  # way -> [(seconds per row, when, stint)], the newest last
     interval: float  # the probe interval
     last: object = None  # the way of the latest call
-    streak: int = 0  # its stints in a row, the one under way not counted
+    run_seconds: float = 0.0  # its stints in a row: their seconds
+    run_measured: int = 0  # and how many were measured
     stints: int = 0  # stints so far
     seconds: float = 0.0  # the stint under way: its calls' seconds
     rows: int = 0  # and rows
+    ended: float = 0.0  # when the latest call ended
     best: object = None  # the way found fastest
 
 
@@ -397,26 +400,31 @@ class _TeamPace:
     The engine runs each call of its compiled loop (about 20 ms of training,
     less when an epoch ends sooner) the way this picks. A way runs in
     *stints*: calls in a row that add up to at least ``MIN_SECONDS``, timed
-    together (the calls of a small network's epochs take 1-2 ms each). The
-    pace picks the way whose recent stints were fastest per row, and tries
-    the others again when their newest measure is older than the network's
-    probe interval, and enough stints ago that the try costs at most
-    ``TRY_BUDGET`` of the stints' time since, at the way's last measure (a
-    way measured 1.6x slower waits 90 stints, one 1.05x slower 8: fits too
-    short to run many stints in the interval, among other work, would
-    otherwise spend much of their time on tries of a way far slower, while
-    a close call is tried again soon). A try lasts ``TRY_STINTS`` stints,
-    and the first stint of a way after another is not measured: a way needs
-    a moment to settle
-    (the threads to wake, the scheduler to move a busy process away from a
-    thread kept to a CPU). A way's measure is the median of its last
-    ``KEEP`` measured stints: one stint of the way in use that the machine
-    slowed (the first of a fit is often slower) does not switch; a try of
-    another way counts on its own, and takes over only if it is faster by
-    more than ``SWITCH_MARGIN`` (a switch has its cost). The interval starts at
-    ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
-    try confirms that the way it tried is slower, and starts again when the
-    fastest way changes.
+    together (the calls of a small network's epochs take 1-2 ms each; a
+    stint left unfinished for ``GAP_SECONDS`` is dropped). A way's stints are
+    measured once it has run ``SETTLE_SECONDS`` in a row: it needs a moment
+    to settle (the threads to wake, the scheduler to move a busy process
+    away from a thread kept to a CPU), after a switch to it as after a try
+    of another way. Its measure is the median of its last ``KEEP`` measured
+    stints, so one stint that the machine slowed (the first of a fit often
+    is) does not switch. The pace runs the way found fastest, and another
+    takes over only if it measures faster by more than ``SWITCH_MARGIN``
+    (stints' times spread widely beside busy processes, and each switch
+    costs a settling).
+
+    The other ways are tried again, one at a time, each try lasting until
+    ``TRY_MEASURED`` of its stints are measured (a try's measures replace
+    the way's earlier ones). A way is due for a try once its newest measure
+    is older than the network's probe interval, and once the try (about
+    ``TRY_MEASURED + 1`` stints at the way's last measured slowdown, taken
+    as at most ``MAX_SLOWDOWN``) costs at most ``TRY_BUDGET`` of the stints
+    run since its last one: a way measured 1.6x slower waits 75 stints, one
+    1.05x slower 8 (fits too short to run many stints in the interval,
+    among other work, would otherwise spend much of their time on tries of
+    a way far slower, while a close call is tried again soon). The interval
+    (one per network) starts at ``PROBE_SECONDS`` and doubles, up to
+    ``MAX_PROBE_SECONDS``, each time a try ends without taking over, and
+    starts again when the fastest way changes.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
@@ -434,12 +442,14 @@ class _TeamPace:
     PROBE_SECONDS = 0.5
     MAX_PROBE_SECONDS = 4.0
     MIN_SECONDS = 0.004
+    GAP_SECONDS = 0.1
+    SETTLE_SECONDS = 0.03
     MAX_NETWORKS = 32
     KEEP = 5
-    TRY_STINTS = 4
-    SETTLE_STINTS = 2
+    TRY_MEASURED = 2
     TRY_BUDGET = 0.02
-    SWITCH_MARGIN = 0.05
+    MAX_SLOWDOWN = 0.5
+    SWITCH_MARGIN = 0.1
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -487,12 +497,12 @@ class _TeamPace:
             state = self._networks.get((network, team_threads, pinnable))
         if state is None:
             return choices[0]
-        if state.seconds > 0:
+        if state.seconds > 0 and now - state.ended <= self.GAP_SECONDS:
             return state.last  # a stint goes on
         measured = state.measured
         every = all(choice in measured for choice in choices)
         fastest = self._fastest(measured, choices, state.best) if every else None
-        if state.last != fastest and state.streak < self.TRY_STINTS:
+        if state.last != fastest and state.run_measured < self.TRY_MEASURED:
             return state.last  # a try goes on
         for choice in choices:
             if choice not in measured:
@@ -501,8 +511,9 @@ class _TeamPace:
 
         def try_costs_little(choice):
             slower = self._measure(measured[choice]) / best - 1
+            slower = min(max(slower, 0.0), self.MAX_SLOWDOWN)
             stints = state.stints - measured[choice][-1][2]
-            return self.TRY_STINTS * slower <= self.TRY_BUDGET * stints
+            return (self.TRY_MEASURED + 1) * slower <= self.TRY_BUDGET * stints
 
         due = [
             choice
@@ -517,47 +528,57 @@ class _TeamPace:
 
     def record(self, network, team_threads, choice, seconds, rows, now, pinnable=False):
         """A call of ``network``'s team of ``team_threads`` (``pinnable`` as
-        in :meth:`choose`) ran ``rows`` rows in ``seconds`` the way
-        ``choice`` (a :class:`TeamChoice`) says."""
+        in :meth:`choose`), started at ``now``, ran ``rows`` rows in
+        ``seconds`` the way ``choice`` (a :class:`TeamChoice`) says."""
         choices = self.choices(team_threads, pinnable)
         if choice not in choices or len(choices) == 1 or rows <= 0:
             return
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            return
         key = (network, team_threads, pinnable)
+        ended = now + seconds
         with self._lock:
             state = self._networks.pop(key, None) or _PaceState({}, self.PROBE_SECONDS)
-            if choice == state.last:
-                streak, seconds, rows = (
-                    state.streak,
-                    state.seconds + seconds,
-                    state.rows + rows,
-                )
-            else:
-                streak = 0
+            run_seconds, run_measured = state.run_seconds, state.run_measured
+            if choice != state.last:
+                run_seconds, run_measured = 0.0, 0
+            elif now - state.ended <= self.GAP_SECONDS:
+                seconds, rows = state.seconds + seconds, state.rows + rows
             measured, interval, best = state.measured, state.interval, state.best
             stints = state.stints
             if seconds >= self.MIN_SECONDS:  # a stint is over
-                streak += 1
                 stints += 1
-                if streak > self.SETTLE_STINTS:
+                if run_seconds >= self.SETTLE_SECONDS:
+                    run_measured += 1
                     measured, interval, best = self._update(
-                        state, choices, choice, seconds / rows, now, streak
+                        state, choices, choice, seconds / rows, now, run_measured
                     )
+                run_seconds += seconds
                 seconds, rows = 0.0, 0
             self._networks[key] = _PaceState(
-                measured, interval, choice, streak, stints, seconds, rows, best
+                measured,
+                interval,
+                choice,
+                run_seconds,
+                run_measured,
+                stints,
+                seconds,
+                rows,
+                ended,
+                best,
             )
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 
-    def _update(self, state, choices, choice, per_row, now, streak):
+    def _update(self, state, choices, choice, per_row, now, run_measured):
         """The measures, interval and fastest way once a stint of
-        ``choice`` (its ``streak``-th in a row) took ``per_row`` seconds per
-        row."""
+        ``choice`` (its ``run_measured``-th measured in a row) took
+        ``per_row`` seconds per row."""
         measured, interval = state.measured, state.interval
         every = all(c in measured for c in choices)
         fastest = self._fastest(measured, choices, state.best) if every else None
         earlier = measured.get(choice, ())
-        if streak == self.SETTLE_STINTS + 1 and choice != fastest:
+        if run_measured == 1 and choice != fastest:
             earlier = ()  # a try counts on its own
         recent = [*earlier, (per_row, now, state.stints)]
         measured = {**measured, choice: recent[-self.KEEP :]}
@@ -566,8 +587,8 @@ class _TeamPace:
         now_fastest = self._fastest(measured, choices, fastest)
         if every and now_fastest != fastest:
             interval = self.PROBE_SECONDS
-        elif every and choice != fastest and streak == self.TRY_STINTS:
-            # a try of another way: slower again
+        elif every and choice != fastest and run_measured == self.TRY_MEASURED:
+            # a try that did not take over
             interval = min(2 * interval, self.MAX_PROBE_SECONDS)
         return measured, interval, now_fastest
 
