@@ -381,12 +381,13 @@ class TeamChoice(NamedTuple):
 class _PaceState(NamedTuple):
     """What the pace knows of one network's team."""
 
-    measured: dict  # way -> [(seconds per row, when, stint)], the newest last
+    # way -> [(seconds per row, when, trained, stint seconds)], newest last
+    measured: dict
     interval: float  # the probe interval
     last: object = None  # the way of the latest call
     run_seconds: float = 0.0  # its stints in a row: their seconds
     run_measured: int = 0  # and how many were measured
-    stints: int = 0  # stints so far
+    trained: float = 0.0  # seconds of the stints so far
     seconds: float = 0.0  # the stint under way: its calls' seconds
     rows: int = 0  # and rows
     ended: float = 0.0  # when the latest call ended
@@ -415,11 +416,12 @@ class _TeamPace:
     The other ways are tried again, one at a time, each try lasting until
     ``TRY_MEASURED`` of its stints are measured (a try's measures replace
     the way's earlier ones). A way is due for a try once its newest measure
-    is older than the network's probe interval, and once the try (about
-    ``TRY_MEASURED + 1`` stints at the way's last measured slowdown, taken
-    as at most ``MAX_SLOWDOWN``) costs at most ``TRY_BUDGET`` of the stints
-    run since its last one: a way measured 1.6x slower waits 75 stints, one
-    1.05x slower 8 (fits too short to run many stints in the interval,
+    is older than the network's probe interval, and once the try (its
+    settling and ``TRY_MEASURED`` stints, at the way's last measured
+    slowdown, taken as at most ``MAX_SLOWDOWN``) costs at most
+    ``TRY_BUDGET`` of the time trained since its last one: with stints of
+    20 ms, a way measured 1.5x slower or worse waits 1.75 s of training, one
+    1.05x slower 0.18 s (fits too short to train long in the interval,
     among other work, would otherwise spend much of their time on tries of
     a way far slower, while a close call is tried again soon). The interval
     (one per network) starts at ``PROBE_SECONDS`` and doubles, up to
@@ -449,7 +451,7 @@ class _TeamPace:
     TRY_MEASURED = 2
     TRY_BUDGET = 0.02
     MAX_SLOWDOWN = 0.5
-    SWITCH_MARGIN = 0.1
+    SWITCH_MARGIN = 0.05
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -512,8 +514,9 @@ class _TeamPace:
         def try_costs_little(choice):
             slower = self._measure(measured[choice]) / best - 1
             slower = min(max(slower, 0.0), self.MAX_SLOWDOWN)
-            stints = state.stints - measured[choice][-1][2]
-            return (self.TRY_MEASURED + 1) * slower <= self.TRY_BUDGET * stints
+            _, _, trained, stint = measured[choice][-1]
+            cost = (self.SETTLE_SECONDS + self.TRY_MEASURED * stint) * slower
+            return cost <= self.TRY_BUDGET * (state.trained - trained)
 
         due = [
             choice
@@ -545,13 +548,14 @@ class _TeamPace:
             elif now - state.ended <= self.GAP_SECONDS:
                 seconds, rows = state.seconds + seconds, state.rows + rows
             measured, interval, best = state.measured, state.interval, state.best
-            stints = state.stints
+            trained = state.trained
             if seconds >= self.MIN_SECONDS:  # a stint is over
-                stints += 1
+                trained += seconds
                 if run_seconds >= self.SETTLE_SECONDS:
                     run_measured += 1
+                    stint = (seconds / rows, now, trained, seconds)
                     measured, interval, best = self._update(
-                        state, choices, choice, seconds / rows, now, run_measured
+                        state, choices, choice, stint, run_measured
                     )
                 run_seconds += seconds
                 seconds, rows = 0.0, 0
@@ -561,7 +565,7 @@ class _TeamPace:
                 choice,
                 run_seconds,
                 run_measured,
-                stints,
+                trained,
                 seconds,
                 rows,
                 ended,
@@ -570,17 +574,16 @@ class _TeamPace:
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]
 
-    def _update(self, state, choices, choice, per_row, now, run_measured):
-        """The measures, interval and fastest way once a stint of
-        ``choice`` (its ``run_measured``-th measured in a row) took
-        ``per_row`` seconds per row."""
+    def _update(self, state, choices, choice, stint, run_measured):
+        """The measures, interval and fastest way once ``stint`` of
+        ``choice`` (its ``run_measured``-th measured in a row) is over."""
         measured, interval = state.measured, state.interval
         every = all(c in measured for c in choices)
         fastest = self._fastest(measured, choices, state.best) if every else None
         earlier = measured.get(choice, ())
         if run_measured == 1 and choice != fastest:
             earlier = ()  # a try counts on its own
-        recent = [*earlier, (per_row, now, state.stints)]
+        recent = [*earlier, stint]
         measured = {**measured, choice: recent[-self.KEEP :]}
         if not all(c in measured for c in choices):
             return measured, interval, state.best
