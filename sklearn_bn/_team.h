@@ -239,14 +239,19 @@ static __attribute__((unused)) sklearn_bn_pool_t sklearn_bn_pool = {
 #define SKLEARN_BN_PINNING 1
 /* Linux's sched_{get,set}affinity with pid 0 act on the calling thread. */
 
-/* Keep the calling thread on `cpu`; its affinity is saved in `saved`.
-   False when the system refuses (the thread then runs as it did). */
-static inline int sklearn_bn_pin(int cpu, cpu_set_t* saved) {
+/* Keep the calling thread on `cpu`. False when the system refuses (the
+   thread then runs as it did). */
+static inline int sklearn_bn_keep_to(int cpu) {
     cpu_set_t one;
-    if (sched_getaffinity(0, sizeof(cpu_set_t), saved) != 0) return 0;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
     return sched_setaffinity(0, sizeof(cpu_set_t), &one) == 0;
+}
+
+/* sklearn_bn_keep_to, the thread's affinity saved in `saved` first. */
+static inline int sklearn_bn_pin(int cpu, cpu_set_t* saved) {
+    return sched_getaffinity(0, sizeof(cpu_set_t), saved) == 0
+           && sklearn_bn_keep_to(cpu);
 }
 
 /* Give the calling thread its saved affinity back, unless someone else
@@ -274,7 +279,7 @@ static int sklearn_bn_pool_pin_caller(sklearn_bn_pool_t* p, int n_threads,
     p->cpu[0] = here;
     for (cpu = 0; cpu < CPU_SETSIZE && tid < n_threads; cpu++)
         if (cpu != here && CPU_ISSET(cpu, saved)) p->cpu[tid++] = cpu;
-    return sklearn_bn_pin(here, saved);
+    return sklearn_bn_keep_to(here);
 }
 #endif
 
@@ -396,8 +401,10 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
             p->arg = arg;
             p->seats = seats;
 #ifdef SKLEARN_BN_PINNING
-            if (pinned) caller_pinned = sklearn_bn_pool_pin_caller(p, seats + 1, &saved);
-            caller_cpu = p->cpu[0];
+            if (pinned) {
+                caller_pinned = sklearn_bn_pool_pin_caller(p, seats + 1, &saved);
+                caller_cpu = p->cpu[0];
+            }
 #endif
             p->pinned = caller_pinned;
             __atomic_add_fetch(&p->posted, 1ULL, __ATOMIC_RELEASE);

@@ -132,13 +132,8 @@ cdef void _report_affinity(void* arg, int tid) noexcept nogil:
 
 cdef extern from *:
     """
-    #if defined(__linux__) && defined(CPU_COUNT)
-    static inline void sklearn_bn_keep_to_cpu(int cpu) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        sched_setaffinity(0, sizeof(cpu_set_t), &one);
-    }
+    #ifdef SKLEARN_BN_PINNING
+    static inline void sklearn_bn_keep_to_cpu(int cpu) { sklearn_bn_keep_to(cpu); }
     static inline int sklearn_bn_current_cpu(void) { return sched_getcpu(); }
     static inline int sklearn_bn_allowed_cpus(void) {
         cpu_set_t set;

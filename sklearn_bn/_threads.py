@@ -509,10 +509,10 @@ class _TeamPace:
         for choice in choices:
             if choice not in measured:
                 return choice
-        best = self._measure(measured[fastest])
+        fastest_measure = self._measure(measured[fastest])
 
         def try_costs_little(choice):
-            slower = self._measure(measured[choice]) / best - 1
+            slower = self._measure(measured[choice]) / fastest_measure - 1
             slower = min(max(slower, 0.0), self.MAX_SLOWDOWN)
             _, _, trained, stint = measured[choice][-1]
             cost = (self.SETTLE_SECONDS + self.TRY_MEASURED * stint) * slower
