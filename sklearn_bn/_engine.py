@@ -268,6 +268,7 @@ class Engine:
         )
         self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
+        self._timed_calls = False  # whether calls are timed for the pace yet
         # Minibatches and ghost chunks skipped so far: weight on < 2 rows.
         self.degenerate_batches = 0
 
@@ -460,7 +461,7 @@ class Engine:
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()
             choice = _threads.TEAM_PACE.choose(network, n_threads, began, pinnable)
-            loss_sum, end, degenerate, trained = _training.train_epoch(
+            loss_sum, end, degenerate, trained, threads_run = _training.train_epoch(
                 self.network,
                 data,
                 params,
@@ -476,9 +477,16 @@ class Engine:
                 bool(choice.pinned),
             )
             seconds = time.perf_counter() - began
-            _threads.TEAM_PACE.record(
-                network, n_threads, choice, seconds, end - start, began, pinnable
-            )
+            # Not timed for the pace: an engine's first call (one minibatch,
+            # caches cold: for the small network of bench_contention.py
+            # 1.8x the time per row of the next calls, whichever way ran it),
+            # and a call that did not run the way chosen (the pool was
+            # running another Python thread's job).
+            if self._timed_calls and threads_run == choice.threads:
+                _threads.TEAM_PACE.record(
+                    network, n_threads, choice, seconds, end - start, began, pinnable
+                )
+            self._timed_calls = True
             start = end
             n_trained += trained
             self.degenerate_batches += degenerate

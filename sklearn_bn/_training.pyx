@@ -510,6 +510,10 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
         The minibatches and chunks skipped for weight on fewer than 2 rows.
     rows_trained : int
         The rows of the minibatches trained, those skipped left out.
+    threads_run : int
+        The threads the call had: ``n_threads``, or fewer when the pool was
+        running another caller's job (then 1) or could not start enough
+        workers.
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
@@ -541,13 +545,16 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     job.work = &work
     if pinned:
         work_sleep_at_once(&work)
+    cdef int threads_run
     with nogil:
-        pool_run(min(n_threads, <int> MAX_THREADS),
-                 epoch_job_float if single else epoch_job_double, &job, pinned)
+        threads_run = pool_run(min(n_threads, <int> MAX_THREADS),
+                               epoch_job_float if single else epoch_job_double,
+                               &job, pinned)
     work_destroy(&work)
     optimizer.step = epoch.step
     params.n_batches_tracked = epoch.tracked
-    return epoch.loss_sum, epoch.start, epoch.n_degenerate, epoch.rows_trained
+    return (epoch.loss_sum, epoch.start, epoch.n_degenerate, epoch.rows_trained,
+            threads_run)
 
 
 def loss_and_gradient(Network network not None, data, params, bint update_running,

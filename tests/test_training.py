@@ -1503,6 +1503,40 @@ def test_a_fit_on_pinned_threads_leaves_every_thread_s_affinity(monkeypatch):
         os.sched_setaffinity(0, cpus)
 
 
+def test_the_pace_times_neither_a_fit_s_first_call_nor_one_run_otherwise(
+    monkeypatch,
+):
+    # A fit's first call (one minibatch, caches cold) would charge its way
+    # with the fit's start; a call that the pool ran on fewer threads than
+    # chosen (another Python thread's job held it) measured another way.
+    X, y = regression_data(n=300, n_features=24)
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(2)
+    )
+    monkeypatch.setattr(_engine, "CHUNK_SECONDS", 1e-9)  # a minibatch a call
+    monkeypatch.setattr(_threads.TEAM_PACE, "choose", lambda *args: TEAM)
+    recorded = []
+    monkeypatch.setattr(
+        _threads.TEAM_PACE, "record", lambda *args: recorded.append(args)
+    )
+    train_epoch, threads_run = _training.train_epoch, []
+
+    def with_the_pool_busy_every_third_call(*args):
+        out = train_epoch(*args)
+        threads_run.append(out[-1])
+        return out[:-1] + (1,) if len(threads_run) % 3 == 0 else out
+
+    est = MLPBNRegressor(hidden_layer_sizes=(32,), batch_size=30, max_iter=2)
+    quiet_fit(est, X, y)
+    assert len(recorded) == 20 - 1
+    monkeypatch.setattr(_training, "train_epoch", with_the_pool_busy_every_third_call)
+    del recorded[:]
+    quiet_fit(est, X, y)
+    assert threads_run == [2] * 20  # the pool was free: the team ran
+    assert len(recorded) == 20 - 1 - 20 // 3
+    assert all(args[2] == TEAM and args[4] == 30 for args in recorded)
+
+
 NET, OTHER_NET = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
 
 
