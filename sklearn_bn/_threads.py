@@ -392,6 +392,7 @@ class _PaceState(NamedTuple):
     rows: int = 0  # and rows
     ended: float = 0.0  # when the latest call ended
     best: object = None  # the way found fastest
+    runs: dict = {}  # way -> its runs of TRY_MEASURED measured stints or more
 
 
 class _TeamPace:
@@ -402,16 +403,18 @@ class _TeamPace:
     less when an epoch ends sooner) the way this picks. A way runs in
     *stints*: calls in a row that add up to at least ``MIN_SECONDS``, timed
     together (the calls of a small network's epochs take 1-2 ms each; a
-    stint left unfinished for ``GAP_SECONDS`` is dropped). A way's stints are
-    measured once it has run ``SETTLE_SECONDS`` in a row: it needs a moment
-    to settle (the threads to wake, the scheduler to move a busy process
-    away from a thread kept to a CPU), after a switch to it as after a try
-    of another way. Its measure is the median of its last ``KEEP`` measured
-    stints, so one stint that the machine slowed (the first of a fit often
-    is) does not switch. The pace runs the way found fastest, and another
-    takes over only if it measures faster by more than ``SWITCH_MARGIN``
-    (stints' times spread widely beside busy processes, and each switch
-    costs a settling).
+    stint left unfinished for ``GAP_SECONDS`` is dropped; the engine does
+    not time a fit's first call, one minibatch with cold caches). The
+    pinned way's stints are measured once it has run
+    ``PINNED_SETTLE_SECONDS`` in a row (:meth:`settle_seconds`): the
+    scheduler needs a moment to move a busy process away from a thread kept
+    to a CPU, after a switch to it as after a try of another way; the other
+    ways' stints count at once. A way's measure is the median of its last
+    ``KEEP`` measured stints, so one stint that the machine slowed does not
+    switch. The pace runs the way found fastest, and another takes over
+    only if it measures faster by more than ``SWITCH_MARGIN`` (stints'
+    times spread widely beside busy processes, and a switch to the pinned
+    way costs a settling).
 
     The other ways are tried again, one at a time, each try lasting until
     ``TRY_MEASURED`` of its stints are measured (a try's measures replace
@@ -419,11 +422,16 @@ class _TeamPace:
     is older than the network's probe interval, and once the try (its
     settling and ``TRY_MEASURED`` stints, at the way's last measured
     slowdown, taken as at most ``MAX_SLOWDOWN``) costs at most
-    ``TRY_BUDGET`` of the time trained since its last one: with stints of
-    20 ms, a way measured 1.5x slower or worse waits 1.75 s of training, one
-    1.05x slower 0.18 s (fits too short to train long in the interval,
-    among other work, would otherwise spend much of their time on tries of
-    a way far slower, while a close call is tried again soon). The interval
+    ``TRY_BUDGET`` of the time trained since its last one: with stints of 20
+    ms, the pinned way measured 1.5x slower or worse waits 1.75 s of
+    training and 1.05x slower 0.18 s, one thread 1.0 s and 0.1 s (fits too
+    short to train long in the interval, among other work, would otherwise
+    spend much of their time on tries of a way far slower, while a close
+    call is tried again soon). Until a way has run ``UNBUDGETED_RUNS`` times
+    (a run: ``TRY_MEASURED`` measured stints in a row or more), it is tried
+    at the interval whatever the try costs: a network's first measures often
+    come as its process starts (threads created, an idle core waking), and a
+    way measured slow then would wait long for another look. The interval
     (one per network) starts at ``PROBE_SECONDS`` and doubles, up to
     ``MAX_PROBE_SECONDS``, each time a try ends without taking over, and
     starts again when the fastest way changes.
@@ -445,11 +453,12 @@ class _TeamPace:
     MAX_PROBE_SECONDS = 4.0
     MIN_SECONDS = 0.004
     GAP_SECONDS = 0.1
-    SETTLE_SECONDS = 0.03
+    PINNED_SETTLE_SECONDS = 0.03
     MAX_NETWORKS = 32
     KEEP = 5
     TRY_MEASURED = 2
     TRY_BUDGET = 0.02
+    UNBUDGETED_RUNS = 2
     MAX_SLOWDOWN = 0.5
     SWITCH_MARGIN = 0.05
 
@@ -472,6 +481,11 @@ class _TeamPace:
         if not pinnable:
             return (TeamChoice(team_threads), TeamChoice(1))
         return (TeamChoice(team_threads), TeamChoice(team_threads, True), TeamChoice(1))
+
+    @classmethod
+    def settle_seconds(cls, choice):
+        """How long ``choice`` runs in a row before its stints count."""
+        return cls.PINNED_SETTLE_SECONDS if choice.pinned else 0.0
 
     @staticmethod
     def _measure(stints):
@@ -512,10 +526,12 @@ class _TeamPace:
         fastest_measure = self._measure(measured[fastest])
 
         def try_costs_little(choice):
+            if state.runs.get(choice, 0) < self.UNBUDGETED_RUNS:
+                return True
             slower = self._measure(measured[choice]) / fastest_measure - 1
             slower = min(max(slower, 0.0), self.MAX_SLOWDOWN)
             _, _, trained, stint = measured[choice][-1]
-            cost = (self.SETTLE_SECONDS + self.TRY_MEASURED * stint) * slower
+            cost = (self.settle_seconds(choice) + self.TRY_MEASURED * stint) * slower
             return cost <= self.TRY_BUDGET * (state.trained - trained)
 
         due = [
@@ -548,11 +564,13 @@ class _TeamPace:
             elif now - state.ended <= self.GAP_SECONDS:
                 seconds, rows = state.seconds + seconds, state.rows + rows
             measured, interval, best = state.measured, state.interval, state.best
-            trained = state.trained
+            trained, runs = state.trained, state.runs
             if seconds >= self.MIN_SECONDS:  # a stint is over
                 trained += seconds
-                if run_seconds >= self.SETTLE_SECONDS:
+                if run_seconds >= self.settle_seconds(choice):
                     run_measured += 1
+                    if run_measured == self.TRY_MEASURED:
+                        runs = {**runs, choice: runs.get(choice, 0) + 1}
                     stint = (seconds / rows, now, trained, seconds)
                     measured, interval, best = self._update(
                         state, choices, choice, stint, run_measured
@@ -570,6 +588,7 @@ class _TeamPace:
                 rows,
                 ended,
                 best,
+                runs,
             )
             while len(self._networks) > self.MAX_NETWORKS:
                 del self._networks[next(iter(self._networks))]

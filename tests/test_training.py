@@ -1564,13 +1564,13 @@ def test_team_pace_measures_each_way_once_it_settles():
     pace = _threads._TeamPace()
     assert pace.choose(NET, 1, 0.0, True) == ONE  # a team of one has no choice
     # Each way runs a try in turn (its stints measured once it has run
-    # SETTLE_SECONDS, then TRY_MEASURED of them), then the fastest stays.
+    # its settle_seconds, then TRY_MEASURED of them), then the fastest stays.
     seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
     calls, t = paced_calls(pace, 0.0, 0.3, seconds)
     runs = runs_of(calls)
     assert [way for way, _ in runs] == [TEAM, PINNED, ONE, TEAM]
     for way, length in runs[:3]:
-        settle = int(np.ceil(pace.SETTLE_SECONDS / seconds[way] - 1e-9))
+        settle = int(np.ceil(pace.settle_seconds(way) / seconds[way] - 1e-9))
         assert length == settle + pace.TRY_MEASURED
         assert len(pace._networks[NET, 2, True].measured[way]) >= pace.TRY_MEASURED
     assert pace.choose(OTHER_NET, 2, t, True) == TEAM  # each network its own
@@ -1595,7 +1595,9 @@ def test_team_pace_switches_when_the_way_in_use_slows_down():
     calls, t = paced_calls(pace, t, t + 0.2, {TEAM: 0.030, PINNED: 0.012, ONE: 0.015})
     ways = [way for _, way in calls]
     assert ways[:2] == [TEAM] * 2  # one slow stint does not switch, a few do
-    assert ways[-5:] == [PINNED] * 5
+    switched = ways.index(PINNED)
+    assert switched <= 3 and ways[switched : switched + 5] == [PINNED] * 5
+    assert pace._networks[NET, 2, True].best == PINNED
 
 
 def test_team_pace_keeps_its_way_through_one_slow_call():
@@ -1707,7 +1709,7 @@ def test_team_pace_tries_a_far_slower_way_after_more_training():
     seconds = {TEAM: 0.09, PINNED: 0.042, ONE: 0.03}
     calls, _ = paced_calls(pace, 0.0, 600.0, seconds, step=0.1)
     for way, slower in ((TEAM, 2.0), (PINNED, 0.4)):
-        cost = (pace.SETTLE_SECONDS + pace.TRY_MEASURED * seconds[way]) * min(
+        cost = (pace.settle_seconds(way) + pace.TRY_MEASURED * seconds[way]) * min(
             slower, pace.MAX_SLOWDOWN
         )
         least = cost / pace.TRY_BUDGET  # seconds of training between tries
@@ -1737,12 +1739,29 @@ def test_team_pace_times_short_calls_together():
     assert [way for _, way in calls[-50:]] == [TEAM] * 50
 
 
+def test_team_pace_tries_a_way_again_soon_after_its_first_measure():
+    # A network's first measures often come as its process starts (threads
+    # created, a core waking): until a way has run UNBUDGETED_RUNS times, it
+    # is tried again once the interval has passed, whatever the try costs.
+    pace = _threads._TeamPace()
+    _, t = paced_calls(pace, 0.0, 0.3, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    assert pace.choose(NET, 2, t, True) == ONE
+    calls, t = paced_calls(pace, t, t + 1.0, {TEAM: 0.008, PINNED: 0.03, ONE: 0.01})
+    first = next(c for c, way in calls if way == TEAM)
+    trained = sum(0.01 for c, way in calls if c < first)
+    budgeted = pace.TRY_MEASURED * 0.03 * pace.MAX_SLOWDOWN / pace.TRY_BUDGET
+    assert trained < pace.PROBE_SECONDS + 0.1 < budgeted
+    assert pace._networks[NET, 2, True].best == TEAM
+    runs = pace._networks[NET, 2, True].runs  # the pinned way's second try too
+    assert runs[TEAM] >= 2 and runs[PINNED] == 2
+
+
 def test_team_pace_measures_each_team_size_on_its_own():
     pace = _threads._TeamPace()
-    paced_calls(pace, 0.0, 0.3, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
+    _, t = paced_calls(pace, 0.0, 0.3, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
     four = _threads.TeamChoice(4)
-    assert pace.choose(NET, 4, 1.0, True) == four  # a team of 4 on its own
-    assert pace.choose(NET, 2, 1.0, True) == ONE  # a team of 2 keeps its own
+    assert pace.choose(NET, 4, t, True) == four  # a team of 4 on its own
+    assert pace.choose(NET, 2, t, True) == ONE  # a team of 2 keeps its own
 
 
 def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
