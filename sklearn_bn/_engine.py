@@ -477,12 +477,16 @@ class Engine:
                 bool(choice.pinned),
             )
             seconds = time.perf_counter() - began
-            # Not timed for the pace: an engine's first call (one minibatch,
-            # caches cold: for the small network of bench_contention.py
-            # 1.8x the time per row of the next calls, whichever way ran it),
-            # and a call that did not run the way chosen (the pool was
-            # running another Python thread's job).
-            if self._timed_calls and threads_run == choice.threads:
+            # Not timed for the pace: an engine's first call when more of
+            # the epoch follows (one minibatch, caches cold: on the small
+            # network of bench_contention.py 1.8x the time per row of the
+            # next calls, whichever way ran it); a partial_fit of one
+            # minibatch is all first calls. A team's call that the pool ran
+            # on one thread (another Python thread's job held it) counts as
+            # one thread's.
+            if self._timed_calls or end >= n:
+                if threads_run == 1 and choice.threads > 1:
+                    choice = _threads.TeamChoice(1)
                 _threads.TEAM_PACE.record(
                     network, n_threads, choice, seconds, end - start, began, pinnable
                 )

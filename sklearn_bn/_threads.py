@@ -38,6 +38,8 @@ import math
 import os
 import statistics
 import threading
+import types
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import joblib
@@ -392,7 +394,9 @@ class _PaceState(NamedTuple):
     rows: int = 0  # and rows
     ended: float = 0.0  # when the latest call ended
     best: object = None  # the way found fastest
-    runs: dict = {}  # way -> its runs of TRY_MEASURED measured stints or more
+    # way -> its runs of TRY_MEASURED measured stints or more (replaced, not
+    # updated: the default is every state's)
+    runs: Mapping = types.MappingProxyType({})
 
 
 class _TeamPace:
@@ -404,17 +408,18 @@ class _TeamPace:
     *stints*: calls in a row that add up to at least ``MIN_SECONDS``, timed
     together (the calls of a small network's epochs take 1-2 ms each; a
     stint left unfinished for ``GAP_SECONDS`` is dropped; the engine does
-    not time a fit's first call, one minibatch with cold caches). The
-    pinned way's stints are measured once it has run
+    not time a fit's first call, one minibatch with cold caches, unless it
+    ends the epoch, and counts a team's call that the pool ran on one thread
+    as one thread's). The pinned way's stints are measured once it has run
     ``PINNED_SETTLE_SECONDS`` in a row (:meth:`settle_seconds`): the
     scheduler needs a moment to move a busy process away from a thread kept
     to a CPU, after a switch to it as after a try of another way; the other
     ways' stints count at once. A way's measure is the median of its last
     ``KEEP`` measured stints, so one stint that the machine slowed does not
-    switch. The pace runs the way found fastest, and another takes over
-    only if it measures faster by more than ``SWITCH_MARGIN`` (stints'
-    times spread widely beside busy processes, and a switch to the pinned
-    way costs a settling).
+    switch. The pace runs the way found fastest, and another takes over only
+    if it measures faster by more than ``SWITCH_MARGIN`` (stints' times
+    spread widely beside busy processes, and a switch to the pinned way
+    costs a settling).
 
     The other ways are tried again, one at a time, each try lasting until
     ``TRY_MEASURED`` of its stints are measured (a try's measures replace
@@ -424,17 +429,18 @@ class _TeamPace:
     slowdown, taken as at most ``MAX_SLOWDOWN``) costs at most
     ``TRY_BUDGET`` of the time trained since its last one: with stints of 20
     ms, the pinned way measured 1.5x slower or worse waits 1.75 s of
-    training and 1.05x slower 0.18 s, one thread 1.0 s and 0.1 s (fits too
-    short to train long in the interval, among other work, would otherwise
-    spend much of their time on tries of a way far slower, while a close
-    call is tried again soon). Until a way has run ``UNBUDGETED_RUNS`` times
-    (a run: ``TRY_MEASURED`` measured stints in a row or more), it is tried
-    at the interval whatever the try costs: a network's first measures often
-    come as its process starts (threads created, an idle core waking), and a
-    way measured slow then would wait long for another look. The interval
-    (one per network) starts at ``PROBE_SECONDS`` and doubles, up to
-    ``MAX_PROBE_SECONDS``, each time a try ends without taking over, and
-    starts again when the fastest way changes.
+    training and 1.05x slower 0.18 s, the free team or one thread 1.0 s and
+    0.1 s (fits too short to train long in the interval, among other work,
+    would otherwise spend much of their time on tries of a way far slower,
+    while a close call is tried again soon). Until a way has run
+    ``UNBUDGETED_RUNS`` times (a run: ``TRY_MEASURED`` measured stints in a
+    row or more), it is tried at the interval whatever the try costs: a
+    network's first measures often come as its process starts (threads
+    created, an idle core waking), and a way measured slow then would wait
+    long for another look. The interval (one per network) starts at
+    ``PROBE_SECONDS`` and doubles, up to ``MAX_PROBE_SECONDS``, each time a
+    try ends without taking over, and starts again when the fastest way
+    changes.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one

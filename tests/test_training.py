@@ -1503,12 +1503,11 @@ def test_a_fit_on_pinned_threads_leaves_every_thread_s_affinity(monkeypatch):
         os.sched_setaffinity(0, cpus)
 
 
-def test_the_pace_times_neither_a_fit_s_first_call_nor_one_run_otherwise(
-    monkeypatch,
-):
+def test_the_pace_skips_a_fit_s_first_call_and_counts_one_thread_s(monkeypatch):
     # A fit's first call (one minibatch, caches cold) would charge its way
-    # with the fit's start; a call that the pool ran on fewer threads than
-    # chosen (another Python thread's job held it) measured another way.
+    # with the fit's start, unless it is all of the epoch (a partial_fit of
+    # a minibatch); a team's call that the pool ran on one thread (another
+    # Python thread's job held it) measured one thread.
     X, y = regression_data(n=300, n_features=24)
     monkeypatch.setattr(
         _threads, "training_threads", lambda work: forced_engine_threads(2)
@@ -1528,13 +1527,20 @@ def test_the_pace_times_neither_a_fit_s_first_call_nor_one_run_otherwise(
 
     est = MLPBNRegressor(hidden_layer_sizes=(32,), batch_size=30, max_iter=2)
     quiet_fit(est, X, y)
-    assert len(recorded) == 20 - 1
+    assert [args[2] for args in recorded] == [TEAM] * (20 - 1)
     monkeypatch.setattr(_training, "train_epoch", with_the_pool_busy_every_third_call)
     del recorded[:]
     quiet_fit(est, X, y)
     assert threads_run == [2] * 20  # the pool was free: the team ran
-    assert len(recorded) == 20 - 1 - 20 // 3
-    assert all(args[2] == TEAM and args[4] == 30 for args in recorded)
+    assert [args[2] for args in recorded] == [
+        ONE if k % 3 == 2 else TEAM for k in range(1, 20)
+    ]
+    assert all(args[1] == 2 and args[4] == 30 for args in recorded)
+    monkeypatch.setattr(_training, "train_epoch", train_epoch)
+    del recorded[:]
+    for _ in range(3):
+        est.partial_fit(X[:30], y[:30])  # one call each, all of the epoch
+    assert [args[2] for args in recorded] == [TEAM] * 3
 
 
 NET, OTHER_NET = ((5, 8, 1), 30, "d"), ((5, 9, 1), 30, "d")
