@@ -633,13 +633,12 @@ class BatchNormScaler(
         var = self.running_var_
         std = np.sqrt(var + self.epsilon)
         if self.epsilon == 0:
-            if self.momentum is None:
-                # StandardScaler's test, on the same exact statistics.
-                constant = _is_constant_feature(
-                    var, self.running_mean_, self.n_samples_seen_
-                )
-            else:
-                constant = std < 10 * np.finfo(np.float64).eps
+            # StandardScaler's test, relative to the feature's scale (with
+            # momentum, on the running statistics: a constant feature's
+            # running variance is 0 there too).
+            constant = _is_constant_feature(
+                var, self.running_mean_, self.n_samples_seen_
+            )
             std = np.where(constant, 1.0, std)
         return std
 
@@ -834,10 +833,14 @@ def _batch_statistics(X, sample_weight, estimator):
         # The kernel squares float32 deviations in float32: below a spread of
         # about 1e-19 the squares lose their precision (subnormal numbers),
         # then vanish. Such features again, in float64. A constant feature's
-        # variance is 0 and its mean its value: it needs no second look (a
-        # far cheaper test than that look).
+        # variance is 0 and every value its first: it needs no second look
+        # (a cheaper test than that look; a variance of 0 and a mean equal
+        # to the first value also hold for a, a + d, a - d with d tiny).
         tiny = np.flatnonzero(var < _FLOAT32_TINY_VARIANCE)
-        tiny = tiny[(var[tiny] > 0) | (mean[tiny] != X[0, tiny])]
+        if tiny.size:
+            zero = tiny[var[tiny] == 0]
+            constant = zero[(X[:, zero] == X[0, zero]).all(axis=0)]
+            tiny = np.setdiff1d(tiny, constant, assume_unique=True)
         if tiny.size:
             X_tiny = np.ascontiguousarray(X[:, tiny], dtype=np.float64)
             mean[tiny], var[tiny], count[tiny] = batch_stats(

@@ -437,6 +437,18 @@ def test_momentum_epsilon_zero_constant_feature_unscaled():
     assert_allclose(scaler.transform([[5.0, 0.0, 0.0]])[0, 0], 1.0)
 
 
+@pytest.mark.parametrize("scale", [1e-16, 1.0, 1e16])
+def test_momentum_epsilon_zero_scales_features_whatever_their_units(scale):
+    # A feature is constant by StandardScaler's test, relative to its mean
+    # and count, in both modes: not below a fixed spread.
+    X = np.random.RandomState(0).normal(size=(100, 2)) * scale
+    X[:, 1] = 4.0 * scale
+    for momentum in (1.0, 0.1):
+        out = BatchNormScaler(momentum=momentum, epsilon=0).fit_transform(X)
+        assert_allclose(out[:, 0].std(), np.sqrt(99 / 100), rtol=1e-12)
+        assert_array_equal(out[:, 1], 0.0)
+
+
 def _unbiased_batch(B, w):
     """One batch's weighted mean and unbiased variance by the networks' rule
     (DESIGN.md), NaN ignored per feature, written out in numpy: m = the weight
@@ -687,6 +699,19 @@ def test_float32_features_of_tiny_spread_are_scaled_as_standard_scaler(
     out = BatchNormScaler(epsilon=0).fit_transform(X)
     assert out.dtype == np.float32
     assert_allclose(out, StandardScaler().fit_transform(X), atol=1e-6)
+
+
+def test_float32_feature_of_tiny_spread_around_its_first_value():
+    # Its float32 squares vanish and its mean is its first value, as for a
+    # constant feature: it still has its variance.
+    a, d = np.float32(1e-20), np.float32(1e-25)
+    X = np.array([[a, 3], [a + d, 3], [a - d, 3]], dtype=np.float32)
+    scaler = BatchNormScaler(epsilon=0).fit(X)
+    reference = X.astype(np.float64)
+    assert_allclose(scaler.running_var_, reference.var(0), rtol=1e-6)
+    assert_allclose(
+        scaler.transform(X), StandardScaler().fit_transform(reference), atol=1e-6
+    )
 
 
 def test_epsilon_enters_as_in_batch_norm():
