@@ -182,6 +182,19 @@ def test_predict_and_to_sklearn_match_the_running_statistics_network(
     assert_allclose(raw_output(est, X_test), out, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_nan_set_in_the_weights_comes_out_as_in_scikit_learn(activation):
+    # Weights are the user's to set: a NaN among them gives NaN out, ReLU's
+    # included (numpy's maximum keeps NaN), as the to_sklearn model does.
+    X, y, est = make_data("squared_error")
+    fit_quietly(est.set_params(activation=activation), X, y)
+    W = est.coefs_[0].copy()
+    W[0, :] = np.nan
+    est.coefs_ = [W, *est.coefs_[1:]]
+    assert np.isnan(est.predict(X[:3])).all()
+    assert np.isnan(est.to_sklearn().predict(X[:3])).all()
+
+
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
 def test_to_sklearn_float32(problem):
     X, y, est = make_data(problem, dtype=np.float32)
