@@ -1201,6 +1201,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             and cached[0] == key
             and len(cached[1]) == len(arrays)
             and all(ref() is a for ref, a in zip(cached[1], arrays))
+            # numpy lets an array that owns its data be made writable again
+            # (setflags): then it may have changed since the fold.
+            and all(map(_unchangeable, arrays))
         ):
             return cached[2]
         folded = FoldedNetwork.fold(

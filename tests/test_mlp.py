@@ -1930,6 +1930,19 @@ def test_in_place_edits_are_refused_or_take_effect(name):
         rtol=1e-9,
         atol=1e-12,
     )
+    # A fitted array made writable again (numpy allows it of an array that
+    # owns its data) and edited in place: takes effect too.
+    getattr(est, name)[0] = array
+    before = est.predict_proba(X)
+    array.setflags(write=True)
+    array[0] = array[0] * 3 + 1
+    assert not np.allclose(est.predict_proba(X), before)
+    assert_allclose(
+        est.predict_proba(X)[:, 1],
+        forward_from_attributes(est, X).ravel(),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def test_repeated_predictions_reuse_the_folded_network():
