@@ -2197,6 +2197,17 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         -------
         self : object
             The updated model.
+
+        Notes
+        -----
+        Each call goes on with the optimizer of the latest :meth:`fit`, or
+        of the first ``partial_fit`` (its state, its steps and its
+        settings), as scikit-learn's MLP does: ``solver``, ``learning_rate``,
+        ``learning_rate_init``, ``power_t``, ``momentum``,
+        ``nesterovs_momentum``, ``beta_1``, ``beta_2``, ``epsilon`` and
+        ``weight_decay`` set since then take effect at the next :meth:`fit`.
+        The loss's settings (``alpha``, ``label_smoothing``) and
+        ``bn_momentum`` take effect at once.
         """
         if self.class_weight == "balanced":
             raise ValueError(
@@ -2497,6 +2508,16 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         -------
         self : object
             The updated model.
+
+        Notes
+        -----
+        Each call goes on with the optimizer of the latest :meth:`fit`, or
+        of the first ``partial_fit`` (its state, its steps and its
+        settings), as scikit-learn's MLP does: ``solver``, ``learning_rate``,
+        ``learning_rate_init``, ``power_t``, ``momentum``,
+        ``nesterovs_momentum``, ``beta_1``, ``beta_2``, ``epsilon`` and
+        ``weight_decay`` set since then take effect at the next :meth:`fit`.
+        The loss's ``alpha`` and ``bn_momentum`` take effect at once.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 

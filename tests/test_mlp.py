@@ -1063,6 +1063,24 @@ def test_partial_fit_weighs_each_batch_by_its_classes(dtype):
     assert_same_fit(weighted, reference)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_partial_fit_goes_on_with_the_optimizer_of_the_latest_fit(solver):
+    # As scikit-learn's MLP: optimizer settings changed since take effect at
+    # the next fit; the loss's alpha at once.
+    X, y, _ = make_data("multiclass")
+    params = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=0, solver=solver)
+    a, b, c = (fit_quietly(MLPBNClassifier(**params), X, y) for _ in range(3))
+    b.set_params(weight_decay=10.0, learning_rate_init=1e-9, momentum=0.1)
+    c.set_params(alpha=10.0)
+    for est in (a, b, c):
+        est.partial_fit(X, y)
+    assert all(np.array_equal(p, q) for p, q in zip(a.coefs_, b.coefs_))
+    assert not np.array_equal(a.coefs_[0], c.coefs_[0])
+    fit_quietly(a, X, y)
+    fit_quietly(b, X, y)
+    assert not np.array_equal(a.coefs_[0], b.coefs_[0])
+
+
 def test_partial_fit_refuses_balanced_class_weight():
     X, y = imbalanced_classes(2)
     est = MLPBNClassifier(hidden_layer_sizes=(6,), random_state=0).partial_fit(
