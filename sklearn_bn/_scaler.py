@@ -42,6 +42,20 @@ from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure
 _FLOAT_DTYPES = (np.float64, np.float32)
 
 
+def _unaligned_view_of(X_in, X):
+    """Whether ``X_in`` is a writable C-contiguous array of ``X``'s dtype and
+    shape whose only difference from ``X`` is that it is not aligned."""
+    return (
+        isinstance(X_in, np.ndarray)
+        and X_in is not X
+        and X_in.flags.writeable
+        and X_in.flags.c_contiguous
+        and not X_in.flags.aligned
+        and X_in.dtype == X.dtype
+        and X_in.shape == X.shape
+    )
+
+
 def _is_constant_feature(var, mean, n_samples):
     """Features indistinguishable from constants, as ``StandardScaler`` decides.
 
@@ -670,6 +684,10 @@ class BatchNormScaler(
             and check_inf
         ):
             _raise_infinite(X, self)
+        if not copy and out is X and _unaligned_view_of(X_in, X):
+            # numpy reads X_in without a copy, the kernels needed one.
+            X_in[...] = out
+            return X_in
         return out
 
     def to_sklearn(self):

@@ -895,6 +895,29 @@ def test_copy_false_works_in_place(dtype):
     assert BatchNormScaler().fit(X).transform(Xc, copy=False) is Xc
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_false_overwrites_an_unaligned_array_too(dtype):
+    # numpy reads it as a writable C-contiguous float array without a copy
+    # (StandardScaler(copy=False) overwrites it); the kernels need an
+    # aligned one, and an inf found there leaves the input untouched.
+    X = _data(dtype=dtype)
+    scaler = BatchNormScaler(copy=False).fit(X)
+    expected = scaler.transform(X.copy())
+    buffer = np.zeros(X.nbytes + 1, dtype=np.uint8)
+    X_unaligned = np.frombuffer(buffer[1:].data, dtype=dtype).reshape(X.shape)
+    X_unaligned[...] = X
+    assert not X_unaligned.flags.aligned and X_unaligned.flags.writeable
+    assert scaler.transform(X_unaligned) is X_unaligned
+    assert_array_equal(X_unaligned, expected)
+    assert scaler.inverse_transform(X_unaligned) is X_unaligned
+    assert_allclose(X_unaligned, X, **_tol(dtype))
+    X_unaligned[0, 0] = np.inf
+    before = X_unaligned.copy()
+    with pytest.raises(ValueError, match="infinity"):
+        scaler.transform(X_unaligned)
+    assert_array_equal(X_unaligned, before)
+
+
 def test_float32_frames_stay_float32():
     # scikit-learn's validation reads a polars frame as float64.
     pd = pytest.importorskip("pandas")
