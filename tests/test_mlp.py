@@ -1935,32 +1935,22 @@ def test_in_place_edits_are_refused_or_take_effect(name):
     array = getattr(est, name)[0]
     with pytest.raises(ValueError, match="read-only"):
         array[0] = 3.0
-    # An array of one's own, edited in place after assigning it: takes effect
-    # (such an array is never cached).
+    # An array of one's own, edited in place after assigning it, takes
+    # effect (such an array is never cached); so does a fitted array made
+    # writable again (numpy allows it of an array that owns its data).
     own = array.copy()
-    getattr(est, name)[0] = own
-    before = est.predict_proba(X)
-    own[0] = own[0] * 3 + 1
-    assert not np.allclose(est.predict_proba(X), before)
-    assert_allclose(
-        est.predict_proba(X)[:, 1],
-        forward_from_attributes(est, X).ravel(),
-        rtol=1e-9,
-        atol=1e-12,
-    )
-    # A fitted array made writable again (numpy allows it of an array that
-    # owns its data) and edited in place: takes effect too.
-    getattr(est, name)[0] = array
-    before = est.predict_proba(X)
-    array.setflags(write=True)
-    array[0] = array[0] * 3 + 1
-    assert not np.allclose(est.predict_proba(X), before)
-    assert_allclose(
-        est.predict_proba(X)[:, 1],
-        forward_from_attributes(est, X).ravel(),
-        rtol=1e-9,
-        atol=1e-12,
-    )
+    for edited in (own, array):
+        getattr(est, name)[0] = edited
+        before = est.predict_proba(X)
+        edited.setflags(write=True)  # already so for one's own
+        edited[0] = edited[0] * 3 + 1
+        assert not np.allclose(est.predict_proba(X), before)
+        assert_allclose(
+            est.predict_proba(X)[:, 1],
+            forward_from_attributes(est, X).ravel(),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_repeated_predictions_reuse_the_folded_network():
