@@ -1821,11 +1821,12 @@ _NOTES_DOC = """
     statistics, and the unbiased correction ``m / (m - 1)`` of the running
     variance uses ``m`` = the minibatch's weight sum. When that sum is below
     2 (weights normalized to sum to 1, say), ``m`` is the number of rows with
-    positive weight instead. A minibatch whose weights sum to zero is skipped,
-    and so is one whose weight lies on a single row (batch norm cannot
-    normalize it with its own statistics; a ghost-batch chunk of the kind has
-    no gradient and leaves the running statistics alone): ``fit`` and
-    ``partial_fit`` then warn, once, with how many there were.
+    positive weight instead. A minibatch whose weights sum to zero is skipped
+    (it holds nothing to learn from). So is one whose weight lies on a
+    single row (batch norm cannot normalize it with its own statistics; a
+    ghost-batch chunk of the kind has no gradient and leaves the running
+    statistics alone): ``fit`` and ``partial_fit`` then warn, once, with how
+    many there were.
 
     Population statistics (``bn_stats='population'``, and
     :meth:`recompute_bn_stats`): over rows ``j`` of weights ``s_j`` (1
@@ -1856,8 +1857,9 @@ _NOTES_DOC = """
     :mod:`sklearn.callback` callbacks (``ProgressBar``, ``ScoringMonitor``,
     or one's own). :meth:`fit` is a task with one subtask per epoch (at most
     ``max_iter``): each epoch's hooks get the training rows (the validation
-    split excluded), their labels and ``{'sample_weight': ...}`` (the fit's
-    weights, class weights included; ``None`` when unweighted), and a
+    split excluded), their labels and, as ``metadata``,
+    ``{'sample_weight': ...}`` with the fit's weights (class weights
+    included), or ``None`` rather than a dict when unweighted, and a
     ``fitted_estimator`` that predicts as the model ``fit`` would publish if
     it stopped there (the best weights so far under early stopping, the
     population statistics with ``bn_stats='population'``), built only for
