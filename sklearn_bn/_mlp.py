@@ -1233,6 +1233,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     # ------------------------------------------------------------------
     # Public API shared by both estimators
 
+    @_reads_fitted_state
     def to_sklearn(self):
         """Return an equivalent fitted scikit-learn MLP with batch norm folded in.
 
@@ -1808,11 +1809,11 @@ _NOTES_DOC = """
     ``partial_fit``; the results depend on the pieces, not on the threads
     (see the user guide's "Threads"). Prediction runs BLAS on one thread
     too, the package's threads sharing the rows of a large prediction. A
-    refit publishes the new model at once: a prediction running in another
-    thread meanwhile uses the old model or the new one. float32 input is trained
-    and predicted in float32; float64 input to a float32 model is predicted
-    in float64. Ctrl-C stops a fit between two minibatches, keeping what was
-    trained (see the user guide).
+    refit publishes the new model at once: a prediction or a ``to_sklearn()``
+    running in another thread meanwhile uses the old model or the new one.
+    float32 input is trained and predicted in float32; float64 input to a
+    float32 model is predicted in float64. Ctrl-C stops a fit between two
+    minibatches, keeping what was trained (see the user guide).
 
     Every minibatch needs at least 2 samples: ``batch_size`` must be >= 2,
     and fitting on a single sample raises ``ValueError``.

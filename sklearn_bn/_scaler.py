@@ -690,6 +690,7 @@ class BatchNormScaler(
             return X_in
         return out
 
+    @_reads_fitted_state
     def to_sklearn(self):
         """Return an equivalent fitted scikit-learn ``StandardScaler``.
 

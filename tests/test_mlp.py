@@ -195,6 +195,26 @@ def test_nan_set_in_the_weights_comes_out_as_in_scikit_learn(activation):
     assert np.isnan(est.to_sklearn().predict(X[:3])).all()
 
 
+def test_to_sklearn_reads_one_fitted_state(monkeypatch):
+    # A refit (in another thread) that publishes its model while to_sklearn
+    # runs: the twin is the model it started from, not a mix of the two.
+    from sklearn_bn import _preprocessing
+
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    expected = est.predict_proba(X)
+    other = fit_quietly(clone(est).set_params(random_state=1), X, y[::-1])
+    of = _preprocessing.InputHandling.of
+
+    def refit_meanwhile(model):
+        est.__dict__.update(other.__dict__)  # publishes as a fit does
+        return of(model)
+
+    monkeypatch.setattr(_preprocessing.InputHandling, "of", refit_meanwhile)
+    twin = est.to_sklearn()
+    assert_allclose(twin.predict_proba(X), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
 def test_to_sklearn_float32(problem):
     X, y, est = make_data(problem, dtype=np.float32)

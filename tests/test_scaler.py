@@ -1520,6 +1520,24 @@ def test_to_sklearn_default_statistics_are_standard_scalers():
     assert plain.n_samples_seen_ == reference.n_samples_seen_ == 200
 
 
+def test_to_sklearn_reads_one_fitted_state(monkeypatch):
+    # A refit (in another thread) that publishes its statistics while
+    # to_sklearn runs: the twin is the scaler it started from.
+    X = _data(n=50, m=3)
+    scaler = BatchNormScaler().fit(X)
+    expected = scaler.transform(X)
+    other = BatchNormScaler().fit(X * 10 + 5)
+    affine_params = BatchNormScaler._affine_params
+
+    def refit_meanwhile(self, n_features):
+        scaler.__dict__.update(other.__dict__)  # publishes as a fit does
+        return affine_params(self, n_features)
+
+    monkeypatch.setattr(BatchNormScaler, "_affine_params", refit_meanwhile)
+    twin = scaler.to_sklearn()
+    assert_allclose(twin.transform(X), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_to_sklearn_gamma_zero_raises():
     scaler = BatchNormScaler(gamma=[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]).fit(_data())
     with pytest.raises(ValueError, match=r"gamma=0 \(features \[1, 3\]\)"):
