@@ -31,7 +31,12 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import _safe_indexing, check_random_state, column_or_1d
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    Options,
+    StrOptions,
+)
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import (
     _check_partial_fit_first_call,
@@ -328,9 +333,18 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """One dropout rate per hidden layer, checked."""
         if isinstance(self.dropout, Real):
             return [float(self.dropout)] * n_hidden_layers
-        rates = np.asarray(self.dropout, dtype=np.float64)
-        if rates.shape != (n_hidden_layers,) or not np.all((rates >= 0) & (rates < 1)):
-            raise ValueError(
+        try:
+            rates = np.asarray(self.dropout, dtype=np.float64)
+        except (TypeError, ValueError):
+            rates = None
+        if (
+            rates is None
+            or rates.shape != (n_hidden_layers,)
+            or not np.all((rates >= 0) & (rates < 1))
+        ):
+            # The error scikit-learn's parameter validation raises, as for a
+            # scalar rate out of range.
+            raise InvalidParameterError(
                 "dropout must be a float in [0, 1) or a sequence of one such rate per "
                 f"hidden layer ({n_hidden_layers}), got {self.dropout!r}."
             )

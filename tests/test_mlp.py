@@ -28,6 +28,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -2384,14 +2385,14 @@ def test_dropout_changes_training():
 )
 def test_dropout_needs_one_valid_rate_per_hidden_layer(dropout):
     X, y, est = make_data("binary")
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(InvalidParameterError, match="dropout"):
         est.set_params(dropout=dropout).fit(X, y)
 
 
 @pytest.mark.parametrize("value", [1.0, -0.5, 1.5])
 def test_dropout_rate_out_of_range(value):
     X, y, est = make_data("binary")
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(InvalidParameterError, match="dropout"):
         est.set_params(dropout=value).fit(X, y)
 
 
