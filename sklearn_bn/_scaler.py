@@ -659,17 +659,16 @@ class BatchNormScaler(
     def _affine(self, X, X_in, coefficients, copy, check_inf=True):
         """``(X - center) * scale + shift``, in place when allowed, in row blocks."""
         center, scale, shift = coefficients
-        # Is X our own conversion of the input (free to overwrite)?
-        private = (
-            X is not X_in
-            and X.flags.writeable
-            and (
-                isinstance(X_in, np.ndarray)
-                and not np.may_share_memory(X, X_in)
-                or not isinstance(X_in, np.ndarray)
-                and not hasattr(X_in, "__array__")
-            )
-        )
+        # Is X our own conversion of the input (free to overwrite)? Another
+        # object's conversion may be a view of the caller's memory (a
+        # memoryview, a ctypes array, __array_interface__) or its own data
+        # (__array__): only an array that validation allocated is ours.
+        if X is X_in or not X.flags.writeable:
+            private = False
+        elif isinstance(X_in, np.ndarray):
+            private = not np.may_share_memory(X, X_in)
+        else:
+            private = X.flags.owndata and not hasattr(X_in, "__array__")
         if private:
             out = X
         elif copy or not X.flags.writeable:

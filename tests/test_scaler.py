@@ -918,6 +918,49 @@ def test_copy_false_overwrites_an_unaligned_array_too(dtype):
     assert_array_equal(X_unaligned, before)
 
 
+class _ArrayLike:
+    """Hands out its own data from ``__array__``, as xarray does."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __array__(self, dtype=None, copy=None):
+        return self._array
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "wrap",
+    [memoryview, np.ctypeslib.as_ctypes, _ArrayLike],
+    ids=["memoryview", "ctypes", "array_method"],
+)
+def test_copy_true_leaves_memory_seen_through_other_objects(wrap, dtype):
+    # numpy reads these without a copy: the validated X is the caller's
+    # memory although it is not the input object. (scikit-learn's
+    # validation reads the first two as float64, as StandardScaler does.)
+    X = _data(dtype=dtype)
+    scaler = BatchNormScaler().fit(X)
+    expected = {
+        "transform": scaler.transform(X),
+        "inverse_transform": scaler.inverse_transform(X),
+        "fit_transform": BatchNormScaler().fit_transform(X),
+    }
+    calls = {
+        "transform": scaler.transform,
+        "inverse_transform": scaler.inverse_transform,
+        "fit_transform": BatchNormScaler().fit_transform,
+    }
+    for name, call in calls.items():
+        Xc = X.copy()
+        assert_allclose(call(wrap(Xc)), expected[name], **_tol(dtype))
+        assert_array_equal(Xc, X, err_msg=name)
+    # copy=False writes into the memory, as StandardScaler(copy=False) does.
+    Xc = X.copy()
+    scaler.transform(wrap(Xc), copy=False)
+    if dtype == np.float64:
+        assert_allclose(Xc, expected["transform"], **_tol(dtype))
+
+
 def test_float32_frames_stay_float32():
     # scikit-learn's validation reads a polars frame as float64.
     pd = pytest.importorskip("pandas")
