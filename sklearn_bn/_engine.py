@@ -579,6 +579,42 @@ def _csr_arrays(X, dtype, n_features):
     )
 
 
+def folded_layers(coefs, gammas, intercepts, running_means, running_vars, bn_epsilon):
+    """Each layer's weights and bias with its batch norm folded in (see
+    :class:`FoldedNetwork`), in float64."""
+    for l, (W, b) in enumerate(zip(coefs, intercepts)):
+        W = np.asarray(W, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        if l < len(gammas):
+            if any(
+                np.shape(a[l]) != (W.shape[1],)
+                for a in (gammas, running_means, running_vars)
+            ):
+                raise ValueError("the layers' shapes do not chain")
+            var = np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
+            if not np.all(var > 0):
+                raise ValueError(f"hidden layer {l}: var + bn_epsilon must be positive")
+            s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(var)
+            W, b = W * s, b - running_means[l] * s
+        yield W, b
+
+
+def folds_finitely(
+    coefs, gammas, intercepts, running_means, running_vars, bn_epsilon, dtype
+):
+    """Whether the folded network's weights are finite in ``dtype``: finite
+    parameters of a diverged fit can fold beyond its range (a weight of 1e200
+    times a scale of 1e200), and its predictions would all be NaN."""
+    limit = np.finfo(dtype).max
+    with np.errstate(over="ignore", invalid="ignore"):
+        return all(
+            np.all(np.abs(W) <= limit) and np.all(np.abs(b) <= limit)
+            for W, b in folded_layers(
+                coefs, gammas, intercepts, running_means, running_vars, bn_epsilon
+            )
+        )
+
+
 class FoldedNetwork:
     """The inference network with batch norm folded into its weights:
     hidden layers ``act(a @ W + b)``, the output ``out_act(a @ W + b)``.
@@ -622,22 +658,9 @@ class FoldedNetwork:
         returned in ``dtype`` (default: the first layer's)."""
         dtype = np.dtype(coefs[0].dtype if dtype is None else dtype)
         folded_coefs, folded_intercepts = [], []
-        for l, (W, b) in enumerate(zip(coefs, intercepts)):
-            W = np.asarray(W, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
-            if l < len(gammas):
-                if any(
-                    np.shape(a[l]) != (W.shape[1],)
-                    for a in (gammas, running_means, running_vars)
-                ):
-                    raise ValueError("the layers' shapes do not chain")
-                var = np.asarray(running_vars[l], dtype=np.float64) + bn_epsilon
-                if not np.all(var > 0):
-                    raise ValueError(
-                        f"hidden layer {l}: var + bn_epsilon must be positive"
-                    )
-                s = np.asarray(gammas[l], dtype=np.float64) / np.sqrt(var)
-                W, b = W * s, b - running_means[l] * s
+        for W, b in folded_layers(
+            coefs, gammas, intercepts, running_means, running_vars, bn_epsilon
+        ):
             folded_coefs.append(W.astype(dtype))
             folded_intercepts.append(b.astype(dtype))
         return cls(folded_coefs, folded_intercepts, activation, out_activation)

@@ -59,7 +59,12 @@ from sklearn_bn._callbacks import (
     has_callbacks,
     with_callbacks,
 )
-from sklearn_bn._engine import Engine, FoldedNetwork, population_statistics
+from sklearn_bn._engine import (
+    Engine,
+    FoldedNetwork,
+    folds_finitely,
+    population_statistics,
+)
 from sklearn_bn._optimizers import (
     OPTIMIZERS,
     SCHEDULES,
@@ -115,7 +120,12 @@ def _checked_weights(sample_weight, X, dtype, name):
     one, whose inverse is finite)."""
     raw = None if sample_weight is None else np.asarray(sample_weight)
     if raw is not None and raw.dtype.kind == "f" and np.any(np.isposinf(raw)):
-        raise ValueError(
+        if name == "sample_weight":  # the user's own: scikit-learn's message
+            raise ValueError(
+                "Input sample_weight contains infinity or a value too large for "
+                "dtype('float64')."
+            )
+        raise ValueError(  # a product with the class weights overflowed
             f"{name} is too large: some weights are infinite in float64. Divide "
             "them by a common factor."
         )
@@ -587,10 +597,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             raw_rows,
         )
 
+        attributes = self._fitted_attributes(engine, params, state, out_activation)
+        if not folds_finitely(
+            *(attributes[name] for name in self._FITTED_ARRAYS),
+            self.bn_epsilon,
+            params.theta.dtype,
+        ):
+            raise ValueError(self._non_finite_message(params.theta.dtype))
         # Everything succeeded: publish the new state.
-        self.__dict__.update(
-            self._fitted_attributes(engine, params, state, out_activation)
-        )
+        self.__dict__.update(attributes)
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
         # The model is published: Ctrl-C in the last hook must not undo it.
@@ -981,6 +996,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ends.
         """
         sample_idx = np.arange(data.n_samples, dtype=np.intp)
+        # A fit, warm or not, fails when its first epoch trains nothing; a
+        # partial_fit only on a new model (a stream goes on past a batch
+        # it cannot train).
+        must_train = not incremental or not state.loss_curve
         for _ in range(self.max_iter):
             if epochs is not None:
                 epochs.begin()
@@ -1003,14 +1022,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 if epochs is not None:
                     epochs.abandon()
                 break
-            if not (params.is_finite() and np.isfinite(loss_sum)):
+            if not params.is_finite():
                 raise ValueError(self._non_finite_message(params.theta.dtype))
-            if n_trained == 0 and not state.loss_curve:
+            if not np.isfinite(loss_sum):
+                raise ValueError(self._non_finite_loss_message())
+            if n_trained == 0 and must_train:
                 raise ValueError(
                     "No minibatch could be trained: the sample weights of each "
                     "sum to zero or lie on fewer than 2 rows (batch normalization "
                     "needs 2). Give weight to more rows, or use a larger batch_size."
                 )
+            must_train = False
             state.n_iter += 1
             state.t += n_rows
             # The mean over the minibatches trained; an epoch that trained
@@ -1079,6 +1101,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """Whether ``1 / sqrt(bn_epsilon)``, the scale of a hidden unit that
         is constant over a minibatch, is within ``dtype``'s range."""
         return self.bn_epsilon > (1.0 / float(np.finfo(dtype).max)) ** 2
+
+    def _non_finite_loss_message(self):
+        return (
+            "The training loss overflowed while the weights stayed finite: the "
+            "targets, or the sample or class weights, are too large for the "
+            "loss to be computed. Scale them down (for the regressor, "
+            "sklearn.compose.TransformedTargetRegressor scales y)."
+        )
 
     def _non_finite_message(self, dtype):
         message = "Solver produced non-finite parameter weights."

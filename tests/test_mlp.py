@@ -554,19 +554,21 @@ def test_failed_recompute_bn_stats_leaves_the_model_unchanged():
         assert_same(before, snapshot(est), message)
 
 
-def test_failed_population_fit_leaves_the_model_unchanged():
-    # One row of positive weight, summing to less than 2: training runs (the
-    # running variance keeps its value), but no unbiased variance exists.
+def test_failed_warm_fit_that_trains_nothing_leaves_the_model_unchanged():
+    # One row of positive weight: no minibatch can be trained (nor could
+    # the population statistics have an unbiased variance). A warm fit
+    # fails as a new one does, and the model stays as it was.
     X, y, est = make_data("squared_error", n=10)
     fit_quietly(est, X, y)
     before = snapshot(est)
     sw = np.zeros(len(y))
     sw[3] = 0.5
-    est.set_params(bn_stats="population", warm_start=True)
-    with pytest.raises(ValueError, match="unbiased variance"):
-        fit_quietly(est, X, y, sample_weight=sw)
-    est.set_params(bn_stats="running", warm_start=False)
-    assert_same(before, snapshot(est))
+    for bn_stats in ("running", "population"):
+        est.set_params(bn_stats=bn_stats, warm_start=True)
+        with pytest.raises(ValueError, match="No minibatch could be trained"):
+            fit_quietly(est, X, y, sample_weight=sw)
+        est.set_params(bn_stats="running", warm_start=False)
+        assert_same(before, snapshot(est))
 
 
 def test_recompute_bn_stats_checks_feature_names():
@@ -954,12 +956,21 @@ def test_bad_sample_weights():
 
 
 @pytest.mark.parametrize("container", [np.asarray, list])
-def test_infinite_sample_weights_say_how_to_fix_them(container):
+def test_infinite_sample_weights_get_scikit_learns_message(container):
+    # Dividing cannot make an infinite weight finite: the message is the one
+    # MLPClassifier and StandardScaler give.
     X, y, est = make_data("binary")
     weights = np.ones(len(y))
     weights[3] = np.inf
-    with pytest.raises(ValueError, match="too large: some weights are infinite"):
+    message = "Input sample_weight contains infinity"
+    with pytest.raises(ValueError, match=message):
         est.fit(X, y, sample_weight=container(weights))
+    with pytest.raises(ValueError, match=message):
+        MLPClassifier().fit(X, y, sample_weight=container(weights))
+    with pytest.raises(ValueError, match=message):
+        clone(est).set_params(class_weight="balanced").fit(
+            X, y, sample_weight=container(weights)
+        )
 
 
 @pytest.mark.parametrize(
@@ -1374,17 +1385,36 @@ def test_non_finite_weights_raise_and_leave_model_unchanged(method):
     est.set_params(solver="sgd")
     fit_quietly(est, X, y)
     before = snapshot(est)
-    with pytest.raises(ValueError, match="non-finite"):
-        getattr(est, method)(X, y * 1e300)  # the loss overflows
+    # The loss overflows; the weights have not yet: the message says so
+    # (it does not blame the learning rate).
+    with pytest.raises(ValueError, match="loss overflowed.*Scale them down"):
+        getattr(est, method)(X, y * 1e300)
     assert_same(before, snapshot(est))
     with pytest.raises(ValueError, match="non-finite"):
         getattr(est, method)(X * 1e154, y)  # z**2 overflows in the batch variance
     assert_same(before, snapshot(est))
     # An unfitted model stays unfitted.
     fresh = clone(est)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="loss overflowed"):
         fresh.fit(X, y * 1e300)
     assert not hasattr(fresh, "coefs_")
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_that_fold_beyond_range_raise(method, dtype):
+    # One step at a huge rate leaves finite weights and gammas of about 1e200
+    # (1e30 in float32); folded into one matrix (W * gamma / std) they
+    # overflow, and every prediction would be NaN: the fit fails instead.
+    X, y, est = make_data("binary")
+    X = X.astype(dtype)
+    rate = 1e200 if dtype == np.float64 else 1e30
+    est.set_params(max_iter=1, learning_rate_init=rate)
+    with pytest.raises(ValueError, match="non-finite.*learning_rate_init"):
+        fit_quietly(est, X, y) if method == "fit" else est.partial_fit(
+            X, y, classes=[0, 1]
+        )
+    assert not hasattr(est, "coefs_")
 
 
 def test_diverging_learning_rate_raises():
