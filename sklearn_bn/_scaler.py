@@ -640,7 +640,22 @@ class BatchNormScaler(
         center = np.where(np.abs(origin) <= np.finfo(dtype).max, origin, 0.0)
         center = center.astype(dtype)
         shift = target + (center - origin) * scale
-        return center, scale.astype(dtype), shift.astype(dtype)
+        with np.errstate(over="ignore"):
+            scale_in_dtype, shift_in_dtype = scale.astype(dtype), shift.astype(dtype)
+        # A scale beyond dtype's range (a float32 spread below its smallest
+        # normal number, at epsilon=0): these features are computed in
+        # float64, as StandardScaler's division gives finite values there.
+        wide = np.flatnonzero(
+            np.isfinite(scale)
+            & np.isfinite(shift)
+            & ~(np.isfinite(scale_in_dtype) & np.isfinite(shift_in_dtype))
+        )
+        if wide.size:
+            scale_in_dtype[wide] = shift_in_dtype[wide] = 0
+            wide = (wide, origin[wide], scale[wide], target[wide])
+        else:
+            wide = None
+        return center, scale_in_dtype, shift_in_dtype, wide
 
     def _std(self):
         """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
@@ -658,7 +673,10 @@ class BatchNormScaler(
 
     def _affine(self, X, X_in, coefficients, copy, check_inf=True):
         """``(X - center) * scale + shift``, in place when allowed, in row blocks."""
-        center, scale, shift = coefficients
+        center, scale, shift, wide = coefficients
+        if wide is not None:  # read before an in-place kernel overwrites them
+            columns, origin, wide_scale, target = wide
+            wide_out = (X[:, columns] - origin) * wide_scale + target
         # Is X our own conversion of the input (free to overwrite)? Another
         # object's conversion may be a view of the caller's memory (a
         # memoryview, a ctypes array, __array_interface__) or its own data
@@ -683,6 +701,8 @@ class BatchNormScaler(
             and check_inf
         ):
             _raise_infinite(X, self)
+        if wide is not None:
+            out[:, columns] = wide_out
         if not copy and out is X and _unaligned_view_of(X_in, X):
             # numpy reads X_in without a copy, the kernels needed one.
             X_in[...] = out

@@ -674,12 +674,13 @@ def test_any_float32_constant_column_maps_to_beta(value, momentum):
 
 
 @pytest.mark.parametrize("with_nan", [False, True])
-@pytest.mark.parametrize("spread", [1e-12, 1e-18, 1e-21, 1e-25, 1e-35])
+@pytest.mark.parametrize("spread", [1e-12, 1e-18, 1e-21, 1e-25, 1e-35, 1e-39, 1e-42])
 def test_float32_features_of_tiny_spread_are_scaled_as_standard_scaler(
     spread, with_nan
 ):
     # Squares of float32 deviations below ~1e-19 would be subnormal numbers,
-    # then 0: the statistics must not lose them.
+    # then 0: the statistics must not lose them. Below ~1e-38 the deviations
+    # are subnormal themselves and 1 / std is beyond float32's range.
     rng = np.random.RandomState(0)
     X = np.column_stack([rng.normal(size=200) * spread, np.full(200, 3.0)])
     X = X.astype(np.float32)
@@ -698,7 +699,17 @@ def test_float32_features_of_tiny_spread_are_scaled_as_standard_scaler(
         assert_allclose(weighted.running_mean_, np.nanmean(repeated, 0), rtol=1e-6)
     out = BatchNormScaler(epsilon=0).fit_transform(X)
     assert out.dtype == np.float32
-    assert_allclose(out, StandardScaler().fit_transform(X), atol=1e-6)
+    expected = StandardScaler().fit_transform(reference)
+    assert_allclose(out, expected, atol=1e-6)
+    if spread >= 1e-35:  # subnormal float32 divisions round more
+        assert_allclose(out, StandardScaler().fit_transform(X), atol=1e-6)
+    scaler = BatchNormScaler(epsilon=0, copy=False).fit(X)
+    X_in_place = X.copy()
+    assert scaler.transform(X_in_place) is X_in_place
+    assert_allclose(X_in_place, expected, atol=1e-6)
+    # Subnormal numbers have few digits: a round trip is within one unit.
+    tiny = np.finfo(np.float32).smallest_subnormal
+    assert_allclose(scaler.inverse_transform(X_in_place), X, rtol=1e-5, atol=tiny)
 
 
 def test_float32_feature_of_tiny_spread_around_its_first_value():
