@@ -72,6 +72,7 @@ from sklearn_bn._optimizers import (
     from_state_dict,
 )
 from sklearn_bn._utils import (
+    _publish_now,
     _reads_fitted_state,
     _restore_on_failure,
     deferred_interrupt,
@@ -608,7 +609,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         self.__dict__.update(attributes)
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
-        # The model is published: Ctrl-C in the last hook must not undo it.
+        # The model is published: neither Ctrl-C in the last hook nor an
+        # error of a callback there or in its teardown undoes it.
+        _publish_now(self)
         with deferred_interrupt() as late:
             callback_ctx.call_on_fit_task_end(
                 estimator=self,
@@ -2192,7 +2195,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -2220,7 +2223,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with a single epoch over the given data.
 
@@ -2512,7 +2515,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -2536,7 +2539,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data.
 

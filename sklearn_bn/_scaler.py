@@ -37,7 +37,7 @@ from sklearn_bn._scaling import (
     unweighted_rows_hold_infinity,
 )
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure
+from sklearn_bn._utils import _publish_now, _reads_fitted_state, _restore_on_failure
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -352,7 +352,7 @@ class BatchNormScaler(
         )
 
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def _fit(self, X, y, sample_weight, reset, task_name="fit"):
         """Learn or update the statistics; return the validated `X`.
 
@@ -455,6 +455,7 @@ class BatchNormScaler(
         self.running_mean_ = mean
         self.running_var_ = var
         self.n_samples_seen_ = n_samples_seen
+        _publish_now(self)  # an error of a callback from here on keeps the fit
         callback_ctx.call_on_fit_task_end(
             estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
         )

@@ -18,6 +18,11 @@ def aligned_zeros(n, dtype):
     return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
+# The estimator each working copy stands for, by the copy's id, while
+# ``_restore_on_failure`` runs a method on it.
+_WORKING_COPIES = {}
+
+
 def _restore_on_failure(method):
     """Run ``method`` on a working copy of the estimator and publish the
     copy's state at once when it returns.
@@ -25,18 +30,35 @@ def _restore_on_failure(method):
     The estimator's ``__dict__`` is replaced in one step, so that a reader
     in another thread (see :func:`_reads_fitted_state`) sees the state
     before the call or after it, never a mix of both; when ``method``
-    raises, the estimator is left exactly as it was.
+    raises, the estimator is left exactly as it was, unless ``method``
+    published the state itself first (see :func:`_publish_now`).
     """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         work = object.__new__(type(self))
         work.__dict__.update(self.__dict__)
-        result = method(work, *args, **kwargs)
+        _WORKING_COPIES[id(work)] = self
+        try:
+            result = method(work, *args, **kwargs)
+        finally:
+            del _WORKING_COPIES[id(work)]
         self.__dict__ = work.__dict__
         return self if result is work else result
 
     return wrapper
+
+
+def _publish_now(work):
+    """Publish the state of the working copy ``work`` (see
+    :func:`_restore_on_failure`) before its method returns: what the method
+    does from here on (a callback's last hook, the callbacks' teardown) acts
+    on the published state, and an exception it raises no longer undoes it,
+    as in scikit-learn, whose fit is done when those run. Nothing happens
+    outside such a method."""
+    estimator = _WORKING_COPIES.get(id(work))
+    if estimator is not None:
+        estimator.__dict__ = work.__dict__
 
 
 def _reads_fitted_state(method):
