@@ -326,7 +326,9 @@ static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
             int cpu = 0;
 #endif
             tid = p->seats--;
-            p->active++;
+            /* Atomic although under the mutex: the caller reads it without
+               the mutex while it spins (every other access holds it). */
+            __atomic_add_fetch(&p->active, 1, __ATOMIC_RELAXED);
 #ifdef SKLEARN_BN_PINNING
             if (pinned) {
                 cpu = p->cpu[tid];
@@ -341,7 +343,8 @@ static __attribute__((unused)) void* sklearn_bn_worker(void* unused) {
 #endif
             (void) pinned;
             pthread_mutex_lock(&p->mutex);
-            if (--p->active == 0 && p->caller_waiting)
+            if (__atomic_sub_fetch(&p->active, 1, __ATOMIC_RELEASE) == 0
+                && p->caller_waiting)
                 pthread_cond_signal(&p->finished);
         }
     }
