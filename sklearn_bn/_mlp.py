@@ -599,12 +599,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )
 
         attributes = self._fitted_attributes(engine, params, state, out_activation)
-        if not folds_finitely(
-            *(attributes[name] for name in self._FITTED_ARRAYS),
-            self.bn_epsilon,
-            params.theta.dtype,
+        if params.fold_bound(self.bn_epsilon) > float(np.finfo(dtype).max) and not (
+            folds_finitely(
+                *(attributes[name] for name in self._FITTED_ARRAYS),
+                self.bn_epsilon,
+                dtype,
+            )
         ):
-            raise ValueError(self._non_finite_message(params.theta.dtype))
+            raise ValueError(self._non_finite_message(dtype))
         # Everything succeeded: publish the new state.
         self.__dict__.update(attributes)
         self._no_improvement_count = state.no_improvement

@@ -1400,6 +1400,24 @@ def test_non_finite_weights_raise_and_leave_model_unchanged(method):
     assert not hasattr(fresh, "coefs_")
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_fold_bound_bounds_the_folded_weights(seed):
+    # fit checks the folded network layer by layer only when this bound,
+    # taken over the flat parameters, exceeds the dtype's range.
+    rng = np.random.RandomState(seed)
+    units = [5, 7, 3, 2]
+    coefs = [rng.normal(size=(a, b)) * 10.0**seed for a, b in zip(units, units[1:])]
+    intercepts = [rng.normal(size=b) for b in units[1:]]
+    gammas = [rng.normal(size=b) for b in units[1:-1]]
+    means = [rng.normal(size=b) * 100 for b in units[1:-1]]
+    variances = [rng.uniform(0, 2, size=b) ** 4 for b in units[1:-1]]
+    theta = np.concatenate([a.ravel() for a in coefs + gammas + intercepts])
+    params = _engine.Parameters(theta, np.concatenate(means), np.concatenate(variances))
+    folded = _engine.folded_layers(coefs, gammas, intercepts, means, variances, 1e-5)
+    largest = max(max(np.abs(W).max(), np.abs(b).max()) for W, b in folded)
+    assert largest <= params.fold_bound(1e-5)
+
+
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weights_that_fold_beyond_range_raise(method, dtype):
