@@ -19,8 +19,17 @@ def aligned_zeros(n, dtype):
 
 
 # The estimator each working copy stands for, by the copy's id, while
-# ``_restore_on_failure`` runs a method on it.
+# ``_restore_on_failure`` runs a method on it (None once it is published).
 _WORKING_COPIES = {}
+
+# What scikit-learn's callbacks keep on the estimator during one call; it
+# goes with the call and is never published (scikit-learn's own context
+# around the estimator would act on it too).
+_CALL_STATE = ("_callback_fit_ctx", "_skl_callbacks_to_teardown")
+
+
+def _published_state(work):
+    return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
 
 
 def _restore_on_failure(method):
@@ -41,9 +50,12 @@ def _restore_on_failure(method):
         _WORKING_COPIES[id(work)] = self
         try:
             result = method(work, *args, **kwargs)
-        finally:
-            del _WORKING_COPIES[id(work)]
-        self.__dict__ = work.__dict__
+        except BaseException:
+            if _WORKING_COPIES.pop(id(work)) is None:  # published: keep the fit
+                self.__dict__ = _published_state(work)
+            raise
+        del _WORKING_COPIES[id(work)]
+        self.__dict__ = _published_state(work)
         return self if result is work else result
 
     return wrapper
@@ -56,9 +68,9 @@ def _publish_now(work):
     on the published state, and an exception it raises no longer undoes it,
     as in scikit-learn, whose fit is done when those run. Nothing happens
     outside such a method."""
-    estimator = _WORKING_COPIES.get(id(work))
-    if estimator is not None:
-        estimator.__dict__ = work.__dict__
+    if _WORKING_COPIES.get(id(work)) is not None:
+        _WORKING_COPIES[id(work)].__dict__ = _published_state(work)
+        _WORKING_COPIES[id(work)] = None
 
 
 def _reads_fitted_state(method):

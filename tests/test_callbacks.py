@@ -441,6 +441,40 @@ def test_a_callback_failing_after_training_keeps_the_fit(problem, where):
     assert not hasattr(est, "_skl_callbacks_to_teardown")
 
 
+class CountsTeardowns(Counter):
+    def __init__(self, interrupt):
+        super().__init__()
+        self.interrupt = interrupt
+        self.teardowns = 0
+
+    def teardown(self, estimator, context):
+        self.teardowns += 1
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+
+@needs_callbacks
+@pytest.mark.parametrize("problem", ["classifier", "scaler"])
+def test_ctrl_c_in_a_teardown_tears_each_callback_down_once(problem):
+    # scikit-learn's teardown loop stops at a KeyboardInterrupt, and leaves
+    # its bookkeeping on the estimator it tears down: that is the working
+    # copy, never the published estimator, around which scikit-learn's own
+    # fit context would tear the callbacks down a second time.
+    if problem == "scaler":
+        X, y, est = np.random.RandomState(0).normal(size=(30, 4)), None, None
+        est = BatchNormScaler()
+    else:
+        X, y, est = make_data(problem)
+    quiet, interrupting = CountsTeardowns(False), CountsTeardowns(True)
+    est.set_callbacks(quiet, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        quietly(est.fit, X, y)
+    assert (quiet.teardowns, interrupting.teardowns) == (1, 1)
+    assert not hasattr(est, "_callback_fit_ctx")
+    assert not hasattr(est, "_skl_callbacks_to_teardown")
+    assert hasattr(est, "n_features_in_")  # fitted: the fit was done
+
+
 # ---------------------------------------------------------------------------
 # scikit-learn's ProgressBar and ScoringMonitor
 
