@@ -1022,7 +1022,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 should_stop=lambda: interrupt.requested,
             )
             if n_rows == 0 or (
-                n_trained == 0 and not state.loss_curve and interrupt.requested
+                n_trained == 0 and must_train and interrupt.requested
             ):  # stopped before its first minibatch, or its first trained one
                 if epochs is not None:
                     epochs.abandon()
