@@ -167,7 +167,10 @@ class BatchNormScaler(
     about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
     the features, as ``StandardScaler`` warns.
 
-    A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
+    A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was,
+    except when a callback raises at the end of the call (its last hook or
+    its teardown, after the statistics are learned): the scaler is then
+    fitted, as scikit-learn's estimators are, and the error propagates.
 
     With scikit-learn 1.9 or later, ``set_callbacks`` registers
     :mod:`sklearn.callback` callbacks, as on
@@ -359,7 +362,9 @@ class BatchNormScaler(
         Everything is computed into locals and assigned at the end; if
         anything fails, the estimator's ``__dict__`` is restored, so a failed
         call leaves a fitted scaler unchanged (``validate_data`` itself sets
-        ``n_features_in_`` and ``feature_names_in_`` when ``reset``).
+        ``n_features_in_`` and ``feature_names_in_`` when ``reset``). The
+        state is published before the callbacks' last hook: an error from
+        there on keeps it.
 
         Each call is one callback task (a leaf), as ``StandardScaler``'s
         ``fit`` and ``partial_fit`` are.
