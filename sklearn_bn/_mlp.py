@@ -1308,7 +1308,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         joined by a :class:`~sklearn.compose.ColumnTransformer` when there are
         categorical or encoded features; the last step is the MLP, whose
         first layer's rows of the numeric features are multiplied by ``c``.
-        A model fitted on sparse input has the imputer alone. A model fitted
+        A model fitted on sparse input has the imputer alone, behind a
+        ``StandardScaler(with_mean=False, with_std=False)`` that changes no
+        value and reads integer and bool input as floats, as the network
+        does. scikit-learn's scaler keeps float16 input in float16 (the
+        network reads it as float64): cast such input to float32 or float64
+        for the twin to predict as the model does. A model fitted
         on dense input takes sparse input, but its Pipeline does not (the
         scaler centres: scikit-learn raises a ``ValueError``); pass it dense
         input. Built under scikit-learn's ``transform_output='pandas'`` (or

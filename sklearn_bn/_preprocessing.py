@@ -1158,6 +1158,13 @@ def sklearn_steps(handling, feature_names, dtype):
             ("scale", StandardScaler()),
             ("clip", FunctionTransformer(np.tanh, feature_names_out="one-to-one")),
         ]
+    else:
+        # Values pass through, but the imputer refuses integers and bools
+        # (counts from a CountVectorizer, say), which the network reads as
+        # floats: this scaler, which changes no value, converts them.
+        numeric_steps.append(
+            ("to_float", StandardScaler(with_mean=False, with_std=False))
+        )
     numeric_steps.append(
         (
             "impute",

@@ -915,6 +915,25 @@ def test_to_sklearn_pipeline_predicts_the_same():
     assert type(plain.to_sklearn()).__name__ == "MLPClassifier"
 
 
+def test_the_twin_of_a_sparse_fit_takes_counts_and_bools():
+    # Word counts (a CountVectorizer's int64 CSR) and bools: the network
+    # reads them as floats, and so must the twin (its imputer alone refuses
+    # integers and bools).
+    rng = np.random.RandomState(0)
+    counts = rng.poisson(0.5, size=(80, 6))
+    y = (counts[:, 0] > 0).astype(int)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+        sp.csr_matrix(counts.astype(np.float64)),
+        y,
+    )
+    twin = est.to_sklearn()
+    for X in (sp.csr_matrix(counts), counts, counts > 0, sp.csr_matrix(counts > 0)):
+        assert_allclose(
+            twin.predict_proba(X), est.predict_proba(X), rtol=1e-12, atol=1e-15
+        )
+
+
 def test_the_twin_loads_without_sklearn_bn(tmp_path):
     for name, est, X in _fitted_models():
         twin = est.to_sklearn()
