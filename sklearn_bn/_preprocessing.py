@@ -253,6 +253,13 @@ def read(
             estimator=estimator,
         )
     frame = is_frame(X)
+    if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind in "mM":
+        # scikit-learn's validation would read them as numbers since 1970.
+        raise ValueError(
+            f"X has dtype {X.dtype}, which the input handling does not take: "
+            "convert it to numbers, or pass a DataFrame and mark the column as "
+            "categorical."
+        )
     if not frame and not any_categorical:
         try:
             return validate_data(
@@ -272,6 +279,12 @@ def read(
                 "categorical_features=[their indices], or pass a DataFrame whose "
                 "categorical columns have the category dtype."
             ) from exc
+        except TypeError:
+            # Objects float() refuses, such as pandas' NA among numbers:
+            # the columns' own reader below takes NA as missing (and names
+            # the columns of anything else).
+            if np.asarray(X).dtype != object:
+                raise
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]

@@ -9,6 +9,7 @@ checked through ``reference.forward_from_attributes`` on that input.
 
 import contextlib
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -449,6 +450,34 @@ def test_object_arrays_of_numbers_are_numeric():
     b = fit_quietly(MLPBNClassifier(**params), X.astype(object), y)
     assert_array_equal(a.coefs_[0], b.coefs_[0])
     assert_array_equal(a.predict_proba(X), b.predict_proba(X.astype(object)))
+
+
+def test_pandas_na_in_an_object_array_is_missing():
+    # As None and NaN are, and as pd.NA is in a frame or beside a
+    # categorical column: float() refuses it, the columns' reader does not.
+    pd = pytest.importorskip("pandas")
+    X, y = make_numeric()
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    with_na, with_nan = X.astype(object), X.copy()
+    with_na[::5, 1], with_nan[::5, 1] = pd.NA, np.nan
+    a = fit_quietly(MLPBNClassifier(**params), with_na, y)
+    b = fit_quietly(MLPBNClassifier(**params), with_nan, y)
+    assert_array_equal(a.input_missing_indicators_, b.input_missing_indicators_)
+    assert_array_equal(a.coefs_[0], b.coefs_[0])
+    assert_array_equal(a.predict_proba(with_na), b.predict_proba(with_nan))
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[s]", "timedelta64[ms]"])
+def test_numpy_dates_and_durations_are_refused_as_in_frames(dtype):
+    # scikit-learn's validation reads them as numbers; a frame's date column
+    # is refused with the same advice.
+    X = np.arange(40).reshape(20, 2).astype(dtype)
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=re.escape(f"dtype {dtype}, which")):
+        MLPBNClassifier(max_iter=2).fit(X, y)
+    est = fit_quietly(MLPBNClassifier(max_iter=2), X.astype(np.float64), y)
+    with pytest.raises(ValueError, match="convert it to numbers"):
+        est.predict(X)
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
