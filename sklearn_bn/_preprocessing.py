@@ -254,7 +254,8 @@ def read(
         )
     frame = is_frame(X)
     if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind in "mM":
-        # scikit-learn's validation would read them as numbers since 1970.
+        # scikit-learn's validation would read them as numbers since 1970;
+        # categories are read from a frame's date columns only.
         raise ValueError(
             f"X has dtype {X.dtype}, which the input handling does not take: "
             "convert it to numbers, or pass a DataFrame and mark the column as "

@@ -475,6 +475,8 @@ def test_numpy_dates_and_durations_are_refused_as_in_frames(dtype):
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match=re.escape(f"dtype {dtype}, which")):
         MLPBNClassifier(max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="pass a DataFrame"):
+        MLPBNClassifier(max_iter=2, categorical_features=[0]).fit(X, y)
     est = fit_quietly(MLPBNClassifier(max_iter=2), X.astype(np.float64), y)
     with pytest.raises(ValueError, match="convert it to numbers"):
         est.predict(X)
