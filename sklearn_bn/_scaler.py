@@ -37,7 +37,12 @@ from sklearn_bn._scaling import (
     unweighted_rows_hold_infinity,
 )
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _publish_now, _reads_fitted_state, _restore_on_failure
+from sklearn_bn._utils import (
+    _callers_stacklevel,
+    _publish_now,
+    _reads_fitted_state,
+    _restore_on_failure,
+)
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -449,7 +454,9 @@ class BatchNormScaler(
         overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
         if np.any(overflow):
             warnings.warn(
-                _overflow_message(self, overflow), RuntimeWarning, stacklevel=3
+                _overflow_message(self, overflow),
+                RuntimeWarning,
+                stacklevel=_callers_stacklevel(),
             )
 
         if integer_counts:

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -71,6 +72,19 @@ def _publish_now(work):
     if _WORKING_COPIES.get(id(work)) is not None:
         _WORKING_COPIES[id(work)].__dict__ = _published_state(work)
         _WORKING_COPIES[id(work)] = None
+
+
+def _callers_stacklevel():
+    """The ``stacklevel`` of ``warnings.warn`` that names the first caller
+    outside this package and scikit-learn (whose wrappers, and this
+    package's, sit between a public method and where it warns, in numbers
+    that depend on the call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        "sklearn"  # sklearn_bn's modules too
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _reads_fitted_state(method):
