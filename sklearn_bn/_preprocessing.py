@@ -229,6 +229,15 @@ def _categorical_dtypes(X, n_features):
     return np.zeros(n_features, dtype=bool)
 
 
+def _holds_pandas_na(X):
+    """Whether the array-like ``X`` holds pandas' ``NA``."""
+    pd = sys.modules.get("pandas")
+    if pd is None:  # not imported: X cannot hold its NA
+        return False
+    values = np.asarray(X, dtype=object)
+    return any(value is pd.NA for value in values.ravel())
+
+
 def read(
     estimator, X, *, reset, fitted_mask, continued=False, accept_sparse=("csr", "csc")
 ):
@@ -281,10 +290,10 @@ def read(
                 "categorical columns have the category dtype."
             ) from exc
         except TypeError:
-            # Objects float() refuses, such as pandas' NA among numbers:
-            # the columns' own reader below takes NA as missing (and names
-            # the columns of anything else).
-            if np.asarray(X).dtype != object:
+            # float() refuses pandas' NA among numbers: the columns' own
+            # reader below takes it as missing. Other objects keep
+            # scikit-learn's TypeError.
+            if not _holds_pandas_na(X):
                 raise
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)

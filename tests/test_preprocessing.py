@@ -465,6 +465,11 @@ def test_pandas_na_in_an_object_array_is_missing():
     assert_array_equal(a.input_missing_indicators_, b.input_missing_indicators_)
     assert_array_equal(a.coefs_[0], b.coefs_[0])
     assert_array_equal(a.predict_proba(with_na), b.predict_proba(with_nan))
+    # Other objects float() refuses keep scikit-learn's TypeError.
+    with_dict = X.astype(object)
+    with_dict[0, 0] = {"foo": "bar"}
+    with pytest.raises(TypeError, match="argument must be a string.* number"):
+        MLPBNClassifier(**params).fit(with_dict, y)
 
 
 @pytest.mark.parametrize("dtype", ["datetime64[s]", "timedelta64[ms]"])
