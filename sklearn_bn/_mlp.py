@@ -1406,8 +1406,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             The rows, validated as :meth:`predict` validates them (feature
             names, number of features; no infinity, and no NaN without the
-            input handling). At least two
-            rows (of positive weight).
+            input handling). At least two rows, a row's weight counting
+            as its repeats, as for the running variance: two rows of
+            positive weight, or weights that sum to 2 or more (a single row
+            of weight 2 or more gives variances of 0).
 
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the rows, acting as repeat counts (as in
@@ -2363,8 +2365,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         Half squared error (identity output), or half Poisson deviance
         (exponential output, ``y >= 0``). With several outputs the gradient
         is that of the loss summed over them, and ``loss_`` reports the half
-        squared error averaged over outputs and the Poisson deviance summed
-        over them, as scikit-learn does (so that ``tol`` means the same).
+        squared error averaged over outputs and the half Poisson deviance
+        summed over them, as scikit-learn does (so that ``tol`` means the
+        same).
 """
         + _COMMON_PARAMS_DOC
         + _BN_STATS_DOC
@@ -2384,6 +2387,13 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     -----"""
         + _NOTES_DOC
         + """
+    The input handling scales ``X``, never ``y``, and the output layer
+    starts at 0: standardize a regression target (for instance with
+    ``TransformedTargetRegressor(MLPBNRegressor(),
+    transformer=StandardScaler())``), and divide Poisson counts of a large
+    mean by a constant. With the default 40 epochs a raw target far from
+    unit scale is learned poorly (see the user guide's defaults).
+
     References
     ----------"""
         + _REFERENCES_DOC

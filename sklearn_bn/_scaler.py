@@ -122,7 +122,8 @@ class BatchNormScaler(
         Offset of the output: its mean, per feature or for all.
 
     copy : bool, default=True
-        If False, :meth:`transform` and :meth:`inverse_transform` overwrite
+        If False, :meth:`transform`, :meth:`fit_transform` and
+        :meth:`inverse_transform` overwrite
         ``X`` when numpy reads it as a writable C-contiguous float32 or
         float64 array without a copy (an ndarray, but also a memoryview or a
         CPU tensor that shares its memory, as with ``StandardScaler``);
