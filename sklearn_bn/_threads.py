@@ -644,10 +644,8 @@ def can_pin(n_threads):
     on Linux, with one thread per CPU the calling thread may use."""
     if n_threads < 2 or not pinning_available():
         return False
-    try:
-        return len(os.sched_getaffinity(0)) == n_threads
-    except OSError:
-        return False
+    affinity = _cpu_affinity()
+    return affinity is not None and len(affinity) == n_threads
 
 
 if hasattr(os, "register_at_fork"):
