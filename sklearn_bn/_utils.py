@@ -69,8 +69,9 @@ def _publish_now(work):
     on the published state, and an exception it raises no longer undoes it,
     as in scikit-learn, whose fit is done when those run. Nothing happens
     outside such a method."""
-    if _WORKING_COPIES.get(id(work)) is not None:
-        _WORKING_COPIES[id(work)].__dict__ = _published_state(work)
+    estimator = _WORKING_COPIES.get(id(work))
+    if estimator is not None:
+        estimator.__dict__ = _published_state(work)
         _WORKING_COPIES[id(work)] = None
 
 
