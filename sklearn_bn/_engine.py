@@ -22,6 +22,7 @@ here are what keeps its loops in bounds.
 """
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -111,6 +112,20 @@ class Parameters:
             np.isfinite(a).all()
             for a in (self.theta, self.running_mean, self.running_var)
         )
+
+    def fold_bound(self, bn_epsilon):
+        """An upper bound of the magnitudes of the folded network's weights
+        and biases (see :class:`FoldedNetwork`), from a few reductions over
+        the flat arrays: where it is within range, :func:`folds_finitely`
+        need not fold layer by layer."""
+        top = float(np.max(np.abs(self.theta)))
+        if self.running_var.size == 0:
+            return top
+        var = float(np.min(self.running_var)) + bn_epsilon
+        if not var > 0:
+            return math.inf
+        scale = top / math.sqrt(var)
+        return top * scale + top + float(np.max(np.abs(self.running_mean))) * scale
 
 
 def aligned_copy(a):

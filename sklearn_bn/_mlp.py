@@ -72,6 +72,7 @@ from sklearn_bn._optimizers import (
     from_state_dict,
 )
 from sklearn_bn._utils import (
+    _publish_now,
     _reads_fitted_state,
     _restore_on_failure,
     deferred_interrupt,
@@ -598,17 +599,21 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         )
 
         attributes = self._fitted_attributes(engine, params, state, out_activation)
-        if not folds_finitely(
-            *(attributes[name] for name in self._FITTED_ARRAYS),
-            self.bn_epsilon,
-            params.theta.dtype,
+        if params.fold_bound(self.bn_epsilon) > float(np.finfo(dtype).max) and not (
+            folds_finitely(
+                *(attributes[name] for name in self._FITTED_ARRAYS),
+                self.bn_epsilon,
+                dtype,
+            )
         ):
-            raise ValueError(self._non_finite_message(params.theta.dtype))
+            raise ValueError(self._non_finite_message(dtype))
         # Everything succeeded: publish the new state.
         self.__dict__.update(attributes)
         self._no_improvement_count = state.no_improvement
         self._optimizer_state = optimizer.state_dict()
-        # The model is published: Ctrl-C in the last hook must not undo it.
+        # The model is published: neither Ctrl-C in the last hook nor an
+        # error of a callback there or in its teardown undoes it.
+        _publish_now(self)
         with deferred_interrupt() as late:
             callback_ctx.call_on_fit_task_end(
                 estimator=self,
@@ -1017,7 +1022,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 should_stop=lambda: interrupt.requested,
             )
             if n_rows == 0 or (
-                n_trained == 0 and not state.loss_curve and interrupt.requested
+                n_trained == 0 and must_train and interrupt.requested
             ):  # stopped before its first minibatch, or its first trained one
                 if epochs is not None:
                     epochs.abandon()
@@ -1303,7 +1308,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         joined by a :class:`~sklearn.compose.ColumnTransformer` when there are
         categorical or encoded features; the last step is the MLP, whose
         first layer's rows of the numeric features are multiplied by ``c``.
-        A model fitted on sparse input has the imputer alone. A model fitted
+        A model fitted on sparse input has the imputer alone, behind a
+        ``StandardScaler(with_mean=False, with_std=False)`` that changes no
+        value and reads integer and bool input as floats, as the network
+        does. scikit-learn's scaler keeps float16 input in float16 (the
+        network reads it as float64): cast such input to float32 or float64
+        for the twin to predict as the model does. A model fitted
         on dense input takes sparse input, but its Pipeline does not (the
         scaler centres: scikit-learn raises a ``ValueError``); pass it dense
         input. Built under scikit-learn's ``transform_output='pandas'`` (or
@@ -1396,8 +1406,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             The rows, validated as :meth:`predict` validates them (feature
             names, number of features; no infinity, and no NaN without the
-            input handling). At least two
-            rows (of positive weight).
+            input handling). At least two rows, a row's weight counting
+            as its repeats, as for the running variance: two rows of
+            positive weight, or weights that sum to 2 or more (a single row
+            of weight 2 or more gives variances of 0).
 
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights of the rows, acting as repeat counts (as in
@@ -2192,7 +2204,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -2220,7 +2232,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with a single epoch over the given data.
 
@@ -2353,8 +2365,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         Half squared error (identity output), or half Poisson deviance
         (exponential output, ``y >= 0``). With several outputs the gradient
         is that of the loss summed over them, and ``loss_`` reports the half
-        squared error averaged over outputs and the Poisson deviance summed
-        over them, as scikit-learn does (so that ``tol`` means the same).
+        squared error averaged over outputs and the half Poisson deviance
+        summed over them, as scikit-learn does (so that ``tol`` means the
+        same).
 """
         + _COMMON_PARAMS_DOC
         + _BN_STATS_DOC
@@ -2374,6 +2387,13 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     -----"""
         + _NOTES_DOC
         + """
+    The input handling scales ``X``, never ``y``, and the output layer
+    starts at 0: standardize a regression target (for instance with
+    ``TransformedTargetRegressor(MLPBNRegressor(),
+    transformer=StandardScaler())``), and divide Poisson counts of a large
+    mean by a constant. With the default 40 epochs a raw target far from
+    unit scale is learned poorly (see the user guide's defaults).
+
     References
     ----------"""
         + _REFERENCES_DOC
@@ -2512,7 +2532,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def fit(self, X, y, sample_weight=None):
         """Fit the model to data matrix X and target(s) y.
 
@@ -2536,7 +2556,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def partial_fit(self, X, y, sample_weight=None):
         """Update the model with a single epoch over the given data.
 

@@ -229,6 +229,15 @@ def _categorical_dtypes(X, n_features):
     return np.zeros(n_features, dtype=bool)
 
 
+def _holds_pandas_na(X):
+    """Whether the array-like ``X`` holds pandas' ``NA``."""
+    pd = sys.modules.get("pandas")
+    if pd is None:  # not imported: X cannot hold its NA
+        return False
+    values = np.asarray(X, dtype=object)
+    return any(value is pd.NA for value in values.ravel())
+
+
 def read(
     estimator, X, *, reset, fitted_mask, continued=False, accept_sparse=("csr", "csc")
 ):
@@ -253,6 +262,14 @@ def read(
             estimator=estimator,
         )
     frame = is_frame(X)
+    if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind in "mM":
+        # scikit-learn's validation would read them as numbers since 1970;
+        # categories are read from a frame's date columns only.
+        raise ValueError(
+            f"X has dtype {X.dtype}, which the input handling does not take: "
+            "convert it to numbers, or pass a DataFrame and mark the column as "
+            "categorical."
+        )
     if not frame and not any_categorical:
         try:
             return validate_data(
@@ -272,6 +289,12 @@ def read(
                 "categorical_features=[their indices], or pass a DataFrame whose "
                 "categorical columns have the category dtype."
             ) from exc
+        except TypeError:
+            # float() refuses pandas' NA among numbers: the columns' own
+            # reader below takes it as missing. Other objects keep
+            # scikit-learn's TypeError.
+            if not _holds_pandas_na(X):
+                raise
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]
@@ -1158,6 +1181,13 @@ def sklearn_steps(handling, feature_names, dtype):
             ("scale", StandardScaler()),
             ("clip", FunctionTransformer(np.tanh, feature_names_out="one-to-one")),
         ]
+    else:
+        # Values pass through, but the imputer refuses integers and bools
+        # (counts from a CountVectorizer, say), which the network reads as
+        # floats: this scaler, which changes no value, converts them.
+        numeric_steps.append(
+            ("to_float", StandardScaler(with_mean=False, with_std=False))
+        )
     numeric_steps.append(
         (
             "impute",

@@ -37,7 +37,12 @@ from sklearn_bn._scaling import (
     unweighted_rows_hold_infinity,
 )
 from sklearn_bn._threads import kernel_threads
-from sklearn_bn._utils import _reads_fitted_state, _restore_on_failure
+from sklearn_bn._utils import (
+    _callers_stacklevel,
+    _publish_now,
+    _reads_fitted_state,
+    _restore_on_failure,
+)
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -117,7 +122,8 @@ class BatchNormScaler(
         Offset of the output: its mean, per feature or for all.
 
     copy : bool, default=True
-        If False, :meth:`transform` and :meth:`inverse_transform` overwrite
+        If False, :meth:`transform`, :meth:`fit_transform` and
+        :meth:`inverse_transform` overwrite
         ``X`` when numpy reads it as a writable C-contiguous float32 or
         float64 array without a copy (an ndarray, but also a memoryview or a
         CPU tensor that shares its memory, as with ``StandardScaler``);
@@ -167,7 +173,10 @@ class BatchNormScaler(
     about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
     the features, as ``StandardScaler`` warns.
 
-    A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was.
+    A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was,
+    except when a callback raises at the end of the call (its last hook or
+    its teardown, after the statistics are learned): the scaler is then
+    fitted, as scikit-learn's estimators are, and the error propagates.
 
     With scikit-learn 1.9 or later, ``set_callbacks`` registers
     :mod:`sklearn.callback` callbacks, as on
@@ -352,14 +361,16 @@ class BatchNormScaler(
         )
 
     @_restore_on_failure
-    @with_callbacks  # inside: the callbacks are torn down before a restore
+    @with_callbacks  # inside: torn down before a restore, after a publication
     def _fit(self, X, y, sample_weight, reset, task_name="fit"):
         """Learn or update the statistics; return the validated `X`.
 
         Everything is computed into locals and assigned at the end; if
         anything fails, the estimator's ``__dict__`` is restored, so a failed
         call leaves a fitted scaler unchanged (``validate_data`` itself sets
-        ``n_features_in_`` and ``feature_names_in_`` when ``reset``).
+        ``n_features_in_`` and ``feature_names_in_`` when ``reset``). The
+        state is published before the callbacks' last hook: an error from
+        there on keeps it.
 
         Each call is one callback task (a leaf), as ``StandardScaler``'s
         ``fit`` and ``partial_fit`` are.
@@ -444,7 +455,9 @@ class BatchNormScaler(
         overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
         if np.any(overflow):
             warnings.warn(
-                _overflow_message(self, overflow), RuntimeWarning, stacklevel=3
+                _overflow_message(self, overflow),
+                RuntimeWarning,
+                stacklevel=_callers_stacklevel(),
             )
 
         if integer_counts:
@@ -455,6 +468,7 @@ class BatchNormScaler(
         self.running_mean_ = mean
         self.running_var_ = var
         self.n_samples_seen_ = n_samples_seen
+        _publish_now(self)  # an error of a callback from here on keeps the fit
         callback_ctx.call_on_fit_task_end(
             estimator=self, X=X, y=y, metadata=metadata, reconstruction_attributes={}
         )

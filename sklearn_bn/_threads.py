@@ -79,12 +79,14 @@ class TeamSize(NamedTuple):
 
 class _ProcessState:
     """What this process knows of itself: whether it has run an OpenMP team,
-    whether it was forked from one that had, and its usable cores (cached:
-    reading the cgroup quota takes about 0.1 ms)."""
+    whether it was forked from one that had, and its usable cores (cached
+    with the CPU affinity they were counted under: reading the cgroup quota
+    takes tens of microseconds, the affinity a fraction of one)."""
 
     ran_team = False
     team_unsafe = False
     cpu_count = None
+    affinity = None
 
 
 def _after_fork_in_child():
@@ -101,12 +103,24 @@ def _mark_team_started(n_threads):
     return n_threads
 
 
+def _cpu_affinity():
+    """The CPUs the calling thread may run on, where the system says."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+
+
 def usable_cores():
     """The cores this process may run on: its CPU affinity and its cgroup
-    CPU quota (``joblib.cpu_count()``), read once per process."""
-    if _ProcessState.cpu_count is None:
-        _ProcessState.cpu_count = max(1, int(joblib.cpu_count()))
-    return _ProcessState.cpu_count
+    CPU quota (``joblib.cpu_count()``), counted again when the affinity
+    changes (``os.sched_setaffinity`` between two fits)."""
+    affinity = _cpu_affinity()
+    count = _ProcessState.cpu_count
+    if count is None or affinity != _ProcessState.affinity:
+        count = max(1, int(joblib.cpu_count()))
+        _ProcessState.cpu_count, _ProcessState.affinity = count, affinity
+    return count
 
 
 def engine_threads():
@@ -630,10 +644,8 @@ def can_pin(n_threads):
     on Linux, with one thread per CPU the calling thread may use."""
     if n_threads < 2 or not pinning_available():
         return False
-    try:
-        return len(os.sched_getaffinity(0)) == n_threads
-    except OSError:
-        return False
+    affinity = _cpu_affinity()
+    return affinity is not None and len(affinity) == n_threads
 
 
 if hasattr(os, "register_at_fork"):

@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -18,6 +19,20 @@ def aligned_zeros(n, dtype):
     return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
+# The estimator each working copy stands for, by the copy's id, while
+# ``_restore_on_failure`` runs a method on it (None once it is published).
+_WORKING_COPIES = {}
+
+# What scikit-learn's callbacks keep on the estimator during one call; it
+# goes with the call and is never published (scikit-learn's own context
+# around the estimator would act on it too).
+_CALL_STATE = ("_callback_fit_ctx", "_skl_callbacks_to_teardown")
+
+
+def _published_state(work):
+    return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
+
+
 def _restore_on_failure(method):
     """Run ``method`` on a working copy of the estimator and publish the
     copy's state at once when it returns.
@@ -25,18 +40,52 @@ def _restore_on_failure(method):
     The estimator's ``__dict__`` is replaced in one step, so that a reader
     in another thread (see :func:`_reads_fitted_state`) sees the state
     before the call or after it, never a mix of both; when ``method``
-    raises, the estimator is left exactly as it was.
+    raises, the estimator is left exactly as it was, unless ``method``
+    published the state itself first (see :func:`_publish_now`).
     """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         work = object.__new__(type(self))
         work.__dict__.update(self.__dict__)
-        result = method(work, *args, **kwargs)
-        self.__dict__ = work.__dict__
+        _WORKING_COPIES[id(work)] = self
+        try:
+            result = method(work, *args, **kwargs)
+        except BaseException:
+            if _WORKING_COPIES.pop(id(work)) is None:  # published: keep the fit
+                self.__dict__ = _published_state(work)
+            raise
+        del _WORKING_COPIES[id(work)]
+        self.__dict__ = _published_state(work)
         return self if result is work else result
 
     return wrapper
+
+
+def _publish_now(work):
+    """Publish the state of the working copy ``work`` (see
+    :func:`_restore_on_failure`) before its method returns: what the method
+    does from here on (a callback's last hook, the callbacks' teardown) acts
+    on the published state, and an exception it raises no longer undoes it,
+    as in scikit-learn, whose fit is done when those run. Nothing happens
+    outside such a method."""
+    estimator = _WORKING_COPIES.get(id(work))
+    if estimator is not None:
+        estimator.__dict__ = _published_state(work)
+        _WORKING_COPIES[id(work)] = None
+
+
+def _callers_stacklevel():
+    """The ``stacklevel`` of ``warnings.warn`` that names the first caller
+    outside this package and scikit-learn (whose wrappers, and this
+    package's, sit between a public method and where it warns, in numbers
+    that depend on the call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        "sklearn"  # sklearn_bn's modules too
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _reads_fitted_state(method):

@@ -397,6 +397,84 @@ def test_a_failing_callback_leaves_the_model_unchanged(problem):
     assert_same_model(est, before)
 
 
+class FailsAfterTraining(Counter):
+    """Raises in the root task's end hook or in teardown: after the fit."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+
+    def teardown(self, estimator, context):
+        if self.where == "teardown":
+            raise RuntimeError("callback failed after training")
+
+    def on_fit_task_end(self, estimator, context):
+        super().on_fit_task_end(estimator, context)
+        if self.where == "end" and context.parent is None:
+            raise RuntimeError("callback failed after training")
+
+
+@needs_callbacks
+@pytest.mark.parametrize("where", ["end", "teardown"])
+@pytest.mark.parametrize("problem", ["classifier", "regressor", "scaler"])
+def test_a_callback_failing_after_training_keeps_the_fit(problem, where):
+    # As in scikit-learn (LogisticRegression, say): the error propagates,
+    # and the estimator is fitted, since the fit was done when it came.
+    if problem == "scaler":
+        X = np.random.RandomState(0).normal(size=(30, 4))
+        est, y, expected = BatchNormScaler(), None, BatchNormScaler().fit(X)
+        fitted = ("running_mean_", "running_var_")
+    else:
+        X, y, est = make_data(problem)
+        expected = quietly(clone(est).fit, X, y)
+        fitted = FITTED_ARRAYS
+    est.set_callbacks(FailsAfterTraining(where))
+    with pytest.raises(RuntimeError, match="after training"):
+        quietly(est.fit, X, y)
+    for name in fitted:
+        got, want = getattr(est, name), getattr(expected, name)
+        if problem == "scaler":  # one array, not one per layer
+            got, want = [got], [want]
+        for a, b in zip(got, want, strict=True):
+            assert_array_equal(a, b, err_msg=name)
+    assert not hasattr(est, "_callback_fit_ctx")
+    assert not hasattr(est, "_skl_callbacks_to_teardown")
+
+
+class CountsTeardowns(Counter):
+    def __init__(self, interrupt):
+        super().__init__()
+        self.interrupt = interrupt
+        self.teardowns = 0
+
+    def teardown(self, estimator, context):
+        self.teardowns += 1
+        if self.interrupt:
+            raise KeyboardInterrupt
+
+
+@needs_callbacks
+@pytest.mark.parametrize("problem", ["classifier", "scaler"])
+def test_ctrl_c_in_a_teardown_tears_each_callback_down_once(problem):
+    # scikit-learn's teardown loop stops at a KeyboardInterrupt, and leaves
+    # its bookkeeping on the estimator it tears down: that is the working
+    # copy, never the published estimator, around which scikit-learn's own
+    # fit context would tear the callbacks down a second time.
+    if problem == "scaler":
+        X, y, est = np.random.RandomState(0).normal(size=(30, 4)), None, None
+        est = BatchNormScaler()
+    else:
+        X, y, est = make_data(problem)
+    quiet, interrupting = CountsTeardowns(False), CountsTeardowns(True)
+    est.set_callbacks(quiet, interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        quietly(est.fit, X, y)
+    assert (quiet.teardowns, interrupting.teardowns) == (1, 1)
+    assert not hasattr(est, "_callback_fit_ctx")
+    assert not hasattr(est, "_skl_callbacks_to_teardown")
+    assert hasattr(est, "n_features_in_")  # fitted: the fit was done
+
+
 # ---------------------------------------------------------------------------
 # scikit-learn's ProgressBar and ScoringMonitor
 

@@ -1400,6 +1400,24 @@ def test_non_finite_weights_raise_and_leave_model_unchanged(method):
     assert not hasattr(fresh, "coefs_")
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_fold_bound_bounds_the_folded_weights(seed):
+    # fit checks the folded network layer by layer only when this bound,
+    # taken over the flat parameters, exceeds the dtype's range.
+    rng = np.random.RandomState(seed)
+    units = [5, 7, 3, 2]
+    coefs = [rng.normal(size=(a, b)) * 10.0**seed for a, b in zip(units, units[1:])]
+    intercepts = [rng.normal(size=b) for b in units[1:]]
+    gammas = [rng.normal(size=b) for b in units[1:-1]]
+    means = [rng.normal(size=b) * 100 for b in units[1:-1]]
+    variances = [rng.uniform(0, 2, size=b) ** 4 for b in units[1:-1]]
+    theta = np.concatenate([a.ravel() for a in coefs + gammas + intercepts])
+    params = _engine.Parameters(theta, np.concatenate(means), np.concatenate(variances))
+    folded = _engine.folded_layers(coefs, gammas, intercepts, means, variances, 1e-5)
+    largest = max(max(np.abs(W).max(), np.abs(b).max()) for W, b in folded)
+    assert largest <= params.fold_bound(1e-5)
+
+
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weights_that_fold_beyond_range_raise(method, dtype):
@@ -2289,22 +2307,28 @@ def test_a_sigint_handler_of_the_users_runs_and_its_interrupt_stops_cleanly(
         assert est.n_iter_ == 2 and est.t_ == 800
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
 def test_ctrl_c_before_any_minibatch_trained_ends_without_an_epoch(
-    monkeypatch, python_handles_sigint
+    warm_start, monkeypatch, python_handles_sigint
 ):
     # The first minibatches are skipped (weight on one row of each); Ctrl-C
     # comes after three of them: no epoch is recorded, as with Ctrl-C before
-    # the first minibatch, and nothing was trained.
+    # the first minibatch, and nothing was trained (the data could have
+    # been: not the error of a fit that can train nothing).
 
     X, y, est = make_data("multiclass", n=400)
     sw = np.r_[np.tile([1.0, 0.0], 50), np.ones(300)]
     est.set_params(batch_size=2, shuffle=False, max_iter=10)
+    curve = []
+    if warm_start:  # a warm fit starts a new optimizer too, at step 0
+        fit_quietly(est.set_params(max_iter=2, warm_start=True), X, y)
+        curve = est.loss_curve_
     calls = sigint_after_calls(monkeypatch, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the skipped minibatches
         with pytest.warns(UserWarning, match="Training interrupted by user"):
             est.fit(X, y, sample_weight=sw)
-    assert len(calls) == 3 and est.n_iter_ == 0 and est.loss_curve_ == []
+    assert len(calls) == 3 and est.n_iter_ == 0 and est.loss_curve_ == curve
     assert est._optimizer_state["step"] == 0
 
 

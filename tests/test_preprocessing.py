@@ -9,6 +9,7 @@ checked through ``reference.forward_from_attributes`` on that input.
 
 import contextlib
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -449,6 +450,41 @@ def test_object_arrays_of_numbers_are_numeric():
     b = fit_quietly(MLPBNClassifier(**params), X.astype(object), y)
     assert_array_equal(a.coefs_[0], b.coefs_[0])
     assert_array_equal(a.predict_proba(X), b.predict_proba(X.astype(object)))
+
+
+def test_pandas_na_in_an_object_array_is_missing():
+    # As None and NaN are, and as pd.NA is in a frame or beside a
+    # categorical column: float() refuses it, the columns' reader does not.
+    pd = pytest.importorskip("pandas")
+    X, y = make_numeric()
+    params = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    with_na, with_nan = X.astype(object), X.copy()
+    with_na[::5, 1], with_nan[::5, 1] = pd.NA, np.nan
+    a = fit_quietly(MLPBNClassifier(**params), with_na, y)
+    b = fit_quietly(MLPBNClassifier(**params), with_nan, y)
+    assert_array_equal(a.input_missing_indicators_, b.input_missing_indicators_)
+    assert_array_equal(a.coefs_[0], b.coefs_[0])
+    assert_array_equal(a.predict_proba(with_na), b.predict_proba(with_nan))
+    # Other objects float() refuses keep scikit-learn's TypeError.
+    with_dict = X.astype(object)
+    with_dict[0, 0] = {"foo": "bar"}
+    with pytest.raises(TypeError, match="argument must be a string.* number"):
+        MLPBNClassifier(**params).fit(with_dict, y)
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[s]", "timedelta64[ms]"])
+def test_numpy_dates_and_durations_are_refused_as_in_frames(dtype):
+    # scikit-learn's validation reads them as numbers; a frame's date column
+    # is refused with the same advice.
+    X = np.arange(40).reshape(20, 2).astype(dtype)
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=re.escape(f"dtype {dtype}, which")):
+        MLPBNClassifier(max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="pass a DataFrame"):
+        MLPBNClassifier(max_iter=2, categorical_features=[0]).fit(X, y)
+    est = fit_quietly(MLPBNClassifier(max_iter=2), X.astype(np.float64), y)
+    with pytest.raises(ValueError, match="convert it to numbers"):
+        est.predict(X)
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
@@ -913,6 +949,25 @@ def test_to_sklearn_pipeline_predicts_the_same():
         *make_numeric(nan_columns=()),
     )
     assert type(plain.to_sklearn()).__name__ == "MLPClassifier"
+
+
+def test_the_twin_of_a_sparse_fit_takes_counts_and_bools():
+    # Word counts (a CountVectorizer's int64 CSR) and bools: the network
+    # reads them as floats, and so must the twin (its imputer alone refuses
+    # integers and bools).
+    rng = np.random.RandomState(0)
+    counts = rng.poisson(0.5, size=(80, 6))
+    y = (counts[:, 0] > 0).astype(int)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0),
+        sp.csr_matrix(counts.astype(np.float64)),
+        y,
+    )
+    twin = est.to_sklearn()
+    for X in (sp.csr_matrix(counts), counts, counts > 0, sp.csr_matrix(counts > 0)):
+        assert_allclose(
+            twin.predict_proba(X), est.predict_proba(X), rtol=1e-12, atol=1e-15
+        )
 
 
 def test_the_twin_loads_without_sklearn_bn(tmp_path):

@@ -1100,9 +1100,11 @@ def test_overflowing_statistics_warn(momentum, case, epsilon):
         warnings.simplefilter("error")
         out = scaler.transform(X)
     assert np.all(np.isfinite(out[:, 1]))
-    # A partial_fit on top of overflowing statistics warns again.
-    with pytest.warns(RuntimeWarning, match="overflow"):
+    # A partial_fit on top of overflowing statistics warns again; the
+    # warning names the caller's line, not the package's.
+    with pytest.warns(RuntimeWarning, match="overflow") as record:
         scaler.partial_fit(X)
+    assert {w.filename for w in record} == {__file__}
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)

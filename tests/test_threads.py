@@ -432,6 +432,18 @@ print(_threads.max_threads(), _threads.usable_cores())
 """
 
 
+AFFINITY_CHANGE_SCRIPT = """
+import os
+from sklearn_bn import _threads
+cpus = os.sched_getaffinity(0)
+before = _threads.usable_cores()
+os.sched_setaffinity(0, {min(cpus)})
+narrowed = _threads.usable_cores()
+os.sched_setaffinity(0, cpus)
+print(before, narrowed, _threads.usable_cores())
+"""
+
+
 @needs_openmp
 @needs_fork
 def test_a_forked_child_trains_on_the_engine_s_threads():
@@ -446,6 +458,13 @@ def test_a_forked_child_trains_on_the_engine_s_threads():
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity")
 def test_the_cores_follow_the_cpu_affinity():
     assert run_script(AFFINITY_SCRIPT).split() == ["1", "1"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity")
+def test_the_cores_follow_a_cpu_affinity_changed_between_calls():
+    # Counted again when the affinity changes, narrowed or widened.
+    before, narrowed, after = run_script(AFFINITY_CHANGE_SCRIPT).split()
+    assert narrowed == "1" and after == before
 
 
 def test_the_cores_follow_the_cgroup_quota(monkeypatch):
