@@ -40,6 +40,35 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel*
                                 double epsilon, int act, double* mean_out,
                                 double* var_out, double* scratch) noexcept nogil
 
+cdef void cbn_act_normalize(const floating* z, floating* a_out, const Panel* panel,
+                            const floating* gamma, const floating* beta,
+                            const double* mean, const double* var, double epsilon,
+                            int act, double* scratch) noexcept nogil
+
+cdef void cbatch_stats_rows(const floating* z, const Panel* panel, double* mean_out,
+                            double* var_out, double* weight_sum_out,
+                            double* scratch) noexcept nogil
+
+cdef void cbn_act_backward_sums(const floating* da, const floating* a,
+                                const floating* z, const Panel* panel,
+                                const floating* gamma, const floating* beta,
+                                const Statistics* stats, int act,
+                                double* sum_g, double* sum_gz,
+                                double* scratch) noexcept nogil
+
+cdef void cbn_gamma_beta_gradients(const Statistics* stats, Py_ssize_t n,
+                                   const floating* gamma, const floating* beta,
+                                   const double* sum_g, const double* sum_gz,
+                                   floating* dgamma_out, floating* dbeta_out,
+                                   double* scratch) noexcept nogil
+
+cdef void cbn_act_backward_dz(const floating* da, floating* dz_out, const floating* a,
+                              const floating* z, const Panel* panel,
+                              const floating* gamma, const floating* beta,
+                              const Statistics* stats, int act, const double* sum_g,
+                              const double* sum_gz, floating* dgamma_out,
+                              floating* dbeta_out, double* scratch) noexcept nogil
+
 cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
                            const floating* z, const Panel* panel, const floating* gamma,
                            const floating* beta, const Statistics* stats, int act,

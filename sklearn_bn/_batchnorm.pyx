@@ -517,12 +517,24 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel*
     ``act`` writes NaN.
     """
     cdef Py_ssize_t n = panel.n_cols
+    _stats(z, panel.n_rows, n, panel.z_ld, <const floating*> panel.sample_weight,
+           mean_out, var_out, scratch + 3 * n, scratch)
+    cbn_act_normalize(z, a_out, panel, gamma, beta, mean_out, var_out, epsilon, act,
+                      scratch)
+
+
+cdef void cbn_act_normalize(const floating* z, floating* a_out, const Panel* panel,
+                            const floating* gamma, const floating* beta,
+                            const double* mean, const double* var, double epsilon,
+                            int act, double* scratch) noexcept nogil:
+    """The second half of :func:`cbn_act_forward_train`: ``a`` from given
+    batch statistics (those of more rows than the panel's, when threads
+    share the rows of a batch). ``scratch``: ``7 * n_cols`` doubles."""
+    cdef Py_ssize_t n = panel.n_cols
     cdef floating* center = <floating*> (scratch + 4 * n)
     cdef floating* scale = <floating*> (scratch + 5 * n)
     cdef floating* shift = <floating*> (scratch + 6 * n)
-    _stats(z, panel.n_rows, n, panel.z_ld, <const floating*> panel.sample_weight,
-           mean_out, var_out, scratch + 3 * n, scratch)
-    _affine(gamma, beta, mean_out, var_out, epsilon, n, center, scale, shift)
+    _affine(gamma, beta, mean, var, epsilon, n, center, scale, shift)
     if act == IDENTITY:
         _normalize_rows(z, a_out, panel, center, scale, shift, <Identity*> NULL)
     elif act == RELU:
@@ -534,6 +546,17 @@ cdef void cbn_act_forward_train(const floating* z, floating* a_out, const Panel*
     else:
         _fill_nan(a_out, panel.n_rows, n, panel.a_ld)
 
+
+cdef void cbatch_stats_rows(const floating* z, const Panel* panel, double* mean_out,
+                            double* var_out, double* weight_sum_out,
+                            double* scratch) noexcept nogil:
+    """The first half of :func:`cbn_act_forward_train`: the panel's weighted
+    mean, (ddof=0) variance and weight sum (one number), to merge with
+    other rows' (:func:`chan_merge`). ``scratch``: ``4 * n_cols`` doubles."""
+    cdef Py_ssize_t n = panel.n_cols
+    _stats(z, panel.n_rows, n, panel.z_ld, <const floating*> panel.sample_weight,
+           mean_out, var_out, scratch + 3 * n, scratch)
+    weight_sum_out[0] = scratch[3 * n] if n > 0 else 0
 
 cdef void _fill_nan(floating* x, Py_ssize_t n_rows, Py_ssize_t n_cols,
                     Py_ssize_t ld) noexcept nogil:
@@ -803,6 +826,95 @@ cdef inline void _backward(const floating* da, floating* dz_out, const floating*
     _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
                            dbeta_out, q_coef, r_coef)
     _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef, act)
+
+
+cdef void cbn_act_backward_sums(const floating* da, const floating* a,
+                                const floating* z, const Panel* panel,
+                                const floating* gamma, const floating* beta,
+                                const Statistics* stats, int act,
+                                double* sum_g, double* sum_gz,
+                                double* scratch) noexcept nogil:
+    """The first pass of :func:`cbn_act_backward` on a panel whose batch
+    holds more rows: its sums ``sum_i g_i`` and ``sum_i g_i * (z_i -
+    center)``, with ``center`` the batch mean rounded to the working
+    precision. The batch's sums are those of its panels, added; with them,
+    :func:`cbn_act_backward_dz` writes each panel's ``dz`` and
+    :func:`cbn_gamma_beta_gradients` gives each panel's share of the
+    gradients of gamma and beta. ``scratch``: ``7 * n_cols`` doubles."""
+    cdef Py_ssize_t n = panel.n_cols
+    cdef floating* center = <floating*> (scratch + 2 * n)
+    cdef floating* scale = <floating*> (scratch + 3 * n)
+    cdef floating* shift = <floating*> (scratch + 4 * n)
+    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
+    if act == IDENTITY:
+        _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz,
+                       <Identity*> NULL)
+    elif act == RELU:
+        _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz,
+                       <Relu*> NULL)
+    elif act == TANH:
+        _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz,
+                       <Tanh*> NULL)
+    elif act == LOGISTIC:
+        _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz,
+                       <Logistic*> NULL)
+    else:
+        for j in range(n):
+            sum_g[j] = NAN
+            sum_gz[j] = NAN
+
+
+cdef void cbn_gamma_beta_gradients(const Statistics* stats, Py_ssize_t n,
+                                   const floating* gamma, const floating* beta,
+                                   const double* sum_g, const double* sum_gz,
+                                   floating* dgamma_out, floating* dbeta_out,
+                                   double* scratch) noexcept nogil:
+    """Gamma's and beta's gradients from the sums of
+    :func:`cbn_act_backward_sums` (linear in them: a panel's sums give its
+    share). ``scratch``: ``7 * n`` doubles."""
+    cdef floating* center = <floating*> (scratch + 2 * n)
+    cdef floating* scale = <floating*> (scratch + 3 * n)
+    cdef floating* shift = <floating*> (scratch + 4 * n)
+    cdef floating* q_coef = <floating*> (scratch + 5 * n)
+    cdef floating* r_coef = <floating*> (scratch + 6 * n)
+    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
+    _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
+                           dbeta_out, q_coef, r_coef)
+
+
+cdef void cbn_act_backward_dz(const floating* da, floating* dz_out, const floating* a,
+                              const floating* z, const Panel* panel,
+                              const floating* gamma, const floating* beta,
+                              const Statistics* stats, int act, const double* sum_g,
+                              const double* sum_gz, floating* dgamma_out,
+                              floating* dbeta_out, double* scratch) noexcept nogil:
+    """The second pass of :func:`cbn_act_backward` on a panel, given the
+    whole batch's sums (:func:`cbn_act_backward_sums`): ``dz`` (``dz_out`` may
+    alias ``da``), and the batch's gradients of gamma and beta into
+    ``dgamma_out`` and ``dbeta_out``. ``scratch``: ``7 * n_cols`` doubles."""
+    cdef Py_ssize_t n = panel.n_cols
+    cdef floating* center = <floating*> (scratch + 2 * n)
+    cdef floating* scale = <floating*> (scratch + 3 * n)
+    cdef floating* shift = <floating*> (scratch + 4 * n)
+    cdef floating* q_coef = <floating*> (scratch + 5 * n)
+    cdef floating* r_coef = <floating*> (scratch + 6 * n)
+    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
+    _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
+                           dbeta_out, q_coef, r_coef)
+    if act == IDENTITY:
+        _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
+                     <Identity*> NULL)
+    elif act == RELU:
+        _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
+                     <Relu*> NULL)
+    elif act == TANH:
+        _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
+                     <Tanh*> NULL)
+    elif act == LOGISTIC:
+        _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
+                     <Logistic*> NULL)
+    else:
+        _fill_nan(dz_out, panel.n_rows, n, panel.ld)
 
 
 # ---------------------------------------------------------------------------

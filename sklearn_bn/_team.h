@@ -7,9 +7,14 @@
    what follows it) cut into a fixed number of pieces: the decomposition
    depends on the shapes and that number only, never on how many threads run
    or which one takes a piece, so the results do not depend on scheduling. A
-   thread claims the next piece of the current task, works on it, marks it
-   done, and claims again; when no piece is left in a phase it waits for the
-   phase's last piece to be done. Nothing waits for a thread that holds no
+   thread claims a piece of the current task, works on it, marks it done,
+   and claims again; when no piece is left in a phase it waits for the
+   phase's last piece to be done. Each thread first claims the piece of its
+   own index (thread t of a task of n pieces: piece t mod n), then the
+   others in turn: on a quiet machine every thread takes the same piece of
+   every task, so the rows it wrote in one phase stay in its core's cache
+   for the next, and a piece moves to another thread only when its own is
+   late. Nothing waits for a thread that holds no
    piece: a thread that the operating system has descheduled (another
    process on its core) simply takes fewer pieces, and catches up with the
    phases when it runs again.
@@ -38,9 +43,8 @@ static inline int sklearn_bn_thread_num(void) { return 0; }
 static inline int sklearn_bn_max_threads(void) { return 1; }
 #endif
 
-/* Pieces of one phase: the low bits of the claim word. */
-#define SKLEARN_BN_PIECE_BITS 24
-#define SKLEARN_BN_PIECE_MASK ((1ULL << SKLEARN_BN_PIECE_BITS) - 1ULL)
+/* Pieces of one phase, at most: each has its claim word. */
+#define SKLEARN_BN_MAX_PIECES 1024
 
 #if defined(_OPENMP) && !defined(_WIN32) && defined(__GNUC__)
 #include <pthread.h>
@@ -55,8 +59,8 @@ static inline int sklearn_bn_max_threads(void) { return 1; }
 #define SKLEARN_BN_LINE __attribute__((aligned(64)))
 
 typedef struct {
-    /* (phase << PIECE_BITS) | the next piece to claim in that phase. */
-    SKLEARN_BN_LINE unsigned long long claim;
+    /* Piece k was last claimed in phase taken[k] - 1 (0: never). */
+    SKLEARN_BN_LINE long long taken[SKLEARN_BN_MAX_PIECES];
     /* Pieces done in phase g: done[g & 1]. */
     SKLEARN_BN_LINE long long done[2];
     /* Phases completed: the index of the phase under way. */
@@ -69,7 +73,8 @@ typedef struct {
 } sklearn_bn_work_t;
 
 static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
-    w->claim = 0;
+    int k;
+    for (k = 0; k < SKLEARN_BN_MAX_PIECES; k++) w->taken[k] = 0;
     w->done[0] = w->done[1] = 0;
     w->phase = 0;
     w->advancing = 0;
@@ -109,19 +114,27 @@ static inline void sklearn_bn_cpu_relax(void) {
 #endif
 }
 
-/* The next unclaimed piece of phase `phase` below index `stop` of the
-   phase's pieces, or -1 when there is none (all claimed, or the phase is
-   over). The acquire pairs with the release that opened the phase. */
+/* An unclaimed piece of phase `phase` in [start, stop) of the phase's
+   pieces, `prefer` first and the next ones after it (wrapping around), or
+   -1 when there is none (all claimed, or the phase is over). A thread late
+   for a phase that is over finds all of that phase's pieces claimed (in
+   it or after it): every piece of a phase is done before the next opens.
+   The acquire pairs with the release that opened the phase. */
 static inline long long sklearn_bn_work_claim(sklearn_bn_work_t* w, long long phase,
-                                              long long stop) {
-    unsigned long long c = __atomic_load_n(&w->claim, __ATOMIC_ACQUIRE);
-    for (;;) {
-        long long k = (long long) (c & SKLEARN_BN_PIECE_MASK);
-        if ((long long) (c >> SKLEARN_BN_PIECE_BITS) != phase || k >= stop) return -1;
-        if (__atomic_compare_exchange_n(&w->claim, &c, c + 1ULL, 1, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE))
+                                              long long start, long long stop,
+                                              long long prefer) {
+    long long i, k, seen;
+    if (stop > SKLEARN_BN_MAX_PIECES) stop = SKLEARN_BN_MAX_PIECES;
+    for (i = 0; i < stop - start; i++) {
+        k = prefer + i;
+        if (k >= stop) k -= stop - start;
+        seen = __atomic_load_n(&w->taken[k], __ATOMIC_ACQUIRE);
+        if (seen <= phase
+            && __atomic_compare_exchange_n(&w->taken[k], &seen, phase + 1, 0,
+                                           __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             return k;
     }
+    return -1;
 }
 
 /* A piece of phase `phase` is done: everything its thread wrote is
@@ -133,8 +146,6 @@ static inline void sklearn_bn_work_done(sklearn_bn_work_t* w, long long phase) {
 /* Open phase + 1, once the `total` pieces of `phase` are done. */
 static inline void sklearn_bn_work_advance(sklearn_bn_work_t* w, long long phase) {
     __atomic_store_n(&w->done[(phase + 1) & 1], 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&w->claim, (unsigned long long) (phase + 1) << SKLEARN_BN_PIECE_BITS,
-                     __ATOMIC_RELEASE);
     __atomic_store_n(&w->phase, phase + 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST)) {
         pthread_mutex_lock(&w->mutex);
@@ -447,14 +458,15 @@ static __attribute__((unused)) int sklearn_bn_pool_run(int n_threads, sklearn_bn
 #else  /* OpenMP's critical sections and flushes, or one thread without OpenMP */
 
 typedef struct {
-    unsigned long long claim;
+    long long taken[SKLEARN_BN_MAX_PIECES];
     long long done[2];
     long long phase;
     long long advancing;
 } sklearn_bn_work_t;
 
 static inline int sklearn_bn_work_init(sklearn_bn_work_t* w) {
-    w->claim = 0;
+    int k;
+    for (k = 0; k < SKLEARN_BN_MAX_PIECES; k++) w->taken[k] = 0;
     w->done[0] = w->done[1] = 0;
     w->phase = 0;
     w->advancing = 0;
@@ -466,19 +478,24 @@ static inline void sklearn_bn_work_destroy(sklearn_bn_work_t* w) { (void) w; }
 static inline void sklearn_bn_work_sleep_at_once(sklearn_bn_work_t* w) { (void) w; }
 
 static inline long long sklearn_bn_work_claim(sklearn_bn_work_t* w, long long phase,
-                                              long long stop) {
-    long long k = -1;
+                                              long long start, long long stop,
+                                              long long prefer) {
+    long long i, k, claimed = -1;
+    if (stop > SKLEARN_BN_MAX_PIECES) stop = SKLEARN_BN_MAX_PIECES;
 #ifdef _OPENMP
 #pragma omp critical(sklearn_bn_work)
 #endif
     {
-        long long next = (long long) (w->claim & SKLEARN_BN_PIECE_MASK);
-        if ((long long) (w->claim >> SKLEARN_BN_PIECE_BITS) == phase && next < stop) {
-            k = next;
-            w->claim += 1ULL;
+        for (i = 0; i < stop - start && claimed < 0; i++) {
+            k = prefer + i;
+            if (k >= stop) k -= stop - start;
+            if (w->taken[k] <= phase) {
+                w->taken[k] = phase + 1;
+                claimed = k;
+            }
         }
     }
-    return k;
+    return claimed;
 }
 
 static inline void sklearn_bn_work_done(sklearn_bn_work_t* w, long long phase) {
@@ -499,7 +516,6 @@ static inline int sklearn_bn_work_over(sklearn_bn_work_t* w, long long phase,
             over = 1;
         } else if (w->done[phase & 1] >= total) {
             w->done[(phase + 1) & 1] = 0;
-            w->claim = (unsigned long long) (phase + 1) << SKLEARN_BN_PIECE_BITS;
             w->phase = phase + 1;
             over = 1;
         }

@@ -12,7 +12,8 @@ cdef extern from "_team.h":
     int work_init "sklearn_bn_work_init"(Work* w) noexcept nogil
     void work_destroy "sklearn_bn_work_destroy"(Work* w) noexcept nogil
     long long work_claim "sklearn_bn_work_claim"(Work* w, long long phase,
-                                                 long long stop) noexcept nogil
+                                                 long long start, long long stop,
+                                                 long long prefer) noexcept nogil
     void work_done "sklearn_bn_work_done"(Work* w, long long phase) noexcept nogil
     void work_phase_end "sklearn_bn_work_phase_end"(Work* w, long long phase,
                                                     long long total) noexcept nogil
@@ -33,14 +34,16 @@ cdef struct Team:
     # thread stands in the phases (every thread goes through the same
     # phases and tasks, in the same order).
     Work* work
+    int tid                      # this thread's index: it claims piece tid % n first
     int pieces                   # each task's pieces: the fixed decomposition
     long long phase              # the phase this thread is in
     long long offset             # pieces of the phase's earlier tasks
     long long held               # the piece this thread works on (-1: none)
 
 
-cdef inline void team_start(Team* team, Work* work, int pieces) noexcept nogil:
+cdef inline void team_start(Team* team, Work* work, int pieces, int tid) noexcept nogil:
     team.work = work
+    team.tid = tid
     team.pieces = pieces
     team.phase = 0
     team.offset = 0
@@ -62,10 +65,11 @@ cdef inline void piece_bounds(Py_ssize_t n, Py_ssize_t align, Py_ssize_t pieces,
 cdef inline bint next_piece_of(Team* team, Py_ssize_t n, Py_ssize_t align,
                                Py_ssize_t pieces, Py_ssize_t* lo,
                                Py_ssize_t* hi) noexcept nogil:
-    """Mark the piece this thread held done, then claim the next non-empty
-    piece ``[lo, hi)`` of the current task (``range(n)`` cut in ``pieces``, see
-    :func:`piece_bounds`). False when the task has none left for this thread:
-    the next call claims in the next task of the phase.
+    """Mark the piece this thread held done, then claim a non-empty piece
+    ``[lo, hi)`` of the current task (``range(n)`` cut in ``pieces``, see
+    :func:`piece_bounds`): piece ``tid % pieces`` if it is free, else the
+    next free one after it. False when the task has none left for this
+    thread: the next call claims in the next task of the phase.
 
     Use as ``while next_piece(team, n, align, &lo, &hi): work on [lo, hi)``;
     every thread goes through every task of every phase, whether it gets a
@@ -75,7 +79,8 @@ cdef inline bint next_piece_of(Team* team, Py_ssize_t n, Py_ssize_t align,
         work_done(team.work, team.phase)
         team.held = -1
     while True:
-        k = work_claim(team.work, team.phase, team.offset + pieces)
+        k = work_claim(team.work, team.phase, team.offset, team.offset + pieces,
+                       team.offset + team.tid % pieces)
         if k < 0:
             team.offset += pieces
             return False

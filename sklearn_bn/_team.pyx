@@ -54,13 +54,38 @@ def work_check(int n_threads, int pieces, int n_phases):
     return int(sizes.max()), int(stale.sum()), not_once
 
 
+def claim_order(int pieces, int tid, int n_tasks=1, int n_phases=1):
+    """The pieces one thread of index ``tid`` claims, alone, in ``n_phases``
+    phases of ``n_tasks`` tasks of ``pieces`` pieces: a list per task, its
+    piece indices in the order claimed."""
+    if pieces < 1 or tid < 0 or n_tasks < 1 or n_phases < 1:
+        raise ValueError("need pieces, n_tasks, n_phases >= 1 and tid >= 0")
+    cdef Work work
+    cdef Team team
+    cdef Py_ssize_t lo, hi
+    cdef int _phase, _task
+    if work_init(&work) != 0:
+        raise MemoryError("could not create the work queue")
+    team_start(&team, &work, pieces, tid)
+    order = []
+    for _phase in range(n_phases):
+        for _task in range(n_tasks):
+            claimed = []
+            while next_piece(&team, pieces, 1, &lo, &hi):
+                claimed.append(lo)
+            order.append(claimed)
+        phase_end(&team)
+    work_destroy(&work)
+    return order
+
+
 cdef void _rounds(Work* work, int pieces, Py_ssize_t* slot, Py_ssize_t* times_taken,
                   Py_ssize_t* n_stale, Py_ssize_t* size, int n_rounds) noexcept nogil:
     cdef int r, task, k
     cdef Py_ssize_t lo, hi, j
     cdef Py_ssize_t* taken
     cdef Team team
-    team_start(&team, work, pieces)
+    team_start(&team, work, pieces, thread_num())
     size[thread_num()] = team_size()
     for r in range(n_rounds):
         taken = times_taken + r * 3 * pieces

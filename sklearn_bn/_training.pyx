@@ -11,35 +11,42 @@ buffers sit in the workspace, its dropout rate), the buffers of one minibatch
 (``Net``), and the workspace itself, allocated once per fit.
 
 One minibatch step (:func:`minibatch_step`) runs these phases, each in its
-own function: the gather of the minibatch's rows through the epoch's sample
-order (no shuffled copy of X); for each hidden layer, the forward pass
-(BLAS ``gemm`` from ``scipy.linalg.cython_blas``, batch norm fused with the
-activation); the output layer and the loss; the backward pass of the output
-layer and of each hidden layer; the optimizer steps, in place on one flat
-parameter vector, each group of parameters stepped as soon as nothing needs
-its old values, while its gradient is still in cache (the optimizer is an
-object of ``_optimizers.pyx``; each piece steps the parameters whose
-gradient it computed).
+own function: for each hidden layer, the forward pass (with the gather of
+the minibatch's rows through the epoch's sample order for the first: no
+shuffled copy of X; BLAS ``gemm`` from ``scipy.linalg.cython_blas``, batch
+norm fused with the activation); the output layer, the loss and its delta;
+the backward pass of each hidden layer; and the optimizer's step, in place
+on one flat parameter vector (the optimizer is an object of
+``_optimizers.pyx``).
 
-Threads: every task of a minibatch (a product and what follows it) is cut
-in a fixed number of pieces, ``pieces`` (the team the thread policy chose):
-rows for the gather, the output layer and the loss; units (column panels)
-for the hidden layers, whose batch statistics are per column. With
-``n_threads > 1`` a team runs the epoch (the caller and threads of the
-engine's pool, ``_team.h``, which sleep between jobs and never spin at a
-job's start or end as an OpenMP team does), its threads claiming the pieces
-from a shared queue (``_team.pxd``'s ``next_piece``) and calling BLAS on
-them (the caller limits BLAS to one thread meanwhile). The tasks come in
-phases: a piece reads what another wrote only in a later phase
-(``phase_end``): one after the gather, one per hidden layer forward, one
-after the loss, one per hidden layer backward but the lowest, and one at
-the end. Nothing waits for a thread that holds no piece, so a thread that
-another process keeps off its core takes fewer pieces instead of holding
-the others up; and since the pieces are the same whoever takes them, the
-results depend on ``pieces`` only, not on the number of threads or on
-their scheduling. A call may ask its team to keep to their CPUs, one each,
-and to sleep as soon as they wait (``pinned``; ``_threads.TEAM_PACE`` picks
-the way): the pieces are the same.
+Threads: the minibatch's rows are cut in a fixed number of pieces,
+``pieces`` (the team the thread policy chose), and every forward and
+backward phase works on those pieces of rows, each taking its rows through
+one layer. With ``n_threads > 1`` a team runs the epoch (the caller and
+threads of the engine's pool, ``_team.h``, which sleep between jobs and
+never spin at a job's start or end as an OpenMP team does), its threads
+claiming the pieces from a shared queue (``_team.pxd``'s ``next_piece``), and
+calling BLAS on them (the caller limits BLAS to one thread meanwhile). A
+thread first claims the piece of its own index: on a quiet machine each
+thread takes the same rows in every phase, and what it wrote stays in its
+core's cache for the next phase. (Pieces of columns, which an earlier
+engine used, made every layer read the other threads' columns of the layer
+below: on some machines two threads then trained slower than one.) What
+needs every row waits for a later phase (``phase_end``): batch norm's
+statistics and backward sums, which each piece computes for its rows and
+which are merged in piece order, and the gradient, which each piece writes
+as its share and which the optimizer's phase sums in piece order, by
+ranges of the parameters, before it steps them. Ghost batch norm's chunks
+are held whole by one piece each. A layer whose gradient shares would
+outweigh its rows (or the sparse first layer) has its coefficient gradient
+summed by pieces of columns, over every row, in the next phase. Nothing
+waits for a thread that holds no piece, so a thread that another process
+keeps off its core takes fewer pieces instead of holding the others up;
+and since the pieces are the same whoever takes them, the results depend
+on ``pieces`` only, not on the number of threads or on their scheduling. A
+call may ask its team to keep to their CPUs, one each, and to sleep as
+soon as they wait (``pinned``; ``_threads.TEAM_PACE`` picks the way): the
+pieces are the same.
 
 Parameter layout (the flat vector ``theta``; ``grad`` and the optimizer's
 moments have the same layout): for each weight layer, its coefficient matrix
@@ -47,13 +54,11 @@ moments have the same layout): for each weight layer, its coefficient matrix
 ``beta``, for the output layer its intercept. Running statistics of the
 hidden layers follow one another in ``running_mean``/``running_var``.
 
-Workspace: ``work`` (the parameters' dtype) and ``dwork`` (float64), sized by
-the minibatch, not by the data. Matrices that other threads read (a layer's
-output, the deltas above the lowest) are row-major; those only the thread of
-a column panel reads (``z``, the lowest layer's delta, dropout's mask) are
-stored one panel after another, each panel contiguous (:func:`z_panel`), so
-that BLAS writes them in one run (it zeroes a contiguous output with one
-``memset``, a strided one row by row).
+Workspace: ``work`` (the parameters' dtype), ``dwork`` (float64) and the
+gradient's shares (of pieces 1, 2, ...; piece 0 writes to ``grad``), sized
+by the minibatch and the pieces, not by the data
+(:meth:`Network.reserve_pieces`). The layers' matrices are row-major, so
+that a piece's rows are one contiguous block.
 """
 from libc.math cimport exp, log, NAN
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -71,15 +76,15 @@ from sklearn_bn._activations cimport (
 from sklearn_bn._blas cimport cgemm, caxpy
 from sklearn_bn._simd cimport simd_void
 from sklearn_bn._batchnorm cimport (
-    Panel, Statistics, cbn_act_forward_train, cbn_act_backward,
-    cupdate_running_average, cupdate_running_stats, unbiased_count,
-    SCRATCH_PER_COLUMN)
+    Panel, Statistics, cbatch_stats_rows, cbn_act_backward, cbn_act_backward_dz,
+    cbn_act_backward_sums, cbn_act_forward_train, cbn_act_normalize,
+    cbn_gamma_beta_gradients, chan_merge, cupdate_running_average,
+    cupdate_running_stats, unbiased_count, SCRATCH_PER_COLUMN)
 from sklearn_bn._optimizers cimport Optimizer, Step, step_range
 from sklearn_bn._team cimport (
-    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, pool_run,
-    team_start, work_destroy, work_init, work_sleep_at_once)
+    MAX_THREADS, Team, Work, next_piece, next_piece_of, phase_end, piece_bounds,
+    pool_run, team_start, work_destroy, work_init, work_sleep_at_once)
 from cpython.ref cimport PyObject
-from sklearn_bn._tiles cimport TILE, n_tiles, tile_width
 
 from sklearn_bn._activations import ACTIVATIONS, OUT_ACTIVATIONS
 from sklearn_bn._utils import aligned_zeros
@@ -91,6 +96,10 @@ cdef enum:
     # threads write to the same cache line.
     ROW_ALIGN = 8
     COL_ALIGN = 16
+    # A layer's coefficient gradient is summed from the pieces' shares
+    # while these, beyond the first, hold at most this many times the
+    # elements of the rows a piece of columns would read instead.
+    SHARE_RATIO = 4
     # Every block of the workspace starts at a multiple of this many
     # elements (the buffers start on 64-byte boundaries: a cache line for
     # float32, two for float64), so that threads writing neighbouring blocks
@@ -109,12 +118,16 @@ cdef struct Layer:
     Py_ssize_t bias              # hidden: batch norm's shift beta; output: intercept
     Py_ssize_t stat              # hidden: into the running and the batch statistics
     # Its buffers: offsets into work (the parameters' dtype) and dwork.
-    Py_ssize_t z                 # hidden: a @ W, panel after panel (z_panel)
+    Py_ssize_t z                 # hidden: a @ W
     Py_ssize_t out               # hidden: act(batch norm(z)), row-major
-    Py_ssize_t delta             # hidden: dL/d out, then dL/dz (delta_panel)
+    Py_ssize_t delta             # hidden: dL/d out, then dL/dz
     Py_ssize_t dropped           # hidden: out after dropout (out itself without)
     Py_ssize_t keep              # hidden, with dropout: its mask, one byte per unit
-    Py_ssize_t l2                # dwork: the partial sums of W ** 2
+    # Its gradient's shares (see Net.share_stride): offsets into one piece's
+    # share, of its coefficients (-1: summed by columns instead) and of its
+    # other parameters (gamma and beta, or the intercept).
+    Py_ssize_t share_coef
+    Py_ssize_t share_rest
     # Its options.
     double dropout               # hidden: the rate (0: none)
 
@@ -140,12 +153,23 @@ cdef struct Net:
     Py_ssize_t yb                # its rows of Y
     Py_ssize_t swb               # its weights
     Py_ssize_t p                 # the output layer, then its delta
-    Py_ssize_t gtmp              # a ghost chunk's dgamma and dbeta
+    Py_ssize_t gtmp              # per piece: a ghost chunk's dgamma and dbeta
     # ... and into dwork.
-    Py_ssize_t stats_stride      # between two ghost chunks' statistics
-    Py_ssize_t var_base          # the batch variances (the means at 0)
-    Py_ssize_t scratch           # the batch-norm kernels' scratch
+    Py_ssize_t stats_stride      # between two slots of statistics
+    Py_ssize_t var_base          # the slots' variances (their means at 0)
+    Py_ssize_t slot_weight       # the slots' weight sums
+    Py_ssize_t sums              # per piece: batch norm backward's sums
+    Py_ssize_t scratch           # per piece: the batch-norm kernels' scratch
+    Py_ssize_t scratch_stride
     Py_ssize_t row_loss          # each row's weighted loss
+    Py_ssize_t l2_sums           # per piece of the step: its sum of W ** 2
+    # The pieces' shares of the gradient: piece 0 writes its share to grad,
+    # piece k > 0 to the k-th block of share_stride in the shares buffer,
+    # which holds the gradient of the parameters that are summed by rows.
+    Py_ssize_t n_params
+    Py_ssize_t share_stride
+    int max_pieces
+    Py_ssize_t widest
 
 
 # The arrays below are in the parameters' dtype, except where said: each
@@ -154,6 +178,7 @@ cdef struct Net:
 cdef struct Buffers:
     char* theta
     char* grad
+    char* shares                 # the gradient's shares of pieces 1, 2, ...
     char* running_mean
     char* running_var
     char* work
@@ -250,6 +275,8 @@ cdef class Network:
     cdef readonly object work
     cdef readonly object dwork
     cdef readonly object grad
+    cdef readonly object shares
+    cdef readonly int max_pieces
 
     def __cinit__(self):
         self.net.layers = NULL
@@ -260,13 +287,13 @@ cdef class Network:
     def __init__(self, units, *, activation, out_activation, dtype, max_batch, sparse,
                  weighted, alpha, bn_momentum, bn_epsilon, data_loss_scale=1.0,
                  virtual_batch_size=None, dropout=None, dropout_seed=0):
-        cdef Py_ssize_t l, L = len(units) - 1, n, h, size = 0
-        cdef Py_ssize_t max_chunks = 1, widest = 1
+        cdef Py_ssize_t l, L = len(units) - 1, size = 0
+        cdef Py_ssize_t widest = 1
         cdef Layer* layer
         self.units = np.asarray(units, dtype=np.intp)
         self.dtype = np.dtype(dtype)
         self.single = self.dtype == np.float32
-        self.max_batch = n = max_batch
+        self.max_batch = max_batch
         dropout = [0.0] * (L - 1) if dropout is None else [float(p) for p in dropout]
         self.net.layers = <Layer*> PyMem_Malloc(L * sizeof(Layer))
         if self.net.layers == NULL:
@@ -305,12 +332,26 @@ cdef class Network:
             size += layer.fan_out
         self.n_params = size
 
+        self.net.n_params = self.n_params
+        self.net.widest = widest
+        self.grad = aligned_zeros(self.n_params, self.dtype)
+        self.max_pieces = 0
+        self.reserve_pieces(1)
+
+    def reserve_pieces(self, int pieces):
+        """Size the workspace for minibatch tasks cut in up to ``pieces``
+        pieces (it only grows; what it held is lost)."""
+        cdef Py_ssize_t l, L = self.net.n_layers, n = self.max_batch, h, size = 0
+        cdef Py_ssize_t max_chunks = 1, widest = self.net.widest, fan_in, fan_out
+        cdef Py_ssize_t n_slots, itemsize = self.dtype.itemsize
+        cdef Layer* layer
+        if pieces <= self.max_pieces:
+            return
         # work: the minibatch's rows of X, Y, weights, the output layer, and
-        # each hidden layer's z, output and delta (and with dropout, its
-        # output after dropout and its mask, one byte per unit); a ghost
-        # chunk's dgamma and dbeta.
-        size = 0
-        self.net.xb = _block(&size, 0 if sparse else n * self.net.n_features)
+        # each hidden layer's z, output and delta (row-major; with dropout,
+        # its output after dropout and its mask, one byte per unit); each
+        # piece's dgamma and dbeta of a ghost chunk.
+        self.net.xb = _block(&size, 0 if self.net.sparse else n * self.net.n_features)
         self.net.yb = _block(&size, n * self.net.n_out)
         self.net.swb = _block(&size, n)
         self.net.p = _block(&size, n * self.net.n_out)
@@ -323,26 +364,48 @@ cdef class Network:
             layer.dropped = layer.out
             if layer.dropout > 0:
                 layer.dropped = _block(&size, n * h)
-                layer.keep = _block(&size, -(-n * h // self.dtype.itemsize))
-        self.net.gtmp = _block(&size, 2 * widest)
+                layer.keep = _block(&size, (n * h + itemsize - 1) // itemsize)
+        self.net.gtmp = _block(&size, pieces * _round_up(2 * widest))
         self.work = aligned_zeros(max(size, 1), self.dtype)
 
-        # dwork: each ghost chunk's batch means, then variances, the
-        # kernels' scratch, each row's loss and each layer's sums of W ** 2
-        # (one per unit of either side: columns, or the output layer's rows).
-        if virtual_batch_size is not None:
-            max_chunks = max(1, min(-(-n // virtual_batch_size), n // 2))
+        # dwork: slots of batch statistics (means, then variances, then
+        # weight sums): one per ghost chunk, or when the pieces share the
+        # rows of a batch, one per piece for its rows and one per piece for
+        # the batch; each piece's backward sums and scratch; each row's
+        # loss; each piece's sum of W ** 2.
+        if self.net.virtual_batch > 0:
+            max_chunks = max(1, min((n + self.net.virtual_batch - 1)
+                                    // self.net.virtual_batch, n // 2))
+        n_slots = max(max_chunks, 2 * pieces)
         size = 0
         self.net.stats_stride = _round_up(self.n_hidden)
-        _block(&size, max_chunks * self.net.stats_stride)   # the means, at 0
-        self.net.var_base = _block(&size, max_chunks * self.net.stats_stride)
-        self.net.scratch = _block(&size, SCRATCH_PER_COLUMN * widest)
+        _block(&size, n_slots * self.net.stats_stride)   # the means, at 0
+        self.net.var_base = _block(&size, n_slots * self.net.stats_stride)
+        self.net.slot_weight = _block(&size, n_slots)
+        self.net.sums = _block(&size, pieces * 2 * self.net.stats_stride)
+        self.net.scratch_stride = _round_up((SCRATCH_PER_COLUMN + 2) * widest)
+        self.net.scratch = _block(&size, pieces * self.net.scratch_stride)
         self.net.row_loss = _block(&size, n)
+        self.net.l2_sums = _block(&size, pieces)
+        self.dwork = aligned_zeros(size, np.float64)
+
+        # The shares of the gradient. A layer's coefficients are summed by
+        # columns after the backward pass (each piece of columns over all
+        # the rows) when it is sparse, or when the shares of the others
+        # would outweigh the rows a piece of columns reads.
+        size = 0
         for l in range(L):
             layer = &self.net.layers[l]
-            layer.l2 = _block(&size, max(layer.fan_in, layer.fan_out))
-        self.dwork = aligned_zeros(size, np.float64)
-        self.grad = aligned_zeros(self.n_params, self.dtype)
+            fan_in, fan_out = layer.fan_in, layer.fan_out
+            layer.share_coef = -1
+            if pieces > 1 and not (l == 0 and self.net.sparse) and (
+                    (pieces - 1) * fan_in * fan_out
+                    <= SHARE_RATIO * n * (fan_in + fan_out)):
+                layer.share_coef = _block(&size, fan_in * fan_out)
+            layer.share_rest = _block(&size, (2 if l < L - 1 else 1) * fan_out)
+        self.net.share_stride = size
+        self.shares = aligned_zeros(max((pieces - 1) * size, 1), self.dtype)
+        self.max_pieces = self.net.max_pieces = pieces
 
     # ------------------------------------------------------------------
     # The layout, for the Python layer
@@ -425,8 +488,11 @@ cdef class Network:
         return {"xb": self.net.xb, "yb": self.net.yb, "swb": self.net.swb,
                 "p": self.net.p, "gtmp": self.net.gtmp,
                 "stats_stride": self.net.stats_stride,
-                "var_base": self.net.var_base, "scratch": self.net.scratch,
-                "row_loss": self.net.row_loss}
+                "var_base": self.net.var_base, "slot_weight": self.net.slot_weight,
+                "sums": self.net.sums, "scratch": self.net.scratch,
+                "scratch_stride": self.net.scratch_stride,
+                "row_loss": self.net.row_loss, "l2_sums": self.net.l2_sums,
+                "share_stride": self.net.share_stride}
 
 
 # ---------------------------------------------------------------------------
@@ -462,6 +528,7 @@ cdef Buffers _buffers(Network network, params):
     cdef Buffers buf
     buf.theta = _ptr(params.theta)
     buf.grad = _ptr(network.grad)
+    buf.shares = _ptr(network.shares)
     buf.running_mean = _ptr(params.running_mean)
     buf.running_var = _ptr(params.running_var)
     buf.work = _ptr(network.work)
@@ -517,11 +584,13 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
-    cdef Buffers buf = _buffers(network, params)
     cdef Epoch epoch
     cdef Work work
     cdef EpochJob job
     cdef bint single = network.single
+    pieces = max(1, min(pieces, <int> MAX_THREADS))
+    network.reserve_pieces(pieces)
+    cdef Buffers buf = _buffers(network, params)
     epoch.order = &order[0]
     epoch.n = order.shape[0]
     epoch.order_is_identity = order_is_identity
@@ -588,7 +657,7 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
     cdef const Py_ssize_t[::1] row_view = rows
     if work_init(&work) != 0:
         raise MemoryError("could not create the work queue")
-    team_start(&team, &work, 1)
+    team_start(&team, &work, 1, 0)
     with nogil:
         if single:
             one_batch(net, no_optimizer, &d, &buf, &mb, &team, &row_view[0],
@@ -662,7 +731,7 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
     cdef Py_ssize_t m, start = epoch.start, n = epoch.n, batches = 0
     cdef Py_ssize_t step = epoch.step, tracked = epoch.tracked, degenerate = 0
     cdef Py_ssize_t trained = 0
-    team_start(&team, work, epoch.pieces)
+    team_start(&team, work, epoch.pieces, tid)
     while start < n and batches < epoch.max_batches:
         m = min(epoch.batch_size, n - start)
         if n - start - m == 1:
@@ -796,44 +865,56 @@ cdef void minibatch_step(Net* net, Optimizer opt, const Data* data,
                          bint update_running, double* loss_sum, double rows,
                          floating* dtype) noexcept nogil:
     """Loss of one minibatch and its gradient in ``buf.grad``; when
-    ``mb.stepping``, each piece also steps the parameters whose gradient it
-    computed, as soon as no piece needs their old values.
+    ``mb.stepping``, the optimizer's step too.
 
     Run by every thread of ``team``, in phases (:func:`phase_end`): a phase's
-    pieces read what the earlier phases wrote. Every gradient is complete
-    once the last phase is over (the next minibatch's gather, or the end of
-    the team). One piece adds ``rows`` x the loss (the weighted mean loss
-    plus the L2 term) to ``loss_sum``; nothing is done when the weights sum
-    to zero.
+    pieces read what the earlier phases wrote. Each piece of the forward
+    and backward phases is a block of the minibatch's rows (:func:`row_piece`),
+    which it takes through every layer, one phase per layer: the threads
+    claim the same piece in every phase (``_team.pxd``), so a block of rows
+    stays in one core's cache. What needs every row waits for the next
+    phase: the batch statistics and batch norm's backward sums, merged from
+    the pieces' in a fixed order, and the gradient, summed from the
+    pieces' shares in the last phase, the optimizer's, whose pieces are
+    ranges of the parameters. A layer's coefficient gradient is summed by
+    columns instead, over every row in one product, when it is sparse or
+    its shares would be large (see :meth:`Network.reserve_pieces`).
+
+    The gradient is complete, and the parameters stepped, once the last
+    phase is over (the next minibatch's first, or the end of the team).
+    One piece adds ``rows`` x the loss (the weighted mean loss plus the L2
+    term) to ``loss_sum``; nothing is done when the weights sum to zero.
     """
-    cdef Py_ssize_t l, L = net.n_layers, lo, hi
+    cdef Py_ssize_t l, L = net.n_layers, H = L - 1, lo, hi
     cdef double l2
+    cdef bint split
     if not mb.wsum > 0:
         return
     l2 = net.alpha / mb.wsum
-    gather(net, data, buf, mb, team, dtype)
-    phase_end(team)
-    for l in range(L - 1):
-        forward_hidden(net, data, buf, mb, team, l, update_running, dtype)
+    # The pieces share the rows of one batch (not of ghost chunks, which
+    # pieces hold whole): the statistics are merged in the next phase.
+    split = mb.n_chunks == 1 and team.pieces > 1
+    set_input(net, data, buf, mb, dtype)
+    if H == 0:
+        gather_phase(net, data, buf, mb, team, dtype)
         phase_end(team)
-    forward_output(net, data, buf, mb, team, dtype)
+    for l in range(H):
+        forward_phase(net, data, buf, mb, team, l, split, update_running, dtype)
+        phase_end(team)
+    output_phase(net, data, buf, mb, team, split, update_running, dtype)
     phase_end(team)
-    backward_output(net, opt, data, buf, mb, team, l2, dtype)
-    for l in range(L - 2, -1, -1):
-        backward_hidden(net, opt, data, buf, mb, team, l, l2, dtype)
-        if l > 0:
-            phase_end(team)   # the layer below needs every column of this delta
-            if l + 1 < L - 1:
-                # Every piece of this delta is done: nothing reads the
-                # coefficients of the layer above any more.
-                step_hidden_coefs(net, opt, buf, mb, team, l + 1, dtype)
+    for l in range(H - 1, -1, -1):
+        backward_phase(net, data, buf, mb, team, l, split, dtype)
+        phase_end(team)
+    if net.layers[0].share_coef < 0:
+        coef_gradient_by_columns(net, data, buf, mb, team, 0, dtype)
+        phase_end(team)
+    step_phase(net, opt, buf, mb, team, l2, dtype)
     phase_end(team)
-    if L > 2:
-        step_hidden_coefs(net, opt, buf, mb, team, 1, dtype)
     # The rows' losses and the coefficients' sums of squares are complete.
     while next_piece_of(team, 1, 1, 1, &lo, &hi):
         loss_sum[0] += rows * (net.data_loss_scale * data_loss(net, buf, mb)
-                               + 0.5 * l2 * sum_of_squared_coefs(net, buf))
+                               + 0.5 * l2 * sum_of_squared_coefs(net, buf, team.pieces))
 
 
 cdef double data_loss(const Net* net, const Buffers* buf,
@@ -848,32 +929,87 @@ cdef double data_loss(const Net* net, const Buffers* buf,
     return total / mb.wsum
 
 
-cdef double sum_of_squared_coefs(const Net* net, const Buffers* buf) noexcept nogil:
-    """The sum of every coefficient squared, from the partial sums the
-    backward pass left (one per column of a hidden layer, one per row of the
-    output layer), added in a fixed order: the same for any number of
+cdef double sum_of_squared_coefs(const Net* net, const Buffers* buf,
+                                 int pieces) noexcept nogil:
+    """The sum of every coefficient squared, from the step's pieces' sums
+    (:func:`step_phase`), added in piece order: the same for any number of
     threads."""
     cdef double total = 0
-    cdef const double* part
-    cdef Py_ssize_t l, k
-    for l in range(net.n_layers):
-        part = buf.dwork + net.layers[l].l2
-        for k in range(l2_parts(net, l)):
-            total += part[k]
+    cdef Py_ssize_t k, lo, hi
+    for k in range(pieces):
+        piece_bounds(net.n_params, COL_ALIGN, pieces, k, &lo, &hi)
+        if hi > lo:
+            total += buf.dwork[net.l2_sums + k]
     return total
 
 
-cdef inline Py_ssize_t l2_parts(const Net* net, Py_ssize_t l) noexcept nogil:
-    """How many partial sums of ``W ** 2`` layer ``l`` leaves: one per column,
-    but one per row for the output layer over dense rows (whose gradient is
-    shared by rows)."""
-    if l == net.n_layers - 1 and not (l == 0 and net.sparse):
-        return net.layers[l].fan_in
-    return net.layers[l].fan_out
-
-
 # ---------------------------------------------------------------------------
-# Phases of the minibatch step.
+# Pieces of rows, and where their results go.
+
+
+cdef inline void row_piece(const Minibatch* mb, int pieces, Py_ssize_t piece,
+                           Py_ssize_t* lo, Py_ssize_t* hi, Py_ssize_t* c0,
+                           Py_ssize_t* c1) noexcept nogil:
+    """Rows ``[lo, hi)`` of piece ``piece`` of the minibatch, and the ghost
+    chunks ``[c0, c1)`` it holds whole: the chunks, cut in ``pieces`` runs,
+    when there are several (or one piece); else the rows cut in multiples of
+    ``ROW_ALIGN`` (the pieces share the batch: ``c0 == c1``)."""
+    cdef Py_ssize_t unused
+    if mb.n_chunks > 1 or pieces == 1:
+        piece_bounds(mb.n_chunks, 1, pieces, piece, c0, c1)
+        if c1[0] <= c0[0]:
+            lo[0] = hi[0] = 0
+            return
+        chunk_bounds(mb, c0[0], lo, &unused)
+        chunk_bounds(mb, c1[0] - 1, &unused, hi)
+    else:
+        piece_bounds(mb.m, ROW_ALIGN, pieces, piece, lo, hi)
+        c0[0] = c1[0] = 0
+
+
+cdef inline bint next_row_piece(Team* team, const Minibatch* mb, Py_ssize_t* piece,
+                                Py_ssize_t* lo, Py_ssize_t* hi, Py_ssize_t* c0,
+                                Py_ssize_t* c1) noexcept nogil:
+    """Claim the next piece of rows with rows (see :func:`next_piece`)."""
+    cdef Py_ssize_t unused
+    while next_piece(team, team.pieces, 1, piece, &unused):
+        row_piece(mb, team.pieces, piece[0], lo, hi, c0, c1)
+        if hi[0] > lo[0]:
+            return True
+    return False
+
+
+cdef inline double* slot_mean(const Net* net, const Buffers* buf, Py_ssize_t slot,
+                              Py_ssize_t l) noexcept nogil:
+    """Hidden layer ``l``'s batch means in statistics slot ``slot`` (its
+    variances at ``net.var_base`` further): a ghost chunk's, or when the
+    pieces share the batch, piece ``k``'s rows' (slot ``k``) and the batch's
+    as piece ``k`` merged them (slot ``pieces + k``)."""
+    return buf.dwork + slot * net.stats_stride + net.layers[l].stat
+
+
+cdef inline floating* share(const Net* net, const Buffers* buf, Py_ssize_t piece,
+                            Py_ssize_t offset, Py_ssize_t share_offset,
+                            floating* dtype) noexcept nogil:
+    """Where piece ``piece`` writes its share of the gradient of the
+    parameters at ``offset`` (``share_offset`` in a share)."""
+    if piece == 0:
+        return (<floating*> buf.grad) + offset
+    return ((<floating*> buf.shares) + (piece - 1) * net.share_stride
+            + share_offset)
+
+
+cdef inline double* piece_sums(const Net* net, const Buffers* buf, Py_ssize_t piece,
+                               Py_ssize_t l) noexcept nogil:
+    """Piece ``piece``'s batch norm backward sums of hidden layer ``l``'s
+    rows: ``sum g`` here, ``sum g * (z - center)`` ``net.stats_stride``
+    further."""
+    return buf.dwork + net.sums + 2 * piece * net.stats_stride + net.layers[l].stat
+
+
+cdef inline double* piece_scratch(const Net* net, const Buffers* buf,
+                                  Py_ssize_t piece) noexcept nogil:
+    return buf.dwork + net.scratch + piece * net.scratch_stride
 
 
 cdef inline const floating* layer_input(const Net* net, const Buffers* buf,
@@ -894,10 +1030,39 @@ cdef inline const floating* batch_weights(const Net* net, const Buffers* buf,
     return (<const floating*> buf.work) + net.swb
 
 
-cdef void gather(const Net* net, const Data* data, Buffers* buf,
-                 Minibatch* mb, Team* team, floating* dtype) noexcept nogil:
-    """The minibatch's rows of Y, of the weights and of X (X only when its
-    rows are not contiguous: then it is read in place), by pieces of rows."""
+cdef inline void fill_panel(Panel* panel, const Net* net, const Buffers* buf,
+                            Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t width,
+                            floating* dtype) noexcept nogil:
+    """``panel``: rows ``[lo, hi)`` of a layer of ``width`` units, row-major."""
+    cdef const floating* swb = batch_weights(net, buf, dtype)
+    panel.n_rows = hi - lo
+    panel.n_cols = width
+    panel.z_ld = panel.a_ld = panel.ld = width
+    panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
+
+
+# ---------------------------------------------------------------------------
+# The phases of the minibatch step.
+
+
+cdef void set_input(const Net* net, const Data* data, Buffers* buf, Minibatch* mb,
+                    floating* dtype) noexcept nogil:
+    """Where the first layer reads the minibatch's rows of X: in place when
+    they are contiguous (NULL when sparse), else their gathered copy."""
+    if net.sparse:
+        mb.xin = NULL
+    elif mb.contiguous:
+        mb.xin = <const char*> ((<const floating*> data.X)
+                                + mb.rows[0] * net.n_features)
+    else:
+        mb.xin = <const char*> ((<floating*> buf.work) + net.xb)
+
+
+cdef void gather_rows(const Net* net, const Data* data, Buffers* buf,
+                      const Minibatch* mb, Py_ssize_t r0, Py_ssize_t r1,
+                      floating* dtype) noexcept nogil:
+    """Rows ``r0:r1`` of the minibatch's Y, weights and X (X only when its
+    rows are not contiguous)."""
     cdef const floating* X = <const floating*> data.X
     cdef const floating* Y = <const floating*> data.Y
     cdef const floating* sw = <const floating*> data.sample_weight
@@ -905,139 +1070,191 @@ cdef void gather(const Net* net, const Data* data, Buffers* buf,
     cdef floating* xb = work + net.xb
     cdef floating* yb = work + net.yb
     cdef floating* swb = work + net.swb
-    cdef Py_ssize_t k, r0, r1, nf = net.n_features, n_out = net.n_out
+    cdef Py_ssize_t k, nf = net.n_features, n_out = net.n_out
     cdef const Py_ssize_t* rows = mb.rows
-    cdef bint copy_x = not (net.sparse or mb.contiguous)
-    if net.sparse:
-        mb.xin = NULL
-    elif mb.contiguous:
-        mb.xin = <const char*> (X + rows[0] * nf)
-    else:
-        mb.xin = <const char*> xb
-    while next_piece(team, mb.m, ROW_ALIGN, &r0, &r1):
+    for k in range(r0, r1):
+        memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
+        if net.weighted:
+            swb[k] = sw[rows[k]]
+    if not (net.sparse or mb.contiguous):
         for k in range(r0, r1):
-            memcpy(yb + k * n_out, Y + rows[k] * n_out, n_out * sizeof(floating))
-            if net.weighted:
-                swb[k] = sw[rows[k]]
-        if copy_x:
-            for k in range(r0, r1):
-                memcpy(xb + k * nf, X + rows[k] * nf, nf * sizeof(floating))
+            memcpy(xb + k * nf, X + rows[k] * nf, nf * sizeof(floating))
 
 
-cdef void forward_hidden(const Net* net, const Data* data, Buffers* buf,
-                         const Minibatch* mb, Team* team, Py_ssize_t l,
-                         bint update_running, floating* dtype) noexcept nogil:
-    """Hidden layer ``l``, by pieces of columns (panels)."""
-    cdef Py_ssize_t c0, c1
-    while next_piece(team, net.layers[l].fan_out, COL_ALIGN, &c0, &c1):
-        forward_hidden_panel(net, data, buf, mb, l, c0, c1, update_running, dtype)
+cdef void gather_phase(const Net* net, const Data* data, Buffers* buf,
+                       const Minibatch* mb, Team* team, floating* dtype) noexcept nogil:
+    """The gather on its own (a network without hidden layers)."""
+    cdef Py_ssize_t piece, r0, r1, c0, c1
+    while next_row_piece(team, mb, &piece, &r0, &r1, &c0, &c1):
+        gather_rows(net, data, buf, mb, r0, r1, dtype)
 
 
-cdef void forward_hidden_panel(const Net* net, const Data* data, Buffers* buf,
-                               const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
-                               Py_ssize_t c1, bint update_running,
-                               floating* dtype) noexcept nogil:
-    """Hidden layer ``l`` on columns ``c0:c1``: ``z = a @ W``, batch norm fused
-    with the activation on each chunk of rows (its batch statistics go to
-    ``dwork``), the running statistics' update, and dropout.
+cdef void forward_phase(const Net* net, const Data* data, Buffers* buf,
+                        const Minibatch* mb, Team* team, Py_ssize_t l, bint split,
+                        bint update_running, floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` forward, by pieces of rows: the gather (``l ==
+    0``) or the end of the layer below, then ``z = a @ W`` and batch norm
+    (its statistics only, when the pieces share the batch)."""
+    cdef Py_ssize_t piece, r0, r1, c0, c1
+    while next_row_piece(team, mb, &piece, &r0, &r1, &c0, &c1):
+        if l == 0:
+            gather_rows(net, data, buf, mb, r0, r1, dtype)
+        else:
+            forward_end(net, buf, mb, team.pieces, l - 1, piece, r0, r1, split,
+                        update_running, dtype)
+        forward_rows(net, data, buf, mb, l, piece, r0, r1, c0, c1, split, dtype)
 
-    The panel of ``z`` is a contiguous block (see :func:`z_panel`)."""
+
+cdef void forward_rows(const Net* net, const Data* data, Buffers* buf,
+                       const Minibatch* mb, Py_ssize_t l, Py_ssize_t piece,
+                       Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
+                       bint split, floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` on rows ``r0:r1`` (ghost chunks ``c0:c1``): ``z =
+    a @ W``; then the statistics of these rows (``split``), or batch norm
+    fused with the activation on each chunk, its statistics in the chunk's
+    slot."""
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
-    cdef const floating* swb = batch_weights(net, buf, dtype)
-    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out
-    cdef Py_ssize_t c, lo, hi, updates = 0
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c, lo, hi
     cdef const floating* W = theta + layer.coef
+    cdef floating* z = work + layer.z
     cdef floating* a = work + layer.out
-    cdef floating* z = z_panel(net, buf, mb, l, c0, dtype)
     cdef double* mean
-    cdef double* var
-    cdef double wsum, n_running
+    cdef double* scratch = piece_scratch(net, buf, piece)
     cdef Panel panel
     if l == 0 and net.sparse:
-        sparse_rows_matmul(data, mb.rows, mb.m, W, fan_out, c0, c1, z, c1 - c0)
+        sparse_rows_matmul(data, mb.rows + r0, r1 - r0, W, fan_out, 0, fan_out,
+                           z + r0 * fan_out, fan_out)
     else:
-        # z = a @ W[:, c0:c1]
-        cgemm(False, False, <int> mb.m, <int> (c1 - c0), <int> fan_in,
-              <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
-              W + c0, <int> fan_out, <floating> 0, z, <int> (c1 - c0))
-    panel.n_cols = c1 - c0
-    panel.z_ld = c1 - c0
-    panel.a_ld = fan_out
-    panel.ld = fan_out
-    for c in range(mb.n_chunks):
+        # z[r0:r1] = a[r0:r1] @ W
+        cgemm(False, False, <int> (r1 - r0), <int> fan_out, <int> fan_in,
+              <floating> 1, layer_input(net, buf, mb, l, dtype) + r0 * fan_in,
+              <int> fan_in, W, <int> fan_out, <floating> 0, z + r0 * fan_out,
+              <int> fan_out)
+    if split:
+        fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
+        mean = slot_mean(net, buf, piece, l)
+        cbatch_stats_rows(z + r0 * fan_out, &panel, mean, mean + net.var_base,
+                          buf.dwork + net.slot_weight + piece, scratch)
+        return
+    for c in range(c0, c1):
         chunk_bounds(mb, c, &lo, &hi)
-        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
-        mean = buf.dwork + c * net.stats_stride + layer.stat
-        var = mean + net.var_base
-        panel.n_rows = hi - lo
-        panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
+        fill_panel(&panel, net, buf, lo, hi, fan_out, dtype)
+        mean = slot_mean(net, buf, c, l)
         cbn_act_forward_train(
-            z + lo * (c1 - c0), a + lo * fan_out + c0, &panel,
-            theta + layer.gamma + c0, theta + layer.bias + c0, net.bn_epsilon, net.act,
-            mean + c0, var + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
-        if update_running and wsum > 0:
-            updates += 1
-            update_running_stats(net, buf, l, c0, c1, mean, var, n_running,
-                                 mb.tracked + updates, dtype)
+            z + lo * fan_out, a + lo * fan_out, &panel, theta + layer.gamma,
+            theta + layer.bias, net.bn_epsilon, net.act, mean, mean + net.var_base,
+            scratch)
+
+
+cdef void forward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pieces,
+                      Py_ssize_t l, Py_ssize_t piece, Py_ssize_t r0, Py_ssize_t r1,
+                      bint split, bint update_running, floating* dtype) noexcept nogil:
+    """The end of hidden layer ``l`` on rows ``r0:r1``, once the statistics
+    of every row are in: when the pieces share the batch, its statistics
+    (merged in piece order into this piece's slot) and batch norm fused with
+    the activation; the running statistics' update (piece 0: every chunk's,
+    in order); dropout."""
+    cdef const Layer* layer = &net.layers[l]
+    cdef const floating* theta = <const floating*> buf.theta
+    cdef floating* work = <floating*> buf.work
+    cdef Py_ssize_t fan_out = layer.fan_out, c, lo, hi, updates = 0
+    cdef double* mean
+    cdef double wsum, n_running
+    cdef Panel panel
+    if split:
+        mean = slot_mean(net, buf, pieces + piece, l)
+        merge_statistics(net, buf, mb, pieces, l, mean, mean + net.var_base)
+        fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
+        cbn_act_normalize(work + layer.z + r0 * fan_out,
+                          work + layer.out + r0 * fan_out, &panel,
+                          theta + layer.gamma, theta + layer.bias, mean,
+                          mean + net.var_base, net.bn_epsilon, net.act,
+                          piece_scratch(net, buf, piece))
+    if piece == 0 and update_running:
+        for c in range(mb.n_chunks):
+            chunk_bounds(mb, c, &lo, &hi)
+            chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+            if wsum > 0:
+                updates += 1
+                mean = slot_mean(net, buf, pieces if split else c, l)
+                update_running_stats(net, buf, l, mean, mean + net.var_base,
+                                     n_running, mb.tracked + updates, dtype)
     if layer.dropout > 0:
-        dropout_forward(net, a, work + layer.dropped,
-                        keep_panel(net, buf, mb, l, c0, dtype),
-                        mb.m, c0, c1, fan_out, l, mb.step)
+        dropout_forward(net, work + layer.out + r0 * fan_out,
+                        work + layer.dropped + r0 * fan_out,
+                        (<uint8_t*> (work + layer.keep)) + r0 * fan_out,
+                        r1 - r0, r0, fan_out, l, mb.step)
 
 
-cdef inline floating* z_panel(const Net* net, const Buffers* buf,
-                              const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
-                              floating* dtype) noexcept nogil:
-    """The panel of hidden layer ``l``'s ``z`` that starts at column ``c0``:
-    ``mb.m`` rows of the panel's width, contiguous, after the panels to its
-    left (one thread writes and reads it, in the forward and the backward
-    pass). With one thread, ``z`` as a whole, row-major."""
-    return (<floating*> buf.work) + net.layers[l].z + c0 * mb.m
-
-
-cdef inline floating* delta_panel(const Net* net, const Buffers* buf,
-                                  const Minibatch* mb, Py_ssize_t l, Py_ssize_t c0,
-                                  Py_ssize_t c1, Py_ssize_t* ld,
-                                  floating* dtype) noexcept nogil:
-    """Column ``c0`` of hidden layer ``l``'s delta, and in ``ld`` the distance
-    between its rows. The lowest layer's delta, when a product computes it
-    (more than one hidden layer), is laid out as :func:`z_panel` lays out
-    ``z``: only the thread of its panel reads it. The others are row-major:
-    the layer below reads every column."""
-    cdef floating* D = (<floating*> buf.work) + net.layers[l].delta
-    if l == 0 and net.n_layers > 2:
-        ld[0] = c1 - c0
-        return D + c0 * mb.m
-    ld[0] = net.layers[l].fan_out
-    return D + c0
+cdef void merge_statistics(const Net* net, const Buffers* buf, const Minibatch* mb,
+                           int pieces, Py_ssize_t l, double* mean_out,
+                           double* var_out) noexcept nogil:
+    """Hidden layer ``l``'s batch mean and variance, from those of the
+    pieces' rows (their slots), merged in piece order (:func:`chan_merge`)."""
+    cdef Py_ssize_t fan_out = net.layers[l].fan_out, k, j, r0, r1, c0, c1
+    cdef double weight = 0, w
+    cdef const double* mean_k
+    cdef const double* var_k
+    for j in range(fan_out):
+        mean_out[j] = 0
+        var_out[j] = 0   # the sum of squared deviations until the end
+    for k in range(pieces):
+        row_piece(mb, pieces, k, &r0, &r1, &c0, &c1)
+        w = buf.dwork[net.slot_weight + k]
+        if r1 <= r0 or not w > 0:
+            continue
+        mean_k = slot_mean(net, buf, k, l)
+        var_k = mean_k + net.var_base
+        if weight == 0:
+            for j in range(fan_out):
+                mean_out[j] = mean_k[j]
+                var_out[j] = var_k[j] * w
+        else:
+            for j in range(fan_out):
+                chan_merge(&mean_out[j], &var_out[j], weight, w,
+                           mean_k[j] - mean_out[j], var_k[j] * w)
+        weight += w
+    if weight > 0:
+        for j in range(fan_out):
+            var_out[j] = max(var_out[j] / weight, 0.0)
 
 
 cdef inline void update_running_stats(const Net* net, Buffers* buf, Py_ssize_t l,
-                                      Py_ssize_t c0, Py_ssize_t c1,
                                       const double* mean, const double* var,
                                       double n_running, Py_ssize_t k,
                                       floating* dtype) noexcept nogil:
-    """Columns ``c0:c1`` of hidden layer ``l``'s running statistics, after the
-    ``k``-th update (the cumulative average's divisor)."""
+    """Hidden layer ``l``'s running statistics, after the ``k``-th update
+    (the cumulative average's divisor)."""
     cdef floating* running_mean = (<floating*> buf.running_mean) + net.layers[l].stat
     cdef floating* running_var = (<floating*> buf.running_var) + net.layers[l].stat
+    cdef Py_ssize_t n = net.layers[l].fan_out
     if net.cumulative:
-        cupdate_running_average(running_mean + c0, running_var + c0, mean + c0,
-                                var + c0, c1 - c0, <double> k, n_running)
+        cupdate_running_average(running_mean, running_var, mean, var, n, <double> k,
+                                n_running)
     else:
-        cupdate_running_stats(running_mean + c0, running_var + c0, mean + c0,
-                              var + c0, c1 - c0, net.bn_momentum, n_running)
+        cupdate_running_stats(running_mean, running_var, mean, var, n,
+                              net.bn_momentum, n_running)
 
 
-cdef void forward_output(const Net* net, const Data* data, Buffers* buf,
-                         const Minibatch* mb, Team* team,
-                         floating* dtype) noexcept nogil:
-    """The output layer, by pieces of rows."""
-    cdef Py_ssize_t r0, r1
-    while next_piece(team, mb.m, ROW_ALIGN, &r0, &r1):
+cdef void output_phase(const Net* net, const Data* data, Buffers* buf,
+                       const Minibatch* mb, Team* team, bint split,
+                       bint update_running, floating* dtype) noexcept nogil:
+    """The output layer, by pieces of rows: the end of the last hidden
+    layer, the output, the loss and its delta, this piece's share of the
+    output layer's gradient, and the start of the last hidden layer's
+    backward pass."""
+    cdef Py_ssize_t L = net.n_layers, piece, r0, r1, c0, c1
+    while next_row_piece(team, mb, &piece, &r0, &r1, &c0, &c1):
+        if L > 1:
+            forward_end(net, buf, mb, team.pieces, L - 2, piece, r0, r1, split,
+                        update_running, dtype)
         forward_output_rows(net, data, buf, mb, r0, r1, dtype)
+        output_gradient_rows(net, buf, mb, piece, r0, r1, dtype)
+        if L > 1:
+            backward_start(net, buf, mb, team.pieces, L - 2, piece, r0, r1, c0, c1,
+                           split, dtype)
 
 
 cdef void forward_output_rows(const Net* net, const Data* data, Buffers* buf,
@@ -1072,167 +1289,265 @@ cdef void forward_output_rows(const Net* net, const Data* data, Buffers* buf,
               work + net.layers[L - 2].delta + r0 * fan_in, <int> fan_in)
 
 
-cdef void backward_output(const Net* net, Optimizer opt, const Data* data,
-                          Buffers* buf, const Minibatch* mb, Team* team,
-                          double l2, floating* dtype) noexcept nogil:
-    """Gradient of the output layer: the intercept's by columns, the
-    coefficients' by their rows (the units of the layer below), each L2 term
-    first (``l2 * W``, and the sums of ``W ** 2``). Stepped at once: after the
-    loss, nothing reads them."""
-    cdef Py_ssize_t l = net.n_layers - 1, n_out = net.n_out, nf = net.n_features
+cdef void output_gradient_rows(const Net* net, Buffers* buf, const Minibatch* mb,
+                               Py_ssize_t piece, Py_ssize_t r0, Py_ssize_t r1,
+                               floating* dtype) noexcept nogil:
+    """Piece ``piece``'s share of the output layer's gradient, from rows
+    ``r0:r1``: the intercept's, and the coefficients' unless they are summed
+    by columns."""
+    cdef Py_ssize_t l = net.n_layers - 1, n_out = net.n_out, k, i
     cdef const Layer* layer = &net.layers[l]
-    cdef const floating* theta = <const floating*> buf.theta
-    cdef floating* grad = <floating*> buf.grad
-    cdef Py_ssize_t fan_in = layer.fan_in, k, i, c0, c1
-    cdef const floating* W = theta + layer.coef
     cdef const floating* D = (<const floating*> buf.work) + net.p
-    cdef floating* gW = grad + layer.coef
-    cdef floating* gbias = grad + layer.bias
-    cdef double* l2_part = buf.dwork + layer.l2
-    cdef floating c = <floating> l2
-    while next_piece(team, n_out, COL_ALIGN, &c0, &c1):
-        for i in range(c0, c1):
-            gbias[i] = 0
-        for k in range(mb.m):
-            for i in range(c0, c1):
-                gbias[i] += D[k * n_out + i]
-        step_panel(opt, mb, buf, layer.bias, 1, c0, c1, n_out, False, dtype)
-        if l == 0 and net.sparse:
-            l2_start_panel(gW, W, nf, c0, c1, n_out, c, l2_part, False)
-            sparse_rows_grad(data, mb.rows, mb.m, D + c0, n_out, nf, n_out, c0, c1, gW,
-                             c != 0)
-            step_panel(opt, mb, buf, layer.coef, nf, c0, c1, n_out, True, dtype)
-    if l == 0 and net.sparse:
-        return
-    while next_piece(team, fan_in, COL_ALIGN, &c0, &c1):
-        l2_start_panel(gW + c0 * n_out, W + c0 * n_out, c1 - c0, 0, n_out, n_out,
-                       c, l2_part + c0, True)
-        # gW[c0:c1] = c * W[c0:c1] + a[:, c0:c1].T @ D  (the first term from
-        # l2_start_panel)
-        cgemm(True, False, <int> (c1 - c0), <int> n_out, <int> mb.m, <floating> 1,
-              layer_input(net, buf, mb, l, dtype) + c0, <int> fan_in, D,
-              <int> n_out, product_beta(c), gW + c0 * n_out, <int> n_out)
-        step_panel(opt, mb, buf, layer.coef + c0 * n_out, c1 - c0, 0, n_out, n_out,
-                   True, dtype)
+    cdef floating* gbias = share(net, buf, piece, layer.bias, layer.share_rest, dtype)
+    for i in range(n_out):
+        gbias[i] = 0
+    for k in range(r0, r1):
+        for i in range(n_out):
+            gbias[i] += D[k * n_out + i]
+    if layer.share_coef >= 0:
+        # gW = a[r0:r1].T @ D[r0:r1]
+        cgemm(True, False, <int> layer.fan_in, <int> n_out, <int> (r1 - r0),
+              <floating> 1, layer_input(net, buf, mb, l, dtype) + r0 * layer.fan_in,
+              <int> layer.fan_in, D + r0 * n_out, <int> n_out, <floating> 0,
+              share(net, buf, piece, layer.coef, layer.share_coef, dtype), <int> n_out)
 
 
-cdef void backward_hidden(const Net* net, Optimizer opt, const Data* data,
-                          Buffers* buf, const Minibatch* mb, Team* team,
-                          Py_ssize_t l, double l2, floating* dtype) noexcept nogil:
-    """Hidden layer ``l`` backward, by pieces of columns (panels)."""
-    cdef Py_ssize_t c0, c1
-    while next_piece(team, net.layers[l].fan_out, COL_ALIGN, &c0, &c1):
-        backward_hidden_panel(net, opt, data, buf, mb, l, c0, c1, l2, dtype)
-
-
-cdef void backward_hidden_panel(const Net* net, Optimizer opt, const Data* data,
-                                Buffers* buf, const Minibatch* mb, Py_ssize_t l,
-                                Py_ssize_t c0, Py_ssize_t c1, double l2,
-                                floating* dtype) noexcept nogil:
-    """Hidden layer ``l`` backward on columns ``c0:c1``: the delta (from the
-    complete delta of the layer above; the last hidden layer's was computed
-    by rows with the loss), dropout's, batch norm backward (gamma and beta,
-    stepped at once), and the coefficient gradient of those columns (the
-    lowest layer's stepped at once; the others once the delta below them is
-    complete, see :func:`minibatch_step`)."""
+cdef void backward_start(const Net* net, Buffers* buf, const Minibatch* mb,
+                         int pieces, Py_ssize_t l, Py_ssize_t piece, Py_ssize_t r0,
+                         Py_ssize_t r1,
+                         Py_ssize_t c0, Py_ssize_t c1, bint split,
+                         floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` backward on rows ``r0:r1``, from their ``dL/da``:
+    dropout's; then batch norm's backward sums of these rows (``split``:
+    the next phase ends it, :func:`backward_end`), or the whole of batch
+    norm backward on each ghost chunk (``dz`` in place, this piece's share
+    of gamma's and beta's gradients summed over its chunks in order; a
+    chunk without weight has none)."""
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
-    cdef floating* grad = <floating*> buf.grad
     cdef floating* work = <floating*> buf.work
-    cdef Py_ssize_t L = net.n_layers
-    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, ld
-    cdef Py_ssize_t n_next
-    cdef floating* gW = grad + layer.coef
-    cdef floating c = <floating> l2
-    cdef floating* D = delta_panel(net, buf, mb, l, c0, c1, &ld, dtype)
-    if l < L - 2:
-        n_next = net.layers[l + 1].fan_out
-        # D = delta_above @ W_above[c0:c1].T  (this panel of the delta)
-        cgemm(False, True, <int> mb.m, <int> (c1 - c0), <int> n_next,
-              <floating> 1, work + net.layers[l + 1].delta, <int> n_next,
-              theta + net.layers[l + 1].coef + c0 * n_next, <int> n_next,
-              <floating> 0, D, <int> ld)
-    if layer.dropout > 0:
-        dropout_backward(net, D, ld, keep_panel(net, buf, mb, l, c0, dtype), mb.m,
-                         c1 - c0, l)
-    batch_norm_backward(net, buf, mb, l, c0, c1, D, ld, dtype)
-    step_panel(opt, mb, buf, layer.gamma, 1, c0, c1, fan_out, False, dtype)
-    step_panel(opt, mb, buf, layer.bias, 1, c0, c1, fan_out, False, dtype)
-    l2_start_panel(gW, theta + layer.coef, fan_in, c0, c1, fan_out, c,
-                   buf.dwork + layer.l2, False)
-    if l == 0 and net.sparse:
-        sparse_rows_grad(data, mb.rows, mb.m, D, ld, net.n_features, fan_out, c0, c1,
-                         gW, c != 0)
-    else:
-        # gW[:, c0:c1] = c * W[:, c0:c1] + a.T @ D  (D: this panel's delta)
-        cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
-              <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
-              D, <int> ld, product_beta(c), gW + c0, <int> fan_out)
-    if l == 0:
-        # Nothing reads the lowest coefficients again: this piece's columns,
-        # at once (the other pieces' columns may not be complete yet).
-        step_panel(opt, mb, buf, layer.coef, fan_in, c0, c1, fan_out, True, dtype)
-
-
-cdef void batch_norm_backward(const Net* net, Buffers* buf, const Minibatch* mb,
-                              Py_ssize_t l, Py_ssize_t c0, Py_ssize_t c1,
-                              floating* D, Py_ssize_t ld,
-                              floating* dtype) noexcept nogil:
-    """Batch norm fused with the activation, backward, on columns ``c0:c1`` of
-    hidden layer ``l``, chunk by chunk: the delta (``D``, the panel's first
-    column, rows ``ld`` apart) in place, and gamma's and beta's gradients
-    summed over the chunks (in order). A chunk without weight has no
-    gradient."""
-    cdef const Layer* layer = &net.layers[l]
-    cdef const floating* theta = <const floating*> buf.theta
-    cdef floating* grad = <floating*> buf.grad
-    cdef floating* work = <floating*> buf.work
-    cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef Py_ssize_t fan_out = layer.fan_out, c, lo, hi, j
-    cdef floating* dgamma = grad + layer.gamma
-    cdef floating* dbeta = grad + layer.bias
-    # A chunk's gradients, before they are added: the first chunk's (or the
-    # only one's) go to grad directly.
-    cdef floating* chunk_dgamma = work + net.gtmp
+    cdef floating* D = work + layer.delta
+    cdef floating* dgamma = share(net, buf, piece, layer.gamma, layer.share_rest, dtype)
+    cdef floating* dbeta = dgamma + fan_out
+    cdef floating* chunk_dgamma = work + net.gtmp + piece * _round_up(2 * net.widest)
     cdef floating* chunk_dbeta = chunk_dgamma + fan_out
     cdef floating* dg
     cdef floating* db
-    cdef const double* mean
+    cdef double* scratch = piece_scratch(net, buf, piece)
+    cdef double* sums
     cdef double n_running
     cdef Panel panel
     cdef Statistics stats
-    panel.n_cols = c1 - c0
-    panel.z_ld = c1 - c0
-    panel.a_ld = fan_out
-    panel.ld = ld
+    if layer.dropout > 0:
+        dropout_backward(net, D + r0 * fan_out, fan_out,
+                         (<uint8_t*> (work + layer.keep)) + r0 * fan_out, r1 - r0,
+                         fan_out, l)
     stats.epsilon = net.bn_epsilon
-    for c in range(mb.n_chunks):
+    if split:
+        chunk_weights(net, buf, mb, 0, mb.m, &stats.weight_sum, &n_running, dtype)
+        stats.mean = slot_mean(net, buf, pieces + piece, l)
+        stats.var = stats.mean + net.var_base
+        fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
+        sums = piece_sums(net, buf, piece, l)
+        cbn_act_backward_sums(
+            D + r0 * fan_out, work + layer.out + r0 * fan_out,
+            work + layer.z + r0 * fan_out, &panel, theta + layer.gamma,
+            theta + layer.bias, &stats, net.act, sums, sums + net.stats_stride, scratch)
+        return
+    for c in range(c0, c1):
         chunk_bounds(mb, c, &lo, &hi)
         chunk_weights(net, buf, mb, lo, hi, &stats.weight_sum, &n_running, dtype)
         dg, db = dgamma, dbeta
-        if c > 0:
+        if c > c0:
             dg, db = chunk_dgamma, chunk_dbeta
         if not stats.weight_sum > 0:
-            for j in range(c0, c1):
+            for j in range(fan_out):
                 dg[j] = 0
                 db[j] = 0
-            zero_rows(D + lo * ld, hi - lo, 0, c1 - c0, ld)
+            zero_rows(D + lo * fan_out, hi - lo, 0, fan_out, fan_out)
         else:
-            mean = buf.dwork + c * net.stats_stride + layer.stat
-            stats.mean = mean + c0
-            stats.var = mean + net.var_base + c0
-            panel.n_rows = hi - lo
-            panel.sample_weight = <const char*> (swb + lo) if swb != NULL else NULL
+            stats.mean = slot_mean(net, buf, c, l)
+            stats.var = stats.mean + net.var_base
+            fill_panel(&panel, net, buf, lo, hi, fan_out, dtype)
             # In place: the delta in, the delta out.
             cbn_act_backward(
-                D + lo * ld, D + lo * ld, work + layer.out + lo * fan_out + c0,
-                z_panel(net, buf, mb, l, c0, dtype) + lo * (c1 - c0), &panel,
-                theta + layer.gamma + c0, theta + layer.bias + c0, &stats, net.act,
-                dg + c0, db + c0, buf.dwork + net.scratch + SCRATCH_PER_COLUMN * c0)
-        if c > 0:
-            for j in range(c0, c1):
+                D + lo * fan_out, D + lo * fan_out, work + layer.out + lo * fan_out,
+                work + layer.z + lo * fan_out, &panel, theta + layer.gamma,
+                theta + layer.bias, &stats, net.act, dg, db, scratch)
+        if c > c0:
+            for j in range(fan_out):
                 dgamma[j] += chunk_dgamma[j]
                 dbeta[j] += chunk_dbeta[j]
+
+
+cdef void backward_phase(const Net* net, const Data* data, Buffers* buf,
+                         const Minibatch* mb, Team* team, Py_ssize_t l, bint split,
+                         floating* dtype) noexcept nogil:
+    """Hidden layer ``l`` backward, by pieces of rows: the end of its batch
+    norm backward (``split``), this piece's share of its coefficient
+    gradient, and the start of the layer below's backward pass, from
+    ``dL/da = dz @ W.T`` on these rows. The coefficient gradient of the
+    layer above, when it is summed by columns, is a second task."""
+    cdef const Layer* layer = &net.layers[l]
+    cdef const floating* theta = <const floating*> buf.theta
+    cdef floating* work = <floating*> buf.work
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out
+    cdef Py_ssize_t piece, r0, r1, c0, c1
+    cdef floating* D = work + layer.delta
+    while next_row_piece(team, mb, &piece, &r0, &r1, &c0, &c1):
+        if split:
+            backward_end(net, buf, mb, team.pieces, l, piece, r0, r1, dtype)
+        if layer.share_coef >= 0:
+            # gW = a[r0:r1].T @ dz[r0:r1]
+            cgemm(True, False, <int> fan_in, <int> fan_out, <int> (r1 - r0),
+                  <floating> 1, layer_input(net, buf, mb, l, dtype) + r0 * fan_in,
+                  <int> fan_in, D + r0 * fan_out, <int> fan_out, <floating> 0,
+                  share(net, buf, piece, layer.coef, layer.share_coef, dtype),
+                  <int> fan_out)
+        if l > 0:
+            # dL/da below, rows r0:r1: dz[r0:r1] @ W.T
+            cgemm(False, True, <int> (r1 - r0), <int> fan_in, <int> fan_out,
+                  <floating> 1, D + r0 * fan_out, <int> fan_out, theta + layer.coef,
+                  <int> fan_out, <floating> 0,
+                  work + net.layers[l - 1].delta + r0 * fan_in, <int> fan_in)
+            backward_start(net, buf, mb, team.pieces, l - 1, piece, r0, r1, c0, c1,
+                           split, dtype)
+    if net.layers[l + 1].share_coef < 0:
+        coef_gradient_by_columns(net, data, buf, mb, team, l + 1, dtype)
+
+
+cdef void backward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pieces,
+                       Py_ssize_t l, Py_ssize_t piece, Py_ssize_t r0, Py_ssize_t r1,
+                       floating* dtype) noexcept nogil:
+    """The end of hidden layer ``l``'s batch norm backward on rows ``r0:r1``
+    when the pieces share the batch: the batch's sums (the pieces', added
+    in piece order), ``dz`` in place, and this piece's share of gamma's and
+    beta's gradients (from its own sums)."""
+    cdef const Layer* layer = &net.layers[l]
+    cdef const floating* theta = <const floating*> buf.theta
+    cdef floating* work = <floating*> buf.work
+    cdef Py_ssize_t fan_out = layer.fan_out, k, j, lo, hi, c0, c1
+    cdef double* scratch = piece_scratch(net, buf, piece)
+    cdef double* total_g = scratch + SCRATCH_PER_COLUMN * net.widest
+    cdef double* total_gz = total_g + net.widest
+    cdef const double* sums
+    cdef floating* D = work + layer.delta + r0 * fan_out
+    cdef floating* dgamma = share(net, buf, piece, layer.gamma, layer.share_rest, dtype)
+    cdef floating* unused = work + net.gtmp + piece * _round_up(2 * net.widest)
+    cdef double n_running
+    cdef Panel panel
+    cdef Statistics stats
+    for j in range(fan_out):
+        total_g[j] = 0
+        total_gz[j] = 0
+    for k in range(pieces):
+        row_piece(mb, pieces, k, &lo, &hi, &c0, &c1)
+        if hi <= lo:
+            continue
+        sums = piece_sums(net, buf, k, l)
+        for j in range(fan_out):
+            total_g[j] += sums[j]
+            total_gz[j] += sums[net.stats_stride + j]
+    stats.epsilon = net.bn_epsilon
+    chunk_weights(net, buf, mb, 0, mb.m, &stats.weight_sum, &n_running, dtype)
+    stats.mean = slot_mean(net, buf, pieces + piece, l)
+    stats.var = stats.mean + net.var_base
+    fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
+    cbn_act_backward_dz(D, D, work + layer.out + r0 * fan_out,
+                        work + layer.z + r0 * fan_out, &panel, theta + layer.gamma,
+                        theta + layer.bias, &stats, net.act, total_g, total_gz,
+                        unused, unused + fan_out, scratch)
+    sums = piece_sums(net, buf, piece, l)
+    cbn_gamma_beta_gradients(&stats, fan_out, theta + layer.gamma, theta + layer.bias,
+                             sums, sums + net.stats_stride, dgamma, dgamma + fan_out,
+                             scratch)
+
+
+cdef void coef_gradient_by_columns(const Net* net, const Data* data, Buffers* buf,
+                                   const Minibatch* mb, Team* team, Py_ssize_t l,
+                                   floating* dtype) noexcept nogil:
+    """Layer ``l``'s coefficient gradient (without its L2 term) into
+    ``grad``, by pieces of columns, each over every row: ``a.T @ dz``."""
+    cdef const Layer* layer = &net.layers[l]
+    cdef floating* work = <floating*> buf.work
+    cdef floating* gW = (<floating*> buf.grad) + layer.coef
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c0, c1
+    cdef const floating* D
+    if l == net.n_layers - 1:
+        D = work + net.p
+    else:
+        D = work + layer.delta
+    while next_piece(team, fan_out, COL_ALIGN, &c0, &c1):
+        if l == 0 and net.sparse:
+            sparse_rows_grad(data, mb.rows, mb.m, D + c0, fan_out, net.n_features,
+                             fan_out, c0, c1, gW, False)
+        else:
+            cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
+                  <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
+                  D + c0, <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
+
+
+cdef void step_phase(const Net* net, Optimizer opt, Buffers* buf, const Minibatch* mb,
+                     Team* team, double l2, floating* dtype) noexcept nogil:
+    """By pieces of the flat parameters: their gradient, summed from the
+    pieces' shares in piece order, its L2 term (``l2 * W``), and the
+    optimizer's step (none unless ``mb.stepping``); each piece's sum of
+    ``W ** 2``, for the loss."""
+    cdef Py_ssize_t e0, e1, l, n_out
+    cdef double squares
+    cdef const Layer* layer
+    while next_piece(team, net.n_params, COL_ALIGN, &e0, &e1):
+        squares = 0
+        for l in range(net.n_layers):
+            layer = &net.layers[l]
+            n_out = layer.fan_out
+            squares += step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.coef,
+                                  layer.fan_in * n_out, layer.share_coef, True, l2,
+                                  dtype)
+            if l < net.n_layers - 1:
+                step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.gamma,
+                           2 * n_out, layer.share_rest, False, 0.0, dtype)
+            else:
+                step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.bias, n_out,
+                           layer.share_rest, False, 0.0, dtype)
+        buf.dwork[net.l2_sums + team.held - team.offset] = squares
+
+
+cdef double step_block(const Net* net, Optimizer opt, Buffers* buf,
+                       const Minibatch* mb, int pieces, Py_ssize_t e0, Py_ssize_t e1,
+                       Py_ssize_t start, Py_ssize_t n, Py_ssize_t share_offset,
+                       bint decayed, double l2, floating* dtype) noexcept nogil:
+    """:func:`step_phase` on the parameters of ``[e0, e1)`` that lie in the
+    block of ``n`` at ``start`` (its shares at ``share_offset``; -1: its
+    gradient is whole in ``grad``); ``decayed``: coefficients, which the L2
+    term and weight decay act on. Returns their sum of ``W ** 2`` (0 without
+    L2)."""
+    cdef floating* theta = <floating*> buf.theta
+    cdef floating* grad = <floating*> buf.grad
+    cdef Py_ssize_t s0 = max(e0, start), s1 = min(e1, start + n), i, k, lo, hi, c0, c1
+    cdef const floating* part
+    cdef floating c = <floating> l2
+    cdef double squares = 0
+    if s1 <= s0:
+        return 0
+    if share_offset >= 0:
+        for k in range(1, pieces):
+            row_piece(mb, pieces, k, &lo, &hi, &c0, &c1)
+            if hi <= lo:
+                continue
+            part = ((<const floating*> buf.shares) + (k - 1) * net.share_stride
+                    + share_offset + (s0 - start))
+            for i in range(s1 - s0):
+                grad[s0 + i] += part[i]
+    if decayed and l2 != 0:
+        squares = sum_of_squares(theta + s0, s1 - s0)
+        if c != 0:
+            for i in range(s0, s1):
+                grad[i] += c * theta[i]
+    if mb.stepping:
+        step_range(opt, &mb.update, theta, grad, s0, s1 - s0, decayed)
+    return squares
 
 
 cdef void zero_rows(floating* x, Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
@@ -1280,40 +1595,33 @@ cdef inline bint kept(uint32_t row_key, Py_ssize_t j,
     return mix32(row_key ^ (<uint32_t> j * <uint32_t> 0x9e3779b9)) >= threshold
 
 
-cdef inline uint8_t* keep_panel(const Net* net, const Buffers* buf,
-                                const Minibatch* mb, Py_ssize_t l,
-                                Py_ssize_t c0, floating* dtype) noexcept nogil:
-    """The panel of hidden layer ``l``'s dropout mask that starts at column
-    ``c0``: one byte per unit, laid out as :func:`z_panel` lays out ``z``."""
-    return (<uint8_t*> ((<floating*> buf.work) + net.layers[l].keep)) + c0 * mb.m
-
-
 cdef simd_void dropout_forward(const Net* net, const floating* a, floating* out,
-                               uint8_t* keep_out, Py_ssize_t m, Py_ssize_t c0,
-                               Py_ssize_t c1, Py_ssize_t ld, Py_ssize_t layer,
+                               uint8_t* keep_out, Py_ssize_t m, Py_ssize_t row0,
+                               Py_ssize_t width, Py_ssize_t layer,
                                Py_ssize_t step) noexcept nogil:
-    """Inverted dropout on columns ``c0:c1`` of ``m`` rows: ``out = a * keep /
-    (1 - p)``, where ``keep`` (probability ``1 - p``) is the mask of this
-    layer at this optimizer step, written to ``keep_out`` (``m`` rows of
-    ``c1 - c0`` bytes) for the backward pass."""
+    """Inverted dropout on ``m`` rows of ``width`` units, rows ``row0:row0 +
+    m`` of the minibatch: ``out = a * keep / (1 - p)``, where ``keep``
+    (probability ``1 - p``) is the mask of this layer at this optimizer
+    step, written to ``keep_out`` (one byte per unit) for the backward
+    pass."""
     cdef double p = net.layers[layer].dropout
     cdef uint32_t threshold = <uint32_t> min(p * 4294967296.0, 4294967295.0)
     cdef floating scale = <floating> (1 / (1 - p))
     cdef floating zero = 0
     cdef uint64_t key = dropout_key(net.dropout_seed, step, layer)
     cdef uint32_t row_key
-    cdef Py_ssize_t i, j, w = c1 - c0
+    cdef Py_ssize_t i, j
     cdef const floating* s
     cdef floating* d
     cdef uint8_t* k
     for i in range(m):
-        row_key = <uint32_t> mix64(key + <uint64_t> i)
-        s = a + i * ld + c0
-        d = out + i * ld + c0
-        k = keep_out + i * w
-        for j in range(w):
-            k[j] = kept(row_key, c0 + j, threshold)
-        for j in range(w):
+        row_key = <uint32_t> mix64(key + <uint64_t> (row0 + i))
+        s = a + i * width
+        d = out + i * width
+        k = keep_out + i * width
+        for j in range(width):
+            k[j] = kept(row_key, j, threshold)
+        for j in range(width):
             # A factor selected, then one product: the loop vectorizes (a
             # selected product does not).
             d[j] = s[j] * (scale if k[j] else zero)
@@ -1350,12 +1658,6 @@ def dropout_mask(uint64_t seed, Py_ssize_t step, Py_ssize_t layer,
         for j in range(n_units):
             keep[i, j] = kept(row_key, j, threshold)
     return keep
-
-
-cdef inline floating product_beta(floating l2) noexcept nogil:
-    """BLAS's ``beta`` for a coefficient gradient's product: 1 (add to the
-    L2 term :func:`l2_start_panel` wrote) or 0 (no L2 term: overwrite)."""
-    return 1 if l2 != 0 else 0
 
 
 # ---------------------------------------------------------------------------
@@ -1504,7 +1806,7 @@ cdef void sparse_rows_grad(const Data* data, const Py_ssize_t* rows, Py_ssize_t 
 
 
 # ---------------------------------------------------------------------------
-# L2 term and optimizer steps.
+# The L2 term.
 
 
 cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -1523,79 +1825,6 @@ cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogi
     for k in range(8):
         total += lanes[k]
     return total
-
-
-cdef simd_void l2_start_panel(floating* grad, const floating* w,
-                              Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
-                              Py_ssize_t ld, floating c, double* sums,
-                              bint by_rows) noexcept nogil:
-    """Start a coefficient gradient with its L2 term: ``grad = c * w`` on
-    columns ``c0:c1`` of ``n_rows`` rows ``ld`` apart (nothing is written when
-    ``c == 0``); and the sums of ``w ** 2`` there: ``sums[j]`` for column
-    ``j``, or ``sums[i]`` for row ``i`` when ``by_rows`` (a thread owning whole
-    rows), always added in the same order whatever the team.
-
-    The data term's product then adds to ``grad`` when ``c != 0`` (BLAS
-    ``beta = 1``) and writes it otherwise: one pass over the gradient fewer
-    than adding the L2 term after the product, and BLAS skips its own pass
-    that zeroes ``C`` for ``beta = 0``.
-    """
-    cdef double acc[TILE]
-    cdef Py_ssize_t i, j, tile, j0, width
-    if c != 0:
-        if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
-            for j in range(n_rows * ld):
-                grad[j] = c * w[j]
-        else:
-            for i in range(n_rows):
-                for j in range(c0 + i * ld, c1 + i * ld):
-                    grad[j] = c * w[j]
-    if by_rows:
-        for i in range(n_rows):
-            sums[i] = sum_of_squares(w + c0 + i * ld, c1 - c0)
-        return
-    # Column sums, in local arrays so that the loop vectorizes.
-    for tile in range(n_tiles(c1 - c0)):
-        j0 = c0 + tile * TILE
-        width = tile_width(j0, c1)
-        for j in range(width):
-            acc[j] = 0
-        for i in range(n_rows):
-            for j in range(width):
-                acc[j] += <double> w[i * ld + j0 + j] * w[i * ld + j0 + j]
-        for j in range(width):
-            sums[j0 + j] = acc[j]
-
-
-cdef void step_hidden_coefs(const Net* net, Optimizer opt, Buffers* buf,
-                            const Minibatch* mb, Team* team, Py_ssize_t l,
-                            floating* dtype) noexcept nogil:
-    """Step hidden layer ``l``'s coefficients, once every column of their
-    gradient is complete (in a later phase), by pieces: contiguous ranges of
-    the flat coefficients, which stream better than panels of columns."""
-    cdef Py_ssize_t e0, e1
-    while next_piece(team, net.layers[l].fan_in * net.layers[l].fan_out, COL_ALIGN,
-                     &e0, &e1):
-        step_panel(opt, mb, buf, net.layers[l].coef + e0, 1, 0, e1 - e0, e1 - e0, True,
-                   dtype)
-
-
-cdef void step_panel(Optimizer opt, const Minibatch* mb, Buffers* buf, Py_ssize_t off,
-                     Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t ld,
-                     bint decayed, floating* dtype) noexcept nogil:
-    """The optimizer's step (none unless ``mb.stepping``) on columns ``c0:c1``
-    of the ``n_rows`` x ``ld`` block of parameters that starts at ``off``;
-    ``decayed``: coefficients, which weight decay shrinks."""
-    cdef floating* theta = <floating*> buf.theta
-    cdef const floating* grad = <const floating*> buf.grad
-    cdef Py_ssize_t i
-    if not mb.stepping or c1 <= c0:
-        return
-    if c0 == 0 and c1 == ld:   # whole rows: one contiguous run
-        step_range(opt, &mb.update, theta, grad, off, n_rows * ld, decayed)
-        return
-    for i in range(n_rows):
-        step_range(opt, &mb.update, theta, grad, off + i * ld + c0, c1 - c0, decayed)
 
 
 # ---------------------------------------------------------------------------

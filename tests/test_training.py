@@ -1316,7 +1316,19 @@ THREAD_CASES = {
         weighted=True,
         shuffle=True,
     ),
-    # Ghost batches (each thread's panel of z in chunks of rows) and dropout.
+    # Minibatches of 10 rows against units wide enough that pieces beyond
+    # two sum the coefficient gradients by columns rather than from shares.
+    "small-batches-wide": dict(
+        est=MLPBNRegressor,
+        hidden=(150, 40),
+        activation="relu",
+        solver="adam",
+        sparse=False,
+        weighted=True,
+        shuffle=True,
+        extra=dict(batch_size=10),
+    ),
+    # Ghost batches (pieces hold whole chunks of rows) and dropout.
     "ghost-dropout-sparse": dict(
         est=MLPBNClassifier,
         hidden=(40, 33),
@@ -1356,12 +1368,11 @@ def test_threads_give_the_single_thread_result(case, n_threads, dtype, monkeypat
             hidden_layer_sizes=cfg["hidden"],
             activation=cfg["activation"],
             solver=cfg["solver"],
-            batch_size=50,
             max_iter=3,
             shuffle=cfg["shuffle"],
             alpha=1e-3,
             random_state=0,
-            **cfg.get("extra", {}),
+            **{"batch_size": 50, **cfg.get("extra", {})},
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -1406,12 +1417,11 @@ def test_the_threads_do_not_change_the_result(case, pieces, dtype, monkeypatch):
             hidden_layer_sizes=cfg["hidden"],
             activation=cfg["activation"],
             solver=cfg["solver"],
-            batch_size=50,
             max_iter=3,
             shuffle=cfg["shuffle"],
             alpha=1e-3,
             random_state=0,
-            **cfg.get("extra", {}),
+            **{"batch_size": 50, **cfg.get("extra", {})},
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -2181,11 +2191,13 @@ def test_aligned_zeros(n, dtype):
     assert_array_equal(a, 0)
 
 
+@pytest.mark.parametrize("pieces", [1, 3])
 @pytest.mark.parametrize("dropout", [None, [0.2, 0.0]])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
-    # Threads write neighbouring panels of these blocks: each starts at a
-    # multiple of 16 elements, and the blocks do not overlap.
+def test_workspace_blocks_start_on_cache_lines(sparse, dropout, pieces):
+    # Threads write neighbouring blocks of rows of these buffers, and each
+    # piece its own blocks: each starts at a multiple of 16 elements, and
+    # the blocks do not overlap.
     network = _training.Network(
         (37, 33, 17, 3),
         activation="relu",
@@ -2200,13 +2212,15 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
         virtual_batch_size=8,
         dropout=dropout,
     )
+    network.reserve_pieces(pieces)
+    assert network.max_pieces == pieces
     buffers = network.buffers()
     blocks = [
         (buffers["xb"], 0 if sparse else 51 * 37),
         (buffers["yb"], 51 * 3),
         (buffers["swb"], 51),
         (buffers["p"], 51 * 3),
-        (buffers["gtmp"], 2 * 33),
+        (buffers["gtmp"], pieces * 80),  # per piece: 2 x 33, rounded up
     ]
     for l, h in enumerate((33, 17)):
         layer = network.layer(l)
@@ -2223,23 +2237,27 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
     assert all(start % 16 == 0 for start, _ in starts)
     assert all(a + size <= b for (a, size), (b, _) in zip(starts, starts[1:]))
     assert starts[-1][0] + starts[-1][1] <= network.work.size
-    # dwork: the chunks' means and variances, the scratch, the rows' losses
-    # and each layer's sums of W ** 2.
-    chunks = 7  # min(ceil(51 / 8), 51 // 2)
+    # dwork: slots of statistics (means, variances, weights): one per ghost
+    # chunk, or two per piece; each piece's backward sums and scratch; the
+    # rows' losses; each piece's sum of W ** 2.
+    slots = max(7, 2 * pieces)  # chunks: min(ceil(51 / 8), 51 // 2)
     stride = buffers["stats_stride"]
     assert stride >= 33 + 17 and stride % 16 == 0
+    assert buffers["scratch_stride"] >= 10 * 33
     dblocks = [
-        (0, chunks * stride),
-        (buffers["var_base"], chunks * stride),
-        (buffers["scratch"], 8 * 33),
+        (0, slots * stride),
+        (buffers["var_base"], slots * stride),
+        (buffers["slot_weight"], slots),
+        (buffers["sums"], pieces * 2 * stride),
+        (buffers["scratch"], pieces * buffers["scratch_stride"]),
         (buffers["row_loss"], 51),
+        (buffers["l2_sums"], pieces),
     ]
-    dblocks += [(network.layer(l)["l2"], size) for l, size in enumerate((37, 33, 17))]
     dstarts = sorted(dblocks)
     assert all(start % 16 == 0 for start, _ in dstarts)
     assert all(a + size <= b for (a, size), (b, _) in zip(dstarts, dstarts[1:]))
     assert dstarts[-1][0] + dstarts[-1][1] <= network.dwork.size
-    for buffer in (network.work, network.dwork, network.grad):
+    for buffer in (network.work, network.dwork, network.grad, network.shares):
         assert buffer.ctypes.data % 64 == 0
     # The parameters: each layer's coefficients, gamma and beta (hidden) or
     # intercept (output), one after another.
@@ -2253,6 +2271,28 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout):
         (37 * 33 + 66 + 33 * 17 + 34, 0, 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3),
     ]
     assert network.n_params == 37 * 33 + 66 + 33 * 17 + 34 + 17 * 3 + 3
+    # The pieces' shares of the gradient: every layer's gamma and beta or
+    # intercept; the coefficients whose shares stay small against the rows
+    # (the sparse first layer's never).
+    share_blocks = []
+    for l, (fan_in, fan_out) in enumerate(((37, 33), (33, 17), (17, 3))):
+        layer = network.layer(l)
+        by_rows = (
+            pieces > 1
+            and not (l == 0 and sparse)
+            and (pieces - 1) * fan_in * fan_out <= 4 * 51 * (fan_in + fan_out)
+        )
+        assert (layer["share_coef"] >= 0) == by_rows
+        if by_rows:
+            share_blocks.append((layer["share_coef"], fan_in * fan_out))
+        share_blocks.append((layer["share_rest"], (2 if l < 2 else 1) * fan_out))
+    share_starts = sorted(share_blocks)
+    assert all(start % 16 == 0 for start, _ in share_starts)
+    assert all(
+        a + size <= b for (a, size), (b, _) in zip(share_starts, share_starts[1:])
+    )
+    assert share_starts[-1][0] + share_starts[-1][1] <= buffers["share_stride"]
+    assert network.shares.size >= (pieces - 1) * buffers["share_stride"]
 
 
 def _fit_and_score(X, y):
