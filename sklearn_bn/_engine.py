@@ -471,7 +471,9 @@ class Engine:
             )
         # The pace compares the ways of running this team's pieces.
         network = (tuple(self.layout.units), int(batch_size), self.dtype.char, pieces)
-        pinnable = _threads.can_pin(n_threads)
+        pinnable = _threads.can_pin(
+            n_threads, int(batch_size) * multiply_adds_per_row(self.layout.units)
+        )
         loss_sum, start, n_trained = 0.0, 0, 0
         while start < n and not (should_stop is not None and should_stop()):
             began = time.perf_counter()

@@ -53,6 +53,14 @@ from sklearn_bn._utils import deferred_interrupt
 # team's barriers cost about what sharing the work saves.
 MIN_MULTIPLY_ADDS_FOR_THREADS = 1 << 16
 
+# Below this many multiply-adds per minibatch, the team's threads are not
+# kept to their CPUs (the pinned way of _TeamPace): its waits sleep at
+# once, and a phase's pieces (well under 0.1 ms each) are too short to
+# sleep and wake in. bench_contention.py's small network (1.8e6) took
+# 1.5x-1.7x one thread's time that way, quiet or beside a busy process,
+# the slowest of the three ways; its large one (2.2e7) gains from it.
+MIN_MULTIPLY_ADDS_FOR_PINNING = 1 << 23
+
 # Elements per row block of the scaler's kernels: a block is worth a thread.
 ELEMENTS_PER_BLOCK = 1 << 20
 
@@ -638,11 +646,15 @@ class _TeamPace:
 TEAM_PACE = _TeamPace()
 
 
-def can_pin(n_threads):
+def can_pin(n_threads, multiply_adds=None):
     """Whether a team of ``n_threads`` started from the calling thread
     would keep its threads to CPUs (the pinned way of :class:`_TeamPace`):
-    on Linux, with one thread per CPU the calling thread may use."""
+    on Linux, with one thread per CPU the calling thread may use, and for
+    minibatches of ``multiply_adds`` (when given) of at least
+    ``MIN_MULTIPLY_ADDS_FOR_PINNING``."""
     if n_threads < 2 or not pinning_available():
+        return False
+    if multiply_adds is not None and multiply_adds < MIN_MULTIPLY_ADDS_FOR_PINNING:
         return False
     affinity = _cpu_affinity()
     return affinity is not None and len(affinity) == n_threads

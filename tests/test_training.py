@@ -1691,6 +1691,33 @@ def test_can_pin_needs_one_thread_per_cpu_of_the_calling_thread():
     cpus = os.sched_getaffinity(0)
     assert _threads.can_pin(len(cpus)) == (len(cpus) >= 2)
     assert not _threads.can_pin(len(cpus) + 1)
+    # Minibatches too small for waits that sleep: never kept to CPUs.
+    enough = _threads.MIN_MULTIPLY_ADDS_FOR_PINNING
+    assert _threads.can_pin(len(cpus), enough) == (len(cpus) >= 2)
+    assert not _threads.can_pin(len(cpus), enough - 1)
+
+
+def test_the_pace_offers_the_pinned_way_for_large_minibatches_only(monkeypatch):
+    X, y = regression_data(n=300, n_features=24)
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(2)
+    )
+    monkeypatch.setattr(_threads, "can_pin", lambda n, work=None: work >= 10**6)
+    offered = []
+
+    def pick(network, team_threads, now, pinnable):
+        offered.append(pinnable)
+        return TEAM
+
+    monkeypatch.setattr(_threads.TEAM_PACE, "choose", pick)
+    for hidden, expected in (((32, 16), False), ((256, 256), True)):
+        offered.clear()
+        est = MLPBNRegressor(hidden_layer_sizes=hidden, batch_size=30, max_iter=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        # 30 rows x (24*32 + 32*16 + 16) and x (24*256 + 256*256 + 256)
+        assert offered and set(offered) == {expected}
 
 
 def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
