@@ -871,7 +871,8 @@ cdef void cbn_gamma_beta_gradients(const Statistics* stats, Py_ssize_t n,
                                    double* scratch) noexcept nogil:
     """Gamma's and beta's gradients from the sums of
     :func:`cbn_act_backward_sums` (linear in them: a panel's sums give its
-    share). ``scratch``: ``7 * n`` doubles."""
+    share). ``scratch``: ``7 * n`` doubles, which hold the coefficients of
+    ``dz`` afterwards (:func:`cbn_act_backward_dz` reads them)."""
     cdef floating* center = <floating*> (scratch + 2 * n)
     cdef floating* scale = <floating*> (scratch + 3 * n)
     cdef floating* shift = <floating*> (scratch + 4 * n)
@@ -893,14 +894,14 @@ cdef void cbn_act_backward_dz(const floating* da, floating* dz_out, const floati
     alias ``da``), and the batch's gradients of gamma and beta into
     ``dgamma_out`` and ``dbeta_out``. ``scratch``: ``7 * n_cols`` doubles."""
     cdef Py_ssize_t n = panel.n_cols
+    # The coefficients of dz, as cbn_gamma_beta_gradients leaves them.
     cdef floating* center = <floating*> (scratch + 2 * n)
     cdef floating* scale = <floating*> (scratch + 3 * n)
     cdef floating* shift = <floating*> (scratch + 4 * n)
     cdef floating* q_coef = <floating*> (scratch + 5 * n)
     cdef floating* r_coef = <floating*> (scratch + 6 * n)
-    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
-    _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
-                           dbeta_out, q_coef, r_coef)
+    cbn_gamma_beta_gradients(stats, n, gamma, beta, sum_g, sum_gz, dgamma_out,
+                             dbeta_out, scratch)
     if act == IDENTITY:
         _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
                      <Identity*> NULL)

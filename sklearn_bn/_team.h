@@ -43,7 +43,8 @@ static inline int sklearn_bn_thread_num(void) { return 0; }
 static inline int sklearn_bn_max_threads(void) { return 1; }
 #endif
 
-/* Pieces of one phase, at most: each has its claim word. */
+/* Pieces of one phase, at most: each has its claim word (a phase with more
+   would never end: the callers keep within it). */
 #define SKLEARN_BN_MAX_PIECES 1024
 
 #if defined(_OPENMP) && !defined(_WIN32) && defined(__GNUC__)

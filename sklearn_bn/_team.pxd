@@ -19,6 +19,10 @@ cdef extern from "_team.h":
                                                     long long total) noexcept nogil
     ctypedef void (*job_fn "sklearn_bn_job_fn")(void* arg, int tid) noexcept nogil
     const int pinning_built "sklearn_bn_pinning_built"
+    # Pieces one phase may have, at most (its tasks' together): the
+    # engine's phases have at most two tasks of MAX_THREADS pieces, and one
+    # more piece.
+    const int MAX_PIECES_PER_PHASE "SKLEARN_BN_MAX_PIECES"
     void work_sleep_at_once "sklearn_bn_work_sleep_at_once"(Work* w) noexcept nogil
     int pool_run "sklearn_bn_pool_run"(int n_threads, job_fn fn, void* arg,
                                        bint pinned) noexcept nogil

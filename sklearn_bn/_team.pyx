@@ -35,6 +35,9 @@ def work_check(int n_threads, int pieces, int n_phases):
     """
     if n_threads < 1 or n_threads > MAX_THREADS or pieces < 1 or n_phases < 0:
         raise ValueError("need 1 <= n_threads <= 64, pieces >= 1 and n_phases >= 0")
+    if 2 * pieces > MAX_PIECES_PER_PHASE:
+        raise ValueError(
+            f"a phase has at most {MAX_PIECES_PER_PHASE} pieces, got 2 x {pieces}")
     slots = np.full(2 * pieces, -1, dtype=np.intp)
     taken = np.zeros((max(n_phases, 1), 3 * pieces), dtype=np.intp)
     stale = np.zeros(max(n_phases, 1), dtype=np.intp)
@@ -60,6 +63,9 @@ def claim_order(int pieces, int tid, int n_tasks=1, int n_phases=1):
     piece indices in the order claimed."""
     if pieces < 1 or tid < 0 or n_tasks < 1 or n_phases < 1:
         raise ValueError("need pieces, n_tasks, n_phases >= 1 and tid >= 0")
+    if n_tasks * pieces > MAX_PIECES_PER_PHASE:
+        raise ValueError(f"a phase has at most {MAX_PIECES_PER_PHASE} pieces, got "
+                         f"{n_tasks} x {pieces}")
     cdef Work work
     cdef Team team
     cdef Py_ssize_t lo, hi

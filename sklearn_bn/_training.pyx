@@ -57,7 +57,7 @@ hidden layers follow one another in ``running_mean``/``running_var``.
 Workspace: ``work`` (the parameters' dtype), ``dwork`` (float64) and the
 gradient's shares (of pieces 1, 2, ...; piece 0 writes to ``grad``), sized
 by the minibatch and the pieces, not by the data
-(:meth:`Network.reserve_pieces`). The layers' matrices are row-major, so
+(:meth:`Network.use_pieces`). The layers' matrices are row-major, so
 that a piece's rows are one contiguous block.
 """
 from libc.math cimport exp, log, NAN
@@ -168,7 +168,7 @@ cdef struct Net:
     # which holds the gradient of the parameters that are summed by rows.
     Py_ssize_t n_params
     Py_ssize_t share_stride
-    int max_pieces
+    int pieces                   # the pieces the workspace is laid out for
     Py_ssize_t widest
 
 
@@ -195,16 +195,22 @@ cdef struct Data:
 
 
 cdef struct Epoch:
-    # (Part of) an epoch: its rows, and where it stands (in and out).
+    # (Part of) an epoch: its rows, and where it stands. The team's threads
+    # read where it starts, which nothing writes while they run (a thread
+    # may start late, after thread 0 is done: it must go through the same
+    # minibatches); thread 0 writes where it ends to the next_* fields.
     const Py_ssize_t* order
     Py_ssize_t n
     bint order_is_identity       # order[k] == k: X is read in place
     Py_ssize_t batch_size
     Py_ssize_t max_batches       # minibatches of this call
-    Py_ssize_t start             # the row of order the next minibatch starts at
+    Py_ssize_t start             # the row of order the first minibatch starts at
+    Py_ssize_t step              # the optimizer's steps before it
+    Py_ssize_t tracked           # updates of the running statistics before it
+    Py_ssize_t next_start        # out: where the next call starts
+    Py_ssize_t next_step
+    Py_ssize_t next_tracked
     double loss_sum              # minibatch loss x rows, added in order
-    Py_ssize_t step              # the optimizer's steps
-    Py_ssize_t tracked           # updates of the running statistics
     int pieces                   # every task's pieces (the results depend on it)
     Py_ssize_t n_degenerate      # minibatches and ghost chunks skipped: < 2 rows weigh
     Py_ssize_t rows_trained      # rows of the minibatches trained (not skipped)
@@ -276,7 +282,7 @@ cdef class Network:
     cdef readonly object dwork
     cdef readonly object grad
     cdef readonly object shares
-    cdef readonly int max_pieces
+    cdef readonly int pieces
 
     def __cinit__(self):
         self.net.layers = NULL
@@ -335,17 +341,18 @@ cdef class Network:
         self.net.n_params = self.n_params
         self.net.widest = widest
         self.grad = aligned_zeros(self.n_params, self.dtype)
-        self.max_pieces = 0
-        self.reserve_pieces(1)
+        self.pieces = 0
+        self.use_pieces(1)
 
-    def reserve_pieces(self, int pieces):
-        """Size the workspace for minibatch tasks cut in up to ``pieces``
-        pieces (it only grows; what it held is lost)."""
+    def use_pieces(self, int pieces):
+        """Lay the workspace out for minibatches cut in ``pieces`` pieces
+        (what it held is lost when that changes): how a layer's coefficient
+        gradient is summed depends on them, and on nothing else."""
         cdef Py_ssize_t l, L = self.net.n_layers, n = self.max_batch, h, size = 0
         cdef Py_ssize_t max_chunks = 1, widest = self.net.widest, fan_in, fan_out
         cdef Py_ssize_t n_slots, itemsize = self.dtype.itemsize
         cdef Layer* layer
-        if pieces <= self.max_pieces:
+        if pieces == self.pieces:
             return
         # work: the minibatch's rows of X, Y, weights, the output layer, and
         # each hidden layer's z, output and delta (row-major; with dropout,
@@ -381,7 +388,10 @@ cdef class Network:
         self.net.stats_stride = _round_up(self.n_hidden)
         _block(&size, n_slots * self.net.stats_stride)   # the means, at 0
         self.net.var_base = _block(&size, n_slots * self.net.stats_stride)
-        self.net.slot_weight = _block(&size, n_slots)
+        # One weight sum per slot and hidden layer: a piece's rows weigh the
+        # same in every layer, but the statistics kernel adds the weights
+        # in blocks of a size that depends on the layer's width.
+        self.net.slot_weight = _block(&size, n_slots * max(L - 1, 1))
         self.net.sums = _block(&size, pieces * 2 * self.net.stats_stride)
         self.net.scratch_stride = _round_up((SCRATCH_PER_COLUMN + 2) * widest)
         self.net.scratch = _block(&size, pieces * self.net.scratch_stride)
@@ -405,7 +415,7 @@ cdef class Network:
             layer.share_rest = _block(&size, (2 if l < L - 1 else 1) * fan_out)
         self.net.share_stride = size
         self.shares = aligned_zeros(max((pieces - 1) * size, 1), self.dtype)
-        self.max_pieces = self.net.max_pieces = pieces
+        self.pieces = self.net.pieces = pieces
 
     # ------------------------------------------------------------------
     # The layout, for the Python layer
@@ -589,7 +599,7 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
     cdef EpochJob job
     cdef bint single = network.single
     pieces = max(1, min(pieces, <int> MAX_THREADS))
-    network.reserve_pieces(pieces)
+    network.use_pieces(pieces)
     cdef Buffers buf = _buffers(network, params)
     epoch.order = &order[0]
     epoch.n = order.shape[0]
@@ -620,9 +630,9 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
                                epoch_job_float if single else epoch_job_double,
                                &job, pinned)
     work_destroy(&work)
-    optimizer.step = epoch.step
-    params.n_batches_tracked = epoch.tracked
-    return (epoch.loss_sum, epoch.start, epoch.n_degenerate, epoch.rows_trained,
+    optimizer.step = epoch.next_step
+    params.n_batches_tracked = epoch.next_tracked
+    return (epoch.loss_sum, epoch.next_start, epoch.n_degenerate, epoch.rows_trained,
             threads_run)
 
 
@@ -755,9 +765,9 @@ cdef void run_epoch(Net* net, Optimizer opt, const Data* data, Buffers* buf,
         start += m
         batches += 1
     if tid == 0:
-        epoch.step = step
-        epoch.start = start
-        epoch.tracked = tracked
+        epoch.next_step = step
+        epoch.next_start = start
+        epoch.next_tracked = tracked
         epoch.n_degenerate += degenerate
         epoch.rows_trained += trained
 
@@ -878,7 +888,7 @@ cdef void minibatch_step(Net* net, Optimizer opt, const Data* data,
     pieces' shares in the last phase, the optimizer's, whose pieces are
     ranges of the parameters. A layer's coefficient gradient is summed by
     columns instead, over every row in one product, when it is sparse or
-    its shares would be large (see :meth:`Network.reserve_pieces`).
+    its shares would be large (see :meth:`Network.use_pieces`).
 
     The gradient is complete, and the parameters stepped, once the last
     phase is over (the next minibatch's first, or the end of the team).
@@ -986,6 +996,13 @@ cdef inline double* slot_mean(const Net* net, const Buffers* buf, Py_ssize_t slo
     pieces share the batch, piece ``k``'s rows' (slot ``k``) and the batch's
     as piece ``k`` merged them (slot ``pieces + k``)."""
     return buf.dwork + slot * net.stats_stride + net.layers[l].stat
+
+
+cdef inline double* slot_weight(const Net* net, const Buffers* buf, Py_ssize_t slot,
+                                Py_ssize_t l) noexcept nogil:
+    """The weight sum of the rows of statistics slot ``slot`` of hidden layer
+    ``l`` (see :func:`slot_mean`)."""
+    return buf.dwork + net.slot_weight + slot * (net.n_layers - 1) + l
 
 
 cdef inline floating* share(const Net* net, const Buffers* buf, Py_ssize_t piece,
@@ -1136,7 +1153,7 @@ cdef void forward_rows(const Net* net, const Data* data, Buffers* buf,
         fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
         mean = slot_mean(net, buf, piece, l)
         cbatch_stats_rows(z + r0 * fan_out, &panel, mean, mean + net.var_base,
-                          buf.dwork + net.slot_weight + piece, scratch)
+                          slot_weight(net, buf, piece, l), scratch)
         return
     for c in range(c0, c1):
         chunk_bounds(mb, c, &lo, &hi)
@@ -1202,7 +1219,7 @@ cdef void merge_statistics(const Net* net, const Buffers* buf, const Minibatch* 
         var_out[j] = 0   # the sum of squared deviations until the end
     for k in range(pieces):
         row_piece(mb, pieces, k, &r0, &r1, &c0, &c1)
-        w = buf.dwork[net.slot_weight + k]
+        w = slot_weight(net, buf, k, l)[0]
         if r1 <= r0 or not w > 0:
             continue
         mean_k = slot_mean(net, buf, k, l)

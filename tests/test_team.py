@@ -52,6 +52,15 @@ def test_a_thread_claims_the_piece_of_its_own_index_first(pieces, tid):
     assert order == [expected] * 6
 
 
+def test_the_helpers_refuse_phases_of_more_pieces_than_the_queue_holds():
+    # A phase beyond the queue's claim words would never end.
+    with pytest.raises(ValueError, match="at most 1024 pieces"):
+        _team.work_check(1, 600, 1)
+    with pytest.raises(ValueError, match="at most 1024 pieces"):
+        _team.claim_order(100, 0, n_tasks=11)
+    assert _team.claim_order(512, 0, n_tasks=2)[1][:2] == [0, 1]
+
+
 def test_work_check_rejects_bad_arguments():
     for args in [(0, 1, 1), (65, 1, 1), (2, 0, 1), (2, 1, -1)]:
         with pytest.raises(ValueError):

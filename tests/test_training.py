@@ -2239,8 +2239,8 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout, pieces):
         virtual_batch_size=8,
         dropout=dropout,
     )
-    network.reserve_pieces(pieces)
-    assert network.max_pieces == pieces
+    network.use_pieces(pieces)
+    assert network.pieces == pieces
     buffers = network.buffers()
     blocks = [
         (buffers["xb"], 0 if sparse else 51 * 37),
@@ -2274,7 +2274,7 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout, pieces):
     dblocks = [
         (0, slots * stride),
         (buffers["var_base"], slots * stride),
-        (buffers["slot_weight"], slots),
+        (buffers["slot_weight"], slots * 2),  # per slot and hidden layer
         (buffers["sums"], pieces * 2 * stride),
         (buffers["scratch"], pieces * buffers["scratch_stride"]),
         (buffers["row_loss"], 51),
@@ -2320,6 +2320,79 @@ def test_workspace_blocks_start_on_cache_lines(sparse, dropout, pieces):
     )
     assert share_starts[-1][0] + share_starts[-1][1] <= buffers["share_stride"]
     assert network.shares.size >= (pieces - 1) * buffers["share_stride"]
+
+
+def test_the_workspace_layout_follows_the_pieces_of_the_call():
+    # Laid out for more pieces before, the network sums the same layers by
+    # columns as a fresh one for fewer: the results depend on the call's
+    # pieces only.
+    kwargs = dict(
+        activation="relu",
+        out_activation="identity",
+        dtype=np.float64,
+        max_batch=10,
+        sparse=False,
+        weighted=False,
+        alpha=0.0,
+        bn_momentum=0.1,
+        bn_epsilon=1e-5,
+    )
+
+    def share_coefs(network):
+        return [network.layer(l)["share_coef"] >= 0 for l in range(3)]
+
+    fresh = _training.Network((40, 40, 40, 1), **kwargs)
+    fresh.use_pieces(2)
+    used = _training.Network((40, 40, 40, 1), **kwargs)
+    used.use_pieces(4)
+    assert share_coefs(used) != share_coefs(fresh)
+    used.use_pieces(2)
+    assert used.pieces == 2 and share_coefs(used) == share_coefs(fresh)
+    assert used.buffers() == fresh.buffers()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_pieces_merge_the_same_batch_statistics(dtype, monkeypatch):
+    # Each piece merges the batch statistics of a layer from the pieces'
+    # own; all of them must get the same bits (a layer 400 wide adds its
+    # rows' weights in blocks of another size than a layer 10 wide).
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(200, 6)).astype(dtype)
+    y = rng.normal(size=200).astype(dtype)
+    sw = rng.uniform(0.1, 2.0, size=200)
+    monkeypatch.setattr(
+        _threads, "training_threads", lambda work: forced_engine_threads(1, 2)
+    )
+    engines = []
+    train_epoch = _engine.Engine.train_epoch
+
+    def keep(self, *args, **kwargs):
+        engines.append(self)
+        return train_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(_engine.Engine, "train_epoch", keep)
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(400, 10),
+        batch_size=200,
+        max_iter=1,
+        shuffle=False,
+        input_preprocessing=None,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y, sample_weight=sw)
+    network = engines[-1].network
+    buffers = network.buffers()
+    stride, var_base = buffers["stats_stride"], buffers["var_base"]
+    for l, width in enumerate((400, 10)):
+        stat = network.layer(l)["stat"]
+        merged = [
+            network.dwork[start : start + width]
+            for k in (2, 3)  # slots pieces + k: each piece's merge
+            for start in (k * stride + stat, var_base + k * stride + stat)
+        ]
+        assert_array_equal(merged[0], merged[2])
+        assert_array_equal(merged[1], merged[3])
 
 
 def _fit_and_score(X, y):
