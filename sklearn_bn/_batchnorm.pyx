@@ -790,42 +790,14 @@ cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating*
     runs. ``scratch`` holds at least ``7 * n_cols`` doubles. An unknown
     ``act`` writes NaN.
     """
-    if act == IDENTITY:
-        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
-                  scratch, <Identity*> NULL)
-    elif act == RELU:
-        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
-                  scratch, <Relu*> NULL)
-    elif act == TANH:
-        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
-                  scratch, <Tanh*> NULL)
-    elif act == LOGISTIC:
-        _backward(da, dz_out, a, z, panel, gamma, beta, stats, dgamma_out, dbeta_out,
-                  scratch, <Logistic*> NULL)
-    else:
-        _fill_nan(dz_out, panel.n_rows, panel.n_cols, panel.ld)
-        _fill_nan(dgamma_out, 1, panel.n_cols, 0)
-        _fill_nan(dbeta_out, 1, panel.n_cols, 0)
-
-
-cdef inline void _backward(const floating* da, floating* dz_out, const floating* a,
-                           const floating* z, const Panel* panel, const floating* gamma,
-                           const floating* beta, const Statistics* stats,
-                           floating* dgamma_out, floating* dbeta_out, double* scratch,
-                           activation_t* act) noexcept nogil:
     cdef Py_ssize_t n = panel.n_cols
-    cdef double* sum_g = scratch
-    cdef double* sum_gz = scratch + n
-    cdef floating* center = <floating*> (scratch + 2 * n)
-    cdef floating* scale = <floating*> (scratch + 3 * n)
-    cdef floating* shift = <floating*> (scratch + 4 * n)
-    cdef floating* q_coef = <floating*> (scratch + 5 * n)
-    cdef floating* r_coef = <floating*> (scratch + 6 * n)
-    _affine(gamma, beta, stats.mean, stats.var, stats.epsilon, n, center, scale, shift)
-    _backward_sums(da, a, z, panel, center, scale, shift, sum_g, sum_gz, act)
-    _backward_coefficients(stats, n, center, scale, sum_g, sum_gz, dgamma_out,
-                           dbeta_out, q_coef, r_coef)
-    _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef, act)
+    # The sums in the first 2 * n doubles of scratch, which the passes'
+    # coefficients (from 2 * n on) leave alone; an unknown act gives NaN
+    # sums, hence NaN gradients.
+    cbn_act_backward_sums(da, a, z, panel, gamma, beta, stats, act, scratch,
+                          scratch + n, scratch)
+    cbn_act_backward_dz(da, dz_out, a, z, panel, gamma, beta, stats, act, scratch,
+                        scratch + n, dgamma_out, dbeta_out, scratch)
 
 
 cdef void cbn_act_backward_sums(const floating* da, const floating* a,

@@ -1029,6 +1029,26 @@ cdef inline double* piece_scratch(const Net* net, const Buffers* buf,
     return buf.dwork + net.scratch + piece * net.scratch_stride
 
 
+cdef inline floating* piece_gtmp(const Net* net, const Buffers* buf, Py_ssize_t piece,
+                                 floating* dtype) noexcept nogil:
+    """Piece ``piece``'s room for a dgamma and a dbeta (a ghost chunk's, or
+    ones it does not keep)."""
+    return (<floating*> buf.work) + net.gtmp + piece * _round_up(2 * net.widest)
+
+
+cdef inline void merged_statistics(const Net* net, const Buffers* buf,
+                                   const Minibatch* mb, int pieces, Py_ssize_t l,
+                                   Py_ssize_t piece, Statistics* stats,
+                                   floating* dtype) noexcept nogil:
+    """``stats``: hidden layer ``l``'s batch statistics as piece ``piece``
+    merged them (:func:`forward_end`), when the pieces share the batch."""
+    cdef double n_running
+    stats.epsilon = net.bn_epsilon
+    chunk_weights(net, buf, mb, 0, mb.m, &stats.weight_sum, &n_running, dtype)
+    stats.mean = slot_mean(net, buf, pieces + piece, l)
+    stats.var = stats.mean + net.var_base
+
+
 cdef inline const floating* layer_input(const Net* net, const Buffers* buf,
                                         const Minibatch* mb, Py_ssize_t l,
                                         floating* dtype) noexcept nogil:
@@ -1347,7 +1367,7 @@ cdef void backward_start(const Net* net, Buffers* buf, const Minibatch* mb,
     cdef floating* D = work + layer.delta
     cdef floating* dgamma = share(net, buf, piece, layer.gamma, layer.share_rest, dtype)
     cdef floating* dbeta = dgamma + fan_out
-    cdef floating* chunk_dgamma = work + net.gtmp + piece * _round_up(2 * net.widest)
+    cdef floating* chunk_dgamma = piece_gtmp(net, buf, piece, dtype)
     cdef floating* chunk_dbeta = chunk_dgamma + fan_out
     cdef floating* dg
     cdef floating* db
@@ -1362,9 +1382,7 @@ cdef void backward_start(const Net* net, Buffers* buf, const Minibatch* mb,
                          fan_out, l)
     stats.epsilon = net.bn_epsilon
     if split:
-        chunk_weights(net, buf, mb, 0, mb.m, &stats.weight_sum, &n_running, dtype)
-        stats.mean = slot_mean(net, buf, pieces + piece, l)
-        stats.var = stats.mean + net.var_base
+        merged_statistics(net, buf, mb, pieces, l, piece, &stats, dtype)
         fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
         sums = piece_sums(net, buf, piece, l)
         cbn_act_backward_sums(
@@ -1451,8 +1469,7 @@ cdef void backward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pi
     cdef const double* sums
     cdef floating* D = work + layer.delta + r0 * fan_out
     cdef floating* dgamma = share(net, buf, piece, layer.gamma, layer.share_rest, dtype)
-    cdef floating* unused = work + net.gtmp + piece * _round_up(2 * net.widest)
-    cdef double n_running
+    cdef floating* unused = piece_gtmp(net, buf, piece, dtype)
     cdef Panel panel
     cdef Statistics stats
     for j in range(fan_out):
@@ -1466,10 +1483,7 @@ cdef void backward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pi
         for j in range(fan_out):
             total_g[j] += sums[j]
             total_gz[j] += sums[net.stats_stride + j]
-    stats.epsilon = net.bn_epsilon
-    chunk_weights(net, buf, mb, 0, mb.m, &stats.weight_sum, &n_running, dtype)
-    stats.mean = slot_mean(net, buf, pieces + piece, l)
-    stats.var = stats.mean + net.var_base
+    merged_statistics(net, buf, mb, pieces, l, piece, &stats, dtype)
     fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
     cbn_act_backward_dz(D, D, work + layer.out + r0 * fan_out,
                         work + layer.z + r0 * fan_out, &panel, theta + layer.gamma,
