@@ -960,6 +960,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         when it is at least the batch size: a minibatch that a trailing single
         row joins is then one chunk too)."""
         vbs = self.virtual_batch_size
+        # partial_fit validates the parameters on its first call only, as
+        # scikit-learn's does: a later set_params lands here unchecked.
+        if vbs is not None and not (
+            isinstance(vbs, Integral) and not isinstance(vbs, bool) and vbs >= 2
+        ):
+            raise ValueError(
+                f"virtual_batch_size must be an int >= 2 or None, got {vbs!r}"
+            )
         return None if vbs is None or vbs >= batch_size else int(vbs)
 
     def _make_optimizer(self, n_params, dtype, incremental, total_steps=0):

@@ -2766,3 +2766,22 @@ def test_targets_too_large_for_float32_raise_a_clear_error():
     with pytest.raises(ValueError, match="y has values too large for float32"):
         est.fit(X.astype(np.float32), np.r_[1e39, y[1:]])
     fit_quietly(est, X, np.r_[1e39, y[1:]] / 1e39)  # float64: fine
+
+
+@pytest.mark.parametrize("virtual_batch_size", [1.5, 1, 2.5, True])
+def test_partial_fit_rejects_a_virtual_batch_size_set_after_the_first_call(
+    virtual_batch_size,
+):
+    # partial_fit validates the parameters on its first call only (as
+    # scikit-learn's does); a bad value set later still gets a ValueError that
+    # names it, and the model stays as it was.
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(60, 5), rng.randint(0, 2, 60)
+    est = MLPBNClassifier(hidden_layer_sizes=(4,), batch_size=20, random_state=0)
+    est.partial_fit(X, y, classes=np.unique(y))
+    before = pickle.dumps(est)
+    est.set_params(virtual_batch_size=virtual_batch_size)
+    with pytest.raises(ValueError, match=f"got {virtual_batch_size!r}"):
+        est.partial_fit(X, y)
+    est.set_params(virtual_batch_size=None)
+    assert pickle.dumps(est) == before
