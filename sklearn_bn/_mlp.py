@@ -534,6 +534,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         if sample_weight is not None:
             sample_weight = _checked_weights(sample_weight, X, dtype, weights_name)
+        targets = Y
+        Y = self._scaled_targets(Y, sample_weight, first_pass)
         raw_rows = None
         if self.input_preprocessing is not None and has_callbacks(self):
             # The callbacks get the raw rows, as the model's predict takes
@@ -542,7 +544,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             raw_X = (
                 raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
             )
-            raw_rows = {"X": raw_X, "rows": None}
+            raw_rows = {"X": raw_X, "rows": None, "Y": targets}
         X = self._handle_input(X, sample_weight, first_pass)
         if np.dtype(dtype).itemsize < X.dtype.itemsize:
             X = _in_dtype(X, dtype)  # a float32 model continued on float64 X
@@ -631,6 +633,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         the epochs' bookkeeping ``state``."""
         layout = engine.layout
         coefs, gammas, intercepts = layout.unpack(params.theta)
+        coefs, intercepts = self._rescaled_output_layer(
+            coefs, intercepts, to_network=False
+        )
         attributes = {
             "coefs_": coefs,
             "gammas_": gammas,
@@ -691,13 +696,27 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 + ". "
                 + _CONTINUED_NETWORK_HINT[incremental]
             )
+        coefs, intercepts = self._rescaled_output_layer(
+            self.coefs_, self.intercepts_, to_network=True
+        )
         return (
-            self.coefs_,
+            coefs,
             self.gammas_,
-            self.intercepts_,
+            intercepts,
             self.running_means_,
             self.running_vars_,
         )
+
+    def _scaled_targets(self, Y, sample_weight, first_pass):
+        """The targets the network trains on (the classifier's as they
+        are)."""
+        return Y
+
+    def _rescaled_output_layer(self, coefs, intercepts, to_network):
+        """The output layer in the units of the targets the network trains
+        on (``to_network``), from the fitted one, or back (the classifier's
+        as it is)."""
+        return coefs, intercepts
 
     def _early_stopping_on(self, n_samples, incremental):
         """Whether this fit holds out a validation set and stops on it:
@@ -848,6 +867,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ``bn_stats='population'``, their population statistics). The labels
         and that model are built only if a callback asks for them."""
         X_train, Y_train, sw_train = train
+        if raw_rows is not None:  # the targets before the regressor scaled them
+            Y_train = (
+                raw_rows["Y"]
+                if raw_rows["rows"] is None
+                else raw_rows["Y"][raw_rows["rows"]]
+            )
         # The labels, decoded on the first call only.
         y_train = functools.cache(lambda: self._decode_targets(Y_train))
 
@@ -901,9 +926,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     ):
         """``(X, Y, weights)`` to train on, and the held-out ``(X, y,
         weights)`` of early stopping (None without). ``raw_rows`` (None, or
-        ``{"X": the raw X, "rows": None}``) gets the training rows' indices in
-        its ``"rows"``: the callbacks' raw training rows with input
-        handling."""
+        ``{"X": the raw X, "rows": None, "Y": the unscaled targets}``) gets
+        the training rows' indices in its ``"rows"``: the callbacks' raw
+        training rows with input handling."""
         if not early_stopping:
             train, validation = (X, Y, sample_weight), None
         else:
@@ -1782,6 +1807,9 @@ _BN_STATS_DOC = """
         :meth:`recompute_bn_stats` after a stream.
 """
 
+# The regressor's target standardization (its fitted state).
+_TARGET_ATTRIBUTES = ("target_mean_", "target_scale_")
+
 _COMMON_ATTRIBUTES_DOC = """
     loss_ : float
         The loss of the last epoch (mean over its minibatches, weighted by
@@ -2386,6 +2414,21 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         + _COMMON_ATTRIBUTES_DOC
         + _INPUT_ATTRIBUTES_DOC
         + """
+    target_mean_ : ndarray of shape (`n_outputs_`,)
+        With ``input_preprocessing='auto'`` and ``loss='squared_error'``
+        only (as the next one): the mean of each target in the first
+        ``fit`` or ``partial_fit`` (weighted by ``sample_weight``, as repeat
+        counts; kept by continued fits, as the input handling is). float64.
+
+    target_scale_ : ndarray of shape (`n_outputs_`,)
+        The standard deviation of each target there (weighted the same
+        way), or 1 for a constant one. The network trains on ``(y -
+        target_mean_) / target_scale_``, and the fitted output layer
+        (``coefs_[-1]``, ``intercepts_[-1]``) is scaled back into the
+        target's units, so that it predicts ``y`` itself; ``loss_``,
+        ``loss_curve_`` and ``best_loss_`` are those of the standardized
+        target.
+
     See Also
     --------
     MLPBNClassifier : The classifier twin.
@@ -2395,12 +2438,15 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     -----"""
         + _NOTES_DOC
         + """
-    The input handling scales ``X``, never ``y``, and the output layer
-    starts at 0: standardize a regression target (for instance with
-    ``TransformedTargetRegressor(MLPBNRegressor(),
-    transformer=StandardScaler())``), and divide Poisson counts of a large
-    mean by a constant. With the default 40 epochs a raw target far from
-    unit scale is learned poorly (see the user guide's defaults).
+    With ``input_preprocessing='auto'`` the regressor also standardizes a
+    squared-error target (see ``target_mean_`` and ``target_scale_``), so
+    that a raw target far from unit scale trains as well as a standardized
+    one; the output layer is scaled back, and the predictions are in the
+    target's units. With ``input_preprocessing=None`` the target goes in as
+    it is (the output layer starts at 0, as scikit-learn's): standardize it
+    yourself (for instance with ``TransformedTargetRegressor(MLPBNRegressor(
+    input_preprocessing=None), transformer=StandardScaler())``). Poisson
+    targets are never scaled: divide counts of a large mean by a constant.
 
     References
     ----------"""
@@ -2414,7 +2460,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     ...                        random_state=0)
     >>> reg = MLPBNRegressor(hidden_layer_sizes=(32,), max_iter=300,
     ...                      learning_rate_init=0.01, random_state=0)
-    >>> reg.fit(X, y / y.std()).score(X, y / y.std()) > 0.9
+    >>> reg.fit(X, y).score(X, y) > 0.9
     True
     """
     )
@@ -2524,6 +2570,40 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 
     def _decode_output(self, y_pred):
         return y_pred.ravel() if y_pred.shape[1] == 1 else y_pred
+
+    def _scaled_targets(self, Y, sample_weight, first_pass):
+        """With the input handling and the squared error, each target
+        standardized: its weighted mean and standard deviation (repeat
+        counts, as the input handling's), learned on the first pass and
+        stored, then applied."""
+        if first_pass:
+            for name in _TARGET_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+            if self.input_preprocessing is None or self.loss != "squared_error":
+                return Y
+            Y64 = Y.astype(np.float64)
+            mean = np.average(Y64, axis=0, weights=sample_weight)
+            scale = np.sqrt(
+                np.average((Y64 - mean) ** 2, axis=0, weights=sample_weight)
+            )
+            # A constant target (to rounding) keeps its spread.
+            tiny = 10 * np.finfo(Y.dtype).eps * np.maximum(1.0, np.abs(mean))
+            scale[~(scale > tiny)] = 1.0
+            self.target_mean_, self.target_scale_ = mean, scale
+        if not hasattr(self, "target_mean_"):
+            return Y
+        return ((Y - self.target_mean_) / self.target_scale_).astype(Y.dtype)
+
+    def _rescaled_output_layer(self, coefs, intercepts, to_network):
+        if not hasattr(self, "target_mean_"):
+            return coefs, intercepts
+        mean, scale = self.target_mean_, self.target_scale_
+        if to_network:
+            W, b = coefs[-1] / scale, (intercepts[-1] - mean) / scale
+        else:
+            W, b = coefs[-1] * scale, intercepts[-1] * scale + mean
+        dtype = coefs[-1].dtype
+        return [*coefs[:-1], W.astype(dtype)], [*intercepts[:-1], b.astype(dtype)]
 
     @staticmethod
     def _score_function(y, y_pred, sample_weight=None):

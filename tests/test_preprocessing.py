@@ -1412,3 +1412,149 @@ def test_a_twin_built_for_frame_output_predicts_without_warnings(output):
         "categorical__c_a",
         "categorical__c_b",
     ]
+
+
+# ---------------------------------------------------------------------------
+# The regressor's target standardization
+
+
+def _raw_regression(n_outputs=1, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(120, 4)
+    Y = X @ rng.randn(4, n_outputs) + 0.1 * rng.randn(120, n_outputs)
+    return X, 1000.0 + 500.0 * Y  # far from unit scale
+
+
+def _quiet_regressor(**params):
+    params = {"hidden_layer_sizes": (8,), "max_iter": 5, "random_state": 0, **params}
+    return MLPBNRegressor(**params)
+
+
+def _fit_quietly(est, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_the_regressor_trains_on_the_standardized_target(dtype, n_outputs):
+    # The target is standardized with the fit's weighted mean and standard
+    # deviation, and the output layer scaled back: a raw target gives the
+    # model that its standardized copy gives, in the raw target's units.
+    X, Y = _raw_regression(n_outputs)
+    X = X.astype(dtype)
+    y = Y.ravel() if n_outputs == 1 else Y
+    sw = np.random.RandomState(1).randint(1, 4, size=X.shape[0]).astype(float)
+    raw = _fit_quietly(_quiet_regressor(), X, y, sample_weight=sw)
+    mean = np.average(Y, axis=0, weights=sw)
+    scale = np.sqrt(np.average((Y - mean) ** 2, axis=0, weights=sw))
+    assert raw.target_mean_.dtype == raw.target_scale_.dtype == np.float64
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    assert_allclose(raw.target_mean_, mean, rtol=rtol)
+    assert_allclose(raw.target_scale_, scale, rtol=rtol)
+    standardized = _fit_quietly(
+        _quiet_regressor(),
+        X,
+        (y - raw.target_mean_.squeeze()) / raw.target_scale_.squeeze(),
+        sample_weight=sw,
+    )
+    assert_allclose(
+        standardized.target_mean_, 0, atol=1e-6 if dtype == np.float32 else 1e-12
+    )
+    assert_allclose(standardized.target_scale_, 1, rtol=rtol)
+    expected = (
+        standardized.predict(X).reshape(len(X), -1) * raw.target_scale_
+        + raw.target_mean_
+    )
+    assert_allclose(
+        raw.predict(X).reshape(len(X), -1),
+        expected,
+        rtol=1e-4 if dtype == np.float32 else 1e-9,
+    )
+    assert raw.coefs_[-1].dtype == raw.intercepts_[-1].dtype == dtype
+    # The fitted output layer is in the target's units: the network's
+    # forward pass from the attributes predicts.
+    assert_allclose(
+        forward_from_attributes(raw, _preprocessing.InputHandling.of(raw).transform(X)),
+        raw.predict(X).reshape(len(X), -1),
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+    )
+
+
+def test_the_target_standardization_weighs_rows_as_repeat_counts():
+    X, y = _raw_regression()
+    y = y.ravel()
+    counts = np.random.RandomState(2).randint(0, 3, size=X.shape[0])
+    weighted = _fit_quietly(_quiet_regressor(), X, y, sample_weight=counts)
+    repeated = _fit_quietly(
+        _quiet_regressor(), np.repeat(X, counts, axis=0), np.repeat(y, counts)
+    )
+    assert_allclose(weighted.target_mean_, repeated.target_mean_, rtol=1e-12)
+    assert_allclose(weighted.target_scale_, repeated.target_scale_, rtol=1e-12)
+
+
+def test_a_constant_target_keeps_its_spread():
+    X, Y = _raw_regression(n_outputs=2)
+    Y[:, 1] = 7.5
+    est = _fit_quietly(_quiet_regressor(), X, Y)
+    assert_allclose(est.target_mean_, [Y[:, 0].mean(), 7.5])
+    assert est.target_scale_[1] == 1.0
+    assert np.isfinite(est.predict(X)).all()
+
+
+@pytest.mark.parametrize("params", [{"input_preprocessing": None}, {"loss": "poisson"}])
+def test_no_target_standardization_without_input_handling_or_for_poisson(params):
+    X, y = _raw_regression()
+    y = np.abs(y.ravel())
+    est = _fit_quietly(_quiet_regressor(**params), X, y)
+    assert not hasattr(est, "target_mean_") and not hasattr(est, "target_scale_")
+    # A refit with the input handling learns it; one without drops it.
+    est.set_params(input_preprocessing="auto", loss="squared_error")
+    assert hasattr(_fit_quietly(est, X, y), "target_mean_")
+    est.set_params(input_preprocessing=None)
+    assert not hasattr(_fit_quietly(est, X, y), "target_mean_")
+
+
+def test_continued_fits_keep_the_target_standardization():
+    X, y = _raw_regression()
+    y = y.ravel()
+    est = _quiet_regressor()
+    est.partial_fit(X[:60], y[:60])
+    mean, scale = est.target_mean_.copy(), est.target_scale_.copy()
+    assert_allclose(mean, y[:60].mean())
+    est.partial_fit(X[60:], y[60:] + 1e4)
+    assert_array_equal(est.target_mean_, mean)
+    assert_array_equal(est.target_scale_, scale)
+    warm = _fit_quietly(_quiet_regressor(warm_start=True), X, y)
+    mean = warm.target_mean_.copy()
+    _fit_quietly(warm, X, 2 * y)
+    assert_array_equal(warm.target_mean_, mean)
+    # A continued fit takes up the network where it was: with the weights'
+    # steps and the running statistics' updates at (about) 0, the
+    # predictions stay as they were.
+    frozen = _fit_quietly(_quiet_regressor(), X, y)
+    before = frozen.predict(X)
+    frozen.set_params(
+        warm_start=True,
+        learning_rate_init=1e-300,
+        learning_rate="constant",
+        alpha=0.0,
+        bn_momentum=0.0,
+        max_iter=1,
+    )
+    _fit_quietly(frozen, X, y)
+    assert_allclose(frozen.predict(X), before, rtol=1e-12)
+
+
+def test_a_raw_target_scores_as_its_standardized_copy():
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    params = {"random_state": 0, "max_iter": 20}
+    raw = _fit_quietly(MLPBNRegressor(**params), X, y)
+    standardized = _fit_quietly(MLPBNRegressor(**params), X, (y - y.mean()) / y.std())
+    assert raw.score(X, y) > 0.4
+    assert raw.score(X, y) == pytest.approx(
+        standardized.score(X, (y - y.mean()) / y.std()), abs=1e-9
+    )
