@@ -633,9 +633,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         the epochs' bookkeeping ``state``."""
         layout = engine.layout
         coefs, gammas, intercepts = layout.unpack(params.theta)
-        coefs, intercepts = self._rescaled_output_layer(
-            coefs, intercepts, to_network=False
-        )
+        coefs, intercepts, extra = self._output_layer_attributes(coefs, intercepts)
         attributes = {
             "coefs_": coefs,
             "gammas_": gammas,
@@ -657,6 +655,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             ),
             "best_validation_score_": state.best_validation_score,
             "_n_batches_tracked": params.n_batches_tracked,
+            **extra,
         }
         for name in self._FITTED_ARRAYS:
             for array in attributes[name]:
@@ -717,6 +716,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         on (``to_network``), from the fitted one, or back (the classifier's
         as it is)."""
         return coefs, intercepts
+
+    def _output_layer_attributes(self, coefs, intercepts):
+        """The fitted ``coefs`` and ``intercepts`` from the network's, and
+        the private attributes that go with them."""
+        return coefs, intercepts, {}
 
     def _early_stopping_on(self, n_samples, incremental):
         """Whether this fit holds out a validation set and stops on it:
@@ -1359,7 +1363,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         -------
         mlp : MLPClassifier, MLPRegressor or Pipeline
             Fitted, with ``coefs_`` and ``intercepts_`` the folded weights;
-            with input handling, a Pipeline ending in that MLP.
+            with input handling, a Pipeline ending in that MLP. A regressor
+            that standardized its target (``target_scale_``) gives its
+            losses, those of the standardized target, with ``best_loss_``
+            set to ``inf``: the twin's warm start compares its own losses,
+            in the target's units, from afresh.
         """
         check_is_fitted(self)
         handling = _preprocessing.InputHandling.of(self)
@@ -1398,6 +1406,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 setattr(mlp, name, value)
         # Private state scikit-learn's partial_fit and warm start read.
         mlp._no_improvement_count = getattr(self, "_no_improvement_count", 0)
+        if hasattr(self, "target_mean_") and mlp.best_loss_ is not None:
+            # The losses are the standardized target's, the twin's the
+            # target's own: its warm start compares its own from afresh.
+            mlp.best_loss_, mlp._no_improvement_count = np.inf, 0
         mlp._best_coefs = [c.copy() for c in mlp.coefs_]
         mlp._best_intercepts = [b.copy() for b in mlp.intercepts_]
         self._copy_sklearn_extras(mlp)
@@ -1809,6 +1821,24 @@ _BN_STATS_DOC = """
 
 # The regressor's target standardization (its fitted state).
 _TARGET_ATTRIBUTES = ("target_mean_", "target_scale_")
+
+
+def _target_statistics(Y, sample_weight):
+    """Each column's weighted mean and standard deviation (float64), the
+    deviation 1 for a column constant to ``Y``'s rounding."""
+    Y64 = Y.astype(np.float64)
+    # Divided by each column's largest magnitude first: a spread beyond the
+    # square root of the largest float does not overflow its square.
+    peak = np.max(np.abs(Y64), axis=0)
+    peak[peak == 0] = 1.0
+    Z = Y64 / peak
+    mean = np.average(Z, axis=0, weights=sample_weight)
+    scale = np.sqrt(np.average((Z - mean) ** 2, axis=0, weights=sample_weight))
+    constant = ~(scale > 10 * np.finfo(Y.dtype).eps * np.abs(mean))
+    mean, scale = mean * peak, scale * peak
+    scale[constant] = 1.0
+    return mean, scale
+
 
 _COMMON_ATTRIBUTES_DOC = """
     loss_ : float
@@ -2418,7 +2448,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         With ``input_preprocessing='auto'`` and ``loss='squared_error'``
         only (as the next one): the mean of each target in the first
         ``fit`` or ``partial_fit`` (weighted by ``sample_weight``, as repeat
-        counts; kept by continued fits, as the input handling is). float64.
+        counts; kept by continued fits, as the input handling is, so that a
+        stream whose first batch holds a single value of a target only
+        centres it). float64.
 
     target_scale_ : ndarray of shape (`n_outputs_`,)
         The standard deviation of each target there (weighted the same
@@ -2577,21 +2609,13 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         counts, as the input handling's), learned on the first pass and
         stored, then applied."""
         if first_pass:
-            for name in _TARGET_ATTRIBUTES:
+            for name in _TARGET_ATTRIBUTES + ("_target_output_layer",):
                 self.__dict__.pop(name, None)
             if self.input_preprocessing is None or self.loss != "squared_error":
                 return Y
-            Y64 = Y.astype(np.float64)
-            mean = np.average(Y64, axis=0, weights=sample_weight)
-            scale = np.sqrt(
-                np.average((Y64 - mean) ** 2, axis=0, weights=sample_weight)
-            )
-            # A constant target (to rounding) keeps its spread.
-            tiny = 10 * np.finfo(Y.dtype).eps * np.maximum(1.0, np.abs(mean))
-            scale[~(scale > tiny)] = 1.0
-            self.target_mean_, self.target_scale_ = mean, scale
-        if not hasattr(self, "target_mean_"):
-            return Y
+            self.target_mean_, self.target_scale_ = _target_statistics(Y, sample_weight)
+        if not hasattr(self, "target_mean_") or Y.shape[1] != len(self.target_mean_):
+            return Y  # another number of outputs: the network's shape refuses it
         return ((Y - self.target_mean_) / self.target_scale_).astype(Y.dtype)
 
     def _rescaled_output_layer(self, coefs, intercepts, to_network):
@@ -2599,11 +2623,40 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             return coefs, intercepts
         mean, scale = self.target_mean_, self.target_scale_
         if to_network:
+            # The network's own output layer, as the last fit left it (a
+            # float32 layer scaled back and forth would lose the steps
+            # smaller than its rounding), unless it was replaced since.
+            kept = getattr(self, "_target_output_layer", None)
+            if (
+                kept is not None
+                and np.array_equal(kept[0], coefs[-1])
+                and np.array_equal(kept[1], intercepts[-1])
+            ):
+                return [*coefs[:-1], kept[2]], [*intercepts[:-1], kept[3]]
             W, b = coefs[-1] / scale, (intercepts[-1] - mean) / scale
         else:
             W, b = coefs[-1] * scale, intercepts[-1] * scale + mean
         dtype = coefs[-1].dtype
         return [*coefs[:-1], W.astype(dtype)], [*intercepts[:-1], b.astype(dtype)]
+
+    def _output_layer_attributes(self, coefs, intercepts):
+        fitted_coefs, fitted_intercepts = self._rescaled_output_layer(
+            coefs, intercepts, to_network=False
+        )
+        if not hasattr(self, "target_mean_"):
+            return fitted_coefs, fitted_intercepts, {}
+        kept = tuple(
+            np.array(a)
+            for a in (
+                fitted_coefs[-1],
+                fitted_intercepts[-1],
+                coefs[-1],
+                intercepts[-1],
+            )
+        )
+        for array in kept:
+            array.setflags(write=False)
+        return fitted_coefs, fitted_intercepts, {"_target_output_layer": kept}
 
     @staticmethod
     def _score_function(y, y_pred, sample_weight=None):

@@ -1558,3 +1558,72 @@ def test_a_raw_target_scores_as_its_standardized_copy():
     assert raw.score(X, y) == pytest.approx(
         standardized.score(X, (y - y.mean()) / y.std()), abs=1e-9
     )
+
+
+def test_a_continued_fit_with_other_outputs_is_refused():
+    X, Y = _raw_regression(n_outputs=2)
+    est = _fit_quietly(_quiet_regressor(), X, Y)
+    before = pickle.dumps(est)
+    for y in (Y[:, 0], np.c_[Y, Y[:, :1]]):
+        with pytest.raises(ValueError, match="output units"):
+            est.partial_fit(X, y)
+    est.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="output units"):
+        est.fit(X, Y[:, 0])
+    est.set_params(warm_start=False)
+    assert pickle.dumps(est) == before
+
+
+def test_a_float32_stream_far_from_zero_trains_as_one_near_zero():
+    # The network's own output layer is kept between calls: scaled into the
+    # target's units and back in float32, its intercept would lose every
+    # step smaller than the rounding of a mean of 1e5.
+    rng = np.random.RandomState(0)
+    X = rng.randn(1200, 3).astype(np.float32)
+    s = np.round((X[:, 0] + 0.5 * X[:, 1]) * 64) / 64  # exact near 1e5 too
+    near, far = s.astype(np.float32), (1e5 + s).astype(np.float32)
+    assert_array_equal(far.astype(np.float64) - 1e5, near)
+    streams = []
+    for y in (near, far):
+        est = _quiet_regressor(hidden_layer_sizes=(16,), batch_size=200, shuffle=False)
+        for i in range(0, len(X), 200):
+            est.partial_fit(X[i : i + 200], y[i : i + 200])
+        streams.append(est)
+    near_est, far_est = streams
+    assert_allclose(far_est.target_scale_, near_est.target_scale_, rtol=1e-9)
+    for a, b in zip(near_est.coefs_[:-1], far_est.coefs_[:-1]):
+        assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert_allclose(far_est.predict(X) - 1e5, near_est.predict(X), rtol=1e-3, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype, spread", [(np.float64, 1e-30), (np.float32, 1e-7)])
+def test_a_target_of_tiny_spread_is_standardized(dtype, spread):
+    X, y = _raw_regression()
+    y = (y.ravel() - y.mean()) / y.std()
+    est = _fit_quietly(_quiet_regressor(), X.astype(dtype), (spread * y).astype(dtype))
+    assert_allclose(est.target_scale_, spread, rtol=1e-5)
+
+
+def test_a_target_of_huge_spread_is_standardized_without_overflow():
+    X, y = _raw_regression()
+    y = (y.ravel() - y.mean()) / y.std() * 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow inside
+        est = _fit_quietly(_quiet_regressor(), X, y)
+    assert_allclose(est.target_scale_, 1e300, rtol=1e-9)
+    assert np.isfinite(est.predict(X)).all()
+
+
+def test_the_sklearn_twin_of_a_standardized_target_warm_starts_afresh():
+    # The model's losses are the standardized target's; the twin's warm
+    # start compares its own, in the target's units, from afresh.
+    X, y = _raw_regression()
+    est = _fit_quietly(_quiet_regressor(max_iter=20), X, y.ravel())
+    twin = est.to_sklearn()
+    mlp = twin[-1]
+    assert mlp.best_loss_ == np.inf and mlp._no_improvement_count == 0
+    mlp.set_params(warm_start=True, max_iter=12, n_iter_no_change=3, tol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        twin.fit(X, y.ravel())
+    assert mlp.n_iter_ == 12  # not stopped after n_iter_no_change epochs
