@@ -534,8 +534,6 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         if sample_weight is not None:
             sample_weight = _checked_weights(sample_weight, X, dtype, weights_name)
-        targets = Y
-        Y = self._scaled_targets(Y, sample_weight, first_pass)
         raw_rows = None
         if self.input_preprocessing is not None and has_callbacks(self):
             # The callbacks get the raw rows, as the model's predict takes
@@ -544,7 +542,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             raw_X = (
                 raw_X if hasattr(raw_X, "shape") else np.asarray(raw_X, dtype=object)
             )
-            raw_rows = {"X": raw_X, "rows": None, "Y": targets}
+            raw_rows = {"X": raw_X, "rows": None, "Y": Y}
         X = self._handle_input(X, sample_weight, first_pass)
         if np.dtype(dtype).itemsize < X.dtype.itemsize:
             X = _in_dtype(X, dtype)  # a float32 model continued on float64 X
@@ -567,6 +565,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     f"is {out_activation!r}. " + _CONTINUED_NETWORK_HINT[incremental]
                 )
             state = self._continued_state(early_stopping)
+        Y = self._scaled_targets(Y, sample_weight, first_pass)
 
         # fit is the root task, with one subtask per epoch; partial_fit is
         # one task (see _callbacks).
@@ -695,9 +694,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 + ". "
                 + _CONTINUED_NETWORK_HINT[incremental]
             )
-        coefs, intercepts = self._rescaled_output_layer(
-            self.coefs_, self.intercepts_, to_network=True
-        )
+        coefs, intercepts = self._network_output_layer(self.coefs_, self.intercepts_)
         return (
             coefs,
             self.gammas_,
@@ -711,10 +708,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         are)."""
         return Y
 
-    def _rescaled_output_layer(self, coefs, intercepts, to_network):
+    def _network_output_layer(self, coefs, intercepts):
         """The output layer in the units of the targets the network trains
-        on (``to_network``), from the fitted one, or back (the classifier's
-        as it is)."""
+        on, from the fitted one (the classifier's as it is)."""
         return coefs, intercepts
 
     def _output_layer_attributes(self, coefs, intercepts):
@@ -2614,49 +2610,44 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             if self.input_preprocessing is None or self.loss != "squared_error":
                 return Y
             self.target_mean_, self.target_scale_ = _target_statistics(Y, sample_weight)
-        if not hasattr(self, "target_mean_") or Y.shape[1] != len(self.target_mean_):
-            return Y  # another number of outputs: the network's shape refuses it
+        if not hasattr(self, "target_mean_"):
+            return Y
         return ((Y - self.target_mean_) / self.target_scale_).astype(Y.dtype)
 
-    def _rescaled_output_layer(self, coefs, intercepts, to_network):
+    def _network_output_layer(self, coefs, intercepts):
         if not hasattr(self, "target_mean_"):
             return coefs, intercepts
-        mean, scale = self.target_mean_, self.target_scale_
-        if to_network:
-            # The network's own output layer, as the last fit left it (a
-            # float32 layer scaled back and forth would lose the steps
-            # smaller than its rounding), unless it was replaced since.
-            kept = getattr(self, "_target_output_layer", None)
-            if (
-                kept is not None
-                and np.array_equal(kept[0], coefs[-1])
-                and np.array_equal(kept[1], intercepts[-1])
-            ):
-                return [*coefs[:-1], kept[2]], [*intercepts[:-1], kept[3]]
-            W, b = coefs[-1] / scale, (intercepts[-1] - mean) / scale
+        # The network's own output layer, as the last fit left it (a float32
+        # layer scaled back and forth would lose the steps smaller than its
+        # rounding), unless it was replaced since.
+        kept = getattr(self, "_target_output_layer", None)
+        if (
+            kept is not None
+            and np.array_equal(kept[0], coefs[-1])
+            and np.array_equal(kept[1], intercepts[-1])
+        ):
+            W, b = kept[2], kept[3]
         else:
-            W, b = coefs[-1] * scale, intercepts[-1] * scale + mean
+            W = coefs[-1] / self.target_scale_
+            b = (intercepts[-1] - self.target_mean_) / self.target_scale_
         dtype = coefs[-1].dtype
         return [*coefs[:-1], W.astype(dtype)], [*intercepts[:-1], b.astype(dtype)]
 
     def _output_layer_attributes(self, coefs, intercepts):
-        fitted_coefs, fitted_intercepts = self._rescaled_output_layer(
-            coefs, intercepts, to_network=False
-        )
         if not hasattr(self, "target_mean_"):
-            return fitted_coefs, fitted_intercepts, {}
-        kept = tuple(
-            np.array(a)
-            for a in (
-                fitted_coefs[-1],
-                fitted_intercepts[-1],
-                coefs[-1],
-                intercepts[-1],
-            )
-        )
+            return coefs, intercepts, {}
+        # Fresh arrays (the layout's copies, the products): the published
+        # layer and the network's own are kept side by side.
+        W = (coefs[-1] * self.target_scale_).astype(coefs[-1].dtype)
+        b = (intercepts[-1] * self.target_scale_ + self.target_mean_).astype(W.dtype)
+        kept = (W, b, coefs[-1], intercepts[-1])
         for array in kept:
             array.setflags(write=False)
-        return fitted_coefs, fitted_intercepts, {"_target_output_layer": kept}
+        return (
+            [*coefs[:-1], W],
+            [*intercepts[:-1], b],
+            {"_target_output_layer": kept},
+        )
 
     @staticmethod
     def _score_function(y, y_pred, sample_weight=None):
