@@ -36,6 +36,7 @@ The fitted state lives in the estimator's public attributes (see
 """
 
 import datetime
+import numbers
 import sys
 
 import numpy as np
@@ -324,7 +325,9 @@ def read(
             columns = _read_array(X, mask)
     except _NonNumericColumns as error:
         if fitted_mask is None:
-            raise
+            # A plain ValueError, as scikit-learn raises: the private class
+            # would show in the user's traceback.
+            raise ValueError(*error.args) from None
         # The fitted model's columns are fixed: no marking can help now.
         which = (
             "Some columns"
@@ -824,26 +827,35 @@ def _is_categorical_array(values):
 def _sorted_categories(values, with_nan):
     """Categories as OneHotEncoder keeps them: float64 when all are numbers
     (booleans as 0 and 1, as scikit-learn reads a boolean category column),
-    else object; sorted by value (by kind and text when they do not compare),
-    NaN last. Integers that float64 cannot hold exactly (beyond 2**53, such
-    as hashed IDs) stay objects: as floats, distinct ones would merge."""
+    else object; sorted by value (when they do not compare, as numbers and
+    strings in one column: the numbers by value, then the rest by kind and
+    text), NaN last. Integers that float64 cannot hold exactly (beyond 2**53,
+    such as hashed IDs) stay objects: as floats, distinct ones would merge."""
     values = list(values)
-    numbers = all(
+    all_numbers = all(
         isinstance(v, (bool, int, float, np.number)) and not _beyond_float64(v)
         for v in values
     )
-    if numbers:
+    if all_numbers:
         out = np.sort(np.asarray(values, dtype=np.float64))
         return np.append(out, np.nan) if with_nan else out
     try:
         values = sorted(values)
     except TypeError:
-        values = sorted(values, key=lambda v: (type(v).__name__, str(v)))
+        values = sorted(values, key=_mixed_sort_key)
     out = np.empty(len(values) + with_nan, dtype=object)
     out[: len(values)] = values
     if with_nan:
         out[-1] = np.nan
     return out
+
+
+def _mixed_sort_key(value):
+    """Orders values that do not compare among themselves: numbers first,
+    by value, then the others by kind and text."""
+    if isinstance(value, (bool, np.bool_, numbers.Real)):
+        return (0, "", value)
+    return (1, type(value).__name__, str(value))
 
 
 # Integers up to this size are exact in float64.

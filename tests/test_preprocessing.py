@@ -762,8 +762,9 @@ def test_string_columns_not_marked_say_how_to_mark_them():
     strings = frame.assign(color=frame["color"].astype(str))
     with pytest.raises(
         ValueError, match=r"'color'.*astype\(\"category\"\).*categorical_features"
-    ):
+    ) as error:
         MLPBNClassifier().fit(strings, y)
+    assert type(error.value) is ValueError  # no private class in the traceback
     with pytest.raises(ValueError, match="input_preprocessing='auto'"):
         MLPBNClassifier(input_preprocessing=None, categorical_features=["color"]).fit(
             frame, y
@@ -1091,6 +1092,17 @@ def test_boolean_categories_are_numbers_and_export():
         assert_allclose(
             est.to_sklearn().predict_proba(frame), est.predict_proba(frame), atol=1e-12
         )
+
+
+def test_mixed_categories_put_numbers_first_by_value():
+    pd = pytest.importorskip("pandas")
+    values = ["b", 1, 2.5, 3, 0.5, None, "a", np.float32(1.5)]
+    X = pd.DataFrame({"m": pd.Series(values * 20, dtype=object)})
+    y = np.arange(len(X)) % 2
+    est = fit_quietly(MLPBNClassifier(max_iter=1, categorical_features=["m"]), X, y)
+    categories = est.input_categories_[0].tolist()
+    assert categories[:-1] == [0.5, 1, 1.5, 2.5, 3, "a", "b"]
+    assert np.isnan(categories[-1])
 
 
 def test_integer_categories_beyond_float64_stay_distinct():
