@@ -464,6 +464,13 @@ class _TeamPace:
     try ends without taking over, and starts again when the fastest way
     changes.
 
+    A process's first ``WARMUP_SECONDS`` of calls (of any network) are not
+    measured: they run the first way, the free team, slower than it will
+    run (on the large network of ``bench_contention.py``, quiet, its first
+    two to four calls took 4.3-9.8 µs a row against 3.3-3.5 from then on;
+    the pinned way's are slow too when it runs first), and a free team
+    measured then lost to the pinned way for the process's next fits.
+
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
     thread's speed; kept to their own CPUs and sleeping as they wait, they
@@ -489,15 +496,21 @@ class _TeamPace:
     UNBUDGETED_RUNS = 2
     MAX_SLOWDOWN = 0.5
     SWITCH_MARGIN = 0.05
+    WARMUP_SECONDS = 0.1
 
-    def __init__(self):
+    def __init__(self, warmup_seconds=None):
         self._lock = threading.Lock()
         # (network, team threads, pinnable) -> _PaceState
         self._networks = {}
+        # seconds of calls still to run before any is measured
+        self._unmeasured = (
+            self.WARMUP_SECONDS if warmup_seconds is None else warmup_seconds
+        )
 
     def _after_fork_in_child(self):
         # A thread of the parent may have held the lock at the fork: the
-        # child's copy would stay locked. The measures were the parent's.
+        # child's copy would stay locked. The measures were the parent's, and
+        # the child's threads warm up afresh.
         self.__init__()
 
     @staticmethod
@@ -585,6 +598,9 @@ class _TeamPace:
         key = (network, team_threads, pinnable)
         ended = now + seconds
         with self._lock:
+            if self._unmeasured > 0:
+                self._unmeasured -= seconds
+                return
             state = self._networks.pop(key, None) or _PaceState({}, self.PROBE_SECONDS)
             run_seconds, run_measured = state.run_seconds, state.run_measured
             if choice != state.last:

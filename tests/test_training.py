@@ -1577,7 +1577,7 @@ def runs_of(calls):
 
 
 def test_team_pace_measures_each_way_once_it_settles():
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     assert pace.choose(NET, 1, 0.0, True) == ONE  # a team of one has no choice
     # Each way runs a try in turn (its stints measured once it has run
     # its settle_seconds, then TRY_MEASURED of them), then the fastest stays.
@@ -1605,7 +1605,7 @@ def test_team_pace_measures_each_way_once_it_settles():
 
 
 def test_team_pace_switches_when_the_way_in_use_slows_down():
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     calls, t = paced_calls(pace, 0.0, 0.4, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
     assert calls[-1][1] == TEAM
     calls, t = paced_calls(pace, t, t + 0.2, {TEAM: 0.030, PINNED: 0.012, ONE: 0.015})
@@ -1617,7 +1617,7 @@ def test_team_pace_switches_when_the_way_in_use_slows_down():
 
 
 def test_team_pace_keeps_its_way_through_one_slow_call():
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
     _, t = paced_calls(pace, 0.0, 0.4, seconds)
     pace.record(NET, 2, TEAM, 0.050, 100, t, True)  # one call the machine slowed
@@ -1631,7 +1631,7 @@ def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
     # Calls 0.3 s apart (a partial_fit loop with other work between them),
     # the other ways tried now and then: the way in use keeps its recent
     # stints' median through one slow one.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     seconds = {TEAM: 0.010, PINNED: 0.012, ONE: 0.015}
     calls, t = paced_calls(pace, 0.0, 60.0, seconds, step=0.3)
     assert {PINNED, ONE} <= {way for _, way in calls[20:]}  # tries
@@ -1645,7 +1645,7 @@ def test_team_pace_keeps_its_way_through_one_slow_call_of_calls_far_apart():
 def test_team_pace_switches_only_for_a_clear_gain():
     # A way measured 3% faster than the one in use does not take over; 20%
     # faster does (SWITCH_MARGIN = 5%).
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     calls, t = paced_calls(pace, 0.0, 0.4, {TEAM: 0.010, PINNED: 0.012, ONE: 0.015})
     assert calls[-1][1] == TEAM
     calls, t = paced_calls(pace, t, t + 3.0, {TEAM: 0.010, PINNED: 0.0097, ONE: 0.015})
@@ -1660,7 +1660,7 @@ def test_team_pace_finds_the_fastest_way_through_noise():
     # 10% slower, each stint's time off by a lognormal factor (sigma 0.1):
     # most calls run pinned.
     rng = np.random.default_rng(0)
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     calls, _ = paced_calls(
         pace,
         0.0,
@@ -1675,7 +1675,7 @@ def test_team_pace_finds_the_fastest_way_through_noise():
 def test_team_pace_drops_a_stint_left_unfinished():
     # Calls of 1 ms, one every 0.3 s (a gap longer than GAP_SECONDS): no
     # stint is ever finished, so nothing is measured and the way stays.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     calls, _ = paced_calls(
         pace, 0.0, 10.0, {TEAM: 0.001, PINNED: 0.0005, ONE: 0.001}, step=0.3
     )
@@ -1724,7 +1724,7 @@ def test_team_pace_tries_the_slower_ways_less_often_while_they_stay_slower():
     # A busy neighbour: both team ways 10% slower (their tries cheap). Each
     # try that does not take over doubles the network's interval, up to 4 s:
     # each way's tries thin out to one every 4 s or so.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     calls, t = paced_calls(pace, 0.0, 40.0, {TEAM: 0.011, PINNED: 0.011, ONE: 0.01})
     for tried in (TEAM, PINNED):
         starts, at = [], 0
@@ -1748,7 +1748,7 @@ def test_team_pace_tries_a_far_slower_way_after_more_training():
     # tried again once its interval has passed and the try (settling and
     # TRY_MEASURED stints at its slowdown, at most MAX_SLOWDOWN) costs at
     # most TRY_BUDGET of the time trained since its last measure.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     seconds = {TEAM: 0.09, PINNED: 0.042, ONE: 0.03}
     calls, _ = paced_calls(pace, 0.0, 600.0, seconds, step=0.1)
     for way, slower in ((TEAM, 2.0), (PINNED, 0.4)):
@@ -1771,7 +1771,7 @@ def test_team_pace_times_short_calls_together():
     # The calls of a small network's epochs (1-2 ms each here) are timed in
     # stints of at least MIN_SECONDS: a way changes only between stints,
     # and the fastest one is found.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     seconds = {TEAM: 0.0011, PINNED: 0.0016, ONE: 0.0013}
     per_stint = {way: int(np.ceil(pace.MIN_SECONDS / t)) for way, t in seconds.items()}
     assert per_stint == {TEAM: 4, PINNED: 3, ONE: 4}
@@ -1786,7 +1786,7 @@ def test_team_pace_tries_a_way_again_soon_after_its_first_measure():
     # A network's first measures often come as its process starts (threads
     # created, a core waking): until a way has run UNBUDGETED_RUNS times, it
     # is tried again once the interval has passed, whatever the try costs.
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     _, t = paced_calls(pace, 0.0, 0.3, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
     assert pace.choose(NET, 2, t, True) == ONE
     calls, t = paced_calls(pace, t, t + 1.0, {TEAM: 0.008, PINNED: 0.03, ONE: 0.01})
@@ -1799,8 +1799,30 @@ def test_team_pace_tries_a_way_again_soon_after_its_first_measure():
     assert runs[TEAM] >= 2 and runs[PINNED] == 2
 
 
-def test_team_pace_measures_each_team_size_on_its_own():
+def test_team_pace_does_not_measure_the_process_warming_up():
+    # The process's first calls run slower, whichever way runs them: the
+    # first WARMUP_SECONDS of calls (of any network) are not measured, so a
+    # free team that warms up does not lose to the pinned way for good.
     pace = _threads._TeamPace()
+    assert pace.WARMUP_SECONDS > 0
+    warming = {TEAM: 0.05, PINNED: 0.012, ONE: 0.015}
+    calls, t = paced_calls(pace, 0.0, pace.WARMUP_SECONDS - 1e-6, warming)
+    assert {way for _, way in calls} == {TEAM}  # the first way, unmeasured
+    assert pace._networks == {}
+    pace.record(OTHER_NET, 2, TEAM, 0.05, 100, t, True)  # any network's calls
+    calls, _ = paced_calls(pace, t + 0.05, t + 1.0, {**warming, TEAM: 0.010})
+    assert [way for way, _ in runs_of(calls)] == [TEAM, PINNED, ONE, TEAM]
+    assert pace._networks[NET, 2, True].best == TEAM
+    # Measured while warming up, the free team loses to the pinned way.
+    cold = _threads._TeamPace(warmup_seconds=0.0)
+    _, t = paced_calls(cold, 0.0, 0.3, warming)
+    calls, _ = paced_calls(cold, t, t + 0.4, {**warming, TEAM: 0.010})
+    assert cold._networks[NET, 2, True].best == PINNED
+    assert TEAM not in {way for _, way in calls}
+
+
+def test_team_pace_measures_each_team_size_on_its_own():
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     _, t = paced_calls(pace, 0.0, 0.3, {TEAM: 0.03, PINNED: 0.03, ONE: 0.01})
     four = _threads.TeamChoice(4)
     assert pace.choose(NET, 4, t, True) == four  # a team of 4 on its own
@@ -1808,7 +1830,7 @@ def test_team_pace_measures_each_team_size_on_its_own():
 
 
 def test_team_pace_tries_again_soon_when_the_fastest_way_changes():
-    pace = _threads._TeamPace()
+    pace = _threads._TeamPace(warmup_seconds=0.0)
     slow_team = {TEAM: 0.011, PINNED: 0.011, ONE: 0.01}
     _, t = paced_calls(pace, 0.0, 20.0, slow_team)  # tries back off to 4 s
     assert pace._networks[NET, 2, True].interval == pace.MAX_PROBE_SECONDS
