@@ -238,7 +238,9 @@ class _BlasOwner:
                 self._restore_pending()
 
     def original_limit(self):
-        """The lowest limit of the loaded BLAS libraries, as the user set it."""
+        """The lowest limit of the loaded BLAS libraries, as the user set it;
+        1 when threadpoolctl knows none of them (Apple's Accelerate), whose
+        threads the package could not hold at one beside its team."""
         with self._lock:
             self._restore_pending()
             if self._users:

@@ -260,6 +260,17 @@ def test_a_team_of_one_runs_blas_on_one_thread():
         assert blas_limits() == before
 
 
+def test_a_blas_threadpoolctl_cannot_see_trains_on_one_thread(monkeypatch):
+    # Apple's Accelerate (scipy's wheels for macOS 14 and later) is not a
+    # library threadpoolctl knows: the user's limit cannot be read, nor its
+    # threads held at one while a team runs, so the engine takes one thread.
+    monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
+    assert _threads._BLAS_OWNER.original_limit() == 1
+    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
+    with _threads.training_threads(big) as team:
+        assert team == (1, 1)
+
+
 def test_teams_running_at_once_share_the_cores(monkeypatch):
     monkeypatch.setattr(_threads, "max_threads", lambda: 2)
     teams = _threads._TEAMS
