@@ -12,8 +12,9 @@ here and passed down explicitly:
 The package may use as many threads as its OpenMP runtime allows
 (``OMP_NUM_THREADS``, threadpoolctl's ``openmp`` limits of the calling
 thread) and as the process may run on (its CPU affinity and its cgroup CPU
-quota, which :func:`joblib.cpu_count` reads); the engine also stays within
-BLAS's threadpoolctl limit, since its threads stand in for BLAS's. Work too
+quota, which :func:`joblib.cpu_count` reads); the engine and the
+prediction also stay within BLAS's threadpoolctl limit, since their threads
+stand in for BLAS's. Work too
 small to pay for a team runs on the calling thread. Teams running at the
 same time in several Python threads share the cores: a new team gets the
 cores that the running ones leave, and at least one.
@@ -87,19 +88,14 @@ class TeamSize(NamedTuple):
 
 class _ProcessState:
     """What this process knows of itself: whether it has run an OpenMP team,
-    whether it was forked from one that had, and its usable cores (cached
-    with the CPU affinity they were counted under: reading the cgroup quota
-    takes tens of microseconds, the affinity a fraction of one)."""
+    and whether it was forked from one that had."""
 
     ran_team = False
     team_unsafe = False
-    cpu_count = None
-    affinity = None
 
 
 def _after_fork_in_child():
     _ProcessState.team_unsafe = _ProcessState.team_unsafe or _ProcessState.ran_team
-    _ProcessState.cpu_count = None
     _BLAS_OWNER._after_fork_in_child()
     _TEAMS._after_fork_in_child()
     TEAM_PACE._after_fork_in_child()
@@ -120,15 +116,13 @@ def _cpu_affinity():
 
 
 def usable_cores():
-    """The cores this process may run on: its CPU affinity and its cgroup
-    CPU quota (``joblib.cpu_count()``), counted again when the affinity
-    changes (``os.sched_setaffinity`` between two fits)."""
-    affinity = _cpu_affinity()
-    count = _ProcessState.cpu_count
-    if count is None or affinity != _ProcessState.affinity:
-        count = max(1, int(joblib.cpu_count()))
-        _ProcessState.cpu_count, _ProcessState.affinity = count, affinity
-    return count
+    """The cores this process may run on now: its CPU affinity and its
+    cgroup CPU quota, as ``joblib.cpu_count()`` reads them. That takes
+    about 30 microseconds, so it is read once per call that may start a
+    team (a fit, a prediction, a kernel of more than one block), whose work
+    takes milliseconds; an affinity or a quota changed between two calls
+    counts at the next one."""
+    return max(1, int(joblib.cpu_count()))
 
 
 def engine_threads():
@@ -156,6 +150,8 @@ def kernel_threads(n_rows, n_cols):
     """
     block_rows = max(1, ELEMENTS_PER_BLOCK // max(n_cols, 1))
     n_blocks = -(-n_rows // block_rows) if n_rows else 1
+    if n_blocks == 1:
+        return block_rows, 1
     return block_rows, _mark_team_started(max(1, min(max_threads(), n_blocks)))
 
 
@@ -700,8 +696,9 @@ def training_threads(multiply_adds):
         _BLAS_OWNER.restore_after_fork()
         yield TeamSize(pieces=1, threads=1)
         return
-    pieces = max(1, min(_BLAS_OWNER.original_limit(), engine_threads(), MAX_PIECES))
-    with _team_and_one_blas_thread(pieces, engine_threads()) as (n_threads, limited):
+    cores = engine_threads()
+    pieces = max(1, min(_BLAS_OWNER.original_limit(), cores, MAX_PIECES))
+    with _team_and_one_blas_thread(pieces, cores) as (n_threads, limited):
         # Another thread of the user's holds OpenBLAS at several threads:
         # BLAS's own threads then do the work, as the user asked.
         yield TeamSize(pieces=pieces, threads=n_threads if limited else 1)
@@ -718,7 +715,8 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
     prediction whenever its products are large enough for it to start its own
     threads, which would keep spinning into whatever the user runs next (a
     fit after a ``score`` is the usual case); the package's team takes the
-    blocks in turn instead, when there is enough work for it.
+    blocks in turn instead, when there is enough work for it, on at most as
+    many threads as BLAS's limit allows (they stand in for BLAS's).
     """
     block_rows = min(max_block_rows, max(128, -(-n_rows // 8)))
     work = n_rows * multiply_adds_per_row
@@ -727,8 +725,12 @@ def prediction_threads(n_rows, multiply_adds_per_row, max_block_rows):
         yield 1, block_rows
         return
     n_blocks = -(-n_rows // block_rows)
+    cores = max_threads()
     wanted = min(
-        max_threads(), n_blocks, work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD
+        cores,
+        _BLAS_OWNER.original_limit(),
+        n_blocks,
+        work // MIN_MULTIPLY_ADDS_PER_PREDICTION_THREAD,
     )
-    with _team_and_one_blas_thread(max(1, wanted)) as (n_threads, limited):
+    with _team_and_one_blas_thread(max(1, wanted), cores) as (n_threads, limited):
         yield _mark_team_started(n_threads if limited else 1), block_rows

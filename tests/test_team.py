@@ -173,7 +173,7 @@ def test_prediction_threads():
         # Larger: BLAS on one thread; the team when each thread gets enough.
         with _threads.prediction_threads(4000, 10**5, 1024) as (n, block_rows):
             assert block_rows == 500
-            assert n == min(_threads.max_threads(), 8)
+            assert n == min(_threads.max_threads(), 2, 8)
             assert blas_threads() == {1}
         with _threads.prediction_threads(300, 10**3, 1024) as (n, block_rows):
             assert (n, block_rows) == (1, 128)

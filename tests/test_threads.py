@@ -260,15 +260,30 @@ def test_a_team_of_one_runs_blas_on_one_thread():
         assert blas_limits() == before
 
 
+@pytest.mark.parametrize("user_api", ["blas", "openmp"])
+def test_a_limit_of_one_makes_a_large_prediction_one_thread(user_api):
+    # The prediction's threads stand in for BLAS's, as the engine's do.
+    with threadpool_limits(1, user_api=user_api):
+        with _threads.prediction_threads(4000, 10**5, 1024) as (n_threads, _):
+            assert n_threads == 1
+            assert set(blas_limits()) <= {1}
+    if _threads.max_threads() > 1 and min(blas_limits()) > 1:
+        with _threads.prediction_threads(4000, 10**5, 1024) as (n_threads, _):
+            assert n_threads == 2
+
+
 def test_a_blas_threadpoolctl_cannot_see_trains_on_one_thread(monkeypatch):
     # Apple's Accelerate (scipy's wheels for macOS 14 and later) is not a
     # library threadpoolctl knows: the user's limit cannot be read, nor its
-    # threads held at one while a team runs, so the engine takes one thread.
+    # threads held at one while a team runs, so the engine takes one thread,
+    # and so does a large prediction.
     monkeypatch.setattr(_threads, "_blas_controllers", lambda: [])
     assert _threads._BLAS_OWNER.original_limit() == 1
     big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
     with _threads.training_threads(big) as team:
         assert team == (1, 1)
+    with _threads.prediction_threads(4000, 10**5, 1024) as (n_threads, _):
+        assert n_threads == 1
 
 
 def test_teams_running_at_once_share_the_cores(monkeypatch):
@@ -479,17 +494,36 @@ def test_the_cores_follow_a_cpu_affinity_changed_between_calls():
 
 
 def test_the_cores_follow_the_cgroup_quota(monkeypatch):
-    # joblib.cpu_count reads the CPU affinity and the cgroup quota.
+    # joblib.cpu_count reads the CPU affinity and the cgroup quota, again at
+    # every call that may start a team: a quota lowered between two calls
+    # (``docker update --cpus``) counts at the next one.
     import joblib
 
+    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
+    with _threads.training_threads(big):
+        pass
     monkeypatch.setattr(joblib, "cpu_count", lambda *args, **kwargs: 1)
-    monkeypatch.setattr(_threads._ProcessState, "cpu_count", None)
     assert _threads.usable_cores() == 1
     assert _threads.max_threads() == 1
-    big = 10 * _threads.MIN_MULTIPLY_ADDS_FOR_THREADS
     with _threads.training_threads(big) as team:
         assert team == (1, 1)
-    monkeypatch.setattr(_threads._ProcessState, "cpu_count", None)
+    with _threads.prediction_threads(4000, 10**5, 1024) as (n_threads, _):
+        assert n_threads == 1
+    assert _threads.kernel_threads(10**6, 100)[1] == 1
+
+
+@needs_openmp
+def test_a_quota_lowered_between_two_fits_gives_the_one_core_model(monkeypatch):
+    import joblib
+
+    X, y = data()
+    fit_quietly(big_regressor(), X, y)
+    monkeypatch.setattr(joblib, "cpu_count", lambda *args, **kwargs: 1)
+    quota = fit_quietly(big_regressor(), X, y)
+    with threadpool_limits(1, user_api="blas"):
+        one = fit_quietly(big_regressor(), X, y)
+    for a, b in zip(quota.coefs_, one.coefs_):
+        assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------------------
