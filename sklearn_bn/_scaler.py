@@ -42,9 +42,14 @@ from sklearn_bn._utils import (
     _publish_now,
     _reads_fitted_state,
     _restore_on_failure,
+    check_weight_range,
 )
 
 _FLOAT_DTYPES = (np.float64, np.float32)
+
+# Sample weights whose largest is above this are scaled to below 1 for the
+# statistics' sums (see _batch_statistics).
+_RESCALED_WEIGHTS_ABOVE = 2.0**64
 
 
 def _unaligned_view_of(X_in, X):
@@ -390,6 +395,18 @@ class BatchNormScaler(
                 raise ValueError(
                     "Sample weights must contain at least one non-zero number."
                 )
+            # The statistics are summed in float64; the exact running ones
+            # merge this batch's weight sum with the earlier batches'.
+            exact_and_continued = self.momentum is None and not reset
+            check_weight_range(
+                sample_weight,
+                "sample_weight",
+                X.dtype,
+                sum_dtype=np.float64,
+                seen=float(np.max(self.n_samples_seen_))
+                if exact_and_continued
+                else 0.0,
+            )
         callback_ctx = self._init_callback_context(task_name=task_name)
         metadata = {"sample_weight": sample_weight}
         callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
@@ -872,6 +889,13 @@ def _batch_statistics(X, sample_weight, estimator):
     blocks = kernel_threads(*X.shape)
     if sample_weight is not None and unweighted_rows_hold_infinity(X, sample_weight):
         _raise_infinite(X, estimator)
+    # The mean and variance do not change when every weight is scaled alike,
+    # but the weighted sums of squares grow with the weights: large weights
+    # are scaled by a power of two first (exactly), and the sums back.
+    weight_exponent = 0
+    if sample_weight is not None and sample_weight.max() > _RESCALED_WEIGHTS_ABOVE:
+        weight_exponent = int(np.frexp(sample_weight.max())[1])
+        sample_weight = np.ldexp(sample_weight, -weight_exponent)
     mean, var, count = batch_stats(X, sample_weight, False, *blocks)
     has_nan = False
     # One NaN or infinity makes a sum non-finite (an overflow of huge but
@@ -901,7 +925,7 @@ def _batch_statistics(X, sample_weight, estimator):
                 has_nan,
                 *kernel_threads(*X_tiny.shape),
             )
-    return count, mean, var, has_nan
+    return np.ldexp(count, weight_exponent), mean, var, has_nan
 
 
 def _rows_with_weight(X, sample_weight, weight_sum, has_nan):

@@ -19,6 +19,34 @@ def aligned_zeros(n, dtype):
     return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
+def check_weight_range(weights, name, dtype, sum_dtype=None, seen=0.0):
+    """Raise a ``ValueError`` naming ``name`` when non-negative ``weights``
+    (of ``dtype``) are out of the range where weighted statistics stay
+    finite and exact: as repeat counts, with the ``seen`` of earlier
+    batches, their sum must be below a quarter of the largest ``sum_dtype``
+    number (default ``dtype``; the sums of squares and the merges of counts
+    need the headroom), and the smallest positive weight a normal ``dtype``
+    number, whose products keep their precision."""
+    info, sum_info = np.finfo(dtype), np.finfo(sum_dtype or dtype)
+    with np.errstate(over="ignore"):
+        total = float(np.sum(weights, dtype=np.float64)) + seen
+    if not total < float(sum_info.max) / 4:
+        earlier = " with those of earlier batches" if seen else ""
+        raise ValueError(
+            f"{name} is too large: the weights sum to {total:.3g}{earlier}, "
+            f"beyond what {sum_info.dtype.name} arithmetic can hold (the weights "
+            "act as repeat counts). Divide them by a common factor."
+        )
+    positive = weights[weights > 0]
+    smallest = float(positive.min()) if positive.size else float(info.tiny)
+    if smallest < float(info.tiny):
+        raise ValueError(
+            f"{name} is too small: its smallest positive weight, {smallest:.3g}, is "
+            f"below the smallest normal {info.dtype.name} number "
+            f"({float(info.tiny):.3g}). Multiply the weights by a common factor."
+        )
+
+
 # The estimator each working copy stands for, by the copy's id, while
 # ``_restore_on_failure`` runs a method on it (None once it is published).
 _WORKING_COPIES = {}

@@ -545,6 +545,58 @@ def test_weights_summing_to_zero_raise_and_change_nothing(momentum, dtype):
         _assert_same_state(before, _state(scaler))
 
 
+@pytest.mark.parametrize("momentum", MOMENTA)
+def test_weights_out_of_range_are_named_and_change_nothing(momentum):
+    # The MLP's rule: as repeat counts the weights must sum below a quarter
+    # of float64's largest number (the statistics are summed in float64),
+    # and a positive weight must be a normal number of X's dtype.
+    X = _data(n=10, m=3)
+    scaler = BatchNormScaler(momentum=momentum).fit(X)
+    before = _state(scaler)
+    for weight, match in [
+        (1e307, "sample_weight is too large: the weights sum to 1e\\+308"),
+        (5e-324, "sample_weight is too small: .* smallest normal float64"),
+    ]:
+        for call in (scaler.fit, scaler.partial_fit, scaler.fit_transform):
+            with pytest.raises(ValueError, match=match):
+                call(X, sample_weight=np.full(10, weight))
+            _assert_same_state(before, _state(scaler))
+    with pytest.raises(ValueError, match="smallest normal float32"):
+        scaler.fit(X.astype(np.float32), sample_weight=np.full(10, 1e-40))
+    _assert_same_state(before, _state(scaler))
+    # The exact running statistics add every batch's weights up; with
+    # momentum only the batch's own sum matters.
+    scaler.fit(X, sample_weight=np.full(10, 3e306))
+    if momentum is None:
+        with pytest.raises(ValueError, match="with those of earlier batches"):
+            scaler.partial_fit(X, sample_weight=np.full(10, 3e306))
+    else:
+        scaler.partial_fit(X, sample_weight=np.full(10, 3e306))
+        assert np.isfinite(scaler.running_var_).all()
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_weights_give_the_statistics_of_their_proportions(momentum, dtype):
+    # The mean and variance depend on the weights' proportions only; the
+    # sums of squares of large weights would overflow if not scaled first.
+    X = _data(n=10, m=3, dtype=dtype) * 100
+    weights = np.linspace(1.0, 3.0, 10)
+    large = 3e37 if dtype == np.float32 else 1e306
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        big = BatchNormScaler(momentum=momentum).fit(X, sample_weight=weights * large)
+    small = BatchNormScaler(momentum=momentum).fit(X, sample_weight=weights)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert_allclose(big.running_mean_, small.running_mean_, rtol=rtol)
+    # With momentum, the unbiased correction m / (m - 1) counts the weights
+    # as repeats: 1 for the large ones.
+    m = weights.sum()
+    correction = 1.0 if momentum is None else (m - 1) / m
+    assert_allclose(big.running_var_, small.running_var_ * correction, rtol=rtol)
+    assert_allclose(big.n_samples_seen_, small.n_samples_seen_ * large, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # gamma, beta, epsilon, inverse_transform
 
