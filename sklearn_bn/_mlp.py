@@ -8,6 +8,7 @@ behaviour: encoding, schedules, early stopping, warm start, partial_fit,
 messages.
 """
 
+import copy
 import functools
 import warnings
 import weakref
@@ -36,6 +37,7 @@ from sklearn.utils._param_validation import (
     InvalidParameterError,
     Options,
     StrOptions,
+    validate_parameter_constraints,
 )
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import (
@@ -959,6 +961,19 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     def _batch_size(self, n_samples):
         if self.batch_size == "auto":
             return min(200, n_samples)
+        if not (
+            isinstance(self.batch_size, Integral)
+            and not isinstance(self.batch_size, bool)
+            and self.batch_size >= 2
+        ):
+            # partial_fit of a fitted model skips scikit-learn's parameter
+            # validation (as scikit-learn's own estimators do): a batch_size
+            # set since then is checked here, with that validation's error.
+            validate_parameter_constraints(
+                {"batch_size": self._parameter_constraints["batch_size"]},
+                {"batch_size": self.batch_size},
+                caller_name=type(self).__name__,
+            )
         if self.batch_size > n_samples and self.batch_size != _DEFAULT_BATCH_SIZE:
             warnings.warn(
                 "Got `batch_size` less than 1 or larger than "
@@ -2229,10 +2244,31 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             Y.ravel() if Y.shape[1] == 1 else Y
         )
 
+    def _decoder(self, n_outputs):
+        """The label binarizer that decodes ``n_outputs`` network outputs
+        into ``classes_`` as it is now: a reassigned ``classes_`` takes
+        effect, as a reassigned fitted array does."""
+        lb = self._label_binarizer
+        if self.classes_ is lb.classes_:
+            return lb
+        classes = np.asarray(self.classes_)
+        multilabel = lb.y_type_.startswith("multilabel")
+        expected = n_outputs if multilabel or n_outputs > 1 else len(lb.classes_)
+        if classes.ndim != 1 or len(classes) != expected:
+            raise ValueError(
+                f"classes_ must be a 1-D array of {expected} labels for a network "
+                f"of {n_outputs} output{'s' if n_outputs > 1 else ''}, got shape "
+                f"{classes.shape}."
+            )
+        decoder = copy.copy(lb)
+        decoder.classes_ = classes
+        return decoder
+
     def _decode_output(self, proba):
+        decoder = self._decoder(proba.shape[1])
         if proba.shape[1] == 1:
             proba = proba.ravel()
-        return self._label_binarizer.inverse_transform(proba)
+        return decoder.inverse_transform(proba)
 
     @staticmethod
     def _score_function(y, y_pred, sample_weight=None):
@@ -2245,10 +2281,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         return MLPClassifier
 
     def _copy_sklearn_extras(self, mlp):
-        import copy
-
-        mlp.classes_ = self.classes_.copy()
-        mlp._label_binarizer = copy.deepcopy(self._label_binarizer)
+        decoder = self._decoder(self.coefs_[-1].shape[1])
+        mlp.classes_ = decoder.classes_.copy()
+        mlp._label_binarizer = copy.deepcopy(decoder)
 
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure

@@ -1213,6 +1213,23 @@ def test_batch_size_below_two_is_rejected():
         est.set_params(batch_size=1).fit(X, y)
 
 
+@pytest.mark.parametrize("batch_size", [1, 0, -5, 2.0, True])
+def test_partial_fit_rejects_a_batch_size_below_two_set_after_the_first_call(
+    batch_size,
+):
+    # The parameter validation runs on partial_fit's first call only (as
+    # scikit-learn's does); a batch_size set later is still rejected, with
+    # that validation's error, and the model stays as it was.
+    X, y, est = make_data("binary")
+    est.partial_fit(X, y, classes=np.unique(y))
+    before = pickle.dumps(est)
+    est.set_params(batch_size=batch_size)
+    with pytest.raises(InvalidParameterError, match="'batch_size' parameter"):
+        est.partial_fit(X, y)
+    est.set_params(batch_size=make_data("binary")[2].batch_size)
+    assert pickle.dumps(est) == before
+
+
 def test_two_samples_train():
     X, y, est = make_data("squared_error")
     fit_quietly(est, X[:2], y[:2])
@@ -1996,6 +2013,28 @@ def test_reassigned_attributes_take_effect(problem, name):
         rtol=1e-9,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "multilabel"])
+def test_a_reassigned_classes_takes_effect(problem):
+    X, y, est = make_data(problem)
+    fit_quietly(est, X, y)
+    proba = est.predict_proba(X)
+    labels = np.array([f"label {c}" for c in est.classes_])
+    est.classes_ = labels
+    if problem == "multilabel":
+        # The labels are the output columns: the indicator matrix stays.
+        assert_array_equal(est.predict(X), (proba > 0.5).astype(int))
+    else:
+        assert_array_equal(est.predict(X), labels[proba.argmax(axis=1)])
+        assert est.score(X, labels[np.searchsorted(np.unique(y), y)]) > 0.5
+    assert_array_equal(est.to_sklearn().predict(X), est.predict(X))
+    # A classes_ that does not fit the network's outputs: a clear error.
+    est.classes_ = labels[:-1]
+    with pytest.raises(ValueError, match="classes_ must be a 1-D array of"):
+        est.predict(X)
+    with pytest.raises(ValueError, match="classes_ must be a 1-D array of"):
+        est.to_sklearn()
 
 
 @pytest.mark.parametrize("name", FITTED_ARRAYS)
