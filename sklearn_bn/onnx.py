@@ -259,10 +259,14 @@ def register_converters():
     Notes
     -----
     The ONNX graph computes what the twin computes, in the input's precision:
-    a float64 input gives a float64 graph whose outputs agree with
-    ``predict``, ``predict_proba`` and ``transform`` to about 1e-12, a
-    float32 input a float32 graph that agrees to float32 rounding (about
-    1e-6 relative to the largest intermediate value). As for scikit-learn's
+    for a model trained on float64, a float64 input gives a float64 graph
+    whose outputs agree with ``predict``, ``predict_proba`` and
+    ``transform`` to about 1e-15, a float32 input a float32 graph that
+    agrees to float32 rounding (about 1e-6 relative to the largest
+    intermediate value). A model trained on float32 holds float32 weights,
+    and so does its graph: with float64 input it agrees to about 1e-7
+    (``predict`` folds batch norm into the weights in float64, the twin
+    rounds the folded weights to float32). As for scikit-learn's
     own classifiers, a float64 classifier graph needs
     ``options={"zipmap": False}``: ONNX's ZipMap operator takes float32
     probabilities only.
