@@ -200,6 +200,36 @@ def test_fit_is_one_task_with_one_subtask_per_epoch(problem):
     assert not hasattr(est, "_callback_fit_ctx")
 
 
+class Annotator(Recorder):
+    """Sets an attribute on the estimator its hooks receive."""
+
+    def __init__(self, fail_at=None):
+        super().__init__(fail_at=fail_at)
+        self.estimators = []
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        self.estimators.append(estimator)
+        estimator.annotated_ = len(self.estimators)
+        return super().on_fit_task_end(estimator, context, **kwargs)
+
+
+@needs_callbacks
+def test_attributes_a_callback_sets_are_published_with_the_fit():
+    # The hooks get the fit's working copy, which the fit publishes at its
+    # end: what a callback sets on it lands on the estimator, or is dropped
+    # with a failed fit.
+    X, y, est = make_data("classifier")
+    annotator = Annotator()
+    quietly(est.set_callbacks(annotator).fit, X, y)
+    assert est.annotated_ == len(annotator.estimators) == est.n_iter_ + 1
+    assert all(seen is not est for seen in annotator.estimators)
+    failing = Annotator(fail_at=2)
+    X2, y2, fresh = make_data("classifier")
+    with pytest.raises(RuntimeError):
+        quietly(fresh.set_callbacks(failing).fit, X2, y2)
+    assert not hasattr(fresh, "annotated_")
+
+
 @needs_callbacks
 def test_epoch_data_exclude_the_validation_split_and_carry_the_weights():
     X, y, est = make_data("classifier")
