@@ -116,6 +116,24 @@ def _smoothed_targets(Y, label_smoothing, out_activation):
     return Y
 
 
+def _label_array(labels):
+    """``labels`` as an array; of objects when numbers and strings mix (numpy
+    would turn the numbers into strings)."""
+    if isinstance(labels, np.ndarray):
+        return labels
+    array = np.asarray(labels)
+    if array.dtype.kind in "US" and not all(isinstance(c, str) for c in labels):
+        return np.asarray(labels, dtype=object)
+    return array
+
+
+def _label_indices(classes, y):
+    """The index of each of ``y``'s labels in ``classes``, which a reassigned
+    ``classes_`` may list in any order."""
+    order = np.argsort(classes, kind="stable")
+    return order[np.searchsorted(classes[order], y)]
+
+
 def _checked_weights(sample_weight, X, dtype, name):
     """``sample_weight`` validated and converted to ``dtype``: non-negative,
     not all zero, and within the range where the weighted sums of batch norm
@@ -515,7 +533,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         sample_weight, X, dtype=np.float64, ensure_non_negative=True
                     )
             sample_weight = class_weights
-        if class_weights is not None and not np.sum(class_weights) > 0:
+        if class_weights is not None and not np.any(class_weights > 0):
             raise ValueError(
                 "The sample weights times the class weights (class_weight) sum to "
                 "zero: no row would be trained on."
@@ -2154,6 +2172,16 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             self._label_binarizer.fit(y)
             self.classes_ = self._label_binarizer.classes_
         else:
+            decoder = (
+                self._decoder(self.coefs_[-1].shape[1])
+                if hasattr(self, "coefs_")
+                else self._label_binarizer
+            )
+            if decoder is not self._label_binarizer:
+                # A reassigned classes_ (see _decoder) is the labels the
+                # continued training reads too.
+                self._label_binarizer = decoder
+                self.classes_ = decoder.classes_
             classes = unique_labels(y)
             if self.warm_start:
                 if set(classes) != set(self.classes_):
@@ -2208,7 +2236,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
                 table = np.array(
                     [float(class_weight.get(c, 1.0)) for c in self.classes_.tolist()]
                 )
-                return table[np.searchsorted(self.classes_, y)]
+                return table[_label_indices(self._label_binarizer.classes_, y)]
         return compute_sample_weight(class_weight, y)
 
     def _encode_targets(self, y, dtype):
@@ -2224,7 +2252,7 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
             # LabelBinarizer's own check, which the direct encoding skips.
             raise ValueError("The object was not fitted with multilabel input.")
         else:
-            index = np.searchsorted(lb.classes_, y)
+            index = _label_indices(lb.classes_, y)
             if len(lb.classes_) <= 2:
                 Y = (index == 1).astype(dtype).reshape(-1, 1)
             else:
@@ -2247,13 +2275,15 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     def _decoder(self, n_outputs):
         """The label binarizer that decodes ``n_outputs`` network outputs
         into ``classes_`` as it is now: a reassigned ``classes_`` takes
-        effect, as a reassigned fitted array does."""
+        effect, as a reassigned fitted array does (multilabel outputs are
+        the indicator matrix, whatever ``classes_`` holds)."""
         lb = self._label_binarizer
-        if self.classes_ is lb.classes_:
+        if self.classes_ is lb.classes_ or lb.y_type_.startswith("multilabel"):
             return lb
-        classes = np.asarray(self.classes_)
-        multilabel = lb.y_type_.startswith("multilabel")
-        expected = n_outputs if multilabel or n_outputs > 1 else len(lb.classes_)
+        classes = _label_array(self.classes_)
+        if classes.dtype == lb.classes_.dtype and np.array_equal(classes, lb.classes_):
+            return lb
+        expected = n_outputs if n_outputs > 1 else len(lb.classes_)
         if classes.ndim != 1 or len(classes) != expected:
             raise ValueError(
                 f"classes_ must be a 1-D array of {expected} labels for a network "
@@ -2282,7 +2312,9 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
 
     def _copy_sklearn_extras(self, mlp):
         decoder = self._decoder(self.coefs_[-1].shape[1])
-        mlp.classes_ = decoder.classes_.copy()
+        mlp.classes_ = np.array(
+            self.classes_ if decoder is self._label_binarizer else decoder.classes_
+        )
         mlp._label_binarizer = copy.deepcopy(decoder)
 
     @_fit_context(prefer_skip_nested_validation=True)

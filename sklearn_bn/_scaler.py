@@ -47,9 +47,28 @@ from sklearn_bn._utils import (
 
 _FLOAT_DTYPES = (np.float64, np.float32)
 
-# Sample weights whose largest is above this are scaled to below 1 for the
-# statistics' sums (see _batch_statistics).
+# Weights and counts above this are scaled down by a power of two, to about
+# this, for the statistics' sums and merges (see _count_exponents).
 _RESCALED_WEIGHTS_ABOVE = 2.0**64
+
+
+def _count_exponents(largest, smallest, dtype=np.float64):
+    """The powers of two by which weights or counts, whose largest and
+    smallest positive are ``largest`` and ``smallest`` (arrays: one
+    exponent each), are divided before sums that multiply them by squares
+    (the statistics depend on their proportions only): 0 up to
+    ``_RESCALED_WEIGHTS_ABOVE``, else the one that brings ``largest`` down
+    to about that, or as far as ``smallest`` stays a normal ``dtype``
+    number, so that the division is exact."""
+    largest, smallest = np.broadcast_arrays(
+        np.asarray(largest, dtype=np.float64), np.asarray(smallest, dtype=np.float64)
+    )
+    wanted = np.frexp(largest)[1] - np.frexp(_RESCALED_WEIGHTS_ABOVE)[1]
+    room = np.frexp(smallest)[1] - np.frexp(np.finfo(dtype).tiny)[1]
+    room = np.where(smallest > 0, room, wanted)
+    return np.where(
+        largest > _RESCALED_WEIGHTS_ABOVE, np.minimum(wanted, room), 0
+    ).clip(0)
 
 
 def _unaligned_view_of(X_in, X):
@@ -395,17 +414,14 @@ class BatchNormScaler(
                 raise ValueError(
                     "Sample weights must contain at least one non-zero number."
                 )
-            # The statistics are summed in float64; the exact running ones
-            # merge this batch's weight sum with the earlier batches'.
-            exact_and_continued = self.momentum is None and not reset
+            # The statistics are summed in float64, and n_samples_seen_ adds
+            # this batch's weight sum to the earlier batches'.
             check_weight_range(
                 sample_weight,
                 "sample_weight",
                 X.dtype,
                 sum_dtype=np.float64,
-                seen=float(np.max(self.n_samples_seen_))
-                if exact_and_continued
-                else 0.0,
+                seen=0.0 if reset else float(np.max(self.n_samples_seen_)),
             )
         callback_ctx = self._init_callback_context(task_name=task_name)
         metadata = {"sample_weight": sample_weight}
@@ -436,14 +452,23 @@ class BatchNormScaler(
             else:
                 # A feature with no sample yet has NaN statistics, and no weight.
                 unseen = count_prev == 0
+                # The merge multiplies variances by counts: large counts are
+                # scaled alike by a power of two first (exactly), as the
+                # batch's weights are (see _batch_statistics).
+                larger = np.maximum(count_prev, count_b)
+                both = (count_prev > 0) & (count_b > 0)
+                exponent = _count_exponents(
+                    larger, np.where(both, np.minimum(count_prev, count_b), larger)
+                )
                 count, mean, var = merge_stats(
-                    count_prev,
+                    np.ldexp(count_prev, -exponent),
                     np.where(unseen, 0.0, self.running_mean_),
                     np.where(unseen, 0.0, self.running_var_),
-                    count_b,
+                    np.ldexp(count_b, -exponent),
                     mean_b,
                     var_b,
                 )
+                count = np.ldexp(count, exponent)
             # As StandardScaler: the statistics of a feature that has had no
             # sample (all NaN, or no weight) are undefined, and transform
             # gives NaN for it, rather than x / sqrt(epsilon).
@@ -894,7 +919,13 @@ def _batch_statistics(X, sample_weight, estimator):
     # are scaled by a power of two first (exactly), and the sums back.
     weight_exponent = 0
     if sample_weight is not None and sample_weight.max() > _RESCALED_WEIGHTS_ABOVE:
-        weight_exponent = int(np.frexp(sample_weight.max())[1])
+        weight_exponent = int(
+            _count_exponents(
+                sample_weight.max(),
+                sample_weight[sample_weight > 0].min(),
+                sample_weight.dtype,
+            )
+        )
         sample_weight = np.ldexp(sample_weight, -weight_exponent)
     mean, var, count = batch_stats(X, sample_weight, False, *blocks)
     has_nan = False

@@ -20,13 +20,13 @@ def aligned_zeros(n, dtype):
 
 
 def check_weight_range(weights, name, dtype, sum_dtype=None, seen=0.0):
-    """Raise a ``ValueError`` naming ``name`` when non-negative ``weights``
-    (of ``dtype``) are out of the range where weighted statistics stay
-    finite and exact: as repeat counts, with the ``seen`` of earlier
-    batches, their sum must be below a quarter of the largest ``sum_dtype``
-    number (default ``dtype``; the sums of squares and the merges of counts
-    need the headroom), and the smallest positive weight a normal ``dtype``
-    number, whose products keep their precision."""
+    """Raise a ``ValueError`` naming ``name`` when non-negative ``weights``,
+    for arithmetic in ``dtype``, are out of the range where weighted
+    statistics stay finite and exact: as repeat counts, with the ``seen``
+    of earlier batches, their sum must be below a quarter of the largest
+    ``sum_dtype`` number (default ``dtype``: the merges of counts need the
+    headroom), and the smallest positive weight a normal ``dtype`` number,
+    whose products keep their precision."""
     info, sum_info = np.finfo(dtype), np.finfo(sum_dtype or dtype)
     with np.errstate(over="ignore"):
         total = float(np.sum(weights, dtype=np.float64)) + seen

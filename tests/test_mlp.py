@@ -9,6 +9,7 @@ start, partial_fit, warnings, errors), the inference path (folded weights,
 """
 
 import contextlib
+import copy
 import functools
 import os
 import pickle
@@ -2029,12 +2030,43 @@ def test_a_reassigned_classes_takes_effect(problem):
         assert_array_equal(est.predict(X), labels[proba.argmax(axis=1)])
         assert est.score(X, labels[np.searchsorted(np.unique(y), y)]) > 0.5
     assert_array_equal(est.to_sklearn().predict(X), est.predict(X))
-    # A classes_ that does not fit the network's outputs: a clear error.
     est.classes_ = labels[:-1]
+    if problem == "multilabel":
+        # partial_fit's classes may name more labels than the outputs.
+        assert_array_equal(est.predict(X), (proba > 0.5).astype(int))
+        return
+    # A classes_ that does not fit the network's outputs: a clear error.
     with pytest.raises(ValueError, match="classes_ must be a 1-D array of"):
         est.predict(X)
     with pytest.raises(ValueError, match="classes_ must be a 1-D array of"):
         est.to_sklearn()
+
+
+def test_continued_training_reads_a_reassigned_classes():
+    # Relabelled (in any order), partial_fit and warm_start fits train on
+    # the new labels.
+    X, y, est = make_data("binary")
+    fit_quietly(est, X, y)
+    reference = clone(est).set_params(warm_start=True)
+    fit_quietly(reference, X, y)
+    mixed = copy.deepcopy(est)
+    mixed.classes_ = ["z", 1]  # a list of labels; numbers stay numbers
+    expected = np.array(["z", 1], dtype=object)[est.predict(X)]
+    assert list(mixed.predict(X)) == list(expected)
+    est.classes_ = ["z", "a"]  # 0 -> "z", 1 -> "a": not sorted
+    relabel = np.array(["z", "a"])
+    for call in ("partial_fit", "warm_start"):
+        a = copy.deepcopy(est)
+        b = copy.deepcopy(reference)
+        if call == "partial_fit":
+            a.partial_fit(X, relabel[y])
+            b.partial_fit(X, y)
+        else:
+            fit_quietly(a.set_params(warm_start=True), X, relabel[y])
+            fit_quietly(b, X, y)
+        for ca, cb in zip(a.coefs_, b.coefs_):
+            assert_array_equal(ca, cb)
+        assert list(a.predict(X)) == list(relabel[b.predict(X)])
 
 
 @pytest.mark.parametrize("name", FITTED_ARRAYS)

@@ -564,15 +564,12 @@ def test_weights_out_of_range_are_named_and_change_nothing(momentum):
     with pytest.raises(ValueError, match="smallest normal float32"):
         scaler.fit(X.astype(np.float32), sample_weight=np.full(10, 1e-40))
     _assert_same_state(before, _state(scaler))
-    # The exact running statistics add every batch's weights up; with
-    # momentum only the batch's own sum matters.
+    # n_samples_seen_ adds every batch's weights up.
     scaler.fit(X, sample_weight=np.full(10, 3e306))
-    if momentum is None:
-        with pytest.raises(ValueError, match="with those of earlier batches"):
-            scaler.partial_fit(X, sample_weight=np.full(10, 3e306))
-    else:
+    before = _state(scaler)
+    with pytest.raises(ValueError, match="with those of earlier batches"):
         scaler.partial_fit(X, sample_weight=np.full(10, 3e306))
-        assert np.isfinite(scaler.running_var_).all()
+    _assert_same_state(before, _state(scaler))
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
@@ -595,6 +592,27 @@ def test_large_weights_give_the_statistics_of_their_proportions(momentum, dtype)
     correction = 1.0 if momentum is None else (m - 1) / m
     assert_allclose(big.running_var_, small.running_var_ * correction, rtol=rtol)
     assert_allclose(big.n_samples_seen_, small.n_samples_seen_ * large, rtol=1e-6)
+    # The exact merge with an earlier batch multiplies variances by counts,
+    # scaled alike first too.
+    if momentum is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            big.partial_fit(X, sample_weight=weights * large)
+        small.partial_fit(X, sample_weight=weights)
+        assert_allclose(big.running_var_, small.running_var_, rtol=rtol)
+
+
+def test_weights_spanning_a_wide_range_keep_their_proportions():
+    # Scaling the largest weights down must not flush the smallest to 0 (the
+    # first feature's only value has the smallest weight).
+    X = np.array([[np.nan, 1.0], [5.0, 2.0], [np.nan, 3.0], [np.nan, 4.0]])
+    weights = np.array([1e300, 1e-300, 1e300, 1e300])
+    scaler = BatchNormScaler().fit(X, sample_weight=weights)
+    assert_allclose(scaler.running_mean_, [5.0, 8.0 / 3.0])
+    assert_allclose(scaler.n_samples_seen_, [1e-300, 3e300])
+    scaler.partial_fit(X, sample_weight=weights)
+    assert_allclose(scaler.running_mean_, [5.0, 8.0 / 3.0])
+    assert_allclose(scaler.n_samples_seen_, [2e-300, 6e300])
 
 
 # ---------------------------------------------------------------------------
