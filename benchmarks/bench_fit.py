@@ -610,8 +610,11 @@ def worker_memory(p):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, d), dtype=np.float32)
     y = linear_labels(X, N_CLASSES, 1)
-    cls = MLPBNClassifier if p["model"] == "MLPBNClassifier" else MLPClassifier
-    est = cls(**mlp_params(MEMORY_HIDDEN, 1))
+    params = mlp_params(MEMORY_HIDDEN, 1)
+    if p["model"] == "MLPBNClassifier":
+        est = MLPBNClassifier(**params)
+    else:
+        est = MLPClassifier(**sklearn_params(params))
     gc.collect()
     try:  # reset the resident-set high-water mark (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:

@@ -20,6 +20,7 @@ frequent placements of the team's running or waiting threads and of the
 busy process (docs/performance.rst, "Threads on a busy machine").
 """
 
+import argparse
 import collections
 import os
 import subprocess
@@ -61,6 +62,9 @@ def busy_seconds(pid):
 
 
 def main():
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     if not os.path.isdir("/proc/self/task"):
         sys.exit("needs Linux's /proc")
     from sklearn.datasets import make_classification

@@ -24,7 +24,14 @@ RUNS = {
         "--repeat",
         "1",
     ],
-    "fit": ["bench_fit.py", "--quick", "--what", "fit,predict", "--dtype", "float32"],
+    "fit": [
+        "bench_fit.py",
+        "--quick",
+        "--what",
+        "fit,predict,memory",
+        "--dtype",
+        "float32",
+    ],
     "split": ["bench_split.py", "--quick", "--dtype", "float64"],
     "contention": ["bench_contention.py", "--quick", "--what", "pools"],
     "contention-share": ["bench_contention.py", "--quick", "--what", "share"],
@@ -49,6 +56,8 @@ def test_benchmark_script_runs(run):
     assert result.returncode == 0, result.stderr[-2000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 3, result.stdout[-2000:]
+    # A row whose subprocess failed prints the error in its place.
+    assert not [row for row in table_rows if "Error" in row], result.stdout[-2000:]
 
 
 @pytest.mark.skipif(
