@@ -173,10 +173,15 @@ def table(head, rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--repeat", type=int, default=30, help="best of N (default 30)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="best of N (default 30; 2 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run")
     args = parser.parse_args(argv)
-    repeat = 2 if args.quick else args.repeat
+    repeat = args.repeat or (2 if args.quick else 30)
     dtype = np.dtype(args.dtype)
     print(
         "# work inflation of a minibatch's products split into T pieces "

@@ -735,8 +735,9 @@ def report(results, meta, summary, models):
                 s["not_converged_folds"],
             ]
         )
-    anchors = " and ".join(
-        a for a in ACCURACY_ANCHORS if any(results.get(a, {}).values())
+    anchors = (
+        " and ".join(a for a in ACCURACY_ANCHORS if any(results.get(a, {}).values()))
+        or "the anchors (none ran)"
     )
     table(
         [
