@@ -404,25 +404,31 @@ class BatchNormScaler(
         n_features = X.shape[1]
         self._affine_params(n_features)  # wrong gamma/beta: fail before work
         if sample_weight is not None:
-            sample_weight = _aligned(
-                _check_sample_weight(
-                    sample_weight, X, dtype=X.dtype, ensure_non_negative=True
-                )
+            # Checked in float64 before they are rounded to X's dtype, where
+            # a tiny positive weight would become 0 and a huge one infinite.
+            weights64 = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
             # scikit-learn >= 1.8 checks this too; older releases do not.
-            if not sample_weight.sum(dtype=np.float64) > 0:
+            if not weights64.sum() > 0:
                 raise ValueError(
                     "Sample weights must contain at least one non-zero number."
+                )
+            if weights64.max() > np.finfo(X.dtype).max:
+                raise ValueError(
+                    "Input sample_weight contains infinity or a value too large "
+                    f"for {X.dtype!r}."
                 )
             # The statistics are summed in float64, and n_samples_seen_ adds
             # this batch's weight sum to the earlier batches'.
             check_weight_range(
-                sample_weight,
+                weights64,
                 "sample_weight",
                 X.dtype,
                 sum_dtype=np.float64,
                 seen=0.0 if reset else float(np.max(self.n_samples_seen_)),
             )
+            sample_weight = _aligned(weights64.astype(X.dtype, copy=False))
         callback_ctx = self._init_callback_context(task_name=task_name)
         metadata = {"sample_weight": sample_weight}
         callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)

@@ -561,8 +561,15 @@ def test_weights_out_of_range_are_named_and_change_nothing(momentum):
             with pytest.raises(ValueError, match=match):
                 call(X, sample_weight=np.full(10, weight))
             _assert_same_state(before, _state(scaler))
-    with pytest.raises(ValueError, match="smallest normal float32"):
-        scaler.fit(X.astype(np.float32), sample_weight=np.full(10, 1e-40))
+    # Checked before the rounding to float32, which would make 1e-300 a 0
+    # (the row silently dropped) and 1e39 infinite.
+    X32 = X.astype(np.float32)
+    for weights in (np.full(10, 1e-40), np.r_[1e-300, np.ones(9)]):
+        with pytest.raises(ValueError, match="smallest normal float32"):
+            scaler.fit(X32, sample_weight=weights)
+        _assert_same_state(before, _state(scaler))
+    with pytest.raises(ValueError, match="sample_weight contains infinity"):
+        scaler.fit(X32, sample_weight=np.r_[1e39, np.ones(9)])
     _assert_same_state(before, _state(scaler))
     # n_samples_seen_ adds every batch's weights up.
     scaler.fit(X, sample_weight=np.full(10, 3e306))
