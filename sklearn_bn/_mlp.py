@@ -2524,9 +2524,10 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     that a raw target far from unit scale trains as well as a standardized
     one; the output layer is scaled back, and the predictions are in the
     target's units. With ``input_preprocessing=None`` the target goes in as
-    it is (the output layer starts at 0, as scikit-learn's): standardize it
-    yourself (for instance with ``TransformedTargetRegressor(MLPBNRegressor(
-    input_preprocessing=None), transformer=StandardScaler())``). Poisson
+    it is (the network's output starts near 0: small initial weights,
+    intercepts at 0): standardize it yourself (for instance with
+    ``TransformedTargetRegressor(MLPBNRegressor(input_preprocessing=None),
+    transformer=StandardScaler())``). Poisson
     targets are never scaled: divide counts of a large mean by a constant.
 
     References
