@@ -924,14 +924,10 @@ def _batch_statistics(X, sample_weight, estimator):
     # but the weighted sums of squares grow with the weights: large weights
     # are scaled by a power of two first (exactly), and the sums back.
     weight_exponent = 0
-    if sample_weight is not None and sample_weight.max() > _RESCALED_WEIGHTS_ABOVE:
-        weight_exponent = int(
-            _count_exponents(
-                sample_weight.max(),
-                sample_weight[sample_weight > 0].min(),
-                sample_weight.dtype,
-            )
-        )
+    largest = None if sample_weight is None else sample_weight.max()
+    if largest is not None and largest > _RESCALED_WEIGHTS_ABOVE:
+        smallest = sample_weight[sample_weight > 0].min()
+        weight_exponent = int(_count_exponents(largest, smallest, sample_weight.dtype))
         sample_weight = np.ldexp(sample_weight, -weight_exponent)
     mean, var, count = batch_stats(X, sample_weight, False, *blocks)
     has_nan = False
