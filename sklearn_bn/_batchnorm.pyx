@@ -1136,6 +1136,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
                                        n_cols, 0, True)
     cdef const char* sw = NULL
     cdef double* scratch
+    cdef Py_ssize_t j
     cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, NULL)
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
@@ -1153,7 +1154,7 @@ def bn_forward_train(z, gamma, beta, a_out, mean_out, var_out,
         raise MemoryError()
     try:
         if epsilon == 0:
-            # Check the statistics before writing anything.
+            # Check the statistics (into mean_out, var_out) before writing a_out.
             with nogil:
                 if t == cnp.NPY_FLOAT32:
                     cbatch_stats(<const float*> zp, n_rows, n_cols, <const float*> sw,
@@ -1243,18 +1244,20 @@ def bn_backward(da, a, z, gamma, beta, mean, var, dz_out, dgamma_out, dbeta_out,
         raise MemoryError()
     cdef Panel panel = Panel(n_rows, n_cols, n_cols, n_cols, n_cols, sw)
     cdef Statistics stats = Statistics(mp, vp, epsilon, wsum)
-    with nogil:
-        if t == cnp.NPY_FLOAT32:
-            cbn_act_backward(<const float*> dap, <float*> dzp, <const float*> ap,
-                             <const float*> zp, &panel, <const float*> gp,
-                             <const float*> bp, &stats, act, <float*> dgp, <float*> dbp,
-                             scratch)
-        else:
-            cbn_act_backward(<const double*> dap, <double*> dzp, <const double*> ap,
-                             <const double*> zp, &panel, <const double*> gp,
-                             <const double*> bp, &stats, act, <double*> dgp,
-                             <double*> dbp, scratch)
-    PyMem_Free(scratch)
+    try:
+        with nogil:
+            if t == cnp.NPY_FLOAT32:
+                cbn_act_backward(<const float*> dap, <float*> dzp, <const float*> ap,
+                                 <const float*> zp, &panel, <const float*> gp,
+                                 <const float*> bp, &stats, act, <float*> dgp,
+                                 <float*> dbp, scratch)
+            else:
+                cbn_act_backward(<const double*> dap, <double*> dzp, <const double*> ap,
+                                 <const double*> zp, &panel, <const double*> gp,
+                                 <const double*> bp, &stats, act, <double*> dgp,
+                                 <double*> dbp, scratch)
+    finally:
+        PyMem_Free(scratch)
 
 
 def merge_stats(count_a, mean_a, var_a, count_b, mean_b, var_b):

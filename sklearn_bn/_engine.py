@@ -532,11 +532,13 @@ class Engine:
         self._check(data, params)
         if not 1 <= data.n_samples <= self.network.max_batch:
             raise ValueError("need between one row and the workspace's max_batch")
-        loss, weight_sum = _training.loss_and_gradient(
+        loss, weight_sum, degenerate = _training.loss_and_gradient(
             self.network, data, params, bool(update_running), int(step)
         )
         if not weight_sum > 0:
             raise ValueError("sample weights sum to zero")
+        if degenerate:
+            raise ValueError("fewer than 2 rows have positive weight")
         return loss, self.network.grad.copy()
 
     # ------------------------------------------------------------------

@@ -652,6 +652,10 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
     loss : float
     weight_sum : float
         0 when the weights sum to zero (then nothing was written).
+    degenerate : bool
+        Whether fewer than 2 rows have positive weight (then nothing was
+        written either: no minibatch is normalized with a single row's
+        statistics).
     """
     cdef Net* net = &network.net
     cdef Data d = _data(net, data)
@@ -678,7 +682,7 @@ def loss_and_gradient(Network network not None, data, params, bint update_runnin
                       row_view.shape[0], update_running, tracked, step, &loss,
                       <double*> NULL)
     work_destroy(&work)
-    return loss, mb.wsum
+    return loss, mb.wsum, mb.degenerate
 
 
 cdef struct EpochJob:
@@ -711,6 +715,8 @@ cdef void one_batch(Net* net, Optimizer none, const Data* data, Buffers* buf,
     minibatch, on one thread, without an optimizer step (``none`` is None;
     see :func:`loss_and_gradient`)."""
     start_minibatch(net, data, rows, m, True, mb, dtype)
+    if mb.degenerate or not mb.wsum > 0:
+        return
     mb.tracked = tracked
     mb.step = step
     mb.stepping = False

@@ -2107,6 +2107,14 @@ def test_loss_and_gradient_and_the_folded_network_check_their_arguments():
         engine_loss_and_gradient(
             X, Y, np.zeros(len(X)), coefs, gammas, intercepts, "relu", "softmax", 0.0
         )
+    # Weight on a single row: no minibatch is normalized with one row's
+    # statistics (training skips such a minibatch).
+    one_row = np.zeros(len(X))
+    one_row[3] = 2.0
+    with pytest.raises(ValueError, match="fewer than 2 rows have positive weight"):
+        engine_loss_and_gradient(
+            X, Y, one_row, coefs, gammas, intercepts, "relu", "softmax", 0.0
+        )
     # A workspace one row short.
     engine = Engine(
         [4, 5, 3, 3],
