@@ -97,8 +97,9 @@ _CONTINUED_NETWORK_HINT = {
     "train a new one.",
 }
 
-# The default batch_size, clipped to fewer rows without a warning: a user
-# who did not choose it has nothing to change.
+# The default batch_size. This value is clipped to fewer rows without a
+# warning: a user who kept the default has nothing to change, and one who
+# passes 128 cannot be told apart (__init__ stores its arguments as given).
 _DEFAULT_BATCH_SIZE = 128
 
 
@@ -348,19 +349,19 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _dropout_rates(self, n_hidden_layers):
         """One dropout rate per hidden layer, checked."""
-        if isinstance(self.dropout, Real):
-            return [float(self.dropout)] * n_hidden_layers
         try:
             rates = np.asarray(self.dropout, dtype=np.float64)
         except (TypeError, ValueError):
             rates = None
+        if rates is not None and rates.ndim == 0:  # one rate for every layer
+            rates = np.full(n_hidden_layers, rates)
         if (
             rates is None
             or rates.shape != (n_hidden_layers,)
             or not np.all((rates >= 0) & (rates < 1))
         ):
-            # The error scikit-learn's parameter validation raises, as for a
-            # scalar rate out of range.
+            # The error scikit-learn's parameter validation raises, also where
+            # it does not run: in partial_fit of a fitted model.
             raise InvalidParameterError(
                 "dropout must be a float in [0, 1) or a sequence of one such rate per "
                 f"hidden layer ({n_hidden_layers}), got {self.dropout!r}."
@@ -613,7 +614,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 dtype,
             )
         ):
-            raise ValueError(self._non_finite_message(dtype))
+            raise ValueError(self._non_finite_message(dtype, X))
         # Everything succeeded: publish the new state.
         self.__dict__.update(attributes)
         self._no_improvement_count = state.no_improvement
@@ -1080,7 +1081,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     epochs.abandon()
                 break
             if not params.is_finite():
-                raise ValueError(self._non_finite_message(params.theta.dtype))
+                raise ValueError(
+                    self._non_finite_message(
+                        params.theta.dtype, data.X_data if data.sparse else data.X
+                    )
+                )
             if not np.isfinite(loss_sum):
                 raise ValueError(self._non_finite_loss_message())
             if n_trained == 0 and must_train:
@@ -1167,8 +1172,20 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "sklearn.compose.TransformedTargetRegressor scales y)."
         )
 
-    def _non_finite_message(self, dtype):
+    def _non_finite_message(self, dtype, X):
+        """Why training produced non-finite weights, the likeliest cause
+        first; ``X`` is the network's input."""
         message = "Solver produced non-finite parameter weights."
+        peak = _largest_magnitude(X)
+        # Squares of values beyond the square root of the dtype's range (in
+        # the first layer's batch variance) overflow: that is the cause.
+        if peak > np.sqrt(np.finfo(dtype).max) / 100:
+            return message + (
+                f" The input's values reach {peak:.3g}, too large for "
+                f"{np.dtype(dtype).name}: the first layer's batch statistics "
+                "overflow. Scale the input down, or keep "
+                "input_preprocessing='auto'."
+            )
         if not self._bn_epsilon_fits(dtype):
             return message + (
                 f" bn_epsilon={self.bn_epsilon:g} is too small for "
@@ -1836,6 +1853,12 @@ _BN_STATS_DOC = """
 
 # The regressor's target standardization (its fitted state).
 _TARGET_ATTRIBUTES = ("target_mean_", "target_scale_")
+
+
+def _largest_magnitude(X):
+    """The largest absolute value of a dense or sparse ``X`` (0 when empty)."""
+    values = X.data if sp.issparse(X) else X
+    return float(np.max(np.abs(values), initial=0.0))
 
 
 def _target_statistics(Y, sample_weight):
@@ -2692,8 +2715,21 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             return coefs, intercepts, {}
         # Fresh arrays (the layout's copies, the products): the published
         # layer and the network's own are kept side by side.
-        W = (coefs[-1] * self.target_scale_).astype(coefs[-1].dtype)
-        b = (intercepts[-1] * self.target_scale_ + self.target_mean_).astype(W.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            W = (coefs[-1] * self.target_scale_).astype(coefs[-1].dtype)
+            b = (intercepts[-1] * self.target_scale_ + self.target_mean_).astype(
+                W.dtype
+            )
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            # The network's own layer is finite (the engine checks it): its
+            # rescaling to the targets' units overflows the dtype.
+            raise ValueError(
+                "Solver produced non-finite parameter weights: the output "
+                "layer, scaled back to the targets' units (target_scale_ up "
+                f"to {np.max(self.target_scale_):.3g}), overflows "
+                f"{W.dtype.name}. Use float64 input, or divide y by a constant "
+                "and multiply the predictions back."
+            )
         kept = (W, b, coefs[-1], intercepts[-1])
         for array in kept:
             array.setflags(write=False)

@@ -1454,6 +1454,19 @@ def test_weights_that_fold_beyond_range_raise(method, dtype):
     assert not hasattr(est, "coefs_")
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e30), (np.float64, 1e300)])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_non_finite_weights_from_huge_input_name_the_input(dtype, scale, sparse):
+    # The squares of these inputs overflow in the first layer's batch
+    # variance: the message names the input, not the (default) learning rate.
+    X, y, est = make_data("binary")
+    X = (X * scale).astype(dtype)
+    est.set_params(input_preprocessing=None, max_iter=3)
+    with pytest.raises(ValueError, match=r"non-finite.*input's values reach"):
+        fit_quietly(est, sp.csr_matrix(X) if sparse else X, y)
+    assert not hasattr(est, "coefs_")
+
+
 def test_diverging_learning_rate_raises():
     X, y, est = make_data("poisson")
     est.set_params(solver="sgd", learning_rate_init=50.0, momentum=0.9, max_iter=50)
@@ -1681,6 +1694,24 @@ def test_early_stopping_classifier_validation_scores(problem):
     )
     if problem == "binary":  # stratified, as scikit-learn does for one output
         assert np.bincount(y[val]).min() >= 9
+
+
+def test_regressor_output_layer_overflowing_float32_raises():
+    # The network trains on standardized targets and its own output layer is
+    # finite; scaled back to targets spread over float32's range, it is not.
+    rng = np.random.RandomState(0)
+    X = rng.randn(400, 5).astype(np.float32)
+    y = (rng.uniform(-1, 1, 400) * 3e38).astype(np.float32)
+    est = MLPBNRegressor(learning_rate_init=0.05, max_iter=5, random_state=0)
+    fit_quietly(est, X, y)
+    est.set_params(learning_rate_init=1.0, max_iter=40)
+    before = snapshot(est)
+    with pytest.raises(ValueError, match="non-finite.*overflows float32"):
+        fit_quietly(est, X, y)
+    assert_same(before, snapshot(est))
+    # In float64 the same fit is finite.
+    fit_quietly(est, X.astype(np.float64), y.astype(np.float64))
+    assert all(np.isfinite(c).all() for c in est.coefs_ + est.intercepts_)
 
 
 def test_non_finite_validation_output_is_no_improvement(monkeypatch):
@@ -2520,6 +2551,13 @@ def test_dropout_rate_out_of_range(value):
     X, y, est = make_data("binary")
     with pytest.raises(InvalidParameterError, match="dropout"):
         est.set_params(dropout=value).fit(X, y)
+    # partial_fit of a fitted model skips scikit-learn's parameter validation;
+    # the rates are checked there too, with the same error.
+    fit_quietly(est.set_params(dropout=0.0), X, y)
+    before = snapshot(est.set_params(dropout=value))
+    with pytest.raises(InvalidParameterError, match="dropout must be a float"):
+        est.partial_fit(X, y)
+    assert_same(before, snapshot(est))
 
 
 def test_cumulative_running_average_continues_over_partial_fit():
