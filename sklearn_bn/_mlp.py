@@ -2752,6 +2752,13 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
     def _sklearn_params(self):
         return {**super()._sklearn_params(), "loss": self.loss}
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # The Poisson loss refuses negative targets, as PoissonRegressor does
+        # (and tags itself so).
+        tags.target_tags.positive_only = self.loss == "poisson"
+        return tags
+
     @_fit_context(prefer_skip_nested_validation=True)
     @_restore_on_failure
     @with_callbacks  # inside: torn down before a restore, after a publication
