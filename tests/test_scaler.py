@@ -79,7 +79,13 @@ def _assert_same_state(before, after):
 # scikit-learn compatibility
 
 
-@parametrize_with_checks([BatchNormScaler(), BatchNormScaler(momentum=0.1)])
+@parametrize_with_checks(
+    [
+        BatchNormScaler(),
+        BatchNormScaler(momentum=0.1),
+        BatchNormScaler(momentum=0.5, epsilon=0.0, gamma=2.0, beta=-1.0),
+    ]
+)
 def test_sklearn_compatible(estimator, check, monkeypatch):
     # The array API check (with NumPy inputs) skips itself unless this is set;
     # set it only while the check runs so that no skip is left.
