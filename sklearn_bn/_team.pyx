@@ -1,8 +1,9 @@
 """The thread team of the compiled modules, for the Python layer and tests.
 
-The engine and the kernels run their threads as OpenMP teams; how many is
-decided in Python (:mod:`sklearn_bn._threads`) and passed down. The team's
-work queue lives in ``_team.h``.
+The training engine runs ``_team.h``'s pool of POSIX threads, prediction
+and the scaler's kernels OpenMP teams; how many threads is decided in Python
+(:mod:`sklearn_bn._threads`) and passed down. The team's work queue lives in
+``_team.h``.
 """
 from cython.parallel cimport parallel
 

@@ -1,7 +1,8 @@
 """How many threads the package's compiled code runs, in one place.
 
-Every parallel kernel of the package is an OpenMP team whose size is decided
-here and passed down explicitly:
+Every parallel kernel of the package runs a team whose size is decided here
+and passed down explicitly (the training engine's team is ``_team.h``'s pool
+of POSIX threads, prediction's and the scaler's are OpenMP teams):
 
 * the training engine (:func:`training_threads`) and the prediction of a
   large batch (:func:`prediction_threads`) replace BLAS's threads with their
@@ -29,9 +30,16 @@ any thread keep working after any call of the package.
 
 A process forked from one that has run an OpenMP team of this package
 cannot start another (GNU OpenMP's threads do not survive ``fork()``: the
-next team would wait forever for them), so such a child runs everything on
-the calling thread; a child of a process that never ran a team keeps its
-threads.
+next team would wait forever for them), so such a child runs prediction and
+the scaler's kernels on the calling thread; a child of a process that never
+ran a team keeps its threads. The engine's pool starts afresh in a child:
+training keeps its team.
+
+An OpenBLAS built on OpenMP threads (one of conda-forge's variants; numpy's
+and scipy's wheels use pthreads) keeps its limit per thread, as OpenMP does:
+the limit of 1 set here holds in the calling thread only, and the engine's
+threads may each run BLAS's full count. This module assumes a process-wide
+limit.
 """
 
 import contextlib
@@ -92,10 +100,12 @@ class _ProcessState:
 
     ran_team = False
     team_unsafe = False
+    forks = 0  # how many times this process's ancestry forked into it
 
 
 def _after_fork_in_child():
     _ProcessState.team_unsafe = _ProcessState.team_unsafe or _ProcessState.ran_team
+    _ProcessState.forks += 1
     _BLAS_OWNER._after_fork_in_child()
     _TEAMS._after_fork_in_child()
     TEAM_PACE._after_fork_in_child()
@@ -349,9 +359,16 @@ def _entered(enter, leave):
     by a Ctrl-C (one inside a ``predict`` once left BLAS on one thread for
     the rest of the process). One :func:`deferred_interrupt` for the whole
     block holds Ctrl-C back during ``enter`` and ``leave`` and lets it act in
-    between."""
+    between.
+
+    A child forked inside the block (by a callback, say) starts with counts
+    of zero: the block's ``leave`` is not run there, since it would undo an
+    ``enter`` the child never counted (the child's first call lifts the
+    limit of 1 it inherited).
+    """
     with deferred_interrupt() as interrupt:
         state = {}
+        forks = _ProcessState.forks
         try:
             state["result"] = enter()
             interrupt.holding = False
@@ -361,7 +378,7 @@ def _entered(enter, leave):
         finally:
             interrupt.holding = True
             interrupt.requested = False
-            if "result" in state:
+            if "result" in state and _ProcessState.forks == forks:
                 leave(state["result"])
     if interrupt.requested:
         raise KeyboardInterrupt

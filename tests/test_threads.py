@@ -671,3 +671,34 @@ def test_a_fork_while_the_pace_is_locked_leaves_the_child_a_free_pace():
             os._exit(0 if free else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _exit_child(ok):
+    os._exit(0 if ok else 1)
+
+
+@needs_fork
+def test_a_fork_inside_a_team_block_leaves_the_child_s_counts_at_zero():
+    # A callback may fork during a fit, inside the fit's team block. The
+    # child's counts start at zero: the block's exit there must not take them
+    # below (a negative count left BLAS unlimited and teams oversized).
+    owner = _threads._BLAS_OWNER
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_limits()
+        if max(before, default=1) < 2:
+            pytest.skip("no BLAS library whose limit can be raised")
+        with _threads._team_and_one_blas_thread(2):
+            pid = os.fork()
+        if pid == 0:  # the child, after the block
+            ok = False
+            try:
+                ok = owner._users == 0 and _threads._TEAMS.threads == 0
+                with owner.one_thread() as limited:  # the next call limits BLAS
+                    ok = ok and limited and max(blas_limits()) == 1
+                ok = ok and blas_limits() == before
+            finally:
+                _exit_child(ok)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        assert blas_limits() == before
+        assert owner._users == 0 and _threads._TEAMS.threads == 0
