@@ -273,7 +273,7 @@ def read(
         )
     if not frame and not any_categorical:
         try:
-            return validate_data(
+            numeric = validate_data(
                 estimator,
                 X,
                 reset=reset,
@@ -296,6 +296,15 @@ def read(
             # scikit-learn's TypeError.
             if not _holds_pandas_na(X):
                 raise
+        else:
+            features = estimator.categorical_features
+            if fitted_mask is None and not (
+                features is None or isinstance(features, str)
+            ):
+                # A mask naming no column still has HistGradientBoosting's
+                # shape check.
+                categorical_mask(features, numeric, numeric.shape[1], None, None)
+            return numeric
     if frame:
         validate_data(estimator, X, reset=reset, skip_check_array=True)
         n_features = X.shape[1]
@@ -992,16 +1001,14 @@ class InputHandling:
     def passthrough(self):
         return not np.isfinite(self.clip)
 
-    def transform(self, columns, dtype=None):
-        """The network's input for validated raw input ``columns``, in
-        ``dtype`` (default: the input's float dtype)."""
+    def transform(self, columns):
+        """The network's input for validated raw input ``columns``, in its
+        float dtype."""
         if isinstance(columns, Columns):
             numeric, categorical = columns.numeric, columns.categorical
-            dtype = dtype or columns.dtype
         else:
             numeric, categorical = columns, []
-            dtype = dtype or columns.dtype
-        dtype = np.dtype(dtype)
+        dtype = np.dtype(columns.dtype)
         if self.is_categorical.any() and not categorical:
             raise ValueError("The categorical features are missing from X.")
         if sp.issparse(numeric) and not self.is_categorical.any():

@@ -756,6 +756,19 @@ def test_categorical_features_by_index_name_and_mask():
         MLPBNClassifier(categorical_features=["colour"]).fit(frame, y)
 
 
+@pytest.mark.parametrize("mask", [[False], [False] * 5, [[False] * 3]])
+def test_a_mask_naming_no_column_is_still_checked(mask):
+    # HistGradientBoosting's rule: a boolean mask has one entry per feature,
+    # also when it marks none (on an array as on a frame).
+    X, y = np.random.RandomState(0).normal(size=(40, 3)), np.arange(40) % 2
+    with pytest.raises(ValueError, match="must have shape|1-dimensional"):
+        MLPBNClassifier(categorical_features=mask).fit(X, y)
+    est = fit_quietly(
+        MLPBNClassifier(categorical_features=[False] * 3, max_iter=2), X, y
+    )
+    assert not est.is_categorical_.any()
+
+
 def test_string_columns_not_marked_say_how_to_mark_them():
     pd = pytest.importorskip("pandas")
     frame, y = _frame_with_categories(pd)
