@@ -60,7 +60,7 @@ by the minibatch and the pieces, not by the data
 (:meth:`Network.use_pieces`). The layers' matrices are row-major, so
 that a piece's rows are one contiguous block.
 """
-from libc.math cimport exp, log, NAN
+from libc.math cimport exp, log, INFINITY, NAN
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.float cimport DBL_EPSILON, FLT_EPSILON
@@ -571,9 +571,10 @@ def train_epoch(Network network not None, data, params, Optimizer optimizer not 
 
     A minibatch, or a ghost batch norm chunk, whose weight lies on fewer
     than two rows cannot be normalized with its own statistics: the
-    minibatch is skipped (as one whose weights sum to zero), the chunk has
-    no gradient and does not update the running statistics (as a chunk
-    without weight); both are counted.
+    minibatch is skipped (as one whose weights sum to zero); the chunk's
+    rows get ``z_hat = 0`` (their activation is that of beta, which gets
+    their gradient) and it does not update the running statistics (as a
+    chunk without weight); both are counted.
 
     Returns
     -------
@@ -855,7 +856,8 @@ cdef void chunk_weights(const Net* net, const Buffers* buf, const Minibatch* mb,
     """The weight sum of rows ``[lo, hi)`` of the gathered minibatch and the
     ``m`` of their running variance's correction (the minibatch's own when
     it is one chunk). A chunk whose weight lies on one row counts as one
-    without weight (0): its statistics normalize nothing."""
+    without weight (0): its statistics normalize nothing (the forward pass
+    sets its ``z_hat`` to 0)."""
     cdef const floating* swb = batch_weights(net, buf, dtype)
     cdef double w, n_positive = 0
     cdef Py_ssize_t k
@@ -1159,11 +1161,12 @@ cdef void forward_rows(const Net* net, const Data* data, Buffers* buf,
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
-    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c, lo, hi
+    cdef Py_ssize_t fan_in = layer.fan_in, fan_out = layer.fan_out, c, lo, hi, j
     cdef const floating* W = theta + layer.coef
     cdef floating* z = work + layer.z
     cdef floating* a = work + layer.out
     cdef double* mean
+    cdef double wsum, n_running
     cdef double* scratch = piece_scratch(net, buf, piece)
     cdef Panel panel
     if l == 0 and net.sparse:
@@ -1185,10 +1188,24 @@ cdef void forward_rows(const Net* net, const Data* data, Buffers* buf,
         chunk_bounds(mb, c, &lo, &hi)
         fill_panel(&panel, net, buf, lo, hi, fan_out, dtype)
         mean = slot_mean(net, buf, c, l)
-        cbn_act_forward_train(
-            z + lo * fan_out, a + lo * fan_out, &panel, theta + layer.gamma,
-            theta + layer.bias, net.bn_epsilon, net.act, mean, mean + net.var_base,
-            scratch)
+        chunk_weights(net, buf, mb, lo, hi, &wsum, &n_running, dtype)
+        if wsum > 0:
+            cbn_act_forward_train(
+                z + lo * fan_out, a + lo * fan_out, &panel, theta + layer.gamma,
+                theta + layer.bias, net.bn_epsilon, net.act, mean,
+                mean + net.var_base, scratch)
+        else:
+            # A ghost chunk with weight on fewer than 2 rows has no statistics
+            # to normalize with: z_hat = 0 (an infinite variance), so a =
+            # act(beta) on its rows, finite (the statistics of its one
+            # weighted row would scale the others' by 1 / sqrt(bn_epsilon)).
+            for j in range(fan_out):
+                mean[j] = 0
+                mean[net.var_base + j] = INFINITY
+            cbn_act_normalize(
+                z + lo * fan_out, a + lo * fan_out, &panel, theta + layer.gamma,
+                theta + layer.bias, mean, mean + net.var_base, net.bn_epsilon,
+                net.act, scratch)
 
 
 cdef void forward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pieces,
@@ -1365,7 +1382,8 @@ cdef void backward_start(const Net* net, Buffers* buf, const Minibatch* mb,
     the next phase ends it, :func:`backward_end`), or the whole of batch
     norm backward on each ghost chunk (``dz`` in place, this piece's share
     of gamma's and beta's gradients summed over its chunks in order; a
-    chunk without weight has none)."""
+    chunk with weight on fewer than 2 rows, normalized to ``z_hat = 0``,
+    gives beta's alone)."""
     cdef const Layer* layer = &net.layers[l]
     cdef const floating* theta = <const floating*> buf.theta
     cdef floating* work = <floating*> buf.work
@@ -1403,19 +1421,18 @@ cdef void backward_start(const Net* net, Buffers* buf, const Minibatch* mb,
         if c > c0:
             dg, db = chunk_dgamma, chunk_dbeta
         if not stats.weight_sum > 0:
-            for j in range(fan_out):
-                dg[j] = 0
-                db[j] = 0
-            zero_rows(D + lo * fan_out, hi - lo, 0, fan_out, fan_out)
-        else:
-            stats.mean = slot_mean(net, buf, c, l)
-            stats.var = stats.mean + net.var_base
-            fill_panel(&panel, net, buf, lo, hi, fan_out, dtype)
-            # In place: the delta in, the delta out.
-            cbn_act_backward(
-                D + lo * fan_out, D + lo * fan_out, work + layer.out + lo * fan_out,
-                work + layer.z + lo * fan_out, &panel, theta + layer.gamma,
-                theta + layer.bias, &stats, net.act, dg, db, scratch)
+            # The forward's infinite variance (z_hat = 0): beta's gradient
+            # alone, and no dz nor gamma's; the weight sum only scales terms
+            # that vanish.
+            stats.weight_sum = 1
+        stats.mean = slot_mean(net, buf, c, l)
+        stats.var = stats.mean + net.var_base
+        fill_panel(&panel, net, buf, lo, hi, fan_out, dtype)
+        # In place: the delta in, the delta out.
+        cbn_act_backward(
+            D + lo * fan_out, D + lo * fan_out, work + layer.out + lo * fan_out,
+            work + layer.z + lo * fan_out, &panel, theta + layer.gamma,
+            theta + layer.bias, &stats, net.act, dg, db, scratch)
         if c > c0:
             for j in range(fan_out):
                 dgamma[j] += chunk_dgamma[j]
@@ -1732,6 +1749,14 @@ cdef void output_loss_and_delta(const Net* net, floating* p,
         row = p + i * n_out
         yrow = y + i * n_out
         w = swb[i] if net.weighted else 1.0
+        if w == 0:
+            # A row of no weight counts for nothing, whatever its output (a
+            # Poisson output of one far from the weighted statistics may be
+            # inf, and 0 * inf is NaN).
+            row_loss_out[i] = 0
+            for j in range(n_out):
+                row[j] = 0
+            continue
         row_loss = 0
         if net.out_act == OUT_IDENTITY:
             for j in range(n_out):

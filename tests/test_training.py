@@ -2646,6 +2646,87 @@ def test_dropout_masks():
     assert _training.dropout_mask(5, 0, 0, 10, 10, 0.0).all()
 
 
+@pytest.mark.parametrize(
+    "problem, activation",
+    [("squared_error", "tanh"), ("multiclass", "relu"), ("poisson", "logistic")],
+)
+def test_ghost_chunk_with_weight_on_one_row_matches_central_differences(
+    problem, activation
+):
+    # Rows 0-2 of the first chunk (rows 0-3) weigh nothing: its statistics,
+    # those of row 3 alone, normalize nothing (z_hat = 0 on the chunk), but
+    # row 3 is in the loss, and beta gets its gradient through act(beta).
+    X, Y, coefs, gammas, intercepts = make_problem(problem, n=11, seed=3)
+    sw = np.ones(11)
+    sw[:3] = 0
+    out = OUT_ACTIVATION[problem]
+    options = dict(chunks=3, eps=BN_EPSILON)
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        activation,
+        out,
+        0.3,
+        virtual_batch_size=4,
+    )
+    expected = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
+    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
+    numeric = ref_numeric_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
+    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("zero_rows", [slice(0, 4), slice(0, 3)])
+def test_ghost_chunk_rows_without_weight_stay_out_of_a_poisson_loss(dtype, zero_rows):
+    # Rows of no weight in a chunk with fewer than 2 weighted rows were
+    # normalized by 1 / sqrt(bn_epsilon) per layer: exp() of their outputs
+    # overflowed, and 0 * inf made the loss and the gradient NaN.
+    X, Y, coefs, gammas, intercepts = make_problem(
+        "poisson", n=12, hidden=(64, 64), dtype=dtype
+    )
+    sw = np.ones(12, dtype=dtype)
+    sw[zero_rows] = 0
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        "relu",
+        "exp",
+        0.0,
+        virtual_batch_size=4,
+    )
+    assert np.isfinite(loss)
+    assert all(np.isfinite(part).all() for group in grad for part in group)
+    if zero_rows.stop == 4 and dtype == np.float64:
+        # A whole chunk of no weight: as if its rows were dropped.
+        keep = sw > 0
+        loss_without, grad_without, _, _ = engine_loss_and_gradient(
+            X[keep],
+            Y[keep],
+            None,
+            coefs,
+            gammas,
+            intercepts,
+            "relu",
+            "exp",
+            0.0,
+            virtual_batch_size=4,
+        )
+        assert loss == pytest.approx(loss_without, rel=1e-12)
+        assert_grad_allclose(grad, grad_without, rtol=1e-9, atol=1e-12)
+
+
 def test_ghost_chunk_without_weight_is_skipped():
     # A chunk whose rows all have weight 0 gives no statistics: the running
     # statistics skip it, and nothing of it reaches the gradient.
