@@ -2453,6 +2453,45 @@ def test_forked_child_trains_after_the_parent_ran_threads():
 # Ghost batch norm, the cumulative running average, dropout
 
 
+def assert_ghost_loss_and_gradient_match_the_reference(
+    X,
+    Y,
+    sw,
+    coefs,
+    gammas,
+    intercepts,
+    activation,
+    out,
+    virtual_batch_size,
+    chunks,
+    eps,
+):
+    """The engine's ghost batch norm loss (L2 term 0.3) equals the
+    reference's, and its gradient the reference's central differences."""
+    loss, grad, _, _ = engine_loss_and_gradient(
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        activation,
+        out,
+        0.3,
+        eps=eps,
+        virtual_batch_size=virtual_batch_size,
+    )
+    options = dict(chunks=chunks, eps=eps)
+    expected = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
+    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
+    numeric = ref_numeric_gradient(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
+    )
+    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("problem", ["multiclass", "squared_error"])
 @pytest.mark.parametrize("activation", ["identity", "tanh", "logistic", "relu"])
@@ -2476,7 +2515,7 @@ def test_ghost_batch_norm_gradient_matches_central_differences(
             X, coefs, gammas, intercepts, "relu", sw, eps, chunks=chunks
         )
         assert min(np.abs(y).min() for y in pre) > 1e-4
-    loss, grad, _, _ = engine_loss_and_gradient(
+    assert_ghost_loss_and_gradient_match_the_reference(
         X,
         Y,
         sw,
@@ -2485,18 +2524,9 @@ def test_ghost_batch_norm_gradient_matches_central_differences(
         intercepts,
         activation,
         out,
-        0.3,
-        eps=eps,
-        virtual_batch_size=virtual_batch_size,
+        virtual_batch_size,
+        **options,
     )
-    expected = ref_loss(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
-    )
-    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
-    numeric = ref_numeric_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
-    )
-    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -2659,9 +2689,7 @@ def test_ghost_chunk_with_weight_on_one_row_matches_central_differences(
     X, Y, coefs, gammas, intercepts = make_problem(problem, n=11, seed=3)
     sw = np.ones(11)
     sw[:3] = 0
-    out = OUT_ACTIVATION[problem]
-    options = dict(chunks=3, eps=BN_EPSILON)
-    loss, grad, _, _ = engine_loss_and_gradient(
+    assert_ghost_loss_and_gradient_match_the_reference(
         X,
         Y,
         sw,
@@ -2669,18 +2697,11 @@ def test_ghost_chunk_with_weight_on_one_row_matches_central_differences(
         gammas,
         intercepts,
         activation,
-        out,
-        0.3,
-        virtual_batch_size=4,
+        OUT_ACTIVATION[problem],
+        4,
+        chunks=3,
+        eps=BN_EPSILON,
     )
-    expected = ref_loss(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
-    )
-    assert loss == pytest.approx(expected, rel=1e-12, abs=1e-13)
-    numeric = ref_numeric_gradient(
-        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.3, **options
-    )
-    assert_grad_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
