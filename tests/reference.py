@@ -11,7 +11,7 @@ once it is registered.
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import strategies as st
-from scipy.special import expit, log_softmax, xlogy
+from scipy.special import expit, softmax, xlogy
 
 from sklearn_bn._activation_registry import ACTIVATIONS as _HIDDEN
 from sklearn_bn._activation_registry import OUT_ACTIVATIONS as _OUTPUT
@@ -144,14 +144,15 @@ def ref_forward_train(
 
     ``chunks``: ghost batch norm's number of chunks (the rows split as
     ``numpy.array_split`` splits them, each normalized with its own
-    statistics). ``dropout``: per hidden layer, ``(rate, keep)`` with
-    ``keep`` the boolean mask of kept units, or None.
+    statistics; a chunk whose weight lies on fewer than 2 rows has none: its
+    rows get ``z_hat = 0``). ``dropout``: per hidden layer, ``(rate, keep)``
+    with ``keep`` the boolean mask of kept units, or None.
 
     Returns the output layer's raw values, every hidden layer's chunks' batch
     means and (ddof=0) variances of ``z`` (a list of ``(mean, var)`` per
-    chunk; the whole batch's alone by default), and every hidden layer's
-    pre-activation ``gamma * z_hat + beta`` (to keep ReLU's kink away from
-    the checks).
+    chunk, None for a chunk without statistics; the whole batch's alone by
+    default), and every hidden layer's pre-activation ``gamma * z_hat +
+    beta`` (to keep ReLU's kink away from the checks).
     """
     a = X.toarray() if sp.issparse(X) else np.asarray(X)
     a = a.astype(np.float64)
@@ -163,6 +164,10 @@ def ref_forward_train(
         y = np.empty_like(z)
         layer_stats = []
         for rows in parts:
+            if chunks > 1 and np.count_nonzero(w[rows] > 0) < 2:
+                y[rows] = b
+                layer_stats.append(None)
+                continue
             mu = np.average(z[rows], axis=0, weights=w[rows])
             var = np.average((z[rows] - mu) ** 2, axis=0, weights=w[rows])
             y[rows] = g * (z[rows] - mu) / np.sqrt(var + eps) + b
@@ -181,11 +186,14 @@ def ref_per_sample_loss(raw, Y, out_activation):
     Y = np.asarray(Y, dtype=np.float64).reshape(raw.shape)
     if out_activation == "identity":
         return 0.5 * ((raw - Y) ** 2).sum(axis=1)
+    # scikit-learn's log losses clip the probabilities to [eps, 1 - eps].
+    eps = np.finfo(np.float64).eps
     if out_activation == "logistic":
-        p = expit(raw)
+        p = np.clip(expit(raw), eps, 1 - eps)
         return -(xlogy(Y, p) + xlogy(1 - Y, 1 - p)).sum(axis=1)
     if out_activation == "softmax":
-        return -(Y * log_softmax(raw, axis=1)).sum(axis=1)
+        p = np.clip(softmax(raw, axis=1), eps, 1 - eps)
+        return -xlogy(Y, p).sum(axis=1)
     assert out_activation == "exp"
     p = np.exp(raw)
     return (xlogy(Y, Y / p) - Y + p).sum(axis=1)
@@ -210,7 +218,11 @@ def ref_loss(
         X, coefs, gammas, intercepts, activation, sw, eps, **options
     )[0]
     w = _weights(sw, raw.shape[0])
-    data_loss = np.average(ref_per_sample_loss(raw, Y, out_activation), weights=w)
+    # Rows of no weight count for nothing, even where their loss overflows.
+    weighted = w > 0
+    with np.errstate(over="ignore"):
+        per_row = ref_per_sample_loss(raw, Y, out_activation)
+    data_loss = np.average(per_row[weighted], weights=w[weighted])
     l2 = sum((np.asarray(W, dtype=np.float64) ** 2).sum() for W in coefs)
     return data_loss + 0.5 * alpha * l2 / w.sum()
 

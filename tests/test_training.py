@@ -2748,6 +2748,49 @@ def test_ghost_chunk_rows_without_weight_stay_out_of_a_poisson_loss(dtype, zero_
         assert_grad_allclose(grad, grad_without, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "problem, activation, sw, chunks, scale_output",
+    [
+        # A chunk weighted on one row, whose weightless row's output overflows.
+        ("poisson", "identity", [1.0, 1.0, 0.0, 1.0], 2, 1),
+        # A chunk of no weight.
+        ("squared_error", "tanh", [1.0, 1.0, 0.0, 0.0], 2, 1),
+        # Saturated probabilities, clipped as scikit-learn's log loss clips.
+        ("binary", "relu", None, 1, 300),
+    ],
+)
+def test_the_engine_and_the_reference_agree_at_the_edges(
+    problem, activation, sw, chunks, scale_output
+):
+    # Minimal cases from a fuzzing of the engine against the reference, where
+    # the reference (not the engine) was wrong: NaN, ZeroDivisionError, inf.
+    seed = 10 if problem == "poisson" else 0
+    X, Y, coefs, gammas, intercepts = make_problem(
+        problem, n=4, n_features=1, hidden=(1,), seed=seed
+    )
+    coefs[-1] = coefs[-1] * scale_output
+    sw = None if sw is None else np.array(sw)
+    out = OUT_ACTIVATION[problem]
+    vbs = 2 if chunks > 1 else None
+    loss = engine_loss_and_gradient(
+        X,
+        Y,
+        sw,
+        coefs,
+        gammas,
+        intercepts,
+        activation,
+        out,
+        0.0,
+        virtual_batch_size=vbs,
+    )[0]
+    expected = ref_loss(
+        X, Y, sw, coefs, gammas, intercepts, activation, out, 0.0, chunks=chunks
+    )
+    assert np.isfinite(loss)
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
 def test_ghost_chunk_without_weight_is_skipped():
     # A chunk whose rows all have weight 0 gives no statistics: the running
     # statistics skip it, and nothing of it reaches the gradient.
