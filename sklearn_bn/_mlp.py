@@ -2427,7 +2427,10 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
         ``nesterovs_momentum``, ``beta_1``, ``beta_2``, ``epsilon`` and
         ``weight_decay`` set since then take effect at the next :meth:`fit`.
         The loss's settings (``alpha``, ``label_smoothing``) and
-        ``bn_momentum`` take effect at once.
+        ``bn_momentum`` take effect at once. The parameters a call reads are
+        validated at every call (scikit-learn validates them at the first
+        only): an invalid value set since then raises scikit-learn's
+        ``InvalidParameterError`` and leaves the model as it was.
         """
         if self.class_weight == "balanced":
             raise ValueError(
@@ -2836,7 +2839,11 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         ``learning_rate_init``, ``power_t``, ``momentum``,
         ``nesterovs_momentum``, ``beta_1``, ``beta_2``, ``epsilon`` and
         ``weight_decay`` set since then take effect at the next :meth:`fit`.
-        The loss's ``alpha`` and ``bn_momentum`` take effect at once.
+        The loss's ``alpha`` and ``bn_momentum`` take effect at once. The
+        parameters a call reads are validated at every call (scikit-learn
+        validates them at the first only): an invalid value set since then
+        raises scikit-learn's ``InvalidParameterError`` and leaves the model
+        as it was.
         """
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
