@@ -1604,13 +1604,6 @@ cdef double step_block(const Net* net, Optimizer opt, Buffers* buf,
     return squares
 
 
-cdef void zero_rows(floating* x, Py_ssize_t n_rows, Py_ssize_t c0, Py_ssize_t c1,
-                    Py_ssize_t ld) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        memset(x + i * ld + c0, 0, (c1 - c0) * sizeof(floating))
-
-
 # ---------------------------------------------------------------------------
 # Dropout: masks from a counter-based hash of (seed, step, layer, row,
 # unit), so that they depend on neither the thread nor the order of work.
