@@ -481,10 +481,9 @@ class _TeamPace:
 
     A process's first ``WARMUP_SECONDS`` of calls (of any network) are not
     measured: they run the first way, the free team, slower than it will
-    run (on the large network of ``bench_contention.py``, quiet, its first
-    two to four calls took 4.3-9.8 microseconds a row against 3.3-3.5 from
-    then on; the pinned way's are slow too when it runs first), and a free
-    team measured then lost to the pinned way for the process's next fits.
+    run (its threads starting, an idle core waking; the pinned way's first
+    calls are slow too), and a free team measured then lost to the pinned
+    way for the process's next fits.
 
     The team's threads, free to move, do best on a quiet machine. Beside a
     busy process the scheduler leaves them sharing one core, about one
