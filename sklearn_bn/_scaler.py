@@ -128,9 +128,11 @@ class BatchNormScaler(
         average with PyTorch's convention: the first batch sets
         ``running_mean_`` and ``running_var_`` to its mean and unbiased
         variance, each later batch does
-        ``running = (1 - m) * running + m * batch_statistic``. A batch must
-        then hold at least two samples that are not NaN in every feature
-        (with ``sample_weight``: see Notes).
+        ``running = (1 - m) * running + m * batch_statistic``. A feature
+        with values in a batch must then have at least two that are not NaN
+        (with ``sample_weight``: see Notes); a feature with none keeps its
+        statistics (NaN until a batch has values for it, which then sets
+        them as a first batch does).
 
     epsilon : float, default=1e-5
         Added to the variance before the square root, as in batch
@@ -236,8 +238,8 @@ class BatchNormScaler(
     or, when that sum is below 2 (weights normalized to sum to 1, as
     :class:`~sklearn.ensemble.AdaBoostClassifier` passes them), the number
     of rows with positive weight; both per feature, over the values that
-    are not NaN. A batch with ``m <= 1`` in some feature raises a
-    ``ValueError``, and so do weights that are all zero.
+    are not NaN. A batch in which a feature with values has ``m <= 1``
+    raises a ``ValueError``, and so do weights that are all zero.
 
     References
     ----------
@@ -481,24 +483,33 @@ class BatchNormScaler(
             mean = np.where(count == 0, np.nan, mean)
             var = np.where(count == 0, np.nan, var)
         else:
+            # A feature with no value in this batch (all NaN, or no weight)
+            # keeps its statistics: NaN, as in exact mode, until a batch has
+            # values for it; that batch then sets them, as a first batch does.
+            absent = count_b == 0
             n_unbiased = unbiased_counts(
                 count_b, _rows_with_weight(X, sample_weight, count_b, has_nan)
             )
-            too_few = n_unbiased <= 1
+            too_few = (n_unbiased <= 1) & ~absent
             if np.any(too_few):
                 raise ValueError(_too_few_message(self, too_few, sample_weight))
-            var_b = var_b * (n_unbiased / (n_unbiased - 1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                var_b = var_b * (n_unbiased / (n_unbiased - 1))
             count = count_prev + count_b
             if reset:
-                mean, var = mean_b, var_b
+                r_mean = r_var = np.full(n_features, np.nan)
             else:
-                # Exact where the batch repeats the running value: a constant
-                # feature keeps its mean to the last bit (transform then maps
-                # it to beta), which (1 - m) * r + m * r need not give.
-                m = self.momentum
                 r_mean, r_var = self.running_mean_, self.running_var_
-                mean = np.where(mean_b == r_mean, r_mean, (1 - m) * r_mean + m * mean_b)
-                var = np.where(var_b == r_var, r_var, (1 - m) * r_var + m * var_b)
+            m = self.momentum
+            # Exact where the batch repeats the running value: a constant
+            # feature keeps its mean to the last bit (transform then maps it
+            # to beta), which (1 - m) * r + m * r need not give.
+            mean = np.where(mean_b == r_mean, r_mean, (1 - m) * r_mean + m * mean_b)
+            var = np.where(var_b == r_var, r_var, (1 - m) * r_var + m * var_b)
+            first = count_prev == 0
+            mean = np.where(first, mean_b, mean)
+            var = np.where(first, var_b, var)
+            mean[absent], var[absent] = r_mean[absent], r_var[absent]
 
         overflow = (count > 0) & ~(np.isfinite(mean) & np.isfinite(var))
         if np.any(overflow):

@@ -397,6 +397,50 @@ def test_momentum_nan_uses_per_feature_counts():
     assert_array_equal(scaler.n_samples_seen_, [40, 35, 40])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_momentum_feature_without_values_keeps_its_statistics(dtype):
+    # NaN is ignored when learning: a feature with no value in a batch is
+    # not updated; never seen, its statistics are NaN (NaN output, as in
+    # exact mode and StandardScaler) until a batch sets them as a first one.
+    rng = np.random.default_rng(0)
+    first, second, third = (rng.normal(size=(20, 3)).astype(dtype) for _ in range(3))
+    first[:, 1] = np.nan
+    third[:, 2] = np.nan
+    scaler = BatchNormScaler(momentum=0.25).fit(first)
+    assert np.isnan(scaler.running_mean_[1]) and np.isnan(scaler.running_var_[1])
+    out = scaler.transform(first[:2])
+    assert np.isnan(out[:, 1]).all() and np.isfinite(out[:, [0, 2]]).all()
+
+    def batch_stats(X):
+        X = X.astype(np.float64)
+        return np.nanmean(X, axis=0), np.nanvar(X, axis=0, ddof=1)
+
+    mean1, var1 = batch_stats(first)
+    mean2, var2 = batch_stats(second)
+    scaler.partial_fit(second)
+    expected_mean = 0.75 * mean1 + 0.25 * mean2
+    expected_var = 0.75 * var1 + 0.25 * var2
+    expected_mean[1], expected_var[1] = mean2[1], var2[1]
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert_allclose(scaler.running_mean_, expected_mean, rtol=rtol)
+    assert_allclose(scaler.running_var_, expected_var, rtol=rtol)
+    assert_array_equal(scaler.n_samples_seen_, [40, 20, 40])
+
+    before = scaler.running_mean_[2], scaler.running_var_[2]
+    scaler.partial_fit(third)
+    assert (scaler.running_mean_[2], scaler.running_var_[2]) == before
+    assert_array_equal(scaler.n_samples_seen_, [60, 40, 40])
+
+    # Values on rows of zero weight only: no value either.
+    weights = np.ones(20)
+    weights[:10] = 0.0
+    fourth = rng.normal(size=(20, 3)).astype(dtype)
+    fourth[10:, 0] = np.nan
+    kept = scaler.running_mean_[0], scaler.running_var_[0]
+    scaler.partial_fit(fourth, sample_weight=weights)
+    assert (scaler.running_mean_[0], scaler.running_var_[0]) == kept
+
+
 @pytest.mark.parametrize(
     "batch, weight, match",
     [
@@ -1267,8 +1311,8 @@ def _failures(momentum):
     X = _data(n=30, m=4)
     X_inf = X.copy()
     X_inf[3, 2] = np.inf
-    X_nan_col = X.copy()
-    X_nan_col[:, 1] = np.nan
+    X_one_value = X.copy()
+    X_one_value[1:, 1] = np.nan
     cases = {
         "wrong n_features": lambda s: s.partial_fit(X[:, :3]),
         "infinity": lambda s: s.partial_fit(X_inf),
@@ -1292,7 +1336,7 @@ def _failures(momentum):
     if momentum is not None:
         cases["one-row batch"] = lambda s: s.partial_fit(X[:1])
         cases["one-row fit"] = lambda s: s.fit(X[:1])
-        cases["all-NaN feature in batch"] = lambda s: s.partial_fit(X_nan_col)
+        cases["feature with one value in batch"] = lambda s: s.partial_fit(X_one_value)
         cases["weights summing to 1 on one row"] = lambda s: s.partial_fit(
             X, sample_weight=np.eye(30)[0]
         )
