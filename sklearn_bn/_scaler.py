@@ -208,7 +208,7 @@ class BatchNormScaler(
     :mod:`sklearn.callback` callbacks, as on
     :class:`~sklearn.preprocessing.StandardScaler`: each :meth:`fit`,
     :meth:`partial_fit` and :meth:`fit_transform` call is one task (named
-    ``'fit'``, or ``'partial_fit'``) without subtasks, whose hooks get the
+    ``'fit'``, as there) without subtasks, whose hooks get the
     validated `X`, `y` and ``{'sample_weight': ...}``, and at its end the
     fitted scaler.
 
@@ -353,7 +353,6 @@ class BatchNormScaler(
             y,
             sample_weight,
             reset=not hasattr(self, "n_samples_seen_"),
-            task_name="partial_fit",
         )
         return self
 
@@ -388,7 +387,7 @@ class BatchNormScaler(
 
     @_restore_on_failure
     @with_callbacks  # inside: torn down before a restore, after a publication
-    def _fit(self, X, y, sample_weight, reset, task_name="fit"):
+    def _fit(self, X, y, sample_weight, reset):
         """Learn or update the statistics; return the validated `X`.
 
         Everything is computed into locals and assigned at the end; if
@@ -431,7 +430,7 @@ class BatchNormScaler(
                 seen=0.0 if reset else float(np.max(self.n_samples_seen_)),
             )
             sample_weight = _aligned(weights64.astype(X.dtype, copy=False))
-        callback_ctx = self._init_callback_context(task_name=task_name)
+        callback_ctx = self._init_callback_context()
         metadata = {"sample_weight": sample_weight}
         callback_ctx.call_on_fit_task_begin(estimator=self, X=X, y=y, metadata=metadata)
         if self.momentum is not None and X.shape[0] < 2:
