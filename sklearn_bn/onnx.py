@@ -165,24 +165,59 @@ def _convert_classifier(scope, operator, container):
 
 
 def _convert_scaler(scope, operator, container):
-    """Convert a BatchNormScaler as its StandardScaler twin. Several inputs
-    (a DataFrame's columns) are joined side by side first, as skl2onnx's
-    scaler converter joins them."""
+    """Convert a BatchNormScaler as :meth:`~sklearn_bn.BatchNormScaler.transform`
+    computes: ``(x - center) * scale + shift`` in the input's precision, the
+    centre being the mean rounded to it and the shift taking the rounding
+    error. The StandardScaler twin's ``(x - mean_) / scale_`` rounds
+    ``mean_`` (beta folded in) to float32 for float32 input, which moves a
+    feature whose mean is large against its spread (a constant feature with
+    a ``beta``, say) by that rounding over the spread. With the ``div``
+    option, the twin's graph (skl2onnx's StandardScaler converter, which
+    takes that option). Several inputs (a DataFrame's columns) are joined
+    side by side first, as skl2onnx's scaler converter joins them."""
+    import numpy as np
     from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
-    from skl2onnx.algebra.onnx_ops import OnnxConcat
+    from skl2onnx.algebra.onnx_ops import (
+        OnnxAdd,
+        OnnxCast,
+        OnnxConcat,
+        OnnxMul,
+        OnnxSub,
+    )
+    from skl2onnx.common.data_types import guess_numpy_type, guess_proto_type
+    from skl2onnx.proto import onnx_proto
 
     estimator = operator.raw_operator
+    opv = container.target_opset
     options = _twin_options(scope, estimator, keep=("div",))
     inputs = operator.inputs
-    if len(inputs) > 1:
-        inputs = [OnnxConcat(*inputs, axis=1, op_version=container.target_opset)]
-    OnnxSubEstimator(
-        estimator.to_sklearn(),
-        inputs[0],
-        op_version=container.target_opset,
-        options=options or None,
-        output_names=operator.outputs[:1],
-    ).add_to(scope, container)
+    x = inputs[0] if len(inputs) == 1 else OnnxConcat(*inputs, axis=1, op_version=opv)
+    if options:
+        OnnxSubEstimator(
+            estimator.to_sklearn(),
+            x,
+            op_version=opv,
+            options=options,
+            output_names=operator.outputs[:1],
+        ).add_to(scope, container)
+        return
+    dtype = guess_numpy_type(inputs[0].type)
+    center, scale, shift, wide = estimator._coefficients(dtype)
+    out = {"output_names": operator.outputs[:1]}
+    if wide is not None:
+        # A scale beyond the input dtype's range: in float64, as transform
+        # computes these features.
+        center, scale, shift, _ = estimator._coefficients(np.float64)
+        x = OnnxCast(x, to=onnx_proto.TensorProto.DOUBLE, op_version=opv)
+    y = OnnxAdd(
+        OnnxMul(OnnxSub(x, center, op_version=opv), scale, op_version=opv),
+        shift,
+        op_version=opv,
+        **({} if wide is not None else out),
+    )
+    if wide is not None:
+        y = OnnxCast(y, to=guess_proto_type(inputs[0].type), op_version=opv, **out)
+    y.add_to(scope, container)
 
 
 def _regressor_shape(operator):
@@ -258,7 +293,8 @@ def register_converters():
 
     Notes
     -----
-    The ONNX graph computes what the twin computes, in the input's precision:
+    The ONNX graph of a network computes what its twin computes, and that of
+    a scaler what its ``transform`` computes, in the input's precision:
     for a model trained on float64, a float64 input gives a float64 graph
     whose outputs agree with ``predict``, ``predict_proba`` and
     ``transform`` to about 1e-15, a float32 input a float32 graph that

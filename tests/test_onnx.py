@@ -116,6 +116,36 @@ def test_scaler_transform(dtype, params):
     )
 
 
+def test_scaler_float32_graph_keeps_transforms_precision():
+    # The graph computes as transform does: the centre rounded to float32,
+    # its rounding error in the shift. The StandardScaler twin's float32
+    # (x - mean_) / scale_ would move these features by mean_'s rounding
+    # over their spread: 0.05 for the first, beta + 0.12 for 1e4 below.
+    rng = np.random.default_rng(0)
+    X = (1e4 + rng.normal(scale=0.01, size=(200, 1))).astype(np.float32)
+    scaler = BatchNormScaler().fit(X)
+    (got,) = _run(scaler, X)
+    assert_allclose(got, scaler.transform(X), atol=1e-6)
+    constant = np.full((50, 3), [651.0, 1e4, 1e6], dtype=np.float32)
+    scaler = BatchNormScaler(beta=0.5).fit(constant)
+    (got,) = _run(scaler, constant)
+    assert_array_equal(got, np.full_like(constant, 0.5))
+    # With skl2onnx's div option, the twin's graph, as documented.
+    (got,) = _run(scaler, constant, options={id(scaler): {"div": "div"}})
+    assert_allclose(got, scaler.to_sklearn().transform(constant))
+
+
+def test_scaler_graph_of_a_spread_beyond_float32_computes_in_float64():
+    # At epsilon=0 a spread below float32's smallest normal number gives a
+    # scale beyond float32's range; transform computes such features in
+    # float64, and so does the graph.
+    X = np.array([[0.0, 1.0], [1e-45, 2.0], [0.0, 3.0]], dtype=np.float32)
+    scaler = BatchNormScaler(epsilon=0.0).fit(X)
+    (got,) = _run(scaler, X)
+    assert got.dtype == np.float32
+    assert_array_equal(got, scaler.transform(X))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scaler_of_a_dataframe_takes_one_input_per_column(dtype):
     # skl2onnx gives a DataFrame one input per column; the scaler joins them
