@@ -1361,7 +1361,43 @@ def test_the_twin_takes_none_as_the_nan_category():
         twin = est.to_sklearn()
         assert_allclose(twin.predict_proba(data), est.predict_proba(data), atol=1e-12)
         names = twin[0].get_feature_names_out().tolist()
-        assert names[-2:] == [names[-2][:-4] + "None", names[-1][:-3] + "nan"]
+        # Fitted on a frame, string categories also get pandas' NA.
+        missing = ["None", "nan"] if data is X else ["None", "<NA>", "nan"]
+        assert [name.rsplit("_", 1)[1] for name in names[-len(missing) :]] == missing
+
+
+@pytest.mark.parametrize("dtype", ["string", "string[pyarrow]", object, "category"])
+def test_the_twin_takes_pandas_na_as_the_nan_category(dtype):
+    # Nullable strings hold pandas' NA where values are missing, which the
+    # handling takes as NaN; the twin of a model fitted on a frame gets an
+    # NA category weighed as NaN's.
+    pd = pytest.importorskip("pandas")
+    if dtype == "string[pyarrow]":
+        pytest.importorskip("pyarrow")
+    rng = np.random.RandomState(0)
+    n = 300
+    values = pd.Series(rng.choice(["x", "y"], n), dtype=object)
+    values[::4] = pd.NA
+    if dtype == "category":
+        column = values.astype(pd.CategoricalDtype(["x", "y"]))
+        column = column.cat.set_categories(
+            pd.Index(["x", "y"], dtype="string"), rename=True
+        )
+    else:
+        column = values.astype(dtype)
+    X = pd.DataFrame({"a": rng.randn(n), "c": column})
+    y = (rng.rand(n) < 0.5).astype(int)
+    est = fit_quietly(
+        MLPBNClassifier(
+            hidden_layer_sizes=(8,),
+            max_iter=5,
+            random_state=0,
+            categorical_features=["c"] if dtype != "category" else "from_dtype",
+        ),
+        X,
+        y,
+    )
+    assert_allclose(est.to_sklearn().predict_proba(X), est.predict_proba(X), atol=1e-12)
 
 
 def test_the_twin_of_boolean_categories_with_none_takes_floats():
@@ -1652,3 +1688,4 @@ def test_the_sklearn_twin_of_a_standardized_target_warm_starts_afresh():
         warnings.simplefilter("ignore", ConvergenceWarning)
         twin.fit(X, y.ravel())
     assert mlp.n_iter_ == 12  # not stopped after n_iter_no_change epochs
+
