@@ -263,7 +263,9 @@ def read(
             estimator=estimator,
         )
     frame = is_frame(X)
-    if getattr(X, "dtype", None) is not None and np.dtype(X.dtype).kind in "mM":
+    # Only numpy's dtypes: a tensor's or a pandas array's is left to
+    # scikit-learn's validation.
+    if isinstance(getattr(X, "dtype", None), np.dtype) and X.dtype.kind in "mM":
         # scikit-learn's validation would read them as numbers since 1970;
         # categories are read from a frame's date columns only.
         raise ValueError(

@@ -1689,3 +1689,23 @@ def test_the_sklearn_twin_of_a_standardized_target_warm_starts_afresh():
         twin.fit(X, y.ravel())
     assert mlp.n_iter_ == 12  # not stopped after n_iter_no_change epochs
 
+
+def test_arrays_of_other_libraries_go_through_sklearns_validation():
+    # Only numpy dtypes are looked at before validation: a tensor's dtype
+    # or a pandas extension dtype is scikit-learn's to read or refuse.
+    torch = pytest.importorskip("torch")
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(0)
+    X = rng.randn(60, 3)
+    y = (X[:, 0] > 0).astype(int)
+    params = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    est = fit_quietly(MLPBNClassifier(**params), torch.tensor(X), y)
+    reference = fit_quietly(MLPBNClassifier(**params), X, y)
+    assert_array_equal(est.predict_proba(torch.tensor(X)), reference.predict_proba(X))
+    for one_dimensional in (
+        pd.Series([1.0, 2.0], dtype="Float64"),
+        pd.Series(pd.Categorical(["a", "b"])),
+        pd.array([1.0, None], dtype="Float64"),
+    ):
+        with pytest.raises(ValueError):
+            reference.predict(one_dimensional)
