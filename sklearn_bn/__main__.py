@@ -45,6 +45,19 @@ def _positive_int(text):
     return value
 
 
+def _seed(text):
+    """A seed numpy's random state takes: an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, 2**32 - 1], got {text!r}"
+        )
+    return value
+
+
 def _rate(text):
     try:
         value = float(text)
@@ -111,7 +124,7 @@ def build_parser():
     )
     parser.add_argument(
         "--random-state",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the split and of both networks (default: 0)",
     )

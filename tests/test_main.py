@@ -51,6 +51,9 @@ def test_demo_compares_both_networks(capsys):
         (["--dropout", "1"], "rate in [0, 1)"),
         (["--dropout", "x"], "rate in [0, 1)"),
         (["--virtual-batch-size", "1"], "integer >= 2"),
+        (["--random-state", "-1"], "integer in [0, 2**32 - 1]"),
+        (["--random-state", str(2**32)], "integer in [0, 2**32 - 1]"),
+        (["--random-state", "x"], "integer in [0, 2**32 - 1]"),
     ],
 )
 def test_demo_rejects_bad_options(argv, message, capsys):
