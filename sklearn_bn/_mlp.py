@@ -1431,13 +1431,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         mlp.coefs_ = [c.copy() for c in folded.coefs]
         mlp.intercepts_ = [b.copy() for b in folded.intercepts]
         if handling is not None:
-            feature_names = getattr(self, "feature_names_in_", None)
             steps, fold = _preprocessing.sklearn_steps(
-                handling, feature_names, mlp.coefs_[0].dtype
+                handling, getattr(self, "feature_names_in_", None), mlp.coefs_[0].dtype
             )
             mlp.coefs_[0][: handling.n_numeric] *= fold
-            rows = _preprocessing.twin_input_rows(handling, feature_names is not None)
-            mlp.coefs_[0] = mlp.coefs_[0][rows]
+            mlp.coefs_[0] = mlp.coefs_[0][_preprocessing.twin_input_rows(handling)]
             mlp.n_features_in_ = mlp.coefs_[0].shape[0]
         raw_features = (
             ("n_features_in_", "feature_names_in_") if handling is None else ()

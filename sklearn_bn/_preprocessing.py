@@ -1145,47 +1145,27 @@ def _category_index(values, cats):
 # The scikit-learn twin
 
 
-def _is_pandas_na(value):
-    pd = sys.modules.get("pandas")
-    return pd is not None and value is pd.NA
-
-
-def _with_none(cats, frame):
-    """A column's categories for the encoder: with ``None`` (and, for a
-    model fitted on a frame, pandas' ``NA``) before a NaN category of
-    objects, since the encoder (unlike the handling) tells them from NaN;
-    their one-hot columns repeat NaN's (see :func:`twin_input_rows`).
-
-    pandas' ``NA`` is what a nullable ``string`` column (or a ``category``
-    column of such strings) holds where values are missing: it is added to
-    string categories. It is left out for a model fitted on an array, whose
-    twin then loads without pandas.
-    """
+def _with_none(cats):
+    """A column's categories for the encoder: with ``None`` before a NaN
+    category of objects, which the encoder (unlike the handling) tells from
+    NaN; its one-hot column repeats NaN's (see :func:`twin_input_rows`)."""
     if cats.dtype == object and len(cats) and _missing(cats[-1:])[0]:
-        aliases = [None]
-        if frame and all(isinstance(v, str) for v in cats[:-1]):
-            import pandas as pd
-
-            aliases.append(pd.NA)
-        out = np.empty(len(cats) + len(aliases), dtype=object)
-        out[: len(cats) - 1] = cats[:-1]
-        out[len(cats) - 1 : -1] = aliases
-        out[-1] = np.nan
+        out = np.empty(len(cats) + 1, dtype=object)
+        out[:-2], out[-2], out[-1] = cats[:-1], None, np.nan
         return out
     return cats
 
 
-def twin_input_rows(handling, frame):
+def twin_input_rows(handling):
     """For each input column of the twin's network, the handled input
     column it repeats: the handling's layout, with NaN's one-hot column
-    repeated for the missing values' categories :func:`_with_none` adds
-    (``frame``: the model was fitted on a DataFrame)."""
+    repeated for the ``None`` category :func:`_with_none` adds."""
     rows = list(range(handling.n_numeric + len(handling.indicators)))
     start = len(rows)
     for cats in handling.categories:
         block = list(range(start, start + len(cats)))
-        extra = len(_with_none(cats, frame)) - len(cats)
-        block[-1:-1] = [block[-1]] * extra
+        if len(_with_none(cats)) > len(cats):
+            block.insert(-1, block[-1])
         rows += block
         start += len(cats)
     rows += range(start, start + handling.n_spline_outputs)
@@ -1235,7 +1215,7 @@ def sklearn_steps(handling, feature_names, dtype):
             SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True),
         )
     )
-    categories = [_with_none(c, feature_names is not None) for c in handling.categories]
+    categories = [_with_none(c) for c in handling.categories]
     n_cats = [len(c) for c in categories]
     n_rows = max([2] + n_cats)
     n_features = len(handling.is_categorical)
@@ -1245,13 +1225,6 @@ def sklearn_steps(handling, feature_names, dtype):
             cats = categories[len(columns) - int((~handling.is_categorical[:j]).sum())]
             values = np.empty(n_rows, dtype=cats.dtype)
             values[:] = [cats[r % len(cats)] for r in range(n_rows)]
-            if cats.dtype == object:
-                # The encoder's fit cannot sort pandas' NA: a string of its
-                # own stands in for it (its categories are replaced below).
-                stand_in = "<NA>"
-                while stand_in in {v for v in cats if isinstance(v, str)}:
-                    stand_in += "_"
-                values[:] = [stand_in if _is_pandas_na(v) else v for v in values]
         else:
             values = np.zeros(n_rows, dtype=dtype)
             if j in set(handling.indicators.tolist()):
