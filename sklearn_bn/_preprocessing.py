@@ -354,6 +354,11 @@ def read(
             f"Found array with 0 feature(s) (shape={columns.shape}) while a minimum "
             f"of 1 is required by {type(estimator).__name__}."
         )
+    if columns.shape[0] < 1:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={columns.shape}) while a minimum "
+            f"of 1 is required by {type(estimator).__name__}."
+        )
     for values in columns.categorical:
         if _has_infinity(values):
             raise ValueError(
@@ -368,11 +373,6 @@ def read(
             ensure_min_features=0,
             order="C",
             estimator=estimator,
-        )
-    elif columns.shape[0] < 1:
-        raise ValueError(
-            f"Found array with 0 sample(s) (shape={columns.shape}) while a minimum "
-            f"of 1 is required by {type(estimator).__name__}."
         )
     return columns
 

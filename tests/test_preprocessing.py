@@ -1703,3 +1703,22 @@ def test_the_twin_takes_pandas_na_given_as_nan(dtype):
     assert_allclose(
         est.to_sklearn().predict_proba(fixed), est.predict_proba(X), atol=1e-12
     )
+
+
+def test_a_frame_without_rows_is_refused_with_its_own_shape():
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(
+        {
+            "a": [1.0, 2.0, 3.0, 4.0],
+            "b": [1.0, 2, 3, 5],
+            "c": pd.Categorical(list("xyxy")),
+        }
+    )
+    y = np.array([0, 1, 0, 1])
+    message = r"0 sample\(s\) \(shape=\(0, 3\)\) while a minimum of 1"
+    with pytest.raises(ValueError, match=message):
+        MLPBNClassifier().fit(X[:0], y[:0])
+    est = fit_quietly(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=2), X, y)
+    for method in (est.predict, est.predict_proba):
+        with pytest.raises(ValueError, match=message):
+            method(X[:0])
