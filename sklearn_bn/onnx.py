@@ -4,10 +4,11 @@ skl2onnx converts scikit-learn models, and every estimator of this package has
 a scikit-learn twin (``to_sklearn()``): a ``StandardScaler`` for
 :class:`~sklearn_bn.BatchNormScaler`, an ``MLPClassifier`` or ``MLPRegressor``
 with batch norm folded into the weights for the networks.
-:func:`register_converters` tells skl2onnx to convert each estimator as its
-twin, so that ``skl2onnx.to_onnx`` works on the estimators and on pipelines
-that hold them. Needs the ``onnx`` extra (``pip install "sklearn_bn[onnx]"``,
-or ``pip install ".[onnx]"`` from a clone): skl2onnx and onnxruntime.
+:func:`register_converters` tells skl2onnx to convert each network as its
+twin, and the scaler as its ``transform`` computes, so that
+``skl2onnx.to_onnx`` works on the estimators and on pipelines that hold them.
+Needs the ``onnx`` extra (``pip install "sklearn_bn[onnx]"``, or ``pip install
+".[onnx]"`` from a clone): skl2onnx and onnxruntime.
 """
 
 __all__ = ["register_converters"]
@@ -201,12 +202,17 @@ def _convert_scaler(scope, operator, container):
             output_names=operator.outputs[:1],
         ).add_to(scope, container)
         return
-    dtype = guess_numpy_type(inputs[0].type)
+    # The output's type: the input's, float32 for integer input (which
+    # skl2onnx's StandardScaler converter also casts).
+    dtype = guess_numpy_type(operator.outputs[0].type)
+    if guess_numpy_type(inputs[0].type) != dtype:
+        x = OnnxCast(x, to=guess_proto_type(operator.outputs[0].type), op_version=opv)
     center, scale, shift, wide = estimator._coefficients(dtype)
     out = {"output_names": operator.outputs[:1]}
     if wide is not None:
-        # A scale beyond the input dtype's range: in float64, as transform
-        # computes these features.
+        # A scale beyond the dtype's range: the graph runs in float64, where
+        # transform computes only these features so (the others may then
+        # differ from transform's by the dtype's rounding).
         center, scale, shift, _ = estimator._coefficients(np.float64)
         x = OnnxCast(x, to=onnx_proto.TensorProto.DOUBLE, op_version=opv)
     y = OnnxAdd(
@@ -216,7 +222,9 @@ def _convert_scaler(scope, operator, container):
         **({} if wide is not None else out),
     )
     if wide is not None:
-        y = OnnxCast(y, to=guess_proto_type(inputs[0].type), op_version=opv, **out)
+        y = OnnxCast(
+            y, to=guess_proto_type(operator.outputs[0].type), op_version=opv, **out
+        )
     y.add_to(scope, container)
 
 
@@ -271,13 +279,18 @@ def register_converters():
     :func:`skl2onnx.convert_sklearn` accept
     :class:`~sklearn_bn.BatchNormScaler`, :class:`~sklearn_bn.MLPBNClassifier`
     and :class:`~sklearn_bn.MLPBNRegressor`, alone or inside pipelines and
-    other meta-estimators. Each is converted as its scikit-learn twin,
+    other meta-estimators. A network is converted as its scikit-learn twin,
     ``to_sklearn()``, with skl2onnx's own converter for that twin
-    (``StandardScaler``, ``MLPClassifier``, ``MLPRegressor``), so it accepts
-    the same inputs (float32 and float64 tensors) and options: ``zipmap``,
-    ``nocl`` and ``output_class_labels`` for the classifier, ``div`` for
-    the scaler. The regressor's output has shape (n_samples, n_outputs).
-    Calling it again is harmless.
+    (``MLPClassifier``, ``MLPRegressor``), so it accepts the same inputs
+    and options: ``zipmap``, ``nocl`` and ``output_class_labels`` for the
+    classifier. The regressor's output has shape (n_samples, n_outputs). A
+    scaler is converted as its :meth:`~sklearn_bn.BatchNormScaler.transform`
+    computes, ``(x - center) * scale + shift`` (the twin's float32
+    arithmetic loses what the centre's rounding moves, see
+    :meth:`~sklearn_bn.BatchNormScaler.to_sklearn`), and takes the inputs
+    skl2onnx's ``StandardScaler`` converter takes (float32, float64, and
+    int64 computed in float32); with skl2onnx's ``div`` option it is
+    converted as its twin. Calling it again is harmless.
 
     Raises
     ------

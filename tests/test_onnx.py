@@ -146,6 +146,25 @@ def test_scaler_graph_of_a_spread_beyond_float32_computes_in_float64():
     assert_array_equal(got, scaler.transform(X))
 
 
+def test_scaler_graph_of_integer_input_computes_in_float32():
+    # As skl2onnx's StandardScaler converter: int64 in, float32 out.
+    X = np.random.default_rng(0).integers(0, 10, (60, 3))
+    y = (X[:, 0] > 4).astype(int)
+    scaler = BatchNormScaler(gamma=2.0, beta=1.0).fit(X)
+    (got,) = _run(scaler, X)
+    assert got.dtype == np.float32
+    assert_allclose(got, scaler.transform(X.astype(np.float32)), atol=1e-6)
+    pipeline = _fit(
+        make_pipeline(
+            BatchNormScaler(), MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3)
+        ),
+        X,
+        y,
+    )
+    _, proba = _run(pipeline, X, options={"zipmap": False})
+    assert_allclose(proba, pipeline.predict_proba(X), atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scaler_of_a_dataframe_takes_one_input_per_column(dtype):
     # skl2onnx gives a DataFrame one input per column; the scaler joins them
