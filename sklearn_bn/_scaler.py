@@ -824,7 +824,8 @@ class BatchNormScaler(
         :meth:`transform` avoids (it keeps the rounding error in its shift):
         a float32 feature of mean 1e4 and standard deviation 0.01 moves by
         up to 0.05, and a constant float32 feature with ``beta=0.5`` maps to
-        0.5 here but to 0.50-0.62 there (constants of 651 to 1e4). The ONNX
+        0.5 here but to 0.50-0.62 there for constants of 651 to 1e4, and to
+        0 for 1e6. The ONNX
         export (:func:`sklearn_bn.onnx.register_converters`) computes as
         :meth:`transform` does. In float64 the twin agrees to about 1e-15
         relative to the largest term.
@@ -1026,5 +1027,6 @@ def _too_few_message(estimator, too_few, sample_weight):
         need = "weights summing to 2 or more, or at least 2 samples of positive weight"
     return (
         f"{name} cannot estimate an unbiased variance from this batch: "
-        f"feature(s) {shown} have {what}. Every feature of a batch needs {need}."
+        f"feature(s) {shown} have {what}. Every feature with values in a batch "
+        f"needs {need}."
     )
