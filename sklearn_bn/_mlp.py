@@ -2715,7 +2715,15 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
             self.target_mean_, self.target_scale_ = _target_statistics(Y, sample_weight)
         if not hasattr(self, "target_mean_"):
             return Y
-        return ((Y - self.target_mean_) / self.target_scale_).astype(Y.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            centred = Y - self.target_mean_
+        if not np.isfinite(centred).all():
+            # Predictions in the targets' units would overflow as well.
+            raise ValueError(
+                "The targets' range is beyond the float64 range (about 1.8e308): "
+                "y minus its mean overflows. Scale y down before fitting."
+            )
+        return (centred / self.target_scale_).astype(Y.dtype)
 
     def _network_output_layer(self, coefs, intercepts):
         if not hasattr(self, "target_mean_"):

@@ -1639,6 +1639,25 @@ def test_a_target_of_huge_spread_is_standardized_without_overflow():
     assert np.isfinite(est.predict(X)).all()
 
 
+def test_a_target_range_beyond_float64_is_refused_by_name():
+    # Finite targets of either sign near float64's largest number: y minus
+    # its mean overflows, and so would the predictions in y's units.
+    X, _ = _raw_regression()
+    y = np.where(np.arange(len(X)) == 0, -1.7e308, 1.7e308)
+    fitted = _fit_quietly(_quiet_regressor(max_iter=2), X, np.arange(len(X)) * 1.0)
+    before = pickle.dumps(fitted)
+    for call, message in (
+        (lambda: _quiet_regressor(max_iter=2).fit(X, y), "targets' range is beyond"),
+        # Centred on the fitted mean they are finite; their loss overflows.
+        (lambda: fitted.partial_fit(X, y), "the targets"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                call()
+    assert pickle.dumps(fitted) == before
+
+
 def test_the_sklearn_twin_of_a_standardized_target_warm_starts_afresh():
     # The model's losses are the standardized target's; the twin's warm
     # start compares its own, in the target's units, from afresh.
