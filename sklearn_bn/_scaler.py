@@ -817,16 +817,16 @@ class BatchNormScaler(
 
         Notes
         -----
-        ``StandardScaler.transform`` subtracts ``mean_`` rounded to the
-        input's dtype. With float32 input, a feature whose ``mean_`` is large
-        against its spread (``sqrt(running_var_ + epsilon) / gamma``) then
-        moves by that rounding over the spread, which this scaler's
-        :meth:`transform` avoids (it keeps the rounding error in its shift):
-        a float32 feature of mean 1e4 and standard deviation 0.01 moves by
-        up to 0.05, and a constant float32 feature with ``beta=0.5`` maps to
-        0.5 here but to 0.50-0.62 there for constants of 651 to 1e4, and to
-        0 for 1e6. The ONNX
-        export (:func:`sklearn_bn.onnx.register_converters`) computes as
+        ``StandardScaler.transform`` subtracts ``mean_`` rounded to the input's
+        dtype (in scikit-learn 1.9; 1.7 subtracts it in float64 and rounds the
+        difference). With float32 input, a feature whose ``mean_`` is large
+        against its spread (``sqrt(running_var_ + epsilon) / gamma``) then moves
+        by that rounding over the spread, which this scaler's :meth:`transform`
+        avoids (it keeps the rounding error in its shift): a float32 feature of
+        mean 1e4 and standard deviation 0.01 moves by up to 0.05, and a constant
+        float32 feature with ``beta=0.5`` maps to 0.5 here but to 0.50-0.62
+        there for constants of 651 to 1e4, and to 0 for 1e6. The ONNX export
+        (:func:`sklearn_bn.onnx.register_converters`) computes as
         :meth:`transform` does. In float64 the twin agrees to about 1e-15
         relative to the largest term.
 

@@ -130,9 +130,14 @@ def test_scaler_float32_graph_keeps_transforms_precision():
     scaler = BatchNormScaler(beta=0.5).fit(constant)
     (got,) = _run(scaler, constant)
     assert_array_equal(got, np.full_like(constant, 0.5))
-    # With skl2onnx's div option, the twin's graph, as documented.
+    # With skl2onnx's div option, the twin's graph, as documented: its
+    # float32 (x - mean_) / scale_ (which scikit-learn 1.7's own transform
+    # computes in float64).
     (got,) = _run(scaler, constant, options={id(scaler): {"div": "div"}})
-    assert_allclose(got, scaler.to_sklearn().transform(constant))
+    twin = scaler.to_sklearn()
+    f32 = np.float32
+    assert_allclose(got, (constant - twin.mean_.astype(f32)) / twin.scale_.astype(f32))
+    assert np.abs(got - 0.5).max() > 0.1
 
 
 def test_scaler_graph_of_a_spread_beyond_float32_computes_in_float64():
