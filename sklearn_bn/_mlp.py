@@ -1813,12 +1813,12 @@ _INPUT_ATTRIBUTES_DOC = """
         encoding (7 hat columns each, after the one-hot columns): none
         unless there are at most 32 numeric features and the training rows
         number at least 500 per numeric feature, and only features whose
-        knots are distinct.
+        knots are at least 1e-4 apart.
 
     input_spline_knots_ : ndarray of shape (n_spline_features, 8)
-        float64. Each encoded feature's knots: its weighted quantiles at the levels
-        0, 1/7, ..., 1, in the clipped scale ``tanh((x - center) / (scale *
-        c))``. Hat ``k`` of a feature is 1 at knot ``k`` and 0 at knots
+        float64. Each encoded feature's knots: its weighted quantiles ``q``
+        at the levels 0, 1/7, ..., 1, taken to the clipped scale,
+        ``tanh((q - center) / (scale * c))``. Hat ``k`` of a feature is 1 at knot ``k`` and 0 at knots
         ``k - 1`` and ``k + 1``; the first hat stays 1 below the first knot
         (the degree-1 B-splines of scikit-learn's ``SplineTransformer``,
         ``extrapolation='constant'``, ``include_bias=False``).

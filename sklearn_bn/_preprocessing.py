@@ -38,6 +38,7 @@ The fitted state lives in the estimator's public attributes (see
 import datetime
 import numbers
 import sys
+from fractions import Fraction
 
 import numpy as np
 import scipy.sparse as sp
@@ -608,7 +609,9 @@ def weighted_quantiles(X, sample_weight, quantiles):
     NaN. Returns (len(quantiles), n_features) float64 and the weight totals.
     """
     n, d = X.shape
-    q = np.asarray(quantiles, dtype=np.float64)
+    # Each level as a fraction num / den (a float's exact one, or a
+    # Fraction's), so that q W is exact where it is a whole number.
+    q = [Fraction(qj) for qj in quantiles]
     out = np.full((len(q), d), np.nan)
     totals = np.zeros(d)
     w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
@@ -629,7 +632,7 @@ def weighted_quantiles(X, sample_weight, quantiles):
         totals[start : start + k] = total
         rows = np.arange(k)
         for j, qj in enumerate(q):
-            target = (qj * total)[:, None]
+            target = (qj.numerator * total / qj.denominator)[:, None]
             # Leading rows of weight 0 (cum 0) are absent, also at q = 0.
             lo = np.maximum((cum < target).sum(axis=1), (cum <= 0).sum(axis=1))
             lo = np.minimum(lo, n - 1)
@@ -650,13 +653,20 @@ def _weighted_std(X, sample_weight):
     for start in range(0, X.shape[1], step):
         block = np.asarray(X[:, start : start + step], dtype=np.float64)
         present = ~np.isnan(block)
+        # Scaled by a power of two near each column's largest magnitude
+        # (exactly: the same bits for moderate values), so that squares of
+        # values beyond 1e154 do not overflow, nor those below 1e-154
+        # vanish.
+        peak = np.max(np.where(present, np.abs(block), 0.0), axis=0)
+        exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+        block = np.ldexp(block, -exponent)
         ww = np.where(present, w[:, None], 0.0)
         total = ww.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             mean = np.where(present, block, 0.0).T @ w / np.where(total > 0, total, 1)
             dev = np.where(present, block - mean, 0.0)
             var = (ww * dev * dev).sum(axis=0) / np.where(total > 0, total, 1)
-        std[start : start + block.shape[1]] = np.sqrt(var)
+        std[start : start + block.shape[1]] = np.ldexp(np.sqrt(var), exponent)
     return std
 
 
@@ -766,7 +776,9 @@ def _spline_levels(numeric, sample_weight):
         or not rows >= _SPLINE_ROWS_PER_FEATURE * d
     ):
         return []
-    return list(np.linspace(0.0, 1.0, _SPLINE_KNOTS))
+    # Exact fractions: 5/7 of a total weight of 700 must be 500, which the
+    # float 5/7 times 700 is not.
+    return [Fraction(k, _SPLINE_KNOTS - 1) for k in range(_SPLINE_KNOTS)]
 
 
 def _learn_splines(quantiles, center, scale):
@@ -781,7 +793,8 @@ def _learn_splines(quantiles, center, scale):
     """
     if len(quantiles) == 0:
         return _no_encoding()
-    knots = np.tanh((quantiles - center) / (scale * _CLIP)).T
+    with np.errstate(over="ignore"):  # beyond the range: a knot at +-1
+        knots = np.tanh((quantiles - center) / (scale * _CLIP)).T
     # Distinct in float32 too: a knot interval of at least 1e-4 of the range.
     distinct = np.all(np.diff(knots, axis=1) > 1e-4, axis=1) & np.all(
         np.isfinite(knots), axis=1

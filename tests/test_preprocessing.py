@@ -166,6 +166,54 @@ def test_weighted_quantiles_are_the_averaged_inverted_cdf_of_repeated_rows():
         )
 
 
+def test_knot_levels_are_exact_fractions_of_the_total_weight():
+    # 5/7 of 700 rows is 500: the knot is the mean of the 500th and 501st
+    # values, which the float 5/7 (a little below) times 700 misses.
+    x = np.arange(700.0)
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(2,), max_iter=1),
+        x[:, None],
+        np.arange(700) % 2,
+    )
+    center, scale = est.input_center_[0], est.input_scale_[0]
+    levels = np.arange(8) / 7
+    expected = np.quantile(x, levels, method="averaged_inverted_cdf")
+    assert_array_equal(expected[1:-1], [99.5, 199.5, 299.5, 399.5, 499.5, 599.5])
+    assert_allclose(
+        est.input_spline_knots_[0],
+        np.tanh((expected - center) / (scale * est.input_clip_)),
+        rtol=1e-15,
+    )
+
+
+@pytest.mark.parametrize("magnitude", [1e-300, 2e-170, 1e200, 1e300])
+def test_the_std_fallback_holds_at_any_magnitude(magnitude):
+    # A zero interquartile range falls back on the standard deviation, whose
+    # squares would overflow or vanish at such magnitudes.
+    x = np.array([0.0, 0.0, 0.0, magnitude, -magnitude])
+    est = fit_quietly(
+        MLPBNClassifier(hidden_layer_sizes=(2,), max_iter=1),
+        x[:, None],
+        np.array([0, 1, 0, 1, 0]),
+    )
+    std = magnitude * np.sqrt(np.mean((x / magnitude) ** 2))
+    assert_allclose(est.input_scale_[0], std, rtol=1e-12)
+
+
+def test_knots_beyond_the_range_are_learned_without_warnings():
+    # A tiny scale and huge values: their knots are +-1, with no overflow
+    # warning from the division.
+    x = np.r_[np.linspace(-1e-10, 1e-10, 598), 1e300, -1e300]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        est = fit_quietly(
+            MLPBNClassifier(hidden_layer_sizes=(2,), max_iter=1),
+            x[:, None],
+            np.arange(600) % 2,
+        )
+    assert est.input_spline_knots_[0][0] == -1 and est.input_spline_knots_[0][-1] == 1
+
+
 @pytest.mark.parametrize("Est", [MLPBNClassifier, MLPBNRegressor])
 def test_integer_weights_learn_what_repeated_rows_learn(Est):
     pd = pytest.importorskip("pandas")
@@ -354,7 +402,7 @@ def test_spline_encoding_is_the_documented_formula(dtype, weighted):
     center, scale, indicators = numeric_reference(X, w)
     assert_array_equal(est.input_spline_features_, [0, 1])
     w_int = np.ones(len(X), dtype=int) if w is None else w
-    levels = np.linspace(0, 1, n_knots)
+    levels = np.arange(n_knots) / (n_knots - 1)  # 0, 1/7, ..., 1
     for row, j in enumerate(est.input_spline_features_):
         quantiles = quantile_reference(X[:, j].astype(np.float64), w_int, levels)
         expected = np.tanh((quantiles - center[j]) / (scale[j] * CLIP))
