@@ -1818,8 +1818,9 @@ _INPUT_ATTRIBUTES_DOC = """
     input_spline_knots_ : ndarray of shape (n_spline_features, 8)
         float64. Each encoded feature's knots: its weighted quantiles ``q``
         at the levels 0, 1/7, ..., 1, taken to the clipped scale,
-        ``tanh((q - center) / (scale * c))``. Hat ``k`` of a feature is 1 at knot ``k`` and 0 at knots
-        ``k - 1`` and ``k + 1``; the first hat stays 1 below the first knot
+        ``tanh((q - center) / (scale * c))``. Hat ``k`` of a feature is 1 at
+        knot ``k`` and 0 at knots ``k - 1`` and ``k + 1``; the first hat
+        stays 1 below the first knot
         (the degree-1 B-splines of scikit-learn's ``SplineTransformer``,
         ``extrapolation='constant'``, ``include_bias=False``).
 """
