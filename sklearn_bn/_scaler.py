@@ -71,6 +71,19 @@ def _count_exponents(largest, smallest, dtype=np.float64):
     ).clip(0)
 
 
+def _value_exponents(*means_and_variances):
+    """Per feature, the exponent of a power of two near the largest of the
+    magnitudes of the means and the standard deviations given (pairs of
+    mean and variance arrays), 0 where none is finite and positive."""
+    scales = []
+    for k, values in enumerate(means_and_variances):
+        values = np.abs(np.asarray(values, dtype=np.float64))
+        scales.append(np.sqrt(values) if k % 2 else values)
+    with np.errstate(invalid="ignore"):
+        peak = np.max([np.where(np.isfinite(v), v, 0.0) for v in scales], axis=0)
+    return np.frexp(np.where(peak > 0, peak, 1.0))[1]
+
+
 def _unaligned_view_of(X_in, X):
     """Whether ``X_in`` is a writable C-contiguous array of ``X``'s dtype and
     shape whose only difference from ``X`` is that it is not aligned."""
@@ -195,8 +208,8 @@ class BatchNormScaler(
     :meth:`transform`; a feature with no value (all NaN) gets NaN statistics
     and NaN output, as in ``StandardScaler``. Infinite values raise a
     ``ValueError``. Sparse input is refused: centering makes it dense.
-    Finite data whose mean or variance exceeds the float64 range (values of
-    about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
+    Finite data whose mean or variance exceeds the float64 range (a spread
+    of about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
     the features, as ``StandardScaler`` warns.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was,
@@ -467,15 +480,24 @@ class BatchNormScaler(
                 exponent = _count_exponents(
                     larger, np.where(both, np.minimum(count_prev, count_b), larger)
                 )
+                mean_prev = np.where(unseen, 0.0, self.running_mean_)
+                var_prev = np.where(unseen, 0.0, self.running_var_)
+                # And the values by a power of two near their magnitude (the
+                # same bits for moderate ones): the products of variances of
+                # about 1e306 by counts stay in range.
+                magnitude = _value_exponents(mean_prev, var_prev, mean_b, var_b)
                 count, mean, var = merge_stats(
                     np.ldexp(count_prev, -exponent),
-                    np.where(unseen, 0.0, self.running_mean_),
-                    np.where(unseen, 0.0, self.running_var_),
+                    np.ldexp(mean_prev, -magnitude),
+                    np.ldexp(var_prev, -2 * magnitude),
                     np.ldexp(count_b, -exponent),
-                    mean_b,
-                    var_b,
+                    np.ldexp(mean_b, -magnitude),
+                    np.ldexp(var_b, -2 * magnitude),
                 )
                 count = np.ldexp(count, exponent)
+                with np.errstate(over="ignore"):  # the caller warns
+                    mean = np.ldexp(mean, magnitude)
+                    var = np.ldexp(var, 2 * magnitude)
             # As StandardScaler: the statistics of a feature that has had no
             # sample (all NaN, or no weight) are undefined, and transform
             # gives NaN for it, rather than x / sqrt(epsilon).
@@ -981,6 +1003,28 @@ def _batch_statistics(X, sample_weight, estimator):
                 has_nan,
                 *kernel_threads(*X_tiny.shape),
             )
+    overflow = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(var)) & (count > 0))
+    if overflow.size:
+        # Squared deviations beyond float64's range: values of about 1e154
+        # and more, or a huge constant feature whose shift is one rounding
+        # off (and, merging blocks, a NaN where the first block's squared
+        # mean overflows while its weight is 0). These features again,
+        # each scaled by a power of two near its largest magnitude (exactly),
+        # their statistics scaled back: a mean or variance beyond the range
+        # stays infinite, and the caller warns.
+        sub = X[:, overflow].astype(np.float64)
+        peak = np.max(np.where(np.isnan(sub), 0.0, np.abs(sub)), axis=0)
+        exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+        scaled = np.ascontiguousarray(np.ldexp(sub, -exponent))
+        sub_mean, sub_var, _ = batch_stats(
+            scaled,
+            None if sample_weight is None else sample_weight.astype(np.float64),
+            has_nan,
+            *kernel_threads(*scaled.shape),
+        )
+        with np.errstate(over="ignore"):
+            mean[overflow] = np.ldexp(sub_mean, exponent)
+            var[overflow] = np.ldexp(sub_var, 2 * exponent)
     return np.ldexp(count, weight_exponent), mean, var, has_nan
 
 
@@ -1006,7 +1050,7 @@ def _overflow_message(estimator, overflow):
     return (
         f"{type(estimator).__name__}: overflow encountered in the statistics of "
         f"feature(s) {shown}: their mean or variance is beyond the float64 range "
-        "(about 1.8e308; a variance gets there for values near 1e154), so "
+        "(about 1.8e308; a variance gets there for a spread near 1e154), so "
         "transform gives NaN or beta for them. Scale these features down "
         "before fitting."
     )

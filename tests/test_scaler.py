@@ -1259,6 +1259,63 @@ def test_large_finite_statistics_do_not_warn(momentum):
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize(
+    "column",
+    [
+        # Deviations whose squares pass 1e308, a variance within range.
+        np.array([1e160, 1e160 + 1e150, 1e160, 1e160, 1e160 + 2e150, 1e160]),
+        np.random.default_rng(0).normal(size=60) * 1e153,
+        # A constant whose shift (the mean of the first rows, rounded) is
+        # one ulp off: the ulp's square is beyond the range.
+        np.full(6, 1.2345e173),
+        np.full(6, 1e284),
+    ],
+)
+@pytest.mark.parametrize("nan_elsewhere", [False, True])
+def test_statistics_of_huge_values_do_not_overflow(momentum, column, nan_elsewhere):
+    # Squared deviations beyond float64's range: the features are scaled by
+    # a power of two first. Another feature's NaN (the careful pass) must
+    # not change that; nor must a partial_fit stream (the merge).
+    other = np.arange(len(column), dtype=np.float64)
+    if nan_elsewhere:
+        other[1] = np.nan
+    X = np.column_stack([column, other])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaler = BatchNormScaler(momentum=momentum, beta=0.5).fit(X)
+        half = len(X) // 2
+        stream = BatchNormScaler(momentum=momentum, beta=0.5)
+        stream.partial_fit(X[:half]).partial_fit(X[half:])
+        out = scaler.transform(X)
+    # The reference: deviations from the first value (exact here), scaled
+    # by a power of two so that numpy's squares stay in range.
+    deviations = column - column[0]
+    exponent = np.frexp(max(np.abs(deviations).max(), 1e-300))[1]
+    scaled = np.ldexp(deviations, -exponent)
+    ddof = 0 if momentum is None else 1
+    assert_allclose(scaler.running_mean_[0], column.mean(), rtol=1e-14)
+    assert_allclose(
+        np.ldexp(scaler.running_var_[0], -2 * exponent),
+        scaled.var(ddof=ddof),
+        rtol=1e-12,
+        atol=1e-300,
+    )
+    if momentum is None:
+        # The merge reads float64 means: their rounding over the spread.
+        conditioning = np.abs(column).max() / max(np.ldexp(scaled.std(), exponent), 1)
+        assert_allclose(
+            stream.running_var_[0],
+            scaler.running_var_[0],
+            rtol=1e-12 + 16 * np.finfo(float).eps * conditioning,
+        )
+    if np.ptp(column) == 0:
+        assert_array_equal(out[:, 0], 0.5)
+    else:
+        expected = (scaled - scaled.mean()) / np.sqrt(scaled.var(ddof=ddof))
+        assert_allclose(out[:, 0], expected + 0.5, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
 def test_infinity_raises_everywhere(momentum):
     X = _data(n=30, m=3)
     X_inf = X.copy()
