@@ -221,19 +221,29 @@ def _in_dtype(X, dtype):
 
 def _unchangeable(array):
     """Whether nothing can write to ``array``'s values: it is read-only, and
-    so is every array it is a view of, down to the buffer that holds the
-    values (a read-only view of a writable array changes when the array
-    does)."""
+    so is every array it is a view of, down to a read-only buffer that holds
+    the values (a read-only view of a writable array changes when the array
+    does, and an array that owns its values can be made writable again)."""
     while isinstance(array, np.ndarray):
         if array.flags.writeable:
             return False
         array = array.base
     if array is None:
-        return True
+        return False
     try:  # bytes, a read-only mmap (joblib's mmap_mode='r'), ...
         return memoryview(array).readonly
     except TypeError:
         return False
+
+
+def _read_only(array):
+    """``array``'s values as an array that cannot be made writable again:
+    a view of a read-only buffer of them (numpy lets an array that owns its
+    values be made writable with ``setflags``, and the folded network is
+    cached only for arrays that nothing can change)."""
+    array = np.ascontiguousarray(array)
+    view = np.frombuffer(memoryview(array).toreadonly(), dtype=array.dtype)
+    return view.reshape(array.shape)
 
 
 class _Best:
@@ -694,8 +704,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             **extra,
         }
         for name in self._FITTED_ARRAYS:
-            for array in attributes[name]:
-                array.setflags(write=False)
+            attributes[name] = [_read_only(a) for a in attributes[name]]
         return attributes
 
     def _class_weights_of_rows(self, y, incremental):
@@ -1270,9 +1279,18 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         (reassigning them takes effect), so the folded network can be cached
         while they are the same objects."""
         for name in self._FITTED_ARRAYS:
-            for array in getattr(self, name):
-                if isinstance(array, np.ndarray) and array.base is None:
-                    array.setflags(write=False)
+            arrays = getattr(self, name)
+            if isinstance(arrays, list):
+                setattr(
+                    self,
+                    name,
+                    [
+                        _read_only(a)
+                        if isinstance(a, np.ndarray) and a.base is None
+                        else a
+                        for a in arrays
+                    ],
+                )
 
     def _checked_fitted_arrays(self):
         """The fitted arrays by attribute, checked: lists of float arrays
@@ -1323,11 +1341,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """The inference network of the fitted attributes, folded for inputs
         of ``input_dtype`` (it computes in that dtype and the weights'
         together: float64 in, float64 out, as scikit-learn's MLP); cached
-        while those attributes are the same read-only arrays (the cache holds
-        them, so their identities stay theirs). The cache lives outside the
-        estimator: predicting changes nothing in it, and a snapshot of the
-        estimator (see ``_reads_fitted_state``) finds the entry of the
-        estimator it was taken from."""
+        while those attributes are the same arrays that nothing can change
+        (:func:`_unchangeable`: the fitted arrays, see :func:`_read_only`;
+        the cache holds them weakly, and an entry goes with them). The cache
+        lives outside the estimator: predicting changes nothing in it, and a
+        snapshot of the estimator (see ``_reads_fitted_state``) finds the
+        entry of the estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
         dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)
@@ -1342,8 +1361,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             and cached[0] == key
             and len(cached[1]) == len(arrays)
             and all(ref() is a for ref, a in zip(cached[1], arrays))
-            # numpy lets an array that owns its data be made writable again
-            # (setflags): then it may have changed since the fold.
+            # Anything but a view of a read-only buffer may have changed
+            # since the fold (an array that owns its values can be made
+            # writable again).
             and all(map(_unchangeable, arrays))
         ):
             return cached[2]
@@ -1540,9 +1560,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             dtype=dtype,
             stats_dtype=model_dtype,
         )
-        for array in means + variances:
-            array.setflags(write=False)
-        self.running_means_, self.running_vars_ = means, variances
+        self.running_means_ = [_read_only(a) for a in means]
+        self.running_vars_ = [_read_only(a) for a in variances]
         return self
 
     def _sklearn_params(self):
@@ -2765,9 +2784,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
                 f"{W.dtype.name}. Use float64 input, or divide y by a constant "
                 "and multiply the predictions back."
             )
-        kept = (W, b, coefs[-1], intercepts[-1])
-        for array in kept:
-            array.setflags(write=False)
+        kept = tuple(_read_only(a) for a in (W, b, coefs[-1], intercepts[-1]))
+        W, b = kept[:2]
         return (
             [*coefs[:-1], W],
             [*intercepts[:-1], b],

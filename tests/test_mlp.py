@@ -2107,15 +2107,20 @@ def test_in_place_edits_are_refused_or_take_effect(name):
     array = getattr(est, name)[0]
     with pytest.raises(ValueError, match="read-only"):
         array[0] = 3.0
+    # Nor can a fitted array be made writable again (numpy would allow it
+    # of an array that owns its values, and a cached fold would go stale).
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        array.setflags(write=True)
     # An array of one's own, edited in place after assigning it, takes
-    # effect (such an array is never cached); so does a fitted array made
-    # writable again (numpy allows it of an array that owns its data).
+    # effect (it owns its values: it is never cached), also once it is made
+    # read-only again.
     own = array.copy()
-    for edited in (own, array):
-        getattr(est, name)[0] = edited
+    getattr(est, name)[0] = own
+    for freeze in (False, True):
         before = est.predict_proba(X)
-        edited.setflags(write=True)  # already so for one's own
-        edited[0] = edited[0] * 3 + 1
+        own.setflags(write=True)
+        own[0] = own[0] * 3 + 1
+        own.setflags(write=not freeze)
         assert not np.allclose(est.predict_proba(X), before)
         assert_allclose(
             est.predict_proba(X)[:, 1],
