@@ -1314,8 +1314,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 if isinstance(arrays, (list, tuple))
                 else None
             )
+            # float16 to float64 (computed in float32 at least); numpy's
+            # longdouble is beyond the kernels.
             floats = shapes is not None and all(
-                isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in arrays
+                isinstance(a, np.ndarray)
+                and a.dtype.kind == "f"
+                and a.dtype.itemsize <= 8
+                for a in arrays
             )
             if shapes != expected[name] or not floats or units[-1] != self.n_outputs_:
                 got = (
@@ -1332,8 +1337,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 raise ValueError(
                     f"The fitted attributes do not describe the network of "
                     f"n_features_in_={self.n_features_in_} and n_outputs_="
-                    f"{self.n_outputs_}: {name} must be a list of float arrays of "
-                    f"shapes {expected[name]}, got {got}."
+                    f"{self.n_outputs_}: {name} must be a list of float (at most "
+                    f"float64) arrays of shapes {expected[name]}, got {got}."
                 )
         return groups
 
@@ -1349,7 +1354,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         entry of the estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
-        dtype = np.result_type(input_dtype or arrays[0].dtype, arrays[0].dtype)
+        # The widest of the input's and the attributes' (a float32 model
+        # gives float64 input float64 output, as scikit-learn's MLP), and
+        # float32 at least.
+        dtype = np.result_type(
+            input_dtype or np.float32, *(a.dtype for a in arrays), np.float32
+        )
         key = (self.bn_epsilon, self.activation, self.out_activation_)
         # Keyed by the first coefficient array (its id, while it lives),
         # and holding every array weakly: an entry goes with the arrays it

@@ -2187,6 +2187,8 @@ def test_a_model_memory_mapped_read_only_caches_its_network(tmp_path):
         lambda e: setattr(e, "intercepts_", None),
         lambda e: e.intercepts_.__setitem__(2, np.ones((1, 3))),
         lambda e: setattr(e, "coefs_", []),
+        # numpy's longdouble is beyond the kernels.
+        lambda e: e.coefs_.__setitem__(0, e.coefs_[0].astype(np.longdouble)),
     ],
 )
 def test_wrong_shapes_give_a_clear_error(corrupt):
@@ -2196,6 +2198,21 @@ def test_wrong_shapes_give_a_clear_error(corrupt):
     for call in (est.predict, est.predict_proba, lambda X: est.to_sklearn()):
         with pytest.raises(ValueError, match="fitted attributes|coefs_"):
             call(X)
+
+
+def test_mixed_dtypes_of_attributes_compute_in_the_widest():
+    # A float16 array assigned to a float64 model: computed in float64 (the
+    # widest, float32 at least), the twin's weights too.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    est.coefs_[0] = est.coefs_[0].astype(np.float16)
+    reference = forward_from_attributes(est, X)
+    got = est.predict_proba(X)
+    assert got.dtype == np.float64
+    assert_allclose(got, reference, rtol=1e-9, atol=1e-12)
+    twin = est.to_sklearn()
+    assert [c.dtype for c in twin.coefs_] == [np.float64] * len(twin.coefs_)
+    assert_allclose(twin.predict_proba(X), got, rtol=1e-6, atol=1e-9)
 
 
 def test_concurrent_predictions_agree():
