@@ -631,8 +631,13 @@ def weighted_quantiles(X, sample_weight, quantiles):
         total = cum[:, -1]
         totals[start : start + k] = total
         rows = np.arange(k)
+        # The total scaled by a power of two (exactly): num * total must not
+        # overflow for totals near float64's largest number.
+        exponent = np.frexp(total)[1]
+        unit_total = np.ldexp(total, -exponent)
         for j, qj in enumerate(q):
-            target = (qj.numerator * total / qj.denominator)[:, None]
+            target = np.ldexp(qj.numerator * unit_total / qj.denominator, exponent)
+            target = target[:, None]
             # Leading rows of weight 0 (cum 0) are absent, also at q = 0.
             lo = np.maximum((cum < target).sum(axis=1), (cum <= 0).sum(axis=1))
             lo = np.minimum(lo, n - 1)

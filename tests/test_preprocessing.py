@@ -186,6 +186,27 @@ def test_knot_levels_are_exact_fractions_of_the_total_weight():
     )
 
 
+def test_knots_of_weights_summing_near_the_float64_range():
+    # q W as num * W / den: W scaled by a power of two first, so that
+    # num * W does not overflow for totals the weights' check accepts.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 1))
+    y = (X[:, 0] > 0).astype(int)
+    params = dict(hidden_layer_sizes=(2,), max_iter=1, random_state=0)
+    plain = fit_quietly(MLPBNClassifier(**params), X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        heavy = fit_quietly(
+            # 2**1012 (about 4.4e304): a total of 4.4e307, exactly 1000
+            # weights' worth, so the quantiles are those of equal weights.
+            MLPBNClassifier(**params),
+            X,
+            y,
+            sample_weight=np.full(1000, 2.0**1012),
+        )
+    assert_array_equal(heavy.input_spline_knots_, plain.input_spline_knots_)
+
+
 @pytest.mark.parametrize("magnitude", [1e-300, 2e-170, 1e200, 1e300])
 def test_the_std_fallback_holds_at_any_magnitude(magnitude):
     # A zero interquartile range falls back on the standard deviation, whose
