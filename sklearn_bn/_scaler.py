@@ -965,6 +965,13 @@ def _batch_statistics(X, sample_weight, estimator):
     blocks = kernel_threads(*X.shape)
     if sample_weight is not None and unweighted_rows_hold_infinity(X, sample_weight):
         _raise_infinite(X, estimator)
+    if sample_weight is not None and not sample_weight.all():
+        # Rows of weight 0 are absent: dropped, so that none of their values
+        # enters the sums (the kernel's shift is the mean of a block's first
+        # rows, weighted or not: a huge value there would cancel the rest).
+        kept = sample_weight > 0
+        X, sample_weight = np.ascontiguousarray(X[kept]), sample_weight[kept]
+        blocks = kernel_threads(*X.shape)
     # The mean and variance do not change when every weight is scaled alike,
     # but the weighted sums of squares grow with the weights: large weights
     # are scaled by a power of two first (exactly), and the sums back.
@@ -1013,8 +1020,15 @@ def _batch_statistics(X, sample_weight, estimator):
         # their statistics scaled back: a mean or variance beyond the range
         # stays infinite, and the caller warns.
         sub = X[:, overflow].astype(np.float64)
-        peak = np.max(np.where(np.isnan(sub), 0.0, np.abs(sub)), axis=0)
+        # The rows that count: a value on a row of weight 0 must not set the
+        # scale (the others' squares could then vanish).
+        counted = ~np.isnan(sub)
+        if sample_weight is not None:
+            counted &= (sample_weight > 0)[:, None]
+        peak = np.max(np.where(counted, np.abs(sub), 0.0), axis=0)
         exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+        # Rows of weight 0 as 0 (their huge values times 0 would be NaN).
+        sub = np.where(counted | np.isnan(sub), sub, 0.0)
         scaled = np.ascontiguousarray(np.ldexp(sub, -exponent))
         sub_mean, sub_var, _ = batch_stats(
             scaled,

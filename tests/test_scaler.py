@@ -1316,6 +1316,26 @@ def test_statistics_of_huge_values_do_not_overflow(momentum, column, nan_elsewhe
 
 
 @pytest.mark.parametrize("momentum", MOMENTA)
+@pytest.mark.parametrize("position", [0, 100])
+@pytest.mark.parametrize("big", [1e20, 1e100, 1e160, 1e300])
+def test_a_huge_value_on_a_row_of_weight_0_is_absent(momentum, position, big):
+    # A row of weight 0 is absent: its value, first in the block (where the
+    # kernel's shift is taken) or anywhere, changes nothing.
+    x = np.random.default_rng(0).normal(size=200)
+    weights = np.ones(200)
+    weights[position] = 0.0
+    X = x[:, None].copy()
+    X[position, 0] = big
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaler = BatchNormScaler(momentum=momentum).fit(X, sample_weight=weights)
+    kept = np.delete(x, position)
+    reference = BatchNormScaler(momentum=momentum).fit(kept[:, None])
+    assert_allclose(scaler.running_mean_, reference.running_mean_, rtol=1e-12)
+    assert_allclose(scaler.running_var_, reference.running_var_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", MOMENTA)
 def test_infinity_raises_everywhere(momentum):
     X = _data(n=30, m=3)
     X_inf = X.copy()
