@@ -2753,7 +2753,21 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
                 "The targets' range is beyond the float64 range (about 1.8e308): "
                 "y minus its mean overflows. Scale y down before fitting."
             )
-        return (centred / self.target_scale_).astype(Y.dtype)
+        scaled = centred / self.target_scale_
+        if first_pass:
+            return scaled.astype(Y.dtype)
+        # A later partial_fit's targets far from the first one's: their
+        # squared errors would overflow the loss, whatever the learning rate.
+        limit = np.sqrt(np.finfo(Y.dtype).max) / 4
+        if not np.all(np.abs(scaled) <= limit):
+            raise ValueError(
+                "The targets are too far from those the model was first fitted on "
+                f"(target_mean_ {np.max(np.abs(self.target_mean_)):.3g}, "
+                f"target_scale_ {np.max(self.target_scale_):.3g}): their squared "
+                "errors, in those units, overflow the loss. Scale y as in the "
+                "first fit, or fit again."
+            )
+        return scaled.astype(Y.dtype)
 
     def _network_output_layer(self, coefs, intercepts):
         if not hasattr(self, "target_mean_"):
