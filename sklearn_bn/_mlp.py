@@ -221,15 +221,21 @@ def _in_dtype(X, dtype):
 
 def _unchangeable(array):
     """Whether nothing can write to ``array``'s values: it is read-only, and
-    so is every array it is a view of, down to a read-only buffer that holds
-    the values (a read-only view of a writable array changes when the array
-    does, and an array that owns its values can be made writable again)."""
-    while isinstance(array, np.ndarray):
-        if array.flags.writeable:
-            return False
-        array = array.base
-    if array is None:
-        return False
+    so is everything it is a view of, down to a read-only buffer that holds
+    the values (bytes, a read-only mmap). A read-only view of a writable
+    array changes when the array does, and an array that owns its values can
+    be made writable again (``setflags``)."""
+    while True:
+        if isinstance(array, np.ndarray):
+            if array.flags.writeable or array.base is None:
+                return False
+            array = array.base
+        elif isinstance(array, memoryview):
+            if not array.readonly:
+                return False
+            array = array.obj
+        else:
+            break
     try:  # bytes, a read-only mmap (joblib's mmap_mode='r'), ...
         return memoryview(array).readonly
     except TypeError:
@@ -237,13 +243,14 @@ def _unchangeable(array):
 
 
 def _read_only(array):
-    """``array``'s values as an array that cannot be made writable again:
-    a view of a read-only buffer of them (numpy lets an array that owns its
-    values be made writable with ``setflags``, and the folded network is
-    cached only for arrays that nothing can change)."""
+    """``array``'s values as an array that nothing can change (see
+    :func:`_unchangeable`): ``array`` itself if it is one, else a view of a
+    copy of its values in ``bytes``. The folded network is cached only for
+    such arrays."""
+    if isinstance(array, np.ndarray) and _unchangeable(array):
+        return array
     array = np.ascontiguousarray(array)
-    view = np.frombuffer(memoryview(array).toreadonly(), dtype=array.dtype)
-    return view.reshape(array.shape)
+    return np.frombuffer(array.tobytes(), dtype=array.dtype).reshape(array.shape)
 
 
 class _Best:
@@ -1278,19 +1285,22 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """Make the fitted arrays read-only: an in-place edit is refused
         (reassigning them takes effect), so the folded network can be cached
         while they are the same objects."""
+        frozen = {}  # an array held twice stays one (the regressor's kept layer)
+
+        def freeze(a):
+            if not isinstance(a, np.ndarray):
+                return a
+            if id(a) not in frozen:
+                frozen[id(a)] = (a, _read_only(a))  # a: its id stays its own
+            return frozen[id(a)][1]
+
         for name in self._FITTED_ARRAYS:
             arrays = getattr(self, name)
             if isinstance(arrays, list):
-                setattr(
-                    self,
-                    name,
-                    [
-                        _read_only(a)
-                        if isinstance(a, np.ndarray) and a.base is None
-                        else a
-                        for a in arrays
-                    ],
-                )
+                setattr(self, name, [freeze(a) for a in arrays])
+        kept = getattr(self, "_target_output_layer", None)
+        if isinstance(kept, tuple):
+            self._target_output_layer = tuple(freeze(a) for a in kept)
 
     def _checked_fitted_arrays(self):
         """The fitted arrays by attribute, checked: lists of float arrays
@@ -1354,18 +1364,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         entry of the estimator it was taken from."""
         groups = self._checked_fitted_arrays()
         arrays = tuple(a for name in self._FITTED_ARRAYS for a in groups[name])
-        # The widest of the input's and the attributes' (a float32 model
-        # gives float64 input float64 output, as scikit-learn's MLP), and
-        # float32 at least.
-        dtype = np.result_type(
-            input_dtype or np.float32, *(a.dtype for a in arrays), np.float32
-        )
         key = (self.bn_epsilon, self.activation, self.out_activation_)
-        # Keyed by the first coefficient array (its id, while it lives),
-        # and holding every array weakly: an entry goes with the arrays it
-        # was folded from.
+        # Keyed by the first coefficient array (its id, while it lives) and
+        # the input's dtype, and holding every array weakly: an entry goes
+        # with the arrays it was folded from.
         cache = _FOLDED_NETWORKS.get(id(arrays[0]), {})
-        cached = cache.get(dtype)
+        input_key = None if input_dtype is None else np.dtype(input_dtype)
+        cached = cache.get(input_key)
         if (
             cached is not None
             and cached[0] == key
@@ -1377,6 +1382,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             and all(map(_unchangeable, arrays))
         ):
             return cached[2]
+        # The widest of the input's and the attributes' (a float32 model
+        # gives float64 input float64 output, as scikit-learn's MLP), and
+        # float32 at least.
+        dtype = np.result_type(
+            input_dtype or np.float32, *(a.dtype for a in arrays), np.float32
+        )
         folded = FoldedNetwork.fold(
             *groups.values(),
             self.bn_epsilon,
@@ -1389,7 +1400,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             refs = tuple(weakref.ref(a) for a in arrays)
             if not cache:
                 weakref.finalize(arrays[0], _FOLDED_NETWORKS.pop, id(arrays[0]), None)
-            _FOLDED_NETWORKS[id(arrays[0])] = {**cache, dtype: (key, refs, folded)}
+            _FOLDED_NETWORKS[id(arrays[0])] = {**cache, input_key: (key, refs, folded)}
         return folded
 
     def _predict_raw(self, X):

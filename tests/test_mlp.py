@@ -2144,6 +2144,27 @@ def test_repeated_predictions_reuse_the_folded_network():
     assert copy._folded_network(np.float64) is copy._folded_network(np.float64)
 
 
+def test_only_arrays_nothing_can_change_are_cached():
+    # The fitted arrays hold their values in bytes: no writable array is
+    # reachable from them. A read-only view of a writable buffer (a
+    # bytearray behind a read-only memoryview) is folded at every call.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    base = est.coefs_[0]
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert isinstance(base, bytes)
+    buffer = bytearray(est.coefs_[0].tobytes())
+    view = np.frombuffer(memoryview(buffer).toreadonly(), dtype=est.coefs_[0].dtype)
+    est.coefs_[0] = view.reshape(est.coefs_[0].shape)
+    before = est.predict_proba(X)
+    buffer[:] = bytes(len(buffer))  # every coefficient of the first layer 0
+    assert not np.allclose(est.predict_proba(X), before)
+    assert_allclose(
+        est.predict_proba(X), forward_from_attributes(est, X), rtol=1e-9, atol=1e-12
+    )
+
+
 def test_read_only_views_of_writable_arrays_are_not_cached():
     # Such a view changes when its base does: a cached folded network would
     # keep predicting with the old values.
@@ -2172,8 +2193,15 @@ def test_a_model_memory_mapped_read_only_caches_its_network(tmp_path):
     served = joblib.load(tmp_path / "model.joblib", mmap_mode="r")
     assert served._folded_network(np.float64) is served._folded_network(np.float64)
     assert_array_equal(served.predict_proba(X), est.predict_proba(X))
-    copied = joblib.load(tmp_path / "model.joblib", mmap_mode="c")  # writable
-    assert copied._folded_network(np.float64) is not copied._folded_network(np.float64)
+    assert served.coefs_[0].base is not None and not served.coefs_[0].flags.writeable
+    # Writable maps (copy-on-write, or r+) and plain loads: the arrays are
+    # copied into read-only buffers as they load, and cached too.
+    for mode in ("c", "r+", None):
+        loaded = joblib.load(tmp_path / "model.joblib", mmap_mode=mode)
+        assert loaded._folded_network(np.float64) is loaded._folded_network(np.float64)
+        assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+        with pytest.raises(ValueError):
+            loaded.coefs_[0][0, 0] = 1.0
 
 
 @pytest.mark.parametrize(
