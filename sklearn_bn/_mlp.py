@@ -1370,17 +1370,20 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # with the arrays it was folded from.
         cache = _FOLDED_NETWORKS.get(id(arrays[0]), {})
         input_key = None if input_dtype is None else np.dtype(input_dtype)
+
+        def valid(entry):
+            return (
+                entry[0] == key
+                and len(entry[1]) == len(arrays)
+                and all(ref() is a for ref, a in zip(entry[1], arrays))
+                # Anything but a view of a read-only buffer may have changed
+                # since the fold (an array that owns its values can be made
+                # writable again).
+                and all(map(_unchangeable, arrays))
+            )
+
         cached = cache.get(input_key)
-        if (
-            cached is not None
-            and cached[0] == key
-            and len(cached[1]) == len(arrays)
-            and all(ref() is a for ref, a in zip(cached[1], arrays))
-            # Anything but a view of a read-only buffer may have changed
-            # since the fold (an array that owns its values can be made
-            # writable again).
-            and all(map(_unchangeable, arrays))
-        ):
+        if cached is not None and valid(cached):
             return cached[2]
         # The widest of the input's and the attributes' (a float32 model
         # gives float64 input float64 output, as scikit-learn's MLP), and
@@ -1388,13 +1391,19 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         dtype = np.result_type(
             input_dtype or np.float32, *(a.dtype for a in arrays), np.float32
         )
-        folded = FoldedNetwork.fold(
-            *groups.values(),
-            self.bn_epsilon,
-            self.activation,
-            self.out_activation_,
-            dtype=dtype,
-        )
+        # An input dtype not seen yet may compute in the dtype of a fold
+        # already made: that one, not a copy.
+        same = [e for e in cache.values() if e[2].coefs[0].dtype == dtype and valid(e)]
+        if same:
+            folded = same[0][2]
+        else:
+            folded = FoldedNetwork.fold(
+                *groups.values(),
+                self.bn_epsilon,
+                self.activation,
+                self.out_activation_,
+                dtype=dtype,
+            )
         if all(map(_unchangeable, arrays)):
             # A new dict, swapped in at once: safe under concurrent predicts.
             refs = tuple(weakref.ref(a) for a in arrays)
@@ -2768,15 +2777,17 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         if first_pass:
             return scaled.astype(Y.dtype)
         # A later partial_fit's targets far from the first one's: their
-        # squared errors would overflow the loss, whatever the learning rate.
-        limit = np.sqrt(np.finfo(Y.dtype).max) / 4
+        # squared errors would overflow the loss (float64), or the values
+        # the model's dtype, whatever the learning rate.
+        limit = min(np.sqrt(np.finfo(np.float64).max), np.finfo(Y.dtype).max) / 4
         if not np.all(np.abs(scaled) <= limit):
             raise ValueError(
                 "The targets are too far from those the model was first fitted on "
                 f"(target_mean_ {np.max(np.abs(self.target_mean_)):.3g}, "
-                f"target_scale_ {np.max(self.target_scale_):.3g}): their squared "
-                "errors, in those units, overflow the loss. Scale y as in the "
-                "first fit, or fit again."
+                f"target_scale_ {np.max(self.target_scale_):.3g}): in those units "
+                f"they reach {np.max(np.abs(scaled)):.3g}, beyond what the loss "
+                f"(or {np.dtype(Y.dtype).name}) can hold. Scale y as in the first "
+                "fit, or fit again."
             )
         return scaled.astype(Y.dtype)
 

@@ -2142,6 +2142,9 @@ def test_repeated_predictions_reuse_the_folded_network():
     # Pickling keeps the arrays read-only, so the copy caches too.
     copy = pickle.loads(pickle.dumps(est))
     assert copy._folded_network(np.float64) is copy._folded_network(np.float64)
+    # Input dtypes that compute alike share one fold (a float64 model).
+    folds = [copy._folded_network(d) for d in (np.float32, np.float64, None)]
+    assert folds[0] is folds[1] is folds[2]
 
 
 def test_only_arrays_nothing_can_change_are_cached():

@@ -1728,6 +1728,20 @@ def test_a_target_range_beyond_float64_is_refused_by_name():
     assert pickle.dumps(fitted) == before
 
 
+def test_a_float32_regressor_streams_targets_far_from_its_first_ones():
+    # The loss is float64: targets 1e22 times the first fit's scale train
+    # (finite weights); near float32's largest number, which the network's
+    # outputs would pass, they are refused, by name.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 3)).astype(np.float32)
+    y = X[:, 0].astype(np.float64)
+    est = _quiet_regressor(hidden_layer_sizes=(8,)).partial_fit(X, y)
+    est.partial_fit(X, 1e22 + y * 1e21)
+    assert np.isfinite(est.predict(X)).all()
+    with pytest.raises(ValueError, match="beyond what the loss \\(or float32\\)"):
+        est.partial_fit(X, 3e38 + y * 1e36)
+
+
 def test_the_sklearn_twin_of_a_standardized_target_warm_starts_afresh():
     # The model's losses are the standardized target's; the twin's warm
     # start compares its own, in the target's units, from afresh.
