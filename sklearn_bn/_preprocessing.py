@@ -636,7 +636,11 @@ def weighted_quantiles(X, sample_weight, quantiles):
         exponent = np.frexp(total)[1]
         unit_total = np.ldexp(total, -exponent)
         for j, qj in enumerate(q):
-            target = np.ldexp(qj.numerator * unit_total / qj.denominator, exponent)
+            # As floats (exact: a float's numerator has 53 bits at most and
+            # its denominator is a power of two; k and 7 for the knots):
+            # numpy 1 would make an object array of a Python int beyond int64.
+            num, den = float(qj.numerator), float(qj.denominator)
+            target = np.ldexp(num * unit_total / den, exponent)
             target = target[:, None]
             # Leading rows of weight 0 (cum 0) are absent, also at q = 0.
             lo = np.maximum((cum < target).sum(axis=1), (cum <= 0).sum(axis=1))
