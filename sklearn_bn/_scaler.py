@@ -959,8 +959,8 @@ def _batch_statistics(X, sample_weight, estimator):
     One pass of the ``batch_stats`` kernel. NaN and infinity make the plain
     pass non-finite: then infinity raises, and the statistics are
     recomputed with NaN skipped (that second pass only happens on data with
-    missing values). The kernel skips a block of rows whose weights are all
-    0, so infinity is looked for in the rows of weight 0 apart.
+    missing values). Rows of weight 0 are dropped first, so infinity is
+    looked for in them apart.
     """
     blocks = kernel_threads(*X.shape)
     if sample_weight is not None and unweighted_rows_hold_infinity(X, sample_weight):
@@ -1019,16 +1019,10 @@ def _batch_statistics(X, sample_weight, estimator):
         # each scaled by a power of two near its largest magnitude (exactly),
         # their statistics scaled back: a mean or variance beyond the range
         # stays infinite, and the caller warns.
+        # (Rows of weight 0 were dropped above: every row here counts.)
         sub = X[:, overflow].astype(np.float64)
-        # The rows that count: a value on a row of weight 0 must not set the
-        # scale (the others' squares could then vanish).
-        counted = ~np.isnan(sub)
-        if sample_weight is not None:
-            counted &= (sample_weight > 0)[:, None]
-        peak = np.max(np.where(counted, np.abs(sub), 0.0), axis=0)
+        peak = np.max(np.where(np.isnan(sub), 0.0, np.abs(sub)), axis=0)
         exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
-        # Rows of weight 0 as 0 (their huge values times 0 would be NaN).
-        sub = np.where(counted | np.isnan(sub), sub, 0.0)
         scaled = np.ascontiguousarray(np.ldexp(sub, -exponent))
         sub_mean, sub_var, _ = batch_stats(
             scaled,
