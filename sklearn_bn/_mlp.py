@@ -247,9 +247,8 @@ def _read_only(array):
     :func:`_unchangeable`): ``array`` itself if it is one, else a view of a
     copy of its values in ``bytes``. The folded network is cached only for
     such arrays."""
-    if isinstance(array, np.ndarray) and _unchangeable(array):
+    if _unchangeable(array):
         return array
-    array = np.ascontiguousarray(array)
     return np.frombuffer(array.tobytes(), dtype=array.dtype).reshape(array.shape)
 
 
@@ -1370,16 +1369,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # with the arrays it was folded from.
         cache = _FOLDED_NETWORKS.get(id(arrays[0]), {})
         input_key = None if input_dtype is None else np.dtype(input_dtype)
+        # Anything but a view of a read-only buffer may have changed since a
+        # fold (an array that owns its values can be made writable again):
+        # such arrays are folded at every call, never cached.
+        cacheable = all(map(_unchangeable, arrays))
 
         def valid(entry):
             return (
-                entry[0] == key
+                cacheable
+                and entry[0] == key
                 and len(entry[1]) == len(arrays)
                 and all(ref() is a for ref, a in zip(entry[1], arrays))
-                # Anything but a view of a read-only buffer may have changed
-                # since the fold (an array that owns its values can be made
-                # writable again).
-                and all(map(_unchangeable, arrays))
             )
 
         cached = cache.get(input_key)
@@ -1404,7 +1404,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 self.out_activation_,
                 dtype=dtype,
             )
-        if all(map(_unchangeable, arrays)):
+        if cacheable:
             # A new dict, swapped in at once: safe under concurrent predicts.
             refs = tuple(weakref.ref(a) for a in arrays)
             if not cache:
