@@ -185,7 +185,7 @@ def _convert_scaler(scope, operator, container):
         OnnxMul,
         OnnxSub,
     )
-    from skl2onnx.common.data_types import guess_numpy_type, guess_proto_type
+    from skl2onnx.common.data_types import guess_numpy_type
     from skl2onnx.proto import onnx_proto
 
     estimator = operator.raw_operator
@@ -205,26 +205,29 @@ def _convert_scaler(scope, operator, container):
     # The output's type: the input's, float32 for integer input (which
     # skl2onnx's StandardScaler converter also casts).
     dtype = guess_numpy_type(operator.outputs[0].type)
-    if guess_numpy_type(inputs[0].type) != dtype:
-        x = OnnxCast(x, to=guess_proto_type(operator.outputs[0].type), op_version=opv)
     center, scale, shift, wide = estimator._coefficients(dtype)
-    out = {"output_names": operator.outputs[:1]}
+    work = dtype
     if wide is not None:
         # A scale beyond the dtype's range: the graph runs in float64, where
         # transform computes only these features so (the others may then
         # differ from transform's by the dtype's rounding).
-        center, scale, shift, _ = estimator._coefficients(np.float64)
-        x = OnnxCast(x, to=onnx_proto.TensorProto.DOUBLE, op_version=opv)
+        work = np.float64
+        center, scale, shift, _ = estimator._coefficients(work)
+    proto = {
+        np.float32: onnx_proto.TensorProto.FLOAT,
+        np.float64: onnx_proto.TensorProto.DOUBLE,
+    }
+    if guess_numpy_type(inputs[0].type) != work:
+        x = OnnxCast(x, to=proto[work], op_version=opv)
+    out = {"output_names": operator.outputs[:1]}
     y = OnnxAdd(
         OnnxMul(OnnxSub(x, center, op_version=opv), scale, op_version=opv),
         shift,
         op_version=opv,
-        **({} if wide is not None else out),
+        **({} if work != dtype else out),
     )
-    if wide is not None:
-        y = OnnxCast(
-            y, to=guess_proto_type(operator.outputs[0].type), op_version=opv, **out
-        )
+    if work != dtype:
+        y = OnnxCast(y, to=proto[dtype], op_version=opv, **out)
     y.add_to(scope, container)
 
 
