@@ -20,7 +20,7 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils import assert_all_finite
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_array,
@@ -361,12 +361,12 @@ class BatchNormScaler(
         self : object
             Fitted scaler.
         """
-        self._fit(
-            X,
-            y,
-            sample_weight,
-            reset=not hasattr(self, "n_samples_seen_"),
-        )
+        fitted = hasattr(self, "n_samples_seen_")
+        if fitted:
+            # scikit-learn validates the parameters at a partial_fit of an
+            # unfitted estimator only; set_params may have changed them since.
+            self._recheck_parameters(("momentum", "epsilon"))
+        self._fit(X, y, sample_weight, reset=not fitted)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -751,8 +751,29 @@ class BatchNormScaler(
             wide = None
         return center, scale_in_dtype, shift_in_dtype, wide
 
+    def _recheck_parameters(self, names):
+        """Validate the parameters `names` of a fitted scaler, which
+        scikit-learn's validation at ``fit`` no longer covers after
+        ``set_params``: a cheap test first, the full constraints for the
+        error."""
+        values = {name: getattr(self, name) for name in names}
+        momentum = values.get("momentum")
+        epsilon = values.get("epsilon", 0.0)
+        if (
+            (momentum is None or (isinstance(momentum, Real) and 0 < momentum <= 1))
+            and isinstance(epsilon, Real)
+            and epsilon >= 0
+        ):
+            return
+        validate_parameter_constraints(
+            {name: self._parameter_constraints[name] for name in names},
+            values,
+            caller_name=type(self).__name__,
+        )
+
     def _std(self):
         """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
+        self._recheck_parameters(("epsilon",))
         var = self.running_var_
         std = np.sqrt(var + self.epsilon)
         if self.epsilon == 0:

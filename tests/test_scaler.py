@@ -16,6 +16,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
@@ -730,6 +731,42 @@ def test_bad_gamma_beta_raises_at_fit(name, value):
         fitted.partial_fit(X)
     fitted.set_params(**{name: 1.0 if name == "gamma" else 0.0})
     _assert_same_state(before, _state(fitted))
+
+
+@pytest.mark.parametrize("start", MOMENTA)
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("momentum", np.nan),
+        ("momentum", -1.0),
+        ("momentum", 0),
+        ("momentum", 5.0),
+        ("momentum", "0.1"),
+        ("epsilon", -1.0),
+        ("epsilon", np.nan),
+    ],
+)
+def test_bad_parameters_set_after_fit_raise_at_partial_fit(start, name, value):
+    # scikit-learn validates the parameters at partial_fit of an unfitted
+    # estimator only: a fitted scaler checks what set_params changed.
+    X = _data()
+    fitted = BatchNormScaler(momentum=start).fit(X)
+    before = _state(fitted)
+    fitted.set_params(**{name: value})
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):
+        fitted.partial_fit(X + 1)
+    fitted.set_params(momentum=start, epsilon=1e-5)
+    _assert_same_state(before, _state(fitted))
+
+
+@pytest.mark.parametrize("value", [-1.0, -1e-300, np.nan, "a"])
+@pytest.mark.parametrize("method", ["transform", "inverse_transform"])
+def test_bad_epsilon_set_after_fit_raises_at_transform(value, method):
+    X = _data()
+    fitted = BatchNormScaler().fit(X)
+    fitted.set_params(epsilon=value)
+    with pytest.raises(InvalidParameterError, match="'epsilon' parameter"):
+        getattr(fitted, method)(X)
 
 
 def test_gamma_length_error_message():
