@@ -1013,6 +1013,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     "train on. Give weight to more rows, or change "
                     "'validation_fraction' or 'random_state'."
                 )
+            if sw_val is not None and not sw_val.sum() > 0:
+                raise ValueError(
+                    "The sample weights of the validation rows of early stopping "
+                    "sum to zero: no score to stop on. Give weight to more rows, "
+                    "or change 'validation_fraction' or 'random_state'."
+                )
             train = (X_train, Y_train, sw_train)
             validation = (X_val, self._decode_targets(Y_val), sw_val)
         if train[0].shape[0] < 2:
@@ -1755,7 +1761,10 @@ _COMMON_PARAMS_DOC = """
 
     bn_epsilon : float, default=1e-5
         Added to the variance before the square root in batch norm.
+"""
 
+# After bn_stats (the signatures' order).
+_LAYER_PARAMS_DOC = """
     dropout : float in [0, 1) or array-like of shape (n_layers - 2,), default=0.0
         Inverted dropout on each hidden layer's output, after its activation,
         during training only: each unit is kept with probability ``1 - p``
@@ -2137,9 +2146,10 @@ class MLPBNClassifier(ClassifierMixin, _BaseMLPBN):
     Parameters
     ----------"""
         + _COMMON_PARAMS_DOC
+        + _BN_STATS_DOC
+        + _LAYER_PARAMS_DOC
         + _CLASS_WEIGHT_DOC
         + _LABEL_SMOOTHING_DOC
-        + _BN_STATS_DOC
         + _INPUT_DOC
         + """
     Attributes
@@ -2585,6 +2595,7 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
 """
         + _COMMON_PARAMS_DOC
         + _BN_STATS_DOC
+        + _LAYER_PARAMS_DOC
         + _INPUT_DOC
         + """
     Attributes
@@ -2682,9 +2693,9 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         bn_stats="running",
         dropout=0.0,
         virtual_batch_size=None,
+        weight_decay=0.0,
         input_preprocessing="auto",
         categorical_features="from_dtype",
-        weight_decay=0.0,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,

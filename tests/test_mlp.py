@@ -23,7 +23,12 @@ import pytest
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
-from sklearn.datasets import load_breast_cancer, load_digits, make_regression
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_digits,
+    make_classification,
+    make_regression,
+)
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -2906,6 +2911,31 @@ def test_early_stopping_with_no_training_weight_raises():
     )
     with pytest.raises(ValueError, match="validation split of early stopping sum"):
         est.fit(X, y / y.std(), sample_weight=sw)
+
+
+@pytest.mark.parametrize("Estimator", [MLPBNClassifier, MLPBNRegressor])
+def test_early_stopping_with_no_validation_weight_raises_before_training(
+    Estimator, monkeypatch
+):
+    # Only rows of the training split have weight: no score to stop on.
+    # scikit-learn's MLP raises from the first score, naming no split.
+    X, y = make_classification(n_samples=40, n_features=5, random_state=0)
+    est = Estimator(
+        hidden_layer_sizes=(4,),
+        max_iter=3,
+        early_stopping=True,
+        random_state=0,
+        validation_fraction=0.2,
+        input_preprocessing=None,
+    )
+    split = recorded_split(monkeypatch)
+    row_ids = np.arange(1.0, 41.0)  # as weights: the split names its rows
+    fit_quietly(est, X, y, sample_weight=row_ids)
+    train_rows = split[0][4].astype(int) - 1
+    sw = np.zeros(40)
+    sw[train_rows] = 1
+    with pytest.raises(ValueError, match="validation rows of early stopping sum"):
+        est.fit(X, y, sample_weight=sw)
 
 
 TABULAR_DEFAULTS = {

@@ -1,10 +1,13 @@
 """scikit-learn's estimator checks on the batch-normalized MLPs."""
 
+import inspect
+import re
+
 import pytest
 from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_bn import MLPBNClassifier, MLPBNRegressor
+from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor
 
 # No check is expected to fail on the defaults. scikit-learn itself skips one
 # check, check_classifiers_multilabel_output_format_decision_function, because
@@ -93,3 +96,18 @@ def test_poisson_regressor_is_tagged_for_non_negative_targets():
     # the Poisson loss needs (negative ones raise a ValueError).
     assert get_tags(MLPBNRegressor(loss="poisson")).target_tags.positive_only
     assert not get_tags(MLPBNRegressor()).target_tags.positive_only
+
+
+def _documented_parameters(cls):
+    """The names in the class docstring's numpydoc Parameters section."""
+    section = cls.__doc__.split("Parameters\n    ----------\n", 1)[1]
+    section = section.split("\n    Attributes\n    ----------\n", 1)[0]
+    return re.findall(r"^    (\w+) : ", section, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "cls", [BatchNormScaler, MLPBNClassifier, MLPBNRegressor], ids=lambda c: c.__name__
+)
+def test_docstring_documents_every_parameter_in_the_signatures_order(cls):
+    # As scikit-learn's check_docstring_parameters: same names, same order.
+    assert _documented_parameters(cls) == list(inspect.signature(cls).parameters)
