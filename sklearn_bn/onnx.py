@@ -35,13 +35,31 @@ def _refuse_categorical(estimator):
         )
 
 
-def _checking_categorical(shape_calculator):
-    """``shape_calculator``, after :func:`_refuse_categorical`: skl2onnx
-    calls it first, and a DataFrame with category columns comes as several
-    inputs, which it would refuse with a message about their number."""
+def _refuse_other_width(operator):
+    """Raise when the inputs' declared columns (their sum, for a DataFrame's
+    one input per column) are not the model's ``n_features_in_``: the graph
+    would be built, and refused only when a runtime loads it."""
+    estimator = operator.raw_operator
+    widths = [variable.get_second_dimension() for variable in operator.inputs]
+    if None in widths or len(widths) == 0:
+        return  # a width left open: the runtime checks the data
+    if sum(widths) != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {sum(widths)} features, but {type(estimator).__name__} is "
+            f"expecting {estimator.n_features_in_} features as input."
+        )
+
+
+def _checking_input(shape_calculator, categorical=True):
+    """``shape_calculator``, after :func:`_refuse_other_width` and (for the
+    networks) :func:`_refuse_categorical`: skl2onnx calls it first, and a
+    DataFrame with category columns comes as several inputs, which it would
+    refuse with a message about their number."""
 
     def calculate(operator):
-        _refuse_categorical(operator.raw_operator)
+        if categorical:
+            _refuse_categorical(operator.raw_operator)
+        _refuse_other_width(operator)
         shape_calculator(operator)
 
     return calculate
@@ -300,6 +318,12 @@ def register_converters():
     ImportError
         If skl2onnx is not installed (``pip install skl2onnx onnxruntime``,
         or the ``onnx`` extra of sklearn_bn).
+    ValueError
+        From a later conversion, when the declared input (its columns summed
+        over the inputs, for a DataFrame's one input per column) is not
+        ``n_features_in_`` wide, as skl2onnx's ``StandardScaler`` converter
+        refuses such a declaration; an input of open width is checked by the
+        runtime, with the data.
 
     See Also
     --------
@@ -364,14 +388,14 @@ def register_converters():
     update_registered_converter(
         BatchNormScaler,
         "SklearnBNBatchNormScaler",
-        calculate_sklearn_scaler_output_shapes,
+        _checking_input(calculate_sklearn_scaler_output_shapes, categorical=False),
         _convert_scaler,
         options={"div": ["std", "div", "div_cast"]},
     )
     update_registered_converter(
         MLPBNClassifier,
         "SklearnBNMLPBNClassifier",
-        _checking_categorical(calculate_linear_classifier_output_shapes),
+        _checking_input(calculate_linear_classifier_output_shapes),
         _convert_classifier,
         # Declaring zipmap makes skl2onnx parse it as a classifier.
         options={
@@ -383,6 +407,6 @@ def register_converters():
     update_registered_converter(
         MLPBNRegressor,
         "SklearnBNMLPBNRegressor",
-        _checking_categorical(_regressor_shape),
+        _checking_input(_regressor_shape),
         _convert_regressor,
     )

@@ -190,6 +190,29 @@ def test_scaler_of_a_dataframe_takes_one_input_per_column(dtype):
     )
 
 
+@pytest.mark.parametrize("kind", ["scaler", "classifier", "regressor"])
+@pytest.mark.parametrize("width", [3, 5])
+def test_declared_input_of_another_width_is_refused_at_export(kind, width):
+    # skl2onnx's StandardScaler converter refuses it too; without the check
+    # the graph was built and refused only by the runtime that loads it.
+    from skl2onnx.common.data_types import FloatTensorType
+
+    X, y = _classification(np.float32)  # 4 features
+    model = {
+        "scaler": lambda: BatchNormScaler().fit(X),
+        "classifier": lambda: _fit(MLPBNClassifier(max_iter=2), X, y),
+        "regressor": lambda: _fit(MLPBNRegressor(max_iter=2), X, y * 1.0),
+    }[kind]()
+    with pytest.raises(ValueError, match=f"X has {width} features, but .* 4"):
+        skl2onnx.convert_sklearn(
+            model, initial_types=[("x", FloatTensorType([None, width]))]
+        )
+    # A width left open is checked by the runtime, with the data.
+    skl2onnx.convert_sklearn(
+        model, initial_types=[("x", FloatTensorType([None, None]))]
+    )
+
+
 def test_conversion_leaves_the_callers_options_alone():
     X, y = _classification(np.float32)
     model = _fit(MLPBNClassifier(hidden_layer_sizes=(4,), max_iter=3), X, y)
