@@ -423,8 +423,9 @@ class BatchNormScaler(
             weights64 = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
-            # scikit-learn >= 1.8 checks this too; older releases do not.
-            if not weights64.sum() > 0:
+            # scikit-learn >= 1.8 checks this too; older releases do not. (Not
+            # their sum: it may overflow, which check_weight_range reports.)
+            if not weights64.max() > 0:
                 raise ValueError(
                     "Sample weights must contain at least one non-zero number."
                 )

@@ -622,6 +622,12 @@ def test_weights_out_of_range_are_named_and_change_nothing(momentum):
     with pytest.raises(ValueError, match="sample_weight contains infinity"):
         scaler.fit(X32, sample_weight=np.r_[1e39, np.ones(9)])
     _assert_same_state(before, _state(scaler))
+    # Weights whose sum overflows: the error alone, no numpy warning first.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match="the weights sum to inf"):
+            scaler.fit(np.tile(X, (6, 1)), sample_weight=np.full(60, 1e307))
+    _assert_same_state(before, _state(scaler))
     # n_samples_seen_ adds every batch's weights up.
     scaler.fit(X, sample_weight=np.full(10, 3e306))
     before = _state(scaler)
