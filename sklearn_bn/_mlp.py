@@ -1309,9 +1309,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _checked_fitted_arrays(self):
         """The fitted arrays by attribute, checked: lists of float arrays
-        whose layers chain from ``n_features_in_`` to ``n_outputs_``."""
+        whose layers chain from ``n_features_in_`` to ``n_outputs_``. Copies
+        of the lists, read once: an item another thread assigns meanwhile
+        (``est.coefs_[0] = W``) is in none of them, or in the fold too."""
         check_is_fitted(self)
-        groups = {name: getattr(self, name) for name in self._FITTED_ARRAYS}
+        groups = {
+            name: list(value) if isinstance(value, (list, tuple)) else value
+            for name, value in ((n, getattr(self, n)) for n in self._FITTED_ARRAYS)
+        }
         coefs = groups["coefs_"]
         if not isinstance(coefs, (list, tuple)) or not coefs:
             raise ValueError("coefs_ must be a non-empty list of arrays.")

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -2189,6 +2190,38 @@ def test_read_only_views_of_writable_arrays_are_not_cached():
     assert not np.array_equal(after, before)
     est.coefs_ = [b.copy() for b in bases]
     assert_array_equal(after, est.predict_proba(X))
+
+
+def test_an_item_assigned_during_a_fold_is_not_cached_under_the_old_key(
+    monkeypatch,
+):
+    # A predict reads the attribute lists, then folds; another thread swaps
+    # coefs_[1] in between and puts it back. The fold must be of the arrays
+    # the cache key names, or the swapped array's fold would be served for
+    # the restored one from then on.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X, y)
+    reference = est.predict_proba(X)
+    _mlp._FOLDED_NETWORKS.clear()
+    folding, swapped = threading.Event(), threading.Event()
+    fold = _mlp.FoldedNetwork.fold
+
+    def paused_fold(*args, **kwargs):
+        folding.set()
+        swapped.wait(10)
+        return fold(*args, **kwargs)
+
+    monkeypatch.setattr(_mlp.FoldedNetwork, "fold", paused_fold)
+    reader = threading.Thread(target=est.predict_proba, args=(X,))
+    reader.start()
+    assert folding.wait(10)
+    original = est.coefs_[1]
+    est.coefs_[1] = _mlp._read_only(np.zeros_like(original))
+    swapped.set()
+    reader.join()
+    est.coefs_[1] = original
+    monkeypatch.setattr(_mlp.FoldedNetwork, "fold", fold)
+    assert_array_equal(est.predict_proba(X), reference)
 
 
 def test_a_model_memory_mapped_read_only_caches_its_network(tmp_path):
