@@ -1127,7 +1127,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             if not params.is_finite():
                 raise ValueError(
                     self._non_finite_message(
-                        params.theta.dtype, data.X_data if data.sparse else data.X
+                        params.theta.dtype,
+                        data.X_data if data.sparse else data.X,
+                        data.Y,
                     )
                 )
             if not np.isfinite(loss_sum):
@@ -1216,9 +1218,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             "sklearn.compose.TransformedTargetRegressor scales y)."
         )
 
-    def _non_finite_message(self, dtype, X):
+    def _non_finite_message(self, dtype, X, Y=None):
         """Why training produced non-finite weights, the likeliest cause
-        first; ``X`` is the network's input."""
+        first; ``X`` is the network's input, ``Y`` (if known) the targets it
+        trained on."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
         # Squares of values beyond the square root of the dtype's range (in
@@ -1237,11 +1240,47 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "minibatch is scaled by 1 / sqrt(bn_epsilon), beyond its range. Use a "
                 "larger bn_epsilon (the default is 1e-5) or float64 input."
             )
-        return message + (
-            f" Possible causes: learning_rate_init={self.learning_rate_init:g} too "
-            "large for this network, sample or class weights too large, or input "
-            "values too large (scale them, or keep input_preprocessing='auto'). "
-            "Try a smaller learning_rate_init first."
+        handled = self.input_preprocessing is not None
+        causes = []
+        peak_y = _largest_magnitude(Y) if Y is not None else 0.0
+        # A regressor's outputs start near unit scale: targets far beyond it
+        # make the first steps' gradients as large.
+        if not is_classifier(self) and peak_y > 1e3:
+            if hasattr(self, "target_mean_"):
+                remedy = (
+                    "standardized with their weighted spread: sample weights "
+                    "concentrated on a few rows make it small"
+                )
+            else:
+                remedy = "scale y, with sklearn.compose.TransformedTargetRegressor " + (
+                    "for instance"
+                    if handled
+                    else "for instance, or use input_preprocessing='auto', which "
+                    "standardizes them"
+                )
+            causes.append(
+                f"targets reaching {peak_y:.3g} as trained, far from the network's "
+                f"unit scale ({remedy})"
+            )
+        causes.append(
+            f"learning_rate_init={self.learning_rate_init:g} too large for this network"
+        )
+        causes.append(
+            "sample or class weights too large"
+            if is_classifier(self)
+            else "sample weights too large"
+        )
+        if not handled:
+            causes.append(
+                "input values too large (scale them, or use input_preprocessing='auto')"
+            )
+        return (
+            f"{message} Possible causes: {', '.join(causes[:-1])}, or {causes[-1]}."
+            + (
+                " Try a smaller learning_rate_init first."
+                if causes[0].startswith("learning_rate_init")
+                else ""
+            )
         )
 
     def _no_improvement_message(self, early_stopping):

@@ -1473,6 +1473,48 @@ def test_non_finite_weights_from_huge_input_name_the_input(dtype, scale, sparse)
     assert not hasattr(est, "coefs_")
 
 
+@pytest.mark.parametrize("input_preprocessing", [None, "auto"])
+def test_non_finite_weights_from_far_targets_name_the_targets(input_preprocessing):
+    # Without the handling the targets are trained raw; with it they are
+    # standardized, and one row of a huge weight makes the others far.
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(20, 4), rng.randn(20)
+    sw = None
+    if input_preprocessing is None:
+        y = y * 1e20
+    else:
+        sw = np.ones(20)
+        sw[2] = 1e12
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(8,),
+        solver="sgd",
+        max_iter=3,
+        batch_size=8,
+        random_state=0,
+        input_preprocessing=input_preprocessing,
+    )
+    remedy = (
+        "use input_preprocessing='auto', which standardizes them"
+        if input_preprocessing is None
+        else "sample weights concentrated on a few rows"
+    )
+    with pytest.raises(ValueError, match=rf"non-finite.*targets reaching .*{remedy}"):
+        fit_quietly(est, X, y, sample_weight=sw)
+
+
+def test_non_finite_weights_message_fits_the_input_handling():
+    # With the handling on, the input is not blamed (it is scaled already).
+    X, y, est = make_data("binary")
+    est.set_params(max_iter=1, learning_rate_init=1e200, input_preprocessing="auto")
+    with pytest.raises(ValueError) as handled:
+        fit_quietly(est, X, y)
+    assert "input_preprocessing" not in str(handled.value)
+    assert str(handled.value).endswith("Try a smaller learning_rate_init first.")
+    est.set_params(input_preprocessing=None)
+    with pytest.raises(ValueError, match="input values too large"):
+        fit_quietly(est, X, y)
+
+
 def test_diverging_learning_rate_raises():
     X, y, est = make_data("poisson")
     est.set_params(solver="sgd", learning_rate_init=50.0, momentum=0.9, max_iter=50)
