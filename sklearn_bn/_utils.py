@@ -47,9 +47,12 @@ def check_weight_range(weights, name, dtype, sum_dtype=None, seen=0.0):
         )
 
 
-# The estimator each working copy stands for, by the copy's id, while
-# ``_restore_on_failure`` runs a method on it (None once it is published).
+# By a working copy's id, while ``_restore_on_failure`` runs a method on it:
+# [the estimator it stands for, the estimator's state at the start, whether
+# the copy was published already].
 _WORKING_COPIES = {}
+
+_MISSING = object()
 
 # What scikit-learn's callbacks keep on the estimator during one call; it
 # goes with the call and is never published (scikit-learn's own context
@@ -59,6 +62,21 @@ _CALL_STATE = ("_callback_fit_ctx", "_skl_callbacks_to_teardown")
 
 def _published_state(work):
     return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
+
+
+def _settings_changed_meanwhile(estimator, start):
+    """The parameters (and callbacks) another thread set on ``estimator``
+    since ``start``, its ``__dict__`` when a method began on a working copy:
+    kept at publication, as a ``set_params`` during a scikit-learn fit is.
+    The method itself never sets them; fitted attributes stay the
+    method's, so that a model is never a mix of two fits."""
+    names = [*type(estimator)._get_param_names(), "_skl_callbacks"]
+    now = estimator.__dict__
+    return {
+        name: now[name]
+        for name in names
+        if name in now and now[name] is not start.get(name, _MISSING)
+    }
 
 
 def _restore_on_failure(method):
@@ -74,17 +92,19 @@ def _restore_on_failure(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        start = dict(self.__dict__)
         work = object.__new__(type(self))
-        work.__dict__.update(self.__dict__)
-        _WORKING_COPIES[id(work)] = self
+        work.__dict__.update(start)
+        _WORKING_COPIES[id(work)] = entry = [self, start, False]
         try:
             result = method(work, *args, **kwargs)
         except BaseException:
-            if _WORKING_COPIES.pop(id(work)) is None:  # published: keep the fit
-                self.__dict__ = _published_state(work)
+            del _WORKING_COPIES[id(work)]
+            if entry[2]:  # published by _publish_now: keep the fit
+                _publish(self, work, start)
             raise
         del _WORKING_COPIES[id(work)]
-        self.__dict__ = _published_state(work)
+        _publish(self, work, start)
         return self if result is work else result
 
     return wrapper
@@ -97,10 +117,18 @@ def _publish_now(work):
     on the published state, and an exception it raises no longer undoes it,
     as in scikit-learn, whose fit is done when those run. Nothing happens
     outside such a method."""
-    estimator = _WORKING_COPIES.get(id(work))
-    if estimator is not None:
-        estimator.__dict__ = _published_state(work)
-        _WORKING_COPIES[id(work)] = None
+    entry = _WORKING_COPIES.get(id(work))
+    if entry is not None and not entry[2]:
+        estimator, start, _ = entry
+        _publish(estimator, work, start)
+        entry[2] = True
+
+
+def _publish(estimator, work, start):
+    """Replace ``estimator``'s state by the working copy's, in one step."""
+    state = _published_state(work)
+    state.update(_settings_changed_meanwhile(estimator, start))
+    estimator.__dict__ = state
 
 
 def _callers_stacklevel():

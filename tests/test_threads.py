@@ -660,6 +660,45 @@ def test_a_failed_refit_leaves_the_model_for_readers():
     assert_array_equal(model.predict(X), before)
 
 
+@pytest.mark.parametrize("kind", ["classifier", "scaler"])
+def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatch):
+    # A fit works on a copy and publishes it at its end; a set_params that
+    # another thread makes meanwhile is kept, as with scikit-learn's
+    # estimators, while the fitted attributes are the fit's.
+    X, y = data(n=100)
+    y = y > np.median(y)
+    if kind == "classifier":
+        cls, hook, changed = MLPBNClassifier, "_run_epochs", {"alpha": 0.5}
+        params = {"hidden_layer_sizes": (4,), "max_iter": 2, "random_state": 0}
+    else:
+        cls, hook, changed = BatchNormScaler, "_affine_params", {"beta": 2.0}
+        params = {}
+    est = cls(**params)
+    inside, resume = threading.Event(), threading.Event()
+    original = getattr(cls, hook)
+
+    def paused(self, *args, **kwargs):
+        inside.set()
+        assert resume.wait(10)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, hook, paused)
+    fitting = threading.Thread(target=fit_quietly, args=(est, X, y))
+    fitting.start()
+    assert inside.wait(10)
+    est.set_params(**changed)
+    resume.set()
+    fitting.join()
+    monkeypatch.setattr(cls, hook, original)
+    assert {name: est.get_params()[name] for name in changed} == changed
+    reference = fit_quietly(cls(**params), X, y)  # what the fit ran with
+    if kind == "classifier":
+        for got, want in zip(est.coefs_, reference.coefs_):
+            assert_array_equal(got, want)
+    else:
+        assert_array_equal(est.running_mean_, reference.running_mean_)
+
+
 @needs_fork
 def test_a_fork_while_the_pace_is_locked_leaves_the_child_a_free_pace():
     # Another thread of the parent may hold the pace's lock at the fork (for
