@@ -1078,8 +1078,9 @@ class InputHandling:
         rows (the temporaries stay small), in ``out``'s dtype."""
         dtype = out.dtype
         center = self.center.astype(dtype)
-        wide_divisor = self.scale * self.clip if not self.passthrough else self.scale
-        divisor = wide_divisor.astype(dtype)
+        divisor = (
+            self.scale * self.clip if not self.passthrough else self.scale
+        ).astype(dtype)
         clip = dtype.type(self.clip)
         d, pos = self.n_numeric, self.indicator_pos
         step = max(1, _BLOCK_ELEMENTS // max(d, 1))
@@ -1088,19 +1089,7 @@ class InputHandling:
                 block = np.asarray(X[start : start + step], dtype=dtype)
                 z = out[start : start + step, :d]
                 np.subtract(block, center, out=z)
-                # x - center beyond the dtype's range for finite x (x near
-                # float32's largest number, say): those entries are computed
-                # apart, in float64 and halved first, so that the clip sees
-                # their true scaled value, not an infinity.
-                overflow = np.isinf(z)
-                wide = None
-                if overflow.any():
-                    rows, cols = np.nonzero(overflow & np.isfinite(block))
-                    half = block[rows, cols].astype(np.float64) / 2
-                    wide = (half - self.center[cols] / 2) / wide_divisor[cols] * 2
                 np.divide(z, divisor, out=z)
-                if wide is not None:
-                    z[rows, cols] = wide
                 if not self.passthrough:
                     np.tanh(z, out=z)
                     np.multiply(z, clip, out=z)

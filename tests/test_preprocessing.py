@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1826,29 +1825,3 @@ def test_a_frame_without_rows_is_refused_with_its_own_shape():
     for method in (est.predict, est.predict_proba):
         with pytest.raises(ValueError, match=message):
             method(X[:0])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_values_whose_distance_to_the_center_overflows_enter_by_the_formula(dtype):
-    # x - center beyond the dtype's range for finite x: the clip gets the
-    # true scaled value, not an infinity (float32 gave 3.0 for 2.90 here,
-    # and a prediction that differed from the same data in float64).
-    big = float(np.finfo(dtype).max)
-    X = np.array([[-0.3 * big]] * 6 + [[0.75 * big]] * 4, dtype=dtype)
-    est = fit_quietly(
-        MLPBNRegressor(hidden_layer_sizes=(), max_iter=3, random_state=0),
-        X,
-        np.arange(10.0),
-    )
-    center, scale, c = est.input_center_[0], est.input_scale_[0], est.input_clip_
-    exact = [
-        c * np.tanh(float((Fraction(x) - Fraction(center)) / Fraction(scale * c)))
-        for x in X[:, 0].tolist()
-    ]
-    got = _preprocessing.InputHandling.of(est).transform(X)[:, 0]
-    assert abs(exact[-1]) < 0.99 * c  # inside the clip, where it matters
-    assert_allclose(got, exact, rtol=4 * np.finfo(dtype).eps)
-    if dtype == np.float32:
-        assert_allclose(
-            est.predict(X), est.predict(X.astype(np.float64)), rtol=1e-6, atol=1e-6
-        )
