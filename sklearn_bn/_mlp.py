@@ -1897,7 +1897,10 @@ _INPUT_ATTRIBUTES_DOC = """
     input_clip_ : float
         The smooth clip's bound ``c``, in robust standard deviations: a
         numeric feature enters the network as ``c * tanh((x - center) /
-        (scale * c))``. ``inf`` for sparse input (passed through).
+        (scale * c))``, computed in the input's dtype, as ``to_sklearn()``
+        and the ONNX export compute it (a value whose distance to the centre
+        is beyond that dtype's range, within a factor 2 of its largest
+        number, enters as ``+-c``). ``inf`` for sparse input (passed through).
 
     input_missing_indicators_ : ndarray of int
         The raw indices of the numeric features that get a missing indicator

@@ -1825,3 +1825,19 @@ def test_a_frame_without_rows_is_refused_with_its_own_shape():
     for method in (est.predict, est.predict_proba):
         with pytest.raises(ValueError, match=message):
             method(X[:0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_whose_distance_to_the_center_overflows_enter_as_the_twin(dtype):
+    # x - center beyond the dtype's range for finite x enters as +-c, as
+    # to_sklearn()'s (and the ONNX graph's) arithmetic in that dtype gives.
+    big = float(np.finfo(dtype).max)
+    X = np.array([[-0.3 * big]] * 6 + [[0.75 * big]] * 4, dtype=dtype)
+    est = fit_quietly(
+        MLPBNRegressor(hidden_layer_sizes=(), max_iter=3, random_state=0),
+        X,
+        np.arange(10.0),
+    )
+    got = _preprocessing.InputHandling.of(est).transform(X)[:, 0]
+    assert_array_equal(got[-4:], est.input_clip_)
+    assert_allclose(est.predict(X), est.to_sklearn().predict(X), rtol=1e-6)
