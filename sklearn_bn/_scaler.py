@@ -112,6 +112,15 @@ def _is_constant_feature(var, mean, n_samples):
     return np.isfinite(var) & (var <= upper_bound)
 
 
+# What ``_parameter_constraints`` accepts, tested cheaply (at every
+# transform): anything else goes through scikit-learn's validation.
+_VALID_AT_A_GLANCE = {
+    "momentum": lambda m: m is None or (isinstance(m, Real) and 0 < m <= 1),
+    "epsilon": lambda e: isinstance(e, Real) and 0 <= e < math.inf,
+    "copy": lambda c: isinstance(c, (bool, np.bool_)),
+}
+
+
 class BatchNormScaler(
     CallbackSupportMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
 ):
@@ -579,7 +588,9 @@ class BatchNormScaler(
         """
         check_is_fitted(self)
         _reject_sparse(X, self)
-        copy = self.copy if copy is None else copy
+        if copy is None:
+            self._recheck_parameters(("copy",))
+            copy = self.copy
         X_in = X
         X = self._validate_X(X, reset=False)
         return self._affine(X, X_in, self._coefficients(X.dtype), copy)
@@ -656,7 +667,9 @@ class BatchNormScaler(
         """
         check_is_fitted(self)
         _reject_sparse(X, self)
-        copy = self.copy if copy is None else copy
+        if copy is None:
+            self._recheck_parameters(("copy",))
+            copy = self.copy
         X_in = X
         X = _aligned(
             check_array(
@@ -758,13 +771,7 @@ class BatchNormScaler(
         ``set_params``: a cheap test first, the full constraints for the
         error."""
         values = {name: getattr(self, name) for name in names}
-        momentum = values.get("momentum")
-        epsilon = values.get("epsilon", 0.0)
-        if (
-            (momentum is None or (isinstance(momentum, Real) and 0 < momentum <= 1))
-            and isinstance(epsilon, Real)
-            and epsilon >= 0
-        ):
+        if all(_VALID_AT_A_GLANCE[name](value) for name, value in values.items()):
             return
         validate_parameter_constraints(
             {name: self._parameter_constraints[name] for name in names},

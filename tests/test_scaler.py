@@ -750,6 +750,7 @@ def test_bad_gamma_beta_raises_at_fit(name, value):
         ("momentum", "0.1"),
         ("epsilon", -1.0),
         ("epsilon", np.nan),
+        ("epsilon", np.inf),
     ],
 )
 def test_bad_parameters_set_after_fit_raise_at_partial_fit(start, name, value):
@@ -765,14 +766,20 @@ def test_bad_parameters_set_after_fit_raise_at_partial_fit(start, name, value):
     _assert_same_state(before, _state(fitted))
 
 
-@pytest.mark.parametrize("value", [-1.0, -1e-300, np.nan, "a"])
+@pytest.mark.parametrize(
+    "name, value",
+    [("epsilon", v) for v in (-1.0, -1e-300, np.nan, np.inf, "a")]
+    + [("copy", v) for v in ("yes", 1, None)],
+)
 @pytest.mark.parametrize("method", ["transform", "inverse_transform"])
-def test_bad_epsilon_set_after_fit_raises_at_transform(value, method):
+def test_bad_parameters_set_after_fit_raise_at_transform(name, value, method):
     X = _data()
     fitted = BatchNormScaler().fit(X)
-    fitted.set_params(epsilon=value)
-    with pytest.raises(InvalidParameterError, match="'epsilon' parameter"):
+    fitted.set_params(**{name: value})
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):
         getattr(fitted, method)(X)
+    if name == "copy":
+        getattr(fitted, method)(X, copy=True)  # the parameter is not read
 
 
 def test_gamma_length_error_message():
