@@ -1252,11 +1252,12 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     "concentrated on a few rows make it small"
                 )
             else:
+                # The handling standardizes the squared error's targets only.
                 remedy = "scale y, with sklearn.compose.TransformedTargetRegressor " + (
-                    "for instance"
-                    if handled
-                    else "for instance, or use input_preprocessing='auto', which "
+                    "for instance, or use input_preprocessing='auto', which "
                     "standardizes them"
+                    if not handled and self.loss == "squared_error"
+                    else "for instance"
                 )
             causes.append(
                 f"targets reaching {peak_y:.3g} as trained, far from the network's "

@@ -1502,6 +1502,28 @@ def test_non_finite_weights_from_far_targets_name_the_targets(input_preprocessin
         fit_quietly(est, X, y, sample_weight=sw)
 
 
+@pytest.mark.parametrize("input_preprocessing", [None, "auto"])
+def test_non_finite_weights_from_far_poisson_targets_advise_scaling_y(
+    input_preprocessing,
+):
+    # The handling does not standardize the Poisson loss's targets: the
+    # message does not send the user there.
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(40, 4), np.abs(rng.randn(40)) * 1e20
+    est = MLPBNRegressor(
+        hidden_layer_sizes=(8,),
+        loss="poisson",
+        solver="sgd",
+        max_iter=3,
+        batch_size=8,
+        random_state=0,
+        input_preprocessing=input_preprocessing,
+    )
+    with pytest.raises(ValueError, match=r"targets reaching .*\(scale y") as error:
+        fit_quietly(est, X, y)
+    assert "which standardizes them" not in str(error.value)
+
+
 def test_non_finite_weights_message_fits_the_input_handling():
     # With the handling on, the input is not blamed (it is scaled already).
     X, y, est = make_data("binary")
