@@ -64,19 +64,40 @@ def _published_state(work):
     return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
 
 
+# Held while a working copy is published and while set_params runs, so that
+# a set_params from another thread is either seen by the publication or
+# made on the published state.
+_PUBLICATION = threading.Lock()
+
+
+@functools.cache
+def _settings(cls):
+    """The names of ``cls``'s parameters, and of its callbacks' attribute."""
+    return (*cls._get_param_names(), "_skl_callbacks")
+
+
 def _settings_changed_meanwhile(estimator, start):
-    """The parameters (and callbacks) another thread set on ``estimator``
-    since ``start``, its ``__dict__`` when a method began on a working copy:
-    kept at publication, as a ``set_params`` during a scikit-learn fit is.
-    The method itself never sets them; fitted attributes stay the
-    method's, so that a model is never a mix of two fits."""
-    names = [*type(estimator)._get_param_names(), "_skl_callbacks"]
+    """The parameters (and callbacks) another thread set, or removed
+    (``_MISSING``), on ``estimator`` since ``start``, its ``__dict__`` when a
+    method began on a working copy: kept at publication, as a
+    ``set_params`` during a scikit-learn fit is. The method itself never
+    sets them; fitted attributes stay the method's, so that a model is
+    never a mix of two fits."""
     now = estimator.__dict__
     return {
-        name: now[name]
-        for name in names
-        if name in now and now[name] is not start.get(name, _MISSING)
+        name: now.get(name, _MISSING)
+        for name in _settings(type(estimator))
+        if now.get(name, _MISSING) is not start.get(name, _MISSING)
     }
+
+
+class PublishedSettingsMixin:
+    """``set_params`` under the lock of publication (see
+    :func:`_restore_on_failure`)."""
+
+    def set_params(self, **params):
+        with _PUBLICATION:
+            return super().set_params(**params)
 
 
 def _restore_on_failure(method):
@@ -127,8 +148,13 @@ def _publish_now(work):
 def _publish(estimator, work, start):
     """Replace ``estimator``'s state by the working copy's, in one step."""
     state = _published_state(work)
-    state.update(_settings_changed_meanwhile(estimator, start))
-    estimator.__dict__ = state
+    with _PUBLICATION:
+        for name, value in _settings_changed_meanwhile(estimator, start).items():
+            if value is _MISSING:
+                state.pop(name, None)
+            else:
+                state[name] = value
+        estimator.__dict__ = state
 
 
 def _callers_stacklevel():

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -19,7 +20,14 @@ from numpy.testing import assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor, _team, _threads
+from sklearn_bn import (
+    BatchNormScaler,
+    MLPBNClassifier,
+    MLPBNRegressor,
+    _team,
+    _threads,
+    _utils,
+)
 
 needs_openmp = pytest.mark.skipif(
     _team.openmp_max_threads() < 2,
@@ -660,20 +668,50 @@ def test_a_failed_refit_leaves_the_model_for_readers():
     assert_array_equal(model.predict(X), before)
 
 
-@pytest.mark.parametrize("kind", ["classifier", "scaler"])
+class _SilentCallback:
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        return False
+
+
+@pytest.mark.parametrize("kind", ["classifier", "scaler", "callbacks cleared"])
 def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatch):
-    # A fit works on a copy and publishes it at its end; a set_params that
-    # another thread makes meanwhile is kept, as with scikit-learn's
-    # estimators, while the fitted attributes are the fit's.
+    # A fit works on a copy and publishes it at its end; a set_params (or a
+    # set_callbacks) that another thread makes meanwhile is kept, as with
+    # scikit-learn's estimators, while the fitted attributes are the fit's.
     X, y = data(n=100)
     y = y > np.median(y)
-    if kind == "classifier":
-        cls, hook, changed = MLPBNClassifier, "_run_epochs", {"alpha": 0.5}
-        params = {"hidden_layer_sizes": (4,), "max_iter": 2, "random_state": 0}
-    else:
-        cls, hook, changed = BatchNormScaler, "_affine_params", {"beta": 2.0}
-        params = {}
+    params = {"hidden_layer_sizes": (4,), "max_iter": 2, "random_state": 0}
+    cls, hook = MLPBNClassifier, "_run_epochs"
     est = cls(**params)
+    if kind == "classifier":
+
+        def change(est):
+            est.set_params(alpha=0.5)
+
+    elif kind == "scaler":
+        cls, hook, params = BatchNormScaler, "_affine_params", {}
+        est = cls()
+
+        def change(est):
+            est.set_params(beta=2.0)
+
+    else:
+        if not hasattr(est, "set_callbacks"):
+            pytest.skip("scikit-learn < 1.9 has no callbacks")
+        est.set_callbacks(_SilentCallback())
+
+        def change(est):
+            est.set_callbacks()  # none: the attribute goes
+
     inside, resume = threading.Event(), threading.Event()
     original = getattr(cls, hook)
 
@@ -686,17 +724,45 @@ def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatc
     fitting = threading.Thread(target=fit_quietly, args=(est, X, y))
     fitting.start()
     assert inside.wait(10)
-    est.set_params(**changed)
+    change(est)
+    expected = dict(vars(est))
     resume.set()
     fitting.join()
     monkeypatch.setattr(cls, hook, original)
-    assert {name: est.get_params()[name] for name in changed} == changed
+    for name in (*cls._get_param_names(), "_skl_callbacks"):
+        assert vars(est).get(name, "absent") is expected.get(name, "absent"), name
     reference = fit_quietly(cls(**params), X, y)  # what the fit ran with
-    if kind == "classifier":
+    if cls is MLPBNClassifier:
         for got, want in zip(est.coefs_, reference.coefs_):
             assert_array_equal(got, want)
     else:
         assert_array_equal(est.running_mean_, reference.running_mean_)
+
+
+def test_a_set_params_racing_the_publication_is_kept(monkeypatch):
+    # The publication reads what changed, then swaps the state in: a
+    # set_params in between waits for it (else it went to the old state).
+    X, _ = data()
+    est = BatchNormScaler()
+    real = _utils._settings_changed_meanwhile
+    reading = threading.Event()
+
+    def slow(estimator, start):
+        changed = real(estimator, start)
+        reading.set()
+        time.sleep(0.2)  # the other thread's set_params comes now
+        return changed
+
+    def set_beta():
+        assert reading.wait(10)
+        est.set_params(beta=2.0)
+
+    monkeypatch.setattr(_utils, "_settings_changed_meanwhile", slow)
+    setter = threading.Thread(target=set_beta)
+    setter.start()
+    est.fit(X)
+    setter.join()
+    assert est.beta == 2.0
 
 
 @needs_fork
