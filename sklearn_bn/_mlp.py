@@ -2667,7 +2667,8 @@ class MLPBNRegressor(RegressorMixin, _BaseMLPBN):
         (``coefs_[-1]``, ``intercepts_[-1]``) is scaled back into the
         target's units, so that it predicts ``y`` itself; ``loss_``,
         ``loss_curve_`` and ``best_loss_`` are those of the standardized
-        target.
+        target, and so are the output layer's initial draw and its share of
+        ``alpha``'s L2 term (on ``coefs_[-1] / target_scale_``).
 
     See Also
     --------
