@@ -1146,7 +1146,10 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
             state.t += n_rows
             # The mean over the minibatches trained; an epoch that trained
             # none left the model, and so its loss, as they were.
-            loss = loss_sum / n_trained if n_trained else state.loss_curve[-1]
+            # np.float64, as scikit-learn's MLP records it.
+            loss = (
+                np.float64(loss_sum / n_trained) if n_trained else state.loss_curve[-1]
+            )
             state.loss_curve.append(loss)
             if self.verbose:
                 print(f"Iteration {state.n_iter:d}, loss = {loss:.8f}")

@@ -3143,3 +3143,21 @@ def test_partial_fit_rejects_a_virtual_batch_size_set_after_the_first_call(
         est.partial_fit(X, y)
     est.set_params(virtual_batch_size=None)
     assert pickle.dumps(est) == before
+
+
+@pytest.mark.parametrize("Estimator", [MLPBNClassifier, MLPBNRegressor])
+def test_recorded_losses_are_numpy_floats_as_in_scikit_learn(Estimator):
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    est = fit_quietly(Estimator(hidden_layer_sizes=(4,), max_iter=3), X, y)
+    reference = fit_quietly(
+        (MLPClassifier if Estimator is MLPBNClassifier else MLPRegressor)(
+            hidden_layer_sizes=(4,), max_iter=3
+        ),
+        X,
+        y,
+    )
+    for name in ("loss_", "best_loss_"):
+        assert type(getattr(est, name)) is type(getattr(reference, name))
+    assert {type(loss) for loss in est.loss_curve_} == {np.float64}
+    est.partial_fit(X, y)
+    assert type(est.loss_curve_[-1]) is np.float64
