@@ -661,7 +661,14 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
                     dtype,
                 )
             ):
-                raise ValueError(self._non_finite_message(dtype, X))
+                raise ValueError(
+                    self._non_finite_message(
+                        dtype,
+                        X.data if sp.issparse(X) else X,
+                        sparse=sp.issparse(X),
+                        weighted=sample_weight is not None,
+                    )
+                )
             # Everything succeeded: publish the new state.
             self.__dict__.update(attributes)
             self._no_improvement_count = state.no_improvement
@@ -1131,6 +1138,8 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
                         params.theta.dtype,
                         data.X_data if data.sparse else data.X,
                         data.Y,
+                        sparse=data.sparse,
+                        weighted=data.weighted,
                     )
                 )
             if not np.isfinite(loss_sum):
@@ -1222,20 +1231,33 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
             "sklearn.compose.TransformedTargetRegressor scales y)."
         )
 
-    def _non_finite_message(self, dtype, X, Y=None):
+    def _non_finite_message(self, dtype, X, Y=None, *, sparse=False, weighted=True):
         """Why training produced non-finite weights, the likeliest cause
-        first; ``X`` is the network's input, ``Y`` (if known) the targets it
-        trained on."""
+        first; ``X`` is the network's input (a sparse input's values with
+        ``sparse``), ``Y`` (if known) the targets it trained on, and
+        ``weighted`` whether sample or class weights were given. It names
+        only causes that apply, and remedies that would change something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
+        # The handling scales dense input only (sparse input passes through).
+        handled = self.input_preprocessing is not None and not sparse
+        if sparse:
+            input_remedy = (
+                " (the input handling passes sparse input through)"
+                if self.input_preprocessing is not None
+                else ""
+            )
+        elif self.input_preprocessing is None:
+            input_remedy = ", or use input_preprocessing='auto'"
+        else:
+            input_remedy = ""
         # Squares of values beyond the square root of the dtype's range (in
         # the first layer's batch variance) overflow: that is the cause.
         if peak > np.sqrt(np.finfo(dtype).max) / 100:
             return message + (
                 f" The input's values reach {peak:.3g}, too large for "
                 f"{np.dtype(dtype).name}: the first layer's batch statistics "
-                "overflow. Scale the input down, or keep "
-                "input_preprocessing='auto'."
+                f"overflow. Scale the input down{input_remedy}."
             )
         if not self._bn_epsilon_fits(dtype):
             return message + (
@@ -1244,7 +1266,6 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
                 "minibatch is scaled by 1 / sqrt(bn_epsilon), beyond its range. Use a "
                 "larger bn_epsilon (the default is 1e-5) or float64 input."
             )
-        handled = self.input_preprocessing is not None
         causes = []
         peak_y = _largest_magnitude(Y) if Y is not None else 0.0
         # A regressor's outputs start near unit scale: targets far beyond it
@@ -1252,16 +1273,23 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
         if not is_classifier(self) and peak_y > 1e3:
             if hasattr(self, "target_mean_"):
                 remedy = (
-                    "standardized with their weighted spread: sample weights "
-                    "concentrated on a few rows make it small"
+                    "standardized with the target_mean_ and target_scale_ of the "
+                    "first fit: targets far from most others, sample weights "
+                    "concentrated on a few rows, or a later batch far from the "
+                    "first one make them so"
                 )
+            elif self.loss == "poisson":
+                remedy = "divide y by a constant and multiply the predictions back"
             else:
                 # The handling standardizes the squared error's targets only.
-                remedy = "scale y, with sklearn.compose.TransformedTargetRegressor " + (
-                    "for instance, or use input_preprocessing='auto', which "
-                    "standardizes them"
-                    if not handled and self.loss == "squared_error"
-                    else "for instance"
+                remedy = (
+                    "scale y, with sklearn.compose.TransformedTargetRegressor for "
+                    "instance"
+                    + (
+                        ", or use input_preprocessing='auto', which standardizes them"
+                        if self.input_preprocessing is None
+                        else ""
+                    )
                 )
             causes.append(
                 f"targets reaching {peak_y:.3g} as trained, far from the network's "
@@ -1270,17 +1298,24 @@ class _BaseMLPBN(PublishedSettingsMixin, CallbackSupportMixin, BaseEstimator, AB
         causes.append(
             f"learning_rate_init={self.learning_rate_init:g} too large for this network"
         )
-        causes.append(
-            "sample or class weights too large"
-            if is_classifier(self)
-            else "sample weights too large"
-        )
-        if not handled:
+        if weighted:
             causes.append(
-                "input values too large (scale them, or use input_preprocessing='auto')"
+                "sample or class weights too large"
+                if is_classifier(self)
+                else "sample weights too large"
             )
+        if not handled and peak > 1e3:
+            causes.append(
+                f"input values too large (they reach {peak:.3g}; scale them"
+                f"{input_remedy})"
+            )
+        listed = (
+            causes[0]
+            if len(causes) == 1
+            else f"{', '.join(causes[:-1])}, or {causes[-1]}"
+        )
         return (
-            f"{message} Possible causes: {', '.join(causes[:-1])}, or {causes[-1]}."
+            f"{message} Possible cause{'s' if len(causes) > 1 else ''}: {listed}."
             + (
                 " Try a smaller learning_rate_init first."
                 if causes[0].startswith("learning_rate_init")

@@ -1503,11 +1503,11 @@ def test_non_finite_weights_from_far_targets_name_the_targets(input_preprocessin
 
 
 @pytest.mark.parametrize("input_preprocessing", [None, "auto"])
-def test_non_finite_weights_from_far_poisson_targets_advise_scaling_y(
+def test_non_finite_weights_from_far_poisson_targets_advise_dividing_y(
     input_preprocessing,
 ):
-    # The handling does not standardize the Poisson loss's targets: the
-    # message does not send the user there.
+    # The handling does not standardize the Poisson loss's targets (and
+    # standardized counts would be negative): divide them by a constant.
     rng = np.random.RandomState(0)
     X, y = rng.randn(40, 4), np.abs(rng.randn(40)) * 1e20
     est = MLPBNRegressor(
@@ -1519,22 +1519,50 @@ def test_non_finite_weights_from_far_poisson_targets_advise_scaling_y(
         random_state=0,
         input_preprocessing=input_preprocessing,
     )
-    with pytest.raises(ValueError, match=r"targets reaching .*\(scale y") as error:
+    with pytest.raises(ValueError, match=r"targets reaching .*\(divide y") as error:
         fit_quietly(est, X, y)
-    assert "which standardizes them" not in str(error.value)
+    assert "input_preprocessing" not in str(error.value)
+    assert "weights too large" not in str(error.value)  # none were given
 
 
-def test_non_finite_weights_message_fits_the_input_handling():
-    # With the handling on, the input is not blamed (it is scaled already).
+def test_non_finite_weights_message_names_only_what_applies():
+    # The input is blamed only where the handling does not scale it and it
+    # is large; weights only when given; the remedy fits the input's kind.
     X, y, est = make_data("binary")
     est.set_params(max_iter=1, learning_rate_init=1e200, input_preprocessing="auto")
     with pytest.raises(ValueError) as handled:
         fit_quietly(est, X, y)
-    assert "input_preprocessing" not in str(handled.value)
-    assert str(handled.value).endswith("Try a smaller learning_rate_init first.")
+    assert str(handled.value).endswith(
+        "Possible cause: learning_rate_init=1e+200 too large for this network. "
+        "Try a smaller learning_rate_init first."
+    )
     est.set_params(input_preprocessing=None)
-    with pytest.raises(ValueError, match="input values too large"):
-        fit_quietly(est, X, y)
+    with pytest.raises(ValueError) as small_input:
+        fit_quietly(est, X, y, sample_weight=np.full(len(y), 2.0))
+    assert "input values" not in str(small_input.value)
+    assert "sample or class weights too large" in str(small_input.value)
+    with pytest.raises(ValueError, match=r"input values too large \(they reach"):
+        fit_quietly(est, X * 1e4, y)
+    # Input whose squares overflow: dense without the handling, and sparse
+    # (which the handling passes through).
+    huge = (X * 1e19).astype(np.float32)
+    for preprocessing, data, remedy in [
+        (None, huge, "Scale the input down, or use input_preprocessing='auto'."),
+        ("auto", sp.csr_matrix(huge), "(the input handling passes sparse input"),
+        (None, sp.csr_matrix(huge), "Scale the input down."),
+    ]:
+        est.set_params(input_preprocessing=preprocessing, learning_rate_init=1e-3)
+        with pytest.raises(ValueError, match=re.escape(remedy)):
+            fit_quietly(est, data, y)
+
+
+def test_non_finite_weights_in_a_stream_name_the_first_fits_standardization():
+    rng = np.random.RandomState(0)
+    X = rng.rand(200, 3)
+    est = MLPBNRegressor(hidden_layer_sizes=(8,), solver="sgd", random_state=0)
+    est.partial_fit(X, rng.randn(200))
+    with pytest.raises(ValueError, match="a later batch far from the first one"):
+        est.partial_fit(X, 1e100 * (X.sum(1) + 1))
 
 
 def test_diverging_learning_rate_raises():
