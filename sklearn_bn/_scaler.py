@@ -375,12 +375,7 @@ class BatchNormScaler(
         self : object
             Fitted scaler.
         """
-        fitted = hasattr(self, "n_samples_seen_")
-        if fitted:
-            # scikit-learn validates the parameters at a partial_fit of an
-            # unfitted estimator only; set_params may have changed them since.
-            self._recheck_parameters(("momentum", "epsilon"))
-        self._fit(X, y, sample_weight, reset=not fitted)
+        self._fit(X, y, sample_weight, reset=not hasattr(self, "n_samples_seen_"))
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -427,6 +422,11 @@ class BatchNormScaler(
         Each call is one callback task (a leaf), as ``StandardScaler``'s
         ``fit`` and ``partial_fit`` are.
         """
+        if not reset:
+            # scikit-learn validates the parameters at a partial_fit of an
+            # unfitted estimator only; set_params may have changed them since.
+            # (Read here, from the working copy the call then uses.)
+            self._recheck_parameters(("momentum", "epsilon"))
         _reject_sparse(X, self)
         X = self._validate_X(X, reset)
         n_features = X.shape[1]

@@ -2,11 +2,15 @@
 
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
+import weakref
 
 import numpy as np
+
+from sklearn_bn._callbacks import CALLBACKS_SUPPORTED, CallbackSupportMixin
 
 
 def aligned_zeros(n, dtype):
@@ -64,20 +68,40 @@ def _published_state(work):
     return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
 
 
-# Held while a working copy is published and while set_params runs, so that
-# a set_params from another thread is either seen by the publication or
-# made on the published state.
-_PUBLICATION = threading.Lock()
+# Held while a working copy is published and while set_params or
+# set_callbacks runs, so that a setting another thread makes is either seen
+# by the publication or made on the published state. Reentrant: a nested
+# estimator's set_params, or a signal handler's, runs under it.
+_PUBLICATION = threading.RLock()
 
 
-@functools.cache
+def _new_publication_lock():
+    global _PUBLICATION
+    _PUBLICATION = threading.RLock()
+
+
+# A child forked while another thread held the lock would wait for it forever.
+os.register_at_fork(after_in_child=_new_publication_lock)
+
+# What an estimator's user sets, beside its parameters: the callbacks, the
+# output container, the metadata requests. A method never sets them on its
+# working copy.
+_SETTING_ATTRIBUTES = ("_skl_callbacks", "_sklearn_output_config", "_metadata_request")
+
+# Each class's settings (weakly: classes made on the fly may go).
+_SETTINGS = weakref.WeakKeyDictionary()
+
+
 def _settings(cls):
-    """The names of ``cls``'s parameters, and of its callbacks' attribute."""
-    return (*cls._get_param_names(), "_skl_callbacks")
+    """The names of ``cls``'s parameters, and of the setting attributes."""
+    names = _SETTINGS.get(cls)
+    if names is None:
+        names = _SETTINGS[cls] = (*cls._get_param_names(), *_SETTING_ATTRIBUTES)
+    return names
 
 
 def _settings_changed_meanwhile(estimator, start):
-    """The parameters (and callbacks) another thread set, or removed
+    """The settings (see :func:`_settings`) another thread set, or removed
     (``_MISSING``), on ``estimator`` since ``start``, its ``__dict__`` when a
     method began on a working copy: kept at publication, as a
     ``set_params`` during a scikit-learn fit is. The method itself never
@@ -92,12 +116,19 @@ def _settings_changed_meanwhile(estimator, start):
 
 
 class PublishedSettingsMixin:
-    """``set_params`` under the lock of publication (see
-    :func:`_restore_on_failure`)."""
+    """``set_params`` (and, with scikit-learn >= 1.9, ``set_callbacks``)
+    under the lock of publication (see :func:`_restore_on_failure`)."""
 
     def set_params(self, **params):
         with _PUBLICATION:
             return super().set_params(**params)
+
+    if CALLBACKS_SUPPORTED:
+
+        @functools.wraps(CallbackSupportMixin.set_callbacks)
+        def set_callbacks(self, *callbacks):
+            with _PUBLICATION:
+                return super().set_callbacks(*callbacks)
 
 
 def _restore_on_failure(method):

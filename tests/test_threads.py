@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sklearn
 from numpy.testing import assert_array_equal
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -682,7 +683,10 @@ class _SilentCallback:
         return False
 
 
-@pytest.mark.parametrize("kind", ["classifier", "scaler", "callbacks cleared"])
+@pytest.mark.parametrize(
+    "kind",
+    ["classifier", "scaler", "callbacks cleared", "output and requests"],
+)
 def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatch):
     # A fit works on a copy and publishes it at its end; a set_params (or a
     # set_callbacks) that another thread makes meanwhile is kept, as with
@@ -703,6 +707,15 @@ def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatc
 
         def change(est):
             est.set_params(beta=2.0)
+
+    elif kind == "output and requests":
+        cls, hook, params = BatchNormScaler, "_affine_params", {}
+        est = cls()
+
+        def change(est):
+            est.set_output(transform="pandas")
+            with sklearn.config_context(enable_metadata_routing=True):
+                est.set_fit_request(sample_weight=True)
 
     else:
         if not hasattr(est, "set_callbacks"):
@@ -729,7 +742,7 @@ def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatc
     resume.set()
     fitting.join()
     monkeypatch.setattr(cls, hook, original)
-    for name in (*cls._get_param_names(), "_skl_callbacks"):
+    for name in _utils._settings(cls):
         assert vars(est).get(name, "absent") is expected.get(name, "absent"), name
     reference = fit_quietly(cls(**params), X, y)  # what the fit ran with
     if cls is MLPBNClassifier:
@@ -763,6 +776,40 @@ def test_a_set_params_racing_the_publication_is_kept(monkeypatch):
     est.fit(X)
     setter.join()
     assert est.beta == 2.0
+
+
+class _ScaledMLP(MLPBNClassifier):
+    """A subclass with an estimator among its parameters."""
+
+    def __init__(self, scaler=None, hidden_layer_sizes=(4,)):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes)
+        self.scaler = scaler
+
+
+def test_nested_set_params_of_the_package_s_estimators_does_not_deadlock():
+    # set_params holds the publication lock while it sets a component's
+    # parameters through the component's own set_params.
+    est = _ScaledMLP(scaler=BatchNormScaler())
+    setting = threading.Thread(
+        target=est.set_params, kwargs={"scaler__epsilon": 1e-3}, daemon=True
+    )
+    setting.start()
+    setting.join(10)
+    assert not setting.is_alive()
+    assert est.scaler.epsilon == 1e-3
+
+
+@needs_fork
+def test_a_child_forked_while_the_publication_lock_is_held_can_set_params():
+    with _utils._PUBLICATION:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock is a new one
+            try:
+                BatchNormScaler().set_params(beta=1.0)
+            finally:
+                os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @needs_fork
