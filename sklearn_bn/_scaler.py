@@ -775,14 +775,13 @@ class BatchNormScaler(
         scikit-learn's validation at ``fit`` no longer covers after
         ``set_params``: a cheap test first, the full constraints for the
         error."""
-        values = {name: getattr(self, name) for name in names}
-        if all(_VALID_AT_A_GLANCE[name](value) for name, value in values.items()):
-            return
-        validate_parameter_constraints(
-            {name: self._parameter_constraints[name] for name in names},
-            values,
-            caller_name=type(self).__name__,
-        )
+        for name in names:
+            if not _VALID_AT_A_GLANCE[name](getattr(self, name)):
+                validate_parameter_constraints(
+                    {name: self._parameter_constraints[name] for name in names},
+                    {name: getattr(self, name) for name in names},
+                    caller_name=type(self).__name__,
+                )
 
     def _std(self):
         """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
