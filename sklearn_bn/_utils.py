@@ -2,15 +2,12 @@
 
 import contextlib
 import functools
-import os
 import signal
 import sys
 import threading
 import weakref
 
 import numpy as np
-
-from sklearn_bn._callbacks import CALLBACKS_SUPPORTED, CallbackSupportMixin
 
 
 def aligned_zeros(n, dtype):
@@ -68,21 +65,6 @@ def _published_state(work):
     return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
 
 
-# Held while a working copy is published and while set_params or
-# set_callbacks runs, so that a setting another thread makes is either seen
-# by the publication or made on the published state. Reentrant: a nested
-# estimator's set_params, or a signal handler's, runs under it.
-_PUBLICATION = threading.RLock()
-
-
-def _new_publication_lock():
-    global _PUBLICATION
-    _PUBLICATION = threading.RLock()
-
-
-# A child forked while another thread held the lock would wait for it forever.
-os.register_at_fork(after_in_child=_new_publication_lock)
-
 # What an estimator's user sets, beside its parameters: the callbacks, the
 # output container, the metadata requests. A method never sets them on its
 # working copy.
@@ -100,35 +82,26 @@ def _settings(cls):
     return names
 
 
-def _settings_changed_meanwhile(estimator, start):
-    """The settings (see :func:`_settings`) another thread set, or removed
-    (``_MISSING``), on ``estimator`` since ``start``, its ``__dict__`` when a
-    method began on a working copy: kept at publication, as a
-    ``set_params`` during a scikit-learn fit is. The method itself never
-    sets them; fitted attributes stay the method's, so that a model is
-    never a mix of two fits."""
-    now = estimator.__dict__
+def _settings_changed_meanwhile(cls, now, start):
+    """The settings (see :func:`_settings`) that ``now``, an estimator's
+    ``__dict__`` as read at publication, holds other than ``start`` (its
+    ``__dict__`` when the method began): set, or removed (``_MISSING``), by
+    another thread meanwhile, and kept, as a ``set_params`` during a
+    scikit-learn fit is. The method itself never sets them; fitted
+    attributes stay the method's, so that a model is never a mix of two
+    fits."""
     return {
         name: now.get(name, _MISSING)
-        for name in _settings(type(estimator))
+        for name in _settings(cls)
         if now.get(name, _MISSING) is not start.get(name, _MISSING)
     }
 
 
-class PublishedSettingsMixin:
-    """``set_params`` (and, with scikit-learn >= 1.9, ``set_callbacks``)
-    under the lock of publication (see :func:`_restore_on_failure`)."""
-
-    def set_params(self, **params):
-        with _PUBLICATION:
-            return super().set_params(**params)
-
-    if CALLBACKS_SUPPORTED:
-
-        @functools.wraps(CallbackSupportMixin.set_callbacks)
-        def set_callbacks(self, *callbacks):
-            with _PUBLICATION:
-                return super().set_callbacks(*callbacks)
+def _set_or_remove(state, name, value):
+    if value is _MISSING:
+        state.pop(name, None)
+    else:
+        state[name] = value
 
 
 def _restore_on_failure(method):
@@ -177,15 +150,30 @@ def _publish_now(work):
 
 
 def _publish(estimator, work, start):
-    """Replace ``estimator``'s state by the working copy's, in one step."""
+    """Replace ``estimator``'s state by the working copy's, in one step,
+    keeping the settings another thread changed on the estimator since
+    ``start``.
+
+    No lock: a setting is an attribute write, which goes to whichever
+    ``__dict__`` the estimator has when it runs. One that went to the old
+    ``__dict__`` between the read here and the swap is carried over after
+    the swap, unless the new one holds a newer value already.
+    """
     state = _published_state(work)
-    with _PUBLICATION:
-        for name, value in _settings_changed_meanwhile(estimator, start).items():
-            if value is _MISSING:
-                state.pop(name, None)
-            else:
-                state[name] = value
-        estimator.__dict__ = state
+    old = estimator.__dict__
+    seen = dict(old)
+    cls = type(estimator)
+    for name, value in _settings_changed_meanwhile(cls, seen, start).items():
+        _set_or_remove(state, name, value)
+    names = _settings(cls)
+    published = {name: state.get(name, _MISSING) for name in names}
+    estimator.__dict__ = state
+    for name in names:
+        late = old.get(name, _MISSING)
+        if late is not seen.get(name, _MISSING) and (
+            state.get(name, _MISSING) is published[name]
+        ):
+            _set_or_remove(state, name, late)
 
 
 def _callers_stacklevel():

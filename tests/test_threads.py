@@ -752,30 +752,42 @@ def test_parameters_set_during_a_fit_in_another_thread_are_kept(kind, monkeypatc
         assert_array_equal(est.running_mean_, reference.running_mean_)
 
 
-def test_a_set_params_racing_the_publication_is_kept(monkeypatch):
+@pytest.mark.parametrize("setting", ["set_params", "set_output", "set_fit_request"])
+def test_a_setting_racing_the_publication_is_kept(setting, monkeypatch):
     # The publication reads what changed, then swaps the state in: a
-    # set_params in between waits for it (else it went to the old state).
+    # setting made in between went to the old state, and is carried over.
     X, _ = data()
     est = BatchNormScaler()
     real = _utils._settings_changed_meanwhile
     reading = threading.Event()
 
-    def slow(estimator, start):
-        changed = real(estimator, start)
+    def slow(*args):
+        changed = real(*args)
         reading.set()
-        time.sleep(0.2)  # the other thread's set_params comes now
+        time.sleep(0.2)  # the other thread's setting comes now
         return changed
 
-    def set_beta():
+    def change():
         assert reading.wait(10)
-        est.set_params(beta=2.0)
+        if setting == "set_params":
+            est.set_params(beta=2.0)
+        elif setting == "set_output":
+            est.set_output(transform="pandas")
+        else:
+            with sklearn.config_context(enable_metadata_routing=True):
+                est.set_fit_request(sample_weight=True)
 
     monkeypatch.setattr(_utils, "_settings_changed_meanwhile", slow)
-    setter = threading.Thread(target=set_beta)
+    setter = threading.Thread(target=change)
     setter.start()
     est.fit(X)
     setter.join()
-    assert est.beta == 2.0
+    if setting == "set_params":
+        assert est.beta == 2.0
+    elif setting == "set_output":
+        assert est.get_params() and est._sklearn_output_config["transform"] == "pandas"
+    else:
+        assert "_metadata_request" in vars(est)
 
 
 class _ScaledMLP(MLPBNClassifier):
@@ -797,19 +809,6 @@ def test_nested_set_params_of_the_package_s_estimators_does_not_deadlock():
     setting.join(10)
     assert not setting.is_alive()
     assert est.scaler.epsilon == 1e-3
-
-
-@needs_fork
-def test_a_child_forked_while_the_publication_lock_is_held_can_set_params():
-    with _utils._PUBLICATION:
-        pid = os.fork()
-        if pid == 0:  # the child: the lock is a new one
-            try:
-                BatchNormScaler().set_params(beta=1.0)
-            finally:
-                os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @needs_fork
