@@ -556,8 +556,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"{np.dtype(dtype).name}: 1 / sqrt(bn_epsilon), the scale of a hidden "
                 "unit that is constant over a minibatch, is beyond its range, and "
                 "training will produce "
-                "non-finite weights if that happens. Use a larger bn_epsilon or "
-                "float64 input.",
+                "non-finite weights if that happens. Use a larger bn_epsilon"
+                + self._float64_remedy(dtype, continued=not first_pass)
+                + ".",
                 RuntimeWarning,
             )
         class_weights = self._class_weights_of_rows(y, incremental)
@@ -666,6 +667,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         X.data if sp.issparse(X) else X,
                         sparse=sp.issparse(X),
                         weighted=sample_weight is not None,
+                        continued=not first_pass,
                     )
                 )
             # Everything succeeded: publish the new state.
@@ -1109,6 +1111,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # partial_fit only on a new model (a stream goes on past a batch
         # it cannot train).
         must_train = not incremental or not state.loss_curve
+        continued = bool(state.loss_curve)  # warm_start, or a later partial_fit
         for _ in range(self.max_iter):
             if epochs is not None:
                 epochs.begin()
@@ -1139,10 +1142,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         data.Y,
                         sparse=data.sparse,
                         weighted=data.weighted,
+                        continued=continued,
                     )
                 )
             if not np.isfinite(loss_sum):
-                raise ValueError(self._non_finite_loss_message())
+                raise ValueError(
+                    self._non_finite_loss_message(
+                        data.Y, weighted=data.weighted, continued=continued
+                    )
+                )
             if n_trained == 0 and must_train:
                 raise ValueError(
                     "No minibatch could be trained: the sample weights of each "
@@ -1222,78 +1230,140 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         is constant over a minibatch, is within ``dtype``'s range."""
         return self.bn_epsilon > (1.0 / float(np.finfo(dtype).max)) ** 2
 
-    def _non_finite_loss_message(self):
+    @staticmethod
+    def _float64_remedy(dtype, continued):
+        """The float64 alternative to a float32 model, as the end of a
+        sentence ('' for a float64 one)."""
+        if np.dtype(dtype) == np.float64:
+            return ""
+        if continued:
+            return (
+                ", or fit a new model on float64 input (a continued fit keeps "
+                "the dtype of its first fit)"
+            )
+        return ", or float64 input"
+
+    def _target_cause(self, Y, weighted, continued):
+        """A regressor's targets far from the network's unit scale, as a
+        cause of divergence with its remedy; None when they are not."""
+        peak_y = _largest_magnitude(Y) if Y is not None else 0.0
+        # A regressor's outputs start near unit scale: targets far beyond it
+        # make the first steps' gradients as large.
+        if is_classifier(self) or not peak_y > 1e3:
+            return None
+        if hasattr(self, "target_mean_"):
+            if continued:
+                return (
+                    f"targets reaching {peak_y:.3g} in the units of the first "
+                    "fit's target_mean_ and target_scale_ (y far from the first "
+                    "fit's: scale it as the first fit's was, or fit a new model)"
+                )
+            return (
+                f"targets reaching {peak_y:.3g} after their standardization (a "
+                "few targets far from most others"
+                + (", or sample weights concentrated on a few rows" if weighted else "")
+                + ")"
+            )
+        if self.loss == "poisson":
+            remedy = "divide y by a constant and multiply the predictions back"
+        else:
+            # The handling standardizes the squared error's targets only.
+            remedy = (
+                "scale y, with sklearn.compose.TransformedTargetRegressor for instance"
+            )
+            if self.input_preprocessing is None:
+                remedy += (
+                    ", or " + self._auto_remedy(continued) + ", which standardizes them"
+                )
         return (
-            "The training loss overflowed while the weights stayed finite: the "
-            "targets, or the sample or class weights, are too large for the "
-            "loss to be computed. Scale them down (for the regressor, "
-            "sklearn.compose.TransformedTargetRegressor scales y)."
+            f"targets reaching {peak_y:.3g}, far from the network's unit scale "
+            f"({remedy})"
         )
 
-    def _non_finite_message(self, dtype, X, Y=None, *, sparse=False, weighted=True):
+    @staticmethod
+    def _auto_remedy(continued):
+        return "use input_preprocessing='auto'" + (
+            " in a new model" if continued else ""
+        )
+
+    def _non_finite_loss_message(self, Y, *, weighted, continued):
+        """Why the training loss overflowed with finite weights: the causes
+        that apply."""
+        causes = [
+            cause
+            for cause in (
+                self._target_cause(Y, weighted, continued),
+                (
+                    "sample or class weights too large"
+                    if is_classifier(self)
+                    else "sample weights too large"
+                )
+                + " (divide them by a common factor)"
+                if weighted
+                else None,
+            )
+            if cause is not None
+        ]
+        if not causes:
+            causes.append(
+                f"learning_rate_init={self.learning_rate_init:g} too large: weights "
+                f"large enough for the L2 term (alpha={self.alpha:g}) to overflow"
+            )
+        return (
+            "The training loss overflowed while the weights stayed finite. "
+            + self._causes_sentence(causes)
+        )
+
+    @staticmethod
+    def _causes_sentence(causes):
+        listed = (
+            causes[0]
+            if len(causes) == 1
+            else f"{', '.join(causes[:-1])}, or {causes[-1]}"
+        )
+        return f"Possible cause{'s' if len(causes) > 1 else ''}: {listed}."
+
+    def _non_finite_message(
+        self, dtype, X, Y=None, *, sparse=False, weighted=True, continued=False
+    ):
         """Why training produced non-finite weights, the likeliest cause
         first; ``X`` is the network's input (a sparse input's values with
-        ``sparse``), ``Y`` (if known) the targets it trained on, and
-        ``weighted`` whether sample or class weights were given. It names
-        only causes that apply, and remedies that would change something."""
+        ``sparse``), ``Y`` (if known) the targets it trained on, ``weighted``
+        whether sample or class weights were given, ``continued`` whether
+        the fit continues an earlier one. It names only causes that apply,
+        and remedies that would change something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
         # The handling scales dense input only (sparse input passes through).
         handled = self.input_preprocessing is not None and not sparse
-        if sparse:
-            input_remedy = (
-                " (the input handling passes sparse input through)"
-                if self.input_preprocessing is not None
-                else ""
-            )
-        elif self.input_preprocessing is None:
-            input_remedy = ", or use input_preprocessing='auto'"
-        else:
-            input_remedy = ""
+        passed_through = self.input_preprocessing is not None and sparse
         # Squares of values beyond the square root of the dtype's range (in
         # the first layer's batch variance) overflow: that is the cause.
         if peak > np.sqrt(np.finfo(dtype).max) / 100:
+            if passed_through:
+                remedy = " (the input handling passes sparse input through)"
+            elif self.input_preprocessing is None and not sparse:
+                remedy = ", or " + self._auto_remedy(continued)
+            else:
+                remedy = ""
             return message + (
                 f" The input's values reach {peak:.3g}, too large for "
                 f"{np.dtype(dtype).name}: the first layer's batch statistics "
-                f"overflow. Scale the input down{input_remedy}."
+                f"overflow. Scale the input down{remedy}."
             )
         if not self._bn_epsilon_fits(dtype):
             return message + (
                 f" bn_epsilon={self.bn_epsilon:g} is too small for "
                 f"{np.dtype(dtype).name}: a hidden unit that is constant over a "
                 "minibatch is scaled by 1 / sqrt(bn_epsilon), beyond its range. Use a "
-                "larger bn_epsilon (the default is 1e-5) or float64 input."
+                "larger bn_epsilon (the default is 1e-5)"
+                + self._float64_remedy(dtype, continued)
+                + "."
             )
         causes = []
-        peak_y = _largest_magnitude(Y) if Y is not None else 0.0
-        # A regressor's outputs start near unit scale: targets far beyond it
-        # make the first steps' gradients as large.
-        if not is_classifier(self) and peak_y > 1e3:
-            if hasattr(self, "target_mean_"):
-                remedy = (
-                    "standardized with the target_mean_ and target_scale_ of the "
-                    "first fit: targets far from most others, sample weights "
-                    "concentrated on a few rows, or a later batch far from the "
-                    "first one make them so"
-                )
-            elif self.loss == "poisson":
-                remedy = "divide y by a constant and multiply the predictions back"
-            else:
-                # The handling standardizes the squared error's targets only.
-                remedy = (
-                    "scale y, with sklearn.compose.TransformedTargetRegressor for "
-                    "instance"
-                    + (
-                        ", or use input_preprocessing='auto', which standardizes them"
-                        if self.input_preprocessing is None
-                        else ""
-                    )
-                )
-            causes.append(
-                f"targets reaching {peak_y:.3g} as trained, far from the network's "
-                f"unit scale ({remedy})"
-            )
+        target = self._target_cause(Y, weighted, continued)
+        if target is not None:
+            causes.append(target)
         causes.append(
             f"learning_rate_init={self.learning_rate_init:g} too large for this network"
         )
@@ -1304,22 +1374,21 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 else "sample weights too large"
             )
         if not handled and peak > 1e3:
-            causes.append(
-                f"input values too large (they reach {peak:.3g}; scale them"
-                f"{input_remedy})"
-            )
-        listed = (
-            causes[0]
-            if len(causes) == 1
-            else f"{', '.join(causes[:-1])}, or {causes[-1]}"
-        )
-        return (
-            f"{message} Possible cause{'s' if len(causes) > 1 else ''}: {listed}."
-            + (
-                " Try a smaller learning_rate_init first."
-                if causes[0].startswith("learning_rate_init")
-                else ""
-            )
+            if passed_through:
+                causes.append(
+                    f"input values too large (they reach {peak:.3g}, and the input "
+                    "handling passes sparse input through: scale them)"
+                )
+            else:
+                causes.append(
+                    f"input values too large (they reach {peak:.3g}; scale them"
+                    + (", or " + self._auto_remedy(continued) if not sparse else "")
+                    + ")"
+                )
+        return f"{message} {self._causes_sentence(causes)}" + (
+            " Try a smaller learning_rate_init first."
+            if causes[0].startswith("learning_rate_init")
+            else ""
         )
 
     def _no_improvement_message(self, early_stopping):
