@@ -203,6 +203,17 @@ class _TrainingState:
     best_loss: float = None
     validation_scores: list = None
     best_validation_score: float = None
+    continued: bool = False  # a warm_start fit, or a later partial_fit
+
+
+def _concentration(sample_weight):
+    """The largest share of the weights' sum one row carries (0 without
+    weights)."""
+    if sample_weight is None or len(sample_weight) == 0:
+        return 0.0
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    total = np.sum(weights / weights.max()) if weights.max() > 0 else 0.0
+    return float(1.0 / total) if total > 0 else 0.0
 
 
 def _in_dtype(X, dtype):
@@ -665,8 +676,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     self._non_finite_message(
                         dtype,
                         X.data if sp.issparse(X) else X,
+                        Y,
                         sparse=sp.issparse(X),
-                        weighted=sample_weight is not None,
+                        sample_weight=sample_weight,
                         continued=not first_pass,
                     )
                 )
@@ -801,6 +813,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 else list(self.validation_scores_)
             ),
             best_validation_score=self.best_validation_score_,
+            continued=True,
         )
         # early_stopping may have changed since the last fit (warm start,
         # partial_fit): the new stopping rule starts afresh, as on a first
@@ -1111,7 +1124,6 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # partial_fit only on a new model (a stream goes on past a batch
         # it cannot train).
         must_train = not incremental or not state.loss_curve
-        continued = bool(state.loss_curve)  # warm_start, or a later partial_fit
         for _ in range(self.max_iter):
             if epochs is not None:
                 epochs.begin()
@@ -1141,14 +1153,16 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         data.X_data if data.sparse else data.X,
                         data.Y,
                         sparse=data.sparse,
-                        weighted=data.weighted,
-                        continued=continued,
+                        sample_weight=data.sample_weight if data.weighted else None,
+                        continued=state.continued,
                     )
                 )
             if not np.isfinite(loss_sum):
                 raise ValueError(
                     self._non_finite_loss_message(
-                        data.Y, weighted=data.weighted, continued=continued
+                        data.Y,
+                        sample_weight=data.sample_weight if data.weighted else None,
+                        continued=state.continued,
                     )
                 )
             if n_trained == 0 and must_train:
@@ -1243,7 +1257,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         return ", or float64 input"
 
-    def _target_cause(self, Y, weighted, continued):
+    def _target_cause(self, Y, sample_weight, continued):
         """A regressor's targets far from the network's unit scale, as a
         cause of divergence with its remedy; None when they are not."""
         peak_y = _largest_magnitude(Y) if Y is not None else 0.0
@@ -1251,17 +1265,33 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # make the first steps' gradients as large.
         if is_classifier(self) or not peak_y > 1e3:
             return None
-        if hasattr(self, "target_mean_"):
-            if continued:
-                return (
-                    f"targets reaching {peak_y:.3g} in the units of the first "
-                    "fit's target_mean_ and target_scale_ (y far from the first "
-                    "fit's: scale it as the first fit's was, or fit a new model)"
+        standardized = hasattr(self, "target_mean_")
+        if continued:
+            # Earlier fits trained in these units: y must come in them too.
+            where = (
+                " in the units of the first fit's target_mean_ and target_scale_"
+                if standardized
+                else ", far from the network's unit scale"
+            )
+            remedy = "y far from what earlier fits trained on: scale it as theirs was"
+            if not standardized and self.input_preprocessing is None:
+                remedy += (
+                    ", or fit a new model with input_preprocessing='auto', which "
+                    "standardizes the targets"
                 )
+            else:
+                remedy += ", or fit a new model"
+            return f"targets reaching {peak_y:.3g}{where} ({remedy})"
+        if standardized:
+            concentrated = _concentration(sample_weight) > 0.5
             return (
                 f"targets reaching {peak_y:.3g} after their standardization (a "
                 "few targets far from most others"
-                + (", or sample weights concentrated on a few rows" if weighted else "")
+                + (
+                    ", or sample weights concentrated on a few rows"
+                    if concentrated
+                    else ""
+                )
                 + ")"
             )
         if self.loss == "poisson":
@@ -1272,9 +1302,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "scale y, with sklearn.compose.TransformedTargetRegressor for instance"
             )
             if self.input_preprocessing is None:
-                remedy += (
-                    ", or " + self._auto_remedy(continued) + ", which standardizes them"
-                )
+                remedy += ", or use input_preprocessing='auto', which standardizes them"
         return (
             f"targets reaching {peak_y:.3g}, far from the network's unit scale "
             f"({remedy})"
@@ -1286,28 +1314,49 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             " in a new model" if continued else ""
         )
 
-    def _non_finite_loss_message(self, Y, *, weighted, continued):
+    def _weights_name(self):
+        return (
+            "sample or class weights"
+            if is_classifier(self) and self.class_weight is not None
+            else "sample weights"
+        )
+
+    def _weight_causes(self, sample_weight):
+        """How the weights given (None: none) can make training diverge: a
+        small total (the L2 term is divided by it), or one row carrying most
+        of it."""
+        if sample_weight is None:
+            return []
+        causes = []
+        name = self._weights_name()
+        total = float(np.sum(sample_weight, dtype=np.float64))
+        if self.alpha > 0 and total < 1:
+            causes.append(
+                f"{name} summing to {total:.3g}: alpha's L2 term is divided by "
+                "their sum (multiply them by a common factor)"
+            )
+        share = _concentration(sample_weight)
+        if share > 0.5:
+            causes.append(f"{name} concentrated on one row ({share:.0%} of their sum)")
+        return causes
+
+    def _non_finite_loss_message(self, Y, *, sample_weight, continued):
         """Why the training loss overflowed with finite weights: the causes
         that apply."""
-        causes = [
-            cause
-            for cause in (
-                self._target_cause(Y, weighted, continued),
-                (
-                    "sample or class weights too large"
-                    if is_classifier(self)
-                    else "sample weights too large"
-                )
-                + " (divide them by a common factor)"
-                if weighted
-                else None,
+        causes = []
+        target = self._target_cause(Y, sample_weight, continued)
+        if target is not None:
+            causes.append(target)
+        if sample_weight is not None and np.max(sample_weight) > 1e150:
+            causes.append(
+                f"{self._weights_name()} too large (they reach "
+                f"{float(np.max(sample_weight)):.3g}; divide them by a common factor)"
             )
-            if cause is not None
-        ]
         if not causes:
             causes.append(
-                f"learning_rate_init={self.learning_rate_init:g} too large: weights "
-                f"large enough for the L2 term (alpha={self.alpha:g}) to overflow"
+                f"weights large enough for the L2 term (alpha={self.alpha:g}) to "
+                f"overflow (learning_rate_init={self.learning_rate_init:g} or alpha "
+                "too large)"
             )
         return (
             "The training loss overflowed while the weights stayed finite. "
@@ -1324,14 +1373,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return f"Possible cause{'s' if len(causes) > 1 else ''}: {listed}."
 
     def _non_finite_message(
-        self, dtype, X, Y=None, *, sparse=False, weighted=True, continued=False
+        self, dtype, X, Y=None, *, sparse=False, sample_weight=None, continued=False
     ):
         """Why training produced non-finite weights, the likeliest cause
         first; ``X`` is the network's input (a sparse input's values with
-        ``sparse``), ``Y`` (if known) the targets it trained on, ``weighted``
-        whether sample or class weights were given, ``continued`` whether
-        the fit continues an earlier one. It names only causes that apply,
-        and remedies that would change something."""
+        ``sparse``), ``Y`` (if known) the targets it trained on,
+        ``sample_weight`` the weights it trained with (None: none given),
+        ``continued`` whether the fit continues an earlier one. It names
+        only causes that apply, and remedies that would change something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
         # The handling scales dense input only (sparse input passes through).
@@ -1361,18 +1410,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 + "."
             )
         causes = []
-        target = self._target_cause(Y, weighted, continued)
+        target = self._target_cause(Y, sample_weight, continued)
         if target is not None:
             causes.append(target)
         causes.append(
             f"learning_rate_init={self.learning_rate_init:g} too large for this network"
         )
-        if weighted:
-            causes.append(
-                "sample or class weights too large"
-                if is_classifier(self)
-                else "sample weights too large"
-            )
+        causes.extend(
+            cause
+            for cause in self._weight_causes(sample_weight)
+            if target is None or "concentrated" not in cause
+        )
         if not handled and peak > 1e3:
             if passed_through:
                 causes.append(
@@ -1387,7 +1435,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 )
         return f"{message} {self._causes_sentence(causes)}" + (
             " Try a smaller learning_rate_init first."
-            if causes[0].startswith("learning_rate_init")
+            if len(causes) > 1 and causes[0].startswith("learning_rate_init")
             else ""
         )
 

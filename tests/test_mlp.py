@@ -1534,14 +1534,24 @@ def test_non_finite_weights_message_names_only_what_applies():
     with pytest.raises(ValueError) as handled:
         fit_quietly(est, X, y)
     assert str(handled.value).endswith(
-        "Possible cause: learning_rate_init=1e+200 too large for this network. "
-        "Try a smaller learning_rate_init first."
+        "Possible cause: learning_rate_init=1e+200 too large for this network."
     )
     est.set_params(input_preprocessing=None)
-    with pytest.raises(ValueError) as small_input:
-        fit_quietly(est, X, y, sample_weight=np.full(len(y), 2.0))
-    assert "input values" not in str(small_input.value)
-    assert "sample or class weights too large" in str(small_input.value)
+    # Weights are named only for what they do: a small sum (the L2 term is
+    # divided by it), or one row carrying most of it.
+    for weights, named in [
+        (np.full(len(y), 2.0), None),
+        (np.full(len(y), 1e-4), "sample weights summing to"),
+        (np.r_[1e6, np.ones(len(y) - 1)], "sample weights concentrated on one row"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            fit_quietly(est, X, y, sample_weight=weights)
+        assert "input values" not in str(error.value)
+        if named is None:
+            assert "weights" not in str(error.value).split("weights.", 1)[1]
+        else:
+            assert named in str(error.value)
+            assert str(error.value).endswith("Try a smaller learning_rate_init first.")
     with pytest.raises(ValueError, match=r"input values too large \(they reach"):
         fit_quietly(est, X * 1e4, y)
     # Input whose squares overflow: dense without the handling, and sparse
