@@ -74,7 +74,6 @@ from sklearn_bn._optimizers import (
     from_state_dict,
 )
 from sklearn_bn._utils import (
-    PublishedStateMixin,
     _publish_now,
     _reads_fitted_state,
     _restore_on_failure,
@@ -272,7 +271,7 @@ class _Best:
         self.params = params.copy() if early_stopping else params
 
 
-class _BaseMLPBN(PublishedStateMixin, CallbackSupportMixin, BaseEstimator, ABC):
+class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
     """Shared implementation of MLPBNClassifier and MLPBNRegressor."""
 
     _parameter_constraints: dict = {

@@ -38,7 +38,6 @@ from sklearn_bn._scaling import (
 )
 from sklearn_bn._threads import kernel_threads
 from sklearn_bn._utils import (
-    PublishedStateMixin,
     _callers_stacklevel,
     _publish_now,
     _reads_fitted_state,
@@ -123,11 +122,7 @@ _VALID_AT_A_GLANCE = {
 
 
 class BatchNormScaler(
-    PublishedStateMixin,
-    CallbackSupportMixin,
-    OneToOneFeatureMixin,
-    TransformerMixin,
-    BaseEstimator,
+    CallbackSupportMixin, OneToOneFeatureMixin, TransformerMixin, BaseEstimator
 ):
     """Standardize features with batch-normalization statistics.
 

@@ -2,7 +2,6 @@
 
 import contextlib
 import functools
-import os
 import signal
 import sys
 import threading
@@ -64,36 +63,6 @@ _CALL_STATE = ("_callback_fit_ctx", "_skl_callbacks_to_teardown")
 
 def _published_state(work):
     return {k: v for k, v in work.__dict__.items() if k not in _CALL_STATE}
-
-
-# Held by a publication (see _publish) and by every attribute write to the
-# package's estimators (see PublishedStateMixin). Reentrant: a nested
-# estimator's set_params, or a signal handler's, runs in the lock's thread.
-_PUBLICATION = threading.RLock()
-
-
-def _new_publication_lock():
-    global _PUBLICATION
-    _PUBLICATION = threading.RLock()
-
-
-# A child forked while another thread held the lock would wait for it forever.
-os.register_at_fork(after_in_child=_new_publication_lock)
-
-
-class PublishedStateMixin:
-    """Attribute writes wait for a publication under way: ``set_params``,
-    ``set_output``, ``set_callbacks``, a ``set_*_request`` or a plain
-    assignment from another thread lands before the publication reads the
-    settings, or on the published state (see :func:`_publish`)."""
-
-    def __setattr__(self, name, value):
-        with _PUBLICATION:
-            super().__setattr__(name, value)
-
-    def __delattr__(self, name):
-        with _PUBLICATION:
-            super().__delattr__(name)
 
 
 # What an estimator's user sets, beside its parameters: the callbacks, the
@@ -185,24 +154,32 @@ def _publish(estimator, work, start):
     keeping the settings another thread changed on the estimator since
     ``start``.
 
-    Under the publication lock, which every attribute write to the
-    package's estimators takes (:class:`PublishedStateMixin`): a setting
-    another thread makes is written before the read here or after the
-    swap. One that the lock's own thread writes in between (a signal
-    handler's) goes to the old ``__dict__``, and is carried over.
+    No lock: a setting is an attribute write, which goes to whichever
+    ``__dict__`` the estimator has when it runs. One that went to the old
+    ``__dict__`` between the read here and the swap is carried over after
+    the swap, unless the new one holds a newer value already. What this
+    leaves open is a few bytecodes wide: a setting written twice around the
+    swap back to the very object published, one written between the carry's
+    test and its store, or the two steps of a first ``set_output`` on either
+    side of the swap, may be lost. A lock taken by every attribute write
+    would close that, at the price of deadlocks (a finalizer run under it
+    waiting for a lock of the application's): not taken.
     """
     state = _published_state(work)
+    old = estimator.__dict__
+    seen = dict(old)
     cls = type(estimator)
-    with _PUBLICATION:
-        old = estimator.__dict__
-        seen = dict(old)
-        for name, value in _settings_changed_meanwhile(cls, seen, start).items():
-            _set_or_remove(state, name, value)
-        estimator.__dict__ = state
-        for name in _settings(cls):
-            late = old.get(name, _MISSING)
-            if late is not seen.get(name, _MISSING):
-                _set_or_remove(state, name, late)
+    for name, value in _settings_changed_meanwhile(cls, seen, start).items():
+        _set_or_remove(state, name, value)
+    names = _settings(cls)
+    published = {name: state.get(name, _MISSING) for name in names}
+    estimator.__dict__ = state
+    for name in names:
+        late = old.get(name, _MISSING)
+        if late is not seen.get(name, _MISSING) and (
+            state.get(name, _MISSING) is published[name]
+        ):
+            _set_or_remove(state, name, late)
 
 
 def _callers_stacklevel():

@@ -812,51 +812,6 @@ def test_nested_set_params_of_the_package_s_estimators_does_not_deadlock():
 
 
 @needs_fork
-def test_a_child_forked_while_the_publication_lock_is_held_can_set_params():
-    with _utils._PUBLICATION:
-        pid = os.fork()
-        if pid == 0:  # the child: the lock is a new one
-            try:
-                BatchNormScaler().set_params(beta=1.0)
-            finally:
-                os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
-def test_a_setting_made_during_a_publication_waits_for_it(monkeypatch):
-    # Attribute writes take the publication's lock: the other thread's two
-    # writes (set_output creates its dict, then fills it) both land on the
-    # published state, in order.
-    X, _ = data()
-    est = BatchNormScaler()
-    real = _utils._settings_changed_meanwhile
-    reading, written = threading.Event(), threading.Event()
-
-    def slow(*args):
-        changed = real(*args)
-        if not reading.is_set():  # the first publication (a fit may publish twice)
-            reading.set()
-            assert not written.wait(0.2)  # the setter waits for the swap
-        return changed
-
-    def change():
-        assert reading.wait(10)
-        est.set_output(transform="pandas")
-        est.set_params(beta=2.0)
-        est.set_params(beta=0.0)  # back to the start's value: kept last
-        written.set()
-
-    monkeypatch.setattr(_utils, "_settings_changed_meanwhile", slow)
-    setter = threading.Thread(target=change)
-    setter.start()
-    est.fit(X)
-    setter.join()
-    assert written.is_set()
-    assert est._sklearn_output_config["transform"] == "pandas" and est.beta == 0.0
-
-
-@needs_fork
 def test_a_fork_while_the_pace_is_locked_leaves_the_child_a_free_pace():
     # Another thread of the parent may hold the pace's lock at the fork (for
     # microseconds, at each compiled call): the child gets a lock of its own.
