@@ -204,6 +204,7 @@ class _TrainingState:
     validation_scores: list = None
     best_validation_score: float = None
     continued: bool = False  # a warm_start fit, or a later partial_fit
+    batch_size: int = 0  # the minibatches' rows (0 before they are known)
 
 
 def _concentration(sample_weight):
@@ -680,6 +681,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         sparse=sp.issparse(X),
                         sample_weight=sample_weight,
                         continued=not first_pass,
+                        learning_rate=optimizer.learning_rate_init,
+                        batch_size=state.batch_size,
                     )
                 )
             # Everything succeeded: publish the new state.
@@ -846,7 +849,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             X, Y, sample_weight, random_state, early_stopping, raw_rows
         )
         X_train, Y_train, sw_train = train
-        batch_size = self._batch_size(X_train.shape[0])
+        batch_size = state.batch_size = self._batch_size(X_train.shape[0])
         # Drawn only with dropout on, so that a fit without draws nothing more
         # from the random stream.
         dropout_seed = random_state.randint(2**31 - 1) if any(dropout) else 0
@@ -1155,6 +1158,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         sparse=data.sparse,
                         sample_weight=data.sample_weight if data.weighted else None,
                         continued=state.continued,
+                        learning_rate=optimizer.learning_rate_init,
+                        batch_size=batch_size,
                     )
                 )
             if not np.isfinite(loss_sum):
@@ -1163,6 +1168,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         data.Y,
                         sample_weight=data.sample_weight if data.weighted else None,
                         continued=state.continued,
+                        learning_rate=optimizer.learning_rate_init,
                     )
                 )
             if n_trained == 0 and must_train:
@@ -1273,14 +1279,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 if standardized
                 else ", far from the network's unit scale"
             )
-            remedy = "y far from what earlier fits trained on: scale it as theirs was"
-            if not standardized and self.input_preprocessing is None:
+            remedy = "scale y as the earlier fits' was, or fit a new model"
+            if (
+                not standardized
+                and self.input_preprocessing is None
+                and self.loss == "squared_error"
+            ):
                 remedy += (
-                    ", or fit a new model with input_preprocessing='auto', which "
-                    "standardizes the targets"
+                    " with input_preprocessing='auto', which standardizes the targets"
                 )
-            else:
-                remedy += ", or fit a new model"
             return f"targets reaching {peak_y:.3g}{where} ({remedy})"
         if standardized:
             concentrated = _concentration(sample_weight) > 0.5
@@ -1288,7 +1295,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"targets reaching {peak_y:.3g} after their standardization (a "
                 "few targets far from most others"
                 + (
-                    ", or sample weights concentrated on a few rows"
+                    ", or sample weights concentrated on one row"
                     if concentrated
                     else ""
                 )
@@ -1321,26 +1328,33 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             else "sample weights"
         )
 
-    def _weight_causes(self, sample_weight):
+    def _weight_causes(self, sample_weight, batch_size):
         """How the weights given (None: none) can make training diverge: a
-        small total (the L2 term is divided by it), or one row carrying most
-        of it."""
-        if sample_weight is None:
+        small sum per minibatch of ``batch_size`` rows (alpha's L2 term is
+        divided by it), or one row carrying most of their sum."""
+        if sample_weight is None or len(sample_weight) == 0:
             return []
         causes = []
         name = self._weights_name()
-        total = float(np.sum(sample_weight, dtype=np.float64))
-        if self.alpha > 0 and total < 1:
+        n = len(sample_weight)
+        rows = min(batch_size, n) if batch_size else n
+        per_minibatch = float(np.sum(sample_weight, dtype=np.float64)) * rows / n
+        if self.alpha > 0 and per_minibatch < 1:
             causes.append(
-                f"{name} summing to {total:.3g}: alpha's L2 term is divided by "
-                "their sum (multiply them by a common factor)"
+                f"{name} summing to about {per_minibatch:.3g} per minibatch: "
+                "alpha's L2 term is divided by that sum (multiply them by a "
+                "common factor)"
             )
         share = _concentration(sample_weight)
         if share > 0.5:
-            causes.append(f"{name} concentrated on one row ({share:.0%} of their sum)")
+            causes.append(
+                f"{name} concentrated on one row ({100 * share:.4g}% of their sum)"
+            )
         return causes
 
-    def _non_finite_loss_message(self, Y, *, sample_weight, continued):
+    def _non_finite_loss_message(
+        self, Y, *, sample_weight, continued, learning_rate=None
+    ):
         """Why the training loss overflowed with finite weights: the causes
         that apply."""
         causes = []
@@ -1353,10 +1367,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"{float(np.max(sample_weight)):.3g}; divide them by a common factor)"
             )
         if not causes:
+            if learning_rate is None:
+                learning_rate = self.learning_rate_init
             causes.append(
                 f"weights large enough for the L2 term (alpha={self.alpha:g}) to "
-                f"overflow (learning_rate_init={self.learning_rate_init:g} or alpha "
-                "too large)"
+                f"overflow (learning_rate_init={learning_rate:g} or alpha too large)"
             )
         return (
             "The training loss overflowed while the weights stayed finite. "
@@ -1373,13 +1388,24 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return f"Possible cause{'s' if len(causes) > 1 else ''}: {listed}."
 
     def _non_finite_message(
-        self, dtype, X, Y=None, *, sparse=False, sample_weight=None, continued=False
+        self,
+        dtype,
+        X,
+        Y=None,
+        *,
+        sparse=False,
+        sample_weight=None,
+        continued=False,
+        learning_rate=None,
+        batch_size=0,
     ):
         """Why training produced non-finite weights, the likeliest cause
         first; ``X`` is the network's input (a sparse input's values with
         ``sparse``), ``Y`` (if known) the targets it trained on,
         ``sample_weight`` the weights it trained with (None: none given),
-        ``continued`` whether the fit continues an earlier one. It names
+        ``continued`` whether the fit continues an earlier one,
+        ``learning_rate`` the one its optimizer uses (``partial_fit`` keeps
+        the first fit's) and ``batch_size`` its minibatches' rows. It names
         only causes that apply, and remedies that would change something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
@@ -1413,13 +1439,16 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         target = self._target_cause(Y, sample_weight, continued)
         if target is not None:
             causes.append(target)
+        if learning_rate is None:
+            learning_rate = self.learning_rate_init
         causes.append(
-            f"learning_rate_init={self.learning_rate_init:g} too large for this network"
+            f"learning_rate_init={learning_rate:g} too large for this network"
         )
         causes.extend(
             cause
-            for cause in self._weight_causes(sample_weight)
-            if target is None or "concentrated" not in cause
+            for cause in self._weight_causes(sample_weight, batch_size)
+            # The standardized targets' cause names a concentration already.
+            if not ("concentrated" in cause and "concentrated" in (target or ""))
         )
         if not handled and peak > 1e3:
             if passed_through:

@@ -1497,7 +1497,7 @@ def test_non_finite_weights_from_far_targets_name_the_targets(input_preprocessin
     remedy = (
         "use input_preprocessing='auto', which standardizes them"
         if input_preprocessing is None
-        else "sample weights concentrated on a few rows"
+        else "sample weights concentrated on one row"
     )
     with pytest.raises(ValueError, match=rf"non-finite.*targets reaching .*{remedy}"):
         fit_quietly(est, X, y, sample_weight=sw)
@@ -3221,3 +3221,43 @@ def test_recorded_losses_are_numpy_floats_as_in_scikit_learn(Estimator):
     assert {type(loss) for loss in est.loss_curve_} == {np.float64}
     est.partial_fit(X, y)
     assert type(est.loss_curve_[-1]) is np.float64
+
+
+def test_divergence_messages_follow_what_the_fit_ran_with():
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 3)
+    y = X[:, 0] + 0.1 * rng.randn(200)
+    common = dict(hidden_layer_sizes=(4,), solver="sgd", random_state=0)
+    # partial_fit keeps the first fit's optimizer, so its learning rate.
+    est = MLPBNRegressor(
+        learning_rate_init=1e-3, batch_size=10, input_preprocessing=None, **common
+    ).partial_fit(X, y)
+    est.set_params(learning_rate_init=1e-12)
+    with pytest.raises(ValueError, match="learning_rate_init=0.001 too large"):
+        est.partial_fit(X, y * 1e6)
+    # The L2 term is divided by each minibatch's weight sum, not the total.
+    est = MLPBNRegressor(
+        alpha=1.0,
+        learning_rate_init=0.5,
+        momentum=0,
+        max_iter=3,
+        input_preprocessing=None,
+        batch_size=20,
+        **common,
+    )
+    with pytest.raises(ValueError, match="about 0.02 per minibatch"):
+        fit_quietly(est, X, y, sample_weight=np.full(200, 1e-3))
+    # A row carrying most of the weight is named beside far targets.
+    est = MLPBNRegressor(
+        learning_rate_init=1e200, max_iter=2, input_preprocessing=None, **common
+    )
+    weights = np.r_[1e6, np.ones(199)]
+    with pytest.raises(ValueError, match="targets reaching .*concentrated on one row"):
+        fit_quietly(est, X, y * 1e4, sample_weight=weights)
+    # Poisson targets are not standardized by the handling: no advice to use it.
+    est = MLPBNRegressor(loss="poisson", max_iter=3, input_preprocessing=None, **common)
+    fit_quietly(est, X, np.abs(y))
+    est.set_params(warm_start=True, learning_rate_init=1e200)
+    with pytest.raises(ValueError) as error:
+        fit_quietly(est, X, np.abs(y) * 1e5)
+    assert "scale y as the earlier fits' was, or fit a new model)" in str(error.value)
