@@ -681,7 +681,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         sparse=sp.issparse(X),
                         sample_weight=sample_weight,
                         continued=not first_pass,
-                        learning_rate=optimizer.learning_rate_init,
+                        kept_rate=(
+                            optimizer.learning_rate
+                            if incremental and not first_pass
+                            else None
+                        ),
                         batch_size=state.batch_size,
                     )
                 )
@@ -1158,7 +1162,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         sparse=data.sparse,
                         sample_weight=data.sample_weight if data.weighted else None,
                         continued=state.continued,
-                        learning_rate=optimizer.learning_rate_init,
+                        kept_rate=(
+                            optimizer.learning_rate
+                            if incremental and state.continued
+                            else None
+                        ),
                         batch_size=batch_size,
                     )
                 )
@@ -1168,7 +1176,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         data.Y,
                         sample_weight=data.sample_weight if data.weighted else None,
                         continued=state.continued,
-                        learning_rate=optimizer.learning_rate_init,
+                        kept_rate=(
+                            optimizer.learning_rate
+                            if incremental and state.continued
+                            else None
+                        ),
                     )
                 )
             if n_trained == 0 and must_train:
@@ -1279,12 +1291,15 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 if standardized
                 else ", far from the network's unit scale"
             )
-            remedy = "scale y as the earlier fits' was, or fit a new model"
-            if (
-                not standardized
-                and self.input_preprocessing is None
-                and self.loss == "squared_error"
-            ):
+            remedy = (
+                "if y's scale changed, scale it as the earlier fits' was; else "
+                "fit a new model"
+            )
+            if standardized:
+                pass
+            elif self.loss == "poisson":
+                remedy += " on y divided by a constant"
+            elif self.input_preprocessing is None:
                 remedy += (
                     " with input_preprocessing='auto', which standardizes the targets"
                 )
@@ -1321,6 +1336,18 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             " in a new model" if continued else ""
         )
 
+    def _rate_cause(self, kept_rate, what="too large for this network"):
+        """The learning rate as a cause: the parameter, or the rate a
+        continued partial_fit keeps from the first fit's optimizer
+        (``kept_rate``), which the parameter no longer changes."""
+        if kept_rate is None:
+            return f"learning_rate_init={self.learning_rate_init:g} {what}"
+        return (
+            f"the learning rate partial_fit keeps from the first fit "
+            f"({kept_rate:g}) {what} (partial_fit does not read "
+            "learning_rate_init: fit a new model with a smaller one)"
+        )
+
     def _weights_name(self):
         return (
             "sample or class weights"
@@ -1352,9 +1379,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             )
         return causes
 
-    def _non_finite_loss_message(
-        self, Y, *, sample_weight, continued, learning_rate=None
-    ):
+    def _non_finite_loss_message(self, Y, *, sample_weight, continued, kept_rate=None):
         """Why the training loss overflowed with finite weights: the causes
         that apply."""
         causes = []
@@ -1367,11 +1392,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 f"{float(np.max(sample_weight)):.3g}; divide them by a common factor)"
             )
         if not causes:
-            if learning_rate is None:
-                learning_rate = self.learning_rate_init
             causes.append(
                 f"weights large enough for the L2 term (alpha={self.alpha:g}) to "
-                f"overflow (learning_rate_init={learning_rate:g} or alpha too large)"
+                "overflow: alpha, or " + self._rate_cause(kept_rate, what="too large")
             )
         return (
             "The training loss overflowed while the weights stayed finite. "
@@ -1396,16 +1419,17 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         sparse=False,
         sample_weight=None,
         continued=False,
-        learning_rate=None,
+        kept_rate=None,
         batch_size=0,
     ):
         """Why training produced non-finite weights, the likeliest cause
         first; ``X`` is the network's input (a sparse input's values with
         ``sparse``), ``Y`` (if known) the targets it trained on,
         ``sample_weight`` the weights it trained with (None: none given),
-        ``continued`` whether the fit continues an earlier one,
-        ``learning_rate`` the one its optimizer uses (``partial_fit`` keeps
-        the first fit's) and ``batch_size`` its minibatches' rows. It names
+        ``continued`` whether the fit continues an earlier one, ``kept_rate``
+        the learning rate a continued ``partial_fit`` keeps from the first
+        fit's optimizer (None otherwise) and ``batch_size`` its minibatches'
+        rows. It names
         only causes that apply, and remedies that would change something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
@@ -1439,11 +1463,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         target = self._target_cause(Y, sample_weight, continued)
         if target is not None:
             causes.append(target)
-        if learning_rate is None:
-            learning_rate = self.learning_rate_init
-        causes.append(
-            f"learning_rate_init={learning_rate:g} too large for this network"
-        )
+        causes.append(self._rate_cause(kept_rate))
         causes.extend(
             cause
             for cause in self._weight_causes(sample_weight, batch_size)
