@@ -158,12 +158,14 @@ def _publish(estimator, work, start):
     ``__dict__`` the estimator has when it runs. One that went to the old
     ``__dict__`` between the read here and the swap is carried over after
     the swap, unless the new one holds a newer value already. What this
-    leaves open is a few bytecodes wide: a setting written twice around the
-    swap back to the very object published, one written between the carry's
-    test and its store, or the two steps of a first ``set_output`` on either
-    side of the swap, may be lost. A lock taken by every attribute write
-    would close that, at the price of deadlocks (a finalizer run under it
-    waiting for a lock of the application's): not taken.
+    leaves open is a few bytecodes of this function wide (longer if its
+    thread is switched out there): a setting written twice around the swap
+    back to the very object published, or one written between the carry's
+    test and its store, may be lost, and the two steps of a first
+    ``set_output`` on either side of the swap raise ``AttributeError`` in
+    its thread. A lock taken by every attribute write would close that, at
+    the price of deadlocks (a finalizer run under it waiting for a lock of
+    the application's): not taken.
     """
     state = _published_state(work)
     old = estimator.__dict__

@@ -798,9 +798,10 @@ class _ScaledMLP(MLPBNClassifier):
         self.scaler = scaler
 
 
-def test_nested_set_params_of_the_package_s_estimators_does_not_deadlock():
-    # set_params holds the publication lock while it sets a component's
-    # parameters through the component's own set_params.
+def test_nested_set_params_of_the_package_s_estimators_returns():
+    # A component's parameters are set through its own set_params: nothing
+    # on that path may wait for what the outer call holds (a lock taken by
+    # publications and attribute writes once did).
     est = _ScaledMLP(scaler=BatchNormScaler())
     setting = threading.Thread(
         target=est.set_params, kwargs={"scaler__epsilon": 1e-3}, daemon=True
