@@ -680,12 +680,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         Y,
                         sparse=sp.issparse(X),
                         sample_weight=sample_weight,
-                        continued=not first_pass,
-                        kept_rate=(
-                            optimizer.learning_rate
-                            if incremental and not first_pass
-                            else None
-                        ),
+                        continued=state.continued,
+                        kept_rate=self._kept_rate(optimizer, incremental, state),
                         batch_size=state.batch_size,
                     )
                 )
@@ -1131,6 +1127,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         # partial_fit only on a new model (a stream goes on past a batch
         # it cannot train).
         must_train = not incremental or not state.loss_curve
+        given_weights = data.sample_weight if data.weighted else None  # for errors
         for _ in range(self.max_iter):
             if epochs is not None:
                 epochs.begin()
@@ -1160,13 +1157,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                         data.X_data if data.sparse else data.X,
                         data.Y,
                         sparse=data.sparse,
-                        sample_weight=data.sample_weight if data.weighted else None,
+                        sample_weight=given_weights,
                         continued=state.continued,
-                        kept_rate=(
-                            optimizer.learning_rate
-                            if incremental and state.continued
-                            else None
-                        ),
+                        kept_rate=self._kept_rate(optimizer, incremental, state),
                         batch_size=batch_size,
                     )
                 )
@@ -1174,13 +1167,9 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 raise ValueError(
                     self._non_finite_loss_message(
                         data.Y,
-                        sample_weight=data.sample_weight if data.weighted else None,
+                        sample_weight=given_weights,
                         continued=state.continued,
-                        kept_rate=(
-                            optimizer.learning_rate
-                            if incremental and state.continued
-                            else None
-                        ),
+                        kept_rate=self._kept_rate(optimizer, incremental, state),
                     )
                 )
             if n_trained == 0 and must_train:
@@ -1277,12 +1266,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
 
     def _target_cause(self, Y, sample_weight, continued):
         """A regressor's targets far from the network's unit scale, as a
-        cause of divergence with its remedy; None when they are not."""
+        cause of divergence with its remedy (None when they are not), and
+        whether that cause names weights concentrated on one row."""
         peak_y = _largest_magnitude(Y) if Y is not None else 0.0
         # A regressor's outputs start near unit scale: targets far beyond it
         # make the first steps' gradients as large.
         if is_classifier(self) or not peak_y > 1e3:
-            return None
+            return None, False
         standardized = hasattr(self, "target_mean_")
         if continued:
             # Earlier fits trained in these units: y must come in them too.
@@ -1295,15 +1285,13 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "if y's scale changed, scale it as the earlier fits' was; else "
                 "fit a new model"
             )
-            if standardized:
-                pass
-            elif self.loss == "poisson":
+            if not standardized and self.loss == "poisson":
                 remedy += " on y divided by a constant"
-            elif self.input_preprocessing is None:
+            elif not standardized and self.input_preprocessing is None:
                 remedy += (
                     " with input_preprocessing='auto', which standardizes the targets"
                 )
-            return f"targets reaching {peak_y:.3g}{where} ({remedy})"
+            return f"targets reaching {peak_y:.3g}{where} ({remedy})", False
         if standardized:
             concentrated = _concentration(sample_weight) > 0.5
             return (
@@ -1315,7 +1303,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     else ""
                 )
                 + ")"
-            )
+            ), concentrated
         if self.loss == "poisson":
             remedy = "divide y by a constant and multiply the predictions back"
         else:
@@ -1328,13 +1316,19 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         return (
             f"targets reaching {peak_y:.3g}, far from the network's unit scale "
             f"({remedy})"
-        )
+        ), False
 
     @staticmethod
     def _auto_remedy(continued):
         return "use input_preprocessing='auto'" + (
             " in a new model" if continued else ""
         )
+
+    @staticmethod
+    def _kept_rate(optimizer, incremental, state):
+        """The rate a continued partial_fit keeps from the first fit's
+        optimizer (its parameter no longer changes it); None otherwise."""
+        return optimizer.learning_rate if incremental and state.continued else None
 
     def _rate_cause(self, kept_rate, what="too large for this network"):
         """The learning rate as a cause: the parameter, or the rate a
@@ -1355,10 +1349,11 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             else "sample weights"
         )
 
-    def _weight_causes(self, sample_weight, batch_size):
+    def _weight_causes(self, sample_weight, batch_size, concentration=True):
         """How the weights given (None: none) can make training diverge: a
         small sum per minibatch of ``batch_size`` rows (alpha's L2 term is
-        divided by it), or one row carrying most of their sum."""
+        divided by it), or (with ``concentration``) one row carrying most of
+        their sum."""
         if sample_weight is None or len(sample_weight) == 0:
             return []
         causes = []
@@ -1372,7 +1367,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 "alpha's L2 term is divided by that sum (multiply them by a "
                 "common factor)"
             )
-        share = _concentration(sample_weight)
+        share = _concentration(sample_weight) if concentration else 0.0
         if share > 0.5:
             causes.append(
                 f"{name} concentrated on one row ({100 * share:.4g}% of their sum)"
@@ -1383,7 +1378,7 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         """Why the training loss overflowed with finite weights: the causes
         that apply."""
         causes = []
-        target = self._target_cause(Y, sample_weight, continued)
+        target, _ = self._target_cause(Y, sample_weight, continued)
         if target is not None:
             causes.append(target)
         if sample_weight is not None and np.max(sample_weight) > 1e150:
@@ -1429,8 +1424,8 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
         ``continued`` whether the fit continues an earlier one, ``kept_rate``
         the learning rate a continued ``partial_fit`` keeps from the first
         fit's optimizer (None otherwise) and ``batch_size`` its minibatches'
-        rows. It names
-        only causes that apply, and remedies that would change something."""
+        rows. It names only causes that apply, and remedies that would change
+        something."""
         message = "Solver produced non-finite parameter weights."
         peak = _largest_magnitude(X)
         # The handling scales dense input only (sparse input passes through).
@@ -1460,15 +1455,14 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                 + "."
             )
         causes = []
-        target = self._target_cause(Y, sample_weight, continued)
+        target, names_concentration = self._target_cause(Y, sample_weight, continued)
         if target is not None:
             causes.append(target)
         causes.append(self._rate_cause(kept_rate))
         causes.extend(
-            cause
-            for cause in self._weight_causes(sample_weight, batch_size)
-            # The standardized targets' cause names a concentration already.
-            if not ("concentrated" in cause and "concentrated" in (target or ""))
+            self._weight_causes(
+                sample_weight, batch_size, concentration=not names_concentration
+            )
         )
         if not handled and peak > 1e3:
             if passed_through:
@@ -1482,10 +1476,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
                     + (", or " + self._auto_remedy(continued) if not sparse else "")
                     + ")"
                 )
+        # The parameter's rate first among others: the first thing to try.
+        rate_first = target is None and kept_rate is None and len(causes) > 1
         return f"{message} {self._causes_sentence(causes)}" + (
-            " Try a smaller learning_rate_init first."
-            if len(causes) > 1 and causes[0].startswith("learning_rate_init")
-            else ""
+            " Try a smaller learning_rate_init first." if rate_first else ""
         )
 
     def _no_improvement_message(self, early_stopping):
