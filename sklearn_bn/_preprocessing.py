@@ -44,6 +44,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
 
+from sklearn_bn._utils import exponents_near
+
 # Internal knobs, kept here so that a defaults study can revisit them.
 _CLIP = 3.0  # smooth clip at +-_CLIP robust standard deviations
 _IQR_PER_SD = 1.3489795003921634  # interquartile range of a normal, in SDs
@@ -667,7 +669,7 @@ def _weighted_std(X, sample_weight):
         # values beyond 1e154 do not overflow, nor those below 1e-154
         # vanish.
         peak = np.max(np.where(present, np.abs(block), 0.0), axis=0)
-        exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+        exponent = exponents_near(peak)
         block = np.ldexp(block, -exponent)
         ww = np.where(present, w[:, None], 0.0)
         total = ww.sum(axis=0)

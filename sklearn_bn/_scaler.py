@@ -43,6 +43,7 @@ from sklearn_bn._utils import (
     _reads_fitted_state,
     _restore_on_failure,
     check_weight_range,
+    exponents_near,
 )
 
 _FLOAT_DTYPES = (np.float64, np.float32)
@@ -81,7 +82,7 @@ def _value_exponents(*means_and_variances):
         scales.append(np.sqrt(values) if k % 2 else values)
     with np.errstate(invalid="ignore"):
         peak = np.max([np.where(np.isfinite(v), v, 0.0) for v in scales], axis=0)
-    return np.frexp(np.where(peak > 0, peak, 1.0))[1]
+    return exponents_near(peak)
 
 
 def _unaligned_view_of(X_in, X):
@@ -1050,7 +1051,7 @@ def _batch_statistics(X, sample_weight, estimator):
         # (Rows of weight 0 were dropped above: every row here counts.)
         sub = X[:, overflow].astype(np.float64)
         peak = np.max(np.where(np.isnan(sub), 0.0, np.abs(sub)), axis=0)
-        exponent = np.frexp(np.where(peak > 0, peak, 1.0))[1]
+        exponent = exponents_near(peak)
         scaled = np.ascontiguousarray(np.ldexp(sub, -exponent))
         sub_mean, sub_var, _ = batch_stats(
             scaled,

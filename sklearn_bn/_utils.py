@@ -20,6 +20,15 @@ def aligned_zeros(n, dtype):
     return raw[start : start + n * dtype.itemsize].view(dtype)
 
 
+def exponents_near(peak):
+    """Per value of ``peak`` (magnitudes, float64), the exponent of a power
+    of two near it, which scales it to [0.5, 1) exactly (``np.frexp``); 0
+    where it is not positive. Statistics scaled so, and scaled back, keep
+    their bits for moderate values and neither overflow nor vanish for
+    extreme ones."""
+    return np.frexp(np.where(peak > 0, peak, 1.0))[1]
+
+
 def check_weight_range(weights, name, dtype, sum_dtype=None, seen=0.0):
     """Raise a ``ValueError`` naming ``name`` when non-negative ``weights``,
     for arithmetic in ``dtype``, are out of the range where weighted
