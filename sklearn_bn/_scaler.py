@@ -773,11 +773,14 @@ class BatchNormScaler(
         error."""
         for name in names:
             if not _VALID_AT_A_GLANCE[name](getattr(self, name)):
-                validate_parameter_constraints(
-                    {name: self._parameter_constraints[name] for name in names},
-                    {name: getattr(self, name) for name in names},
-                    caller_name=type(self).__name__,
-                )
+                break
+        else:
+            return
+        validate_parameter_constraints(
+            {name: self._parameter_constraints[name] for name in names},
+            {name: getattr(self, name) for name in names},
+            caller_name=type(self).__name__,
+        )
 
     def _std(self):
         """``sqrt(running_var_ + epsilon)``, 1 for constant features at epsilon=0."""
