@@ -220,7 +220,11 @@ class BatchNormScaler(
     ``ValueError``. Sparse input is refused: centering makes it dense.
     Finite data whose mean or variance exceeds the float64 range (a spread
     of about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
-    the features, as ``StandardScaler`` warns.
+    the features, as ``StandardScaler`` warns. So do outputs beyond the
+    dtype's range: :meth:`transform` computes in the dtype of `X`, so a
+    float32 value whose distance to the mean passes float32's largest
+    number (about 3.4e38) gives ``+-inf``, as in ``StandardScaler``; float64
+    input keeps it finite.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was,
     except when a callback raises at the end of the call (its last hook or
@@ -400,7 +404,12 @@ class BatchNormScaler(
         X = self._fit(X, y, sample_weight, reset=True)
         # fit has rejected infinite values: no need to look for them again.
         return self._affine(
-            X, X_in, self._coefficients(X.dtype), self.copy, check_inf=False
+            X,
+            X_in,
+            self._coefficients(X.dtype),
+            self.copy,
+            "fit_transform",
+            check_inf=False,
         )
 
     @_restore_on_failure
@@ -594,7 +603,7 @@ class BatchNormScaler(
             copy = self.copy
         X_in = X
         X = self._validate_X(X, reset=False)
-        return self._affine(X, X_in, self._coefficients(X.dtype), copy)
+        return self._affine(X, X_in, self._coefficients(X.dtype), copy, "transform")
 
     def _validate_X(self, X, reset):
         """``validate_data`` as a C-contiguous float32/float64 array.
@@ -687,7 +696,13 @@ class BatchNormScaler(
                 f"X has {X.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        return self._affine(X, X_in, self._coefficients(X.dtype, inverse=True), copy)
+        return self._affine(
+            X,
+            X_in,
+            self._coefficients(X.dtype, inverse=True),
+            copy,
+            "inverse_transform",
+        )
 
     def _affine_params(self, n_features):
         """``gamma`` and ``beta``, checked: each a float or a float64 vector."""
@@ -797,8 +812,13 @@ class BatchNormScaler(
             std = np.where(constant, 1.0, std)
         return std
 
-    def _affine(self, X, X_in, coefficients, copy, check_inf=True):
-        """``(X - center) * scale + shift``, in place when allowed, in row blocks."""
+    def _affine(self, X, X_in, coefficients, copy, method, check_inf=True):
+        """``(X - center) * scale + shift``, in place when allowed, in row blocks.
+
+        Results beyond the dtype's range are ``+-inf``, as in
+        ``StandardScaler``, with a ``RuntimeWarning`` naming `method` and the
+        features (where numpy's arithmetic there warns of the overflow).
+        """
         center, scale, shift, wide = coefficients
         if wide is not None:  # read before an in-place kernel overwrites them
             columns, origin, wide_scale, target = wide
@@ -822,11 +842,22 @@ class BatchNormScaler(
             if check_inf and has_infinity(X, *kernel_threads(*X.shape)):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
+        may_overflow = np.empty(X.shape[1], dtype=np.uint8)
         if (
-            affine_columns(X, center, scale, shift, out, *kernel_threads(*X.shape))
+            affine_columns(
+                X,
+                center,
+                scale,
+                shift,
+                out,
+                *kernel_threads(*X.shape),
+                may_overflow=may_overflow,
+            )
             and check_inf
         ):
             _raise_infinite(X, self)
+        if may_overflow.any():
+            _warn_overflow(self, method, out, np.flatnonzero(may_overflow))
         if wide is not None:
             out[:, columns] = wide_out
         if not copy and out is X and _unaligned_view_of(X_in, X):
@@ -1084,9 +1115,35 @@ def _rows_with_weight(X, sample_weight, weight_sum, has_nan):
     return n_rows
 
 
+def _warn_overflow(estimator, method, out, suspects):
+    """Warn of the features among `suspects` whose output holds +-inf.
+
+    `X` held no infinity (the caller raised otherwise), so an infinity in
+    `out` comes from ``X - center`` or a result beyond the dtype's range.
+    """
+    features = suspects[np.isinf(out[:, suspects]).any(axis=0)]
+    if not features.size:
+        return
+    center = "beta" if method == "inverse_transform" else "running_mean_"
+    dtype = out.dtype
+    remedy = "; float64 data keeps them finite" if dtype == np.float32 else ""
+    warnings.warn(
+        f"{type(estimator).__name__}: overflow encountered in {method} of "
+        f"features {_shown(features)}: a value's distance to {center} or its "
+        f"result passes {dtype.name}'s largest number and is +-inf there, as "
+        f"in StandardScaler{remedy}.",
+        RuntimeWarning,
+        stacklevel=_callers_stacklevel(),
+    )
+
+
+def _shown(features):
+    """The first ten of `features`, then "..." if there are more."""
+    return features[:10].tolist() + (["..."] if features.size > 10 else [])
+
+
 def _overflow_message(estimator, overflow):
-    features = np.flatnonzero(overflow)
-    shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
+    shown = _shown(np.flatnonzero(overflow))
     return (
         f"{type(estimator).__name__}: overflow encountered in the statistics of "
         f"feature(s) {shown}: their mean or variance is beyond the float64 range "
@@ -1098,8 +1155,7 @@ def _overflow_message(estimator, overflow):
 
 def _too_few_message(estimator, too_few, sample_weight):
     name = f"{type(estimator).__name__}(momentum={estimator.momentum})"
-    features = np.flatnonzero(too_few)
-    shown = features[:10].tolist() + (["..."] if features.size > 10 else [])
+    shown = _shown(np.flatnonzero(too_few))
     if sample_weight is None:
         what = "fewer than 2 samples that are not NaN"
         need = "at least 2 samples that are not NaN"

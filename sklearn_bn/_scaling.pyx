@@ -17,9 +17,11 @@ C-contiguous blocks without the GIL; ``def`` wrappers check shapes, release the
 GIL and call them; ``BatchNormScaler`` validates user input before either.
 
 The kernels also keep, per column, the largest ``|x|`` they read (NaN
-ignored) so that the caller learns whether ``x`` held an infinite value
-without a second pass over the data.
+ignored) so that the caller learns whether ``x`` held an infinite value, and
+which columns' results may have passed the dtype's largest number, without a
+second pass over the data.
 """
+from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport fabs, INFINITY
 from cython cimport floating
 from cython.parallel cimport prange
@@ -97,7 +99,8 @@ cdef void cabsmax_columns(const floating* x, Py_ssize_t n_rows,
 
 def affine_columns(const floating[:, ::1] x, const floating[::1] center,
                    const floating[::1] scale, const floating[::1] shift,
-                   floating[:, ::1] out, Py_ssize_t block_rows=0, int n_threads=1):
+                   floating[:, ::1] out, Py_ssize_t block_rows=0, int n_threads=1,
+                   unsigned char[::1] may_overflow=None):
     """``out = (x - center) * scale + shift`` column by column; return whether
     ``x`` has inf.
 
@@ -111,6 +114,10 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] center,
         Rows per block of work (0: one block).
     n_threads : int, default=1
         Threads that share the blocks.
+    may_overflow : ndarray of shape (n_cols,), uint8, default=None
+        If given, set to 1 for the columns whose largest ``|x|`` lets
+        ``x - center`` or the result pass the dtype's largest number (the
+        value is then ``+-inf`` where it did), 0 for the others.
 
     Returns
     -------
@@ -128,10 +135,16 @@ def affine_columns(const floating[:, ::1] x, const floating[::1] center,
         raise ValueError(
             f"out has shape ({out.shape[0]}, {out.shape[1]}), expected "
             f"({n_rows}, {n_cols})")
+    if may_overflow is not None and may_overflow.shape[0] != n_cols:
+        raise ValueError(
+            f"may_overflow must have length {n_cols}, got {may_overflow.shape[0]}")
     if n_rows == 0 or n_cols == 0:
+        if may_overflow is not None:
+            may_overflow[:] = 0
         return False
     return _run_blocks(&x[0, 0], &out[0, 0], n_rows, n_cols, &center[0],
-                       &scale[0], &shift[0], block_rows, n_threads)
+                       &scale[0], &shift[0], block_rows, n_threads,
+                       NULL if may_overflow is None else &may_overflow[0])
 
 
 def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
@@ -145,7 +158,7 @@ def has_infinity(const floating[:, ::1] x, Py_ssize_t block_rows=0,
     if n_rows == 0 or n_cols == 0:
         return False
     return _run_blocks(&x[0, 0], NULL, n_rows, n_cols, NULL, NULL, NULL,
-                       block_rows, n_threads)
+                       block_rows, n_threads, NULL)
 
 
 def unweighted_rows_hold_infinity(const floating[:, ::1] x,
@@ -188,9 +201,12 @@ cdef bint _unweighted_rows_hold_infinity(const floating[:, ::1] x,
 cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
                       Py_ssize_t n_cols, const floating* center,
                       const floating* scale, const floating* shift,
-                      Py_ssize_t block_rows, int n_threads) except -1:
+                      Py_ssize_t block_rows, int n_threads,
+                      unsigned char* may_overflow) except -1:
     """The affine map (``out`` not NULL) or the scan for infinity of every
-    block of rows, the team taking blocks in turn; whether ``x`` has inf."""
+    block of rows, the team taking blocks in turn; whether ``x`` has inf.
+    ``may_overflow``, when not NULL, gets the affine map's flags (see
+    :func:`affine_columns`)."""
     if block_rows < 0 or n_threads < 1:
         raise ValueError("block_rows must be >= 0 and n_threads >= 1")
     if block_rows == 0 or block_rows > n_rows:
@@ -210,6 +226,8 @@ cdef bint _run_blocks(const floating* x, floating* out, Py_ssize_t n_rows,
             for b in prange(n_blocks, schedule="static", num_threads=n_threads):
                 _block(x, out, n_rows, n_cols, center, scale, shift,
                        b * block_rows, block_rows, &absmax[b, 0])
+    if may_overflow != NULL:
+        _flag_overflow(absmax, center, scale, shift, may_overflow)
     return _has_infinity(absmax)
 
 
@@ -224,6 +242,29 @@ cdef inline void _block(const floating* x, floating* out, Py_ssize_t n_rows,
                         center, scale, shift, absmax)
     else:
         cabsmax_columns(x + start * n_cols, rows, n_cols, absmax)
+
+
+cdef void _flag_overflow(const floating[:, ::1] absmax, const floating* center,
+                         const floating* scale, const floating* shift,
+                         unsigned char* may_overflow) noexcept:
+    """Flag the columns whose bound on ``|x - center|`` or on
+    ``|(x - center) * scale + shift|`` passes the dtype's largest number.
+
+    The bounds are computed in double, below the largest number by a margin
+    (2**-20 of it) that covers the rounding of the kernel and of the bounds;
+    in float64 a bound that overflows is inf and flags its column. NaN
+    coefficients (a feature without values) flag nothing.
+    """
+    cdef double limit = (FLT_MAX if floating is float else DBL_MAX) * (1 - 2.0 ** -20)
+    cdef double largest, reach
+    cdef Py_ssize_t b, j
+    for j in range(absmax.shape[1]):
+        largest = 0
+        for b in range(absmax.shape[0]):
+            largest = max(largest, <double> absmax[b, j])
+        reach = largest + fabs(center[j])
+        may_overflow[j] = (
+            reach > limit or reach * fabs(scale[j]) + fabs(shift[j]) > limit)
 
 
 cdef bint _has_infinity(const floating[:, ::1] absmax) noexcept:

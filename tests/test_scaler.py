@@ -1689,6 +1689,59 @@ def test_forked_child_works_after_the_parent_ran_a_team(monkeypatch):
     assert_array_equal(child, parent)
 
 
+@pytest.mark.parametrize("method", ["transform", "inverse_transform", "fit_transform"])
+@pytest.mark.parametrize("copy", [True, False])
+def test_float32_results_beyond_range_warn_as_standard_scaler(method, copy):
+    # X - mean (or a result) beyond float32's largest number is +-inf, as in
+    # StandardScaler, where numpy warns of the overflow: never in silence.
+    big = np.finfo(np.float32).max
+    fit_X = np.array([[0.9 * big, 1.0], [0.95 * big, 2.0], [-0.9 * big, 3.0]])
+    fit_X = fit_X.astype(np.float32)
+    scaler = BatchNormScaler(copy=copy).fit(fit_X)
+    X = {
+        "transform": np.array([[-0.9 * big, 1.5], [0.86 * big, 2.5]]),
+        "inverse_transform": np.array([[1e30, 0.5], [0.0, -0.5]]),
+        "fit_transform": fit_X,
+    }[method].astype(np.float32)
+    twin = scaler.to_sklearn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's overflow warnings
+        expected = getattr(twin, method.replace("fit_", ""))(X.copy())
+    assert np.isinf(expected[:, 0]).any() and not np.isinf(expected).all()
+    message = (
+        rf"BatchNormScaler: overflow encountered in {method} of features "
+        r"\[0\]: a value's distance to .* or its result passes float32's "
+        "largest number and is \\+-inf there, as in StandardScaler; float64 "
+        "data keeps them finite"
+    )
+    with pytest.warns(RuntimeWarning, match=message) as record:
+        out = getattr(scaler, method)(X.copy())
+    assert len(record) == 1
+    assert out.dtype == np.float32
+    assert_array_equal(np.isinf(out), np.isinf(expected))
+    assert_allclose(out, expected, rtol=1e-5)
+    # float64 data keeps them finite, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = getattr(twin, method.replace("fit_", ""))(X.astype(np.float64))
+        assert np.all(np.isfinite(exact))
+        assert_allclose(getattr(scaler, method)(X.astype(np.float64)), exact)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_values_whose_results_are_in_range_do_not_warn(dtype):
+    # Values near the largest number, a result in range: no warning (the
+    # kernel's bound flags the feature; the output decides).
+    big = np.finfo(dtype).max
+    X = np.array([[0.9 * big, 1.0], [0.9 * big, 2.0], [0.9 * big, 4.0]], dtype=dtype)
+    scaler = BatchNormScaler(beta=0.5).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = scaler.transform(X)
+        assert_array_equal(out[:, 0], 0.5)
+        assert_allclose(scaler.inverse_transform(out), X, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Kernels
 
@@ -1715,6 +1768,22 @@ def test_affine_columns_kernel(dtype, n_cols):
     inplace = x.copy()
     affine_columns(inplace, center, scale, shift, inplace)
     assert_array_equal(inplace, out)
+    # The columns whose results may pass the largest number are flagged
+    # from their largest |x| and the coefficients, NaN ignored.
+    may_overflow = np.full(n_cols, 7, dtype=np.uint8)
+    huge = x.copy()
+    huge[4, 1] = np.finfo(dtype).max / 2
+    huge[5, 1] = np.nan
+    scale_4 = np.where(np.arange(n_cols) == 1, 4, scale).astype(dtype)
+    affine_columns(huge, center, scale_4, shift, out, may_overflow=may_overflow)
+    assert_array_equal(may_overflow, np.arange(n_cols) == 1)
+    ones = np.ones(n_cols, dtype=dtype)
+    affine_columns(huge, 0 * ones, ones / 4, 0 * ones, out, 1, 2, may_overflow)
+    assert not may_overflow.any()
+    affine_columns(huge[:0], center, scale, shift, out[:0], may_overflow=may_overflow)
+    assert not may_overflow.any()
+    with pytest.raises(ValueError, match="may_overflow must have length"):
+        affine_columns(x, center, scale, shift, out, may_overflow=may_overflow[:2])
     x[1, n_cols - 1] = -np.inf
     assert affine_columns(x, center, scale, shift, out) is True
     assert has_infinity(x) and not has_infinity(np.where(np.isinf(x), np.nan, x))
