@@ -644,8 +644,6 @@ class FoldedNetwork:
     """
 
     def __init__(self, coefs, intercepts, activation, out_activation):
-        self.coefs = coefs
-        self.intercepts = intercepts
         self.activation = activation
         self.out_activation = out_activation
         units = [coefs[0].shape[0]] + [c.shape[1] for c in coefs]
@@ -658,7 +656,16 @@ class FoldedNetwork:
             raise ValueError(f"unknown activations {activation!r}, {out_activation!r}")
         self.layout = _training.FoldedLayout(units, activation, out_activation)
         self.params = self.layout.pack(coefs, intercepts)
+        self.params.flags.writeable = False
         self.units = self.layout.units
+        # Each layer's W and b as views of the packed vector, which a cached
+        # network holds alone: one copy of the weights, not two.
+        self.coefs, self.intercepts, start = [], [], 0
+        for fan_in, fan_out in zip(units[:-1], units[1:]):
+            stop = start + fan_in * fan_out
+            self.coefs.append(self.params[start:stop].reshape(fan_in, fan_out))
+            self.intercepts.append(self.params[stop : stop + fan_out])
+            start = stop + fan_out
 
     @classmethod
     def fold(

@@ -2256,6 +2256,21 @@ def test_repeated_predictions_reuse_the_folded_network():
     assert folds[0] is folds[1] is folds[2]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_cached_network_holds_one_copy_of_its_weights(dtype):
+    # A server keeps the fold as long as the model: its layers are views of
+    # the packed vector the compiled forward pass reads, not a second copy.
+    X, y, est = make_data("multiclass")
+    fit_quietly(est, X.astype(dtype), y)
+    folded = est._folded_network(dtype)
+    layers = [*folded.coefs, *folded.intercepts]
+    assert all(a.base is folded.params and a.dtype == dtype for a in layers)
+    assert sum(a.nbytes for a in layers) == folded.params.nbytes
+    assert not folded.params.flags.writeable
+    assert_allclose(folded.predict(X.astype(dtype)), est.predict_proba(X.astype(dtype)))
+    assert_array_equal(est.to_sklearn().coefs_[0], folded.coefs[0])
+
+
 def test_only_arrays_nothing_can_change_are_cached():
     # The fitted arrays hold their values in bytes: no writable array is
     # reachable from them. A read-only view of a writable buffer (a
