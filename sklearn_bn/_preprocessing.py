@@ -42,6 +42,7 @@ from fractions import Fraction
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
 from sklearn.utils.validation import check_array, validate_data
 
 from sklearn_bn._utils import exponents_near
@@ -187,6 +188,13 @@ def categorical_mask(categorical_features, X, n_features, feature_names, fitted_
         return values.copy()
     mask = np.zeros(n_features, dtype=bool)
     if values.dtype.kind in "OUS":
+        if feature_names is None and _is_polars_df(X):
+            raise ValueError(
+                "categorical_features names columns, but scikit-learn "
+                f"{sklearn.__version__} reads no column names from this polars "
+                "DataFrame (those of polars 2 need scikit-learn >= 1.8): give "
+                "indices or a boolean mask, or upgrade scikit-learn."
+            )
         if feature_names is None:
             raise ValueError(
                 "categorical_features names columns, but X has no feature names: "

@@ -1292,6 +1292,23 @@ def test_nested_polars_columns_raise_a_clear_error():
             MLPBNClassifier(max_iter=2, categorical_features=features).fit(X, y)
 
 
+def test_polars_names_scikit_learn_cannot_read_get_a_clear_error():
+    # scikit-learn before 1.8 reads a frame's column names through the
+    # interchange protocol, which polars 2 frames lack: named categorical
+    # features then have no names to match, and the error says why.
+    pl = pytest.importorskip("polars")
+    X = pl.DataFrame({"x": np.arange(4.0), "c": ["a", "b", "a", "b"]})
+    with pytest.raises(
+        ValueError,
+        match=r"reads no column names from this polars DataFrame \(those of "
+        r"polars 2 need scikit-learn >= 1.8\): give indices or a boolean mask",
+    ):
+        _preprocessing.categorical_mask(["c"], X, 2, None, None)
+    assert_array_equal(
+        _preprocessing.categorical_mask([1], X, 2, None, None), [False, True]
+    )
+
+
 def test_unsigned_categories_beyond_int64_export():
     # uint64 IDs from 2**63 overflowed the int64 export (OverflowError).
     pd = pytest.importorskip("pandas")
