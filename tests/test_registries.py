@@ -299,7 +299,7 @@ def test_the_layer_options_are_parameters():
         for cls in ESTIMATORS:
             assert name in cls._parameter_constraints, name
             assert name in cls().get_params(), name
-            assert f"\n    {name} :" in cls.__doc__, name
+            assert f"\n{name} :" in inspect.getdoc(cls), name
         assert name in inspect.signature(_engine.Engine).parameters, name
 
 

@@ -99,10 +99,14 @@ def test_poisson_regressor_is_tagged_for_non_negative_targets():
 
 
 def _documented_parameters(cls):
-    """The names in the class docstring's numpydoc Parameters section."""
-    section = cls.__doc__.split("Parameters\n    ----------\n", 1)[1]
-    section = section.split("\n    Attributes\n    ----------\n", 1)[0]
-    return re.findall(r"^    (\w+) : ", section, flags=re.MULTILINE)
+    """The names in the class docstring's numpydoc Parameters section.
+
+    ``inspect.getdoc``: Python 3.13 strips a docstring's indentation when it
+    compiles it, earlier releases keep it.
+    """
+    section = inspect.getdoc(cls).split("Parameters\n----------\n", 1)[1]
+    section = section.split("\nAttributes\n----------\n", 1)[0]
+    return re.findall(r"^(\w+) : ", section, flags=re.MULTILINE)
 
 
 @pytest.mark.parametrize(

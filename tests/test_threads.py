@@ -813,6 +813,7 @@ def test_nested_set_params_of_the_package_s_estimators_returns():
 
 
 @needs_fork
+@pytest.mark.filterwarnings("ignore:This process .* fork:DeprecationWarning")
 def test_a_fork_while_the_pace_is_locked_leaves_the_child_a_free_pace():
     # Another thread of the parent may hold the pace's lock at the fork (for
     # microseconds, at each compiled call): the child gets a lock of its own.
@@ -830,6 +831,7 @@ def _exit_child(ok):
 
 
 @needs_fork
+@pytest.mark.filterwarnings("ignore:This process .* fork:DeprecationWarning")
 def test_a_fork_inside_a_team_block_leaves_the_child_s_counts_at_zero():
     # A callback may fork during a fit, inside the fit's team block. The
     # child's counts start at zero: the block's exit there must not take them
