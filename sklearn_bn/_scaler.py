@@ -760,12 +760,21 @@ class BatchNormScaler(
                 )
             origin, target, scale = beta, mean, 1.0 / scale
         # Out of dtype's range (a float64 fit, a float32 transform) or NaN:
-        # center 0, and the shift carries everything.
-        center = np.where(np.abs(origin) <= np.finfo(dtype).max, origin, 0.0)
+        # center 0, and the shift carries everything. So too where the scale
+        # is 0 in dtype (gamma 0, an infinite running_var_, a scale below
+        # dtype's smallest number): the result is the shift whatever X, and
+        # X - center must not overflow into inf * 0 = NaN.
+        with np.errstate(over="ignore", under="ignore"):
+            scale_in_dtype = scale.astype(dtype)
+        center = np.where(
+            (np.abs(origin) <= np.finfo(dtype).max) & (scale_in_dtype != 0),
+            origin,
+            0.0,
+        )
         center = center.astype(dtype)
         shift = target + (center - origin) * scale
         with np.errstate(over="ignore"):
-            scale_in_dtype, shift_in_dtype = scale.astype(dtype), shift.astype(dtype)
+            shift_in_dtype = shift.astype(dtype)
         # A scale beyond dtype's range (a float32 spread below its smallest
         # normal number, at epsilon=0): these features are computed in
         # float64, as StandardScaler's division gives finite values there.
@@ -820,9 +829,13 @@ class BatchNormScaler(
         features (where numpy's arithmetic there warns of the overflow).
         """
         center, scale, shift, wide = coefficients
+        suspects = np.empty(X.shape[1], dtype=np.uint8)
+        finite_in_float64 = True
         if wide is not None:  # read before an in-place kernel overwrites them
             columns, origin, wide_scale, target = wide
-            wide_out = (X[:, columns] - origin) * wide_scale + target
+            with np.errstate(over="ignore", invalid="ignore"):
+                wide_out = (X[:, columns] - origin) * wide_scale + target
+            finite_in_float64 = not np.isinf(wide_out).any()
         # Is X our own conversion of the input (free to overwrite)? Another
         # object's conversion may be a view of the caller's memory (a
         # memoryview, a ctypes array, __array_interface__) or its own data
@@ -842,7 +855,6 @@ class BatchNormScaler(
             if check_inf and has_infinity(X, *kernel_threads(*X.shape)):
                 # In place on the caller's array: check before writing.
                 _raise_infinite(X, self)
-        may_overflow = np.empty(X.shape[1], dtype=np.uint8)
         if (
             affine_columns(
                 X,
@@ -851,15 +863,19 @@ class BatchNormScaler(
                 shift,
                 out,
                 *kernel_threads(*X.shape),
-                may_overflow=may_overflow,
+                may_overflow=suspects,
             )
             and check_inf
         ):
             _raise_infinite(X, self)
-        if may_overflow.any():
-            _warn_overflow(self, method, out, np.flatnonzero(may_overflow))
         if wide is not None:
-            out[:, columns] = wide_out
+            with np.errstate(over="ignore"):
+                out[:, columns] = wide_out
+            suspects[columns] = True
+        if suspects.any():
+            _warn_overflow(
+                self, method, out, np.flatnonzero(suspects), finite_in_float64
+            )
         if not copy and out is X and _unaligned_view_of(X_in, X):
             # numpy reads X_in without a copy, the kernels needed one.
             X_in[...] = out
@@ -1115,23 +1131,28 @@ def _rows_with_weight(X, sample_weight, weight_sum, has_nan):
     return n_rows
 
 
-def _warn_overflow(estimator, method, out, suspects):
+def _warn_overflow(estimator, method, out, suspects, finite_in_float64):
     """Warn of the features among `suspects` whose output holds +-inf.
 
     `X` held no infinity (the caller raised otherwise), so an infinity in
-    `out` comes from ``X - center`` or a result beyond the dtype's range.
+    `out` comes from an intermediate value or a result beyond the dtype's
+    range. `finite_in_float64`: whether float64 data would give finite
+    values there.
     """
     features = suspects[np.isinf(out[:, suspects]).any(axis=0)]
     if not features.size:
         return
-    center = "beta" if method == "inverse_transform" else "running_mean_"
     dtype = out.dtype
-    remedy = "; float64 data keeps them finite" if dtype == np.float32 else ""
+    remedy = (
+        "; float64 data keeps them finite"
+        if dtype == np.float32 and finite_in_float64
+        else ""
+    )
     warnings.warn(
         f"{type(estimator).__name__}: overflow encountered in {method} of "
-        f"features {_shown(features)}: a value's distance to {center} or its "
-        f"result passes {dtype.name}'s largest number and is +-inf there, as "
-        f"in StandardScaler{remedy}.",
+        f"features {_shown(features)}: an intermediate value or the result "
+        f"passes {dtype.name}'s largest number and is +-inf there, as in "
+        f"StandardScaler{remedy}.",
         RuntimeWarning,
         stacklevel=_callers_stacklevel(),
     )

@@ -1710,7 +1710,7 @@ def test_float32_results_beyond_range_warn_as_standard_scaler(method, copy):
     assert np.isinf(expected[:, 0]).any() and not np.isinf(expected).all()
     message = (
         rf"BatchNormScaler: overflow encountered in {method} of features "
-        r"\[0\]: a value's distance to .* or its result passes float32's "
+        r"\[0\]: an intermediate value or the result passes float32's "
         "largest number and is \\+-inf there, as in StandardScaler; float64 "
         "data keeps them finite"
     )
@@ -1726,6 +1726,50 @@ def test_float32_results_beyond_range_warn_as_standard_scaler(method, copy):
         exact = getattr(twin, method.replace("fit_", ""))(X.astype(np.float64))
         assert np.all(np.isfinite(exact))
         assert_allclose(getattr(scaler, method)(X.astype(np.float64)), exact)
+
+
+@pytest.mark.parametrize("case", ["huge gamma", "tiny spread"])
+def test_results_computed_in_float64_that_pass_float32_range_warn(case):
+    # A scale beyond float32's range is computed in float64 and cast back:
+    # the same warning, not numpy's bare "overflow encountered in cast".
+    if case == "huge gamma":
+        scaler = BatchNormScaler(gamma=1e39).fit(np.float32([[1], [2], [4]]))
+        X = np.float32([[10], [2.3]])
+    else:
+        spread = np.float32([[0], [1e-40], [2e-40], [3e-40]])
+        scaler = BatchNormScaler(epsilon=0.0).fit(spread)
+        X = np.float32([[1.0], [2e-40]])
+    expected = scaler.transform(X.astype(np.float64))
+    assert np.isfinite(expected).all() and (np.abs(expected) > 3.4e38).any()
+    with pytest.warns(RuntimeWarning, match="float64 data keeps them finite") as record:
+        out = scaler.transform(X)
+    assert len(record) == 1
+    assert_array_equal(np.isinf(out), np.abs(expected) > np.finfo(np.float32).max)
+    if case != "huge gamma":
+        return
+    # Results beyond float64's range too: no remedy offered.
+    scaler.set_params(gamma=1e300)
+    X = np.float32([[3e38], [2e-40]])
+    with pytest.warns(
+        RuntimeWarning, match=r"is \+-inf there, as in StandardScaler\.$"
+    ):
+        scaler.transform(X)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("copy", [True, False])
+def test_gamma_zero_maps_any_finite_value_to_beta(dtype, copy):
+    # gamma=0 maps every finite value to beta, also one whose distance to
+    # the mean passes the dtype's range (inf * 0 would be NaN); NaN stays.
+    big = np.finfo(dtype).max
+    X = np.array([[0.9 * big, 1.0], [0.9 * big, 2.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaler = BatchNormScaler(gamma=0.0, beta=3.0, copy=copy).fit(X)
+        out = scaler.transform(
+            np.array([[-0.9 * big, 5.0], [np.nan, 1.0]], dtype=dtype)
+        )
+    assert_array_equal(out, np.array([[3.0, 3.0], [np.nan, 3.0]], dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
