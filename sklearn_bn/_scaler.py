@@ -220,11 +220,12 @@ class BatchNormScaler(
     ``ValueError``. Sparse input is refused: centering makes it dense.
     Finite data whose mean or variance exceeds the float64 range (a spread
     of about 1e154 and more) give a ``RuntimeWarning`` naming the overflow and
-    the features, as ``StandardScaler`` warns. So do outputs beyond the
-    dtype's range: :meth:`transform` computes in the dtype of `X`, so a
-    float32 value whose distance to the mean passes float32's largest
-    number (about 3.4e38) gives ``+-inf``, as in ``StandardScaler``; float64
-    input keeps it finite.
+    the features, as ``StandardScaler`` warns. So do outputs that are
+    ``+-inf`` because they, or a value on the way, pass the dtype's range:
+    :meth:`transform` computes in the dtype of `X`, so a float32 value whose
+    distance to the mean passes float32's largest number (about 3.4e38)
+    gives ``+-inf``, as in ``StandardScaler``, and float64 input keeps it
+    finite.
 
     A failed :meth:`fit` or :meth:`partial_fit` leaves the scaler as it was,
     except when a callback raises at the end of the call (its last hook or
@@ -760,28 +761,27 @@ class BatchNormScaler(
                 )
             origin, target, scale = beta, mean, 1.0 / scale
         # Out of dtype's range (a float64 fit, a float32 transform) or NaN:
-        # center 0, and the shift carries everything. So too where the scale
-        # is 0 in dtype (gamma 0, an infinite running_var_, a scale below
-        # dtype's smallest number): the result is the shift whatever X, and
-        # X - center must not overflow into inf * 0 = NaN.
-        with np.errstate(over="ignore", under="ignore"):
-            scale_in_dtype = scale.astype(dtype)
+        # center 0, and the shift carries everything. So too where gamma is
+        # 0 or running_var_ infinite: the result is the shift whatever X,
+        # and X - center must not overflow into inf * 0 = NaN.
         center = np.where(
-            (np.abs(origin) <= np.finfo(dtype).max) & (scale_in_dtype != 0),
-            origin,
-            0.0,
+            (np.abs(origin) <= np.finfo(dtype).max) & (scale != 0), origin, 0.0
         )
         center = center.astype(dtype)
-        shift = target + (center - origin) * scale
-        with np.errstate(over="ignore"):
-            shift_in_dtype = shift.astype(dtype)
-        # A scale beyond dtype's range (a float32 spread below its smallest
-        # normal number, at epsilon=0): these features are computed in
-        # float64, as StandardScaler's division gives finite values there.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            shift = target + (center - origin) * scale
+            scale_in_dtype, shift_in_dtype = scale.astype(dtype), shift.astype(dtype)
+        # Coefficients dtype cannot hold (a float32 spread below its smallest
+        # normal number at epsilon=0, a huge gamma, a shift beyond its range,
+        # a scale that rounds to 0 or loses bits as a subnormal number): these
+        # features are computed in float64, as StandardScaler's division
+        # gives finite values there.
         wide = np.flatnonzero(
-            np.isfinite(scale)
-            & np.isfinite(shift)
-            & ~(np.isfinite(scale_in_dtype) & np.isfinite(shift_in_dtype))
+            ~(np.isfinite(scale_in_dtype) & np.isfinite(shift_in_dtype))
+            | (
+                (scale != 0)
+                & (np.abs(scale_in_dtype) < np.finfo(dtype).smallest_normal)
+            )
         )
         if wide.size:
             scale_in_dtype[wide] = shift_in_dtype[wide] = 0
@@ -830,12 +830,14 @@ class BatchNormScaler(
         """
         center, scale, shift, wide = coefficients
         suspects = np.empty(X.shape[1], dtype=np.uint8)
-        finite_in_float64 = True
+        # Whether float64 data gives finite results (always, where the
+        # kernel's float32 coefficients are finite).
+        finite_in_float64 = np.ones(X.shape[1], dtype=bool)
         if wide is not None:  # read before an in-place kernel overwrites them
             columns, origin, wide_scale, target = wide
             with np.errstate(over="ignore", invalid="ignore"):
                 wide_out = (X[:, columns] - origin) * wide_scale + target
-            finite_in_float64 = not np.isinf(wide_out).any()
+            finite_in_float64[columns] = ~np.isinf(wide_out).any(axis=0)
         # Is X our own conversion of the input (free to overwrite)? Another
         # object's conversion may be a view of the caller's memory (a
         # memoryview, a ctypes array, __array_interface__) or its own data
@@ -1136,18 +1138,20 @@ def _warn_overflow(estimator, method, out, suspects, finite_in_float64):
 
     `X` held no infinity (the caller raised otherwise), so an infinity in
     `out` comes from an intermediate value or a result beyond the dtype's
-    range. `finite_in_float64`: whether float64 data would give finite
-    values there.
+    range. `finite_in_float64`: per feature, whether float64 data gives
+    finite values.
     """
     features = suspects[np.isinf(out[:, suspects]).any(axis=0)]
     if not features.size:
         return
     dtype = out.dtype
-    remedy = (
-        "; float64 data keeps them finite"
-        if dtype == np.float32 and finite_in_float64
-        else ""
-    )
+    helped = features[finite_in_float64[features]] if dtype == np.float32 else []
+    if len(helped) == len(features):
+        remedy = "; float64 data keeps them finite"
+    elif len(helped):
+        remedy = f"; float64 data keeps features {_shown(helped)} finite"
+    else:
+        remedy = ""
     warnings.warn(
         f"{type(estimator).__name__}: overflow encountered in {method} of "
         f"features {_shown(features)}: an intermediate value or the result "

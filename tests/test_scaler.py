@@ -1695,8 +1695,11 @@ def test_float32_results_beyond_range_warn_as_standard_scaler(method, copy):
     # X - mean (or a result) beyond float32's largest number is +-inf, as in
     # StandardScaler, where numpy warns of the overflow: never in silence.
     big = np.finfo(np.float32).max
-    fit_X = np.array([[0.9 * big, 1.0], [0.95 * big, 2.0], [-0.9 * big, 3.0]])
-    fit_X = fit_X.astype(np.float32)
+    # One far row among many: X - mean passes the range where the scale is
+    # a normal float32 number (the kernel's path; a subnormal scale is
+    # computed in float64).
+    column = np.r_[np.full(999, 0.9 * big), -0.9 * big]
+    fit_X = np.column_stack([column, np.arange(1000.0)]).astype(np.float32)
     scaler = BatchNormScaler(copy=copy).fit(fit_X)
     X = {
         "transform": np.array([[-0.9 * big, 1.5], [0.86 * big, 2.5]]),
@@ -1754,6 +1757,48 @@ def test_results_computed_in_float64_that_pass_float32_range_warn(case):
         RuntimeWarning, match=r"is \+-inf there, as in StandardScaler\.$"
     ):
         scaler.transform(X)
+
+
+def _float64_reference(scaler, X):
+    with np.errstate(all="ignore"):
+        return (
+            scaler.gamma
+            * ((X.astype(np.float64) - scaler.running_mean_) / scaler._std())
+            + scaler.beta
+        )
+
+
+def test_a_scale_that_float32_rounds_to_zero_or_subnormal_is_computed_in_float64():
+    # gamma=5e-9 over a spread of 1e37: a scale of 6e-46, 0 in float32
+    # (a constant output either at X=0 or at X=mean before); 1e-40, a
+    # subnormal float32 number with few bits. float64 gives the reference.
+    X = np.float32([[0.9e38], [1e38], [1.1e38]])
+    for gamma in (5e-9, 1e-40 * 8.2e36):
+        scaler = BatchNormScaler(gamma=gamma, beta=0.25).fit(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = scaler.transform(X)
+        assert out.dtype == np.float32
+        assert_allclose(out, _float64_reference(scaler, X), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1e40])
+def test_shifts_beyond_float64_range_give_inf_without_a_false_remedy(gamma):
+    # A float64 fit with a mean of 1e306 used on float32 data: the center
+    # is 0 there and the shift, -mean * scale, passes float64's range too.
+    # No bare numpy warning, no NaN, and no "float64 data" remedy, which
+    # would not help.
+    scaler = BatchNormScaler(gamma=gamma).fit(np.full((3, 1), 1e306))
+    X = np.float32([[1.0], [-3e38]])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = scaler.transform(X)
+    assert [str(w.message)[:60] for w in record] == [
+        "BatchNormScaler: overflow encountered in transform of featur"
+    ]
+    assert "float64 data" not in str(record[0].message)
+    assert_array_equal(out, _float64_reference(scaler, X).astype(np.float32))
+    assert np.all(np.isneginf(out))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
