@@ -774,8 +774,9 @@ class BatchNormScaler(
         # Coefficients dtype cannot hold (a float32 spread below its smallest
         # normal number at epsilon=0, a huge gamma, a shift beyond its range,
         # a scale that rounds to 0 or loses bits as a subnormal number): these
-        # features are computed in float64, as StandardScaler's division
-        # gives finite values there.
+        # features are computed in float64, where the formula's values are
+        # (finite ones too, where only the scale is beyond dtype's range, as
+        # StandardScaler's division gives).
         wide = np.flatnonzero(
             ~(np.isfinite(scale_in_dtype) & np.isfinite(shift_in_dtype))
             | (
