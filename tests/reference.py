@@ -9,6 +9,7 @@ once it is registered.
 """
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from hypothesis import strategies as st
 from scipy.special import expit, softmax, xlogy
@@ -338,3 +339,16 @@ def round_2(estimator_class, **params):
         else ROUND_2
     )
     return estimator_class(**{**recipe, **params})
+
+
+def parametrize_with_checks(estimators, **kwargs):
+    """scikit-learn's ``parametrize_with_checks``, its parameters as a list.
+
+    scikit-learn before 1.8 hands pytest a generator, which pytest 9.2
+    deprecates and pytest 10 refuses; a list works with every release.
+    """
+    from sklearn.utils import estimator_checks
+
+    mark = estimator_checks.parametrize_with_checks(estimators, **kwargs).mark
+    argnames, argvalues = mark.args
+    return pytest.mark.parametrize(argnames, list(argvalues), **mark.kwargs)

@@ -17,13 +17,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from sklearn_bn import BatchNormScaler, _team, _threads
 from sklearn_bn._scaling import affine_columns, has_infinity
 
-from reference import DTYPES, draw_split
+from reference import DTYPES, draw_split, parametrize_with_checks
 
 MOMENTA = [None, 0.1]
 

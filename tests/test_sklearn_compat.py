@@ -5,9 +5,10 @@ import re
 
 import pytest
 from sklearn.utils import get_tags
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_bn import BatchNormScaler, MLPBNClassifier, MLPBNRegressor
+
+from reference import parametrize_with_checks
 
 # No check is expected to fail on the defaults. scikit-learn itself skips one
 # check, check_classifiers_multilabel_output_format_decision_function, because
