@@ -99,6 +99,19 @@ def _unaligned_view_of(X_in, X):
     )
 
 
+def _ratio_out_of_range(gamma, std):
+    """Where ``gamma / std`` or its inverse is not a normal float64 number
+    (``gamma`` nonzero, ``std`` finite): multiplying by it would give inf,
+    NaN (``0 * inf``) or lose bits where the formula's value is finite."""
+    tiny = np.finfo(np.float64).smallest_normal
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        ratios = (np.abs(gamma / std), np.abs(std / gamma))
+    in_range = np.ones(np.shape(ratios[0]), dtype=bool)
+    for ratio in ratios:
+        in_range &= np.isfinite(ratio) & (ratio >= tiny)
+    return (gamma != 0) & np.isfinite(std) & ~in_range
+
+
 def _is_constant_feature(var, mean, n_samples):
     """Features indistinguishable from constants, as ``StandardScaler`` decides.
 
@@ -747,19 +760,28 @@ class BatchNormScaler(
         """
         gamma, beta = self._affine_params(self.n_features_in_)
         mean = self.running_mean_
-        scale = gamma / self._std()
-        beta = np.broadcast_to(beta, mean.shape)
+        std = self._std()
+        gamma, beta = np.broadcast_arrays(gamma, beta, mean)[:2]
+        with np.errstate(over="ignore", under="ignore"):
+            scale = gamma / std
+        # Where gamma / std is beyond float64's normal numbers (inf, or a
+        # subnormal number or 0 that lost gamma's bits), the features divide
+        # by one and multiply by the other instead, in float64 (below).
+        ratio = _ratio_out_of_range(gamma, std)
         if not inverse:
-            origin, target = mean, beta
+            origin, target, numerator, denominator = mean, beta, gamma, std
         else:
-            if np.any(scale == 0):
+            mapped_to_beta = (gamma == 0) | np.isinf(std)
+            if np.any(mapped_to_beta):
                 raise ValueError(
                     "inverse_transform is undefined where gamma is 0 or "
                     "running_var_ is infinite (features "
-                    f"{np.flatnonzero(scale == 0).tolist()}): transform maps "
+                    f"{np.flatnonzero(mapped_to_beta).tolist()}): transform maps "
                     "them to beta whatever the input."
                 )
-            origin, target, scale = beta, mean, 1.0 / scale
+            origin, target, numerator, denominator = beta, mean, std, gamma
+            with np.errstate(over="ignore", divide="ignore"):
+                scale = 1.0 / scale
         # Out of dtype's range (a float64 fit, a float32 transform) or NaN:
         # center 0, and the shift carries everything. So too where gamma is
         # 0 or running_var_ infinite: the result is the shift whatever X,
@@ -783,10 +805,16 @@ class BatchNormScaler(
                 (scale != 0)
                 & (np.abs(scale_in_dtype) < np.finfo(dtype).smallest_normal)
             )
+            | ratio
         )
         if wide.size:
             scale_in_dtype[wide] = shift_in_dtype[wide] = 0
-            wide = (wide, origin[wide], scale[wide], target[wide])
+            # (X - origin) / divisor * factor + target; dividing by 1 is
+            # exact, so the other wide features keep the float64 formula's
+            # bits.
+            divisor = np.where(ratio, denominator, 1.0)[wide]
+            factor = np.where(ratio, numerator, scale)[wide]
+            wide = (wide, origin[wide], divisor, factor, target[wide])
         else:
             wide = None
         return center, scale_in_dtype, shift_in_dtype, wide
@@ -835,9 +863,9 @@ class BatchNormScaler(
         # kernel's float32 coefficients are finite).
         finite_in_float64 = np.ones(X.shape[1], dtype=bool)
         if wide is not None:  # read before an in-place kernel overwrites them
-            columns, origin, wide_scale, target = wide
+            columns, origin, divisor, factor, target = wide
             with np.errstate(over="ignore", invalid="ignore"):
-                wide_out = (X[:, columns] - origin) * wide_scale + target
+                wide_out = (X[:, columns] - origin) / divisor * factor + target
             finite_in_float64[columns] = ~np.isinf(wide_out).any(axis=0)
         # Is X our own conversion of the input (free to overwrite)? Another
         # object's conversion may be a view of the caller's memory (a
@@ -918,6 +946,8 @@ class BatchNormScaler(
             If ``gamma`` is 0 for some feature: this scaler then maps the
             feature to ``beta`` whatever the input, which no
             ``StandardScaler`` can do (its ``scale_`` would be infinite).
+            Also if ``sqrt(running_var_ + epsilon) / gamma`` is 0 or
+            infinite in float64 (``gamma=1e300`` over a spread of 1e-40).
 
         Notes
         -----
@@ -956,10 +986,11 @@ class BatchNormScaler(
 
         check_is_fitted(self)
         gamma, beta = self._affine_params(self.n_features_in_)
-        # transform(X) = (X - mean) * scale + beta; scale = gamma / std, where
-        # std is 1 for the features that transform leaves unscaled.
-        scale = gamma / self._std()
-        zero = np.broadcast_to(scale == 0, (self.n_features_in_,))
+        # transform(X) = (X - mean) / std * gamma + beta, where std is 1 for
+        # the features that transform leaves unscaled.
+        std = self._std()
+        gamma = np.broadcast_to(gamma, std.shape)
+        zero = (gamma == 0) | np.isinf(std)
         if np.any(zero):
             raise ValueError(
                 "to_sklearn() cannot express gamma=0 (features "
@@ -967,8 +998,20 @@ class BatchNormScaler(
                 "beta whatever the input, and a StandardScaler would need an "
                 "infinite scale_."
             )
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            scale = np.where(
+                _ratio_out_of_range(gamma, std), std / gamma, 1.0 / (gamma / std)
+            )
+        beyond = (scale == 0) | np.isinf(scale)
+        if np.any(beyond):
+            raise ValueError(
+                "to_sklearn() cannot express a scale gamma / "
+                "sqrt(running_var_ + epsilon) beyond float64's range (features "
+                f"{np.flatnonzero(beyond).tolist()}): a StandardScaler's scale_ "
+                "would be 0 or infinite."
+            )
         std_scaler = StandardScaler(copy=self.copy)
-        std_scaler.scale_ = np.broadcast_to(1.0 / scale, (self.n_features_in_,)).copy()
+        std_scaler.scale_ = scale
         std_scaler.mean_ = self.running_mean_ - beta * std_scaler.scale_
         std_scaler.var_ = self.running_var_.copy()
         std_scaler.n_samples_seen_ = (

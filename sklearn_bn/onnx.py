@@ -200,6 +200,7 @@ def _convert_scaler(scope, operator, container):
         OnnxAdd,
         OnnxCast,
         OnnxConcat,
+        OnnxDiv,
         OnnxMul,
         OnnxSub,
     )
@@ -225,12 +226,21 @@ def _convert_scaler(scope, operator, container):
     dtype = guess_numpy_type(operator.outputs[0].type)
     center, scale, shift, wide = estimator._coefficients(dtype)
     work = dtype
+    divisor = None
     if wide is not None:
         # A scale beyond the dtype's range: the graph runs in float64, where
         # transform computes only these features so (the others may then
         # differ from transform's by the dtype's rounding).
         work = np.float64
-        center, scale, shift, _ = estimator._coefficients(work)
+        center, scale, shift, wide = estimator._coefficients(work)
+    if wide is not None:
+        # gamma / std beyond float64's range: these features divide by one
+        # and multiply by the other, as transform does; the others divide by
+        # 1, which changes no bit.
+        columns, origin, wide_divisor, factor, target = wide
+        divisor = np.ones_like(scale)
+        center[columns], divisor[columns] = origin, wide_divisor
+        scale[columns], shift[columns] = factor, target
     proto = {
         np.float32: onnx_proto.TensorProto.FLOAT,
         np.float64: onnx_proto.TensorProto.DOUBLE,
@@ -238,8 +248,11 @@ def _convert_scaler(scope, operator, container):
     if guess_numpy_type(inputs[0].type) != work:
         x = OnnxCast(x, to=proto[work], op_version=opv)
     out = {"output_names": operator.outputs[:1]}
+    centred = OnnxSub(x, center, op_version=opv)
+    if divisor is not None:
+        centred = OnnxDiv(centred, divisor, op_version=opv)
     y = OnnxAdd(
-        OnnxMul(OnnxSub(x, center, op_version=opv), scale, op_version=opv),
+        OnnxMul(centred, scale, op_version=opv),
         shift,
         op_version=opv,
         **({} if work != dtype else out),

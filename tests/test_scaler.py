@@ -1830,6 +1830,35 @@ def test_huge_values_whose_results_are_in_range_do_not_warn(dtype):
         assert_allclose(scaler.inverse_transform(out), X, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "gamma, column",
+    [
+        (1e300, [0.0, 1e-40, 2e-40, 1.5e-40]),  # gamma / std: inf in float64
+        (1e-300, [0.0, 2e30, 4e30, 3e30]),  # gamma / std: 0 in float64
+    ],
+)
+def test_a_scale_beyond_float64_range_divides_by_std_then_multiplies(gamma, column):
+    # Multiplying by gamma / std gave inf, NaN (0 * inf at the mean) or beta
+    # where the formula's values are finite and not beta; inverse_transform
+    # gave the mean. (float64 only: in float32 these results are beyond the
+    # dtype's range, which the overflow tests cover.)
+    X = np.array(column)[:, None] * [1.0, -1.0]
+    X = np.hstack([X, np.arange(4.0)[:, None]])
+    scaler = BatchNormScaler(gamma=[gamma, gamma, 2.0], beta=[0, 0, 0.5], epsilon=0)
+    scaler.fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = scaler.transform(X)
+        back = scaler.inverse_transform(out)
+    assert_allclose(out, _float64_reference(scaler, X), rtol=1e-14, atol=0)
+    assert np.all(np.isfinite(out)) and np.all(out[:, :2] != 0)
+    assert_allclose(back, X, rtol=1e-12, atol=1e-12 * np.abs(X[:, :2]).max())
+    with pytest.raises(
+        ValueError, match=r"beyond float64's range \(features \[0, 1\]\)"
+    ):
+        scaler.to_sklearn()
+
+
 # ---------------------------------------------------------------------------
 # Kernels
 
