@@ -495,12 +495,11 @@ class Engine:
             )
             seconds = time.perf_counter() - began
             # Not timed for the pace: an engine's first call when more of
-            # the epoch follows (one minibatch, caches cold: on the small
-            # network of bench_contention.py 1.8x the time per row of the
-            # next calls, whichever way ran it); a partial_fit of one
-            # minibatch is all first calls. A team's call that the pool ran
-            # on one thread (another Python thread's job held it) counts as
-            # one thread's.
+            # the epoch follows (one minibatch, caches cold: far slower per
+            # row than the next calls, whichever way ran it); a partial_fit
+            # of one minibatch is all first calls. A team's call that the
+            # pool ran on one thread (another Python thread's job held it)
+            # counts as one thread's.
             if self._timed_calls or end >= n:
                 if threads_run == 1 and choice.threads > 1:
                     choice = _threads.TeamChoice(1)

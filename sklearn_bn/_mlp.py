@@ -104,8 +104,8 @@ _DEFAULT_BATCH_SIZE = 128
 
 # The parameters a partial_fit of a fitted model reads. scikit-learn
 # validates the parameters at a model's first partial_fit only (as its own
-# estimators do); these are checked again at each later call, with that
-# validation's error (about 50 us, against all of them about 130).
+# estimators do); these, not all of them, are checked again at each later
+# call, with that validation's error.
 _PARTIAL_FIT_PARAMETERS = (
     "activation",
     "alpha",
@@ -925,8 +925,10 @@ class _BaseMLPBN(CallbackSupportMixin, BaseEstimator, ABC):
             warnings.warn(
                 f"{engine.degenerate_batches} minibatch(es) or ghost-batch chunk(s) "
                 "had their sample weight on fewer than two rows: batch norm cannot "
-                "normalize them with their own statistics, so they were skipped (no "
-                "step, no update of the running statistics). Shuffle the rows "
+                "normalize them with their own statistics. Such a minibatch is "
+                "skipped (no step, no update of the running statistics); such a "
+                "chunk's rows are normalized to 0 (their activation is beta's) and "
+                "the chunk leaves the running statistics alone. Shuffle the rows "
                 "(shuffle=True), or use a larger batch_size (or virtual_batch_size).",
                 UserWarning,
             )

@@ -64,10 +64,10 @@ MIN_MULTIPLY_ADDS_FOR_THREADS = 1 << 16
 
 # Below this many multiply-adds per minibatch, the team's threads are not
 # kept to their CPUs (the pinned way of _TeamPace): its waits sleep at
-# once, and a phase's pieces (well under 0.1 ms each) are too short to
-# sleep and wake in. bench_contention.py's small network (1.8e6) took
-# 1.5x-1.7x one thread's time that way, quiet or beside a busy process,
-# the slowest of the three ways; its large one (2.2e7) gains from it.
+# once, and a smaller minibatch's pieces are too short to sleep and wake
+# in: bench_contention.py's small network (1.8e6) runs slowest that way,
+# quiet or beside a busy process, its large one (2.2e7) gains from it (the
+# performance page's "How the team runs").
 MIN_MULTIPLY_ADDS_FOR_PINNING = 1 << 23
 
 # Elements per row block of the scaler's kernels: a block is worth a thread.

@@ -1537,6 +1537,7 @@ cdef void coef_gradient_by_columns(const Net* net, const Data* data, Buffers* bu
             sparse_rows_grad(data, mb.rows, mb.m, D + c0, fan_out, net.n_features,
                              fan_out, c0, c1, gW, False)
         else:
+            # gW[:, c0:c1] = a.T @ D[:, c0:c1]
             cgemm(True, False, <int> fan_in, <int> (c1 - c0), <int> mb.m,
                   <floating> 1, layer_input(net, buf, mb, l, dtype), <int> fan_in,
                   D + c0, <int> fan_out, <floating> 0, gW + c0, <int> fan_out)
