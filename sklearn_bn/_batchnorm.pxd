@@ -63,11 +63,8 @@ cdef void cbn_gamma_beta_gradients(const Statistics* stats, Py_ssize_t n,
                                    double* scratch) noexcept nogil
 
 cdef void cbn_act_backward_dz(const floating* da, floating* dz_out, const floating* a,
-                              const floating* z, const Panel* panel,
-                              const floating* gamma, const floating* beta,
-                              const Statistics* stats, int act, const double* sum_g,
-                              const double* sum_gz, floating* dgamma_out,
-                              floating* dbeta_out, double* scratch) noexcept nogil
+                              const floating* z, const Panel* panel, int act,
+                              const double* scratch) noexcept nogil
 
 cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating* a,
                            const floating* z, const Panel* panel, const floating* gamma,

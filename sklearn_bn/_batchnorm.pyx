@@ -796,8 +796,9 @@ cdef void cbn_act_backward(const floating* da, floating* dz_out, const floating*
     # sums, hence NaN gradients.
     cbn_act_backward_sums(da, a, z, panel, gamma, beta, stats, act, scratch,
                           scratch + n, scratch)
-    cbn_act_backward_dz(da, dz_out, a, z, panel, gamma, beta, stats, act, scratch,
-                        scratch + n, dgamma_out, dbeta_out, scratch)
+    cbn_gamma_beta_gradients(stats, n, gamma, beta, scratch, scratch + n, dgamma_out,
+                             dbeta_out, scratch)
+    cbn_act_backward_dz(da, dz_out, a, z, panel, act, scratch)
 
 
 cdef void cbn_act_backward_sums(const floating* da, const floating* a,
@@ -856,24 +857,18 @@ cdef void cbn_gamma_beta_gradients(const Statistics* stats, Py_ssize_t n,
 
 
 cdef void cbn_act_backward_dz(const floating* da, floating* dz_out, const floating* a,
-                              const floating* z, const Panel* panel,
-                              const floating* gamma, const floating* beta,
-                              const Statistics* stats, int act, const double* sum_g,
-                              const double* sum_gz, floating* dgamma_out,
-                              floating* dbeta_out, double* scratch) noexcept nogil:
-    """The second pass of :func:`cbn_act_backward` on a panel, given the
-    whole batch's sums (:func:`cbn_act_backward_sums`): ``dz`` (``dz_out`` may
-    alias ``da``), and the batch's gradients of gamma and beta into
-    ``dgamma_out`` and ``dbeta_out``. ``scratch``: ``7 * n_cols`` doubles."""
+                              const floating* z, const Panel* panel, int act,
+                              const double* scratch) noexcept nogil:
+    """The second pass of :func:`cbn_act_backward` on a panel: ``dz``
+    (``dz_out`` may alias ``da``) from the coefficients that
+    :func:`cbn_gamma_beta_gradients` left in ``scratch`` when given the
+    whole batch's sums (:func:`cbn_act_backward_sums`)."""
     cdef Py_ssize_t n = panel.n_cols
-    # The coefficients of dz, as cbn_gamma_beta_gradients leaves them.
-    cdef floating* center = <floating*> (scratch + 2 * n)
-    cdef floating* scale = <floating*> (scratch + 3 * n)
-    cdef floating* shift = <floating*> (scratch + 4 * n)
-    cdef floating* q_coef = <floating*> (scratch + 5 * n)
-    cdef floating* r_coef = <floating*> (scratch + 6 * n)
-    cbn_gamma_beta_gradients(stats, n, gamma, beta, sum_g, sum_gz, dgamma_out,
-                             dbeta_out, scratch)
+    cdef const floating* center = <const floating*> (scratch + 2 * n)
+    cdef const floating* scale = <const floating*> (scratch + 3 * n)
+    cdef const floating* shift = <const floating*> (scratch + 4 * n)
+    cdef const floating* q_coef = <const floating*> (scratch + 5 * n)
+    cdef const floating* r_coef = <const floating*> (scratch + 6 * n)
     if act == IDENTITY:
         _backward_dz(da, dz_out, a, z, panel, center, scale, shift, q_coef, r_coef,
                      <Identity*> NULL)

@@ -132,6 +132,14 @@ cdef struct Layer:
     double dropout               # hidden: the rate (0: none)
 
 
+cdef struct ParamBlock:
+    # A block of the flat parameters, as step_phase steps it.
+    Py_ssize_t start             # into theta and grad
+    Py_ssize_t n
+    Py_ssize_t share_offset      # into a piece's share (-1: whole in grad)
+    bint decayed                 # coefficients: L2 and weight decay act on it
+
+
 cdef struct Net:
     int n_layers                 # weight layers: hidden layers + output
     Layer* layers
@@ -1508,10 +1516,12 @@ cdef void backward_end(const Net* net, Buffers* buf, const Minibatch* mb, int pi
             total_gz[j] += sums[net.stats_stride + j]
     merged_statistics(net, buf, mb, pieces, l, piece, &stats, dtype)
     fill_panel(&panel, net, buf, r0, r1, fan_out, dtype)
+    # The batch's coefficients of dz (its gradients of gamma and beta are
+    # not this piece's share: unused).
+    cbn_gamma_beta_gradients(&stats, fan_out, theta + layer.gamma, theta + layer.bias,
+                             total_g, total_gz, unused, unused + fan_out, scratch)
     cbn_act_backward_dz(D, D, work + layer.out + r0 * fan_out,
-                        work + layer.z + r0 * fan_out, &panel, theta + layer.gamma,
-                        theta + layer.bias, &stats, net.act, total_g, total_gz,
-                        unused, unused + fan_out, scratch)
+                        work + layer.z + r0 * fan_out, &panel, net.act, scratch)
     sums = piece_sums(net, buf, piece, l)
     cbn_gamma_beta_gradients(&stats, fan_out, theta + layer.gamma, theta + layer.bias,
                              sums, sums + net.stats_stride, dgamma, dgamma + fan_out,
@@ -1552,34 +1562,36 @@ cdef void step_phase(const Net* net, Optimizer opt, Buffers* buf, const Minibatc
     cdef Py_ssize_t e0, e1, l, n_out
     cdef double squares
     cdef const Layer* layer
+    cdef ParamBlock block
     while next_piece(team, net.n_params, COL_ALIGN, &e0, &e1):
         squares = 0
         for l in range(net.n_layers):
             layer = &net.layers[l]
             n_out = layer.fan_out
-            squares += step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.coef,
-                                  layer.fan_in * n_out, layer.share_coef, True, l2,
+            block = ParamBlock(layer.coef, layer.fan_in * n_out, layer.share_coef,
+                               True)
+            squares += step_block(net, opt, buf, mb, team.pieces, e0, e1, &block, l2,
                                   dtype)
             if l < net.n_layers - 1:
-                step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.gamma,
-                           2 * n_out, layer.share_rest, False, 0.0, dtype)
+                block = ParamBlock(layer.gamma, 2 * n_out, layer.share_rest, False)
             else:
-                step_block(net, opt, buf, mb, team.pieces, e0, e1, layer.bias, n_out,
-                           layer.share_rest, False, 0.0, dtype)
+                block = ParamBlock(layer.bias, n_out, layer.share_rest, False)
+            step_block(net, opt, buf, mb, team.pieces, e0, e1, &block, 0.0, dtype)
         buf.dwork[net.l2_sums + team.held - team.offset] = squares
 
 
 cdef double step_block(const Net* net, Optimizer opt, Buffers* buf,
                        const Minibatch* mb, int pieces, Py_ssize_t e0, Py_ssize_t e1,
-                       Py_ssize_t start, Py_ssize_t n, Py_ssize_t share_offset,
-                       bint decayed, double l2, floating* dtype) noexcept nogil:
-    """:func:`step_phase` on the parameters of ``[e0, e1)`` that lie in the
-    block of ``n`` at ``start`` (its shares at ``share_offset``; -1: its
-    gradient is whole in ``grad``); ``decayed``: coefficients, which the L2
-    term and weight decay act on. Returns their sum of ``W ** 2`` (0 without
-    L2)."""
+                       const ParamBlock* block, double l2,
+                       floating* dtype) noexcept nogil:
+    """:func:`step_phase` on the parameters of ``[e0, e1)`` that lie in
+    ``block``. Returns their sum of ``W ** 2`` (0 without L2, or unless the
+    block is ``decayed``)."""
     cdef floating* theta = <floating*> buf.theta
     cdef floating* grad = <floating*> buf.grad
+    cdef Py_ssize_t start = block.start, n = block.n
+    cdef Py_ssize_t share_offset = block.share_offset
+    cdef bint decayed = block.decayed
     cdef Py_ssize_t s0 = max(e0, start), s1 = min(e1, start + n), i, k, lo, hi, c0, c1
     cdef const floating* part
     cdef floating c = <floating> l2
