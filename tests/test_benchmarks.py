@@ -55,7 +55,10 @@ def test_benchmark_script_runs(run):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table_rows) >= 3, result.stdout[-2000:]
+    # A header and its rows: team_placement.py's table has a row per
+    # placement seen, one on a machine whose other work keeps every thread
+    # on one core.
+    assert len(table_rows) >= (2 if run == "placement" else 3), result.stdout[-2000:]
     # A row whose subprocess failed prints the error in its place.
     assert not [row for row in table_rows if "Error" in row], result.stdout[-2000:]
 
