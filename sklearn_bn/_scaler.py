@@ -112,6 +112,17 @@ def _ratio_out_of_range(gamma, std):
     return (gamma != 0) & np.isfinite(std) & ~in_range
 
 
+def _ratio_in_parts(numerator, denominator):
+    """``numerator / denominator`` as ``multiplier * 2 ** exponent``, the
+    multiplier of magnitude in (1/8, 1/2), however far the ratio lies beyond
+    float64's range."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m_num, e_num = np.frexp(numerator)
+        m_den, e_den = np.frexp(denominator)
+        multiplier = m_num / m_den / 4
+    return multiplier, (e_num.astype(np.int32) - e_den + 2).astype(np.int32)
+
+
 def _is_constant_feature(var, mean, n_samples):
     """Features indistinguishable from constants, as ``StandardScaler`` decides.
 
@@ -809,12 +820,15 @@ class BatchNormScaler(
         )
         if wide.size:
             scale_in_dtype[wide] = shift_in_dtype[wide] = 0
-            # (X - origin) / divisor * factor + target; dividing by 1 is
-            # exact, so the other wide features keep the float64 formula's
-            # bits.
-            divisor = np.where(ratio, denominator, 1.0)[wide]
-            factor = np.where(ratio, numerator, scale)[wide]
-            wide = (wide, origin[wide], divisor, factor, target[wide])
+            # (X - origin) * multiplier * 2 ** exponent + target, with
+            # numerator / denominator as multiplier * 2 ** exponent where it
+            # is beyond float64's range (_affine applies the power exactly);
+            # the other wide features multiply by the float64 scale
+            # (exponent 0), with the float64 formula's bits.
+            multiplier, exponent = _ratio_in_parts(numerator, denominator)
+            multiplier = np.where(ratio, multiplier, scale)[wide]
+            exponent = np.where(ratio, exponent, 0)[wide].astype(np.int32)
+            wide = (wide, origin[wide], multiplier, exponent, target[wide])
         else:
             wide = None
         return center, scale_in_dtype, shift_in_dtype, wide
@@ -863,9 +877,19 @@ class BatchNormScaler(
         # kernel's float32 coefficients are finite).
         finite_in_float64 = np.ones(X.shape[1], dtype=bool)
         if wide is not None:  # read before an in-place kernel overwrites them
-            columns, origin, divisor, factor, target = wide
-            with np.errstate(over="ignore", invalid="ignore"):
-                wide_out = (X[:, columns] - origin) / divisor * factor + target
+            columns, origin, multiplier, exponent, target = wide
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                centred = X[:, columns] - origin
+                wide_out = centred * multiplier
+                powered = exponent != 0
+                if powered.any():
+                    # One rounding in the product of two mantissas; the power
+                    # of two is exact unless the result is subnormal.
+                    mantissa, power = np.frexp(centred[:, powered])
+                    wide_out[:, powered] = np.ldexp(
+                        mantissa * multiplier[powered], power + exponent[powered]
+                    )
+                wide_out += target
             finite_in_float64[columns] = ~np.isinf(wide_out).any(axis=0)
         # Is X our own conversion of the input (free to overwrite)? Another
         # object's conversion may be a view of the caller's memory (a
@@ -946,8 +970,10 @@ class BatchNormScaler(
             If ``gamma`` is 0 for some feature: this scaler then maps the
             feature to ``beta`` whatever the input, which no
             ``StandardScaler`` can do (its ``scale_`` would be infinite).
-            Also if ``sqrt(running_var_ + epsilon) / gamma`` is 0 or
-            infinite in float64 (``gamma=1e300`` over a spread of 1e-40).
+            Also if ``sqrt(running_var_ + epsilon) / gamma`` or
+            ``running_mean_ - beta * sqrt(running_var_ + epsilon) / gamma``
+            is beyond float64's normal range (``gamma=1e300`` over a spread
+            of 1e-40, say).
 
         Notes
         -----
@@ -993,26 +1019,29 @@ class BatchNormScaler(
         zero = (gamma == 0) | np.isinf(std)
         if np.any(zero):
             raise ValueError(
-                "to_sklearn() cannot express gamma=0 (features "
-                f"{np.flatnonzero(zero).tolist()}): this scaler maps them to "
-                "beta whatever the input, and a StandardScaler would need an "
-                "infinite scale_."
+                "to_sklearn() cannot express gamma=0 or an infinite "
+                f"running_var_ (features {np.flatnonzero(zero).tolist()}): this "
+                "scaler maps them to beta whatever the input, and a "
+                "StandardScaler would need an infinite scale_."
             )
-        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        with np.errstate(all="ignore"):  # checked below
             scale = np.where(
                 _ratio_out_of_range(gamma, std), std / gamma, 1.0 / (gamma / std)
             )
-        beyond = (scale == 0) | np.isinf(scale)
-        if np.any(beyond):
+            mean = self.running_mean_ - beta * scale
+        # A subnormal scale_ has too few bits to agree with transform.
+        beyond = ~(np.isfinite(scale) & (np.abs(scale) >= np.finfo(np.float64).tiny))
+        if np.any(beyond | ~np.isfinite(mean)):
             raise ValueError(
-                "to_sklearn() cannot express a scale gamma / "
-                "sqrt(running_var_ + epsilon) beyond float64's range (features "
-                f"{np.flatnonzero(beyond).tolist()}): a StandardScaler's scale_ "
-                "would be 0 or infinite."
+                "to_sklearn() cannot express features "
+                f"{np.flatnonzero(beyond | ~np.isfinite(mean)).tolist()}: a "
+                "StandardScaler's scale_ = sqrt(running_var_ + epsilon) / gamma "
+                "or mean_ = running_mean_ - beta * scale_ would be beyond "
+                "float64's normal range."
             )
         std_scaler = StandardScaler(copy=self.copy)
         std_scaler.scale_ = scale
-        std_scaler.mean_ = self.running_mean_ - beta * std_scaler.scale_
+        std_scaler.mean_ = mean
         std_scaler.var_ = self.running_var_.copy()
         std_scaler.n_samples_seen_ = (
             self.n_samples_seen_.copy()

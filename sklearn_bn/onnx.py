@@ -200,7 +200,6 @@ def _convert_scaler(scope, operator, container):
         OnnxAdd,
         OnnxCast,
         OnnxConcat,
-        OnnxDiv,
         OnnxMul,
         OnnxSub,
     )
@@ -226,7 +225,7 @@ def _convert_scaler(scope, operator, container):
     dtype = guess_numpy_type(operator.outputs[0].type)
     center, scale, shift, wide = estimator._coefficients(dtype)
     work = dtype
-    divisor = None
+    powers = ()
     if wide is not None:
         # A scale beyond the dtype's range: the graph runs in float64, where
         # transform computes only these features so (the others may then
@@ -234,13 +233,18 @@ def _convert_scaler(scope, operator, container):
         work = np.float64
         center, scale, shift, wide = estimator._coefficients(work)
     if wide is not None:
-        # gamma / std beyond float64's range: these features divide by one
-        # and multiply by the other, as transform does; the others divide by
-        # 1, which changes no bit.
-        columns, origin, wide_divisor, factor, target = wide
-        divisor = np.ones_like(scale)
-        center[columns], divisor[columns] = origin, wide_divisor
-        scale[columns], shift[columns] = factor, target
+        # gamma / std beyond float64's range: a mantissa and a power of two,
+        # as transform computes these features; 1 for the others, which
+        # changes no bit.
+        columns, origin, multiplier, exponent, target = wide
+        center[columns], scale[columns], shift[columns] = origin, multiplier, target
+        # 2 ** exponent as three powers of two within float64's range: the
+        # products are exact unless the result is subnormal or overflows.
+        third = np.trunc(exponent / 3).astype(np.int32)
+        power, last = np.ones_like(scale), np.ones_like(scale)
+        power[columns] = np.ldexp(1.0, third)
+        last[columns] = np.ldexp(1.0, exponent - 2 * third)
+        powers = (power, power, last)
     proto = {
         np.float32: onnx_proto.TensorProto.FLOAT,
         np.float64: onnx_proto.TensorProto.DOUBLE,
@@ -248,11 +252,11 @@ def _convert_scaler(scope, operator, container):
     if guess_numpy_type(inputs[0].type) != work:
         x = OnnxCast(x, to=proto[work], op_version=opv)
     out = {"output_names": operator.outputs[:1]}
-    centred = OnnxSub(x, center, op_version=opv)
-    if divisor is not None:
-        centred = OnnxDiv(centred, divisor, op_version=opv)
+    y = OnnxMul(OnnxSub(x, center, op_version=opv), scale, op_version=opv)
+    for power in powers:
+        y = OnnxMul(y, power, op_version=opv)
     y = OnnxAdd(
-        OnnxMul(centred, scale, op_version=opv),
+        y,
         shift,
         op_version=opv,
         **({} if work != dtype else out),

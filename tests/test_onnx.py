@@ -151,10 +151,10 @@ def test_scaler_graph_of_a_spread_beyond_float32_computes_in_float64():
     assert_array_equal(got, scaler.transform(X))
 
 
-def test_scaler_graph_of_a_scale_beyond_float64_divides_then_multiplies():
-    # gamma / std is inf in float64: transform divides by std and multiplies
-    # by gamma for that feature, and so does the graph (a Div by 1 for the
-    # others changes no bit).
+def test_scaler_graph_of_a_scale_beyond_float64_computes_as_transform():
+    # gamma / std is inf in float64: transform multiplies that feature by a
+    # mantissa and powers of two, and so does the graph (by 1 for the
+    # others, which changes no bit).
     X = np.array([[0.0, 1.0], [1e-40, 2.0], [2e-40, 5.0], [1.5e-40, 7.0]])
     scaler = BatchNormScaler(gamma=[1e300, 2.0], epsilon=0.0).fit(X)
     (got,) = _run(scaler, X)

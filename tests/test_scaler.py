@@ -5,6 +5,7 @@ import pickle
 import threading
 import tracemalloc
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1837,7 +1838,7 @@ def test_huge_values_whose_results_are_in_range_do_not_warn(dtype):
         (1e-300, [0.0, 2e30, 4e30, 3e30]),  # gamma / std: 0 in float64
     ],
 )
-def test_a_scale_beyond_float64_range_divides_by_std_then_multiplies(gamma, column):
+def test_a_scale_beyond_float64_range_gives_the_formulas_values(gamma, column):
     # Multiplying by gamma / std gave inf, NaN (0 * inf at the mean) or beta
     # where the formula's values are finite and not beta; inverse_transform
     # gave the mean. (float64 only: in float32 these results are beyond the
@@ -1854,9 +1855,40 @@ def test_a_scale_beyond_float64_range_divides_by_std_then_multiplies(gamma, colu
     assert np.all(np.isfinite(out)) and np.all(out[:, :2] != 0)
     assert_allclose(back, X, rtol=1e-12, atol=1e-12 * np.abs(X[:, :2]).max())
     with pytest.raises(
-        ValueError, match=r"beyond float64's range \(features \[0, 1\]\)"
+        ValueError, match=r"cannot express features \[0, 1\]: .* scale_"
     ):
         scaler.to_sklearn()
+
+
+def test_inverse_of_a_subnormal_gamma_is_finite_where_the_formula_is():
+    # (X - beta) / gamma * std overflowed where the value is finite: the
+    # ratio std / gamma is applied as a mantissa and powers of two.
+    X = np.array([[0.0], [1e-10], [2e-10]])
+    scaler = BatchNormScaler(gamma=1e-320, epsilon=0).fit(X)
+    Y = np.array([[1e-5], [-3e-7], [1e-300], [0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = scaler.inverse_transform(Y)
+    std, mean = Fraction(float(scaler._std()[0])), Fraction(scaler.running_mean_[0])
+    expected = [float(Fraction(y) / Fraction(1e-320) * std + mean) for y in Y[:, 0]]
+    assert_allclose(got[:, 0], expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    "params, column",
+    [
+        # std / gamma = 1e-323, a subnormal scale_ of few bits
+        ({"gamma": 1.5e300}, [0.0, 1.7e-23 * 1.2247, -1.7e-23 * 1.2247]),
+        # mean_ = running_mean_ - beta * std / gamma: -inf
+        ({"gamma": 1e-300, "beta": 1e10}, [0.0, 1.0, 2.0]),
+    ],
+)
+def test_to_sklearn_refuses_a_twin_beyond_float64(params, column):
+    scaler = BatchNormScaler(epsilon=0, **params).fit(np.array(column)[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"cannot express features \[0\]"):
+            scaler.to_sklearn()
 
 
 # ---------------------------------------------------------------------------
@@ -2036,7 +2068,9 @@ def test_to_sklearn_reads_one_fitted_state(monkeypatch):
 
 def test_to_sklearn_gamma_zero_raises():
     scaler = BatchNormScaler(gamma=[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]).fit(_data())
-    with pytest.raises(ValueError, match=r"gamma=0 \(features \[1, 3\]\)"):
+    with pytest.raises(
+        ValueError, match=r"gamma=0 or an infinite running_var_ \(features \[1, 3\]\)"
+    ):
         scaler.to_sklearn()
 
 
