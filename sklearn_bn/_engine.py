@@ -284,7 +284,8 @@ class Engine:
         self.team_size = _threads.TeamSize(pieces=1, threads=1)
         self._batches_per_call = 1
         self._timed_calls = False  # whether calls are timed for the pace yet
-        # Minibatches and ghost chunks skipped so far: weight on < 2 rows.
+        # Minibatches (skipped) and ghost chunks (normalized to 0) so far
+        # whose weight lies on fewer than 2 rows.
         self.degenerate_batches = 0
 
     @property
