@@ -776,8 +776,9 @@ class BatchNormScaler(
         with np.errstate(over="ignore", under="ignore"):
             scale = gamma / std
         # Where gamma / std is beyond float64's normal numbers (inf, or a
-        # subnormal number or 0 that lost gamma's bits), the features divide
-        # by one and multiply by the other instead, in float64 (below).
+        # subnormal number or 0 that lost gamma's bits), the features take
+        # the ratio as a mantissa and a power of two instead, in float64
+        # (below).
         ratio = _ratio_out_of_range(gamma, std)
         if not inverse:
             origin, target, numerator, denominator = mean, beta, gamma, std
