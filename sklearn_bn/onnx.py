@@ -239,7 +239,8 @@ def _convert_scaler(scope, operator, container):
         columns, origin, multiplier, exponent, target = wide
         center[columns], scale[columns], shift[columns] = origin, multiplier, target
         # 2 ** exponent as three powers of two within float64's range: the
-        # products are exact unless the result is subnormal or overflows.
+        # products are exact unless the result is subnormal or overflows
+        # (transform's bits, but where x - center is itself subnormal).
         third = np.trunc(exponent / 3).astype(np.int32)
         power, last = np.ones_like(scale), np.ones_like(scale)
         power[columns] = np.ldexp(1.0, third)
