@@ -220,7 +220,7 @@ cdef struct Epoch:
     Py_ssize_t next_tracked
     double loss_sum              # minibatch loss x rows, added in order
     int pieces                   # every task's pieces (the results depend on it)
-    Py_ssize_t n_degenerate      # minibatches skipped, ghost chunks at 0: < 2 rows weigh
+    Py_ssize_t n_degenerate      # weight on < 2 rows: minibatches skipped, chunks at 0
     Py_ssize_t rows_trained      # rows of the minibatches trained (not skipped)
 
 
