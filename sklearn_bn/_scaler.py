@@ -99,6 +99,12 @@ def _unaligned_view_of(X_in, X):
     )
 
 
+def _mapped_to_beta(gamma, std):
+    """Where ``transform`` gives ``beta`` whatever ``X``: gamma is 0 or
+    ``std`` (``running_var_``) is infinite."""
+    return (gamma == 0) | np.isinf(std)
+
+
 def _ratio_out_of_range(gamma, std):
     """Where ``gamma / std`` or its inverse is not a normal float64 number
     (``gamma`` nonzero, ``std`` finite): multiplying by it would give inf,
@@ -109,7 +115,7 @@ def _ratio_out_of_range(gamma, std):
     in_range = np.ones(np.shape(ratios[0]), dtype=bool)
     for ratio in ratios:
         in_range &= np.isfinite(ratio) & (ratio >= tiny)
-    return (gamma != 0) & np.isfinite(std) & ~in_range
+    return ~_mapped_to_beta(gamma, std) & ~in_range
 
 
 def _ratio_in_parts(numerator, denominator):
@@ -120,7 +126,7 @@ def _ratio_in_parts(numerator, denominator):
         m_num, e_num = np.frexp(numerator)
         m_den, e_den = np.frexp(denominator)
         multiplier = m_num / m_den / 4
-    return multiplier, (e_num.astype(np.int32) - e_den + 2).astype(np.int32)
+    return multiplier, e_num - e_den + 2  # int32, as frexp's exponents
 
 
 def _is_constant_feature(var, mean, n_samples):
@@ -783,7 +789,7 @@ class BatchNormScaler(
         if not inverse:
             origin, target, numerator, denominator = mean, beta, gamma, std
         else:
-            mapped_to_beta = (gamma == 0) | np.isinf(std)
+            mapped_to_beta = _mapped_to_beta(gamma, std)
             if np.any(mapped_to_beta):
                 raise ValueError(
                     "inverse_transform is undefined where gamma is 0 or "
@@ -1017,7 +1023,7 @@ class BatchNormScaler(
         # the features that transform leaves unscaled.
         std = self._std()
         gamma = np.broadcast_to(gamma, std.shape)
-        zero = (gamma == 0) | np.isinf(std)
+        zero = _mapped_to_beta(gamma, std)
         if np.any(zero):
             raise ValueError(
                 "to_sklearn() cannot express gamma=0 or an infinite "
